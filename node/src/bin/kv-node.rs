@@ -1,0 +1,153 @@
+//! `kv-node`: flags, `KV_*` environment and an optional TOML file become a `Config`
+//! (file < environment < flags), which is validated and run until Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use kv_node::config::{Config, HumanDuration, Mode, StorageKind};
+use kv_node::storage::FsyncPolicy;
+
+/// quorumkv node: a replicated key-value store with tunable consistency.
+///
+/// Every flag can also be set as an environment variable KV_<FLAG> (upper snake case, e.g.
+/// KV_DATA_DIR) or as a key in the TOML file given by --config (snake case, e.g. data_dir).
+/// Precedence: file < environment < flags.
+///
+/// Examples:
+///   kv-node --id n1 --storage memory
+///   kv-node --id n1 --listen 127.0.0.1:7001 --admin-listen 127.0.0.1:9101 --data-dir /var/lib/kv --fsync batch
+#[derive(Debug, Parser)]
+#[command(name = "kv-node", version, verbatim_doc_comment)]
+struct Args {
+    /// TOML file with any of the settings below (unknown keys are errors).
+    #[arg(long, env = "KV_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// This node's id [default: n1].
+    #[arg(long, env = "KV_ID")]
+    id: Option<String>,
+    /// gRPC address for clients and peers [default: 127.0.0.1:7001].
+    #[arg(long, env = "KV_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Admin HTTP address: /metrics, /healthz, /readyz [default: 127.0.0.1:9101].
+    #[arg(long, env = "KV_ADMIN_LISTEN", value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
+    /// All members, itself included: n1=HOST:PORT,n2=HOST:PORT,... [default: this node alone].
+    #[arg(long, env = "KV_PEERS", value_name = "LIST")]
+    peers: Option<String>,
+    /// Replication mode: leader-follower or leaderless [default: leader-follower].
+    #[arg(long, env = "KV_MODE")]
+    mode: Option<Mode>,
+    /// Replicas per key [default: all nodes (leader-follower), min(3, nodes) (leaderless)].
+    #[arg(long, env = "KV_N")]
+    n: Option<u32>,
+    /// Replicas a read waits for [default: majority of N].
+    #[arg(long, env = "KV_R")]
+    r: Option<u32>,
+    /// Replicas that durably hold a write before it is acknowledged [default: majority of N].
+    #[arg(long, env = "KV_W")]
+    w: Option<u32>,
+    /// memory (lost on restart) or disk (needs --data-dir) [default: disk when --data-dir is given].
+    #[arg(long, env = "KV_STORAGE")]
+    storage: Option<StorageKind>,
+    /// Directory for durable storage (write-ahead log and snapshots); created if missing.
+    #[arg(long, env = "KV_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// When a write is durable: always (one fsync per write), batch (group commit: writes
+    /// that arrive during one fsync share the next) or never [default: batch].
+    #[arg(long, env = "KV_FSYNC")]
+    fsync: Option<FsyncPolicy>,
+    /// Accept the Admin fault-injection RPCs (refused otherwise).
+    #[arg(long, env = "KV_ENABLE_FAULT_INJECTION")]
+    enable_fault_injection: bool,
+    /// Largest key accepted, in bytes [default: 1024].
+    #[arg(long, env = "KV_MAX_KEY_BYTES")]
+    max_key_bytes: Option<usize>,
+    /// Largest value accepted, in bytes [default: 1048576].
+    #[arg(long, env = "KV_MAX_VALUE_BYTES")]
+    max_value_bytes: Option<usize>,
+    /// How long tombstones of deleted keys are kept before they are purged [default: 1h].
+    #[arg(long, env = "KV_TOMBSTONE_GRACE", value_name = "DURATION")]
+    tombstone_grace: Option<HumanDuration>,
+    /// Log filter (tracing EnvFilter syntax), e.g. info or kv_node=debug [default: info].
+    #[arg(long, env = "KV_LOG", default_value = "info")]
+    log: String,
+}
+
+impl Args {
+    fn into_config(self) -> Result<Config, kv_node::config::ConfigError> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_toml_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+        }
+        set!(id, listen, admin_listen, peers, mode, fsync, max_key_bytes, max_value_bytes, tombstone_grace);
+        macro_rules! set_opt {
+            ($($f:ident),*) => { $( if self.$f.is_some() { c.$f = self.$f; } )* };
+        }
+        set_opt!(n, r, w, storage, data_dir);
+        c.enable_fault_injection |= self.enable_fault_injection;
+        Ok(c)
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let settings = match args.into_config().and_then(Config::validate) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kv-node: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !settings.quorum.strongly_consistent() {
+        tracing::warn!(quorum = %settings.quorum, "R+W<=N: reads may miss acknowledged writes (not strongly consistent)");
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kv-node: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async {
+        match kv_node::start(settings).await {
+            Ok(running) => {
+                running.run_until(shutdown_signal()).await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kv-node: {e:#}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}

@@ -1,0 +1,371 @@
+//! Node configuration: one struct, read from a TOML file, `KV_*` environment variables and
+//! flags (in rising precedence; the binary merges them), then [`Config::validate`]d into a
+//! [`Settings`] the node runs with.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use kv_replica::{NodeId, Quorum};
+use serde::{Deserialize, Serialize};
+
+use crate::storage::FsyncPolicy;
+
+/// How keys are replicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// One elected leader orders all writes (Raft / MongoDB replica set).
+    #[default]
+    LeaderFollower,
+    /// Any node coordinates; quorums over a consistent-hash ring (Dynamo / Cassandra).
+    Leaderless,
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "leader-follower" => Ok(Mode::LeaderFollower),
+            "leaderless" => Ok(Mode::Leaderless),
+            o => Err(format!(
+                "invalid mode {o:?}: expected leader-follower or leaderless"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::LeaderFollower => "leader-follower",
+            Mode::Leaderless => "leaderless",
+        })
+    }
+}
+
+/// Where data lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// Durable, under `data_dir`.
+    #[default]
+    Disk,
+    /// In memory: lost on restart (tests, demos).
+    Memory,
+}
+
+impl FromStr for StorageKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "disk" => Ok(StorageKind::Disk),
+            "memory" => Ok(StorageKind::Memory),
+            o => Err(format!("invalid storage {o:?}: expected disk or memory")),
+        }
+    }
+}
+
+/// A duration written the human way (`500ms`, `2s`, `1h`) in flags, env and TOML.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s)
+            .map(HumanDuration)
+            .map_err(|e| format!("invalid duration {s:?} ({e}): use a number and unit, like 500ms, 2s or 1h"))
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Everything a node is configured with. Every field has a flag `--field-name`, an environment
+/// variable `KV_FIELD_NAME` and a TOML key `field_name`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's id; must appear in `peers` when peers are given.
+    pub id: String,
+    /// Address of the gRPC API (client and, later, peer traffic).
+    pub listen: SocketAddr,
+    /// Address of the admin HTTP server (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_listen: SocketAddr,
+    /// All members, itself included: `n1=127.0.0.1:7001,n2=...`. Empty: a single node.
+    pub peers: String,
+    /// Replication mode.
+    pub mode: Mode,
+    /// Replicas per key (default: every node in leader-follower, min(3, nodes) leaderless).
+    pub n: Option<u32>,
+    /// Replicas a read waits for (default: a majority of N).
+    pub r: Option<u32>,
+    /// Replicas that durably hold a write before it is acknowledged (default: a majority of N).
+    pub w: Option<u32>,
+    /// `disk` (needs `data_dir`) or `memory`.
+    pub storage: Option<StorageKind>,
+    /// Directory of the durable engine; setting it selects disk storage.
+    pub data_dir: Option<PathBuf>,
+    /// When a write is durable: `always`, `batch` (group commit) or `never`.
+    pub fsync: FsyncPolicy,
+    /// Accept the Admin fault-injection RPCs (off: they are refused).
+    pub enable_fault_injection: bool,
+    /// Largest key accepted, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value accepted, in bytes.
+    pub max_value_bytes: usize,
+    /// How long a tombstone is kept before it is purged.
+    pub tombstone_grace: HumanDuration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            id: "n1".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9101)),
+            peers: String::new(),
+            mode: Mode::default(),
+            n: None,
+            r: None,
+            w: None,
+            storage: None,
+            data_dir: None,
+            fsync: FsyncPolicy::default(),
+            enable_fault_injection: false,
+            max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
+            tombstone_grace: HumanDuration(Duration::from_secs(3600)),
+        }
+    }
+}
+
+/// Largest value the node will accept even when configured higher (gRPC frames hold it).
+pub const VALUE_BYTES_CEILING: usize = 64 << 20;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The configuration as given.
+    pub config: Config,
+    /// This node.
+    pub id: NodeId,
+    /// All members with their addresses, this node included.
+    pub members: BTreeMap<NodeId, String>,
+    /// Validated N/R/W.
+    pub quorum: Quorum,
+    /// Resolved storage choice.
+    pub storage: StorageKind,
+}
+
+/// A configuration that cannot run; the message says which setting and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Reads a TOML file (unknown keys are errors, so typos do not pass silently).
+    ///
+    /// # Errors
+    /// The file cannot be read or parsed; the message names the file.
+    pub fn from_toml_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        toml::from_str(&text)
+            .map_err(|e| ConfigError(format!("config file {}: {}", path.display(), e.message())))
+    }
+
+    /// Checks every setting and resolves defaults.
+    ///
+    /// # Errors
+    /// The first setting that cannot work, by its flag name.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if self.id.is_empty()
+            || !self
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return err(format!(
+                "--id {:?}: use letters, digits, '-' or '_' (like n1)",
+                self.id
+            ));
+        }
+        let id = NodeId(self.id.clone());
+        let mut members = BTreeMap::new();
+        for part in self.peers.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((pid, addr)) = part.split_once('=') else {
+                return err(format!(
+                    "--peers entry {part:?}: expected ID=HOST:PORT, like n1=127.0.0.1:7001"
+                ));
+            };
+            if pid.is_empty() || !addr.contains(':') {
+                return err(format!(
+                    "--peers entry {part:?}: expected ID=HOST:PORT, like n1=127.0.0.1:7001"
+                ));
+            }
+            if members.insert(NodeId(pid.into()), addr.to_string()).is_some() {
+                return err(format!("--peers names {pid} twice"));
+            }
+        }
+        if members.is_empty() {
+            members.insert(id.clone(), self.listen.to_string());
+        }
+        if !members.contains_key(&id) {
+            return err(format!(
+                "--peers does not list this node's --id {} (list every member, itself included)",
+                self.id
+            ));
+        }
+        let nodes = members.len() as u32;
+        let n = self.n.unwrap_or(match self.mode {
+            Mode::LeaderFollower => nodes,
+            Mode::Leaderless => nodes.min(3),
+        });
+        let majority = n / 2 + 1;
+        let quorum = Quorum::new(
+            nodes,
+            n,
+            self.r.unwrap_or(majority),
+            self.w.unwrap_or(majority),
+        )
+        .map_err(|e| ConfigError(format!("--{e}")))?;
+        if self.mode == Mode::LeaderFollower && n != nodes {
+            return err(format!(
+                "--n {n}: leader-follower mode replicates every key to every node, so n must equal the number of nodes ({nodes})"
+            ));
+        }
+        if nodes > 1 {
+            return err(format!(
+                "--peers lists {nodes} nodes, but this build serves a single node: replication \
+                 across nodes is not implemented yet (run one node, or leave --peers empty)"
+            ));
+        }
+        let storage = match (self.storage, &self.data_dir) {
+            (Some(StorageKind::Memory), Some(d)) => {
+                return err(format!(
+                    "--storage memory and --data-dir {} both given: choose one",
+                    d.display()
+                ));
+            }
+            (Some(StorageKind::Memory), None) => StorageKind::Memory,
+            (_, Some(_)) => StorageKind::Disk,
+            (_, None) => {
+                return err(
+                    "no storage chosen: give --data-dir DIR for durable storage, or --storage memory"
+                        .into(),
+                );
+            }
+        };
+        if self.max_key_bytes == 0 {
+            return err("--max-key-bytes must be at least 1".into());
+        }
+        if self.max_value_bytes == 0 || self.max_value_bytes > VALUE_BYTES_CEILING {
+            return err(format!(
+                "--max-value-bytes {}: must be 1..={VALUE_BYTES_CEILING}",
+                self.max_value_bytes
+            ));
+        }
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
+            return err(format!(
+                "--listen and --admin-listen are both {}: give them different ports",
+                self.listen
+            ));
+        }
+        Ok(Settings {
+            id,
+            members,
+            quorum,
+            storage,
+            config: self,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem() -> Config {
+        Config {
+            storage: Some(StorageKind::Memory),
+            ..Config::default()
+        }
+    }
+
+    fn invalid(c: Config) -> String {
+        c.validate().expect_err("invalid").0
+    }
+
+    #[test]
+    fn config_single_node_defaults_to_n_r_w_of_one() {
+        let s = mem().validate().expect("valid");
+        assert_eq!((s.quorum.n, s.quorum.r, s.quorum.w), (1, 1, 1));
+        assert_eq!(s.members.len(), 1);
+    }
+
+    #[test]
+    fn config_without_storage_choice_says_how_to_choose() {
+        assert!(invalid(Config::default()).contains("--data-dir DIR"));
+    }
+
+    #[test]
+    fn config_r_or_w_out_of_range_names_the_flag() {
+        let m = invalid(Config { w: Some(2), ..mem() });
+        assert_eq!(m, "--w=2 is out of range: must be 1..=1 (n=1)");
+        assert!(invalid(Config { r: Some(0), ..mem() }).contains("--r=0"));
+        assert!(invalid(Config { n: Some(3), ..mem() }).contains("--n=3"));
+    }
+
+    #[test]
+    fn config_bad_peers_are_rejected_with_the_entry() {
+        assert!(invalid(Config { peers: "n1".into(), ..mem() }).contains("\"n1\""));
+        assert!(
+            invalid(Config { peers: "n2=127.0.0.1:7002".into(), ..mem() })
+                .contains("does not list this node")
+        );
+        assert!(
+            invalid(Config {
+                peers: "n1=a:1,n1=b:2".into(),
+                ..mem()
+            })
+            .contains("twice")
+        );
+    }
+
+    #[test]
+    fn config_memory_with_data_dir_is_ambiguous() {
+        let m = invalid(Config {
+            data_dir: Some("/tmp/x".into()),
+            ..mem()
+        });
+        assert!(m.contains("choose one"), "{m}");
+    }
+
+    #[test]
+    fn config_toml_unknown_key_is_an_error_naming_it() {
+        let e = toml::from_str::<Config>("idd = \"n1\"").expect_err("unknown key");
+        assert!(e.to_string().contains("idd"), "{e}");
+        let c: Config = toml::from_str(
+            "id = \"n7\"\nfsync = \"always\"\ntombstone_grace = \"10m\"\nstorage = \"memory\"",
+        )
+        .expect("parse");
+        assert_eq!(c.id, "n7");
+        assert_eq!(c.fsync, FsyncPolicy::Always);
+        assert_eq!(c.tombstone_grace.0, Duration::from_secs(600));
+    }
+}

@@ -1,0 +1,27 @@
+//! The node's per-request errors. They become gRPC statuses in exactly one place:
+//! `server::status`.
+
+use crate::storage::StorageError;
+
+/// Why a request did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; nothing was done.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The operation does not exist in this mode or configuration; nothing was done.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Definitely not applied: the node cannot serve it now (shutting down, no quorum).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The deadline passed while waiting; the write may or may not take effect.
+    #[error("deadline exceeded after {0:?} (the operation may still take effect)")]
+    DeadlineExceeded(std::time::Duration),
+    /// Storage failed: the node stops acknowledging; outcome unknown.
+    #[error("storage failure: {0}")]
+    Storage(#[from] StorageError),
+}
+
+/// `Result` with the node's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

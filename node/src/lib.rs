@@ -1,0 +1,211 @@
+//! kv-node: the quorumkv server and its client CLI.
+//!
+//! ```text
+//! bin/kv-node.rs  flags + KV_* env + TOML ──► config::Config ──validate──► Settings
+//!                                                                    │
+//! start(settings) ── opens storage ──► node::Node ◄── server::kv (kv.v1.Kv over tonic)
+//!                                        │              + grpc.health.v1 + reflection
+//!                                        └──────────── metrics (hyper: /metrics /healthz /readyz)
+//! bin/kvctl.rs    client CLI over kv_proto's generated client
+//! ```
+//!
+//! - [`config`]: one `Config`, validated into `Settings`.
+//! - [`storage`]: the `Storage` trait, in-memory and durable (WAL + group commit + snapshots).
+//! - [`node`]: what a node does with a request, independent of gRPC.
+//! - [`server`]: gRPC services; errors become statuses in `server::status` only.
+//! - [`metrics`]: Prometheus metrics and the admin HTTP server.
+//! - [`client`]: shared client plumbing for kvctl (and tests).
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod node;
+pub mod server;
+pub mod storage;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kv_proto::kv::v1::kv_server::KvServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Settings, StorageKind};
+use crate::metrics::{AdminState, InfoLabels, Metrics};
+use crate::node::Node;
+use crate::server::kv::KvService;
+use crate::storage::{DiskOptions, DiskStorage, MemStorage, Storage};
+
+/// A started node: its bound addresses and a way to stop it.
+pub struct Running {
+    /// The gRPC address actually bound (useful with port 0).
+    pub addr: SocketAddr,
+    /// The admin HTTP address actually bound.
+    pub admin_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    node: Arc<Node>,
+}
+
+impl Running {
+    /// The request engine (tests look inside).
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Stops accepting, finishes in-flight requests, flushes storage.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Runs until `signal` resolves, then shuts down.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) {
+        signal.await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+fn open_storage(s: &Settings, metrics: &Metrics) -> anyhow::Result<Arc<dyn Storage>> {
+    Ok(match s.storage {
+        StorageKind::Memory => Arc::new(MemStorage::new()),
+        StorageKind::Disk => {
+            let dir = s
+                .config
+                .data_dir
+                .as_deref()
+                .context("invariant: validate() requires --data-dir for disk storage")?;
+            let (st, report) = DiskStorage::open(
+                dir,
+                DiskOptions {
+                    fsync: s.config.fsync,
+                    on_flush: Some(metrics.flush_observer()),
+                    ..DiskOptions::default()
+                },
+            )?;
+            tracing::info!(
+                dir = %dir.display(),
+                snapshot_lsn = ?report.snapshot_lsn,
+                replayed = report.replayed,
+                last_lsn = report.last_lsn,
+                truncated = ?report.truncated,
+                "storage recovered"
+            );
+            Arc::new(st)
+        }
+    })
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+/// Opens storage, binds both ports and starts serving.
+///
+/// # Errors
+/// Storage cannot be opened (damaged, in use, unwritable) or a port cannot be bound; the
+/// message says which and why.
+pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    let cfg = &settings.config;
+    let metrics = Arc::new(Metrics::new(InfoLabels {
+        id: settings.id.0.clone(),
+        mode: cfg.mode.to_string(),
+        quorum: settings.quorum.to_string(),
+        storage: match settings.storage {
+            StorageKind::Memory => "memory".into(),
+            StorageKind::Disk => format!("disk,fsync={}", cfg.fsync),
+        },
+    }));
+    let storage = open_storage(&settings, &metrics)?;
+    let listener = bind(cfg.listen, "--listen").await?;
+    let admin = bind(cfg.admin_listen, "--admin-listen").await?;
+    let addr = listener.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    let max_msg = cfg.max_value_bytes + cfg.max_key_bytes + (64 << 10);
+    let grace = cfg.tombstone_grace.0;
+    let node = Arc::new(Node::new(settings, storage.clone()));
+
+    let (stop, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<KvServer<KvService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kv_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the reflection service")?;
+    let kv = KvServer::new(KvService::new(node.clone(), metrics.clone()))
+        .max_decoding_message_size(max_msg)
+        .max_encoding_message_size(max_msg);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let grpc_stop = stopped();
+    let ready_g = ready.clone();
+    let grpc = tokio::spawn(async move {
+        let serve = tonic::transport::Server::builder()
+            .add_service(health_svc)
+            .add_service(reflection)
+            .add_service(kv)
+            .serve_with_incoming_shutdown(incoming, async move {
+                grpc_stop.await;
+                ready_g.store(false, Ordering::Release);
+            });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+
+    let admin_task = tokio::spawn(metrics::serve_admin(
+        admin,
+        Arc::new(AdminState {
+            metrics: metrics.clone(),
+            storage: storage.clone(),
+            ready: ready.clone(),
+        }),
+        stopped(),
+    ));
+
+    let purge_node = node.clone();
+    let purge_stop = stopped();
+    let purge = tokio::spawn(async move {
+        let every = (grace / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let tick = async {
+            loop {
+                tokio::time::sleep(every).await;
+                let n = purge_node.purge_tombstones();
+                metrics.tombstones_purged.inc_by(n as u64);
+                if n > 0 {
+                    tracing::debug!(purged = n, "tombstones purged");
+                }
+            }
+        };
+        tokio::select! { () = purge_stop => {}, () = tick => {} }
+    });
+
+    ready.store(true, Ordering::Release);
+    tracing::info!(%addr, %admin_addr, id = %node.id(), quorum = %node.settings().quorum, "serving");
+    Ok(Running {
+        addr,
+        admin_addr,
+        stop,
+        tasks: vec![grpc, admin_task, purge],
+        node,
+    })
+}

@@ -1,0 +1,326 @@
+//! Prometheus metrics (OpenMetrics text) and the admin HTTP server: `/metrics`, `/healthz`,
+//! `/readyz`, served with hyper on `--admin-listen`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+
+use crate::storage::{FlushObserver, Storage};
+
+/// Labels of request counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// get, put, delete, cas.
+    pub op: &'static str,
+    /// gRPC status code name, lower case (ok, invalid_argument, unavailable, ...).
+    pub code: &'static str,
+}
+
+/// Labels of latency histograms.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// get, put, delete, cas.
+    pub op: &'static str,
+}
+
+/// Labels of the node-info gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InfoLabels {
+    /// Node id.
+    pub id: String,
+    /// Replication mode.
+    pub mode: String,
+    /// N/R/W as configured.
+    pub quorum: String,
+    /// Storage engine and fsync policy.
+    pub storage: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 25 µs .. ~13 s.
+    Histogram::new(exponential_buckets(25e-6, 2.0, 20))
+}
+
+/// Every metric the node exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by op and outcome.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Request latency by op, as the server sees it.
+    pub request_seconds: HistogramFamily<OpLabels>,
+    /// Time of one log write + fsync.
+    pub fsync_seconds: Histogram,
+    /// Records made durable by one fsync (group commit at work).
+    pub fsync_batch_records: Histogram,
+    /// Tombstones purged after their grace period.
+    pub tombstones_purged: Counter,
+    storage_keys: Gauge,
+    storage_tombstones: Gauge,
+    storage_live_bytes: Gauge,
+    storage_disk_bytes: Gauge,
+    storage_last_lsn: Gauge,
+    storage_durable_lsn: Gauge,
+    /// Degraded responses (on_quorum_loss=degrade fell back).
+    pub degraded_responses: Counter,
+}
+
+impl Metrics {
+    /// Registers every metric; `info` labels the `kv_node_info` gauge.
+    pub fn new(info: InfoLabels) -> Self {
+        let mut registry = Registry::with_prefix("kv");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "Client requests by operation and gRPC code", requests.clone());
+        let request_seconds: HistogramFamily<OpLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "request_duration",
+            "Client request latency at the server, by operation",
+            Unit::Seconds,
+            request_seconds.clone(),
+        );
+        let fsync_seconds = latency_histogram();
+        registry.register_with_unit(
+            "fsync_duration",
+            "Time of one log write and fsync (group commit shares it among many writes)",
+            Unit::Seconds,
+            fsync_seconds.clone(),
+        );
+        let fsync_batch_records = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "fsync_batch_records",
+            "Writes made durable by one fsync",
+            fsync_batch_records.clone(),
+        );
+        let tombstones_purged = Counter::default();
+        registry.register(
+            "tombstones_purged",
+            "Tombstones removed after their grace period",
+            tombstones_purged.clone(),
+        );
+        let degraded_responses = Counter::default();
+        registry.register(
+            "degraded_responses",
+            "Responses that fell back to weaker consistency than asked",
+            degraded_responses.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>| {
+            let g = Gauge::default();
+            match unit {
+                Some(u) => registry.register_with_unit(name, help, u, g.clone()),
+                None => registry.register(name, help, g.clone()),
+            }
+            g
+        };
+        let storage_keys = gauge(&mut registry, "storage_keys", "Keys holding a value", None);
+        let storage_tombstones = gauge(
+            &mut registry,
+            "storage_tombstones",
+            "Tombstones not yet purged",
+            None,
+        );
+        let storage_live_bytes = gauge(
+            &mut registry,
+            "storage_live",
+            "Bytes of keys and values held",
+            Some(Unit::Bytes),
+        );
+        let storage_disk_bytes = gauge(
+            &mut registry,
+            "storage_disk",
+            "Bytes of log segments and snapshots on disk",
+            Some(Unit::Bytes),
+        );
+        let storage_last_lsn = gauge(
+            &mut registry,
+            "storage_last_lsn",
+            "Highest log sequence number assigned",
+            None,
+        );
+        let storage_durable_lsn = gauge(
+            &mut registry,
+            "storage_durable_lsn",
+            "Highest log sequence number known durable",
+            None,
+        );
+        let node_info = Family::<InfoLabels, Gauge>::default();
+        node_info.get_or_create(&info).set(1);
+        registry.register("node_info", "This node's id and configuration", node_info);
+        Metrics {
+            registry,
+            requests,
+            request_seconds,
+            fsync_seconds,
+            fsync_batch_records,
+            tombstones_purged,
+            storage_keys,
+            storage_tombstones,
+            storage_live_bytes,
+            storage_disk_bytes,
+            storage_last_lsn,
+            storage_durable_lsn,
+            degraded_responses,
+        }
+    }
+
+    /// An observer for the disk engine that feeds the fsync histograms.
+    pub fn flush_observer(&self) -> FlushObserver {
+        let secs = self.fsync_seconds.clone();
+        let batch = self.fsync_batch_records.clone();
+        Arc::new(move |d: Duration, n: usize| {
+            secs.observe(d.as_secs_f64());
+            batch.observe(n as f64);
+        })
+    }
+
+    /// Counts one finished request.
+    pub fn observe_request(&self, op: &'static str, code: tonic::Code, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                op,
+                code: code_name(code),
+            })
+            .inc();
+        self.request_seconds
+            .get_or_create(&OpLabels { op })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Renders every metric, refreshing the storage gauges first.
+    pub fn render(&self, storage: &dyn Storage) -> String {
+        let s = storage.stats();
+        let set = |g: &Gauge, v: u64| {
+            g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        set(&self.storage_keys, s.live_keys);
+        set(&self.storage_tombstones, s.tombstones);
+        set(&self.storage_live_bytes, s.live_bytes);
+        set(&self.storage_disk_bytes, s.disk_bytes);
+        set(&self.storage_last_lsn, s.last_lsn);
+        set(&self.storage_durable_lsn, s.durable_lsn);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The lower-case name of a gRPC code, as used in metric labels.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "ok",
+        Cancelled => "cancelled",
+        Unknown => "unknown",
+        InvalidArgument => "invalid_argument",
+        DeadlineExceeded => "deadline_exceeded",
+        NotFound => "not_found",
+        AlreadyExists => "already_exists",
+        PermissionDenied => "permission_denied",
+        ResourceExhausted => "resource_exhausted",
+        FailedPrecondition => "failed_precondition",
+        Aborted => "aborted",
+        OutOfRange => "out_of_range",
+        Unimplemented => "unimplemented",
+        Internal => "internal",
+        Unavailable => "unavailable",
+        DataLoss => "data_loss",
+        Unauthenticated => "unauthenticated",
+    }
+}
+
+/// What the admin server needs to answer.
+pub struct AdminState {
+    /// The metrics to render.
+    pub metrics: Arc<Metrics>,
+    /// The storage, for gauges.
+    pub storage: Arc<dyn Storage>,
+    /// True once the gRPC server accepts requests, false again while shutting down.
+    pub ready: Arc<AtomicBool>,
+}
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<AdminState>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let text = "text/plain; charset=utf-8";
+    Ok(match req.uri().path() {
+        "/metrics" => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.metrics.render(state.storage.as_ref()),
+        ),
+        "/healthz" => reply(StatusCode::OK, text, "ok\n".into()),
+        "/readyz" => {
+            if state.ready.load(Ordering::Acquire) {
+                reply(StatusCode::OK, text, "ready\n".into())
+            } else {
+                reply(StatusCode::SERVICE_UNAVAILABLE, text, "not ready\n".into())
+            }
+        }
+        other => reply(
+            StatusCode::NOT_FOUND,
+            text,
+            format!("no such path {other}: try /metrics, /healthz or /readyz\n"),
+        ),
+    })
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown` resolves.
+pub async fn serve_admin(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            () = &mut shutdown => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(req, state.clone()));
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}

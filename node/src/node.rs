@@ -1,0 +1,418 @@
+//! [`Node`]: what one node does with a request, independent of gRPC.
+//!
+//! With a single member (N=1) the node is its own leader in term 1: it orders writes itself,
+//! versions them `(1, counter)` with a counter that never goes backwards, and acknowledges a
+//! write (or shows a value) only once it is durable under the fsync policy.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use kv_replica::{NodeId, Quorum, Version};
+
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::storage::{Entry, Storage, Write, now_ms};
+
+/// Where a read is served from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadFrom {
+    /// The leader, after confirming leadership.
+    #[default]
+    Leader,
+    /// The contacted replica; may be stale.
+    Any,
+    /// The contacted node's own storage, no coordination.
+    Local,
+}
+
+/// What to do when a quorum cannot be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnQuorumLoss {
+    /// Answer UNAVAILABLE with who answered.
+    #[default]
+    Fail,
+    /// Answer with what could be had, marked degraded.
+    Degrade,
+}
+
+/// Per-request consistency; `None` takes the configured value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Consistency {
+    /// Read quorum override.
+    pub r: Option<u32>,
+    /// Write quorum override.
+    pub w: Option<u32>,
+    /// Where to read.
+    pub read_from: Option<ReadFrom>,
+    /// Quorum-loss behaviour.
+    pub on_quorum_loss: Option<OnQuorumLoss>,
+}
+
+/// What a response achieved (see `ResponseMeta` in kv.proto).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    /// The coordinating node.
+    pub coordinator: NodeId,
+    /// Replicas counted.
+    pub replicas: Vec<NodeId>,
+    /// The value may be older than the newest acknowledged write.
+    pub stale: bool,
+    /// Applied index behind the commit index, where known.
+    pub lag_entries: u64,
+    /// Weaker than asked.
+    pub degraded: bool,
+    /// Achieved read quorum (reads) or write acknowledgements (writes).
+    pub r: u32,
+    /// Achieved write acknowledgements.
+    pub w: u32,
+    /// Where the read was served from.
+    pub read_from: ReadFrom,
+}
+
+/// The answer to a read or a compare-and-set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// The value, `None` when absent or deleted.
+    pub value: Option<Bytes>,
+    /// The value's version, or the tombstone's; `None` when never written.
+    pub version: Option<Version>,
+    /// Consistency achieved.
+    pub meta: Meta,
+}
+
+/// The answer to a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// The version given to the write.
+    pub version: Version,
+    /// Consistency achieved.
+    pub meta: Meta,
+}
+
+/// The answer to a compare-and-set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The compare matched; the write is durable with this version.
+    Applied(WriteOutcome),
+    /// The compare did not match; nothing changed. The key's current state.
+    NotApplied(ReadOutcome),
+}
+
+/// The request engine of one node.
+pub struct Node {
+    settings: Settings,
+    storage: Arc<dyn Storage>,
+    /// Orders version assignment with the storage write (and a CAS with its compare).
+    write_order: Mutex<()>,
+}
+
+/// The term of a single-node cluster: it is its own leader from the start, forever.
+const SINGLE_NODE_TERM: u64 = 1;
+
+impl Node {
+    /// A node serving `storage` with `settings`.
+    pub fn new(settings: Settings, storage: Arc<dyn Storage>) -> Self {
+        Node {
+            settings,
+            storage,
+            write_order: Mutex::new(()),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &NodeId {
+        &self.settings.id
+    }
+
+    /// The validated settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The storage (for metrics and maintenance).
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        let max = self.settings.config.max_key_bytes;
+        if key.is_empty() {
+            return Err(Error::InvalidArgument("key is empty".into()));
+        }
+        if key.len() > max {
+            return Err(Error::InvalidArgument(format!(
+                "key is {} bytes, over max_key_bytes={max}",
+                key.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<()> {
+        let max = self.settings.config.max_value_bytes;
+        if value.len() > max {
+            return Err(Error::InvalidArgument(format!(
+                "value is {} bytes, over max_value_bytes={max}",
+                value.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn quorum(&self, c: &Consistency) -> Result<Quorum> {
+        self.settings
+            .quorum
+            .with_overrides(c.r.unwrap_or(0), c.w.unwrap_or(0))
+            .map_err(|e| Error::InvalidArgument(e.to_string()))
+    }
+
+    fn meta(&self, q: &Quorum, read_from: ReadFrom) -> Meta {
+        Meta {
+            coordinator: self.settings.id.clone(),
+            replicas: vec![self.settings.id.clone()],
+            stale: false,
+            lag_entries: 0,
+            degraded: false,
+            r: q.r,
+            w: q.w,
+            read_from,
+        }
+    }
+
+    /// Shows `entry` only once it is durable: nothing a client saw may vanish in a crash.
+    async fn durable_view(&self, entry: Option<Entry>) -> Result<(Option<Bytes>, Option<Version>)> {
+        match entry {
+            None => Ok((None, None)),
+            Some(e) => {
+                self.storage.wait_durable(e.lsn).await?;
+                Ok((e.value, Some(e.version)))
+            }
+        }
+    }
+
+    /// Reads one key.
+    ///
+    /// # Errors
+    /// Bad key or consistency ([`Error::InvalidArgument`]); storage failure.
+    pub async fn get(&self, key: &[u8], c: Consistency) -> Result<ReadOutcome> {
+        self.check_key(key)?;
+        let q = self.quorum(&c)?;
+        let (value, version) = self.durable_view(self.storage.get(key)).await?;
+        Ok(ReadOutcome {
+            value,
+            version,
+            meta: Meta {
+                r: 1,
+                ..self.meta(&q, c.read_from.unwrap_or_default())
+            },
+        })
+    }
+
+    /// Orders one write: assigns the next version and hands it to storage. Returns the
+    /// version and the LSN to wait for. `check` sees the current entry first and may refuse.
+    fn ordered_write<T>(
+        &self,
+        key: Bytes,
+        value: Option<Bytes>,
+        check: impl FnOnce(Option<Entry>) -> std::result::Result<(), T>,
+    ) -> Result<std::result::Result<(Version, u64), T>> {
+        let _order = self
+            .write_order
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Err(refused) = check(self.storage.get(&key)) {
+            return Ok(Err(refused));
+        }
+        let hw = self.storage.high_water();
+        let version = Version::new(SINGLE_NODE_TERM.max(hw.epoch), hw.counter + 1);
+        let lsn = self.storage.write(Write {
+            key,
+            value,
+            version,
+            written_ms: now_ms(),
+        })?;
+        Ok(Ok((version, lsn)))
+    }
+
+    async fn write(&self, key: Bytes, value: Option<Bytes>, c: Consistency) -> Result<WriteOutcome> {
+        self.check_key(&key)?;
+        if let Some(v) = &value {
+            self.check_value(v)?;
+        }
+        let q = self.quorum(&c)?;
+        let (version, lsn) = self
+            .ordered_write(key, value, |_| Ok::<(), ()>(()))?
+            .expect("invariant: an unconditional write is never refused");
+        self.storage.wait_durable(lsn).await?;
+        Ok(WriteOutcome {
+            version,
+            meta: Meta {
+                w: 1,
+                ..self.meta(&q, ReadFrom::Leader)
+            },
+        })
+    }
+
+    /// Writes one key.
+    ///
+    /// # Errors
+    /// Bad key, value or consistency; storage failure.
+    pub async fn put(&self, key: Bytes, value: Bytes, c: Consistency) -> Result<WriteOutcome> {
+        self.write(key, Some(value), c).await
+    }
+
+    /// Deletes one key (writes a tombstone, whether or not the key existed).
+    ///
+    /// # Errors
+    /// Bad key or consistency; storage failure.
+    pub async fn delete(&self, key: Bytes, c: Consistency) -> Result<WriteOutcome> {
+        self.write(key, None, c).await
+    }
+
+    /// Writes `value` only if the key's live value has version `expected` (`None`: the key must
+    /// be absent, never written or deleted).
+    ///
+    /// # Errors
+    /// Bad input; CAS in leaderless mode ([`Error::FailedPrecondition`]); storage failure.
+    pub async fn compare_and_set(
+        &self,
+        key: Bytes,
+        expected: Option<Version>,
+        value: Bytes,
+        c: Consistency,
+    ) -> Result<CasOutcome> {
+        if self.settings.config.mode == crate::config::Mode::Leaderless {
+            return Err(Error::FailedPrecondition(
+                "compare-and-set needs one order of writes per key; leaderless mode has none \
+                 (concurrent coordinators resolve by last-writer-wins): use leader-follower mode"
+                    .into(),
+            ));
+        }
+        self.check_key(&key)?;
+        self.check_value(&value)?;
+        let q = self.quorum(&c)?;
+        let res = self.ordered_write(key, Some(value), |cur| {
+            let live = cur.as_ref().filter(|e| e.value.is_some()).map(|e| e.version);
+            if live == expected { Ok(()) } else { Err(cur) }
+        })?;
+        match res {
+            Ok((version, lsn)) => {
+                self.storage.wait_durable(lsn).await?;
+                Ok(CasOutcome::Applied(WriteOutcome {
+                    version,
+                    meta: Meta {
+                        w: 1,
+                        ..self.meta(&q, ReadFrom::Leader)
+                    },
+                }))
+            }
+            Err(current) => {
+                let (value, version) = self.durable_view(current).await?;
+                Ok(CasOutcome::NotApplied(ReadOutcome {
+                    version: version.filter(|_| value.is_some()),
+                    value,
+                    meta: Meta {
+                        r: 1,
+                        ..self.meta(&q, ReadFrom::Leader)
+                    },
+                }))
+            }
+        }
+    }
+
+    /// Purges tombstones older than the grace period; returns how many.
+    pub fn purge_tombstones(&self) -> usize {
+        let grace = self.settings.config.tombstone_grace.0.as_millis() as u64;
+        self.storage
+            .purge_tombstones(now_ms().saturating_sub(grace))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, StorageKind};
+    use crate::storage::MemStorage;
+
+    fn node() -> Node {
+        let s = Config {
+            storage: Some(StorageKind::Memory),
+            max_key_bytes: 4,
+            max_value_bytes: 8,
+            ..Config::default()
+        }
+        .validate()
+        .expect("valid");
+        Node::new(s, Arc::new(MemStorage::new()))
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn node_versions_increase_per_write_and_reads_return_them() {
+        let n = node();
+        let c = Consistency::default();
+        let v1 = n.put(b("a"), b("1"), c).await.expect("put").version;
+        let v2 = n.put(b("b"), b("2"), c).await.expect("put").version;
+        assert_eq!((v1, v2), (Version::new(1, 1), Version::new(1, 2)));
+        let r = n.get(b"a", c).await.expect("get");
+        assert_eq!((r.value, r.version), (Some(b("1")), Some(v1)));
+        let d = n.delete(b("a"), c).await.expect("delete").version;
+        let r = n.get(b"a", c).await.expect("get");
+        assert_eq!((r.value, r.version), (None, Some(d)));
+    }
+
+    #[tokio::test]
+    async fn node_bad_input_is_invalid_argument_and_stores_nothing() {
+        let n = node();
+        let c = Consistency::default();
+        for (k, v) in [("", "x"), ("12345", "x"), ("k", "123456789")] {
+            let e = n.put(b(k), b(v), c).await.expect_err("refused");
+            assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+        }
+        let e = n
+            .put(b("k"), b("v"), Consistency { w: Some(2), ..c })
+            .await
+            .expect_err("w > n");
+        assert_eq!(e.to_string(), "w=2 is out of range: must be 1..=1 (n=1)");
+        assert_eq!(n.storage().stats().last_lsn, 0, "nothing stored");
+    }
+
+    #[tokio::test]
+    async fn node_cas_applies_only_on_matching_version() {
+        let n = node();
+        let c = Consistency::default();
+        let CasOutcome::Applied(first) = n
+            .compare_and_set(b("k"), None, b("a"), c)
+            .await
+            .expect("cas")
+        else {
+            panic!("absent key with expected=None applies");
+        };
+        match n.compare_and_set(b("k"), None, b("b"), c).await.expect("cas") {
+            CasOutcome::NotApplied(cur) => {
+                assert_eq!(cur.value, Some(b("a")));
+                assert_eq!(cur.version, Some(first.version));
+            }
+            o => panic!("key exists, expected=None must not apply: {o:?}"),
+        }
+        let stale = Version::new(1, 99);
+        assert!(matches!(
+            n.compare_and_set(b("k"), Some(stale), b("c"), c).await,
+            Ok(CasOutcome::NotApplied(_))
+        ));
+        assert!(matches!(
+            n.compare_and_set(b("k"), Some(first.version), b("d"), c).await,
+            Ok(CasOutcome::Applied(_))
+        ));
+        assert_eq!(n.get(b"k", c).await.expect("get").value, Some(b("d")));
+        n.delete(b("k"), c).await.expect("delete");
+        assert!(matches!(
+            n.compare_and_set(b("k"), None, b("e"), c).await,
+            Ok(CasOutcome::Applied(_))
+        ));
+    }
+}

@@ -1,0 +1,191 @@
+//! The `kv.v1.Kv` service: proto in, [`Node`] call, proto out, one metric per request.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use kv_proto::kv::v1 as pb;
+use kv_replica::Version;
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::node::{CasOutcome, Consistency, Meta, Node, OnQuorumLoss, ReadFrom, ReadOutcome, WriteOutcome};
+
+/// Serves `kv.v1.Kv` from one [`Node`].
+#[derive(Clone)]
+pub struct KvService {
+    node: Arc<Node>,
+    metrics: Arc<Metrics>,
+}
+
+impl KvService {
+    /// A service over `node`, counting into `metrics`.
+    pub fn new(node: Arc<Node>, metrics: Arc<Metrics>) -> Self {
+        KvService { node, metrics }
+    }
+
+    /// Runs one request under its gRPC deadline and counts it.
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        md: &tonic::metadata::MetadataMap,
+        f: impl Future<Output = Result<T, Error>>,
+    ) -> Result<Response<T>, Status> {
+        let start = Instant::now();
+        let res = match super::grpc_timeout(md) {
+            Some(d) => match tokio::time::timeout(d, f).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::DeadlineExceeded(d)),
+            },
+            None => f.await,
+        };
+        let res = res.map(Response::new).map_err(Status::from);
+        let code = res.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        self.metrics.observe_request(op, code, start.elapsed());
+        res
+    }
+}
+
+fn consistency(c: Option<pb::Consistency>) -> Result<Consistency, Error> {
+    let c = c.unwrap_or_default();
+    let read_from = match pb::ReadFrom::try_from(c.read_from) {
+        Ok(pb::ReadFrom::Unspecified) => None,
+        Ok(pb::ReadFrom::Leader) => Some(ReadFrom::Leader),
+        Ok(pb::ReadFrom::Any) => Some(ReadFrom::Any),
+        Ok(pb::ReadFrom::Local) => Some(ReadFrom::Local),
+        Err(_) => {
+            return Err(Error::InvalidArgument(format!(
+                "read_from={} is not a ReadFrom value",
+                c.read_from
+            )));
+        }
+    };
+    let on_quorum_loss = match pb::OnQuorumLoss::try_from(c.on_quorum_loss) {
+        Ok(pb::OnQuorumLoss::Unspecified) => None,
+        Ok(pb::OnQuorumLoss::Fail) => Some(OnQuorumLoss::Fail),
+        Ok(pb::OnQuorumLoss::Degrade) => Some(OnQuorumLoss::Degrade),
+        Err(_) => {
+            return Err(Error::InvalidArgument(format!(
+                "on_quorum_loss={} is not an OnQuorumLoss value",
+                c.on_quorum_loss
+            )));
+        }
+    };
+    Ok(Consistency {
+        r: (c.r != 0).then_some(c.r),
+        w: (c.w != 0).then_some(c.w),
+        read_from,
+        on_quorum_loss,
+    })
+}
+
+fn version(v: Version) -> pb::Version {
+    pb::Version {
+        epoch: v.epoch,
+        counter: v.counter,
+    }
+}
+
+fn meta(m: Meta) -> pb::ResponseMeta {
+    pb::ResponseMeta {
+        coordinator: m.coordinator.0,
+        replicas: m.replicas.into_iter().map(|n| n.0).collect(),
+        stale: m.stale,
+        lag_entries: m.lag_entries,
+        degraded: m.degraded,
+        achieved: Some(pb::Consistency {
+            r: m.r,
+            w: m.w,
+            read_from: match m.read_from {
+                ReadFrom::Leader => pb::ReadFrom::Leader,
+                ReadFrom::Any => pb::ReadFrom::Any,
+                ReadFrom::Local => pb::ReadFrom::Local,
+            } as i32,
+            on_quorum_loss: pb::OnQuorumLoss::Unspecified as i32,
+        }),
+    }
+}
+
+fn get_response(r: ReadOutcome) -> pb::GetResponse {
+    pb::GetResponse {
+        found: r.value.is_some(),
+        value: r.value.unwrap_or_default(),
+        version: r.version.map(version),
+        meta: Some(meta(r.meta)),
+    }
+}
+
+fn write_parts(w: WriteOutcome) -> (Option<pb::Version>, Option<pb::ResponseMeta>) {
+    (Some(version(w.version)), Some(meta(w.meta)))
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let (md, _, r) = req.into_parts();
+        self.call("get", &md, async {
+            let c = consistency(r.consistency)?;
+            self.node.get(&r.key, c).await.map(get_response)
+        })
+        .await
+    }
+
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let (md, _, r) = req.into_parts();
+        self.call("put", &md, async {
+            let c = consistency(r.consistency)?;
+            let (version, meta) = write_parts(self.node.put(r.key, r.value, c).await?);
+            Ok(pb::PutResponse { version, meta })
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let (md, _, r) = req.into_parts();
+        self.call("delete", &md, async {
+            let c = consistency(r.consistency)?;
+            let (version, meta) = write_parts(self.node.delete(r.key, c).await?);
+            Ok(pb::DeleteResponse { version, meta })
+        })
+        .await
+    }
+
+    async fn compare_and_set(
+        &self,
+        req: Request<pb::CompareAndSetRequest>,
+    ) -> Result<Response<pb::CompareAndSetResponse>, Status> {
+        let (md, _, r) = req.into_parts();
+        self.call("cas", &md, async {
+            let c = consistency(r.consistency)?;
+            let expected = r.expected.map(|v| Version::new(v.epoch, v.counter));
+            Ok(
+                match self.node.compare_and_set(r.key, expected, r.value, c).await? {
+                    CasOutcome::Applied(w) => {
+                        let (version, meta) = write_parts(w);
+                        pb::CompareAndSetResponse {
+                            applied: true,
+                            version,
+                            meta,
+                            ..Default::default()
+                        }
+                    }
+                    CasOutcome::NotApplied(cur) => {
+                        let g = get_response(cur);
+                        pb::CompareAndSetResponse {
+                            applied: false,
+                            version: g.version,
+                            found: g.found,
+                            current_value: g.value,
+                            meta: g.meta,
+                        }
+                    }
+                },
+            )
+        })
+        .await
+    }
+}

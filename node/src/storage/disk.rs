@@ -1,0 +1,698 @@
+//! [`DiskStorage`]: a write-ahead log with group commit, plus snapshots, under `--data-dir`.
+//!
+//! Files in the data directory:
+//! ```text
+//! LOCK                           held (flock) while a node uses the directory
+//! wal-<first lsn, 20 digits>.log log segments: framed records (see `record`), in LSN order
+//! snap-<lsn>.snap                the whole index as of at least <lsn>; segments wholly at or
+//!                                below <lsn> are deleted once it is durable
+//! ```
+//! Writes update the in-memory index and append to a buffer; one flusher thread writes the
+//! buffer and fsyncs it (policy `batch`: everything queued during one fsync shares the next;
+//! `always`: one record per fsync; `never`: no fsync). When the active segment passes
+//! `segment_bytes` the flusher starts a new one, and when the log passes `snapshot_bytes` a
+//! snapshot thread writes the index and deletes the covered segments.
+//!
+//! Recovery loads the newest snapshot, replays the segments after it (last-writer-wins by LSN,
+//! so a snapshot taken while writes went on is harmless), truncates a torn final record of the
+//! last segment and reports it, and refuses to start, naming file and offset, on any other damage.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kv_replica::Version;
+use tokio::sync::watch;
+
+use super::index::Index;
+use super::record::{self, Frame, Record};
+use super::{
+    DurableFuture, Entry, FsyncPolicy, Lsn, Storage, StorageError, StorageStats, Write,
+};
+
+/// Called after every flush with how long the write+fsync took and how many records it held.
+pub type FlushObserver = Arc<dyn Fn(Duration, usize) + Send + Sync>;
+
+/// Tuning for [`DiskStorage`].
+#[derive(Clone)]
+pub struct DiskOptions {
+    /// When a write counts as durable.
+    pub fsync: FsyncPolicy,
+    /// Start a new log segment past this size.
+    pub segment_bytes: u64,
+    /// Snapshot the index once the log since the last snapshot passes this size.
+    pub snapshot_bytes: u64,
+    /// Told about every flush (metrics).
+    pub on_flush: Option<FlushObserver>,
+}
+
+impl Default for DiskOptions {
+    fn default() -> Self {
+        DiskOptions {
+            fsync: FsyncPolicy::Batch,
+            segment_bytes: 64 << 20,
+            snapshot_bytes: 256 << 20,
+            on_flush: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for DiskOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskOptions")
+            .field("fsync", &self.fsync)
+            .field("segment_bytes", &self.segment_bytes)
+            .field("snapshot_bytes", &self.snapshot_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What recovery found, for the start-up log line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// LSN of the snapshot loaded, if any.
+    pub snapshot_lsn: Option<Lsn>,
+    /// Log records replayed after it.
+    pub replayed: u64,
+    /// A torn final record that was cut off: file, offset, bytes removed, why.
+    pub truncated: Option<(PathBuf, u64, u64, String)>,
+    /// Highest LSN recovered.
+    pub last_lsn: Lsn,
+}
+
+#[derive(Clone, Debug)]
+struct Durable {
+    lsn: Lsn,
+    failed: Option<Arc<str>>,
+}
+
+struct State {
+    index: Index,
+    /// Encoded records not yet handed to the flusher.
+    buf: Vec<u8>,
+    /// (encoded length, lsn) of each record in `buf`, in order.
+    lens: VecDeque<(usize, Lsn)>,
+    last_lsn: Lsn,
+    failed: Option<Arc<str>>,
+    shutdown: bool,
+}
+
+struct Shared {
+    dir: PathBuf,
+    opts: DiskOptions,
+    state: Mutex<State>,
+    wake: Condvar,
+    durable: watch::Sender<Durable>,
+    disk_bytes: AtomicU64,
+    snapshot_running: AtomicBool,
+    /// Held for the life of the store; dropping it releases the directory.
+    _lock: File,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves State consistent before it could panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fail(&self, err: &StorageError) {
+        tracing::error!(error = %err, "storage failed; no further writes will be acknowledged");
+        let msg: Arc<str> = err.to_string().into();
+        self.lock().failed = Some(msg.clone());
+        self.durable.send_modify(|d| d.failed = Some(msg));
+    }
+}
+
+/// Durable storage: see the module documentation.
+pub struct DiskStorage {
+    shared: Arc<Shared>,
+    durable_rx: watch::Receiver<Durable>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+fn segment_name(first_lsn: Lsn) -> String {
+    format!("wal-{first_lsn:020}.log")
+}
+
+fn snapshot_name(lsn: Lsn) -> String {
+    format!("snap-{lsn:020}.snap")
+}
+
+const SNAP_MAGIC: &[u8; 8] = b"QKVSNAP1";
+
+/// Files named `<prefix><digits><suffix>` in `dir`, sorted by the number.
+fn numbered(dir: &Path, prefix: &str, suffix: &str) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+    let mut out = Vec::new();
+    let rd = fs::read_dir(dir)
+        .map_err(|e| StorageError::io(format!("cannot list {}", dir.display()), e))?;
+    for ent in rd {
+        let ent = ent.map_err(|e| StorageError::io(format!("cannot list {}", dir.display()), e))?;
+        let name = ent.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(n) = name
+            .strip_prefix(prefix)
+            .and_then(|r| r.strip_suffix(suffix))
+            .and_then(|d| d.parse::<u64>().ok())
+        {
+            out.push((n, ent.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io(format!("cannot fsync directory {}", dir.display()), e))
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, StorageError> {
+    fs::read(path).map_err(|e| StorageError::io(format!("cannot read {}", path.display()), e))
+}
+
+fn corrupt(file: &Path, offset: usize, reason: impl Into<String>) -> StorageError {
+    StorageError::Corrupt {
+        file: file.to_path_buf(),
+        offset: offset as u64,
+        reason: reason.into(),
+    }
+}
+
+fn entry_of(r: Record) -> (Bytes, Entry) {
+    (
+        r.key,
+        Entry {
+            version: r.version,
+            value: r.value,
+            lsn: r.lsn,
+            written_ms: r.written_ms,
+        },
+    )
+}
+
+/// Loads a snapshot: the index and the LSN it covers. Any damage is corruption (snapshots are
+/// fsynced before they are renamed into place).
+fn load_snapshot(path: &Path) -> Result<(Index, Lsn), StorageError> {
+    let buf = read_file(path)?;
+    if buf.len() < SNAP_MAGIC.len() || &buf[..SNAP_MAGIC.len()] != SNAP_MAGIC {
+        return Err(corrupt(path, 0, "not a quorumkv snapshot (bad magic)"));
+    }
+    let mut off = SNAP_MAGIC.len();
+    let mut index = Index::default();
+    let mut covered = None;
+    let mut count = 0u64;
+    loop {
+        match record::next_frame(&buf, off) {
+            Frame::Record(r, next) => {
+                match r.kind {
+                    record::KIND_SNAP_BEGIN if covered.is_none() => {
+                        covered = Some(r.lsn);
+                        index.raise_high_water(r.version);
+                    }
+                    record::KIND_SNAP_END if covered.is_some() => {
+                        if r.lsn != count {
+                            return Err(corrupt(
+                                path,
+                                off,
+                                format!("snapshot holds {count} entries, its end says {}", r.lsn),
+                            ));
+                        }
+                        if next != buf.len() {
+                            return Err(corrupt(path, next, "data after the snapshot's end"));
+                        }
+                        return Ok((index, covered.unwrap_or(0)));
+                    }
+                    record::KIND_PUT | record::KIND_TOMBSTONE if covered.is_some() => {
+                        let (k, e) = entry_of(r);
+                        index.apply(k, e);
+                        count += 1;
+                    }
+                    k => return Err(corrupt(path, off, format!("unexpected record kind {k}"))),
+                }
+                off = next;
+            }
+            Frame::End => return Err(corrupt(path, off, "snapshot ends before its end record")),
+            Frame::Torn(why) | Frame::Corrupt(why) => return Err(corrupt(path, off, why)),
+        }
+    }
+}
+
+fn open_append(path: &Path) -> Result<File, StorageError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| StorageError::io(format!("cannot open {} for writing", path.display()), e))
+}
+
+impl DiskStorage {
+    /// Opens (creating if needed) the store in `dir` and recovers its contents.
+    ///
+    /// # Errors
+    /// The directory cannot be created, written or locked ([`StorageError::InUse`]), or a file
+    /// in it is damaged beyond a torn final record ([`StorageError::Corrupt`], nothing modified).
+    pub fn open(dir: &Path, opts: DiskOptions) -> Result<(Self, RecoveryReport), StorageError> {
+        fs::create_dir_all(dir).map_err(|e| {
+            StorageError::io(format!("cannot create data directory {}", dir.display()), e)
+        })?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| {
+                StorageError::io(format!("data directory {} is not writable", dir.display()), e)
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(StorageError::InUse(dir.into())),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(StorageError::io(format!("cannot lock {}", lock_path.display()), e));
+            }
+        }
+        // Half-written snapshots of a crashed node.
+        for (_, p) in numbered(dir, "snap-", ".snap.tmp")? {
+            let _ = fs::remove_file(p);
+        }
+
+        let mut report = RecoveryReport::default();
+        let (mut index, snap_lsn) = match numbered(dir, "snap-", ".snap")?.pop() {
+            Some((_, path)) => {
+                let (idx, lsn) = load_snapshot(&path)?;
+                report.snapshot_lsn = Some(lsn);
+                (idx, lsn)
+            }
+            None => (Index::default(), 0),
+        };
+
+        let segments = numbered(dir, "wal-", ".log")?;
+        let mut last_lsn = snap_lsn;
+        let mut disk_bytes = 0u64;
+        let mut active: Option<PathBuf> = None;
+        for (i, (first, path)) in segments.iter().enumerate() {
+            let is_last = i + 1 == segments.len();
+            // A segment that ends at or below the snapshot is wholly covered by it.
+            if let Some((next_first, _)) = segments.get(i + 1) {
+                if *next_first <= snap_lsn + 1 {
+                    continue;
+                }
+            }
+            if *first > last_lsn + 1 {
+                return Err(corrupt(
+                    path,
+                    0,
+                    format!(
+                        "log records {}..{} are missing (a segment was removed?)",
+                        last_lsn + 1,
+                        first - 1
+                    ),
+                ));
+            }
+            let buf = read_file(path)?;
+            let mut off = 0usize;
+            let mut expect = *first;
+            loop {
+                match record::next_frame(&buf, off) {
+                    Frame::Record(r, next) => {
+                        if r.lsn != expect {
+                            return Err(corrupt(
+                                path,
+                                off,
+                                format!("record has lsn {}, expected {expect}", r.lsn),
+                            ));
+                        }
+                        if !matches!(r.kind, record::KIND_PUT | record::KIND_TOMBSTONE) {
+                            return Err(corrupt(path, off, format!("record kind {}", r.kind)));
+                        }
+                        expect += 1;
+                        if r.lsn > snap_lsn {
+                            let (k, e) = entry_of(r);
+                            index.apply(k, e);
+                            report.replayed += 1;
+                        }
+                        off = next;
+                    }
+                    Frame::End => break,
+                    Frame::Torn(why) if is_last => {
+                        let cut = (buf.len() - off) as u64;
+                        let f = OpenOptions::new().write(true).open(path).map_err(|e| {
+                            StorageError::io(format!("cannot open {}", path.display()), e)
+                        })?;
+                        f.set_len(off as u64)
+                            .and_then(|()| f.sync_all())
+                            .map_err(|e| {
+                                StorageError::io(format!("cannot truncate {}", path.display()), e)
+                            })?;
+                        tracing::warn!(file = %path.display(), offset = off, bytes = cut, reason = %why,
+                            "truncated a torn final record (a write that was never acknowledged)");
+                        report.truncated = Some((path.clone(), off as u64, cut, why));
+                        break;
+                    }
+                    Frame::Torn(why) | Frame::Corrupt(why) => {
+                        return Err(corrupt(
+                            path,
+                            off,
+                            format!(
+                                "{why}; refusing to start with nothing modified (if this \
+                                 follows a power loss and the damage is the last record, \
+                                 `truncate -s {off} {}` drops it)",
+                                path.display()
+                            ),
+                        ));
+                    }
+                }
+            }
+            last_lsn = last_lsn.max(expect - 1);
+            disk_bytes += off as u64;
+            if is_last {
+                active = Some(path.clone());
+            }
+        }
+        report.last_lsn = last_lsn;
+        let (active_path, active_size) = match active {
+            Some(p) => {
+                let size = fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                (p, size)
+            }
+            None => (dir.join(segment_name(last_lsn + 1)), 0),
+        };
+        let file = open_append(&active_path)?;
+        sync_dir(dir)?;
+
+        let (durable, durable_rx) = watch::channel(Durable {
+            lsn: last_lsn,
+            failed: None,
+        });
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            opts,
+            state: Mutex::new(State {
+                index,
+                buf: Vec::with_capacity(1 << 16),
+                lens: VecDeque::new(),
+                last_lsn,
+                failed: None,
+                shutdown: false,
+            }),
+            wake: Condvar::new(),
+            durable,
+            disk_bytes: AtomicU64::new(disk_bytes),
+            snapshot_running: AtomicBool::new(false),
+            _lock: lock,
+        });
+        let s = shared.clone();
+        let flusher = std::thread::Builder::new()
+            .name("kv-wal-flusher".into())
+            .spawn(move || flusher(s, file, active_size))
+            .map_err(|e| StorageError::io("cannot start the log flusher thread", e))?;
+        Ok((
+            DiskStorage {
+                shared,
+                durable_rx,
+                flusher: Some(flusher),
+            },
+            report,
+        ))
+    }
+
+    /// Writes a snapshot now and deletes the segments it covers (normally automatic).
+    ///
+    /// # Errors
+    /// I/O failures writing the snapshot; the log is untouched then.
+    pub fn snapshot_now(&self) -> Result<(), StorageError> {
+        // Rotation happens in the flusher; a manual snapshot covers the sealed segments only.
+        snapshot(&self.shared)
+    }
+}
+
+/// The flusher thread: drains the buffer, writes, fsyncs, publishes the durable LSN.
+fn flusher(shared: Arc<Shared>, mut file: File, mut seg_size: u64) {
+    let policy = shared.opts.fsync;
+    let mut chunk: Vec<u8> = Vec::with_capacity(1 << 16);
+    let mut since_snapshot = shared.disk_bytes.load(Ordering::Relaxed);
+    loop {
+        let (last, records) = {
+            let mut st = shared.lock();
+            while st.lens.is_empty() && !st.shutdown {
+                st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if st.lens.is_empty() {
+                return; // shut down with nothing pending
+            }
+            chunk.clear();
+            if policy == FsyncPolicy::Always {
+                let (len, lsn) = st.lens.pop_front().expect("invariant: lens is non-empty");
+                chunk.extend_from_slice(&st.buf[..len]);
+                st.buf.drain(..len);
+                (lsn, 1)
+            } else {
+                std::mem::swap(&mut chunk, &mut st.buf);
+                let last = st.lens.back().expect("invariant: lens is non-empty").1;
+                let n = st.lens.len();
+                st.lens.clear();
+                (last, n)
+            }
+        };
+        let t = Instant::now();
+        let res = file.write_all(&chunk).and_then(|()| {
+            if policy == FsyncPolicy::Never {
+                Ok(())
+            } else {
+                file.sync_data()
+            }
+        });
+        if let Err(e) = res {
+            shared.fail(&StorageError::io("cannot write the log", e));
+            return;
+        }
+        if let Some(obs) = &shared.opts.on_flush {
+            obs(t.elapsed(), records);
+        }
+        shared.durable.send_modify(|d| d.lsn = last);
+        seg_size += chunk.len() as u64;
+        since_snapshot += chunk.len() as u64;
+        shared
+            .disk_bytes
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        if chunk.capacity() > 4 << 20 {
+            chunk = Vec::with_capacity(1 << 16); // do not keep a burst's buffer forever
+        }
+
+        if seg_size >= shared.opts.segment_bytes {
+            // Everything up to `last` is in the old segment (written and, unless `never`, synced).
+            let path = shared.dir.join(segment_name(last + 1));
+            match open_append(&path).and_then(|f| {
+                sync_dir(&shared.dir)?;
+                Ok(f)
+            }) {
+                Ok(f) => {
+                    if policy == FsyncPolicy::Never {
+                        let _ = file.sync_data();
+                    }
+                    file = f;
+                    seg_size = 0;
+                }
+                Err(e) => {
+                    shared.fail(&e);
+                    return;
+                }
+            }
+            if since_snapshot >= shared.opts.snapshot_bytes
+                && !shared.snapshot_running.swap(true, Ordering::AcqRel)
+            {
+                since_snapshot = 0;
+                let s = shared.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("kv-snapshot".into())
+                    .spawn(move || {
+                        if let Err(e) = snapshot(&s) {
+                            tracing::warn!(error = %e, "snapshot failed; the log is kept and replayed instead");
+                        }
+                        s.snapshot_running.store(false, Ordering::Release);
+                    });
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "cannot start a snapshot thread");
+                    shared.snapshot_running.store(false, Ordering::Release);
+                }
+            }
+        }
+    }
+}
+
+/// Writes the index as a snapshot covering every sealed segment, then deletes those segments.
+fn snapshot(shared: &Shared) -> Result<(), StorageError> {
+    let dir = &shared.dir;
+    let segments = numbered(dir, "wal-", ".log")?;
+    // The active segment is the newest; everything before it is sealed and durable.
+    let Some((active_first, _)) = segments.last() else {
+        return Ok(());
+    };
+    let covered = active_first.saturating_sub(1);
+    if covered == 0 {
+        return Ok(());
+    }
+    // Cloning the index pauses writers for its duration (reference counts, not value copies).
+    let index = shared.lock().index.clone();
+    let mut buf = Vec::with_capacity(1 << 20);
+    buf.extend_from_slice(SNAP_MAGIC);
+    record::encode(
+        &mut buf,
+        &Record {
+            kind: record::KIND_SNAP_BEGIN,
+            lsn: covered,
+            version: index.high_water(),
+            written_ms: 0,
+            key: Bytes::new(),
+            value: None,
+        },
+    );
+    let mut count = 0u64;
+    for (k, e) in index.iter() {
+        record::encode(
+            &mut buf,
+            &Record {
+                kind: if e.value.is_some() {
+                    record::KIND_PUT
+                } else {
+                    record::KIND_TOMBSTONE
+                },
+                lsn: e.lsn,
+                version: e.version,
+                written_ms: e.written_ms,
+                key: k.clone(),
+                value: e.value.clone(),
+            },
+        );
+        count += 1;
+    }
+    record::encode(
+        &mut buf,
+        &Record {
+            kind: record::KIND_SNAP_END,
+            lsn: count,
+            version: Version::ZERO,
+            written_ms: 0,
+            key: Bytes::new(),
+            value: None,
+        },
+    );
+    let fin = dir.join(snapshot_name(covered));
+    let tmp = dir.join(format!("{}.tmp", snapshot_name(covered)));
+    let io = |what: &str, e| StorageError::io(format!("{what} {}", tmp.display()), e);
+    let mut f = File::create(&tmp).map_err(|e| io("cannot create", e))?;
+    f.write_all(&buf).map_err(|e| io("cannot write", e))?;
+    f.sync_all().map_err(|e| io("cannot fsync", e))?;
+    fs::rename(&tmp, &fin).map_err(|e| io("cannot rename", e))?;
+    sync_dir(dir)?;
+    let mut freed = 0u64;
+    for (first, p) in segments.iter().filter(|(first, _)| *first <= covered) {
+        freed += fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        fs::remove_file(p).map_err(|e| {
+            StorageError::io(format!("cannot remove covered segment {} ({first})", p.display()), e)
+        })?;
+    }
+    for (lsn, p) in numbered(dir, "snap-", ".snap")? {
+        if lsn < covered {
+            freed += fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            let _ = fs::remove_file(p);
+        }
+    }
+    let _ = shared
+        .disk_bytes
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+            Some(b.saturating_sub(freed) + buf.len() as u64)
+        });
+    tracing::info!(covered_lsn = covered, entries = count, bytes = buf.len(), "snapshot written");
+    Ok(())
+}
+
+impl Storage for DiskStorage {
+    fn get(&self, key: &[u8]) -> Option<Entry> {
+        self.shared.lock().index.get(key).cloned()
+    }
+
+    fn write(&self, w: Write) -> Result<Lsn, StorageError> {
+        let mut st = self.shared.lock();
+        if let Some(f) = &st.failed {
+            return Err(StorageError::Failed(f.to_string()));
+        }
+        st.last_lsn += 1;
+        let lsn = st.last_lsn;
+        let start = st.buf.len();
+        let rec = Record {
+            kind: if w.value.is_some() {
+                record::KIND_PUT
+            } else {
+                record::KIND_TOMBSTONE
+            },
+            lsn,
+            version: w.version,
+            written_ms: w.written_ms,
+            key: w.key,
+            value: w.value,
+        };
+        record::encode(&mut st.buf, &rec);
+        let len = st.buf.len() - start;
+        st.lens.push_back((len, lsn));
+        let (key, entry) = entry_of(rec);
+        st.index.apply(key, entry);
+        drop(st);
+        self.shared.wake.notify_one();
+        Ok(lsn)
+    }
+
+    fn wait_durable(&self, lsn: Lsn) -> DurableFuture {
+        if self.durable_rx.borrow().lsn >= lsn {
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        let mut rx = self.durable_rx.clone();
+        Box::pin(async move {
+            let d = rx
+                .wait_for(|d| d.lsn >= lsn || d.failed.is_some())
+                .await
+                .map_err(|_| StorageError::Failed("storage closed".into()))?;
+            match (&d.failed, d.lsn >= lsn) {
+                (_, true) => Ok(()),
+                (Some(f), false) => Err(StorageError::Failed(f.to_string())),
+                (None, false) => unreachable!("wait_for returned without its condition"),
+            }
+        })
+    }
+
+    fn high_water(&self) -> Version {
+        self.shared.lock().index.high_water()
+    }
+
+    fn purge_tombstones(&self, older_than_ms: u64) -> usize {
+        self.shared.lock().index.purge(older_than_ms)
+    }
+
+    fn stats(&self) -> StorageStats {
+        let st = self.shared.lock();
+        StorageStats {
+            disk_bytes: self.shared.disk_bytes.load(Ordering::Relaxed),
+            last_lsn: st.last_lsn,
+            durable_lsn: self.durable_rx.borrow().lsn,
+            ..st.index.stats()
+        }
+    }
+}
+
+impl Drop for DiskStorage {
+    /// Flushes what is queued, stops the flusher and releases the directory.
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.wake.notify_all();
+        if let Some(h) = self.flusher.take() {
+            let _ = h.join();
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! Storage: versioned keys and tombstones behind one trait, in memory or durable on disk.
+//!
+//! ```text
+//!   write(key, value|tombstone, version) ──► index (memory, visible to get)
+//!                                       └──► log buffer ──► flusher thread: write + fsync
+//!                                                             │  (one fsync for everything
+//!                                                             │   that queued meanwhile)
+//!   wait_durable(lsn) ◄──────────────────── durable lsn ◄─────┘
+//! ```
+//!
+//! Every write gets a log sequence number (LSN). A caller acknowledges a write, and shows a read,
+//! only after [`Storage::wait_durable`] for its LSN: so nothing a client saw can vanish in a
+//! crash. Deletes are tombstones (versioned like any write) that [`Storage::purge_tombstones`]
+//! removes after a grace period.
+//!
+//! Implementations: [`MemStorage`] (tests, demos) and [`DiskStorage`] (a write-ahead log with
+//! group commit and snapshots). Both pass the same conformance suite (`testing::suite`).
+
+mod disk;
+mod index;
+mod mem;
+mod record;
+#[cfg(test)]
+mod testing;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use kv_replica::Version;
+
+pub use disk::{DiskOptions, DiskStorage, FlushObserver, RecoveryReport};
+pub use mem::MemStorage;
+
+/// Log sequence number: the position of a write in the node's total order of writes.
+pub type Lsn = u64;
+
+/// A future that resolves when a write is durable under the fsync policy.
+pub type DurableFuture = Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send + 'static>>;
+
+/// One stored version of a key: a value, or a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The write's version (see [`Version`]).
+    pub version: Version,
+    /// `None` for a tombstone.
+    pub value: Option<Bytes>,
+    /// Where the write stands in the log; wait for it before showing the entry to a client.
+    pub lsn: Lsn,
+    /// Wall-clock milliseconds when the write was made; tombstones are purged by it.
+    pub written_ms: u64,
+}
+
+/// A write to apply: the new value (or a tombstone) with the version the caller assigned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    /// The key (non-empty; limits are checked by the caller).
+    pub key: Bytes,
+    /// `None` writes a tombstone.
+    pub value: Option<Bytes>,
+    /// The version, assigned by the replication layer.
+    pub version: Version,
+    /// Wall-clock milliseconds of the write.
+    pub written_ms: u64,
+}
+
+/// Counts a node exports about its storage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Keys holding a value.
+    pub live_keys: u64,
+    /// Keys holding a tombstone not yet purged.
+    pub tombstones: u64,
+    /// Bytes of keys and values held.
+    pub live_bytes: u64,
+    /// Bytes of log and snapshot files on disk (0 in memory).
+    pub disk_bytes: u64,
+    /// Highest LSN assigned.
+    pub last_lsn: Lsn,
+    /// Highest LSN known durable.
+    pub durable_lsn: Lsn,
+}
+
+/// When a write counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// One fsync per write, not shared: the slow, simple reference.
+    Always,
+    /// Group commit: everything queued while one fsync runs shares the next one.
+    #[default]
+    Batch,
+    /// Written to the OS (survives a process crash, not a power cut), never fsynced.
+    Never,
+}
+
+impl FromStr for FsyncPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(Self::Always),
+            "batch" => Ok(Self::Batch),
+            "never" => Ok(Self::Never),
+            other => Err(format!(
+                "invalid fsync policy {other:?}: expected always, batch or never"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Always => "always",
+            Self::Batch => "batch",
+            Self::Never => "never",
+        })
+    }
+}
+
+/// Storage failures. `Io` while writing and `Failed` are fatal to the node: after a failed
+/// fsync nothing more may be acknowledged (the kernel may have dropped the dirty pages).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    /// An operating-system call failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::sync::Arc<std::io::Error>,
+    },
+    /// A file's contents are damaged where damage cannot be a torn final write.
+    #[error("corrupt data in {file} at byte offset {offset}: {reason}")]
+    Corrupt {
+        /// The damaged file.
+        file: PathBuf,
+        /// Where the damage starts.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Another process holds the data directory.
+    #[error("data directory {0} is in use by another kv-node (its LOCK file is held)")]
+    InUse(PathBuf),
+    /// An earlier write or fsync failed; the storage accepts nothing more.
+    #[error("storage has failed and accepts no more writes: {0}")]
+    Failed(String),
+}
+
+impl StorageError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StorageError::Io {
+            context: context.into(),
+            source: std::sync::Arc::new(source),
+        }
+    }
+}
+
+/// A versioned key-value store with a durability barrier.
+///
+/// # Correctness requirements
+/// - `write` makes the entry visible to `get` at once and returns its LSN; LSNs increase by one
+///   per write, in the order `write` calls return.
+/// - `wait_durable(lsn)` resolves `Ok` only once every write up to `lsn` survives the failures
+///   the fsync policy covers (`always`/`batch`: power loss; `never`: a process crash). After a
+///   restart, the store holds a prefix of the log that includes every such write.
+/// - Entries are last-writer-wins by LSN; callers give versions that increase with LSN per key.
+/// - `high_water` never decreases, across restarts and purges.
+pub trait Storage: Send + Sync + 'static {
+    /// The newest entry for `key`, value or tombstone.
+    fn get(&self, key: &[u8]) -> Option<Entry>;
+
+    /// Applies a write and queues it for durability.
+    ///
+    /// # Errors
+    /// [`StorageError::Failed`] once an earlier write failed to reach the disk.
+    fn write(&self, write: Write) -> Result<Lsn, StorageError>;
+
+    /// Resolves when the write with `lsn` (and all before it) is durable.
+    fn wait_durable(&self, lsn: Lsn) -> DurableFuture;
+
+    /// The highest version ever written, kept across restarts and purges.
+    fn high_water(&self) -> Version;
+
+    /// Removes tombstones written before `older_than_ms`; returns how many.
+    fn purge_tombstones(&self, older_than_ms: u64) -> usize;
+
+    /// Current counts.
+    fn stats(&self) -> StorageStats;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::OpenOptions;
+    use std::io::Write as _;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn w(key: &str, value: &str, counter: u64) -> Write {
+        Write {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Some(Bytes::copy_from_slice(value.as_bytes())),
+            version: Version::new(1, counter),
+            written_ms: 1,
+        }
+    }
+
+    fn disk(dir: &std::path::Path, fsync: FsyncPolicy) -> DiskStorage {
+        DiskStorage::open(
+            dir,
+            DiskOptions {
+                fsync,
+                ..DiskOptions::default()
+            },
+        )
+        .expect("open")
+        .0
+    }
+
+    #[tokio::test]
+    async fn mem_storage_passes_the_conformance_suite() {
+        testing::suite(&|| Arc::new(MemStorage::new())).await;
+    }
+
+    #[tokio::test]
+    async fn disk_storage_passes_the_conformance_suite_under_every_fsync_policy() {
+        for policy in [FsyncPolicy::Always, FsyncPolicy::Batch, FsyncPolicy::Never] {
+            let root = tempfile::tempdir().expect("tempdir");
+            let n = AtomicUsize::new(0);
+            testing::suite(&|| {
+                let dir = root.path().join(n.fetch_add(1, Ordering::Relaxed).to_string());
+                Arc::new(disk(&dir, policy))
+            })
+            .await;
+        }
+    }
+
+    #[tokio::test]
+    async fn disk_reopen_recovers_every_durable_write_and_the_high_water() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = disk(dir.path(), FsyncPolicy::Batch);
+            for i in 1..=100 {
+                s.write(w(&format!("k{}", i % 10), &format!("v{i}"), i))
+                    .expect("write");
+            }
+            let lsn = s.write(w("gone", "x", 101)).expect("write");
+            s.write(Write {
+                value: None,
+                ..w("gone", "", 102)
+            })
+            .expect("delete");
+            s.wait_durable(lsn + 1).await.expect("durable");
+            assert_eq!(s.purge_tombstones(u64::MAX), 1);
+        }
+        let (s, report) = DiskStorage::open(dir.path(), DiskOptions::default()).expect("reopen");
+        assert_eq!(report.last_lsn, 102);
+        assert_eq!(report.truncated, None);
+        assert_eq!(s.get(b"k3").and_then(|e| e.value), Some(Bytes::from("v93")));
+        assert_eq!(s.high_water(), Version::new(1, 102));
+        assert_eq!(s.stats().live_keys, 10);
+        // The purged tombstone comes back from the log, and the key stays deleted.
+        assert_eq!(s.get(b"gone").map(|e| e.value), Some(None));
+        assert_eq!(s.write(w("next", "x", 103)).expect("write"), 103);
+    }
+
+    fn only_segment(dir: &std::path::Path) -> std::path::PathBuf {
+        let mut segs: Vec<_> = std::fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        assert_eq!(segs.len(), 1, "{segs:?}");
+        segs.pop().expect("one segment")
+    }
+
+    async fn three_writes(dir: &std::path::Path) {
+        let s = disk(dir, FsyncPolicy::Always);
+        for i in 1..=3 {
+            let lsn = s.write(w(&format!("k{i}"), "value", i)).expect("write");
+            s.wait_durable(lsn).await.expect("durable");
+        }
+    }
+
+    #[tokio::test]
+    async fn disk_torn_final_record_is_truncated_and_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        three_writes(dir.path()).await;
+        let seg = only_segment(dir.path());
+        let len = std::fs::metadata(&seg).expect("stat").len();
+        // A crash in the middle of appending record 4: its first 20 bytes reached the file.
+        let mut f = OpenOptions::new().append(true).open(&seg).expect("open");
+        let mut rec4 = Vec::new();
+        record::encode(
+            &mut rec4,
+            &record::Record {
+                kind: record::KIND_PUT,
+                lsn: 4,
+                version: Version::new(1, 4),
+                written_ms: 1,
+                key: Bytes::from("k4"),
+                value: Some(Bytes::from("value")),
+            },
+        );
+        f.write_all(&rec4[..20]).expect("append");
+        drop(f);
+        let (s, report) = DiskStorage::open(dir.path(), DiskOptions::default()).expect("open");
+        let (file, offset, cut, _) = report.truncated.expect("reported");
+        assert_eq!((file, offset, cut), (seg.clone(), len, 20));
+        assert_eq!(std::fs::metadata(&seg).expect("stat").len(), len);
+        assert_eq!(s.stats().live_keys, 3);
+        assert_eq!(s.write(w("k4", "again", 4)).expect("write"), 4);
+    }
+
+    #[tokio::test]
+    async fn disk_bit_flip_refuses_to_start_and_modifies_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        three_writes(dir.path()).await;
+        let seg = only_segment(dir.path());
+        let good = std::fs::read(&seg).expect("read");
+        for at in [5, good.len() / 2, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x04;
+            std::fs::write(&seg, &bad).expect("write");
+            let err = DiskStorage::open(dir.path(), DiskOptions::default())
+                .err()
+                .expect("refused");
+            let msg = err.to_string();
+            assert!(matches!(err, StorageError::Corrupt { .. }), "{msg}");
+            assert!(msg.contains("wal-00000000000000000001.log"), "{msg}");
+            assert_eq!(std::fs::read(&seg).expect("read"), bad, "file untouched");
+        }
+    }
+
+    #[test]
+    fn disk_directory_in_use_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _first = disk(dir.path(), FsyncPolicy::Batch);
+        let err = DiskStorage::open(dir.path(), DiskOptions::default())
+            .err()
+            .expect("second open refused");
+        assert!(matches!(err, StorageError::InUse(_)), "{err}");
+    }
+
+    #[test]
+    fn disk_directory_that_cannot_be_created_names_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("plain-file");
+        std::fs::write(&file, b"x").expect("write");
+        let err = DiskStorage::open(&file.join("data"), DiskOptions::default())
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("cannot create data directory"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn disk_rotation_and_snapshots_keep_everything_and_free_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = DiskOptions {
+            fsync: FsyncPolicy::Never,
+            segment_bytes: 4 << 10,
+            snapshot_bytes: 16 << 10,
+            on_flush: None,
+        };
+        let value = "x".repeat(100);
+        {
+            let (s, _) = DiskStorage::open(dir.path(), opts.clone()).expect("open");
+            for i in 1..=2000u64 {
+                let lsn = s.write(w(&format!("k{}", i % 50), &value, i)).expect("write");
+                s.wait_durable(lsn).await.expect("durable");
+            }
+            s.snapshot_now().expect("snapshot");
+            for i in 2001..=2100u64 {
+                s.write(w(&format!("k{}", i % 50), &format!("last{i}"), i))
+                    .expect("write");
+            }
+        }
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().any(|n| n.ends_with(".snap")), "{names:?}");
+        let logs = names.iter().filter(|n| n.ends_with(".log")).count();
+        assert!(logs < 10, "covered segments are deleted: {names:?}");
+        let (s, report) = DiskStorage::open(dir.path(), opts).expect("reopen");
+        assert!(report.snapshot_lsn.is_some());
+        assert_eq!(report.last_lsn, 2100);
+        assert_eq!(s.stats().live_keys, 50);
+        for i in 2051..=2100u64 {
+            let e = s.get(format!("k{}", i % 50).as_bytes()).expect("present");
+            assert_eq!(e.value, Some(Bytes::from(format!("last{i}"))));
+            assert_eq!(e.version, Version::new(1, i));
+        }
+    }
+
+    #[tokio::test]
+    async fn disk_batch_policy_shares_one_fsync_among_concurrent_writers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let flushes = Arc::new(AtomicUsize::new(0));
+        let f = flushes.clone();
+        let (s, _) = DiskStorage::open(
+            dir.path(),
+            DiskOptions {
+                fsync: FsyncPolicy::Batch,
+                on_flush: Some(Arc::new(move |_, _| {
+                    f.fetch_add(1, Ordering::Relaxed);
+                })),
+                ..DiskOptions::default()
+            },
+        )
+        .expect("open");
+        let s = Arc::new(s);
+        let mut tasks = Vec::new();
+        for t in 0..64u64 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..20u64 {
+                    let lsn = s.write(w(&format!("{t}-{i}"), "v", t * 100 + i + 1)).expect("w");
+                    s.wait_durable(lsn).await.expect("durable");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let n = flushes.load(Ordering::Relaxed);
+        assert!(n < 1280 / 4, "1280 writes took {n} fsyncs: group commit is not grouping");
+    }
+}

@@ -1,0 +1,19 @@
+//! kv-proto: the wire protocol of quorumkv, generated from `proto/kv/v1/*.proto`.
+//!
+//! - [`kv::v1`]: the client API (`kv.v1.Kv`): messages, `kv_client::KvClient`, `kv_server`.
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, served by gRPC reflection.
+//!
+//! Nothing here is written by hand except this file: edit the `.proto` files.
+
+#![allow(missing_docs, clippy::all)]
+
+/// Generated code, one module per protobuf package.
+pub mod kv {
+    /// Package `kv.v1`.
+    pub mod v1 {
+        tonic::include_proto!("kv.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of every `.proto` in this crate, for `tonic-reflection`.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kv_descriptor");
