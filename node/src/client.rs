@@ -27,8 +27,8 @@ pub fn exit_code(status: &tonic::Status) -> u8 {
     match status.code() {
         InvalidArgument | OutOfRange => exit::USAGE,
         NotFound => exit::NOT_FOUND_OR_NOT_APPLIED,
-        Unavailable | FailedPrecondition | PermissionDenied | Unauthenticated
-        | Unimplemented | ResourceExhausted | AlreadyExists | Aborted => exit::FAILED,
+        Unavailable | FailedPrecondition | PermissionDenied | Unauthenticated | Unimplemented
+        | ResourceExhausted | AlreadyExists | Aborted => exit::FAILED,
         Ok | Cancelled | Unknown | DeadlineExceeded | Internal | DataLoss => exit::UNKNOWN,
     }
 }
@@ -66,7 +66,12 @@ pub async fn connect_any(
             }
         };
         match endpoint.connect().await {
-            Ok(ch) => return Ok((ep.clone(), KvClient::new(ch).max_decoding_message_size(usize::MAX))),
+            Ok(ch) => {
+                return Ok((
+                    ep.clone(),
+                    KvClient::new(ch).max_decoding_message_size(usize::MAX),
+                ));
+            }
             Err(e) => why.push(format!("{ep}: {}", error_chain(&e))),
         }
     }

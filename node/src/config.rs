@@ -77,7 +77,9 @@ impl FromStr for HumanDuration {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         humantime::parse_duration(s)
             .map(HumanDuration)
-            .map_err(|e| format!("invalid duration {s:?} ({e}): use a number and unit, like 500ms, 2s or 1h"))
+            .map_err(|e| {
+                format!("invalid duration {s:?} ({e}): use a number and unit, like 500ms, 2s or 1h")
+            })
     }
 }
 
@@ -207,7 +209,12 @@ impl Config {
         }
         let id = NodeId(self.id.clone());
         let mut members = BTreeMap::new();
-        for part in self.peers.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        for part in self
+            .peers
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
             let Some((pid, addr)) = part.split_once('=') else {
                 return err(format!(
                     "--peers entry {part:?}: expected ID=HOST:PORT, like n1=127.0.0.1:7001"
@@ -218,7 +225,10 @@ impl Config {
                     "--peers entry {part:?}: expected ID=HOST:PORT, like n1=127.0.0.1:7001"
                 ));
             }
-            if members.insert(NodeId(pid.into()), addr.to_string()).is_some() {
+            if members
+                .insert(NodeId(pid.into()), addr.to_string())
+                .is_some()
+            {
                 return err(format!("--peers names {pid} twice"));
             }
         }
@@ -325,18 +335,42 @@ mod tests {
 
     #[test]
     fn config_r_or_w_out_of_range_names_the_flag() {
-        let m = invalid(Config { w: Some(2), ..mem() });
+        let m = invalid(Config {
+            w: Some(2),
+            ..mem()
+        });
         assert_eq!(m, "--w=2 is out of range: must be 1..=1 (n=1)");
-        assert!(invalid(Config { r: Some(0), ..mem() }).contains("--r=0"));
-        assert!(invalid(Config { n: Some(3), ..mem() }).contains("--n=3"));
+        assert!(
+            invalid(Config {
+                r: Some(0),
+                ..mem()
+            })
+            .contains("--r=0")
+        );
+        assert!(
+            invalid(Config {
+                n: Some(3),
+                ..mem()
+            })
+            .contains("--n=3")
+        );
     }
 
     #[test]
     fn config_bad_peers_are_rejected_with_the_entry() {
-        assert!(invalid(Config { peers: "n1".into(), ..mem() }).contains("\"n1\""));
         assert!(
-            invalid(Config { peers: "n2=127.0.0.1:7002".into(), ..mem() })
-                .contains("does not list this node")
+            invalid(Config {
+                peers: "n1".into(),
+                ..mem()
+            })
+            .contains("\"n1\"")
+        );
+        assert!(
+            invalid(Config {
+                peers: "n2=127.0.0.1:7002".into(),
+                ..mem()
+            })
+            .contains("does not list this node")
         );
         assert!(
             invalid(Config {

@@ -88,7 +88,11 @@ impl Metrics {
     pub fn new(info: InfoLabels) -> Self {
         let mut registry = Registry::with_prefix("kv");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("requests", "Client requests by operation and gRPC code", requests.clone());
+        registry.register(
+            "requests",
+            "Client requests by operation and gRPC code",
+            requests.clone(),
+        );
         let request_seconds: HistogramFamily<OpLabels> =
             Family::new_with_constructor(latency_histogram);
         registry.register_with_unit(

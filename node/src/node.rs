@@ -217,10 +217,7 @@ impl Node {
         value: Option<Bytes>,
         check: impl FnOnce(Option<Entry>) -> std::result::Result<(), T>,
     ) -> Result<std::result::Result<(Version, u64), T>> {
-        let _order = self
-            .write_order
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let _order = self.write_order.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(refused) = check(self.storage.get(&key)) {
             return Ok(Err(refused));
         }
@@ -235,7 +232,12 @@ impl Node {
         Ok(Ok((version, lsn)))
     }
 
-    async fn write(&self, key: Bytes, value: Option<Bytes>, c: Consistency) -> Result<WriteOutcome> {
+    async fn write(
+        &self,
+        key: Bytes,
+        value: Option<Bytes>,
+        c: Consistency,
+    ) -> Result<WriteOutcome> {
         self.check_key(&key)?;
         if let Some(v) = &value {
             self.check_value(v)?;
@@ -293,7 +295,10 @@ impl Node {
         self.check_value(&value)?;
         let q = self.quorum(&c)?;
         let res = self.ordered_write(key, Some(value), |cur| {
-            let live = cur.as_ref().filter(|e| e.value.is_some()).map(|e| e.version);
+            let live = cur
+                .as_ref()
+                .filter(|e| e.value.is_some())
+                .map(|e| e.version);
             if live == expected { Ok(()) } else { Err(cur) }
         })?;
         match res {
@@ -392,7 +397,11 @@ mod tests {
         else {
             panic!("absent key with expected=None applies");
         };
-        match n.compare_and_set(b("k"), None, b("b"), c).await.expect("cas") {
+        match n
+            .compare_and_set(b("k"), None, b("b"), c)
+            .await
+            .expect("cas")
+        {
             CasOutcome::NotApplied(cur) => {
                 assert_eq!(cur.value, Some(b("a")));
                 assert_eq!(cur.version, Some(first.version));
@@ -405,7 +414,8 @@ mod tests {
             Ok(CasOutcome::NotApplied(_))
         ));
         assert!(matches!(
-            n.compare_and_set(b("k"), Some(first.version), b("d"), c).await,
+            n.compare_and_set(b("k"), Some(first.version), b("d"), c)
+                .await,
             Ok(CasOutcome::Applied(_))
         ));
         assert_eq!(n.get(b"k", c).await.expect("get").value, Some(b("d")));

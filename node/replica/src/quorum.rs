@@ -142,7 +142,11 @@ mod tests {
                         let ok = (1..=nodes).contains(&n)
                             && (1..=n).contains(&r)
                             && (1..=n).contains(&w);
-                        assert_eq!(Quorum::new(nodes, n, r, w).is_ok(), ok, "{nodes} {n} {r} {w}");
+                        assert_eq!(
+                            Quorum::new(nodes, n, r, w).is_ok(),
+                            ok,
+                            "{nodes} {n} {r} {w}"
+                        );
                     }
                 }
             }

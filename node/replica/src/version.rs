@@ -72,7 +72,11 @@ mod tests {
 
     #[test]
     fn version_text_form_round_trips() {
-        for v in [Version::ZERO, Version::new(1, 42), Version::new(u64::MAX, 7)] {
+        for v in [
+            Version::ZERO,
+            Version::new(1, 42),
+            Version::new(u64::MAX, 7),
+        ] {
             assert_eq!(v.to_string().parse::<Version>(), Ok(v));
         }
     }

@@ -84,7 +84,17 @@ impl Args {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
         }
-        set!(id, listen, admin_listen, peers, mode, fsync, max_key_bytes, max_value_bytes, tombstone_grace);
+        set!(
+            id,
+            listen,
+            admin_listen,
+            peers,
+            mode,
+            fsync,
+            max_key_bytes,
+            max_value_bytes,
+            tombstone_grace
+        );
         macro_rules! set_opt {
             ($($f:ident),*) => { $( if self.$f.is_some() { c.$f = self.$f; } )* };
         }
@@ -120,6 +130,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let settings = match args.into_config().and_then(Config::validate) {
         Ok(s) => s,

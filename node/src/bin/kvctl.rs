@@ -25,7 +25,13 @@ use serde_json::json;
 #[command(name = "kvctl", version, verbatim_doc_comment)]
 struct Args {
     /// Nodes to contact, tried in order: HOST:PORT[,HOST:PORT...].
-    #[arg(long, env = "KV_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:7001", global = true)]
+    #[arg(
+        long,
+        env = "KV_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001",
+        global = true
+    )]
     endpoints: Vec<String>,
     /// Deadline of each call (also sent to the server as the gRPC deadline).
     #[arg(long, default_value = "2s", global = true)]
@@ -221,7 +227,11 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
                         epoch: v.epoch,
                         counter: v.counter,
                     }),
-                    Err(e) => return Err(tonic::Status::invalid_argument(format!("{e} (or none: the key must be absent)"))),
+                    Err(e) => {
+                        return Err(tonic::Status::invalid_argument(format!(
+                            "{e} (or none: the key must be absent)"
+                        )));
+                    }
                 },
             };
             let r = c
@@ -255,7 +265,8 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
                     stdout,
                     stderr: Some(match v {
                         Some(v) => format!("not applied: current version is {v}"),
-                        None => "not applied: the key is absent (use none as the expected version)".into(),
+                        None => "not applied: the key is absent (use none as the expected version)"
+                            .into(),
                     }),
                     code: exit::NOT_FOUND_OR_NOT_APPLIED,
                 }
@@ -267,7 +278,10 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
 fn main() -> ExitCode {
     let args = Args::parse();
     let json = args.output == Output::Json;
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kvctl: cannot start the runtime: {e}");
@@ -298,7 +312,11 @@ fn main() -> ExitCode {
                                      "may_have_happened": client::may_have_happened(&s)}})
                 );
             }
-            eprintln!("kvctl: {}: {}{what}", kv_node::metrics::code_name(s.code()), s.message());
+            eprintln!(
+                "kvctl: {}: {}{what}",
+                kv_node::metrics::code_name(s.code()),
+                s.message()
+            );
             ExitCode::from(code)
         }
     }

@@ -10,7 +10,9 @@ use tonic::{Request, Response, Status};
 
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::node::{CasOutcome, Consistency, Meta, Node, OnQuorumLoss, ReadFrom, ReadOutcome, WriteOutcome};
+use crate::node::{
+    CasOutcome, Consistency, Meta, Node, OnQuorumLoss, ReadFrom, ReadOutcome, WriteOutcome,
+};
 
 /// Serves `kv.v1.Kv` from one [`Node`].
 #[derive(Clone)]
@@ -163,7 +165,11 @@ impl pb::kv_server::Kv for KvService {
             let c = consistency(r.consistency)?;
             let expected = r.expected.map(|v| Version::new(v.epoch, v.counter));
             Ok(
-                match self.node.compare_and_set(r.key, expected, r.value, c).await? {
+                match self
+                    .node
+                    .compare_and_set(r.key, expected, r.value, c)
+                    .await?
+                {
                     CasOutcome::Applied(w) => {
                         let (version, meta) = write_parts(w);
                         pb::CompareAndSetResponse {

@@ -32,9 +32,7 @@ use tokio::sync::watch;
 
 use super::index::Index;
 use super::record::{self, Frame, Record};
-use super::{
-    DurableFuture, Entry, FsyncPolicy, Lsn, Storage, StorageError, StorageStats, Write,
-};
+use super::{DurableFuture, Entry, FsyncPolicy, Lsn, Storage, StorageError, StorageStats, Write};
 
 /// Called after every flush with how long the write+fsync took and how many records it held.
 pub type FlushObserver = Arc<dyn Fn(Duration, usize) + Send + Sync>;
@@ -269,13 +267,19 @@ impl DiskStorage {
             .write(true)
             .open(&lock_path)
             .map_err(|e| {
-                StorageError::io(format!("data directory {} is not writable", dir.display()), e)
+                StorageError::io(
+                    format!("data directory {} is not writable", dir.display()),
+                    e,
+                )
             })?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(StorageError::InUse(dir.into())),
             Err(fs::TryLockError::Error(e)) => {
-                return Err(StorageError::io(format!("cannot lock {}", lock_path.display()), e));
+                return Err(StorageError::io(
+                    format!("cannot lock {}", lock_path.display()),
+                    e,
+                ));
             }
         }
         // Half-written snapshots of a crashed node.
@@ -300,10 +304,10 @@ impl DiskStorage {
         for (i, (first, path)) in segments.iter().enumerate() {
             let is_last = i + 1 == segments.len();
             // A segment that ends at or below the snapshot is wholly covered by it.
-            if let Some((next_first, _)) = segments.get(i + 1) {
-                if *next_first <= snap_lsn + 1 {
-                    continue;
-                }
+            if let Some((next_first, _)) = segments.get(i + 1)
+                && *next_first <= snap_lsn + 1
+            {
+                continue;
             }
             if *first > last_lsn + 1 {
                 return Err(corrupt(
@@ -596,7 +600,10 @@ fn snapshot(shared: &Shared) -> Result<(), StorageError> {
     for (first, p) in segments.iter().filter(|(first, _)| *first <= covered) {
         freed += fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         fs::remove_file(p).map_err(|e| {
-            StorageError::io(format!("cannot remove covered segment {} ({first})", p.display()), e)
+            StorageError::io(
+                format!("cannot remove covered segment {} ({first})", p.display()),
+                e,
+            )
         })?;
     }
     for (lsn, p) in numbered(dir, "snap-", ".snap")? {
@@ -610,7 +617,12 @@ fn snapshot(shared: &Shared) -> Result<(), StorageError> {
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
             Some(b.saturating_sub(freed) + buf.len() as u64)
         });
-    tracing::info!(covered_lsn = covered, entries = count, bytes = buf.len(), "snapshot written");
+    tracing::info!(
+        covered_lsn = covered,
+        entries = count,
+        bytes = buf.len(),
+        "snapshot written"
+    );
     Ok(())
 }
 

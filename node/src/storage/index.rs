@@ -25,10 +25,10 @@ impl Index {
     /// replaying log records over a snapshot taken later is harmless). Returns whether it applied.
     pub(crate) fn apply(&mut self, key: Bytes, entry: Entry) -> bool {
         self.high_water = self.high_water.max(entry.version);
-        if let Some(old) = self.map.get(&key) {
-            if old.lsn >= entry.lsn {
-                return false;
-            }
+        if let Some(old) = self.map.get(&key)
+            && old.lsn >= entry.lsn
+        {
+            return false;
         }
         self.account(&key, &entry, true);
         if let Some(old) = self.map.insert(key.clone(), entry) {

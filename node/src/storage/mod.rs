@@ -242,7 +242,9 @@ mod tests {
             let root = tempfile::tempdir().expect("tempdir");
             let n = AtomicUsize::new(0);
             testing::suite(&|| {
-                let dir = root.path().join(n.fetch_add(1, Ordering::Relaxed).to_string());
+                let dir = root
+                    .path()
+                    .join(n.fetch_add(1, Ordering::Relaxed).to_string());
                 Arc::new(disk(&dir, policy))
             })
             .await;
@@ -364,7 +366,10 @@ mod tests {
         let err = DiskStorage::open(&file.join("data"), DiskOptions::default())
             .err()
             .expect("refused");
-        assert!(err.to_string().contains("cannot create data directory"), "{err}");
+        assert!(
+            err.to_string().contains("cannot create data directory"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -380,7 +385,9 @@ mod tests {
         {
             let (s, _) = DiskStorage::open(dir.path(), opts.clone()).expect("open");
             for i in 1..=2000u64 {
-                let lsn = s.write(w(&format!("k{}", i % 50), &value, i)).expect("write");
+                let lsn = s
+                    .write(w(&format!("k{}", i % 50), &value, i))
+                    .expect("write");
                 s.wait_durable(lsn).await.expect("durable");
             }
             s.snapshot_now().expect("snapshot");
@@ -429,7 +436,9 @@ mod tests {
             let s = s.clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0..20u64 {
-                    let lsn = s.write(w(&format!("{t}-{i}"), "v", t * 100 + i + 1)).expect("w");
+                    let lsn = s
+                        .write(w(&format!("{t}-{i}"), "v", t * 100 + i + 1))
+                        .expect("w");
                     s.wait_durable(lsn).await.expect("durable");
                 }
             }));
@@ -438,6 +447,9 @@ mod tests {
             t.await.expect("task");
         }
         let n = flushes.load(Ordering::Relaxed);
-        assert!(n < 1280 / 4, "1280 writes took {n} fsyncs: group commit is not grouping");
+        assert!(
+            n < 1280 / 4,
+            "1280 writes took {n} fsyncs: group commit is not grouping"
+        );
     }
 }

@@ -1,0 +1,136 @@
+//! `kv-bench`: load generation against quorumkv and its peers.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kv_bench::driver::DriverKind;
+use kv_bench::run::{self, RunConfig};
+use kv_bench::workload::{Dist, Mix};
+
+/// quorumkv load generator.
+#[derive(Debug, Parser)]
+#[command(name = "kv-bench", version)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Drive a workload and report throughput and latency percentiles.
+    ///
+    /// Closed loop: --clients C clients each send their next request when the previous one
+    /// answers. Writes DIR/summary.json and DIR/latency.hgrm.
+    ///
+    /// Example: kv-bench run --endpoints 127.0.0.1:7001 --clients 16 --duration 20s
+    ///          --keys 10000 --value-size 100 --dist zipfian --mix read=50,write=50 --out bench-out/kv
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Where to send requests: HOST:PORT[,HOST:PORT..] (Redis: HOST:PORT or redis:// URL).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7001")]
+    endpoints: Vec<String>,
+    /// Closed-loop clients.
+    #[arg(long)]
+    clients: Option<usize>,
+    /// Open-loop target rate in ops/s (not implemented yet).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Connections the clients share [default: one per client, at most 64].
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Measured time.
+    #[arg(long, default_value = "10s")]
+    duration: humantime::Duration,
+    /// Time before measuring starts (connections warm, caches fill).
+    #[arg(long, default_value = "2s")]
+    warmup: humantime::Duration,
+    /// Number of distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Key distribution: uniform or zipfian (YCSB scrambled, theta 0.99).
+    #[arg(long, default_value = "zipfian")]
+    dist: Dist,
+    /// Operation mix in percent, e.g. read=90,write=10.
+    #[arg(long, default_value = "read=50,write=50")]
+    mix: Mix,
+    /// Deadline per operation.
+    #[arg(long, default_value = "2s")]
+    timeout: humantime::Duration,
+    /// Read quorum sent with every quorumkv request.
+    #[arg(long)]
+    r: Option<u32>,
+    /// Write quorum sent with every quorumkv request.
+    #[arg(long)]
+    w: Option<u32>,
+    /// Where quorumkv serves reads: leader, any or local.
+    #[arg(long)]
+    read_from: Option<String>,
+    /// System to drive: kv (quorumkv) or redis.
+    #[arg(long, default_value = "kv")]
+    driver: DriverKind,
+    /// Seed of the key and operation choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output directory.
+    #[arg(long, default_value = "bench-out/run")]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let Args { cmd: Cmd::Run(a) } = Args::parse();
+    let clients = match (a.clients, a.rate) {
+        (Some(c), None) if c > 0 => c,
+        (_, Some(_)) => {
+            eprintln!("kv-bench: open-loop runs (--rate) are not implemented yet; use --clients C");
+            return ExitCode::from(2);
+        }
+        _ => {
+            eprintln!("kv-bench: give --clients C (at least 1)");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = RunConfig {
+        driver: a.driver,
+        connections: a.connections.unwrap_or(clients.min(64)).clamp(1, clients),
+        endpoints: a.endpoints,
+        clients,
+        duration: a.duration.into(),
+        warmup: a.warmup.into(),
+        keys: a.keys.max(1),
+        value_size: a.value_size,
+        dist: a.dist,
+        mix: a.mix,
+        timeout: a.timeout.into(),
+        r: a.r,
+        w: a.w,
+        read_from: a.read_from,
+        seed: a.seed,
+        out: a.out,
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kv-bench: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let out = cfg.out.clone();
+    match rt.block_on(run::run(cfg, std::env::args().collect())) {
+        Ok(s) => {
+            print!("{}", run::table(&s));
+            println!("wrote {}/summary.json and latency.hgrm", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kv-bench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! `kv-bench run`, closed loop: C clients, each sending its next request when the previous one
+//! answers. Latency goes into HdrHistogram (microseconds, 3 significant digits); operations
+//! that start during the warm-up are not recorded.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use kv_proto::kv::v1 as pb;
+use rand::{Rng, RngCore, SeedableRng};
+use serde::Serialize;
+
+use crate::driver::{self, Conn, DriverKind};
+use crate::workload::{Dist, KeyChooser, Mix, key_name};
+
+/// Everything a run is configured with (recorded in `summary.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunConfig {
+    /// System driven.
+    pub driver: DriverKind,
+    /// Endpoints, spread round robin over connections.
+    pub endpoints: Vec<String>,
+    /// Concurrent closed-loop clients.
+    pub clients: usize,
+    /// Connections shared by the clients.
+    pub connections: usize,
+    /// Measured time, after the warm-up.
+    #[serde(serialize_with = "secs")]
+    pub duration: Duration,
+    /// Unmeasured time first.
+    #[serde(serialize_with = "secs")]
+    pub warmup: Duration,
+    /// Key count.
+    pub keys: u64,
+    /// Value size in bytes.
+    pub value_size: usize,
+    /// Key distribution.
+    pub dist: Dist,
+    /// Operation mix.
+    pub mix: Mix,
+    /// Deadline per operation.
+    #[serde(serialize_with = "secs")]
+    pub timeout: Duration,
+    /// Consistency sent with every quorumkv request.
+    pub r: Option<u32>,
+    /// Write quorum sent with every quorumkv request.
+    pub w: Option<u32>,
+    /// leader, any or local.
+    pub read_from: Option<String>,
+    /// Seed of the per-client random generators.
+    pub seed: u64,
+    /// Output directory.
+    pub out: PathBuf,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// Percentiles in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: u64,
+    /// 90th.
+    pub p90: u64,
+    /// 95th.
+    pub p95: u64,
+    /// 99th.
+    pub p99: u64,
+    /// 99.9th.
+    pub p99_9: u64,
+    /// 99.99th.
+    pub p99_99: u64,
+    /// Largest.
+    pub max: u64,
+    /// Mean.
+    pub mean: f64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        let q = |p: f64| h.value_at_quantile(p);
+        Percentiles {
+            p50: q(0.50),
+            p90: q(0.90),
+            p95: q(0.95),
+            p99: q(0.99),
+            p99_9: q(0.999),
+            p99_99: q(0.9999),
+            max: h.max(),
+            mean: (h.mean() * 10.0).round() / 10.0,
+        }
+    }
+}
+
+/// Per operation type.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpSummary {
+    /// Successful operations measured.
+    pub ops: u64,
+    /// Their latency.
+    pub latency_us: Percentiles,
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Successful operations per second over the measured time.
+    pub ops_per_sec: f64,
+    /// Successful operations measured.
+    pub ops: u64,
+    /// Failed operations by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Latency. Closed loop: from send to answer (the same as the service time).
+    pub latency_us: Percentiles,
+    /// Service time: from the actual send to the answer.
+    pub service_time_us: Percentiles,
+    /// Reads and writes separately.
+    pub by_op: BTreeMap<String, OpSummary>,
+    /// The run's configuration.
+    pub config: RunConfig,
+    /// How the run was started.
+    pub command: Vec<String>,
+    /// Logical CPUs of the machine the run was made on.
+    pub machine_cpus: usize,
+}
+
+#[derive(Default)]
+struct ClientResult {
+    all: Option<Histogram<u64>>,
+    read: Option<Histogram<u64>>,
+    write: Option<Histogram<u64>>,
+    errors: BTreeMap<&'static str, u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("invariant: constant bounds are valid")
+}
+
+async fn client(
+    mut conn: Conn,
+    cfg: Arc<RunConfig>,
+    chooser: Arc<KeyChooser>,
+    id: u64,
+    measure_from: Instant,
+    end: Instant,
+    progress: Arc<AtomicU64>,
+) -> ClientResult {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(id));
+    let mut value = vec![0u8; cfg.value_size];
+    rng.fill_bytes(&mut value);
+    let value = Bytes::from(value);
+    let (mut all, mut read, mut write) = (histogram(), histogram(), histogram());
+    let mut errors = BTreeMap::new();
+    loop {
+        let start = Instant::now();
+        if start >= end {
+            break;
+        }
+        let key = key_name(chooser.next(&mut rng));
+        let is_read = rng.random_range(0..100) < cfg.mix.read;
+        let res = if is_read {
+            conn.get(&key, cfg.timeout).await
+        } else {
+            conn.put(&key, value.clone(), cfg.timeout).await
+        };
+        if start < measure_from {
+            continue;
+        }
+        match res {
+            Ok(()) => {
+                let us = start.elapsed().as_micros().max(1) as u64;
+                all.saturating_record(us);
+                if is_read {
+                    read.saturating_record(us);
+                } else {
+                    write.saturating_record(us);
+                }
+                progress.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(kind) => *errors.entry(kind).or_insert(0) += 1,
+        }
+    }
+    ClientResult {
+        all: Some(all),
+        read: Some(read),
+        write: Some(write),
+        errors,
+    }
+}
+
+/// Writes HdrHistogram's percentile-distribution text (`.hgrm`), values in microseconds.
+fn write_hgrm(path: &std::path::Path, h: &Histogram<u64>) -> anyhow::Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(
+        f,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    )?;
+    for v in h.iter_quantiles(5) {
+        let q = v.quantile_iterated_to();
+        let inv = if q < 1.0 {
+            1.0 / (1.0 - q)
+        } else {
+            f64::INFINITY
+        };
+        writeln!(
+            f,
+            "{:>12.3} {:>14.12} {:>10} {:>14.2}",
+            v.value_iterated_to() as f64,
+            q,
+            v.count_since_last_iteration(),
+            inv
+        )?;
+    }
+    writeln!(
+        f,
+        "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]\n#[Max     = {:>12.3}, Total count    = {:>12}]",
+        h.mean(),
+        h.stdev(),
+        h.max() as f64,
+        h.len()
+    )?;
+    Ok(())
+}
+
+/// Runs the workload and writes `summary.json` and `latency.hgrm` into `cfg.out`.
+///
+/// # Errors
+/// Connecting fails, or the output directory cannot be written.
+pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary> {
+    std::fs::create_dir_all(&cfg.out)
+        .with_context(|| format!("cannot create output directory {}", cfg.out.display()))?;
+    let consistency = pb::Consistency {
+        r: cfg.r.unwrap_or(0),
+        w: cfg.w.unwrap_or(0),
+        read_from: match cfg.read_from.as_deref() {
+            None => pb::ReadFrom::Unspecified,
+            Some("leader") => pb::ReadFrom::Leader,
+            Some("any") => pb::ReadFrom::Any,
+            Some("local") => pb::ReadFrom::Local,
+            Some(o) => anyhow::bail!("--read-from {o:?}: expected leader, any or local"),
+        } as i32,
+        on_quorum_loss: 0,
+    };
+    let conns = driver::connect(cfg.driver, &cfg.endpoints, cfg.connections, consistency).await?;
+    let chooser = Arc::new(KeyChooser::new(cfg.dist, cfg.keys));
+    let cfg = Arc::new(cfg);
+    let progress = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let measure_from = t0 + cfg.warmup;
+    let end = measure_from + cfg.duration;
+    let mut tasks = Vec::new();
+    for i in 0..cfg.clients {
+        tasks.push(tokio::spawn(client(
+            conns[i % conns.len()].clone(),
+            cfg.clone(),
+            chooser.clone(),
+            i as u64,
+            measure_from,
+            end,
+            progress.clone(),
+        )));
+    }
+    drop(conns);
+    let reporter = {
+        let progress = progress.clone();
+        let warm = cfg.warmup;
+        tokio::spawn(async move {
+            let mut last = 0;
+            let mut tick = tokio::time::interval_at(
+                tokio::time::Instant::from_std(measure_from) + Duration::from_secs(1),
+                Duration::from_secs(1),
+            );
+            loop {
+                tick.tick().await;
+                let now = progress.load(Ordering::Relaxed);
+                eprintln!(
+                    "[{:>4.0}s] {:>8} ops/s",
+                    (t0.elapsed().saturating_sub(warm)).as_secs_f64(),
+                    now - last
+                );
+                last = now;
+            }
+        })
+    };
+    let mut total = ClientResult::default();
+    for t in tasks {
+        let r = t.await.context("a client task panicked")?;
+        for (dst, src) in [
+            (&mut total.all, r.all),
+            (&mut total.read, r.read),
+            (&mut total.write, r.write),
+        ] {
+            if let Some(src) = src {
+                match dst {
+                    Some(d) => d.add(&src).context("histogram merge")?,
+                    None => *dst = Some(src),
+                }
+            }
+        }
+        for (k, v) in r.errors {
+            *total.errors.entry(k).or_insert(0) += v;
+        }
+    }
+    reporter.abort();
+    let all = total.all.unwrap_or_else(histogram);
+    let mut by_op = BTreeMap::new();
+    for (name, h) in [("read", total.read), ("write", total.write)] {
+        if let Some(h) = h.filter(|h| !h.is_empty()) {
+            by_op.insert(
+                name.to_string(),
+                OpSummary {
+                    ops: h.len(),
+                    latency_us: Percentiles::of(&h),
+                },
+            );
+        }
+    }
+    write_hgrm(&cfg.out.join("latency.hgrm"), &all)?;
+    let summary = Summary {
+        ops_per_sec: (all.len() as f64 / cfg.duration.as_secs_f64() * 10.0).round() / 10.0,
+        ops: all.len(),
+        errors: total
+            .errors
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        latency_us: Percentiles::of(&all),
+        service_time_us: Percentiles::of(&all),
+        by_op,
+        config: (*cfg).clone(),
+        command,
+        machine_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let path = cfg.out.join("summary.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(summary)
+}
+
+/// The terminal table of a summary.
+pub fn table(s: &Summary) -> String {
+    let mut out = String::new();
+    let l = &s.latency_us;
+    out.push_str(&format!(
+        "{:<8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+        "op", "ops/s", "p50", "p90", "p95", "p99", "p99.9", "p99.99", "max"
+    ));
+    let row = |name: &str, ops: f64, l: &Percentiles| {
+        format!(
+            "{:<8} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+            name, ops, l.p50, l.p90, l.p95, l.p99, l.p99_9, l.p99_99, l.max
+        )
+    };
+    out.push_str(&row("all", s.ops_per_sec, l));
+    for (name, o) in &s.by_op {
+        out.push_str(&row(
+            name,
+            o.ops as f64 / s.config.duration.as_secs_f64(),
+            &o.latency_us,
+        ));
+    }
+    out.push_str("latency in microseconds (closed loop: send to answer)\n");
+    if s.errors.is_empty() {
+        out.push_str("errors: none\n");
+    } else {
+        let e: Vec<String> = s.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push_str(&format!("errors: {}\n", e.join(" ")));
+    }
+    out
+}

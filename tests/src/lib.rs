@@ -1,0 +1,234 @@
+//! kv-tests: the harness for tests that run quorumkv as users do, as real processes on
+//! loopback.
+//!
+//! - [`bin`]: the path of a workspace binary (`kv-node`, `kvctl`, `kv-bench`), built first so
+//!   the tests never run a stale one.
+//! - [`NodeProcess`]: one `kv-node` child on free ports; start, wait until ready, `kill -9`.
+//! - [`kvctl`]: run the CLI and capture exit code, stdout and stderr.
+//! - [`http_get`]: a plain HTTP/1.1 GET, for the admin port.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// The target directory the test executable runs from (`target/<profile>`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test-exe>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary, after building the workspace's binaries once per test process
+/// (cargo makes this a no-op when they are fresh).
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let dir = profile_dir();
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build", "--quiet", "-p", "kv-node", "-p", "kv-bench", "--bins",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        cmd.arg("--manifest-path").arg(manifest);
+        match cmd.status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("cargo build of the binaries failed: {s}")),
+            Err(e) => Err(format!("cannot run cargo: {e}")),
+        }
+    });
+    if let Err(e) = built {
+        panic!("{e}");
+    }
+    let p = dir.join(name);
+    assert!(p.exists(), "{} was not built", p.display());
+    p
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// One `kv-node` process.
+pub struct NodeProcess {
+    child: Option<Child>,
+    /// gRPC address.
+    pub addr: SocketAddr,
+    /// Admin HTTP address.
+    pub admin: SocketAddr,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts `kv-node` with `extra` flags on fresh ports and waits until `/readyz` answers 200.
+    ///
+    /// # Errors
+    /// The process exits or is not ready within 20 s; the error holds its log.
+    pub fn start(extra: &[&str]) -> anyhow::Result<NodeProcess> {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let mut args = vec![
+            "--listen".to_string(),
+            addr.to_string(),
+            "--admin-listen".into(),
+            admin.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = std::env::temp_dir().join(format!(
+            "kv-node-{}-{}.log",
+            std::process::id(),
+            addr.port()
+        ));
+        let mut n = NodeProcess {
+            child: None,
+            addr,
+            admin,
+            args,
+            log,
+        };
+        n.spawn()?;
+        Ok(n)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let logf = std::fs::File::create(&self.log)?;
+        let child = Command::new(bin("kv-node"))
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .context("spawn kv-node")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!(
+                    "kv-node exited with {status} before it was ready:\n{}",
+                    self.log_text()
+                );
+            }
+            if let Ok((200, _)) = http_get(self.admin, "/readyz") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("kv-node not ready after 20 s:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What the node has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL on unix
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the same node again (same flags, ports and data directory).
+    ///
+    /// # Errors
+    /// As [`NodeProcess::start`].
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+
+    /// The endpoint as `HOST:PORT`, for clients.
+    pub fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Runs `kv-node` with `args` to completion (for start-up failures).
+pub fn kv_node_output(args: &[&str]) -> Output {
+    Command::new(bin("kv-node"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kv-node")
+}
+
+/// What a kvctl invocation did.
+#[derive(Debug)]
+pub struct CliResult {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs `kvctl --endpoints <endpoint> <args>`.
+pub fn kvctl(endpoint: &str, args: &[&str]) -> CliResult {
+    let out = Command::new(bin("kvctl"))
+        .arg("--endpoints")
+        .arg(endpoint)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kvctl");
+    CliResult {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).trim_end().to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim_end().to_string(),
+    }
+}
+
+/// A plain HTTP/1.1 GET; returns status code and body.
+///
+/// # Errors
+/// Connection or protocol failures.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status: u16 = buf
+        .split_whitespace()
+        .nth(1)
+        .context("no status line")?
+        .parse()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}

@@ -1,0 +1,306 @@
+//! kvctl and kv-node as a user runs them: outputs, JSON shapes, exit codes, bad input, and
+//! start-up failures with one-line reasons.
+
+use kv_tests::{NodeProcess, http_get, kv_node_output, kvctl};
+
+#[test]
+fn kvctl_round_trip_prints_versions_values_and_follows_exit_codes() {
+    let node = NodeProcess::start(&["--storage", "memory"]).expect("start");
+    let ep = node.endpoint();
+
+    let put = kvctl(&ep, &["put", "greeting", "hello"]);
+    assert_eq!((put.code, put.stdout.as_str()), (0, "1.1"), "{put:?}");
+    let get = kvctl(&ep, &["get", "greeting"]);
+    assert_eq!((get.code, get.stdout.as_str()), (0, "hello"), "{get:?}");
+
+    let missing = kvctl(&ep, &["get", "nope"]);
+    assert_eq!(
+        (missing.code, missing.stderr.as_str()),
+        (1, "not found"),
+        "{missing:?}"
+    );
+
+    let cas_bad = kvctl(&ep, &["cas", "greeting", "1.7", "x"]);
+    assert_eq!(cas_bad.code, 1, "{cas_bad:?}");
+    assert!(
+        cas_bad.stderr.contains("current version is 1.1"),
+        "{cas_bad:?}"
+    );
+    let cas_ok = kvctl(&ep, &["cas", "greeting", "1.1", "hi"]);
+    assert_eq!(
+        (cas_ok.code, cas_ok.stdout.as_str()),
+        (0, "1.2"),
+        "{cas_ok:?}"
+    );
+    let cas_absent = kvctl(&ep, &["cas", "fresh", "none", "v"]);
+    assert_eq!(cas_absent.code, 0, "{cas_absent:?}");
+
+    let del = kvctl(&ep, &["delete", "greeting"]);
+    assert_eq!((del.code, del.stdout.as_str()), (0, "1.4"), "{del:?}");
+    assert_eq!(kvctl(&ep, &["get", "greeting"]).code, 1);
+}
+
+#[test]
+fn kvctl_json_output_has_the_documented_shape() {
+    let node = NodeProcess::start(&["--storage", "memory", "--id", "n7"]).expect("start");
+    let ep = node.endpoint();
+    let put = kvctl(&ep, &["--output", "json", "put", "k", "v"]);
+    assert_eq!(put.code, 0, "{put:?}");
+    let p: serde_json::Value = serde_json::from_str(&put.stdout).expect("json");
+    assert_eq!(p["key"], "k");
+    assert_eq!(p["version"], "1.1");
+    assert_eq!(p["node"], "n7");
+    assert_eq!(p["acks"], 1);
+    assert_eq!(p["degraded"], false);
+
+    let get = kvctl(&ep, &["--output", "json", "get", "k"]);
+    let g: serde_json::Value = serde_json::from_str(&get.stdout).expect("json");
+    for (field, want) in [
+        ("key", serde_json::json!("k")),
+        ("value", serde_json::json!("v")),
+        ("version", serde_json::json!("1.1")),
+        ("node", serde_json::json!("n7")),
+        ("stale", serde_json::json!(false)),
+        ("degraded", serde_json::json!(false)),
+    ] {
+        assert_eq!(g[field], want, "{field} in {g}");
+    }
+    let absent = kvctl(&ep, &["--output", "json", "get", "nope"]);
+    assert_eq!(absent.code, 1);
+    let a: serde_json::Value = serde_json::from_str(&absent.stdout).expect("json");
+    assert_eq!(a["value"], serde_json::Value::Null);
+}
+
+#[test]
+fn kvctl_bad_input_is_refused_with_exit_2_and_stores_nothing() {
+    let node =
+        NodeProcess::start(&["--storage", "memory", "--max-value-bytes", "10"]).expect("start");
+    let ep = node.endpoint();
+    let long_key = "k".repeat(1025);
+    for (args, needle) in [
+        (vec!["put", "", "v"], "key is empty"),
+        (vec!["put", long_key.as_str(), "v"], "max_key_bytes=1024"),
+        (vec!["put", "k", "01234567890"], "max_value_bytes=10"),
+        (vec!["put", "k", "v", "--w", "2"], "w=2 is out of range"),
+        (vec!["get", "k", "--r", "0"], ""),
+        (vec!["cas", "k", "one.two", "v"], "invalid version"),
+    ] {
+        let r = kvctl(&ep, &args);
+        if args[1..] == ["k", "--r", "0"] {
+            // r=0 means "the configured default": accepted, key absent.
+            assert_eq!(r.code, 1, "{args:?}: {r:?}");
+            continue;
+        }
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stderr.contains(needle), "{args:?}: {r:?}");
+    }
+    let (_, metrics) = http_get(node.admin, "/metrics").expect("metrics");
+    assert!(
+        metrics.contains("kv_storage_last_lsn 0"),
+        "nothing was stored:\n{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"kv_requests_total{op="put",code="invalid_argument"} 4"#),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn kvctl_with_no_reachable_node_fails_definitely_with_exit_3() {
+    let port = kv_tests::free_port();
+    let r = kvctl(&format!("127.0.0.1:{port}"), &["get", "k"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("no endpoint reachable"), "{r:?}");
+}
+
+#[test]
+fn kvctl_tries_the_next_endpoint_when_the_first_is_down() {
+    let node = NodeProcess::start(&["--storage", "memory"]).expect("start");
+    let dead = format!("127.0.0.1:{}", kv_tests::free_port());
+    let r = kvctl(&format!("{dead},{}", node.endpoint()), &["put", "k", "v"]);
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
+#[test]
+fn kv_node_bad_configuration_exits_with_a_one_line_reason() {
+    for (args, needle) in [
+        (vec![], "give --data-dir DIR"),
+        (
+            vec!["--storage", "memory", "--w", "2"],
+            "--w=2 is out of range",
+        ),
+        (
+            vec!["--storage", "memory", "--r", "0"],
+            "--r=0 is out of range",
+        ),
+        (
+            vec!["--storage", "memory", "--fsync", "sometimes"],
+            "invalid fsync policy",
+        ),
+        (
+            vec!["--storage", "memory", "--peers", "n1=127.0.0.1:1,n2"],
+            "expected ID=HOST:PORT",
+        ),
+        (
+            vec!["--storage", "memory", "--no-such-flag"],
+            "unexpected argument",
+        ),
+        (
+            vec!["--config", "/nonexistent/kv.toml"],
+            "cannot read config file",
+        ),
+    ] {
+        let out = kv_node_output(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn kv_node_reads_toml_then_env_then_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("kv.toml");
+    std::fs::write(&cfg, "storage = \"memory\"\nid = \"from-file\"\nw = 5\n").expect("write");
+    // The file's w=5 is invalid for one node; the environment overrides it, so this starts.
+    let out = std::process::Command::new(kv_tests::bin("kv-node"))
+        .args([
+            "--config",
+            cfg.to_str().expect("utf-8"),
+            "--listen",
+            "127.0.0.1:1",
+        ])
+        .env("KV_W", "7")
+        .env("KV_ID", "from-env")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--w=7"), "env beats the file: {err}");
+    let out = std::process::Command::new(kv_tests::bin("kv-node"))
+        .args(["--config", cfg.to_str().expect("utf-8"), "--w", "9"])
+        .env("KV_W", "7")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--w=9"), "the flag beats env: {err}");
+    std::fs::write(&cfg, "storage = \"memory\"\nwrite_quorum = 1\n").expect("write");
+    let out = kv_node_output(&["--config", cfg.to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("write_quorum"),
+        "unknown TOML keys are named: {err}"
+    );
+}
+
+#[test]
+fn kv_node_refuses_a_corrupt_log_and_keeps_it_intact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data_s = data.to_str().expect("utf-8");
+    {
+        let node = NodeProcess::start(&["--data-dir", data_s]).expect("start");
+        for i in 0..20 {
+            assert_eq!(
+                kvctl(&node.endpoint(), &["put", &format!("k{i}"), "value"]).code,
+                0
+            );
+        }
+    }
+    let seg = data.join("wal-00000000000000000001.log");
+    let mut bytes = std::fs::read(&seg).expect("segment");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&seg, &bytes).expect("flip a bit");
+    let out = kv_node_output(&[
+        "--data-dir",
+        data_s,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("corrupt data in") && err.contains("wal-00000000000000000001.log"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert_eq!(
+        std::fs::read(&seg).expect("segment"),
+        bytes,
+        "the damaged log is left as it was"
+    );
+}
+
+#[test]
+fn kv_node_truncates_a_torn_final_record_and_reports_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data_s = data.to_str().expect("utf-8");
+    {
+        let node = NodeProcess::start(&["--data-dir", data_s]).expect("start");
+        for i in 0..5 {
+            assert_eq!(
+                kvctl(&node.endpoint(), &["put", &format!("k{i}"), "value"]).code,
+                0
+            );
+        }
+    }
+    let seg = data.join("wal-00000000000000000001.log");
+    let mut bytes = std::fs::read(&seg).expect("segment");
+    let good = bytes.len();
+    bytes.truncate(good - 7); // the last record was half written when the machine died
+    std::fs::write(&seg, &bytes).expect("tear");
+    let node = NodeProcess::start(&["--data-dir", data_s]).expect("starts despite the torn tail");
+    assert!(
+        node.log_text().contains("truncated a torn final record"),
+        "{}",
+        node.log_text()
+    );
+    for i in 0..4 {
+        assert_eq!(
+            kvctl(&node.endpoint(), &["get", &format!("k{i}")]).stdout,
+            "value"
+        );
+    }
+    assert_eq!(
+        kvctl(&node.endpoint(), &["get", "k4"]).code,
+        1,
+        "the torn write is gone"
+    );
+}
+
+#[test]
+fn kv_node_refuses_a_data_directory_in_use_or_unusable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data_s = data.to_str().expect("utf-8");
+    let _first = NodeProcess::start(&["--data-dir", data_s]).expect("start");
+    let out = kv_node_output(&[
+        "--data-dir",
+        data_s,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("in use by another kv-node"), "{err}");
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").expect("write");
+    let under_file = file.join("data");
+    let out = kv_node_output(&[
+        "--data-dir",
+        under_file.to_str().expect("utf-8"),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot create data directory"), "{err}");
+}
