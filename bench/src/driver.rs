@@ -5,7 +5,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use kv_proto::kv::v1 as pb;
 use kv_proto::kv::v1::kv_client::KvClient;
-use tonic::transport::{Channel, Endpoint};
+
+use crate::h2::H2Channel;
 
 /// Which system a run drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -36,7 +37,7 @@ pub type ErrorKind = &'static str;
 #[derive(Clone)]
 pub enum Conn {
     /// quorumkv; the consistency sent with every request.
-    Kv(KvClient<Channel>, pb::Consistency),
+    Kv(KvClient<H2Channel>, pb::Consistency),
     /// Redis.
     Redis(redis::aio::MultiplexedConnection),
 }
@@ -56,18 +57,13 @@ pub async fn connect(
         let ep = &endpoints[i % endpoints.len()];
         out.push(match kind {
             DriverKind::Kv => {
-                let uri = if ep.contains("://") {
-                    ep.clone()
-                } else {
-                    format!("http://{ep}")
-                };
-                let ch = Endpoint::from_shared(uri)?
-                    .tcp_nodelay(true)
-                    .connect_timeout(Duration::from_secs(5))
-                    .connect()
+                let hostport = ep.trim_start_matches("http://");
+                let ch = tokio::time::timeout(Duration::from_secs(5), H2Channel::connect(hostport))
                     .await
+                    .map_err(|_| anyhow::anyhow!("cannot connect to {ep}: timed out"))?
                     .map_err(|e| anyhow::anyhow!("cannot connect to {ep}: {e}"))?;
-                Conn::Kv(KvClient::new(ch), consistency)
+                let origin: http::Uri = format!("http://{hostport}").parse()?;
+                Conn::Kv(KvClient::with_origin(ch, origin), consistency)
             }
             DriverKind::Redis => {
                 let url = if ep.contains("://") {

@@ -3,8 +3,10 @@
 //!
 //! - [`workload`]: key distributions (uniform, YCSB scrambled zipfian) and operation mixes.
 //! - [`driver`]: connections to quorumkv (gRPC) and Redis.
+//! - [`h2`]: a lean HTTP/2 channel for the generated gRPC client.
 //! - [`run`]: the closed-loop run, HdrHistogram latency, `summary.json` and `latency.hgrm`.
 
 pub mod driver;
+pub mod h2;
 pub mod run;
 pub mod workload;

@@ -57,6 +57,8 @@ pub struct RunConfig {
     pub seed: u64,
     /// Output directory.
     pub out: PathBuf,
+    /// Load-generator threads.
+    pub threads: usize,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

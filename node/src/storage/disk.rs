@@ -17,7 +17,7 @@
 //! so a snapshot taken while writes went on is harmless), truncates a torn final record of the
 //! last segment and reports it, and refuses to start, naming file and offset, on any other damage.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kv_replica::Version;
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
 use super::index::Index;
 use super::record::{self, Frame, Record};
@@ -84,11 +84,9 @@ pub struct RecoveryReport {
     pub last_lsn: Lsn,
 }
 
-#[derive(Clone, Debug)]
-struct Durable {
-    lsn: Lsn,
-    failed: Option<Arc<str>>,
-}
+/// Tasks waiting for their LSN to become durable, keyed by LSN: a flush wakes exactly the
+/// waiters it satisfied (not every waiter on every fsync).
+type Waiters = BTreeMap<Lsn, Vec<oneshot::Sender<Result<(), StorageError>>>>;
 
 struct State {
     index: Index,
@@ -106,7 +104,9 @@ struct Shared {
     opts: DiskOptions,
     state: Mutex<State>,
     wake: Condvar,
-    durable: watch::Sender<Durable>,
+    /// Highest LSN durable; written by the flusher before it wakes waiters.
+    durable: AtomicU64,
+    waiters: Mutex<Waiters>,
     disk_bytes: AtomicU64,
     snapshot_running: AtomicBool,
     /// Held for the life of the store; dropping it releases the directory.
@@ -123,14 +123,35 @@ impl Shared {
         tracing::error!(error = %err, "storage failed; no further writes will be acknowledged");
         let msg: Arc<str> = err.to_string().into();
         self.lock().failed = Some(msg.clone());
-        self.durable.send_modify(|d| d.failed = Some(msg));
+        let waiters = std::mem::take(&mut *self.lock_waiters());
+        for tx in waiters.into_values().flatten() {
+            let _ = tx.send(Err(StorageError::Failed(msg.to_string())));
+        }
+    }
+
+    fn lock_waiters(&self) -> MutexGuard<'_, Waiters> {
+        // Inserts and splits leave the map consistent before they could panic.
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes `lsn` as durable and wakes the waiters it satisfies.
+    fn publish_durable(&self, lsn: Lsn) {
+        // Store first: a waiter that registers after this sees it (it re-checks under the lock).
+        self.durable.store(lsn, Ordering::Release);
+        let ready = {
+            let mut w = self.lock_waiters();
+            let rest = w.split_off(&(lsn + 1));
+            std::mem::replace(&mut *w, rest)
+        };
+        for tx in ready.into_values().flatten() {
+            let _ = tx.send(Ok(()));
+        }
     }
 }
 
 /// Durable storage: see the module documentation.
 pub struct DiskStorage {
     shared: Arc<Shared>,
-    durable_rx: watch::Receiver<Durable>,
     flusher: Option<JoinHandle<()>>,
 }
 
@@ -391,10 +412,6 @@ impl DiskStorage {
         let file = open_append(&active_path)?;
         sync_dir(dir)?;
 
-        let (durable, durable_rx) = watch::channel(Durable {
-            lsn: last_lsn,
-            failed: None,
-        });
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             opts,
@@ -407,7 +424,8 @@ impl DiskStorage {
                 shutdown: false,
             }),
             wake: Condvar::new(),
-            durable,
+            durable: AtomicU64::new(last_lsn),
+            waiters: Mutex::new(BTreeMap::new()),
             disk_bytes: AtomicU64::new(disk_bytes),
             snapshot_running: AtomicBool::new(false),
             _lock: lock,
@@ -420,7 +438,6 @@ impl DiskStorage {
         Ok((
             DiskStorage {
                 shared,
-                durable_rx,
                 flusher: Some(flusher),
             },
             report,
@@ -480,7 +497,7 @@ fn flusher(shared: Arc<Shared>, mut file: File, mut seg_size: u64) {
         if let Some(obs) = &shared.opts.on_flush {
             obs(t.elapsed(), records);
         }
-        shared.durable.send_modify(|d| d.lsn = last);
+        shared.publish_durable(last);
         seg_size += chunk.len() as u64;
         since_snapshot += chunk.len() as u64;
         shared
@@ -662,20 +679,26 @@ impl Storage for DiskStorage {
     }
 
     fn wait_durable(&self, lsn: Lsn) -> DurableFuture {
-        if self.durable_rx.borrow().lsn >= lsn {
+        let sh = &self.shared;
+        if sh.durable.load(Ordering::Acquire) >= lsn {
             return Box::pin(std::future::ready(Ok(())));
         }
-        let mut rx = self.durable_rx.clone();
-        Box::pin(async move {
-            let d = rx
-                .wait_for(|d| d.lsn >= lsn || d.failed.is_some())
-                .await
-                .map_err(|_| StorageError::Failed("storage closed".into()))?;
-            match (&d.failed, d.lsn >= lsn) {
-                (_, true) => Ok(()),
-                (Some(f), false) => Err(StorageError::Failed(f.to_string())),
-                (None, false) => unreachable!("wait_for returned without its condition"),
+        let rx = {
+            let mut w = sh.lock_waiters();
+            // Re-check under the lock: the flusher stores `durable` before it drains waiters.
+            if sh.durable.load(Ordering::Acquire) >= lsn {
+                return Box::pin(std::future::ready(Ok(())));
             }
+            if let Some(f) = &sh.lock().failed {
+                return Box::pin(std::future::ready(Err(StorageError::Failed(f.to_string()))));
+            }
+            let (tx, rx) = oneshot::channel();
+            w.entry(lsn).or_default().push(tx);
+            rx
+        };
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(StorageError::Failed("storage closed".into())))
         })
     }
 
@@ -692,7 +715,7 @@ impl Storage for DiskStorage {
         StorageStats {
             disk_bytes: self.shared.disk_bytes.load(Ordering::Relaxed),
             last_lsn: st.last_lsn,
-            durable_lsn: self.durable_rx.borrow().lsn,
+            durable_lsn: self.shared.durable.load(Ordering::Acquire),
             ..st.index.stats()
         }
     }
