@@ -19,15 +19,16 @@ BIN=target/release
 mkdir -p "$OUT"
 : > "$OUT/commands.txt"
 DATA=$(mktemp -d)
-cleanup() { pkill -f "kv-node --id bench" 2>/dev/null || true; redis-cli -p $REDIS_PORT shutdown nosave >/dev/null 2>&1 || true; rm -rf "$DATA"; }
+LOG=$(mktemp)
+cleanup() { pkill -f "kv-node --id bench" 2>/dev/null || true; redis-cli -p $REDIS_PORT shutdown nosave >/dev/null 2>&1 || true; rm -rf "$DATA" "$LOG"; }
 trap cleanup EXIT
 
 node() { # node ARGS...: start a fresh kv-node and wait until it is ready
   pkill -f "kv-node --id bench" 2>/dev/null || true; sleep 0.5; rm -rf "$DATA"/*
   echo "$BIN/kv-node --id bench --listen 127.0.0.1:$KV_PORT --admin-listen 127.0.0.1:$KV_ADMIN $*" >> "$OUT/commands.txt"
-  $BIN/kv-node --id bench --listen 127.0.0.1:$KV_PORT --admin-listen 127.0.0.1:$KV_ADMIN "$@" 2>"$OUT/node.log" &
+  $BIN/kv-node --id bench --listen 127.0.0.1:$KV_PORT --admin-listen 127.0.0.1:$KV_ADMIN "$@" 2>"$LOG" &
   for _ in $(seq 100); do curl -sf localhost:$KV_ADMIN/readyz >/dev/null && return; sleep 0.1; done
-  echo "kv-node did not start" >&2; cat "$OUT/node.log" >&2; exit 1
+  echo "kv-node did not start" >&2; cat "$LOG" >&2; exit 1
 }
 bench() { # bench NAME ARGS...
   local name=$1; shift
