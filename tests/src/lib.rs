@@ -6,6 +6,9 @@
 //! - [`NodeProcess`]: one `kv-node` child on free ports; start, wait until ready, `kill -9`.
 //! - [`kvctl`]: run the CLI and capture exit code, stdout and stderr.
 //! - [`http_get`]: a plain HTTP/1.1 GET, for the admin port.
+//! - [`sim`]: deterministic simulation of the replication core under faults.
+
+pub mod sim;
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};

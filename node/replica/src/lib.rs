@@ -5,12 +5,13 @@
 //!
 //! - [`version`]: [`Version`], the total order of writes to one key, and its text form.
 //! - [`quorum`]: N/R/W arithmetic and validation ([`Quorum`]).
+//! - [`leader_follower`]: Raft elections and log replication with W-acknowledged writes.
 //! - [`NodeId`]: the name of a cluster member.
 //!
-//! The replication state machines (leader-follower, leaderless) grow here.
 
 #![warn(missing_docs)]
 
+pub mod leader_follower;
 pub mod quorum;
 pub mod version;
 

@@ -1,0 +1,1317 @@
+//! Leader-follower replication: Raft's election and log replication (Ongaro & Ousterhout,
+//! "In Search of an Understandable Consensus Algorithm", 2014), with MongoDB-style write
+//! concern: a write is acknowledged once W replicas durably hold it, which may be before it is
+//! committed (W < majority) — such writes can be lost on fail-over, and are then reported
+//! through [`Action::Truncate`], never dropped silently.
+//!
+//! ```text
+//!          tick() ──┐        step(from, msg) ──┐      propose(id, cmd, w) / read(id)
+//!                   ▼                          ▼                 ▼
+//!              ┌──────────────────────── Replica ───────────────────────┐
+//!              │ role, term, vote, log shadow, commit, peers' progress   │
+//!              └────────────────────────────┬────────────────────────────┘
+//!                                           ▼ take_actions()
+//!   PersistHardState / Truncate / PersistEntries   (durable BEFORE any later Send in the batch)
+//!   Send { to, msg }   Apply { entries }   Acked { id, .. }   ReadReady { id, index }   Failed ..
+//! ```
+//!
+//! The state machine applies committed entries only: a read never sees a write that a
+//! fail-over could take back. Reads from the leader go through read-index (§8): the leader
+//! confirms with a majority that it still leads, then serves once its applied index reaches the
+//! commit index it had when the read arrived. A leader that has not heard from a majority for
+//! an election timeout steps down (check-quorum), so an isolated leader stops acknowledging.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use rand_core::RngCore;
+
+use crate::NodeId;
+use crate::version::Version;
+
+/// A Raft term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Term(pub u64);
+
+/// A position in the replicated log; the first entry has index 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct LogIndex(pub u64);
+
+/// What a log entry does to the key-value state machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Write a value.
+    Put {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+    },
+    /// Write a tombstone.
+    Delete {
+        /// The key.
+        key: Bytes,
+    },
+    /// A new leader's first entry: commits the entries of earlier terms (§5.4.2).
+    Noop,
+}
+
+/// One replicated log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Term of the leader that created it.
+    pub term: Term,
+    /// Its position.
+    pub index: LogIndex,
+    /// What it does.
+    pub cmd: Command,
+}
+
+impl Entry {
+    /// The version a write gets from its place in the log: `(term, index)`.
+    pub fn version(&self) -> Version {
+        Version::new(self.term.0, self.index.0)
+    }
+}
+
+/// The durable part of a replica's state besides the log (§5.1, Figure 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HardState {
+    /// Latest term seen.
+    pub term: Term,
+    /// Candidate voted for in `term`, if any (an index into the member list).
+    pub voted_for: Option<usize>,
+}
+
+/// A replica's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Asking for votes.
+    Candidate,
+    /// Orders writes for its term.
+    Leader,
+}
+
+/// Node-to-node messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// A candidate asks for a vote (§5.2).
+    RequestVote {
+        /// Candidate's term.
+        term: Term,
+        /// Candidate's last log index.
+        last_index: LogIndex,
+        /// Term of that entry.
+        last_term: Term,
+    },
+    /// The answer to `RequestVote`.
+    Vote {
+        /// Voter's term.
+        term: Term,
+        /// Whether the vote was granted.
+        granted: bool,
+    },
+    /// Replicates entries and carries the commit index; also the heartbeat (§5.3).
+    Append {
+        /// Leader's term.
+        term: Term,
+        /// Index of the entry just before `entries`.
+        prev_index: LogIndex,
+        /// Its term.
+        prev_term: Term,
+        /// New entries (may be empty).
+        entries: Vec<Entry>,
+        /// Leader's commit index.
+        commit: LogIndex,
+        /// Read-index round this message confirms (0: none).
+        read_seq: u64,
+    },
+    /// The answer to `Append`.
+    AppendReply {
+        /// Follower's term.
+        term: Term,
+        /// Whether the entries matched and were appended (and persisted).
+        ok: bool,
+        /// `ok`: the follower's log matches the leader's up to here. Otherwise: the follower's
+        /// last index, a hint where to retry.
+        index: LogIndex,
+        /// Echo of the `Append`'s read round.
+        read_seq: u64,
+    },
+}
+
+/// Identifies a client request inside the driver.
+pub type RequestId = u64;
+
+/// Why a request could not be served here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicaError {
+    /// Not the leader; the leader this node follows, if it knows one.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// Who this node believes leads.
+        leader: Option<NodeId>,
+    },
+    /// W larger than the cluster.
+    #[error("w={w} is out of range: must be 1..={n}")]
+    BadW {
+        /// Asked.
+        w: u32,
+        /// Cluster size.
+        n: u32,
+    },
+}
+
+/// What the driver must do, in order. Every `PersistHardState`, `Truncate` and `PersistEntries`
+/// of one batch must be durable before any `Send` of that batch goes out, after which the driver
+/// calls [`Replica::persisted`] with the last index it made durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Make term and vote durable.
+    PersistHardState(HardState),
+    /// Remove log entries from `from` on (they conflict with the leader's). They were never
+    /// committed; any that a client was told succeeded (W < majority) are rolled back: the driver
+    /// keeps them in a rollback file and counts them.
+    Truncate {
+        /// First index removed.
+        from: LogIndex,
+        /// The entries removed.
+        removed: Vec<Entry>,
+    },
+    /// Append entries to the durable log.
+    PersistEntries(Vec<Entry>),
+    /// Send a message.
+    Send {
+        /// Recipient.
+        to: NodeId,
+        /// The message.
+        msg: Message,
+    },
+    /// Apply committed entries to the state machine, in order.
+    Apply(Vec<Entry>),
+    /// A proposal is held by W replicas: answer the client.
+    Acked {
+        /// The request.
+        id: RequestId,
+        /// Its entry's version.
+        version: Version,
+        /// Replicas known to hold it when acknowledged.
+        acks: u32,
+    },
+    /// A proposal's outcome is unknown: leadership was lost before W replicas held it. It may
+    /// still be committed by a later leader.
+    Unknown {
+        /// The request.
+        id: RequestId,
+    },
+    /// Leadership is confirmed for a read: serve it once applied reaches `index`.
+    ReadReady {
+        /// The request.
+        id: RequestId,
+        /// Applied index the read must wait for.
+        index: LogIndex,
+    },
+    /// A read cannot be confirmed: leadership was lost.
+    ReadFailed {
+        /// The request.
+        id: RequestId,
+    },
+}
+
+/// Timing, in ticks.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node.
+    pub id: NodeId,
+    /// Every member, this node included, in the same order on every node.
+    pub members: Vec<NodeId>,
+    /// Election timeouts are drawn from `[min, max)` ticks.
+    pub election_ticks: (u32, u32),
+    /// A leader sends heartbeats this often.
+    pub heartbeat_ticks: u32,
+    /// At most this many entries per `Append`.
+    pub max_batch: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    /// Next entry to send.
+    next: u64,
+    /// Highest index known to match (and be durable) there.
+    matched: u64,
+    /// Tick of the last reply in this term.
+    heard: u64,
+    /// Highest read round it confirmed.
+    read_seq: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    id: RequestId,
+    w: u32,
+}
+
+#[derive(Debug, Clone)]
+struct PendingRead {
+    id: RequestId,
+    seq: u64,
+    index: LogIndex,
+}
+
+/// One replica of the leader-follower protocol. See the module documentation.
+pub struct Replica {
+    cfg: Config,
+    me: usize,
+    rng: Box<dyn RngCore + Send>,
+    hard: HardState,
+    /// The log shadow: `log[i]` has index `i + 1`.
+    log: Vec<Entry>,
+    /// Highest index made durable locally.
+    persisted: u64,
+    role: Role,
+    leader: Option<usize>,
+    commit: u64,
+    applied: u64,
+    now: u64,
+    election_elapsed: u32,
+    election_timeout: u32,
+    heartbeat_elapsed: u32,
+    votes: BTreeSet<usize>,
+    progress: Vec<Progress>,
+    pending: BTreeMap<u64, Pending>,
+    reads: Vec<PendingRead>,
+    /// Reads waiting for this term's first commit.
+    reads_waiting_commit: Vec<RequestId>,
+    read_seq: u64,
+    out: Vec<Action>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("id", &self.cfg.id)
+            .field("role", &self.role)
+            .field("term", &self.hard.term)
+            .field("last", &self.last_index())
+            .field("commit", &self.commit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replica {
+    /// A replica recovering `hard` state and `log` from durable storage (both empty for a new
+    /// node). Every replica starts as a follower.
+    ///
+    /// # Panics
+    /// If `cfg.id` is not in `cfg.members` or the log's indexes are not 1, 2, 3, ... (the
+    /// driver validates both first).
+    pub fn new(
+        cfg: Config,
+        hard: HardState,
+        log: Vec<Entry>,
+        rng: Box<dyn RngCore + Send>,
+    ) -> Self {
+        let me = cfg
+            .members
+            .iter()
+            .position(|m| *m == cfg.id)
+            .expect("invariant: the driver checks that id is a member");
+        for (i, e) in log.iter().enumerate() {
+            assert_eq!(
+                e.index.0,
+                i as u64 + 1,
+                "invariant: log indexes are dense from 1"
+            );
+        }
+        let n = cfg.members.len();
+        let persisted = log.len() as u64;
+        let mut r = Replica {
+            cfg,
+            me,
+            rng,
+            hard,
+            log,
+            persisted,
+            role: Role::Follower,
+            leader: None,
+            commit: 0,
+            applied: 0,
+            now: 0,
+            election_elapsed: 0,
+            election_timeout: 0,
+            heartbeat_elapsed: 0,
+            votes: BTreeSet::new(),
+            progress: vec![Progress::default(); n],
+            pending: BTreeMap::new(),
+            reads: Vec::new(),
+            reads_waiting_commit: Vec::new(),
+            read_seq: 0,
+            out: Vec::new(),
+        };
+        r.reset_election_timeout();
+        r
+    }
+
+    // ---- inspection -------------------------------------------------------------------
+
+    /// Current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Current term.
+    pub fn term(&self) -> Term {
+        self.hard.term
+    }
+
+    /// The leader this node follows (itself when leading).
+    pub fn leader(&self) -> Option<&NodeId> {
+        self.leader.map(|i| &self.cfg.members[i])
+    }
+
+    /// Commit index known here.
+    pub fn commit_index(&self) -> LogIndex {
+        LogIndex(self.commit)
+    }
+
+    /// Highest index handed to the state machine.
+    pub fn applied_index(&self) -> LogIndex {
+        LogIndex(self.applied)
+    }
+
+    /// Last index in the log.
+    pub fn last_index(&self) -> LogIndex {
+        LogIndex(self.log.len() as u64)
+    }
+
+    /// The log shadow.
+    pub fn log(&self) -> &[Entry] {
+        &self.log
+    }
+
+    /// Members heard from within the last election timeout (leader only; others: empty).
+    pub fn reachable(&self) -> Vec<NodeId> {
+        if self.role != Role::Leader {
+            return Vec::new();
+        }
+        let window = u64::from(self.cfg.election_ticks.0);
+        (0..self.cfg.members.len())
+            .filter(|&i| i != self.me && self.now.saturating_sub(self.progress[i].heard) <= window)
+            .map(|i| self.cfg.members[i].clone())
+            .collect()
+    }
+
+    /// How far each follower's durable log is behind the leader's (leader only).
+    pub fn follower_lag(&self) -> Vec<(NodeId, u64)> {
+        if self.role != Role::Leader {
+            return Vec::new();
+        }
+        (0..self.cfg.members.len())
+            .filter(|&i| i != self.me)
+            .map(|i| {
+                (
+                    self.cfg.members[i].clone(),
+                    self.last_index().0.saturating_sub(self.progress[i].matched),
+                )
+            })
+            .collect()
+    }
+
+    /// Takes the actions produced so far, in the order they must be carried out.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.out)
+    }
+
+    // ---- inputs -----------------------------------------------------------------------
+
+    /// Logical time passes by one tick.
+    pub fn tick(&mut self) {
+        self.now += 1;
+        match self.role {
+            Role::Leader => {
+                self.heartbeat_elapsed += 1;
+                if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+                    self.heartbeat_elapsed = 0;
+                    self.broadcast_append(0);
+                }
+                self.election_elapsed += 1;
+                if self.election_elapsed >= self.cfg.election_ticks.0 {
+                    self.election_elapsed = 0;
+                    self.check_quorum();
+                }
+            }
+            Role::Follower | Role::Candidate => {
+                self.election_elapsed += 1;
+                if self.election_elapsed >= self.election_timeout {
+                    self.campaign();
+                }
+            }
+        }
+    }
+
+    /// The driver made the log durable up to `index`.
+    pub fn persisted(&mut self, index: LogIndex) {
+        let index = index.0.min(self.log.len() as u64);
+        if index > self.persisted {
+            self.persisted = index;
+            if self.role == Role::Leader {
+                self.progress[self.me].matched = index;
+                self.advance_commit();
+                self.check_acks();
+            }
+        }
+    }
+
+    /// Proposes a write, to be acknowledged once `w` replicas hold it durably.
+    ///
+    /// # Errors
+    /// [`ReplicaError::NotLeader`] on a non-leader; [`ReplicaError::BadW`].
+    pub fn propose(
+        &mut self,
+        id: RequestId,
+        cmd: Command,
+        w: u32,
+    ) -> Result<Version, ReplicaError> {
+        let n = self.cfg.members.len() as u32;
+        if w == 0 || w > n {
+            return Err(ReplicaError::BadW { w, n });
+        }
+        if self.role != Role::Leader {
+            return Err(ReplicaError::NotLeader {
+                leader: self.leader().cloned(),
+            });
+        }
+        let e = self.append_local(cmd);
+        let version = e.version();
+        self.pending.insert(e.index.0, Pending { id, w });
+        self.broadcast_append(0);
+        self.check_acks();
+        Ok(version)
+    }
+
+    /// Asks to serve a linearizable read (read-index, §8).
+    ///
+    /// # Errors
+    /// [`ReplicaError::NotLeader`] on a non-leader.
+    pub fn read(&mut self, id: RequestId) -> Result<(), ReplicaError> {
+        if self.role != Role::Leader {
+            return Err(ReplicaError::NotLeader {
+                leader: self.leader().cloned(),
+            });
+        }
+        if !self.committed_in_term() {
+            self.reads_waiting_commit.push(id);
+            return Ok(());
+        }
+        self.start_read(id);
+        Ok(())
+    }
+
+    /// Handles a message from another member.
+    pub fn step(&mut self, from: &NodeId, msg: Message) {
+        let Some(from) = self.cfg.members.iter().position(|m| m == from) else {
+            return; // not a member: ignore
+        };
+        if from == self.me {
+            return;
+        }
+        let term = match &msg {
+            Message::RequestVote { term, .. }
+            | Message::Vote { term, .. }
+            | Message::Append { term, .. }
+            | Message::AppendReply { term, .. } => *term,
+        };
+        if term > self.hard.term {
+            let leader = matches!(msg, Message::Append { .. }).then_some(from);
+            self.become_follower(term, leader);
+        }
+        match msg {
+            Message::RequestVote {
+                term,
+                last_index,
+                last_term,
+            } => self.on_request_vote(from, term, last_index, last_term),
+            Message::Vote { term, granted } => self.on_vote(from, term, granted),
+            Message::Append {
+                term,
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+                read_seq,
+            } => self.on_append(from, term, prev_index, prev_term, entries, commit, read_seq),
+            Message::AppendReply {
+                term,
+                ok,
+                index,
+                read_seq,
+            } => self.on_append_reply(from, term, ok, index, read_seq),
+        }
+    }
+
+    // ---- elections (§5.2) -------------------------------------------------------------
+
+    fn reset_election_timeout(&mut self) {
+        let (lo, hi) = self.cfg.election_ticks;
+        let span = hi.saturating_sub(lo).max(1);
+        self.election_timeout = lo + self.rng.next_u32() % span;
+        self.election_elapsed = 0;
+    }
+
+    fn last_term(&self) -> Term {
+        self.log.last().map_or(Term(0), |e| e.term)
+    }
+
+    fn term_at(&self, index: u64) -> Option<Term> {
+        if index == 0 {
+            return Some(Term(0));
+        }
+        self.log.get(index as usize - 1).map(|e| e.term)
+    }
+
+    fn persist_hard(&mut self) {
+        self.out.push(Action::PersistHardState(self.hard));
+    }
+
+    fn campaign(&mut self) {
+        self.role = Role::Candidate;
+        self.hard.term = Term(self.hard.term.0 + 1);
+        self.hard.voted_for = Some(self.me);
+        self.leader = None;
+        self.persist_hard();
+        self.reset_election_timeout();
+        self.votes = BTreeSet::from([self.me]);
+        if self.votes.len() >= self.majority() {
+            self.become_leader();
+            return;
+        }
+        let (last_index, last_term) = (self.last_index(), self.last_term());
+        for to in self.others() {
+            self.send(
+                to,
+                Message::RequestVote {
+                    term: self.hard.term,
+                    last_index,
+                    last_term,
+                },
+            );
+        }
+    }
+
+    fn on_request_vote(&mut self, from: usize, term: Term, last_index: LogIndex, last_term: Term) {
+        let up_to_date = (last_term, last_index) >= (self.last_term(), self.last_index());
+        let granted =
+            term == self.hard.term && up_to_date && self.hard.voted_for.is_none_or(|v| v == from);
+        if granted && self.hard.voted_for.is_none() {
+            self.hard.voted_for = Some(from);
+            self.persist_hard(); // durable before the vote is sent
+            self.reset_election_timeout();
+        }
+        self.send(
+            from,
+            Message::Vote {
+                term: self.hard.term,
+                granted,
+            },
+        );
+    }
+
+    fn on_vote(&mut self, from: usize, term: Term, granted: bool) {
+        if self.role != Role::Candidate || term != self.hard.term || !granted {
+            return;
+        }
+        self.votes.insert(from);
+        if self.votes.len() >= self.majority() {
+            self.become_leader();
+        }
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<usize>) {
+        let was_leader = self.role == Role::Leader;
+        if term > self.hard.term {
+            self.hard.term = term;
+            self.hard.voted_for = None;
+            self.persist_hard();
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.reset_election_timeout();
+        if was_leader {
+            self.abandon_requests();
+        }
+    }
+
+    fn abandon_requests(&mut self) {
+        for (_, p) in std::mem::take(&mut self.pending) {
+            self.out.push(Action::Unknown { id: p.id });
+        }
+        for r in std::mem::take(&mut self.reads) {
+            self.out.push(Action::ReadFailed { id: r.id });
+        }
+        for id in std::mem::take(&mut self.reads_waiting_commit) {
+            self.out.push(Action::ReadFailed { id });
+        }
+    }
+
+    fn become_leader(&mut self) {
+        self.role = Role::Leader;
+        self.leader = Some(self.me);
+        self.heartbeat_elapsed = 0;
+        self.election_elapsed = 0;
+        let next = self.log.len() as u64 + 1;
+        let now = self.now;
+        for (i, p) in self.progress.iter_mut().enumerate() {
+            *p = Progress {
+                next,
+                matched: 0,
+                heard: now,
+                read_seq: 0,
+            };
+            if i == self.me {
+                p.matched = self.persisted;
+            }
+        }
+        // §5.4.2: commit earlier terms' entries through an entry of this term.
+        self.append_local(Command::Noop);
+        self.broadcast_append(0);
+        self.advance_commit();
+    }
+
+    /// §6.2 / check-quorum: a leader that cannot reach a majority steps down.
+    fn check_quorum(&mut self) {
+        let window = u64::from(self.cfg.election_ticks.0);
+        let heard = (0..self.cfg.members.len())
+            .filter(|&i| i == self.me || self.now.saturating_sub(self.progress[i].heard) <= window)
+            .count();
+        if heard < self.majority() {
+            self.become_follower(self.hard.term, None);
+        }
+    }
+
+    // ---- replication (§5.3) -----------------------------------------------------------
+
+    fn majority(&self) -> usize {
+        self.cfg.members.len() / 2 + 1
+    }
+
+    fn others(&self) -> Vec<usize> {
+        (0..self.cfg.members.len())
+            .filter(|&i| i != self.me)
+            .collect()
+    }
+
+    fn send(&mut self, to: usize, msg: Message) {
+        self.out.push(Action::Send {
+            to: self.cfg.members[to].clone(),
+            msg,
+        });
+    }
+
+    fn append_local(&mut self, cmd: Command) -> Entry {
+        let e = Entry {
+            term: self.hard.term,
+            index: LogIndex(self.log.len() as u64 + 1),
+            cmd,
+        };
+        self.log.push(e.clone());
+        self.out.push(Action::PersistEntries(vec![e.clone()]));
+        e
+    }
+
+    fn broadcast_append(&mut self, read_seq: u64) {
+        for to in self.others() {
+            self.send_append(to, read_seq);
+        }
+    }
+
+    fn send_append(&mut self, to: usize, read_seq: u64) {
+        let last = self.log.len() as u64;
+        let next = self.progress[to].next.clamp(1, last + 1);
+        let prev_index = next - 1;
+        let prev_term = self.term_at(prev_index).unwrap_or(Term(0));
+        let end = (next - 1 + self.cfg.max_batch as u64).min(last);
+        let entries = self.log[(next - 1) as usize..end as usize].to_vec();
+        // Optimistic: the next heartbeat carries what follows; a reject rewinds.
+        self.progress[to].next = end + 1;
+        self.send(
+            to,
+            Message::Append {
+                term: self.hard.term,
+                prev_index: LogIndex(prev_index),
+                prev_term,
+                entries,
+                commit: LogIndex(self.commit),
+                read_seq,
+            },
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_append(
+        &mut self,
+        from: usize,
+        term: Term,
+        prev_index: LogIndex,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: LogIndex,
+        read_seq: u64,
+    ) {
+        if term < self.hard.term {
+            let msg = Message::AppendReply {
+                term: self.hard.term,
+                ok: false,
+                index: self.last_index(),
+                read_seq,
+            };
+            self.send(from, msg);
+            return;
+        }
+        // A leader of this term exists: follow it.
+        if self.role != Role::Follower || self.leader != Some(from) {
+            self.become_follower(term, Some(from));
+        }
+        self.reset_election_timeout();
+        if self.term_at(prev_index.0) != Some(prev_term) {
+            let hint = LogIndex(self.log.len().min(prev_index.0.saturating_sub(1) as usize) as u64);
+            let msg = Message::AppendReply {
+                term: self.hard.term,
+                ok: false,
+                index: hint,
+                read_seq,
+            };
+            self.send(from, msg);
+            return;
+        }
+        // The log matches the leader's through the last entry this message carried.
+        let matched = prev_index.0 + entries.len() as u64;
+        let mut fresh = Vec::new();
+        for e in entries {
+            match self.term_at(e.index.0) {
+                Some(t) if t == e.term => continue, // already have it
+                Some(_) => {
+                    // Conflict: drop this entry and everything after it (§5.3).
+                    let removed = self.log.split_off(e.index.0 as usize - 1);
+                    self.persisted = self.persisted.min(self.log.len() as u64);
+                    self.out.push(Action::Truncate {
+                        from: e.index,
+                        removed,
+                    });
+                    self.log.push(e.clone());
+                    fresh.push(e);
+                }
+                None => {
+                    self.log.push(e.clone());
+                    fresh.push(e);
+                }
+            }
+        }
+        if !fresh.is_empty() {
+            self.out.push(Action::PersistEntries(fresh));
+        }
+        let new_commit = commit.0.min(matched);
+        if new_commit > self.commit {
+            self.commit = new_commit;
+            self.apply_committed();
+        }
+        let msg = Message::AppendReply {
+            term: self.hard.term,
+            ok: true,
+            index: LogIndex(matched),
+            read_seq,
+        };
+        self.send(from, msg);
+    }
+
+    fn on_append_reply(
+        &mut self,
+        from: usize,
+        term: Term,
+        ok: bool,
+        index: LogIndex,
+        read_seq: u64,
+    ) {
+        if self.role != Role::Leader || term != self.hard.term {
+            return;
+        }
+        let p = &mut self.progress[from];
+        p.heard = self.now;
+        p.read_seq = p.read_seq.max(read_seq);
+        if ok {
+            p.matched = p.matched.max(index.0);
+            p.next = p.next.max(p.matched + 1);
+            self.advance_commit();
+            self.check_acks();
+        } else {
+            p.next = (index.0 + 1)
+                .min(p.next.saturating_sub(1))
+                .max(p.matched + 1)
+                .max(1);
+            self.send_append(from, 0);
+        }
+        self.check_reads();
+    }
+
+    fn committed_in_term(&self) -> bool {
+        self.term_at(self.commit) == Some(self.hard.term)
+    }
+
+    fn advance_commit(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let mut matched: Vec<u64> = self.progress.iter().map(|p| p.matched).collect();
+        matched[self.me] = self.persisted;
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let candidate = matched[self.majority() - 1];
+        // Only an entry of the current term commits by counting replicas (§5.4.2).
+        if candidate > self.commit && self.term_at(candidate) == Some(self.hard.term) {
+            self.commit = candidate;
+            self.apply_committed();
+            if !self.reads_waiting_commit.is_empty() {
+                for id in std::mem::take(&mut self.reads_waiting_commit) {
+                    self.start_read(id);
+                }
+            }
+        }
+    }
+
+    fn apply_committed(&mut self) {
+        if self.commit > self.applied {
+            let entries = self.log[self.applied as usize..self.commit as usize].to_vec();
+            self.applied = self.commit;
+            self.out.push(Action::Apply(entries));
+        }
+    }
+
+    /// Acknowledges proposals that `w` replicas durably hold.
+    fn check_acks(&mut self) {
+        if self.role != Role::Leader || self.pending.is_empty() {
+            return;
+        }
+        let mut matched: Vec<u64> = self.progress.iter().map(|p| p.matched).collect();
+        matched[self.me] = self.persisted;
+        let done: Vec<u64> = self
+            .pending
+            .iter()
+            .filter_map(|(&index, p)| {
+                let holders = matched.iter().filter(|&&m| m >= index).count() as u32;
+                (holders >= p.w).then_some(index)
+            })
+            .collect();
+        for index in done {
+            if let Some(p) = self.pending.remove(&index) {
+                let holders = matched.iter().filter(|&&m| m >= index).count() as u32;
+                let e = &self.log[index as usize - 1];
+                self.out.push(Action::Acked {
+                    id: p.id,
+                    version: e.version(),
+                    acks: holders,
+                });
+            }
+        }
+    }
+
+    // ---- reads (§8) -------------------------------------------------------------------
+
+    fn start_read(&mut self, id: RequestId) {
+        self.read_seq += 1;
+        let seq = self.read_seq;
+        self.reads.push(PendingRead {
+            id,
+            seq,
+            index: LogIndex(self.commit),
+        });
+        self.broadcast_append(seq);
+        self.check_reads();
+    }
+
+    fn check_reads(&mut self) {
+        if self.reads.is_empty() {
+            return;
+        }
+        let majority = self.majority();
+        let me = self.me;
+        let progress = &self.progress;
+        let confirmed = |seq: u64| {
+            (0..progress.len())
+                .filter(|&i| i == me || progress[i].read_seq >= seq)
+                .count()
+                >= majority
+        };
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads)
+            .into_iter()
+            .partition(|r| confirmed(r.seq));
+        self.reads = waiting;
+        for r in ready {
+            self.out.push(Action::ReadReady {
+                id: r.id,
+                index: r.index,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic RngCore for tests: a counter (election timeouts become predictable).
+    struct Counter(u32);
+    impl RngCore for Counter {
+        fn next_u32(&mut self) -> u32 {
+            self.0 = self.0.wrapping_add(1);
+            self.0
+        }
+        fn next_u64(&mut self) -> u64 {
+            u64::from(self.next_u32())
+        }
+        fn fill_bytes(&mut self, dst: &mut [u8]) {
+            dst.fill(0);
+        }
+    }
+
+    fn ids(n: usize) -> Vec<NodeId> {
+        (1..=n).map(|i| NodeId(format!("n{i}"))).collect()
+    }
+
+    fn replica(me: usize, n: usize, hard: HardState, log: Vec<Entry>) -> Replica {
+        Replica::new(
+            Config {
+                id: ids(n)[me].clone(),
+                members: ids(n),
+                election_ticks: (10, 20),
+                heartbeat_ticks: 3,
+                max_batch: 64,
+            },
+            hard,
+            log,
+            Box::new(Counter(0)),
+        )
+    }
+
+    fn put(k: &str) -> Command {
+        Command::Put {
+            key: Bytes::copy_from_slice(k.as_bytes()),
+            value: Bytes::from_static(b"v"),
+        }
+    }
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            term: Term(term),
+            index: LogIndex(index),
+            cmd: put("k"),
+        }
+    }
+
+    fn elect(r: &mut Replica, n: usize) {
+        for _ in 0..20 {
+            r.tick();
+            if r.role() == Role::Candidate {
+                break;
+            }
+        }
+        let term = r.term();
+        for i in 1..n {
+            r.step(
+                &ids(n)[i],
+                Message::Vote {
+                    term,
+                    granted: true,
+                },
+            );
+        }
+        assert_eq!(r.role(), Role::Leader);
+        let last = r.last_index();
+        r.persisted(last);
+        r.take_actions();
+    }
+
+    #[test]
+    fn single_node_elects_itself_and_commits_its_noop_once_durable() {
+        // Reference: §5.2 (a candidate with a majority of votes wins; one node is a majority).
+        let mut r = replica(0, 1, HardState::default(), vec![]);
+        for _ in 0..20 {
+            r.tick();
+        }
+        assert_eq!(r.role(), Role::Leader);
+        let actions = r.take_actions();
+        assert_eq!(
+            actions,
+            vec![
+                Action::PersistHardState(HardState {
+                    term: Term(1),
+                    voted_for: Some(0)
+                }),
+                Action::PersistEntries(vec![Entry {
+                    term: Term(1),
+                    index: LogIndex(1),
+                    cmd: Command::Noop
+                }]),
+            ]
+        );
+        assert_eq!(
+            r.commit_index(),
+            LogIndex(0),
+            "not durable yet: not committed"
+        );
+        r.persisted(LogIndex(1));
+        assert_eq!(r.commit_index(), LogIndex(1));
+        assert!(matches!(&r.take_actions()[..], [Action::Apply(es)] if es.len() == 1));
+    }
+
+    #[test]
+    fn follower_with_stale_term_rejects_append() {
+        let mut r = replica(
+            1,
+            3,
+            HardState {
+                term: Term(5),
+                voted_for: None,
+            },
+            vec![],
+        );
+        r.step(
+            &ids(3)[0],
+            Message::Append {
+                term: Term(4),
+                prev_index: LogIndex(0),
+                prev_term: Term(0),
+                entries: vec![entry(4, 1)],
+                commit: LogIndex(1),
+                read_seq: 0,
+            },
+        );
+        assert_eq!(
+            r.take_actions(),
+            vec![Action::Send {
+                to: ids(3)[0].clone(),
+                msg: Message::AppendReply {
+                    term: Term(5),
+                    ok: false,
+                    index: LogIndex(0),
+                    read_seq: 0
+                }
+            }]
+        );
+        assert!(r.log().is_empty());
+    }
+
+    #[test]
+    fn voter_refuses_a_candidate_whose_log_is_behind() {
+        // Reference: §5.4.1 (the election restriction).
+        let mut r = replica(
+            1,
+            3,
+            HardState {
+                term: Term(2),
+                voted_for: None,
+            },
+            vec![entry(1, 1), entry(2, 2)],
+        );
+        r.step(
+            &ids(3)[0],
+            Message::RequestVote {
+                term: Term(3),
+                last_index: LogIndex(5),
+                last_term: Term(1),
+            },
+        );
+        let actions = r.take_actions();
+        assert!(
+            actions.contains(&Action::Send {
+                to: ids(3)[0].clone(),
+                msg: Message::Vote {
+                    term: Term(3),
+                    granted: false
+                }
+            }),
+            "{actions:?}"
+        );
+        r.step(
+            &ids(3)[2],
+            Message::RequestVote {
+                term: Term(3),
+                last_index: LogIndex(2),
+                last_term: Term(2),
+            },
+        );
+        let actions = r.take_actions();
+        assert_eq!(
+            actions,
+            vec![
+                Action::PersistHardState(HardState {
+                    term: Term(3),
+                    voted_for: Some(2)
+                }),
+                Action::Send {
+                    to: ids(3)[2].clone(),
+                    msg: Message::Vote {
+                        term: Term(3),
+                        granted: true
+                    }
+                }
+            ],
+            "the vote is durable before it is sent"
+        );
+    }
+
+    #[test]
+    fn leader_acknowledges_w1_before_commit_and_w3_only_when_all_hold_it() {
+        let mut r = replica(0, 3, HardState::default(), vec![]);
+        elect(&mut r, 3);
+        let v1 = r.propose(1, put("a"), 1).expect("leader");
+        let v3 = r.propose(3, put("b"), 3).expect("leader");
+        r.take_actions();
+        r.persisted(r.last_index());
+        let acks = r.take_actions();
+        assert_eq!(
+            acks,
+            vec![Action::Acked {
+                id: 1,
+                version: v1,
+                acks: 1
+            }]
+        );
+        assert_eq!(
+            r.commit_index(),
+            LogIndex(0),
+            "W=1 is acknowledged before it commits"
+        );
+        let term = r.term();
+        r.step(
+            &ids(3)[1],
+            Message::AppendReply {
+                term,
+                ok: true,
+                index: LogIndex(3),
+                read_seq: 0,
+            },
+        );
+        let a = r.take_actions();
+        assert!(
+            matches!(&a[..], [Action::Apply(es)] if es.len() == 3),
+            "{a:?}"
+        );
+        r.step(
+            &ids(3)[2],
+            Message::AppendReply {
+                term,
+                ok: true,
+                index: LogIndex(3),
+                read_seq: 0,
+            },
+        );
+        assert_eq!(
+            r.take_actions(),
+            vec![Action::Acked {
+                id: 3,
+                version: v3,
+                acks: 3
+            }]
+        );
+    }
+
+    #[test]
+    fn follower_truncates_conflicting_entries_and_reports_them() {
+        let mut r = replica(
+            1,
+            3,
+            HardState {
+                term: Term(1),
+                voted_for: None,
+            },
+            vec![entry(1, 1), entry(1, 2), entry(1, 3)],
+        );
+        r.persisted(LogIndex(3));
+        r.step(
+            &ids(3)[0],
+            Message::Append {
+                term: Term(2),
+                prev_index: LogIndex(1),
+                prev_term: Term(1),
+                entries: vec![entry(2, 2)],
+                commit: LogIndex(2),
+                read_seq: 0,
+            },
+        );
+        let a = r.take_actions();
+        assert!(
+            a.contains(&Action::Truncate {
+                from: LogIndex(2),
+                removed: vec![entry(1, 2), entry(1, 3)]
+            }),
+            "{a:?}"
+        );
+        assert!(
+            a.contains(&Action::PersistEntries(vec![entry(2, 2)])),
+            "{a:?}"
+        );
+        assert_eq!(r.last_index(), LogIndex(2));
+        assert_eq!(r.commit_index(), LogIndex(2));
+    }
+
+    #[test]
+    fn leader_that_hears_from_no_majority_steps_down_and_abandons_requests() {
+        let mut r = replica(0, 3, HardState::default(), vec![]);
+        elect(&mut r, 3);
+        r.propose(9, put("x"), 2).expect("leader");
+        for _ in 0..25 {
+            r.tick();
+        }
+        assert_eq!(r.role(), Role::Follower);
+        assert!(r.take_actions().contains(&Action::Unknown { id: 9 }));
+        assert!(matches!(
+            r.propose(10, put("y"), 1),
+            Err(ReplicaError::NotLeader { leader: None })
+        ));
+    }
+
+    #[test]
+    fn read_index_waits_for_a_majority_to_confirm_leadership() {
+        let mut r = replica(0, 3, HardState::default(), vec![]);
+        elect(&mut r, 3);
+        let term = r.term();
+        r.step(
+            &ids(3)[1],
+            Message::AppendReply {
+                term,
+                ok: true,
+                index: LogIndex(1),
+                read_seq: 0,
+            },
+        );
+        r.take_actions();
+        r.read(5).expect("leader");
+        let sent = r.take_actions();
+        assert!(
+            sent.iter().all(|a| matches!(
+                a,
+                Action::Send {
+                    msg: Message::Append { read_seq: 1, .. },
+                    ..
+                }
+            )),
+            "{sent:?}"
+        );
+        r.step(
+            &ids(3)[2],
+            Message::AppendReply {
+                term,
+                ok: true,
+                index: LogIndex(1),
+                read_seq: 1,
+            },
+        );
+        assert_eq!(
+            r.take_actions(),
+            vec![Action::ReadReady {
+                id: 5,
+                index: LogIndex(1)
+            }]
+        );
+    }
+}
