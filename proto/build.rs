@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["kv/v1/kv.proto"];
+    let protos = ["kv/v1/kv.proto", "kv/v1/peer.proto", "kv/v1/admin.proto"];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

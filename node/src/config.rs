@@ -259,10 +259,10 @@ impl Config {
                 "--n {n}: leader-follower mode replicates every key to every node, so n must equal the number of nodes ({nodes})"
             ));
         }
-        if nodes > 1 {
+        if nodes > 1 && self.mode == Mode::Leaderless {
             return err(format!(
-                "--peers lists {nodes} nodes, but this build serves a single node: replication \
-                 across nodes is not implemented yet (run one node, or leave --peers empty)"
+                "--peers lists {nodes} nodes in leaderless mode, which is not implemented yet: \
+                 use --mode leader-follower, or run one node"
             ));
         }
         let storage = match (self.storage, &self.data_dir) {

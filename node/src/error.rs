@@ -15,6 +15,12 @@ pub enum Error {
     /// Definitely not applied: the node cannot serve it now (shutting down, no quorum).
     #[error("{0}")]
     Unavailable(String),
+    /// Not the leader: nothing was done. The leader's id and address, when known.
+    #[error("not the leader{}", match .0 { Some((id, addr)) => format!("; the leader is {id} at {addr}"), None => "; no leader is known (election in progress or quorum lost)".into() })]
+    NotLeader(Option<(String, String)>),
+    /// The write may or may not take effect (leadership was lost before W replicas held it).
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
     /// The deadline passed while waiting; the write may or may not take effect.
     #[error("deadline exceeded after {0:?} (the operation may still take effect)")]
     DeadlineExceeded(std::time::Duration),

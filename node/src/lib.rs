@@ -14,15 +14,20 @@
 //! - [`node`]: what a node does with a request, independent of gRPC.
 //! - [`server`]: gRPC services; errors become statuses in `server::status` only.
 //! - [`metrics`]: Prometheus metrics and the admin HTTP server.
+//! - [`driver`], [`transport`], [`raft_log`]: leader-follower replication around the sans-IO
+//!   core of `kv-replica`: its thread, its peer streams, its durable log.
 //! - [`client`]: shared client plumbing for kvctl (and tests).
 
 pub mod client;
 pub mod config;
+pub mod driver;
 pub mod error;
 pub mod metrics;
 pub mod node;
+pub mod raft_log;
 pub mod server;
 pub mod storage;
+pub mod transport;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -127,14 +132,60 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             StorageKind::Disk => format!("disk,fsync={}", cfg.fsync),
         },
     }));
-    let storage = open_storage(&settings, &metrics)?;
+    let replicated = settings.members.len() > 1;
+    let storage = if replicated {
+        // The state machine: rebuilt from the replicated log, which is the durable copy.
+        Arc::new(MemStorage::new()) as Arc<dyn Storage>
+    } else {
+        open_storage(&settings, &metrics)?
+    };
     let listener = bind(cfg.listen, "--listen").await?;
     let admin = bind(cfg.admin_listen, "--admin-listen").await?;
     let addr = listener.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let max_msg = cfg.max_value_bytes + cfg.max_key_bytes + (64 << 10);
     let grace = cfg.tombstone_grace.0;
-    let node = Arc::new(Node::new(settings, storage.clone()));
+    let mut peer_service = None;
+    let node = if replicated {
+        let members: Vec<(kv_replica::NodeId, String)> = settings
+            .members
+            .iter()
+            .map(|(id, addr)| (id.clone(), addr.clone()))
+            .collect();
+        let transport = transport::Transport::start(settings.id.clone(), &members);
+        let data_dir = match settings.storage {
+            StorageKind::Disk => settings.config.data_dir.clone(),
+            StorageKind::Memory => None,
+        };
+        let seed = storage::now_ms()
+            ^ settings
+                .id
+                .0
+                .bytes()
+                .fold(0u64, |h, b| h.rotate_left(7) ^ u64::from(b));
+        let driver = driver::start(
+            settings.id.clone(),
+            members.into_iter().map(|(id, _)| id).collect(),
+            data_dir,
+            settings.config.fsync,
+            driver::Timing::default(),
+            transport,
+            storage.clone(),
+            seed,
+        )?;
+        peer_service = Some(
+            kv_proto::kv::v1::peer_server::PeerServer::new(transport::PeerService::new(
+                driver.clone(),
+            ))
+            .max_decoding_message_size(usize::MAX),
+        );
+        Arc::new(Node::replicated(settings, storage.clone(), driver))
+    } else {
+        Arc::new(Node::new(settings, storage.clone()))
+    };
+    let admin_grpc = kv_proto::kv::v1::admin_server::AdminServer::new(
+        server::admin::AdminService::new(node.clone()),
+    );
 
     let (stop, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -163,6 +214,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             .add_service(health_svc)
             .add_service(reflection)
             .add_service(kv)
+            .add_service(admin_grpc)
+            .add_optional_service(peer_service)
             .serve_with_incoming_shutdown(incoming, async move {
                 grpc_stop.await;
                 ready_g.store(false, Ordering::Release);
@@ -177,6 +230,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         Arc::new(AdminState {
             metrics: metrics.clone(),
             storage: storage.clone(),
+            replica: node.replication().cloned(),
             ready: ready.clone(),
         }),
         stopped(),

@@ -22,6 +22,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
+use crate::driver::DriverHandle;
 use crate::storage::{FlushObserver, Storage};
 
 /// Labels of request counters.
@@ -81,6 +82,11 @@ pub struct Metrics {
     storage_durable_lsn: Gauge,
     /// Degraded responses (on_quorum_loss=degrade fell back).
     pub degraded_responses: Counter,
+    term: Gauge,
+    is_leader: Gauge,
+    commit_index: Gauge,
+    applied_index: Gauge,
+    rolled_back: Counter,
 }
 
 impl Metrics {
@@ -165,6 +171,31 @@ impl Metrics {
             "Highest log sequence number known durable",
             None,
         );
+        let term = gauge(
+            &mut registry,
+            "term",
+            "Current term (leader-follower)",
+            None,
+        );
+        let is_leader = gauge(&mut registry, "is_leader", "1 while this node leads", None);
+        let commit_index = gauge(
+            &mut registry,
+            "commit_index",
+            "Replicated log commit index",
+            None,
+        );
+        let applied_index = gauge(
+            &mut registry,
+            "applied_index",
+            "Replicated log entries applied to the state machine",
+            None,
+        );
+        let rolled_back = Counter::default();
+        registry.register(
+            "rolled_back_writes",
+            "Writes removed from this node's log by a new leader (kept in rollback.jsonl)",
+            rolled_back.clone(),
+        );
         let node_info = Family::<InfoLabels, Gauge>::default();
         node_info.get_or_create(&info).set(1);
         registry.register("node_info", "This node's id and configuration", node_info);
@@ -182,6 +213,11 @@ impl Metrics {
             storage_last_lsn,
             storage_durable_lsn,
             degraded_responses,
+            term,
+            is_leader,
+            commit_index,
+            applied_index,
+            rolled_back,
         }
     }
 
@@ -209,11 +245,23 @@ impl Metrics {
     }
 
     /// Renders every metric, refreshing the storage gauges first.
-    pub fn render(&self, storage: &dyn Storage) -> String {
+    pub fn render(&self, storage: &dyn Storage, replica: Option<&DriverHandle>) -> String {
         let s = storage.stats();
         let set = |g: &Gauge, v: u64| {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));
         };
+        if let Some(d) = replica {
+            let st = d.status();
+            set(&self.term, st.term);
+            set(&self.is_leader, u64::from(st.role == "leader"));
+            set(&self.commit_index, st.commit);
+            set(&self.applied_index, st.applied);
+            let total = d.rolled_back.load(std::sync::atomic::Ordering::Relaxed);
+            let seen = self.rolled_back.get();
+            if total > seen {
+                self.rolled_back.inc_by(total - seen);
+            }
+        }
         set(&self.storage_keys, s.live_keys);
         set(&self.storage_tombstones, s.tombstones);
         set(&self.storage_live_bytes, s.live_bytes);
@@ -257,6 +305,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The storage, for gauges.
     pub storage: Arc<dyn Storage>,
+    /// The replica driver, in replicated mode.
+    pub replica: Option<DriverHandle>,
     /// True once the gRPC server accepts requests, false again while shutting down.
     pub ready: Arc<AtomicBool>,
 }
@@ -279,7 +329,9 @@ async fn handle(
         "/metrics" => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.metrics.render(state.storage.as_ref()),
+            state
+                .metrics
+                .render(state.storage.as_ref(), state.replica.as_ref()),
         ),
         "/healthz" => reply(StatusCode::OK, text, "ok\n".into()),
         "/readyz" => {

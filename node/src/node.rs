@@ -3,6 +3,11 @@
 //! With a single member (N=1) the node is its own leader in term 1: it orders writes itself,
 //! versions them `(1, counter)` with a counter that never goes backwards, and acknowledges a
 //! write (or shows a value) only once it is durable under the fsync policy.
+//!
+//! With several members in leader-follower mode, writes go through the replicated log (see
+//! `driver`): the leader acknowledges once W replicas durably hold the entry, and versions are
+//! `(term, index)`. Reads from the leader wait for read-index confirmation; `any` and `local`
+//! reads are served from this replica's applied state and say they may be stale.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -11,8 +16,10 @@ use bytes::Bytes;
 use kv_replica::{NodeId, Quorum, Version};
 
 use crate::config::Settings;
+use crate::driver::{DriveError, DriverHandle};
 use crate::error::{Error, Result};
 use crate::storage::{Entry, Storage, Write, now_ms};
+use kv_replica::leader_follower::Command;
 
 /// Where a read is served from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -103,6 +110,8 @@ pub enum CasOutcome {
 pub struct Node {
     settings: Settings,
     storage: Arc<dyn Storage>,
+    /// Present in replicated leader-follower mode: the driver of the replica.
+    replication: Option<DriverHandle>,
     /// Orders version assignment with the storage write (and a CAS with its compare).
     write_order: Mutex<()>,
 }
@@ -116,8 +125,99 @@ impl Node {
         Node {
             settings,
             storage,
+            replication: None,
             write_order: Mutex::new(()),
         }
+    }
+
+    /// A node whose writes and leader reads go through a replicated log driven by `driver`;
+    /// `state` is the state machine the driver applies committed entries to.
+    pub fn replicated(settings: Settings, state: Arc<dyn Storage>, driver: DriverHandle) -> Self {
+        Node {
+            settings,
+            storage: state,
+            replication: Some(driver),
+            write_order: Mutex::new(()),
+        }
+    }
+
+    /// The replica driver, in replicated mode.
+    pub fn replication(&self) -> Option<&DriverHandle> {
+        self.replication.as_ref()
+    }
+
+    fn drive_error(&self, e: DriveError) -> Error {
+        match e {
+            DriveError::NotLeader(leader) => Error::NotLeader(leader.map(|id| {
+                let addr = self.settings.members.get(&id).cloned().unwrap_or_default();
+                (id.0, addr)
+            })),
+            DriveError::Unknown => Error::Unknown(
+                "leadership was lost before W replicas held the write; it may still be committed"
+                    .into(),
+            ),
+            DriveError::Stopped(why) => Error::Unavailable(format!("replica stopped: {why}")),
+            DriveError::Invalid(why) => Error::InvalidArgument(why),
+        }
+    }
+
+    async fn replicated_get(
+        &self,
+        driver: &DriverHandle,
+        key: &[u8],
+        q: &Quorum,
+        c: Consistency,
+    ) -> Result<ReadOutcome> {
+        let asked = c.read_from.unwrap_or_default();
+        let mut served_from = asked;
+        let mut degraded = false;
+        if asked == ReadFrom::Leader {
+            match driver.read_barrier().await {
+                Ok(()) => {}
+                Err(DriveError::NotLeader(_) | DriveError::Stopped(_))
+                    if c.on_quorum_loss == Some(OnQuorumLoss::Degrade) =>
+                {
+                    // Serve what this replica has, and say so.
+                    served_from = ReadFrom::Any;
+                    degraded = true;
+                }
+                Err(e) => return Err(self.drive_error(e)),
+            }
+        }
+        let (value, version) = self.durable_view(self.storage.get(key)).await?;
+        let st = driver.status();
+        let leader_read = served_from == ReadFrom::Leader;
+        let lag = st.leader_commit.saturating_sub(st.applied);
+        Ok(ReadOutcome {
+            value,
+            version,
+            meta: Meta {
+                stale: !leader_read && (st.role != "leader" || lag > 0),
+                lag_entries: lag,
+                degraded,
+                r: 1,
+                ..self.meta(q, served_from)
+            },
+        })
+    }
+
+    async fn replicated_write(
+        &self,
+        driver: &DriverHandle,
+        cmd: Command,
+        q: &Quorum,
+    ) -> Result<WriteOutcome> {
+        let p = driver
+            .propose(cmd, q.w)
+            .await
+            .map_err(|e| self.drive_error(e))?;
+        Ok(WriteOutcome {
+            version: p.version,
+            meta: Meta {
+                w: p.acks,
+                ..self.meta(q, ReadFrom::Leader)
+            },
+        })
     }
 
     /// This node's id.
@@ -198,6 +298,9 @@ impl Node {
     pub async fn get(&self, key: &[u8], c: Consistency) -> Result<ReadOutcome> {
         self.check_key(key)?;
         let q = self.quorum(&c)?;
+        if let Some(d) = &self.replication {
+            return self.replicated_get(d, key, &q, c).await;
+        }
         let (value, version) = self.durable_view(self.storage.get(key)).await?;
         Ok(ReadOutcome {
             value,
@@ -243,6 +346,13 @@ impl Node {
             self.check_value(v)?;
         }
         let q = self.quorum(&c)?;
+        if let Some(d) = &self.replication {
+            let cmd = match value {
+                Some(value) => Command::Put { key, value },
+                None => Command::Delete { key },
+            };
+            return self.replicated_write(d, cmd, &q).await;
+        }
         let (version, lsn) = self
             .ordered_write(key, value, |_| Ok::<(), ()>(()))?
             .expect("invariant: an unconditional write is never refused");
@@ -294,6 +404,13 @@ impl Node {
         self.check_key(&key)?;
         self.check_value(&value)?;
         let q = self.quorum(&c)?;
+        if self.replication.is_some() {
+            return Err(Error::FailedPrecondition(
+                "compare-and-set across several nodes is not implemented yet (it needs the \
+                 compare evaluated in log order); it works on a single node"
+                    .into(),
+            ));
+        }
         let res = self.ordered_write(key, Some(value), |cur| {
             let live = cur
                 .as_ref()

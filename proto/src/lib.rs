@@ -1,6 +1,7 @@
 //! kv-proto: the wire protocol of quorumkv, generated from `proto/kv/v1/*.proto`.
 //!
-//! - [`kv::v1`]: the client API (`kv.v1.Kv`): messages, `kv_client::KvClient`, `kv_server`.
+//! - [`kv::v1`]: the client API (`kv.v1.Kv`), node-to-node traffic (`kv.v1.Peer`) and the
+//!   operator API (`kv.v1.Admin`): messages, generated clients and servers.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, served by gRPC reflection.
 //!
 //! Nothing here is written by hand except this file: edit the `.proto` files.

@@ -245,6 +245,8 @@ struct Progress {
     heard: u64,
     /// Highest read round it confirmed.
     read_seq: u64,
+    /// Whether it answered at all in this term (`heard` starts at the election).
+    replied: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -273,6 +275,8 @@ pub struct Replica {
     role: Role,
     leader: Option<usize>,
     commit: u64,
+    /// The commit index the leader last told us (followers); lag = this - applied.
+    leader_commit: u64,
     applied: u64,
     now: u64,
     election_elapsed: u32,
@@ -337,6 +341,7 @@ impl Replica {
             role: Role::Follower,
             leader: None,
             commit: 0,
+            leader_commit: 0,
             applied: 0,
             now: 0,
             election_elapsed: 0,
@@ -376,6 +381,15 @@ impl Replica {
         LogIndex(self.commit)
     }
 
+    /// The leader's commit index as last heard (a leader: its own).
+    pub fn leader_commit_index(&self) -> LogIndex {
+        if self.role == Role::Leader {
+            LogIndex(self.commit)
+        } else {
+            LogIndex(self.leader_commit.max(self.commit))
+        }
+    }
+
     /// Highest index handed to the state machine.
     pub fn applied_index(&self) -> LogIndex {
         LogIndex(self.applied)
@@ -398,7 +412,10 @@ impl Replica {
         }
         let window = u64::from(self.cfg.election_ticks.0);
         (0..self.cfg.members.len())
-            .filter(|&i| i != self.me && self.now.saturating_sub(self.progress[i].heard) <= window)
+            .filter(|&i| {
+                let p = &self.progress[i];
+                i != self.me && p.replied && self.now.saturating_sub(p.heard) <= window
+            })
             .map(|i| self.cfg.members[i].clone())
             .collect()
     }
@@ -668,6 +685,7 @@ impl Replica {
                 matched: 0,
                 heard: now,
                 read_seq: 0,
+                replied: false,
             };
             if i == self.me {
                 p.matched = self.persisted;
@@ -774,6 +792,7 @@ impl Replica {
             self.become_follower(term, Some(from));
         }
         self.reset_election_timeout();
+        self.leader_commit = commit.0;
         if self.term_at(prev_index.0) != Some(prev_term) {
             let hint = LogIndex(self.log.len().min(prev_index.0.saturating_sub(1) as usize) as u64);
             let msg = Message::AppendReply {
@@ -838,6 +857,7 @@ impl Replica {
         }
         let p = &mut self.progress[from];
         p.heard = self.now;
+        p.replied = true;
         p.read_seq = p.read_seq.max(read_seq);
         if ok {
             p.matched = p.matched.max(index.0);

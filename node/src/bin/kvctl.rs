@@ -6,9 +6,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use kv_node::client::{self, exit};
 use kv_node::config::HumanDuration;
+use kv_node::server::status::LEADER_ADDR;
 use kv_proto::kv::v1 as pb;
+use kv_proto::kv::v1::kv_client::KvClient;
 use kv_replica::Version;
 use serde_json::json;
+use tonic::transport::Channel;
 
 /// quorumkv client.
 ///
@@ -58,6 +61,9 @@ enum ReadFromArg {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// One row per node in --endpoints: role, term, leader it follows, reachable peers, applied
+    /// index and lag. Flags split brain: two nodes claiming leadership at once.
+    Status,
     /// Write KEY=VALUE; prints the new version.
     Put {
         key: String,
@@ -112,6 +118,37 @@ fn version_text(v: &Option<pb::Version>) -> Option<String> {
         .map(|v| Version::new(v.epoch, v.counter).to_string())
 }
 
+/// Runs `f` against the contacted node and, when it answers "not the leader" with the
+/// leader's address, against the leader (at most two hops).
+async fn follow_leader<T, F, Fut>(
+    c: &mut KvClient<Channel>,
+    t: Duration,
+    mut f: F,
+) -> Result<tonic::Response<T>, tonic::Status>
+where
+    F: FnMut(KvClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut hops = 0;
+    loop {
+        match f(c.clone()).await {
+            Err(s) if s.code() == tonic::Code::Unavailable && hops < 2 => {
+                let Some(addr) = s
+                    .metadata()
+                    .get(LEADER_ADDR)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+                else {
+                    return Err(s);
+                };
+                *c = client::connect_any(&[addr], t).await?.1;
+                hops += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -129,8 +166,99 @@ struct Done {
     code: u8,
 }
 
+async fn node_status(addr: &str, t: Duration) -> Option<pb::NodeStatus> {
+    let ep = tonic::transport::Endpoint::from_shared(client::endpoint_uri(addr))
+        .ok()?
+        .connect_timeout(t);
+    let ch = ep.connect().await.ok()?;
+    let mut c = pb::admin_client::AdminClient::new(ch);
+    c.status(request(pb::StatusRequest {}, t))
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
+    let mut rows = Vec::new();
+    for addr in endpoints {
+        rows.push((addr.clone(), node_status(addr, t).await));
+    }
+    let leaders: Vec<&pb::NodeStatus> = rows
+        .iter()
+        .filter_map(|(_, s)| s.as_ref())
+        .filter(|s| s.role == "leader")
+        .collect();
+    let split_brain = leaders.len() > 1;
+    let newest = leaders.iter().max_by_key(|s| s.term);
+    let lag_of = |s: &pb::NodeStatus| -> Option<u64> {
+        if s.role == "leader" {
+            return Some(0);
+        }
+        newest.and_then(|l| l.follower_lag.get(&s.id).copied())
+    };
+    let stdout = if json {
+        let nodes: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(addr, s)| match s {
+                Some(s) => json!({"id": s.id, "addr": addr, "role": s.role, "term": s.term,
+                    "leader": (!s.leader.is_empty()).then_some(&s.leader),
+                    "reachable": s.reachable, "applied_index": s.applied_index,
+                    "commit_index": s.commit_index, "lag": lag_of(s)}),
+                None => json!({"id": null, "addr": addr, "role": "down", "term": null,
+                    "leader": null, "reachable": [], "applied_index": null, "lag": null}),
+            })
+            .collect();
+        json!({"nodes": nodes, "split_brain": split_brain}).to_string()
+    } else {
+        let mut out = format!(
+            "{:<6} {:<22} {:<10} {:>5} {:<7} {:<18} {:>9} {:>6}\n",
+            "ID", "ADDR", "ROLE", "TERM", "LEADER", "REACHABLE", "APPLIED", "LAG"
+        );
+        for (addr, s) in &rows {
+            match s {
+                Some(s) => out.push_str(&format!(
+                    "{:<6} {:<22} {:<10} {:>5} {:<7} {:<18} {:>9} {:>6}\n",
+                    s.id,
+                    addr,
+                    s.role,
+                    s.term,
+                    if s.leader.is_empty() { "-" } else { &s.leader },
+                    if s.reachable.is_empty() {
+                        "-".to_string()
+                    } else {
+                        s.reachable.join(",")
+                    },
+                    s.applied_index,
+                    lag_of(s).map_or("-".into(), |l| l.to_string()),
+                )),
+                None => out.push_str(&format!("{:<6} {:<22} {:<10}\n", "?", addr, "down")),
+            }
+        }
+        if split_brain {
+            let who: Vec<String> = leaders
+                .iter()
+                .map(|l| format!("{} (term {})", l.id, l.term))
+                .collect();
+            out.push_str(&format!(
+                "SPLIT BRAIN: {} all claim leadership\n",
+                who.join(", ")
+            ));
+        }
+        out.trim_end().to_string()
+    };
+    let any_up = rows.iter().any(|(_, s)| s.is_some());
+    Done {
+        stdout,
+        stderr: (!any_up).then(|| "no node answered".to_string()),
+        code: if any_up { exit::OK } else { exit::FAILED },
+    }
+}
+
 async fn run(args: Args) -> Result<Done, tonic::Status> {
     let t = args.timeout.0;
+    if let Cmd::Status = args.cmd {
+        return Ok(status(&args.endpoints, t, args.output == Output::Json).await);
+    }
     let (_, mut c) = client::connect_any(&args.endpoints, t).await?;
     let json = args.output == Output::Json;
     let ok = |stdout: String| Done {
@@ -139,18 +267,19 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
         code: exit::OK,
     };
     Ok(match args.cmd {
+        Cmd::Status => unreachable!("handled above"),
         Cmd::Put { key, value, w } => {
-            let r = c
-                .put(request(
-                    pb::PutRequest {
-                        key: key.clone().into(),
-                        value: value.into(),
-                        consistency: consistency(None, w, None),
-                    },
-                    t,
-                ))
-                .await?
-                .into_inner();
+            let req = pb::PutRequest {
+                key: key.clone().into(),
+                value: value.into(),
+                consistency: consistency(None, w, None),
+            };
+            let r = follow_leader(&mut c, t, |mut c| {
+                let req = req.clone();
+                async move { c.put(request(req, t)).await }
+            })
+            .await?
+            .into_inner();
             let m = r.meta.unwrap_or_default();
             let v = version_text(&r.version);
             ok(if json {
@@ -162,16 +291,16 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
             })
         }
         Cmd::Get { key, r, read_from } => {
-            let resp = c
-                .get(request(
-                    pb::GetRequest {
-                        key: key.clone().into(),
-                        consistency: consistency(r, None, read_from),
-                    },
-                    t,
-                ))
-                .await?
-                .into_inner();
+            let req = pb::GetRequest {
+                key: key.clone().into(),
+                consistency: consistency(r, None, read_from),
+            };
+            let resp = follow_leader(&mut c, t, |mut c| {
+                let req = req.clone();
+                async move { c.get(request(req, t)).await }
+            })
+            .await?
+            .into_inner();
             let m = resp.meta.unwrap_or_default();
             let stdout = if json {
                 json!({"key": key, "value": resp.found.then(|| text(&resp.value)),
@@ -194,16 +323,16 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
             }
         }
         Cmd::Delete { key, w } => {
-            let r = c
-                .delete(request(
-                    pb::DeleteRequest {
-                        key: key.clone().into(),
-                        consistency: consistency(None, w, None),
-                    },
-                    t,
-                ))
-                .await?
-                .into_inner();
+            let req = pb::DeleteRequest {
+                key: key.clone().into(),
+                consistency: consistency(None, w, None),
+            };
+            let r = follow_leader(&mut c, t, |mut c| {
+                let req = req.clone();
+                async move { c.delete(request(req, t)).await }
+            })
+            .await?
+            .into_inner();
             let m = r.meta.unwrap_or_default();
             let v = version_text(&r.version);
             ok(if json {
@@ -234,18 +363,18 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
                     }
                 },
             };
-            let r = c
-                .compare_and_set(request(
-                    pb::CompareAndSetRequest {
-                        key: key.clone().into(),
-                        expected,
-                        value: value.into(),
-                        consistency: consistency(None, w, None),
-                    },
-                    t,
-                ))
-                .await?
-                .into_inner();
+            let req = pb::CompareAndSetRequest {
+                key: key.clone().into(),
+                expected,
+                value: value.into(),
+                consistency: consistency(None, w, None),
+            };
+            let r = follow_leader(&mut c, t, |mut c| {
+                let req = req.clone();
+                async move { c.compare_and_set(request(req, t)).await }
+            })
+            .await?
+            .into_inner();
             let m = r.meta.unwrap_or_default();
             let v = version_text(&r.version);
             let stdout = if json {

@@ -1,6 +1,8 @@
-//! gRPC services: `kv.v1.Kv` ([`kv::KvService`]), plus health and reflection wired in `lib.rs`.
+//! gRPC services: `kv.v1.Kv` ([`kv::KvService`]), `kv.v1.Admin` ([`admin::AdminService`]),
+//! plus `kv.v1.Peer` (in `transport`), health and reflection, wired in `lib.rs`.
 //! Wire types are converted here, at the edge; errors become statuses in [`status`] only.
 
+pub mod admin;
 pub mod kv;
 pub mod status;
 

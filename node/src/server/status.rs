@@ -5,12 +5,19 @@
 //! | InvalidArgument     | INVALID_ARGUMENT    | no                    |
 //! | FailedPrecondition  | FAILED_PRECONDITION | no                    |
 //! | Unavailable         | UNAVAILABLE         | no                    |
+//! | NotLeader           | UNAVAILABLE + x-kv-leader, x-kv-leader-id metadata | no |
+//! | Unknown             | UNKNOWN             | maybe                 |
 //! | DeadlineExceeded    | DEADLINE_EXCEEDED   | maybe                 |
 //! | Storage             | INTERNAL            | maybe                 |
 
 use tonic::Status;
 
 use crate::error::Error;
+
+/// Metadata key of the leader's address on a not-the-leader answer (kvctl follows it).
+pub const LEADER_ADDR: &str = "x-kv-leader";
+/// Metadata key of the leader's id.
+pub const LEADER_ID: &str = "x-kv-leader-id";
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
@@ -19,6 +26,17 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) => Status::invalid_argument(msg),
             Error::FailedPrecondition(_) => Status::failed_precondition(msg),
             Error::Unavailable(_) => Status::unavailable(msg),
+            Error::NotLeader(leader) => {
+                let mut st = Status::unavailable(msg);
+                if let Some((id, addr)) = leader
+                    && let (Ok(a), Ok(i)) = (addr.parse(), id.parse())
+                {
+                    st.metadata_mut().insert(LEADER_ADDR, a);
+                    st.metadata_mut().insert(LEADER_ID, i);
+                }
+                st
+            }
+            Error::Unknown(_) => Status::unknown(msg),
             Error::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
             Error::Storage(_) => Status::internal(msg),
         }

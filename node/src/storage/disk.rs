@@ -186,7 +186,7 @@ fn numbered(dir: &Path, prefix: &str, suffix: &str) -> Result<Vec<(u64, PathBuf)
     Ok(out)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StorageError::io(format!("cannot fsync directory {}", dir.display()), e))
@@ -196,7 +196,7 @@ fn read_file(path: &Path) -> Result<Vec<u8>, StorageError> {
     fs::read(path).map_err(|e| StorageError::io(format!("cannot read {}", path.display()), e))
 }
 
-fn corrupt(file: &Path, offset: usize, reason: impl Into<String>) -> StorageError {
+pub(crate) fn corrupt(file: &Path, offset: usize, reason: impl Into<String>) -> StorageError {
     StorageError::Corrupt {
         file: file.to_path_buf(),
         offset: offset as u64,
@@ -263,7 +263,7 @@ fn load_snapshot(path: &Path) -> Result<(Index, Lsn), StorageError> {
     }
 }
 
-fn open_append(path: &Path) -> Result<File, StorageError> {
+pub(crate) fn open_append(path: &Path) -> Result<File, StorageError> {
     OpenOptions::new()
         .create(true)
         .append(true)

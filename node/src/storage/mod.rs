@@ -16,10 +16,10 @@
 //! Implementations: [`MemStorage`] (tests, demos) and [`DiskStorage`] (a write-ahead log with
 //! group commit and snapshots). Both pass the same conformance suite (`testing::suite`).
 
-mod disk;
+pub(crate) mod disk;
 mod index;
 mod mem;
-mod record;
+pub(crate) mod record;
 #[cfg(test)]
 mod testing;
 

@@ -5,6 +5,7 @@
 //! header  := len:u32le  payload_crc:u32le  header_crc:u32le     (header_crc = crc32(len ‖ payload_crc))
 //! payload := kind:u8 lsn:u64 epoch:u64 counter:u64 written_ms:u64 key_len:u32 key [value_len:u32 value]
 //! kind    := 1 put | 2 tombstone | 3 snapshot-begin | 4 snapshot-end
+//!          | 5 entry-put | 6 entry-delete | 7 entry-noop | 8 truncate | 9 hard-state
 //! ```
 //!
 //! The header has its own checksum so that a flipped bit in a length cannot pass for a torn
@@ -24,6 +25,16 @@ pub(crate) const KIND_PUT: u8 = 1;
 pub(crate) const KIND_TOMBSTONE: u8 = 2;
 pub(crate) const KIND_SNAP_BEGIN: u8 = 3;
 pub(crate) const KIND_SNAP_END: u8 = 4;
+/// Replicated log (leader-follower): an entry that writes a value.
+pub(crate) const KIND_ENTRY_PUT: u8 = 5;
+/// Replicated log: an entry that deletes.
+pub(crate) const KIND_ENTRY_DELETE: u8 = 6;
+/// Replicated log: a leader's no-op entry.
+pub(crate) const KIND_ENTRY_NOOP: u8 = 7;
+/// Replicated log: entries from `lsn` on were removed.
+pub(crate) const KIND_TRUNCATE: u8 = 8;
+/// Replicated log: term (`version.epoch`) and vote (`version.counter`, 0 for none).
+pub(crate) const KIND_HARD_STATE: u8 = 9;
 
 /// One decoded record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +139,7 @@ fn decode_payload(mut p: &[u8]) -> Option<Record> {
     let key = Bytes::copy_from_slice(&p[..klen]);
     p.advance(klen);
     let value = match kind {
-        KIND_PUT => {
+        KIND_PUT | KIND_ENTRY_PUT => {
             if p.remaining() < 4 {
                 return None;
             }
@@ -138,7 +149,12 @@ fn decode_payload(mut p: &[u8]) -> Option<Record> {
             }
             Some(Bytes::copy_from_slice(p))
         }
-        KIND_TOMBSTONE | KIND_SNAP_BEGIN | KIND_SNAP_END if p.is_empty() => None,
+        KIND_TOMBSTONE | KIND_SNAP_BEGIN | KIND_SNAP_END | KIND_ENTRY_DELETE | KIND_ENTRY_NOOP
+        | KIND_TRUNCATE | KIND_HARD_STATE
+            if p.is_empty() =>
+        {
+            None
+        }
         _ => return None,
     };
     Some(Record {

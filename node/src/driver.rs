@@ -1,0 +1,516 @@
+//! The driver: runs a leader-follower [`Replica`] on its own thread and carries out its actions.
+//!
+//! ```text
+//!  gRPC handlers ──Propose/Read──┐
+//!  peer streams  ──Peer msg──────┼─► channel ─► driver thread: drain inputs, tick on time,
+//!  timer (tick_ms) ──────────────┘              feed the replica, then for its actions:
+//!      1. persist hard state / truncations / entries, ONE fsync for the whole batch
+//!      2. replica.persisted(last index)
+//!      3. send messages, apply committed entries to the state machine, answer clients
+//! ```
+//! Everything a batch persists is durable before any of its messages leave (votes and
+//! acknowledgements are never sent for state a crash could lose). Entries truncated from the
+//! log are appended to `<data-dir>/rollback.jsonl` and counted: never dropped silently.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kv_replica::leader_follower::{
+    Action, Command, Config as CoreConfig, Entry, HardState, Replica, ReplicaError, RequestId, Role,
+};
+use kv_replica::{NodeId, Version};
+use rand::SeedableRng;
+use tokio::sync::oneshot;
+
+use crate::raft_log::RaftLog;
+use crate::storage::{Storage, StorageError, Write, now_ms};
+use crate::transport::Transport;
+
+/// Why a replicated request did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriveError {
+    /// This node does not lead; the leader it knows.
+    NotLeader(Option<NodeId>),
+    /// Leadership was lost before the write was held by W replicas: it may still commit.
+    Unknown,
+    /// The replica stopped (storage failure or shutdown).
+    Stopped(String),
+    /// Bad request.
+    Invalid(String),
+}
+
+/// What a write achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proposed {
+    /// `(term, index)`.
+    pub version: Version,
+    /// Replicas holding it when acknowledged.
+    pub acks: u32,
+}
+
+/// Inputs of the driver thread.
+pub enum Input {
+    /// A message from a peer.
+    Peer {
+        /// Sender.
+        from: NodeId,
+        /// The message.
+        msg: kv_replica::leader_follower::Message,
+    },
+    /// A write to replicate.
+    Propose {
+        /// What to write.
+        cmd: Command,
+        /// Acknowledge after this many replicas hold it.
+        w: u32,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<Proposed, DriveError>>,
+    },
+    /// A linearizable read: answered once leadership is confirmed and the state machine has
+    /// applied everything committed when the read arrived.
+    Read {
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<(), DriveError>>,
+    },
+}
+
+/// What the node shows of its replica (kvctl status, response metadata).
+#[derive(Debug, Clone, Default)]
+pub struct StatusSnapshot {
+    /// "leader", "follower" or "candidate".
+    pub role: &'static str,
+    /// Current term.
+    pub term: u64,
+    /// The leader followed.
+    pub leader: Option<NodeId>,
+    /// Peers heard from recently (leader only).
+    pub reachable: Vec<NodeId>,
+    /// Commit index.
+    pub commit: u64,
+    /// The leader's commit index as last heard.
+    pub leader_commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// Last log index.
+    pub last: u64,
+    /// Per follower, entries behind (leader only).
+    pub follower_lag: Vec<(NodeId, u64)>,
+}
+
+/// A cheap handle to the driver thread.
+#[derive(Clone)]
+pub struct DriverHandle {
+    tx: Sender<Input>,
+    status: Arc<Mutex<StatusSnapshot>>,
+    /// Writes rolled back (truncated after being appended), for metrics.
+    pub rolled_back: Arc<AtomicU64>,
+}
+
+impl DriverHandle {
+    /// Queues an input (never blocks).
+    pub fn send(&self, input: Input) {
+        let _ = self.tx.send(input);
+    }
+
+    /// The replica as of the driver's last batch.
+    pub fn status(&self) -> StatusSnapshot {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replicates a write.
+    ///
+    /// # Errors
+    /// See [`DriveError`].
+    pub async fn propose(&self, cmd: Command, w: u32) -> Result<Proposed, DriveError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Input::Propose { cmd, w, reply });
+        rx.await
+            .unwrap_or_else(|_| Err(DriveError::Stopped("replica stopped".into())))
+    }
+
+    /// Waits until a linearizable read may be served from the local state machine.
+    ///
+    /// # Errors
+    /// See [`DriveError`].
+    pub async fn read_barrier(&self) -> Result<(), DriveError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Input::Read { reply });
+        rx.await
+            .unwrap_or_else(|_| Err(DriveError::Stopped("replica stopped".into())))
+    }
+}
+
+/// Timing of the replica, in wall-clock terms.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// One logical tick.
+    pub tick: Duration,
+    /// Election timeout range, in ticks.
+    pub election_ticks: (u32, u32),
+    /// Heartbeat interval, in ticks.
+    pub heartbeat_ticks: u32,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            tick: Duration::from_millis(10),
+            election_ticks: (15, 30),
+            heartbeat_ticks: 3,
+        }
+    }
+}
+
+struct Driver {
+    replica: Replica,
+    log: Option<RaftLog>,
+    transport: Transport,
+    state: Arc<dyn Storage>,
+    proposals: HashMap<RequestId, oneshot::Sender<Result<Proposed, DriveError>>>,
+    reads: HashMap<RequestId, oneshot::Sender<Result<(), DriveError>>>,
+    /// Confirmed reads waiting for the state machine to reach their index.
+    reads_applying: Vec<(u64, oneshot::Sender<Result<(), DriveError>>)>,
+    next_id: RequestId,
+    applied: u64,
+    rollback: Option<PathBuf>,
+    rolled_back: Arc<AtomicU64>,
+    status: Arc<Mutex<StatusSnapshot>>,
+    failed: Option<String>,
+}
+
+/// Recovers durable state and starts the driver thread.
+///
+/// # Errors
+/// The replica's durable state cannot be opened.
+#[allow(clippy::too_many_arguments)]
+pub fn start(
+    id: NodeId,
+    members: Vec<NodeId>,
+    data_dir: Option<PathBuf>,
+    fsync: crate::storage::FsyncPolicy,
+    timing: Timing,
+    transport: Transport,
+    state: Arc<dyn Storage>,
+    seed: u64,
+) -> Result<DriverHandle, StorageError> {
+    let (log, hard, entries) = match &data_dir {
+        Some(d) => {
+            let (l, h, e) = RaftLog::open(d, fsync)?;
+            (Some(l), h, e)
+        }
+        None => (None, HardState::default(), Vec::new()),
+    };
+    tracing::info!(
+        term = hard.term.0,
+        entries = entries.len(),
+        "replica log recovered"
+    );
+    let replica = Replica::new(
+        CoreConfig {
+            id,
+            members,
+            election_ticks: timing.election_ticks,
+            heartbeat_ticks: timing.heartbeat_ticks,
+            max_batch: 256,
+        },
+        hard,
+        entries,
+        Box::new(rand::rngs::StdRng::seed_from_u64(seed)),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let status = Arc::new(Mutex::new(StatusSnapshot::default()));
+    let rolled_back = Arc::new(AtomicU64::new(0));
+    let driver = Driver {
+        replica,
+        log,
+        transport,
+        state,
+        proposals: HashMap::new(),
+        reads: HashMap::new(),
+        reads_applying: Vec::new(),
+        next_id: 1,
+        applied: 0,
+        rollback: data_dir.map(|d| d.join("rollback.jsonl")),
+        rolled_back: rolled_back.clone(),
+        status: status.clone(),
+        failed: None,
+    };
+    std::thread::Builder::new()
+        .name("kv-replica".into())
+        .spawn(move || driver.run(rx, timing.tick))
+        .map_err(|e| StorageError::io("cannot start the replica thread", e))?;
+    Ok(DriverHandle {
+        tx,
+        status,
+        rolled_back,
+    })
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::Candidate => "candidate",
+    }
+}
+
+impl Driver {
+    fn run(mut self, rx: Receiver<Input>, tick: Duration) {
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(input) => self.input(input),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            // Everything already queued joins this batch (and its one fsync).
+            for _ in 0..4096 {
+                match rx.try_recv() {
+                    Ok(input) => self.input(input),
+                    Err(_) => break,
+                }
+            }
+            if Instant::now() >= next_tick {
+                self.replica.tick();
+                next_tick += tick;
+                if next_tick < Instant::now() {
+                    next_tick = Instant::now() + tick; // fell behind: do not burst ticks
+                }
+            }
+            self.process();
+            self.publish_status();
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        if let Some(f) = &self.failed {
+            let err = DriveError::Stopped(f.clone());
+            match input {
+                Input::Propose { reply, .. } => {
+                    let _ = reply.send(Err(err));
+                }
+                Input::Read { reply } => {
+                    let _ = reply.send(Err(err));
+                }
+                Input::Peer { .. } => {}
+            }
+            return;
+        }
+        match input {
+            Input::Peer { from, msg } => self.replica.step(&from, msg),
+            Input::Propose { cmd, w, reply } => {
+                let id = self.next_id;
+                self.next_id += 1;
+                match self.replica.propose(id, cmd, w) {
+                    Ok(_) => {
+                        self.proposals.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(map_err(e)));
+                    }
+                }
+            }
+            Input::Read { reply } => {
+                let id = self.next_id;
+                self.next_id += 1;
+                match self.replica.read(id) {
+                    Ok(()) => {
+                        self.reads.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(map_err(e)));
+                    }
+                }
+            }
+        }
+    }
+
+    fn process(&mut self) {
+        loop {
+            let actions = self.replica.take_actions();
+            if actions.is_empty() {
+                return;
+            }
+            if let Err(e) = self.persist(&actions) {
+                tracing::error!(error = %e, "replica log write failed; this node stops serving");
+                self.failed = Some(e.to_string());
+                for (_, r) in self.proposals.drain() {
+                    let _ = r.send(Err(DriveError::Unknown));
+                }
+                return;
+            }
+            let last = self.replica.last_index();
+            self.replica.persisted(last);
+            for a in actions {
+                self.carry_out(a);
+            }
+        }
+    }
+
+    fn persist(&mut self, actions: &[Action]) -> Result<(), StorageError> {
+        for a in actions {
+            match a {
+                Action::PersistHardState(h) => {
+                    if let Some(l) = &mut self.log {
+                        l.hard_state(*h);
+                    }
+                }
+                Action::Truncate { from, removed } => {
+                    if let Some(l) = &mut self.log {
+                        l.truncate(*from);
+                    }
+                    self.record_rollback(removed);
+                }
+                Action::PersistEntries(es) => {
+                    if let Some(l) = &mut self.log {
+                        l.append(es);
+                    }
+                }
+                _ => {}
+            }
+        }
+        match &mut self.log {
+            Some(l) => l.sync(),
+            None => Ok(()),
+        }
+    }
+
+    fn record_rollback(&mut self, removed: &[Entry]) {
+        let writes: Vec<&Entry> = removed
+            .iter()
+            .filter(|e| !matches!(e.cmd, Command::Noop))
+            .collect();
+        if writes.is_empty() {
+            return;
+        }
+        self.rolled_back
+            .fetch_add(writes.len() as u64, Ordering::Relaxed);
+        tracing::warn!(
+            count = writes.len(),
+            "rolled back writes that a new leader's log does not hold"
+        );
+        let Some(path) = &self.rollback else { return };
+        let mut lines = String::new();
+        for e in writes {
+            let (op, key, value) = match &e.cmd {
+                Command::Put { key, value } => ("put", key, Some(value)),
+                Command::Delete { key } => ("delete", key, None),
+                Command::Noop => continue,
+            };
+            lines.push_str(
+                &serde_json::json!({
+                    "term": e.term.0, "index": e.index.0, "op": op,
+                    "key": String::from_utf8_lossy(key),
+                    "value": value.map(|v| String::from_utf8_lossy(v).into_owned()),
+                    "rolled_back_at_ms": now_ms(),
+                })
+                .to_string(),
+            );
+            lines.push('\n');
+        }
+        let res = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(lines.as_bytes()).and_then(|()| f.sync_data()));
+        if let Err(e) = res {
+            tracing::error!(file = %path.display(), error = %e, "cannot write the rollback file");
+        }
+    }
+
+    fn carry_out(&mut self, a: Action) {
+        match a {
+            Action::Send { to, msg } => self.transport.send(&to, msg),
+            Action::Apply(entries) => {
+                for e in entries {
+                    let version = e.version();
+                    let index = e.index.0;
+                    let w = match e.cmd {
+                        Command::Put { key, value } => Some((key, Some(value))),
+                        Command::Delete { key } => Some((key, None)),
+                        Command::Noop => None,
+                    };
+                    if let Some((key, value)) = w {
+                        let res = self.state.write(Write {
+                            key,
+                            value,
+                            version,
+                            written_ms: now_ms(),
+                        });
+                        if let Err(err) = res {
+                            tracing::error!(error = %err, "state machine write failed");
+                        }
+                    }
+                    self.applied = index;
+                }
+                let applied = self.applied;
+                let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_applying)
+                    .into_iter()
+                    .partition(|(i, _)| *i <= applied);
+                self.reads_applying = waiting;
+                for (_, r) in ready {
+                    let _ = r.send(Ok(()));
+                }
+            }
+            Action::Acked { id, version, acks } => {
+                if let Some(r) = self.proposals.remove(&id) {
+                    let _ = r.send(Ok(Proposed { version, acks }));
+                }
+            }
+            Action::Unknown { id } => {
+                if let Some(r) = self.proposals.remove(&id) {
+                    let _ = r.send(Err(DriveError::Unknown));
+                }
+            }
+            Action::ReadReady { id, index } => {
+                if let Some(r) = self.reads.remove(&id) {
+                    if index.0 <= self.applied {
+                        let _ = r.send(Ok(()));
+                    } else {
+                        self.reads_applying.push((index.0, r));
+                    }
+                }
+            }
+            Action::ReadFailed { id } => {
+                if let Some(r) = self.reads.remove(&id) {
+                    let _ = r.send(Err(DriveError::NotLeader(self.replica.leader().cloned())));
+                }
+            }
+            Action::PersistHardState(_) | Action::Truncate { .. } | Action::PersistEntries(_) => {}
+        }
+    }
+
+    fn publish_status(&mut self) {
+        let r = &self.replica;
+        let s = StatusSnapshot {
+            role: role_name(r.role()),
+            term: r.term().0,
+            leader: r.leader().cloned(),
+            reachable: r.reachable(),
+            commit: r.commit_index().0,
+            leader_commit: r.leader_commit_index().0,
+            applied: self.applied,
+            last: r.last_index().0,
+            follower_lag: r.follower_lag(),
+        };
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+}
+
+fn map_err(e: ReplicaError) -> DriveError {
+    match e {
+        ReplicaError::NotLeader { leader } => DriveError::NotLeader(leader),
+        ReplicaError::BadW { w, n } => {
+            DriveError::Invalid(format!("w={w} is out of range: must be 1..={n}"))
+        }
+    }
+}

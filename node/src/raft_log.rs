@@ -1,0 +1,308 @@
+//! The durable state of a leader-follower replica: its term, its vote and its log, in one
+//! append-only file (`<data-dir>/raft.log`) of the framed records of `storage::record`.
+//!
+//! ```text
+//! hard-state(term, vote) | entry(term, index, put/delete/noop) | truncate(from) ...
+//! ```
+//! Replaying the file in order rebuilds the state; a truncate record removes the entries from
+//! its index on. Every batch the driver makes durable is one write and one fsync (group commit
+//! across all the requests of a batch). A torn final record is cut off and reported; other
+//! damage stops the node. The log is not compacted yet: it grows with every write.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use kv_replica::Version;
+use kv_replica::leader_follower::{Command, Entry, HardState, LogIndex, Term};
+
+use crate::storage::FsyncPolicy;
+use crate::storage::StorageError;
+use crate::storage::disk::{corrupt, open_append, sync_dir};
+use crate::storage::record::{self, Frame, Record};
+
+/// The replica's durable state, appended to and synced in batches.
+pub struct RaftLog {
+    path: PathBuf,
+    file: File,
+    buf: Vec<u8>,
+    fsync: FsyncPolicy,
+    _lock: File,
+}
+
+fn entry_record(e: &Entry) -> Record {
+    let (kind, key, value) = match &e.cmd {
+        Command::Put { key, value } => (record::KIND_ENTRY_PUT, key.clone(), Some(value.clone())),
+        Command::Delete { key } => (record::KIND_ENTRY_DELETE, key.clone(), None),
+        Command::Noop => (record::KIND_ENTRY_NOOP, Bytes::new(), None),
+    };
+    Record {
+        kind,
+        lsn: e.index.0,
+        version: e.version(),
+        written_ms: 0,
+        key,
+        value,
+    }
+}
+
+impl RaftLog {
+    /// Opens (creating) `dir/raft.log` and replays it.
+    ///
+    /// # Errors
+    /// The directory is unusable or in use, or the file is damaged beyond a torn tail.
+    pub fn open(
+        dir: &Path,
+        fsync: FsyncPolicy,
+    ) -> Result<(Self, HardState, Vec<Entry>), StorageError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StorageError::io(format!("cannot create data directory {}", dir.display()), e)
+        })?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))
+            .map_err(|e| {
+                StorageError::io(
+                    format!("data directory {} is not writable", dir.display()),
+                    e,
+                )
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StorageError::InUse(dir.into())),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StorageError::io(
+                    format!("cannot lock {}", dir.display()),
+                    e,
+                ));
+            }
+        }
+        let path = dir.join("raft.log");
+        let buf = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(StorageError::io(
+                    format!("cannot read {}", path.display()),
+                    e,
+                ));
+            }
+        };
+        let mut hard = HardState::default();
+        let mut log: Vec<Entry> = Vec::new();
+        let mut off = 0;
+        loop {
+            match record::next_frame(&buf, off) {
+                Frame::Record(r, next) => {
+                    match r.kind {
+                        record::KIND_HARD_STATE => {
+                            hard = HardState {
+                                term: Term(r.version.epoch),
+                                voted_for: r.version.counter.checked_sub(1).map(|v| v as usize),
+                            };
+                        }
+                        record::KIND_TRUNCATE => {
+                            if r.lsn == 0 || r.lsn > log.len() as u64 + 1 {
+                                return Err(corrupt(
+                                    &path,
+                                    off,
+                                    format!("truncate from {} of a log of {}", r.lsn, log.len()),
+                                ));
+                            }
+                            log.truncate(r.lsn as usize - 1);
+                        }
+                        record::KIND_ENTRY_PUT
+                        | record::KIND_ENTRY_DELETE
+                        | record::KIND_ENTRY_NOOP => {
+                            if r.lsn != log.len() as u64 + 1 {
+                                return Err(corrupt(
+                                    &path,
+                                    off,
+                                    format!("entry {} follows entry {}", r.lsn, log.len()),
+                                ));
+                            }
+                            let cmd = match r.kind {
+                                record::KIND_ENTRY_PUT => Command::Put {
+                                    key: r.key,
+                                    value: r.value.unwrap_or_default(),
+                                },
+                                record::KIND_ENTRY_DELETE => Command::Delete { key: r.key },
+                                _ => Command::Noop,
+                            };
+                            log.push(Entry {
+                                term: Term(r.version.epoch),
+                                index: LogIndex(r.lsn),
+                                cmd,
+                            });
+                        }
+                        k => {
+                            return Err(corrupt(
+                                &path,
+                                off,
+                                format!("record kind {k} in a replica log"),
+                            ));
+                        }
+                    }
+                    off = next;
+                }
+                Frame::End => break,
+                Frame::Torn(why) => {
+                    let f = OpenOptions::new().write(true).open(&path).map_err(|e| {
+                        StorageError::io(format!("cannot open {}", path.display()), e)
+                    })?;
+                    f.set_len(off as u64)
+                        .and_then(|()| f.sync_all())
+                        .map_err(|e| {
+                            StorageError::io(format!("cannot truncate {}", path.display()), e)
+                        })?;
+                    tracing::warn!(file = %path.display(), offset = off, reason = %why,
+                        "truncated a torn final record (a write that was never acknowledged)");
+                    break;
+                }
+                Frame::Corrupt(why) => {
+                    return Err(corrupt(
+                        &path,
+                        off,
+                        format!("{why}; refusing to start with nothing modified"),
+                    ));
+                }
+            }
+        }
+        let file = open_append(&path)?;
+        sync_dir(dir)?;
+        Ok((
+            RaftLog {
+                path,
+                file,
+                buf: Vec::with_capacity(1 << 16),
+                fsync,
+                _lock: lock,
+            },
+            hard,
+            log,
+        ))
+    }
+
+    /// Queues the term and vote.
+    pub fn hard_state(&mut self, h: HardState) {
+        record::encode(
+            &mut self.buf,
+            &Record {
+                kind: record::KIND_HARD_STATE,
+                lsn: 0,
+                version: Version::new(h.term.0, h.voted_for.map_or(0, |v| v as u64 + 1)),
+                written_ms: 0,
+                key: Bytes::new(),
+                value: None,
+            },
+        );
+    }
+
+    /// Queues the removal of entries from `from` on.
+    pub fn truncate(&mut self, from: LogIndex) {
+        record::encode(
+            &mut self.buf,
+            &Record {
+                kind: record::KIND_TRUNCATE,
+                lsn: from.0,
+                version: Version::ZERO,
+                written_ms: 0,
+                key: Bytes::new(),
+                value: None,
+            },
+        );
+    }
+
+    /// Queues entries.
+    pub fn append(&mut self, entries: &[Entry]) {
+        for e in entries {
+            record::encode(&mut self.buf, &entry_record(e));
+        }
+    }
+
+    /// Writes what is queued and makes it durable (one fsync, unless the policy is `never`).
+    ///
+    /// # Errors
+    /// The write or fsync failed: the replica must stop.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_all(&self.buf)
+            .map_err(|e| StorageError::io(format!("cannot write {}", self.path.display()), e))?;
+        if self.fsync != FsyncPolicy::Never {
+            self.file.sync_data().map_err(|e| {
+                StorageError::io(format!("cannot fsync {}", self.path.display()), e)
+            })?;
+        }
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(term: u64, index: u64, v: &str) -> Entry {
+        Entry {
+            term: Term(term),
+            index: LogIndex(index),
+            cmd: Command::Put {
+                key: Bytes::from_static(b"k"),
+                value: Bytes::copy_from_slice(v.as_bytes()),
+            },
+        }
+    }
+
+    #[test]
+    fn raft_log_replays_votes_entries_and_truncations() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut l, h, log) = RaftLog::open(dir.path(), FsyncPolicy::Batch).expect("open");
+            assert_eq!((h, log.len()), (HardState::default(), 0));
+            l.hard_state(HardState {
+                term: Term(2),
+                voted_for: Some(1),
+            });
+            l.append(&[put(1, 1, "a"), put(1, 2, "b"), put(2, 3, "c")]);
+            l.truncate(LogIndex(2));
+            l.append(&[
+                put(3, 2, "B"),
+                Entry {
+                    term: Term(3),
+                    index: LogIndex(3),
+                    cmd: Command::Noop,
+                },
+                Entry {
+                    term: Term(3),
+                    index: LogIndex(4),
+                    cmd: Command::Delete {
+                        key: Bytes::from_static(b"k"),
+                    },
+                },
+            ]);
+            l.hard_state(HardState {
+                term: Term(3),
+                voted_for: None,
+            });
+            l.sync().expect("sync");
+        }
+        let (_, h, log) = RaftLog::open(dir.path(), FsyncPolicy::Batch).expect("reopen");
+        assert_eq!(
+            h,
+            HardState {
+                term: Term(3),
+                voted_for: None
+            }
+        );
+        assert_eq!(log.len(), 4);
+        assert_eq!(log[1], put(3, 2, "B"));
+        assert_eq!(log[2].cmd, Command::Noop);
+        assert!(matches!(log[3].cmd, Command::Delete { .. }));
+    }
+}

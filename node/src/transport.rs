@@ -1,0 +1,243 @@
+//! Peer transport over gRPC (`kv.v1.Peer`): one outgoing stream per peer, reopened when it
+//! breaks; incoming streams feed the local driver. Wire types are converted to the core's
+//! `Message` here, at the edge.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use kv_proto::kv::v1 as pb;
+use kv_replica::NodeId;
+use kv_replica::leader_follower::{Command, Entry, LogIndex, Message, Term};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::driver::{DriverHandle, Input};
+
+/// Sends core messages to peers. `send` never blocks; messages to an unreachable peer are
+/// dropped (the protocol retries).
+#[derive(Clone)]
+pub struct Transport {
+    me: NodeId,
+    peers: HashMap<NodeId, mpsc::UnboundedSender<pb::PeerEnvelope>>,
+}
+
+impl Transport {
+    /// Starts one sender task per peer (`members` minus `me`). Must run inside a tokio runtime.
+    pub fn start(me: NodeId, members: &[(NodeId, String)]) -> Self {
+        let mut peers = HashMap::new();
+        for (id, addr) in members {
+            if *id == me {
+                continue;
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(peer_sender(addr.clone(), rx));
+            peers.insert(id.clone(), tx);
+        }
+        Transport { me, peers }
+    }
+
+    /// Queues `msg` for `to`.
+    pub fn send(&self, to: &NodeId, msg: Message) {
+        if let Some(tx) = self.peers.get(to) {
+            let _ = tx.send(pb::PeerEnvelope {
+                from: self.me.0.clone(),
+                msg: Some(to_wire(msg)),
+            });
+        }
+    }
+}
+
+async fn peer_sender(addr: String, mut rx: mpsc::UnboundedReceiver<pb::PeerEnvelope>) {
+    let uri = crate::client::endpoint_uri(&addr);
+    loop {
+        let endpoint = match tonic::transport::Endpoint::from_shared(uri.clone()) {
+            Ok(e) => e
+                .connect_timeout(Duration::from_millis(500))
+                .tcp_nodelay(true),
+            Err(e) => {
+                tracing::error!(peer = %addr, error = %e, "invalid peer address; not sending to it");
+                return;
+            }
+        };
+        let channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(_) => {
+                // Unreachable: drop what queued meanwhile (it is stale) and retry soon.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while rx.try_recv().is_ok() {}
+                if rx.is_closed() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut client = pb::peer_client::PeerClient::new(channel);
+        let (tx, stream_rx) = mpsc::channel::<pb::PeerEnvelope>(4096);
+        let call = tokio::spawn(async move {
+            client
+                .deliver(tokio_stream::wrappers::ReceiverStream::new(stream_rx))
+                .await
+        });
+        loop {
+            let Some(m) = rx.recv().await else {
+                return;
+            };
+            if tx.send(m).await.is_err() {
+                break; // the stream ended: reconnect
+            }
+            if call.is_finished() {
+                break;
+            }
+        }
+        call.abort();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Serves `kv.v1.Peer`: feeds every incoming message to the driver.
+pub struct PeerService {
+    driver: DriverHandle,
+}
+
+impl PeerService {
+    /// A service feeding `driver`.
+    pub fn new(driver: DriverHandle) -> Self {
+        PeerService { driver }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::peer_server::Peer for PeerService {
+    async fn deliver(
+        &self,
+        req: Request<Streaming<pb::PeerEnvelope>>,
+    ) -> Result<Response<pb::DeliverSummary>, Status> {
+        let mut stream = req.into_inner();
+        let mut received = 0u64;
+        while let Some(env) = stream.message().await? {
+            received += 1;
+            let Some(msg) = env.msg.and_then(from_wire) else {
+                continue;
+            };
+            self.driver.send(Input::Peer {
+                from: NodeId(env.from),
+                msg,
+            });
+        }
+        Ok(Response::new(pb::DeliverSummary { received }))
+    }
+}
+
+fn entry_to_wire(e: Entry) -> pb::LogEntry {
+    use pb::log_entry::Kind;
+    let (kind, key, value) = match e.cmd {
+        Command::Put { key, value } => (Kind::Put, key, value),
+        Command::Delete { key } => (Kind::Delete, key, Default::default()),
+        Command::Noop => (Kind::Noop, Default::default(), Default::default()),
+    };
+    pb::LogEntry {
+        term: e.term.0,
+        index: e.index.0,
+        kind: kind as i32,
+        key,
+        value,
+    }
+}
+
+fn entry_from_wire(e: pb::LogEntry) -> Option<Entry> {
+    use pb::log_entry::Kind;
+    let cmd = match Kind::try_from(e.kind).ok()? {
+        Kind::Put => Command::Put {
+            key: e.key,
+            value: e.value,
+        },
+        Kind::Delete => Command::Delete { key: e.key },
+        Kind::Noop => Command::Noop,
+        Kind::Unspecified => return None,
+    };
+    Some(Entry {
+        term: Term(e.term),
+        index: LogIndex(e.index),
+        cmd,
+    })
+}
+
+/// Core message to wire message.
+pub fn to_wire(m: Message) -> pb::peer_envelope::Msg {
+    use pb::peer_envelope::Msg;
+    match m {
+        Message::RequestVote {
+            term,
+            last_index,
+            last_term,
+        } => Msg::RequestVote(pb::RequestVote {
+            term: term.0,
+            last_index: last_index.0,
+            last_term: last_term.0,
+        }),
+        Message::Vote { term, granted } => Msg::Vote(pb::Vote {
+            term: term.0,
+            granted,
+        }),
+        Message::Append {
+            term,
+            prev_index,
+            prev_term,
+            entries,
+            commit,
+            read_seq,
+        } => Msg::Append(pb::Append {
+            term: term.0,
+            prev_index: prev_index.0,
+            prev_term: prev_term.0,
+            entries: entries.into_iter().map(entry_to_wire).collect(),
+            commit: commit.0,
+            read_seq,
+        }),
+        Message::AppendReply {
+            term,
+            ok,
+            index,
+            read_seq,
+        } => Msg::AppendReply(pb::AppendReply {
+            term: term.0,
+            ok,
+            index: index.0,
+            read_seq,
+        }),
+    }
+}
+
+/// Wire message to core message; `None` when malformed.
+pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Message> {
+    use pb::peer_envelope::Msg;
+    Some(match m {
+        Msg::RequestVote(v) => Message::RequestVote {
+            term: Term(v.term),
+            last_index: LogIndex(v.last_index),
+            last_term: Term(v.last_term),
+        },
+        Msg::Vote(v) => Message::Vote {
+            term: Term(v.term),
+            granted: v.granted,
+        },
+        Msg::Append(a) => Message::Append {
+            term: Term(a.term),
+            prev_index: LogIndex(a.prev_index),
+            prev_term: Term(a.prev_term),
+            entries: a
+                .entries
+                .into_iter()
+                .map(entry_from_wire)
+                .collect::<Option<Vec<_>>>()?,
+            commit: LogIndex(a.commit),
+            read_seq: a.read_seq,
+        },
+        Msg::AppendReply(r) => Message::AppendReply {
+            term: Term(r.term),
+            ok: r.ok,
+            index: LogIndex(r.index),
+            read_seq: r.read_seq,
+        },
+    })
+}
