@@ -22,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod driver;
 pub mod error;
+pub mod fault;
 pub mod metrics;
 pub mod node;
 pub mod raft_log;
@@ -145,6 +146,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let admin_addr = admin.local_addr()?;
     let max_msg = cfg.max_value_bytes + cfg.max_key_bytes + (64 << 10);
     let grace = cfg.tombstone_grace.0;
+    let faults = fault::FaultFilter::default();
     let mut peer_service = None;
     let node = if replicated {
         let members: Vec<(kv_replica::NodeId, String)> = settings
@@ -152,7 +154,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             .iter()
             .map(|(id, addr)| (id.clone(), addr.clone()))
             .collect();
-        let transport = transport::Transport::start(settings.id.clone(), &members);
+        let transport = transport::Transport::start(settings.id.clone(), &members, faults.clone());
         let data_dir = match settings.storage {
             StorageKind::Disk => settings.config.data_dir.clone(),
             StorageKind::Memory => None,
@@ -176,6 +178,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         peer_service = Some(
             kv_proto::kv::v1::peer_server::PeerServer::new(transport::PeerService::new(
                 driver.clone(),
+                faults.clone(),
             ))
             .max_decoding_message_size(usize::MAX),
         );
@@ -184,7 +187,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         Arc::new(Node::new(settings, storage.clone()))
     };
     let admin_grpc = kv_proto::kv::v1::admin_server::AdminServer::new(
-        server::admin::AdminService::new(node.clone()),
+        server::admin::AdminService::new(node.clone(), faults),
     );
 
     let (stop, stop_rx) = watch::channel(false);

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::driver::{DriverHandle, Input};
+use crate::fault::{FaultFilter, Verdict};
 
 /// Sends core messages to peers. `send` never blocks; messages to an unreachable peer are
 /// dropped (the protocol retries).
@@ -19,11 +20,16 @@ use crate::driver::{DriverHandle, Input};
 pub struct Transport {
     me: NodeId,
     peers: HashMap<NodeId, mpsc::UnboundedSender<pb::PeerEnvelope>>,
+    filter: FaultFilter,
+    runtime: tokio::runtime::Handle,
 }
 
 impl Transport {
-    /// Starts one sender task per peer (`members` minus `me`). Must run inside a tokio runtime.
-    pub fn start(me: NodeId, members: &[(NodeId, String)]) -> Self {
+    /// Starts one sender task per peer (`members` minus `me`), every message passing `filter`.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn start(me: NodeId, members: &[(NodeId, String)], filter: FaultFilter) -> Self {
         let mut peers = HashMap::new();
         for (id, addr) in members {
             if *id == me {
@@ -33,16 +39,35 @@ impl Transport {
             tokio::spawn(peer_sender(addr.clone(), rx));
             peers.insert(id.clone(), tx);
         }
-        Transport { me, peers }
+        Transport {
+            me,
+            peers,
+            filter,
+            runtime: tokio::runtime::Handle::current(),
+        }
     }
 
-    /// Queues `msg` for `to`.
+    /// Queues `msg` for `to` (callable from any thread).
     pub fn send(&self, to: &NodeId, msg: Message) {
-        if let Some(tx) = self.peers.get(to) {
-            let _ = tx.send(pb::PeerEnvelope {
-                from: self.me.0.clone(),
-                msg: Some(to_wire(msg)),
-            });
+        let Some(tx) = self.peers.get(to) else {
+            return;
+        };
+        let env = pb::PeerEnvelope {
+            from: self.me.0.clone(),
+            msg: Some(to_wire(msg)),
+        };
+        match self.filter.outgoing(to) {
+            Verdict::Deliver => {
+                let _ = tx.send(env);
+            }
+            Verdict::Drop => {}
+            Verdict::Delay(d) => {
+                let tx = tx.clone();
+                self.runtime.spawn(async move {
+                    tokio::time::sleep(d).await;
+                    let _ = tx.send(env);
+                });
+            }
         }
     }
 }
@@ -97,12 +122,13 @@ async fn peer_sender(addr: String, mut rx: mpsc::UnboundedReceiver<pb::PeerEnvel
 /// Serves `kv.v1.Peer`: feeds every incoming message to the driver.
 pub struct PeerService {
     driver: DriverHandle,
+    filter: FaultFilter,
 }
 
 impl PeerService {
-    /// A service feeding `driver`.
-    pub fn new(driver: DriverHandle) -> Self {
-        PeerService { driver }
+    /// A service feeding `driver` what `filter` accepts.
+    pub fn new(driver: DriverHandle, filter: FaultFilter) -> Self {
+        PeerService { driver, filter }
     }
 }
 
@@ -116,13 +142,14 @@ impl pb::peer_server::Peer for PeerService {
         let mut received = 0u64;
         while let Some(env) = stream.message().await? {
             received += 1;
+            let from = NodeId(env.from);
+            if !self.filter.accepts_from(&from) {
+                continue;
+            }
             let Some(msg) = env.msg.and_then(from_wire) else {
                 continue;
             };
-            self.driver.send(Input::Peer {
-                from: NodeId(env.from),
-                msg,
-            });
+            self.driver.send(Input::Peer { from, msg });
         }
         Ok(Response::new(pb::DeliverSummary { received }))
     }

@@ -61,6 +61,12 @@ enum ReadFromArg {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Break node-to-node traffic on purpose (nodes must run with --enable-fault-injection).
+    /// --endpoints must list every node. Each fault command replaces the previous one.
+    Fault {
+        #[command(subcommand)]
+        fault: FaultCmd,
+    },
     /// One row per node in --endpoints: role, term, leader it follows, reachable peers, applied
     /// index and lag. Flags split brain: two nodes claiming leadership at once.
     Status,
@@ -97,6 +103,190 @@ enum Cmd {
         #[arg(long)]
         w: Option<u32>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum FaultCmd {
+    /// Split the nodes into groups that cannot talk to each other: n1,n2/n3,n4,n5.
+    Partition { groups: String },
+    /// Delay every message to and from NODE by DELAY (e.g. 50ms).
+    Delay {
+        node: String,
+        delay: HumanDuration,
+        /// Extra random delay, uniformly up to this.
+        #[arg(long)]
+        jitter: Option<HumanDuration>,
+    },
+    /// Drop each message to and from NODE with probability P (0..=1).
+    Drop { node: String, p: f64 },
+    /// Remove every fault.
+    Heal,
+}
+
+async fn set_faults(addr: &str, spec: pb::FaultSpec, t: Duration) -> Result<(), tonic::Status> {
+    let ch = tonic::transport::Endpoint::from_shared(client::endpoint_uri(addr))
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .connect_timeout(t)
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("{addr}: {e}")))?;
+    pb::admin_client::AdminClient::new(ch)
+        .set_faults(request(spec, t))
+        .await
+        .map(|_| ())
+}
+
+async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, tonic::Status> {
+    let mut nodes = Vec::new();
+    for addr in endpoints {
+        match node_status(addr, t).await {
+            Some(s) => nodes.push((s.id, addr.clone())),
+            None => {
+                return Err(tonic::Status::unavailable(format!(
+                    "{addr} did not answer: every node must be reachable to set faults"
+                )));
+            }
+        }
+    }
+    let ids: Vec<&str> = nodes.iter().map(|(id, _)| id.as_str()).collect();
+    let check = |n: &str| -> Result<(), tonic::Status> {
+        if ids.contains(&n) {
+            Ok(())
+        } else {
+            Err(tonic::Status::invalid_argument(format!(
+                "{n} is not one of the nodes in --endpoints ({})",
+                ids.join(",")
+            )))
+        }
+    };
+    let mut specs: Vec<(String, pb::FaultSpec)> = Vec::new();
+    match f {
+        FaultCmd::Partition { groups } => {
+            let groups: Vec<Vec<String>> = groups
+                .split('/')
+                .map(|g| {
+                    g.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .collect();
+            if groups.len() < 2 {
+                return Err(tonic::Status::invalid_argument(
+                    "a partition needs at least two groups: n1,n2/n3,n4,n5",
+                ));
+            }
+            for g in &groups {
+                for n in g {
+                    check(n)?;
+                }
+            }
+            for id in &ids {
+                let Some(mine) = groups.iter().position(|g| g.iter().any(|n| n == id)) else {
+                    return Err(tonic::Status::invalid_argument(format!(
+                        "{id} is in no group"
+                    )));
+                };
+                let block = groups
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != mine)
+                    .flat_map(|(_, g)| g.clone())
+                    .collect();
+                specs.push((
+                    id.to_string(),
+                    pb::FaultSpec {
+                        block,
+                        ..Default::default()
+                    },
+                ));
+            }
+        }
+        FaultCmd::Delay {
+            node,
+            delay,
+            jitter,
+        } => {
+            check(&node)?;
+            let ms = delay.0.as_millis() as u64;
+            let jitter_ms = jitter.map_or(0, |j| j.0.as_millis() as u64);
+            for id in &ids {
+                let key = if *id == node {
+                    "*".to_string()
+                } else {
+                    node.clone()
+                };
+                specs.push((
+                    id.to_string(),
+                    pb::FaultSpec {
+                        delay_ms: [(key, ms)].into(),
+                        jitter_ms,
+                        ..Default::default()
+                    },
+                ));
+            }
+        }
+        FaultCmd::Drop { node, p } => {
+            check(&node)?;
+            if !(0.0..=1.0).contains(&p) {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "probability {p} is not within 0..=1"
+                )));
+            }
+            for id in &ids {
+                let key = if *id == node {
+                    "*".to_string()
+                } else {
+                    node.clone()
+                };
+                specs.push((
+                    id.to_string(),
+                    pb::FaultSpec {
+                        drop: [(key, p)].into(),
+                        ..Default::default()
+                    },
+                ));
+            }
+        }
+        FaultCmd::Heal => {
+            for id in &ids {
+                specs.push((id.to_string(), pb::FaultSpec::default()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (id, spec) in specs {
+        let addr = &nodes
+            .iter()
+            .find(|(n, _)| *n == id)
+            .expect("listed above")
+            .1;
+        let mut parts = Vec::new();
+        if !spec.block.is_empty() {
+            parts.push(format!("cut off from {}", spec.block.join(",")));
+        }
+        for (peer, ms) in &spec.delay_ms {
+            parts.push(format!(
+                "messages to {peer} delayed {ms}ms (+0..{}ms)",
+                spec.jitter_ms
+            ));
+        }
+        for (peer, p) in &spec.drop {
+            parts.push(format!("messages to {peer} dropped with p={p}"));
+        }
+        let line = if parts.is_empty() {
+            format!("{id}: no faults")
+        } else {
+            format!("{id}: {}", parts.join("; "))
+        };
+        set_faults(addr, spec, t).await?;
+        out.push(line);
+    }
+    Ok(Done {
+        stdout: out.join("\n"),
+        stderr: None,
+        code: exit::OK,
+    })
 }
 
 fn consistency(r: Option<u32>, w: Option<u32>, rf: Option<ReadFromArg>) -> Option<pb::Consistency> {
@@ -256,9 +446,11 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
 
 async fn run(args: Args) -> Result<Done, tonic::Status> {
     let t = args.timeout.0;
-    if let Cmd::Status = args.cmd {
-        return Ok(status(&args.endpoints, t, args.output == Output::Json).await);
-    }
+    let args = match args.cmd {
+        Cmd::Status => return Ok(status(&args.endpoints, t, args.output == Output::Json).await),
+        Cmd::Fault { fault: f } => return fault(&args.endpoints, f, t).await,
+        _ => args,
+    };
     let (_, mut c) = client::connect_any(&args.endpoints, t).await?;
     let json = args.output == Output::Json;
     let ok = |stdout: String| Done {
@@ -267,7 +459,7 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
         code: exit::OK,
     };
     Ok(match args.cmd {
-        Cmd::Status => unreachable!("handled above"),
+        Cmd::Status | Cmd::Fault { .. } => unreachable!("handled above"),
         Cmd::Put { key, value, w } => {
             let req = pb::PutRequest {
                 key: key.clone().into(),

@@ -5,17 +5,38 @@ use std::sync::Arc;
 use kv_proto::kv::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use std::time::Duration;
+
+use kv_replica::NodeId;
+
+use crate::fault::{FaultFilter, Faults};
 use crate::node::Node;
 
 /// Serves `kv.v1.Admin` for one node.
 pub struct AdminService {
     node: Arc<Node>,
+    faults: FaultFilter,
 }
 
 impl AdminService {
-    /// A service over `node`.
-    pub fn new(node: Arc<Node>) -> Self {
-        AdminService { node }
+    /// A service over `node`, setting `faults` when fault injection is enabled.
+    pub fn new(node: Arc<Node>, faults: FaultFilter) -> Self {
+        AdminService { node, faults }
+    }
+}
+
+fn spec_of(f: &Faults) -> pb::FaultSpec {
+    let mut block: Vec<String> = f.block.iter().map(|n| n.0.clone()).collect();
+    block.sort();
+    pb::FaultSpec {
+        block,
+        drop: f.drop.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        delay_ms: f
+            .delay
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_millis() as u64))
+            .collect(),
+        jitter_ms: f.jitter.as_millis() as u64,
     }
 }
 
@@ -61,5 +82,37 @@ impl pb::admin_server::Admin for AdminService {
             }
         };
         Ok(Response::new(st))
+    }
+
+    async fn set_faults(
+        &self,
+        req: Request<pb::FaultSpec>,
+    ) -> Result<Response<pb::FaultSpec>, Status> {
+        if !self.node.settings().config.enable_fault_injection {
+            return Err(Status::permission_denied(
+                "fault injection is disabled on this node: start it with --enable-fault-injection",
+            ));
+        }
+        let spec = req.into_inner();
+        for (peer, p) in &spec.drop {
+            if !(0.0..=1.0).contains(p) {
+                return Err(Status::invalid_argument(format!(
+                    "drop probability {p} for {peer} is not within 0..=1"
+                )));
+            }
+        }
+        let f = Faults {
+            block: spec.block.into_iter().map(NodeId).collect(),
+            drop: spec.drop.into_iter().collect(),
+            delay: spec
+                .delay_ms
+                .into_iter()
+                .map(|(k, v)| (k, Duration::from_millis(v)))
+                .collect(),
+            jitter: Duration::from_millis(spec.jitter_ms),
+        };
+        tracing::warn!(faults = ?f, "fault filter set");
+        self.faults.set(f);
+        Ok(Response::new(spec_of(&self.faults.get())))
     }
 }
