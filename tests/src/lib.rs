@@ -6,8 +6,10 @@
 //! - [`NodeProcess`]: one `kv-node` child on free ports; start, wait until ready, `kill -9`.
 //! - [`kvctl`]: run the CLI and capture exit code, stdout and stderr.
 //! - [`http_get`]: a plain HTTP/1.1 GET, for the admin port.
+//! - [`cluster`]: several `kv-node` processes replicating to each other.
 //! - [`sim`]: deterministic simulation of the replication core under faults.
 
+pub mod cluster;
 pub mod sim;
 
 use std::io::{Read as _, Write as _};
@@ -87,6 +89,18 @@ impl NodeProcess {
     pub fn start(extra: &[&str]) -> anyhow::Result<NodeProcess> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        Self::start_at(addr, admin, extra)
+    }
+
+    /// Starts `kv-node` on the given addresses with `extra` flags.
+    ///
+    /// # Errors
+    /// As [`NodeProcess::start`].
+    pub fn start_at(
+        addr: SocketAddr,
+        admin: SocketAddr,
+        extra: &[&str],
+    ) -> anyhow::Result<NodeProcess> {
         let mut args = vec![
             "--listen".to_string(),
             addr.to_string(),
@@ -160,6 +174,22 @@ impl NodeProcess {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9();
         self.spawn()
+    }
+
+    /// Starts the process again after [`NodeProcess::kill9`] (no-op if it runs).
+    ///
+    /// # Errors
+    /// As [`NodeProcess::start`].
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        self.spawn()
+    }
+
+    /// Whether the process runs.
+    pub fn is_up(&self) -> bool {
+        self.child.is_some()
     }
 
     /// The endpoint as `HOST:PORT`, for clients.

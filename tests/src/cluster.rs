@@ -1,0 +1,149 @@
+//! A cluster of real `kv-node` processes on loopback, replicating to each other, with fault
+//! injection enabled.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use kv_proto::kv::v1 as pb;
+
+use crate::{NodeProcess, free_port};
+
+/// N nodes, each with its own data directory.
+pub struct Cluster {
+    /// The nodes, `n1` first.
+    pub nodes: Vec<NodeProcess>,
+    /// Their ids.
+    pub ids: Vec<String>,
+    /// Each node's data directory.
+    pub dirs: Vec<PathBuf>,
+    _root: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` leader-follower nodes with `extra` flags and waits for a leader.
+    ///
+    /// # Errors
+    /// A node does not start, or no leader within 10 s.
+    pub async fn start(n: usize, extra: &[&str]) -> anyhow::Result<Cluster> {
+        let root = tempfile::tempdir()?;
+        let addrs: Vec<(SocketAddr, SocketAddr)> = (0..n)
+            .map(|_| {
+                (
+                    SocketAddr::from(([127, 0, 0, 1], free_port())),
+                    SocketAddr::from(([127, 0, 0, 1], free_port())),
+                )
+            })
+            .collect();
+        let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        let peers = ids
+            .iter()
+            .zip(&addrs)
+            .map(|(id, (a, _))| format!("{id}={a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        for (i, (a, adm)) in addrs.iter().enumerate() {
+            let dir = root.path().join(&ids[i]);
+            let dir_s = dir.to_string_lossy().into_owned();
+            let mut args = vec![
+                "--id",
+                ids[i].as_str(),
+                "--peers",
+                peers.as_str(),
+                "--data-dir",
+                dir_s.as_str(),
+                "--enable-fault-injection",
+            ];
+            args.extend_from_slice(extra);
+            nodes.push(NodeProcess::start_at(*a, *adm, &args)?);
+            dirs.push(dir);
+        }
+        let c = Cluster {
+            nodes,
+            ids,
+            dirs,
+            _root: root,
+        };
+        c.wait_leader(Duration::from_secs(10), None).await?;
+        Ok(c)
+    }
+
+    /// Every node's gRPC endpoint, comma-separated (for kvctl).
+    pub fn endpoints(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NodeProcess::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// What node `i` reports, if it answers.
+    pub async fn status(&self, i: usize) -> Option<pb::NodeStatus> {
+        if !self.nodes[i].is_up() {
+            return None;
+        }
+        let uri = format!("http://{}", self.nodes[i].endpoint());
+        let ch = tonic::transport::Endpoint::from_shared(uri)
+            .ok()?
+            .connect_timeout(Duration::from_millis(300))
+            .connect()
+            .await
+            .ok()?;
+        let mut c = pb::admin_client::AdminClient::new(ch);
+        let mut req = tonic::Request::new(pb::StatusRequest {});
+        req.set_timeout(Duration::from_millis(500));
+        c.status(req).await.ok().map(|r| r.into_inner())
+    }
+
+    /// Indexes of the nodes that claim leadership now.
+    pub async fn leaders(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        for i in 0..self.nodes.len() {
+            if self.status(i).await.is_some_and(|s| s.role == "leader") {
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    /// Waits until exactly one node leads (other than `not`), and returns it.
+    ///
+    /// # Errors
+    /// None within `timeout`.
+    pub async fn wait_leader(
+        &self,
+        timeout: Duration,
+        not: Option<usize>,
+    ) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let l = self.leaders().await;
+            if let [one] = l[..]
+                && Some(one) != not
+            {
+                return Ok(one);
+            }
+            if Instant::now() > deadline {
+                bail!("no single leader after {timeout:?}: leaders {l:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A kv client of node `i`.
+    ///
+    /// # Errors
+    /// Connection failures.
+    pub async fn client(
+        &self,
+        i: usize,
+    ) -> anyhow::Result<pb::kv_client::KvClient<tonic::transport::Channel>> {
+        Ok(
+            pb::kv_client::KvClient::connect(format!("http://{}", self.nodes[i].endpoint()))
+                .await?,
+        )
+    }
+}

@@ -1,0 +1,400 @@
+//! Leader-follower replication with real processes on loopback: redirects through followers,
+//! fail-over after `kill -9`, an isolated leader stepping down, W=1 writes rolled back, and a
+//! follower read made stale on purpose.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kv_proto::kv::v1 as pb;
+use kv_tests::cluster::Cluster;
+use kv_tests::{http_get, kvctl};
+use tokio::sync::Mutex;
+
+/// Clusters of several processes each: run these tests one at a time so that their timing
+/// (election timeouts of 150-300 ms) is not at the mercy of four other clusters on two cores.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+fn put(key: &str, value: &str, w: u32) -> pb::PutRequest {
+    pb::PutRequest {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        consistency: Some(pb::Consistency {
+            w,
+            ..Default::default()
+        }),
+    }
+}
+
+fn get(key: &str, read_from: pb::ReadFrom) -> pb::GetRequest {
+    pb::GetRequest {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        consistency: Some(pb::Consistency {
+            read_from: read_from as i32,
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_elect_one_leader_and_writes_through_a_follower_are_redirected() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(5, &[]).await.expect("cluster");
+    let leader = c
+        .wait_leader(Duration::from_secs(5), None)
+        .await
+        .expect("leader");
+    let follower = (leader + 1) % 5;
+    let r = kvctl(&c.nodes[follower].endpoint(), &["put", "greeting", "hello"]);
+    assert_eq!(r.code, 0, "kvctl follows the leader hint: {r:?}");
+    let r = kvctl(&c.nodes[follower].endpoint(), &["get", "greeting"]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "hello"),
+        "a leader read via a follower: {r:?}"
+    );
+
+    // Every follower applies it; its own copy is visible with --read-from local.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for i in 0..5 {
+        loop {
+            let r = kvctl(
+                &c.nodes[i].endpoint(),
+                &["get", "greeting", "--read-from", "local"],
+            );
+            if r.stdout == "hello" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "n{} never applied the write",
+                i + 1
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let s = kvctl(&c.endpoints(), &["--output", "json", "status"]);
+    let v: serde_json::Value = serde_json::from_str(&s.stdout).expect("json");
+    let leaders = v["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["role"] == "leader")
+        .count();
+    assert_eq!(
+        (leaders, v["split_brain"].as_bool()),
+        (1, Some(false)),
+        "{v}"
+    );
+}
+
+/// Where the writers send: every node's endpoint and id.
+struct Targets {
+    endpoints: Vec<String>,
+    ids: Vec<String>,
+}
+
+/// Writers that follow the leader and record what was acknowledged.
+async fn writers(
+    c: Arc<Targets>,
+    w: u32,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, usize, Instant)>>>,
+) {
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let (c, stop, acked) = (c.clone(), stop.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            let mut target = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("w{t}-{i}");
+                let uri = format!("http://{}", c.endpoints[target]);
+                let Ok(mut client) = pb::kv_client::KvClient::connect(uri).await else {
+                    target = (target + 1) % c.endpoints.len();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let mut req = tonic::Request::new(put(&key, &key, w));
+                req.set_timeout(Duration::from_millis(800));
+                match client.put(req).await {
+                    Ok(_) => {
+                        acked.lock().await.push((key, target, Instant::now()));
+                        i += 1;
+                    }
+                    Err(s) => {
+                        // Follow the leader hint, or try the next node.
+                        target = s
+                            .metadata()
+                            .get("x-kv-leader-id")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|id| c.ids.iter().position(|x| x == id))
+                            .unwrap_or((target + 1) % c.endpoints.len());
+                        i += 1; // never reuse a key whose write may have happened
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_new_leader_takes_over_and_no_w3_write_is_lost() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(5, &[]).await.expect("cluster");
+    let old = c
+        .wait_leader(Duration::from_secs(5), None)
+        .await
+        .expect("leader");
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let targets = Arc::new(Targets {
+        endpoints: c.nodes.iter().map(|n| n.endpoint()).collect(),
+        ids: c.ids.clone(),
+    });
+    let w = tokio::spawn(writers(targets, 3, stop.clone(), acked.clone()));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let killed_at = Instant::now();
+    c.nodes[old].kill9();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    w.await.expect("writers");
+    let acked = acked.lock().await.clone();
+    let before = acked.iter().filter(|(_, _, t)| *t < killed_at).count();
+    let first_after = acked
+        .iter()
+        .filter(|(_, by, t)| *t > killed_at && *by != old)
+        .map(|(_, _, t)| *t)
+        .min()
+        .expect("a new leader acknowledges writes after the fail-over");
+    assert!(before > 20, "only {before} writes before the kill");
+    let new = c
+        .wait_leader(Duration::from_secs(5), Some(old))
+        .await
+        .expect("a new leader");
+    assert_ne!(new, old);
+    let mut client = c.client(new).await.expect("client");
+    let mut missing = Vec::new();
+    for (key, _, _) in &acked {
+        let r = client
+            .get(get(key, pb::ReadFrom::Leader))
+            .await
+            .expect("leader read")
+            .into_inner();
+        if !r.found {
+            missing.push(key.clone());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} writes acknowledged at W=3 are missing after fail-over: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+    eprintln!(
+        "fail-over: {} writes acknowledged, first acknowledgement by a new leader {:?} after kill -9",
+        acked.len(),
+        first_after - killed_at
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_leader_steps_down_within_an_election_timeout() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(5, &[]).await.expect("cluster");
+    let old = c
+        .wait_leader(Duration::from_secs(5), None)
+        .await
+        .expect("leader");
+    let others: Vec<&str> = (0..5)
+        .filter(|&i| i != old)
+        .map(|i| c.ids[i].as_str())
+        .collect();
+    let spec = format!("{}/{}", c.ids[old], others.join(","));
+    let r = kvctl(&c.endpoints(), &["fault", "partition", &spec]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let cut = Instant::now();
+    // Poll: the old leader must stop claiming leadership within one (maximum) election timeout.
+    let mut stepped_down = None;
+    let mut saw_split_brain = false;
+    while cut.elapsed() < Duration::from_secs(2) {
+        let s = kvctl(
+            &c.endpoints(),
+            &["--output", "json", "--timeout", "300ms", "status"],
+        );
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&s.stdout) {
+            saw_split_brain |= v["split_brain"] == true;
+        }
+        if c.status(old).await.is_some_and(|s| s.role != "leader") && stepped_down.is_none() {
+            stepped_down = Some(cut.elapsed());
+        }
+        if stepped_down.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = stepped_down.expect("the isolated leader stepped down");
+    assert!(
+        took < Duration::from_millis(600),
+        "stepped down after {took:?}"
+    );
+    let mut client = c.client(old).await.expect("client");
+    let err = client
+        .put(put("k", "v", 1))
+        .await
+        .expect_err("no writes on the isolated node");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let new = c
+        .wait_leader(Duration::from_secs(5), Some(old))
+        .await
+        .expect("majority elects");
+    assert_ne!(new, old);
+    eprintln!(
+        "isolated leader stepped down after {took:?}; split brain observed: {saw_split_brain}"
+    );
+    assert_eq!(kvctl(&c.endpoints(), &["fault", "heal"]).code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w1_writes_lost_in_a_fail_over_are_kept_in_the_rollback_file() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(3, &[]).await.expect("cluster");
+    let old = c
+        .wait_leader(Duration::from_secs(5), None)
+        .await
+        .expect("leader");
+    let others: Vec<&str> = (0..3)
+        .filter(|&i| i != old)
+        .map(|i| c.ids[i].as_str())
+        .collect();
+    let spec = format!("{}/{}", c.ids[old], others.join(","));
+    assert_eq!(
+        kvctl(&c.endpoints(), &["fault", "partition", &spec]).code,
+        0
+    );
+    // The isolated leader acknowledges W=1 writes until it notices it is alone.
+    let mut client = c.client(old).await.expect("client");
+    let mut lost = BTreeMap::new();
+    for i in 0..10_000 {
+        let key = format!("lost-{i}");
+        match client.put(put(&key, "x", 1)).await {
+            Ok(r) => {
+                lost.insert(key, r.into_inner().version.expect("version"));
+            }
+            Err(_) => break,
+        }
+    }
+    assert!(
+        !lost.is_empty(),
+        "the isolated leader acknowledged no W=1 write"
+    );
+    let new = c
+        .wait_leader(Duration::from_secs(5), Some(old))
+        .await
+        .expect("new leader");
+    let mut nc = c.client(new).await.expect("client");
+    nc.put(put("after", "y", 2))
+        .await
+        .expect("the majority accepts writes");
+    assert_eq!(kvctl(&c.endpoints(), &["fault", "heal"]).code, 0);
+
+    // The old leader rejoins, its divergent entries are truncated into rollback.jsonl.
+    let rollback = c.dirs[old].join("rollback.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let t = std::fs::read_to_string(&rollback).unwrap_or_default();
+        if t.lines().count() >= lost.len() {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rollback file has {} of {} lost writes",
+            t.lines().count(),
+            lost.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for key in lost.keys() {
+        assert!(
+            text.contains(&format!("\"key\":\"{key}\"")),
+            "{key} missing from the rollback file"
+        );
+        let r = nc
+            .get(get(key, pb::ReadFrom::Leader))
+            .await
+            .expect("get")
+            .into_inner();
+        assert!(!r.found, "{key} was rolled back but is still readable");
+    }
+    let (_, metrics) = http_get(c.nodes[old].admin, "/metrics").expect("metrics");
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("kv_rolled_back_writes_total"))
+        .expect("metric");
+    let n: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("number");
+    assert_eq!(n, lost.len() as u64, "{line}");
+    eprintln!(
+        "{} W=1 writes acknowledged by the isolated leader were rolled back",
+        lost.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_read_under_delay_is_stale_and_says_so() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(3, &[]).await.expect("cluster");
+    let leader = c
+        .wait_leader(Duration::from_secs(5), None)
+        .await
+        .expect("leader");
+    let f = (leader + 1) % 3;
+    let mut lc = c.client(leader).await.expect("client");
+    lc.put(put("k", "v1", 3)).await.expect("put v1 to all");
+    let mut fc = c.client(f).await.expect("client");
+    // Held by all is not yet applied by all: wait until the follower learns the commit.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fc
+        .get(get("k", pb::ReadFrom::Local))
+        .await
+        .expect("read")
+        .into_inner()
+        .value
+        != "v1"
+    {
+        assert!(Instant::now() < deadline, "the follower never applied v1");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Below the election timeout (150-300 ms), so the follower does not start elections.
+    let r = kvctl(&c.endpoints(), &["fault", "delay", &c.ids[f], "100ms"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // W=2: the leader and the undelayed follower acknowledge.
+    lc.put(put("k", "v2", 2)).await.expect("put v2");
+    let r = fc
+        .get(get("k", pb::ReadFrom::Any))
+        .await
+        .expect("follower read")
+        .into_inner();
+    let meta = r.meta.expect("meta");
+    assert_eq!(
+        r.value,
+        Bytes::from_static(b"v1"),
+        "the delayed follower still has v1"
+    );
+    assert!(meta.stale, "a follower read says it may be stale: {meta:?}");
+    assert_eq!(meta.coordinator, c.ids[f]);
+    // A leader read through the same follower is linearizable: it sees v2.
+    let out = kvctl(&c.nodes[f].endpoint(), &["get", "k"]);
+    assert_eq!(out.stdout, "v2", "{out:?}");
+    assert_eq!(kvctl(&c.endpoints(), &["fault", "heal"]).code, 0);
+}
