@@ -131,8 +131,20 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+#[allow(dead_code)] // kvctl includes this file for `kvctl cluster up` and has its own main
 fn main() -> ExitCode {
-    let args = Args::parse();
+    node_main(std::env::args_os())
+}
+
+/// The whole of kv-node, from its command line (kvctl runs it as `kvctl node ...`).
+pub fn node_main(argv: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    let args = match Args::try_parse_from(argv) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
     let worker_threads = args.worker_threads;
     tracing_subscriber::fmt()
         .with_env_filter(
