@@ -320,7 +320,7 @@ async fn cluster_up_async(a: UpArgs, t: Duration) -> ExitCode {
 }
 
 /// Gives the nodes 3 s to stop on the signal they got with us, then kills the rest.
-async fn stop_all(children: &mut Vec<(String, std::process::Child, std::path::PathBuf)>) {
+async fn stop_all(children: &mut [(String, std::process::Child, std::path::PathBuf)]) {
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while std::time::Instant::now() < deadline
         && children
