@@ -112,6 +112,20 @@ pub struct DriverHandle {
 }
 
 impl DriverHandle {
+    /// A handle whose inputs arrive on the returned receiver instead of a replica (tests).
+    #[cfg(test)]
+    pub(crate) fn channel() -> (DriverHandle, Receiver<Input>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (
+            DriverHandle {
+                tx,
+                status: Arc::default(),
+                rolled_back: Arc::default(),
+            },
+            rx,
+        )
+    }
+
     /// Queues an input (never blocks).
     pub fn send(&self, input: Input) {
         let _ = self.tx.send(input);
@@ -491,6 +505,13 @@ impl Driver {
 
     fn publish_status(&mut self) {
         let r = &self.replica;
+        {
+            let prev = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            if prev.role != role_name(r.role()) || prev.term != r.term().0 {
+                tracing::info!(role = role_name(r.role()), term = r.term().0,
+                    leader = ?r.leader().map(|l| &l.0), "replica role");
+            }
+        }
         let s = StatusSnapshot {
             role: role_name(r.role()),
             term: r.term().0,

@@ -98,20 +98,25 @@ async fn peer_sender(addr: String, mut rx: mpsc::UnboundedReceiver<pb::PeerEnvel
         };
         let mut client = pb::peer_client::PeerClient::new(channel);
         let (tx, stream_rx) = mpsc::channel::<pb::PeerEnvelope>(4096);
-        let call = tokio::spawn(async move {
+        let mut call = tokio::spawn(async move {
             client
                 .deliver(tokio_stream::wrappers::ReceiverStream::new(stream_rx))
                 .await
         });
+        // Forward until the stream ends; notice its end at once (not at the next message, which
+        // would be lost), so a restarted peer is reconnected before anyone needs to reach it.
         loop {
-            let Some(m) = rx.recv().await else {
-                return;
-            };
-            if tx.send(m).await.is_err() {
-                break; // the stream ended: reconnect
-            }
-            if call.is_finished() {
-                break;
+            tokio::select! {
+                m = rx.recv() => {
+                    let Some(m) = m else {
+                        call.abort();
+                        return;
+                    };
+                    if tx.send(m).await.is_err() {
+                        break;
+                    }
+                }
+                _ = &mut call => break,
             }
         }
         call.abort();
@@ -267,4 +272,85 @@ pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Message> {
             read_seq: r.read_seq,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// A peer server on its own runtime: dropping the runtime closes every connection at once,
+    /// as a killed process does.
+    fn serve(
+        listener: std::net::TcpListener,
+    ) -> (std::sync::mpsc::Receiver<Input>, tokio::runtime::Runtime) {
+        let (handle, rx) = DriverHandle::channel();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let svc =
+            pb::peer_server::PeerServer::new(PeerService::new(handle, FaultFilter::default()));
+        rt.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await;
+        });
+        (rx, rt)
+    }
+
+    fn vote() -> Message {
+        Message::Vote {
+            term: Term(3),
+            granted: true,
+        }
+    }
+
+    async fn received(rx: &std::sync::mpsc::Receiver<Input>) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Input::Peer { from, msg }) = rx.try_recv() {
+                return from == NodeId::from("n1") && msg == vote();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transport_reconnects_to_a_restarted_peer_before_the_next_message() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let (rx, rt) = serve(listener);
+        let t = Transport::start(
+            NodeId::from("n1"),
+            &[
+                (NodeId::from("n1"), "127.0.0.1:1".into()),
+                (NodeId::from("n2"), addr.to_string()),
+            ],
+            FaultFilter::default(),
+        );
+        t.send(&NodeId::from("n2"), vote());
+        assert!(received(&rx).await, "first message delivered");
+
+        // The peer goes away and comes back on the same address.
+        rt.shutdown_background();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let listener = std::net::TcpListener::bind(addr).expect("rebind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let (rx2, rt2) = serve(listener);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // One message, the way a candidate's single RequestVote goes out: it must arrive.
+        t.send(&NodeId::from("n2"), vote());
+        assert!(
+            received(&rx2).await,
+            "the first message after the restart was lost"
+        );
+        rt2.shutdown_background();
+    }
 }

@@ -125,7 +125,11 @@ impl NodeProcess {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let logf = std::fs::File::create(&self.log)?;
+        // Appended to, so a restarted node's log follows its earlier life.
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let child = Command::new(bin("kv-node"))
             .args(&self.args)
             .stdin(Stdio::null())
@@ -201,7 +205,9 @@ impl NodeProcess {
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill9();
-        let _ = std::fs::remove_file(&self.log);
+        if std::env::var_os("KV_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 

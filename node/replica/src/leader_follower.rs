@@ -534,6 +534,7 @@ impl Replica {
         if from == self.me {
             return;
         }
+        let elapsed_before = self.election_elapsed;
         let term = match &msg {
             Message::RequestVote { term, .. }
             | Message::Vote { term, .. }
@@ -542,7 +543,14 @@ impl Replica {
         };
         if term > self.hard.term {
             let leader = matches!(msg, Message::Append { .. }).then_some(from);
+            let was_leading = self.role != Role::Follower;
             self.become_follower(term, leader);
+            // Figure 2: the election timer restarts on the leader's appends and on granting a
+            // vote, not on merely seeing a higher term. A voter that refuses a candidate whose
+            // log is behind keeps its own timer, so the up-to-date node runs soon after.
+            if matches!(msg, Message::RequestVote { .. }) && !was_leading {
+                self.election_elapsed = elapsed_before;
+            }
         }
         match msg {
             Message::RequestVote {
