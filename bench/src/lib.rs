@@ -7,6 +7,12 @@
 //! - [`run`]: the closed-loop run, HdrHistogram latency, `summary.json` and `latency.hgrm`.
 
 pub mod driver;
+
+/// etcd's KV API (the subset the etcd driver uses), generated from `proto/etcd/rpc.proto`.
+#[allow(missing_docs, clippy::all)]
+pub mod etcdpb {
+    tonic::include_proto!("etcdserverpb");
+}
 pub mod h2;
 pub mod run;
 pub mod workload;

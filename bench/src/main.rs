@@ -77,7 +77,7 @@ struct RunArgs {
     /// Where quorumkv serves reads: leader, any or local.
     #[arg(long)]
     read_from: Option<String>,
-    /// System to drive: kv (quorumkv) or redis.
+    /// System to drive: kv (quorumkv), etcd (v3 gRPC) or redis.
     #[arg(long, default_value = "kv")]
     driver: DriverKind,
     /// Seed of the key and operation choices.

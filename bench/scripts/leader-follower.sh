@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Leader-follower beside etcd: 3 quorumkv nodes (W=2, leader reads, fsync batch) and a 3-member
+# etcd 3.4 cluster on loopback, the same kv-bench client and workload, one session.
+#
+#   bench/scripts/leader-follower.sh [OUT_DIR]     (default: bench/results/leader-follower)
+#
+# Needs etcd (Debian: apt-get install etcd-server etcd-client) and python3. Both systems get
+# their leader's endpoint only (a follower would forward or redirect). Workload: 10k keys,
+# 100 B values, zipfian, 50/50 get/put, 20 s after 2 s warm-up, 16 and 256 closed-loop clients.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:-bench/results/leader-follower}
+DUR=${DUR:-20s}
+WARM=${WARM:-2s}
+command -v etcd >/dev/null || { echo "etcd not found: apt-get install etcd-server etcd-client" >&2; exit 1; }
+cargo build --release -q -p kv-node -p kv-bench
+BIN=target/release
+mkdir -p "$OUT"
+: > "$OUT/commands.txt"
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+bench() { # bench NAME ARGS...
+  local name=$1; shift
+  local cmd=("$BIN/kv-bench" run --duration "$DUR" --warmup "$WARM" --keys 10000 --value-size 100 --dist zipfian --mix read=50,write=50 --out "$OUT/$name" "$@")
+  echo "${cmd[*]}" >> "$OUT/commands.txt"
+  echo "== $name"
+  "${cmd[@]}" 2>/dev/null | sed -n 1,2p
+}
+
+# --- etcd 3.4, three members ---
+CLUSTER="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
+for i in 1 2 3; do
+  cmd=(etcd --name e$i --data-dir "$TMP/e$i" --listen-client-urls http://127.0.0.1:2379$i
+       --advertise-client-urls http://127.0.0.1:2379$i --listen-peer-urls http://127.0.0.1:2380$i
+       --initial-advertise-peer-urls http://127.0.0.1:2380$i --initial-cluster "$CLUSTER"
+       --initial-cluster-state new --log-level error)
+  echo "${cmd[*]}" >> "$OUT/commands.txt"
+  "${cmd[@]}" 2>"$TMP/e$i.log" &
+  PIDS+=($!)
+done
+EPS=127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793
+for _ in $(seq 100); do ETCDCTL_API=3 etcdctl --endpoints $EPS endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
+LEADER=$(ETCDCTL_API=3 etcdctl --endpoints $EPS endpoint status -w json | python3 -c '
+import json,sys
+for s in json.load(sys.stdin):
+    if s["Status"]["leader"] == s["Status"]["header"]["member_id"]:
+        print(s["Endpoint"].replace("http://", ""))')
+echo "etcd leader: $LEADER"
+bench etcd-16 --driver etcd --endpoints "$LEADER" --clients 16
+bench etcd-256 --driver etcd --endpoints "$LEADER" --clients 256
+for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 1
+
+# --- quorumkv, three nodes ---
+cmd=("$BIN/kvctl" cluster up --nodes 3 --w 2 --r 2 --fsync batch --base-port 7401 --admin-base-port 9401 --data-dir "$TMP/kv")
+echo "${cmd[*]}" >> "$OUT/commands.txt"
+"${cmd[@]}" > "$TMP/cluster.out" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 200); do grep -q '^leader: ' "$TMP/cluster.out" && break; sleep 0.1; done
+KV_EPS=127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403
+LEADER=$("$BIN/kvctl" --endpoints $KV_EPS --output json status | python3 -c '
+import json,sys
+print([n["addr"] for n in json.load(sys.stdin)["nodes"] if n["role"] == "leader"][0])')
+echo "quorumkv leader: $LEADER"
+bench kv-16 --driver kv --endpoints "$LEADER" --clients 16 --w 2 --read-from leader
+bench kv-256 --driver kv --endpoints "$LEADER" --clients 256 --w 2 --read-from leader
+
+python3 - "$OUT" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+rows = []
+for name in ["etcd-16", "kv-16", "etcd-256", "kv-256"]:
+    p = os.path.join(out, name, "summary.json")
+    if os.path.exists(p):
+        s = json.load(open(p)); l = s["latency_us"]
+        rows.append((name, s["ops_per_sec"], l["p50"], l["p99"], l["p99_9"], sum(s["errors"].values())))
+with open(os.path.join(out, "RESULTS.md"), "w") as f:
+    f.write("| run | ops/s | p50 us | p99 us | p99.9 us | errors |\n|---|---:|---:|---:|---:|---:|\n")
+    for r in rows:
+        f.write("| %s | %.0f | %d | %d | %d | %d |\n" % r)
+    d = {r[0]: r for r in rows}
+    for c in ("16", "256"):
+        if "kv-"+c in d and "etcd-"+c in d:
+            f.write("\n%s clients: quorumkv / etcd throughput = %.2fx, p99 %d vs %d us" % (c, d["kv-"+c][1] / d["etcd-"+c][1], d["kv-"+c][3], d["etcd-"+c][3]))
+    f.write("\n\nmachine: %d CPUs; commands in commands.txt\n" % os.cpu_count())
+print(open(os.path.join(out, "RESULTS.md")).read())
+PY
