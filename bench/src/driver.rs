@@ -27,7 +27,9 @@ impl std::str::FromStr for DriverKind {
             "kv" => Ok(DriverKind::Kv),
             "redis" => Ok(DriverKind::Redis),
             "etcd" => Ok(DriverKind::Etcd),
-            o => Err(format!("unknown --driver {o:?}: expected kv, etcd or redis")),
+            o => Err(format!(
+                "unknown --driver {o:?}: expected kv, etcd or redis"
+            )),
         }
     }
 }

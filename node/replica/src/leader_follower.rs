@@ -289,6 +289,11 @@ pub struct Replica {
     /// Reads waiting for this term's first commit.
     reads_waiting_commit: Vec<RequestId>,
     read_seq: u64,
+    /// New entries wait to be sent until the actions are taken, so that every proposal of a
+    /// batch shares one `Append` per follower.
+    broadcast_pending: bool,
+    /// Reads wait for the same moment, so that a batch of reads shares one confirmation round.
+    read_round_pending: bool,
     out: Vec<Action>,
 }
 
@@ -353,6 +358,8 @@ impl Replica {
             reads: Vec::new(),
             reads_waiting_commit: Vec::new(),
             read_seq: 0,
+            broadcast_pending: false,
+            read_round_pending: false,
             out: Vec::new(),
         };
         r.reset_election_timeout();
@@ -436,8 +443,21 @@ impl Replica {
             .collect()
     }
 
-    /// Takes the actions produced so far, in the order they must be carried out.
+    /// Takes the actions produced so far, in the order they must be carried out. Proposals and
+    /// reads since the last call go out here, in one `Append` per follower.
     pub fn take_actions(&mut self) -> Vec<Action> {
+        if self.role == Role::Leader && (self.broadcast_pending || self.read_round_pending) {
+            let seq = if self.read_round_pending {
+                self.read_seq += 1;
+                self.read_seq
+            } else {
+                0
+            };
+            self.broadcast_pending = false;
+            self.read_round_pending = false;
+            self.broadcast_append(seq);
+            self.check_reads();
+        }
         std::mem::take(&mut self.out)
     }
 
@@ -503,7 +523,7 @@ impl Replica {
         let e = self.append_local(cmd);
         let version = e.version();
         self.pending.insert(e.index.0, Pending { id, w });
-        self.broadcast_append(0);
+        self.broadcast_pending = true;
         self.check_acks();
         Ok(version)
     }
@@ -662,6 +682,8 @@ impl Replica {
         }
         self.role = Role::Follower;
         self.leader = leader;
+        self.broadcast_pending = false;
+        self.read_round_pending = false;
         self.reset_election_timeout();
         if was_leader {
             self.abandon_requests();
@@ -944,16 +966,14 @@ impl Replica {
 
     // ---- reads (§8) -------------------------------------------------------------------
 
+    /// Queues a read for the next confirmation round (sent by `take_actions`).
     fn start_read(&mut self, id: RequestId) {
-        self.read_seq += 1;
-        let seq = self.read_seq;
         self.reads.push(PendingRead {
             id,
-            seq,
+            seq: self.read_seq + 1,
             index: LogIndex(self.commit),
         });
-        self.broadcast_append(seq);
-        self.check_reads();
+        self.read_round_pending = true;
     }
 
     fn check_reads(&mut self) {
