@@ -9,7 +9,8 @@
 //!      3. send messages, apply committed entries to the state machine, answer clients
 //! ```
 //! Everything a batch persists is durable before any of its messages leave (votes and
-//! acknowledgements are never sent for state a crash could lose). Entries truncated from the
+//! acknowledgements are never sent for state a crash could lose) — except a leader's appends,
+//! which may go out while the leader's own fsync runs (it does not count itself until then). Entries truncated from the
 //! log are appended to `<data-dir>/rollback.jsonl` and counted: never dropped silently.
 
 use std::collections::HashMap;
@@ -350,9 +351,30 @@ impl Driver {
 
     fn process(&mut self) {
         loop {
-            let actions = self.replica.take_actions();
+            let mut actions = self.replica.take_actions();
             if actions.is_empty() {
                 return;
+            }
+            // A leader's appends may leave before its own fsync (Raft thesis §10.2.1): the
+            // leader counts itself only once `persisted` says so, so its fsync and the
+            // followers' run at the same time. Votes, replies and anything sent in a batch
+            // that changes the term, vote or truncates must wait for the fsync.
+            let early = self.replica.role() == Role::Leader
+                && !actions
+                    .iter()
+                    .any(|a| matches!(a, Action::PersistHardState(_) | Action::Truncate { .. }));
+            if early {
+                let mut rest = Vec::with_capacity(actions.len());
+                for a in actions {
+                    match a {
+                        Action::Send {
+                            to,
+                            msg: msg @ kv_replica::leader_follower::Message::Append { .. },
+                        } => self.transport.send(&to, msg),
+                        other => rest.push(other),
+                    }
+                }
+                actions = rest;
             }
             if let Err(e) = self.persist(&actions) {
                 tracing::error!(error = %e, "replica log write failed; this node stops serving");

@@ -166,7 +166,10 @@ pub enum ReplicaError {
 
 /// What the driver must do, in order. Every `PersistHardState`, `Truncate` and `PersistEntries`
 /// of one batch must be durable before any `Send` of that batch goes out, after which the driver
-/// calls [`Replica::persisted`] with the last index it made durable.
+/// calls [`Replica::persisted`] with the last index it made durable. One exception is safe: a
+/// leader's `Append` messages may go out before its own entries are durable, in a batch with no
+/// `PersistHardState` or `Truncate` (the leader counts itself toward W and the commit only after
+/// `persisted`; Raft thesis §10.2.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Make term and vote durable.
