@@ -9,7 +9,7 @@
 //! across all the requests of a batch). A torn final record is cut off and reported; other
 //! damage stops the node. The log is not compacted yet: it grows with every write.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -19,7 +19,7 @@ use kv_replica::leader_follower::{Command, Entry, HardState, LogIndex, Term};
 
 use crate::storage::FsyncPolicy;
 use crate::storage::StorageError;
-use crate::storage::disk::{corrupt, open_append, sync_dir};
+use crate::storage::disk::{corrupt, lock_dir, open_append, sync_dir, truncate_torn};
 use crate::storage::record::{self, Frame, Record};
 
 /// The replica's durable state, appended to and synced in batches.
@@ -56,30 +56,7 @@ impl RaftLog {
         dir: &Path,
         fsync: FsyncPolicy,
     ) -> Result<(Self, HardState, Vec<Entry>), StorageError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StorageError::io(format!("cannot create data directory {}", dir.display()), e)
-        })?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("LOCK"))
-            .map_err(|e| {
-                StorageError::io(
-                    format!("data directory {} is not writable", dir.display()),
-                    e,
-                )
-            })?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(StorageError::InUse(dir.into())),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(StorageError::io(
-                    format!("cannot lock {}", dir.display()),
-                    e,
-                ));
-            }
-        }
+        let lock = lock_dir(dir)?;
         let path = dir.join("raft.log");
         let buf = match std::fs::read(&path) {
             Ok(b) => b,
@@ -150,16 +127,7 @@ impl RaftLog {
                 }
                 Frame::End => break,
                 Frame::Torn(why) => {
-                    let f = OpenOptions::new().write(true).open(&path).map_err(|e| {
-                        StorageError::io(format!("cannot open {}", path.display()), e)
-                    })?;
-                    f.set_len(off as u64)
-                        .and_then(|()| f.sync_all())
-                        .map_err(|e| {
-                            StorageError::io(format!("cannot truncate {}", path.display()), e)
-                        })?;
-                    tracing::warn!(file = %path.display(), offset = off, reason = %why,
-                        "truncated a torn final record (a write that was never acknowledged)");
+                    truncate_torn(&path, off as u64, &why)?;
                     break;
                 }
                 Frame::Corrupt(why) => {

@@ -263,6 +263,54 @@ fn load_snapshot(path: &Path) -> Result<(Index, Lsn), StorageError> {
     }
 }
 
+/// Creates `dir` if needed and takes its `LOCK` file, which is held while the returned file is
+/// open: two nodes never share a data directory.
+///
+/// # Errors
+/// The directory cannot be created or written, or another process holds it.
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, StorageError> {
+    fs::create_dir_all(dir).map_err(|e| {
+        StorageError::io(format!("cannot create data directory {}", dir.display()), e)
+    })?;
+    let lock_path = dir.join("LOCK");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            StorageError::io(
+                format!("data directory {} is not writable", dir.display()),
+                e,
+            )
+        })?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(fs::TryLockError::WouldBlock) => Err(StorageError::InUse(dir.into())),
+        Err(fs::TryLockError::Error(e)) => Err(StorageError::io(
+            format!("cannot lock {}", lock_path.display()),
+            e,
+        )),
+    }
+}
+
+/// Cuts a torn final record off `path` at `offset`, durably, and logs it.
+///
+/// # Errors
+/// The file cannot be opened, truncated or synced.
+pub(crate) fn truncate_torn(path: &Path, offset: u64, why: &str) -> Result<(), StorageError> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| StorageError::io(format!("cannot open {}", path.display()), e))?;
+    f.set_len(offset)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| StorageError::io(format!("cannot truncate {}", path.display()), e))?;
+    tracing::warn!(file = %path.display(), offset, reason = %why,
+        "truncated a torn final record (a write that was never acknowledged)");
+    Ok(())
+}
+
 pub(crate) fn open_append(path: &Path) -> Result<File, StorageError> {
     OpenOptions::new()
         .create(true)
@@ -278,31 +326,7 @@ impl DiskStorage {
     /// The directory cannot be created, written or locked ([`StorageError::InUse`]), or a file
     /// in it is damaged beyond a torn final record ([`StorageError::Corrupt`], nothing modified).
     pub fn open(dir: &Path, opts: DiskOptions) -> Result<(Self, RecoveryReport), StorageError> {
-        fs::create_dir_all(dir).map_err(|e| {
-            StorageError::io(format!("cannot create data directory {}", dir.display()), e)
-        })?;
-        let lock_path = dir.join("LOCK");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| {
-                StorageError::io(
-                    format!("data directory {} is not writable", dir.display()),
-                    e,
-                )
-            })?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(StorageError::InUse(dir.into())),
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(StorageError::io(
-                    format!("cannot lock {}", lock_path.display()),
-                    e,
-                ));
-            }
-        }
+        let lock = lock_dir(dir)?;
         // Half-written snapshots of a crashed node.
         for (_, p) in numbered(dir, "snap-", ".snap.tmp")? {
             let _ = fs::remove_file(p);
@@ -368,16 +392,7 @@ impl DiskStorage {
                     Frame::End => break,
                     Frame::Torn(why) if is_last => {
                         let cut = (buf.len() - off) as u64;
-                        let f = OpenOptions::new().write(true).open(path).map_err(|e| {
-                            StorageError::io(format!("cannot open {}", path.display()), e)
-                        })?;
-                        f.set_len(off as u64)
-                            .and_then(|()| f.sync_all())
-                            .map_err(|e| {
-                                StorageError::io(format!("cannot truncate {}", path.display()), e)
-                            })?;
-                        tracing::warn!(file = %path.display(), offset = off, bytes = cut, reason = %why,
-                            "truncated a torn final record (a write that was never acknowledged)");
+                        truncate_torn(path, off as u64, &why)?;
                         report.truncated = Some((path.clone(), off as u64, cut, why));
                         break;
                     }
