@@ -273,7 +273,7 @@ fn role_name(r: Role) -> &'static str {
     match r {
         Role::Leader => "leader",
         Role::Follower => "follower",
-        Role::Candidate => "candidate",
+        Role::Candidate | Role::PreCandidate => "candidate",
     }
 }
 

@@ -211,6 +211,19 @@ pub fn to_wire(m: Message) -> pb::peer_envelope::Msg {
             term: term.0,
             granted,
         }),
+        Message::PreVote {
+            term,
+            last_index,
+            last_term,
+        } => Msg::PreVote(pb::RequestVote {
+            term: term.0,
+            last_index: last_index.0,
+            last_term: last_term.0,
+        }),
+        Message::PreVoteReply { term, granted } => Msg::PreVoteReply(pb::Vote {
+            term: term.0,
+            granted,
+        }),
         Message::Append {
             term,
             prev_index,
@@ -250,6 +263,15 @@ pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Message> {
             last_term: Term(v.last_term),
         },
         Msg::Vote(v) => Message::Vote {
+            term: Term(v.term),
+            granted: v.granted,
+        },
+        Msg::PreVote(v) => Message::PreVote {
+            term: Term(v.term),
+            last_index: LogIndex(v.last_index),
+            last_term: Term(v.last_term),
+        },
+        Msg::PreVoteReply(v) => Message::PreVoteReply {
             term: Term(v.term),
             granted: v.granted,
         },

@@ -259,7 +259,21 @@ async fn isolated_leader_steps_down_within_an_election_timeout() {
     eprintln!(
         "isolated leader stepped down after {took:?}; split brain observed: {saw_split_brain}"
     );
+    let term = c.status(new).await.expect("status").term;
     assert_eq!(kvctl(&c.endpoints(), &["fault", "heal"]).code, 0);
+    // PreVote: the node that was cut off rejoins without forcing an election.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = c.status(new).await.expect("status");
+    assert_eq!(
+        (after.role.as_str(), after.term),
+        ("leader", term),
+        "the healed node disrupted the leader"
+    );
+    let old_now = c.status(old).await.expect("status");
+    assert_eq!(
+        (old_now.role.as_str(), old_now.leader.as_str()),
+        ("follower", c.ids[new].as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,6 +88,8 @@ pub struct HardState {
 pub enum Role {
     /// Follows a leader (or waits for one).
     Follower,
+    /// Asking whether it could win an election, before disturbing anyone (PreVote, §9.6).
+    PreCandidate,
     /// Asking for votes.
     Candidate,
     /// Orders writes for its term.
@@ -105,6 +107,23 @@ pub enum Message {
         last_index: LogIndex,
         /// Term of that entry.
         last_term: Term,
+    },
+    /// PreVote (thesis §9.6): would you vote for me in `term`? Changes no state anywhere, so a
+    /// node that was cut off cannot force an election when it returns.
+    PreVote {
+        /// The term the sender would campaign in (its term + 1).
+        term: Term,
+        /// Sender's last log index.
+        last_index: LogIndex,
+        /// Term of that entry.
+        last_term: Term,
+    },
+    /// The answer to `PreVote`.
+    PreVoteReply {
+        /// Granted: the term asked about. Refused: the voter's term.
+        term: Term,
+        /// Whether it would vote.
+        granted: bool,
     },
     /// The answer to `RequestVote`.
     Vote {
@@ -482,10 +501,10 @@ impl Replica {
                     self.check_quorum();
                 }
             }
-            Role::Follower | Role::Candidate => {
+            Role::Follower | Role::PreCandidate | Role::Candidate => {
                 self.election_elapsed += 1;
                 if self.election_elapsed >= self.election_timeout {
-                    self.campaign();
+                    self.pre_campaign();
                 }
             }
         }
@@ -559,6 +578,18 @@ impl Replica {
         }
         let elapsed_before = self.election_elapsed;
         let term = match &msg {
+            Message::PreVote {
+                term,
+                last_index,
+                last_term,
+            } => {
+                self.on_pre_vote(from, *term, *last_index, *last_term);
+                return;
+            }
+            Message::PreVoteReply { term, granted } => {
+                self.on_pre_vote_reply(from, *term, *granted);
+                return;
+            }
             Message::RequestVote { term, .. }
             | Message::Vote { term, .. }
             | Message::Append { term, .. }
@@ -582,6 +613,7 @@ impl Replica {
                 last_term,
             } => self.on_request_vote(from, term, last_index, last_term),
             Message::Vote { term, granted } => self.on_vote(from, term, granted),
+            Message::PreVote { .. } | Message::PreVoteReply { .. } => {}
             Message::Append {
                 term,
                 prev_index,
@@ -621,6 +653,61 @@ impl Replica {
 
     fn persist_hard(&mut self) {
         self.out.push(Action::PersistHardState(self.hard));
+    }
+
+    /// Asks for pre-votes; campaigns for real only if a majority would vote for it.
+    fn pre_campaign(&mut self) {
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.reset_election_timeout();
+        self.votes = BTreeSet::from([self.me]);
+        if self.votes.len() >= self.majority() {
+            self.campaign();
+            return;
+        }
+        let (last_index, last_term) = (self.last_index(), self.last_term());
+        let term = Term(self.hard.term.0 + 1);
+        for to in self.others() {
+            self.send(
+                to,
+                Message::PreVote {
+                    term,
+                    last_index,
+                    last_term,
+                },
+            );
+        }
+    }
+
+    fn on_pre_vote(&mut self, from: usize, term: Term, last_index: LogIndex, last_term: Term) {
+        let up_to_date = (last_term, last_index) >= (self.last_term(), self.last_index());
+        // Someone who heard from a leader within the minimum election timeout will not help
+        // depose it (leader stickiness); a leader never does.
+        let leader_alive = self.role == Role::Leader
+            || (self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks.0);
+        let granted = term > self.hard.term && up_to_date && !leader_alive;
+        let reply_term = if granted { term } else { self.hard.term };
+        self.send(
+            from,
+            Message::PreVoteReply {
+                term: reply_term,
+                granted,
+            },
+        );
+    }
+
+    fn on_pre_vote_reply(&mut self, from: usize, term: Term, granted: bool) {
+        if self.role != Role::PreCandidate {
+            return;
+        }
+        if granted && term == Term(self.hard.term.0 + 1) {
+            self.votes.insert(from);
+            if self.votes.len() >= self.majority() {
+                self.campaign();
+            }
+        } else if !granted && term > self.hard.term {
+            self.become_follower(term, None);
+        }
     }
 
     fn campaign(&mut self) {
@@ -1061,10 +1148,21 @@ mod tests {
     fn elect(r: &mut Replica, n: usize) {
         for _ in 0..20 {
             r.tick();
-            if r.role() == Role::Candidate {
+            if r.role() == Role::PreCandidate {
                 break;
             }
         }
+        let next = Term(r.term().0 + 1);
+        for i in 1..n {
+            r.step(
+                &ids(n)[i],
+                Message::PreVoteReply {
+                    term: next,
+                    granted: true,
+                },
+            );
+        }
+        assert_eq!(r.role(), Role::Candidate);
         let term = r.term();
         for i in 1..n {
             r.step(
@@ -1112,6 +1210,76 @@ mod tests {
         r.persisted(LogIndex(1));
         assert_eq!(r.commit_index(), LogIndex(1));
         assert!(matches!(&r.take_actions()[..], [Action::Apply(es)] if es.len() == 1));
+    }
+
+    #[test]
+    fn follower_that_hears_from_its_leader_refuses_pre_votes_and_keeps_its_term() {
+        // Reference: thesis §9.6 (PreVote) with leader stickiness.
+        let mut r = replica(
+            1,
+            3,
+            HardState {
+                term: Term(2),
+                voted_for: None,
+            },
+            vec![],
+        );
+        r.step(
+            &ids(3)[0],
+            Message::Append {
+                term: Term(2),
+                prev_index: LogIndex(0),
+                prev_term: Term(0),
+                entries: vec![],
+                commit: LogIndex(0),
+                read_seq: 0,
+            },
+        );
+        r.take_actions();
+        r.step(
+            &ids(3)[2],
+            Message::PreVote {
+                term: Term(3),
+                last_index: LogIndex(9),
+                last_term: Term(2),
+            },
+        );
+        assert_eq!(
+            r.take_actions(),
+            vec![Action::Send {
+                to: ids(3)[2].clone(),
+                msg: Message::PreVoteReply {
+                    term: Term(2),
+                    granted: false
+                }
+            }],
+            "no vote persisted, no term change"
+        );
+        assert_eq!(r.term(), Term(2));
+        // Once the leader has been silent for the election timeout, it would vote.
+        for _ in 0..15 {
+            r.tick();
+        }
+        r.take_actions();
+        r.step(
+            &ids(3)[2],
+            Message::PreVote {
+                term: Term(3),
+                last_index: LogIndex(9),
+                last_term: Term(2),
+            },
+        );
+        let a = r.take_actions();
+        assert!(
+            a.contains(&Action::Send {
+                to: ids(3)[2].clone(),
+                msg: Message::PreVoteReply {
+                    term: Term(3),
+                    granted: true
+                }
+            }),
+            "{a:?}"
+        );
     }
 
     #[test]
