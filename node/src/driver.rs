@@ -54,8 +54,32 @@ pub struct Proposed {
     pub acks: u32,
 }
 
+/// The outcome of a replicated compare-and-set, known once its entry is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CasResult {
+    /// Whether the compare matched and the value was written.
+    pub applied: bool,
+    /// Applied: the new version. Not applied: the key's current live version, if any.
+    pub version: Option<Version>,
+    /// Not applied: the key's current live value, if any.
+    pub current: Option<bytes::Bytes>,
+}
+
+type CasReply = oneshot::Sender<Result<CasResult, DriveError>>;
+
 /// Inputs of the driver thread.
 pub enum Input {
+    /// A compare-and-set to replicate; answered when its entry is applied here.
+    Cas {
+        /// The key.
+        key: bytes::Bytes,
+        /// The version it must have (`None`: absent).
+        expected: Option<Version>,
+        /// The value to write.
+        value: bytes::Bytes,
+        /// Where the outcome goes.
+        reply: CasReply,
+    },
     /// A message from a peer.
     Peer {
         /// Sender.
@@ -151,6 +175,27 @@ impl DriverHandle {
             .unwrap_or_else(|_| Err(DriveError::Stopped("replica stopped".into())))
     }
 
+    /// Replicates a compare-and-set; the outcome is decided when it is applied in log order.
+    ///
+    /// # Errors
+    /// See [`DriveError`].
+    pub async fn cas(
+        &self,
+        key: bytes::Bytes,
+        expected: Option<Version>,
+        value: bytes::Bytes,
+    ) -> Result<CasResult, DriveError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Input::Cas {
+            key,
+            expected,
+            value,
+            reply,
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(DriveError::Stopped("replica stopped".into())))
+    }
+
     /// Waits until a linearizable read may be served from the local state machine.
     ///
     /// # Errors
@@ -190,6 +235,9 @@ struct Driver {
     transport: Transport,
     state: Arc<dyn Storage>,
     proposals: HashMap<RequestId, oneshot::Sender<Result<Proposed, DriveError>>>,
+    /// Compare-and-sets proposed here, by log index: answered when applied.
+    cas: HashMap<u64, (RequestId, CasReply)>,
+    members: usize,
     reads: HashMap<RequestId, oneshot::Sender<Result<(), DriveError>>>,
     /// Confirmed reads waiting for the state machine to reach their index.
     reads_applying: Vec<(u64, oneshot::Sender<Result<(), DriveError>>)>,
@@ -228,6 +276,7 @@ pub fn start(
         entries = entries.len(),
         "replica log recovered"
     );
+    let n_members = members.len();
     let replica = Replica::new(
         CoreConfig {
             id,
@@ -249,6 +298,8 @@ pub fn start(
         transport,
         state,
         proposals: HashMap::new(),
+        cas: HashMap::new(),
+        members: n_members,
         reads: HashMap::new(),
         reads_applying: Vec::new(),
         next_id: 1,
@@ -313,6 +364,9 @@ impl Driver {
                 Input::Propose { reply, .. } => {
                     let _ = reply.send(Err(err));
                 }
+                Input::Cas { reply, .. } => {
+                    let _ = reply.send(Err(err));
+                }
                 Input::Read { reply } => {
                     let _ = reply.send(Err(err));
                 }
@@ -328,6 +382,30 @@ impl Driver {
                 match self.replica.propose(id, cmd, w) {
                     Ok(_) => {
                         self.proposals.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(map_err(e)));
+                    }
+                }
+            }
+            Input::Cas {
+                key,
+                expected,
+                value,
+                reply,
+            } => {
+                let id = self.next_id;
+                self.next_id += 1;
+                // The outcome is known only at apply, which needs a commit: a majority.
+                let w = (self.members / 2 + 1) as u32;
+                let cmd = Command::Cas {
+                    key,
+                    expected,
+                    value,
+                };
+                match self.replica.propose(id, cmd, w) {
+                    Ok(v) => {
+                        self.cas.insert(v.counter, (id, reply));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(map_err(e)));
@@ -404,6 +482,11 @@ impl Driver {
                     if let Some(l) = &mut self.log {
                         l.truncate(*from);
                     }
+                    for e in removed {
+                        if let Some((_, r)) = self.cas.remove(&e.index.0) {
+                            let _ = r.send(Err(DriveError::Unknown));
+                        }
+                    }
                     self.record_rollback(removed);
                 }
                 Action::PersistEntries(es) => {
@@ -440,6 +523,7 @@ impl Driver {
             let (op, key, value) = match &e.cmd {
                 Command::Put { key, value } => ("put", key, Some(value)),
                 Command::Delete { key } => ("delete", key, None),
+                Command::Cas { key, value, .. } => ("cas", key, Some(value)),
                 Command::Noop => continue,
             };
             lines.push_str(
@@ -474,6 +558,31 @@ impl Driver {
                         Command::Put { key, value } => Some((key, Some(value))),
                         Command::Delete { key } => Some((key, None)),
                         Command::Noop => None,
+                        Command::Cas {
+                            key,
+                            expected,
+                            value,
+                        } => {
+                            let cur = self.state.get(&key).filter(|c| c.value.is_some());
+                            let live = cur.as_ref().map(|c| c.version);
+                            let applied = live == expected;
+                            if let Some((_, r)) = self.cas.remove(&index) {
+                                let _ = r.send(Ok(if applied {
+                                    CasResult {
+                                        applied,
+                                        version: Some(version),
+                                        current: None,
+                                    }
+                                } else {
+                                    CasResult {
+                                        applied,
+                                        version: live,
+                                        current: cur.and_then(|c| c.value),
+                                    }
+                                }));
+                            }
+                            applied.then_some((key, Some(value)))
+                        }
                     };
                     if let Some((key, value)) = w {
                         let res = self.state.write(Write {
@@ -498,12 +607,22 @@ impl Driver {
                 }
             }
             Action::Acked { id, version, acks } => {
+                // A compare-and-set is answered at apply, not here.
                 if let Some(r) = self.proposals.remove(&id) {
                     let _ = r.send(Ok(Proposed { version, acks }));
                 }
             }
             Action::Unknown { id } => {
                 if let Some(r) = self.proposals.remove(&id) {
+                    let _ = r.send(Err(DriveError::Unknown));
+                }
+                if let Some(index) = self
+                    .cas
+                    .iter()
+                    .find(|(_, (i, _))| *i == id)
+                    .map(|(k, _)| *k)
+                    && let Some((_, r)) = self.cas.remove(&index)
+                {
                     let _ = r.send(Err(DriveError::Unknown));
                 }
             }

@@ -404,12 +404,30 @@ impl Node {
         self.check_key(&key)?;
         self.check_value(&value)?;
         let q = self.quorum(&c)?;
-        if self.replication.is_some() {
-            return Err(Error::FailedPrecondition(
-                "compare-and-set across several nodes is not implemented yet (it needs the \
-                 compare evaluated in log order); it works on a single node"
-                    .into(),
-            ));
+        if let Some(d) = &self.replication {
+            let r = d
+                .cas(key, expected, value)
+                .await
+                .map_err(|e| self.drive_error(e))?;
+            let majority = q.majority();
+            return Ok(if r.applied {
+                CasOutcome::Applied(WriteOutcome {
+                    version: r.version.unwrap_or_default(),
+                    meta: Meta {
+                        w: majority,
+                        ..self.meta(&q, ReadFrom::Leader)
+                    },
+                })
+            } else {
+                CasOutcome::NotApplied(ReadOutcome {
+                    value: r.current,
+                    version: r.version,
+                    meta: Meta {
+                        r: majority,
+                        ..self.meta(&q, ReadFrom::Leader)
+                    },
+                })
+            });
         }
         let res = self.ordered_write(key, Some(value), |cur| {
             let live = cur

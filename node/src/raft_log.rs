@@ -36,6 +36,19 @@ fn entry_record(e: &Entry) -> Record {
         Command::Put { key, value } => (record::KIND_ENTRY_PUT, key.clone(), Some(value.clone())),
         Command::Delete { key } => (record::KIND_ENTRY_DELETE, key.clone(), None),
         Command::Noop => (record::KIND_ENTRY_NOOP, Bytes::new(), None),
+        Command::Cas {
+            key,
+            expected,
+            value,
+        } => {
+            let mut v = Vec::with_capacity(17 + value.len());
+            v.push(u8::from(expected.is_some()));
+            let e = expected.unwrap_or_default();
+            v.extend_from_slice(&e.epoch.to_le_bytes());
+            v.extend_from_slice(&e.counter.to_le_bytes());
+            v.extend_from_slice(value);
+            (record::KIND_ENTRY_CAS, key.clone(), Some(Bytes::from(v)))
+        }
     };
     Record {
         kind,
@@ -107,6 +120,27 @@ impl RaftLog {
                                     value: r.value.unwrap_or_default(),
                                 },
                                 record::KIND_ENTRY_DELETE => Command::Delete { key: r.key },
+                                record::KIND_ENTRY_CAS => {
+                                    let v = r.value.unwrap_or_default();
+                                    if v.len() < 17 {
+                                        return Err(corrupt(
+                                            &path,
+                                            off,
+                                            "compare-and-set entry too short",
+                                        ));
+                                    }
+                                    let num = |b: &[u8]| {
+                                        u64::from_le_bytes(
+                                            b.try_into().expect("invariant: 8 bytes"),
+                                        )
+                                    };
+                                    Command::Cas {
+                                        key: r.key,
+                                        expected: (v[0] == 1)
+                                            .then(|| Version::new(num(&v[1..9]), num(&v[9..17]))),
+                                        value: v.slice(17..),
+                                    }
+                                }
                                 _ => Command::Noop,
                             };
                             log.push(Entry {
@@ -270,7 +304,14 @@ mod tests {
         );
         assert_eq!(log.len(), 4);
         assert_eq!(log[1], put(3, 2, "B"));
-        assert_eq!(log[2].cmd, Command::Noop);
+        assert_eq!(
+            log[2].cmd,
+            Command::Cas {
+                key: Bytes::from_static(b"k"),
+                expected: Some(Version::new(3, 2)),
+                value: Bytes::from_static(b"C"),
+            }
+        );
         assert!(matches!(log[3].cmd, Command::Delete { .. }));
     }
 }

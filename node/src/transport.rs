@@ -162,17 +162,30 @@ impl pb::peer_server::Peer for PeerService {
 
 fn entry_to_wire(e: Entry) -> pb::LogEntry {
     use pb::log_entry::Kind;
+    let mut expected = None;
     let (kind, key, value) = match e.cmd {
         Command::Put { key, value } => (Kind::Put, key, value),
         Command::Delete { key } => (Kind::Delete, key, Default::default()),
         Command::Noop => (Kind::Noop, Default::default(), Default::default()),
+        Command::Cas {
+            key,
+            expected: exp,
+            value,
+        } => {
+            expected = exp;
+            (Kind::Cas, key, value)
+        }
     };
+    let exp = expected.unwrap_or_default();
     pb::LogEntry {
         term: e.term.0,
         index: e.index.0,
         kind: kind as i32,
         key,
         value,
+        has_expected: expected.is_some(),
+        expected_epoch: exp.epoch,
+        expected_counter: exp.counter,
     }
 }
 
@@ -185,6 +198,13 @@ fn entry_from_wire(e: pb::LogEntry) -> Option<Entry> {
         },
         Kind::Delete => Command::Delete { key: e.key },
         Kind::Noop => Command::Noop,
+        Kind::Cas => Command::Cas {
+            key: e.key,
+            expected: e
+                .has_expected
+                .then(|| kv_replica::Version::new(e.expected_epoch, e.expected_counter)),
+            value: e.value,
+        },
         Kind::Unspecified => return None,
     };
     Some(Entry {

@@ -412,3 +412,74 @@ async fn follower_read_under_delay_is_stale_and_says_so() {
     assert_eq!(out.stdout, "v2", "{out:?}");
     assert_eq!(kvctl(&c.endpoints(), &["fault", "heal"]).code, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_set_across_nodes_loses_no_update() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(3, &[]).await.expect("cluster");
+    let leader = c
+        .wait_leader(Duration::from_secs(5), None)
+        .await
+        .expect("leader");
+    let ep = c.nodes[leader].endpoint();
+    // kvctl: absent -> applied; a wrong version -> exit 1 naming the current one.
+    let r = kvctl(&ep, &["cas", "counter", "none", "0"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = kvctl(&ep, &["cas", "counter", "9.9", "x"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("current version is"), "{r:?}");
+
+    // Four clients increment one counter by read + compare-and-set; every applied CAS counts.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let ep = ep.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut kv = pb::kv_client::KvClient::connect(format!("http://{ep}"))
+                .await
+                .expect("connect");
+            let mut done = 0;
+            while done < 15 {
+                let cur = kv
+                    .get(get("counter", pb::ReadFrom::Leader))
+                    .await
+                    .expect("get")
+                    .into_inner();
+                let n: u64 = String::from_utf8_lossy(&cur.value).parse().expect("number");
+                let r = kv
+                    .compare_and_set(pb::CompareAndSetRequest {
+                        key: Bytes::from_static(b"counter"),
+                        expected: cur.version,
+                        value: Bytes::from((n + 1).to_string()),
+                        consistency: None,
+                    })
+                    .await
+                    .expect("cas")
+                    .into_inner();
+                if r.applied {
+                    done += 1;
+                } else {
+                    assert!(r.found, "the counter exists: {r:?}");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let r = kvctl(&ep, &["get", "counter"]);
+    assert_eq!(r.stdout, "60", "60 applied increments, none lost: {r:?}");
+    // Every replica applied the same outcome.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for i in 0..3 {
+        while kvctl(
+            &c.nodes[i].endpoint(),
+            &["get", "counter", "--read-from", "local"],
+        )
+        .stdout
+            != "60"
+        {
+            assert!(Instant::now() < deadline, "n{} did not converge", i + 1);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -52,6 +52,17 @@ pub enum Command {
         /// The key.
         key: Bytes,
     },
+    /// Write `value` only if the key's live version equals `expected` (`None`: the key must be
+    /// absent) when the entry is applied. Every replica applies the log in the same order, so
+    /// every replica reaches the same outcome.
+    Cas {
+        /// The key.
+        key: Bytes,
+        /// The version the key must have.
+        expected: Option<Version>,
+        /// The value to write.
+        value: Bytes,
+    },
     /// A new leader's first entry: commits the entries of earlier terms (§5.4.2).
     Noop,
 }

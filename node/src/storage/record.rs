@@ -5,7 +5,7 @@
 //! header  := len:u32le  payload_crc:u32le  header_crc:u32le     (header_crc = crc32(len ‖ payload_crc))
 //! payload := kind:u8 lsn:u64 epoch:u64 counter:u64 written_ms:u64 key_len:u32 key [value_len:u32 value]
 //! kind    := 1 put | 2 tombstone | 3 snapshot-begin | 4 snapshot-end
-//!          | 5 entry-put | 6 entry-delete | 7 entry-noop | 8 truncate | 9 hard-state
+//!          | 5 entry-put | 6 entry-delete | 7 entry-noop | 8 truncate | 9 hard-state | 10 entry-cas
 //! ```
 //!
 //! The header has its own checksum so that a flipped bit in a length cannot pass for a torn
@@ -35,6 +35,8 @@ pub(crate) const KIND_ENTRY_NOOP: u8 = 7;
 pub(crate) const KIND_TRUNCATE: u8 = 8;
 /// Replicated log: term (`version.epoch`) and vote (`version.counter`, 0 for none).
 pub(crate) const KIND_HARD_STATE: u8 = 9;
+/// Replicated log: a compare-and-set; its value is `has:u8 epoch:u64 counter:u64 value`.
+pub(crate) const KIND_ENTRY_CAS: u8 = 10;
 
 /// One decoded record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,7 +141,7 @@ fn decode_payload(mut p: &[u8]) -> Option<Record> {
     let key = Bytes::copy_from_slice(&p[..klen]);
     p.advance(klen);
     let value = match kind {
-        KIND_PUT | KIND_ENTRY_PUT => {
+        KIND_PUT | KIND_ENTRY_PUT | KIND_ENTRY_CAS => {
             if p.remaining() < 4 {
                 return None;
             }
