@@ -106,7 +106,8 @@ impl RaftLog {
                         }
                         record::KIND_ENTRY_PUT
                         | record::KIND_ENTRY_DELETE
-                        | record::KIND_ENTRY_NOOP => {
+                        | record::KIND_ENTRY_NOOP
+                        | record::KIND_ENTRY_CAS => {
                             if r.lsn != log.len() as u64 + 1 {
                                 return Err(corrupt(
                                     &path,
@@ -278,7 +279,11 @@ mod tests {
                 Entry {
                     term: Term(3),
                     index: LogIndex(3),
-                    cmd: Command::Noop,
+                    cmd: Command::Cas {
+                        key: Bytes::from_static(b"k"),
+                        expected: Some(Version::new(3, 2)),
+                        value: Bytes::from_static(b"C"),
+                    },
                 },
                 Entry {
                     term: Term(3),
