@@ -416,7 +416,7 @@ async fn follower_read_under_delay_is_stale_and_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_and_set_across_nodes_loses_no_update() {
     let _serial = SERIAL.lock().await;
-    let c = Cluster::start(3, &[]).await.expect("cluster");
+    let mut c = Cluster::start(3, &[]).await.expect("cluster");
     let leader = c
         .wait_leader(Duration::from_secs(5), None)
         .await
@@ -481,5 +481,22 @@ async fn compare_and_set_across_nodes_loses_no_update() {
             assert!(Instant::now() < deadline, "n{} did not converge", i + 1);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+    // A replica restarted from its log (compare-and-set entries included) has the same state.
+    let f = (leader + 1) % 3;
+    c.nodes[f].restart().expect("restart from the replica log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kvctl(
+        &c.nodes[f].endpoint(),
+        &["get", "counter", "--read-from", "local"],
+    )
+    .stdout
+        != "60"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted replica did not rebuild its state"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
