@@ -113,7 +113,7 @@ pub struct Config {
     pub mode: Mode,
     /// Replicas per key (default: every node in leader-follower, min(3, nodes) leaderless).
     pub n: Option<u32>,
-    /// Replicas a read waits for (default: a majority of N).
+    /// Replicas a read waits for (default: 1 in leader-follower, a majority of N leaderless).
     pub r: Option<u32>,
     /// Replicas that durably hold a write before it is acknowledged (default: a majority of N).
     pub w: Option<u32>,
@@ -250,7 +250,12 @@ impl Config {
         let quorum = Quorum::new(
             nodes,
             n,
-            self.r.unwrap_or(majority),
+            // Leader-follower reads are linearizable through the leader; R counts replicas asked
+            // by a replica read, 1 by default. Leaderless reads wait for a majority.
+            self.r.unwrap_or(match self.mode {
+                Mode::LeaderFollower => 1,
+                Mode::Leaderless => majority,
+            }),
             self.w.unwrap_or(majority),
         )
         .map_err(|e| ConfigError(format!("--{e}")))?;

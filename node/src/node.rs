@@ -19,6 +19,7 @@ use crate::config::Settings;
 use crate::driver::{DriveError, DriverHandle};
 use crate::error::{Error, Result};
 use crate::storage::{Entry, Storage, Write, now_ms};
+use kv_proto::kv::v1::kv_client::KvClient;
 use kv_replica::leader_follower::Command;
 
 /// Where a read is served from.
@@ -112,6 +113,8 @@ pub struct Node {
     storage: Arc<dyn Storage>,
     /// Present in replicated leader-follower mode: the driver of the replica.
     replication: Option<DriverHandle>,
+    /// Clients of the other replicas, for R > 1 reads (connected lazily).
+    peers: Vec<(NodeId, KvClient<tonic::transport::Channel>)>,
     /// Orders version assignment with the storage write (and a CAS with its compare).
     write_order: Mutex<()>,
 }
@@ -126,14 +129,29 @@ impl Node {
             settings,
             storage,
             replication: None,
+            peers: Vec::new(),
             write_order: Mutex::new(()),
         }
     }
 
     /// A node whose writes and leader reads go through a replicated log driven by `driver`;
     /// `state` is the state machine the driver applies committed entries to.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (peer channels connect lazily on it).
     pub fn replicated(settings: Settings, state: Arc<dyn Storage>, driver: DriverHandle) -> Self {
+        let peers = settings
+            .members
+            .iter()
+            .filter(|(id, _)| **id != settings.id)
+            .filter_map(|(id, addr)| {
+                let ep = tonic::transport::Endpoint::from_shared(crate::client::endpoint_uri(addr))
+                    .ok()?;
+                Some((id.clone(), KvClient::new(ep.connect_lazy())))
+            })
+            .collect();
         Node {
+            peers,
             settings,
             storage: state,
             replication: Some(driver),
@@ -184,10 +202,37 @@ impl Node {
                 Err(e) => return Err(self.drive_error(e)),
             }
         }
-        let (value, version) = self.durable_view(self.storage.get(key)).await?;
+        let (mut value, mut version) = self.durable_view(self.storage.get(key)).await?;
+        let mut replicas = vec![self.settings.id.clone()];
+        // R > 1 on a replica read: ask R-1 other replicas for their copies, keep the newest.
+        if served_from == ReadFrom::Any && q.r > 1 {
+            let need = q.r as usize - 1;
+            let (answers, missing) = self.peer_reads(key, need).await;
+            if answers.len() < need {
+                if c.on_quorum_loss == Some(OnQuorumLoss::Degrade) {
+                    degraded = true;
+                } else {
+                    return Err(Error::Unavailable(format!(
+                        "{} of {} replicas needed, got {}: {}",
+                        q.r,
+                        self.settings.members.len(),
+                        answers.len() + 1,
+                        missing.join(", ")
+                    )));
+                }
+            }
+            for (id, v, ver) in answers {
+                replicas.push(id);
+                if ver > version {
+                    value = v;
+                    version = ver;
+                }
+            }
+        }
         let st = driver.status();
         let leader_read = served_from == ReadFrom::Leader;
         let lag = st.leader_commit.saturating_sub(st.applied);
+        let achieved_r = replicas.len() as u32;
         Ok(ReadOutcome {
             value,
             version,
@@ -195,10 +240,58 @@ impl Node {
                 stale: !leader_read && (st.role != "leader" || lag > 0),
                 lag_entries: lag,
                 degraded,
-                r: 1,
+                r: achieved_r,
+                replicas,
                 ..self.meta(q, served_from)
             },
         })
+    }
+
+    /// Reads `key` from up to `need` other replicas (`read_from=local` on each), in parallel,
+    /// within 1 s. Returns the answers and a description of each replica that did not answer.
+    async fn peer_reads(
+        &self,
+        key: &[u8],
+        need: usize,
+    ) -> (Vec<(NodeId, Option<Bytes>, Option<Version>)>, Vec<String>) {
+        let mut set = tokio::task::JoinSet::new();
+        for (id, client) in &self.peers {
+            let mut client = client.clone();
+            let id = id.clone();
+            let key = Bytes::copy_from_slice(key);
+            set.spawn(async move {
+                let mut req = tonic::Request::new(kv_proto::kv::v1::GetRequest {
+                    key,
+                    consistency: Some(kv_proto::kv::v1::Consistency {
+                        read_from: kv_proto::kv::v1::ReadFrom::Local as i32,
+                        ..Default::default()
+                    }),
+                });
+                req.set_timeout(std::time::Duration::from_secs(1));
+                let r =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), client.get(req)).await;
+                (id, r)
+            });
+        }
+        let mut answers = Vec::new();
+        let mut missing = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            let Ok((id, r)) = joined else { continue };
+            match r {
+                Ok(Ok(resp)) => {
+                    let g = resp.into_inner();
+                    let ver = g.version.map(|v| Version::new(v.epoch, v.counter));
+                    answers.push((id, g.found.then_some(g.value), ver));
+                    if answers.len() >= need {
+                        break;
+                    }
+                }
+                Ok(Err(status)) => missing.push(format!("{id} {}", status.code())),
+                Err(_) => missing.push(format!("{id} timeout")),
+            }
+        }
+        set.abort_all();
+        (answers, missing)
     }
 
     async fn replicated_write(

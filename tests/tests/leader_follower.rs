@@ -407,6 +407,29 @@ async fn follower_read_under_delay_is_stale_and_says_so() {
     );
     assert!(meta.stale, "a follower read says it may be stale: {meta:?}");
     assert_eq!(meta.coordinator, c.ids[f]);
+    // R=2 on the same follower: it asks one more replica and keeps the newest version.
+    let r2 = fc
+        .get(pb::GetRequest {
+            key: Bytes::from_static(b"k"),
+            consistency: Some(pb::Consistency {
+                r: 2,
+                read_from: pb::ReadFrom::Any as i32,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("R=2 read")
+        .into_inner();
+    let m2 = r2.meta.expect("meta");
+    assert_eq!(m2.replicas.len(), 2, "{m2:?}");
+    assert_eq!(m2.achieved.map(|a| a.r), Some(2), "{m2:?}");
+    if m2.replicas.iter().any(|n| *n == c.ids[leader]) {
+        assert_eq!(
+            r2.value,
+            Bytes::from_static(b"v2"),
+            "the leader's copy is newer"
+        );
+    }
     // A leader read through the same follower is linearizable: it sees v2.
     let out = kvctl(&c.nodes[f].endpoint(), &["get", "k"]);
     assert_eq!(out.stdout, "v2", "{out:?}");

@@ -47,7 +47,8 @@ struct Args {
     /// Replicas per key [default: all nodes (leader-follower), min(3, nodes) (leaderless)].
     #[arg(long, env = "KV_N")]
     n: Option<u32>,
-    /// Replicas a read waits for [default: majority of N].
+    /// Replicas a read waits for; in leader-follower mode it applies to --read-from any
+    /// (leader reads are linearizable) [default: 1 leader-follower, majority of N leaderless].
     #[arg(long, env = "KV_R")]
     r: Option<u32>,
     /// Replicas that durably hold a write before it is acknowledged [default: majority of N].
