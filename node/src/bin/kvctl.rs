@@ -366,6 +366,21 @@ async fn set_faults(addr: &str, spec: pb::FaultSpec, t: Duration) -> Result<(), 
         .map(|_| ())
 }
 
+/// A fault on everything to and from `node`: on `node` itself it applies to every peer (`*`),
+/// on every other node to `node`.
+fn around(
+    ids: &[&str],
+    node: &str,
+    spec: impl Fn(String) -> pb::FaultSpec,
+) -> Vec<(String, pb::FaultSpec)> {
+    ids.iter()
+        .map(|id| {
+            let key = if *id == node { "*" } else { node };
+            (id.to_string(), spec(key.to_string()))
+        })
+        .collect()
+}
+
 async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, tonic::Status> {
     let mut nodes = Vec::new();
     for addr in endpoints {
@@ -440,21 +455,11 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
             check(&node)?;
             let ms = delay.0.as_millis() as u64;
             let jitter_ms = jitter.map_or(0, |j| j.0.as_millis() as u64);
-            for id in &ids {
-                let key = if *id == node {
-                    "*".to_string()
-                } else {
-                    node.clone()
-                };
-                specs.push((
-                    id.to_string(),
-                    pb::FaultSpec {
-                        delay_ms: [(key, ms)].into(),
-                        jitter_ms,
-                        ..Default::default()
-                    },
-                ));
-            }
+            specs = around(&ids, &node, |key| pb::FaultSpec {
+                delay_ms: [(key, ms)].into(),
+                jitter_ms,
+                ..Default::default()
+            });
         }
         FaultCmd::Drop { node, p } => {
             check(&node)?;
@@ -463,20 +468,10 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
                     "probability {p} is not within 0..=1"
                 )));
             }
-            for id in &ids {
-                let key = if *id == node {
-                    "*".to_string()
-                } else {
-                    node.clone()
-                };
-                specs.push((
-                    id.to_string(),
-                    pb::FaultSpec {
-                        drop: [(key, p)].into(),
-                        ..Default::default()
-                    },
-                ));
-            }
+            specs = around(&ids, &node, |key| pb::FaultSpec {
+                drop: [(key, p)].into(),
+                ..Default::default()
+            });
         }
         FaultCmd::Heal => {
             for id in &ids {
