@@ -192,21 +192,23 @@ fn kv_node_reads_toml_then_env_then_flags() {
     );
 }
 
+/// Writes keys k0..k{n} through a durable node, stops it, and returns its log segment.
+fn write_and_stop(data_dir: &str, n: usize) -> std::path::PathBuf {
+    let node = NodeProcess::start(&["--data-dir", data_dir]).expect("start");
+    for i in 0..n {
+        let r = kvctl(&node.endpoint(), &["put", &format!("k{i}"), "value"]);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    drop(node);
+    std::path::Path::new(data_dir).join("wal-00000000000000000001.log")
+}
+
 #[test]
 fn kv_node_refuses_a_corrupt_log_and_keeps_it_intact() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let data_s = data.to_str().expect("utf-8");
-    {
-        let node = NodeProcess::start(&["--data-dir", data_s]).expect("start");
-        for i in 0..20 {
-            assert_eq!(
-                kvctl(&node.endpoint(), &["put", &format!("k{i}"), "value"]).code,
-                0
-            );
-        }
-    }
-    let seg = data.join("wal-00000000000000000001.log");
+    let seg = write_and_stop(data_s, 20);
     let mut bytes = std::fs::read(&seg).expect("segment");
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
@@ -238,16 +240,7 @@ fn kv_node_truncates_a_torn_final_record_and_reports_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let data_s = data.to_str().expect("utf-8");
-    {
-        let node = NodeProcess::start(&["--data-dir", data_s]).expect("start");
-        for i in 0..5 {
-            assert_eq!(
-                kvctl(&node.endpoint(), &["put", &format!("k{i}"), "value"]).code,
-                0
-            );
-        }
-    }
-    let seg = data.join("wal-00000000000000000001.log");
+    let seg = write_and_stop(data_s, 5);
     let mut bytes = std::fs::read(&seg).expect("segment");
     let good = bytes.len();
     bytes.truncate(good - 7); // the last record was half written when the machine died

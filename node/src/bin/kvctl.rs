@@ -564,6 +564,24 @@ where
     }
 }
 
+/// What `put` and `delete` print: the version, or the JSON shape of SPEC section 13.
+fn write_output(
+    key: &str,
+    version: &Option<pb::Version>,
+    meta: Option<pb::ResponseMeta>,
+    json: bool,
+) -> String {
+    let m = meta.unwrap_or_default();
+    let v = version_text(version);
+    if json {
+        json!({"key": key, "version": v, "node": m.coordinator,
+               "acks": m.achieved.map_or(0, |a| a.w), "degraded": m.degraded})
+        .to_string()
+    } else {
+        v.unwrap_or_default()
+    }
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -697,15 +715,7 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
             })
             .await?
             .into_inner();
-            let m = r.meta.unwrap_or_default();
-            let v = version_text(&r.version);
-            ok(if json {
-                json!({"key": key, "version": v, "node": m.coordinator,
-                       "acks": m.achieved.map_or(0, |a| a.w), "degraded": m.degraded})
-                .to_string()
-            } else {
-                v.unwrap_or_default()
-            })
+            ok(write_output(&key, &r.version, r.meta, json))
         }
         Cmd::Get { key, r, read_from } => {
             let req = pb::GetRequest {
@@ -750,15 +760,7 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
             })
             .await?
             .into_inner();
-            let m = r.meta.unwrap_or_default();
-            let v = version_text(&r.version);
-            ok(if json {
-                json!({"key": key, "version": v, "node": m.coordinator,
-                       "acks": m.achieved.map_or(0, |a| a.w), "degraded": m.degraded})
-                .to_string()
-            } else {
-                v.unwrap_or_default()
-            })
+            ok(write_output(&key, &r.version, r.meta, json))
         }
         Cmd::Cas {
             key,

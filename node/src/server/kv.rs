@@ -128,7 +128,11 @@ impl pb::kv_server::Kv for KvService {
         let (md, _, r) = req.into_parts();
         self.call("get", &md, async {
             let c = consistency(r.consistency)?;
-            self.node.get(&r.key, c).await.map(get_response)
+            let out = self.node.get(&r.key, c).await?;
+            if out.meta.degraded {
+                self.metrics.degraded_responses.inc();
+            }
+            Ok(get_response(out))
         })
         .await
     }
