@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod sim;
+pub mod sim_leaderless;
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};

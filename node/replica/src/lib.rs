@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod leader_follower;
+pub mod leaderless;
 pub mod quorum;
 pub mod version;
 

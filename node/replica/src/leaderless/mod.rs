@@ -1,0 +1,1398 @@
+//! Leaderless (Dynamo-style) replication, sans-IO.
+//!
+//! ```text
+//!  client ─► any node ──(not a replica of the key)──► Forward ─► first live replica
+//!                │                                                   │
+//!                └──────────────(a replica)──────────────────────────┤ coordinator
+//!      version = (HLC now, coordinator number); vector = local copy's vector + own dot
+//!      Write ─► all N replicas (itself included) ─► WriteAck after durable ─► answer at W
+//!      unacknowledged after `hint_after_ms` ─► StoreHint on a fallback node ─► Hint delivered
+//!      when the replica answers again (sloppy quorum: the fallback's ack counts toward W)
+//!      Read ─► all N ─► answer at R with the newest version; stale and late responders get a
+//!      repair Write (before answering when read repair is `blocking`)
+//!  every `anti_entropy_ms`: Merkle-tree digest of the keys shared with one peer ─► differences
+//!  are exchanged; every `tombstone_grace_ms`-old tombstone is purged
+//! ```
+//!
+//! Writes to a key are coordinated by the first reachable replica in its preference list (any
+//! other node forwards the write there, as Riak forwards to a preference-list vnode), so that
+//! the coordinator's own copy gives the write its causal context: a write made after another
+//! through the same replica carries a vector that dominates the other's, and a larger version
+//! whatever the clock skew. While that replica is reachable, writes to a key are ordered; when
+//! a partition makes different nodes coordinate, their writes are concurrent (neither vector
+//! includes the other): last-writer-wins by version resolves them, and each detection is
+//! counted in [`Stats::conflicts`].
+//!
+//! A version is `(HLC timestamp, coordinator number)`. The coordinator observes the version of
+//! the copy it replaces before taking a timestamp, so a write causally after another always has
+//! the larger version, whatever the clock skew between nodes.
+//!
+//! The core owns no I/O: it is fed client requests, peer messages, reachability news and ticks
+//! with the current time, reads and writes through a [`Store`], and returns [`Action`]s.
+
+mod clock;
+mod hlc;
+mod ring;
+
+pub use clock::{Causality, VClock};
+pub use hlc::{Hlc, LOGICAL_BITS, physical_ms};
+pub use ring::{Ring, hash64, mix64};
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::{NodeId, Quorum, Version};
+
+/// Position in the node's storage log; acknowledgements wait for it to be durable.
+pub type Lsn = u64;
+
+/// One replica's copy of a key: a value or a tombstone, its version and vector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// `None` for a tombstone.
+    pub value: Option<Bytes>,
+    /// `(HLC timestamp, coordinator number)`.
+    pub version: Version,
+    /// The writes this copy includes.
+    pub clock: VClock,
+    /// The coordinator's wall-clock milliseconds at the write; tombstones are purged by it.
+    pub written_ms: u64,
+}
+
+/// The storage the core works on. `put` returns the write's LSN; the driver sends anything
+/// that depends on it only once it is durable (see [`Action::Send`]).
+pub trait Store {
+    /// This node's copy of `key`.
+    fn get(&self, key: &[u8]) -> Option<Stored>;
+    /// Replaces this node's copy of `key`.
+    fn put(&mut self, key: &Bytes, s: &Stored) -> Lsn;
+    /// The LSN of the last write (a no-op acknowledgement waits for it).
+    fn last_lsn(&self) -> Lsn;
+    /// Calls `f` with every copy held.
+    fn scan(&self, f: &mut dyn FnMut(&Bytes, &Stored));
+    /// Removes tombstones written before `older_than_ms`; returns how many.
+    fn purge_tombstones(&mut self, older_than_ms: u64) -> usize;
+    /// Keeps a write for replica `target` until it can be delivered.
+    fn put_hint(&mut self, target: &NodeId, key: &Bytes, s: &Stored) -> Lsn;
+    /// Forgets a delivered hint (unless a newer one replaced it).
+    fn remove_hint(&mut self, target: &NodeId, key: &Bytes, version: Version);
+    /// Up to `limit` hints held for `target`.
+    fn hints(&self, target: &NodeId, limit: usize) -> Vec<(Bytes, Stored)>;
+    /// Hints held, all targets.
+    fn hint_count(&self) -> u64;
+}
+
+/// How read repair runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadRepair {
+    /// Stale responders are repaired before the read is answered.
+    Blocking,
+    /// The read is answered at once; repairs are sent after.
+    #[default]
+    Async,
+}
+
+/// Static configuration of one node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node.
+    pub id: NodeId,
+    /// Every member, this node included (order does not matter; it is sorted).
+    pub members: Vec<NodeId>,
+    /// N, R and W.
+    pub quorum: Quorum,
+    /// Ring tokens per member.
+    pub vnodes: u32,
+    /// Read repair mode.
+    pub read_repair: ReadRepair,
+    /// Count fallback nodes holding hints toward W (breaks R+W>N overlap).
+    pub sloppy_quorum: bool,
+    /// A replica silent this long after a write gets a hint.
+    pub hint_after_ms: u64,
+    /// Hints are offered to their replica this often.
+    pub hint_retry_ms: u64,
+    /// One anti-entropy exchange with the next peer this often (0: never).
+    pub anti_entropy_ms: u64,
+    /// Tombstones older than this are purged.
+    pub tombstone_grace_ms: u64,
+}
+
+impl Config {
+    /// Defaults for everything but membership and quorum.
+    pub fn new(id: NodeId, members: Vec<NodeId>, quorum: Quorum) -> Config {
+        Config {
+            id,
+            members,
+            quorum,
+            vnodes: 64,
+            read_repair: ReadRepair::Async,
+            sloppy_quorum: false,
+            hint_after_ms: 200,
+            hint_retry_ms: 500,
+            anti_entropy_ms: 10_000,
+            tombstone_grace_ms: 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// Node-to-node messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    /// Store this copy (a write, or a repair) and acknowledge once durable.
+    Write {
+        /// Coordinator's operation id.
+        req: u64,
+        /// The key.
+        key: Bytes,
+        /// The copy.
+        stored: Stored,
+    },
+    /// The copy (or a newer one) is durable here.
+    WriteAck {
+        /// Operation id.
+        req: u64,
+        /// The replica's clock.
+        hlc: u64,
+    },
+    /// Send your copy of `key`.
+    Read {
+        /// Operation id.
+        req: u64,
+        /// The key.
+        key: Bytes,
+    },
+    /// A replica's copy (`None`: it holds none).
+    ReadReply {
+        /// Operation id.
+        req: u64,
+        /// The copy.
+        stored: Option<Stored>,
+        /// The replica's clock.
+        hlc: u64,
+    },
+    /// Coordinate this write for me (you are a replica of the key).
+    Forward {
+        /// The forwarder's operation id.
+        req: u64,
+        /// The key.
+        key: Bytes,
+        /// `None` deletes.
+        value: Option<Bytes>,
+        /// Acknowledgements needed.
+        w: u32,
+        /// Milliseconds left before the client's deadline.
+        timeout_ms: u64,
+        /// Answer with fewer acknowledgements rather than fail.
+        degrade: bool,
+    },
+    /// The outcome of a forwarded write.
+    ForwardReply {
+        /// The forwarder's operation id.
+        req: u64,
+        /// The outcome.
+        result: Result<WriteOk, QuorumFailure>,
+    },
+    /// Hold this write for `target` until it can be delivered; acknowledge once durable.
+    StoreHint {
+        /// Coordinator's operation id.
+        req: u64,
+        /// The replica the write is for.
+        target: NodeId,
+        /// The key.
+        key: Bytes,
+        /// The copy.
+        stored: Stored,
+    },
+    /// The hint is durable on the sender.
+    HintStored {
+        /// Operation id.
+        req: u64,
+        /// The replica it is for.
+        target: NodeId,
+    },
+    /// A hinted write, delivered to its replica.
+    Hint {
+        /// The key.
+        key: Bytes,
+        /// The copy.
+        stored: Stored,
+    },
+    /// The hinted write is durable at its replica.
+    HintAck {
+        /// The key.
+        key: Bytes,
+        /// The version delivered.
+        version: Version,
+    },
+    /// Anti-entropy: the root of my Merkle tree over the keys we share.
+    AeRoot {
+        /// Root hash.
+        root: u64,
+    },
+    /// Anti-entropy: roots differ; here are my leaves.
+    AeLeaves {
+        /// One hash per bucket.
+        leaves: Vec<u64>,
+    },
+    /// Anti-entropy: my copies in the buckets that differ.
+    AeEntries {
+        /// The buckets compared.
+        buckets: Vec<u32>,
+        /// Copies in those buckets.
+        entries: Vec<(Bytes, Stored)>,
+        /// Answer with the copies of mine that are newer or missing on your side.
+        reply: bool,
+    },
+}
+
+/// A successful write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOk {
+    /// The version given to the write.
+    pub version: Version,
+    /// The node that coordinated it.
+    pub coordinator: NodeId,
+    /// Replicas that durably hold it.
+    pub acked: Vec<NodeId>,
+    /// Fallback nodes whose hints were counted (sloppy quorum only).
+    pub hinted: Vec<NodeId>,
+    /// Fewer than W replicas acknowledged (`on_quorum_loss=degrade`).
+    pub degraded: bool,
+}
+
+/// A successful read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOk {
+    /// The newest copy among the responders (`None`: none holds the key).
+    pub stored: Option<Stored>,
+    /// The node that coordinated it.
+    pub coordinator: NodeId,
+    /// Replicas whose answers were counted.
+    pub responders: Vec<NodeId>,
+    /// Fewer than R replicas answered (`on_quorum_loss=degrade`).
+    pub degraded: bool,
+    /// Responders found stale and repaired (before the answer in `blocking` mode).
+    pub repaired: Vec<NodeId>,
+}
+
+/// How one replica stood when a quorum was missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaState {
+    /// It answered.
+    Ok,
+    /// It did not answer in time.
+    Timeout,
+    /// It is known to be unreachable.
+    Partitioned,
+}
+
+/// Not enough replicas answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumFailure {
+    /// `acks` (writes) or `responses` (reads).
+    pub what: &'static str,
+    /// How many were needed.
+    pub needed: u32,
+    /// How many came.
+    pub got: u32,
+    /// Each replica's state.
+    pub replicas: Vec<(NodeId, ReplicaState)>,
+    /// The write may still have taken effect (some replica may hold it).
+    pub may_have_happened: bool,
+}
+
+impl fmt::Display for QuorumFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} of {} {} needed, got {}:",
+            self.needed,
+            self.replicas.len(),
+            self.what,
+            self.got
+        )?;
+        for (i, (id, st)) in self.replicas.iter().enumerate() {
+            let st = match st {
+                ReplicaState::Ok => "ok",
+                ReplicaState::Timeout => "timeout",
+                ReplicaState::Partitioned => "partitioned",
+            };
+            write!(f, "{} {id} {st}", if i == 0 { "" } else { "," })?;
+        }
+        Ok(())
+    }
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send `msg` to `to` (possibly this node itself) once everything up to `after` is durable.
+    Send {
+        /// Destination.
+        to: NodeId,
+        /// The message.
+        msg: Msg,
+        /// Wait for this LSN to be durable first.
+        after: Option<Lsn>,
+    },
+    /// Answer the client request `req`.
+    Write {
+        /// The client request.
+        req: u64,
+        /// The outcome.
+        result: Result<WriteOk, QuorumFailure>,
+    },
+    /// Answer the client read `req`.
+    Read {
+        /// The client request.
+        req: u64,
+        /// The outcome.
+        result: Result<ReadOk, QuorumFailure>,
+    },
+}
+
+/// Cumulative counts, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Concurrent writes detected (at a replica merging, or a read coordinator comparing).
+    pub conflicts: u64,
+    /// Repair writes sent by reads.
+    pub read_repairs: u64,
+    /// Hints this node stored for others.
+    pub hints_stored: u64,
+    /// Hints this node delivered.
+    pub hints_delivered: u64,
+    /// Anti-entropy exchanges started.
+    pub ae_rounds: u64,
+    /// Copies changed here by anti-entropy.
+    pub ae_repairs: u64,
+    /// Requests that missed their quorum (failed or degraded).
+    pub quorum_failures: u64,
+    /// Answers marked degraded.
+    pub degraded: u64,
+    /// Writes forwarded to a replica of their key.
+    pub forwarded: u64,
+    /// Tombstones purged.
+    pub tombstones_purged: u64,
+}
+
+/// Per-request options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opts {
+    /// R or W for this request.
+    pub quorum: u32,
+    /// Milliseconds from now before it fails.
+    pub timeout_ms: u64,
+    /// Answer with less than the quorum rather than fail.
+    pub degrade: bool,
+}
+
+/// Anti-entropy buckets (Merkle leaves).
+pub const AE_BUCKETS: usize = 256;
+
+enum Origin {
+    Client(u64),
+    Forwarded { from: usize, req: u64 },
+}
+
+struct PendingWrite {
+    origin: Origin,
+    key: Bytes,
+    stored: Stored,
+    pref: Vec<usize>,
+    acked: BTreeSet<usize>,
+    /// Replica -> the fallback asked to hold its hint.
+    hinted: BTreeMap<usize, usize>,
+    /// Fallbacks whose hint is durable.
+    hint_acked: BTreeSet<usize>,
+    started: u64,
+    deadline: u64,
+    w: u32,
+    degrade: bool,
+    replied: bool,
+}
+
+struct PendingForward {
+    client: u64,
+    key: Bytes,
+    value: Option<Bytes>,
+    opts: Opts,
+    started: u64,
+}
+
+struct PendingRead {
+    client: u64,
+    key: Bytes,
+    pref: Vec<usize>,
+    replies: BTreeMap<usize, Option<Stored>>,
+    r: u32,
+    deadline: u64,
+    degrade: bool,
+    answer: Option<ReadOk>,
+    /// Blocking repair: replicas whose repair ack is awaited.
+    repairing: BTreeSet<usize>,
+    replied: bool,
+}
+
+/// One node's leaderless replication state.
+pub struct Leaderless {
+    cfg: Config,
+    members: Vec<NodeId>,
+    me: usize,
+    ring: Ring,
+    hlc: Hlc,
+    next_op: u64,
+    writes: BTreeMap<u64, PendingWrite>,
+    forwards: BTreeMap<u64, PendingForward>,
+    reads: BTreeMap<u64, PendingRead>,
+    down: BTreeSet<usize>,
+    /// Hint targets known to this node, for delivery rounds.
+    hint_targets: BTreeSet<usize>,
+    next_hint_round: u64,
+    next_ae: u64,
+    ae_peer: usize,
+    actions: Vec<Action>,
+    stats: Stats,
+}
+
+impl Leaderless {
+    /// A node with `cfg`, whose clock starts above `hlc_floor` (the highest timestamp in its
+    /// storage).
+    ///
+    /// # Panics
+    /// If `cfg.id` is not among the members, or there are more than 64 members (both are
+    /// validated by the configuration before this is built).
+    pub fn new(mut cfg: Config, hlc_floor: u64, now_ms: u64) -> Leaderless {
+        cfg.members.sort();
+        cfg.members.dedup();
+        assert!(cfg.members.len() <= 64, "at most 64 members");
+        let me = cfg
+            .members
+            .iter()
+            .position(|m| *m == cfg.id)
+            .expect("invariant: the node is a member");
+        let names: Vec<&str> = cfg.members.iter().map(|m| m.0.as_str()).collect();
+        let ring = Ring::new(&names, cfg.vnodes);
+        let members = cfg.members.clone();
+        let ae_peer = me;
+        Leaderless {
+            next_ae: now_ms + cfg.anti_entropy_ms,
+            next_hint_round: now_ms,
+            cfg,
+            members,
+            me,
+            ring,
+            hlc: Hlc::new(hlc_floor),
+            next_op: 1,
+            writes: BTreeMap::new(),
+            forwards: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            down: BTreeSet::new(),
+            hint_targets: BTreeSet::new(),
+            ae_peer,
+            actions: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The node's number in versions (1-based position in the sorted member list).
+    pub fn number(&self) -> u32 {
+        self.me as u32 + 1
+    }
+
+    /// The member list, sorted.
+    pub fn members(&self) -> &[NodeId] {
+        &self.members
+    }
+
+    /// The member with version number `n`.
+    pub fn member_by_number(&self, n: u64) -> Option<&NodeId> {
+        self.members.get((n as usize).checked_sub(1)?)
+    }
+
+    /// Cumulative counts.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The key's replicas.
+    pub fn replicas(&self, key: &[u8]) -> Vec<NodeId> {
+        self.pref(key)
+            .into_iter()
+            .map(|i| self.members[i].clone())
+            .collect()
+    }
+
+    /// Operations in flight (writes, forwards, reads).
+    pub fn in_flight(&self) -> usize {
+        self.writes.len() + self.forwards.len() + self.reads.len()
+    }
+
+    /// The actions produced since the last call.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// News from the transport: `peer` can (or cannot) be reached.
+    pub fn set_reachable(&mut self, peer: &NodeId, up: bool) {
+        if let Some(i) = self.index(peer) {
+            if up {
+                self.down.remove(&i);
+            } else if i != self.me {
+                self.down.insert(i);
+            }
+        }
+    }
+
+    fn index(&self, id: &NodeId) -> Option<usize> {
+        self.members.binary_search(id).ok()
+    }
+
+    fn pref(&self, key: &[u8]) -> Vec<usize> {
+        self.ring.preference_list(key, self.cfg.quorum.n as usize)
+    }
+
+    fn send(&mut self, to: usize, msg: Msg, after: Option<Lsn>) {
+        self.actions.push(Action::Send {
+            to: self.members[to].clone(),
+            msg,
+            after,
+        });
+    }
+
+    fn op_id(&mut self) -> u64 {
+        let id = self.next_op;
+        self.next_op += 1;
+        id
+    }
+
+    // ---------------------------------------------------------------- client requests
+
+    /// A client write (`value: None` deletes).
+    pub fn put<S: Store>(
+        &mut self,
+        store: &mut S,
+        now: u64,
+        client: u64,
+        key: Bytes,
+        value: Option<Bytes>,
+        opts: Opts,
+    ) {
+        let pref = self.pref(&key);
+        // The first replica believed reachable coordinates; if none is, this node does.
+        let first = pref.iter().copied().find(|i| !self.down.contains(i));
+        if let Some(to) = first
+            && to != self.me
+        {
+            let op = self.op_id();
+            self.stats.forwarded += 1;
+            self.send(
+                to,
+                Msg::Forward {
+                    req: op,
+                    key: key.clone(),
+                    value: value.clone(),
+                    w: opts.quorum,
+                    timeout_ms: opts.timeout_ms,
+                    degrade: opts.degrade,
+                },
+                None,
+            );
+            self.forwards.insert(
+                op,
+                PendingForward {
+                    client,
+                    key,
+                    value,
+                    opts,
+                    started: now,
+                },
+            );
+            return;
+        }
+        self.coordinate_write(store, now, Origin::Client(client), key, value, opts);
+    }
+
+    fn coordinate_write<S: Store>(
+        &mut self,
+        store: &mut S,
+        now: u64,
+        origin: Origin,
+        key: Bytes,
+        value: Option<Bytes>,
+        opts: Opts,
+    ) {
+        let pref = self.pref(&key);
+        let w = opts.quorum.clamp(1, pref.len() as u32);
+        // Fail fast, before writing anything, when too few replicas are reachable.
+        let live = pref.iter().filter(|i| !self.down.contains(i)).count() as u32;
+        if live < w && !opts.degrade && !self.cfg.sloppy_quorum {
+            let failure = QuorumFailure {
+                what: "acks",
+                needed: w,
+                got: 0,
+                replicas: pref
+                    .iter()
+                    .map(|&i| {
+                        let st = if self.down.contains(&i) {
+                            ReplicaState::Partitioned
+                        } else {
+                            ReplicaState::Timeout
+                        };
+                        (self.members[i].clone(), st)
+                    })
+                    .collect(),
+                may_have_happened: false,
+            };
+            self.stats.quorum_failures += 1;
+            self.answer_write(origin, Err(failure));
+            return;
+        }
+        let context = if pref.contains(&self.me) {
+            store.get(&key)
+        } else {
+            None
+        };
+        if let Some(c) = &context {
+            self.hlc.observe(c.version.epoch);
+        }
+        let ts = self.hlc.now(now);
+        let mut clock = context.map(|c| c.clock).unwrap_or_default();
+        clock.advance(self.number(), ts);
+        let stored = Stored {
+            value,
+            version: Version::new(ts, u64::from(self.number())),
+            clock,
+            written_ms: now,
+        };
+        let op = self.op_id();
+        for &r in &pref {
+            if r == self.me {
+                // The local copy changes now, so the next write here sees this one; the
+                // acknowledgement to itself waits for durability like any other.
+                let (lsn, _) = self.merge(store, &key, &stored);
+                let hlc = self.hlc.last();
+                self.send(r, Msg::WriteAck { req: op, hlc }, Some(lsn));
+                continue;
+            }
+            if self.down.contains(&r) {
+                continue;
+            }
+            self.send(
+                r,
+                Msg::Write {
+                    req: op,
+                    key: key.clone(),
+                    stored: stored.clone(),
+                },
+                None,
+            );
+        }
+        let mut p = PendingWrite {
+            origin,
+            key,
+            stored,
+            pref,
+            acked: BTreeSet::new(),
+            hinted: BTreeMap::new(),
+            hint_acked: BTreeSet::new(),
+            started: now,
+            deadline: now + opts.timeout_ms,
+            w,
+            degrade: opts.degrade,
+            replied: false,
+        };
+        // Replicas known to be down get their hint at once.
+        let down: Vec<usize> = p
+            .pref
+            .iter()
+            .copied()
+            .filter(|i| self.down.contains(i) && *i != self.me)
+            .collect();
+        for r in down {
+            self.hint(op, &mut p, r);
+        }
+        self.writes.insert(op, p);
+    }
+
+    /// A client read.
+    pub fn get(&mut self, now: u64, client: u64, key: Bytes, opts: Opts) {
+        let pref = self.pref(&key);
+        let r = opts.quorum.clamp(1, pref.len() as u32);
+        let live = pref.iter().filter(|i| !self.down.contains(i)).count() as u32;
+        if live < r && !opts.degrade {
+            let failure = QuorumFailure {
+                what: "responses",
+                needed: r,
+                got: 0,
+                replicas: pref
+                    .iter()
+                    .map(|&i| {
+                        let st = if self.down.contains(&i) {
+                            ReplicaState::Partitioned
+                        } else {
+                            ReplicaState::Timeout
+                        };
+                        (self.members[i].clone(), st)
+                    })
+                    .collect(),
+                may_have_happened: false,
+            };
+            self.stats.quorum_failures += 1;
+            self.actions.push(Action::Read {
+                req: client,
+                result: Err(failure),
+            });
+            return;
+        }
+        let op = self.op_id();
+        for &i in &pref {
+            if !self.down.contains(&i) {
+                self.send(
+                    i,
+                    Msg::Read {
+                        req: op,
+                        key: key.clone(),
+                    },
+                    None,
+                );
+            }
+        }
+        self.reads.insert(
+            op,
+            PendingRead {
+                client,
+                key,
+                pref,
+                replies: BTreeMap::new(),
+                r,
+                deadline: now + opts.timeout_ms,
+                degrade: opts.degrade,
+                answer: None,
+                repairing: BTreeSet::new(),
+                replied: false,
+            },
+        );
+    }
+
+    // ---------------------------------------------------------------- replica side
+
+    /// Merges `incoming` into this node's copy of `key`. Returns the LSN to wait for before
+    /// acknowledging, and whether the copy changed.
+    fn merge<S: Store>(&mut self, store: &mut S, key: &Bytes, incoming: &Stored) -> (Lsn, bool) {
+        self.hlc.observe(incoming.version.epoch);
+        let Some(local) = store.get(key) else {
+            return (store.put(key, incoming), true);
+        };
+        match incoming.clock.compare(&local.clock) {
+            Causality::After => (store.put(key, incoming), true),
+            Causality::Before => (store.last_lsn(), false),
+            Causality::Equal => {
+                if incoming.version > local.version {
+                    (store.put(key, incoming), true)
+                } else {
+                    (store.last_lsn(), false)
+                }
+            }
+            Causality::Concurrent => {
+                self.stats.conflicts += 1;
+                let clock = local.clock.merge(&incoming.clock);
+                let winner = if incoming.version > local.version {
+                    incoming
+                } else {
+                    &local
+                };
+                let merged = Stored {
+                    clock,
+                    ..winner.clone()
+                };
+                (store.put(key, &merged), true)
+            }
+        }
+    }
+
+    /// A message from `from`.
+    pub fn step<S: Store>(&mut self, store: &mut S, now: u64, from: &NodeId, msg: Msg) {
+        let Some(f) = self.index(from) else {
+            return;
+        };
+        // Hearing from a peer means it is reachable.
+        if f != self.me {
+            self.down.remove(&f);
+        }
+        match msg {
+            Msg::Write { req, key, stored } => {
+                let (lsn, _) = self.merge(store, &key, &stored);
+                let hlc = self.hlc.last();
+                self.send(f, Msg::WriteAck { req, hlc }, Some(lsn));
+            }
+            Msg::WriteAck { req, hlc } => {
+                self.hlc.observe(hlc);
+                self.on_write_ack(now, req, f);
+            }
+            Msg::Read { req, key } => {
+                let stored = store.get(&key);
+                let hlc = self.hlc.last();
+                self.send(f, Msg::ReadReply { req, stored, hlc }, None);
+            }
+            Msg::ReadReply { req, stored, hlc } => {
+                self.hlc.observe(hlc);
+                self.on_read_reply(req, f, stored);
+            }
+            Msg::Forward {
+                req,
+                key,
+                value,
+                w,
+                timeout_ms,
+                degrade,
+            } => {
+                let opts = Opts {
+                    quorum: w,
+                    timeout_ms,
+                    degrade,
+                };
+                self.coordinate_write(
+                    store,
+                    now,
+                    Origin::Forwarded { from: f, req },
+                    key,
+                    value,
+                    opts,
+                );
+            }
+            Msg::ForwardReply { req, result } => {
+                if let Some(p) = self.forwards.remove(&req) {
+                    self.actions.push(Action::Write {
+                        req: p.client,
+                        result,
+                    });
+                }
+            }
+            Msg::StoreHint {
+                req,
+                target,
+                key,
+                stored,
+            } => {
+                let lsn = store.put_hint(&target, &key, &stored);
+                if let Some(t) = self.index(&target) {
+                    self.hint_targets.insert(t);
+                }
+                self.stats.hints_stored += 1;
+                self.send(f, Msg::HintStored { req, target }, Some(lsn));
+            }
+            Msg::HintStored { req, target: _ } => {
+                if let Some(p) = self.writes.get_mut(&req) {
+                    p.hint_acked.insert(f);
+                }
+                self.check_write(now, req);
+            }
+            Msg::Hint { key, stored } => {
+                let (lsn, _) = self.merge(store, &key, &stored);
+                let version = stored.version;
+                self.send(f, Msg::HintAck { key, version }, Some(lsn));
+            }
+            Msg::HintAck { key, version } => {
+                store.remove_hint(&self.members[f].clone(), &key, version);
+                self.stats.hints_delivered += 1;
+            }
+            Msg::AeRoot { root } => {
+                let leaves = self.tree(store, f);
+                if root_of(&leaves) != root {
+                    self.send(f, Msg::AeLeaves { leaves }, None);
+                }
+            }
+            Msg::AeLeaves { leaves } => {
+                let mine = self.tree(store, f);
+                let buckets: Vec<u32> = (0..AE_BUCKETS)
+                    .filter(|&b| leaves.get(b) != Some(&mine[b]))
+                    .map(|b| b as u32)
+                    .collect();
+                if !buckets.is_empty() {
+                    let entries = self.entries_in(store, f, &buckets);
+                    self.send(
+                        f,
+                        Msg::AeEntries {
+                            buckets,
+                            entries,
+                            reply: true,
+                        },
+                        None,
+                    );
+                }
+            }
+            Msg::AeEntries {
+                buckets,
+                entries,
+                reply,
+            } => {
+                let mut theirs = BTreeMap::new();
+                let mut last = None;
+                for (key, s) in entries {
+                    if !self.pref(&key).contains(&self.me) {
+                        continue;
+                    }
+                    let (lsn, changed) = self.merge(store, &key, &s);
+                    if changed {
+                        self.stats.ae_repairs += 1;
+                        last = Some(lsn);
+                    }
+                    theirs.insert(key, s.version);
+                }
+                if reply {
+                    let entries: Vec<(Bytes, Stored)> = self
+                        .entries_in(store, f, &buckets)
+                        .into_iter()
+                        .filter(|(k, s)| theirs.get(k).is_none_or(|v| *v != s.version))
+                        .collect();
+                    if !entries.is_empty() {
+                        self.send(
+                            f,
+                            Msg::AeEntries {
+                                buckets,
+                                entries,
+                                reply: false,
+                            },
+                            last,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- coordinator side
+
+    fn on_write_ack(&mut self, now: u64, req: u64, from: usize) {
+        if let Some(p) = self.writes.get_mut(&req) {
+            p.acked.insert(from);
+            self.check_write(now, req);
+        } else if let Some(p) = self.reads.get_mut(&req) {
+            // A blocking read repair was acknowledged.
+            p.repairing.remove(&from);
+            self.check_read(req, Some(now));
+        }
+    }
+
+    fn counted(&self, p: &PendingWrite) -> (u32, Vec<NodeId>) {
+        let hinted: Vec<NodeId> = if self.cfg.sloppy_quorum {
+            p.hint_acked
+                .iter()
+                .filter(|h| !p.acked.contains(h))
+                .map(|&h| self.members[h].clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (p.acked.len() as u32 + hinted.len() as u32, hinted)
+    }
+
+    /// Answers the write if it has its quorum, or can no longer get it; forgets it once every
+    /// replica has acknowledged or been hinted.
+    fn check_write(&mut self, now: u64, op: u64) {
+        let Some(p) = self.writes.get(&op) else {
+            return;
+        };
+        if !p.replied {
+            let (count, hinted) = self.counted(p);
+            let outstanding = p
+                .pref
+                .iter()
+                .filter(|i| !p.acked.contains(i) && !self.down.contains(i))
+                .count() as u32;
+            let hint_pending = if self.cfg.sloppy_quorum {
+                p.hinted.len() as u32 - p.hint_acked.len() as u32
+            } else {
+                0
+            };
+            let hopeless = count + outstanding + hint_pending < p.w;
+            let result = if count >= p.w {
+                Some(Ok(false))
+            } else if now >= p.deadline || hopeless {
+                Some(Err(()))
+            } else {
+                None
+            };
+            if let Some(result) = result {
+                let acked: Vec<NodeId> = p.acked.iter().map(|&i| self.members[i].clone()).collect();
+                let result = match result {
+                    Ok(degraded) => Ok(WriteOk {
+                        version: p.stored.version,
+                        coordinator: self.cfg.id.clone(),
+                        acked,
+                        hinted,
+                        degraded,
+                    }),
+                    Err(()) if p.degrade && count >= 1 => Ok(WriteOk {
+                        version: p.stored.version,
+                        coordinator: self.cfg.id.clone(),
+                        acked,
+                        hinted,
+                        degraded: true,
+                    }),
+                    Err(()) => Err(QuorumFailure {
+                        what: "acks",
+                        needed: p.w,
+                        got: count,
+                        replicas: self.states(&p.pref, |i| p.acked.contains(&i)),
+                        may_have_happened: true,
+                    }),
+                };
+                if result.as_ref().is_ok_and(|o| o.degraded) {
+                    self.stats.degraded += 1;
+                }
+                if result.as_ref().map_or(true, |o| o.degraded) {
+                    self.stats.quorum_failures += 1;
+                }
+                let origin = match &p.origin {
+                    Origin::Client(c) => Origin::Client(*c),
+                    Origin::Forwarded { from, req } => Origin::Forwarded {
+                        from: *from,
+                        req: *req,
+                    },
+                };
+                if let Some(p) = self.writes.get_mut(&op) {
+                    p.replied = true;
+                }
+                self.answer_write(origin, result);
+            }
+        }
+        if let Some(p) = self.writes.get(&op)
+            && p.replied
+            && p.pref
+                .iter()
+                .all(|i| p.acked.contains(i) || p.hinted.contains_key(i))
+        {
+            self.writes.remove(&op);
+        }
+    }
+
+    fn states(&self, pref: &[usize], ok: impl Fn(usize) -> bool) -> Vec<(NodeId, ReplicaState)> {
+        pref.iter()
+            .map(|&i| {
+                let st = if ok(i) {
+                    ReplicaState::Ok
+                } else if self.down.contains(&i) {
+                    ReplicaState::Partitioned
+                } else {
+                    ReplicaState::Timeout
+                };
+                (self.members[i].clone(), st)
+            })
+            .collect()
+    }
+
+    fn answer_write(&mut self, origin: Origin, result: Result<WriteOk, QuorumFailure>) {
+        match origin {
+            Origin::Client(req) => self.actions.push(Action::Write { req, result }),
+            Origin::Forwarded { from, req } => {
+                self.send(from, Msg::ForwardReply { req, result }, None);
+            }
+        }
+    }
+
+    /// Asks a fallback node (or this one, if none is reachable) to hold replica `r`'s hint.
+    fn hint(&mut self, op: u64, p: &mut PendingWrite, r: usize) {
+        let walk = self.ring.walk(hash64(&p.key));
+        let holder = walk
+            .iter()
+            .copied()
+            .skip(p.pref.len())
+            .find(|i| !self.down.contains(i))
+            .unwrap_or(self.me);
+        p.hinted.insert(r, holder);
+        self.send(
+            holder,
+            Msg::StoreHint {
+                req: op,
+                target: self.members[r].clone(),
+                key: p.key.clone(),
+                stored: p.stored.clone(),
+            },
+            None,
+        );
+    }
+
+    fn on_read_reply(&mut self, op: u64, from: usize, stored: Option<Stored>) {
+        let Some(p) = self.reads.get_mut(&op) else {
+            return;
+        };
+        p.replies.insert(from, stored);
+        self.check_read(op, None);
+    }
+
+    /// Answers the read when it has R responses (after repairs in blocking mode) or its deadline
+    /// passed (`now` is given by ticks); repairs stale responders, late ones included.
+    fn check_read(&mut self, op: u64, now: Option<u64>) {
+        let blocking = self.cfg.read_repair == ReadRepair::Blocking;
+        let Some(p) = self.reads.get_mut(&op) else {
+            return;
+        };
+        let enough = p.replies.len() as u32 >= p.r;
+        let expired = now.is_some_and(|t| t >= p.deadline);
+        let mut sends = Vec::new();
+        let mut conflicts = 0;
+        let mut newest = p
+            .replies
+            .values()
+            .flatten()
+            .max_by_key(|s| s.version)
+            .cloned();
+        if (enough || p.replied || expired)
+            && let Some(n) = &mut newest
+        {
+            // Concurrent copies among the responders: count them, and merge their vectors into
+            // the winner so that the repair supersedes every one of them.
+            for o in p.replies.values().flatten() {
+                if o.clock.compare(&n.clock) == Causality::Concurrent {
+                    conflicts += 1;
+                    n.clock = n.clock.merge(&o.clock);
+                }
+            }
+            let stale: Vec<usize> = p
+                .replies
+                .iter()
+                .filter(|(i, s)| {
+                    !p.repairing.contains(i)
+                        && s.as_ref()
+                            .is_none_or(|s| s.version < n.version || s.clock != n.clock)
+                })
+                .map(|(&i, _)| i)
+                .collect();
+            for i in stale {
+                // Recorded as holding the newest copy, so it is repaired once.
+                p.replies.insert(i, Some(n.clone()));
+                if blocking && !p.replied {
+                    p.repairing.insert(i);
+                }
+                sends.push((i, n.clone()));
+            }
+        }
+        let mut answer = None;
+        if !p.replied && (enough || expired) {
+            let a = p.answer.get_or_insert_with(|| ReadOk {
+                stored: newest.clone(),
+                coordinator: self.cfg.id.clone(),
+                responders: p.replies.keys().map(|&i| self.members[i].clone()).collect(),
+                degraded: !enough,
+                repaired: Vec::new(),
+            });
+            a.repaired
+                .extend(sends.iter().map(|(i, _)| self.members[*i].clone()));
+            if p.repairing.is_empty() || expired {
+                p.replied = true;
+                answer = Some(if enough || (p.degrade && !p.replies.is_empty()) {
+                    Ok(a.clone())
+                } else {
+                    Err(QuorumFailure {
+                        what: "responses",
+                        needed: p.r,
+                        got: p.replies.len() as u32,
+                        replicas: Vec::new(),
+                        may_have_happened: false,
+                    })
+                });
+            }
+        }
+        let client = p.client;
+        let key = p.key.clone();
+        let all_in = p.pref.iter().all(|i| p.replies.contains_key(i));
+        let finished = p.replied && (all_in || expired);
+        let pref = p.pref.clone();
+        let responded: BTreeSet<usize> = p.replies.keys().copied().collect();
+        self.stats.conflicts += conflicts;
+        self.stats.read_repairs += sends.len() as u64;
+        for (i, stored) in sends {
+            self.send(
+                i,
+                Msg::Write {
+                    req: op,
+                    key: key.clone(),
+                    stored,
+                },
+                None,
+            );
+        }
+        if let Some(mut result) = answer {
+            match &mut result {
+                Ok(ok) if ok.degraded => {
+                    self.stats.degraded += 1;
+                    self.stats.quorum_failures += 1;
+                }
+                Ok(_) => {}
+                Err(f) => {
+                    self.stats.quorum_failures += 1;
+                    f.replicas = self.states(&pref, |i| responded.contains(&i));
+                }
+            }
+            self.actions.push(Action::Read {
+                req: client,
+                result,
+            });
+        }
+        if finished {
+            self.reads.remove(&op);
+        }
+    }
+
+    // ---------------------------------------------------------------- time
+
+    /// Advances time: deadlines, hints, hint delivery, anti-entropy, tombstone purge.
+    pub fn tick<S: Store>(&mut self, store: &mut S, now: u64) {
+        // Writes: hint silent replicas, answer at the deadline.
+        let ops: Vec<u64> = self.writes.keys().copied().collect();
+        for op in ops {
+            if let Some(mut p) = self.writes.remove(&op) {
+                if now >= p.started + self.cfg.hint_after_ms || now >= p.deadline {
+                    let silent: Vec<usize> = p
+                        .pref
+                        .iter()
+                        .copied()
+                        .filter(|i| !p.acked.contains(i) && !p.hinted.contains_key(i))
+                        .collect();
+                    for r in silent {
+                        self.hint(op, &mut p, r);
+                    }
+                }
+                self.writes.insert(op, p);
+            }
+            self.check_write(now, op);
+        }
+        // Forwards that got no answer in time are coordinated here.
+        let stale: Vec<u64> = self
+            .forwards
+            .iter()
+            .filter(|(_, f)| now >= f.started + self.cfg.hint_after_ms.min(f.opts.timeout_ms / 2))
+            .map(|(&k, _)| k)
+            .collect();
+        for op in stale {
+            if let Some(f) = self.forwards.remove(&op) {
+                let left = (f.started + f.opts.timeout_ms).saturating_sub(now);
+                let opts = Opts {
+                    timeout_ms: left,
+                    ..f.opts
+                };
+                self.coordinate_write(store, now, Origin::Client(f.client), f.key, f.value, opts);
+            }
+        }
+        let ops: Vec<u64> = self.reads.keys().copied().collect();
+        for op in ops {
+            self.check_read(op, Some(now));
+        }
+        if now >= self.next_hint_round {
+            self.next_hint_round = now + self.cfg.hint_retry_ms;
+            self.deliver_hints(store);
+        }
+        if self.cfg.anti_entropy_ms > 0 && now >= self.next_ae {
+            self.next_ae = now + self.cfg.anti_entropy_ms;
+            self.anti_entropy(store);
+            let purged = store.purge_tombstones(now.saturating_sub(self.cfg.tombstone_grace_ms));
+            self.stats.tombstones_purged += purged as u64;
+        }
+    }
+
+    fn deliver_hints<S: Store>(&mut self, store: &mut S) {
+        let targets: Vec<usize> = self.hint_targets.iter().copied().collect();
+        for t in targets {
+            if self.down.contains(&t) {
+                continue;
+            }
+            let hints = store.hints(&self.members[t], 128);
+            if hints.is_empty() {
+                self.hint_targets.remove(&t);
+                continue;
+            }
+            for (key, stored) in hints {
+                self.send(t, Msg::Hint { key, stored }, None);
+            }
+        }
+    }
+
+    /// Registers hints found in storage at start-up for delivery.
+    pub fn recover_hints<S: Store>(&mut self, store: &S) {
+        for t in 0..self.members.len() {
+            if !store.hints(&self.members[t], 1).is_empty() {
+                self.hint_targets.insert(t);
+            }
+        }
+    }
+
+    /// Starts one anti-entropy exchange with the next peer (also callable on demand).
+    pub fn anti_entropy<S: Store>(&mut self, store: &S) {
+        if self.members.len() < 2 {
+            return;
+        }
+        for _ in 0..self.members.len() {
+            self.ae_peer = (self.ae_peer + 1) % self.members.len();
+            if self.ae_peer != self.me && !self.down.contains(&self.ae_peer) {
+                break;
+            }
+        }
+        let peer = self.ae_peer;
+        if peer == self.me {
+            return;
+        }
+        let leaves = self.tree(store, peer);
+        self.stats.ae_rounds += 1;
+        self.send(
+            peer,
+            Msg::AeRoot {
+                root: root_of(&leaves),
+            },
+            None,
+        );
+    }
+
+    /// Merkle leaves over the keys both this node and `peer` replicate.
+    fn tree<S: Store>(&self, store: &S, peer: usize) -> Vec<u64> {
+        let mut leaves = vec![0u64; AE_BUCKETS];
+        let n = self.cfg.quorum.n as usize;
+        store.scan(&mut |key, s| {
+            let h = hash64(key);
+            let walk = self.ring.walk(h);
+            let reps = &walk[..n.min(walk.len())];
+            if reps.contains(&peer) && reps.contains(&self.me) {
+                let b = (h >> 56) as usize % AE_BUCKETS;
+                leaves[b] ^= mix64(
+                    h ^ s.version.epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                        ^ s.version.counter.rotate_left(17)
+                        ^ u64::from(s.value.is_none()),
+                );
+            }
+        });
+        leaves
+    }
+
+    fn entries_in<S: Store>(
+        &self,
+        store: &S,
+        peer: usize,
+        buckets: &[u32],
+    ) -> Vec<(Bytes, Stored)> {
+        let n = self.cfg.quorum.n as usize;
+        let mut out = Vec::new();
+        store.scan(&mut |key, s| {
+            let h = hash64(key);
+            let b = ((h >> 56) as usize % AE_BUCKETS) as u32;
+            if buckets.binary_search(&b).is_err() {
+                return;
+            }
+            let walk = self.ring.walk(h);
+            let reps = &walk[..n.min(walk.len())];
+            if reps.contains(&peer) && reps.contains(&self.me) {
+                out.push((key.clone(), s.clone()));
+            }
+        });
+        out
+    }
+}
+
+/// The root of a Merkle tree with the given leaves.
+pub fn root_of(leaves: &[u64]) -> u64 {
+    leaves
+        .iter()
+        .fold(0x5151_5151_u64, |acc, &l| mix64(acc ^ l).wrapping_add(l))
+}

@@ -1,0 +1,614 @@
+//! Deterministic simulation of the leaderless core: five nodes with skewed clocks, a seeded
+//! network that loses, delays and reorders messages, partitions, crashes and restarts, clients
+//! writing and reading through random nodes — and the guarantees checked.
+//!
+//! Invariants (with R + W > N, no sloppy quorum):
+//! - read-your-acknowledged-writes: a read that starts after a write was acknowledged returns
+//!   that key's acknowledged version or a newer one;
+//! - convergence: once faults heal and hints and anti-entropy have run, every replica of every
+//!   key holds the same copy, the newest one stored anywhere;
+//! - durability: no acknowledged write is lost (the converged version is at least every
+//!   acknowledged version of the key).
+//!
+//! With R + W <= N the first invariant is not promised; the run instead counts the stale reads
+//! it observed, and the conflicts the nodes detected.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use kv_replica::leaderless::{
+    Action, Config, Leaderless, Lsn, Msg, Opts, ReadRepair, Store, Stored,
+};
+use kv_replica::{NodeId, Quorum, Version};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// What one leaderless run does.
+#[derive(Debug, Clone)]
+pub struct LlConfig {
+    /// Nodes.
+    pub nodes: usize,
+    /// N, R, W.
+    pub n: u32,
+    /// Read quorum.
+    pub r: u32,
+    /// Write quorum.
+    pub w: u32,
+    /// Read repair mode.
+    pub read_repair: ReadRepair,
+    /// Sloppy quorum.
+    pub sloppy: bool,
+    /// Milliseconds with faults and traffic (one step is one millisecond).
+    pub steps: u64,
+    /// Milliseconds after healing, no faults, no traffic.
+    pub settle_steps: u64,
+    /// Keys clients use.
+    pub keys: usize,
+    /// Probability a message is lost.
+    pub drop: f64,
+    /// Messages take 1..=max_delay ms.
+    pub max_delay: u64,
+    /// Per step: probability of a client write, read.
+    pub write: f64,
+    /// Read probability per step.
+    pub read: f64,
+    /// Of writes, the fraction that are deletes.
+    pub delete: f64,
+    /// Per step: crash a live node / restart a dead one.
+    pub crash: f64,
+    /// Restart probability per step.
+    pub restart: f64,
+    /// Per step: new random partition / heal.
+    pub partition: f64,
+    /// Heal probability per step.
+    pub heal: f64,
+    /// Clock skew: each node's clock is off by up to this many ms either way.
+    pub skew_ms: u64,
+}
+
+impl Default for LlConfig {
+    fn default() -> Self {
+        LlConfig {
+            nodes: 5,
+            n: 3,
+            r: 2,
+            w: 2,
+            read_repair: ReadRepair::Async,
+            sloppy: false,
+            steps: 2000,
+            settle_steps: 1500,
+            keys: 8,
+            drop: 0.03,
+            max_delay: 5,
+            write: 0.15,
+            read: 0.15,
+            delete: 0.1,
+            crash: 0.0005,
+            restart: 0.005,
+            partition: 0.001,
+            heal: 0.004,
+            skew_ms: 200,
+        }
+    }
+}
+
+/// A node's durable state, kept across crashes (every write is durable at once here).
+#[derive(Default, Clone)]
+struct SimStore {
+    data: BTreeMap<Bytes, Stored>,
+    hints: BTreeMap<(NodeId, Bytes), Stored>,
+    lsn: Lsn,
+}
+
+impl Store for SimStore {
+    fn get(&self, key: &[u8]) -> Option<Stored> {
+        self.data.get(key).cloned()
+    }
+    fn put(&mut self, key: &Bytes, s: &Stored) -> Lsn {
+        self.data.insert(key.clone(), s.clone());
+        self.lsn += 1;
+        self.lsn
+    }
+    fn last_lsn(&self) -> Lsn {
+        self.lsn
+    }
+    fn scan(&self, f: &mut dyn FnMut(&Bytes, &Stored)) {
+        for (k, s) in &self.data {
+            f(k, s);
+        }
+    }
+    fn purge_tombstones(&mut self, older_than_ms: u64) -> usize {
+        let before = self.data.len();
+        self.data
+            .retain(|_, s| s.value.is_some() || s.written_ms >= older_than_ms);
+        before - self.data.len()
+    }
+    fn put_hint(&mut self, target: &NodeId, key: &Bytes, s: &Stored) -> Lsn {
+        let slot = self
+            .hints
+            .entry((target.clone(), key.clone()))
+            .or_insert_with(|| s.clone());
+        if s.version > slot.version {
+            *slot = s.clone();
+        }
+        self.lsn += 1;
+        self.lsn
+    }
+    fn remove_hint(&mut self, target: &NodeId, key: &Bytes, version: Version) {
+        let k = (target.clone(), key.clone());
+        if self.hints.get(&k).is_some_and(|s| s.version <= version) {
+            self.hints.remove(&k);
+        }
+    }
+    fn hints(&self, target: &NodeId, limit: usize) -> Vec<(Bytes, Stored)> {
+        self.hints
+            .iter()
+            .filter(|((t, _), _)| t == target)
+            .take(limit)
+            .map(|((_, k), s)| (k.clone(), s.clone()))
+            .collect()
+    }
+    fn hint_count(&self) -> u64 {
+        self.hints.len() as u64
+    }
+}
+
+struct Packet {
+    at: u64,
+    from: usize,
+    to: usize,
+    msg: Msg,
+}
+
+/// What a run observed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LlStats {
+    /// Writes acknowledged.
+    pub acked: u64,
+    /// Writes failed (quorum not reached).
+    pub failed: u64,
+    /// Reads answered.
+    pub reads: u64,
+    /// Reads that returned a version older than one acknowledged before they started.
+    pub stale_reads: u64,
+    /// Conflicts the nodes detected.
+    pub conflicts: u64,
+    /// Hints delivered.
+    pub hints_delivered: u64,
+    /// Read repairs sent.
+    pub read_repairs: u64,
+    /// Copies changed by anti-entropy.
+    pub ae_repairs: u64,
+    /// Crashes.
+    pub crashes: u64,
+}
+
+enum Op {
+    Write {
+        key: usize,
+    },
+    Read {
+        key: usize,
+        started: u64,
+        floor: Version,
+    },
+}
+
+/// One seeded leaderless simulation.
+pub struct LlSim {
+    cfg: LlConfig,
+    seed: u64,
+    rng: StdRng,
+    members: Vec<NodeId>,
+    nodes: Vec<Option<Leaderless>>,
+    stores: Vec<SimStore>,
+    skew: Vec<i64>,
+    net: Vec<Packet>,
+    now: u64,
+    blocked: BTreeSet<(usize, usize)>,
+    faults: bool,
+    keys: Vec<Bytes>,
+    ops: BTreeMap<u64, Op>,
+    next_req: u64,
+    /// Per key: the highest version acknowledged, and when.
+    acked: Vec<Vec<(u64, Version)>>,
+    stats: LlStats,
+    dead_stats: LlStats,
+}
+
+impl LlSim {
+    /// A fresh cluster.
+    pub fn new(seed: u64, cfg: LlConfig) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let members: Vec<NodeId> = (1..=cfg.nodes).map(|i| NodeId(format!("n{i}"))).collect();
+        let skew = (0..cfg.nodes)
+            .map(|_| rng.random_range(-(cfg.skew_ms as i64)..=cfg.skew_ms as i64))
+            .collect();
+        let keys = (0..cfg.keys)
+            .map(|k| Bytes::from(format!("k{k}")))
+            .collect();
+        let mut sim = LlSim {
+            seed,
+            rng,
+            nodes: (0..cfg.nodes).map(|_| None).collect(),
+            stores: vec![SimStore::default(); cfg.nodes],
+            members,
+            skew,
+            net: Vec::new(),
+            now: 1000,
+            blocked: BTreeSet::new(),
+            faults: true,
+            keys,
+            ops: BTreeMap::new(),
+            next_req: 1,
+            acked: vec![Vec::new(); cfg.keys],
+            stats: LlStats::default(),
+            dead_stats: LlStats::default(),
+            cfg,
+        };
+        for i in 0..sim.cfg.nodes {
+            sim.boot(i);
+        }
+        sim
+    }
+
+    fn clock(&self, i: usize) -> u64 {
+        (self.now as i64 + 1000 + self.skew[i]) as u64
+    }
+
+    fn boot(&mut self, i: usize) {
+        let quorum = Quorum::new(self.cfg.nodes as u32, self.cfg.n, self.cfg.r, self.cfg.w)
+            .expect("valid quorum");
+        let mut cfg = Config::new(self.members[i].clone(), self.members.clone(), quorum);
+        cfg.vnodes = 16;
+        cfg.read_repair = self.cfg.read_repair;
+        cfg.sloppy_quorum = self.cfg.sloppy;
+        cfg.hint_after_ms = 40;
+        cfg.hint_retry_ms = 50;
+        cfg.anti_entropy_ms = 60;
+        cfg.tombstone_grace_ms = 1_000_000;
+        let floor = self.stores[i]
+            .data
+            .values()
+            .map(|s| s.version.epoch)
+            .max()
+            .unwrap_or(0);
+        let now = self.clock(i);
+        let mut node = Leaderless::new(cfg, floor, now);
+        node.recover_hints(&self.stores[i]);
+        for j in 0..self.cfg.nodes {
+            if self.blocked.contains(&(i, j)) {
+                node.set_reachable(&self.members[j], false);
+            }
+        }
+        self.nodes[i] = Some(node);
+    }
+
+    fn fail(&self, what: String) -> ! {
+        panic!("seed {}: t={}ms: {what}", self.seed, self.now);
+    }
+
+    fn drain(&mut self, i: usize) {
+        loop {
+            let Some(node) = self.nodes[i].as_mut() else {
+                return;
+            };
+            let actions = node.take_actions();
+            if actions.is_empty() {
+                return;
+            }
+            for a in actions {
+                match a {
+                    Action::Send { to, msg, .. } => {
+                        let to = self.members.binary_search(&to).expect("member");
+                        if to == i {
+                            // Loopback: no network faults, delivered next millisecond.
+                            self.net.push(Packet {
+                                at: self.now + 1,
+                                from: i,
+                                to,
+                                msg,
+                            });
+                            continue;
+                        }
+                        if self.blocked.contains(&(i, to))
+                            || (self.faults && self.rng.random_bool(self.cfg.drop))
+                        {
+                            continue;
+                        }
+                        let delay = self.rng.random_range(1..=self.cfg.max_delay);
+                        self.net.push(Packet {
+                            at: self.now + delay,
+                            from: i,
+                            to,
+                            msg,
+                        });
+                    }
+                    Action::Write { req, result } => {
+                        let Some(Op::Write { key }) = self.ops.remove(&req) else {
+                            self.fail(format!("answer to unknown write {req}"));
+                        };
+                        match result {
+                            Ok(ok) => {
+                                self.stats.acked += 1;
+                                if ok.degraded {
+                                    self.fail("degraded answer without degrade".into());
+                                }
+                                if (ok.acked.len() + ok.hinted.len()) < self.cfg.w as usize {
+                                    self.fail(format!("acknowledged with too few acks: {ok:?}"));
+                                }
+                                self.acked[key].push((self.now, ok.version));
+                            }
+                            Err(_) => self.stats.failed += 1,
+                        }
+                    }
+                    Action::Read { req, result } => {
+                        let Some(Op::Read {
+                            key,
+                            started,
+                            floor,
+                        }) = self.ops.remove(&req)
+                        else {
+                            self.fail(format!("answer to unknown read {req}"));
+                        };
+                        if let Ok(ok) = result {
+                            self.stats.reads += 1;
+                            let got = ok.stored.as_ref().map_or(Version::ZERO, |s| s.version);
+                            if got < floor {
+                                self.stats.stale_reads += 1;
+                                if self.cfg.r + self.cfg.w > self.cfg.n && !self.cfg.sloppy {
+                                    self.fail(format!(
+                                        "read of {} started at {started} returned {got}, older \
+                                         than {floor} acknowledged before it started",
+                                        String::from_utf8_lossy(&self.keys[key])
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.cfg.nodes)
+            .filter(|&i| self.nodes[i].is_some())
+            .collect()
+    }
+
+    fn set_partition(&mut self, blocked: BTreeSet<(usize, usize)>) {
+        self.blocked = blocked;
+        for i in 0..self.cfg.nodes {
+            for j in 0..self.cfg.nodes {
+                if i == j {
+                    continue;
+                }
+                let up = !self.blocked.contains(&(i, j));
+                let peer = self.members[j].clone();
+                if let Some(n) = self.nodes[i].as_mut() {
+                    n.set_reachable(&peer, up);
+                }
+            }
+        }
+    }
+
+    fn faults(&mut self) {
+        let live = self.live();
+        if self.rng.random_bool(self.cfg.crash) && live.len() > 1 {
+            let i = live[self.rng.random_range(0..live.len())];
+            if let Some(n) = self.nodes[i].take() {
+                let s = n.stats();
+                self.dead_stats.conflicts += s.conflicts;
+                self.dead_stats.hints_delivered += s.hints_delivered;
+                self.dead_stats.read_repairs += s.read_repairs;
+                self.dead_stats.ae_repairs += s.ae_repairs;
+            }
+            self.stats.crashes += 1;
+            // Requests it was coordinating are lost: their outcome is unknown.
+            self.net.retain(|p| p.to != i);
+        }
+        let dead: Vec<usize> = (0..self.cfg.nodes)
+            .filter(|&i| self.nodes[i].is_none())
+            .collect();
+        if !dead.is_empty() && self.rng.random_bool(self.cfg.restart) {
+            let i = dead[self.rng.random_range(0..dead.len())];
+            self.boot(i);
+        }
+        if self.rng.random_bool(self.cfg.partition) {
+            let mut side = vec![false; self.cfg.nodes];
+            for s in side.iter_mut() {
+                *s = self.rng.random_bool(0.5);
+            }
+            let mut blocked = BTreeSet::new();
+            for i in 0..self.cfg.nodes {
+                for j in 0..self.cfg.nodes {
+                    if side[i] != side[j] {
+                        blocked.insert((i, j));
+                    }
+                }
+            }
+            self.set_partition(blocked);
+        }
+        if !self.blocked.is_empty() && self.rng.random_bool(self.cfg.heal) {
+            self.set_partition(BTreeSet::new());
+        }
+    }
+
+    fn client(&mut self) {
+        let live = self.live();
+        if live.is_empty() {
+            return;
+        }
+        let write = self.rng.random_bool(self.cfg.write);
+        let read = self.rng.random_bool(self.cfg.read);
+        for is_write in [true, false] {
+            if (is_write && !write) || (!is_write && !read) {
+                continue;
+            }
+            let i = live[self.rng.random_range(0..live.len())];
+            let key = self.rng.random_range(0..self.cfg.keys);
+            let req = self.next_req;
+            self.next_req += 1;
+            let now = self.clock(i);
+            let k = self.keys[key].clone();
+            let store = &mut self.stores[i];
+            let Some(node) = self.nodes[i].as_mut() else {
+                continue;
+            };
+            if is_write {
+                let value = if self.rng.random_bool(self.cfg.delete) {
+                    None
+                } else {
+                    Some(Bytes::from(format!("v{req}")))
+                };
+                self.ops.insert(req, Op::Write { key });
+                node.put(
+                    store,
+                    now,
+                    req,
+                    k,
+                    value,
+                    Opts {
+                        quorum: self.cfg.w,
+                        timeout_ms: 300,
+                        degrade: false,
+                    },
+                );
+            } else {
+                let floor = self.acked[key]
+                    .iter()
+                    .map(|&(_, v)| v)
+                    .max()
+                    .unwrap_or(Version::ZERO);
+                self.ops.insert(
+                    req,
+                    Op::Read {
+                        key,
+                        started: self.now,
+                        floor,
+                    },
+                );
+                node.get(
+                    now,
+                    req,
+                    k,
+                    Opts {
+                        quorum: self.cfg.r,
+                        timeout_ms: 300,
+                        degrade: false,
+                    },
+                );
+            }
+            self.drain(i);
+        }
+    }
+
+    fn step(&mut self) {
+        self.now += 1;
+        if self.faults {
+            self.faults();
+            self.client();
+        }
+        let now = self.now;
+        let (due, rest): (Vec<Packet>, Vec<Packet>) = std::mem::take(&mut self.net)
+            .into_iter()
+            .partition(|p| p.at <= now);
+        self.net = rest;
+        for p in due {
+            if self.nodes[p.to].is_none()
+                || (p.from != p.to && self.blocked.contains(&(p.from, p.to)))
+            {
+                continue;
+            }
+            let clock = self.clock(p.to);
+            let from = self.members[p.from].clone();
+            let store = &mut self.stores[p.to];
+            if let Some(n) = self.nodes[p.to].as_mut() {
+                n.step(store, clock, &from, p.msg);
+            }
+            self.drain(p.to);
+        }
+        for i in 0..self.cfg.nodes {
+            let clock = self.clock(i);
+            let store = &mut self.stores[i];
+            if let Some(n) = self.nodes[i].as_mut() {
+                n.tick(store, clock);
+            }
+            self.drain(i);
+        }
+    }
+
+    /// Runs: faults and traffic, then heal and settle, then the convergence checks.
+    pub fn run(mut self) -> LlStats {
+        for _ in 0..self.cfg.steps {
+            self.step();
+        }
+        self.faults = false;
+        self.set_partition(BTreeSet::new());
+        for i in 0..self.cfg.nodes {
+            if self.nodes[i].is_none() {
+                self.boot(i);
+            }
+        }
+        for _ in 0..self.cfg.settle_steps {
+            self.step();
+        }
+        self.check_converged();
+        let mut s = self.stats;
+        for n in self.nodes.iter().flatten() {
+            let st = n.stats();
+            s.conflicts += st.conflicts;
+            s.hints_delivered += st.hints_delivered;
+            s.read_repairs += st.read_repairs;
+            s.ae_repairs += st.ae_repairs;
+        }
+        s.conflicts += self.dead_stats.conflicts;
+        s.hints_delivered += self.dead_stats.hints_delivered;
+        s.read_repairs += self.dead_stats.read_repairs;
+        s.ae_repairs += self.dead_stats.ae_repairs;
+        s
+    }
+
+    fn check_converged(&self) {
+        let node = self.nodes[0].as_ref().expect("all up after settling");
+        for (k, key) in self.keys.iter().enumerate() {
+            let replicas = node.replicas(key);
+            let newest = self
+                .stores
+                .iter()
+                .filter_map(|s| s.data.get(key).map(|c| c.version))
+                .max();
+            let copies: Vec<(String, Option<Version>)> = replicas
+                .iter()
+                .map(|r| {
+                    let i = self.members.binary_search(r).expect("member");
+                    (r.0.clone(), self.stores[i].data.get(key).map(|s| s.version))
+                })
+                .collect();
+            if copies.iter().any(|(_, v)| *v != newest) {
+                self.fail(format!(
+                    "key {} did not converge: replicas {copies:?}, newest anywhere {newest:?}",
+                    String::from_utf8_lossy(key)
+                ));
+            }
+            if let Some(&(at, v)) = self.acked[k].iter().max_by_key(|(_, v)| *v)
+                && newest < Some(v)
+            {
+                self.fail(format!(
+                    "write {v} to {} acknowledged at {at} was lost: replicas hold {copies:?}",
+                    String::from_utf8_lossy(key)
+                ));
+            }
+        }
+        for (i, s) in self.stores.iter().enumerate() {
+            if !s.hints.is_empty() {
+                self.fail(format!(
+                    "{} still holds {} hints",
+                    self.members[i],
+                    s.hints.len()
+                ));
+            }
+        }
+    }
+}
