@@ -590,6 +590,7 @@ impl Driver {
                             value,
                             version,
                             written_ms: now_ms(),
+                            context: bytes::Bytes::new(),
                         });
                         if let Err(err) = res {
                             tracing::error!(error = %err, "state machine write failed");

@@ -424,6 +424,7 @@ impl Node {
             value,
             version,
             written_ms: now_ms(),
+            context: bytes::Bytes::new(),
         })?;
         Ok(Ok((version, lsn)))
     }

@@ -57,6 +57,7 @@ fn entry_record(e: &Entry) -> Record {
         written_ms: 0,
         key,
         value,
+        context: bytes::Bytes::new(),
     }
 }
 
@@ -200,6 +201,7 @@ impl RaftLog {
                 written_ms: 0,
                 key: Bytes::new(),
                 value: None,
+                context: bytes::Bytes::new(),
             },
         );
     }
@@ -215,6 +217,7 @@ impl RaftLog {
                 written_ms: 0,
                 key: Bytes::new(),
                 value: None,
+                context: bytes::Bytes::new(),
             },
         );
     }

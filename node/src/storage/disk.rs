@@ -212,6 +212,7 @@ fn entry_of(r: Record) -> (Bytes, Entry) {
             value: r.value,
             lsn: r.lsn,
             written_ms: r.written_ms,
+            context: r.context,
         },
     )
 }
@@ -248,7 +249,7 @@ fn load_snapshot(path: &Path) -> Result<(Index, Lsn), StorageError> {
                         }
                         return Ok((index, covered.unwrap_or(0)));
                     }
-                    record::KIND_PUT | record::KIND_TOMBSTONE if covered.is_some() => {
+                    k if record::is_write(k) && covered.is_some() => {
                         let (k, e) = entry_of(r);
                         index.apply(k, e);
                         count += 1;
@@ -378,7 +379,7 @@ impl DiskStorage {
                                 format!("record has lsn {}, expected {expect}", r.lsn),
                             ));
                         }
-                        if !matches!(r.kind, record::KIND_PUT | record::KIND_TOMBSTONE) {
+                        if !record::is_write(r.kind) {
                             return Err(corrupt(path, off, format!("record kind {}", r.kind)));
                         }
                         expect += 1;
@@ -588,6 +589,7 @@ fn snapshot(shared: &Shared) -> Result<(), StorageError> {
             written_ms: 0,
             key: Bytes::new(),
             value: None,
+            context: bytes::Bytes::new(),
         },
     );
     let mut count = 0u64;
@@ -595,16 +597,13 @@ fn snapshot(shared: &Shared) -> Result<(), StorageError> {
         record::encode(
             &mut buf,
             &Record {
-                kind: if e.value.is_some() {
-                    record::KIND_PUT
-                } else {
-                    record::KIND_TOMBSTONE
-                },
+                kind: record::write_kind(e.value.is_some(), !e.context.is_empty()),
                 lsn: e.lsn,
                 version: e.version,
                 written_ms: e.written_ms,
                 key: k.clone(),
                 value: e.value.clone(),
+                context: e.context.clone(),
             },
         );
         count += 1;
@@ -618,6 +617,7 @@ fn snapshot(shared: &Shared) -> Result<(), StorageError> {
             written_ms: 0,
             key: Bytes::new(),
             value: None,
+            context: bytes::Bytes::new(),
         },
     );
     let fin = dir.join(snapshot_name(covered));
@@ -663,6 +663,12 @@ impl Storage for DiskStorage {
         self.shared.lock().index.get(key).cloned()
     }
 
+    fn scan(&self, f: &mut dyn FnMut(&Bytes, &Entry)) {
+        for (k, e) in self.shared.lock().index.iter() {
+            f(k, e);
+        }
+    }
+
     fn write(&self, w: Write) -> Result<Lsn, StorageError> {
         let mut st = self.shared.lock();
         if let Some(f) = &st.failed {
@@ -672,16 +678,13 @@ impl Storage for DiskStorage {
         let lsn = st.last_lsn;
         let start = st.buf.len();
         let rec = Record {
-            kind: if w.value.is_some() {
-                record::KIND_PUT
-            } else {
-                record::KIND_TOMBSTONE
-            },
+            kind: record::write_kind(w.value.is_some(), !w.context.is_empty()),
             lsn,
             version: w.version,
             written_ms: w.written_ms,
             key: w.key,
             value: w.value,
+            context: w.context,
         };
         record::encode(&mut st.buf, &rec);
         let len = st.buf.len() - start;

@@ -42,6 +42,7 @@ impl Storage for MemStorage {
                 value: w.value,
                 lsn,
                 written_ms: w.written_ms,
+                context: w.context,
             },
         );
         Ok(lsn)
@@ -57,6 +58,12 @@ impl Storage for MemStorage {
 
     fn purge_tombstones(&self, older_than_ms: u64) -> usize {
         self.lock().0.purge(older_than_ms)
+    }
+
+    fn scan(&self, f: &mut dyn FnMut(&bytes::Bytes, &Entry)) {
+        for (k, e) in self.lock().0.iter() {
+            f(k, e);
+        }
     }
 
     fn stats(&self) -> StorageStats {

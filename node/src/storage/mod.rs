@@ -51,6 +51,9 @@ pub struct Entry {
     pub lsn: Lsn,
     /// Wall-clock milliseconds when the write was made; tombstones are purged by it.
     pub written_ms: u64,
+    /// Opaque causal context kept with the entry (leaderless: the version vector); empty in
+    /// the other modes.
+    pub context: Bytes,
 }
 
 /// A write to apply: the new value (or a tombstone) with the version the caller assigned.
@@ -64,6 +67,8 @@ pub struct Write {
     pub version: Version,
     /// Wall-clock milliseconds of the write.
     pub written_ms: u64,
+    /// Opaque causal context stored with it (leaderless: the version vector), usually empty.
+    pub context: Bytes,
 }
 
 /// Counts a node exports about its storage.
@@ -191,6 +196,10 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Current counts.
     fn stats(&self) -> StorageStats;
+
+    /// Calls `f` with every key's newest entry (tombstones included), in no particular order.
+    /// Writes wait while it runs.
+    fn scan(&self, f: &mut dyn FnMut(&Bytes, &Entry));
 }
 
 /// Milliseconds since the Unix epoch.
@@ -216,6 +225,7 @@ mod tests {
             value: Some(Bytes::copy_from_slice(value.as_bytes())),
             version: Version::new(1, counter),
             written_ms: 1,
+            context: bytes::Bytes::new(),
         }
     }
 
@@ -280,6 +290,40 @@ mod tests {
         assert_eq!(s.write(w("next", "x", 103)).expect("write"), 103);
     }
 
+    #[tokio::test]
+    async fn disk_keeps_a_write_context_across_snapshot_and_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = Bytes::from_static(b"\x01\x00vector");
+        {
+            let s = disk(dir.path(), FsyncPolicy::Batch);
+            s.write(Write {
+                context: ctx.clone(),
+                ..w("a", "1", 1)
+            })
+            .expect("write");
+            s.snapshot_now().expect("snapshot");
+            let lsn = s
+                .write(Write {
+                    context: ctx.clone(),
+                    value: None,
+                    ..w("b", "", 2)
+                })
+                .expect("write");
+            s.wait_durable(lsn).await.expect("durable");
+        }
+        let (s, _) = DiskStorage::open(dir.path(), DiskOptions::default()).expect("reopen");
+        let mut seen = Vec::new();
+        s.scan(&mut |k, e| seen.push((k.clone(), e.value.clone(), e.context.clone())));
+        seen.sort();
+        assert_eq!(
+            seen,
+            vec![
+                (Bytes::from("a"), Some(Bytes::from("1")), ctx.clone()),
+                (Bytes::from("b"), None, ctx),
+            ]
+        );
+    }
+
     fn only_segment(dir: &std::path::Path) -> std::path::PathBuf {
         let mut segs: Vec<_> = std::fs::read_dir(dir)
             .expect("list")
@@ -316,6 +360,7 @@ mod tests {
                 written_ms: 1,
                 key: Bytes::from("k4"),
                 value: Some(Bytes::from("value")),
+                context: bytes::Bytes::new(),
             },
         );
         f.write_all(&rec4[..20]).expect("append");

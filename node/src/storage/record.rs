@@ -3,9 +3,11 @@
 //! ```text
 //! frame   := header payload
 //! header  := len:u32le  payload_crc:u32le  header_crc:u32le     (header_crc = crc32(len ‖ payload_crc))
-//! payload := kind:u8 lsn:u64 epoch:u64 counter:u64 written_ms:u64 key_len:u32 key [value_len:u32 value]
+//! payload := kind:u8 lsn:u64 epoch:u64 counter:u64 written_ms:u64 key_len:u32 key
+//!            [context_len:u32 context] [value_len:u32 value]
 //! kind    := 1 put | 2 tombstone | 3 snapshot-begin | 4 snapshot-end
 //!          | 5 entry-put | 6 entry-delete | 7 entry-noop | 8 truncate | 9 hard-state | 10 entry-cas
+//!          | 11 put with context | 12 tombstone with context (leaderless: the version vector)
 //! ```
 //!
 //! The header has its own checksum so that a flipped bit in a length cannot pass for a torn
@@ -38,6 +40,29 @@ pub(crate) const KIND_HARD_STATE: u8 = 9;
 /// Replicated log: a compare-and-set; its value is `has:u8 epoch:u64 counter:u64 value`.
 pub(crate) const KIND_ENTRY_CAS: u8 = 10;
 
+/// A put carrying a context (the leaderless version vector).
+pub(crate) const KIND_PUT_CTX: u8 = 11;
+/// A tombstone carrying a context.
+pub(crate) const KIND_TOMBSTONE_CTX: u8 = 12;
+
+/// The kind of a stored write: with or without a context, value or tombstone.
+pub(crate) fn write_kind(has_value: bool, has_context: bool) -> u8 {
+    match (has_value, has_context) {
+        (true, false) => KIND_PUT,
+        (false, false) => KIND_TOMBSTONE,
+        (true, true) => KIND_PUT_CTX,
+        (false, true) => KIND_TOMBSTONE_CTX,
+    }
+}
+
+/// Whether a record kind is a stored write (value or tombstone).
+pub(crate) fn is_write(kind: u8) -> bool {
+    matches!(
+        kind,
+        KIND_PUT | KIND_TOMBSTONE | KIND_PUT_CTX | KIND_TOMBSTONE_CTX
+    )
+}
+
 /// One decoded record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Record {
@@ -47,6 +72,8 @@ pub(crate) struct Record {
     pub written_ms: u64,
     pub key: Bytes,
     pub value: Option<Bytes>,
+    /// Only for the `*_CTX` kinds; empty otherwise.
+    pub context: Bytes,
 }
 
 /// Appends one framed record to `out`.
@@ -60,6 +87,10 @@ pub(crate) fn encode(out: &mut Vec<u8>, r: &Record) {
     out.put_u64_le(r.written_ms);
     out.put_u32_le(r.key.len() as u32);
     out.extend_from_slice(&r.key);
+    if matches!(r.kind, KIND_PUT_CTX | KIND_TOMBSTONE_CTX) {
+        out.put_u32_le(r.context.len() as u32);
+        out.extend_from_slice(&r.context);
+    }
     if let Some(v) = &r.value {
         out.put_u32_le(v.len() as u32);
         out.extend_from_slice(v);
@@ -140,8 +171,20 @@ fn decode_payload(mut p: &[u8]) -> Option<Record> {
     }
     let key = Bytes::copy_from_slice(&p[..klen]);
     p.advance(klen);
+    let mut context = Bytes::new();
+    if matches!(kind, KIND_PUT_CTX | KIND_TOMBSTONE_CTX) {
+        if p.remaining() < 4 {
+            return None;
+        }
+        let clen = p.get_u32_le() as usize;
+        if p.remaining() < clen {
+            return None;
+        }
+        context = Bytes::copy_from_slice(&p[..clen]);
+        p.advance(clen);
+    }
     let value = match kind {
-        KIND_PUT | KIND_ENTRY_PUT | KIND_ENTRY_CAS => {
+        KIND_PUT | KIND_ENTRY_PUT | KIND_ENTRY_CAS | KIND_PUT_CTX => {
             if p.remaining() < 4 {
                 return None;
             }
@@ -151,8 +194,8 @@ fn decode_payload(mut p: &[u8]) -> Option<Record> {
             }
             Some(Bytes::copy_from_slice(p))
         }
-        KIND_TOMBSTONE | KIND_SNAP_BEGIN | KIND_SNAP_END | KIND_ENTRY_DELETE | KIND_ENTRY_NOOP
-        | KIND_TRUNCATE | KIND_HARD_STATE
+        KIND_TOMBSTONE | KIND_TOMBSTONE_CTX | KIND_SNAP_BEGIN | KIND_SNAP_END
+        | KIND_ENTRY_DELETE | KIND_ENTRY_NOOP | KIND_TRUNCATE | KIND_HARD_STATE
             if p.is_empty() =>
         {
             None
@@ -166,6 +209,7 @@ fn decode_payload(mut p: &[u8]) -> Option<Record> {
         written_ms,
         key,
         value,
+        context,
     })
 }
 
@@ -185,6 +229,7 @@ mod tests {
             written_ms: 1000 + lsn,
             key: Bytes::from_static(b"key"),
             value: value.map(Bytes::from_static),
+            context: Bytes::new(),
         }
     }
 
@@ -208,6 +253,21 @@ mod tests {
             Frame::Record(rec(2, None), buf.len())
         );
         assert_eq!(next_frame(&buf, buf.len()), Frame::End);
+    }
+
+    #[test]
+    fn record_round_trips_writes_with_a_context() {
+        for value in [Some(Bytes::from_static(b"v")), None] {
+            let r = Record {
+                kind: write_kind(value.is_some(), true),
+                context: Bytes::from_static(b"\x01\x00clock"),
+                value,
+                ..rec(7, None)
+            };
+            let mut buf = Vec::new();
+            encode(&mut buf, &r);
+            assert_eq!(next_frame(&buf, 0), Frame::Record(r, buf.len()));
+        }
     }
 
     #[test]

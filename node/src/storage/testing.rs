@@ -14,6 +14,7 @@ fn w(key: &str, value: Option<&str>, counter: u64, ms: u64) -> Write {
         value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
         version: Version::new(1, counter),
         written_ms: ms,
+        context: bytes::Bytes::new(),
     }
 }
 
