@@ -67,6 +67,7 @@ async fn case(policy: FsyncPolicy, writers: usize) {
                             value: Some(value.clone()),
                             version: Version::new(1, t << 32 | i),
                             written_ms: 0,
+                            context: Bytes::new(),
                         })
                         .expect("write");
                     store.wait_durable(lsn).await.expect("durable");

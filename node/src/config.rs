@@ -46,6 +46,30 @@ impl std::fmt::Display for Mode {
     }
 }
 
+/// When leaderless read repair runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadRepairMode {
+    /// Stale replicas are repaired before the read is answered (slower reads, monotonic).
+    Blocking,
+    /// The read is answered first; repairs follow.
+    #[default]
+    Async,
+}
+
+impl FromStr for ReadRepairMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "blocking" => Ok(Self::Blocking),
+            "async" => Ok(Self::Async),
+            o => Err(format!(
+                "invalid read repair mode {o:?}: expected blocking or async"
+            )),
+        }
+    }
+}
+
 /// Where data lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -131,6 +155,18 @@ pub struct Config {
     pub max_value_bytes: usize,
     /// How long a tombstone is kept before it is purged.
     pub tombstone_grace: HumanDuration,
+    /// Leaderless: how long a replicated request may take before it fails (or degrades).
+    pub request_timeout: HumanDuration,
+    /// Leaderless: read repair before (`blocking`) or after (`async`) answering.
+    pub read_repair: ReadRepairMode,
+    /// Leaderless: count fallback nodes holding hints toward W. Breaks the R+W>N overlap.
+    pub sloppy_quorum: bool,
+    /// Leaderless: a replica that has not acknowledged a write this long gets a hint.
+    pub hint_after: HumanDuration,
+    /// Leaderless: period of the Merkle-tree exchange with the next peer (0s: off).
+    pub anti_entropy_interval: HumanDuration,
+    /// Leaderless: ring tokens (virtual nodes) per node.
+    pub vnodes: u32,
 }
 
 impl Default for Config {
@@ -151,6 +187,12 @@ impl Default for Config {
             max_key_bytes: 1024,
             max_value_bytes: 1 << 20,
             tombstone_grace: HumanDuration(Duration::from_secs(3600)),
+            request_timeout: HumanDuration(Duration::from_secs(2)),
+            read_repair: ReadRepairMode::Async,
+            sloppy_quorum: false,
+            hint_after: HumanDuration(Duration::from_millis(200)),
+            anti_entropy_interval: HumanDuration(Duration::from_secs(10)),
+            vnodes: 64,
         }
     }
 }
@@ -264,11 +306,16 @@ impl Config {
                 "--n {n}: leader-follower mode replicates every key to every node, so n must equal the number of nodes ({nodes})"
             ));
         }
-        if nodes > 1 && self.mode == Mode::Leaderless {
+        if nodes > 64 {
             return err(format!(
-                "--peers lists {nodes} nodes in leaderless mode, which is not implemented yet: \
-                 use --mode leader-follower, or run one node"
+                "--peers lists {nodes} nodes; at most 64 are supported"
             ));
+        }
+        if self.vnodes == 0 || self.vnodes > 4096 {
+            return err(format!("--vnodes {}: must be 1..=4096", self.vnodes));
+        }
+        if self.request_timeout.0.is_zero() {
+            return err("--request-timeout must be more than 0".into());
         }
         let storage = match (self.storage, &self.data_dir) {
             (Some(StorageKind::Memory), Some(d)) => {
@@ -384,6 +431,27 @@ mod tests {
             })
             .contains("twice")
         );
+    }
+
+    #[test]
+    fn config_leaderless_defaults_to_n3_and_majority_quorums() {
+        let s = Config {
+            mode: Mode::Leaderless,
+            peers: (1..=5)
+                .map(|i| format!("n{i}=127.0.0.1:700{i}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            ..mem()
+        }
+        .validate()
+        .expect("valid");
+        assert_eq!((s.quorum.n, s.quorum.r, s.quorum.w), (3, 2, 2));
+        let e = invalid(Config {
+            mode: Mode::Leaderless,
+            vnodes: 0,
+            ..mem()
+        });
+        assert!(e.contains("--vnodes"), "{e}");
     }
 
     #[test]

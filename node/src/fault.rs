@@ -61,6 +61,15 @@ impl FaultFilter {
             .contains(peer)
     }
 
+    /// Whether `peer` is cut off (a partition).
+    pub fn blocks(&self, peer: &NodeId) -> bool {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .block
+            .contains(peer)
+    }
+
     /// What to do with a message to `peer`.
     pub fn outgoing(&self, peer: &NodeId) -> Verdict {
         let f = self.inner.read().unwrap_or_else(|p| p.into_inner());

@@ -23,6 +23,7 @@ pub mod config;
 pub mod driver;
 pub mod error;
 pub mod fault;
+pub mod leaderless;
 pub mod metrics;
 pub mod node;
 pub mod raft_log;
@@ -134,7 +135,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         },
     }));
     let replicated = settings.members.len() > 1;
-    let storage = if replicated {
+    let leaderless = replicated && cfg.mode == config::Mode::Leaderless;
+    let storage = if replicated && !leaderless {
         // The state machine: rebuilt from the replicated log, which is the durable copy.
         Arc::new(MemStorage::new()) as Arc<dyn Storage>
     } else {
@@ -148,7 +150,59 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let grace = cfg.tombstone_grace.0;
     let faults = fault::FaultFilter::default();
     let mut peer_service = None;
-    let node = if replicated {
+    let mut ll_handle = None;
+    let node = if leaderless {
+        let members: Vec<(kv_replica::NodeId, String)> = settings
+            .members
+            .iter()
+            .map(|(id, addr)| (id.clone(), addr.clone()))
+            .collect();
+        let transport = transport::Transport::start(settings.id.clone(), &members, faults.clone());
+        let hints: Arc<dyn Storage> = match (settings.storage, &settings.config.data_dir) {
+            (StorageKind::Disk, Some(dir)) => {
+                let (st, _) = DiskStorage::open(
+                    &dir.join("hints"),
+                    DiskOptions {
+                        fsync: settings.config.fsync,
+                        ..DiskOptions::default()
+                    },
+                )?;
+                Arc::new(st)
+            }
+            _ => Arc::new(MemStorage::new()),
+        };
+        let c = &settings.config;
+        let handle = leaderless::start(
+            settings.id.clone(),
+            members.into_iter().map(|(id, _)| id).collect(),
+            settings.quorum,
+            &leaderless::LlOptions {
+                read_repair: match c.read_repair {
+                    config::ReadRepairMode::Blocking => {
+                        kv_replica::leaderless::ReadRepair::Blocking
+                    }
+                    config::ReadRepairMode::Async => kv_replica::leaderless::ReadRepair::Async,
+                },
+                sloppy_quorum: c.sloppy_quorum,
+                hint_after: c.hint_after.0,
+                anti_entropy: c.anti_entropy_interval.0,
+                tombstone_grace: c.tombstone_grace.0,
+                vnodes: c.vnodes,
+            },
+            storage.clone(),
+            hints,
+            transport,
+        );
+        peer_service = Some(
+            kv_proto::kv::v1::peer_server::PeerServer::new(transport::PeerService::with_sink(
+                transport::PeerSink::Leaderless(handle.clone()),
+                faults.clone(),
+            ))
+            .max_decoding_message_size(usize::MAX),
+        );
+        ll_handle = Some(handle.clone());
+        Arc::new(Node::new_leaderless(settings, storage.clone(), handle))
+    } else if replicated {
         let members: Vec<(kv_replica::NodeId, String)> = settings
             .members
             .iter()
@@ -234,6 +288,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             metrics: metrics.clone(),
             storage: storage.clone(),
             replica: node.replication().cloned(),
+            leaderless: ll_handle,
             ready: ready.clone(),
         }),
         stopped(),

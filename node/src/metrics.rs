@@ -23,6 +23,7 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
 use crate::driver::DriverHandle;
+use crate::leaderless::LlHandle;
 use crate::storage::{FlushObserver, Storage};
 
 /// Labels of request counters.
@@ -87,6 +88,28 @@ pub struct Metrics {
     commit_index: Gauge,
     applied_index: Gauge,
     rolled_back: Counter,
+    ll: LeaderlessMetrics,
+}
+
+/// Counters of leaderless replication, mirrored from the core's cumulative counts.
+struct LeaderlessMetrics {
+    conflicts: Counter,
+    read_repairs: Counter,
+    hints_stored: Counter,
+    hints_delivered: Counter,
+    hints_pending: Gauge,
+    ae_rounds: Counter,
+    ae_repairs: Counter,
+    quorum_failures: Counter,
+    forwarded: Counter,
+}
+
+/// Raises `c` to `total` (the core's counts only grow).
+fn catch_up(c: &Counter, total: u64) {
+    let seen = c.get();
+    if total > seen {
+        c.inc_by(total - seen);
+    }
 }
 
 impl Metrics {
@@ -196,6 +219,51 @@ impl Metrics {
             "Writes removed from this node's log by a new leader (kept in rollback.jsonl)",
             rolled_back.clone(),
         );
+        let mut counter = |name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let ll = LeaderlessMetrics {
+            conflicts: counter(
+                "conflicting_writes",
+                "Concurrent writes detected (neither causally after the other), resolved by last-writer-wins",
+            ),
+            read_repairs: counter(
+                "read_repairs",
+                "Stale replicas sent the newest version by a read",
+            ),
+            hints_stored: counter(
+                "hints_stored",
+                "Writes this node stored as hints for unreachable replicas",
+            ),
+            hints_delivered: counter(
+                "hints_delivered",
+                "Hints this node delivered to their replica",
+            ),
+            hints_pending: Gauge::default(),
+            ae_rounds: counter(
+                "anti_entropy_rounds",
+                "Merkle-tree exchanges this node started",
+            ),
+            ae_repairs: counter(
+                "anti_entropy_repairs",
+                "Copies on this node changed by anti-entropy",
+            ),
+            quorum_failures: counter(
+                "quorum_failures",
+                "Requests coordinated here that missed their R or W (failed or degraded)",
+            ),
+            forwarded: counter(
+                "forwarded_writes",
+                "Writes forwarded to the first replica of their key",
+            ),
+        };
+        registry.register(
+            "hints_pending",
+            "Hints this node holds, waiting for their replica",
+            ll.hints_pending.clone(),
+        );
         let node_info = Family::<InfoLabels, Gauge>::default();
         node_info.get_or_create(&info).set(1);
         registry.register("node_info", "This node's id and configuration", node_info);
@@ -218,6 +286,7 @@ impl Metrics {
             commit_index,
             applied_index,
             rolled_back,
+            ll,
         }
     }
 
@@ -245,22 +314,40 @@ impl Metrics {
     }
 
     /// Renders every metric, refreshing the storage gauges first.
-    pub fn render(&self, storage: &dyn Storage, replica: Option<&DriverHandle>) -> String {
+    pub fn render(
+        &self,
+        storage: &dyn Storage,
+        replica: Option<&DriverHandle>,
+        leaderless: Option<&LlHandle>,
+    ) -> String {
         let s = storage.stats();
         let set = |g: &Gauge, v: u64| {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));
         };
+        if let Some(h) = leaderless {
+            let st = h.stats();
+            let m = &self.ll;
+            catch_up(&m.conflicts, st.conflicts);
+            catch_up(&m.read_repairs, st.read_repairs);
+            catch_up(&m.hints_stored, st.hints_stored);
+            catch_up(&m.hints_delivered, st.hints_delivered);
+            catch_up(&m.ae_rounds, st.ae_rounds);
+            catch_up(&m.ae_repairs, st.ae_repairs);
+            catch_up(&m.quorum_failures, st.quorum_failures);
+            catch_up(&m.forwarded, st.forwarded);
+            catch_up(&self.tombstones_purged, st.tombstones_purged);
+            set(&m.hints_pending, h.hints_pending());
+        }
         if let Some(d) = replica {
             let st = d.status();
             set(&self.term, st.term);
             set(&self.is_leader, u64::from(st.role == "leader"));
             set(&self.commit_index, st.commit);
             set(&self.applied_index, st.applied);
-            let total = d.rolled_back.load(std::sync::atomic::Ordering::Relaxed);
-            let seen = self.rolled_back.get();
-            if total > seen {
-                self.rolled_back.inc_by(total - seen);
-            }
+            catch_up(
+                &self.rolled_back,
+                d.rolled_back.load(std::sync::atomic::Ordering::Relaxed),
+            );
         }
         set(&self.storage_keys, s.live_keys);
         set(&self.storage_tombstones, s.tombstones);
@@ -307,6 +394,8 @@ pub struct AdminState {
     pub storage: Arc<dyn Storage>,
     /// The replica driver, in replicated mode.
     pub replica: Option<DriverHandle>,
+    /// The leaderless driver, in leaderless mode.
+    pub leaderless: Option<LlHandle>,
     /// True once the gRPC server accepts requests, false again while shutting down.
     pub ready: Arc<AtomicBool>,
 }
@@ -329,9 +418,11 @@ async fn handle(
         "/metrics" => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state
-                .metrics
-                .render(state.storage.as_ref(), state.replica.as_ref()),
+            state.metrics.render(
+                state.storage.as_ref(),
+                state.replica.as_ref(),
+                state.leaderless.as_ref(),
+            ),
         ),
         "/healthz" => reply(StatusCode::OK, text, "ok\n".into()),
         "/readyz" => {

@@ -18,9 +18,11 @@ use kv_replica::{NodeId, Quorum, Version};
 use crate::config::Settings;
 use crate::driver::{DriveError, DriverHandle};
 use crate::error::{Error, Result};
+use crate::leaderless::LlHandle;
 use crate::storage::{Entry, Storage, Write, now_ms};
 use kv_proto::kv::v1::kv_client::KvClient;
 use kv_replica::leader_follower::Command;
+use kv_replica::leaderless::{Opts, QuorumFailure};
 
 /// Where a read is served from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,6 +115,8 @@ pub struct Node {
     storage: Arc<dyn Storage>,
     /// Present in replicated leader-follower mode: the driver of the replica.
     replication: Option<DriverHandle>,
+    /// Present in leaderless mode: the driver of the leaderless core.
+    leaderless: Option<LlHandle>,
     /// Clients of the other replicas, for R > 1 reads (connected lazily).
     peers: Vec<(NodeId, KvClient<tonic::transport::Channel>)>,
     /// Orders version assignment with the storage write (and a CAS with its compare).
@@ -129,9 +133,24 @@ impl Node {
             settings,
             storage,
             replication: None,
+            leaderless: None,
             peers: Vec::new(),
             write_order: Mutex::new(()),
         }
+    }
+
+    /// A node whose requests are coordinated by the leaderless core driven by `handle`, over
+    /// `storage` (this node's copies).
+    pub fn new_leaderless(settings: Settings, storage: Arc<dyn Storage>, handle: LlHandle) -> Self {
+        Node {
+            leaderless: Some(handle),
+            ..Node::new(settings, storage)
+        }
+    }
+
+    /// The leaderless driver, in leaderless mode.
+    pub fn leaderless(&self) -> Option<&LlHandle> {
+        self.leaderless.as_ref()
     }
 
     /// A node whose writes and leader reads go through a replicated log driven by `driver`;
@@ -155,6 +174,7 @@ impl Node {
             settings,
             storage: state,
             replication: Some(driver),
+            leaderless: None,
             write_order: Mutex::new(()),
         }
     }
@@ -313,6 +333,87 @@ impl Node {
         })
     }
 
+    fn ll_opts(&self, quorum: u32, c: &Consistency) -> Opts {
+        Opts {
+            quorum,
+            timeout_ms: self.settings.config.request_timeout.0.as_millis() as u64,
+            degrade: c.on_quorum_loss == Some(OnQuorumLoss::Degrade),
+        }
+    }
+
+    /// Whether a leaderless answer that met its quorum is still not promised to be fresh.
+    fn ll_weak(&self, q: &Quorum) -> bool {
+        !q.strongly_consistent() || self.settings.config.sloppy_quorum
+    }
+
+    async fn leaderless_get(
+        &self,
+        h: &LlHandle,
+        key: &[u8],
+        q: &Quorum,
+        c: Consistency,
+    ) -> Result<ReadOutcome> {
+        let r = h
+            .get(Bytes::copy_from_slice(key), self.ll_opts(q.r, &c))
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?
+            .map_err(|f| Error::Unavailable(f.to_string()))?;
+        let (value, version) = match r.stored {
+            Some(s) => (s.value, Some(s.version)),
+            None => (None, None),
+        };
+        Ok(ReadOutcome {
+            value,
+            version,
+            meta: Meta {
+                coordinator: r.coordinator,
+                r: r.responders.len() as u32,
+                replicas: r.responders,
+                stale: r.degraded || self.ll_weak(q),
+                lag_entries: 0,
+                degraded: r.degraded,
+                w: q.w,
+                read_from: c.read_from.unwrap_or(ReadFrom::Any),
+            },
+        })
+    }
+
+    async fn leaderless_write(
+        &self,
+        h: &LlHandle,
+        key: Bytes,
+        value: Option<Bytes>,
+        q: &Quorum,
+        c: Consistency,
+    ) -> Result<WriteOutcome> {
+        let r = h
+            .put(key, value, self.ll_opts(q.w, &c))
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?
+            .map_err(|f: QuorumFailure| {
+                if f.may_have_happened {
+                    Error::Unknown(f.to_string())
+                } else {
+                    Error::Unavailable(f.to_string())
+                }
+            })?;
+        let mut replicas = r.acked;
+        replicas.extend(r.hinted);
+        Ok(WriteOutcome {
+            version: r.version,
+            meta: Meta {
+                coordinator: r.coordinator,
+                w: replicas.len() as u32,
+                replicas,
+                stale: false,
+                lag_entries: 0,
+                degraded: r.degraded,
+                r: q.r,
+                read_from: ReadFrom::Any,
+            },
+        })
+    }
+
     /// This node's id.
     pub fn id(&self) -> &NodeId {
         &self.settings.id
@@ -394,6 +495,11 @@ impl Node {
         if let Some(d) = &self.replication {
             return self.replicated_get(d, key, &q, c).await;
         }
+        if let Some(h) = &self.leaderless
+            && c.read_from != Some(ReadFrom::Local)
+        {
+            return self.leaderless_get(h, key, &q, c).await;
+        }
         let (value, version) = self.durable_view(self.storage.get(key)).await?;
         Ok(ReadOutcome {
             value,
@@ -446,6 +552,9 @@ impl Node {
                 None => Command::Delete { key },
             };
             return self.replicated_write(d, cmd, &q).await;
+        }
+        if let Some(h) = &self.leaderless {
+            return self.leaderless_write(h, key, value, &q, c).await;
         }
         let (version, lsn) = self
             .ordered_write(key, value, |_| Ok::<(), ()>(()))?
@@ -557,6 +666,10 @@ impl Node {
 
     /// Purges tombstones older than the grace period; returns how many.
     pub fn purge_tombstones(&self) -> usize {
+        if self.leaderless.is_some() {
+            // The leaderless core purges on its own schedule (with anti-entropy).
+            return 0;
+        }
         let grace = self.settings.config.tombstone_grace.0.as_millis() as u64;
         self.storage
             .purge_tombstones(now_ms().saturating_sub(grace))

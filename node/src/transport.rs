@@ -3,6 +3,8 @@
 //! `Message` here, at the edge.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use kv_proto::kv::v1 as pb;
@@ -20,6 +22,8 @@ use crate::fault::{FaultFilter, Verdict};
 pub struct Transport {
     me: NodeId,
     peers: HashMap<NodeId, mpsc::UnboundedSender<pb::PeerEnvelope>>,
+    /// Per peer: whether its stream is connected.
+    up: HashMap<NodeId, Arc<AtomicBool>>,
     filter: FaultFilter,
     runtime: tokio::runtime::Handle,
 }
@@ -31,17 +35,21 @@ impl Transport {
     /// Outside a tokio runtime.
     pub fn start(me: NodeId, members: &[(NodeId, String)], filter: FaultFilter) -> Self {
         let mut peers = HashMap::new();
+        let mut up = HashMap::new();
         for (id, addr) in members {
             if *id == me {
                 continue;
             }
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(peer_sender(addr.clone(), rx));
+            let flag = Arc::new(AtomicBool::new(true));
+            tokio::spawn(peer_sender(addr.clone(), rx, flag.clone()));
             peers.insert(id.clone(), tx);
+            up.insert(id.clone(), flag);
         }
         Transport {
             me,
             peers,
+            up,
             filter,
             runtime: tokio::runtime::Handle::current(),
         }
@@ -49,12 +57,23 @@ impl Transport {
 
     /// Queues `msg` for `to` (callable from any thread).
     pub fn send(&self, to: &NodeId, msg: Message) {
+        self.send_wire(to, to_wire(msg));
+    }
+
+    /// Whether `peer` looks reachable: its stream is connected (or not yet known to be
+    /// broken) and no partition cuts it off.
+    pub fn reachable(&self, peer: &NodeId) -> bool {
+        !self.filter.blocks(peer) && self.up.get(peer).is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+
+    /// Queues a wire message for `to` (callable from any thread).
+    pub fn send_wire(&self, to: &NodeId, msg: pb::peer_envelope::Msg) {
         let Some(tx) = self.peers.get(to) else {
             return;
         };
         let env = pb::PeerEnvelope {
             from: self.me.0.clone(),
-            msg: Some(to_wire(msg)),
+            msg: Some(msg),
         };
         match self.filter.outgoing(to) {
             Verdict::Deliver => {
@@ -72,7 +91,11 @@ impl Transport {
     }
 }
 
-async fn peer_sender(addr: String, mut rx: mpsc::UnboundedReceiver<pb::PeerEnvelope>) {
+async fn peer_sender(
+    addr: String,
+    mut rx: mpsc::UnboundedReceiver<pb::PeerEnvelope>,
+    up: Arc<AtomicBool>,
+) {
     let uri = crate::client::endpoint_uri(&addr);
     loop {
         let endpoint = match tonic::transport::Endpoint::from_shared(uri.clone()) {
@@ -87,6 +110,7 @@ async fn peer_sender(addr: String, mut rx: mpsc::UnboundedReceiver<pb::PeerEnvel
         let channel = match endpoint.connect().await {
             Ok(c) => c,
             Err(_) => {
+                up.store(false, Ordering::Relaxed);
                 // Unreachable: drop what queued meanwhile (it is stale) and retry soon.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 while rx.try_recv().is_ok() {}
@@ -96,6 +120,7 @@ async fn peer_sender(addr: String, mut rx: mpsc::UnboundedReceiver<pb::PeerEnvel
                 continue;
             }
         };
+        up.store(true, Ordering::Relaxed);
         let mut client = pb::peer_client::PeerClient::new(channel);
         let (tx, stream_rx) = mpsc::channel::<pb::PeerEnvelope>(4096);
         let mut call = tokio::spawn(async move {
@@ -120,20 +145,35 @@ async fn peer_sender(addr: String, mut rx: mpsc::UnboundedReceiver<pb::PeerEnvel
             }
         }
         call.abort();
+        up.store(false, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
+/// Where incoming peer messages go.
+#[derive(Clone)]
+pub enum PeerSink {
+    /// The leader-follower driver.
+    Raft(DriverHandle),
+    /// The leaderless driver.
+    Leaderless(crate::leaderless::LlHandle),
+}
+
 /// Serves `kv.v1.Peer`: feeds every incoming message to the driver.
 pub struct PeerService {
-    driver: DriverHandle,
+    sink: PeerSink,
     filter: FaultFilter,
 }
 
 impl PeerService {
-    /// A service feeding `driver` what `filter` accepts.
+    /// A service feeding the leader-follower `driver` what `filter` accepts.
     pub fn new(driver: DriverHandle, filter: FaultFilter) -> Self {
-        PeerService { driver, filter }
+        Self::with_sink(PeerSink::Raft(driver), filter)
+    }
+
+    /// A service feeding `sink` what `filter` accepts.
+    pub fn with_sink(sink: PeerSink, filter: FaultFilter) -> Self {
+        PeerService { sink, filter }
     }
 }
 
@@ -151,10 +191,19 @@ impl pb::peer_server::Peer for PeerService {
             if !self.filter.accepts_from(&from) {
                 continue;
             }
-            let Some(msg) = env.msg.and_then(from_wire) else {
-                continue;
-            };
-            self.driver.send(Input::Peer { from, msg });
+            let Some(msg) = env.msg else { continue };
+            match &self.sink {
+                PeerSink::Raft(d) => {
+                    if let Some(msg) = from_wire(msg) {
+                        d.send(Input::Peer { from, msg });
+                    }
+                }
+                PeerSink::Leaderless(h) => {
+                    if let Some(msg) = crate::leaderless::from_wire(msg) {
+                        h.peer(from, msg);
+                    }
+                }
+            }
         }
         Ok(Response::new(pb::DeliverSummary { received }))
     }
@@ -313,6 +362,8 @@ pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Message> {
             index: LogIndex(r.index),
             read_seq: r.read_seq,
         },
+        // Leaderless traffic reaching a leader-follower node: a misconfigured peer.
+        _ => return None,
     })
 }
 

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use kv_node::config::{Config, HumanDuration, Mode, StorageKind};
+use kv_node::config::{Config, HumanDuration, Mode, ReadRepairMode, StorageKind};
 use kv_node::storage::FsyncPolicy;
 
 /// quorumkv node: a replicated key-value store with tunable consistency.
@@ -76,6 +76,29 @@ struct Args {
     /// How long tombstones of deleted keys are kept before they are purged [default: 1h].
     #[arg(long, env = "KV_TOMBSTONE_GRACE", value_name = "DURATION")]
     tombstone_grace: Option<HumanDuration>,
+    /// Leaderless: time a replicated request may take before it fails (or, with
+    /// on_quorum_loss=degrade, answers with what it got) [default: 2s].
+    #[arg(long, env = "KV_REQUEST_TIMEOUT", value_name = "DURATION")]
+    request_timeout: Option<HumanDuration>,
+    /// Leaderless: repair stale replicas before answering a read (blocking) or after (async)
+    /// [default: async].
+    #[arg(long, env = "KV_READ_REPAIR")]
+    read_repair: Option<ReadRepairMode>,
+    /// Leaderless: let fallback nodes holding hints count toward W (sloppy quorum). Writes
+    /// survive more failures, but R+W>N no longer guarantees that reads see them.
+    #[arg(long, env = "KV_SLOPPY_QUORUM")]
+    sloppy_quorum: bool,
+    /// Leaderless: a replica that has not acknowledged a write this long gets a hint, kept
+    /// durably by a fallback node and delivered when the replica is back [default: 200ms].
+    #[arg(long, env = "KV_HINT_AFTER", value_name = "DURATION")]
+    hint_after: Option<HumanDuration>,
+    /// Leaderless: how often to compare Merkle trees with the next peer and repair the
+    /// differences; 0s turns anti-entropy off [default: 10s].
+    #[arg(long, env = "KV_ANTI_ENTROPY_INTERVAL", value_name = "DURATION")]
+    anti_entropy_interval: Option<HumanDuration>,
+    /// Leaderless: virtual nodes (ring tokens) per node [default: 64].
+    #[arg(long, env = "KV_VNODES")]
+    vnodes: Option<u32>,
     /// Threads serving requests [default: one per CPU]. On a machine shared with the load
     /// generator, 1 avoids the two competing for cores.
     #[arg(long, env = "KV_WORKER_THREADS", value_name = "N")]
@@ -103,13 +126,19 @@ impl Args {
             fsync,
             max_key_bytes,
             max_value_bytes,
-            tombstone_grace
+            tombstone_grace,
+            request_timeout,
+            read_repair,
+            hint_after,
+            anti_entropy_interval,
+            vnodes
         );
         macro_rules! set_opt {
             ($($f:ident),*) => { $( if self.$f.is_some() { c.$f = self.$f; } )* };
         }
         set_opt!(n, r, w, storage, data_dir);
         c.enable_fault_injection |= self.enable_fault_injection;
+        c.sloppy_quorum |= self.sloppy_quorum;
         Ok(c)
     }
 }

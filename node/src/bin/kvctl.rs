@@ -153,6 +153,13 @@ struct UpArgs {
     /// always, batch or never.
     #[arg(long, default_value = "batch")]
     fsync: String,
+    /// Keep data in memory instead of under --data-dir (lost when a node stops).
+    #[arg(long)]
+    memory: bool,
+    /// More kv-node flags for every node, after `--`; e.g.
+    /// `-- --read-repair blocking --anti-entropy-interval 2s` (see `kv-node --help`).
+    #[arg(last = true, value_name = "KV_NODE_FLAGS")]
+    node_args: Vec<String>,
 }
 
 fn cluster_up(a: UpArgs, t: Duration) -> ExitCode {
@@ -215,12 +222,16 @@ async fn cluster_up_async(a: UpArgs, t: Duration) -> ExitCode {
                 &admin(i),
             ])
             .args(["--peers", &peers, "--mode", &a.mode, "--fsync", &a.fsync])
-            .arg("--data-dir")
-            .arg(dir.join(&id))
             .arg("--enable-fault-injection")
+            .args(&a.node_args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log);
+        if a.memory {
+            cmd.args(["--storage", "memory"]);
+        } else {
+            cmd.arg("--data-dir").arg(dir.join(&id));
+        }
         for (flag, v) in [("--n", a.n), ("--r", a.r), ("--w", a.w)] {
             if let Some(v) = v {
                 cmd.arg(flag).arg(v.to_string());

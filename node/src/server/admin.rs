@@ -49,35 +49,57 @@ impl pb::admin_server::Admin for AdminService {
         let node = &self.node;
         let mode = node.settings().config.mode.to_string();
         let id = node.id().0.clone();
-        let st = match node.replication() {
-            Some(d) => {
-                let s = d.status();
-                pb::NodeStatus {
-                    id,
-                    role: s.role.to_string(),
-                    term: s.term,
-                    leader: s.leader.map(|l| l.0).unwrap_or_default(),
-                    reachable: s.reachable.into_iter().map(|n| n.0).collect(),
-                    commit_index: s.commit,
-                    applied_index: s.applied,
-                    last_index: s.last,
-                    follower_lag: s.follower_lag.into_iter().map(|(n, l)| (n.0, l)).collect(),
-                    mode,
-                }
+        let st = if let Some(h) = node.leaderless() {
+            let s = node.storage().stats();
+            let c = h.stats();
+            pb::NodeStatus {
+                id,
+                role: "replica".into(),
+                reachable: h.reachable().into_iter().map(|n| n.0).collect(),
+                commit_index: s.durable_lsn,
+                applied_index: s.durable_lsn,
+                last_index: s.last_lsn,
+                mode,
+                hints_pending: h.hints_pending(),
+                conflicting_writes: c.conflicts,
+                read_repairs: c.read_repairs,
+                anti_entropy_repairs: c.ae_repairs,
+                hints_delivered: c.hints_delivered,
+                ..Default::default()
             }
-            None => {
-                let s = node.storage().stats();
-                pb::NodeStatus {
-                    leader: id.clone(),
-                    id,
-                    role: "leader".into(),
-                    term: 1,
-                    reachable: Vec::new(),
-                    commit_index: s.durable_lsn,
-                    applied_index: s.durable_lsn,
-                    last_index: s.last_lsn,
-                    follower_lag: Default::default(),
-                    mode,
+        } else {
+            match node.replication() {
+                Some(d) => {
+                    let s = d.status();
+                    pb::NodeStatus {
+                        id,
+                        role: s.role.to_string(),
+                        term: s.term,
+                        leader: s.leader.map(|l| l.0).unwrap_or_default(),
+                        reachable: s.reachable.into_iter().map(|n| n.0).collect(),
+                        commit_index: s.commit,
+                        applied_index: s.applied,
+                        last_index: s.last,
+                        follower_lag: s.follower_lag.into_iter().map(|(n, l)| (n.0, l)).collect(),
+                        mode,
+                        ..Default::default()
+                    }
+                }
+                None => {
+                    let s = node.storage().stats();
+                    pb::NodeStatus {
+                        leader: id.clone(),
+                        id,
+                        role: "leader".into(),
+                        term: 1,
+                        reachable: Vec::new(),
+                        commit_index: s.durable_lsn,
+                        applied_index: s.durable_lsn,
+                        last_index: s.last_lsn,
+                        follower_lag: Default::default(),
+                        mode,
+                        ..Default::default()
+                    }
                 }
             }
         };

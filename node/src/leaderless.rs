@@ -1,0 +1,879 @@
+//! Leaderless replication around the sans-IO core of `kv_replica::leaderless`: the storage
+//! adapter (copies and hints on the node's durable engines), the driver task, and the wire form
+//! of the core's messages.
+//!
+//! ```text
+//!  Kv RPC ──► LlHandle::put/get ─┐
+//!  Peer stream ─► LlHandle::peer ─┼─► mpsc ─► driver task: Leaderless::{put,get,step,tick}
+//!  every 10 ms: tick + reachability ┘            │ actions
+//!        Send (after = durable LSN) ◄────────────┤ one wait_durable per batch, then transport
+//!        Write/Read answers ─► oneshot ─► RPC ◄──┘ (messages to itself loop back at once)
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes};
+use kv_proto::kv::v1 as pb;
+use kv_replica::leaderless::{
+    Action, Config, Leaderless, Lsn, Msg, Opts, QuorumFailure, ReadOk, ReadRepair, ReplicaState,
+    Ring, Stats, Store, Stored, VClock, WriteOk,
+};
+use kv_replica::{NodeId, Quorum, Version};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::storage::{Entry, Storage, Write, now_ms};
+use crate::transport::Transport;
+
+/// Tunables of leaderless mode (from the node's configuration).
+#[derive(Debug, Clone)]
+pub struct LlOptions {
+    /// Read repair before or after answering.
+    pub read_repair: ReadRepair,
+    /// Count hint holders toward W.
+    pub sloppy_quorum: bool,
+    /// A replica silent this long after a write gets a hint.
+    pub hint_after: Duration,
+    /// Anti-entropy exchange period (zero: off).
+    pub anti_entropy: Duration,
+    /// Tombstone grace period.
+    pub tombstone_grace: Duration,
+    /// Ring tokens per node.
+    pub vnodes: u32,
+}
+
+/// Marks an LSN of the hint store (the core treats LSNs as opaque).
+const HINT_LSN: Lsn = 1 << 63;
+/// A write that storage refused: nothing that depends on it is ever sent.
+const FAILED_LSN: Lsn = u64::MAX;
+
+/// The core's [`Store`] over the node's engines: copies in `data` (the version vector in the
+/// entry's context), hints in `hints` under `target \0 key`.
+struct LlStore {
+    data: Arc<dyn Storage>,
+    hints: Arc<dyn Storage>,
+}
+
+fn stored_of(e: Entry) -> Stored {
+    Stored {
+        value: e.value,
+        version: e.version,
+        clock: VClock::decode(&e.context).unwrap_or_default(),
+        written_ms: e.written_ms,
+    }
+}
+
+fn hint_key(target: &NodeId, key: &[u8]) -> Bytes {
+    let mut k = Vec::with_capacity(target.0.len() + 1 + key.len());
+    k.extend_from_slice(target.0.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key);
+    Bytes::from(k)
+}
+
+impl LlStore {
+    fn write(&self, store: &Arc<dyn Storage>, w: Write) -> Lsn {
+        match store.write(w) {
+            Ok(lsn) => lsn,
+            Err(e) => {
+                tracing::error!(error = %e, "storage refused a write; it will not be acknowledged");
+                FAILED_LSN
+            }
+        }
+    }
+}
+
+impl Store for LlStore {
+    fn get(&self, key: &[u8]) -> Option<Stored> {
+        self.data.get(key).map(stored_of)
+    }
+
+    fn put(&mut self, key: &Bytes, s: &Stored) -> Lsn {
+        self.write(
+            &self.data,
+            Write {
+                key: key.clone(),
+                value: s.value.clone(),
+                version: s.version,
+                written_ms: s.written_ms,
+                context: s.clock.encode(),
+            },
+        )
+    }
+
+    fn last_lsn(&self) -> Lsn {
+        self.data.stats().last_lsn
+    }
+
+    fn scan(&self, f: &mut dyn FnMut(&Bytes, &Stored)) {
+        self.data.scan(&mut |k, e| f(k, &stored_of(e.clone())));
+    }
+
+    fn purge_tombstones(&mut self, older_than_ms: u64) -> usize {
+        self.data.purge_tombstones(older_than_ms)
+    }
+
+    fn put_hint(&mut self, target: &NodeId, key: &Bytes, s: &Stored) -> Lsn {
+        // A hint's value is `has_value:u8 value`, so that a hinted delete is not mistaken for a
+        // delivered (removed) hint, which is a tombstone in the hint store.
+        let mut v = Vec::with_capacity(1 + s.value.as_ref().map_or(0, |v| v.len()));
+        v.put_u8(u8::from(s.value.is_some()));
+        if let Some(value) = &s.value {
+            v.extend_from_slice(value);
+        }
+        let k = hint_key(target, key);
+        if let Some(cur) = self.hints.get(&k)
+            && cur.value.is_some()
+            && cur.version >= s.version
+        {
+            return self.hints.stats().last_lsn | HINT_LSN;
+        }
+        let lsn = self.write(
+            &self.hints,
+            Write {
+                key: k,
+                value: Some(Bytes::from(v)),
+                version: s.version,
+                written_ms: s.written_ms,
+                context: s.clock.encode(),
+            },
+        );
+        if lsn == FAILED_LSN {
+            lsn
+        } else {
+            lsn | HINT_LSN
+        }
+    }
+
+    fn remove_hint(&mut self, target: &NodeId, key: &Bytes, version: Version) {
+        let k = hint_key(target, key);
+        if let Some(cur) = self.hints.get(&k)
+            && cur.value.is_some()
+            && cur.version <= version
+        {
+            self.write(
+                &self.hints,
+                Write {
+                    key: k,
+                    value: None,
+                    version: cur.version,
+                    written_ms: 0,
+                    context: Bytes::new(),
+                },
+            );
+        }
+    }
+
+    fn hints(&self, target: &NodeId, limit: usize) -> Vec<(Bytes, Stored)> {
+        let prefix = hint_key(target, b"");
+        let mut out = Vec::new();
+        self.hints.scan(&mut |k, e| {
+            if out.len() >= limit || !k.starts_with(&prefix) {
+                return;
+            }
+            let Some(v) = &e.value else { return };
+            let Some((&has, rest)) = v.split_first() else {
+                return;
+            };
+            out.push((
+                k.slice(prefix.len()..),
+                Stored {
+                    value: (has == 1).then(|| v.slice(1..1 + rest.len())),
+                    version: e.version,
+                    clock: VClock::decode(&e.context).unwrap_or_default(),
+                    written_ms: e.written_ms,
+                },
+            ));
+        });
+        out
+    }
+
+    fn hint_count(&self) -> u64 {
+        self.hints.stats().live_keys
+    }
+}
+
+type WriteReply = oneshot::Sender<Result<WriteOk, QuorumFailure>>;
+type ReadReply = oneshot::Sender<Result<ReadOk, QuorumFailure>>;
+
+enum In {
+    Put {
+        key: Bytes,
+        value: Option<Bytes>,
+        opts: Opts,
+        reply: WriteReply,
+    },
+    Get {
+        key: Bytes,
+        opts: Opts,
+        reply: ReadReply,
+    },
+    Peer {
+        from: NodeId,
+        msg: Msg,
+    },
+    AntiEntropy,
+}
+
+struct Shared {
+    stats: Mutex<Stats>,
+    reachable: Mutex<Vec<NodeId>>,
+    hints_pending: AtomicU64,
+    ring: Ring,
+    members: Vec<NodeId>,
+    quorum: Quorum,
+}
+
+/// A handle on the leaderless driver (cheap to clone).
+#[derive(Clone)]
+pub struct LlHandle {
+    tx: mpsc::UnboundedSender<In>,
+    shared: Arc<Shared>,
+}
+
+/// The driver is gone (the node is shutting down).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the replication driver has stopped (node shutting down)")]
+pub struct Stopped;
+
+impl LlHandle {
+    /// Writes (`value: None` deletes) through the core.
+    ///
+    /// # Errors
+    /// [`Stopped`] when the driver is gone.
+    pub async fn put(
+        &self,
+        key: Bytes,
+        value: Option<Bytes>,
+        opts: Opts,
+    ) -> Result<Result<WriteOk, QuorumFailure>, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(In::Put {
+                key,
+                value,
+                opts,
+                reply,
+            })
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Reads through the core.
+    ///
+    /// # Errors
+    /// [`Stopped`] when the driver is gone.
+    pub async fn get(
+        &self,
+        key: Bytes,
+        opts: Opts,
+    ) -> Result<Result<ReadOk, QuorumFailure>, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(In::Get { key, opts, reply })
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// A message from a peer.
+    pub fn peer(&self, from: NodeId, msg: Msg) {
+        let _ = self.tx.send(In::Peer { from, msg });
+    }
+
+    /// Starts an anti-entropy exchange now.
+    pub fn anti_entropy(&self) {
+        let _ = self.tx.send(In::AntiEntropy);
+    }
+
+    /// The core's counters as of its last batch.
+    pub fn stats(&self) -> Stats {
+        *self.shared.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Peers that look reachable (connected, not cut off by a fault).
+    pub fn reachable(&self) -> Vec<NodeId> {
+        self.shared
+            .reachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Hints this node holds for others.
+    pub fn hints_pending(&self) -> u64 {
+        self.shared.hints_pending.load(Ordering::Relaxed)
+    }
+
+    /// The replicas of `key`, in preference order.
+    pub fn replicas(&self, key: &[u8]) -> Vec<NodeId> {
+        self.shared
+            .ring
+            .preference_list(key, self.shared.quorum.n as usize)
+            .into_iter()
+            .map(|i| self.shared.members[i].clone())
+            .collect()
+    }
+}
+
+/// Starts the driver task (on the current tokio runtime).
+///
+/// # Panics
+/// Outside a tokio runtime.
+pub fn start(
+    id: NodeId,
+    members: Vec<NodeId>,
+    quorum: Quorum,
+    opts: &LlOptions,
+    data: Arc<dyn Storage>,
+    hints: Arc<dyn Storage>,
+    transport: Transport,
+) -> LlHandle {
+    let mut members = members;
+    members.sort();
+    let mut cfg = Config::new(id.clone(), members.clone(), quorum);
+    cfg.vnodes = opts.vnodes;
+    cfg.read_repair = opts.read_repair;
+    cfg.sloppy_quorum = opts.sloppy_quorum;
+    cfg.hint_after_ms = opts.hint_after.as_millis() as u64;
+    cfg.hint_retry_ms = 500;
+    cfg.anti_entropy_ms = opts.anti_entropy.as_millis() as u64;
+    cfg.tombstone_grace_ms = opts.tombstone_grace.as_millis() as u64;
+    let names: Vec<&str> = members.iter().map(|m| m.0.as_str()).collect();
+    let shared = Arc::new(Shared {
+        stats: Mutex::new(Stats::default()),
+        reachable: Mutex::new(Vec::new()),
+        hints_pending: AtomicU64::new(0),
+        ring: Ring::new(&names, opts.vnodes),
+        members: members.clone(),
+        quorum,
+    });
+    let store = LlStore { data, hints };
+    // The clock starts above every timestamp already stored, so versions never go backwards
+    // across a restart whatever the wall clock does.
+    let mut floor = 0;
+    store.scan(&mut |_, s| floor = floor.max(s.version.epoch));
+    let mut core = Leaderless::new(cfg, floor, now_ms());
+    core.recover_hints(&store);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = LlHandle {
+        tx: tx.clone(),
+        shared: shared.clone(),
+    };
+    let driver = Driver {
+        core,
+        store,
+        transport,
+        me: id,
+        members,
+        tx,
+        shared,
+        writes: HashMap::new(),
+        reads: HashMap::new(),
+        next_req: 1,
+        local: VecDeque::new(),
+    };
+    tokio::spawn(driver.run(rx));
+    handle
+}
+
+struct Driver {
+    core: Leaderless,
+    store: LlStore,
+    transport: Transport,
+    me: NodeId,
+    members: Vec<NodeId>,
+    tx: mpsc::UnboundedSender<In>,
+    shared: Arc<Shared>,
+    writes: HashMap<u64, WriteReply>,
+    reads: HashMap<u64, ReadReply>,
+    next_req: u64,
+    /// Messages to itself, delivered before the next input.
+    local: VecDeque<Msg>,
+}
+
+impl Driver {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<In>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut purge_hints = 0u32;
+        loop {
+            tokio::select! {
+                m = rx.recv() => {
+                    let Some(m) = m else { return };
+                    self.input(m);
+                    // Take whatever else queued meanwhile: one batch, one durability wait.
+                    for _ in 0..512 {
+                        match rx.try_recv() {
+                            Ok(m) => self.input(m),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    let mut reachable = Vec::new();
+                    for m in self.members.clone() {
+                        if m != self.me {
+                            let up = self.transport.reachable(&m);
+                            self.core.set_reachable(&m, up);
+                            if up {
+                                reachable.push(m);
+                            }
+                        }
+                    }
+                    *self.shared.reachable.lock().unwrap_or_else(|p| p.into_inner()) = reachable;
+                    self.core.tick(&mut self.store, now_ms());
+                    purge_hints += 1;
+                    if purge_hints >= 100 {
+                        // Delivered hints are tombstones in the hint store: drop them.
+                        purge_hints = 0;
+                        self.store.hints.purge_tombstones(1);
+                    }
+                    self.shared
+                        .hints_pending
+                        .store(self.store.hint_count(), Ordering::Relaxed);
+                }
+            }
+            self.flush();
+            *self.shared.stats.lock().unwrap_or_else(|p| p.into_inner()) = self.core.stats();
+        }
+    }
+
+    fn input(&mut self, m: In) {
+        let now = now_ms();
+        match m {
+            In::Put {
+                key,
+                value,
+                opts,
+                reply,
+            } => {
+                let req = self.next_req;
+                self.next_req += 1;
+                self.writes.insert(req, reply);
+                self.core.put(&mut self.store, now, req, key, value, opts);
+            }
+            In::Get { key, opts, reply } => {
+                let req = self.next_req;
+                self.next_req += 1;
+                self.reads.insert(req, reply);
+                self.core.get(now, req, key, opts);
+            }
+            In::Peer { from, msg } => self.core.step(&mut self.store, now, &from, msg),
+            In::AntiEntropy => self.core.anti_entropy(&self.store),
+        }
+    }
+
+    /// Carries out the core's actions until it has none; sends that must wait for durability
+    /// are handed, as one batch, to a task that waits for the highest LSN among them.
+    fn flush(&mut self) {
+        let mut after_data: Vec<(NodeId, Msg)> = Vec::new();
+        let mut after_hints: Vec<(NodeId, Msg)> = Vec::new();
+        let (mut max_data, mut max_hints) = (0, 0);
+        loop {
+            let actions = self.core.take_actions();
+            if actions.is_empty() {
+                match self.local.pop_front() {
+                    Some(msg) => {
+                        let me = self.me.clone();
+                        self.core.step(&mut self.store, now_ms(), &me, msg);
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            for a in actions {
+                match a {
+                    Action::Send { to, msg, after } => match after {
+                        Some(FAILED_LSN) => {}
+                        Some(lsn) if lsn & HINT_LSN != 0 => {
+                            let lsn = lsn & !HINT_LSN;
+                            if self.store.hints.stats().durable_lsn >= lsn {
+                                self.send_now(to, msg);
+                            } else {
+                                max_hints = max_hints.max(lsn);
+                                after_hints.push((to, msg));
+                            }
+                        }
+                        Some(lsn) if self.store.data.stats().durable_lsn < lsn => {
+                            max_data = max_data.max(lsn);
+                            after_data.push((to, msg));
+                        }
+                        _ => self.send_now(to, msg),
+                    },
+                    Action::Write { req, result } => {
+                        if let Some(r) = self.writes.remove(&req) {
+                            let _ = r.send(result);
+                        }
+                    }
+                    Action::Read { req, result } => {
+                        if let Some(r) = self.reads.remove(&req) {
+                            let _ = r.send(result);
+                        }
+                    }
+                }
+            }
+        }
+        for (store, lsn, batch) in [
+            (self.store.data.clone(), max_data, after_data),
+            (self.store.hints.clone(), max_hints, after_hints),
+        ] {
+            if batch.is_empty() {
+                continue;
+            }
+            let transport = self.transport.clone();
+            let tx = self.tx.clone();
+            let me = self.me.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.wait_durable(lsn).await {
+                    tracing::error!(error = %e, "storage failed; acknowledgements withheld");
+                    return;
+                }
+                for (to, msg) in batch {
+                    if to == me {
+                        let _ = tx.send(In::Peer {
+                            from: me.clone(),
+                            msg,
+                        });
+                    } else {
+                        transport.send_wire(&to, to_wire(msg));
+                    }
+                }
+            });
+        }
+    }
+
+    fn send_now(&mut self, to: NodeId, msg: Msg) {
+        if to == self.me {
+            self.local.push_back(msg);
+        } else {
+            self.transport.send_wire(&to, to_wire(msg));
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------- wire form
+
+fn stored_to_wire(s: Stored) -> pb::LlStored {
+    pb::LlStored {
+        has_value: s.value.is_some(),
+        value: s.value.unwrap_or_default(),
+        epoch: s.version.epoch,
+        counter: s.version.counter,
+        clock: s.clock.encode(),
+        written_ms: s.written_ms,
+    }
+}
+
+fn stored_from_wire(s: pb::LlStored) -> Option<Stored> {
+    Some(Stored {
+        value: s.has_value.then_some(s.value),
+        version: Version::new(s.epoch, s.counter),
+        clock: VClock::decode(&s.clock)?,
+        written_ms: s.written_ms,
+    })
+}
+
+fn state_code(s: ReplicaState) -> u32 {
+    match s {
+        ReplicaState::Ok => 0,
+        ReplicaState::Timeout => 1,
+        ReplicaState::Partitioned => 2,
+    }
+}
+
+fn names(v: Vec<NodeId>) -> Vec<String> {
+    v.into_iter().map(|n| n.0).collect()
+}
+
+fn ids(v: Vec<String>) -> Vec<NodeId> {
+    v.into_iter().map(NodeId).collect()
+}
+
+/// A core message in its wire form.
+pub fn to_wire(m: Msg) -> pb::peer_envelope::Msg {
+    use pb::peer_envelope::Msg as W;
+    match m {
+        Msg::Write { req, key, stored } => W::LlWrite(pb::LlWrite {
+            req,
+            key,
+            stored: Some(stored_to_wire(stored)),
+        }),
+        Msg::WriteAck { req, hlc } => W::LlWriteAck(pb::LlWriteAck { req, hlc }),
+        Msg::Read { req, key } => W::LlRead(pb::LlRead { req, key }),
+        Msg::ReadReply { req, stored, hlc } => W::LlReadReply(pb::LlReadReply {
+            req,
+            stored: stored.map(stored_to_wire),
+            hlc,
+        }),
+        Msg::Forward {
+            req,
+            key,
+            value,
+            w,
+            timeout_ms,
+            degrade,
+        } => W::LlForward(pb::LlForward {
+            req,
+            key,
+            has_value: value.is_some(),
+            value: value.unwrap_or_default(),
+            w,
+            timeout_ms,
+            degrade,
+        }),
+        Msg::ForwardReply { req, result } => W::LlForwardReply(match result {
+            Ok(ok) => pb::LlForwardReply {
+                req,
+                ok: true,
+                epoch: ok.version.epoch,
+                counter: ok.version.counter,
+                coordinator: ok.coordinator.0,
+                acked: names(ok.acked),
+                hinted: names(ok.hinted),
+                degraded: ok.degraded,
+                ..Default::default()
+            },
+            Err(f) => pb::LlForwardReply {
+                req,
+                ok: false,
+                needed: f.needed,
+                got: f.got,
+                replica_states: f.replicas.iter().map(|r| state_code(r.1)).collect(),
+                replica_ids: f.replicas.into_iter().map(|r| r.0.0).collect(),
+                may_have_happened: f.may_have_happened,
+                ..Default::default()
+            },
+        }),
+        Msg::StoreHint {
+            req,
+            target,
+            key,
+            stored,
+        } => W::LlStoreHint(pb::LlStoreHint {
+            req,
+            target: target.0,
+            key,
+            stored: Some(stored_to_wire(stored)),
+        }),
+        Msg::HintStored { req, target } => W::LlHintStored(pb::LlHintStored {
+            req,
+            target: target.0,
+        }),
+        Msg::Hint { key, stored } => W::LlHint(pb::LlHint {
+            key,
+            stored: Some(stored_to_wire(stored)),
+        }),
+        Msg::HintAck { key, version } => W::LlHintAck(pb::LlHintAck {
+            key,
+            epoch: version.epoch,
+            counter: version.counter,
+        }),
+        Msg::AeRoot { root } => W::AeRoot(pb::AeRoot { root }),
+        Msg::AeLeaves { leaves } => W::AeLeaves(pb::AeLeaves { leaves }),
+        Msg::AeEntries {
+            buckets,
+            entries,
+            reply,
+        } => {
+            let (keys, entries): (Vec<Bytes>, Vec<pb::LlStored>) = entries
+                .into_iter()
+                .map(|(k, s)| (k, stored_to_wire(s)))
+                .unzip();
+            W::AeEntries(pb::AeEntries {
+                buckets,
+                keys,
+                entries,
+                reply,
+            })
+        }
+    }
+}
+
+/// A wire message as a core message; `None` when malformed or not leaderless traffic.
+pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Msg> {
+    use pb::peer_envelope::Msg as W;
+    Some(match m {
+        W::LlWrite(w) => Msg::Write {
+            req: w.req,
+            key: w.key,
+            stored: stored_from_wire(w.stored?)?,
+        },
+        W::LlWriteAck(a) => Msg::WriteAck {
+            req: a.req,
+            hlc: a.hlc,
+        },
+        W::LlRead(r) => Msg::Read {
+            req: r.req,
+            key: r.key,
+        },
+        W::LlReadReply(r) => Msg::ReadReply {
+            req: r.req,
+            stored: match r.stored {
+                Some(s) => Some(stored_from_wire(s)?),
+                None => None,
+            },
+            hlc: r.hlc,
+        },
+        W::LlForward(f) => Msg::Forward {
+            req: f.req,
+            key: f.key,
+            value: f.has_value.then_some(f.value),
+            w: f.w,
+            timeout_ms: f.timeout_ms,
+            degrade: f.degrade,
+        },
+        W::LlForwardReply(r) => Msg::ForwardReply {
+            req: r.req,
+            result: if r.ok {
+                Ok(WriteOk {
+                    version: Version::new(r.epoch, r.counter),
+                    coordinator: NodeId(r.coordinator),
+                    acked: ids(r.acked),
+                    hinted: ids(r.hinted),
+                    degraded: r.degraded,
+                })
+            } else {
+                Err(QuorumFailure {
+                    what: "acks",
+                    needed: r.needed,
+                    got: r.got,
+                    replicas: r
+                        .replica_ids
+                        .into_iter()
+                        .zip(r.replica_states)
+                        .map(|(id, st)| {
+                            let st = match st {
+                                0 => ReplicaState::Ok,
+                                2 => ReplicaState::Partitioned,
+                                _ => ReplicaState::Timeout,
+                            };
+                            (NodeId(id), st)
+                        })
+                        .collect(),
+                    may_have_happened: r.may_have_happened,
+                })
+            },
+        },
+        W::LlStoreHint(h) => Msg::StoreHint {
+            req: h.req,
+            target: NodeId(h.target),
+            key: h.key,
+            stored: stored_from_wire(h.stored?)?,
+        },
+        W::LlHintStored(h) => Msg::HintStored {
+            req: h.req,
+            target: NodeId(h.target),
+        },
+        W::LlHint(h) => Msg::Hint {
+            key: h.key,
+            stored: stored_from_wire(h.stored?)?,
+        },
+        W::LlHintAck(a) => Msg::HintAck {
+            key: a.key,
+            version: Version::new(a.epoch, a.counter),
+        },
+        W::AeRoot(r) => Msg::AeRoot { root: r.root },
+        W::AeLeaves(l) => Msg::AeLeaves { leaves: l.leaves },
+        W::AeEntries(e) => {
+            if e.keys.len() != e.entries.len() {
+                return None;
+            }
+            Msg::AeEntries {
+                buckets: e.buckets,
+                entries: e
+                    .keys
+                    .into_iter()
+                    .zip(e.entries)
+                    .map(|(k, s)| Some((k, stored_from_wire(s)?)))
+                    .collect::<Option<Vec<_>>>()?,
+                reply: e.reply,
+            }
+        }
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemStorage;
+
+    fn s(value: Option<&'static str>, epoch: u64) -> Stored {
+        Stored {
+            value: value.map(|v| Bytes::from_static(v.as_bytes())),
+            version: Version::new(epoch, 2),
+            clock: VClock::from_entries([(2, epoch)]),
+            written_ms: 5,
+        }
+    }
+
+    #[test]
+    fn wire_form_round_trips_every_message() {
+        let msgs = vec![
+            Msg::Write {
+                req: 1,
+                key: Bytes::from_static(b"k"),
+                stored: s(Some("v"), 9),
+            },
+            Msg::ReadReply {
+                req: 2,
+                stored: None,
+                hlc: 4,
+            },
+            Msg::ReadReply {
+                req: 2,
+                stored: Some(s(None, 3)),
+                hlc: 4,
+            },
+            Msg::ForwardReply {
+                req: 3,
+                result: Err(QuorumFailure {
+                    what: "acks",
+                    needed: 2,
+                    got: 1,
+                    replicas: vec![
+                        (NodeId::from("n1"), ReplicaState::Ok),
+                        (NodeId::from("n2"), ReplicaState::Partitioned),
+                    ],
+                    may_have_happened: true,
+                }),
+            },
+            Msg::AeEntries {
+                buckets: vec![1, 7],
+                entries: vec![(Bytes::from_static(b"a"), s(Some("x"), 1))],
+                reply: true,
+            },
+            Msg::HintAck {
+                key: Bytes::from_static(b"k"),
+                version: Version::new(3, 1),
+            },
+        ];
+        for m in msgs {
+            assert_eq!(from_wire(to_wire(m.clone())), Some(m));
+        }
+    }
+
+    #[test]
+    fn store_keeps_hinted_deletes_apart_from_delivered_hints() {
+        let mut st = LlStore {
+            data: Arc::new(MemStorage::new()),
+            hints: Arc::new(MemStorage::new()),
+        };
+        let n3 = NodeId::from("n3");
+        let key = Bytes::from_static(b"k");
+        assert!(st.put_hint(&n3, &key, &s(None, 4)) & HINT_LSN != 0);
+        st.put_hint(&NodeId::from("n4"), &key, &s(Some("v"), 5));
+        assert_eq!(st.hints(&n3, 10), vec![(key.clone(), s(None, 4))]);
+        assert_eq!(st.hint_count(), 2);
+        // An older version's delivery does not remove a newer hint; the same version's does.
+        st.remove_hint(&n3, &key, Version::new(3, 2));
+        assert_eq!(st.hints(&n3, 10).len(), 1);
+        st.remove_hint(&n3, &key, Version::new(4, 2));
+        assert!(st.hints(&n3, 10).is_empty());
+        assert_eq!(st.hint_count(), 1);
+        st.put(&key, &s(Some("v"), 6));
+        assert_eq!(st.get(&key), Some(s(Some("v"), 6)));
+    }
+}
