@@ -161,6 +161,8 @@ pub struct Config {
     pub read_repair: ReadRepairMode,
     /// Leaderless: count fallback nodes holding hints toward W. Breaks the R+W>N overlap.
     pub sloppy_quorum: bool,
+    /// Leaderless: keep writes for unreachable replicas as hints and deliver them later.
+    pub hinted_handoff: bool,
     /// Leaderless: a replica that has not acknowledged a write this long gets a hint.
     pub hint_after: HumanDuration,
     /// Leaderless: period of the Merkle-tree exchange with the next peer (0s: off).
@@ -190,6 +192,7 @@ impl Default for Config {
             request_timeout: HumanDuration(Duration::from_secs(2)),
             read_repair: ReadRepairMode::Async,
             sloppy_quorum: false,
+            hinted_handoff: true,
             hint_after: HumanDuration(Duration::from_millis(200)),
             anti_entropy_interval: HumanDuration(Duration::from_secs(10)),
             vnodes: 64,

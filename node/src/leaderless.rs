@@ -34,6 +34,8 @@ pub struct LlOptions {
     pub read_repair: ReadRepair,
     /// Count hint holders toward W.
     pub sloppy_quorum: bool,
+    /// Keep hints at all.
+    pub hinted_handoff: bool,
     /// A replica silent this long after a write gets a hint.
     pub hint_after: Duration,
     /// Anti-entropy exchange period (zero: off).
@@ -336,6 +338,7 @@ pub fn start(
     cfg.vnodes = opts.vnodes;
     cfg.read_repair = opts.read_repair;
     cfg.sloppy_quorum = opts.sloppy_quorum;
+    cfg.hinted_handoff = opts.hinted_handoff;
     cfg.hint_after_ms = opts.hint_after.as_millis() as u64;
     cfg.hint_retry_ms = 500;
     cfg.anti_entropy_ms = opts.anti_entropy.as_millis() as u64;

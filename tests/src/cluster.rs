@@ -27,6 +27,42 @@ impl Cluster {
     /// # Errors
     /// A node does not start, or no leader within 10 s.
     pub async fn start(n: usize, extra: &[&str]) -> anyhow::Result<Cluster> {
+        let c = Self::spawn(n, extra)?;
+        c.wait_leader(Duration::from_secs(10), None).await?;
+        Ok(c)
+    }
+
+    /// Starts `n` leaderless nodes with `extra` flags (every node is ready when this returns).
+    ///
+    /// # Errors
+    /// A node does not start.
+    pub fn start_leaderless(n: usize, extra: &[&str]) -> anyhow::Result<Cluster> {
+        let mut args = vec!["--mode", "leaderless"];
+        args.extend_from_slice(extra);
+        Self::spawn(n, &args)
+    }
+
+    /// Node `i`'s counter or gauge `name` (0 when absent or the node is down).
+    pub fn metric(&self, i: usize, name: &str) -> f64 {
+        if !self.nodes[i].is_up() {
+            return 0.0;
+        }
+        let Ok((200, text)) = crate::http_get(self.nodes[i].admin, "/metrics") else {
+            return 0.0;
+        };
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name))
+            .filter_map(|rest| rest.strip_prefix(' '))
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .sum()
+    }
+
+    /// The sum of `name` over every node that is up.
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        (0..self.nodes.len()).map(|i| self.metric(i, name)).sum()
+    }
+
+    fn spawn(n: usize, extra: &[&str]) -> anyhow::Result<Cluster> {
         let root = tempfile::tempdir()?;
         let addrs: Vec<(SocketAddr, SocketAddr)> = (0..n)
             .map(|_| {
@@ -61,14 +97,12 @@ impl Cluster {
             nodes.push(NodeProcess::start_at(*a, *adm, &args)?);
             dirs.push(dir);
         }
-        let c = Cluster {
+        Ok(Cluster {
             nodes,
             ids,
             dirs,
             _root: root,
-        };
-        c.wait_leader(Duration::from_secs(10), None).await?;
-        Ok(c)
+        })
     }
 
     /// Every node's gRPC endpoint, comma-separated (for kvctl).

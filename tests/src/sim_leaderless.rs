@@ -38,6 +38,8 @@ pub struct LlConfig {
     pub read_repair: ReadRepair,
     /// Sloppy quorum.
     pub sloppy: bool,
+    /// Hinted handoff.
+    pub hints: bool,
     /// Milliseconds with faults and traffic (one step is one millisecond).
     pub steps: u64,
     /// Milliseconds after healing, no faults, no traffic.
@@ -75,6 +77,7 @@ impl Default for LlConfig {
             w: 2,
             read_repair: ReadRepair::Async,
             sloppy: false,
+            hints: true,
             steps: 2000,
             settle_steps: 1500,
             keys: 8,
@@ -263,6 +266,7 @@ impl LlSim {
         cfg.vnodes = 16;
         cfg.read_repair = self.cfg.read_repair;
         cfg.sloppy_quorum = self.cfg.sloppy;
+        cfg.hinted_handoff = self.cfg.hints;
         cfg.hint_after_ms = 40;
         cfg.hint_retry_ms = 50;
         cfg.anti_entropy_ms = 60;

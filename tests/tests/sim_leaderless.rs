@@ -103,6 +103,19 @@ fn sim_leaderless_sloppy_quorum_converges_and_keeps_acknowledged_writes() {
 }
 
 #[test]
+fn sim_leaderless_without_hinted_handoff_converges_through_repair_and_anti_entropy() {
+    let t = run_many(
+        LlConfig {
+            hints: false,
+            ..LlConfig::default()
+        },
+        300,
+    );
+    assert_eq!(t.hints_delivered, 0, "{t:?}");
+    assert!(t.ae_repairs > 0, "{t:?}");
+}
+
+#[test]
 fn sim_leaderless_without_faults_detects_no_conflicts() {
     let t = run_many(
         LlConfig {

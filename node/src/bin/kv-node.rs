@@ -88,6 +88,10 @@ struct Args {
     /// survive more failures, but R+W>N no longer guarantees that reads see them.
     #[arg(long, env = "KV_SLOPPY_QUORUM")]
     sloppy_quorum: bool,
+    /// Leaderless: turn hinted handoff off; a replica that missed writes then catches up only
+    /// through read repair and anti-entropy.
+    #[arg(long, env = "KV_DISABLE_HINTED_HANDOFF")]
+    disable_hinted_handoff: bool,
     /// Leaderless: a replica that has not acknowledged a write this long gets a hint, kept
     /// durably by a fallback node and delivered when the replica is back [default: 200ms].
     #[arg(long, env = "KV_HINT_AFTER", value_name = "DURATION")]
@@ -139,6 +143,7 @@ impl Args {
         set_opt!(n, r, w, storage, data_dir);
         c.enable_fault_injection |= self.enable_fault_injection;
         c.sloppy_quorum |= self.sloppy_quorum;
+        c.hinted_handoff &= !self.disable_hinted_handoff;
         Ok(c)
     }
 }

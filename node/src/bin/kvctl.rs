@@ -48,6 +48,10 @@ struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
     output: Output,
+    /// When R or W replicas cannot be had: fail (UNAVAILABLE, naming who answered) or degrade
+    /// (answer with what could be had, marked degraded) [default: the cluster's, fail].
+    #[arg(long, value_enum, global = true)]
+    on_quorum_loss: Option<QuorumLossArg>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -56,6 +60,12 @@ struct Args {
 enum Output {
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum QuorumLossArg {
+    Fail,
+    Degrade,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -525,7 +535,12 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
     })
 }
 
-fn consistency(r: Option<u32>, w: Option<u32>, rf: Option<ReadFromArg>) -> Option<pb::Consistency> {
+fn consistency(
+    r: Option<u32>,
+    w: Option<u32>,
+    rf: Option<ReadFromArg>,
+    loss: Option<QuorumLossArg>,
+) -> Option<pb::Consistency> {
     Some(pb::Consistency {
         r: r.unwrap_or(0),
         w: w.unwrap_or(0),
@@ -535,7 +550,11 @@ fn consistency(r: Option<u32>, w: Option<u32>, rf: Option<ReadFromArg>) -> Optio
             Some(ReadFromArg::Any) => pb::ReadFrom::Any,
             Some(ReadFromArg::Local) => pb::ReadFrom::Local,
         } as i32,
-        on_quorum_loss: 0,
+        on_quorum_loss: match loss {
+            None => pb::OnQuorumLoss::Unspecified,
+            Some(QuorumLossArg::Fail) => pb::OnQuorumLoss::Fail,
+            Some(QuorumLossArg::Degrade) => pb::OnQuorumLoss::Degrade,
+        } as i32,
     })
 }
 
@@ -707,6 +726,7 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
     };
     let (_, mut c) = client::connect_any(&args.endpoints, t).await?;
     let json = args.output == Output::Json;
+    let loss = args.on_quorum_loss;
     let ok = |stdout: String| Done {
         stdout,
         stderr: None,
@@ -718,7 +738,7 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
             let req = pb::PutRequest {
                 key: key.clone().into(),
                 value: value.into(),
-                consistency: consistency(None, w, None),
+                consistency: consistency(None, w, None, loss),
             };
             let r = follow_leader(&mut c, t, |mut c| {
                 let req = req.clone();
@@ -731,7 +751,7 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
         Cmd::Get { key, r, read_from } => {
             let req = pb::GetRequest {
                 key: key.clone().into(),
-                consistency: consistency(r, None, read_from),
+                consistency: consistency(r, None, read_from, loss),
             };
             let resp = follow_leader(&mut c, t, |mut c| {
                 let req = req.clone();
@@ -763,7 +783,7 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
         Cmd::Delete { key, w } => {
             let req = pb::DeleteRequest {
                 key: key.clone().into(),
-                consistency: consistency(None, w, None),
+                consistency: consistency(None, w, None, loss),
             };
             let r = follow_leader(&mut c, t, |mut c| {
                 let req = req.clone();
@@ -797,7 +817,7 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
                 key: key.clone().into(),
                 expected,
                 value: value.into(),
-                consistency: consistency(None, w, None),
+                consistency: consistency(None, w, None, loss),
             };
             let r = follow_leader(&mut c, t, |mut c| {
                 let req = req.clone();

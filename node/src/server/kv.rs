@@ -118,8 +118,18 @@ fn get_response(r: ReadOutcome) -> pb::GetResponse {
     }
 }
 
-fn write_parts(w: WriteOutcome) -> (Option<pb::Version>, Option<pb::ResponseMeta>) {
-    (Some(version(w.version)), Some(meta(w.meta)))
+impl KvService {
+    /// Counts a degraded answer (`kv_degraded_responses_total`).
+    fn count(&self, m: &Meta) {
+        if m.degraded {
+            self.metrics.degraded_responses.inc();
+        }
+    }
+
+    fn write_parts(&self, w: WriteOutcome) -> (Option<pb::Version>, Option<pb::ResponseMeta>) {
+        self.count(&w.meta);
+        (Some(version(w.version)), Some(meta(w.meta)))
+    }
 }
 
 #[tonic::async_trait]
@@ -129,9 +139,7 @@ impl pb::kv_server::Kv for KvService {
         self.call("get", &md, async {
             let c = consistency(r.consistency)?;
             let out = self.node.get(&r.key, c).await?;
-            if out.meta.degraded {
-                self.metrics.degraded_responses.inc();
-            }
+            self.count(&out.meta);
             Ok(get_response(out))
         })
         .await
@@ -141,7 +149,7 @@ impl pb::kv_server::Kv for KvService {
         let (md, _, r) = req.into_parts();
         self.call("put", &md, async {
             let c = consistency(r.consistency)?;
-            let (version, meta) = write_parts(self.node.put(r.key, r.value, c).await?);
+            let (version, meta) = self.write_parts(self.node.put(r.key, r.value, c).await?);
             Ok(pb::PutResponse { version, meta })
         })
         .await
@@ -154,7 +162,7 @@ impl pb::kv_server::Kv for KvService {
         let (md, _, r) = req.into_parts();
         self.call("delete", &md, async {
             let c = consistency(r.consistency)?;
-            let (version, meta) = write_parts(self.node.delete(r.key, c).await?);
+            let (version, meta) = self.write_parts(self.node.delete(r.key, c).await?);
             Ok(pb::DeleteResponse { version, meta })
         })
         .await
@@ -175,7 +183,7 @@ impl pb::kv_server::Kv for KvService {
                     .await?
                 {
                     CasOutcome::Applied(w) => {
-                        let (version, meta) = write_parts(w);
+                        let (version, meta) = self.write_parts(w);
                         pb::CompareAndSetResponse {
                             applied: true,
                             version,

@@ -109,6 +109,9 @@ pub struct Config {
     pub read_repair: ReadRepair,
     /// Count fallback nodes holding hints toward W (breaks R+W>N overlap).
     pub sloppy_quorum: bool,
+    /// Keep writes for unreachable replicas as hints (off: only read repair and anti-entropy
+    /// bring a replica up to date).
+    pub hinted_handoff: bool,
     /// A replica silent this long after a write gets a hint.
     pub hint_after_ms: u64,
     /// Hints are offered to their replica this often.
@@ -129,6 +132,7 @@ impl Config {
             vnodes: 64,
             read_repair: ReadRepair::Async,
             sloppy_quorum: false,
+            hinted_handoff: true,
             hint_after_ms: 200,
             hint_retry_ms: 500,
             anti_entropy_ms: 10_000,
@@ -388,6 +392,9 @@ pub struct Opts {
     /// Answer with less than the quorum rather than fail.
     pub degrade: bool,
 }
+
+/// In `PendingWrite::hinted`: the replica was given up on without a hint (handoff disabled).
+const NO_HOLDER: usize = usize::MAX;
 
 /// Anti-entropy buckets (Merkle leaves).
 pub const AE_BUCKETS: usize = 256;
@@ -1004,14 +1011,22 @@ impl Leaderless {
                 .filter(|i| !p.acked.contains(i) && !self.down.contains(i))
                 .count() as u32;
             let hint_pending = if self.cfg.sloppy_quorum {
-                p.hinted.len() as u32 - p.hint_acked.len() as u32
+                let holders: BTreeSet<usize> = p
+                    .hinted
+                    .values()
+                    .copied()
+                    .filter(|&h| h != NO_HOLDER && !p.acked.contains(&h))
+                    .collect();
+                holders.difference(&p.hint_acked).count() as u32
             } else {
                 0
             };
             let hopeless = count + outstanding + hint_pending < p.w;
+            // Nobody left who could still answer (the rest are known to be down).
+            let exhausted = outstanding == 0 && hint_pending == 0;
             let result = if count >= p.w {
                 Some(Ok(false))
-            } else if now >= p.deadline || hopeless {
+            } else if now >= p.deadline || exhausted || (hopeless && !p.degrade) {
                 Some(Err(()))
             } else {
                 None
@@ -1096,6 +1111,10 @@ impl Leaderless {
 
     /// Asks a fallback node (or this one, if none is reachable) to hold replica `r`'s hint.
     fn hint(&mut self, op: u64, p: &mut PendingWrite, r: usize) {
+        if !self.cfg.hinted_handoff {
+            p.hinted.insert(r, NO_HOLDER);
+            return;
+        }
         let walk = self.ring.walk(hash64(&p.key));
         let holder = walk
             .iter()
@@ -1132,7 +1151,17 @@ impl Leaderless {
             return;
         };
         let enough = p.replies.len() as u32 >= p.r;
-        let expired = now.is_some_and(|t| t >= p.deadline);
+        let outstanding = p
+            .pref
+            .iter()
+            .filter(|i| !p.replies.contains_key(i) && !self.down.contains(i))
+            .count() as u32;
+        let deadline_passed = now.is_some_and(|t| t >= p.deadline);
+        // Stop waiting for responses at the deadline, or once the replicas that could still
+        // answer are too few (failing) or none (degrading).
+        let expired = deadline_passed
+            || outstanding == 0
+            || (!p.degrade && p.replies.len() as u32 + outstanding < p.r);
         let mut sends = Vec::new();
         let mut conflicts = 0;
         let mut newest = p
@@ -1182,7 +1211,7 @@ impl Leaderless {
             });
             a.repaired
                 .extend(sends.iter().map(|(i, _)| self.members[*i].clone()));
-            if p.repairing.is_empty() || expired {
+            if p.repairing.is_empty() || deadline_passed {
                 p.replied = true;
                 answer = Some(if enough || (p.degrade && !p.replies.is_empty()) {
                     Ok(a.clone())

@@ -1,0 +1,340 @@
+//! Leaderless replication with real processes on loopback: five nodes, N=3. A replica killed
+//! with `kill -9` while writes continue gets its hints when it returns; a replica made stale on
+//! purpose is repaired by a read; anti-entropy repairs a key nobody reads; R=W=1 under a
+//! partition gives stale reads and concurrent writes, and the conflicts are counted.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kv_proto::kv::v1 as pb;
+use kv_replica::leaderless::Ring;
+use kv_tests::cluster::Cluster;
+use kv_tests::kvctl;
+use tokio::sync::Mutex;
+
+/// Five-process clusters: one at a time, so timing is not at the mercy of other clusters.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+/// The replicas of `key` (indexes into the cluster's nodes), as every node computes them.
+fn replicas(c: &Cluster, key: &str) -> Vec<usize> {
+    Ring::new(&c.ids, 64).preference_list(key.as_bytes(), 3)
+}
+
+/// Node `i`'s own copy of `key` (`--read-from local`), or "" when it holds none.
+fn local(c: &Cluster, i: usize, key: &str) -> String {
+    let r = kvctl(
+        &c.nodes[i].endpoint(),
+        &["get", key, "--read-from", "local"],
+    );
+    if r.code == 0 { r.stdout } else { String::new() }
+}
+
+/// Waits until `f` holds, or fails with `what` after `secs`.
+async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} within {secs} s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn put(key: &str, value: &str, w: u32) -> pb::PutRequest {
+    pb::PutRequest {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        consistency: Some(pb::Consistency {
+            w,
+            ..Default::default()
+        }),
+    }
+}
+
+fn get(key: &str, r: u32) -> pb::GetRequest {
+    pb::GetRequest {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        consistency: Some(pb::Consistency {
+            r,
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_replica_gets_its_hints_when_it_returns() {
+    let _serial = SERIAL.lock().await;
+    // Anti-entropy off: what reaches the returning node here comes from hints.
+    let mut c = Cluster::start_leaderless(
+        5,
+        &[
+            "--n",
+            "3",
+            "--r",
+            "2",
+            "--w",
+            "2",
+            "--anti-entropy-interval",
+            "0s",
+        ],
+    )
+    .expect("cluster");
+    let victim = 2;
+    let keys: Vec<String> = (0..60)
+        .map(|i| format!("key-{i}"))
+        .filter(|k| replicas(&c, k).contains(&victim))
+        .collect();
+    assert!(keys.len() > 10, "enough keys on the victim");
+    let mut client = c.client(0).await.expect("client");
+    for k in &keys {
+        client.put(put(k, "before", 0)).await.expect("put before");
+    }
+    c.nodes[victim].kill9();
+    // Writes continue: every one is acknowledged by the two live replicas.
+    for k in &keys {
+        let r = client
+            .put(put(k, "after", 0))
+            .await
+            .expect("put after the kill");
+        let meta = r.into_inner().meta.expect("meta");
+        assert!(!meta.degraded && meta.achieved.expect("achieved").w >= 2);
+    }
+    eventually(5, "hints stored for the dead replica", || {
+        c.metric_sum("kv_hints_pending") >= keys.len() as f64
+    })
+    .await;
+    c.nodes[victim].start_again().expect("restart");
+    eventually(10, "every hint delivered", || {
+        c.metric_sum("kv_hints_pending") == 0.0
+    })
+    .await;
+    assert!(c.metric_sum("kv_hints_delivered_total") >= keys.len() as f64);
+    for k in &keys {
+        assert_eq!(local(&c, victim, k), "after", "{k} on the returned replica");
+    }
+}
+
+/// Starts five nodes without hinted handoff and cuts off the third replica of
+/// `key` while `key` is rewritten from v1 to v2. Returns the cluster and the stale replica.
+async fn stale_third_replica(key: &str, anti_entropy: &str) -> (Cluster, usize) {
+    let c = Cluster::start_leaderless(
+        5,
+        &[
+            "--n",
+            "3",
+            "--r",
+            "2",
+            "--w",
+            "2",
+            "--disable-hinted-handoff",
+            "--anti-entropy-interval",
+            anti_entropy,
+        ],
+    )
+    .expect("cluster");
+    let eps = c.endpoints();
+    let reps = replicas(&c, key);
+    let stale = reps[2];
+    let mut client = c.client(reps[0]).await.expect("client");
+    client.put(put(key, "v1", 0)).await.expect("put");
+    eventually(5, "v1 on the third replica", || {
+        local(&c, stale, key) == "v1"
+    })
+    .await;
+    let cut = c.ids[stale].clone();
+    let others: Vec<&str> = c
+        .ids
+        .iter()
+        .filter(|i| **i != cut)
+        .map(String::as_str)
+        .collect();
+    let r = kvctl(
+        &eps,
+        &["fault", "partition", &format!("{cut}/{}", others.join(","))],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    client.put(put(key, "v2", 0)).await.expect("put v2");
+    let r = kvctl(&eps, &["fault", "heal"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(local(&c, stale, key), "v1", "the replica is stale");
+    (c, stale)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_replica_is_repaired_by_a_read() {
+    let _serial = SERIAL.lock().await;
+    // Anti-entropy off: only the read can repair.
+    let (c, stale) = stale_third_replica("read-me", "0s").await;
+    // A read through any node asks all three replicas; the stale one, answering or late, is
+    // sent the newest version.
+    let other = (0..5)
+        .find(|i| !replicas(&c, "read-me").contains(i))
+        .expect("non-replica");
+    let mut client = c.client(other).await.expect("client");
+    let got = client
+        .get(get("read-me", 2))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(got.value, Bytes::from("v2"));
+    eventually(5, "the stale replica repaired by the read", || {
+        local(&c, stale, "read-me") == "v2"
+    })
+    .await;
+    assert!(c.metric_sum("kv_read_repairs_total") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_repairs_a_key_nobody_reads() {
+    let _serial = SERIAL.lock().await;
+    let (c, stale) = stale_third_replica("never-read", "1s").await;
+    eventually(15, "anti-entropy repaired the unread key", || {
+        local(&c, stale, "never-read") == "v2"
+    })
+    .await;
+    assert!(c.metric_sum("kv_anti_entropy_repairs_total") >= 1.0);
+    assert_eq!(c.metric_sum("kv_read_repairs_total"), 0.0, "no read did it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r1_w1_under_a_partition_reads_stale_and_writes_concurrently_and_counts_it() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start_leaderless(
+        5,
+        &[
+            "--n",
+            "3",
+            "--r",
+            "1",
+            "--w",
+            "1",
+            "--anti-entropy-interval",
+            "1s",
+        ],
+    )
+    .expect("cluster");
+    let eps = c.endpoints();
+    let key = "contested";
+    let reps = replicas(&c, key);
+    // One replica (and a non-replica) on one side, the other two replicas on the other.
+    let side_a: Vec<usize> = vec![reps[0]];
+    let side_b: Vec<usize> = (0..5).filter(|i| !side_a.contains(i)).collect();
+    let names = |v: &[usize]| {
+        v.iter()
+            .map(|&i| c.ids[i].clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut a = c.client(side_a[0]).await.expect("client a");
+    let mut b = c.client(reps[1]).await.expect("client b");
+    a.put(put(key, "v0", 0)).await.expect("put v0");
+    eventually(5, "v0 everywhere", || {
+        reps.iter().all(|&i| local(&c, i, key) == "v0")
+    })
+    .await;
+
+    let r = kvctl(
+        &eps,
+        &[
+            "fault",
+            "partition",
+            &format!("{}/{}", names(&side_a), names(&side_b)),
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    // Both sides accept a write (W=1): neither knows of the other's.
+    a.put(put(key, "from-a", 0)).await.expect("write on side a");
+    let later = b
+        .put(put(key, "from-b", 0))
+        .await
+        .expect("write on side b")
+        .into_inner();
+    // A read on side a after side b's write was acknowledged returns the older value: stale.
+    let read = a
+        .get(get(key, 1))
+        .await
+        .expect("read on side a")
+        .into_inner();
+    assert_eq!(read.value, Bytes::from("from-a"));
+    let (rv, lv) = (
+        read.version.expect("version"),
+        later.version.expect("version"),
+    );
+    assert!(
+        (rv.epoch, rv.counter) < (lv.epoch, lv.counter),
+        "the read missed a write acknowledged before it started"
+    );
+    assert!(
+        read.meta.expect("meta").stale,
+        "and the answer says it may be stale"
+    );
+
+    let r = kvctl(&eps, &["fault", "heal"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // After healing, the concurrent writes meet: last-writer-wins keeps from-b, and the
+    // conflict is counted.
+    eventually(15, "the conflict detected and counted", || {
+        c.metric_sum("kv_conflicting_writes_total") >= 1.0
+    })
+    .await;
+    eventually(15, "replicas converge on the later write", || {
+        reps.iter().all(|&i| local(&c, i, key) == "from-b")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_loss_fails_with_the_replicas_named_or_degrades_when_asked() {
+    let _serial = SERIAL.lock().await;
+    let mut c =
+        Cluster::start_leaderless(5, &["--n", "3", "--r", "2", "--w", "2"]).expect("cluster");
+    let key = "lonely";
+    let reps = replicas(&c, key);
+    let survivor = reps[0];
+    c.nodes[reps[1]].kill9();
+    c.nodes[reps[2]].kill9();
+    let ep = c.nodes[survivor].endpoint();
+    // The survivor learns the two are gone, then refuses at once: nothing was written.
+    eventually(5, "a definite refusal naming the replicas", || {
+        let r = kvctl(&ep, &["put", key, "x"]);
+        r.code != 0 && r.stderr.contains("2 of 3 acks needed, got 0")
+    })
+    .await;
+    let r = kvctl(&ep, &["put", key, "y"]);
+    assert_eq!(r.code, 3, "UNAVAILABLE: definitely not applied: {r:?}");
+    for id in [&c.ids[reps[1]], &c.ids[reps[2]]] {
+        assert!(r.stderr.contains(&format!("{id} partitioned")), "{r:?}");
+    }
+    assert_ne!(local(&c, survivor, key), "y", "nothing written");
+    // Degrade: the write is taken by the one replica there is, and the answer says so.
+    let r = kvctl(
+        &ep,
+        &[
+            "put",
+            key,
+            "x",
+            "--on-quorum-loss",
+            "degrade",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("\"degraded\":true"), "{r:?}");
+    let r = kvctl(
+        &ep,
+        &[
+            "get",
+            key,
+            "--on-quorum-loss",
+            "degrade",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("\"degraded\":true"), "{r:?}");
+    assert!(c.metric(survivor, "kv_degraded_responses_total") >= 2.0);
+    // Compare-and-set needs one order of writes: refused in this mode, with the reason.
+    let r = kvctl(&ep, &["cas", key, "1.1", "y"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("leaderless"), "{r:?}");
+}
