@@ -91,6 +91,9 @@ impl Transport {
     }
 }
 
+/// Most messages sent as one stream message.
+const MAX_BATCH: usize = 256;
+
 async fn peer_sender(
     addr: String,
     mut rx: mpsc::UnboundedReceiver<pb::PeerEnvelope>,
@@ -136,6 +139,25 @@ async fn peer_sender(
                     let Some(m) = m else {
                         call.abort();
                         return;
+                    };
+                    // Whatever else queued meanwhile goes in the same stream message.
+                    let mut batch = Vec::new();
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(more) => batch.push(more),
+                            Err(_) => break,
+                        }
+                    }
+                    let m = if batch.is_empty() {
+                        m
+                    } else {
+                        batch.insert(0, m);
+                        pb::PeerEnvelope {
+                            from: String::new(),
+                            msg: Some(pb::peer_envelope::Msg::Batch(pb::PeerBatch {
+                                envelopes: batch,
+                            })),
+                        }
                     };
                     if tx.send(m).await.is_err() {
                         break;
@@ -186,12 +208,31 @@ impl pb::peer_server::Peer for PeerService {
         let mut stream = req.into_inner();
         let mut received = 0u64;
         while let Some(env) = stream.message().await? {
-            received += 1;
+            match env.msg {
+                Some(pb::peer_envelope::Msg::Batch(b)) => {
+                    for env in b.envelopes {
+                        received += 1;
+                        self.deliver_one(env);
+                    }
+                }
+                _ => {
+                    received += 1;
+                    self.deliver_one(env);
+                }
+            }
+        }
+        Ok(Response::new(pb::DeliverSummary { received }))
+    }
+}
+
+impl PeerService {
+    fn deliver_one(&self, env: pb::PeerEnvelope) {
+        {
             let from = NodeId(env.from);
             if !self.filter.accepts_from(&from) {
-                continue;
+                return;
             }
-            let Some(msg) = env.msg else { continue };
+            let Some(msg) = env.msg else { return };
             match &self.sink {
                 PeerSink::Raft(d) => {
                     if let Some(msg) = from_wire(msg) {
@@ -205,7 +246,6 @@ impl pb::peer_server::Peer for PeerService {
                 }
             }
         }
-        Ok(Response::new(pb::DeliverSummary { received }))
     }
 }
 

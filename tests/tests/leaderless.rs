@@ -101,6 +101,11 @@ async fn killed_replica_gets_its_hints_when_it_returns() {
         c.metric_sum("kv_hints_pending") >= keys.len() as f64
     })
     .await;
+    let st = kvctl(&c.endpoints(), &["status"]);
+    assert!(
+        st.stdout.contains("HINTS") && st.stdout.contains("down"),
+        "status shows the dead node and the hints: {st:?}"
+    );
     c.nodes[victim].start_again().expect("restart");
     eventually(10, "every hint delivered", || {
         c.metric_sum("kv_hints_pending") == 0.0

@@ -641,6 +641,40 @@ async fn node_status(addr: &str, t: Duration) -> Option<pb::NodeStatus> {
         .map(|r| r.into_inner())
 }
 
+/// `kvctl status` in leaderless mode: no leaders or terms; hints, repairs and conflicts instead.
+fn leaderless_table(rows: &[(String, Option<pb::NodeStatus>)]) -> String {
+    let mut out = format!(
+        "{:<6} {:<22} {:<8} {:<18} {:>9} {:>10} {:>9} {:>11} {:>9}\n",
+        "ID", "ADDR", "ROLE", "REACHABLE", "WRITES", "HINTS", "DELIVERED", "REPAIRS", "CONFLICTS"
+    );
+    for (addr, s) in rows {
+        match s {
+            Some(s) => out.push_str(&format!(
+                "{:<6} {:<22} {:<8} {:<18} {:>9} {:>10} {:>9} {:>11} {:>9}\n",
+                s.id,
+                addr,
+                s.role,
+                if s.reachable.is_empty() {
+                    "-".to_string()
+                } else {
+                    s.reachable.join(",")
+                },
+                s.last_index,
+                s.hints_pending,
+                s.hints_delivered,
+                format!("{}r/{}ae", s.read_repairs, s.anti_entropy_repairs),
+                s.conflicting_writes,
+            )),
+            None => out.push_str(&format!("{:<6} {:<22} {:<8}\n", "?", addr, "down")),
+        }
+    }
+    out.push_str(
+        "WRITES: copies written here; HINTS: held for unreachable replicas; \
+         REPAIRS: by reads (r) and anti-entropy (ae); CONFLICTS: concurrent writes detected",
+    );
+    out
+}
+
 async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
     let mut rows = Vec::new();
     for addr in endpoints {
@@ -666,12 +700,20 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
                 Some(s) => json!({"id": s.id, "addr": addr, "role": s.role, "term": s.term,
                     "leader": (!s.leader.is_empty()).then_some(&s.leader),
                     "reachable": s.reachable, "applied_index": s.applied_index,
-                    "commit_index": s.commit_index, "lag": lag_of(s)}),
+                    "commit_index": s.commit_index, "lag": lag_of(s), "mode": s.mode,
+                    "hints_pending": s.hints_pending, "hints_delivered": s.hints_delivered,
+                    "conflicting_writes": s.conflicting_writes, "read_repairs": s.read_repairs,
+                    "anti_entropy_repairs": s.anti_entropy_repairs}),
                 None => json!({"id": null, "addr": addr, "role": "down", "term": null,
                     "leader": null, "reachable": [], "applied_index": null, "lag": null}),
             })
             .collect();
         json!({"nodes": nodes, "split_brain": split_brain}).to_string()
+    } else if rows
+        .iter()
+        .any(|(_, s)| s.as_ref().is_some_and(|s| s.mode == "leaderless"))
+    {
+        leaderless_table(&rows)
     } else {
         let mut out = format!(
             "{:<6} {:<22} {:<10} {:>5} {:<7} {:<18} {:>9} {:>6}\n",

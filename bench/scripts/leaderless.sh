@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Leaderless beside etcd and Redis, one session, the same kv-bench client and workload:
+#   - etcd 3.4, three members (leader endpoint)
+#   - quorumkv leaderless, 5 nodes, N=3 R=2 W=2, fsync batch, every node an endpoint
+#   - the same with --read-repair blocking, async vs blocking under a lossy replica (10% drop)
+#   - quorumkv leaderless in memory (5 nodes, 3 copies) beside one Redis without persistence
+#
+#   bench/scripts/leaderless.sh [OUT_DIR]     (default: bench/results/leaderless)
+#
+# Needs etcd-server, etcd-client and redis-server (Debian packages) and python3. Workload: 10k
+# keys, 100 B values, zipfian, 50/50 get/put, DUR (20 s) after 2 s warm-up, 16 and 256
+# closed-loop clients.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:-bench/results/leaderless}
+DUR=${DUR:-20s}
+WARM=${WARM:-2s}
+for t in etcd etcdctl redis-server; do
+  command -v $t >/dev/null || { echo "$t not found: apt-get install etcd-server etcd-client redis-server" >&2; exit 1; }
+done
+cargo build --release -q -p kv-node -p kv-bench
+BIN=target/release
+mkdir -p "$OUT"
+: > "$OUT/commands.txt"
+TMP=$(mktemp -d)
+PIDS=()
+stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 2; }
+cleanup() { stop_all; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+bench() { # bench NAME ARGS...
+  local name=$1; shift
+  local cmd=("$BIN/kv-bench" run --duration "$DUR" --warmup "$WARM" --keys 10000 --value-size 100 --dist zipfian --mix read=50,write=50 --out "$OUT/$name" "$@")
+  echo "${cmd[*]}" >> "$OUT/commands.txt"
+  echo "== $name"
+  "${cmd[@]}" 2>/dev/null | sed -n 1,2p
+}
+
+# --- etcd 3.4, three members ---
+CLUSTER="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
+for i in 1 2 3; do
+  cmd=(etcd --name e$i --data-dir "$TMP/e$i" --listen-client-urls http://127.0.0.1:2379$i
+       --advertise-client-urls http://127.0.0.1:2379$i --listen-peer-urls http://127.0.0.1:2380$i
+       --initial-advertise-peer-urls http://127.0.0.1:2380$i --initial-cluster "$CLUSTER"
+       --initial-cluster-state new --log-level error)
+  echo "${cmd[*]}" >> "$OUT/commands.txt"
+  "${cmd[@]}" 2>"$TMP/e$i.log" &
+  PIDS+=($!)
+done
+EPS=127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793
+for _ in $(seq 100); do ETCDCTL_API=3 etcdctl --endpoints $EPS endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
+LEADER=$(ETCDCTL_API=3 etcdctl --endpoints $EPS endpoint status -w json | python3 -c '
+import json,sys
+for s in json.load(sys.stdin):
+    if s["Status"]["leader"] == s["Status"]["header"]["member_id"]:
+        print(s["Endpoint"].replace("http://", ""))')
+echo "etcd leader: $LEADER"
+bench etcd-16 --driver etcd --endpoints "$LEADER" --clients 16
+bench etcd-256 --driver etcd --endpoints "$LEADER" --clients 256
+stop_all
+
+# --- quorumkv leaderless: 5 nodes, N=3 R=2 W=2 ---
+KV_EPS=127.0.0.1:7501,127.0.0.1:7502,127.0.0.1:7503,127.0.0.1:7504,127.0.0.1:7505
+up() { # up NAME EXTRA_CLUSTER_ARGS... [-- NODE_ARGS...]
+  local name=$1; shift
+  local cmd=("$BIN/kvctl" cluster up --nodes 5 --mode leaderless --n 3 --r 2 --w 2 --fsync batch
+             --base-port 7501 --admin-base-port 9501 --data-dir "$TMP/$name" "$@")
+  # One request thread per node: five nodes share two cores with the load generator.
+  [[ " ${cmd[*]} " == *" -- "* ]] && cmd+=(--worker-threads 1) || cmd+=(-- --worker-threads 1)
+  echo "${cmd[*]}" >> "$OUT/commands.txt"
+  "${cmd[@]}" > "$TMP/$name.out" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 200); do grep -q '^Try:' "$TMP/$name.out" && return; sleep 0.1; done
+  echo "cluster $name did not come up:"; cat "$TMP/$name.out"; exit 1
+}
+up kv
+bench kv-16 --driver kv --endpoints "$KV_EPS" --clients 16
+bench kv-256 --driver kv --endpoints "$KV_EPS" --clients 256
+# Read repair: one replica loses 10% of what is sent to it, so reads keep finding it stale.
+"$BIN/kvctl" --endpoints "$KV_EPS" fault drop n5 0.1 >/dev/null
+echo "kvctl fault drop n5 0.1" >> "$OUT/commands.txt"
+bench kv-lossy-async-16 --driver kv --endpoints "$KV_EPS" --clients 16
+stop_all
+up kv-blocking -- --read-repair blocking
+"$BIN/kvctl" --endpoints "$KV_EPS" fault drop n5 0.1 >/dev/null
+echo "kvctl fault drop n5 0.1" >> "$OUT/commands.txt"
+bench kv-lossy-blocking-16 --driver kv --endpoints "$KV_EPS" --clients 16
+stop_all
+
+# --- in memory: quorumkv (5 nodes, 3 copies of each key) beside one Redis ---
+up kv-mem --memory
+bench kv-mem-16 --driver kv --endpoints "$KV_EPS" --clients 16
+bench kv-mem-256 --driver kv --endpoints "$KV_EPS" --clients 256
+stop_all
+cmd=(redis-server --port 6399 --save "" --appendonly no)
+echo "${cmd[*]}" >> "$OUT/commands.txt"
+"${cmd[@]}" > "$TMP/redis.log" 2>&1 &
+PIDS+=($!)
+sleep 1
+bench redis-16 --driver redis --endpoints 127.0.0.1:6399 --clients 16
+bench redis-256 --driver redis --endpoints 127.0.0.1:6399 --clients 256
+stop_all
+
+python3 - "$OUT" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+names = ["etcd-16", "kv-16", "etcd-256", "kv-256", "kv-lossy-async-16", "kv-lossy-blocking-16",
+         "redis-16", "kv-mem-16", "redis-256", "kv-mem-256"]
+d = {}
+for name in names:
+    p = os.path.join(out, name, "summary.json")
+    if os.path.exists(p):
+        s = json.load(open(p)); l = s["latency_us"]
+        d[name] = (name, s["ops_per_sec"], l["p50"], l["p99"], l["p99_9"], sum(s["errors"].values()))
+with open(os.path.join(out, "RESULTS.md"), "w") as f:
+    f.write("| run | ops/s | p50 us | p99 us | p99.9 us | errors |\n|---|---:|---:|---:|---:|---:|\n")
+    for n in names:
+        if n in d:
+            f.write("| %s | %.0f | %d | %d | %d | %d |\n" % d[n])
+    def ratio(a, b, label):
+        if a in d and b in d:
+            f.write("\n%s: %.2fx throughput, p99 %d vs %d us" % (label, d[a][1] / d[b][1], d[a][3], d[b][3]))
+    ratio("kv-16", "etcd-16", "16 clients, quorumkv leaderless / etcd")
+    ratio("kv-256", "etcd-256", "256 clients, quorumkv leaderless / etcd")
+    ratio("kv-mem-16", "redis-16", "16 clients, quorumkv in memory (3 copies) / Redis")
+    ratio("kv-mem-256", "redis-256", "256 clients, quorumkv in memory (3 copies) / Redis")
+    ratio("kv-lossy-blocking-16", "kv-lossy-async-16", "blocking / async read repair, lossy replica")
+    f.write("\n\nmachine: %d CPUs; commands in commands.txt\n" % os.cpu_count())
+print(open(os.path.join(out, "RESULTS.md")).read())
+PY
