@@ -6,6 +6,7 @@
 //! - [`h2`]: a lean HTTP/2 channel for the generated gRPC client.
 //! - [`run`]: the closed-loop run, HdrHistogram latency, `summary.json` and `latency.hgrm`.
 
+pub mod check;
 pub mod driver;
 
 /// etcd's KV API (the subset the etcd driver uses), generated from `proto/etcd/rpc.proto`.

@@ -31,6 +31,36 @@ enum Cmd {
     /// Example: kv-bench run --endpoints 127.0.0.1:7001 --clients 16 --duration 20s
     ///          --keys 10000 --value-size 100 --dist zipfian --mix read=50,write=50 --out bench-out/kv
     Run(RunArgs),
+    /// Check a recorded history: linearizability per key (register model), stale reads and
+    /// consistency windows. Exit 0 linearizable, 1 violation, 2 unknown (budget) or error.
+    ///
+    /// A violation is shown as the smallest window of operations on its key that no order
+    /// consistent with real time explains: a text timeline here, and with --html an SVG page.
+    ///
+    /// Example: kv-bench check history.jsonl --html violation.html
+    Check(CheckCmd),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckCmd {
+    /// History file, JSON Lines (format: docs/history-format.md).
+    history: PathBuf,
+    /// Write a picture of every violation to this HTML file.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// Give up with verdict unknown after this long.
+    #[arg(long, default_value = "60s")]
+    budget: humantime::Duration,
+    /// Threads checking keys in parallel [default: one per CPU].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Keep checking the other keys after a violation is found (by default the first
+    /// violation decides, and unfinished keys are reported as not checked).
+    #[arg(long)]
+    all_keys: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -93,7 +123,21 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    let Args { cmd: Cmd::Run(a) } = Args::parse();
+    let a = match Args::parse().cmd {
+        Cmd::Run(a) => a,
+        Cmd::Check(c) => {
+            return ExitCode::from(kv_bench::check::run(&kv_bench::check::CheckArgs {
+                history: c.history,
+                html: c.html,
+                budget: c.budget.into(),
+                threads: c
+                    .threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                json: c.json,
+                all_keys: c.all_keys,
+            }));
+        }
+    };
     let clients = match (a.clients, a.rate) {
         (Some(c), None) if c > 0 => c,
         (_, Some(_)) => {

@@ -1,0 +1,453 @@
+//! Linearizability per key against a register model (read, write, cas, delete, append), by
+//! Lowe's just-in-time linearization as Porcupine implements it (after Wing & Gong):
+//!
+//! - the operations' calls and returns are one list in time order (at equal times, calls first:
+//!   A precedes B only if A ended strictly before B started);
+//! - depth-first, the search linearizes a pending call whose effect the model allows, lifts it
+//!   (its call and return) out of the list and restarts from the head; reaching a return means
+//!   that operation had to take effect already, so the search backtracks;
+//! - every (set of linearized operations, model state) reached is remembered, so no
+//!   configuration is explored twice.
+//!
+//! `fail` operations had no effect and are dropped. `unknown` reads constrain nothing and are
+//! dropped. `unknown` writes, deletes, appends and cas may have taken effect at any time after
+//! their start, or never: their return is placed after everything else and the search may end
+//! without linearizing them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::history::{Op, OpKind, Outcome};
+
+/// A model state: the interned value of the key (`None`: absent).
+pub(crate) type State = Option<u32>;
+
+/// Strings of one key, interned so states are small and cheap to compare.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Interner {
+    ids: FxHashMap<String, u32>,
+    strs: Vec<String>,
+    /// (state, suffix) -> appended state: the search applies the same appends many times.
+    appended: FxHashMap<(Option<u32>, u32), u32>,
+}
+
+impl Interner {
+    pub(crate) fn id(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.ids.get(s) {
+            return i;
+        }
+        let i = self.strs.len() as u32;
+        self.strs.push(s.to_owned());
+        self.ids.insert(s.to_owned(), i);
+        i
+    }
+
+    fn get(&self, i: u32) -> &str {
+        &self.strs[i as usize]
+    }
+}
+
+/// What one operation does to the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Must observe this state.
+    Read(State),
+    /// Sets the state (a delete sets `None`).
+    Set(State),
+    /// Requires `expected`, then sets `new`.
+    CasApplied { expected: State, new: u32 },
+    /// Requires a state other than `expected`; changes nothing.
+    CasNotApplied { expected: State },
+    /// Appends the interned suffix.
+    Append(u32),
+}
+
+/// One operation ready for the search.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct COp {
+    pub call: u64,
+    /// `u64::MAX` for optional (unknown-outcome) operations.
+    pub ret: u64,
+    pub optional: bool,
+    pub step: Step,
+    /// Index into the key's operations as given.
+    pub idx: usize,
+}
+
+/// Turns a key's operations into search operations (dropping those that constrain nothing).
+pub(crate) fn prepare(ops: &[&Op], strings: &mut Interner) -> Vec<COp> {
+    let mut out = Vec::with_capacity(ops.len());
+    for (idx, op) in ops.iter().enumerate() {
+        let unknown = match op.outcome {
+            Outcome::Fail => continue,
+            Outcome::Unknown => true,
+            Outcome::Ok => false,
+        };
+        let v = |s: &mut Interner| op.value.as_deref().map(|x| s.id(x));
+        let step = match op.op {
+            OpKind::Read if unknown => continue,
+            OpKind::Read => Step::Read(v(strings)),
+            OpKind::Write => Step::Set(v(strings)),
+            OpKind::Delete => Step::Set(None),
+            OpKind::Append => Step::Append(strings.id(op.value.as_deref().unwrap_or(""))),
+            OpKind::Cas => {
+                let expected = op.expected.as_deref().map(|x| strings.id(x));
+                let new = strings.id(op.value.as_deref().unwrap_or(""));
+                if unknown || op.applied != Some(false) {
+                    Step::CasApplied { expected, new }
+                } else {
+                    Step::CasNotApplied { expected }
+                }
+            }
+        };
+        out.push(COp {
+            call: op.start_ns,
+            ret: if unknown { u64::MAX } else { op.end_ns },
+            optional: unknown,
+            step,
+            idx,
+        });
+    }
+    out
+}
+
+/// The model: the state after `step` from `state`, or `None` if not allowed.
+pub(crate) fn apply(state: State, step: Step, strings: &mut Interner) -> Option<State> {
+    match step {
+        Step::Read(v) => {
+            // An absent key reads as absent; for append histories "" and absent are one.
+            let same = v == state
+                || (v.is_none() && state.is_some_and(|s| strings.get(s).is_empty()))
+                || (state.is_none() && v.is_some_and(|s| strings.get(s).is_empty()));
+            same.then_some(state)
+        }
+        Step::Set(v) => Some(v),
+        Step::CasApplied { expected, new } => (state == expected).then_some(Some(new)),
+        Step::CasNotApplied { expected } => (state != expected).then_some(state),
+        Step::Append(suffix) => {
+            if let Some(&id) = strings.appended.get(&(state, suffix)) {
+                return Some(Some(id));
+            }
+            let cur = state.map(|s| strings.get(s).to_owned()).unwrap_or_default();
+            let next = cur + strings.get(suffix);
+            let id = strings.id(&next);
+            strings.appended.insert((state, suffix), id);
+            Some(Some(id))
+        }
+    }
+}
+
+/// Limits of one search.
+#[derive(Debug, Clone, Default)]
+pub struct Budget {
+    /// Give up (verdict unknown) after this instant.
+    pub deadline: Option<Instant>,
+    /// Give up after remembering this many configurations (0: the default, 20 million,
+    /// about 1.5 GB).
+    pub max_states: usize,
+    /// Give up when this is set (another key already failed).
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+const DEFAULT_MAX_STATES: usize = 20_000_000;
+
+/// Why a search gave up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GaveUp(pub String);
+
+const NIL: usize = usize::MAX;
+
+/// Whether `ops` can be linearized from `init`. `Err` when the budget ran out.
+pub(crate) fn search(
+    ops: &[COp],
+    init: State,
+    strings: &mut Interner,
+    budget: &Budget,
+) -> Result<bool, GaveUp> {
+    search_from(ops, init, strings, budget).map(|r| r.is_none())
+}
+
+/// Like [`search`], but a failure names the operation whose return the search never got past
+/// (the latest one it reached): every prefix of the history ending before that return can be
+/// linearized, the prefix ending with it cannot.
+pub(crate) fn search_from(
+    ops: &[COp],
+    init: State,
+    strings: &mut Interner,
+    budget: &Budget,
+) -> Result<Option<usize>, GaveUp> {
+    let n = ops.len();
+    if n == 0 {
+        return Ok(None);
+    }
+    // The latest return the search reached and could not pass: (its time, its operation).
+    let mut furthest: Option<(u64, usize)> = None;
+    // Entries: 0 is the head; call of op i is 1 + 2i, its return 2 + 2i.
+    let mut events: Vec<(u64, u8, usize)> = Vec::with_capacity(2 * n);
+    for (i, o) in ops.iter().enumerate() {
+        events.push((o.call, 0, 1 + 2 * i));
+        // Optional returns go last, in a fixed order.
+        events.push((o.ret, 1, 2 + 2 * i));
+    }
+    events.sort_unstable();
+    let size = 2 * n + 1;
+    let mut next = vec![NIL; size];
+    let mut prev = vec![NIL; size];
+    let mut last = 0;
+    for &(_, _, e) in &events {
+        next[last] = e;
+        prev[e] = last;
+        last = e;
+    }
+    let words = n.div_ceil(64);
+    let mut linearized = vec![0u64; words];
+    let mut seen: FxHashSet<(Box<[u64]>, State)> = FxHashSet::default();
+    let mut calls: Vec<(usize, State)> = Vec::new();
+    let mut state = init;
+    let mut entry = next[0];
+    let mut steps = 0u64;
+
+    let lift = |next: &mut Vec<usize>, prev: &mut Vec<usize>, call: usize| {
+        let ret = call + 1;
+        next[prev[call]] = next[call];
+        if next[call] != NIL {
+            prev[next[call]] = prev[call];
+        }
+        next[prev[ret]] = next[ret];
+        if next[ret] != NIL {
+            prev[next[ret]] = prev[ret];
+        }
+    };
+    let unlift = |next: &mut Vec<usize>, prev: &mut Vec<usize>, call: usize| {
+        let ret = call + 1;
+        // Undo in reverse order of lifting.
+        if next[ret] != NIL {
+            prev[next[ret]] = ret;
+        }
+        next[prev[ret]] = ret;
+        if next[call] != NIL {
+            prev[next[call]] = call;
+        }
+        next[prev[call]] = call;
+    };
+
+    loop {
+        if next[0] == NIL {
+            return Ok(None);
+        }
+        steps += 1;
+        if steps & 0xfff == 0 {
+            if budget.deadline.is_some_and(|d| Instant::now() > d) {
+                return Err(GaveUp(format!(
+                    "time budget spent after {steps} search steps ({} configurations remembered)",
+                    seen.len()
+                )));
+            }
+            if budget
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+            {
+                return Err(GaveUp(
+                    "not finished: another key was found not linearizable first".into(),
+                ));
+            }
+            let max = if budget.max_states == 0 {
+                DEFAULT_MAX_STATES
+            } else {
+                budget.max_states
+            };
+            if seen.len() > max {
+                return Err(GaveUp(format!(
+                    "memory budget spent: {} configurations remembered",
+                    seen.len()
+                )));
+            }
+        }
+        if entry == NIL {
+            // Every call left is optional and no return blocks: done.
+            return Ok(None);
+        }
+        let op = (entry - 1) / 2;
+        if entry % 2 == 1 {
+            // A call.
+            if let Some(ns) = apply(state, ops[op].step, strings) {
+                linearized[op / 64] |= 1 << (op % 64);
+                if seen.insert((linearized.clone().into_boxed_slice(), ns)) {
+                    calls.push((entry, state));
+                    state = ns;
+                    lift(&mut next, &mut prev, entry);
+                    entry = next[0];
+                    continue;
+                }
+                linearized[op / 64] &= !(1 << (op % 64));
+            }
+            entry = next[entry];
+        } else {
+            // A return: its operation must already have taken effect.
+            if ops[op].optional {
+                // Only optional operations are left unlinearized: they never happened.
+                return Ok(None);
+            }
+            if furthest.is_none_or(|(t, _)| ops[op].ret > t) {
+                furthest = Some((ops[op].ret, op));
+            }
+            let Some((call, s)) = calls.pop() else {
+                return Ok(furthest.map(|(_, op)| op));
+            };
+            let cop = (call - 1) / 2;
+            linearized[cop / 64] &= !(1 << (cop % 64));
+            state = s;
+            unlift(&mut next, &mut prev, call);
+            entry = next[call];
+        }
+    }
+}
+
+/// The verdict on one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyVerdict {
+    /// Some order of the operations, consistent with real time, explains every result.
+    Linearizable,
+    /// None does; the smallest window found.
+    Violation(Violation),
+    /// The budget ran out.
+    Unknown(String),
+}
+
+/// A window of operations on one key that no linearization explains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The key.
+    pub key: String,
+    /// The window's operations, by start time.
+    pub ops: Vec<Op>,
+    /// Index in `ops` of the operation whose result could not be placed.
+    pub culprit: usize,
+    /// Whether the window assumes nothing about the key's value when it starts (the operations
+    /// alone are contradictory); false when it starts from the beginning of the history.
+    pub from_any_state: bool,
+}
+
+/// Checks one key's operations.
+pub fn check_key(key: &str, ops: &[&Op], budget: &Budget) -> KeyVerdict {
+    let mut strings = Interner::default();
+    let prepared = prepare(ops, &mut strings);
+    match search_from(&prepared, None, &mut strings, budget) {
+        Ok(None) => KeyVerdict::Linearizable,
+        Ok(Some(culprit)) => {
+            match minimal_window(key, ops, &prepared, culprit, &mut strings, budget) {
+                Ok(v) => KeyVerdict::Violation(v),
+                Err(GaveUp(why)) => KeyVerdict::Unknown(format!(
+                    "not linearizable, but shrinking the failing window ran out of budget: {why}"
+                )),
+            }
+        }
+        Err(GaveUp(why)) => KeyVerdict::Unknown(why),
+    }
+}
+
+/// The operations as seen at time `t`: those started by then; those still running become
+/// optional (they may or may not have taken effect yet), running reads constrain nothing.
+fn prefix(ops: &[COp], t: u64) -> Vec<COp> {
+    ops.iter()
+        .filter(|o| o.call <= t)
+        .filter(|o| o.ret <= t || !matches!(o.step, Step::Read(_)))
+        .map(|o| {
+            if o.ret > t {
+                COp {
+                    ret: u64::MAX,
+                    optional: true,
+                    ..*o
+                }
+            } else {
+                *o
+            }
+        })
+        .collect()
+}
+
+/// Shrinks a failing key to a small window: first the shortest failing prefix (ending at the
+/// return of `culprit`, the operation the search could not get past), then, for plain
+/// registers, the latest start from which the window is contradictory whatever value the key
+/// held before it.
+fn minimal_window(
+    key: &str,
+    ops: &[&Op],
+    prepared: &[COp],
+    culprit: usize,
+    strings: &mut Interner,
+    budget: &Budget,
+) -> Result<Violation, GaveUp> {
+    let cut = prepared[culprit].ret;
+    let mut window = prefix(prepared, cut);
+    let culprit_idx = prepared[culprit].idx;
+    let has_append = prepared.iter().any(|o| matches!(o.step, Step::Append(_)));
+    let mut from_any_state = false;
+    if !has_append {
+        // Candidate states before the window: absent, every value mentioned, and one value
+        // mentioned nowhere (they all behave alike).
+        let mut inits: Vec<State> = vec![None];
+        let fresh = strings.id("\u{0}quorumkv-checker-unmentioned");
+        inits.push(Some(fresh));
+        for o in &window {
+            match o.step {
+                Step::Read(Some(v)) | Step::Set(Some(v)) => inits.push(Some(v)),
+                Step::CasApplied { expected, new } => {
+                    inits.push(expected);
+                    inits.push(Some(new));
+                }
+                Step::CasNotApplied { expected } => inits.push(expected),
+                _ => {}
+            }
+        }
+        inits.sort_unstable();
+        inits.dedup();
+        let mut ends: Vec<u64> = window.iter().map(|o| o.ret).filter(|&r| r < cut).collect();
+        ends.sort_unstable();
+        ends.dedup();
+        let fails_from = |s: u64, strings: &mut Interner| -> Result<bool, GaveUp> {
+            let w: Vec<COp> = window.iter().filter(|o| o.ret >= s).copied().collect();
+            for &init in &inits {
+                if search(&w, init, strings, budget)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        };
+        // Largest s (dropping everything that ended before it) still failing from any state.
+        let (mut lo, mut hi) = (0usize, ends.len());
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if fails_from(ends[mid - 1] + 1, strings)? {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        if lo > 0 {
+            let s = ends[lo - 1] + 1;
+            window.retain(|o| o.ret >= s);
+            from_any_state = true;
+        } else if fails_from(0, strings)? {
+            from_any_state = true;
+        }
+    }
+    let mut idxs: Vec<usize> = window.iter().map(|o| o.idx).collect();
+    // Running reads were dropped from the prefix; the culprit is always in.
+    if !idxs.contains(&culprit_idx) {
+        idxs.push(culprit_idx);
+    }
+    idxs.sort_by_key(|&i| (ops[i].start_ns, i));
+    idxs.dedup();
+    let culprit = idxs.iter().position(|&i| i == culprit_idx).unwrap_or(0);
+    Ok(Violation {
+        key: key.to_owned(),
+        ops: idxs.iter().map(|&i| ops[i].clone()).collect(),
+        culprit,
+        from_any_state,
+    })
+}

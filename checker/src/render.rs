@@ -1,0 +1,191 @@
+//! Pictures of a violation: a text timeline for the terminal, and a self-contained HTML page
+//! with an SVG timeline (one lane per client, operations as bars, the impossible one in red).
+
+use std::fmt::Write as _;
+
+use crate::history::{Op, OpKind, Outcome};
+use crate::linear::Violation;
+
+/// A short label: `w 3`, `r 5`, `r nil`, `cas 1→2`, `del`, `app x`; `?` marks unknown outcome.
+pub fn label(op: &Op) -> String {
+    let v = |s: &Option<String>| s.clone().unwrap_or_else(|| "nil".into());
+    let mut l = match op.op {
+        OpKind::Read => format!("r {}", v(&op.value)),
+        OpKind::Write => format!("w {}", v(&op.value)),
+        OpKind::Delete => "del".into(),
+        OpKind::Append => format!("app {}", v(&op.value)),
+        OpKind::Cas => format!(
+            "cas {}→{}{}",
+            v(&op.expected),
+            v(&op.value),
+            if op.applied == Some(false) {
+                " ✗"
+            } else {
+                ""
+            }
+        ),
+    };
+    match op.outcome {
+        Outcome::Unknown => l.push_str(" ?"),
+        Outcome::Fail => l.push_str(" (fail)"),
+        Outcome::Ok => {}
+    }
+    l
+}
+
+fn lanes(v: &Violation) -> Vec<u64> {
+    let mut c: Vec<u64> = v.ops.iter().map(|o| o.client).collect();
+    c.sort_unstable();
+    c.dedup();
+    c
+}
+
+fn span(v: &Violation) -> (u64, u64) {
+    let t0 = v.ops.iter().map(|o| o.start_ns).min().unwrap_or(0);
+    let t1 = v.ops.iter().map(|o| o.end_ns).max().unwrap_or(t0 + 1);
+    (t0, t1.max(t0 + 1))
+}
+
+/// The text timeline.
+pub fn text(v: &Violation) -> String {
+    const WIDTH: usize = 72;
+    let (t0, t1) = span(v);
+    let col = |t: u64| ((t - t0) as f64 / (t1 - t0) as f64 * (WIDTH - 1) as f64).round() as usize;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "key {:?}: not linearizable. No order of these {} operations, consistent with real time, \
+         explains every result{}; the one marked !! cannot be placed.",
+        v.key,
+        v.ops.len(),
+        if v.from_any_state {
+            ", whatever the key held before them"
+        } else {
+            " from the start of the history"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "{:>10} |t={t0}{:>w$}t={t1}|",
+        "",
+        "",
+        w = WIDTH.saturating_sub(8 + t0.to_string().len() + t1.to_string().len())
+    );
+    for c in lanes(v) {
+        // Operations of one client do not overlap; draw them on one line, then labels below.
+        let mut bar = vec![' '; WIDTH + 2];
+        let mut labels = Vec::new();
+        for (i, o) in v.ops.iter().enumerate().filter(|(_, o)| o.client == c) {
+            let (a, b) = (col(o.start_ns), col(o.end_ns).max(col(o.start_ns) + 1));
+            let mark = if i == v.culprit { '!' } else { '=' };
+            for x in bar.iter_mut().take(b).skip(a + 1) {
+                *x = mark;
+            }
+            bar[a] = '[';
+            bar[b.min(WIDTH)] = if o.outcome == Outcome::Unknown {
+                '>'
+            } else {
+                ']'
+            };
+            labels.push((
+                a,
+                format!("{}{}", label(o), if i == v.culprit { " !!" } else { "" }),
+            ));
+        }
+        let _ = writeln!(
+            out,
+            "{:>10} {}",
+            format!("client {c}"),
+            bar.iter().collect::<String>().trim_end()
+        );
+        let mut line = String::new();
+        for (a, l) in labels {
+            let pad = (a + 1).saturating_sub(line.chars().count());
+            line.push_str(&" ".repeat(pad.max(usize::from(!line.is_empty()))));
+            line.push_str(&l);
+        }
+        let _ = writeln!(out, "{:>10} {}", "", line);
+    }
+    out
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A self-contained HTML page with an SVG timeline of each violation.
+pub fn html(violations: &[&Violation], title: &str) -> String {
+    let mut out = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title><style>\
+         body{{font-family:sans-serif;margin:2em}} .op{{fill:#9ecae1;stroke:#3182bd}} \
+         .bad{{fill:#fc9272;stroke:#de2d26;stroke-width:2}} .unk{{fill:#eee;stroke:#999;stroke-dasharray:4}} \
+         text{{font-size:12px;font-family:monospace}}</style></head><body><h1>{}</h1>",
+        esc(title),
+        esc(title)
+    );
+    for v in violations {
+        let (t0, t1) = span(v);
+        let lanes = lanes(v);
+        let (w, lane_h, left) = (1000.0, 48.0, 90.0);
+        let x = |t: u64| left + (t - t0) as f64 / (t1 - t0) as f64 * (w - left - 20.0);
+        let h = lanes.len() as f64 * lane_h + 40.0;
+        let _ = write!(
+            out,
+            "<h2>key {}</h2><p>No order of these {} operations that respects real time explains \
+             every result{}. The red operation cannot be placed. Dashed: outcome unknown (may \
+             have taken effect at any time after its start, or never).</p>\
+             <svg width=\"{w}\" height=\"{h}\" xmlns=\"http://www.w3.org/2000/svg\">",
+            esc(&v.key),
+            v.ops.len(),
+            if v.from_any_state {
+                ", whatever the key held before them"
+            } else {
+                " from the start of the history"
+            }
+        );
+        let _ = write!(
+            out,
+            "<text x=\"{left}\" y=\"14\">t={t0}</text><text x=\"{}\" y=\"14\" text-anchor=\"end\">t={t1}</text>",
+            w - 20.0
+        );
+        for (li, c) in lanes.iter().enumerate() {
+            let y = 24.0 + li as f64 * lane_h;
+            let _ = write!(
+                out,
+                "<text x=\"4\" y=\"{}\">client {c}</text><line x1=\"{left}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#ddd\"/>",
+                y + 18.0,
+                w - 20.0,
+                y + 30.0,
+                y + 30.0
+            );
+            for (i, o) in v.ops.iter().enumerate().filter(|(_, o)| o.client == *c) {
+                let class = if i == v.culprit {
+                    "bad"
+                } else if o.outcome == Outcome::Unknown {
+                    "unk"
+                } else {
+                    "op"
+                };
+                let (a, b) = (x(o.start_ns), x(o.end_ns).max(x(o.start_ns) + 3.0));
+                let _ = write!(
+                    out,
+                    "<rect class=\"{class}\" x=\"{a:.1}\" y=\"{y}\" width=\"{:.1}\" height=\"24\" rx=\"3\"><title>{} [{}, {}] {:?}</title></rect>\
+                     <text x=\"{:.1}\" y=\"{}\">{}</text>",
+                    b - a,
+                    esc(&label(o)),
+                    o.start_ns,
+                    o.end_ns,
+                    o.outcome,
+                    a + 3.0,
+                    y + 16.0,
+                    esc(&label(o))
+                );
+            }
+        }
+        out.push_str("</svg>");
+    }
+    out.push_str("</body></html>\n");
+    out
+}
