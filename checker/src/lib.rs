@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+pub mod generate;
 pub mod history;
 pub mod linear;
 pub mod render;
