@@ -10,6 +10,7 @@
 //! - [`sim`]: deterministic simulation of the replication core under faults.
 
 pub mod cluster;
+pub mod history;
 pub mod sim;
 pub mod sim_leaderless;
 
