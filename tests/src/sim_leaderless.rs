@@ -184,16 +184,23 @@ pub struct LlStats {
     pub ae_repairs: u64,
     /// Crashes.
     pub crashes: u64,
+    /// Runs whose history kv-checker found not linearizable.
+    pub violations: u64,
+    /// Runs whose check ran out of budget.
+    pub unchecked: u64,
 }
 
 enum Op {
     Write {
         key: usize,
+        value: Option<String>,
+        stamp: u64,
     },
     Read {
         key: usize,
         started: u64,
         floor: Version,
+        stamp: u64,
     },
 }
 
@@ -217,6 +224,9 @@ pub struct LlSim {
     acked: Vec<Vec<(u64, Version)>>,
     stats: LlStats,
     dead_stats: LlStats,
+    /// Every client operation, for kv-checker.
+    history: Vec<kv_checker::Op>,
+    seq: u64,
 }
 
 impl LlSim {
@@ -247,12 +257,45 @@ impl LlSim {
             acked: vec![Vec::new(); cfg.keys],
             stats: LlStats::default(),
             dead_stats: LlStats::default(),
+            history: Vec::new(),
+            seq: 0,
             cfg,
         };
         for i in 0..sim.cfg.nodes {
             sim.boot(i);
         }
         sim
+    }
+
+    /// A history timestamp: the simulated millisecond, then the order of events within it.
+    fn stamp(&mut self) -> u64 {
+        self.seq += 1;
+        self.now * 1_000_000 + self.seq % 1_000_000
+    }
+
+    fn record(
+        &mut self,
+        key: usize,
+        op: kv_checker::OpKind,
+        value: Option<String>,
+        start: u64,
+        outcome: kv_checker::Outcome,
+        version: Option<Version>,
+    ) {
+        let end = self.stamp();
+        self.history.push(kv_checker::Op {
+            client: start,
+            op,
+            key: String::from_utf8_lossy(&self.keys[key]).into_owned(),
+            value,
+            expected: None,
+            applied: None,
+            start_ns: start,
+            end_ns: end,
+            outcome,
+            version: version.map(|v| v.to_string()),
+            node: None,
+        });
     }
 
     fn clock(&self, i: usize) -> u64 {
@@ -329,9 +372,20 @@ impl LlSim {
                         });
                     }
                     Action::Write { req, result } => {
-                        let Some(Op::Write { key }) = self.ops.remove(&req) else {
+                        let Some(Op::Write { key, value, stamp }) = self.ops.remove(&req) else {
                             self.fail(format!("answer to unknown write {req}"));
                         };
+                        let kind = if value.is_some() {
+                            kv_checker::OpKind::Write
+                        } else {
+                            kv_checker::OpKind::Delete
+                        };
+                        let (outcome, version) = match &result {
+                            Ok(ok) => (kv_checker::Outcome::Ok, Some(ok.version)),
+                            Err(f) if f.may_have_happened => (kv_checker::Outcome::Unknown, None),
+                            Err(_) => (kv_checker::Outcome::Fail, None),
+                        };
+                        self.record(key, kind, value, stamp, outcome, version);
                         match result {
                             Ok(ok) => {
                                 self.stats.acked += 1;
@@ -351,10 +405,24 @@ impl LlSim {
                             key,
                             started,
                             floor,
+                            stamp,
                         }) = self.ops.remove(&req)
                         else {
                             self.fail(format!("answer to unknown read {req}"));
                         };
+                        if let Ok(ok) = &result {
+                            let value = ok.stored.as_ref().and_then(|s| s.value.as_ref());
+                            let value = value.map(|v| String::from_utf8_lossy(v).into_owned());
+                            let version = ok.stored.as_ref().map(|s| s.version);
+                            self.record(
+                                key,
+                                kv_checker::OpKind::Read,
+                                value,
+                                stamp,
+                                kv_checker::Outcome::Ok,
+                                version,
+                            );
+                        }
                         if let Ok(ok) = result {
                             self.stats.reads += 1;
                             let got = ok.stored.as_ref().map_or(Version::ZERO, |s| s.version);
@@ -454,6 +522,7 @@ impl LlSim {
             let key = self.rng.random_range(0..self.cfg.keys);
             let req = self.next_req;
             self.next_req += 1;
+            let stamp = self.stamp();
             let now = self.clock(i);
             let k = self.keys[key].clone();
             let store = &mut self.stores[i];
@@ -466,7 +535,17 @@ impl LlSim {
                 } else {
                     Some(Bytes::from(format!("v{req}")))
                 };
-                self.ops.insert(req, Op::Write { key });
+                let text = value
+                    .as_ref()
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                self.ops.insert(
+                    req,
+                    Op::Write {
+                        key,
+                        value: text,
+                        stamp,
+                    },
+                );
                 node.put(
                     store,
                     now,
@@ -491,6 +570,7 @@ impl LlSim {
                         key,
                         started: self.now,
                         floor,
+                        stamp,
                     },
                 );
                 node.get(
@@ -559,6 +639,38 @@ impl LlSim {
             self.step();
         }
         self.check_converged();
+        // Writes never answered (their coordinator crashed) may or may not have happened.
+        let open: Vec<(usize, Option<String>, u64)> = std::mem::take(&mut self.ops)
+            .into_values()
+            .filter_map(|o| match o {
+                Op::Write { key, value, stamp } => Some((key, value, stamp)),
+                Op::Read { .. } => None,
+            })
+            .collect();
+        for (key, value, stamp) in open {
+            let kind = if value.is_some() {
+                kv_checker::OpKind::Write
+            } else {
+                kv_checker::OpKind::Delete
+            };
+            self.record(key, kind, value, stamp, kv_checker::Outcome::Unknown, None);
+        }
+        let report = kv_checker::check(
+            &self.history,
+            Some(std::time::Duration::from_secs(10)),
+            1,
+            false,
+        );
+        match report.verdict() {
+            kv_checker::Verdict::Violation => self.stats.violations += 1,
+            kv_checker::Verdict::Unknown => self.stats.unchecked += 1,
+            kv_checker::Verdict::Linearizable => {}
+        }
+        if std::env::var_os("KV_SIM_SHOW").is_some() {
+            for v in report.violations() {
+                eprintln!("seed {}:\n{}", self.seed, kv_checker::render::text(v));
+            }
+        }
         let mut s = self.stats;
         for n in self.nodes.iter().flatten() {
             let st = n.stats();

@@ -297,3 +297,46 @@ fn kv_node_refuses_a_data_directory_in_use_or_unusable() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot create data directory"), "{err}");
 }
+
+#[test]
+fn kv_bench_check_exits_0_1_2_and_draws_the_violation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ok = dir.path().join("ok.jsonl");
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &ok,
+        "{\"client\":1,\"op\":\"write\",\"key\":\"k\",\"value\":\"1\",\"start_ns\":0,\"end_ns\":10,\"outcome\":\"ok\"}\n\
+         {\"client\":2,\"op\":\"read\",\"key\":\"k\",\"value\":\"1\",\"start_ns\":20,\"end_ns\":30,\"outcome\":\"ok\"}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        &bad,
+        "{\"client\":1,\"op\":\"write\",\"key\":\"k\",\"value\":\"1\",\"start_ns\":0,\"end_ns\":10,\"outcome\":\"ok\"}\n\
+         {\"client\":2,\"op\":\"read\",\"key\":\"k\",\"value\":null,\"start_ns\":20,\"end_ns\":30,\"outcome\":\"ok\"}\n",
+    )
+    .expect("write");
+    let run = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(kv_tests::bin("kv-bench"))
+            .arg("check")
+            .args(args)
+            .output()
+            .expect("run kv-bench")
+    };
+    let o = run(&[ok.as_os_str()]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let html = dir.path().join("v.html");
+    let o = run(&[bad.as_os_str(), "--html".as_ref(), html.as_os_str()]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("not linearizable") && out.contains("r nil !!"),
+        "{out}"
+    );
+    let page = std::fs::read_to_string(&html).expect("picture written");
+    assert!(
+        page.contains("<svg") && page.contains("class=\"bad\""),
+        "{page}"
+    );
+    let o = run(&[dir.path().join("missing.jsonl").as_os_str()]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+}

@@ -39,7 +39,11 @@ fn cut_off(c: &Cluster, i: usize) {
         .collect();
     let r = kvctl(
         &c.endpoints(),
-        &["fault", "partition", &format!("{}/{}", c.ids[i], others.join(","))],
+        &[
+            "fault",
+            "partition",
+            &format!("{}/{}", c.ids[i], others.join(",")),
+        ],
     );
     assert_eq!(r.code, 0, "{r:?}");
 }
@@ -77,11 +81,19 @@ async fn leader_follower_majority_writes_and_leader_reads_stay_linearizable_unde
             while Instant::now() < stop {
                 n += 1;
                 let key = format!("k{}", (id + n) % 3);
-                let ok = if n % 2 == 0 {
-                    rec.put(&mut clients[at], id, &key, &format!("c{id}-{n}"), leader_reads())
-                        .await
+                let ok = if n.is_multiple_of(2) {
+                    rec.put(
+                        &mut clients[at],
+                        id,
+                        &key,
+                        &format!("c{id}-{n}"),
+                        leader_reads(),
+                    )
+                    .await
                 } else {
-                    rec.get(&mut clients[at], id, &key, leader_reads()).await.is_some()
+                    rec.get(&mut clients[at], id, &key, leader_reads())
+                        .await
+                        .is_some()
                 };
                 if !ok {
                     // Not the leader, or gone: try the next node.
@@ -92,12 +104,18 @@ async fn leader_follower_majority_writes_and_leader_reads_stay_linearizable_unde
         }));
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let leader = c.wait_leader(Duration::from_secs(5), None).await.expect("leader");
+    let leader = c
+        .wait_leader(Duration::from_secs(5), None)
+        .await
+        .expect("leader");
     cut_off(&c, leader);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     heal(&c);
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let leader = c.wait_leader(Duration::from_secs(5), None).await.expect("leader");
+    let leader = c
+        .wait_leader(Duration::from_secs(5), None)
+        .await
+        .expect("leader");
     c.nodes[leader].kill9();
     tokio::time::sleep(Duration::from_millis(900)).await;
     c.nodes[leader].start_again().expect("restart");
@@ -118,7 +136,10 @@ async fn leader_follower_majority_writes_and_leader_reads_stay_linearizable_unde
 async fn follower_read_from_a_partitioned_follower_is_a_violation_the_checker_finds() {
     let _serial = SERIAL.lock().await;
     let c = Cluster::start(3, &[]).await.expect("cluster");
-    let leader = c.wait_leader(Duration::from_secs(5), None).await.expect("leader");
+    let leader = c
+        .wait_leader(Duration::from_secs(5), None)
+        .await
+        .expect("leader");
     let follower = (leader + 1) % 3;
     let rec = Recorder::default();
     let mut l = lazy_client(&c, leader);
@@ -157,7 +178,10 @@ async fn leaderless_r1_w1_under_a_partition_is_a_violation_the_checker_finds() {
     assert!(rec.put(&mut a, 1, key, "from-a", none).await);
     assert!(rec.put(&mut b, 2, key, "from-b", none).await);
     // Side a does not know of from-b, acknowledged before this read started.
-    assert_eq!(rec.get(&mut a, 1, key, none).await, Some(Some("from-a".into())));
+    assert_eq!(
+        rec.get(&mut a, 1, key, none).await,
+        Some(Some("from-a".into()))
+    );
     heal(&c);
     violation_on(&rec.check("leaderless-r1-w1"), key);
 }
@@ -166,7 +190,10 @@ async fn leaderless_r1_w1_under_a_partition_is_a_violation_the_checker_finds() {
 async fn w1_write_lost_in_a_fail_over_is_a_violation_the_checker_finds() {
     let _serial = SERIAL.lock().await;
     let c = Cluster::start(3, &[]).await.expect("cluster");
-    let leader = c.wait_leader(Duration::from_secs(5), None).await.expect("leader");
+    let leader = c
+        .wait_leader(Duration::from_secs(5), None)
+        .await
+        .expect("leader");
     let rec = Recorder::default();
     let mut l = lazy_client(&c, leader);
     assert!(rec.put(&mut l, 1, "x", "before", leader_reads()).await);
@@ -176,7 +203,10 @@ async fn w1_write_lost_in_a_fail_over_is_a_violation_the_checker_finds() {
         w: 1,
         ..leader_reads()
     };
-    assert!(rec.put(&mut l, 1, "x", "lost", w1).await, "W=1 write acknowledged");
+    assert!(
+        rec.put(&mut l, 1, "x", "lost", w1).await,
+        "W=1 write acknowledged"
+    );
     let new = c
         .wait_leader(Duration::from_secs(5), Some(leader))
         .await
