@@ -12,7 +12,9 @@
 //!   the log of every later leader, so it is never lost or changed;
 //! - read-index: a confirmed leader read waits for every W >= majority write acknowledged before
 //!   the read began;
-//! - convergence: once faults heal, every replica applies the same log.
+//! - convergence: once faults heal, every replica applies the same log;
+//! - linearizability: the clients' history (W >= majority writes, leader reads at their read
+//!   index, W < majority writes as "unknown") passes kv-checker.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -105,6 +107,8 @@ pub struct Stats {
     pub terms_with_leader: u64,
     /// Highest commit index at the end.
     pub commit: u64,
+    /// Client operations whose history kv-checker found linearizable.
+    pub checked_ops: u64,
 }
 
 /// One seeded simulation.
@@ -130,6 +134,10 @@ pub struct Sim {
     w_of: HashMap<u64, u32>,
     stats: Stats,
     seed: u64,
+    /// Client operations for kv-checker: writes (key, value, start) and reads (key, start).
+    write_meta: HashMap<u64, (String, String, u64)>,
+    read_meta: HashMap<u64, (String, u64)>,
+    history: Vec<kv_checker::Op>,
 }
 
 impl Sim {
@@ -153,6 +161,9 @@ impl Sim {
             w_of: HashMap::new(),
             stats: Stats::default(),
             seed,
+            write_meta: HashMap::new(),
+            read_meta: HashMap::new(),
+            history: Vec::new(),
             cfg,
         };
         for i in 0..sim.cfg.nodes {
@@ -241,12 +252,50 @@ impl Sim {
                     }
                     Action::Acked { id, version, .. } => {
                         self.stats.acked += 1;
+                        let majority = self.w_of.get(&id).copied().unwrap_or(0) >= self.majority();
+                        if let Some((key, value, start)) = self.write_meta.remove(&id) {
+                            // W < majority: acknowledged, but a fail-over may take it back.
+                            let outcome = if majority {
+                                kv_checker::Outcome::Ok
+                            } else {
+                                kv_checker::Outcome::Unknown
+                            };
+                            self.record(
+                                kv_checker::OpKind::Write,
+                                key,
+                                Some(value),
+                                start,
+                                outcome,
+                            );
+                        }
                         if self.w_of.get(&id).copied().unwrap_or(0) >= self.majority() {
                             self.stats.acked_majority += 1;
                             self.acked_majority.push((version.counter, version.epoch));
                         }
                     }
                     Action::ReadReady { id, index } => {
+                        if let Some((key, start)) = self.read_meta.remove(&id) {
+                            // The key's value as of the read index, from the leader's log.
+                            let value = self.nodes[i].replica.as_ref().and_then(|r| {
+                                r.log()[..index.0 as usize].iter().rev().find_map(|e| {
+                                    match &e.cmd {
+                                        Command::Put { key: k, value }
+                                            if k[..] == *key.as_bytes() =>
+                                        {
+                                            Some(String::from_utf8_lossy(value).into_owned())
+                                        }
+                                        _ => None,
+                                    }
+                                })
+                            });
+                            self.record(
+                                kv_checker::OpKind::Read,
+                                key,
+                                value,
+                                start,
+                                kv_checker::Outcome::Ok,
+                            );
+                        }
                         if let Some(need) = self.reads.remove(&id) {
                             if index.0 < need {
                                 self.fail(format!(
@@ -259,11 +308,78 @@ impl Sim {
                     }
                     Action::ReadFailed { id } => {
                         self.reads.remove(&id);
+                        self.read_meta.remove(&id);
                     }
                     _ => {}
                 }
             }
         }
+    }
+
+    /// Hands the run's history to kv-checker: with W >= majority writes and read-index reads,
+    /// it must be linearizable (W < majority writes are "unknown": a fail-over may take them
+    /// back; proposals never answered are unknown too).
+    fn check_history(&mut self) {
+        let open: Vec<(String, String, u64)> =
+            std::mem::take(&mut self.write_meta).into_values().collect();
+        for (key, value, start) in open {
+            self.record(
+                kv_checker::OpKind::Write,
+                key,
+                Some(value),
+                start,
+                kv_checker::Outcome::Unknown,
+            );
+        }
+        let report = kv_checker::check(
+            &self.history,
+            Some(std::time::Duration::from_secs(20)),
+            1,
+            false,
+        );
+        match report.verdict() {
+            kv_checker::Verdict::Linearizable => {}
+            kv_checker::Verdict::Violation => {
+                let pictures: Vec<String> = report
+                    .violations()
+                    .iter()
+                    .map(|v| kv_checker::render::text(v))
+                    .collect();
+                self.fail(format!(
+                    "the history of {} operations is not linearizable:\n{}",
+                    self.history.len(),
+                    pictures.join("\n")
+                ));
+            }
+            kv_checker::Verdict::Unknown => self.fail(format!(
+                "kv-checker could not decide the history: {:?}",
+                report.keys
+            )),
+        }
+        self.stats.checked_ops += self.history.len() as u64;
+    }
+
+    fn record(
+        &mut self,
+        op: kv_checker::OpKind,
+        key: String,
+        value: Option<String>,
+        start: u64,
+        outcome: kv_checker::Outcome,
+    ) {
+        self.history.push(kv_checker::Op {
+            client: start,
+            op,
+            key,
+            value,
+            expected: None,
+            applied: None,
+            start_ns: start,
+            end_ns: self.now * 2 + 1,
+            outcome,
+            version: None,
+            node: None,
+        });
     }
 
     fn check_log_matching(&mut self, e: &Entry, prev_term: u64) {
@@ -377,15 +493,19 @@ impl Sim {
                 _ => n,
             };
             self.w_of.insert(id, w);
-            let key = Bytes::from(format!("k{}", self.rng.random_range(0..5)));
+            let k = format!("k{}", self.rng.random_range(0..5));
             let cmd = Command::Put {
-                key,
+                key: Bytes::from(k.clone()),
                 value: Bytes::from(id.to_string()),
             };
             if let Some(r) = self.nodes[i].replica.as_mut()
                 && r.propose(id, cmd, w).is_ok()
             {
                 self.stats.proposed += 1;
+                // Times are 2*step (starts) and 2*step+1 (ends): an answer given in a step
+                // precedes an operation started in the next one, not one in the same step.
+                self.write_meta
+                    .insert(id, (k, id.to_string(), self.now * 2));
             }
             self.drain(i);
         } else if self.rng.random_bool(self.cfg.read) {
@@ -401,6 +521,8 @@ impl Sim {
                 && r.read(id).is_ok()
             {
                 self.reads.insert(id, need);
+                let k = format!("k{}", self.rng.random_range(0..5));
+                self.read_meta.insert(id, (k, self.now * 2));
             }
             self.drain(i);
         }
@@ -532,6 +654,7 @@ impl Sim {
             }
         }
         self.stats.commit = last;
+        self.check_history();
         self.stats
     }
 }

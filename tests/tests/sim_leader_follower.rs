@@ -27,6 +27,7 @@ fn run_many(cfg: SimConfig, default_seeds: u64) -> Stats {
         total.reads += s.reads;
         total.terms_with_leader += s.terms_with_leader;
         total.commit += s.commit;
+        total.checked_ops += s.checked_ops;
     }
     eprintln!("{cfg:?}\n=> {total:?}");
     total
@@ -40,6 +41,7 @@ fn sim_three_replicas_under_faults_keep_every_invariant() {
     assert!(t.terms_with_leader > 2000, "{t:?}");
     assert!(t.rolled_back > 0, "{t:?}");
     assert!(t.reads > 100, "{t:?}");
+    assert!(t.checked_ops > 10_000, "{t:?}");
 }
 
 #[test]
