@@ -32,14 +32,34 @@ impl Cluster {
         Ok(c)
     }
 
-    /// Starts `n` leaderless nodes with `extra` flags (every node is ready when this returns).
+    /// Starts `n` leaderless nodes with `extra` flags and waits until every node reaches every
+    /// other (until then a node counts the peers it has not connected to yet as down).
     ///
     /// # Errors
-    /// A node does not start.
-    pub fn start_leaderless(n: usize, extra: &[&str]) -> anyhow::Result<Cluster> {
+    /// A node does not start, or the nodes do not all connect within 10 s.
+    pub async fn start_leaderless(n: usize, extra: &[&str]) -> anyhow::Result<Cluster> {
         let mut args = vec!["--mode", "leaderless"];
         args.extend_from_slice(extra);
-        Self::spawn(n, &args)
+        let c = Self::spawn(n, &args)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut connected = 0;
+            for i in 0..n {
+                if self::Cluster::status(&c, i)
+                    .await
+                    .is_some_and(|s| s.reachable.len() + 1 == n)
+                {
+                    connected += 1;
+                }
+            }
+            if connected == n {
+                return Ok(c);
+            }
+            if Instant::now() > deadline {
+                bail!("only {connected} of {n} leaderless nodes reach every peer after 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Node `i`'s counter or gauge `name` (0 when absent or the node is down).

@@ -165,7 +165,9 @@ async fn follower_read_from_a_partitioned_follower_is_a_violation_the_checker_fi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaderless_r1_w1_under_a_partition_is_a_violation_the_checker_finds() {
     let _serial = SERIAL.lock().await;
-    let c = Cluster::start_leaderless(5, &["--n", "3", "--r", "1", "--w", "1"]).expect("cluster");
+    let c = Cluster::start_leaderless(5, &["--n", "3", "--r", "1", "--w", "1"])
+        .await
+        .expect("cluster");
     let key = "contested";
     let reps = kv_replica::leaderless::Ring::new(&c.ids, 64).preference_list(key.as_bytes(), 3);
     let rec = Recorder::default();

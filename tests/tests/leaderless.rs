@@ -76,6 +76,7 @@ async fn killed_replica_gets_its_hints_when_it_returns() {
             "0s",
         ],
     )
+    .await
     .expect("cluster");
     let victim = 2;
     let keys: Vec<String> = (0..60)
@@ -134,6 +135,7 @@ async fn stale_third_replica(key: &str, anti_entropy: &str) -> (Cluster, usize) 
             anti_entropy,
         ],
     )
+    .await
     .expect("cluster");
     let eps = c.endpoints();
     let reps = replicas(&c, key);
@@ -215,6 +217,7 @@ async fn r1_w1_under_a_partition_reads_stale_and_writes_concurrently_and_counts_
             "1s",
         ],
     )
+    .await
     .expect("cluster");
     let eps = c.endpoints();
     let key = "contested";
@@ -289,8 +292,9 @@ async fn r1_w1_under_a_partition_reads_stale_and_writes_concurrently_and_counts_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_loss_fails_with_the_replicas_named_or_degrades_when_asked() {
     let _serial = SERIAL.lock().await;
-    let mut c =
-        Cluster::start_leaderless(5, &["--n", "3", "--r", "2", "--w", "2"]).expect("cluster");
+    let mut c = Cluster::start_leaderless(5, &["--n", "3", "--r", "2", "--w", "2"])
+        .await
+        .expect("cluster");
     let key = "lonely";
     let reps = replicas(&c, key);
     let survivor = reps[0];

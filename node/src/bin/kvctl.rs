@@ -268,7 +268,11 @@ async fn cluster_up_async(a: UpArgs, t: Duration) -> ExitCode {
         let mut leader = None;
         for e in &endpoints {
             if let Some(s) = node_status(e, t).await {
-                up += 1;
+                // Leaderless: a node is up once it reaches every peer (until then it counts
+                // the peers it has not connected to as down).
+                if s.mode != "leaderless" || s.reachable.len() + 1 == endpoints.len() {
+                    up += 1;
+                }
                 if s.role == "leader" {
                     leader = Some(s.id);
                 }
