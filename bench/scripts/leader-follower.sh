@@ -22,33 +22,11 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; rm -rf "$TMP"; }
 trap cleanup EXIT
 
-bench() { # bench NAME ARGS...
-  local name=$1; shift
-  local cmd=("$BIN/kv-bench" run --duration "$DUR" --warmup "$WARM" --keys 10000 --value-size 100 --dist zipfian --mix read=50,write=50 --out "$OUT/$name" "$@")
-  echo "${cmd[*]}" >> "$OUT/commands.txt"
-  echo "== $name"
-  "${cmd[@]}" 2>/dev/null | sed -n 1,2p
-}
+source bench/scripts/common.sh
 
 # --- etcd 3.4, three members ---
-CLUSTER="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
-for i in 1 2 3; do
-  cmd=(etcd --name e$i --data-dir "$TMP/e$i" --listen-client-urls http://127.0.0.1:2379$i
-       --advertise-client-urls http://127.0.0.1:2379$i --listen-peer-urls http://127.0.0.1:2380$i
-       --initial-advertise-peer-urls http://127.0.0.1:2380$i --initial-cluster "$CLUSTER"
-       --initial-cluster-state new --log-level error)
-  echo "${cmd[*]}" >> "$OUT/commands.txt"
-  "${cmd[@]}" 2>"$TMP/e$i.log" &
-  PIDS+=($!)
-done
-EPS=127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793
-for _ in $(seq 100); do ETCDCTL_API=3 etcdctl --endpoints $EPS endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
-LEADER=$(ETCDCTL_API=3 etcdctl --endpoints $EPS endpoint status -w json | python3 -c '
-import json,sys
-for s in json.load(sys.stdin):
-    if s["Status"]["leader"] == s["Status"]["header"]["member_id"]:
-        print(s["Endpoint"].replace("http://", ""))')
-echo "etcd leader: $LEADER"
+start_etcd
+LEADER=$ETCD_LEADER
 bench etcd-16 --driver etcd --endpoints "$LEADER" --clients 16
 bench etcd-256 --driver etcd --endpoints "$LEADER" --clients 256
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 1

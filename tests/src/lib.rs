@@ -64,6 +64,19 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The seeds a simulation test runs: `KV_SIM_SEED=<seed>` reruns one (the seed a failure
+/// names), `KV_SIM_SEEDS=<n>` runs seeds 0..n, otherwise 0..`default`.
+pub fn sim_seeds(default: u64) -> Vec<u64> {
+    if let Ok(s) = std::env::var("KV_SIM_SEED") {
+        return vec![s.parse().expect("KV_SIM_SEED is a number")];
+    }
+    let n = std::env::var("KV_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    (0..n).collect()
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     // The kernel may hand the same ephemeral port out twice once it is released: never give a

@@ -357,7 +357,10 @@ async fn w1_writes_lost_in_a_fail_over_are_kept_in_the_rollback_file() {
         .nth(1)
         .and_then(|v| v.parse().ok())
         .expect("number");
-    assert_eq!(n, lost.len() as u64, "{line}");
+    // Every acknowledged one, and possibly the one in flight when the leader stepped down (the
+    // client saw an error for it: its outcome was unknown, and it was rolled back too).
+    let acked = lost.len() as u64;
+    assert!(n == acked || n == acked + 1, "{line}, {acked} acknowledged");
     eprintln!(
         "{} W=1 writes acknowledged by the isolated leader were rolled back",
         lost.len()

@@ -5,20 +5,9 @@
 
 use kv_tests::sim::{Sim, SimConfig, Stats};
 
-fn seeds(default: u64) -> Vec<u64> {
-    if let Ok(s) = std::env::var("KV_SIM_SEED") {
-        return vec![s.parse().expect("KV_SIM_SEED is a number")];
-    }
-    let n = std::env::var("KV_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default);
-    (0..n).collect()
-}
-
 fn run_many(cfg: SimConfig, default_seeds: u64) -> Stats {
     let mut total = Stats::default();
-    for seed in seeds(default_seeds) {
+    for seed in kv_tests::sim_seeds(default_seeds) {
         let s = Sim::new(seed, cfg.clone()).run();
         total.proposed += s.proposed;
         total.acked += s.acked;

@@ -5,20 +5,9 @@
 use kv_replica::leaderless::ReadRepair;
 use kv_tests::sim_leaderless::{LlConfig, LlSim, LlStats};
 
-fn seeds(default: u64) -> Vec<u64> {
-    if let Ok(s) = std::env::var("KV_SIM_SEED") {
-        return vec![s.parse().expect("KV_SIM_SEED is a number")];
-    }
-    let n = std::env::var("KV_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default);
-    (0..n).collect()
-}
-
 fn run_many(cfg: LlConfig, default_seeds: u64) -> LlStats {
     let mut t = LlStats::default();
-    for seed in seeds(default_seeds) {
+    for seed in kv_tests::sim_seeds(default_seeds) {
         let s = LlSim::new(seed, cfg.clone()).run();
         t.acked += s.acked;
         t.failed += s.failed;

@@ -634,26 +634,10 @@ impl Leaderless {
         let pref = self.pref(&key);
         let w = opts.quorum.clamp(1, pref.len() as u32);
         // Fail fast, before writing anything, when too few replicas are reachable.
-        let live = pref.iter().filter(|i| !self.down.contains(i)).count() as u32;
-        if live < w && !opts.degrade && !self.cfg.sloppy_quorum {
-            let failure = QuorumFailure {
-                what: "acks",
-                needed: w,
-                got: 0,
-                replicas: pref
-                    .iter()
-                    .map(|&i| {
-                        let st = if self.down.contains(&i) {
-                            ReplicaState::Partitioned
-                        } else {
-                            ReplicaState::Timeout
-                        };
-                        (self.members[i].clone(), st)
-                    })
-                    .collect(),
-                may_have_happened: false,
-            };
-            self.stats.quorum_failures += 1;
+        if !opts.degrade
+            && !self.cfg.sloppy_quorum
+            && let Some(failure) = self.too_few_reachable("acks", w, &pref)
+        {
             self.answer_write(origin, Err(failure));
             return;
         }
@@ -728,26 +712,9 @@ impl Leaderless {
     pub fn get(&mut self, now: u64, client: u64, key: Bytes, opts: Opts) {
         let pref = self.pref(&key);
         let r = opts.quorum.clamp(1, pref.len() as u32);
-        let live = pref.iter().filter(|i| !self.down.contains(i)).count() as u32;
-        if live < r && !opts.degrade {
-            let failure = QuorumFailure {
-                what: "responses",
-                needed: r,
-                got: 0,
-                replicas: pref
-                    .iter()
-                    .map(|&i| {
-                        let st = if self.down.contains(&i) {
-                            ReplicaState::Partitioned
-                        } else {
-                            ReplicaState::Timeout
-                        };
-                        (self.members[i].clone(), st)
-                    })
-                    .collect(),
-                may_have_happened: false,
-            };
-            self.stats.quorum_failures += 1;
+        if !opts.degrade
+            && let Some(failure) = self.too_few_reachable("responses", r, &pref)
+        {
             self.actions.push(Action::Read {
                 req: client,
                 result: Err(failure),
@@ -1083,6 +1050,28 @@ impl Leaderless {
         {
             self.writes.remove(&op);
         }
+    }
+
+    /// A definite failure (nothing was sent) when fewer than `needed` of `pref` are believed
+    /// reachable.
+    fn too_few_reachable(
+        &mut self,
+        what: &'static str,
+        needed: u32,
+        pref: &[usize],
+    ) -> Option<QuorumFailure> {
+        let live = pref.iter().filter(|i| !self.down.contains(i)).count() as u32;
+        if live >= needed {
+            return None;
+        }
+        self.stats.quorum_failures += 1;
+        Some(QuorumFailure {
+            what,
+            needed,
+            got: 0,
+            replicas: self.states(pref, |_| false),
+            may_have_happened: false,
+        })
     }
 
     fn states(&self, pref: &[usize], ok: impl Fn(usize) -> bool) -> Vec<(NodeId, ReplicaState)> {

@@ -1,0 +1,34 @@
+# Shared by the benchmark scripts. Source it after setting OUT, DUR, WARM, BIN, TMP and PIDS.
+
+# bench NAME ARGS...: one kv-bench run of the common workload into $OUT/NAME, logged in
+# $OUT/commands.txt (10k keys, 100 B values, zipfian, 50/50 get/put).
+bench() {
+  local name=$1; shift
+  local cmd=("$BIN/kv-bench" run --duration "$DUR" --warmup "$WARM" --keys 10000 --value-size 100 --dist zipfian --mix read=50,write=50 --out "$OUT/$name" "$@")
+  echo "${cmd[*]}" >> "$OUT/commands.txt"
+  echo "== $name"
+  "${cmd[@]}" 2>/dev/null | sed -n 1,2p
+}
+
+# start_etcd: a 3-member etcd cluster on loopback; sets ETCD_LEADER to the leader's client
+# endpoint (host:port). Its pids go to PIDS.
+start_etcd() {
+  local cluster="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
+  for i in 1 2 3; do
+    local cmd=(etcd --name e$i --data-dir "$TMP/e$i" --listen-client-urls http://127.0.0.1:2379$i
+         --advertise-client-urls http://127.0.0.1:2379$i --listen-peer-urls http://127.0.0.1:2380$i
+         --initial-advertise-peer-urls http://127.0.0.1:2380$i --initial-cluster "$cluster"
+         --initial-cluster-state new --log-level error)
+    echo "${cmd[*]}" >> "$OUT/commands.txt"
+    "${cmd[@]}" 2>"$TMP/e$i.log" &
+    PIDS+=($!)
+  done
+  local eps=127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793
+  for _ in $(seq 100); do ETCDCTL_API=3 etcdctl --endpoints $eps endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
+  ETCD_LEADER=$(ETCDCTL_API=3 etcdctl --endpoints $eps endpoint status -w json | python3 -c '
+import json,sys
+for s in json.load(sys.stdin):
+    if s["Status"]["leader"] == s["Status"]["header"]["member_id"]:
+        print(s["Endpoint"].replace("http://", ""))')
+  echo "etcd leader: $ETCD_LEADER"
+}
