@@ -9,12 +9,50 @@ use kv_tests::{bin, free_port, kvctl};
 
 #[test]
 fn cluster_up_serves_and_stops_every_node_on_sigterm() {
+    let status = cluster_up(&[], |seen| {
+        assert!(seen.iter().any(|l| l.starts_with("leader: n")), "{seen:?}");
+    });
+    assert_eq!(status["nodes"][0]["mode"], "leader-follower");
+}
+
+#[test]
+fn cluster_up_leaderless_in_memory_serves_and_shows_the_leaderless_status() {
+    let status = cluster_up(
+        &[
+            "--mode",
+            "leaderless",
+            "--n",
+            "3",
+            "--r",
+            "2",
+            "--w",
+            "2",
+            "--memory",
+        ],
+        |seen| {
+            assert!(
+                seen.iter().any(|l| l.contains("leaderless mode")),
+                "{seen:?}"
+            )
+        },
+    );
+    for n in status["nodes"].as_array().expect("nodes") {
+        assert_eq!(n["role"], "replica", "{status}");
+        assert_eq!(n["reachable"].as_array().map(Vec::len), Some(2), "{status}");
+    }
+}
+
+/// Runs `kvctl cluster up --nodes 3 EXTRA`, checks what it printed with `check`, writes and
+/// reads through it, stops it with SIGTERM and checks every node stopped gracefully. Returns
+/// what `kvctl status --output json` said while it ran.
+fn cluster_up(extra: &[&str], check: impl Fn(&[String])) -> serde_json::Value {
     let dir = tempfile::tempdir().expect("tempdir");
     // The ports after a free one are very likely free too (the test fails clearly if not).
     let base = free_port();
     let admin = free_port();
     let mut child = Command::new(bin("kvctl"))
         .args(["cluster", "up", "--nodes", "3"])
+        .args(extra)
         .args([
             "--base-port",
             &base.to_string(),
@@ -40,7 +78,7 @@ fn cluster_up_serves_and_stops_every_node_on_sigterm() {
         }
         assert!(Instant::now() < deadline, "no endpoints printed: {seen:?}");
     };
-    assert!(seen.iter().any(|l| l.starts_with("leader: n")), "{seen:?}");
+    check(&seen);
     let r = kvctl(&endpoints, &["put", "greeting", "hello"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(kvctl(&endpoints, &["get", "greeting"]).stdout, "hello");
@@ -64,4 +102,5 @@ fn cluster_up_serves_and_stops_every_node_on_sigterm() {
             "n{i} was not stopped gracefully:\n{log}"
         );
     }
+    v
 }
