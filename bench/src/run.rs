@@ -1,6 +1,15 @@
-//! `kv-bench run`, closed loop: C clients, each sending its next request when the previous one
-//! answers. Latency goes into HdrHistogram (microseconds, 3 significant digits); operations
-//! that start during the warm-up are not recorded.
+//! `kv-bench run`: C clients, each with one request in flight.
+//!
+//! - Closed loop (`--clients C`): each client sends its next request when the previous one
+//!   answers. Latency is from send to answer.
+//! - Open loop (`--rate R`, as wrk2 does it): each client has a fixed schedule of intended
+//!   start times, R/C per second. A request is sent at its intended time, or as soon as the
+//!   client's previous request answers if that is later. Latency is measured from the intended
+//!   start, so time a request spent waiting behind a slow one counts (no coordinated omission);
+//!   the service time, from the actual send, is recorded beside it.
+//!
+//! Both go into HdrHistogram (microseconds, 3 significant digits); operations whose intended
+//! start falls in the warm-up are not recorded.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -26,8 +35,10 @@ pub struct RunConfig {
     pub driver: DriverKind,
     /// Endpoints, spread round robin over connections.
     pub endpoints: Vec<String>,
-    /// Concurrent closed-loop clients.
+    /// Concurrent clients (each with one request in flight).
     pub clients: usize,
+    /// Open loop: total intended rate in ops/s (`None`: closed loop).
+    pub rate: Option<u64>,
     /// Connections shared by the clients.
     pub connections: usize,
     /// Measured time, after the warm-up.
@@ -120,10 +131,12 @@ pub struct Summary {
     pub ops: u64,
     /// Failed operations by kind.
     pub errors: BTreeMap<String, u64>,
-    /// Latency. Closed loop: from send to answer (the same as the service time).
+    /// Latency: from the intended start (open loop) or the send (closed loop) to the answer.
     pub latency_us: Percentiles,
     /// Service time: from the actual send to the answer.
     pub service_time_us: Percentiles,
+    /// Open loop: how late requests were sent (actual minus intended start).
+    pub schedule_error_us: Option<Percentiles>,
     /// Reads and writes separately.
     pub by_op: BTreeMap<String, OpSummary>,
     /// The run's configuration.
@@ -136,6 +149,10 @@ pub struct Summary {
 
 #[derive(Default)]
 struct ClientResult {
+    /// Service time (actual send to answer), all operations.
+    service: Option<Histogram<u64>>,
+    /// Schedule error (actual send minus intended start), open loop.
+    lateness: Option<Histogram<u64>>,
     all: Option<Histogram<u64>>,
     read: Option<Histogram<u64>>,
     write: Option<Histogram<u64>>,
@@ -160,9 +177,28 @@ async fn client(
     rng.fill_bytes(&mut value);
     let value = Bytes::from(value);
     let (mut all, mut read, mut write) = (histogram(), histogram(), histogram());
+    let (mut service, mut lateness) = (histogram(), histogram());
     let mut errors = BTreeMap::new();
+    // Open loop: this client's share of the rate, its first start spread over one interval.
+    let interval = cfg
+        .rate
+        .map(|r| Duration::from_secs_f64(cfg.clients as f64 / r.max(1) as f64));
+    let mut intended = measure_from.checked_sub(cfg.warmup).unwrap_or(measure_from)
+        + interval.map_or(Duration::ZERO, |i| {
+            i.mul_f64(id as f64 / cfg.clients as f64)
+        });
     loop {
-        let start = Instant::now();
+        if interval.is_some() {
+            if intended >= end {
+                break;
+            }
+            tokio::time::sleep_until(tokio::time::Instant::from_std(intended)).await;
+        }
+        let sent = Instant::now();
+        let start = if interval.is_some() { intended } else { sent };
+        if let Some(i) = interval {
+            intended += i;
+        }
         if start >= end {
             break;
         }
@@ -178,7 +214,11 @@ async fn client(
         }
         match res {
             Ok(()) => {
-                let us = start.elapsed().as_micros().max(1) as u64;
+                let done = Instant::now();
+                let us = done.duration_since(start).as_micros().max(1) as u64;
+                service.saturating_record(done.duration_since(sent).as_micros().max(1) as u64);
+                lateness
+                    .saturating_record(sent.saturating_duration_since(start).as_micros() as u64);
                 all.saturating_record(us);
                 if is_read {
                     read.saturating_record(us);
@@ -191,6 +231,8 @@ async fn client(
         }
     }
     ClientResult {
+        service: Some(service),
+        lateness: Some(lateness),
         all: Some(all),
         read: Some(read),
         write: Some(write),
@@ -297,6 +339,8 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
     for t in tasks {
         let r = t.await.context("a client task panicked")?;
         for (dst, src) in [
+            (&mut total.service, r.service),
+            (&mut total.lateness, r.lateness),
             (&mut total.all, r.all),
             (&mut total.read, r.read),
             (&mut total.write, r.write),
@@ -326,7 +370,10 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
             );
         }
     }
+    let service = total.service.unwrap_or_else(histogram);
+    let lateness = total.lateness.unwrap_or_else(histogram);
     write_hgrm(&cfg.out.join("latency.hgrm"), &all)?;
+    write_hgrm(&cfg.out.join("service_time.hgrm"), &service)?;
     let summary = Summary {
         ops_per_sec: (all.len() as f64 / cfg.duration.as_secs_f64() * 10.0).round() / 10.0,
         ops: all.len(),
@@ -336,7 +383,8 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
         latency_us: Percentiles::of(&all),
-        service_time_us: Percentiles::of(&all),
+        service_time_us: Percentiles::of(&service),
+        schedule_error_us: cfg.rate.map(|_| Percentiles::of(&lateness)),
         by_op,
         config: (*cfg).clone(),
         command,
@@ -370,7 +418,21 @@ pub fn table(s: &Summary) -> String {
             &o.latency_us,
         ));
     }
-    out.push_str("latency in microseconds (closed loop: send to answer)\n");
+    if s.config.rate.is_some() {
+        out.push_str(&row("service", s.ops_per_sec, &s.service_time_us));
+        out.push_str(
+            "latency in microseconds, open loop: from the intended start to the answer \
+             (corrected for coordinated omission); service: from the actual send\n",
+        );
+        if let Some(e) = &s.schedule_error_us {
+            out.push_str(&format!(
+                "schedule error (actual minus intended send): p50 {} us, p99 {} us, max {} us\n",
+                e.p50, e.p99, e.max
+            ));
+        }
+    } else {
+        out.push_str("latency in microseconds (closed loop: send to answer)\n");
+    }
     if s.errors.is_empty() {
         out.push_str("errors: none\n");
     } else {

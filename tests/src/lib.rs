@@ -216,6 +216,11 @@ impl NodeProcess {
         self.spawn()
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process runs.
     pub fn is_up(&self) -> bool {
         self.child.is_some()
