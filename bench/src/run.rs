@@ -163,6 +163,73 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("invariant: constant bounds are valid")
 }
 
+/// The open-loop schedule: client `c`'s k-th request is intended at
+/// `start + (k + c / clients) * interval`. tokio's timers have 1 ms granularity, too coarse for
+/// a schedule of tens of microseconds, so a dedicated thread (sleeping 50 µs at a time) releases
+/// each client's requests as their intended times pass.
+pub struct Schedule {
+    start: Instant,
+    interval: Duration,
+    clients: usize,
+    released: Vec<AtomicU64>,
+    wake: Vec<tokio::sync::Notify>,
+}
+
+impl Schedule {
+    fn new(start: Instant, interval: Duration, clients: usize) -> Arc<Self> {
+        Arc::new(Schedule {
+            start,
+            interval,
+            clients,
+            released: (0..clients).map(|_| AtomicU64::new(0)).collect(),
+            wake: (0..clients).map(|_| tokio::sync::Notify::new()).collect(),
+        })
+    }
+
+    /// When client `c`'s k-th request is intended.
+    fn intended(&self, c: usize, k: u64) -> Instant {
+        self.start
+            + self
+                .interval
+                .mul_f64(k as f64 + c as f64 / self.clients as f64)
+    }
+
+    /// Releases requests until `end` (runs on its own thread).
+    fn run(&self, end: Instant) {
+        let mut next = vec![0u64; self.clients];
+        loop {
+            let now = Instant::now();
+            for (c, n) in next.iter_mut().enumerate() {
+                let before = *n;
+                while self.intended(c, *n) <= now {
+                    *n += 1;
+                }
+                if *n != before {
+                    self.released[c].store(*n, Ordering::Release);
+                    self.wake[c].notify_one();
+                }
+            }
+            if now >= end {
+                // Let every client see the end.
+                for (c, w) in self.wake.iter().enumerate() {
+                    self.released[c].store(u64::MAX, Ordering::Release);
+                    w.notify_one();
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    /// Waits until client `c`'s k-th request is released.
+    async fn wait(&self, c: usize, k: u64) {
+        while self.released[c].load(Ordering::Acquire) <= k {
+            self.wake[c].notified().await;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // one client's whole context, passed once at spawn
 async fn client(
     mut conn: Conn,
     cfg: Arc<RunConfig>,
@@ -171,6 +238,7 @@ async fn client(
     measure_from: Instant,
     end: Instant,
     progress: Arc<AtomicU64>,
+    schedule: Option<Arc<Schedule>>,
 ) -> ClientResult {
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(id));
     let mut value = vec![0u8; cfg.value_size];
@@ -179,26 +247,21 @@ async fn client(
     let (mut all, mut read, mut write) = (histogram(), histogram(), histogram());
     let (mut service, mut lateness) = (histogram(), histogram());
     let mut errors = BTreeMap::new();
-    // Open loop: this client's share of the rate, its first start spread over one interval.
-    let interval = cfg
-        .rate
-        .map(|r| Duration::from_secs_f64(cfg.clients as f64 / r.max(1) as f64));
-    let mut intended = measure_from.checked_sub(cfg.warmup).unwrap_or(measure_from)
-        + interval.map_or(Duration::ZERO, |i| {
-            i.mul_f64(id as f64 / cfg.clients as f64)
-        });
+    let mut k = 0u64;
     loop {
-        if interval.is_some() {
-            if intended >= end {
-                break;
+        let start = match &schedule {
+            Some(s) => {
+                let intended = s.intended(id as usize, k);
+                if intended >= end {
+                    break;
+                }
+                s.wait(id as usize, k).await;
+                k += 1;
+                intended
             }
-            tokio::time::sleep_until(tokio::time::Instant::from_std(intended)).await;
-        }
+            None => Instant::now(),
+        };
         let sent = Instant::now();
-        let start = if interval.is_some() { intended } else { sent };
-        if let Some(i) = interval {
-            intended += i;
-        }
         if start >= end {
             break;
         }
@@ -301,6 +364,15 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
     let t0 = Instant::now();
     let measure_from = t0 + cfg.warmup;
     let end = measure_from + cfg.duration;
+    let schedule = cfg.rate.map(|r| {
+        let interval = Duration::from_secs_f64(cfg.clients as f64 / r.max(1) as f64);
+        Schedule::new(t0, interval, cfg.clients)
+    });
+    let releaser = schedule.clone().map(|s| {
+        std::thread::Builder::new()
+            .name("kv-bench-schedule".into())
+            .spawn(move || s.run(end))
+    });
     let mut tasks = Vec::new();
     for i in 0..cfg.clients {
         tasks.push(tokio::spawn(client(
@@ -311,6 +383,7 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
             measure_from,
             end,
             progress.clone(),
+            schedule.clone(),
         )));
     }
     drop(conns);
@@ -357,6 +430,9 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
         }
     }
     reporter.abort();
+    if let Some(Ok(t)) = releaser {
+        let _ = t.join();
+    }
     let all = total.all.unwrap_or_else(histogram);
     let mut by_op = BTreeMap::new();
     for (name, h) in [("read", total.read), ("write", total.write)] {

@@ -11,7 +11,7 @@ use kv_tests::{NodeProcess, bin};
 fn a_server_stall_shows_in_corrected_latency_and_not_in_service_time() {
     let node = NodeProcess::start(&["--storage", "memory"]).expect("node");
     let out = tempfile::tempdir().expect("tempdir");
-    let mut bench = Command::new(bin("kv-bench"))
+    let bench = Command::new(bin("kv-bench"))
         .args(["run", "--endpoints", &node.endpoint()])
         .args([
             "--rate",
