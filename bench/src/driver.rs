@@ -37,6 +37,24 @@ impl std::str::FromStr for DriverKind {
 /// Why an operation failed, as counted in the summary.
 pub type ErrorKind = &'static str;
 
+/// What an error says about the operation's effect (for histories): `fail` when it was refused
+/// before taking effect, `unknown` when it may have happened.
+pub fn may_have_happened(kind: ErrorKind) -> bool {
+    !matches!(
+        kind,
+        "unavailable" | "invalid_argument" | "failed_precondition"
+    )
+}
+
+/// What a read returned.
+#[derive(Debug, Clone, Default)]
+pub struct ReadResult {
+    /// The value, `None` when absent.
+    pub value: Option<Bytes>,
+    /// The version, `EPOCH.COUNTER` (etcd: `mod_revision.0`), when the system reports one.
+    pub version: Option<String>,
+}
+
 /// One connection of a client.
 #[derive(Clone)]
 pub enum Conn {
@@ -120,7 +138,7 @@ impl Conn {
     ///
     /// # Errors
     /// The error kind.
-    pub async fn get(&mut self, key: &str, timeout: Duration) -> Result<(), ErrorKind> {
+    pub async fn get(&mut self, key: &str, timeout: Duration) -> Result<ReadResult, ErrorKind> {
         match self {
             Conn::Kv(c, cons) => {
                 let mut r = tonic::Request::new(pb::GetRequest {
@@ -128,7 +146,11 @@ impl Conn {
                     consistency: Some(*cons),
                 });
                 r.set_timeout(timeout);
-                c.get(r).await.map(|_| ()).map_err(|s| status_kind(&s))
+                let g = c.get(r).await.map_err(|s| status_kind(&s))?.into_inner();
+                Ok(ReadResult {
+                    value: g.found.then_some(g.value),
+                    version: g.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
+                })
             }
             Conn::Etcd(c, serializable) => {
                 let mut r = tonic::Request::new(crate::etcdpb::RangeRequest {
@@ -137,14 +159,22 @@ impl Conn {
                     ..Default::default()
                 });
                 r.set_timeout(timeout);
-                c.range(r).await.map(|_| ()).map_err(|s| status_kind(&s))
+                let g = c.range(r).await.map_err(|s| status_kind(&s))?.into_inner();
+                let kv = g.kvs.into_iter().next();
+                Ok(ReadResult {
+                    version: kv.as_ref().map(|kv| format!("{}.0", kv.mod_revision)),
+                    value: kv.map(|kv| kv.value),
+                })
             }
             Conn::Redis(c) => {
                 let mut cmd = redis::cmd("GET");
                 cmd.arg(key);
                 let f = cmd.query_async::<Option<Vec<u8>>>(c);
                 match tokio::time::timeout(timeout, f).await {
-                    Ok(Ok(_)) => Ok(()),
+                    Ok(Ok(v)) => Ok(ReadResult {
+                        value: v.map(Bytes::from),
+                        version: None,
+                    }),
                     Ok(Err(_)) => Err("redis_error"),
                     Err(_) => Err("deadline_exceeded"),
                 }
@@ -152,7 +182,7 @@ impl Conn {
         }
     }
 
-    /// Writes `key`.
+    /// Writes `key`; returns the version given to the write, when the system reports one.
     ///
     /// # Errors
     /// The error kind.
@@ -161,7 +191,7 @@ impl Conn {
         key: &str,
         value: Bytes,
         timeout: Duration,
-    ) -> Result<(), ErrorKind> {
+    ) -> Result<Option<String>, ErrorKind> {
         match self {
             Conn::Kv(c, cons) => {
                 let mut r = tonic::Request::new(pb::PutRequest {
@@ -170,7 +200,8 @@ impl Conn {
                     consistency: Some(*cons),
                 });
                 r.set_timeout(timeout);
-                c.put(r).await.map(|_| ()).map_err(|s| status_kind(&s))
+                let p = c.put(r).await.map_err(|s| status_kind(&s))?.into_inner();
+                Ok(p.version.map(|v| format!("{}.{}", v.epoch, v.counter)))
             }
             Conn::Etcd(c, _) => {
                 let mut r = tonic::Request::new(crate::etcdpb::PutRequest {
@@ -179,14 +210,15 @@ impl Conn {
                     ..Default::default()
                 });
                 r.set_timeout(timeout);
-                c.put(r).await.map(|_| ()).map_err(|s| status_kind(&s))
+                let p = c.put(r).await.map_err(|s| status_kind(&s))?.into_inner();
+                Ok(p.header.map(|h| format!("{}.0", h.revision)))
             }
             Conn::Redis(c) => {
                 let mut cmd = redis::cmd("SET");
                 cmd.arg(key).arg(&value[..]);
                 let f = cmd.query_async::<()>(c);
                 match tokio::time::timeout(timeout, f).await {
-                    Ok(Ok(())) => Ok(()),
+                    Ok(Ok(())) => Ok(None),
                     Ok(Err(_)) => Err("redis_error"),
                     Err(_) => Err("deadline_exceeded"),
                 }

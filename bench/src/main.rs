@@ -120,6 +120,10 @@ struct RunArgs {
     /// Output directory.
     #[arg(long, default_value = "bench-out/run")]
     out: PathBuf,
+    /// Record every operation (warm-up included; writes get unique values) to FILE for
+    /// `kv-bench check FILE`; stale reads are reported at the end.
+    #[arg(long, value_name = "FILE")]
+    history: Option<PathBuf>,
     /// Threads of the load generator. Keep it below the core count when the server shares the
     /// machine, so the generator does not take the server's cores.
     #[arg(long, default_value_t = 1)]
@@ -172,6 +176,7 @@ fn main() -> ExitCode {
         read_from: a.read_from,
         seed: a.seed,
         out: a.out,
+        history: a.history,
         threads: a.threads.max(1),
     };
     let threads = cfg.threads;

@@ -68,6 +68,8 @@ pub struct RunConfig {
     pub seed: u64,
     /// Output directory.
     pub out: PathBuf,
+    /// Record every operation (warm-up included) to this history file for `kv-bench check`.
+    pub history: Option<PathBuf>,
     /// Load-generator threads.
     pub threads: usize,
 }
@@ -113,6 +115,19 @@ impl Percentiles {
     }
 }
 
+/// Stale reads of a recorded history (a read older than a write acknowledged before it began).
+#[derive(Debug, Clone, Serialize)]
+pub struct StaleSummary {
+    /// Reads with a version (or absent).
+    pub reads: u64,
+    /// Of those, stale.
+    pub stale: u64,
+    /// `stale / reads`.
+    pub rate: f64,
+    /// The history file.
+    pub history: PathBuf,
+}
+
 /// Per operation type.
 #[derive(Debug, Clone, Serialize)]
 pub struct OpSummary {
@@ -137,6 +152,8 @@ pub struct Summary {
     pub service_time_us: Percentiles,
     /// Open loop: how late requests were sent (actual minus intended start).
     pub schedule_error_us: Option<Percentiles>,
+    /// With `--history`: stale reads found in it.
+    pub stale_reads: Option<StaleSummary>,
     /// Reads and writes separately.
     pub by_op: BTreeMap<String, OpSummary>,
     /// The run's configuration.
@@ -157,6 +174,16 @@ struct ClientResult {
     read: Option<Histogram<u64>>,
     write: Option<Histogram<u64>>,
     errors: BTreeMap<&'static str, u64>,
+    history: Vec<kv_checker::Op>,
+}
+
+/// A write's value in a recorded history: unique, so a read names the write it saw.
+fn unique_value(client: u64, n: u64, size: usize) -> Bytes {
+    let mut v = format!("c{client}-{n}");
+    if v.len() < size {
+        v.push_str(&".".repeat(size - v.len()));
+    }
+    Bytes::from(v)
 }
 
 fn histogram() -> Histogram<u64> {
@@ -248,6 +275,10 @@ async fn client(
     let (mut service, mut lateness) = (histogram(), histogram());
     let mut errors = BTreeMap::new();
     let mut k = 0u64;
+    let record = cfg.history.is_some();
+    let origin = measure_from.checked_sub(cfg.warmup).unwrap_or(measure_from);
+    let mut history = Vec::new();
+    let mut n = 0u64;
     loop {
         let start = match &schedule {
             Some(s) => {
@@ -267,11 +298,47 @@ async fn client(
         }
         let key = key_name(chooser.next(&mut rng));
         let is_read = rng.random_range(0..100) < cfg.mix.read;
-        let res = if is_read {
-            conn.get(&key, cfg.timeout).await
+        n += 1;
+        let (res, seen, version) = if is_read {
+            match conn.get(&key, cfg.timeout).await {
+                Ok(r) => (Ok(()), r.value, r.version),
+                Err(e) => (Err(e), None, None),
+            }
         } else {
-            conn.put(&key, value.clone(), cfg.timeout).await
+            let v = if record {
+                unique_value(id, n, cfg.value_size)
+            } else {
+                value.clone()
+            };
+            match conn.put(&key, v.clone(), cfg.timeout).await {
+                Ok(version) => (Ok(()), Some(v), version),
+                Err(e) => (Err(e), Some(v), None),
+            }
         };
+        if record {
+            let ns = |t: Instant| t.saturating_duration_since(origin).as_nanos() as u64;
+            history.push(kv_checker::Op {
+                client: id,
+                op: if is_read {
+                    kv_checker::OpKind::Read
+                } else {
+                    kv_checker::OpKind::Write
+                },
+                key: key.clone(),
+                value: seen.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                expected: None,
+                applied: None,
+                start_ns: ns(sent),
+                end_ns: ns(Instant::now()),
+                outcome: match res {
+                    Ok(()) => kv_checker::Outcome::Ok,
+                    Err(e) if crate::driver::may_have_happened(e) => kv_checker::Outcome::Unknown,
+                    Err(_) => kv_checker::Outcome::Fail,
+                },
+                version,
+                node: None,
+            });
+        }
         if start < measure_from {
             continue;
         }
@@ -300,6 +367,7 @@ async fn client(
         read: Some(read),
         write: Some(write),
         errors,
+        history,
     }
 }
 
@@ -428,6 +496,7 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
         for (k, v) in r.errors {
             *total.errors.entry(k).or_insert(0) += v;
         }
+        total.history.extend(r.history);
     }
     reporter.abort();
     if let Some(Ok(t)) = releaser {
@@ -446,6 +515,29 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
             );
         }
     }
+    let stale_reads = match &cfg.history {
+        Some(path) => {
+            let mut ops = std::mem::take(&mut total.history);
+            ops.sort_by_key(|o| (o.start_ns, o.client));
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("cannot create {}", path.display()))?,
+            );
+            for o in &ops {
+                serde_json::to_writer(&mut f, o)?;
+                f.write_all(b"\n")?;
+            }
+            f.flush()?;
+            let st = kv_checker::stale::stale_reads(&ops);
+            Some(StaleSummary {
+                reads: st.reads,
+                stale: st.stale,
+                rate: st.rate(),
+                history: path.clone(),
+            })
+        }
+        None => None,
+    };
     let service = total.service.unwrap_or_else(histogram);
     let lateness = total.lateness.unwrap_or_else(histogram);
     write_hgrm(&cfg.out.join("latency.hgrm"), &all)?;
@@ -461,6 +553,7 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
         latency_us: Percentiles::of(&all),
         service_time_us: Percentiles::of(&service),
         schedule_error_us: cfg.rate.map(|_| Percentiles::of(&lateness)),
+        stale_reads,
         by_op,
         config: (*cfg).clone(),
         command,
@@ -508,6 +601,15 @@ pub fn table(s: &Summary) -> String {
         }
     } else {
         out.push_str("latency in microseconds (closed loop: send to answer)\n");
+    }
+    if let Some(st) = &s.stale_reads {
+        out.push_str(&format!(
+            "stale reads: {} of {} versioned reads ({:.3}%); history in {} (kv-bench check it)\n",
+            st.stale,
+            st.reads,
+            st.rate * 100.0,
+            st.history.display()
+        ));
     }
     if s.errors.is_empty() {
         out.push_str("errors: none\n");

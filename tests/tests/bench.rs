@@ -1,6 +1,7 @@
-//! kv-bench's open loop corrects for coordinated omission: a server stalled for a known time
-//! (SIGSTOP, 600 ms) shows in the latency measured from each request's intended start, while
-//! the service time (from the actual send) hides it, as a closed-loop tool would.
+//! kv-bench against real nodes: the open loop corrects for coordinated omission (a server
+//! stalled for a known time, SIGSTOP 600 ms, shows in the latency measured from each request's
+//! intended start, while the service time from the actual send hides it, as a closed-loop tool
+//! would), and `--history` records a history that `kv-bench check` judges.
 
 use std::process::Command;
 use std::time::Duration;
@@ -87,4 +88,36 @@ fn a_server_stall_shows_in_corrected_latency_and_not_in_service_time() {
         table.contains("service") && table.contains("schedule error"),
         "{table}"
     );
+}
+
+#[test]
+fn recorded_history_of_a_single_node_checks_linearizable() {
+    let node = NodeProcess::start(&["--storage", "memory"]).expect("node");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let history = dir.path().join("h.jsonl");
+    let o = Command::new(bin("kv-bench"))
+        .args(["run", "--endpoints", &node.endpoint()])
+        .args(["--clients", "8", "--duration", "1s", "--warmup", "200ms"])
+        .args(["--keys", "20", "--value-size", "16"])
+        .arg("--out")
+        .arg(dir.path().join("run"))
+        .arg("--history")
+        .arg(&history)
+        .output()
+        .expect("kv-bench");
+    assert!(o.status.success(), "{o:?}");
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("stale reads: 0 of"), "{table}");
+    let text = std::fs::read_to_string(&history).expect("history");
+    assert!(
+        text.lines().count() > 500,
+        "{} operations",
+        text.lines().count()
+    );
+    let check = Command::new(bin("kv-bench"))
+        .arg("check")
+        .arg(&history)
+        .output()
+        .expect("check");
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
 }
