@@ -93,7 +93,10 @@ struct RunArgs {
     /// Value size in bytes.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
-    /// Key distribution: uniform or zipfian (YCSB scrambled, theta 0.99).
+    /// Key distribution: uniform; zipfian (YCSB scrambled, theta 0.99); latest (reads go
+    /// mostly to recently written keys); hotspot[:KEYS:OPS] (a KEYS share of the keys gets an
+    /// OPS share of the operations, default 0.2:0.8); moving-hotspot[:KEYS:OPS:PERIOD_S] (the hot
+    /// set moves to the next keys every PERIOD_S seconds, default 0.2:0.8:10).
     #[arg(long, default_value = "zipfian")]
     dist: Dist,
     /// Operation mix in percent, e.g. read=90,write=10.

@@ -296,8 +296,12 @@ async fn client(
         if start >= end {
             break;
         }
-        let key = key_name(chooser.next(&mut rng));
         let is_read = rng.random_range(0..100) < cfg.mix.read;
+        let key_index = chooser.next(&mut rng, is_read);
+        if !is_read {
+            chooser.wrote(key_index);
+        }
+        let key = key_name(key_index);
         n += 1;
         let (res, seen, version) = if is_read {
             match conn.get(&key, cfg.timeout).await {
