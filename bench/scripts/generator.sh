@@ -22,7 +22,7 @@ for rate in 25000 50000 80000 100000; do
        --dist zipfian --mix read=50,write=50 --out "$OUT/rate-$rate")
   echo "${cmd[*]}" >> "$OUT/commands.txt"
   echo "== rate $rate"
-  "${cmd[@]}" 2>/dev/null | grep -E "^all|^service|schedule"
+  "${cmd[@]}" 2>/dev/null | grep -E "^all|^service|send delay"
 done
 python3 - "$OUT" <<'PY'
 import json, os, sys

@@ -15,5 +15,6 @@ pub mod etcdpb {
     tonic::include_proto!("etcdserverpb");
 }
 pub mod h2;
+pub mod plot;
 pub mod run;
 pub mod workload;

@@ -150,7 +150,8 @@ pub struct Summary {
     pub latency_us: Percentiles,
     /// Service time: from the actual send to the answer.
     pub service_time_us: Percentiles,
-    /// Open loop: how late requests were sent (actual minus intended start).
+    /// Open loop: how late requests were sent (actual minus intended start): the generator's
+    /// schedule error, plus time waiting behind the client's previous, slow request.
     pub schedule_error_us: Option<Percentiles>,
     /// With `--history`: stale reads found in it.
     pub stale_reads: Option<StaleSummary>,
@@ -175,6 +176,8 @@ struct ClientResult {
     write: Option<Histogram<u64>>,
     errors: BTreeMap<&'static str, u64>,
     history: Vec<kv_checker::Op>,
+    /// Per measured operation: (second of the run, latency us); u32::MAX latency for an error.
+    timeline: Vec<(u32, u32)>,
 }
 
 /// A write's value in a recorded history: unique, so a read names the write it saw.
@@ -278,6 +281,7 @@ async fn client(
     let record = cfg.history.is_some();
     let origin = measure_from.checked_sub(cfg.warmup).unwrap_or(measure_from);
     let mut history = Vec::new();
+    let mut timeline = Vec::new();
     let mut n = 0u64;
     loop {
         let start = match &schedule {
@@ -360,8 +364,16 @@ async fn client(
                     write.saturating_record(us);
                 }
                 progress.fetch_add(1, Ordering::Relaxed);
+                let sec = start.duration_since(measure_from).as_secs() as u32;
+                timeline.push((sec, us.min(u64::from(u32::MAX - 1)) as u32));
             }
-            Err(kind) => *errors.entry(kind).or_insert(0) += 1,
+            Err(kind) => {
+                *errors.entry(kind).or_insert(0) += 1;
+                timeline.push((
+                    start.duration_since(measure_from).as_secs() as u32,
+                    u32::MAX,
+                ));
+            }
         }
     }
     ClientResult {
@@ -372,7 +384,43 @@ async fn client(
         write: Some(write),
         errors,
         history,
+        timeline,
     }
+}
+
+/// Writes `timeline.csv` (per second: ops/s, p50, p99, errors) and the plots; returns the
+/// per-second throughput and p99.
+fn write_timeline(
+    out: &std::path::Path,
+    points: &[(u32, u32)],
+    seconds: usize,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let mut per: Vec<(Histogram<u64>, u64)> = (0..seconds).map(|_| (histogram(), 0)).collect();
+    for &(sec, us) in points {
+        if let Some((h, e)) = per.get_mut(sec as usize) {
+            if us == u32::MAX {
+                *e += 1;
+            } else {
+                h.saturating_record(u64::from(us).max(1));
+            }
+        }
+    }
+    let mut csv = String::from("second,ops_per_sec,p50_us,p99_us,errors\n");
+    let (mut tput, mut p99) = (Vec::new(), Vec::new());
+    for (i, (h, e)) in per.iter().enumerate() {
+        csv.push_str(&format!(
+            "{},{},{},{},{}\n",
+            i + 1,
+            h.len(),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            e
+        ));
+        tput.push(h.len() as f64);
+        p99.push(h.value_at_quantile(0.99) as f64);
+    }
+    std::fs::write(out.join("timeline.csv"), csv)?;
+    Ok((tput, p99))
 }
 
 /// Writes HdrHistogram's percentile-distribution text (`.hgrm`), values in microseconds.
@@ -501,6 +549,7 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
             *total.errors.entry(k).or_insert(0) += v;
         }
         total.history.extend(r.history);
+        total.timeline.extend(r.timeline);
     }
     reporter.abort();
     if let Some(Ok(t)) = releaser {
@@ -546,6 +595,29 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
     let lateness = total.lateness.unwrap_or_else(histogram);
     write_hgrm(&cfg.out.join("latency.hgrm"), &all)?;
     write_hgrm(&cfg.out.join("service_time.hgrm"), &service)?;
+    let seconds = cfg.duration.as_secs_f64().ceil() as usize;
+    let (tput, p99) = write_timeline(&cfg.out, &total.timeline, seconds)?;
+    let latency_name = if cfg.rate.is_some() {
+        "latency (from intended start)"
+    } else {
+        "latency"
+    };
+    let mut series = vec![(latency_name, "#d62728", &all)];
+    if cfg.rate.is_some() {
+        series.push(("service time (from send)", "#1f77b4", &service));
+    }
+    std::fs::write(
+        cfg.out.join("latency.svg"),
+        crate::plot::percentiles(&series),
+    )?;
+    std::fs::write(
+        cfg.out.join("throughput.svg"),
+        crate::plot::timeline("Throughput", "ops/s", "#2ca02c", &tput),
+    )?;
+    std::fs::write(
+        cfg.out.join("p99.svg"),
+        crate::plot::timeline("p99 latency per second", "microseconds", "#d62728", &p99),
+    )?;
     let summary = Summary {
         ops_per_sec: (all.len() as f64 / cfg.duration.as_secs_f64() * 10.0).round() / 10.0,
         ops: all.len(),
@@ -599,7 +671,8 @@ pub fn table(s: &Summary) -> String {
         );
         if let Some(e) = &s.schedule_error_us {
             out.push_str(&format!(
-                "schedule error (actual minus intended send): p50 {} us, p99 {} us, max {} us\n",
+                "send delay (actual minus intended send: the generator's schedule error, plus \
+                 waiting behind a slow request): p50 {} us, p99 {} us, max {} us\n",
                 e.p50, e.p99, e.max
             ));
         }

@@ -85,9 +85,30 @@ fn a_server_stall_shows_in_corrected_latency_and_not_in_service_time() {
     );
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(
-        table.contains("service") && table.contains("schedule error"),
+        table.contains("service") && table.contains("send delay"),
         "{table}"
     );
+    // The run directory: the stall is the slow second of the timeline; the plots are drawn.
+    let timeline = std::fs::read_to_string(out.path().join("timeline.csv")).expect("timeline");
+    let worst = timeline
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(3)?.parse::<u64>().ok())
+        .max()
+        .expect("rows");
+    assert!(
+        worst > 300_000,
+        "one second's p99 shows the stall:\n{timeline}"
+    );
+    for f in [
+        "latency.svg",
+        "throughput.svg",
+        "p99.svg",
+        "service_time.hgrm",
+    ] {
+        let text = std::fs::read_to_string(out.path().join(f)).expect(f);
+        assert!(!text.is_empty(), "{f}");
+    }
 }
 
 #[test]
