@@ -42,7 +42,7 @@ pub type ErrorKind = &'static str;
 pub fn may_have_happened(kind: ErrorKind) -> bool {
     !matches!(
         kind,
-        "unavailable" | "invalid_argument" | "failed_precondition"
+        "unavailable" | "invalid_argument" | "failed_precondition" | "unsupported"
     )
 }
 
@@ -53,6 +53,17 @@ pub struct ReadResult {
     pub value: Option<Bytes>,
     /// The version, `EPOCH.COUNTER` (etcd: `mod_revision.0`), when the system reports one.
     pub version: Option<String>,
+    /// The answer is marked degraded (quorumkv, `on_quorum_loss=degrade`).
+    pub degraded: bool,
+}
+
+/// What a write (or delete) returned.
+#[derive(Debug, Clone, Default)]
+pub struct WriteResult {
+    /// The version given to it, when the system reports one.
+    pub version: Option<String>,
+    /// The answer is marked degraded.
+    pub degraded: bool,
 }
 
 /// One connection of a client.
@@ -150,6 +161,7 @@ impl Conn {
                 Ok(ReadResult {
                     value: g.found.then_some(g.value),
                     version: g.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
+                    degraded: g.meta.is_some_and(|m| m.degraded),
                 })
             }
             Conn::Etcd(c, serializable) => {
@@ -164,6 +176,7 @@ impl Conn {
                 Ok(ReadResult {
                     version: kv.as_ref().map(|kv| format!("{}.0", kv.mod_revision)),
                     value: kv.map(|kv| kv.value),
+                    degraded: false,
                 })
             }
             Conn::Redis(c) => {
@@ -173,7 +186,7 @@ impl Conn {
                 match tokio::time::timeout(timeout, f).await {
                     Ok(Ok(v)) => Ok(ReadResult {
                         value: v.map(Bytes::from),
-                        version: None,
+                        ..ReadResult::default()
                     }),
                     Ok(Err(_)) => Err("redis_error"),
                     Err(_) => Err("deadline_exceeded"),
@@ -191,7 +204,7 @@ impl Conn {
         key: &str,
         value: Bytes,
         timeout: Duration,
-    ) -> Result<Option<String>, ErrorKind> {
+    ) -> Result<WriteResult, ErrorKind> {
         match self {
             Conn::Kv(c, cons) => {
                 let mut r = tonic::Request::new(pb::PutRequest {
@@ -201,7 +214,10 @@ impl Conn {
                 });
                 r.set_timeout(timeout);
                 let p = c.put(r).await.map_err(|s| status_kind(&s))?.into_inner();
-                Ok(p.version.map(|v| format!("{}.{}", v.epoch, v.counter)))
+                Ok(WriteResult {
+                    version: p.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
+                    degraded: p.meta.is_some_and(|m| m.degraded),
+                })
             }
             Conn::Etcd(c, _) => {
                 let mut r = tonic::Request::new(crate::etcdpb::PutRequest {
@@ -211,14 +227,49 @@ impl Conn {
                 });
                 r.set_timeout(timeout);
                 let p = c.put(r).await.map_err(|s| status_kind(&s))?.into_inner();
-                Ok(p.header.map(|h| format!("{}.0", h.revision)))
+                Ok(WriteResult {
+                    version: p.header.map(|h| format!("{}.0", h.revision)),
+                    degraded: false,
+                })
             }
             Conn::Redis(c) => {
                 let mut cmd = redis::cmd("SET");
                 cmd.arg(key).arg(&value[..]);
                 let f = cmd.query_async::<()>(c);
                 match tokio::time::timeout(timeout, f).await {
-                    Ok(Ok(())) => Ok(None),
+                    Ok(Ok(())) => Ok(WriteResult::default()),
+                    Ok(Err(_)) => Err("redis_error"),
+                    Err(_) => Err("deadline_exceeded"),
+                }
+            }
+        }
+    }
+
+    /// Deletes `key` (quorumkv and Redis; etcd runs refuse a mix with deletes at start-up).
+    ///
+    /// # Errors
+    /// The error kind.
+    pub async fn delete(&mut self, key: &str, timeout: Duration) -> Result<WriteResult, ErrorKind> {
+        match self {
+            Conn::Kv(c, cons) => {
+                let mut r = tonic::Request::new(pb::DeleteRequest {
+                    key: Bytes::copy_from_slice(key.as_bytes()),
+                    consistency: Some(*cons),
+                });
+                r.set_timeout(timeout);
+                let d = c.delete(r).await.map_err(|s| status_kind(&s))?.into_inner();
+                Ok(WriteResult {
+                    version: d.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
+                    degraded: d.meta.is_some_and(|m| m.degraded),
+                })
+            }
+            Conn::Etcd(..) => Err("unsupported"),
+            Conn::Redis(c) => {
+                let mut cmd = redis::cmd("DEL");
+                cmd.arg(key);
+                let f = cmd.query_async::<i64>(c);
+                match tokio::time::timeout(timeout, f).await {
+                    Ok(Ok(_)) => Ok(WriteResult::default()),
                     Ok(Err(_)) => Err("redis_error"),
                     Err(_) => Err("deadline_exceeded"),
                 }

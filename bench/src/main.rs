@@ -31,7 +31,7 @@ enum Cmd {
     ///
     /// Example: kv-bench run --endpoints 127.0.0.1:7001 --clients 16 --duration 20s
     ///          --keys 10000 --value-size 100 --dist zipfian --mix read=50,write=50 --out bench-out/kv
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check a recorded history: linearizability per key (register model), stale reads and
     /// consistency windows. Exit 0 linearizable, 1 violation, 2 unknown (budget) or error.
     ///
@@ -99,7 +99,8 @@ struct RunArgs {
     /// set moves to the next keys every PERIOD_S seconds, default 0.2:0.8:10).
     #[arg(long, default_value = "zipfian")]
     dist: Dist,
-    /// Operation mix in percent, e.g. read=90,write=10.
+    /// Operation mix in percent, e.g. read=90,write=10 or read=50,write=40,delete=10 (etcd:
+    /// read and write only).
     #[arg(long, default_value = "read=50,write=50")]
     mix: Mix,
     /// Deadline per operation.
@@ -114,6 +115,10 @@ struct RunArgs {
     /// Where quorumkv serves reads: leader, any or local.
     #[arg(long)]
     read_from: Option<String>,
+    /// When quorumkv cannot get R or W: fail, or degrade (answer with what it got, marked
+    /// degraded; counted in the summary).
+    #[arg(long)]
+    on_quorum_loss: Option<String>,
     /// System to drive: kv (quorumkv), etcd (v3 gRPC) or redis.
     #[arg(long, default_value = "kv")]
     driver: DriverKind,
@@ -161,6 +166,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if a.driver == DriverKind::Etcd && a.mix.delete > 0 {
+        eprintln!("kv-bench: --driver etcd runs read and write only; drop delete from --mix");
+        return ExitCode::from(2);
+    }
     let cfg = RunConfig {
         driver: a.driver,
         connections: a.connections.unwrap_or(clients.min(64)).clamp(1, clients),
@@ -177,6 +186,7 @@ fn main() -> ExitCode {
         r: a.r,
         w: a.w,
         read_from: a.read_from,
+        on_quorum_loss: a.on_quorum_loss,
         seed: a.seed,
         out: a.out,
         history: a.history,

@@ -64,6 +64,8 @@ pub struct RunConfig {
     pub w: Option<u32>,
     /// leader, any or local.
     pub read_from: Option<String>,
+    /// fail or degrade.
+    pub on_quorum_loss: Option<String>,
     /// Seed of the per-client random generators.
     pub seed: u64,
     /// Output directory.
@@ -155,6 +157,8 @@ pub struct Summary {
     pub schedule_error_us: Option<Percentiles>,
     /// With `--history`: stale reads found in it.
     pub stale_reads: Option<StaleSummary>,
+    /// Successful answers marked degraded (weaker than asked, `--on-quorum-loss degrade`).
+    pub degraded: u64,
     /// Reads and writes separately.
     pub by_op: BTreeMap<String, OpSummary>,
     /// The run's configuration.
@@ -178,6 +182,8 @@ struct ClientResult {
     history: Vec<kv_checker::Op>,
     /// Per measured operation: (second of the run, latency us); u32::MAX latency for an error.
     timeline: Vec<(u32, u32)>,
+    /// Answers marked degraded.
+    degraded: u64,
 }
 
 /// A write's value in a recorded history: unique, so a read names the write it saw.
@@ -282,6 +288,7 @@ async fn client(
     let origin = measure_from.checked_sub(cfg.warmup).unwrap_or(measure_from);
     let mut history = Vec::new();
     let mut timeline = Vec::new();
+    let mut degraded = 0u64;
     let mut n = 0u64;
     loop {
         let start = match &schedule {
@@ -300,17 +307,24 @@ async fn client(
         if start >= end {
             break;
         }
-        let is_read = rng.random_range(0..100) < cfg.mix.read;
+        let pick = rng.random_range(0..100);
+        let is_read = pick < cfg.mix.read;
+        let is_delete = !is_read && pick >= cfg.mix.read + cfg.mix.write;
         let key_index = chooser.next(&mut rng, is_read);
         if !is_read {
             chooser.wrote(key_index);
         }
         let key = key_name(key_index);
         n += 1;
-        let (res, seen, version) = if is_read {
+        let (res, seen, version, was_degraded) = if is_read {
             match conn.get(&key, cfg.timeout).await {
-                Ok(r) => (Ok(()), r.value, r.version),
-                Err(e) => (Err(e), None, None),
+                Ok(r) => (Ok(()), r.value, r.version, r.degraded),
+                Err(e) => (Err(e), None, None, false),
+            }
+        } else if is_delete {
+            match conn.delete(&key, cfg.timeout).await {
+                Ok(w) => (Ok(()), None, w.version, w.degraded),
+                Err(e) => (Err(e), None, None, false),
             }
         } else {
             let v = if record {
@@ -319,16 +333,21 @@ async fn client(
                 value.clone()
             };
             match conn.put(&key, v.clone(), cfg.timeout).await {
-                Ok(version) => (Ok(()), Some(v), version),
-                Err(e) => (Err(e), Some(v), None),
+                Ok(w) => (Ok(()), Some(v), w.version, w.degraded),
+                Err(e) => (Err(e), Some(v), None, false),
             }
         };
+        if was_degraded && start >= measure_from {
+            degraded += 1;
+        }
         if record {
             let ns = |t: Instant| t.saturating_duration_since(origin).as_nanos() as u64;
             history.push(kv_checker::Op {
                 client: id,
                 op: if is_read {
                     kv_checker::OpKind::Read
+                } else if is_delete {
+                    kv_checker::OpKind::Delete
                 } else {
                     kv_checker::OpKind::Write
                 },
@@ -385,6 +404,7 @@ async fn client(
         errors,
         history,
         timeline,
+        degraded,
     }
 }
 
@@ -475,7 +495,12 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
             Some("local") => pb::ReadFrom::Local,
             Some(o) => anyhow::bail!("--read-from {o:?}: expected leader, any or local"),
         } as i32,
-        on_quorum_loss: 0,
+        on_quorum_loss: match cfg.on_quorum_loss.as_deref() {
+            None => pb::OnQuorumLoss::Unspecified,
+            Some("fail") => pb::OnQuorumLoss::Fail,
+            Some("degrade") => pb::OnQuorumLoss::Degrade,
+            Some(o) => anyhow::bail!("--on-quorum-loss {o:?}: expected fail or degrade"),
+        } as i32,
     };
     let conns = driver::connect(cfg.driver, &cfg.endpoints, cfg.connections, consistency).await?;
     let chooser = Arc::new(KeyChooser::new(cfg.dist, cfg.keys));
@@ -550,6 +575,7 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
         }
         total.history.extend(r.history);
         total.timeline.extend(r.timeline);
+        total.degraded += r.degraded;
     }
     reporter.abort();
     if let Some(Ok(t)) = releaser {
@@ -630,6 +656,7 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
         service_time_us: Percentiles::of(&service),
         schedule_error_us: cfg.rate.map(|_| Percentiles::of(&lateness)),
         stale_reads,
+        degraded: total.degraded,
         by_op,
         config: (*cfg).clone(),
         command,
@@ -687,6 +714,9 @@ pub fn table(s: &Summary) -> String {
             st.rate * 100.0,
             st.history.display()
         ));
+    }
+    if s.degraded > 0 {
+        out.push_str(&format!("degraded answers: {}\n", s.degraded));
     }
     if s.errors.is_empty() {
         out.push_str("errors: none\n");

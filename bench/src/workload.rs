@@ -262,12 +262,18 @@ pub struct Mix {
     pub read: u32,
     /// Writes (puts).
     pub write: u32,
+    /// Deletes.
+    pub delete: u32,
 }
 
 impl FromStr for Mix {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut m = Mix { read: 0, write: 0 };
+        let mut m = Mix {
+            read: 0,
+            write: 0,
+            delete: 0,
+        };
         for part in s.split(',') {
             let (name, pct) = part.split_once('=').ok_or_else(|| {
                 format!("--mix entry {part:?}: expected OP=PERCENT, like read=50")
@@ -278,17 +284,23 @@ impl FromStr for Mix {
             match name {
                 "read" => m.read = pct,
                 "write" => m.write = pct,
+                "delete" => m.delete = pct,
+                "cas" => {
+                    return Err(
+                        "--mix cas is not implemented yet: use read, write and delete".into(),
+                    );
+                }
                 o => {
                     return Err(format!(
-                        "--mix: unknown operation {o:?}: expected read or write"
+                        "--mix: unknown operation {o:?}: expected read, write or delete"
                     ));
                 }
             }
         }
-        if m.read + m.write != 100 {
+        if m.read + m.write + m.delete != 100 {
             return Err(format!(
                 "--mix {s}: percentages add up to {}, not 100",
-                m.read + m.write
+                m.read + m.write + m.delete
             ));
         }
         Ok(m)
@@ -306,7 +318,8 @@ mod tests {
             "read=90,write=10".parse(),
             Ok(Mix {
                 read: 90,
-                write: 10
+                write: 10,
+                delete: 0
             })
         );
         assert!(

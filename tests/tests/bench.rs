@@ -120,6 +120,7 @@ fn recorded_history_of_a_single_node_checks_linearizable() {
         .args(["run", "--endpoints", &node.endpoint()])
         .args(["--clients", "8", "--duration", "1s", "--warmup", "200ms"])
         .args(["--keys", "20", "--value-size", "16"])
+        .args(["--mix", "read=50,write=40,delete=10", "--dist", "latest"])
         .arg("--out")
         .arg(dir.path().join("run"))
         .arg("--history")
