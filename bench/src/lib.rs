@@ -17,4 +17,5 @@ pub mod etcdpb {
 pub mod h2;
 pub mod plot;
 pub mod run;
+pub mod sweep;
 pub mod workload;

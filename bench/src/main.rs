@@ -40,6 +40,14 @@ enum Cmd {
     ///
     /// Example: kv-bench check history.jsonl --html violation.html
     Check(CheckCmd),
+    /// Run a matrix of configurations one after another (clusters started with kvctl cluster
+    /// up, or given endpoints) and write one comparison table (sweep.md) and one latency
+    /// picture (latency.svg). The file format is documented in bench/src/sweep.rs and
+    /// bench/sweeps/compare.toml is an example.
+    Sweep {
+        /// The sweep file (TOML).
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -141,6 +149,26 @@ struct RunArgs {
 fn main() -> ExitCode {
     let a = match Args::parse().cmd {
         Cmd::Run(a) => a,
+        Cmd::Sweep { config } => {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("kv-bench: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            return match rt.block_on(kv_bench::sweep::sweep(&config)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kv-bench sweep: {e:#}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Cmd::Check(c) => {
             return ExitCode::from(kv_bench::check::run(&kv_bench::check::CheckArgs {
                 history: c.history,

@@ -167,6 +167,9 @@ pub struct Summary {
     pub command: Vec<String>,
     /// Logical CPUs of the machine the run was made on.
     pub machine_cpus: usize,
+    /// The latency histogram (for comparisons; not in summary.json).
+    #[serde(skip)]
+    pub latency_histogram: Option<Histogram<u64>>,
 }
 
 #[derive(Default)]
@@ -661,6 +664,7 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
         config: (*cfg).clone(),
         command,
         machine_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        latency_histogram: Some(all.clone()),
     };
     let path = cfg.out.join("summary.json");
     std::fs::write(&path, serde_json::to_string_pretty(&summary)?)

@@ -143,3 +143,47 @@ fn recorded_history_of_a_single_node_checks_linearizable() {
         .expect("check");
     assert_eq!(check.status.code(), Some(0), "{check:?}");
 }
+
+#[test]
+fn sweep_starts_each_cluster_runs_and_compares() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let spec = dir.path().join("sweep.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "out = {:?}\nduration = \"1s\"\nwarmup = \"200ms\"\nclients = 4\n\n\
+             [[run]]\nname = \"one\"\ncluster = {{ mode = \"leader-follower\", nodes = 1, memory = true }}\n\n\
+             [[run]]\nname = \"three-leaderless\"\n\
+             cluster = {{ mode = \"leaderless\", nodes = 3, n = 3, r = 2, w = 2, memory = true }}\n",
+            out.display().to_string()
+        ),
+    )
+    .expect("write");
+    // kvctl, which the sweep runs, is built beside kv-bench.
+    let _ = bin("kvctl");
+    let o = Command::new(bin("kv-bench"))
+        .arg("sweep")
+        .arg(&spec)
+        .output()
+        .expect("sweep");
+    assert!(o.status.success(), "{o:?}");
+    let md = std::fs::read_to_string(out.join("sweep.md")).expect("table");
+    assert!(
+        md.contains("| one |") && md.contains("| three-leaderless |"),
+        "{md}"
+    );
+    assert!(out.join("latency.svg").exists() && out.join("one/summary.json").exists());
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "out = \"x\"\nrun = [{ name = \"r\", clustr = 1 }]\n").expect("write");
+    let o = Command::new(bin("kv-bench"))
+        .arg("sweep")
+        .arg(&bad)
+        .output()
+        .expect("sweep");
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("clustr"),
+        "{o:?}"
+    );
+}
