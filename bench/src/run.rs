@@ -538,6 +538,9 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
     let reporter = {
         let progress = progress.clone();
         let warm = cfg.warmup;
+        let total_s = cfg.duration.as_secs_f64();
+        // A progress bar redrawn in place on a terminal; one line per second otherwise.
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
         tokio::spawn(async move {
             let mut last = 0;
             let mut tick = tokio::time::interval_at(
@@ -547,11 +550,18 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
             loop {
                 tick.tick().await;
                 let now = progress.load(Ordering::Relaxed);
-                eprintln!(
-                    "[{:>4.0}s] {:>8} ops/s",
-                    (t0.elapsed().saturating_sub(warm)).as_secs_f64(),
-                    now - last
-                );
+                let el = t0.elapsed().saturating_sub(warm).as_secs_f64();
+                if tty {
+                    let done = ((el / total_s).min(1.0) * 30.0) as usize;
+                    eprint!(
+                        "\r[{}{}] {el:>4.0}/{total_s:.0} s {:>8} ops/s ",
+                        "#".repeat(done),
+                        " ".repeat(30 - done),
+                        now - last
+                    );
+                } else {
+                    eprintln!("[{el:>4.0}s] {:>8} ops/s", now - last);
+                }
                 last = now;
             }
         })
@@ -581,6 +591,9 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
         total.degraded += r.degraded;
     }
     reporter.abort();
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!();
+    }
     if let Some(Ok(t)) = releaser {
         let _ = t.join();
     }
