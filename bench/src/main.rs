@@ -146,20 +146,25 @@ struct RunArgs {
     threads: usize,
 }
 
+/// A tokio runtime with `threads` workers, or the exit code after saying why not.
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("kv-bench: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        })
+}
+
 fn main() -> ExitCode {
     let a = match Args::parse().cmd {
         Cmd::Run(a) => a,
         Cmd::Sweep { config } => {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime(1) {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("kv-bench: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             return match rt.block_on(kv_bench::sweep::sweep(&config)) {
                 Ok(_) => ExitCode::SUCCESS,
@@ -221,16 +226,9 @@ fn main() -> ExitCode {
         threads: a.threads.max(1),
     };
     let threads = cfg.threads;
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime(threads) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("kv-bench: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let out = cfg.out.clone();
     match rt.block_on(run::run(cfg, std::env::args().collect())) {

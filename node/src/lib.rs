@@ -151,12 +151,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let faults = fault::FaultFilter::default();
     let mut peer_service = None;
     let mut ll_handle = None;
+    let members: Vec<(kv_replica::NodeId, String)> = settings
+        .members
+        .iter()
+        .map(|(id, addr)| (id.clone(), addr.clone()))
+        .collect();
     let node = if leaderless {
-        let members: Vec<(kv_replica::NodeId, String)> = settings
-            .members
-            .iter()
-            .map(|(id, addr)| (id.clone(), addr.clone()))
-            .collect();
         let transport = transport::Transport::start(settings.id.clone(), &members, faults.clone());
         let hints: Arc<dyn Storage> = match (settings.storage, &settings.config.data_dir) {
             (StorageKind::Disk, Some(dir)) => {
@@ -204,11 +204,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         ll_handle = Some(handle.clone());
         Arc::new(Node::new_leaderless(settings, storage.clone(), handle))
     } else if replicated {
-        let members: Vec<(kv_replica::NodeId, String)> = settings
-            .members
-            .iter()
-            .map(|(id, addr)| (id.clone(), addr.clone()))
-            .collect();
         let transport = transport::Transport::start(settings.id.clone(), &members, faults.clone());
         let data_dir = match settings.storage {
             StorageKind::Disk => settings.config.data_dir.clone(),

@@ -64,6 +64,18 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A put of `key`=`value` asking for `w` acknowledgements (0: the cluster's W).
+pub fn put_request(key: &str, value: &str, w: u32) -> kv_proto::kv::v1::PutRequest {
+    kv_proto::kv::v1::PutRequest {
+        key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+        value: bytes::Bytes::copy_from_slice(value.as_bytes()),
+        consistency: Some(kv_proto::kv::v1::Consistency {
+            w,
+            ..Default::default()
+        }),
+    }
+}
+
 /// The seeds a simulation test runs: `KV_SIM_SEED=<seed>` reruns one (the seed a failure
 /// names), `KV_SIM_SEEDS=<n>` runs seeds 0..n, otherwise 0..`default`.
 pub fn sim_seeds(default: u64) -> Vec<u64> {

@@ -17,16 +17,7 @@ use tokio::sync::Mutex;
 /// (election timeouts of 150-300 ms) is not at the mercy of four other clusters on two cores.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-fn put(key: &str, value: &str, w: u32) -> pb::PutRequest {
-    pb::PutRequest {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        value: Bytes::copy_from_slice(value.as_bytes()),
-        consistency: Some(pb::Consistency {
-            w,
-            ..Default::default()
-        }),
-    }
-}
+use kv_tests::put_request as put;
 
 fn get(key: &str, read_from: pb::ReadFrom) -> pb::GetRequest {
     pb::GetRequest {

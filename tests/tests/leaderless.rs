@@ -38,16 +38,7 @@ async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn put(key: &str, value: &str, w: u32) -> pb::PutRequest {
-    pb::PutRequest {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        value: Bytes::copy_from_slice(value.as_bytes()),
-        consistency: Some(pb::Consistency {
-            w,
-            ..Default::default()
-        }),
-    }
-}
+use kv_tests::put_request as put;
 
 fn get(key: &str, r: u32) -> pb::GetRequest {
     pb::GetRequest {
