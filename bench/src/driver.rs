@@ -276,4 +276,39 @@ impl Conn {
             }
         }
     }
+
+    /// Compare-and-set (quorumkv only): writes `value` if `key` is at `expected` (`None`:
+    /// absent). Returns whether it applied and the version (new, or current when not applied).
+    ///
+    /// # Errors
+    /// The error kind (`unsupported` for other systems).
+    pub async fn cas(
+        &mut self,
+        key: &str,
+        expected: Option<(u64, u64)>,
+        value: Bytes,
+        timeout: Duration,
+    ) -> Result<(bool, Option<String>), ErrorKind> {
+        match self {
+            Conn::Kv(c, cons) => {
+                let mut r = tonic::Request::new(pb::CompareAndSetRequest {
+                    key: Bytes::copy_from_slice(key.as_bytes()),
+                    expected: expected.map(|(epoch, counter)| pb::Version { epoch, counter }),
+                    value,
+                    consistency: Some(*cons),
+                });
+                r.set_timeout(timeout);
+                let a = c
+                    .compare_and_set(r)
+                    .await
+                    .map_err(|s| status_kind(&s))?
+                    .into_inner();
+                Ok((
+                    a.applied,
+                    a.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
+                ))
+            }
+            Conn::Etcd(..) | Conn::Redis(..) => Err("unsupported"),
+        }
+    }
 }

@@ -107,8 +107,9 @@ struct RunArgs {
     /// set moves to the next keys every PERIOD_S seconds, default 0.2:0.8:10).
     #[arg(long, default_value = "zipfian")]
     dist: Dist,
-    /// Operation mix in percent, e.g. read=90,write=10 or read=50,write=40,delete=10 (etcd:
-    /// read and write only).
+    /// Operation mix in percent, e.g. read=90,write=10 or read=50,write=30,delete=10,cas=10
+    /// (etcd: read and write; Redis: no cas). A cas expects the version this client last saw
+    /// for the key (absent if none).
     #[arg(long, default_value = "read=50,write=50")]
     mix: Mix,
     /// Deadline per operation.
@@ -201,6 +202,10 @@ fn main() -> ExitCode {
     };
     if a.driver == DriverKind::Etcd && a.mix.delete > 0 {
         eprintln!("kv-bench: --driver etcd runs read and write only; drop delete from --mix");
+        return ExitCode::from(2);
+    }
+    if a.driver != DriverKind::Kv && a.mix.cas > 0 {
+        eprintln!("kv-bench: cas runs against quorumkv only; drop cas from --mix");
         return ExitCode::from(2);
     }
     let cfg = RunConfig {

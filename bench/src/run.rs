@@ -189,6 +189,12 @@ struct ClientResult {
     degraded: u64,
 }
 
+/// `EPOCH.COUNTER` as numbers.
+fn parse_version(v: &str) -> Option<(u64, u64)> {
+    let (a, b) = v.split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
 /// A write's value in a recorded history: unique, so a read names the write it saw.
 fn unique_value(client: u64, n: u64, size: usize) -> Bytes {
     let mut v = format!("c{client}-{n}");
@@ -292,6 +298,8 @@ async fn client(
     let mut history = Vec::new();
     let mut timeline = Vec::new();
     let mut degraded = 0u64;
+    let mut known: std::collections::HashMap<String, (Option<String>, Option<String>)> =
+        std::collections::HashMap::new();
     let mut n = 0u64;
     loop {
         let start = match &schedule {
@@ -312,17 +320,38 @@ async fn client(
         }
         let pick = rng.random_range(0..100);
         let is_read = pick < cfg.mix.read;
-        let is_delete = !is_read && pick >= cfg.mix.read + cfg.mix.write;
+        let is_cas = pick >= cfg.mix.read + cfg.mix.write + cfg.mix.delete;
+        let is_delete = !is_read && !is_cas && pick >= cfg.mix.read + cfg.mix.write;
         let key_index = chooser.next(&mut rng, is_read);
         if !is_read {
             chooser.wrote(key_index);
         }
         let key = key_name(key_index);
         n += 1;
+        // A cas expects what this client last saw of the key; the history records that value.
+        let (mut expected_value, mut applied) = (None, None);
         let (res, seen, version, was_degraded) = if is_read {
             match conn.get(&key, cfg.timeout).await {
                 Ok(r) => (Ok(()), r.value, r.version, r.degraded),
                 Err(e) => (Err(e), None, None, false),
+            }
+        } else if is_cas {
+            let (exp_version, exp_value) = match known.get(&key) {
+                Some((Some(v), Some(val))) => (parse_version(v), Some(val.clone())),
+                _ => (None, None),
+            };
+            expected_value = exp_value;
+            let v = if record {
+                unique_value(id, n, cfg.value_size)
+            } else {
+                value.clone()
+            };
+            match conn.cas(&key, exp_version, v.clone(), cfg.timeout).await {
+                Ok((ok, version)) => {
+                    applied = Some(ok);
+                    (Ok(()), Some(v), version, false)
+                }
+                Err(e) => (Err(e), Some(v), None, false),
             }
         } else if is_delete {
             match conn.delete(&key, cfg.timeout).await {
@@ -340,6 +369,21 @@ async fn client(
                 Err(e) => (Err(e), Some(v), None, false),
             }
         };
+        // What this client now knows of the key (for its next cas).
+        match (&res, is_read, is_delete) {
+            (Ok(()), _, true) => {
+                known.insert(key.clone(), (None, None));
+            }
+            (Ok(()), _, _) if applied != Some(false) => {
+                let val = seen
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned());
+                known.insert(key.clone(), (version.clone(), val));
+            }
+            _ => {
+                known.remove(&key);
+            }
+        }
         if was_degraded && start >= measure_from {
             degraded += 1;
         }
@@ -349,6 +393,8 @@ async fn client(
                 client: id,
                 op: if is_read {
                     kv_checker::OpKind::Read
+                } else if is_cas {
+                    kv_checker::OpKind::Cas
                 } else if is_delete {
                     kv_checker::OpKind::Delete
                 } else {
@@ -356,8 +402,8 @@ async fn client(
                 },
                 key: key.clone(),
                 value: seen.map(|v| String::from_utf8_lossy(&v).into_owned()),
-                expected: None,
-                applied: None,
+                expected: expected_value,
+                applied,
                 start_ns: ns(sent),
                 end_ns: ns(Instant::now()),
                 outcome: match res {

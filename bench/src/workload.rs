@@ -264,6 +264,8 @@ pub struct Mix {
     pub write: u32,
     /// Deletes.
     pub delete: u32,
+    /// Compare-and-sets (quorumkv leader-follower and single node).
+    pub cas: u32,
 }
 
 impl FromStr for Mix {
@@ -273,6 +275,7 @@ impl FromStr for Mix {
             read: 0,
             write: 0,
             delete: 0,
+            cas: 0,
         };
         for part in s.split(',') {
             let (name, pct) = part.split_once('=').ok_or_else(|| {
@@ -285,22 +288,18 @@ impl FromStr for Mix {
                 "read" => m.read = pct,
                 "write" => m.write = pct,
                 "delete" => m.delete = pct,
-                "cas" => {
-                    return Err(
-                        "--mix cas is not implemented yet: use read, write and delete".into(),
-                    );
-                }
+                "cas" => m.cas = pct,
                 o => {
                     return Err(format!(
-                        "--mix: unknown operation {o:?}: expected read, write or delete"
+                        "--mix: unknown operation {o:?}: expected read, write, delete or cas"
                     ));
                 }
             }
         }
-        if m.read + m.write + m.delete != 100 {
+        if m.read + m.write + m.delete + m.cas != 100 {
             return Err(format!(
                 "--mix {s}: percentages add up to {}, not 100",
-                m.read + m.write + m.delete
+                m.read + m.write + m.delete + m.cas
             ));
         }
         Ok(m)
@@ -319,7 +318,8 @@ mod tests {
             Ok(Mix {
                 read: 90,
                 write: 10,
-                delete: 0
+                delete: 0,
+                cas: 0
             })
         );
         assert!(

@@ -120,7 +120,12 @@ fn recorded_history_of_a_single_node_checks_linearizable() {
         .args(["run", "--endpoints", &node.endpoint()])
         .args(["--clients", "8", "--duration", "1s", "--warmup", "200ms"])
         .args(["--keys", "20", "--value-size", "16"])
-        .args(["--mix", "read=50,write=40,delete=10", "--dist", "latest"])
+        .args([
+            "--mix",
+            "read=40,write=30,delete=10,cas=20",
+            "--dist",
+            "latest",
+        ])
         .arg("--out")
         .arg(dir.path().join("run"))
         .arg("--history")
@@ -135,6 +140,11 @@ fn recorded_history_of_a_single_node_checks_linearizable() {
         text.lines().count() > 500,
         "{} operations",
         text.lines().count()
+    );
+    assert!(text.contains("\"op\":\"delete\""), "deletes recorded");
+    assert!(
+        text.contains("\"applied\":true") && text.contains("\"applied\":false"),
+        "compare-and-sets recorded, both ways"
     );
     let check = Command::new(bin("kv-bench"))
         .arg("check")
