@@ -11,7 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use kv_bench::driver::DriverKind;
 use kv_bench::run::{self, RunConfig};
-use kv_bench::workload::{Dist, Mix};
+use kv_bench::workload::{Dist, Mix, ValueSize};
 
 /// quorumkv load generator.
 #[derive(Debug, Parser)]
@@ -98,9 +98,9 @@ struct RunArgs {
     /// Number of distinct keys.
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
-    /// Value size in bytes.
-    #[arg(long, default_value_t = 100)]
-    value_size: usize,
+    /// Value size in bytes: fixed (100) or uniform in a range (50-500).
+    #[arg(long, default_value = "100")]
+    value_size: ValueSize,
     /// Key distribution: uniform; zipfian (YCSB scrambled, theta 0.99); latest (reads go
     /// mostly to recently written keys); hotspot[:KEYS:OPS] (a KEYS share of the keys gets an
     /// OPS share of the operations, default 0.2:0.8); moving-hotspot[:KEYS:OPS:PERIOD_S] (the hot

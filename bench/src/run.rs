@@ -26,7 +26,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use serde::Serialize;
 
 use crate::driver::{self, Conn, DriverKind};
-use crate::workload::{Dist, KeyChooser, Mix, key_name};
+use crate::workload::{Dist, KeyChooser, Mix, ValueSize, key_name};
 
 /// Everything a run is configured with (recorded in `summary.json`).
 #[derive(Debug, Clone, Serialize)]
@@ -49,8 +49,8 @@ pub struct RunConfig {
     pub warmup: Duration,
     /// Key count.
     pub keys: u64,
-    /// Value size in bytes.
-    pub value_size: usize,
+    /// Value sizes in bytes.
+    pub value_size: ValueSize,
     /// Key distribution.
     pub dist: Dist,
     /// Operation mix.
@@ -286,7 +286,7 @@ async fn client(
     schedule: Option<Arc<Schedule>>,
 ) -> ClientResult {
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(id));
-    let mut value = vec![0u8; cfg.value_size];
+    let mut value = vec![0u8; cfg.value_size.max];
     rng.fill_bytes(&mut value);
     let value = Bytes::from(value);
     let (mut all, mut read, mut write) = (histogram(), histogram(), histogram());
@@ -342,9 +342,9 @@ async fn client(
             };
             expected_value = exp_value;
             let v = if record {
-                unique_value(id, n, cfg.value_size)
+                unique_value(id, n, cfg.value_size.pick(&mut rng))
             } else {
-                value.clone()
+                value.slice(..cfg.value_size.pick(&mut rng))
             };
             match conn.cas(&key, exp_version, v.clone(), cfg.timeout).await {
                 Ok((ok, version)) => {
@@ -360,9 +360,9 @@ async fn client(
             }
         } else {
             let v = if record {
-                unique_value(id, n, cfg.value_size)
+                unique_value(id, n, cfg.value_size.pick(&mut rng))
             } else {
-                value.clone()
+                value.slice(..cfg.value_size.pick(&mut rng))
             };
             match conn.put(&key, v.clone(), cfg.timeout).await {
                 Ok(w) => (Ok(()), Some(v), w.version, w.degraded),

@@ -7,7 +7,7 @@
 //! duration = "10s"                 # defaults for every run; any run may override them
 //! warmup = "2s"
 //! keys = 10000
-//! value_size = 100
+//! value_size = "100"              # or a range, "50-500"
 //! dist = "zipfian"
 //! mix = "read=50,write=50"
 //! clients = 16                     # closed loop; or rate = 5000 (open loop)
@@ -70,7 +70,7 @@ pub struct Settings {
     duration: Option<String>,
     warmup: Option<String>,
     keys: Option<u64>,
-    value_size: Option<usize>,
+    value_size: Option<String>,
     dist: Option<String>,
     mix: Option<String>,
     clients: Option<usize>,
@@ -140,7 +140,10 @@ fn config(spec: &SweepSpec, r: &RunSpec, endpoints: Vec<String>) -> anyhow::Resu
         duration: dur(pick(&s.duration, &d.duration), "10s")?,
         warmup: dur(pick(&s.warmup, &d.warmup), "2s")?,
         keys: pick(&s.keys, &d.keys).unwrap_or(10_000),
-        value_size: pick(&s.value_size, &d.value_size).unwrap_or(100),
+        value_size: pick(&s.value_size, &d.value_size)
+            .unwrap_or_else(|| "100".into())
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("{}: {e}", r.name))?,
         dist,
         mix,
         timeout: Duration::from_secs(2),

@@ -250,6 +250,42 @@ impl KeyChooser {
     }
 }
 
+/// Value sizes: fixed (`100`) or uniform in a range (`50-500`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ValueSize {
+    /// Smallest, in bytes.
+    pub min: usize,
+    /// Largest, in bytes.
+    pub max: usize,
+}
+
+impl ValueSize {
+    /// One size.
+    pub fn pick(&self, rng: &mut impl Rng) -> usize {
+        if self.min == self.max {
+            self.min
+        } else {
+            rng.random_range(self.min..=self.max)
+        }
+    }
+}
+
+impl FromStr for ValueSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("--value-size {s:?}: expected BYTES or MIN-MAX, like 100 or 50-500");
+        let (a, b) = s.split_once('-').unwrap_or((s, s));
+        let (min, max): (usize, usize) = (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        );
+        if min > max {
+            return Err(bad());
+        }
+        Ok(ValueSize { min, max })
+    }
+}
+
 /// The name of key `i`: fixed width so every key has the same size.
 pub fn key_name(i: u64) -> String {
     format!("key{i:08}")
@@ -310,6 +346,16 @@ impl FromStr for Mix {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn value_sizes_parse_fixed_or_as_a_range() {
+        assert_eq!("100".parse(), Ok(ValueSize { min: 100, max: 100 }));
+        let r: ValueSize = "50-500".parse().expect("range");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        assert!((0..1000).all(|_| (50..=500).contains(&r.pick(&mut rng))));
+        assert!("500-50".parse::<ValueSize>().is_err());
+        assert!("big".parse::<ValueSize>().is_err());
+    }
 
     #[test]
     fn mix_parses_and_must_add_up_to_100() {

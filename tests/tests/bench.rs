@@ -119,7 +119,7 @@ fn recorded_history_of_a_single_node_checks_linearizable() {
     let o = Command::new(bin("kv-bench"))
         .args(["run", "--endpoints", &node.endpoint()])
         .args(["--clients", "8", "--duration", "1s", "--warmup", "200ms"])
-        .args(["--keys", "20", "--value-size", "16"])
+        .args(["--keys", "20", "--value-size", "16-40"])
         .args([
             "--mix",
             "read=40,write=30,delete=10,cas=20",

@@ -109,6 +109,9 @@ struct Shared {
     waiters: Mutex<Waiters>,
     disk_bytes: AtomicU64,
     snapshot_running: AtomicBool,
+    /// The background snapshot, joined on drop: it holds the store (and so the directory lock)
+    /// until it finishes.
+    snapshot_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Held for the life of the store; dropping it releases the directory.
     _lock: File,
 }
@@ -444,6 +447,7 @@ impl DiskStorage {
             waiters: Mutex::new(BTreeMap::new()),
             disk_bytes: AtomicU64::new(disk_bytes),
             snapshot_running: AtomicBool::new(false),
+            snapshot_thread: Mutex::new(None),
             _lock: lock,
         });
         let s = shared.clone();
@@ -555,9 +559,17 @@ fn flusher(shared: Arc<Shared>, mut file: File, mut seg_size: u64) {
                         }
                         s.snapshot_running.store(false, Ordering::Release);
                     });
-                if let Err(e) = spawned {
-                    tracing::warn!(error = %e, "cannot start a snapshot thread");
-                    shared.snapshot_running.store(false, Ordering::Release);
+                match spawned {
+                    Ok(h) => {
+                        *shared
+                            .snapshot_thread
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) = Some(h);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot start a snapshot thread");
+                        shared.snapshot_running.store(false, Ordering::Release);
+                    }
                 }
             }
         }
@@ -745,6 +757,17 @@ impl Drop for DiskStorage {
         self.shared.lock().shutdown = true;
         self.shared.wake.notify_all();
         if let Some(h) = self.flusher.take() {
+            let _ = h.join();
+        }
+        // A snapshot still being written holds the store; wait for it so that the directory
+        // is free once this returns (a reopen right after a drop was refused as in use).
+        let snap = self
+            .shared
+            .snapshot_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = snap {
             let _ = h.join();
         }
     }
