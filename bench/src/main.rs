@@ -27,7 +27,7 @@ enum Cmd {
     ///
     /// Closed loop: --clients C clients each send their next request when the previous one
     /// answers. Open loop: --rate R, latency from each request's intended start. Writes
-    /// DIR/summary.json, DIR/latency.hgrm and DIR/service_time.hgrm.
+    /// DIR/summary.json, latency.hgrm, service_time.hgrm, timeline.csv and SVG plots.
     ///
     /// Example: kv-bench run --endpoints 127.0.0.1:7001 --clients 16 --duration 20s
     ///          --keys 10000 --value-size 100 --dist zipfian --mix read=50,write=50 --out bench-out/kv
@@ -239,7 +239,11 @@ fn main() -> ExitCode {
     match rt.block_on(run::run(cfg, std::env::args().collect())) {
         Ok(s) => {
             print!("{}", run::table(&s));
-            println!("wrote {}/summary.json and latency.hgrm", out.display());
+            println!(
+                "wrote {}/: summary.json, latency.hgrm, service_time.hgrm, timeline.csv, \
+                 latency.svg, throughput.svg, p99.svg",
+                out.display()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
