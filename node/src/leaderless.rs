@@ -474,6 +474,10 @@ impl Driver {
         let mut after_data: Vec<(NodeId, Msg)> = Vec::new();
         let mut after_hints: Vec<(NodeId, Msg)> = Vec::new();
         let (mut max_data, mut max_hints) = (0, 0);
+        // Read once per batch (each read takes the storage lock); a send whose LSN became
+        // durable meanwhile goes out with the batch's wait, which then returns at once.
+        let durable_data = self.store.data.stats().durable_lsn;
+        let durable_hints = self.store.hints.stats().durable_lsn;
         loop {
             let actions = self.core.take_actions();
             if actions.is_empty() {
@@ -492,14 +496,14 @@ impl Driver {
                         Some(FAILED_LSN) => {}
                         Some(lsn) if lsn & HINT_LSN != 0 => {
                             let lsn = lsn & !HINT_LSN;
-                            if self.store.hints.stats().durable_lsn >= lsn {
+                            if durable_hints >= lsn {
                                 self.send_now(to, msg);
                             } else {
                                 max_hints = max_hints.max(lsn);
                                 after_hints.push((to, msg));
                             }
                         }
-                        Some(lsn) if self.store.data.stats().durable_lsn < lsn => {
+                        Some(lsn) if durable_data < lsn => {
                             max_data = max_data.max(lsn);
                             after_data.push((to, msg));
                         }

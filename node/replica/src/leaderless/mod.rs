@@ -374,8 +374,6 @@ pub struct Stats {
     pub ae_repairs: u64,
     /// Requests that missed their quorum (failed or degraded).
     pub quorum_failures: u64,
-    /// Answers marked degraded.
-    pub degraded: u64,
     /// Writes forwarded to a replica of their key.
     pub forwarded: u64,
     /// Tombstones purged.
@@ -1023,9 +1021,6 @@ impl Leaderless {
                         may_have_happened: true,
                     }),
                 };
-                if result.as_ref().is_ok_and(|o| o.degraded) {
-                    self.stats.degraded += 1;
-                }
                 if result.as_ref().map_or(true, |o| o.degraded) {
                     self.stats.quorum_failures += 1;
                 }
@@ -1237,7 +1232,6 @@ impl Leaderless {
         if let Some(mut result) = answer {
             match &mut result {
                 Ok(ok) if ok.degraded => {
-                    self.stats.degraded += 1;
                     self.stats.quorum_failures += 1;
                 }
                 Ok(_) => {}
