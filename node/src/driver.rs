@@ -28,7 +28,7 @@ use kv_replica::{NodeId, Version};
 use rand::SeedableRng;
 use tokio::sync::oneshot;
 
-use crate::raft_log::RaftLog;
+use crate::raft_log::{LogWriter, RaftLog};
 use crate::storage::{Storage, StorageError, Write, now_ms};
 use crate::transport::Transport;
 
@@ -102,6 +102,22 @@ pub enum Input {
         /// Where the outcome goes.
         reply: oneshot::Sender<Result<(), DriveError>>,
     },
+    /// From the log writer thread: this many submissions are durable, or the error that stopped
+    /// it.
+    Synced(Result<u64, String>),
+}
+
+/// A batch handed to the log writer, and what waits for it to be durable.
+struct InFlight {
+    /// Its number among submissions (1-based).
+    seq: u64,
+    /// The replica's last index when it was submitted: durable once it is.
+    last: kv_replica::leader_follower::LogIndex,
+    /// Log truncations seen before it was submitted; a later truncation may have replaced
+    /// entries up to `last`, and then its completion says nothing about them.
+    generation: u64,
+    /// Actions that must not happen before it is durable (replies, votes, applies), in order.
+    deferred: Vec<Action>,
 }
 
 /// What the node shows of its replica (kvctl status, response metadata).
@@ -232,6 +248,15 @@ impl Default for Timing {
 struct Driver {
     replica: Replica,
     log: Option<RaftLog>,
+    /// Writes and fsyncs `log`'s records off this thread (absent in memory).
+    writer: Option<LogWriter>,
+    /// Submissions made to `writer`, and how many are durable.
+    submitted: u64,
+    synced: u64,
+    /// Truncations carried out so far.
+    generation: u64,
+    /// Submitted batches not yet durable, oldest first.
+    inflight: std::collections::VecDeque<InFlight>,
     transport: Transport,
     state: Arc<dyn Storage>,
     proposals: HashMap<RequestId, oneshot::Sender<Result<Proposed, DriveError>>>,
@@ -290,11 +315,25 @@ pub fn start(
         Box::new(rand::rngs::StdRng::seed_from_u64(seed)),
     );
     let (tx, rx) = std::sync::mpsc::channel();
+    let writer = match &log {
+        Some(l) => {
+            let tx = tx.clone();
+            Some(l.start_writer(move |r| {
+                let _ = tx.send(Input::Synced(r));
+            })?)
+        }
+        None => None,
+    };
     let status = Arc::new(Mutex::new(StatusSnapshot::default()));
     let rolled_back = Arc::new(AtomicU64::new(0));
     let driver = Driver {
         replica,
         log,
+        writer,
+        submitted: 0,
+        synced: 0,
+        generation: 0,
+        inflight: std::collections::VecDeque::new(),
         transport,
         state,
         proposals: HashMap::new(),
@@ -370,11 +409,13 @@ impl Driver {
                 Input::Read { reply } => {
                     let _ = reply.send(Err(err));
                 }
-                Input::Peer { .. } => {}
+                Input::Peer { .. } | Input::Synced(_) => {}
             }
             return;
         }
         match input {
+            Input::Synced(Ok(n)) => self.synced = self.synced.max(n),
+            Input::Synced(Err(e)) => self.fail(e),
             Input::Peer { from, msg } => self.replica.step(&from, msg),
             Input::Propose { cmd, w, reply } => {
                 let id = self.next_id;
@@ -427,50 +468,109 @@ impl Driver {
         }
     }
 
+    /// Carries out what the replica asked for, until it asks for nothing more.
+    ///
+    /// Log records go to the writer thread; whatever must wait for them to be durable (every
+    /// reply, vote and apply of the batch, and of later batches, in order) waits in `inflight`
+    /// while this thread goes on stepping messages. A leader's batch without a term change or
+    /// truncation is the exception (Raft thesis §10.2.1): its appends and answers go at once,
+    /// since it counts itself toward W and the commit only once `persisted` says so.
     fn process(&mut self) {
         loop {
-            let mut actions = self.replica.take_actions();
-            if actions.is_empty() {
+            let actions = self.replica.take_actions();
+            let more = !actions.is_empty();
+            if more {
+                self.submit(actions);
+            }
+            let completed = self.complete_synced();
+            if self.failed.is_some() || (!more && !completed) {
                 return;
-            }
-            // A leader's appends may leave before its own fsync (Raft thesis §10.2.1): the
-            // leader counts itself only once `persisted` says so, so its fsync and the
-            // followers' run at the same time. Votes, replies and anything sent in a batch
-            // that changes the term, vote or truncates must wait for the fsync.
-            let early = self.replica.role() == Role::Leader
-                && !actions
-                    .iter()
-                    .any(|a| matches!(a, Action::PersistHardState(_) | Action::Truncate { .. }));
-            if early {
-                let mut rest = Vec::with_capacity(actions.len());
-                for a in actions {
-                    match a {
-                        Action::Send {
-                            to,
-                            msg: msg @ kv_replica::leader_follower::Message::Append { .. },
-                        } => self.transport.send(&to, msg),
-                        other => rest.push(other),
-                    }
-                }
-                actions = rest;
-            }
-            if let Err(e) = self.persist(&actions) {
-                tracing::error!(error = %e, "replica log write failed; this node stops serving");
-                self.failed = Some(e.to_string());
-                for (_, r) in self.proposals.drain() {
-                    let _ = r.send(Err(DriveError::Unknown));
-                }
-                return;
-            }
-            let last = self.replica.last_index();
-            self.replica.persisted(last);
-            for a in actions {
-                self.carry_out(a);
             }
         }
     }
 
-    fn persist(&mut self, actions: &[Action]) -> Result<(), StorageError> {
+    fn submit(&mut self, actions: Vec<Action>) {
+        let risky = actions
+            .iter()
+            .any(|a| matches!(a, Action::PersistHardState(_) | Action::Truncate { .. }));
+        if actions.iter().any(|a| matches!(a, Action::Truncate { .. })) {
+            self.generation += 1;
+        }
+        let early = self.replica.role() == Role::Leader
+            && !risky
+            && self.inflight.iter().all(|f| f.deferred.is_empty());
+        self.queue_records(&actions);
+        let records = self
+            .log
+            .as_mut()
+            .map(RaftLog::take_queued)
+            .unwrap_or_default();
+        let last = self.replica.last_index();
+        let (now, deferred) = if early {
+            (actions, Vec::new())
+        } else {
+            (Vec::new(), actions)
+        };
+        match &self.writer {
+            Some(w) if !records.is_empty() => {
+                if !w.submit(records) {
+                    self.fail("the replica log writer stopped".into());
+                    return;
+                }
+                self.submitted += 1;
+                self.inflight.push_back(InFlight {
+                    seq: self.submitted,
+                    last,
+                    generation: self.generation,
+                    deferred,
+                });
+            }
+            _ => match self.inflight.back_mut() {
+                // Nothing to write, but earlier records are still on their way to disk.
+                Some(f) => f.deferred.extend(deferred),
+                None => {
+                    self.replica.persisted(last);
+                    for a in deferred {
+                        self.carry_out(a);
+                    }
+                }
+            },
+        }
+        for a in now {
+            self.carry_out(a);
+        }
+    }
+
+    /// Releases what waited for submissions the writer has made durable. `true` if any.
+    fn complete_synced(&mut self) -> bool {
+        let mut any = false;
+        while self.inflight.front().is_some_and(|f| f.seq <= self.synced) {
+            let Some(f) = self.inflight.pop_front() else {
+                break;
+            };
+            any = true;
+            if f.generation == self.generation {
+                self.replica.persisted(f.last);
+            }
+            for a in f.deferred {
+                self.carry_out(a);
+            }
+        }
+        any
+    }
+
+    fn fail(&mut self, why: String) {
+        tracing::error!(error = %why, "replica log write failed; this node stops serving");
+        self.failed = Some(why);
+        self.inflight.clear();
+        for (_, r) in self.proposals.drain() {
+            let _ = r.send(Err(DriveError::Unknown));
+        }
+    }
+
+    /// Encodes the batch's durable state for the writer; truncated entries go to the rollback
+    /// file first.
+    fn queue_records(&mut self, actions: &[Action]) {
         for a in actions {
             match a {
                 Action::PersistHardState(h) => {
@@ -496,10 +596,6 @@ impl Driver {
                 }
                 _ => {}
             }
-        }
-        match &mut self.log {
-            Some(l) => l.sync(),
-            None => Ok(()),
         }
     }
 
@@ -675,5 +771,91 @@ fn map_err(e: ReplicaError) -> DriveError {
         ReplicaError::BadW { w, n } => {
             DriveError::Invalid(format!("w={w} is out of range: must be 1..={n}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use kv_replica::leader_follower::{LogIndex, Message, Term};
+
+    use super::*;
+    use crate::fault::FaultFilter;
+    use crate::storage::{FsyncPolicy, MemStorage};
+
+    /// A follower's acknowledgement goes out only once what it acknowledges is on disk, although
+    /// the log is written on another thread while the replica goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_acknowledges_entries_only_once_they_are_written() {
+        crate::raft_log::WRITE_DELAY_MS.store(300, Ordering::Relaxed);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let leader_addr = listener.local_addr().expect("addr").to_string();
+        let (from_follower, rt) = crate::transport::tests::serve(listener);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (n1, n2) = (NodeId::from("n1"), NodeId::from("n2"));
+        let transport = Transport::start(
+            n2.clone(),
+            &[
+                (n1.clone(), leader_addr),
+                (n2.clone(), "127.0.0.1:1".into()),
+            ],
+            FaultFilter::default(),
+        );
+        let follower = start(
+            n2,
+            vec![n1.clone(), NodeId::from("n2")],
+            Some(dir.path().to_path_buf()),
+            FsyncPolicy::Batch,
+            Timing::default(),
+            transport,
+            Arc::new(MemStorage::new()),
+            7,
+        )
+        .expect("driver");
+        let entry = Entry {
+            term: Term(1),
+            index: LogIndex(1),
+            cmd: Command::Put {
+                key: bytes::Bytes::from_static(b"k"),
+                value: bytes::Bytes::from_static(b"v"),
+            },
+        };
+        let sent = Instant::now();
+        follower.send(Input::Peer {
+            from: n1.clone(),
+            msg: Message::Append {
+                term: Term(1),
+                prev_index: LogIndex(0),
+                prev_term: Term(0),
+                entries: vec![entry],
+                commit: LogIndex(0),
+                read_seq: 0,
+            },
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let reply = loop {
+            assert!(Instant::now() < deadline, "no acknowledgement");
+            match from_follower.try_recv() {
+                Ok(Input::Peer {
+                    msg: Message::AppendReply { ok, index, .. },
+                    ..
+                }) => break (ok, index, sent.elapsed()),
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        };
+        let on_disk = std::fs::metadata(dir.path().join("raft.log"))
+            .expect("log")
+            .len();
+        crate::raft_log::WRITE_DELAY_MS.store(0, Ordering::Relaxed);
+        assert_eq!((reply.0, reply.1), (true, LogIndex(1)));
+        assert!(
+            on_disk > 0 && reply.2 >= Duration::from_millis(300),
+            "acknowledged after {:?} with {on_disk} bytes of log on disk",
+            reply.2
+        );
+        rt.shutdown_background();
     }
 }

@@ -575,7 +575,7 @@ fn stored_to_wire(s: Stored) -> pb::LlStored {
 
 fn stored_from_wire(s: pb::LlStored) -> Option<Stored> {
     Some(Stored {
-        value: s.has_value.then_some(s.value),
+        value: s.has_value.then(|| crate::detach(s.value)),
         version: Version::new(s.epoch, s.counter),
         clock: VClock::decode(&s.clock)?,
         written_ms: s.written_ms,
@@ -704,7 +704,7 @@ pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Msg> {
     Some(match m {
         W::LlWrite(w) => Msg::Write {
             req: w.req,
-            key: w.key,
+            key: crate::detach(w.key),
             stored: stored_from_wire(w.stored?)?,
         },
         W::LlWriteAck(a) => Msg::WriteAck {
@@ -725,8 +725,8 @@ pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Msg> {
         },
         W::LlForward(f) => Msg::Forward {
             req: f.req,
-            key: f.key,
-            value: f.has_value.then_some(f.value),
+            key: crate::detach(f.key),
+            value: f.has_value.then(|| crate::detach(f.value)),
             w: f.w,
             timeout_ms: f.timeout_ms,
             degrade: f.degrade,
@@ -766,7 +766,7 @@ pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Msg> {
         W::LlStoreHint(h) => Msg::StoreHint {
             req: h.req,
             target: NodeId(h.target),
-            key: h.key,
+            key: crate::detach(h.key),
             stored: stored_from_wire(h.stored?)?,
         },
         W::LlHintStored(h) => Msg::HintStored {
@@ -774,7 +774,7 @@ pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Msg> {
             target: NodeId(h.target),
         },
         W::LlHint(h) => Msg::Hint {
-            key: h.key,
+            key: crate::detach(h.key),
             stored: stored_from_wire(h.stored?)?,
         },
         W::LlHintAck(a) => Msg::HintAck {
@@ -793,7 +793,7 @@ pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Msg> {
                     .keys
                     .into_iter()
                     .zip(e.entries)
-                    .map(|(k, s)| Some((k, stored_from_wire(s)?)))
+                    .map(|(k, s)| Some((crate::detach(k), stored_from_wire(s)?)))
                     .collect::<Option<Vec<_>>>()?,
                 reply: e.reply,
             }

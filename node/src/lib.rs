@@ -31,6 +31,17 @@ pub mod server;
 pub mod storage;
 pub mod transport;
 
+/// A copy of `b` that owns exactly its bytes.
+///
+/// Bytes fields decoded by prost are slices of the whole receive buffer (tonic's decode buffer
+/// or a peer batch): keeping one alive keeps the whole buffer alive. Anything stored beyond the
+/// request (a log entry, a value in the state, a hint) goes through this first. Measured: a
+/// leader kept ~8 KiB per write without it (RSS grew 35 MB/s under 9k ops/s), and zeroing the
+/// fresh pages cost 11% of its CPU.
+pub fn detach(b: bytes::Bytes) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(&b)
+}
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

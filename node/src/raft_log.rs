@@ -237,17 +237,96 @@ impl RaftLog {
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.file
-            .write_all(&self.buf)
-            .map_err(|e| StorageError::io(format!("cannot write {}", self.path.display()), e))?;
-        if self.fsync != FsyncPolicy::Never {
-            self.file.sync_data().map_err(|e| {
-                StorageError::io(format!("cannot fsync {}", self.path.display()), e)
-            })?;
-        }
+        write_synced(&mut self.file, &self.path, self.fsync, &[&self.buf])?;
         self.buf.clear();
         Ok(())
     }
+
+    /// The records queued since the last call (or [`RaftLog::sync`]), for a [`LogWriter`].
+    pub fn take_queued(&mut self) -> Vec<u8> {
+        std::mem::replace(&mut self.buf, Vec::with_capacity(1 << 12))
+    }
+
+    /// Starts a thread that writes and syncs what is submitted to it, in order, so that the
+    /// replica goes on handling messages while an fsync runs. Everything submitted while one
+    /// fsync runs shares the next (group commit). After each fsync it calls `done` with the
+    /// number of submissions durable so far, or with the error that stopped it (then it ends).
+    ///
+    /// # Errors
+    /// The file cannot be shared with the thread, or the thread cannot start.
+    pub fn start_writer(
+        &self,
+        done: impl Fn(Result<u64, String>) + Send + 'static,
+    ) -> Result<LogWriter, StorageError> {
+        let mut file = self
+            .file
+            .try_clone()
+            .map_err(|e| StorageError::io(format!("cannot share {}", self.path.display()), e))?;
+        let path = self.path.clone();
+        let fsync = self.fsync;
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::Builder::new()
+            .name("kv-raft-log".into())
+            .spawn(move || {
+                let mut durable = 0u64;
+                while let Ok(first) = rx.recv() {
+                    #[cfg(test)]
+                    std::thread::sleep(std::time::Duration::from_millis(
+                        WRITE_DELAY_MS.load(std::sync::atomic::Ordering::Relaxed),
+                    ));
+                    let mut bufs = vec![first];
+                    bufs.extend(rx.try_iter());
+                    let slices: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
+                    match write_synced(&mut file, &path, fsync, &slices) {
+                        Ok(()) => {
+                            durable += bufs.len() as u64;
+                            done(Ok(durable));
+                        }
+                        Err(e) => {
+                            done(Err(e.to_string()));
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| StorageError::io("cannot start the replica log writer", e))?;
+        Ok(LogWriter { tx })
+    }
+}
+
+/// Tests: how long the writer thread waits before writing each batch, so that anything sent
+/// before its batch is durable shows.
+#[cfg(test)]
+pub(crate) static WRITE_DELAY_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
+/// The sending end of [`RaftLog::start_writer`]; dropping it ends the thread.
+pub struct LogWriter {
+    tx: std::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl LogWriter {
+    /// Queues encoded records; `false` when the writer has stopped (after an error).
+    pub fn submit(&self, records: Vec<u8>) -> bool {
+        self.tx.send(records).is_ok()
+    }
+}
+
+fn write_synced(
+    file: &mut File,
+    path: &Path,
+    fsync: FsyncPolicy,
+    bufs: &[&[u8]],
+) -> Result<(), StorageError> {
+    for b in bufs {
+        file.write_all(b)
+            .map_err(|e| StorageError::io(format!("cannot write {}", path.display()), e))?;
+    }
+    if fsync != FsyncPolicy::Never {
+        file.sync_data()
+            .map_err(|e| StorageError::io(format!("cannot fsync {}", path.display()), e))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -282,17 +282,19 @@ fn entry_from_wire(e: pb::LogEntry) -> Option<Entry> {
     use pb::log_entry::Kind;
     let cmd = match Kind::try_from(e.kind).ok()? {
         Kind::Put => Command::Put {
-            key: e.key,
-            value: e.value,
+            key: crate::detach(e.key),
+            value: crate::detach(e.value),
         },
-        Kind::Delete => Command::Delete { key: e.key },
+        Kind::Delete => Command::Delete {
+            key: crate::detach(e.key),
+        },
         Kind::Noop => Command::Noop,
         Kind::Cas => Command::Cas {
-            key: e.key,
+            key: crate::detach(e.key),
             expected: e
                 .has_expected
                 .then(|| kv_replica::Version::new(e.expected_epoch, e.expected_counter)),
-            value: e.value,
+            value: crate::detach(e.value),
         },
         Kind::Unspecified => return None,
     };
@@ -408,14 +410,14 @@ pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Message> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Instant;
 
     use super::*;
 
     /// A peer server on its own runtime: dropping the runtime closes every connection at once,
     /// as a killed process does.
-    fn serve(
+    pub(crate) fn serve(
         listener: std::net::TcpListener,
     ) -> (std::sync::mpsc::Receiver<Input>, tokio::runtime::Runtime) {
         let (handle, rx) = DriverHandle::channel();
@@ -452,6 +454,44 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         false
+    }
+
+    /// Entries a follower keeps in its log must not be slices of the peer batch they came in
+    /// (each would pin the whole batch buffer).
+    #[test]
+    fn received_entries_do_not_pin_the_message_buffer() {
+        use prost::Message as _;
+        let append = Message::Append {
+            term: Term(2),
+            prev_index: LogIndex(0),
+            prev_term: Term(0),
+            entries: vec![kv_replica::leader_follower::Entry {
+                term: Term(2),
+                index: LogIndex(1),
+                cmd: Command::Put {
+                    key: bytes::Bytes::from_static(b"key"),
+                    value: bytes::Bytes::from_static(b"value"),
+                },
+            }],
+            commit: LogIndex(0),
+            read_seq: 0,
+        };
+        let env = pb::PeerEnvelope {
+            from: "n1".into(),
+            msg: Some(to_wire(append.clone())),
+        };
+        let buf = bytes::Bytes::from(env.encode_to_vec());
+        let decoded = pb::PeerEnvelope::decode(buf.clone()).expect("decode");
+        let got = from_wire(decoded.msg.expect("msg")).expect("valid");
+        assert_eq!(got, append);
+        let Message::Append { entries, .. } = got else {
+            unreachable!()
+        };
+        let Command::Put { key, value } = &entries[0].cmd else {
+            unreachable!()
+        };
+        let r = buf.as_ptr_range();
+        assert!(!r.contains(&key.as_ptr()) && !r.contains(&value.as_ptr()));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
