@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  gRPC handlers ──Propose/Read──┐
-//!  peer streams  ──Peer msg──────┼─► channel ─► driver thread: drain inputs, tick on time,
+//!  peer conns    ──Peer msg──────┼─► channel ─► driver thread: drain inputs, tick on time,
 //!  timer (tick_ms) ──────────────┘              feed the replica, then for its actions:
 //!      1. persist hard state / truncations / entries, ONE fsync for the whole batch
 //!      2. replica.persisted(last index)

@@ -15,7 +15,7 @@
 //! - [`server`]: gRPC services; errors become statuses in `server::status` only.
 //! - [`metrics`]: Prometheus metrics and the admin HTTP server.
 //! - [`driver`], [`transport`], [`raft_log`]: leader-follower replication around the sans-IO
-//!   core of `kv-replica`: its thread, its peer streams, its durable log.
+//!   core of `kv-replica`: its thread, its peer connections, its durable log.
 //! - [`client`]: shared client plumbing for kvctl (and tests).
 
 pub mod client;
@@ -160,7 +160,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let max_msg = cfg.max_value_bytes + cfg.max_key_bytes + (64 << 10);
     let grace = cfg.tombstone_grace.0;
     let faults = fault::FaultFilter::default();
-    let mut peer_service = None;
+    let mut peers = None;
     let mut ll_handle = None;
     let members: Vec<(kv_replica::NodeId, String)> = settings
         .members
@@ -205,13 +205,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             hints,
             transport,
         );
-        peer_service = Some(
-            kv_proto::kv::v1::peer_server::PeerServer::new(transport::PeerService::with_sink(
-                transport::PeerSink::Leaderless(handle.clone()),
-                faults.clone(),
-            ))
-            .max_decoding_message_size(usize::MAX),
-        );
+        peers = Some(transport::PeerReceiver::with_sink(
+            transport::PeerSink::Leaderless(handle.clone()),
+            faults.clone(),
+        ));
         ll_handle = Some(handle.clone());
         Arc::new(Node::new_leaderless(settings, storage.clone(), handle))
     } else if replicated {
@@ -236,13 +233,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             storage.clone(),
             seed,
         )?;
-        peer_service = Some(
-            kv_proto::kv::v1::peer_server::PeerServer::new(transport::PeerService::new(
-                driver.clone(),
-                faults.clone(),
-            ))
-            .max_decoding_message_size(usize::MAX),
-        );
+        peers = Some(transport::PeerReceiver::new(driver.clone(), faults.clone()));
         Arc::new(Node::replicated(settings, storage.clone(), driver))
     } else {
         Arc::new(Node::new(settings, storage.clone()))
@@ -270,7 +261,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let kv = KvServer::new(KvService::new(node.clone(), metrics.clone()))
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // One port: peers' connections are told apart by their first bytes; the rest is gRPC.
+    let incoming = transport::split_incoming(listener, peers, stopped());
     let grpc_stop = stopped();
     let ready_g = ready.clone();
     let grpc = tokio::spawn(async move {
@@ -279,7 +271,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             .add_service(reflection)
             .add_service(kv)
             .add_service(admin_grpc)
-            .add_optional_service(peer_service)
             .serve_with_incoming_shutdown(incoming, async move {
                 grpc_stop.await;
                 ready_g.store(false, Ordering::Release);

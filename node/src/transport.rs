@@ -1,6 +1,13 @@
-//! Peer transport over gRPC (`kv.v1.Peer`): one outgoing stream per peer, reopened when it
-//! breaks; incoming streams feed the local driver. Wire types are converted to the core's
+//! Peer transport: one outgoing TCP connection per peer, on the peer's gRPC port, carrying
+//! length-prefixed protobuf frames (`kv.v1.PeerEnvelope`, see `peer.proto`) and reopened when it
+//! breaks; incoming connections feed the local driver. Wire types are converted to the core's
 //! `Message` here, at the edge.
+//!
+//! ```text
+//!  sender ── TCP ──► "QKVPEER1" | len u32 BE | PeerEnvelope | len | PeerEnvelope ...
+//!  receiver: the node's listener sniffs the first 8 bytes: the magic ─► PeerReceiver,
+//!            anything else (an HTTP/2 preface) ─► the gRPC server
+//! ```
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +18,6 @@ use kv_proto::kv::v1 as pb;
 use kv_replica::NodeId;
 use kv_replica::leader_follower::{Command, Entry, LogIndex, Message, Term};
 use tokio::sync::mpsc;
-use tonic::{Request, Response, Status, Streaming};
 
 use crate::driver::{DriverHandle, Input};
 use crate::fault::{FaultFilter, Verdict};
@@ -91,28 +97,57 @@ impl Transport {
     }
 }
 
-/// Most messages sent as one stream message.
+/// Most messages sent as one frame.
 const MAX_BATCH: usize = 256;
 
+/// The first bytes a peer sends on a new connection. They tell it apart from a gRPC client
+/// (whose HTTP/2 preface starts `PRI *`) on the node's one port.
+pub const PEER_MAGIC: &[u8; 8] = b"QKVPEER1";
+
+/// Largest frame a receiver accepts; a longer length means a broken or hostile stream.
+const MAX_FRAME: usize = 256 << 20;
+
+/// How long an accepted connection may stay silent before it is taken for a gRPC client.
+const SNIFF_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The peer address as `host:port` (a scheme, if given, is dropped).
+fn host_port(addr: &str) -> &str {
+    addr.trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+}
+
+/// Appends `env` to `out` as one frame: a 4-byte big-endian length, then the protobuf message.
+fn encode_frame(env: &pb::PeerEnvelope, out: &mut Vec<u8>) {
+    use prost::Message as _;
+    let len = env.encoded_len();
+    out.reserve(4 + len);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    env.encode(out).expect("invariant: a Vec grows as needed");
+}
+
+/// One connection to `addr`, kept open and reopened when it breaks: frames of
+/// length-prefixed `PeerEnvelope`s (several queued messages go as one `PeerBatch`), written in
+/// order. Peer messages are many and small; plain framed TCP costs a fraction of a gRPC stream
+/// message (no HTTP/2 framing, flow control or extra task hops), and the protocol tolerates
+/// the loss of whatever was in flight when a connection broke.
 async fn peer_sender(
     addr: String,
     mut rx: mpsc::UnboundedReceiver<pb::PeerEnvelope>,
     up: Arc<AtomicBool>,
 ) {
-    let uri = crate::client::endpoint_uri(&addr);
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let target = host_port(&addr).to_string();
+    let mut frame = Vec::with_capacity(1 << 16);
     loop {
-        let endpoint = match tonic::transport::Endpoint::from_shared(uri.clone()) {
-            Ok(e) => e
-                .connect_timeout(Duration::from_millis(500))
-                .tcp_nodelay(true),
-            Err(e) => {
-                tracing::error!(peer = %addr, error = %e, "invalid peer address; not sending to it");
-                return;
-            }
-        };
-        let channel = match endpoint.connect().await {
-            Ok(c) => c,
-            Err(_) => {
+        let connected = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(&target),
+        )
+        .await;
+        let mut stream = match connected {
+            Ok(Ok(s)) => s,
+            _ => {
                 up.store(false, Ordering::Relaxed);
                 // Unreachable: drop what queued meanwhile (it is stale) and retry soon.
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -123,24 +158,21 @@ async fn peer_sender(
                 continue;
             }
         };
+        let _ = stream.set_nodelay(true);
+        if stream.write_all(PEER_MAGIC).await.is_err() {
+            continue;
+        }
         up.store(true, Ordering::Relaxed);
-        let mut client = pb::peer_client::PeerClient::new(channel);
-        let (tx, stream_rx) = mpsc::channel::<pb::PeerEnvelope>(4096);
-        let mut call = tokio::spawn(async move {
-            client
-                .deliver(tokio_stream::wrappers::ReceiverStream::new(stream_rx))
-                .await
-        });
-        // Forward until the stream ends; notice its end at once (not at the next message, which
-        // would be lost), so a restarted peer is reconnected before anyone needs to reach it.
+        let (mut read, mut write) = stream.into_split();
+        let mut probe = [0u8; 1];
+        // Send until the connection breaks; notice a close at once (the receiver never writes,
+        // so a read returns only then), so that a restarted peer is reconnected before anyone
+        // needs to reach it.
         loop {
             tokio::select! {
                 m = rx.recv() => {
-                    let Some(m) = m else {
-                        call.abort();
-                        return;
-                    };
-                    // Whatever else queued meanwhile goes in the same stream message.
+                    let Some(m) = m else { return };
+                    // Whatever else queued meanwhile goes in the same frame.
                     let mut batch = Vec::new();
                     while batch.len() < MAX_BATCH {
                         match rx.try_recv() {
@@ -148,7 +180,7 @@ async fn peer_sender(
                             Err(_) => break,
                         }
                     }
-                    let m = if batch.is_empty() {
+                    let env = if batch.is_empty() {
                         m
                     } else {
                         batch.insert(0, m);
@@ -159,14 +191,18 @@ async fn peer_sender(
                             })),
                         }
                     };
-                    if tx.send(m).await.is_err() {
+                    frame.clear();
+                    encode_frame(&env, &mut frame);
+                    if write.write_all(&frame).await.is_err() {
                         break;
                     }
+                    if frame.capacity() > 4 << 20 {
+                        frame = Vec::with_capacity(1 << 16); // do not keep a burst's buffer
+                    }
                 }
-                _ = &mut call => break,
+                _ = read.read(&mut probe) => break,
             }
         }
-        call.abort();
         up.store(false, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -181,71 +217,149 @@ pub enum PeerSink {
     Leaderless(crate::leaderless::LlHandle),
 }
 
-/// Serves `kv.v1.Peer`: feeds every incoming message to the driver.
-pub struct PeerService {
+/// Receives peer connections: feeds every incoming message that `filter` accepts to the driver.
+#[derive(Clone)]
+pub struct PeerReceiver {
     sink: PeerSink,
     filter: FaultFilter,
 }
 
-impl PeerService {
-    /// A service feeding the leader-follower `driver` what `filter` accepts.
+impl PeerReceiver {
+    /// A receiver feeding the leader-follower `driver` what `filter` accepts.
     pub fn new(driver: DriverHandle, filter: FaultFilter) -> Self {
         Self::with_sink(PeerSink::Raft(driver), filter)
     }
 
-    /// A service feeding `sink` what `filter` accepts.
+    /// A receiver feeding `sink` what `filter` accepts.
     pub fn with_sink(sink: PeerSink, filter: FaultFilter) -> Self {
-        PeerService { sink, filter }
+        PeerReceiver { sink, filter }
     }
-}
 
-#[tonic::async_trait]
-impl pb::peer_server::Peer for PeerService {
-    async fn deliver(
-        &self,
-        req: Request<Streaming<pb::PeerEnvelope>>,
-    ) -> Result<Response<pb::DeliverSummary>, Status> {
-        let mut stream = req.into_inner();
-        let mut received = 0u64;
-        while let Some(env) = stream.message().await? {
+    /// Reads frames from one peer connection (its magic already consumed) until it closes or
+    /// sends something malformed.
+    async fn serve<R: tokio::io::AsyncRead + Unpin>(&self, conn: R) {
+        use prost::Message as _;
+        use tokio::io::AsyncReadExt as _;
+        let mut conn = tokio::io::BufReader::with_capacity(1 << 16, conn);
+        loop {
+            let Ok(len) = conn.read_u32().await else {
+                return;
+            };
+            let len = len as usize;
+            if len > MAX_FRAME {
+                tracing::warn!(len, "peer frame too long; closing the connection");
+                return;
+            }
+            let mut buf = bytes::BytesMut::zeroed(len);
+            if conn.read_exact(&mut buf).await.is_err() {
+                return;
+            }
+            let Ok(env) = pb::PeerEnvelope::decode(buf.freeze()) else {
+                tracing::warn!("malformed peer frame; closing the connection");
+                return;
+            };
             match env.msg {
                 Some(pb::peer_envelope::Msg::Batch(b)) => {
                     for env in b.envelopes {
-                        received += 1;
                         self.deliver_one(env);
                     }
                 }
-                _ => {
-                    received += 1;
-                    self.deliver_one(env);
+                _ => self.deliver_one(env),
+            }
+        }
+    }
+
+    fn deliver_one(&self, env: pb::PeerEnvelope) {
+        let from = NodeId(env.from);
+        if !self.filter.accepts_from(&from) {
+            return;
+        }
+        let Some(msg) = env.msg else { return };
+        match &self.sink {
+            PeerSink::Raft(d) => {
+                if let Some(msg) = from_wire(msg) {
+                    d.send(Input::Peer { from, msg });
+                }
+            }
+            PeerSink::Leaderless(h) => {
+                if let Some(msg) = crate::leaderless::from_wire(msg) {
+                    h.peer(from, msg);
                 }
             }
         }
-        Ok(Response::new(pb::DeliverSummary { received }))
     }
 }
 
-impl PeerService {
-    fn deliver_one(&self, env: pb::PeerEnvelope) {
-        {
-            let from = NodeId(env.from);
-            if !self.filter.accepts_from(&from) {
-                return;
-            }
-            let Some(msg) = env.msg else { return };
-            match &self.sink {
-                PeerSink::Raft(d) => {
-                    if let Some(msg) = from_wire(msg) {
-                        d.send(Input::Peer { from, msg });
+/// Accepts connections on the node's port until `stop` resolves. A connection that starts with
+/// [`PEER_MAGIC`] is served by `peers`; any other goes to the returned stream (the gRPC server).
+pub fn split_incoming(
+    listener: tokio::net::TcpListener,
+    peers: Option<PeerReceiver>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio_stream::wrappers::UnboundedReceiverStream<std::io::Result<tokio::net::TcpStream>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        tokio::pin!(stop);
+        loop {
+            let conn = tokio::select! {
+                c = listener.accept() => c,
+                () = &mut stop => return,
+            };
+            let stream = match conn {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            match &peers {
+                None => {
+                    if tx.send(Ok(stream)).is_err() {
+                        return;
                     }
                 }
-                PeerSink::Leaderless(h) => {
-                    if let Some(msg) = crate::leaderless::from_wire(msg) {
-                        h.peer(from, msg);
-                    }
+                Some(p) => {
+                    let (p, tx) = (p.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        if is_peer(&stream).await {
+                            let mut stream = stream;
+                            let mut magic = [0u8; PEER_MAGIC.len()];
+                            use tokio::io::AsyncReadExt as _;
+                            if stream.read_exact(&mut magic).await.is_ok() {
+                                p.serve(stream).await;
+                            }
+                        } else {
+                            let _ = tx.send(Ok(stream));
+                        }
+                    });
                 }
             }
         }
+    });
+    tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+}
+
+/// Whether the connection's first bytes are [`PEER_MAGIC`] (waits for them, within
+/// [`SNIFF_TIMEOUT`]; a silent connection is not a peer).
+async fn is_peer(stream: &tokio::net::TcpStream) -> bool {
+    let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
+    let mut buf = [0u8; PEER_MAGIC.len()];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return false,
+        };
+        if n == 0 || buf[..n] != PEER_MAGIC[..n] {
+            return false;
+        }
+        if n == PEER_MAGIC.len() {
+            return true;
+        }
+        // A prefix of the magic so far: wait for the rest.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -426,14 +540,13 @@ pub(crate) mod tests {
             .enable_all()
             .build()
             .expect("runtime");
-        let svc =
-            pb::peer_server::PeerServer::new(PeerService::new(handle, FaultFilter::default()));
+        let receiver = PeerReceiver::new(handle, FaultFilter::default());
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let _ = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-                .await;
+            // Not a peer: nobody serves it here.
+            let mut others = split_incoming(listener, Some(receiver), std::future::pending());
+            use tokio_stream::StreamExt as _;
+            while others.next().await.is_some() {}
         });
         (rx, rt)
     }
@@ -492,6 +605,64 @@ pub(crate) mod tests {
         };
         let r = buf.as_ptr_range();
         assert!(!r.contains(&key.as_ptr()) && !r.contains(&value.as_ptr()));
+    }
+
+    /// Peers and gRPC clients share the port: the first bytes decide, even when the magic
+    /// arrives in pieces; a frame too long for any message closes the connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_port_tells_peer_connections_from_grpc_clients() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        use tokio_stream::StreamExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (handle, rx) = DriverHandle::channel();
+        let mut others = split_incoming(
+            listener,
+            Some(PeerReceiver::new(handle, FaultFilter::default())),
+            std::future::pending(),
+        );
+
+        let mut grpc = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        grpc.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .expect("write");
+        let handed = tokio::time::timeout(Duration::from_secs(3), others.next())
+            .await
+            .expect("the gRPC client reaches the gRPC server")
+            .expect("stream open")
+            .expect("accepted");
+        let mut preface = [0u8; 3];
+        let mut handed = handed;
+        handed.read_exact(&mut preface).await.expect("read");
+        assert_eq!(&preface, b"PRI", "nothing of the preface was consumed");
+
+        let mut peer = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        peer.write_all(&PEER_MAGIC[..3]).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        peer.write_all(&PEER_MAGIC[3..]).await.expect("write");
+        let mut frame = Vec::new();
+        encode_frame(
+            &pb::PeerEnvelope {
+                from: "n1".into(),
+                msg: Some(to_wire(vote())),
+            },
+            &mut frame,
+        );
+        peer.write_all(&frame).await.expect("write");
+        assert!(received(&rx).await, "the peer's message reached the driver");
+
+        peer.write_all(&u32::MAX.to_be_bytes())
+            .await
+            .expect("write");
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(3), peer.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0))),
+            "an oversized frame closes the connection"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
 //! gRPC services: `kv.v1.Kv` ([`kv::KvService`]), `kv.v1.Admin` ([`admin::AdminService`]),
-//! plus `kv.v1.Peer` (in `transport`), health and reflection, wired in `lib.rs`.
+//! plus health and reflection (peer traffic shares the port: see `transport`), wired in `lib.rs`.
 //! Wire types are converted here, at the edge; errors become statuses in [`status`] only.
 
 pub mod admin;
