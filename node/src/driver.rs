@@ -146,7 +146,9 @@ pub struct StatusSnapshot {
 /// A cheap handle to the driver thread.
 #[derive(Clone)]
 pub struct DriverHandle {
-    tx: Sender<Input>,
+    /// Shared by every clone: the driver thread ends once the last handle is gone (the log
+    /// writer holds only a weak reference).
+    tx: Arc<Sender<Input>>,
     status: Arc<Mutex<StatusSnapshot>>,
     /// Writes rolled back (truncated after being appended), for metrics.
     pub rolled_back: Arc<AtomicU64>,
@@ -159,7 +161,7 @@ impl DriverHandle {
         let (tx, rx) = std::sync::mpsc::channel();
         (
             DriverHandle {
-                tx,
+                tx: Arc::new(tx),
                 status: Arc::default(),
                 rolled_back: Arc::default(),
             },
@@ -315,11 +317,16 @@ pub fn start(
         Box::new(rand::rngs::StdRng::seed_from_u64(seed)),
     );
     let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Arc::new(tx);
     let writer = match &log {
         Some(l) => {
-            let tx = tx.clone();
+            // Weak: a writer holding the channel open would keep the driver thread (and the
+            // data directory's lock) alive after the node is dropped.
+            let tx = Arc::downgrade(&tx);
             Some(l.start_writer(move |r| {
-                let _ = tx.send(Input::Synced(r));
+                if let Some(tx) = tx.upgrade() {
+                    let _ = tx.send(Input::Synced(r));
+                }
             })?)
         }
         None => None,
@@ -783,6 +790,39 @@ mod tests {
     use super::*;
     use crate::fault::FaultFilter;
     use crate::storage::{FsyncPolicy, MemStorage};
+
+    /// Dropping every handle ends the driver and its log writer, which frees the data directory
+    /// (a node restarted in the same process can open it again).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_data_directory_is_free_once_the_driver_is_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let n1 = NodeId::from("n1");
+        let transport = Transport::start(
+            n1.clone(),
+            &[(n1.clone(), "127.0.0.1:1".into())],
+            FaultFilter::default(),
+        );
+        let driver = start(
+            n1.clone(),
+            vec![n1],
+            Some(dir.path().to_path_buf()),
+            FsyncPolicy::Batch,
+            Timing::default(),
+            transport,
+            Arc::new(MemStorage::new()),
+            1,
+        )
+        .expect("driver");
+        drop(driver);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            match RaftLog::open(dir.path(), FsyncPolicy::Batch) {
+                Ok(_) => break,
+                Err(e) => assert!(Instant::now() < deadline, "still locked: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 
     /// A follower's acknowledgement goes out only once what it acknowledges is on disk, although
     /// the log is written on another thread while the replica goes on.
