@@ -249,9 +249,10 @@ impl Default for Timing {
 
 struct Driver {
     replica: Replica,
-    log: Option<RaftLog>,
-    /// Writes and fsyncs `log`'s records off this thread (absent in memory).
+    /// Writes and fsyncs `log`'s records off this thread (absent in memory). Declared before
+    /// `log`: dropped first, it finishes writing before the directory lock goes.
     writer: Option<LogWriter>,
+    log: Option<RaftLog>,
     /// Submissions made to `writer`, and how many are durable.
     submitted: u64,
     synced: u64,
@@ -335,8 +336,8 @@ pub fn start(
     let rolled_back = Arc::new(AtomicU64::new(0));
     let driver = Driver {
         replica,
-        log,
         writer,
+        log,
         submitted: 0,
         synced: 0,
         generation: 0,
@@ -791,28 +792,32 @@ mod tests {
     use crate::fault::FaultFilter;
     use crate::storage::{FsyncPolicy, MemStorage};
 
-    /// Dropping every handle ends the driver and its log writer, which frees the data directory
-    /// (a node restarted in the same process can open it again).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_data_directory_is_free_once_the_driver_is_dropped() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let n1 = NodeId::from("n1");
-        let transport = Transport::start(
-            n1.clone(),
-            &[(n1.clone(), "127.0.0.1:1".into())],
-            FaultFilter::default(),
-        );
-        let driver = start(
-            n1.clone(),
-            vec![n1],
-            Some(dir.path().to_path_buf()),
+    /// A driver for `me` among `members` (id, address), its log in `dir`.
+    fn durable_driver(me: &str, members: &[(&str, String)], dir: &std::path::Path) -> DriverHandle {
+        let members: Vec<(NodeId, String)> = members
+            .iter()
+            .map(|(id, a)| (NodeId::from(*id), a.clone()))
+            .collect();
+        let transport = Transport::start(NodeId::from(me), &members, FaultFilter::default());
+        start(
+            NodeId::from(me),
+            members.into_iter().map(|(id, _)| id).collect(),
+            Some(dir.to_path_buf()),
             FsyncPolicy::Batch,
             Timing::default(),
             transport,
             Arc::new(MemStorage::new()),
             1,
         )
-        .expect("driver");
+        .expect("driver")
+    }
+
+    /// Dropping every handle ends the driver and its log writer, which frees the data directory
+    /// (a node restarted in the same process can open it again).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_data_directory_is_free_once_the_driver_is_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let driver = durable_driver("n1", &[("n1", "127.0.0.1:1".into())], dir.path());
         drop(driver);
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
@@ -834,26 +839,12 @@ mod tests {
         let leader_addr = listener.local_addr().expect("addr").to_string();
         let (from_follower, rt) = crate::transport::tests::serve(listener);
         let dir = tempfile::tempdir().expect("tempdir");
-        let (n1, n2) = (NodeId::from("n1"), NodeId::from("n2"));
-        let transport = Transport::start(
-            n2.clone(),
-            &[
-                (n1.clone(), leader_addr),
-                (n2.clone(), "127.0.0.1:1".into()),
-            ],
-            FaultFilter::default(),
+        let n1 = NodeId::from("n1");
+        let follower = durable_driver(
+            "n2",
+            &[("n1", leader_addr), ("n2", "127.0.0.1:1".into())],
+            dir.path(),
         );
-        let follower = start(
-            n2,
-            vec![n1.clone(), NodeId::from("n2")],
-            Some(dir.path().to_path_buf()),
-            FsyncPolicy::Batch,
-            Timing::default(),
-            transport,
-            Arc::new(MemStorage::new()),
-            7,
-        )
-        .expect("driver");
         let entry = Entry {
             term: Term(1),
             index: LogIndex(1),

@@ -265,7 +265,7 @@ impl RaftLog {
         let path = self.path.clone();
         let fsync = self.fsync;
         let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("kv-raft-log".into())
             .spawn(move || {
                 let mut durable = 0u64;
@@ -290,7 +290,10 @@ impl RaftLog {
                 }
             })
             .map_err(|e| StorageError::io("cannot start the replica log writer", e))?;
-        Ok(LogWriter { tx })
+        Ok(LogWriter {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
     }
 }
 
@@ -300,15 +303,27 @@ impl RaftLog {
 pub(crate) static WRITE_DELAY_MS: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 
-/// The sending end of [`RaftLog::start_writer`]; dropping it ends the thread.
+/// The sending end of [`RaftLog::start_writer`]. Dropping it lets the thread write what is
+/// queued and waits for it to end, so that nothing writes the file once its directory lock is
+/// released (drop it before the [`RaftLog`]).
 pub struct LogWriter {
-    tx: std::sync::mpsc::Sender<Vec<u8>>,
+    tx: Option<std::sync::mpsc::Sender<Vec<u8>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl LogWriter {
     /// Queues encoded records; `false` when the writer has stopped (after an error).
     pub fn submit(&self, records: Vec<u8>) -> bool {
-        self.tx.send(records).is_ok()
+        self.tx.as_ref().is_some_and(|tx| tx.send(records).is_ok())
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
