@@ -165,6 +165,8 @@ pub struct Config {
     pub hinted_handoff: bool,
     /// Leaderless: a replica that has not acknowledged a write this long gets a hint.
     pub hint_after: HumanDuration,
+    /// Leaderless: no new hints for a replica unreachable longer than this (0s: no limit).
+    pub max_hint_window: HumanDuration,
     /// Leaderless: period of the Merkle-tree exchange with the next peer (0s: off).
     pub anti_entropy_interval: HumanDuration,
     /// Leaderless: ring tokens (virtual nodes) per node.
@@ -194,6 +196,7 @@ impl Default for Config {
             sloppy_quorum: false,
             hinted_handoff: true,
             hint_after: HumanDuration(Duration::from_millis(200)),
+            max_hint_window: HumanDuration(Duration::from_secs(3 * 3600)),
             anti_entropy_interval: HumanDuration(Duration::from_secs(10)),
             vnodes: 64,
         }

@@ -38,6 +38,8 @@ pub struct LlOptions {
     pub hinted_handoff: bool,
     /// A replica silent this long after a write gets a hint.
     pub hint_after: Duration,
+    /// No new hints for a replica unreachable longer than this (zero: no limit).
+    pub max_hint_window: Duration,
     /// Anti-entropy exchange period (zero: off).
     pub anti_entropy: Duration,
     /// Tombstone grace period.
@@ -340,6 +342,7 @@ pub fn start(
     cfg.sloppy_quorum = opts.sloppy_quorum;
     cfg.hinted_handoff = opts.hinted_handoff;
     cfg.hint_after_ms = opts.hint_after.as_millis() as u64;
+    cfg.max_hint_window_ms = opts.max_hint_window.as_millis() as u64;
     cfg.hint_retry_ms = 500;
     cfg.anti_entropy_ms = opts.anti_entropy.as_millis() as u64;
     cfg.tombstone_grace_ms = opts.tombstone_grace.as_millis() as u64;

@@ -197,6 +197,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 sloppy_quorum: c.sloppy_quorum,
                 hinted_handoff: c.hinted_handoff,
                 hint_after: c.hint_after.0,
+                max_hint_window: c.max_hint_window.0,
                 anti_entropy: c.anti_entropy_interval.0,
                 tombstone_grace: c.tombstone_grace.0,
                 vnodes: c.vnodes,

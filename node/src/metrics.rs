@@ -97,6 +97,7 @@ struct LeaderlessMetrics {
     read_repairs: Counter,
     hints_stored: Counter,
     hints_delivered: Counter,
+    hints_beyond_window: Counter,
     hints_pending: Gauge,
     ae_rounds: Counter,
     ae_repairs: Counter,
@@ -241,6 +242,10 @@ impl Metrics {
                 "hints_delivered",
                 "Hints this node delivered to their replica",
             ),
+            hints_beyond_window: counter(
+                "hints_beyond_window",
+                "Hints not kept: their replica was unreachable longer than --max-hint-window",
+            ),
             hints_pending: Gauge::default(),
             ae_rounds: counter(
                 "anti_entropy_rounds",
@@ -331,6 +336,7 @@ impl Metrics {
             catch_up(&m.read_repairs, st.read_repairs);
             catch_up(&m.hints_stored, st.hints_stored);
             catch_up(&m.hints_delivered, st.hints_delivered);
+            catch_up(&m.hints_beyond_window, st.hints_beyond_window);
             catch_up(&m.ae_rounds, st.ae_rounds);
             catch_up(&m.ae_repairs, st.ae_repairs);
             catch_up(&m.quorum_failures, st.quorum_failures);

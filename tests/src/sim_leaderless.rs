@@ -97,7 +97,7 @@ impl Default for LlConfig {
 
 /// A node's durable state, kept across crashes (every write is durable at once here).
 #[derive(Default, Clone)]
-struct SimStore {
+pub struct SimStore {
     data: BTreeMap<Bytes, Stored>,
     hints: BTreeMap<(NodeId, Bytes), Stored>,
     lsn: Lsn,

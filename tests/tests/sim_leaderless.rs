@@ -2,8 +2,10 @@
 //! nodes with skewed clocks, loss, reordering, partitions, crashes and restarts. A failure names
 //! its seed; rerun one with `KV_SIM_SEED=<seed> cargo test -p kv-tests --test sim_leaderless`.
 
-use kv_replica::leaderless::ReadRepair;
-use kv_tests::sim_leaderless::{LlConfig, LlSim, LlStats};
+use bytes::Bytes;
+use kv_replica::leaderless::{Action, Config, Leaderless, Msg, Opts, ReadRepair};
+use kv_replica::{NodeId, Quorum};
+use kv_tests::sim_leaderless::{LlConfig, LlSim, LlStats, SimStore};
 
 fn run_many(cfg: LlConfig, default_seeds: u64) -> LlStats {
     let mut t = LlStats::default();
@@ -121,4 +123,59 @@ fn sim_leaderless_without_faults_detects_no_conflicts() {
     );
     assert_eq!(t.conflicts, 0, "{t:?}");
     assert_eq!(t.failed, 0, "{t:?}");
+}
+
+/// A replica unreachable for longer than the hint window gets no more hints (anti-entropy
+/// brings it up to date when it returns); within the window it does, and the skipped ones are
+/// counted.
+#[test]
+fn leaderless_keeps_no_hints_for_a_replica_down_past_the_hint_window() {
+    let members: Vec<NodeId> = (1..=4).map(|i| NodeId(format!("n{i}"))).collect();
+    let mut cfg = Config::new(
+        members[0].clone(),
+        members.clone(),
+        Quorum::new(4, 3, 2, 2).expect("quorum"),
+    );
+    cfg.max_hint_window_ms = 1_000;
+    let mut node = Leaderless::new(cfg, 0, 0);
+    let mut store = SimStore::default();
+    node.set_reachable(&members[1], false);
+    node.tick(&mut store, 0); // notices n2 down at t=0
+    let opts = Opts {
+        quorum: 2,
+        timeout_ms: 1_000,
+        degrade: false,
+    };
+    let hints_for_n2 = |node: &mut Leaderless, store: &mut SimStore, now: u64| {
+        for k in 0..100u32 {
+            let key = Bytes::from(format!("k{k}").into_bytes());
+            node.put(
+                store,
+                now,
+                u64::from(k),
+                key,
+                Some(Bytes::from_static(b"v")),
+                opts,
+            );
+        }
+        node.take_actions()
+            .into_iter()
+            .filter(|a| {
+                matches!(a, Action::Send { msg: Msg::StoreHint { target, .. }, .. }
+                    if *target == NodeId::from("n2"))
+            })
+            .count()
+    };
+    let within = hints_for_n2(&mut node, &mut store, 500);
+    assert!(within > 0, "no hints for n2 while within the window");
+    assert_eq!(node.stats().hints_beyond_window, 0);
+    let beyond = hints_for_n2(&mut node, &mut store, 1_500);
+    assert_eq!(beyond, 0, "hints for n2 after 1.5 s down, window 1 s");
+    assert_eq!(node.stats().hints_beyond_window as usize, within);
+
+    // Back: hints again, and the window starts over at the next outage.
+    node.set_reachable(&members[1], true);
+    node.set_reachable(&members[1], false);
+    node.tick(&mut store, 2_000);
+    assert!(hints_for_n2(&mut node, &mut store, 2_500) > 0);
 }

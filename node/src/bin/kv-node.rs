@@ -96,6 +96,11 @@ struct Args {
     /// durably by a fallback node and delivered when the replica is back [default: 200ms].
     #[arg(long, env = "KV_HINT_AFTER", value_name = "DURATION")]
     hint_after: Option<HumanDuration>,
+    /// Leaderless: stop keeping hints for a replica unreachable longer than this (Cassandra's
+    /// max_hint_window); anti-entropy brings it up to date when it returns. 0s: no limit
+    /// [default: 3h].
+    #[arg(long, env = "KV_MAX_HINT_WINDOW", value_name = "DURATION")]
+    max_hint_window: Option<HumanDuration>,
     /// Leaderless: how often to compare Merkle trees with the next peer and repair the
     /// differences; 0s turns anti-entropy off [default: 10s].
     #[arg(long, env = "KV_ANTI_ENTROPY_INTERVAL", value_name = "DURATION")]
@@ -134,6 +139,7 @@ impl Args {
             request_timeout,
             read_repair,
             hint_after,
+            max_hint_window,
             anti_entropy_interval,
             vnodes
         );

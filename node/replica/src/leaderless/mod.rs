@@ -116,6 +116,10 @@ pub struct Config {
     pub hint_after_ms: u64,
     /// Hints are offered to their replica this often.
     pub hint_retry_ms: u64,
+    /// No new hints for a replica unreachable for longer than this (Cassandra's
+    /// `max_hint_window`; 0: no limit): past it, anti-entropy brings the replica up to date
+    /// instead, and hints stop piling up for a node that may never return.
+    pub max_hint_window_ms: u64,
     /// One anti-entropy exchange with the next peer this often (0: never).
     pub anti_entropy_ms: u64,
     /// Tombstones older than this are purged.
@@ -135,6 +139,7 @@ impl Config {
             hinted_handoff: true,
             hint_after_ms: 200,
             hint_retry_ms: 500,
+            max_hint_window_ms: 3 * 3600 * 1000,
             anti_entropy_ms: 10_000,
             tombstone_grace_ms: 24 * 3600 * 1000,
         }
@@ -368,6 +373,8 @@ pub struct Stats {
     pub hints_stored: u64,
     /// Hints this node delivered.
     pub hints_delivered: u64,
+    /// Hints not kept because their replica was unreachable for longer than the hint window.
+    pub hints_beyond_window: u64,
     /// Anti-entropy exchanges started.
     pub ae_rounds: u64,
     /// Copies changed here by anti-entropy.
@@ -453,6 +460,8 @@ pub struct Leaderless {
     forwards: BTreeMap<u64, PendingForward>,
     reads: BTreeMap<u64, PendingRead>,
     down: BTreeSet<usize>,
+    /// When each unreachable member was first seen so (by the tick that noticed it).
+    down_since: BTreeMap<usize, u64>,
     /// Hint targets known to this node, for delivery rounds.
     hint_targets: BTreeSet<usize>,
     next_hint_round: u64,
@@ -495,6 +504,7 @@ impl Leaderless {
             forwards: BTreeMap::new(),
             reads: BTreeMap::new(),
             down: BTreeSet::new(),
+            down_since: BTreeMap::new(),
             hint_targets: BTreeSet::new(),
             ae_peer,
             actions: Vec::new(),
@@ -545,6 +555,7 @@ impl Leaderless {
         if let Some(i) = self.index(peer) {
             if up {
                 self.down.remove(&i);
+                self.down_since.remove(&i);
             } else if i != self.me {
                 self.down.insert(i);
             }
@@ -701,7 +712,7 @@ impl Leaderless {
             .filter(|i| self.down.contains(i) && *i != self.me)
             .collect();
         for r in down {
-            self.hint(op, &mut p, r);
+            self.hint(now, op, &mut p, r);
         }
         self.writes.insert(op, p);
     }
@@ -1093,10 +1104,22 @@ impl Leaderless {
         }
     }
 
-    /// Asks a fallback node (or this one, if none is reachable) to hold replica `r`'s hint.
-    fn hint(&mut self, op: u64, p: &mut PendingWrite, r: usize) {
+    /// Asks a fallback node (or this one, if none is reachable) to hold replica `r`'s hint —
+    /// unless hints are off, or `r` has been unreachable for longer than the hint window.
+    fn hint(&mut self, now: u64, op: u64, p: &mut PendingWrite, r: usize) {
         if !self.cfg.hinted_handoff {
             p.hinted.insert(r, NO_HOLDER);
+            return;
+        }
+        let window = self.cfg.max_hint_window_ms;
+        if window > 0
+            && self
+                .down_since
+                .get(&r)
+                .is_some_and(|&since| now.saturating_sub(since) > window)
+        {
+            p.hinted.insert(r, NO_HOLDER);
+            self.stats.hints_beyond_window += 1;
             return;
         }
         let walk = self.ring.walk(hash64(&p.key));
@@ -1254,6 +1277,9 @@ impl Leaderless {
 
     /// Advances time: deadlines, hints, hint delivery, anti-entropy, tombstone purge.
     pub fn tick<S: Store>(&mut self, store: &mut S, now: u64) {
+        for &i in &self.down {
+            self.down_since.entry(i).or_insert(now);
+        }
         // Writes: hint silent replicas, answer at the deadline.
         let ops: Vec<u64> = self.writes.keys().copied().collect();
         for op in ops {
@@ -1266,7 +1292,7 @@ impl Leaderless {
                         .filter(|i| !p.acked.contains(i) && !p.hinted.contains_key(i))
                         .collect();
                     for r in silent {
-                        self.hint(op, &mut p, r);
+                        self.hint(now, op, &mut p, r);
                     }
                 }
                 self.writes.insert(op, p);
