@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use kv_replica::leader_follower::{
     Action, Command, Config as CoreConfig, Entry, HardState, Replica, ReplicaError, RequestId, Role,
 };
+use kv_replica::pipeline::Pipeline;
 use kv_replica::{NodeId, Version};
 use rand::SeedableRng;
 use tokio::sync::oneshot;
@@ -105,19 +106,6 @@ pub enum Input {
     /// From the log writer thread: this many submissions are durable, or the error that stopped
     /// it.
     Synced(Result<u64, String>),
-}
-
-/// A batch handed to the log writer, and what waits for it to be durable.
-struct InFlight {
-    /// Its number among submissions (1-based).
-    seq: u64,
-    /// The replica's last index when it was submitted: durable once it is.
-    last: kv_replica::leader_follower::LogIndex,
-    /// Log truncations seen before it was submitted; a later truncation may have replaced
-    /// entries up to `last`, and then its completion says nothing about them.
-    generation: u64,
-    /// Actions that must not happen before it is durable (replies, votes, applies), in order.
-    deferred: Vec<Action>,
 }
 
 /// What the node shows of its replica (kvctl status, response metadata).
@@ -253,13 +241,10 @@ struct Driver {
     /// `log`: dropped first, it finishes writing before the directory lock goes.
     writer: Option<LogWriter>,
     log: Option<RaftLog>,
-    /// Submissions made to `writer`, and how many are durable.
-    submitted: u64,
+    /// What waits for which batch to be durable.
+    pipeline: Pipeline,
+    /// Batches the writer has made durable.
     synced: u64,
-    /// Truncations carried out so far.
-    generation: u64,
-    /// Submitted batches not yet durable, oldest first.
-    inflight: std::collections::VecDeque<InFlight>,
     transport: Transport,
     state: Arc<dyn Storage>,
     proposals: HashMap<RequestId, oneshot::Sender<Result<Proposed, DriveError>>>,
@@ -336,12 +321,10 @@ pub fn start(
     let rolled_back = Arc::new(AtomicU64::new(0));
     let driver = Driver {
         replica,
+        pipeline: Pipeline::new(writer.is_some()),
         writer,
         log,
-        submitted: 0,
         synced: 0,
-        generation: 0,
-        inflight: std::collections::VecDeque::new(),
         transport,
         state,
         proposals: HashMap::new(),
@@ -478,99 +461,45 @@ impl Driver {
 
     /// Carries out what the replica asked for, until it asks for nothing more.
     ///
-    /// Log records go to the writer thread; whatever must wait for them to be durable (every
-    /// reply, vote and apply of the batch, and of later batches, in order) waits in `inflight`
-    /// while this thread goes on stepping messages. A leader's batch without a term change or
-    /// truncation is the exception (Raft thesis §10.2.1): its appends and answers go at once,
-    /// since it counts itself toward W and the commit only once `persisted` says so.
+    /// Log records go to the writer thread; what must wait for them to be durable waits in the
+    /// [`Pipeline`] while this thread goes on stepping messages.
     fn process(&mut self) {
         loop {
             let actions = self.replica.take_actions();
             let more = !actions.is_empty();
             if more {
-                self.submit(actions);
+                self.queue_records(&actions);
+                let records = self
+                    .log
+                    .as_mut()
+                    .map(RaftLog::take_queued)
+                    .unwrap_or_default();
+                let (now, batch) = self.pipeline.submit(&mut self.replica, actions);
+                if batch.is_some() && !self.writer.as_ref().is_some_and(|w| w.submit(records)) {
+                    self.fail("the replica log writer stopped".into());
+                    return;
+                }
+                for a in now {
+                    self.carry_out(a);
+                }
             }
-            let completed = self.complete_synced();
+            let before = self.pipeline.in_flight();
+            let released = self.pipeline.durable(&mut self.replica, self.synced);
+            // Even with nothing released, `persisted` may have given the replica more to do.
+            let completed = self.pipeline.in_flight() < before;
+            for a in released {
+                self.carry_out(a);
+            }
             if self.failed.is_some() || (!more && !completed) {
                 return;
             }
         }
     }
 
-    fn submit(&mut self, actions: Vec<Action>) {
-        let risky = actions
-            .iter()
-            .any(|a| matches!(a, Action::PersistHardState(_) | Action::Truncate { .. }));
-        if actions.iter().any(|a| matches!(a, Action::Truncate { .. })) {
-            self.generation += 1;
-        }
-        let early = self.replica.role() == Role::Leader
-            && !risky
-            && self.inflight.iter().all(|f| f.deferred.is_empty());
-        self.queue_records(&actions);
-        let records = self
-            .log
-            .as_mut()
-            .map(RaftLog::take_queued)
-            .unwrap_or_default();
-        let last = self.replica.last_index();
-        let (now, deferred) = if early {
-            (actions, Vec::new())
-        } else {
-            (Vec::new(), actions)
-        };
-        match &self.writer {
-            Some(w) if !records.is_empty() => {
-                if !w.submit(records) {
-                    self.fail("the replica log writer stopped".into());
-                    return;
-                }
-                self.submitted += 1;
-                self.inflight.push_back(InFlight {
-                    seq: self.submitted,
-                    last,
-                    generation: self.generation,
-                    deferred,
-                });
-            }
-            _ => match self.inflight.back_mut() {
-                // Nothing to write, but earlier records are still on their way to disk.
-                Some(f) => f.deferred.extend(deferred),
-                None => {
-                    self.replica.persisted(last);
-                    for a in deferred {
-                        self.carry_out(a);
-                    }
-                }
-            },
-        }
-        for a in now {
-            self.carry_out(a);
-        }
-    }
-
-    /// Releases what waited for submissions the writer has made durable. `true` if any.
-    fn complete_synced(&mut self) -> bool {
-        let mut any = false;
-        while self.inflight.front().is_some_and(|f| f.seq <= self.synced) {
-            let Some(f) = self.inflight.pop_front() else {
-                break;
-            };
-            any = true;
-            if f.generation == self.generation {
-                self.replica.persisted(f.last);
-            }
-            for a in f.deferred {
-                self.carry_out(a);
-            }
-        }
-        any
-    }
-
     fn fail(&mut self, why: String) {
         tracing::error!(error = %why, "replica log write failed; this node stops serving");
         self.failed = Some(why);
-        self.inflight.clear();
+        self.pipeline.clear();
         for (_, r) in self.proposals.drain() {
             let _ = r.send(Err(DriveError::Unknown));
         }

@@ -21,8 +21,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use bytes::Bytes;
 use kv_replica::NodeId;
 use kv_replica::leader_follower::{
-    Action, Command, Config, Entry, HardState, LogIndex, Message, Replica, Role,
+    Action, Command, Config, Entry, HardState, Message, Replica, Role,
 };
+use kv_replica::pipeline::Pipeline;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -53,6 +54,9 @@ pub struct SimConfig {
     pub partition: f64,
     /// Heal probability per step.
     pub heal: f64,
+    /// Per step: probability that a node's pending log writes become durable (until then the
+    /// replica goes on, and a crash loses them).
+    pub sync: f64,
 }
 
 impl Default for SimConfig {
@@ -70,6 +74,7 @@ impl Default for SimConfig {
             restart: 0.02,
             partition: 0.004,
             heal: 0.02,
+            sync: 0.5,
         }
     }
 }
@@ -83,6 +88,10 @@ struct Packet {
 
 struct Node {
     replica: Option<Replica>,
+    /// What waits for which batch to be durable (the driver's own logic).
+    pipeline: Pipeline,
+    /// Batches submitted and not yet durable, with their durable state: a crash loses them.
+    unsynced: Vec<(u64, Vec<Action>)>,
     hard: HardState,
     /// The durable log.
     log: Vec<Entry>,
@@ -169,6 +178,8 @@ impl Sim {
         for i in 0..sim.cfg.nodes {
             sim.nodes.push(Node {
                 replica: None,
+                pipeline: Pipeline::new(true),
+                unsynced: Vec::new(),
                 hard: HardState::default(),
                 log: Vec::new(),
                 applied: Vec::new(),
@@ -189,6 +200,8 @@ impl Sim {
         let rng = Box::new(StdRng::seed_from_u64(self.rng.random()));
         let n = &mut self.nodes[i];
         n.replica = Some(Replica::new(cfg, n.hard, n.log.clone(), rng));
+        n.pipeline = Pipeline::new(true);
+        n.unsynced.clear();
         n.applied.clear();
     }
 
@@ -200,17 +213,52 @@ impl Sim {
         panic!("seed {}: step {}: {what}", self.seed, self.now);
     }
 
-    /// Carries out a node's actions: persist, then the rest (the driver's contract).
+    /// Carries out a node's actions the way the driver does: durable state goes to a write that
+    /// completes at some later step ([`Sim::sync`]); what must wait for it waits in the node's
+    /// [`Pipeline`]; the rest happens now.
     fn drain(&mut self, i: usize) {
         loop {
-            let Some(r) = self.nodes[i].replica.as_mut() else {
+            let n = &mut self.nodes[i];
+            let Some(r) = n.replica.as_mut() else {
                 return;
             };
             let actions = r.take_actions();
             if actions.is_empty() {
                 return;
             }
-            for a in &actions {
+            let records: Vec<Action> = actions
+                .iter()
+                .filter(|a| {
+                    matches!(
+                        a,
+                        Action::PersistHardState(_)
+                            | Action::Truncate { .. }
+                            | Action::PersistEntries(_)
+                    )
+                })
+                .cloned()
+                .collect();
+            let (now, batch) = n.pipeline.submit(r, actions);
+            if let Some(seq) = batch {
+                n.unsynced.push((seq, records));
+            }
+            for a in now {
+                self.carry_out(i, a);
+            }
+        }
+    }
+
+    /// The node's pending writes become durable, in order; what waited for them happens.
+    fn sync(&mut self, i: usize) {
+        if self.nodes[i].replica.is_none() {
+            return;
+        }
+        let batches = std::mem::take(&mut self.nodes[i].unsynced);
+        let Some(&(last, _)) = batches.last() else {
+            return;
+        };
+        for (_, records) in &batches {
+            for a in records {
                 match a {
                     Action::PersistHardState(h) => self.nodes[i].hard = *h,
                     Action::Truncate { from, removed } => {
@@ -235,84 +283,84 @@ impl Sim {
                     _ => {}
                 }
             }
-            let durable = self.nodes[i].log.len() as u64;
-            if let Some(r) = self.nodes[i].replica.as_mut() {
-                r.persisted(LogIndex(durable));
+        }
+        let n = &mut self.nodes[i];
+        let Some(r) = n.replica.as_mut() else {
+            return;
+        };
+        let released = n.pipeline.durable(r, last);
+        for a in released {
+            self.carry_out(i, a);
+        }
+        self.drain(i);
+    }
+
+    /// One action that is not about durable state.
+    fn carry_out(&mut self, i: usize, a: Action) {
+        match a {
+            Action::Send { to, msg } => {
+                let to = self.members.iter().position(|m| *m == to).expect("member");
+                self.send(i, to, msg);
             }
-            for a in actions {
-                match a {
-                    Action::Send { to, msg } => {
-                        let to = self.members.iter().position(|m| *m == to).expect("member");
-                        self.send(i, to, msg);
-                    }
-                    Action::Apply(es) => {
-                        for e in es {
-                            self.check_apply(i, e);
-                        }
-                    }
-                    Action::Acked { id, version, .. } => {
-                        self.stats.acked += 1;
-                        let majority = self.w_of.get(&id).copied().unwrap_or(0) >= self.majority();
-                        if let Some((key, value, start)) = self.write_meta.remove(&id) {
-                            // W < majority: acknowledged, but a fail-over may take it back.
-                            let outcome = if majority {
-                                kv_checker::Outcome::Ok
-                            } else {
-                                kv_checker::Outcome::Unknown
-                            };
-                            self.record(
-                                kv_checker::OpKind::Write,
-                                key,
-                                Some(value),
-                                start,
-                                outcome,
-                            );
-                        }
-                        if self.w_of.get(&id).copied().unwrap_or(0) >= self.majority() {
-                            self.stats.acked_majority += 1;
-                            self.acked_majority.push((version.counter, version.epoch));
-                        }
-                    }
-                    Action::ReadReady { id, index } => {
-                        if let Some((key, start)) = self.read_meta.remove(&id) {
-                            // The key's value as of the read index, from the leader's log.
-                            let value = self.nodes[i].replica.as_ref().and_then(|r| {
-                                r.log()[..index.0 as usize].iter().rev().find_map(|e| {
-                                    match &e.cmd {
-                                        Command::Put { key: k, value }
-                                            if k[..] == *key.as_bytes() =>
-                                        {
-                                            Some(String::from_utf8_lossy(value).into_owned())
-                                        }
-                                        _ => None,
-                                    }
-                                })
-                            });
-                            self.record(
-                                kv_checker::OpKind::Read,
-                                key,
-                                value,
-                                start,
-                                kv_checker::Outcome::Ok,
-                            );
-                        }
-                        if let Some(need) = self.reads.remove(&id) {
-                            if index.0 < need {
-                                self.fail(format!(
-                                    "read {id} confirmed at index {} but a write acknowledged before it began is at {need}",
-                                    index.0
-                                ));
-                            }
-                            self.stats.reads += 1;
-                        }
-                    }
-                    Action::ReadFailed { id } => {
-                        self.reads.remove(&id);
-                        self.read_meta.remove(&id);
-                    }
-                    _ => {}
+            Action::Apply(es) => {
+                for e in es {
+                    self.check_apply(i, e);
                 }
             }
+            Action::Acked { id, version, .. } => {
+                self.stats.acked += 1;
+                let majority = self.w_of.get(&id).copied().unwrap_or(0) >= self.majority();
+                if let Some((key, value, start)) = self.write_meta.remove(&id) {
+                    // W < majority: acknowledged, but a fail-over may take it back.
+                    let outcome = if majority {
+                        kv_checker::Outcome::Ok
+                    } else {
+                        kv_checker::Outcome::Unknown
+                    };
+                    self.record(kv_checker::OpKind::Write, key, Some(value), start, outcome);
+                }
+                if self.w_of.get(&id).copied().unwrap_or(0) >= self.majority() {
+                    self.stats.acked_majority += 1;
+                    self.acked_majority.push((version.counter, version.epoch));
+                }
+            }
+            Action::ReadReady { id, index } => {
+                if let Some((key, start)) = self.read_meta.remove(&id) {
+                    // The key's value as of the read index, from the leader's log.
+                    let value = self.nodes[i].replica.as_ref().and_then(|r| {
+                        r.log()[..index.0 as usize]
+                            .iter()
+                            .rev()
+                            .find_map(|e| match &e.cmd {
+                                Command::Put { key: k, value } if k[..] == *key.as_bytes() => {
+                                    Some(String::from_utf8_lossy(value).into_owned())
+                                }
+                                _ => None,
+                            })
+                    });
+                    self.record(
+                        kv_checker::OpKind::Read,
+                        key,
+                        value,
+                        start,
+                        kv_checker::Outcome::Ok,
+                    );
+                }
+                if let Some(need) = self.reads.remove(&id) {
+                    if index.0 < need {
+                        self.fail(format!(
+                            "read {id} confirmed at index {} but a write acknowledged before it began is at {need}",
+                            index.0
+                        ));
+                    }
+                    self.stats.reads += 1;
+                }
+            }
+            Action::ReadFailed { id } => {
+                self.reads.remove(&id);
+                self.read_meta.remove(&id);
+            }
+            _ => {}
         }
     }
 
@@ -532,7 +580,9 @@ impl Sim {
         let n = self.nodes.len();
         if self.rng.random_bool(self.cfg.crash) {
             let i = self.rng.random_range(0..n);
+            // What was not yet durable is lost with the process.
             self.nodes[i].replica = None;
+            self.nodes[i].unsynced.clear();
             self.net.retain(|p| p.to != i);
         }
         if self.rng.random_bool(self.cfg.restart) {
@@ -564,6 +614,9 @@ impl Sim {
                 r.tick();
             }
             self.drain(i);
+            if !self.nodes[i].unsynced.is_empty() && self.rng.random_bool(self.cfg.sync) {
+                self.sync(i);
+            }
         }
         let mut due: Vec<Packet> = Vec::new();
         let mut k = 0;

@@ -6,6 +6,7 @@
 //! - [`version`]: [`Version`], the total order of writes to one key, and its text form.
 //! - [`quorum`]: N/R/W arithmetic and validation ([`Quorum`]).
 //! - [`leader_follower`]: Raft elections and log replication with W-acknowledged writes.
+//! - [`pipeline`]: carrying out a replica's actions while its log is written asynchronously.
 //! - [`NodeId`]: the name of a cluster member.
 //!
 
@@ -13,6 +14,7 @@
 
 pub mod leader_follower;
 pub mod leaderless;
+pub mod pipeline;
 pub mod quorum;
 pub mod version;
 

@@ -1,0 +1,136 @@
+//! When a leader-follower replica's actions may be carried out while its durable state is
+//! written asynchronously (the log written and fsynced on another thread, or in the simulator
+//! at a random later step).
+//!
+//! ```text
+//!  replica.take_actions() ──► submit ──► now: carry out at once
+//!                                 └────► a batch to write (seq n), with what waits for it
+//!  writer: batches 1..=n durable ──► durable(n) ──► replica.persisted(..), then what waited
+//! ```
+//!
+//! The contract of [`Action`] says every `Send` of a batch waits until the batch's durable
+//! state is written. Here the wait does not stop the replica: later batches are stepped while
+//! earlier ones are written, and whatever a batch must not do before it is durable (replies,
+//! votes, applies) waits in order — behind earlier batches too, since a reply may acknowledge
+//! entries an earlier batch holds. One exception (Raft thesis §10.2.1): a leader's batch
+//! without a term change or truncation goes out at once, since the leader counts itself toward
+//! W and the commit only once [`Replica::persisted`] says so.
+
+use std::collections::VecDeque;
+
+use crate::leader_follower::{Action, LogIndex, Replica, Role};
+
+/// A batch being written, and what waits for it.
+#[derive(Debug)]
+struct InFlight {
+    seq: u64,
+    /// The replica's last index when it was submitted: durable once the batch is.
+    last: LogIndex,
+    /// Truncations before it was submitted: a later one may have replaced entries up to
+    /// `last`, and then the batch being durable says nothing about them.
+    generation: u64,
+    deferred: Vec<Action>,
+}
+
+/// Orders a replica's actions around asynchronous writes. See the module documentation.
+#[derive(Debug)]
+pub struct Pipeline {
+    writes: bool,
+    submitted: u64,
+    generation: u64,
+    inflight: VecDeque<InFlight>,
+}
+
+impl Pipeline {
+    /// `writes`: whether batches with durable state are written at all (false in memory:
+    /// everything is carried out at once).
+    pub fn new(writes: bool) -> Pipeline {
+        Pipeline {
+            writes,
+            submitted: 0,
+            generation: 0,
+            inflight: VecDeque::new(),
+        }
+    }
+
+    /// Takes one batch of `replica`'s actions. Returns what to carry out now, in order, and —
+    /// when the batch holds durable state to write — its number: the caller writes the
+    /// batch's `PersistHardState`, `Truncate` and `PersistEntries` (after every earlier batch)
+    /// and reports with [`Pipeline::durable`].
+    pub fn submit(
+        &mut self,
+        replica: &mut Replica,
+        actions: Vec<Action>,
+    ) -> (Vec<Action>, Option<u64>) {
+        let risky = actions
+            .iter()
+            .any(|a| matches!(a, Action::PersistHardState(_) | Action::Truncate { .. }));
+        if actions.iter().any(|a| matches!(a, Action::Truncate { .. })) {
+            self.generation += 1;
+        }
+        let records = actions.iter().any(|a| match a {
+            Action::PersistHardState(_) | Action::Truncate { .. } => true,
+            Action::PersistEntries(es) => !es.is_empty(),
+            _ => false,
+        });
+        let early = replica.role() == Role::Leader
+            && !risky
+            && self.inflight.iter().all(|f| f.deferred.is_empty());
+        let last = replica.last_index();
+        let (now, deferred) = if early {
+            (actions, Vec::new())
+        } else {
+            (Vec::new(), actions)
+        };
+        if self.writes && records {
+            self.submitted += 1;
+            self.inflight.push_back(InFlight {
+                seq: self.submitted,
+                last,
+                generation: self.generation,
+                deferred,
+            });
+            return (now, Some(self.submitted));
+        }
+        match self.inflight.back_mut() {
+            // Nothing to write, but earlier batches are still being written.
+            Some(f) => {
+                f.deferred.extend(deferred);
+                (now, None)
+            }
+            None => {
+                replica.persisted(last);
+                let mut all = deferred;
+                all.extend(now);
+                (all, None)
+            }
+        }
+    }
+
+    /// Batches `..=seq` are durable: tells `replica` and returns what waited for them, in
+    /// order. Call [`Replica::take_actions`] afterwards (the replica may have more to do).
+    pub fn durable(&mut self, replica: &mut Replica, seq: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        while self.inflight.front().is_some_and(|f| f.seq <= seq) {
+            let Some(f) = self.inflight.pop_front() else {
+                break;
+            };
+            if f.generation == self.generation {
+                replica.persisted(f.last);
+            }
+            out.extend(f.deferred);
+        }
+        out
+    }
+
+    /// Forgets every batch in flight (the writer failed, or the node crashed): nothing that
+    /// waited for them happens.
+    pub fn clear(&mut self) {
+        self.inflight.clear();
+    }
+
+    /// Batches submitted and not yet durable.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+}
