@@ -4,14 +4,16 @@
 //!  gRPC handlers ──Propose/Read──┐
 //!  peer conns    ──Peer msg──────┼─► channel ─► driver thread: drain inputs, tick on time,
 //!  timer (tick_ms) ──────────────┘              feed the replica, then for its actions:
-//!      1. persist hard state / truncations / entries, ONE fsync for the whole batch
-//!      2. replica.persisted(last index)
-//!      3. send messages, apply committed entries to the state machine, answer clients
+//!      1. encode hard state / truncations / entries, hand them to the log writer thread
+//!         (which writes and fsyncs batches in order, many per fsync when they queue)
+//!      2. carry out what may go now; what must wait for the batch waits in the Pipeline
+//!      3. writer done: replica.persisted(last index), then what waited (in order)
 //! ```
-//! Everything a batch persists is durable before any of its messages leave (votes and
-//! acknowledgements are never sent for state a crash could lose) — except a leader's appends,
-//! which may go out while the leader's own fsync runs (it does not count itself until then). Entries truncated from the
-//! log are appended to `<data-dir>/rollback.jsonl` and counted: never dropped silently.
+//! A batch that changes the term or vote, or truncates, is durable before anything of it leaves
+//! (a vote is never sent for state a crash could lose); other batches go at once, because
+//! acknowledgements claim only what `persisted` reported (`kv_replica::pipeline`). Entries
+//! truncated from the log are appended to `<data-dir>/rollback.jsonl` and counted: never
+//! dropped silently.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -762,7 +764,8 @@ mod tests {
     /// the log is written on another thread while the replica goes on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_follower_acknowledges_entries_only_once_they_are_written() {
-        crate::raft_log::WRITE_DELAY_MS.store(300, Ordering::Relaxed);
+        // Shorter than the election timeout: this test sends no heartbeats.
+        crate::raft_log::WRITE_DELAY_MS.store(100, Ordering::Relaxed);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let leader_addr = listener.local_addr().expect("addr").to_string();
@@ -812,7 +815,7 @@ mod tests {
         crate::raft_log::WRITE_DELAY_MS.store(0, Ordering::Relaxed);
         assert_eq!((reply.0, reply.1), (true, LogIndex(1)));
         assert!(
-            on_disk > 0 && reply.2 >= Duration::from_millis(300),
+            on_disk > 0 && reply.2 >= Duration::from_millis(100),
             "acknowledged after {:?} with {on_disk} bytes of log on disk",
             reply.2
         );

@@ -194,12 +194,13 @@ pub enum ReplicaError {
     },
 }
 
-/// What the driver must do, in order. Every `PersistHardState`, `Truncate` and `PersistEntries`
-/// of one batch must be durable before any `Send` of that batch goes out, after which the driver
-/// calls [`Replica::persisted`] with the last index it made durable. One exception is safe: a
-/// leader's `Append` messages may go out before its own entries are durable, in a batch with no
-/// `PersistHardState` or `Truncate` (the leader counts itself toward W and the commit only after
-/// `persisted`; Raft thesis §10.2.1).
+/// What the driver must do, in order. A batch holding a `PersistHardState` or `Truncate` must
+/// be durable before any other action of it (or of a later batch) is carried out: a vote or a
+/// term must survive a crash before anyone hears of it. Other batches may be carried out while
+/// their `PersistEntries` are written: acknowledgements claim only what the driver reported
+/// through [`Replica::persisted`] (the last index it made durable, called once the entries are
+/// written), and a leader counts itself toward W and the commit only from then (Raft thesis
+/// §10.2.1). [`crate::pipeline::Pipeline`] carries out exactly this.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Make term and vote durable.
@@ -305,6 +306,10 @@ pub struct Replica {
     log: Vec<Entry>,
     /// Highest index made durable locally.
     persisted: u64,
+    /// Follower: entries through this index match the current leader's log.
+    leader_match: u64,
+    /// Follower: the highest durable index reported to the current leader.
+    reported: u64,
     role: Role,
     leader: Option<usize>,
     commit: u64,
@@ -376,6 +381,8 @@ impl Replica {
             hard,
             log,
             persisted,
+            leader_match: 0,
+            reported: 0,
             role: Role::Follower,
             leader: None,
             commit: 0,
@@ -530,6 +537,22 @@ impl Replica {
                 self.progress[self.me].matched = index;
                 self.advance_commit();
                 self.check_acks();
+            }
+        }
+        // A follower tells its leader how far it durably holds the leader's log.
+        if self.role == Role::Follower
+            && let Some(leader) = self.leader
+        {
+            let durable = self.persisted.min(self.leader_match);
+            if durable > self.reported {
+                self.reported = durable;
+                let msg = Message::AppendReply {
+                    term: self.hard.term,
+                    ok: true,
+                    index: LogIndex(durable),
+                    read_seq: 0,
+                };
+                self.send(leader, msg);
             }
         }
     }
@@ -781,6 +804,10 @@ impl Replica {
             self.hard.voted_for = None;
             self.persist_hard();
         }
+        if self.role != Role::Follower || self.leader != leader {
+            self.leader_match = 0;
+            self.reported = 0;
+        }
         self.role = Role::Follower;
         self.leader = leader;
         self.broadcast_pending = false;
@@ -945,6 +972,7 @@ impl Replica {
                     // Conflict: drop this entry and everything after it (§5.3).
                     let removed = self.log.split_off(e.index.0 as usize - 1);
                     self.persisted = self.persisted.min(self.log.len() as u64);
+                    self.leader_match = self.leader_match.min(self.log.len() as u64);
                     self.out.push(Action::Truncate {
                         from: e.index,
                         removed,
@@ -958,21 +986,31 @@ impl Replica {
                 }
             }
         }
-        if !fresh.is_empty() {
+        let appended = !fresh.is_empty();
+        if appended {
             self.out.push(Action::PersistEntries(fresh));
         }
+        self.leader_match = self.leader_match.max(matched);
         let new_commit = commit.0.min(matched);
         if new_commit > self.commit {
             self.commit = new_commit;
             self.apply_committed();
         }
-        let msg = Message::AppendReply {
-            term: self.hard.term,
-            ok: true,
-            index: LogIndex(matched),
-            read_seq,
-        };
-        self.send(from, msg);
+        // The reply claims only what is durable here, so it may leave before this batch's
+        // write does (a read-index confirmation then never waits for a follower's fsync);
+        // `persisted` reports the rest. New entries without a read to confirm: that report
+        // is the reply.
+        if !appended || read_seq != 0 {
+            let durable = self.persisted.min(self.leader_match);
+            self.reported = self.reported.max(durable);
+            let msg = Message::AppendReply {
+                term: self.hard.term,
+                ok: true,
+                index: LogIndex(durable),
+                read_seq,
+            };
+            self.send(from, msg);
+        }
     }
 
     fn on_append_reply(

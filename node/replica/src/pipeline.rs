@@ -8,17 +8,17 @@
 //!  writer: batches 1..=n durable ──► durable(n) ──► replica.persisted(..), then what waited
 //! ```
 //!
-//! The contract of [`Action`] says every `Send` of a batch waits until the batch's durable
-//! state is written. Here the wait does not stop the replica: later batches are stepped while
-//! earlier ones are written, and whatever a batch must not do before it is durable (replies,
-//! votes, applies) waits in order — behind earlier batches too, since a reply may acknowledge
-//! entries an earlier batch holds. One exception (Raft thesis §10.2.1): a leader's batch
-//! without a term change or truncation goes out at once, since the leader counts itself toward
-//! W and the commit only once [`Replica::persisted`] says so.
+//! The contract of [`Action`]: a batch that changes the term or vote, or truncates, is carried
+//! out only once its durable state is written (a vote must survive a crash). Here that wait
+//! does not stop the replica: later batches are stepped meanwhile, and what waits is released
+//! in order — later batches' actions too, behind it. Any other batch goes out at once: neither
+//! a leader (it counts itself toward W and the commit only once [`Replica::persisted`] says
+//! so, Raft thesis §10.2.1) nor a follower (its acknowledgements claim only what `persisted`
+//! reported) claims anything not yet durable.
 
 use std::collections::VecDeque;
 
-use crate::leader_follower::{Action, LogIndex, Replica, Role};
+use crate::leader_follower::{Action, LogIndex, Replica};
 
 /// A batch being written, and what waits for it.
 #[derive(Debug)]
@@ -73,9 +73,7 @@ impl Pipeline {
             Action::PersistEntries(es) => !es.is_empty(),
             _ => false,
         });
-        let early = replica.role() == Role::Leader
-            && !risky
-            && self.inflight.iter().all(|f| f.deferred.is_empty());
+        let early = !risky && self.inflight.iter().all(|f| f.deferred.is_empty());
         let last = replica.last_index();
         let (now, deferred) = if early {
             (actions, Vec::new())
