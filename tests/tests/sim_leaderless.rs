@@ -179,3 +179,48 @@ fn leaderless_keeps_no_hints_for_a_replica_down_past_the_hint_window() {
     node.tick(&mut store, 2_000);
     assert!(hints_for_n2(&mut node, &mut store, 2_500) > 0);
 }
+
+/// A read that is short of R responses after `hint_after` asks its silent replicas once more
+/// (a lost request or reply would otherwise cost the whole deadline), and only once.
+#[test]
+fn leaderless_read_asks_silent_replicas_again_once() {
+    let members: Vec<NodeId> = (1..=3).map(|i| NodeId(format!("n{i}"))).collect();
+    let mut cfg = Config::new(
+        members[0].clone(),
+        members.clone(),
+        Quorum::new(3, 3, 2, 2).expect("quorum"),
+    );
+    cfg.hint_after_ms = 100;
+    let mut node = Leaderless::new(cfg, 0, 0);
+    let mut store = SimStore::default();
+    let opts = Opts {
+        quorum: 2,
+        timeout_ms: 2_000,
+        degrade: false,
+    };
+    let remote_reads = |actions: Vec<Action>| {
+        actions
+            .into_iter()
+            .filter(|a| {
+                matches!(a, Action::Send { to, msg: Msg::Read { .. }, .. } if *to != NodeId::from("n1"))
+            })
+            .count()
+    };
+    node.get(0, 7, Bytes::from_static(b"k"), opts);
+    assert_eq!(remote_reads(node.take_actions()), 2, "asks n2 and n3");
+    // Every request to n2 and n3 is lost: nothing comes back.
+    node.tick(&mut store, 50);
+    assert_eq!(
+        remote_reads(node.take_actions()),
+        0,
+        "too early to ask again"
+    );
+    node.tick(&mut store, 150);
+    assert_eq!(
+        remote_reads(node.take_actions()),
+        2,
+        "asked again after hint_after"
+    );
+    node.tick(&mut store, 300);
+    assert_eq!(remote_reads(node.take_actions()), 0, "only once");
+}

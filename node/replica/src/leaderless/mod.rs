@@ -9,7 +9,8 @@
 //!      unacknowledged after `hint_after_ms` ─► StoreHint on a fallback node ─► Hint delivered
 //!      when the replica answers again (sloppy quorum: the fallback's ack counts toward W)
 //!      Read ─► all N ─► answer at R with the newest version; stale and late responders get a
-//!      repair Write (before answering when read repair is `blocking`)
+//!      repair Write (before answering when read repair is `blocking`); short of R after
+//!      `hint_after_ms`, the silent replicas are asked once more
 //!  every `anti_entropy_ms`: Merkle-tree digest of the keys shared with one peer ─► differences
 //!  are exchanged; every `tombstone_grace_ms`-old tombstone is purged
 //! ```
@@ -440,6 +441,8 @@ struct PendingRead {
     pref: Vec<usize>,
     replies: BTreeMap<usize, Option<Stored>>,
     r: u32,
+    /// Replicas silent until then are asked once more (a request or its reply may be lost).
+    retry_at: u64,
     deadline: u64,
     degrade: bool,
     answer: Option<ReadOk>,
@@ -751,6 +754,7 @@ impl Leaderless {
                 pref,
                 replies: BTreeMap::new(),
                 r,
+                retry_at: now + self.cfg.hint_after_ms,
                 deadline: now + opts.timeout_ms,
                 degrade: opts.degrade,
                 answer: None,
@@ -1142,6 +1146,33 @@ impl Leaderless {
         );
     }
 
+    /// A read still short of R responses after `hint_after_ms` asks its silent, reachable
+    /// replicas once more: with one lossy replica a lost request or reply would otherwise cost
+    /// the whole deadline. Answering a read twice is harmless.
+    fn retry_read(&mut self, op: u64, now: u64) {
+        let Some(p) = self.reads.get_mut(&op) else {
+            return;
+        };
+        if p.replied || now < p.retry_at || p.replies.len() as u32 >= p.r {
+            return;
+        }
+        p.retry_at = u64::MAX;
+        let key = p.key.clone();
+        let silent: Vec<usize> = p
+            .pref
+            .iter()
+            .copied()
+            .filter(|i| !p.replies.contains_key(i) && !self.down.contains(i))
+            .collect();
+        for i in silent {
+            let msg = Msg::Read {
+                req: op,
+                key: key.clone(),
+            };
+            self.send(i, msg, None);
+        }
+    }
+
     fn on_read_reply(&mut self, op: u64, from: usize, stored: Option<Stored>) {
         let Some(p) = self.reads.get_mut(&op) else {
             return;
@@ -1318,6 +1349,7 @@ impl Leaderless {
         }
         let ops: Vec<u64> = self.reads.keys().copied().collect();
         for op in ops {
+            self.retry_read(op, now);
             self.check_read(op, Some(now));
         }
         if now >= self.next_hint_round {
