@@ -125,27 +125,40 @@ fn sim_leaderless_without_faults_detects_no_conflicts() {
     assert_eq!(t.failed, 0, "{t:?}");
 }
 
+/// Node n1 of `nodes` members (N=3, R=W=2) with `tweak` applied to its configuration, an
+/// empty store, and request options with quorum 2.
+fn lone_node(
+    nodes: usize,
+    tweak: impl FnOnce(&mut Config),
+) -> (Vec<NodeId>, Leaderless, SimStore, Opts) {
+    let members: Vec<NodeId> = (1..=nodes).map(|i| NodeId(format!("n{i}"))).collect();
+    let mut cfg = Config::new(
+        members[0].clone(),
+        members.clone(),
+        Quorum::new(nodes as u32, 3, 2, 2).expect("quorum"),
+    );
+    tweak(&mut cfg);
+    let opts = Opts {
+        quorum: 2,
+        timeout_ms: 2_000,
+        degrade: false,
+    };
+    (
+        members,
+        Leaderless::new(cfg, 0, 0),
+        SimStore::default(),
+        opts,
+    )
+}
+
 /// A replica unreachable for longer than the hint window gets no more hints (anti-entropy
 /// brings it up to date when it returns); within the window it does, and the skipped ones are
 /// counted.
 #[test]
 fn leaderless_keeps_no_hints_for_a_replica_down_past_the_hint_window() {
-    let members: Vec<NodeId> = (1..=4).map(|i| NodeId(format!("n{i}"))).collect();
-    let mut cfg = Config::new(
-        members[0].clone(),
-        members.clone(),
-        Quorum::new(4, 3, 2, 2).expect("quorum"),
-    );
-    cfg.max_hint_window_ms = 1_000;
-    let mut node = Leaderless::new(cfg, 0, 0);
-    let mut store = SimStore::default();
+    let (members, mut node, mut store, opts) = lone_node(4, |c| c.max_hint_window_ms = 1_000);
     node.set_reachable(&members[1], false);
     node.tick(&mut store, 0); // notices n2 down at t=0
-    let opts = Opts {
-        quorum: 2,
-        timeout_ms: 1_000,
-        degrade: false,
-    };
     let hints_for_n2 = |node: &mut Leaderless, store: &mut SimStore, now: u64| {
         for k in 0..100u32 {
             let key = Bytes::from(format!("k{k}").into_bytes());
@@ -184,20 +197,7 @@ fn leaderless_keeps_no_hints_for_a_replica_down_past_the_hint_window() {
 /// (a lost request or reply would otherwise cost the whole deadline), and only once.
 #[test]
 fn leaderless_read_asks_silent_replicas_again_once() {
-    let members: Vec<NodeId> = (1..=3).map(|i| NodeId(format!("n{i}"))).collect();
-    let mut cfg = Config::new(
-        members[0].clone(),
-        members.clone(),
-        Quorum::new(3, 3, 2, 2).expect("quorum"),
-    );
-    cfg.hint_after_ms = 100;
-    let mut node = Leaderless::new(cfg, 0, 0);
-    let mut store = SimStore::default();
-    let opts = Opts {
-        quorum: 2,
-        timeout_ms: 2_000,
-        degrade: false,
-    };
+    let (_, mut node, mut store, opts) = lone_node(3, |c| c.hint_after_ms = 100);
     let remote_reads = |actions: Vec<Action>| {
         actions
             .into_iter()
