@@ -171,6 +171,8 @@ pub struct Config {
     pub anti_entropy_interval: HumanDuration,
     /// Leaderless: ring tokens (virtual nodes) per node.
     pub vnodes: u32,
+    /// Leader-follower: compact the log into a snapshot every this many applied entries.
+    pub snapshot_entries: u64,
 }
 
 impl Default for Config {
@@ -199,6 +201,7 @@ impl Default for Config {
             max_hint_window: HumanDuration(Duration::from_secs(3 * 3600)),
             anti_entropy_interval: HumanDuration(Duration::from_secs(10)),
             vnodes: 64,
+            snapshot_entries: 10_000,
         }
     }
 }
@@ -319,6 +322,12 @@ impl Config {
         }
         if self.vnodes == 0 || self.vnodes > 4096 {
             return err(format!("--vnodes {}: must be 1..=4096", self.vnodes));
+        }
+        if self.snapshot_entries < 10 {
+            return err(format!(
+                "--snapshot-entries {}: must be at least 10",
+                self.snapshot_entries
+            ));
         }
         if self.request_timeout.0.is_zero() {
             return err("--request-timeout must be more than 0".into());

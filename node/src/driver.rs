@@ -23,16 +23,17 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use kv_replica::leader_follower::{
-    Action, Command, Config as CoreConfig, Entry, HardState, Replica, ReplicaError, RequestId, Role,
+    Action, Command, Config as CoreConfig, Entry, LogIndex, Replica, ReplicaError, RequestId, Role,
 };
 use kv_replica::pipeline::Pipeline;
 use kv_replica::{NodeId, Version};
 use rand::SeedableRng;
 use tokio::sync::oneshot;
 
-use crate::raft_log::{LogWriter, RaftLog};
-use crate::storage::{Storage, StorageError, Write, now_ms};
+use crate::raft_log::{self, Job, LogWriter, RaftLog, Recovered};
+use crate::storage::{MemStorage, Storage, StorageError, Write, now_ms};
 use crate::transport::Transport;
 
 /// Why a replicated request did not succeed.
@@ -131,6 +132,14 @@ pub struct StatusSnapshot {
     pub last: u64,
     /// Per follower, entries behind (leader only).
     pub follower_lag: Vec<(NodeId, u64)>,
+    /// Index of the latest snapshot (0: none).
+    pub snapshot_index: u64,
+    /// Entries held in the log.
+    pub log_entries: u64,
+    /// Snapshots taken here.
+    pub snapshots_taken: u64,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: u64,
 }
 
 /// A cheap handle to the driver thread.
@@ -216,7 +225,7 @@ impl DriverHandle {
     }
 }
 
-/// Timing of the replica, in wall-clock terms.
+/// Timing of the replica, in wall-clock terms, and how often it compacts its log.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
     /// One logical tick.
@@ -225,6 +234,8 @@ pub struct Timing {
     pub election_ticks: (u32, u32),
     /// Heartbeat interval, in ticks.
     pub heartbeat_ticks: u32,
+    /// Snapshot and compact every this many applied entries, keeping the last tenth.
+    pub snapshot_entries: u64,
 }
 
 impl Default for Timing {
@@ -233,6 +244,7 @@ impl Default for Timing {
             tick: Duration::from_millis(10),
             election_ticks: (15, 30),
             heartbeat_ticks: 3,
+            snapshot_entries: 10_000,
         }
     }
 }
@@ -248,7 +260,12 @@ struct Driver {
     /// Batches the writer has made durable.
     synced: u64,
     transport: Transport,
-    state: Arc<dyn Storage>,
+    state: Arc<MemStorage>,
+    snapshot_entries: u64,
+    /// Snapshots taken here.
+    snapshots_taken: u64,
+    /// Snapshots installed from a leader.
+    snapshots_installed: u64,
     proposals: HashMap<RequestId, oneshot::Sender<Result<Proposed, DriveError>>>,
     /// Compare-and-sets proposed here, by log index: answered when applied.
     cas: HashMap<u64, (RequestId, CasReply)>,
@@ -276,21 +293,26 @@ pub fn start(
     fsync: crate::storage::FsyncPolicy,
     timing: Timing,
     transport: Transport,
-    state: Arc<dyn Storage>,
+    state: Arc<MemStorage>,
     seed: u64,
 ) -> Result<DriverHandle, StorageError> {
-    let (log, hard, entries) = match &data_dir {
+    let (log, rec) = match &data_dir {
         Some(d) => {
-            let (l, h, e) = RaftLog::open(d, fsync)?;
-            (Some(l), h, e)
+            let (l, rec) = RaftLog::open(d, fsync)?;
+            if rec.snapshot.index.0 > 0 {
+                state.restore(&rec.snapshot.data, &d.join("raft.log"))?;
+            }
+            (Some(l), rec)
         }
-        None => (None, HardState::default(), Vec::new()),
+        None => (None, Recovered::default()),
     };
     tracing::info!(
-        term = hard.term.0,
-        entries = entries.len(),
+        term = rec.hard.term.0,
+        snapshot = rec.snapshot.index.0,
+        entries = rec.entries.len(),
         "replica log recovered"
     );
+    let applied = rec.snapshot.index.0;
     let n_members = members.len();
     let replica = Replica::new(
         CoreConfig {
@@ -300,8 +322,9 @@ pub fn start(
             heartbeat_ticks: timing.heartbeat_ticks,
             max_batch: 256,
         },
-        hard,
-        entries,
+        rec.hard,
+        rec.snapshot,
+        rec.entries,
         Box::new(rand::rngs::StdRng::seed_from_u64(seed)),
     );
     let (tx, rx) = std::sync::mpsc::channel();
@@ -329,13 +352,16 @@ pub fn start(
         synced: 0,
         transport,
         state,
+        snapshot_entries: timing.snapshot_entries,
+        snapshots_taken: 0,
+        snapshots_installed: 0,
         proposals: HashMap::new(),
         cas: HashMap::new(),
         members: n_members,
         reads: HashMap::new(),
         reads_applying: Vec::new(),
         next_id: 1,
-        applied: 0,
+        applied,
         rollback: data_dir.map(|d| d.join("rollback.jsonl")),
         rolled_back: rolled_back.clone(),
         status: status.clone(),
@@ -470,14 +496,28 @@ impl Driver {
             let actions = self.replica.take_actions();
             let more = !actions.is_empty();
             if more {
-                self.queue_records(&actions);
+                let restores = self.queue_records(&actions);
                 let records = self
                     .log
                     .as_mut()
                     .map(RaftLog::take_queued)
                     .unwrap_or_default();
+                // A snapshot installed rewrites the file with the replica's state after the
+                // whole batch, which the batch's own records would only repeat.
+                let job = if restores {
+                    Job::Rewrite {
+                        contents: raft_log::encode_base(
+                            self.replica.snapshot(),
+                            self.replica.hard_state(),
+                            self.replica.log(),
+                        ),
+                        counts: true,
+                    }
+                } else {
+                    Job::Append(records)
+                };
                 let (now, batch) = self.pipeline.submit(&mut self.replica, actions);
-                if batch.is_some() && !self.writer.as_ref().is_some_and(|w| w.submit(records)) {
+                if batch.is_some() && !self.writer.as_ref().is_some_and(|w| w.submit(job)) {
                     self.fail("the replica log writer stopped".into());
                     return;
                 }
@@ -493,9 +533,51 @@ impl Driver {
                 self.carry_out(a);
             }
             if self.failed.is_some() || (!more && !completed) {
+                break;
+            }
+        }
+        if self.failed.is_none() {
+            self.maybe_compact();
+        }
+    }
+
+    /// Every `snapshot_entries` applied entries: snapshots the state machine and compacts the
+    /// log, keeping the last tenth. Runs when every action taken is carried out or queued, so
+    /// every entry of the replica's log is already submitted to the writer before the rewrite.
+    fn maybe_compact(&mut self) {
+        let since = self.applied.saturating_sub(self.replica.snapshot().index.0);
+        if since < self.snapshot_entries {
+            return;
+        }
+        let started = Instant::now();
+        let data = Bytes::from(self.state.encode_snapshot(self.applied));
+        let bytes = data.len();
+        let keep = self.snapshot_entries / 10;
+        if !self.replica.compact(LogIndex(self.applied), data, keep) {
+            return;
+        }
+        if let Some(w) = &self.writer {
+            let contents = raft_log::encode_base(
+                self.replica.snapshot(),
+                self.replica.hard_state(),
+                self.replica.log(),
+            );
+            if !w.submit(Job::Rewrite {
+                contents,
+                counts: false,
+            }) {
+                self.fail("the replica log writer stopped".into());
                 return;
             }
         }
+        self.snapshots_taken += 1;
+        tracing::info!(
+            index = self.applied,
+            bytes,
+            kept = self.replica.log().len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "log compacted into a snapshot"
+        );
     }
 
     fn fail(&mut self, why: String) {
@@ -508,8 +590,9 @@ impl Driver {
     }
 
     /// Encodes the batch's durable state for the writer; truncated entries go to the rollback
-    /// file first.
-    fn queue_records(&mut self, actions: &[Action]) {
+    /// file first. Returns whether the batch installs a snapshot.
+    fn queue_records(&mut self, actions: &[Action]) -> bool {
+        let mut restores = false;
         for a in actions {
             match a {
                 Action::PersistHardState(h) => {
@@ -533,9 +616,19 @@ impl Driver {
                         l.append(es);
                     }
                 }
+                Action::Restore { rolled_back, .. } => {
+                    restores = true;
+                    for e in rolled_back {
+                        if let Some((_, r)) = self.cas.remove(&e.index.0) {
+                            let _ = r.send(Err(DriveError::Unknown));
+                        }
+                    }
+                    self.record_rollback(rolled_back);
+                }
                 _ => {}
             }
         }
+        restores
     }
 
     fn record_rollback(&mut self, removed: &[Entry]) {
@@ -633,14 +726,7 @@ impl Driver {
                     }
                     self.applied = index;
                 }
-                let applied = self.applied;
-                let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_applying)
-                    .into_iter()
-                    .partition(|(i, _)| *i <= applied);
-                self.reads_applying = waiting;
-                for (_, r) in ready {
-                    let _ = r.send(Ok(()));
-                }
+                self.release_reads();
             }
             Action::Acked { id, version, acks } => {
                 // A compare-and-set is answered at apply, not here.
@@ -676,7 +762,40 @@ impl Driver {
                     let _ = r.send(Err(DriveError::NotLeader(self.replica.leader().cloned())));
                 }
             }
+            Action::Restore { snapshot, .. } => {
+                let source = self
+                    .log
+                    .as_ref()
+                    .map_or_else(|| PathBuf::from("snapshot from the leader"), RaftLog::path);
+                match self.state.restore(&snapshot.data, &source) {
+                    Ok(_) => {
+                        self.snapshots_installed += 1;
+                        self.applied = snapshot.index.0;
+                        tracing::info!(
+                            index = snapshot.index.0,
+                            bytes = snapshot.data.len(),
+                            "installed the leader's snapshot"
+                        );
+                        self.release_reads();
+                    }
+                    // The leader's snapshot is checksummed record by record: damage here is a
+                    // bug or a bad disk, and serving from a half-known state would be worse.
+                    Err(e) => self.fail(format!("cannot install the leader's snapshot: {e}")),
+                }
+            }
             Action::PersistHardState(_) | Action::Truncate { .. } | Action::PersistEntries(_) => {}
+        }
+    }
+
+    /// Answers the confirmed reads that the state machine has now reached.
+    fn release_reads(&mut self) {
+        let applied = self.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_applying)
+            .into_iter()
+            .partition(|(i, _)| *i <= applied);
+        self.reads_applying = waiting;
+        for (_, r) in ready {
+            let _ = r.send(Ok(()));
         }
     }
 
@@ -699,6 +818,10 @@ impl Driver {
             applied: self.applied,
             last: r.last_index().0,
             follower_lag: r.follower_lag(),
+            snapshot_index: r.snapshot().index.0,
+            log_entries: r.log().len() as u64,
+            snapshots_taken: self.snapshots_taken,
+            snapshots_installed: self.snapshots_installed,
         };
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = s;
     }

@@ -147,9 +147,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     }));
     let replicated = settings.members.len() > 1;
     let leaderless = replicated && cfg.mode == config::Mode::Leaderless;
+    // Leader-follower: the state machine, rebuilt from the replica's snapshot and log, which
+    // are the durable copy.
+    let state_machine = Arc::new(MemStorage::new());
     let storage = if replicated && !leaderless {
-        // The state machine: rebuilt from the replicated log, which is the durable copy.
-        Arc::new(MemStorage::new()) as Arc<dyn Storage>
+        state_machine.clone() as Arc<dyn Storage>
     } else {
         open_storage(&settings, &metrics)?
     };
@@ -229,9 +231,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             members.into_iter().map(|(id, _)| id).collect(),
             data_dir,
             settings.config.fsync,
-            driver::Timing::default(),
+            driver::Timing {
+                snapshot_entries: settings.config.snapshot_entries,
+                ..driver::Timing::default()
+            },
             transport,
-            storage.clone(),
+            state_machine,
             seed,
         )?;
         peers = Some(transport::PeerReceiver::new(driver.clone(), faults.clone()));

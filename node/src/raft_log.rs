@@ -1,13 +1,17 @@
-//! The durable state of a leader-follower replica: its term, its vote and its log, in one
-//! append-only file (`<data-dir>/raft.log`) of the framed records of `storage::record`.
+//! The durable state of a leader-follower replica: its term, its vote, its snapshot and its log,
+//! in one append-only file (`<data-dir>/raft.log`) of the framed records of `storage::record`.
 //!
 //! ```text
-//! hard-state(term, vote) | entry(term, index, put/delete/noop) | truncate(from) ...
+//! [snapshot(index, term, term starts, state machine)] hard-state(term, vote)
+//!     | entry(term, index, put/delete/cas/noop) | truncate(from) | hard-state ...
 //! ```
 //! Replaying the file in order rebuilds the state; a truncate record removes the entries from
 //! its index on. Every batch the driver makes durable is one write and one fsync (group commit
-//! across all the requests of a batch). A torn final record is cut off and reported; other
-//! damage stops the node. The log is not compacted yet: it grows with every write.
+//! across all the requests of a batch). Compaction (or a snapshot installed from the leader)
+//! rewrites the file: the snapshot, the hard state and the entries after the snapshot go to
+//! `raft.log.tmp`, which is fsynced and renamed over `raft.log` — a crash leaves the old file
+//! or the new one, never a mix. A torn final record is cut off and reported; other damage
+//! stops the node.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -15,11 +19,11 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use kv_replica::Version;
-use kv_replica::leader_follower::{Command, Entry, HardState, LogIndex, Term};
+use kv_replica::leader_follower::{Command, Entry, HardState, LogIndex, Snapshot, Term};
 
 use crate::storage::FsyncPolicy;
 use crate::storage::StorageError;
-use crate::storage::disk::{corrupt, lock_dir, open_append, sync_dir, truncate_torn};
+use crate::storage::disk::{corrupt, lock_dir, open_append, replace_file, sync_dir, truncate_torn};
 use crate::storage::record::{self, Frame, Record};
 
 /// The replica's durable state, appended to and synced in batches.
@@ -61,15 +65,91 @@ fn entry_record(e: &Entry) -> Record {
     }
 }
 
+/// `base`: the index the log after it starts after (at most the snapshot's).
+fn snapshot_record(s: &Snapshot, base: u64) -> Record {
+    let mut terms = Vec::with_capacity(16 * s.terms.len());
+    for (i, t) in &s.terms {
+        terms.extend_from_slice(&i.0.to_le_bytes());
+        terms.extend_from_slice(&t.0.to_le_bytes());
+    }
+    Record {
+        kind: record::KIND_RAFT_SNAPSHOT,
+        lsn: s.index.0,
+        version: Version::new(s.term.0, 0),
+        written_ms: base,
+        key: Bytes::from(terms),
+        value: Some(s.data.clone()),
+        context: Bytes::new(),
+    }
+}
+
+/// The snapshot and the log base of a [`snapshot_record`].
+fn snapshot_of(r: Record) -> Option<(Snapshot, u64)> {
+    if !r.key.len().is_multiple_of(16) || r.written_ms > r.lsn {
+        return None;
+    }
+    let base = r.written_ms;
+    let num = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("invariant: 8 bytes"));
+    let terms = r
+        .key
+        .chunks_exact(16)
+        .map(|c| (LogIndex(num(&c[..8])), Term(num(&c[8..]))))
+        .collect();
+    Some((
+        Snapshot {
+            index: LogIndex(r.lsn),
+            term: Term(r.version.epoch),
+            terms,
+            data: r.value.unwrap_or_default(),
+        },
+        base,
+    ))
+}
+
+/// The contents of a rewritten log: `snapshot` (unless empty), `hard`, then `entries` (which
+/// start at most right after the snapshot).
+pub fn encode_base(snapshot: &Snapshot, hard: HardState, entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(snapshot.data.len() + 256 * (entries.len() + 2));
+    if snapshot.index.0 > 0 {
+        let base = entries.first().map_or(snapshot.index.0, |e| e.index.0 - 1);
+        record::encode(&mut out, &snapshot_record(snapshot, base));
+    }
+    record::encode(&mut out, &hard_state_record(hard));
+    for e in entries {
+        record::encode(&mut out, &entry_record(e));
+    }
+    out
+}
+
+fn hard_state_record(h: HardState) -> Record {
+    Record {
+        kind: record::KIND_HARD_STATE,
+        lsn: 0,
+        version: Version::new(h.term.0, h.voted_for.map_or(0, |v| v as u64 + 1)),
+        written_ms: 0,
+        key: Bytes::new(),
+        value: None,
+        context: bytes::Bytes::new(),
+    }
+}
+
+/// What [`RaftLog::open`] recovered.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Term and vote.
+    pub hard: HardState,
+    /// The snapshot the log starts after (index 0: none).
+    pub snapshot: Snapshot,
+    /// The entries after it.
+    pub entries: Vec<Entry>,
+}
+
 impl RaftLog {
     /// Opens (creating) `dir/raft.log` and replays it.
     ///
     /// # Errors
     /// The directory is unusable or in use, or the file is damaged beyond a torn tail.
-    pub fn open(
-        dir: &Path,
-        fsync: FsyncPolicy,
-    ) -> Result<(Self, HardState, Vec<Entry>), StorageError> {
+    pub fn open(dir: &Path, fsync: FsyncPolicy) -> Result<(Self, Recovered), StorageError> {
         let lock = lock_dir(dir)?;
         let path = dir.join("raft.log");
         let buf = match std::fs::read(&path) {
@@ -82,13 +162,22 @@ impl RaftLog {
                 ));
             }
         };
+        // A rewrite that a crash interrupted: the old file is whole.
+        let _ = std::fs::remove_file(dir.join("raft.log.tmp"));
         let mut hard = HardState::default();
+        let mut snapshot = Snapshot::default();
+        let mut base = 0;
         let mut log: Vec<Entry> = Vec::new();
         let mut off = 0;
         loop {
             match record::next_frame(&buf, off) {
                 Frame::Record(r, next) => {
                     match r.kind {
+                        record::KIND_RAFT_SNAPSHOT if off == 0 => {
+                            (snapshot, base) = snapshot_of(r).ok_or_else(|| {
+                                corrupt(&path, off, "a snapshot's header is malformed")
+                            })?;
+                        }
                         record::KIND_HARD_STATE => {
                             hard = HardState {
                                 term: Term(r.version.epoch),
@@ -96,24 +185,30 @@ impl RaftLog {
                             };
                         }
                         record::KIND_TRUNCATE => {
-                            if r.lsn == 0 || r.lsn > log.len() as u64 + 1 {
+                            let last = base + log.len() as u64;
+                            if r.lsn <= base || r.lsn > last + 1 {
                                 return Err(corrupt(
                                     &path,
                                     off,
-                                    format!("truncate from {} of a log of {}", r.lsn, log.len()),
+                                    format!(
+                                        "truncate from {} of a log of {base}+{}",
+                                        r.lsn,
+                                        log.len()
+                                    ),
                                 ));
                             }
-                            log.truncate(r.lsn as usize - 1);
+                            log.truncate((r.lsn - base) as usize - 1);
                         }
                         record::KIND_ENTRY_PUT
                         | record::KIND_ENTRY_DELETE
                         | record::KIND_ENTRY_NOOP
                         | record::KIND_ENTRY_CAS => {
-                            if r.lsn != log.len() as u64 + 1 {
+                            let last = base + log.len() as u64;
+                            if r.lsn != last + 1 {
                                 return Err(corrupt(
                                     &path,
                                     off,
-                                    format!("entry {} follows entry {}", r.lsn, log.len()),
+                                    format!("entry {} follows entry {last}", r.lsn),
                                 ));
                             }
                             let cmd = match r.kind {
@@ -175,6 +270,17 @@ impl RaftLog {
                 }
             }
         }
+        if base + (log.len() as u64) < snapshot.index.0 {
+            return Err(corrupt(
+                &path,
+                0,
+                format!(
+                    "the log ends at {} before its snapshot's last entry {}",
+                    base + log.len() as u64,
+                    snapshot.index.0
+                ),
+            ));
+        }
         let file = open_append(&path)?;
         sync_dir(dir)?;
         Ok((
@@ -185,25 +291,22 @@ impl RaftLog {
                 fsync,
                 _lock: lock,
             },
-            hard,
-            log,
+            Recovered {
+                hard,
+                snapshot,
+                entries: log,
+            },
         ))
+    }
+
+    /// The file.
+    pub fn path(&self) -> PathBuf {
+        self.path.clone()
     }
 
     /// Queues the term and vote.
     pub fn hard_state(&mut self, h: HardState) {
-        record::encode(
-            &mut self.buf,
-            &Record {
-                kind: record::KIND_HARD_STATE,
-                lsn: 0,
-                version: Version::new(h.term.0, h.voted_for.map_or(0, |v| v as u64 + 1)),
-                written_ms: 0,
-                key: Bytes::new(),
-                value: None,
-                context: bytes::Bytes::new(),
-            },
-        );
+        record::encode(&mut self.buf, &hard_state_record(h));
     }
 
     /// Queues the removal of entries from `from` on.
@@ -264,22 +367,56 @@ impl RaftLog {
             .map_err(|e| StorageError::io(format!("cannot share {}", self.path.display()), e))?;
         let path = self.path.clone();
         let fsync = self.fsync;
-        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("kv-raft-log".into())
             .spawn(move || {
                 let mut durable = 0u64;
-                while let Ok(first) = rx.recv() {
+                let mut pending: Option<Job> = None;
+                loop {
+                    let first = match pending.take() {
+                        Some(j) => j,
+                        None => match rx.recv() {
+                            Ok(j) => j,
+                            Err(_) => return,
+                        },
+                    };
                     #[cfg(test)]
                     std::thread::sleep(std::time::Duration::from_millis(
                         WRITE_DELAY_MS.load(std::sync::atomic::Ordering::Relaxed),
                     ));
-                    let mut bufs = vec![first];
-                    bufs.extend(rx.try_iter());
-                    let slices: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
-                    match write_synced(&mut file, &path, fsync, &slices) {
+                    let (res, counted) = match first {
+                        Job::Append(b) => {
+                            // Appends queued behind it share its fsync; a rewrite waits its turn.
+                            let mut bufs = vec![b];
+                            for j in rx.try_iter() {
+                                match j {
+                                    Job::Append(b) => bufs.push(b),
+                                    rewrite @ Job::Rewrite { .. } => {
+                                        pending = Some(rewrite);
+                                        break;
+                                    }
+                                }
+                            }
+                            let slices: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
+                            (
+                                write_synced(&mut file, &path, fsync, &slices),
+                                bufs.len() as u64,
+                            )
+                        }
+                        Job::Rewrite { contents, counts } => {
+                            let res =
+                                replace_file(&path, &[&contents], fsync != FsyncPolicy::Never)
+                                    .and_then(|()| {
+                                        file = open_append(&path)?;
+                                        Ok(())
+                                    });
+                            (res, u64::from(counts))
+                        }
+                    };
+                    match res {
                         Ok(()) => {
-                            durable += bufs.len() as u64;
+                            durable += counted;
                             done(Ok(durable));
                         }
                         Err(e) => {
@@ -303,18 +440,33 @@ impl RaftLog {
 pub(crate) static WRITE_DELAY_MS: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 
+/// What the writer thread does, in the order submitted.
+#[derive(Debug)]
+pub enum Job {
+    /// Append encoded records (one submission: counted once durable).
+    Append(Vec<u8>),
+    /// Replace the whole file (see [`encode_base`]); counted as a submission when `counts`.
+    Rewrite {
+        /// The new file.
+        contents: Vec<u8>,
+        /// Whether it is a batch of the pipeline (a snapshot installed) rather than a
+        /// compaction on the side.
+        counts: bool,
+    },
+}
+
 /// The sending end of [`RaftLog::start_writer`]. Dropping it lets the thread write what is
 /// queued and waits for it to end, so that nothing writes the file once its directory lock is
 /// released (drop it before the [`RaftLog`]).
 pub struct LogWriter {
-    tx: Option<std::sync::mpsc::Sender<Vec<u8>>>,
+    tx: Option<std::sync::mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl LogWriter {
-    /// Queues encoded records; `false` when the writer has stopped (after an error).
-    pub fn submit(&self, records: Vec<u8>) -> bool {
-        self.tx.as_ref().is_some_and(|tx| tx.send(records).is_ok())
+    /// Queues a job; `false` when the writer has stopped (after an error).
+    pub fn submit(&self, job: Job) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok())
     }
 }
 
@@ -363,8 +515,8 @@ mod tests {
     fn raft_log_replays_votes_entries_and_truncations() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let (mut l, h, log) = RaftLog::open(dir.path(), FsyncPolicy::Batch).expect("open");
-            assert_eq!((h, log.len()), (HardState::default(), 0));
+            let (mut l, rec) = RaftLog::open(dir.path(), FsyncPolicy::Batch).expect("open");
+            assert_eq!((rec.hard, rec.entries.len()), (HardState::default(), 0));
             l.hard_state(HardState {
                 term: Term(2),
                 voted_for: Some(1),
@@ -396,7 +548,8 @@ mod tests {
             });
             l.sync().expect("sync");
         }
-        let (_, h, log) = RaftLog::open(dir.path(), FsyncPolicy::Batch).expect("reopen");
+        let (_, rec) = RaftLog::open(dir.path(), FsyncPolicy::Batch).expect("reopen");
+        let (h, log) = (rec.hard, rec.entries);
         assert_eq!(
             h,
             HardState {
@@ -415,5 +568,79 @@ mod tests {
             }
         );
         assert!(matches!(log[3].cmd, Command::Delete { .. }));
+    }
+
+    fn snapshot(index: u64, term: u64) -> Snapshot {
+        Snapshot {
+            index: LogIndex(index),
+            term: Term(term),
+            terms: vec![(LogIndex(1), Term(1)), (LogIndex(3), Term(term))],
+            data: Bytes::from_static(b"state machine"),
+        }
+    }
+
+    #[test]
+    fn a_compacted_log_replays_its_snapshot_the_entries_kept_before_it_and_what_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hard = HardState {
+            term: Term(2),
+            voted_for: Some(0),
+        };
+        {
+            let (l, _) = RaftLog::open(dir.path(), FsyncPolicy::Batch).expect("open");
+            let (tx, rx) = std::sync::mpsc::channel();
+            let w = l
+                .start_writer(move |r| {
+                    let _ = tx.send(r);
+                })
+                .expect("writer");
+            let mut old = Vec::new();
+            old.extend(entry_bytes(&[
+                put(1, 1, "a"),
+                put(1, 2, "b"),
+                put(2, 3, "c"),
+            ]));
+            assert!(w.submit(Job::Append(old)));
+            // Snapshot at 4, keeping 3 and 4 in the log, then 5 appended after the rewrite.
+            let kept = [put(2, 3, "c"), put(2, 4, "d")];
+            assert!(w.submit(Job::Rewrite {
+                contents: encode_base(&snapshot(4, 2), hard, &kept),
+                counts: false,
+            }));
+            assert!(w.submit(Job::Append(entry_bytes(&[put(2, 5, "e")]))));
+            drop(w);
+            // Appends count; the compaction does not.
+            assert_eq!(rx.try_iter().last(), Some(Ok(2)));
+        }
+        // A rewrite interrupted by a crash leaves its temporary file behind: ignored.
+        std::fs::write(dir.path().join("raft.log.tmp"), b"half a rewrite").expect("tmp");
+        let (_, rec) = RaftLog::open(dir.path(), FsyncPolicy::Batch).expect("reopen");
+        assert_eq!(rec.hard, hard);
+        assert_eq!(rec.snapshot, snapshot(4, 2));
+        assert_eq!(
+            rec.entries,
+            vec![put(2, 3, "c"), put(2, 4, "d"), put(2, 5, "e")]
+        );
+        assert!(!dir.path().join("raft.log.tmp").exists());
+    }
+
+    #[test]
+    fn a_log_that_ends_before_its_snapshot_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Entries kept from index 3, but only 3 of the snapshot's 4 are there.
+        let contents = encode_base(&snapshot(4, 2), HardState::default(), &[put(2, 3, "c")]);
+        std::fs::write(dir.path().join("raft.log"), contents).expect("write");
+        let Err(e) = RaftLog::open(dir.path(), FsyncPolicy::Batch) else {
+            panic!("opened a log shorter than its snapshot");
+        };
+        assert!(e.to_string().contains("before its snapshot"), "{e}");
+    }
+
+    fn entry_bytes(entries: &[Entry]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in entries {
+            record::encode(&mut out, &entry_record(e));
+        }
+        out
     }
 }

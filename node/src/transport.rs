@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use kv_proto::kv::v1 as pb;
 use kv_replica::NodeId;
-use kv_replica::leader_follower::{Command, Entry, LogIndex, Message, Term};
+use kv_replica::leader_follower::{Command, Entry, LogIndex, Message, Snapshot, Term};
 use tokio::sync::mpsc;
 
 use crate::driver::{DriverHandle, Input};
@@ -475,6 +475,17 @@ pub fn to_wire(m: Message) -> pb::peer_envelope::Msg {
             index: index.0,
             read_seq,
         }),
+        Message::Snapshot { term, snapshot } => Msg::InstallSnapshot(pb::InstallSnapshot {
+            term: term.0,
+            index: snapshot.index.0,
+            snapshot_term: snapshot.term.0,
+            term_starts: snapshot
+                .terms
+                .iter()
+                .flat_map(|(i, t)| [i.0, t.0])
+                .collect(),
+            data: snapshot.data,
+        }),
     }
 }
 
@@ -518,6 +529,24 @@ pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Message> {
             index: LogIndex(r.index),
             read_seq: r.read_seq,
         },
+        Msg::InstallSnapshot(s) => {
+            if !s.term_starts.len().is_multiple_of(2) {
+                return None;
+            }
+            Message::Snapshot {
+                term: Term(s.term),
+                snapshot: Snapshot {
+                    index: LogIndex(s.index),
+                    term: Term(s.snapshot_term),
+                    terms: s
+                        .term_starts
+                        .chunks_exact(2)
+                        .map(|p| (LogIndex(p[0]), Term(p[1])))
+                        .collect(),
+                    data: s.data,
+                },
+            }
+        }
         // Leaderless traffic reaching a leader-follower node: a misconfigured peer.
         _ => return None,
     })

@@ -10,9 +10,14 @@
 //! - state machine safety: no two replicas apply different entries at one index;
 //! - leader completeness for acknowledged writes: an entry acknowledged with W >= majority is in
 //!   the log of every later leader, so it is never lost or changed;
+//! - write concern: when a write is acknowledged, W replicas durably hold it (log or snapshot);
 //! - read-index: a confirmed leader read waits for every W >= majority write acknowledged before
 //!   the read began;
 //! - convergence: once faults heal, every replica applies the same log;
+//! - no silent loss: an acknowledged write missing from the healed log was reported rolled
+//!   back (truncated or replaced by a snapshot) by some node;
+//! - snapshots (nodes compact their logs at random): a snapshot a follower installs holds
+//!   exactly the entries every other replica applied at those indexes;
 //! - linearizability: the clients' history (W >= majority writes, leader reads at their read
 //!   index, W < majority writes as "unknown") passes kv-checker.
 
@@ -21,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use bytes::Bytes;
 use kv_replica::NodeId;
 use kv_replica::leader_follower::{
-    Action, Command, Config, Entry, HardState, Message, Replica, Role,
+    Action, Command, Config, Entry, HardState, LogIndex, Message, Replica, Role, Snapshot,
 };
 use kv_replica::pipeline::Pipeline;
 use rand::rngs::StdRng;
@@ -57,6 +62,9 @@ pub struct SimConfig {
     /// Per step: probability that a node's pending log writes become durable (until then the
     /// replica goes on, and a crash loses them).
     pub sync: f64,
+    /// Per step: probability that a node compacts its log up to what it applied (the
+    /// snapshot is written asynchronously, like the driver's, and lost by a crash before).
+    pub compact: f64,
 }
 
 impl Default for SimConfig {
@@ -75,6 +83,7 @@ impl Default for SimConfig {
             partition: 0.004,
             heal: 0.02,
             sync: 0.5,
+            compact: 0.01,
         }
     }
 }
@@ -86,16 +95,49 @@ struct Packet {
     msg: Message,
 }
 
+impl Node {
+    /// Whether the entry (index, term) is durable here, in the log or the snapshot.
+    fn holds(&self, index: u64, term: u64) -> bool {
+        let base = self.log_base();
+        if index > base {
+            self.log
+                .get((index - base - 1) as usize)
+                .is_some_and(|e| e.term.0 == term)
+        } else {
+            self.snapshot.term_at(LogIndex(index)).map(|t| t.0) == Some(term)
+        }
+    }
+
+    /// The durable log starts after this index.
+    fn log_base(&self) -> u64 {
+        self.log
+            .first()
+            .map_or(self.snapshot.index.0, |e| e.index.0 - 1)
+    }
+}
+
+/// A write the simulated disk has not made durable yet.
+enum Pending {
+    /// A batch's durable state.
+    Batch(Vec<Action>),
+    /// A compaction: the snapshot and the log and hard state to rewrite (as the driver does).
+    Rewrite(Snapshot, HardState, Vec<Entry>),
+}
+
 struct Node {
     replica: Option<Replica>,
     /// What waits for which batch to be durable (the driver's own logic).
     pipeline: Pipeline,
-    /// Batches submitted and not yet durable, with their durable state: a crash loses them.
-    unsynced: Vec<(u64, Vec<Action>)>,
+    /// Writes submitted and not yet durable, in order, with their batch numbers (0 for
+    /// compactions): a crash loses them.
+    unsynced: Vec<(u64, Pending)>,
     hard: HardState,
-    /// The durable log.
+    /// The durable snapshot (index 0: none).
+    snapshot: Snapshot,
+    /// The durable log: from just after the snapshot, or from a little before it.
     log: Vec<Entry>,
-    /// Entries applied since the last restart (the state machine is rebuilt on restart).
+    /// The state machine: every entry applied, from index 1 (restored from the snapshot on a
+    /// restart or an install, then extended by `Apply`).
     applied: Vec<Entry>,
 }
 
@@ -118,6 +160,8 @@ pub struct Stats {
     pub commit: u64,
     /// Client operations whose history kv-checker found linearizable.
     pub checked_ops: u64,
+    /// Snapshots followers installed from a leader.
+    pub restored: u64,
 }
 
 /// One seeded simulation.
@@ -137,6 +181,10 @@ pub struct Sim {
     applied_at: BTreeMap<u64, Entry>,
     /// (index, term) of writes acknowledged with W >= majority.
     acked_majority: Vec<(u64, u64)>,
+    /// (index, term) of every write acknowledged (any W).
+    acked_any: Vec<(u64, u64)>,
+    /// (index, term) of every entry some node reported rolled back.
+    reported_rolled_back: BTreeSet<(u64, u64)>,
     /// Pending reads: id -> highest W >= majority acked index when the read began.
     reads: HashMap<u64, u64>,
     next_id: u64,
@@ -147,6 +195,8 @@ pub struct Sim {
     write_meta: HashMap<u64, (String, String, u64)>,
     read_meta: HashMap<u64, (String, u64)>,
     history: Vec<kv_checker::Op>,
+    /// Snapshot contents: a snapshot's data is the index of its state machine here.
+    snapshots: Vec<Vec<Entry>>,
 }
 
 impl Sim {
@@ -165,6 +215,8 @@ impl Sim {
             entries: HashMap::new(),
             applied_at: BTreeMap::new(),
             acked_majority: Vec::new(),
+            acked_any: Vec::new(),
+            reported_rolled_back: BTreeSet::new(),
             reads: HashMap::new(),
             next_id: 1,
             w_of: HashMap::new(),
@@ -173,6 +225,7 @@ impl Sim {
             write_meta: HashMap::new(),
             read_meta: HashMap::new(),
             history: Vec::new(),
+            snapshots: vec![Vec::new()],
             cfg,
         };
         for i in 0..sim.cfg.nodes {
@@ -181,6 +234,7 @@ impl Sim {
                 pipeline: Pipeline::new(true),
                 unsynced: Vec::new(),
                 hard: HardState::default(),
+                snapshot: Snapshot::default(),
                 log: Vec::new(),
                 applied: Vec::new(),
             });
@@ -198,11 +252,56 @@ impl Sim {
             max_batch: 8,
         };
         let rng = Box::new(StdRng::seed_from_u64(self.rng.random()));
+        let state = self.snapshot_state(&self.nodes[i].snapshot);
         let n = &mut self.nodes[i];
-        n.replica = Some(Replica::new(cfg, n.hard, n.log.clone(), rng));
+        n.replica = Some(Replica::new(
+            cfg,
+            n.hard,
+            n.snapshot.clone(),
+            n.log.clone(),
+            rng,
+        ));
         n.pipeline = Pipeline::new(true);
         n.unsynced.clear();
-        n.applied.clear();
+        n.applied = state;
+    }
+
+    /// The state machine a snapshot holds.
+    fn snapshot_state(&self, s: &Snapshot) -> Vec<Entry> {
+        let id = s
+            .data
+            .as_ref()
+            .try_into()
+            .map(u64::from_le_bytes)
+            .unwrap_or(0);
+        let state = self.snapshots[id as usize].clone();
+        if state.len() as u64 != s.index.0 {
+            self.fail(format!(
+                "snapshot at index {} holds {} entries",
+                s.index.0,
+                state.len()
+            ));
+        }
+        state
+    }
+
+    /// Compacts node `i`'s log up to what its state machine applied, as the driver does once
+    /// its actions are carried out: the rewrite is queued behind the batches before it.
+    fn compact(&mut self, i: usize) {
+        let id = self.snapshots.len() as u64;
+        let n = &mut self.nodes[i];
+        let Some(r) = n.replica.as_mut() else {
+            return;
+        };
+        let index = LogIndex(n.applied.len() as u64);
+        let keep = self.rng.random_range(0..6);
+        if !r.compact(index, Bytes::copy_from_slice(&id.to_le_bytes()), keep) {
+            return;
+        }
+        let job = Pending::Rewrite(r.snapshot().clone(), r.hard_state(), r.log().to_vec());
+        n.unsynced.push((0, job));
+        let state = n.applied.clone();
+        self.snapshots.push(state);
     }
 
     fn majority(&self) -> u32 {
@@ -234,13 +333,14 @@ impl Sim {
                         Action::PersistHardState(_)
                             | Action::Truncate { .. }
                             | Action::PersistEntries(_)
+                            | Action::Restore { .. }
                     )
                 })
                 .cloned()
                 .collect();
             let (now, batch) = n.pipeline.submit(r, actions);
             if let Some(seq) = batch {
-                n.unsynced.push((seq, records));
+                n.unsynced.push((seq, Pending::Batch(records)));
             }
             for a in now {
                 self.carry_out(i, a);
@@ -254,28 +354,70 @@ impl Sim {
             return;
         }
         let batches = std::mem::take(&mut self.nodes[i].unsynced);
-        let Some(&(last, _)) = batches.last() else {
+        let Some(last) = batches.iter().map(|(seq, _)| *seq).max() else {
             return;
         };
-        for (_, records) in &batches {
+        for (_, job) in batches {
+            let records = match job {
+                Pending::Batch(records) => records,
+                Pending::Rewrite(snapshot, hard, log) => {
+                    let n = &mut self.nodes[i];
+                    n.snapshot = snapshot;
+                    n.hard = hard;
+                    n.log = log;
+                    continue;
+                }
+            };
             for a in records {
+                let base = self.nodes[i].log_base();
                 match a {
-                    Action::PersistHardState(h) => self.nodes[i].hard = *h,
+                    Action::PersistHardState(h) => self.nodes[i].hard = h,
                     Action::Truncate { from, removed } => {
-                        self.nodes[i].log.truncate(from.0 as usize - 1);
+                        if from.0 <= base {
+                            self.fail(format!(
+                                "n{} truncates from {} inside its snapshot at {base}",
+                                i + 1,
+                                from.0
+                            ));
+                        }
+                        self.nodes[i].log.truncate((from.0 - base) as usize - 1);
                         self.stats.rolled_back += removed.len() as u64;
+                        self.reported_rolled_back
+                            .extend(removed.iter().map(|e| (e.index.0, e.term.0)));
+                    }
+                    Action::Restore {
+                        snapshot,
+                        rolled_back,
+                    } => {
+                        self.nodes[i].snapshot = snapshot;
+                        self.nodes[i].log.clear();
+                        self.stats.rolled_back += rolled_back.len() as u64;
+                        self.reported_rolled_back
+                            .extend(rolled_back.iter().map(|e| (e.index.0, e.term.0)));
+                        self.stats.restored += 1;
                     }
                     Action::PersistEntries(es) => {
-                        for e in es {
-                            let len = self.nodes[i].log.len();
-                            if e.index.0 != len as u64 + 1 {
+                        for e in &es {
+                            let n = &self.nodes[i];
+                            let last = n.log_base() + n.log.len() as u64;
+                            if e.index.0 != last + 1 {
                                 self.fail(format!(
-                                    "n{} persisted index {} after {len}",
+                                    "n{} persisted index {} after {last}",
                                     i + 1,
                                     e.index.0
                                 ));
                             }
-                            let prev_term = self.nodes[i].log.last().map_or(0, |p| p.term.0);
+                            let prev_term = n.log.last().map_or_else(
+                                || {
+                                    let b = LogIndex(n.log_base());
+                                    if b == n.snapshot.index {
+                                        n.snapshot.term.0
+                                    } else {
+                                        n.snapshot.term_at(b).map_or(0, |t| t.0)
+                                    }
+                                },
+                                |p| p.term.0,
+                            );
                             self.nodes[i].log.push(e.clone());
                             self.check_log_matching(e, prev_term);
                         }
@@ -307,8 +449,30 @@ impl Sim {
                     self.check_apply(i, e);
                 }
             }
+            Action::Restore { snapshot, .. } => {
+                // The installed state machine must be what every replica applied there.
+                let state = self.snapshot_state(&snapshot);
+                for e in &state {
+                    self.check_applied_at(e);
+                }
+                self.nodes[i].applied = state;
+            }
             Action::Acked { id, version, .. } => {
                 self.stats.acked += 1;
+                self.acked_any.push((version.counter, version.epoch));
+                // Write concern: W replicas durably hold it when it is acknowledged.
+                let w = self.w_of.get(&id).copied().unwrap_or(0) as usize;
+                let holders = self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.holds(version.counter, version.epoch))
+                    .count();
+                if holders < w {
+                    self.fail(format!(
+                        "write at index {} acknowledged with w={w} while {holders} replicas hold it",
+                        version.counter
+                    ));
+                }
                 let majority = self.w_of.get(&id).copied().unwrap_or(0) >= self.majority();
                 if let Some((key, value, start)) = self.write_meta.remove(&id) {
                     // W < majority: acknowledged, but a fail-over may take it back.
@@ -326,10 +490,20 @@ impl Sim {
             }
             Action::ReadReady { id, index } => {
                 if let Some((key, start)) = self.read_meta.remove(&id) {
-                    // The key's value as of the read index, from the leader's log.
-                    let value = self.nodes[i].replica.as_ref().and_then(|r| {
-                        r.log()[..index.0 as usize]
+                    // The key's value as of the read index: the state machine, then the log.
+                    let n = &self.nodes[i];
+                    let value = n.replica.as_ref().and_then(|r| {
+                        let applied = n.applied.len() as u64;
+                        n.applied
                             .iter()
+                            .take(index.0 as usize)
+                            .chain(
+                                r.log()
+                                    .iter()
+                                    .filter(|e| e.index.0 > applied && e.index <= index),
+                            )
+                            .collect::<Vec<_>>()
+                            .into_iter()
                             .rev()
                             .find_map(|e| match &e.cmd {
                                 Command::Put { key: k, value } if k[..] == *key.as_bytes() => {
@@ -452,14 +626,18 @@ impl Sim {
             self.fail(format!("n{} applied index {got} after {had}", i + 1));
         }
         n.applied.push(e.clone());
+        self.check_applied_at(&e);
+    }
+
+    fn check_applied_at(&mut self, e: &Entry) {
         match self.applied_at.get(&e.index.0) {
-            Some(other) if *other != e => self.fail(format!(
+            Some(other) if other != e => self.fail(format!(
                 "state machine safety: index {} applied as {:?} and as {:?}",
                 e.index.0, other, e
             )),
             Some(_) => {}
             None => {
-                self.applied_at.insert(e.index.0, e);
+                self.applied_at.insert(e.index.0, e.clone());
             }
         }
     }
@@ -511,9 +689,13 @@ impl Sim {
                     self.leaders.insert(term, i);
                     self.stats.terms_with_leader += 1;
                     // Leader completeness for acknowledged W >= majority writes.
-                    let log = r.log();
                     for &(index, t) in &self.acked_majority {
-                        let has = log.get(index as usize - 1).map(|e| e.term.0) == Some(t);
+                        let index_ = LogIndex(index);
+                        let held = r
+                            .entry(index_)
+                            .map(|e| e.term)
+                            .or_else(|| r.snapshot().term_at(index_));
+                        let has = held.map(|t| t.0) == Some(t);
                         if !has {
                             self.fail(format!(
                                 "n{} leads term {term} without the write acknowledged at index {index} term {t}",
@@ -617,6 +799,9 @@ impl Sim {
             if !self.nodes[i].unsynced.is_empty() && self.rng.random_bool(self.cfg.sync) {
                 self.sync(i);
             }
+            if self.rng.random_bool(self.cfg.compact) {
+                self.compact(i);
+            }
         }
         let mut due: Vec<Packet> = Vec::new();
         let mut k = 0;
@@ -684,7 +869,8 @@ impl Sim {
             .iter()
             .map(|n| n.replica.as_ref().map_or(0, |r| r.commit_index().0))
             .collect();
-        let last = self.nodes[leaders[0]].log.len() as u64;
+        let leader = &self.nodes[leaders[0]];
+        let last = leader.log_base() + leader.log.len() as u64;
         if commits.iter().any(|&c| c != last) {
             self.fail(format!("after healing, commit indexes {commits:?} differ from the leader's last index {last}"));
         }
@@ -703,6 +889,17 @@ impl Sim {
             if first.get(index as usize - 1).map(|e| e.term.0) != Some(term) {
                 self.fail(format!(
                     "acknowledged write at index {index} term {term} is not applied"
+                ));
+            }
+        }
+        // No acknowledged write disappears silently: what the healed log does not hold was
+        // reported rolled back. (The converse does not hold: a node reports what is removed
+        // from its own log, and another node holding the entry may still lead and commit it.)
+        for &(index, term) in &self.acked_any {
+            let kept = first.get(index as usize - 1).map(|e| e.term.0) == Some(term);
+            if !kept && !self.reported_rolled_back.contains(&(index, term)) {
+                self.fail(format!(
+                    "write acknowledged at index {index} term {term} is gone without a rollback report"
                 ));
             }
         }

@@ -17,6 +17,7 @@ fn run_many(cfg: SimConfig, default_seeds: u64) -> Stats {
         total.terms_with_leader += s.terms_with_leader;
         total.commit += s.commit;
         total.checked_ops += s.checked_ops;
+        total.restored += s.restored;
     }
     eprintln!("{cfg:?}\n=> {total:?}");
     total
@@ -31,6 +32,8 @@ fn sim_three_replicas_under_faults_keep_every_invariant() {
     assert!(t.rolled_back > 0, "{t:?}");
     assert!(t.reads > 100, "{t:?}");
     assert!(t.checked_ops > 10_000, "{t:?}");
+    // Nodes compacted their logs, and followers behind them installed snapshots.
+    assert!(t.restored > 100, "{t:?}");
 }
 
 #[test]

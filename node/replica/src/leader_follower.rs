@@ -94,6 +94,35 @@ pub struct HardState {
     pub voted_for: Option<usize>,
 }
 
+/// The state machine as of `index`, standing in for the log up to it (log compaction, §7).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// The last entry it covers.
+    pub index: LogIndex,
+    /// That entry's term.
+    pub term: Term,
+    /// Where each term's entries began, for the entries it covers: `(first index, term)`,
+    /// ascending. A follower whose uncommitted entries a snapshot replaces tells by these which
+    /// of them the leader's log held too and which are rolled back.
+    pub terms: Vec<(LogIndex, Term)>,
+    /// The state machine, encoded by the driver (opaque here).
+    pub data: Bytes,
+}
+
+impl Snapshot {
+    /// The term of the covered entry at `index` (`None` beyond the snapshot).
+    pub fn term_at(&self, index: LogIndex) -> Option<Term> {
+        if index > self.index || index.0 == 0 {
+            return None;
+        }
+        self.terms
+            .iter()
+            .take_while(|(first, _)| *first <= index)
+            .last()
+            .map(|(_, t)| *t)
+    }
+}
+
 /// A replica's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -158,6 +187,14 @@ pub enum Message {
         /// Read-index round this message confirms (0: none).
         read_seq: u64,
     },
+    /// A leader whose log no longer holds the entries a follower needs sends its snapshot
+    /// instead (§7); answered with an `AppendReply`.
+    Snapshot {
+        /// Leader's term.
+        term: Term,
+        /// The snapshot.
+        snapshot: Snapshot,
+    },
     /// The answer to `Append`.
     AppendReply {
         /// Follower's term.
@@ -216,6 +253,16 @@ pub enum Action {
     },
     /// Append entries to the durable log.
     PersistEntries(Vec<Entry>),
+    /// Replace the state machine with the leader's snapshot and the durable log with it (the
+    /// log now starts after `snapshot.index`). Like `Truncate`, durable before anything after
+    /// it. `rolled_back` are entries of the log it replaces that the leader's log did not hold
+    /// (acknowledged with W < majority and lost).
+    Restore {
+        /// The leader's snapshot.
+        snapshot: Snapshot,
+        /// Uncommitted entries replaced by different ones.
+        rolled_back: Vec<Entry>,
+    },
     /// Send a message.
     Send {
         /// Recipient.
@@ -277,6 +324,8 @@ struct Progress {
     matched: u64,
     /// Tick of the last reply in this term.
     heard: u64,
+    /// Tick the snapshot was last sent there, while it has not confirmed it.
+    snapshot_sent: Option<u64>,
     /// Highest read round it confirmed.
     read_seq: u64,
     /// Whether it answered at all in this term (`heard` starts at the election).
@@ -287,6 +336,8 @@ struct Progress {
 struct Pending {
     id: RequestId,
     w: u32,
+    /// Its entry's version (the entry may be compacted before it is acknowledged).
+    version: Version,
 }
 
 #[derive(Debug, Clone)]
@@ -302,8 +353,15 @@ pub struct Replica {
     me: usize,
     rng: Box<dyn RngCore + Send>,
     hard: HardState,
-    /// The log shadow: `log[i]` has index `i + 1`.
+    /// The entries after `base`: `log[i]` has index `base + i + 1`.
     log: Vec<Entry>,
+    /// The log starts after this index: at most the snapshot's (entries just before the
+    /// snapshot stay, so that a follower slightly behind catches up without it).
+    base: u64,
+    /// The term of the entry at `base`.
+    base_term: Term,
+    /// What stands in for the entries up to its index (index 0 before the first compaction).
+    snapshot: Snapshot,
     /// Highest index made durable locally.
     persisted: u64,
     /// Follower: entries through this index match the current leader's log.
@@ -348,15 +406,17 @@ impl std::fmt::Debug for Replica {
 }
 
 impl Replica {
-    /// A replica recovering `hard` state and `log` from durable storage (both empty for a new
-    /// node). Every replica starts as a follower.
+    /// A replica recovering `hard` state, its `snapshot` and the `log` after it from durable
+    /// storage (all empty for a new node; the driver restores the state machine from the
+    /// snapshot). Every replica starts as a follower.
     ///
     /// # Panics
-    /// If `cfg.id` is not in `cfg.members` or the log's indexes are not 1, 2, 3, ... (the
-    /// driver validates both first).
+    /// If `cfg.id` is not in `cfg.members` or the log's indexes do not follow the snapshot's
+    /// densely (the driver validates both first).
     pub fn new(
         cfg: Config,
         hard: HardState,
+        snapshot: Snapshot,
         log: Vec<Entry>,
         rng: Box<dyn RngCore + Send>,
     ) -> Self {
@@ -365,29 +425,43 @@ impl Replica {
             .iter()
             .position(|m| *m == cfg.id)
             .expect("invariant: the driver checks that id is a member");
+        let base = log.first().map_or(snapshot.index.0, |e| e.index.0 - 1);
+        assert!(
+            base <= snapshot.index.0,
+            "invariant: the log starts at most right after the snapshot"
+        );
         for (i, e) in log.iter().enumerate() {
             assert_eq!(
                 e.index.0,
-                i as u64 + 1,
-                "invariant: log indexes are dense from 1"
+                base + i as u64 + 1,
+                "invariant: log indexes are dense"
             );
         }
+        let base_term = if base == snapshot.index.0 {
+            snapshot.term
+        } else {
+            snapshot.term_at(LogIndex(base)).unwrap_or_default()
+        };
         let n = cfg.members.len();
-        let persisted = log.len() as u64;
+        let persisted = base + log.len() as u64;
+        let applied = snapshot.index.0;
         let mut r = Replica {
             cfg,
             me,
             rng,
             hard,
             log,
+            base,
+            base_term,
+            snapshot,
             persisted,
             leader_match: 0,
             reported: 0,
             role: Role::Follower,
             leader: None,
-            commit: 0,
-            leader_commit: 0,
-            applied: 0,
+            commit: applied,
+            leader_commit: applied,
+            applied,
             now: 0,
             election_elapsed: 0,
             election_timeout: 0,
@@ -411,6 +485,11 @@ impl Replica {
     /// Current role.
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// Term and vote, as last handed out in `PersistHardState`.
+    pub fn hard_state(&self) -> HardState {
+        self.hard
     }
 
     /// Current term.
@@ -444,12 +523,61 @@ impl Replica {
 
     /// Last index in the log.
     pub fn last_index(&self) -> LogIndex {
-        LogIndex(self.log.len() as u64)
+        LogIndex(self.base + self.log.len() as u64)
     }
 
-    /// The log shadow.
+    /// The log shadow: the entries after [`Replica::log_base`].
     pub fn log(&self) -> &[Entry] {
         &self.log
+    }
+
+    /// The index the log starts after (at most the snapshot's).
+    pub fn log_base(&self) -> LogIndex {
+        LogIndex(self.base)
+    }
+
+    /// The latest snapshot (index 0 before the first compaction).
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// The entry at `index`, while the log holds it.
+    pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
+        let i = index.0.checked_sub(self.base + 1)?;
+        self.log.get(usize::try_from(i).ok()?)
+    }
+
+    /// Log compaction (§7): the driver encoded the state machine as of `index` (at most the
+    /// applied index) into `data`; the log drops the entries it covers except the last `keep`.
+    /// Returns `false`, doing nothing, when `index` is not after the current snapshot or not
+    /// yet applied.
+    pub fn compact(&mut self, index: LogIndex, data: Bytes, keep: u64) -> bool {
+        let old = self.snapshot.index.0;
+        if index.0 <= old || index.0 > self.applied {
+            return false;
+        }
+        let Some(term) = self.term_at(index.0) else {
+            return false;
+        };
+        // Entries from the old snapshot on are all in the log (base <= old).
+        let mut terms = std::mem::take(&mut self.snapshot.terms);
+        for i in old + 1..=index.0 {
+            let t = self.term_at(i).unwrap_or_default();
+            if terms.last().is_none_or(|(_, last)| *last != t) {
+                terms.push((LogIndex(i), t));
+            }
+        }
+        let new_base = index.0.saturating_sub(keep).max(self.base);
+        self.base_term = self.term_at(new_base).unwrap_or_default();
+        self.log.drain(..(new_base - self.base) as usize);
+        self.base = new_base;
+        self.snapshot = Snapshot {
+            index,
+            term,
+            terms,
+            data,
+        };
+        true
     }
 
     /// Members heard from within the last election timeout (leader only; others: empty).
@@ -530,7 +658,7 @@ impl Replica {
 
     /// The driver made the log durable up to `index`.
     pub fn persisted(&mut self, index: LogIndex) {
-        let index = index.0.min(self.log.len() as u64);
+        let index = index.0.min(self.last_index().0);
         if index > self.persisted {
             self.persisted = index;
             if self.role == Role::Leader {
@@ -578,7 +706,7 @@ impl Replica {
         }
         let e = self.append_local(cmd);
         let version = e.version();
-        self.pending.insert(e.index.0, Pending { id, w });
+        self.pending.insert(e.index.0, Pending { id, w, version });
         self.broadcast_pending = true;
         self.check_acks();
         Ok(version)
@@ -627,10 +755,12 @@ impl Replica {
             Message::RequestVote { term, .. }
             | Message::Vote { term, .. }
             | Message::Append { term, .. }
+            | Message::Snapshot { term, .. }
             | Message::AppendReply { term, .. } => *term,
         };
         if term > self.hard.term {
-            let leader = matches!(msg, Message::Append { .. }).then_some(from);
+            let leader =
+                matches!(msg, Message::Append { .. } | Message::Snapshot { .. }).then_some(from);
             let was_leading = self.role != Role::Follower;
             self.become_follower(term, leader);
             // Figure 2: the election timer restarts on the leader's appends and on granting a
@@ -656,6 +786,7 @@ impl Replica {
                 commit,
                 read_seq,
             } => self.on_append(from, term, prev_index, prev_term, entries, commit, read_seq),
+            Message::Snapshot { term, snapshot } => self.on_snapshot(from, term, snapshot),
             Message::AppendReply {
                 term,
                 ok,
@@ -675,14 +806,16 @@ impl Replica {
     }
 
     fn last_term(&self) -> Term {
-        self.log.last().map_or(Term(0), |e| e.term)
+        self.log.last().map_or(self.base_term, |e| e.term)
     }
 
+    /// The term of the entry at `index`: known for the log and the entry just before it,
+    /// `None` before that (compacted) or past the end.
     fn term_at(&self, index: u64) -> Option<Term> {
-        if index == 0 {
-            return Some(Term(0));
+        if index == self.base {
+            return Some(self.base_term);
         }
-        self.log.get(index as usize - 1).map(|e| e.term)
+        self.entry(LogIndex(index)).map(|e| e.term)
     }
 
     fn persist_hard(&mut self) {
@@ -835,13 +968,14 @@ impl Replica {
         self.leader = Some(self.me);
         self.heartbeat_elapsed = 0;
         self.election_elapsed = 0;
-        let next = self.log.len() as u64 + 1;
+        let next = self.last_index().0 + 1;
         let now = self.now;
         for (i, p) in self.progress.iter_mut().enumerate() {
             *p = Progress {
                 next,
                 matched: 0,
                 heard: now,
+                snapshot_sent: None,
                 read_seq: 0,
                 replied: false,
             };
@@ -888,7 +1022,7 @@ impl Replica {
     fn append_local(&mut self, cmd: Command) -> Entry {
         let e = Entry {
             term: self.hard.term,
-            index: LogIndex(self.log.len() as u64 + 1),
+            index: LogIndex(self.last_index().0 + 1),
             cmd,
         };
         self.log.push(e.clone());
@@ -902,13 +1036,45 @@ impl Replica {
         }
     }
 
+    /// Whether the snapshot may go to `to` now: not sent, or sent an election timeout ago
+    /// without an answer (lost).
+    fn snapshot_due(&self, to: usize) -> bool {
+        self.progress[to]
+            .snapshot_sent
+            .is_none_or(|t| self.now.saturating_sub(t) >= u64::from(self.cfg.election_ticks.0))
+    }
+
     fn send_append(&mut self, to: usize, read_seq: u64) {
-        let last = self.log.len() as u64;
+        let last = self.last_index().0;
+        let base = self.base;
         let next = self.progress[to].next.clamp(1, last + 1);
+        if next <= base {
+            // The entries it needs are compacted away: the snapshot replaces them. While one
+            // is on its way, an empty `Append` keeps the follower from campaigning.
+            if self.snapshot_due(to) {
+                self.progress[to].snapshot_sent = Some(self.now);
+                let msg = Message::Snapshot {
+                    term: self.hard.term,
+                    snapshot: self.snapshot.clone(),
+                };
+                self.send(to, msg);
+            } else {
+                let msg = Message::Append {
+                    term: self.hard.term,
+                    prev_index: LogIndex(base),
+                    prev_term: self.base_term,
+                    entries: Vec::new(),
+                    commit: LogIndex(self.commit),
+                    read_seq,
+                };
+                self.send(to, msg);
+            }
+            return;
+        }
         let prev_index = next - 1;
         let prev_term = self.term_at(prev_index).unwrap_or(Term(0));
         let end = (next - 1 + self.cfg.max_batch as u64).min(last);
-        let entries = self.log[(next - 1) as usize..end as usize].to_vec();
+        let entries = self.log[(next - 1 - base) as usize..(end - base) as usize].to_vec();
         // Optimistic: the next heartbeat carries what follows; a reject rewinds.
         self.progress[to].next = end + 1;
         self.send(
@@ -951,8 +1117,17 @@ impl Replica {
         }
         self.reset_election_timeout();
         self.leader_commit = commit.0;
+        let base = self.base;
+        let (prev_index, prev_term, entries) = if prev_index.0 < base {
+            // Entries up to the snapshot are committed, so the leader's log holds them as they
+            // are here: only what follows can be new.
+            let entries: Vec<Entry> = entries.into_iter().filter(|e| e.index.0 > base).collect();
+            (LogIndex(base), self.base_term, entries)
+        } else {
+            (prev_index, prev_term, entries)
+        };
         if self.term_at(prev_index.0) != Some(prev_term) {
-            let hint = LogIndex(self.log.len().min(prev_index.0.saturating_sub(1) as usize) as u64);
+            let hint = LogIndex(self.last_index().0.min(prev_index.0.saturating_sub(1)));
             let msg = Message::AppendReply {
                 term: self.hard.term,
                 ok: false,
@@ -970,9 +1145,10 @@ impl Replica {
                 Some(t) if t == e.term => continue, // already have it
                 Some(_) => {
                     // Conflict: drop this entry and everything after it (§5.3).
-                    let removed = self.log.split_off(e.index.0 as usize - 1);
-                    self.persisted = self.persisted.min(self.log.len() as u64);
-                    self.leader_match = self.leader_match.min(self.log.len() as u64);
+                    let removed = self.log.split_off((e.index.0 - base) as usize - 1);
+                    let last = self.last_index().0;
+                    self.persisted = self.persisted.min(last);
+                    self.leader_match = self.leader_match.min(last);
                     self.out.push(Action::Truncate {
                         from: e.index,
                         removed,
@@ -1013,6 +1189,62 @@ impl Replica {
         }
     }
 
+    fn on_snapshot(&mut self, from: usize, term: Term, snap: Snapshot) {
+        if term < self.hard.term {
+            let msg = Message::AppendReply {
+                term: self.hard.term,
+                ok: false,
+                index: self.last_index(),
+                read_seq: 0,
+            };
+            self.send(from, msg);
+            return;
+        }
+        if self.role != Role::Follower || self.leader != Some(from) {
+            self.become_follower(term, Some(from));
+        }
+        self.reset_election_timeout();
+        self.leader_commit = self.leader_commit.max(snap.index.0);
+        if snap.index.0 <= self.commit || self.term_at(snap.index.0) == Some(snap.term) {
+            // Already held here (committed, or in the log): nothing to replace.
+            self.leader_match = self.leader_match.max(snap.index.0.min(self.last_index().0));
+            if snap.index.0 > self.commit {
+                self.commit = snap.index.0;
+                self.apply_committed();
+            }
+        } else {
+            // Committed entries are the leader's too; an uncommitted one is rolled back when
+            // the leader's log had another entry (or none) at its index.
+            let commit = self.commit;
+            let rolled_back: Vec<Entry> = std::mem::take(&mut self.log)
+                .into_iter()
+                .filter(|e| e.index.0 > commit && snap.term_at(e.index) != Some(e.term))
+                .collect();
+            let index = snap.index.0;
+            self.base = index;
+            self.base_term = snap.term;
+            self.snapshot = snap.clone();
+            self.commit = index;
+            self.applied = index;
+            self.leader_match = index;
+            // Durable with the `Restore`, before anything after it is carried out.
+            self.persisted = index;
+            self.out.push(Action::Restore {
+                snapshot: snap,
+                rolled_back,
+            });
+        }
+        let durable = self.persisted.min(self.leader_match);
+        self.reported = self.reported.max(durable);
+        let msg = Message::AppendReply {
+            term: self.hard.term,
+            ok: true,
+            index: LogIndex(durable),
+            read_seq: 0,
+        };
+        self.send(from, msg);
+    }
+
     fn on_append_reply(
         &mut self,
         from: usize,
@@ -1028,17 +1260,29 @@ impl Replica {
         p.heard = self.now;
         p.replied = true;
         p.read_seq = p.read_seq.max(read_seq);
+        let base = self.base;
         if ok {
             p.matched = p.matched.max(index.0);
             p.next = p.next.max(p.matched + 1);
+            let caught_up = p.snapshot_sent.is_some() && p.matched >= base;
+            if caught_up {
+                p.snapshot_sent = None;
+            }
             self.advance_commit();
             self.check_acks();
+            if caught_up {
+                self.send_append(from, 0);
+            }
         } else {
             p.next = (index.0 + 1)
                 .min(p.next.saturating_sub(1))
                 .max(p.matched + 1)
                 .max(1);
-            self.send_append(from, 0);
+            // While a snapshot is on its way, the follower's refusals of the empty appends
+            // that keep it following need no answer.
+            if p.next > base || self.snapshot_due(from) {
+                self.send_append(from, 0);
+            }
         }
         self.check_reads();
     }
@@ -1069,7 +1313,9 @@ impl Replica {
 
     fn apply_committed(&mut self) {
         if self.commit > self.applied {
-            let entries = self.log[self.applied as usize..self.commit as usize].to_vec();
+            let base = self.base;
+            let entries =
+                self.log[(self.applied - base) as usize..(self.commit - base) as usize].to_vec();
             self.applied = self.commit;
             self.out.push(Action::Apply(entries));
         }
@@ -1093,10 +1339,9 @@ impl Replica {
         for index in done {
             if let Some(p) = self.pending.remove(&index) {
                 let holders = matched.iter().filter(|&&m| m >= index).count() as u32;
-                let e = &self.log[index as usize - 1];
                 self.out.push(Action::Acked {
                     id: p.id,
-                    version: e.version(),
+                    version: p.version,
                     acks: holders,
                 });
             }
@@ -1174,6 +1419,7 @@ mod tests {
                 max_batch: 64,
             },
             hard,
+            Snapshot::default(),
             log,
             Box::new(Counter(0)),
         )

@@ -8,8 +8,8 @@
 //!  writer: batches 1..=n durable ──► durable(n) ──► replica.persisted(..), then what waited
 //! ```
 //!
-//! The contract of [`Action`]: a batch that changes the term or vote, or truncates, is carried
-//! out only once its durable state is written (a vote must survive a crash). Here that wait
+//! The contract of [`Action`]: a batch that changes the term or vote, truncates, or restores a
+//! snapshot is carried out only once its durable state is written (a vote must survive a crash). Here that wait
 //! does not stop the replica: later batches are stepped meanwhile, and what waits is released
 //! in order — later batches' actions too, behind it. Any other batch goes out at once: neither
 //! a leader (it counts itself toward W and the commit only once [`Replica::persisted`] says
@@ -62,14 +62,20 @@ impl Pipeline {
         replica: &mut Replica,
         actions: Vec<Action>,
     ) -> (Vec<Action>, Option<u64>) {
-        let risky = actions
+        let risky = actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::PersistHardState(_) | Action::Truncate { .. } | Action::Restore { .. }
+            )
+        });
+        if actions
             .iter()
-            .any(|a| matches!(a, Action::PersistHardState(_) | Action::Truncate { .. }));
-        if actions.iter().any(|a| matches!(a, Action::Truncate { .. })) {
+            .any(|a| matches!(a, Action::Truncate { .. } | Action::Restore { .. }))
+        {
             self.generation += 1;
         }
         let records = actions.iter().any(|a| match a {
-            Action::PersistHardState(_) | Action::Truncate { .. } => true,
+            Action::PersistHardState(_) | Action::Truncate { .. } | Action::Restore { .. } => true,
             Action::PersistEntries(es) => !es.is_empty(),
             _ => false,
         });

@@ -105,6 +105,11 @@ struct Args {
     /// differences; 0s turns anti-entropy off [default: 10s].
     #[arg(long, env = "KV_ANTI_ENTROPY_INTERVAL", value_name = "DURATION")]
     anti_entropy_interval: Option<HumanDuration>,
+    /// Leader-follower: snapshot the state machine and compact the log every this many applied
+    /// entries; the last tenth of them stay in the log, so that a follower just behind catches
+    /// up from entries, and one further behind gets the snapshot [default: 10000].
+    #[arg(long, env = "KV_SNAPSHOT_ENTRIES", value_name = "N")]
+    snapshot_entries: Option<u64>,
     /// Leaderless: virtual nodes (ring tokens) per node [default: 64].
     #[arg(long, env = "KV_VNODES")]
     vnodes: Option<u32>,
@@ -141,7 +146,8 @@ impl Args {
             hint_after,
             max_hint_window,
             anti_entropy_interval,
-            vnodes
+            vnodes,
+            snapshot_entries
         );
         macro_rules! set_opt {
             ($($f:ident),*) => { $( if self.$f.is_some() { c.$f = self.$f; } )* };

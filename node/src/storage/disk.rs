@@ -223,7 +223,12 @@ fn entry_of(r: Record) -> (Bytes, Entry) {
 /// Loads a snapshot: the index and the LSN it covers. Any damage is corruption (snapshots are
 /// fsynced before they are renamed into place).
 fn load_snapshot(path: &Path) -> Result<(Index, Lsn), StorageError> {
-    let buf = read_file(path)?;
+    decode_index(&read_file(path)?, path)
+}
+
+/// Decodes what [`encode_index`] made: the index and the LSN it covers. `path` names the source
+/// in errors; any damage is corruption.
+pub(crate) fn decode_index(buf: &[u8], path: &Path) -> Result<(Index, Lsn), StorageError> {
     if buf.len() < SNAP_MAGIC.len() || &buf[..SNAP_MAGIC.len()] != SNAP_MAGIC {
         return Err(corrupt(path, 0, "not a quorumkv snapshot (bad magic)"));
     }
@@ -232,7 +237,7 @@ fn load_snapshot(path: &Path) -> Result<(Index, Lsn), StorageError> {
     let mut covered = None;
     let mut count = 0u64;
     loop {
-        match record::next_frame(&buf, off) {
+        match record::next_frame(buf, off) {
             Frame::Record(r, next) => {
                 match r.kind {
                     record::KIND_SNAP_BEGIN if covered.is_none() => {
@@ -265,6 +270,75 @@ fn load_snapshot(path: &Path) -> Result<(Index, Lsn), StorageError> {
             Frame::Torn(why) | Frame::Corrupt(why) => return Err(corrupt(path, off, why)),
         }
     }
+}
+
+/// Encodes `index` as a snapshot covering `covered`: magic, a begin record, one record per key,
+/// an end record with the count. Returns the bytes and the count.
+pub(crate) fn encode_index(index: &Index, covered: Lsn) -> (Vec<u8>, u64) {
+    let mut buf = Vec::with_capacity(1 << 20);
+    buf.extend_from_slice(SNAP_MAGIC);
+    record::encode(
+        &mut buf,
+        &Record {
+            kind: record::KIND_SNAP_BEGIN,
+            lsn: covered,
+            version: index.high_water(),
+            written_ms: 0,
+            key: Bytes::new(),
+            value: None,
+            context: bytes::Bytes::new(),
+        },
+    );
+    let mut count = 0u64;
+    for (k, e) in index.iter() {
+        record::encode(
+            &mut buf,
+            &Record {
+                kind: record::write_kind(e.value.is_some(), !e.context.is_empty()),
+                lsn: e.lsn,
+                version: e.version,
+                written_ms: e.written_ms,
+                key: k.clone(),
+                value: e.value.clone(),
+                context: e.context.clone(),
+            },
+        );
+        count += 1;
+    }
+    record::encode(
+        &mut buf,
+        &Record {
+            kind: record::KIND_SNAP_END,
+            lsn: count,
+            version: Version::ZERO,
+            written_ms: 0,
+            key: Bytes::new(),
+            value: None,
+            context: bytes::Bytes::new(),
+        },
+    );
+    (buf, count)
+}
+
+/// Writes `parts` to `dest` so that a crash leaves either the old file or the whole new one:
+/// a temporary file, fsynced (unless `sync` is false), renamed into place, directory fsynced.
+pub(crate) fn replace_file(dest: &Path, parts: &[&[u8]], sync: bool) -> Result<(), StorageError> {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = dest.with_file_name(name);
+    let io = |what: &str, e| StorageError::io(format!("{what} {}", tmp.display()), e);
+    let mut f = File::create(&tmp).map_err(|e| io("cannot create", e))?;
+    for p in parts {
+        f.write_all(p).map_err(|e| io("cannot write", e))?;
+    }
+    if sync {
+        f.sync_all().map_err(|e| io("cannot fsync", e))?;
+    }
+    fs::rename(&tmp, dest).map_err(|e| io("cannot rename", e))?;
+    if sync && let Some(dir) = dest.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// Creates `dir` if needed and takes its `LOCK` file, which is held while the returned file is
@@ -590,56 +664,8 @@ fn snapshot(shared: &Shared) -> Result<(), StorageError> {
     }
     // Cloning the index pauses writers for its duration (reference counts, not value copies).
     let index = shared.lock().index.clone();
-    let mut buf = Vec::with_capacity(1 << 20);
-    buf.extend_from_slice(SNAP_MAGIC);
-    record::encode(
-        &mut buf,
-        &Record {
-            kind: record::KIND_SNAP_BEGIN,
-            lsn: covered,
-            version: index.high_water(),
-            written_ms: 0,
-            key: Bytes::new(),
-            value: None,
-            context: bytes::Bytes::new(),
-        },
-    );
-    let mut count = 0u64;
-    for (k, e) in index.iter() {
-        record::encode(
-            &mut buf,
-            &Record {
-                kind: record::write_kind(e.value.is_some(), !e.context.is_empty()),
-                lsn: e.lsn,
-                version: e.version,
-                written_ms: e.written_ms,
-                key: k.clone(),
-                value: e.value.clone(),
-                context: e.context.clone(),
-            },
-        );
-        count += 1;
-    }
-    record::encode(
-        &mut buf,
-        &Record {
-            kind: record::KIND_SNAP_END,
-            lsn: count,
-            version: Version::ZERO,
-            written_ms: 0,
-            key: Bytes::new(),
-            value: None,
-            context: bytes::Bytes::new(),
-        },
-    );
-    let fin = dir.join(snapshot_name(covered));
-    let tmp = dir.join(format!("{}.tmp", snapshot_name(covered)));
-    let io = |what: &str, e| StorageError::io(format!("{what} {}", tmp.display()), e);
-    let mut f = File::create(&tmp).map_err(|e| io("cannot create", e))?;
-    f.write_all(&buf).map_err(|e| io("cannot write", e))?;
-    f.sync_all().map_err(|e| io("cannot fsync", e))?;
-    fs::rename(&tmp, &fin).map_err(|e| io("cannot rename", e))?;
-    sync_dir(dir)?;
+    let (buf, count) = encode_index(&index, covered);
+    replace_file(&dir.join(snapshot_name(covered)), &[&buf], true)?;
     let mut freed = 0u64;
     for (first, p) in segments.iter().filter(|(first, _)| *first <= covered) {
         freed += fs::metadata(p).map(|m| m.len()).unwrap_or(0);

@@ -19,6 +19,28 @@ impl MemStorage {
         Self::default()
     }
 
+    /// The whole store, encoded as a snapshot covering `covered` (the leader-follower driver
+    /// passes its applied log index): the snapshot format of the disk engine.
+    pub fn encode_snapshot(&self, covered: u64) -> Vec<u8> {
+        let index = self.lock().0.clone();
+        super::disk::encode_index(&index, covered).0
+    }
+
+    /// Replaces the whole store with an [`MemStorage::encode_snapshot`] encoding; returns what it
+    /// covers. `source` names the data in errors.
+    ///
+    /// # Errors
+    /// The data is damaged; the store is unchanged then.
+    pub fn restore(&self, data: &[u8], source: &std::path::Path) -> Result<u64, StorageError> {
+        let (index, covered) = super::disk::decode_index(data, source)?;
+        let top = index.iter().map(|(_, e)| e.lsn).max().unwrap_or(0);
+        let mut g = self.lock();
+        // Later writes must order after every restored entry.
+        let lsn = g.1.max(top);
+        *g = (index, lsn);
+        Ok(covered)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, (Index, Lsn)> {
         // A panic while holding the lock leaves the index consistent (every mutation is a
         // single insert or retain), so a poisoned lock is still safe to use.

@@ -8,6 +8,8 @@
 //! kind    := 1 put | 2 tombstone | 3 snapshot-begin | 4 snapshot-end
 //!          | 5 entry-put | 6 entry-delete | 7 entry-noop | 8 truncate | 9 hard-state | 10 entry-cas
 //!          | 11 put with context | 12 tombstone with context (leaderless: the version vector)
+//!          | 13 replica snapshot (lsn: last index covered, epoch: its term, key: term starts,
+//!            value: the state machine in the snapshot format)
 //! ```
 //!
 //! The header has its own checksum so that a flipped bit in a length cannot pass for a torn
@@ -44,6 +46,8 @@ pub(crate) const KIND_ENTRY_CAS: u8 = 10;
 pub(crate) const KIND_PUT_CTX: u8 = 11;
 /// A tombstone carrying a context.
 pub(crate) const KIND_TOMBSTONE_CTX: u8 = 12;
+/// Replicated log: the snapshot the log starts after (first record of a compacted log).
+pub(crate) const KIND_RAFT_SNAPSHOT: u8 = 13;
 
 /// The kind of a stored write: with or without a context, value or tombstone.
 pub(crate) fn write_kind(has_value: bool, has_context: bool) -> u8 {
@@ -184,7 +188,7 @@ fn decode_payload(mut p: &[u8]) -> Option<Record> {
         p.advance(clen);
     }
     let value = match kind {
-        KIND_PUT | KIND_ENTRY_PUT | KIND_ENTRY_CAS | KIND_PUT_CTX => {
+        KIND_PUT | KIND_ENTRY_PUT | KIND_ENTRY_CAS | KIND_PUT_CTX | KIND_RAFT_SNAPSHOT => {
             if p.remaining() < 4 {
                 return None;
             }
