@@ -88,6 +88,10 @@ pub struct Metrics {
     commit_index: Gauge,
     applied_index: Gauge,
     rolled_back: Counter,
+    snapshot_index: Gauge,
+    log_entries: Gauge,
+    snapshots_taken: Counter,
+    snapshots_installed: Counter,
     ll: LeaderlessMetrics,
 }
 
@@ -220,11 +224,31 @@ impl Metrics {
             "Writes removed from this node's log by a new leader (kept in rollback.jsonl)",
             rolled_back.clone(),
         );
+        let snapshot_index = gauge(
+            &mut registry,
+            "snapshot_index",
+            "Leader-follower: last log index covered by this node's snapshot (0: none yet)",
+            None,
+        );
+        let log_entries = gauge(
+            &mut registry,
+            "log_entries",
+            "Leader-follower: entries held in this node's log (compaction keeps it bounded)",
+            None,
+        );
         let mut counter = |name: &str, help: &str| {
             let c = Counter::default();
             registry.register(name, help, c.clone());
             c
         };
+        let snapshots_taken = counter(
+            "snapshots_taken",
+            "Leader-follower: snapshots this node took to compact its log",
+        );
+        let snapshots_installed = counter(
+            "snapshots_installed",
+            "Leader-follower: snapshots this node installed from a leader (it was too far behind)",
+        );
         let ll = LeaderlessMetrics {
             conflicts: counter(
                 "conflicting_writes",
@@ -291,6 +315,10 @@ impl Metrics {
             commit_index,
             applied_index,
             rolled_back,
+            snapshot_index,
+            log_entries,
+            snapshots_taken,
+            snapshots_installed,
             ll,
         }
     }
@@ -350,6 +378,10 @@ impl Metrics {
             set(&self.is_leader, u64::from(st.role == "leader"));
             set(&self.commit_index, st.commit);
             set(&self.applied_index, st.applied);
+            set(&self.snapshot_index, st.snapshot_index);
+            set(&self.log_entries, st.log_entries);
+            catch_up(&self.snapshots_taken, st.snapshots_taken);
+            catch_up(&self.snapshots_installed, st.snapshots_installed);
             catch_up(
                 &self.rolled_back,
                 d.rolled_back.load(std::sync::atomic::Ordering::Relaxed),

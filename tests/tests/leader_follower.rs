@@ -1,6 +1,7 @@
 //! Leader-follower replication with real processes on loopback: redirects through followers,
-//! fail-over after `kill -9`, an isolated leader stepping down, W=1 writes rolled back, and a
-//! follower read made stale on purpose.
+//! fail-over after `kill -9`, an isolated leader stepping down, W=1 writes rolled back, a
+//! follower read made stale on purpose, and log compaction with a follower brought back by the
+//! leader's snapshot.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -515,5 +516,96 @@ async fn compare_and_set_across_nodes_loses_no_update() {
             "the restarted replica did not rebuild its state"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `kvctl get KEY --read-from local` on node `i` prints `want`.
+async fn wait_local(c: &Cluster, i: usize, key: &str, want: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = kvctl(
+            &c.nodes[i].endpoint(),
+            &["get", key, "--read-from", "local"],
+        );
+        if r.stdout == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n{}: {what}: {key} reads {r:?}, not {want:?}",
+            i + 1
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_log_brings_back_a_follower_with_a_snapshot_and_survives_restarts() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(3, &["--snapshot-entries", "50"])
+        .await
+        .expect("cluster");
+    let mut c = c;
+    let leader = c
+        .wait_leader(Duration::from_secs(5), None)
+        .await
+        .expect("leader");
+    let down = (leader + 1) % 3;
+    c.nodes[down].kill9();
+
+    // 300 writes and a delete while n{down} is away: the leader compacts past everything it
+    // missed, so entries alone can no longer bring it back.
+    let mut client = c.client(leader).await.expect("client");
+    for k in 0..300 {
+        client
+            .put(put(&format!("k{k}"), &format!("v{k}"), 2))
+            .await
+            .expect("put");
+    }
+    client
+        .delete(pb::DeleteRequest {
+            key: Bytes::from_static(b"k7"),
+            consistency: None,
+        })
+        .await
+        .expect("delete");
+    assert!(
+        c.metric(leader, "kv_snapshots_taken_total") >= 5.0,
+        "the leader compacted its log every 50 entries"
+    );
+    let held = c.metric(leader, "kv_log_entries");
+    assert!(
+        held <= 60.0,
+        "the leader's log holds {held} entries of 300+: compaction keeps it bounded"
+    );
+
+    c.nodes[down].start_again().expect("restart the follower");
+    wait_local(&c, down, "k299", "v299", "caught up").await;
+    wait_local(&c, down, "k0", "v0", "the snapshot holds the early writes").await;
+    let r = kvctl(
+        &c.nodes[down].endpoint(),
+        &["get", "k7", "--read-from", "local"],
+    );
+    assert_eq!(r.code, 1, "the delete came with the snapshot: {r:?}");
+    assert!(
+        c.metric(down, "kv_snapshots_installed_total") >= 1.0,
+        "the follower was brought back by a snapshot, not by entries"
+    );
+
+    // Every node restarted from its compacted log (snapshot + the entries after it) has the
+    // same state, and the cluster goes on accepting writes.
+    for i in 0..3 {
+        c.nodes[i].restart().expect("restart");
+    }
+    c.wait_leader(Duration::from_secs(10), None)
+        .await
+        .expect("leader after restarts");
+    for i in 0..3 {
+        wait_local(&c, i, "k123", "v123", "recovered from its snapshot").await;
+    }
+    let r = kvctl(&c.endpoints(), &["put", "after", "restart"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for i in 0..3 {
+        wait_local(&c, i, "after", "restart", "replicates after recovery").await;
     }
 }

@@ -1769,6 +1769,135 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_replaces_a_diverged_log_and_reports_only_the_entries_the_leader_lacked() {
+        // Entries 1-2 committed; 3-5 from a deposed term-1 leader, of which the new leader's
+        // log kept 3 (same term) and replaced 4 and 5.
+        let log: Vec<Entry> = (1..=5).map(|i| entry(1, i)).collect();
+        let mut r = replica(1, 3, HardState::default(), log);
+        r.persisted(LogIndex(5));
+        r.step(
+            &ids(3)[0],
+            Message::Append {
+                term: Term(1),
+                prev_index: LogIndex(5),
+                prev_term: Term(1),
+                entries: vec![],
+                commit: LogIndex(2),
+                read_seq: 0,
+            },
+        );
+        r.take_actions();
+        let snap = Snapshot {
+            index: LogIndex(6),
+            term: Term(2),
+            terms: vec![(LogIndex(1), Term(1)), (LogIndex(4), Term(2))],
+            data: Bytes::from_static(b"state"),
+        };
+        r.step(
+            &ids(3)[2],
+            Message::Snapshot {
+                term: Term(2),
+                snapshot: snap.clone(),
+            },
+        );
+        let a = r.take_actions();
+        assert!(
+            a.contains(&Action::Restore {
+                snapshot: snap.clone(),
+                rolled_back: vec![entry(1, 4), entry(1, 5)],
+            }),
+            "{a:?}"
+        );
+        // It answers that it holds everything through the snapshot (once the batch is durable).
+        assert!(
+            a.iter().any(|x| matches!(
+                x,
+                Action::Send {
+                    msg: Message::AppendReply {
+                        ok: true,
+                        index: LogIndex(6),
+                        ..
+                    },
+                    ..
+                }
+            )),
+            "{a:?}"
+        );
+        assert_eq!(
+            (r.commit_index(), r.applied_index(), r.last_index()),
+            (LogIndex(6), LogIndex(6), LogIndex(6))
+        );
+        // The next entry from the leader follows the snapshot.
+        r.step(
+            &ids(3)[2],
+            Message::Append {
+                term: Term(2),
+                prev_index: LogIndex(6),
+                prev_term: Term(2),
+                entries: vec![entry(2, 7)],
+                commit: LogIndex(7),
+                read_seq: 0,
+            },
+        );
+        let a = r.take_actions();
+        assert!(a.contains(&Action::Apply(vec![entry(2, 7)])), "{a:?}");
+    }
+
+    #[test]
+    fn a_leader_sends_its_snapshot_to_a_follower_behind_its_compacted_log_once_per_timeout() {
+        let mut r = replica(0, 3, HardState::default(), vec![]);
+        elect(&mut r, 3);
+        for i in 0..10 {
+            r.propose(i, put("k"), 1).expect("propose");
+        }
+        r.take_actions();
+        r.persisted(LogIndex(11));
+        r.step(
+            &ids(3)[2],
+            Message::AppendReply {
+                term: r.term(),
+                ok: true,
+                index: LogIndex(11),
+                read_seq: 0,
+            },
+        );
+        r.take_actions();
+        assert_eq!(r.applied_index(), LogIndex(11));
+        assert!(r.compact(LogIndex(11), Bytes::from_static(b"state"), 2));
+        assert_eq!((r.log_base(), r.log().len()), (LogIndex(9), 2));
+        // n2 was away and has nothing: its refusal rewinds it behind the log.
+        let refuse = Message::AppendReply {
+            term: r.term(),
+            ok: false,
+            index: LogIndex(0),
+            read_seq: 0,
+        };
+        r.step(&ids(3)[1], refuse.clone());
+        let sent = |a: &[Action]| {
+            a.iter()
+                .filter(|x| {
+                    matches!(
+                        x,
+                        Action::Send {
+                            msg: Message::Snapshot { .. },
+                            ..
+                        }
+                    )
+                })
+                .count()
+        };
+        assert_eq!(sent(&r.take_actions()), 1);
+        // Refused again while it installs: no second copy until an election timeout passes.
+        r.step(&ids(3)[1], refuse.clone());
+        assert_eq!(sent(&r.take_actions()), 0);
+        for _ in 0..10 {
+            r.tick();
+        }
+        r.step(&ids(3)[1], refuse);
+        assert_eq!(sent(&r.take_actions()), 1);
+    }
+
+    #[test]
     fn leader_that_hears_from_no_majority_steps_down_and_abandons_requests() {
         let mut r = replica(0, 3, HardState::default(), vec![]);
         elect(&mut r, 3);
