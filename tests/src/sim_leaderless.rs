@@ -10,6 +10,8 @@
 //! - durability: no acknowledged write is lost (the converged version is at least every
 //!   acknowledged version of the key).
 //!
+//! Set `KV_SIM_DEBUG=1` to print each failed write with its replicas' states.
+//!
 //! With R + W <= N the first invariant is not promised; the run instead counts the stale reads
 //! it observed, and the conflicts the nodes detected.
 
@@ -66,6 +68,12 @@ pub struct LlConfig {
     pub heal: f64,
     /// Clock skew: each node's clock is off by up to this many ms either way.
     pub skew_ms: u64,
+    /// One node whose messages, both ways, are lost with this probability (a lossy link).
+    pub lossy: Option<(usize, f64)>,
+    /// Client deadline per request, in ms.
+    pub timeout_ms: u64,
+    /// Replicas silent this long get hints (and reads ask them again), in ms.
+    pub hint_after_ms: u64,
 }
 
 impl Default for LlConfig {
@@ -91,6 +99,9 @@ impl Default for LlConfig {
             partition: 0.001,
             heal: 0.004,
             skew_ms: 200,
+            lossy: None,
+            timeout_ms: 300,
+            hint_after_ms: 40,
         }
     }
 }
@@ -172,6 +183,8 @@ pub struct LlStats {
     pub failed: u64,
     /// Reads answered.
     pub reads: u64,
+    /// Reads that failed (no R answers by the deadline).
+    pub reads_failed: u64,
     /// Reads that returned a version older than one acknowledged before they started.
     pub stale_reads: u64,
     /// Conflicts the nodes detected.
@@ -310,7 +323,7 @@ impl LlSim {
         cfg.read_repair = self.cfg.read_repair;
         cfg.sloppy_quorum = self.cfg.sloppy;
         cfg.hinted_handoff = self.cfg.hints;
-        cfg.hint_after_ms = 40;
+        cfg.hint_after_ms = self.cfg.hint_after_ms;
         cfg.hint_retry_ms = 50;
         cfg.anti_entropy_ms = 60;
         cfg.tombstone_grace_ms = 1_000_000;
@@ -358,7 +371,12 @@ impl LlSim {
                             });
                             continue;
                         }
+                        let lossy = self
+                            .cfg
+                            .lossy
+                            .is_some_and(|(n, p)| (n == i || n == to) && self.rng.random_bool(p));
                         if self.blocked.contains(&(i, to))
+                            || lossy
                             || (self.faults && self.rng.random_bool(self.cfg.drop))
                         {
                             continue;
@@ -397,7 +415,17 @@ impl LlSim {
                                 }
                                 self.acked[key].push((self.now, ok.version));
                             }
-                            Err(_) => self.stats.failed += 1,
+                            Err(e) => {
+                                if std::env::var_os("KV_SIM_DEBUG").is_some() {
+                                    eprintln!(
+                                        "step {} n{} write {req} failed: {e} {:?}",
+                                        self.now,
+                                        i + 1,
+                                        e.replicas
+                                    );
+                                }
+                                self.stats.failed += 1
+                            }
                         }
                     }
                     Action::Read { req, result } => {
@@ -422,6 +450,9 @@ impl LlSim {
                                 kv_checker::Outcome::Ok,
                                 version,
                             );
+                        }
+                        if result.is_err() {
+                            self.stats.reads_failed += 1;
                         }
                         if let Ok(ok) = result {
                             self.stats.reads += 1;
@@ -554,7 +585,7 @@ impl LlSim {
                     value,
                     Opts {
                         quorum: self.cfg.w,
-                        timeout_ms: 300,
+                        timeout_ms: self.cfg.timeout_ms,
                         degrade: false,
                     },
                 );
@@ -579,7 +610,7 @@ impl LlSim {
                     k,
                     Opts {
                         quorum: self.cfg.r,
-                        timeout_ms: 300,
+                        timeout_ms: self.cfg.timeout_ms,
                         degrade: false,
                     },
                 );

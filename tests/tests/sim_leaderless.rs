@@ -14,6 +14,7 @@ fn run_many(cfg: LlConfig, default_seeds: u64) -> LlStats {
         t.acked += s.acked;
         t.failed += s.failed;
         t.reads += s.reads;
+        t.reads_failed += s.reads_failed;
         t.stale_reads += s.stale_reads;
         t.conflicts += s.conflicts;
         t.hints_delivered += s.hints_delivered;
@@ -125,6 +126,24 @@ fn sim_leaderless_without_faults_detects_no_conflicts() {
     assert_eq!(t.failed, 0, "{t:?}");
 }
 
+#[test]
+fn sim_leaderless_a_lossy_replica_fails_no_request() {
+    let t = run_many(
+        LlConfig {
+            drop: 0.0,
+            crash: 0.0,
+            partition: 0.0,
+            lossy: Some((4, 0.1)),
+            timeout_ms: 2000,
+            hint_after_ms: 200,
+            steps: 20_000,
+            ..LlConfig::default()
+        },
+        20,
+    );
+    assert_eq!((t.failed, t.reads_failed), (0, 0), "{t:?}");
+}
+
 /// Node n1 of `nodes` members (N=3, R=W=2) with `tweak` applied to its configuration, an
 /// empty store, and request options with quorum 2.
 fn lone_node(
@@ -193,10 +212,11 @@ fn leaderless_keeps_no_hints_for_a_replica_down_past_the_hint_window() {
     assert!(hints_for_n2(&mut node, &mut store, 2_500) > 0);
 }
 
-/// A read that is short of R responses after `hint_after` asks its silent replicas once more
-/// (a lost request or reply would otherwise cost the whole deadline), and only once.
+/// A read short of R responses after `hint_after` asks its silent replicas again, and again
+/// every `hint_after` until its deadline (a lost request or reply would otherwise cost the
+/// whole deadline, and on a lossy link one retry is not always enough).
 #[test]
-fn leaderless_read_asks_silent_replicas_again_once() {
+fn leaderless_read_asks_silent_replicas_again_every_hint_after() {
     let (_, mut node, mut store, opts) = lone_node(3, |c| c.hint_after_ms = 100);
     let remote_reads = |actions: Vec<Action>| {
         actions
@@ -221,6 +241,88 @@ fn leaderless_read_asks_silent_replicas_again_once() {
         2,
         "asked again after hint_after"
     );
-    node.tick(&mut store, 300);
-    assert_eq!(remote_reads(node.take_actions()), 0, "only once");
+    node.tick(&mut store, 200);
+    assert_eq!(
+        remote_reads(node.take_actions()),
+        0,
+        "not before another hint_after"
+    );
+    node.tick(&mut store, 250);
+    assert_eq!(remote_reads(node.take_actions()), 2, "and again");
+    node.tick(&mut store, 2_100);
+    let after = node.take_actions();
+    assert!(
+        after
+            .iter()
+            .any(|a| matches!(a, Action::Read { result: Err(_), .. })),
+        "the deadline answers: {after:?}"
+    );
+    node.tick(&mut store, 2_300);
+    assert_eq!(
+        remote_reads(node.take_actions()),
+        0,
+        "nothing after the deadline"
+    );
+}
+
+/// A write whose replicas stay silent goes to them again every `hint_after` until they
+/// acknowledge it (a lossy link loses the write or the acknowledgement), besides the hint; and
+/// an acknowledgement of the resent write counts toward W.
+#[test]
+fn leaderless_write_goes_again_to_silent_replicas_until_they_acknowledge() {
+    let remote_writes = |actions: &[Action]| {
+        actions
+            .iter()
+            .filter(|a| {
+                matches!(a, Action::Send { to, msg: Msg::Write { .. }, .. } if *to != NodeId::from("n1"))
+            })
+            .count()
+    };
+    // A key n1 coordinates (the first of its replicas on the ring; others are forwarded).
+    let (members, mut node, mut store, first) = (0..100)
+        .find_map(|k| {
+            let (members, mut node, mut store, opts) = lone_node(3, |c| c.hint_after_ms = 100);
+            let key = Bytes::from(format!("k{k}"));
+            node.put(&mut store, 0, 9, key, Some(Bytes::from_static(b"v")), opts);
+            let first = node.take_actions();
+            (remote_writes(&first) > 0).then_some((members, node, store, first))
+        })
+        .expect("n1 coordinates some key");
+    assert_eq!(remote_writes(&first), 2, "writes to n2 and n3");
+    // n1's own copy: acknowledged to itself once durable.
+    for a in first {
+        if let Action::Send { to, msg, .. } = a
+            && to == members[0]
+        {
+            node.step(&mut store, 1, &members[0], msg);
+        }
+    }
+    node.tick(&mut store, 50);
+    assert_eq!(remote_writes(&node.take_actions()), 0, "too early");
+    node.tick(&mut store, 150);
+    let again = node.take_actions();
+    assert_eq!(remote_writes(&again), 2, "sent again after hint_after");
+    // n2 acknowledges the resent write: W=2 is reached.
+    let req = again
+        .iter()
+        .find_map(|a| match a {
+            Action::Send {
+                msg: Msg::Write { req, .. },
+                ..
+            } => Some(*req),
+            _ => None,
+        })
+        .expect("a write");
+    node.step(&mut store, 160, &members[1], Msg::WriteAck { req, hlc: 0 });
+    let done = node.take_actions();
+    assert!(
+        done.iter().any(|a| matches!(
+            a,
+            Action::Write {
+                req: 9,
+                result: Ok(_)
+            }
+        )),
+        "acknowledged: {done:?}"
+    );
 }

@@ -421,6 +421,8 @@ struct PendingWrite {
     /// Fallbacks whose hint is durable.
     hint_acked: BTreeSet<usize>,
     started: u64,
+    /// When the write last went to the replicas that have not acknowledged it.
+    sent: u64,
     deadline: u64,
     w: u32,
     degrade: bool,
@@ -702,6 +704,7 @@ impl Leaderless {
             hinted: BTreeMap::new(),
             hint_acked: BTreeSet::new(),
             started: now,
+            sent: now,
             deadline: now + opts.timeout_ms,
             w,
             degrade: opts.degrade,
@@ -1156,7 +1159,9 @@ impl Leaderless {
         if p.replied || now < p.retry_at || p.replies.len() as u32 >= p.r {
             return;
         }
-        p.retry_at = u64::MAX;
+        // Again every `hint_after` until the deadline: on a lossy link one more try is not
+        // always enough.
+        p.retry_at = now + self.cfg.hint_after_ms.max(1);
         let key = p.key.clone();
         let silent: Vec<usize> = p
             .pref
@@ -1324,6 +1329,27 @@ impl Leaderless {
                         .collect();
                     for r in silent {
                         self.hint(now, op, &mut p, r);
+                    }
+                }
+                // A replica that is reachable but silent may have lost the write or its
+                // acknowledgement (a lossy link): it gets the write again every `hint_after`
+                // until it answers or the deadline passes. Its hint stays as well: it counts
+                // for durability, the direct acknowledgement for W.
+                if !p.replied && now >= p.sent + self.cfg.hint_after_ms && now < p.deadline {
+                    p.sent = now;
+                    let again: Vec<usize> = p
+                        .pref
+                        .iter()
+                        .copied()
+                        .filter(|i| *i != self.me && !p.acked.contains(i) && !self.down.contains(i))
+                        .collect();
+                    for r in again {
+                        let msg = Msg::Write {
+                            req: op,
+                            key: p.key.clone(),
+                            stored: p.stored.clone(),
+                        };
+                        self.send(r, msg, None);
                     }
                 }
                 self.writes.insert(op, p);
