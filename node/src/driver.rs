@@ -140,6 +140,8 @@ pub struct StatusSnapshot {
     pub snapshots_taken: u64,
     /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
+    /// Writes in the rollback file later committed after all.
+    pub rollback_survivors: u64,
 }
 
 /// A cheap handle to the driver thread.
@@ -266,6 +268,8 @@ struct Driver {
     snapshots_taken: u64,
     /// Snapshots installed from a leader.
     snapshots_installed: u64,
+    /// Writes in the rollback file later committed after all.
+    rollback_survivors: u64,
     proposals: HashMap<RequestId, oneshot::Sender<Result<Proposed, DriveError>>>,
     /// Compare-and-sets proposed here, by log index: answered when applied.
     cas: HashMap<u64, (RequestId, CasReply)>,
@@ -355,6 +359,7 @@ pub fn start(
         snapshot_entries: timing.snapshot_entries,
         snapshots_taken: 0,
         snapshots_installed: 0,
+        rollback_survivors: 0,
         proposals: HashMap::new(),
         cas: HashMap::new(),
         members: n_members,
@@ -609,7 +614,7 @@ impl Driver {
                             let _ = r.send(Err(DriveError::Unknown));
                         }
                     }
-                    self.record_rollback(removed);
+                    self.record_rollback(removed, false);
                 }
                 Action::PersistEntries(es) => {
                     if let Some(l) = &mut self.log {
@@ -623,7 +628,7 @@ impl Driver {
                             let _ = r.send(Err(DriveError::Unknown));
                         }
                     }
-                    self.record_rollback(rolled_back);
+                    self.record_rollback(rolled_back, false);
                 }
                 _ => {}
             }
@@ -631,7 +636,9 @@ impl Driver {
         restores
     }
 
-    fn record_rollback(&mut self, removed: &[Entry]) {
+    /// Appends writes removed from this log to the rollback file, or — `survived` — a line
+    /// for each write listed there earlier that was committed after all.
+    fn record_rollback(&mut self, removed: &[Entry], survived: bool) {
         let writes: Vec<&Entry> = removed
             .iter()
             .filter(|e| !matches!(e.cmd, Command::Noop))
@@ -639,13 +646,26 @@ impl Driver {
         if writes.is_empty() {
             return;
         }
-        self.rolled_back
-            .fetch_add(writes.len() as u64, Ordering::Relaxed);
-        tracing::warn!(
-            count = writes.len(),
-            "rolled back writes that a new leader's log does not hold"
-        );
+        if survived {
+            self.rollback_survivors += writes.len() as u64;
+            tracing::info!(
+                count = writes.len(),
+                "writes listed in the rollback file were committed after all (another node held them)"
+            );
+        } else {
+            self.rolled_back
+                .fetch_add(writes.len() as u64, Ordering::Relaxed);
+            tracing::warn!(
+                count = writes.len(),
+                "rolled back writes that a new leader's log does not hold"
+            );
+        }
         let Some(path) = &self.rollback else { return };
+        let event = if survived {
+            "survived_at_ms"
+        } else {
+            "rolled_back_at_ms"
+        };
         let mut lines = String::new();
         for e in writes {
             let (op, key, value) = match &e.cmd {
@@ -659,7 +679,7 @@ impl Driver {
                     "term": e.term.0, "index": e.index.0, "op": op,
                     "key": String::from_utf8_lossy(key),
                     "value": value.map(|v| String::from_utf8_lossy(v).into_owned()),
-                    "rolled_back_at_ms": now_ms(),
+                    event: now_ms(),
                 })
                 .to_string(),
             );
@@ -783,6 +803,7 @@ impl Driver {
                     Err(e) => self.fail(format!("cannot install the leader's snapshot: {e}")),
                 }
             }
+            Action::Survived(entries) => self.record_rollback(&entries, true),
             Action::PersistHardState(_) | Action::Truncate { .. } | Action::PersistEntries(_) => {}
         }
     }
@@ -822,6 +843,7 @@ impl Driver {
             log_entries: r.log().len() as u64,
             snapshots_taken: self.snapshots_taken,
             snapshots_installed: self.snapshots_installed,
+            rollback_survivors: self.rollback_survivors,
         };
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = s;
     }

@@ -92,6 +92,7 @@ pub struct Metrics {
     log_entries: Gauge,
     snapshots_taken: Counter,
     snapshots_installed: Counter,
+    rollback_survivors: Counter,
     ll: LeaderlessMetrics,
 }
 
@@ -249,6 +250,10 @@ impl Metrics {
             "snapshots_installed",
             "Leader-follower: snapshots this node installed from a leader (it was too far behind)",
         );
+        let rollback_survivors = counter(
+            "rollback_survivors",
+            "Leader-follower: writes this node listed in rollback.jsonl that were committed after all (another node held them and led); each also gets a survived line there",
+        );
         let ll = LeaderlessMetrics {
             conflicts: counter(
                 "conflicting_writes",
@@ -319,6 +324,7 @@ impl Metrics {
             log_entries,
             snapshots_taken,
             snapshots_installed,
+            rollback_survivors,
             ll,
         }
     }
@@ -382,6 +388,7 @@ impl Metrics {
             set(&self.log_entries, st.log_entries);
             catch_up(&self.snapshots_taken, st.snapshots_taken);
             catch_up(&self.snapshots_installed, st.snapshots_installed);
+            catch_up(&self.rollback_survivors, st.rollback_survivors);
             catch_up(
                 &self.rolled_back,
                 d.rolled_back.load(std::sync::atomic::Ordering::Relaxed),

@@ -162,6 +162,8 @@ pub struct Stats {
     pub checked_ops: u64,
     /// Snapshots followers installed from a leader.
     pub restored: u64,
+    /// Truncated entries a node found committed after all.
+    pub survived: u64,
 }
 
 /// One seeded simulation.
@@ -185,6 +187,14 @@ pub struct Sim {
     acked_any: Vec<(u64, u64)>,
     /// (index, term) of every entry some node reported rolled back.
     reported_rolled_back: BTreeSet<(u64, u64)>,
+    /// (node, index, term, step) of each truncation report.
+    truncated: Vec<(usize, u64, u64, u64)>,
+    /// (node, index, term) a node reported committed after all.
+    survived: BTreeSet<(usize, u64, u64)>,
+    /// Each node's last boot step.
+    booted: Vec<u64>,
+    /// (index, term) of entries a snapshot install reported rolled back: certainly lost.
+    lost: Vec<(u64, u64)>,
     /// Pending reads: id -> highest W >= majority acked index when the read began.
     reads: HashMap<u64, u64>,
     next_id: u64,
@@ -217,6 +227,10 @@ impl Sim {
             acked_majority: Vec::new(),
             acked_any: Vec::new(),
             reported_rolled_back: BTreeSet::new(),
+            truncated: Vec::new(),
+            survived: BTreeSet::new(),
+            booted: Vec::new(),
+            lost: Vec::new(),
             reads: HashMap::new(),
             next_id: 1,
             w_of: HashMap::new(),
@@ -252,6 +266,10 @@ impl Sim {
             max_batch: 8,
         };
         let rng = Box::new(StdRng::seed_from_u64(self.rng.random()));
+        if self.booted.len() <= i {
+            self.booted.resize(i + 1, 0);
+        }
+        self.booted[i] = self.now;
         let state = self.snapshot_state(&self.nodes[i].snapshot);
         let n = &mut self.nodes[i];
         n.replica = Some(Replica::new(
@@ -384,6 +402,9 @@ impl Sim {
                         self.stats.rolled_back += removed.len() as u64;
                         self.reported_rolled_back
                             .extend(removed.iter().map(|e| (e.index.0, e.term.0)));
+                        let now = self.now;
+                        self.truncated
+                            .extend(removed.iter().map(|e| (i, e.index.0, e.term.0, now)));
                     }
                     Action::Restore {
                         snapshot,
@@ -393,6 +414,8 @@ impl Sim {
                         self.nodes[i].log.clear();
                         self.stats.rolled_back += rolled_back.len() as u64;
                         self.reported_rolled_back
+                            .extend(rolled_back.iter().map(|e| (e.index.0, e.term.0)));
+                        self.lost
                             .extend(rolled_back.iter().map(|e| (e.index.0, e.term.0)));
                         self.stats.restored += 1;
                     }
@@ -448,6 +471,11 @@ impl Sim {
                 for e in es {
                     self.check_apply(i, e);
                 }
+            }
+            Action::Survived(es) => {
+                self.stats.survived += es.len() as u64;
+                self.survived
+                    .extend(es.iter().map(|e| (i, e.index.0, e.term.0)));
             }
             Action::Restore { snapshot, .. } => {
                 // The installed state machine must be what every replica applied there.
@@ -900,6 +928,36 @@ impl Sim {
             if !kept && !self.reported_rolled_back.contains(&(index, term)) {
                 self.fail(format!(
                     "write acknowledged at index {index} term {term} is gone without a rollback report"
+                ));
+            }
+        }
+        // And a node that truncated an entry the healed log holds says so (a `Survived`),
+        // unless it restarted since (it forgets its truncations); it never says so wrongly.
+        let in_log =
+            |index: u64, term: u64| first.get(index as usize - 1).map(|e| e.term.0) == Some(term);
+        for &(node, index, term, step) in &self.truncated {
+            if in_log(index, term)
+                && self.booted[node] <= step
+                && !self.survived.contains(&(node, index, term))
+            {
+                self.fail(format!(
+                    "n{} truncated the entry at index {index} term {term}, which was committed, and never said it survived",
+                    node + 1
+                ));
+            }
+        }
+        for &(index, term) in &self.lost {
+            if in_log(index, term) {
+                self.fail(format!(
+                    "a snapshot install reported the entry at index {index} term {term} lost, but it is in the log"
+                ));
+            }
+        }
+        for &(node, index, term) in &self.survived {
+            if !in_log(index, term) {
+                self.fail(format!(
+                    "n{} says the entry at index {index} term {term} survived, but it is not in the log",
+                    node + 1
                 ));
             }
         }

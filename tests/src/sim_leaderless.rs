@@ -185,6 +185,8 @@ pub struct LlStats {
     pub reads: u64,
     /// Reads that failed (no R answers by the deadline).
     pub reads_failed: u64,
+    /// Reads answered only at their deadline (e.g. blocking read repair waiting on a replica).
+    pub reads_at_deadline: u64,
     /// Reads that returned a version older than one acknowledged before they started.
     pub stale_reads: u64,
     /// Conflicts the nodes detected.
@@ -453,6 +455,9 @@ impl LlSim {
                         }
                         if result.is_err() {
                             self.stats.reads_failed += 1;
+                        }
+                        if self.now - started >= self.cfg.timeout_ms {
+                            self.stats.reads_at_deadline += 1;
                         }
                         if let Ok(ok) = result {
                             self.stats.reads += 1;

@@ -18,6 +18,7 @@ fn run_many(cfg: SimConfig, default_seeds: u64) -> Stats {
         total.commit += s.commit;
         total.checked_ops += s.checked_ops;
         total.restored += s.restored;
+        total.survived += s.survived;
     }
     eprintln!("{cfg:?}\n=> {total:?}");
     total

@@ -272,6 +272,10 @@ pub enum Action {
     },
     /// Apply committed entries to the state machine, in order.
     Apply(Vec<Entry>),
+    /// Entries this node reported rolled back (truncated from its log) that were committed
+    /// after all: another node held them and led. Known only while this process runs (a
+    /// restart forgets what it truncated before).
+    Survived(Vec<Entry>),
     /// A proposal is held by W replicas: answer the client.
     Acked {
         /// The request.
@@ -362,6 +366,9 @@ pub struct Replica {
     base_term: Term,
     /// What stands in for the entries up to its index (index 0 before the first compaction).
     snapshot: Snapshot,
+    /// Entries truncated from this log whose fate is open, by index. Resolved when the index
+    /// is applied (or covered by an installed snapshot).
+    suspects: BTreeMap<u64, Vec<Entry>>,
     /// Highest index made durable locally.
     persisted: u64,
     /// Follower: entries through this index match the current leader's log.
@@ -454,6 +461,7 @@ impl Replica {
             base,
             base_term,
             snapshot,
+            suspects: BTreeMap::new(),
             persisted,
             leader_match: 0,
             reported: 0,
@@ -1146,6 +1154,10 @@ impl Replica {
                 Some(_) => {
                     // Conflict: drop this entry and everything after it (§5.3).
                     let removed = self.log.split_off((e.index.0 - base) as usize - 1);
+                    for r in &removed {
+                        // Several terms' entries may be truncated at one index over time.
+                        self.suspects.entry(r.index.0).or_default().push(r.clone());
+                    }
                     let last = self.last_index().0;
                     self.persisted = self.persisted.min(last);
                     self.leader_match = self.leader_match.min(last);
@@ -1216,11 +1228,20 @@ impl Replica {
             // Committed entries are the leader's too; an uncommitted one is rolled back when
             // the leader's log had another entry (or none) at its index.
             let commit = self.commit;
+            let mut survived = Vec::new();
             let rolled_back: Vec<Entry> = std::mem::take(&mut self.log)
                 .into_iter()
                 .filter(|e| e.index.0 > commit && snap.term_at(e.index) != Some(e.term))
                 .collect();
             let index = snap.index.0;
+            // Earlier truncations the snapshot settles: kept if the leader's log had them.
+            let later = self.suspects.split_off(&(index + 1));
+            for (_, es) in std::mem::replace(&mut self.suspects, later) {
+                survived.extend(
+                    es.into_iter()
+                        .filter(|e| snap.term_at(e.index) == Some(e.term)),
+                );
+            }
             self.base = index;
             self.base_term = snap.term;
             self.snapshot = snap.clone();
@@ -1233,6 +1254,9 @@ impl Replica {
                 snapshot: snap,
                 rolled_back,
             });
+            if !survived.is_empty() {
+                self.out.push(Action::Survived(survived));
+            }
         }
         let durable = self.persisted.min(self.leader_match);
         self.reported = self.reported.max(durable);
@@ -1317,7 +1341,24 @@ impl Replica {
             let entries =
                 self.log[(self.applied - base) as usize..(self.commit - base) as usize].to_vec();
             self.applied = self.commit;
+            let survived: Vec<Entry> = if self.suspects.is_empty() {
+                Vec::new()
+            } else {
+                entries
+                    .iter()
+                    .flat_map(|e| {
+                        self.suspects
+                            .remove(&e.index.0)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter(|s| s.term == e.term)
+                    })
+                    .collect()
+            };
             self.out.push(Action::Apply(entries));
+            if !survived.is_empty() {
+                self.out.push(Action::Survived(survived));
+            }
         }
     }
 
@@ -1895,6 +1936,45 @@ mod tests {
         }
         r.step(&ids(3)[1], refuse);
         assert_eq!(sent(&r.take_actions()), 1);
+    }
+
+    #[test]
+    fn a_truncated_entry_that_is_committed_after_all_is_reported_as_survived() {
+        let mut r = replica(1, 5, HardState::default(), vec![entry(1, 1), entry(1, 2)]);
+        r.persisted(LogIndex(2));
+        // A term-2 leader without entry 2 replaces it: reported (Truncate), fate open.
+        let append =
+            |term: u64, prev: (u64, u64), entries: Vec<Entry>, commit: u64| Message::Append {
+                term: Term(term),
+                prev_index: LogIndex(prev.0),
+                prev_term: Term(prev.1),
+                entries,
+                commit: LogIndex(commit),
+                read_seq: 0,
+            };
+        r.step(&ids(5)[2], append(2, (1, 1), vec![entry(2, 2)], 1));
+        let a = r.take_actions();
+        assert!(
+            a.iter().any(
+                |x| matches!(x, Action::Truncate { removed, .. } if removed == &vec![entry(1, 2)])
+            ),
+            "{a:?}"
+        );
+        // That leader fails; a term-3 leader that held (2, 1) brings it back and commits it.
+        r.step(
+            &ids(5)[0],
+            append(3, (1, 1), vec![entry(1, 2), entry(3, 3)], 3),
+        );
+        let a = r.take_actions();
+        assert!(
+            a.contains(&Action::Survived(vec![entry(1, 2)])),
+            "the truncated entry was committed after all: {a:?}"
+        );
+        // Entries truncated and then replaced by the committed log's own stay rolled back.
+        let mut r = replica(1, 3, HardState::default(), vec![entry(1, 1), entry(1, 2)]);
+        r.step(&ids(3)[2], append(2, (1, 1), vec![entry(2, 2)], 2));
+        let a = r.take_actions();
+        assert!(!a.iter().any(|x| matches!(x, Action::Survived(_))), "{a:?}");
     }
 
     #[test]

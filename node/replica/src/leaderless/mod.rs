@@ -1156,13 +1156,31 @@ impl Leaderless {
         let Some(p) = self.reads.get_mut(&op) else {
             return;
         };
-        if p.replied || now < p.retry_at || p.replies.len() as u32 >= p.r {
+        if p.replied || now < p.retry_at {
             return;
         }
         // Again every `hint_after` until the deadline: on a lossy link one more try is not
         // always enough.
         p.retry_at = now + self.cfg.hint_after_ms.max(1);
         let key = p.key.clone();
+        if p.replies.len() as u32 >= p.r {
+            // Blocking read repair waiting on a replica: its repair (or the acknowledgement)
+            // may be lost; it gets the repair again.
+            let again: Vec<(usize, Stored)> = p
+                .repairing
+                .iter()
+                .filter_map(|i| p.replies.get(i).cloned().flatten().map(|s| (*i, s)))
+                .collect();
+            for (i, stored) in again {
+                let msg = Msg::Write {
+                    req: op,
+                    key: key.clone(),
+                    stored,
+                };
+                self.send(i, msg, None);
+            }
+            return;
+        }
         let silent: Vec<usize> = p
             .pref
             .iter()
