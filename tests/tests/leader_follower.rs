@@ -49,23 +49,8 @@ async fn five_nodes_elect_one_leader_and_writes_through_a_follower_are_redirecte
     );
 
     // Every follower applies it; its own copy is visible with --read-from local.
-    let deadline = Instant::now() + Duration::from_secs(5);
     for i in 0..5 {
-        loop {
-            let r = kvctl(
-                &c.nodes[i].endpoint(),
-                &["get", "greeting", "--read-from", "local"],
-            );
-            if r.stdout == "hello" {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "n{} never applied the write",
-                i + 1
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_local(&c, i, "greeting", "hello", "never applied the write").await;
     }
     let s = kvctl(&c.endpoints(), &["--output", "json", "status"]);
     let v: serde_json::Value = serde_json::from_str(&s.stdout).expect("json");

@@ -678,18 +678,9 @@ impl Replica {
         // A follower tells its leader how far it durably holds the leader's log.
         if self.role == Role::Follower
             && let Some(leader) = self.leader
+            && self.persisted.min(self.leader_match) > self.reported
         {
-            let durable = self.persisted.min(self.leader_match);
-            if durable > self.reported {
-                self.reported = durable;
-                let msg = Message::AppendReply {
-                    term: self.hard.term,
-                    ok: true,
-                    index: LogIndex(durable),
-                    read_seq: 0,
-                };
-                self.send(leader, msg);
-            }
+            self.reply(leader, true, 0);
         }
     }
 
@@ -1110,13 +1101,7 @@ impl Replica {
         read_seq: u64,
     ) {
         if term < self.hard.term {
-            let msg = Message::AppendReply {
-                term: self.hard.term,
-                ok: false,
-                index: self.last_index(),
-                read_seq,
-            };
-            self.send(from, msg);
+            self.reply(from, false, read_seq);
             return;
         }
         // A leader of this term exists: follow it.
@@ -1189,27 +1174,13 @@ impl Replica {
         // `persisted` reports the rest. New entries without a read to confirm: that report
         // is the reply.
         if !appended || read_seq != 0 {
-            let durable = self.persisted.min(self.leader_match);
-            self.reported = self.reported.max(durable);
-            let msg = Message::AppendReply {
-                term: self.hard.term,
-                ok: true,
-                index: LogIndex(durable),
-                read_seq,
-            };
-            self.send(from, msg);
+            self.reply(from, true, read_seq);
         }
     }
 
     fn on_snapshot(&mut self, from: usize, term: Term, snap: Snapshot) {
         if term < self.hard.term {
-            let msg = Message::AppendReply {
-                term: self.hard.term,
-                ok: false,
-                index: self.last_index(),
-                read_seq: 0,
-            };
-            self.send(from, msg);
+            self.reply(from, false, 0);
             return;
         }
         if self.role != Role::Follower || self.leader != Some(from) {
@@ -1258,15 +1229,26 @@ impl Replica {
                 self.out.push(Action::Survived(survived));
             }
         }
-        let durable = self.persisted.min(self.leader_match);
-        self.reported = self.reported.max(durable);
+        self.reply(from, true, 0);
+    }
+
+    /// Answers the leader `to`: `ok` claims the log matches the leader's, and is durable, up to
+    /// what this node wrote of it; a refusal gives the last index, where the leader may retry.
+    fn reply(&mut self, to: usize, ok: bool, read_seq: u64) {
+        let index = if ok {
+            let durable = self.persisted.min(self.leader_match);
+            self.reported = self.reported.max(durable);
+            durable
+        } else {
+            self.last_index().0
+        };
         let msg = Message::AppendReply {
             term: self.hard.term,
-            ok: true,
-            index: LogIndex(durable),
-            read_seq: 0,
+            ok,
+            index: LogIndex(index),
+            read_seq,
         };
-        self.send(from, msg);
+        self.send(to, msg);
     }
 
     fn on_append_reply(
@@ -1481,6 +1463,18 @@ mod tests {
         }
     }
 
+    /// An `Append` of `term` after `(prev index, prev term)`.
+    fn append(term: u64, prev: (u64, u64), entries: Vec<Entry>, commit: u64) -> Message {
+        Message::Append {
+            term: Term(term),
+            prev_index: LogIndex(prev.0),
+            prev_term: Term(prev.1),
+            entries,
+            commit: LogIndex(commit),
+            read_seq: 0,
+        }
+    }
+
     fn elect(r: &mut Replica, n: usize) {
         for _ in 0..20 {
             r.tick();
@@ -1560,17 +1554,7 @@ mod tests {
             },
             vec![],
         );
-        r.step(
-            &ids(3)[0],
-            Message::Append {
-                term: Term(2),
-                prev_index: LogIndex(0),
-                prev_term: Term(0),
-                entries: vec![],
-                commit: LogIndex(0),
-                read_seq: 0,
-            },
-        );
+        r.step(&ids(3)[0], append(2, (0, 0), vec![], 0));
         r.take_actions();
         r.step(
             &ids(3)[2],
@@ -1629,17 +1613,7 @@ mod tests {
             },
             vec![],
         );
-        r.step(
-            &ids(3)[0],
-            Message::Append {
-                term: Term(4),
-                prev_index: LogIndex(0),
-                prev_term: Term(0),
-                entries: vec![entry(4, 1)],
-                commit: LogIndex(1),
-                read_seq: 0,
-            },
-        );
+        r.step(&ids(3)[0], append(4, (0, 0), vec![entry(4, 1)], 1));
         assert_eq!(
             r.take_actions(),
             vec![Action::Send {
@@ -1782,17 +1756,7 @@ mod tests {
             vec![entry(1, 1), entry(1, 2), entry(1, 3)],
         );
         r.persisted(LogIndex(3));
-        r.step(
-            &ids(3)[0],
-            Message::Append {
-                term: Term(2),
-                prev_index: LogIndex(1),
-                prev_term: Term(1),
-                entries: vec![entry(2, 2)],
-                commit: LogIndex(2),
-                read_seq: 0,
-            },
-        );
+        r.step(&ids(3)[0], append(2, (1, 1), vec![entry(2, 2)], 2));
         let a = r.take_actions();
         assert!(
             a.contains(&Action::Truncate {
@@ -1816,17 +1780,7 @@ mod tests {
         let log: Vec<Entry> = (1..=5).map(|i| entry(1, i)).collect();
         let mut r = replica(1, 3, HardState::default(), log);
         r.persisted(LogIndex(5));
-        r.step(
-            &ids(3)[0],
-            Message::Append {
-                term: Term(1),
-                prev_index: LogIndex(5),
-                prev_term: Term(1),
-                entries: vec![],
-                commit: LogIndex(2),
-                read_seq: 0,
-            },
-        );
+        r.step(&ids(3)[0], append(1, (5, 1), vec![], 2));
         r.take_actions();
         let snap = Snapshot {
             index: LogIndex(6),
@@ -1869,17 +1823,7 @@ mod tests {
             (LogIndex(6), LogIndex(6), LogIndex(6))
         );
         // The next entry from the leader follows the snapshot.
-        r.step(
-            &ids(3)[2],
-            Message::Append {
-                term: Term(2),
-                prev_index: LogIndex(6),
-                prev_term: Term(2),
-                entries: vec![entry(2, 7)],
-                commit: LogIndex(7),
-                read_seq: 0,
-            },
-        );
+        r.step(&ids(3)[2], append(2, (6, 2), vec![entry(2, 7)], 7));
         let a = r.take_actions();
         assert!(a.contains(&Action::Apply(vec![entry(2, 7)])), "{a:?}");
     }
@@ -1943,15 +1887,6 @@ mod tests {
         let mut r = replica(1, 5, HardState::default(), vec![entry(1, 1), entry(1, 2)]);
         r.persisted(LogIndex(2));
         // A term-2 leader without entry 2 replaces it: reported (Truncate), fate open.
-        let append =
-            |term: u64, prev: (u64, u64), entries: Vec<Entry>, commit: u64| Message::Append {
-                term: Term(term),
-                prev_index: LogIndex(prev.0),
-                prev_term: Term(prev.1),
-                entries,
-                commit: LogIndex(commit),
-                read_seq: 0,
-            };
         r.step(&ids(5)[2], append(2, (1, 1), vec![entry(2, 2)], 1));
         let a = r.take_actions();
         assert!(
