@@ -563,6 +563,10 @@ async fn a_compacted_log_brings_back_a_follower_with_a_snapshot_and_survives_res
         held <= 60.0,
         "the leader's log holds {held} entries of 300+: compaction keeps it bounded"
     );
+    let s = kvctl(&c.nodes[leader].endpoint(), &["--output", "json", "status"]);
+    let v: serde_json::Value = serde_json::from_str(&s.stdout).expect("json");
+    let snap = v["nodes"][0]["snapshot_index"].as_u64().unwrap_or(0);
+    assert!(snap >= 250, "kvctl status shows the snapshot: {v}");
 
     c.nodes[down].start_again().expect("restart the follower");
     wait_local(&c, down, "k299", "v299", "caught up").await;

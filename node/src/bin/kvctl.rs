@@ -89,7 +89,8 @@ enum Cmd {
         cmd: ClusterCmd,
     },
     /// One row per node in --endpoints: role, term, leader it follows, reachable peers, applied
-    /// index and lag. Flags split brain: two nodes claiming leadership at once.
+    /// index and lag, and (leader-follower) the index its snapshot covers and the entries its
+    /// log holds. Flags split brain: two nodes claiming leadership at once.
     Status,
     /// Write KEY=VALUE; prints the new version.
     Put {
@@ -705,6 +706,7 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
                     "leader": (!s.leader.is_empty()).then_some(&s.leader),
                     "reachable": s.reachable, "applied_index": s.applied_index,
                     "commit_index": s.commit_index, "lag": lag_of(s), "mode": s.mode,
+                    "snapshot_index": s.snapshot_index, "log_entries": s.log_entries,
                     "hints_pending": s.hints_pending, "hints_delivered": s.hints_delivered,
                     "conflicting_writes": s.conflicting_writes, "read_repairs": s.read_repairs,
                     "anti_entropy_repairs": s.anti_entropy_repairs}),
@@ -720,13 +722,22 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
         leaderless_table(&rows)
     } else {
         let mut out = format!(
-            "{:<6} {:<22} {:<10} {:>5} {:<7} {:<18} {:>9} {:>6}\n",
-            "ID", "ADDR", "ROLE", "TERM", "LEADER", "REACHABLE", "APPLIED", "LAG"
+            "{:<6} {:<22} {:<10} {:>5} {:<7} {:<18} {:>9} {:>6} {:>9} {:>7}\n",
+            "ID",
+            "ADDR",
+            "ROLE",
+            "TERM",
+            "LEADER",
+            "REACHABLE",
+            "APPLIED",
+            "LAG",
+            "SNAPSHOT",
+            "LOG"
         );
         for (addr, s) in &rows {
             match s {
                 Some(s) => out.push_str(&format!(
-                    "{:<6} {:<22} {:<10} {:>5} {:<7} {:<18} {:>9} {:>6}\n",
+                    "{:<6} {:<22} {:<10} {:>5} {:<7} {:<18} {:>9} {:>6} {:>9} {:>7}\n",
                     s.id,
                     addr,
                     s.role,
@@ -739,6 +750,8 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
                     },
                     s.applied_index,
                     lag_of(s).map_or("-".into(), |l| l.to_string()),
+                    s.snapshot_index,
+                    s.log_entries,
                 )),
                 None => out.push_str(&format!("{:<6} {:<22} {:<10}\n", "?", addr, "down")),
             }

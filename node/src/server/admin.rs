@@ -82,6 +82,8 @@ impl pb::admin_server::Admin for AdminService {
                         last_index: s.last,
                         follower_lag: s.follower_lag.into_iter().map(|(n, l)| (n.0, l)).collect(),
                         mode,
+                        snapshot_index: s.snapshot_index,
+                        log_entries: s.log_entries,
                         ..Default::default()
                     }
                 }
