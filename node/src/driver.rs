@@ -109,6 +109,15 @@ pub enum Input {
     /// From the log writer thread: this many submissions are durable, or the error that stopped
     /// it.
     Synced(Result<u64, String>),
+    /// From a snapshot thread: the state machine as of `index`, encoded.
+    SnapshotEncoded {
+        /// The applied index it covers.
+        index: u64,
+        /// The encoding.
+        data: Bytes,
+        /// How long encoding took.
+        took: Duration,
+    },
 }
 
 /// What the node shows of its replica (kvctl status, response metadata).
@@ -264,6 +273,13 @@ struct Driver {
     transport: Transport,
     state: Arc<MemStorage>,
     snapshot_entries: u64,
+    /// A snapshot being encoded on its thread.
+    encoding: bool,
+    /// A snapshot encoded, waiting to compact the log.
+    encoded: Option<(u64, Bytes, Duration)>,
+    /// The driver's own input channel, for the snapshot threads (weak: they must not keep the
+    /// driver alive).
+    inputs: std::sync::Weak<Sender<Input>>,
     /// Snapshots taken here.
     snapshots_taken: u64,
     /// Snapshots installed from a leader.
@@ -357,6 +373,9 @@ pub fn start(
         transport,
         state,
         snapshot_entries: timing.snapshot_entries,
+        encoding: false,
+        encoded: None,
+        inputs: Arc::downgrade(&tx),
         snapshots_taken: 0,
         snapshots_installed: 0,
         rollback_survivors: 0,
@@ -433,12 +452,15 @@ impl Driver {
                 Input::Read { reply } => {
                     let _ = reply.send(Err(err));
                 }
-                Input::Peer { .. } | Input::Synced(_) => {}
+                Input::Peer { .. } | Input::Synced(_) | Input::SnapshotEncoded { .. } => {}
             }
             return;
         }
         match input {
             Input::Synced(Ok(n)) => self.synced = self.synced.max(n),
+            Input::SnapshotEncoded { index, data, took } => {
+                self.encoded = Some((index, data, took));
+            }
             Input::Synced(Err(e)) => self.fail(e),
             Input::Peer { from, msg } => self.replica.step(&from, msg),
             Input::Propose { cmd, w, reply } => {
@@ -546,43 +568,73 @@ impl Driver {
         }
     }
 
-    /// Every `snapshot_entries` applied entries: snapshots the state machine and compacts the
-    /// log, keeping the last tenth. Runs when every action taken is carried out or queued, so
-    /// every entry of the replica's log is already submitted to the writer before the rewrite.
+    /// Every `snapshot_entries` applied entries (or a quarter of the keys held, if more: a
+    /// snapshot's cost grows with the state, so it is amortised over as many writes): freezes
+    /// the state machine (O(1): a persistent map) and encodes it on a thread; once encoded,
+    /// compacts the log, keeping the last tenth. Runs when every action taken is carried out or
+    /// queued, so every entry of the replica's log is already submitted to the writer before the
+    /// rewrite.
     fn maybe_compact(&mut self) {
-        let since = self.applied.saturating_sub(self.replica.snapshot().index.0);
-        if since < self.snapshot_entries {
-            return;
-        }
-        let started = Instant::now();
-        let data = Bytes::from(self.state.encode_snapshot(self.applied));
-        let bytes = data.len();
-        let keep = self.snapshot_entries / 10;
-        if !self.replica.compact(LogIndex(self.applied), data, keep) {
-            return;
-        }
-        if let Some(w) = &self.writer {
-            let contents = raft_log::encode_base(
-                self.replica.snapshot(),
-                self.replica.hard_state(),
-                self.replica.log(),
-            );
-            if !w.submit(Job::Rewrite {
-                contents,
-                counts: false,
-            }) {
-                self.fail("the replica log writer stopped".into());
-                return;
+        if let Some((index, data, took)) = self.encoded.take() {
+            self.encoding = false;
+            let bytes = data.len();
+            let keep = self.snapshot_entries / 10;
+            if self.replica.compact(LogIndex(index), data, keep) {
+                if let Some(w) = &self.writer {
+                    let contents = raft_log::encode_base(
+                        self.replica.snapshot(),
+                        self.replica.hard_state(),
+                        self.replica.log(),
+                    );
+                    if !w.submit(Job::Rewrite {
+                        contents,
+                        counts: false,
+                    }) {
+                        self.fail("the replica log writer stopped".into());
+                        return;
+                    }
+                }
+                self.snapshots_taken += 1;
+                tracing::info!(
+                    index,
+                    bytes,
+                    kept = self.replica.log().len(),
+                    encode_ms = took.as_millis() as u64,
+                    "log compacted into a snapshot"
+                );
             }
         }
-        self.snapshots_taken += 1;
-        tracing::info!(
-            index = self.applied,
-            bytes,
-            kept = self.replica.log().len(),
-            took_ms = started.elapsed().as_millis() as u64,
-            "log compacted into a snapshot"
-        );
+        if self.encoding {
+            return;
+        }
+        let stats = self.state.stats();
+        let threshold = self
+            .snapshot_entries
+            .max((stats.live_keys + stats.tombstones) / 4);
+        let since = self.applied.saturating_sub(self.replica.snapshot().index.0);
+        if since < threshold {
+            return;
+        }
+        let frozen = self.state.freeze();
+        let index = self.applied;
+        let inputs = self.inputs.clone();
+        let spawned = std::thread::Builder::new()
+            .name("kv-snapshot".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let data = Bytes::from(frozen.encode(index));
+                if let Some(tx) = inputs.upgrade() {
+                    let _ = tx.send(Input::SnapshotEncoded {
+                        index,
+                        data,
+                        took: started.elapsed(),
+                    });
+                }
+            });
+        match spawned {
+            Ok(_) => self.encoding = true,
+            Err(e) => tracing::warn!(error = %e, "cannot start a snapshot thread; the log is kept"),
+        }
     }
 
     fn fail(&mut self, why: String) {

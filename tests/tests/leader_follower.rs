@@ -554,13 +554,14 @@ async fn a_compacted_log_brings_back_a_follower_with_a_snapshot_and_survives_res
         })
         .await
         .expect("delete");
+    // Every 50 entries, or every quarter of the keys held (300 here) if that is more.
     assert!(
-        c.metric(leader, "kv_snapshots_taken_total") >= 5.0,
-        "the leader compacted its log every 50 entries"
+        c.metric(leader, "kv_snapshots_taken_total") >= 3.0,
+        "the leader compacted its log"
     );
     let held = c.metric(leader, "kv_log_entries");
     assert!(
-        held <= 60.0,
+        held <= 160.0,
         "the leader's log holds {held} entries of 300+: compaction keeps it bounded"
     );
     let s = kvctl(&c.nodes[leader].endpoint(), &["--output", "json", "status"]);

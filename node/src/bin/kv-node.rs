@@ -106,8 +106,9 @@ struct Args {
     #[arg(long, env = "KV_ANTI_ENTROPY_INTERVAL", value_name = "DURATION")]
     anti_entropy_interval: Option<HumanDuration>,
     /// Leader-follower: snapshot the state machine and compact the log every this many applied
-    /// entries; the last tenth of them stay in the log, so that a follower just behind catches
-    /// up from entries, and one further behind gets the snapshot [default: 10000].
+    /// entries (or every quarter of the keys held, if that is more); the last tenth of them stay
+    /// in the log, so that a follower just behind catches up from entries, and one further
+    /// behind gets the snapshot [default: 10000].
     #[arg(long, env = "KV_SNAPSHOT_ENTRIES", value_name = "N")]
     snapshot_entries: Option<u64>,
     /// Leaderless: virtual nodes (ring tokens) per node [default: 64].

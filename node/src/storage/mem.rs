@@ -22,8 +22,13 @@ impl MemStorage {
     /// The whole store, encoded as a snapshot covering `covered` (the leader-follower driver
     /// passes its applied log index): the snapshot format of the disk engine.
     pub fn encode_snapshot(&self, covered: u64) -> Vec<u8> {
-        let index = self.lock().0.clone();
-        super::disk::encode_index(&index, covered).0
+        self.freeze().encode(covered)
+    }
+
+    /// A copy of the whole store as it is now, to encode elsewhere (the copy shares keys and
+    /// values with the store; only the table is new).
+    pub fn freeze(&self) -> Frozen {
+        Frozen(self.lock().0.clone())
     }
 
     /// Replaces the whole store with an [`MemStorage::encode_snapshot`] encoding; returns what it
@@ -45,6 +50,17 @@ impl MemStorage {
         // A panic while holding the lock leaves the index consistent (every mutation is a
         // single insert or retain), so a poisoned lock is still safe to use.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A copy of a [`MemStorage`] taken by [`MemStorage::freeze`].
+#[derive(Debug)]
+pub struct Frozen(Index);
+
+impl Frozen {
+    /// Encodes it as a snapshot covering `covered` (see [`MemStorage::encode_snapshot`]).
+    pub fn encode(&self, covered: u64) -> Vec<u8> {
+        super::disk::encode_index(&self.0, covered).0
     }
 }
 

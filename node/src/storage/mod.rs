@@ -32,7 +32,7 @@ use bytes::Bytes;
 use kv_replica::Version;
 
 pub use disk::{DiskOptions, DiskStorage, FlushObserver, RecoveryReport};
-pub use mem::MemStorage;
+pub use mem::{Frozen, MemStorage};
 
 /// Log sequence number: the position of a write in the node's total order of writes.
 pub type Lsn = u64;
