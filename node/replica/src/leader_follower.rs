@@ -1035,12 +1035,15 @@ impl Replica {
         }
     }
 
-    /// Whether the snapshot may go to `to` now: not sent, or sent an election timeout ago
-    /// without an answer (lost).
+    /// Whether the snapshot may go to `to` now: not sent, or sent long enough ago without an
+    /// answer that it was lost — an election timeout per MiB started, since a large one takes
+    /// a while to cross, decode and write, and resending it sooner would only pile copies up.
     fn snapshot_due(&self, to: usize) -> bool {
+        let mib = (self.snapshot.data.len() as u64 >> 20) + 1;
+        let wait = u64::from(self.cfg.election_ticks.0) * mib;
         self.progress[to]
             .snapshot_sent
-            .is_none_or(|t| self.now.saturating_sub(t) >= u64::from(self.cfg.election_ticks.0))
+            .is_none_or(|t| self.now.saturating_sub(t) >= wait)
     }
 
     fn send_append(&mut self, to: usize, read_seq: u64) {
@@ -1878,8 +1881,33 @@ mod tests {
         for _ in 0..10 {
             r.tick();
         }
-        r.step(&ids(3)[1], refuse);
+        r.step(&ids(3)[1], refuse.clone());
         assert_eq!(sent(&r.take_actions()), 1);
+
+        // A 3 MiB snapshot waits an election timeout per MiB started (40 ticks) before it goes
+        // again: copies of a large one would pile up while the first is still being installed.
+        r.propose(99, put("k"), 1).expect("propose");
+        r.take_actions();
+        r.persisted(LogIndex(12));
+        let ack = Message::AppendReply {
+            term: r.term(),
+            ok: true,
+            index: LogIndex(12),
+            read_seq: 0,
+        };
+        r.step(&ids(3)[2], ack);
+        r.take_actions();
+        assert!(r.compact(LogIndex(12), Bytes::from(vec![0u8; 3 << 20]), 0));
+        let mut copies = Vec::new();
+        for _ in 0..9 {
+            for _ in 0..5 {
+                r.tick();
+            }
+            r.step(&ids(3)[1], refuse.clone());
+            copies.push(sent(&r.take_actions()));
+        }
+        // Sent at tick 10; due again at tick 50, i.e. after the 8th round of 5 ticks.
+        assert_eq!(copies, vec![0, 0, 0, 0, 0, 0, 0, 1, 0], "{copies:?}");
     }
 
     #[test]
