@@ -91,9 +91,6 @@ pub fn sim_seeds(default: u64) -> Vec<u64> {
 
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
-    // The kernel may hand the same ephemeral port out twice once it is released: never give a
-    // port to two callers of one test process (a node's --listen and --admin-listen collided).
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -103,6 +100,34 @@ pub fn free_port() -> u16 {
         if !given.contains(&port) {
             given.push(port);
             return port;
+        }
+    }
+}
+
+/// Ports handed out in this test process. The kernel may hand the same ephemeral port out
+/// twice once it is released: never give a port to two callers (a node's --listen and
+/// --admin-listen collided).
+static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// The first of `n` consecutive free ports, for `kvctl cluster up --base-port`. Taken below
+/// the kernel's ephemeral range (32768 and up), so that no outgoing connection can take one
+/// of them as its source port between this check and the node binding it.
+pub fn free_port_range(n: u16) -> u16 {
+    use rand::Rng as _;
+    let mut rng = rand::rng();
+    loop {
+        let base = rng.random_range(20_000..32_000 - n);
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        let ports: Vec<u16> = (base..base + n).collect();
+        if ports.iter().any(|p| given.contains(p)) {
+            continue;
+        }
+        if ports
+            .iter()
+            .all(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        {
+            given.extend(ports);
+            return base;
         }
     }
 }

@@ -5,7 +5,7 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kv_tests::{bin, free_port, kvctl};
+use kv_tests::{bin, free_port_range, kvctl};
 
 #[test]
 fn cluster_up_serves_and_stops_every_node_on_sigterm() {
@@ -47,9 +47,8 @@ fn cluster_up_leaderless_in_memory_serves_and_shows_the_leaderless_status() {
 /// what `kvctl status --output json` said while it ran.
 fn cluster_up(extra: &[&str], check: impl Fn(&[String])) -> serde_json::Value {
     let dir = tempfile::tempdir().expect("tempdir");
-    // The ports after a free one are very likely free too (the test fails clearly if not).
-    let base = free_port();
-    let admin = free_port();
+    let base = free_port_range(3);
+    let admin = free_port_range(3);
     let mut child = Command::new(bin("kvctl"))
         .args(["cluster", "up", "--nodes", "3"])
         .args(extra)
@@ -71,7 +70,15 @@ fn cluster_up(extra: &[&str], check: impl Fn(&[String])) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = Vec::new();
     let endpoints = loop {
-        let line = lines.next().expect("output").expect("utf-8");
+        let Some(line) = lines.next() else {
+            let _ = child.wait();
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("kvctl cluster up ended before printing its endpoints: {seen:?}\n{err}");
+        };
+        let line = line.expect("utf-8");
         seen.push(line.clone());
         if let Some(eps) = line.trim().strip_prefix("export KV_ENDPOINTS=") {
             break eps.to_string();
