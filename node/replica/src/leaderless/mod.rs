@@ -575,6 +575,16 @@ impl Leaderless {
         self.ring.preference_list(key, self.cfg.quorum.n as usize)
     }
 
+    /// Sends replica `to` a copy to store for write or repair `req`.
+    fn send_write(&mut self, to: usize, req: u64, key: &Bytes, stored: Stored) {
+        let msg = Msg::Write {
+            req,
+            key: key.clone(),
+            stored,
+        };
+        self.send(to, msg, None);
+    }
+
     fn send(&mut self, to: usize, msg: Msg, after: Option<Lsn>) {
         self.actions.push(Action::Send {
             to: self.members[to].clone(),
@@ -685,15 +695,7 @@ impl Leaderless {
             if self.down.contains(&r) {
                 continue;
             }
-            self.send(
-                r,
-                Msg::Write {
-                    req: op,
-                    key: key.clone(),
-                    stored: stored.clone(),
-                },
-                None,
-            );
+            self.send_write(r, op, &key, stored.clone());
         }
         let mut p = PendingWrite {
             origin,
@@ -1172,12 +1174,7 @@ impl Leaderless {
                 .filter_map(|i| p.replies.get(i).cloned().flatten().map(|s| (*i, s)))
                 .collect();
             for (i, stored) in again {
-                let msg = Msg::Write {
-                    req: op,
-                    key: key.clone(),
-                    stored,
-                };
-                self.send(i, msg, None);
+                self.send_write(i, op, &key, stored);
             }
             return;
         }
@@ -1296,15 +1293,7 @@ impl Leaderless {
         self.stats.conflicts += conflicts;
         self.stats.read_repairs += sends.len() as u64;
         for (i, stored) in sends {
-            self.send(
-                i,
-                Msg::Write {
-                    req: op,
-                    key: key.clone(),
-                    stored,
-                },
-                None,
-            );
+            self.send_write(i, op, &key, stored);
         }
         if let Some(mut result) = answer {
             match &mut result {
@@ -1362,12 +1351,7 @@ impl Leaderless {
                         .filter(|i| *i != self.me && !p.acked.contains(i) && !self.down.contains(i))
                         .collect();
                     for r in again {
-                        let msg = Msg::Write {
-                            req: op,
-                            key: p.key.clone(),
-                            stored: p.stored.clone(),
-                        };
-                        self.send(r, msg, None);
+                        self.send_write(r, op, &p.key, p.stored.clone());
                     }
                 }
                 self.writes.insert(op, p);
