@@ -32,7 +32,7 @@ use kv_replica::{NodeId, Version};
 use rand::SeedableRng;
 use tokio::sync::oneshot;
 
-use crate::raft_log::{self, Job, LogWriter, RaftLog, Recovered};
+use crate::raft_log::{Job, LogWriter, RaftLog, Recovered};
 use crate::storage::{MemStorage, Storage, StorageError, Write, now_ms};
 use crate::transport::Transport;
 
@@ -532,14 +532,7 @@ impl Driver {
                 // A snapshot installed rewrites the file with the replica's state after the
                 // whole batch, which the batch's own records would only repeat.
                 let job = if restores {
-                    Job::Rewrite {
-                        contents: raft_log::encode_base(
-                            self.replica.snapshot(),
-                            self.replica.hard_state(),
-                            self.replica.log(),
-                        ),
-                        counts: true,
-                    }
+                    self.rewrite(true)
                 } else {
                     Job::Append(records)
                 };
@@ -580,19 +573,12 @@ impl Driver {
             let bytes = data.len();
             let keep = self.snapshot_entries / 10;
             if self.replica.compact(LogIndex(index), data, keep) {
-                if let Some(w) = &self.writer {
-                    let contents = raft_log::encode_base(
-                        self.replica.snapshot(),
-                        self.replica.hard_state(),
-                        self.replica.log(),
-                    );
-                    if !w.submit(Job::Rewrite {
-                        contents,
-                        counts: false,
-                    }) {
-                        self.fail("the replica log writer stopped".into());
-                        return;
-                    }
+                let job = self.rewrite(false);
+                if let Some(w) = &self.writer
+                    && !w.submit(job)
+                {
+                    self.fail("the replica log writer stopped".into());
+                    return;
                 }
                 self.snapshots_taken += 1;
                 tracing::info!(
@@ -634,6 +620,16 @@ impl Driver {
         match spawned {
             Ok(_) => self.encoding = true,
             Err(e) => tracing::warn!(error = %e, "cannot start a snapshot thread; the log is kept"),
+        }
+    }
+
+    /// A rewrite of the replica log as the replica now stands (snapshot, hard state, log).
+    fn rewrite(&self, counts: bool) -> Job {
+        Job::Rewrite {
+            snapshot: self.replica.snapshot().clone(),
+            hard: self.replica.hard_state(),
+            entries: self.replica.log().to_vec(),
+            counts,
         }
     }
 

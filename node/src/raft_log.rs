@@ -404,7 +404,13 @@ impl RaftLog {
                                 bufs.len() as u64,
                             )
                         }
-                        Job::Rewrite { contents, counts } => {
+                        Job::Rewrite {
+                            snapshot,
+                            hard,
+                            entries,
+                            counts,
+                        } => {
+                            let contents = encode_base(&snapshot, hard, &entries);
                             let res =
                                 replace_file(&path, &[&contents], fsync != FsyncPolicy::Never)
                                     .and_then(|()| {
@@ -445,10 +451,16 @@ pub(crate) static WRITE_DELAY_MS: std::sync::atomic::AtomicU64 =
 pub enum Job {
     /// Append encoded records (one submission: counted once durable).
     Append(Vec<u8>),
-    /// Replace the whole file (see [`encode_base`]); counted as a submission when `counts`.
+    /// Replace the whole file with the snapshot, the hard state and the entries kept (see
+    /// [`encode_base`], which runs on the writer thread: a large snapshot is copied and
+    /// checksummed there, not on the replica's); counted as a submission when `counts`.
     Rewrite {
-        /// The new file.
-        contents: Vec<u8>,
+        /// The snapshot the log starts after.
+        snapshot: Snapshot,
+        /// Term and vote.
+        hard: HardState,
+        /// The entries kept.
+        entries: Vec<Entry>,
         /// Whether it is a batch of the pipeline (a snapshot installed) rather than a
         /// compaction on the side.
         counts: bool,
@@ -604,7 +616,9 @@ mod tests {
             // Snapshot at 4, keeping 3 and 4 in the log, then 5 appended after the rewrite.
             let kept = [put(2, 3, "c"), put(2, 4, "d")];
             assert!(w.submit(Job::Rewrite {
-                contents: encode_base(&snapshot(4, 2), hard, &kept),
+                snapshot: snapshot(4, 2),
+                hard,
+                entries: kept.to_vec(),
                 counts: false,
             }));
             assert!(w.submit(Job::Append(entry_bytes(&[put(2, 5, "e")]))));

@@ -9,7 +9,8 @@
 //!          | 5 entry-put | 6 entry-delete | 7 entry-noop | 8 truncate | 9 hard-state | 10 entry-cas
 //!          | 11 put with context | 12 tombstone with context (leaderless: the version vector)
 //!          | 13 replica snapshot (lsn: last index covered, epoch: its term, key: term starts,
-//!            value: the state machine in the snapshot format)
+//!            written_ms: the index the log after it starts after, value: the state machine
+//!            in the snapshot format)
 //! ```
 //!
 //! The header has its own checksum so that a flipped bit in a length cannot pass for a torn
