@@ -1,10 +1,14 @@
 //! Drivers: the same workload against quorumkv (gRPC) or a peer system (Redis).
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kv_proto::kv::v1 as pb;
 use kv_proto::kv::v1::kv_client::KvClient;
+
+use kv_replica::leaderless::Ring;
 
 use crate::h2::H2Channel;
 
@@ -77,7 +81,191 @@ pub enum Conn {
     Etcd(crate::etcdpb::kv_client::KvClient<H2Channel>, bool),
 }
 
-/// Opens `count` connections to `endpoints` (spread round robin).
+/// How quorumkv requests choose a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    /// Leaderless clusters: each key goes to the first live replica of its preference list
+    /// (its coordinator), as token-aware Cassandra drivers do, saving the forward a node that
+    /// does not hold the key makes. Otherwise: spread.
+    #[default]
+    Auto,
+    /// Each client keeps to one connection; connections are spread round robin.
+    Spread,
+}
+
+/// Token-aware routing for a leaderless cluster, from the ring its nodes describe in `Status`.
+pub struct Router {
+    ring: Ring,
+    n: usize,
+    /// Per ring member (sorted ids): the endpoint serving it, if one of `--endpoints` does.
+    endpoint: Vec<Option<usize>>,
+    /// Per endpoint: until when (ms after `t0`) it is avoided after an `unavailable` error.
+    avoid_until: Vec<AtomicU64>,
+    t0: Instant,
+}
+
+/// How long an endpoint that answered `unavailable` is passed over.
+const AVOID_MS: u64 = 1000;
+
+impl Router {
+    /// The endpoint to send `key` to: the first of its replicas that an endpoint serves and
+    /// that has not just failed (`None`: no endpoint serves a replica; any node will forward).
+    pub fn pick(&self, key: &[u8]) -> Option<usize> {
+        let now = self.t0.elapsed().as_millis() as u64;
+        let mut first = None;
+        for m in self.ring.preference_list(key, self.n) {
+            if let Some(e) = self.endpoint[m] {
+                if self.avoid_until[e].load(Ordering::Relaxed) <= now {
+                    return Some(e);
+                }
+                first.get_or_insert(e);
+            }
+        }
+        first
+    }
+
+    /// Endpoint `e` answered `unavailable`: pass over it for a while.
+    pub fn failed(&self, e: usize) {
+        let until = self.t0.elapsed().as_millis() as u64 + AVOID_MS;
+        self.avoid_until[e].store(until, Ordering::Relaxed);
+    }
+
+    /// Endpoints serving a ring member, of `total`.
+    pub fn mapped(&self) -> usize {
+        self.endpoint.iter().flatten().count()
+    }
+}
+
+/// Asks every endpoint for its `Status`; when the cluster is leaderless, a [`Router`] over its
+/// ring. Endpoints that do not answer are left out (their keys go to their next replica).
+///
+/// # Errors
+/// The nodes disagree about the ring.
+pub async fn discover(endpoints: &[String]) -> anyhow::Result<Option<Router>> {
+    let mut ring: Option<(Vec<String>, u32, u32)> = None;
+    let mut served = Vec::new();
+    for (e, ep) in endpoints.iter().enumerate() {
+        let hostport = ep.trim_start_matches("http://");
+        let status = async {
+            let ch = H2Channel::connect(hostport).await?;
+            let origin: http::Uri = format!("http://{hostport}").parse()?;
+            let mut c = pb::admin_client::AdminClient::with_origin(ch, origin);
+            anyhow::Ok(c.status(pb::StatusRequest {}).await?.into_inner())
+        };
+        let st = match tokio::time::timeout(Duration::from_secs(2), status).await {
+            Ok(Ok(st)) => st,
+            Ok(Err(err)) => {
+                eprintln!("kv-bench: no status from {ep} ({err}); not routing to it");
+                continue;
+            }
+            Err(_) => {
+                eprintln!("kv-bench: no status from {ep} (timed out); not routing to it");
+                continue;
+            }
+        };
+        if st.mode != "leaderless" {
+            return Ok(None);
+        }
+        let mut names: Vec<String> = st.members.keys().cloned().collect();
+        names.sort();
+        let this = (names, st.vnodes, st.replicas);
+        match &ring {
+            Some(r) if *r != this => anyhow::bail!(
+                "{ep} describes a different ring ({:?}, {} vnodes, N={}) than the other \
+                 endpoints ({:?}, {} vnodes, N={})",
+                this.0,
+                this.1,
+                this.2,
+                r.0,
+                r.1,
+                r.2
+            ),
+            _ => ring = Some(this),
+        }
+        served.push((st.id, e));
+    }
+    let Some((names, vnodes, n)) = ring else {
+        return Ok(None);
+    };
+    let endpoint = names
+        .iter()
+        .map(|m| served.iter().find(|(id, _)| id == m).map(|(_, e)| *e))
+        .collect();
+    Ok(Some(Router {
+        ring: Ring::new(&names, vnodes),
+        n: n.max(1) as usize,
+        endpoint,
+        avoid_until: endpoints.iter().map(|_| AtomicU64::new(0)).collect(),
+        t0: Instant::now(),
+    }))
+}
+
+/// One client's connections: one, or one per endpoint when a [`Router`] picks by key.
+pub struct ClientConns {
+    conns: Vec<Conn>,
+    router: Option<Arc<Router>>,
+    picked: Option<usize>,
+}
+
+impl ClientConns {
+    /// The connection for an operation on `key`.
+    pub fn pick(&mut self, key: &str) -> &mut Conn {
+        self.picked = self.router.as_ref().and_then(|r| r.pick(key.as_bytes()));
+        let i = self.picked.unwrap_or(0).min(self.conns.len() - 1);
+        &mut self.conns[i]
+    }
+
+    /// The last operation ended with `result`: an endpoint that answered `unavailable` is
+    /// passed over for a while.
+    pub fn outcome<T>(&self, result: &Result<T, ErrorKind>) {
+        if let (Err("unavailable"), Some(r), Some(e)) = (result, &self.router, self.picked) {
+            r.failed(e);
+        }
+    }
+}
+
+/// Connections for `clients` clients: `count` connections spread round robin over
+/// `endpoints`, one per client in turn; with a router, groups of one connection per endpoint
+/// (`count` rounded up to whole groups), one group per client in turn.
+///
+/// # Errors
+/// An endpoint refuses or is malformed.
+pub async fn connect_clients(
+    kind: DriverKind,
+    endpoints: &[String],
+    count: usize,
+    consistency: pb::Consistency,
+    router: Option<Router>,
+    clients: usize,
+) -> anyhow::Result<Vec<ClientConns>> {
+    let Some(router) = router.map(Arc::new) else {
+        let conns = connect(kind, endpoints, count, consistency).await?;
+        return Ok((0..clients)
+            .map(|i| ClientConns {
+                conns: vec![conns[i % conns.len()].clone()],
+                router: None,
+                picked: None,
+            })
+            .collect());
+    };
+    let e = endpoints.len();
+    let groups = count.div_ceil(e).max(1);
+    let conns = connect(kind, endpoints, groups * e, consistency).await?;
+    Ok((0..clients)
+        .map(|i| {
+            let g = i % groups;
+            ClientConns {
+                conns: conns[g * e..(g + 1) * e].to_vec(),
+                router: Some(router.clone()),
+                picked: None,
+            }
+        })
+        .collect())
+}
+
+/// Opens `count` connections to `endpoints` (spread round robin: connection `i` goes to
+/// endpoint `i % endpoints.len()`).
 ///
 /// # Errors
 /// An endpoint refuses or is malformed.

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
-use kv_bench::driver::DriverKind;
+use kv_bench::driver::{DriverKind, Route};
 use kv_bench::run::{self, RunConfig};
 use kv_bench::workload::{Dist, Mix, ValueSize};
 
@@ -121,6 +121,12 @@ struct RunArgs {
     /// Write quorum sent with every quorumkv request.
     #[arg(long)]
     w: Option<u32>,
+    /// How requests choose a quorumkv node: auto (leaderless clusters: each key goes to the
+    /// first live replica of its preference list, learnt from the nodes' Status, as
+    /// token-aware Cassandra drivers do; otherwise spread) or spread (each client keeps to one
+    /// connection, connections spread round robin over --endpoints).
+    #[arg(long, value_enum, default_value = "auto")]
+    route: Route,
     /// Where quorumkv serves reads: leader, any or local.
     #[arg(long)]
     read_from: Option<String>,
@@ -229,6 +235,8 @@ fn main() -> ExitCode {
         out: a.out,
         history: a.history,
         threads: a.threads.max(1),
+        route: a.route,
+        token_aware: false,
     };
     let threads = cfg.threads;
     let rt = match runtime(threads) {

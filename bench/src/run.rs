@@ -25,7 +25,7 @@ use kv_proto::kv::v1 as pb;
 use rand::{Rng, RngCore, SeedableRng};
 use serde::Serialize;
 
-use crate::driver::{self, Conn, DriverKind};
+use crate::driver::{self, ClientConns, DriverKind, Route};
 use crate::workload::{Dist, KeyChooser, Mix, ValueSize, key_name};
 
 /// Everything a run is configured with (recorded in `summary.json`).
@@ -74,6 +74,10 @@ pub struct RunConfig {
     pub history: Option<PathBuf>,
     /// Load-generator threads.
     pub threads: usize,
+    /// How quorumkv requests choose a node.
+    pub route: Route,
+    /// Whether requests were sent to each key's coordinator (set by the run).
+    pub token_aware: bool,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -276,7 +280,7 @@ impl Schedule {
 
 #[allow(clippy::too_many_arguments)] // one client's whole context, passed once at spawn
 async fn client(
-    mut conn: Conn,
+    mut conns: ClientConns,
     cfg: Arc<RunConfig>,
     chooser: Arc<KeyChooser>,
     id: u64,
@@ -331,7 +335,9 @@ async fn client(
         // A cas expects what this client last saw of the key; the history records that value.
         let (mut expected_value, mut applied) = (None, None);
         let (res, seen, version, was_degraded) = if is_read {
-            match conn.get(&key, cfg.timeout).await {
+            let r = conns.pick(&key).get(&key, cfg.timeout).await;
+            conns.outcome(&r);
+            match r {
                 Ok(r) => (Ok(()), r.value, r.version, r.degraded),
                 Err(e) => (Err(e), None, None, false),
             }
@@ -346,7 +352,12 @@ async fn client(
             } else {
                 value.slice(..cfg.value_size.pick(&mut rng))
             };
-            match conn.cas(&key, exp_version, v.clone(), cfg.timeout).await {
+            let r = conns
+                .pick(&key)
+                .cas(&key, exp_version, v.clone(), cfg.timeout)
+                .await;
+            conns.outcome(&r);
+            match r {
                 Ok((ok, version)) => {
                     applied = Some(ok);
                     (Ok(()), Some(v), version, false)
@@ -354,7 +365,9 @@ async fn client(
                 Err(e) => (Err(e), Some(v), None, false),
             }
         } else if is_delete {
-            match conn.delete(&key, cfg.timeout).await {
+            let r = conns.pick(&key).delete(&key, cfg.timeout).await;
+            conns.outcome(&r);
+            match r {
                 Ok(w) => (Ok(()), None, w.version, w.degraded),
                 Err(e) => (Err(e), None, None, false),
             }
@@ -364,7 +377,9 @@ async fn client(
             } else {
                 value.slice(..cfg.value_size.pick(&mut rng))
             };
-            match conn.put(&key, v.clone(), cfg.timeout).await {
+            let r = conns.pick(&key).put(&key, v.clone(), cfg.timeout).await;
+            conns.outcome(&r);
+            match r {
                 Ok(w) => (Ok(()), Some(v), w.version, w.degraded),
                 Err(e) => (Err(e), Some(v), None, false),
             }
@@ -553,7 +568,29 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
             Some(o) => anyhow::bail!("--on-quorum-loss {o:?}: expected fail or degrade"),
         } as i32,
     };
-    let conns = driver::connect(cfg.driver, &cfg.endpoints, cfg.connections, consistency).await?;
+    let router = if cfg.driver == DriverKind::Kv && cfg.route == Route::Auto {
+        driver::discover(&cfg.endpoints).await?
+    } else {
+        None
+    };
+    if let Some(r) = &router {
+        eprintln!(
+            "kv-bench: leaderless cluster: each key goes to its coordinator (token-aware; {} of \
+             the ring's members served by --endpoints; --route spread to turn off)",
+            r.mapped()
+        );
+    }
+    let mut cfg = cfg;
+    cfg.token_aware = router.is_some();
+    let conns = driver::connect_clients(
+        cfg.driver,
+        &cfg.endpoints,
+        cfg.connections,
+        consistency,
+        router,
+        cfg.clients,
+    )
+    .await?;
     let chooser = Arc::new(KeyChooser::new(cfg.dist, cfg.keys));
     let cfg = Arc::new(cfg);
     let progress = Arc::new(AtomicU64::new(0));
@@ -570,9 +607,9 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
             .spawn(move || s.run(end))
     });
     let mut tasks = Vec::new();
-    for i in 0..cfg.clients {
+    for (i, conns) in conns.into_iter().enumerate() {
         tasks.push(tokio::spawn(client(
-            conns[i % conns.len()].clone(),
+            conns,
             cfg.clone(),
             chooser.clone(),
             i as u64,
@@ -582,7 +619,6 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
             schedule.clone(),
         )));
     }
-    drop(conns);
     let reporter = {
         let progress = progress.clone();
         let warm = cfg.warmup;

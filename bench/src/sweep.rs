@@ -155,6 +155,8 @@ fn config(spec: &SweepSpec, r: &RunSpec, endpoints: Vec<String>) -> anyhow::Resu
         out: spec.out.join(&r.name),
         history: None,
         threads: 1,
+        route: crate::driver::Route::Auto,
+        token_aware: false,
     })
 }
 

@@ -65,6 +65,14 @@ impl pb::admin_server::Admin for AdminService {
                 read_repairs: c.read_repairs,
                 anti_entropy_repairs: c.ae_repairs,
                 hints_delivered: c.hints_delivered,
+                members: node
+                    .settings()
+                    .members
+                    .iter()
+                    .map(|(n, addr)| (n.0.clone(), addr.clone()))
+                    .collect(),
+                vnodes: node.settings().config.vnodes,
+                replicas: node.settings().quorum.n,
                 ..Default::default()
             }
         } else {
