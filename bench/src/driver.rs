@@ -98,7 +98,9 @@ pub enum Route {
 pub struct Router {
     ring: Ring,
     n: usize,
-    /// Per ring member (sorted ids): the endpoint serving it, if one of `--endpoints` does.
+    /// The endpoints that answered `Status`, the only ones connected to.
+    endpoints: Vec<String>,
+    /// Per ring member (sorted ids): the index in `endpoints` of the one serving it, if any.
     endpoint: Vec<Option<usize>>,
     /// Per endpoint: until when (ms after `t0`) it is avoided after an `unavailable` error.
     avoid_until: Vec<AtomicU64>,
@@ -131,21 +133,22 @@ impl Router {
         self.avoid_until[e].store(until, Ordering::Relaxed);
     }
 
-    /// Endpoints serving a ring member, of `total`.
+    /// How many ring members an endpoint serves.
     pub fn mapped(&self) -> usize {
         self.endpoint.iter().flatten().count()
     }
 }
 
 /// Asks every endpoint for its `Status`; when the cluster is leaderless, a [`Router`] over its
-/// ring. Endpoints that do not answer are left out (their keys go to their next replica).
+/// ring. Endpoints that do not answer are left out for the whole run (their keys go to their
+/// next replica).
 ///
 /// # Errors
 /// The nodes disagree about the ring.
 pub async fn discover(endpoints: &[String]) -> anyhow::Result<Option<Router>> {
     let mut ring: Option<(Vec<String>, u32, u32)> = None;
     let mut served = Vec::new();
-    for (e, ep) in endpoints.iter().enumerate() {
+    for ep in endpoints {
         let hostport = ep.trim_start_matches("http://");
         let status = async {
             let ch = H2Channel::connect(hostport).await?;
@@ -183,20 +186,21 @@ pub async fn discover(endpoints: &[String]) -> anyhow::Result<Option<Router>> {
             ),
             _ => ring = Some(this),
         }
-        served.push((st.id, e));
+        served.push((st.id, ep.clone()));
     }
     let Some((names, vnodes, n)) = ring else {
         return Ok(None);
     };
     let endpoint = names
         .iter()
-        .map(|m| served.iter().find(|(id, _)| id == m).map(|(_, e)| *e))
+        .map(|m| served.iter().position(|(id, _)| id == m))
         .collect();
     Ok(Some(Router {
         ring: Ring::new(&names, vnodes),
         n: n.max(1) as usize,
         endpoint,
-        avoid_until: endpoints.iter().map(|_| AtomicU64::new(0)).collect(),
+        avoid_until: served.iter().map(|_| AtomicU64::new(0)).collect(),
+        endpoints: served.into_iter().map(|(_, ep)| ep).collect(),
         t0: Instant::now(),
     }))
 }
@@ -227,7 +231,7 @@ impl ClientConns {
 
 /// Connections for `clients` clients: `count` connections spread round robin over
 /// `endpoints`, one per client in turn; with a router, groups of one connection per endpoint
-/// (`count` rounded up to whole groups), one group per client in turn.
+/// it routes to (`count` rounded up to whole groups), one group per client in turn.
 ///
 /// # Errors
 /// An endpoint refuses or is malformed.
@@ -249,9 +253,9 @@ pub async fn connect_clients(
             })
             .collect());
     };
-    let e = endpoints.len();
+    let e = router.endpoints.len();
     let groups = count.div_ceil(e).max(1);
-    let conns = connect(kind, endpoints, groups * e, consistency).await?;
+    let conns = connect(kind, &router.endpoints, groups * e, consistency).await?;
     Ok((0..clients)
         .map(|i| {
             let g = i % groups;
@@ -498,5 +502,53 @@ impl Conn {
             }
             Conn::Etcd(..) | Conn::Redis(..) => Err("unsupported"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(served: &[Option<usize>]) -> Router {
+        let names = ["n1", "n2", "n3", "n4", "n5"];
+        let count = served.iter().flatten().count();
+        Router {
+            ring: Ring::new(&names, 64),
+            n: 3,
+            endpoints: (0..count).map(|i| format!("ep{i}")).collect(),
+            endpoint: served.to_vec(),
+            avoid_until: (0..count).map(|_| AtomicU64::new(0)).collect(),
+            t0: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_key_goes_to_its_first_served_live_replica() {
+        let all = router(&[Some(0), Some(1), Some(2), Some(3), Some(4)]);
+        for k in 0..200 {
+            let key = format!("key{k:08}");
+            let pref = all.ring.preference_list(key.as_bytes(), 3);
+            assert_eq!(all.pick(key.as_bytes()), Some(pref[0]), "{key}");
+        }
+        // n1 not served: its keys go to their second replica.
+        let some = router(&[None, Some(0), Some(1), Some(2), Some(3)]);
+        let key = (0..)
+            .map(|k| format!("key{k:08}"))
+            .find(|k| some.ring.preference_list(k.as_bytes(), 3)[0] == 0)
+            .expect("a key of n1");
+        let second = some.ring.preference_list(key.as_bytes(), 3)[1];
+        assert_eq!(some.pick(key.as_bytes()), some.endpoint[second]);
+        // That endpoint fails: the third replica, until the pause is over.
+        let e = some.pick(key.as_bytes()).expect("served");
+        some.failed(e);
+        let third = some.ring.preference_list(key.as_bytes(), 3)[2];
+        assert_eq!(some.pick(key.as_bytes()), some.endpoint[third]);
+        // Every replica failed: the first served one all the same.
+        for r in some.ring.preference_list(key.as_bytes(), 3) {
+            if let Some(e) = some.endpoint[r] {
+                some.failed(e);
+            }
+        }
+        assert_eq!(some.pick(key.as_bytes()), Some(e));
     }
 }

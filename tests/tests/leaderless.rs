@@ -338,3 +338,65 @@ async fn quorum_loss_fails_with_the_replicas_named_or_degrades_when_asked() {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("leaderless"), "{r:?}");
 }
+
+/// Runs `kv-bench run` (writes only, `secs` seconds) against the cluster; returns its summary.
+fn bench_writes(c: &Cluster, route: &str, secs: u32) -> serde_json::Value {
+    let out = tempfile::tempdir().expect("tempdir");
+    let o = std::process::Command::new(kv_tests::bin("kv-bench"))
+        .args(["run", "--endpoints", &c.endpoints(), "--route", route])
+        .args(["--clients", "4", "--duration", &format!("{secs}s")])
+        .args([
+            "--warmup",
+            "0s",
+            "--keys",
+            "200",
+            "--mix",
+            "read=0,write=100",
+        ])
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .expect("kv-bench");
+    assert!(o.status.success(), "kv-bench: {o:?}");
+    serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("summary.json")).expect("summary"),
+    )
+    .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_aware_client_sends_each_write_to_its_coordinator_and_routes_around_a_dead_one() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start_leaderless(5, &["--n", "3", "--r", "2", "--w", "2"])
+        .await
+        .expect("cluster");
+    let forwarded = |c: &Cluster| c.metric_sum("kv_forwarded_writes_total");
+    // Spread over the nodes, most writes land on a node that is not their key's first replica
+    // and are forwarded.
+    let s = bench_writes(&c, "spread", 2);
+    assert_eq!(s["config"]["token_aware"], false);
+    let spread_ops = s["ops"].as_u64().expect("ops");
+    let f0 = forwarded(&c);
+    assert!(
+        f0 > spread_ops as f64 / 2.0,
+        "{f0} of {spread_ops} forwarded"
+    );
+    // Token-aware: every write goes straight to its coordinator.
+    let s = bench_writes(&c, "auto", 2);
+    assert_eq!(s["config"]["token_aware"], true);
+    assert!(s["ops"].as_u64().expect("ops") > 100, "{s}");
+    assert_eq!(forwarded(&c), f0, "no write forwarded");
+    // The first replica of a fifth of the keys killed: the client finds out from an error or
+    // from Status and sends those keys to their next replica; no write fails for long.
+    c.nodes[0].kill9();
+    let s = bench_writes(&c, "auto", 3);
+    let errors: u64 = s["errors"]
+        .as_object()
+        .expect("errors")
+        .values()
+        .filter_map(serde_json::Value::as_u64)
+        .sum();
+    let ops = s["ops"].as_u64().expect("ops");
+    assert!(ops > 100, "{s}");
+    assert_eq!(errors, 0, "{s}");
+}
