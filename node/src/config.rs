@@ -46,6 +46,29 @@ impl std::fmt::Display for Mode {
     }
 }
 
+/// Which replicas a leaderless read asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFanoutMode {
+    /// Every replica of the key (the answer still comes at R; the late one is repaired too).
+    #[default]
+    All,
+    /// R replicas, the coordinator's own copy first; the others only when one is silent after
+    /// hint_after.
+    Quorum,
+}
+
+impl FromStr for ReadFanoutMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "all" => Ok(Self::All),
+            "quorum" => Ok(Self::Quorum),
+            o => Err(format!("invalid read fanout {o:?}: expected all or quorum")),
+        }
+    }
+}
+
 /// When leaderless read repair runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -159,6 +182,8 @@ pub struct Config {
     pub request_timeout: HumanDuration,
     /// Leaderless: read repair before (`blocking`) or after (`async`) answering.
     pub read_repair: ReadRepairMode,
+    /// Leaderless: which replicas a read asks (`all`, or `quorum`: R of them).
+    pub read_fanout: ReadFanoutMode,
     /// Leaderless: count fallback nodes holding hints toward W. Breaks the R+W>N overlap.
     pub sloppy_quorum: bool,
     /// Leaderless: keep writes for unreachable replicas as hints and deliver them later.
@@ -195,6 +220,7 @@ impl Default for Config {
             tombstone_grace: HumanDuration(Duration::from_secs(3600)),
             request_timeout: HumanDuration(Duration::from_secs(2)),
             read_repair: ReadRepairMode::Async,
+            read_fanout: ReadFanoutMode::All,
             sloppy_quorum: false,
             hinted_handoff: true,
             hint_after: HumanDuration(Duration::from_millis(200)),

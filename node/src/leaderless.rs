@@ -18,8 +18,8 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes};
 use kv_proto::kv::v1 as pb;
 use kv_replica::leaderless::{
-    Action, Config, Leaderless, Lsn, Msg, Opts, QuorumFailure, ReadOk, ReadRepair, ReplicaState,
-    Ring, Stats, Store, Stored, VClock, WriteOk,
+    Action, Config, Leaderless, Lsn, Msg, Opts, QuorumFailure, ReadFanout, ReadOk, ReadRepair,
+    ReplicaState, Ring, Stats, Store, Stored, VClock, WriteOk,
 };
 use kv_replica::{NodeId, Quorum, Version};
 use tokio::sync::{mpsc, oneshot};
@@ -32,6 +32,8 @@ use crate::transport::Transport;
 pub struct LlOptions {
     /// Read repair before or after answering.
     pub read_repair: ReadRepair,
+    /// Which replicas a read asks.
+    pub read_fanout: ReadFanout,
     /// Count hint holders toward W.
     pub sloppy_quorum: bool,
     /// Keep hints at all.
@@ -339,6 +341,7 @@ pub fn start(
     let mut cfg = Config::new(id.clone(), members.clone(), quorum);
     cfg.vnodes = opts.vnodes;
     cfg.read_repair = opts.read_repair;
+    cfg.read_fanout = opts.read_fanout;
     cfg.sloppy_quorum = opts.sloppy_quorum;
     cfg.hinted_handoff = opts.hinted_handoff;
     cfg.hint_after_ms = opts.hint_after.as_millis() as u64;

@@ -196,6 +196,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                     }
                     config::ReadRepairMode::Async => kv_replica::leaderless::ReadRepair::Async,
                 },
+                read_fanout: match c.read_fanout {
+                    config::ReadFanoutMode::All => kv_replica::leaderless::ReadFanout::All,
+                    config::ReadFanoutMode::Quorum => kv_replica::leaderless::ReadFanout::Quorum,
+                },
                 sloppy_quorum: c.sloppy_quorum,
                 hinted_handoff: c.hinted_handoff,
                 hint_after: c.hint_after.0,

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use kv_replica::leaderless::{
-    Action, Config, Leaderless, Lsn, Msg, Opts, ReadRepair, Store, Stored,
+    Action, Config, Leaderless, Lsn, Msg, Opts, ReadFanout, ReadRepair, Store, Stored,
 };
 use kv_replica::{NodeId, Quorum, Version};
 use rand::rngs::StdRng;
@@ -38,6 +38,8 @@ pub struct LlConfig {
     pub w: u32,
     /// Read repair mode.
     pub read_repair: ReadRepair,
+    /// Which replicas a read asks.
+    pub read_fanout: ReadFanout,
     /// Sloppy quorum.
     pub sloppy: bool,
     /// Hinted handoff.
@@ -84,6 +86,7 @@ impl Default for LlConfig {
             r: 2,
             w: 2,
             read_repair: ReadRepair::Async,
+            read_fanout: ReadFanout::All,
             sloppy: false,
             hints: true,
             steps: 2000,
@@ -323,6 +326,7 @@ impl LlSim {
         let mut cfg = Config::new(self.members[i].clone(), self.members.clone(), quorum);
         cfg.vnodes = 16;
         cfg.read_repair = self.cfg.read_repair;
+        cfg.read_fanout = self.cfg.read_fanout;
         cfg.sloppy_quorum = self.cfg.sloppy;
         cfg.hinted_handoff = self.cfg.hints;
         cfg.hint_after_ms = self.cfg.hint_after_ms;

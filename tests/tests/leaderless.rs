@@ -110,24 +110,22 @@ async fn killed_replica_gets_its_hints_when_it_returns() {
 }
 
 /// Starts five nodes without hinted handoff and cuts off the third replica of
-/// `key` while `key` is rewritten from v1 to v2. Returns the cluster and the stale replica.
-async fn stale_third_replica(key: &str, anti_entropy: &str) -> (Cluster, usize) {
-    let c = Cluster::start_leaderless(
-        5,
-        &[
-            "--n",
-            "3",
-            "--r",
-            "2",
-            "--w",
-            "2",
-            "--disable-hinted-handoff",
-            "--anti-entropy-interval",
-            anti_entropy,
-        ],
-    )
-    .await
-    .expect("cluster");
+/// `key` while `key` is rewritten from v1 to v2 (`extra`: more node flags). Returns the
+/// cluster and the stale replica.
+async fn stale_third_replica(key: &str, anti_entropy: &str, extra: &[&str]) -> (Cluster, usize) {
+    let mut args = vec![
+        "--n",
+        "3",
+        "--r",
+        "2",
+        "--w",
+        "2",
+        "--disable-hinted-handoff",
+        "--anti-entropy-interval",
+        anti_entropy,
+    ];
+    args.extend_from_slice(extra);
+    let c = Cluster::start_leaderless(5, &args).await.expect("cluster");
     let eps = c.endpoints();
     let reps = replicas(&c, key);
     let stale = reps[2];
@@ -160,7 +158,7 @@ async fn stale_third_replica(key: &str, anti_entropy: &str) -> (Cluster, usize) 
 async fn stale_replica_is_repaired_by_a_read() {
     let _serial = SERIAL.lock().await;
     // Anti-entropy off: only the read can repair.
-    let (c, stale) = stale_third_replica("read-me", "0s").await;
+    let (c, stale) = stale_third_replica("read-me", "0s", &[]).await;
     // A read through any node asks all three replicas; the stale one, answering or late, is
     // sent the newest version.
     let other = (0..5)
@@ -181,9 +179,48 @@ async fn stale_replica_is_repaired_by_a_read() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_read_fanout_asks_r_replicas_own_copy_first() {
+    let _serial = SERIAL.lock().await;
+    let (c, stale) = stale_third_replica("fan", "0s", &["--read-fanout", "quorum"]).await;
+    let reps = replicas(&c, "fan");
+    // Through the first replica: its own copy and the second's, both fresh; the stale third
+    // is not asked, so nothing is repaired.
+    let mut first = c.client(reps[0]).await.expect("client");
+    for _ in 0..5 {
+        let got = first.get(get("fan", 2)).await.expect("get").into_inner();
+        assert_eq!(got.value, Bytes::from("v2"));
+        let mut responders = got.meta.expect("meta").replicas;
+        responders.sort();
+        let mut expected = vec![c.ids[reps[0]].clone(), c.ids[reps[1]].clone()];
+        expected.sort();
+        assert_eq!(responders, expected);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        local(&c, stale, "fan"),
+        "v1",
+        "the third replica was not asked"
+    );
+    assert_eq!(c.metric_sum("kv_read_repairs_total"), 0.0);
+    // Through the stale replica: its own copy first, found stale against the other, repaired.
+    let mut third = c.client(stale).await.expect("client");
+    let got = third.get(get("fan", 2)).await.expect("get").into_inner();
+    assert_eq!(
+        got.value,
+        Bytes::from("v2"),
+        "R=2 still sees the newest write"
+    );
+    eventually(5, "the stale coordinator repaired by its own read", || {
+        local(&c, stale, "fan") == "v2"
+    })
+    .await;
+    assert!(c.metric_sum("kv_read_repairs_total") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anti_entropy_repairs_a_key_nobody_reads() {
     let _serial = SERIAL.lock().await;
-    let (c, stale) = stale_third_replica("never-read", "1s").await;
+    let (c, stale) = stale_third_replica("never-read", "1s", &[]).await;
     eventually(15, "anti-entropy repaired the unread key", || {
         local(&c, stale, "never-read") == "v2"
     })

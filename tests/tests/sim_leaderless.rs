@@ -3,7 +3,7 @@
 //! its seed; rerun one with `KV_SIM_SEED=<seed> cargo test -p kv-tests --test sim_leaderless`.
 
 use bytes::Bytes;
-use kv_replica::leaderless::{Action, Config, Leaderless, Msg, Opts, ReadRepair};
+use kv_replica::leaderless::{Action, Config, Leaderless, Msg, Opts, ReadFanout, ReadRepair};
 use kv_replica::{NodeId, Quorum};
 use kv_tests::sim_leaderless::{LlConfig, LlSim, LlStats, SimStore};
 
@@ -51,6 +51,21 @@ fn sim_leaderless_blocking_read_repair_keeps_every_invariant() {
         },
         300,
     );
+}
+
+#[test]
+fn sim_leaderless_quorum_read_fanout_keeps_every_invariant() {
+    for read_repair in [ReadRepair::Async, ReadRepair::Blocking] {
+        let t = run_many(
+            LlConfig {
+                read_fanout: ReadFanout::Quorum,
+                read_repair,
+                ..LlConfig::default()
+            },
+            300,
+        );
+        assert!(t.reads > 3_000 && t.read_repairs > 0, "{t:?}");
+    }
 }
 
 #[test]
@@ -132,9 +147,14 @@ fn sim_leaderless_without_faults_detects_no_conflicts() {
 /// `hint_after`; so does a blocking read repair).
 #[test]
 fn sim_leaderless_a_lossy_replica_fails_no_request() {
-    for read_repair in [ReadRepair::Async, ReadRepair::Blocking] {
+    for (read_repair, read_fanout) in [
+        (ReadRepair::Async, ReadFanout::All),
+        (ReadRepair::Blocking, ReadFanout::All),
+        (ReadRepair::Async, ReadFanout::Quorum),
+    ] {
         let t = run_many(
             LlConfig {
+                read_fanout,
                 drop: 0.0,
                 crash: 0.0,
                 partition: 0.0,
@@ -150,7 +170,7 @@ fn sim_leaderless_a_lossy_replica_fails_no_request() {
         assert_eq!(
             (t.failed, t.reads_failed, t.reads_at_deadline),
             (0, 0, 0),
-            "{read_repair:?}: {t:?}"
+            "{read_repair:?} {read_fanout:?}: {t:?}"
         );
     }
 }
@@ -335,5 +355,71 @@ fn leaderless_write_goes_again_to_silent_replicas_until_they_acknowledge() {
             }
         )),
         "acknowledged: {done:?}"
+    );
+}
+
+/// With `ReadFanout::Quorum` a read asks R replicas, its coordinator's own copy first; the
+/// third is asked only when one of them is still silent after `hint_after`, and its answer
+/// completes the read.
+#[test]
+fn leaderless_quorum_fanout_reads_r_replicas_and_the_others_only_when_one_is_silent() {
+    let (members, mut node, mut store, opts) = lone_node(3, |c| {
+        c.hint_after_ms = 100;
+        c.read_fanout = ReadFanout::Quorum;
+    });
+    let reads = |actions: &[Action]| -> Vec<(NodeId, u64)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    to,
+                    msg: Msg::Read { req, .. },
+                    ..
+                } => Some((to.clone(), *req)),
+                _ => None,
+            })
+            .collect()
+    };
+    node.get(0, 7, Bytes::from_static(b"k"), opts);
+    let first = reads(&node.take_actions());
+    assert_eq!(first.len(), 2, "R=2 replicas asked: {first:?}");
+    assert_eq!(first[0].0, members[0], "its own copy first");
+    let (asked, op) = first[1].clone();
+    let unasked = members
+        .iter()
+        .find(|m| **m != members[0] && **m != asked)
+        .expect("a third replica")
+        .clone();
+    // Its own copy answers; the other replica asked stays silent.
+    let reply = |op| Msg::ReadReply {
+        req: op,
+        stored: None,
+        hlc: 0,
+    };
+    node.step(&mut store, 10, &members[0], reply(op));
+    assert!(node.take_actions().is_empty(), "one response of two");
+    node.tick(&mut store, 150);
+    let mut again: Vec<NodeId> = reads(&node.take_actions())
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    again.sort();
+    let mut expected = vec![asked, unasked.clone()];
+    expected.sort();
+    assert_eq!(
+        again, expected,
+        "the silent one again, and the one not asked"
+    );
+    node.step(&mut store, 160, &unasked, reply(op));
+    let done = node.take_actions();
+    assert!(
+        done.iter().any(|a| matches!(
+            a,
+            Action::Read {
+                req: 7,
+                result: Ok(_)
+            }
+        )),
+        "answered with two responses: {done:?}"
     );
 }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use kv_node::config::{Config, HumanDuration, Mode, ReadRepairMode, StorageKind};
+use kv_node::config::{Config, HumanDuration, Mode, ReadFanoutMode, ReadRepairMode, StorageKind};
 use kv_node::storage::FsyncPolicy;
 
 /// quorumkv node: a replicated key-value store with tunable consistency.
@@ -84,6 +84,12 @@ struct Args {
     /// [default: async].
     #[arg(long, env = "KV_READ_REPAIR")]
     read_repair: Option<ReadRepairMode>,
+    /// Leaderless: which replicas a read asks: all of them (the answer still comes at R, and
+    /// the late one is compared and repaired too), or quorum: R of them, this node's own copy
+    /// first when it holds one, the others only when one stays silent for --hint-after (fewer
+    /// messages; a slow replica costs that read --hint-after) [default: all].
+    #[arg(long, env = "KV_READ_FANOUT")]
+    read_fanout: Option<ReadFanoutMode>,
     /// Leaderless: let fallback nodes holding hints count toward W (sloppy quorum). Writes
     /// survive more failures, but R+W>N no longer guarantees that reads see them.
     #[arg(long, env = "KV_SLOPPY_QUORUM")]
@@ -144,6 +150,7 @@ impl Args {
             tombstone_grace,
             request_timeout,
             read_repair,
+            read_fanout,
             hint_after,
             max_hint_window,
             anti_entropy_interval,

@@ -95,6 +95,19 @@ pub enum ReadRepair {
     Async,
 }
 
+/// Which replicas a read asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadFanout {
+    /// Every reachable replica of the key (as Riak does): the answer still comes at R, and the
+    /// late responder is compared and repaired too, at the cost of N requests per read.
+    #[default]
+    All,
+    /// R replicas, the coordinator's own copy first when it holds one (as Cassandra does):
+    /// fewer messages; the other replicas are asked only when one of those is still silent
+    /// after `hint_after_ms` (a speculative retry), and only responders are repaired.
+    Quorum,
+}
+
 /// Static configuration of one node.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -108,6 +121,8 @@ pub struct Config {
     pub vnodes: u32,
     /// Read repair mode.
     pub read_repair: ReadRepair,
+    /// Which replicas a read asks.
+    pub read_fanout: ReadFanout,
     /// Count fallback nodes holding hints toward W (breaks R+W>N overlap).
     pub sloppy_quorum: bool,
     /// Keep writes for unreachable replicas as hints (off: only read repair and anti-entropy
@@ -136,6 +151,7 @@ impl Config {
             quorum,
             vnodes: 64,
             read_repair: ReadRepair::Async,
+            read_fanout: ReadFanout::All,
             sloppy_quorum: false,
             hinted_handoff: true,
             hint_after_ms: 200,
@@ -442,6 +458,8 @@ struct PendingRead {
     key: Bytes,
     pref: Vec<usize>,
     replies: BTreeMap<usize, Option<Stored>>,
+    /// Replicas sent the read (all of them with `ReadFanout::All`).
+    asked: BTreeSet<usize>,
     r: u32,
     /// Replicas silent until then are asked once more (a request or its reply may be lost).
     retry_at: u64,
@@ -739,17 +757,27 @@ impl Leaderless {
             return;
         }
         let op = self.op_id();
-        for &i in &pref {
-            if !self.down.contains(&i) {
-                self.send(
-                    i,
-                    Msg::Read {
-                        req: op,
-                        key: key.clone(),
-                    },
-                    None,
-                );
+        let mut targets: Vec<usize> = pref
+            .iter()
+            .copied()
+            .filter(|i| !self.down.contains(i))
+            .collect();
+        if self.cfg.read_fanout == ReadFanout::Quorum {
+            // Its own copy costs the coordinator no message.
+            if let Some(at) = targets.iter().position(|&i| i == self.me) {
+                targets[..=at].rotate_right(1);
             }
+            targets.truncate(r as usize);
+        }
+        for &i in &targets {
+            self.send(
+                i,
+                Msg::Read {
+                    req: op,
+                    key: key.clone(),
+                },
+                None,
+            );
         }
         self.reads.insert(
             op,
@@ -758,6 +786,7 @@ impl Leaderless {
                 key,
                 pref,
                 replies: BTreeMap::new(),
+                asked: targets.into_iter().collect(),
                 r,
                 retry_at: now + self.cfg.hint_after_ms,
                 deadline: now + opts.timeout_ms,
@@ -1152,8 +1181,9 @@ impl Leaderless {
     }
 
     /// A read still short of R responses after `hint_after_ms` asks its silent, reachable
-    /// replicas once more: with one lossy replica a lost request or reply would otherwise cost
-    /// the whole deadline. Answering a read twice is harmless.
+    /// replicas once more (with `ReadFanout::Quorum`, those not asked yet too): with one lossy
+    /// replica a lost request or reply would otherwise cost the whole deadline. Answering a
+    /// read twice is harmless.
     fn retry_read(&mut self, op: u64, now: u64) {
         let Some(p) = self.reads.get_mut(&op) else {
             return;
@@ -1184,6 +1214,7 @@ impl Leaderless {
             .copied()
             .filter(|i| !p.replies.contains_key(i) && !self.down.contains(i))
             .collect();
+        p.asked.extend(&silent);
         for i in silent {
             let msg = Msg::Read {
                 req: op,
@@ -1286,7 +1317,8 @@ impl Leaderless {
         }
         let client = p.client;
         let key = p.key.clone();
-        let all_in = p.pref.iter().all(|i| p.replies.contains_key(i));
+        // Kept for late responders (to repair them) until every replica asked has answered.
+        let all_in = p.asked.iter().all(|i| p.replies.contains_key(i));
         let finished = p.replied && (all_in || expired);
         let pref = p.pref.clone();
         let responded: BTreeSet<usize> = p.replies.keys().copied().collect();
