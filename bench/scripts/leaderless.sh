@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Leaderless beside etcd and Redis, one session, the same kv-bench client and workload:
 #   - etcd 3.4, three members (leader endpoint)
-#   - quorumkv leaderless, 5 nodes, N=3 R=2 W=2, fsync batch, every node an endpoint
+#   - quorumkv leaderless, 5 nodes, N=3 R=2 W=2, fsync batch, every node an endpoint (kv-bench
+#     sends each key to its coordinator: token-aware), reads asking all N and only R
 #   - the same with --read-repair blocking, async vs blocking under a lossy replica (10% drop)
 #   - quorumkv leaderless in memory (5 nodes, 3 copies) beside one Redis without persistence
 #
@@ -54,6 +55,13 @@ up() { # up NAME EXTRA_CLUSTER_ARGS... [-- NODE_ARGS...]
 up kv
 bench kv-16 --driver kv --endpoints "$KV_EPS" --clients 16
 bench kv-256 --driver kv --endpoints "$KV_EPS" --clients 256
+stop_all
+# Reads ask R replicas, not all N (Cassandra's way).
+up kv-fanq -- --read-fanout quorum
+bench kv-fanq-16 --driver kv --endpoints "$KV_EPS" --clients 16
+bench kv-fanq-256 --driver kv --endpoints "$KV_EPS" --clients 256
+stop_all
+up kv-lossy
 # Read repair: one replica loses 10% of what is sent to it, so reads keep finding it stale.
 "$BIN/kvctl" --endpoints "$KV_EPS" fault drop n5 0.1 >/dev/null
 echo "kvctl fault drop n5 0.1" >> "$OUT/commands.txt"
@@ -82,7 +90,7 @@ stop_all
 python3 - "$OUT" <<'PY'
 import json, os, sys
 out = sys.argv[1]
-names = ["etcd-16", "kv-16", "etcd-256", "kv-256", "kv-lossy-async-16", "kv-lossy-blocking-16",
+names = ["etcd-16", "kv-16", "kv-fanq-16", "etcd-256", "kv-256", "kv-fanq-256", "kv-lossy-async-16", "kv-lossy-blocking-16",
          "redis-16", "kv-mem-16", "redis-256", "kv-mem-256"]
 d = {}
 for name in names:
@@ -100,6 +108,8 @@ with open(os.path.join(out, "RESULTS.md"), "w") as f:
             f.write("\n%s: %.2fx throughput, p99 %d vs %d us" % (label, d[a][1] / d[b][1], d[a][3], d[b][3]))
     ratio("kv-16", "etcd-16", "16 clients, quorumkv leaderless / etcd")
     ratio("kv-256", "etcd-256", "256 clients, quorumkv leaderless / etcd")
+    ratio("kv-fanq-16", "etcd-16", "16 clients, quorumkv leaderless --read-fanout quorum / etcd")
+    ratio("kv-fanq-256", "etcd-256", "256 clients, quorumkv leaderless --read-fanout quorum / etcd")
     ratio("kv-mem-16", "redis-16", "16 clients, quorumkv in memory (3 copies) / Redis")
     ratio("kv-mem-256", "redis-256", "256 clients, quorumkv in memory (3 copies) / Redis")
     ratio("kv-lossy-blocking-16", "kv-lossy-async-16", "blocking / async read repair, lossy replica")
