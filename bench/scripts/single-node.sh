@@ -44,13 +44,16 @@ fsync_stats() { # fsync_stats NAME: what group commit did during the run
 redis-server --port $REDIS_PORT --save '' --appendonly no --daemonize yes >/dev/null
 echo "redis-server --port $REDIS_PORT --save '' --appendonly no" >> "$OUT/commands.txt"
 sleep 0.5
+# Default connections: one per endpoint (both systems); then one per client.
 bench redis-16 --driver redis --endpoints 127.0.0.1:$REDIS_PORT --clients 16 --mix read=50,write=50
+bench redis-16-conn16 --driver redis --endpoints 127.0.0.1:$REDIS_PORT --clients 16 --connections 16 --mix read=50,write=50
 
 node --storage memory --worker-threads 1
-bench kv-memory-16 --endpoints 127.0.0.1:$KV_PORT --clients 16 --connections 4 --mix read=50,write=50
+bench kv-memory-16 --endpoints 127.0.0.1:$KV_PORT --clients 16 --mix read=50,write=50
+bench kv-memory-16-conn4 --endpoints 127.0.0.1:$KV_PORT --clients 16 --connections 4 --mix read=50,write=50
 bench kv-memory-16-conn16 --endpoints 127.0.0.1:$KV_PORT --clients 16 --connections 16 --mix read=50,write=50
 node --storage memory
-bench kv-memory-16-default-threads --endpoints 127.0.0.1:$KV_PORT --clients 16 --connections 4 --mix read=50,write=50
+bench kv-memory-16-default-threads --endpoints 127.0.0.1:$KV_PORT --clients 16 --mix read=50,write=50
 
 node --data-dir "$DATA" --fsync batch --worker-threads 1
 bench kv-batch-16-mixed --endpoints 127.0.0.1:$KV_PORT --clients 16 --connections 4 --mix read=50,write=50
@@ -91,6 +94,11 @@ with open(os.path.join(out, "RESULTS.md"), "w") as f:
     f.write("| run | ops/s | p50 us | p99 us | p99.9 us | max us | errors | group commit |\n|---|---:|---:|---:|---:|---:|---:|---|\n")
     for r in rows:
         f.write("| %s | %.0f | %d | %d | %d | %d | %d | %s |\n" % r)
+    ops = {r[0]: r[1] for r in rows}
+    for a, b in [("kv-memory-16", "redis-16"), ("kv-memory-16-conn16", "redis-16-conn16")]:
+        if a in ops and b in ops:
+            f.write("\n%s / %s: %.2fx throughput" % (a, b, ops[a] / ops[b]))
+    f.write("\n")
     f.write("\nfsync of one 128 B append (dd oflag=dsync, 2000 writes): %.3f ms\n" % (secs / 2000 * 1000))
     f.write("machine: %d CPUs; commands in commands.txt\n" % os.cpu_count())
 print(open(os.path.join(out, "RESULTS.md")).read())

@@ -131,11 +131,12 @@ fn config(spec: &SweepSpec, r: &RunSpec, endpoints: Vec<String>) -> anyhow::Resu
         .unwrap_or_else(|| "read=50,write=50".into())
         .parse()
         .map_err(|e: String| anyhow::anyhow!("{}: {e}", r.name))?;
+    let connections = endpoints.len().clamp(1, clients);
     Ok(RunConfig {
         driver,
         endpoints,
         clients,
-        connections: clients.min(64),
+        connections,
         rate,
         duration: dur(pick(&s.duration, &d.duration), "10s")?,
         warmup: dur(pick(&s.warmup, &d.warmup), "2s")?,
