@@ -29,6 +29,8 @@ start_etcd
 LEADER=$ETCD_LEADER
 bench etcd-16 --driver etcd --endpoints "$LEADER" --clients 16
 bench etcd-256 --driver etcd --endpoints "$LEADER" --clients 256
+# One connection per client instead of one per endpoint (the default).
+bench etcd-16-conn16 --driver etcd --endpoints "$LEADER" --clients 16 --connections 16
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 1
 
 # --- quorumkv, three nodes ---
@@ -44,12 +46,13 @@ print([n["addr"] for n in json.load(sys.stdin)["nodes"] if n["role"] == "leader"
 echo "quorumkv leader: $LEADER"
 bench kv-16 --driver kv --endpoints "$LEADER" --clients 16 --w 2 --read-from leader
 bench kv-256 --driver kv --endpoints "$LEADER" --clients 256 --w 2 --read-from leader
+bench kv-16-conn16 --driver kv --endpoints "$LEADER" --clients 16 --w 2 --read-from leader --connections 16
 
 python3 - "$OUT" <<'PY'
 import json, os, sys
 out = sys.argv[1]
 rows = []
-for name in ["etcd-16", "kv-16", "etcd-256", "kv-256"]:
+for name in ["etcd-16", "kv-16", "etcd-256", "kv-256", "etcd-16-conn16", "kv-16-conn16"]:
     p = os.path.join(out, name, "summary.json")
     if os.path.exists(p):
         s = json.load(open(p)); l = s["latency_us"]
@@ -59,7 +62,7 @@ with open(os.path.join(out, "RESULTS.md"), "w") as f:
     for r in rows:
         f.write("| %s | %.0f | %d | %d | %d | %d |\n" % r)
     d = {r[0]: r for r in rows}
-    for c in ("16", "256"):
+    for c in ("16", "256", "16-conn16"):
         if "kv-"+c in d and "etcd-"+c in d:
             f.write("\n%s clients: quorumkv / etcd throughput = %.2fx, p99 %d vs %d us" % (c, d["kv-"+c][1] / d["etcd-"+c][1], d["kv-"+c][3], d["etcd-"+c][3]))
     f.write("\n\nmachine: %d CPUs; commands in commands.txt\n" % os.cpu_count())
