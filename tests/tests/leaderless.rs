@@ -15,6 +15,9 @@ use tokio::sync::Mutex;
 /// Five-process clusters: one at a time, so timing is not at the mercy of other clusters.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
+/// N=3 R=2 W=2.
+const NRW: [&str; 6] = ["--n", "3", "--r", "2", "--w", "2"];
+
 /// The replicas of `key` (indexes into the cluster's nodes), as every node computes them.
 fn replicas(c: &Cluster, key: &str) -> Vec<usize> {
     Ring::new(&c.ids, 64).preference_list(key.as_bytes(), 3)
@@ -54,21 +57,10 @@ fn get(key: &str, r: u32) -> pb::GetRequest {
 async fn killed_replica_gets_its_hints_when_it_returns() {
     let _serial = SERIAL.lock().await;
     // Anti-entropy off: what reaches the returning node here comes from hints.
-    let mut c = Cluster::start_leaderless(
-        5,
-        &[
-            "--n",
-            "3",
-            "--r",
-            "2",
-            "--w",
-            "2",
-            "--anti-entropy-interval",
-            "0s",
-        ],
-    )
-    .await
-    .expect("cluster");
+    let mut c =
+        Cluster::start_leaderless(5, &[&NRW[..], &["--anti-entropy-interval", "0s"]].concat())
+            .await
+            .expect("cluster");
     let victim = 2;
     let keys: Vec<String> = (0..60)
         .map(|i| format!("key-{i}"))
@@ -113,17 +105,12 @@ async fn killed_replica_gets_its_hints_when_it_returns() {
 /// `key` while `key` is rewritten from v1 to v2 (`extra`: more node flags). Returns the
 /// cluster and the stale replica.
 async fn stale_third_replica(key: &str, anti_entropy: &str, extra: &[&str]) -> (Cluster, usize) {
-    let mut args = vec![
-        "--n",
-        "3",
-        "--r",
-        "2",
-        "--w",
-        "2",
+    let mut args = NRW.to_vec();
+    args.extend_from_slice(&[
         "--disable-hinted-handoff",
         "--anti-entropy-interval",
         anti_entropy,
-    ];
+    ]);
     args.extend_from_slice(extra);
     let c = Cluster::start_leaderless(5, &args).await.expect("cluster");
     let eps = c.endpoints();
@@ -320,9 +307,7 @@ async fn r1_w1_under_a_partition_reads_stale_and_writes_concurrently_and_counts_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_loss_fails_with_the_replicas_named_or_degrades_when_asked() {
     let _serial = SERIAL.lock().await;
-    let mut c = Cluster::start_leaderless(5, &["--n", "3", "--r", "2", "--w", "2"])
-        .await
-        .expect("cluster");
+    let mut c = Cluster::start_leaderless(5, &NRW).await.expect("cluster");
     let key = "lonely";
     let reps = replicas(&c, key);
     let survivor = reps[0];
@@ -404,9 +389,7 @@ fn bench_writes(c: &Cluster, route: &str, secs: u32) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_aware_client_sends_each_write_to_its_coordinator_and_routes_around_a_dead_one() {
     let _serial = SERIAL.lock().await;
-    let mut c = Cluster::start_leaderless(5, &["--n", "3", "--r", "2", "--w", "2"])
-        .await
-        .expect("cluster");
+    let mut c = Cluster::start_leaderless(5, &NRW).await.expect("cluster");
     let forwarded = |c: &Cluster| c.metric_sum("kv_forwarded_writes_total");
     // Spread over the nodes, most writes land on a node that is not their key's first replica
     // and are forwarded.
