@@ -105,7 +105,15 @@ const MAX_BATCH: usize = 256;
 pub const PEER_MAGIC: &[u8; 8] = b"QKVPEER1";
 
 /// Largest frame a receiver accepts; a longer length means a broken or hostile stream.
-const MAX_FRAME: usize = 256 << 20;
+const MAX_FRAME: usize = 64 << 20;
+
+/// A message whose encoding is longer than this goes in fragments of this size, one at a time
+/// between the other frames, so that a snapshot does not hold up heartbeats and votes behind
+/// it for as long as it takes to cross.
+const FRAGMENT: usize = 1 << 20;
+
+/// Largest message a receiver reassembles from fragments.
+const MAX_MESSAGE: usize = 4 << 30;
 
 /// How long an accepted connection may stay silent before it is taken for a gRPC client.
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(5);
@@ -128,7 +136,8 @@ fn encode_frame(env: &pb::PeerEnvelope, out: &mut Vec<u8>) {
 
 /// One connection to `addr`, kept open and reopened when it breaks: frames of
 /// length-prefixed `PeerEnvelope`s (several queued messages go as one `PeerBatch`), written in
-/// order. Peer messages are many and small; plain framed TCP costs a fraction of a gRPC stream
+/// order; a message longer than [`FRAGMENT`] goes in fragments, each after whatever small
+/// messages queued meanwhile. Peer messages are many and small; plain framed TCP costs a fraction of a gRPC stream
 /// message (no HTTP/2 framing, flow control or extra task hops), and the protocol tolerates
 /// the loss of whatever was in flight when a connection broke.
 async fn peer_sender(
@@ -136,6 +145,7 @@ async fn peer_sender(
     mut rx: mpsc::UnboundedReceiver<pb::PeerEnvelope>,
     up: Arc<AtomicBool>,
 ) {
+    use prost::Message as _;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let target = host_port(&addr).to_string();
     let mut frame = Vec::with_capacity(1 << 16);
@@ -165,42 +175,75 @@ async fn peer_sender(
         up.store(true, Ordering::Relaxed);
         let (mut read, mut write) = stream.into_split();
         let mut probe = [0u8; 1];
+        // Large messages being sent in fragments: the encoding and how much of it went.
+        let mut large: std::collections::VecDeque<(bytes::Bytes, usize)> = Default::default();
         // Send until the connection breaks; notice a close at once (the receiver never writes,
         // so a read returns only then), so that a restarted peer is reconnected before anyone
         // needs to reach it.
         loop {
-            tokio::select! {
-                m = rx.recv() => {
-                    let Some(m) = m else { return };
-                    // Whatever else queued meanwhile goes in the same frame.
-                    let mut batch = Vec::new();
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(more) => batch.push(more),
-                            Err(_) => break,
-                        }
-                    }
-                    let env = if batch.is_empty() {
-                        m
-                    } else {
-                        batch.insert(0, m);
-                        pb::PeerEnvelope {
-                            from: String::new(),
-                            msg: Some(pb::peer_envelope::Msg::Batch(pb::PeerBatch {
-                                envelopes: batch,
-                            })),
-                        }
-                    };
-                    frame.clear();
-                    encode_frame(&env, &mut frame);
-                    if write.write_all(&frame).await.is_err() {
-                        break;
-                    }
-                    if frame.capacity() > 4 << 20 {
-                        frame = Vec::with_capacity(1 << 16); // do not keep a burst's buffer
-                    }
+            let first = if large.is_empty() {
+                tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(m) => Some(m),
+                        None => return,
+                    },
+                    _ = read.read(&mut probe) => break,
                 }
-                _ = read.read(&mut probe) => break,
+            } else {
+                None
+            };
+            // Whatever else queued meanwhile goes in the same frame, except large messages: they
+            // go in fragments, alone.
+            let mut batch: Vec<pb::PeerEnvelope> = Vec::new();
+            let mut next = first;
+            while batch.len() < MAX_BATCH {
+                let Some(m) = next.take().or_else(|| rx.try_recv().ok()) else {
+                    break;
+                };
+                if m.encoded_len() > FRAGMENT {
+                    large.push_back((bytes::Bytes::from(m.encode_to_vec()), 0));
+                } else {
+                    batch.push(m);
+                }
+            }
+            if !batch.is_empty() {
+                let env = if batch.len() == 1 {
+                    batch.remove(0)
+                } else {
+                    pb::PeerEnvelope {
+                        from: String::new(),
+                        msg: Some(pb::peer_envelope::Msg::Batch(pb::PeerBatch {
+                            envelopes: batch,
+                        })),
+                    }
+                };
+                frame.clear();
+                encode_frame(&env, &mut frame);
+                if write.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+            if let Some((msg, sent)) = large.front_mut() {
+                let end = (*sent + FRAGMENT).min(msg.len());
+                let piece = pb::PeerEnvelope {
+                    from: String::new(),
+                    msg: Some(pb::peer_envelope::Msg::Fragment(pb::PeerFragment {
+                        data: msg.slice(*sent..end),
+                        last: end == msg.len(),
+                    })),
+                };
+                *sent = end;
+                if end == msg.len() {
+                    large.pop_front();
+                }
+                frame.clear();
+                encode_frame(&piece, &mut frame);
+                if write.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+            if frame.capacity() > 4 << 20 {
+                frame = Vec::with_capacity(1 << 16); // do not keep a burst's buffer
             }
         }
         up.store(false, Ordering::Relaxed);
@@ -241,6 +284,8 @@ impl PeerReceiver {
         use prost::Message as _;
         use tokio::io::AsyncReadExt as _;
         let mut conn = tokio::io::BufReader::with_capacity(1 << 16, conn);
+        // The fragments of a large message received so far.
+        let mut assembling = bytes::BytesMut::new();
         loop {
             let Ok(len) = conn.read_u32().await else {
                 return;
@@ -254,10 +299,28 @@ impl PeerReceiver {
             if conn.read_exact(&mut buf).await.is_err() {
                 return;
             }
-            let Ok(env) = pb::PeerEnvelope::decode(buf.freeze()) else {
+            let Ok(mut env) = pb::PeerEnvelope::decode(buf.freeze()) else {
                 tracing::warn!("malformed peer frame; closing the connection");
                 return;
             };
+            if let Some(pb::peer_envelope::Msg::Fragment(f)) = env.msg {
+                if assembling.len() + f.data.len() > MAX_MESSAGE {
+                    tracing::warn!("fragmented peer message too long; closing the connection");
+                    return;
+                }
+                assembling.extend_from_slice(&f.data);
+                if !f.last {
+                    continue;
+                }
+                let whole = std::mem::take(&mut assembling).freeze();
+                match pb::PeerEnvelope::decode(whole) {
+                    Ok(e) if !matches!(e.msg, Some(pb::peer_envelope::Msg::Fragment(_))) => env = e,
+                    _ => {
+                        tracing::warn!("malformed fragmented peer message; closing the connection");
+                        return;
+                    }
+                }
+            }
             match env.msg {
                 Some(pb::peer_envelope::Msg::Batch(b)) => {
                     for env in b.envelopes {
@@ -692,6 +755,61 @@ pub(crate) mod tests {
             matches!(closed, Ok(Ok(0))),
             "an oversized frame closes the connection"
         );
+    }
+
+    /// A snapshot larger than a frame crosses in fragments, intact; a vote sent after it
+    /// arrives before the snapshot's last fragment instead of waiting behind it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_message_goes_in_fragments_and_small_ones_pass_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let (rx, rt) = serve(listener);
+        let t = Transport::start(
+            NodeId::from("n1"),
+            &[
+                (NodeId::from("n1"), "127.0.0.1:1".into()),
+                (NodeId::from("n2"), addr.to_string()),
+            ],
+            FaultFilter::default(),
+        );
+        t.send(&NodeId::from("n2"), vote());
+        assert!(received(&rx).await, "connected");
+        // Larger than a frame may be, and not a multiple of the fragment size.
+        let data: Vec<u8> = (0..MAX_FRAME + 3 * FRAGMENT + 12_345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let snapshot = Message::Snapshot {
+            term: Term(4),
+            snapshot: kv_replica::leader_follower::Snapshot {
+                index: LogIndex(1_000),
+                term: Term(4),
+                terms: vec![(LogIndex(1), Term(1)), (LogIndex(500), Term(4))],
+                data: bytes::Bytes::from(data),
+            },
+        };
+        t.send(&NodeId::from("n2"), snapshot.clone());
+        t.send(&NodeId::from("n2"), vote());
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while got.len() < 2 && Instant::now() < deadline {
+            match rx.try_recv() {
+                Ok(Input::Peer { msg, .. }) => got.push(msg),
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        let kinds: Vec<&str> = got
+            .iter()
+            .map(|m| match m {
+                Message::Vote { .. } => "vote",
+                Message::Snapshot { .. } => "snapshot",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["vote", "snapshot"], "the vote passes the snapshot");
+        assert!(got[1] == snapshot, "the snapshot arrived intact");
+        rt.shutdown_background();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
