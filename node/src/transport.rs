@@ -757,10 +757,13 @@ pub(crate) mod tests {
         );
     }
 
-    /// A snapshot larger than a frame crosses in fragments, intact; a vote sent after it
-    /// arrives before the snapshot's last fragment instead of waiting behind it.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_large_message_goes_in_fragments_and_small_ones_pass_it() {
+    /// n1's transport, and n2 served on its own runtime at the returned address.
+    fn n1_and_n2() -> (
+        Transport,
+        std::net::SocketAddr,
+        std::sync::mpsc::Receiver<Input>,
+        tokio::runtime::Runtime,
+    ) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
@@ -773,6 +776,14 @@ pub(crate) mod tests {
             ],
             FaultFilter::default(),
         );
+        (t, addr, rx, rt)
+    }
+
+    /// A snapshot larger than a frame crosses in fragments, intact; a vote sent after it
+    /// arrives before the snapshot's last fragment instead of waiting behind it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_message_goes_in_fragments_and_small_ones_pass_it() {
+        let (t, _, rx, rt) = n1_and_n2();
         t.send(&NodeId::from("n2"), vote());
         assert!(received(&rx).await, "connected");
         // Larger than a frame may be, and not a multiple of the fragment size.
@@ -814,18 +825,7 @@ pub(crate) mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn transport_reconnects_to_a_restarted_peer_before_the_next_message() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("addr");
-        let (rx, rt) = serve(listener);
-        let t = Transport::start(
-            NodeId::from("n1"),
-            &[
-                (NodeId::from("n1"), "127.0.0.1:1".into()),
-                (NodeId::from("n2"), addr.to_string()),
-            ],
-            FaultFilter::default(),
-        );
+        let (t, addr, rx, rt) = n1_and_n2();
         t.send(&NodeId::from("n2"), vote());
         assert!(received(&rx).await, "first message delivered");
 
