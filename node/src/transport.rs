@@ -137,9 +137,9 @@ fn encode_frame(env: &pb::PeerEnvelope, out: &mut Vec<u8>) {
 /// One connection to `addr`, kept open and reopened when it breaks: frames of
 /// length-prefixed `PeerEnvelope`s (several queued messages go as one `PeerBatch`), written in
 /// order; a message longer than [`FRAGMENT`] goes in fragments, each after whatever small
-/// messages queued meanwhile. Peer messages are many and small; plain framed TCP costs a fraction of a gRPC stream
-/// message (no HTTP/2 framing, flow control or extra task hops), and the protocol tolerates
-/// the loss of whatever was in flight when a connection broke.
+/// messages queued meanwhile. Peer messages are many and small; plain framed TCP costs a
+/// fraction of a gRPC stream message (no HTTP/2 framing, flow control or extra task hops), and
+/// the protocol tolerates the loss of whatever was in flight when a connection broke.
 async fn peer_sender(
     addr: String,
     mut rx: mpsc::UnboundedReceiver<pb::PeerEnvelope>,
