@@ -311,6 +311,7 @@ pub fn start(
     members: Vec<NodeId>,
     data_dir: Option<PathBuf>,
     fsync: crate::storage::FsyncPolicy,
+    on_flush: Option<crate::storage::FlushObserver>,
     timing: Timing,
     transport: Transport,
     state: Arc<MemStorage>,
@@ -354,7 +355,7 @@ pub fn start(
             // Weak: a writer holding the channel open would keep the driver thread (and the
             // data directory's lock) alive after the node is dropped.
             let tx = Arc::downgrade(&tx);
-            Some(l.start_writer(move |r| {
+            Some(l.start_writer(on_flush, move |r| {
                 if let Some(tx) = tx.upgrade() {
                     let _ = tx.send(Input::Synced(r));
                 }
@@ -524,17 +525,16 @@ impl Driver {
             let more = !actions.is_empty();
             if more {
                 let restores = self.queue_records(&actions);
-                let records = self
-                    .log
-                    .as_mut()
-                    .map(RaftLog::take_queued)
-                    .unwrap_or_default();
+                let queued = self.log.as_mut().map(RaftLog::take_queued);
                 // A snapshot installed rewrites the file with the replica's state after the
                 // whole batch, which the batch's own records would only repeat.
-                let job = if restores {
-                    self.rewrite(true)
-                } else {
-                    Job::Append(records)
+                let job = match queued {
+                    _ if restores => self.rewrite(true),
+                    Some(job) => job,
+                    None => Job::Append {
+                        bytes: Vec::new(),
+                        records: 0,
+                    },
                 };
                 let (now, batch) = self.pipeline.submit(&mut self.replica, actions);
                 if batch.is_some() && !self.writer.as_ref().is_some_and(|w| w.submit(job)) {
@@ -928,6 +928,7 @@ mod tests {
             members.into_iter().map(|(id, _)| id).collect(),
             Some(dir.to_path_buf()),
             FsyncPolicy::Batch,
+            None,
             Timing::default(),
             transport,
             Arc::new(MemStorage::new()),

@@ -235,6 +235,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             members.into_iter().map(|(id, _)| id).collect(),
             data_dir,
             settings.config.fsync,
+            Some(metrics.flush_observer()),
             driver::Timing {
                 snapshot_entries: settings.config.snapshot_entries,
                 ..driver::Timing::default()

@@ -16,21 +16,24 @@
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use bytes::Bytes;
 use kv_replica::Version;
 use kv_replica::leader_follower::{Command, Entry, HardState, LogIndex, Snapshot, Term};
 
-use crate::storage::FsyncPolicy;
 use crate::storage::StorageError;
 use crate::storage::disk::{corrupt, lock_dir, open_append, replace_file, sync_dir, truncate_torn};
 use crate::storage::record::{self, Frame, Record};
+use crate::storage::{FlushObserver, FsyncPolicy};
 
 /// The replica's durable state, appended to and synced in batches.
 pub struct RaftLog {
     path: PathBuf,
     file: File,
     buf: Vec<u8>,
+    /// Records in `buf`.
+    queued: usize,
     fsync: FsyncPolicy,
     _lock: File,
 }
@@ -288,6 +291,7 @@ impl RaftLog {
                 path,
                 file,
                 buf: Vec::with_capacity(1 << 16),
+                queued: 0,
                 fsync,
                 _lock: lock,
             },
@@ -307,6 +311,7 @@ impl RaftLog {
     /// Queues the term and vote.
     pub fn hard_state(&mut self, h: HardState) {
         record::encode(&mut self.buf, &hard_state_record(h));
+        self.queued += 1;
     }
 
     /// Queues the removal of entries from `from` on.
@@ -323,6 +328,7 @@ impl RaftLog {
                 context: bytes::Bytes::new(),
             },
         );
+        self.queued += 1;
     }
 
     /// Queues entries.
@@ -330,6 +336,7 @@ impl RaftLog {
         for e in entries {
             record::encode(&mut self.buf, &entry_record(e));
         }
+        self.queued += entries.len();
     }
 
     /// Writes what is queued and makes it durable (one fsync, unless the policy is `never`).
@@ -342,23 +349,31 @@ impl RaftLog {
         }
         write_synced(&mut self.file, &self.path, self.fsync, &[&self.buf])?;
         self.buf.clear();
+        self.queued = 0;
         Ok(())
     }
 
-    /// The records queued since the last call (or [`RaftLog::sync`]), for a [`LogWriter`].
-    pub fn take_queued(&mut self) -> Vec<u8> {
-        std::mem::replace(&mut self.buf, Vec::with_capacity(1 << 12))
+    /// The records queued since the last call (or [`RaftLog::sync`]), as a job for a
+    /// [`LogWriter`].
+    pub fn take_queued(&mut self) -> Job {
+        Job::Append {
+            bytes: std::mem::replace(&mut self.buf, Vec::with_capacity(1 << 12)),
+            records: std::mem::take(&mut self.queued),
+        }
     }
 
     /// Starts a thread that writes and syncs what is submitted to it, in order, so that the
     /// replica goes on handling messages while an fsync runs. Everything submitted while one
     /// fsync runs shares the next (group commit). After each fsync it calls `done` with the
-    /// number of submissions durable so far, or with the error that stopped it (then it ends).
+    /// number of submissions durable so far, or with the error that stopped it (then it ends),
+    /// and tells `on_flush` (metrics) how long the write and fsync took and how many records
+    /// it made durable.
     ///
     /// # Errors
     /// The file cannot be shared with the thread, or the thread cannot start.
     pub fn start_writer(
         &self,
+        on_flush: Option<FlushObserver>,
         done: impl Fn(Result<u64, String>) + Send + 'static,
     ) -> Result<LogWriter, StorageError> {
         let mut file = self
@@ -386,12 +401,17 @@ impl RaftLog {
                         WRITE_DELAY_MS.load(std::sync::atomic::Ordering::Relaxed),
                     ));
                     let (res, counted) = match first {
-                        Job::Append(b) => {
+                        Job::Append { bytes, records } => {
                             // Appends queued behind it share its fsync; a rewrite waits its turn.
-                            let mut bufs = vec![b];
+                            let started = Instant::now();
+                            let mut bufs = vec![bytes];
+                            let mut records = records;
                             for j in rx.try_iter() {
                                 match j {
-                                    Job::Append(b) => bufs.push(b),
+                                    Job::Append { bytes, records: r } => {
+                                        bufs.push(bytes);
+                                        records += r;
+                                    }
                                     rewrite @ Job::Rewrite { .. } => {
                                         pending = Some(rewrite);
                                         break;
@@ -399,10 +419,11 @@ impl RaftLog {
                                 }
                             }
                             let slices: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
-                            (
-                                write_synced(&mut file, &path, fsync, &slices),
-                                bufs.len() as u64,
-                            )
+                            let res = write_synced(&mut file, &path, fsync, &slices);
+                            if let (Ok(()), Some(obs)) = (&res, &on_flush) {
+                                obs(started.elapsed(), records);
+                            }
+                            (res, bufs.len() as u64)
                         }
                         Job::Rewrite {
                             snapshot,
@@ -450,7 +471,12 @@ pub(crate) static WRITE_DELAY_MS: std::sync::atomic::AtomicU64 =
 #[derive(Debug)]
 pub enum Job {
     /// Append encoded records (one submission: counted once durable).
-    Append(Vec<u8>),
+    Append {
+        /// The records, encoded.
+        bytes: Vec<u8>,
+        /// How many (metrics).
+        records: usize,
+    },
     /// Replace the whole file with the snapshot, the hard state and the entries kept (see
     /// [`encode_base`], which runs on the writer thread: a large snapshot is copied and
     /// checksummed there, not on the replica's); counted as a submission when `counts`.
@@ -602,7 +628,7 @@ mod tests {
             let (l, _) = RaftLog::open(dir.path(), FsyncPolicy::Batch).expect("open");
             let (tx, rx) = std::sync::mpsc::channel();
             let w = l
-                .start_writer(move |r| {
+                .start_writer(None, move |r| {
                     let _ = tx.send(r);
                 })
                 .expect("writer");
@@ -612,7 +638,10 @@ mod tests {
                 put(1, 2, "b"),
                 put(2, 3, "c"),
             ]));
-            assert!(w.submit(Job::Append(old)));
+            assert!(w.submit(Job::Append {
+                bytes: old,
+                records: 3
+            }));
             // Snapshot at 4, keeping 3 and 4 in the log, then 5 appended after the rewrite.
             let kept = [put(2, 3, "c"), put(2, 4, "d")];
             assert!(w.submit(Job::Rewrite {
@@ -621,7 +650,10 @@ mod tests {
                 entries: kept.to_vec(),
                 counts: false,
             }));
-            assert!(w.submit(Job::Append(entry_bytes(&[put(2, 5, "e")]))));
+            assert!(w.submit(Job::Append {
+                bytes: entry_bytes(&[put(2, 5, "e")]),
+                records: 1
+            }));
             drop(w);
             // Appends count; the compaction does not.
             assert_eq!(rx.try_iter().last(), Some(Ok(2)));

@@ -65,6 +65,17 @@ async fn five_nodes_elect_one_leader_and_writes_through_a_follower_are_redirecte
         (1, Some(false)),
         "{v}"
     );
+
+    // Every node made its log durable (the leader's no-op, then the write) and says so in the
+    // fsync metrics, as a single node's storage engine does.
+    for i in 0..5 {
+        let records = c.metric(i, "kv_fsync_batch_records_sum");
+        let fsyncs = c.metric(i, "kv_fsync_duration_seconds_count");
+        assert!(
+            records >= 2.0 && fsyncs >= 1.0 && fsyncs <= records,
+            "node {i}: {records} records in {fsyncs} fsyncs"
+        );
+    }
 }
 
 /// Where the writers send: every node's endpoint and id.
