@@ -162,6 +162,21 @@ pub(crate) fn next_frame(buf: &[u8], off: usize) -> Frame {
     }
 }
 
+/// Whether the damage [`next_frame`] found at `off` is what a write interrupted by a crash
+/// leaves in a file preallocated with zeros: the file ends in zeros, and no whole record starts
+/// anywhere after `off` (a write cut short leaves a prefix of its records, then the zero fill).
+/// A damaged record with an intact one after it is not explained by a crash: corrupt.
+pub(crate) fn interrupted_write(buf: &[u8], off: usize) -> bool {
+    let Some(last) = buf.iter().rposition(|&b| b != 0) else {
+        return true;
+    };
+    if last < off || last + 1 == buf.len() {
+        // All zeros from `off` (the caller's clean end), or no zero fill: not this case.
+        return last < off;
+    }
+    !(off + 1..=last).any(|o| matches!(next_frame(buf, o), Frame::Record(..)))
+}
+
 fn decode_payload(mut p: &[u8]) -> Option<Record> {
     if p.remaining() < 1 + 8 * 4 + 4 {
         return None;
@@ -308,6 +323,31 @@ mod tests {
         let last = buf.len() - 1;
         buf[last] ^= 0x10;
         assert!(matches!(next_frame(&buf, first), Frame::Corrupt(_)));
+    }
+
+    #[test]
+    fn a_write_cut_short_in_zero_fill_is_interrupted_but_damage_before_a_record_is_not() {
+        let (buf, first) = two_records();
+        // The second record cut short (header and half its payload), then preallocated zeros.
+        let mut cut = buf[..first + HEADER + 3].to_vec();
+        cut.extend_from_slice(&[0u8; 64]);
+        assert!(matches!(next_frame(&cut, first), Frame::Corrupt(_)));
+        assert!(interrupted_write(&cut, first));
+        // Only part of its header written.
+        let mut cut = buf[..first + 5].to_vec();
+        cut.extend_from_slice(&[0u8; 64]);
+        assert!(interrupted_write(&cut, first));
+        // The first record damaged while the second is whole: corrupt, even before zero fill.
+        let mut flipped = buf.clone();
+        flipped[HEADER + 2] ^= 0x01;
+        flipped.extend_from_slice(&[0u8; 64]);
+        assert!(matches!(next_frame(&flipped, 0), Frame::Corrupt(_)));
+        assert!(!interrupted_write(&flipped, 0));
+        // A full-length damaged last record with no zero fill after it (not preallocated).
+        let mut last = buf.clone();
+        let end = last.len() - 1;
+        last[end] ^= 0x10;
+        assert!(!interrupted_write(&last, first));
     }
 
     #[test]
