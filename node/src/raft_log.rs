@@ -14,13 +14,10 @@
 //! or the new one, never a mix. A torn final record is cut off and reported; other damage
 //! stops the node.
 //!
-//! The file is preallocated: zeros are written ahead of the records (`PREALLOCATE` at a time),
-//! and each batch overwrites them in place. An fsync of a file that grows must also commit its
-//! new size through the file system's journal; overwriting blocks the file already has, it
-//! writes only the data (as etcd's WAL and PostgreSQL's zero-filled segments do). Here that
-//! took one fsync from 122-133 µs to 85-95 µs and a third less CPU. Replay stops at the zero
-//! fill; a write cut short inside it (a record, then zeros, and no whole record after) is a
-//! torn tail.
+//! The file is preallocated (`storage::disk::Appender`): zeros are written ahead of the
+//! records and each batch overwrites them in place, so that an fsync writes data, not the
+//! file's new size. Replay stops at the zero fill; a write cut short inside it (a record, then
+//! zeros, and no whole record after) is a torn tail.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -31,7 +28,9 @@ use kv_replica::Version;
 use kv_replica::leader_follower::{Command, Entry, HardState, LogIndex, Snapshot, Term};
 
 use crate::storage::StorageError;
-use crate::storage::disk::{corrupt, lock_dir, replace_file, sync_dir, truncate_torn};
+use crate::storage::disk::{
+    Appender, PREALLOCATE, corrupt, lock_dir, replace_file, sync_dir, truncate_torn,
+};
 use crate::storage::record::{self, Frame, Record};
 use crate::storage::{FlushObserver, FsyncPolicy};
 
@@ -434,7 +433,7 @@ impl RaftLog {
                                 }
                             }
                             let slices: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
-                            let res = out.write(&slices);
+                            let res = out.write(&slices).map(|_| ());
                             if let (Ok(()), Some(obs)) = (&res, &on_flush) {
                                 obs(started.elapsed(), records);
                             }
@@ -530,85 +529,6 @@ impl Drop for LogWriter {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-/// Zeros written ahead of the records at a time (and after a rewritten log).
-const PREALLOCATE: usize = 2 << 20;
-
-/// Writes batches of records in place at the end of the log, over zeros written ahead of them
-/// (see the module documentation), and makes each durable.
-struct Appender {
-    file: File,
-    path: PathBuf,
-    fsync: FsyncPolicy,
-    /// Where the next record goes.
-    end: u64,
-    /// The file's length: zeros from `end` to here.
-    len: u64,
-}
-
-impl Appender {
-    fn open(path: &Path, end: u64, fsync: FsyncPolicy) -> Result<Self, StorageError> {
-        let io = |what: &str, e| StorageError::io(format!("{what} {}", path.display()), e);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| io("cannot open for writing", e))?;
-        let len = file.metadata().map_err(|e| io("cannot stat", e))?.len();
-        Ok(Appender {
-            file,
-            path: path.to_path_buf(),
-            fsync,
-            end,
-            len: len.max(end),
-        })
-    }
-
-    fn try_clone(&self) -> Result<Self, StorageError> {
-        Ok(Appender {
-            file: self.file.try_clone().map_err(|e| {
-                StorageError::io(format!("cannot share {}", self.path.display()), e)
-            })?,
-            path: self.path.clone(),
-            ..*self
-        })
-    }
-
-    /// Writes `bufs` at the end, first zero-filling ahead when they would pass the file's
-    /// length (one fsync makes both durable), then fsyncs unless the policy is `never`.
-    fn write(&mut self, bufs: &[&[u8]]) -> Result<(), StorageError> {
-        use std::os::unix::fs::FileExt as _;
-        let io = |what: &str, e| StorageError::io(format!("{what} {}", self.path.display()), e);
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        let needed = self.end + total as u64;
-        if needed > self.len && self.fsync != FsyncPolicy::Never {
-            let zeros = vec![0u8; (needed - self.len) as usize + PREALLOCATE];
-            self.file
-                .write_all_at(&zeros, self.len)
-                .map_err(|e| io("cannot preallocate", e))?;
-            self.len += zeros.len() as u64;
-        }
-        // One write: concatenated when several batches share this fsync.
-        let joined;
-        let data: &[u8] = match bufs {
-            [one] => one,
-            _ => {
-                joined = bufs.concat();
-                &joined
-            }
-        };
-        self.file
-            .write_all_at(data, self.end)
-            .map_err(|e| io("cannot write", e))?;
-        self.end = needed;
-        self.len = self.len.max(needed);
-        if self.fsync != FsyncPolicy::Never {
-            self.file.sync_data().map_err(|e| io("cannot fsync", e))?;
-        }
-        Ok(())
     }
 }
 

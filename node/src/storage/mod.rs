@@ -213,7 +213,6 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use std::fs::OpenOptions;
-    use std::io::Write as _;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -342,14 +341,13 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn disk_torn_final_record_is_truncated_and_reported() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        three_writes(dir.path()).await;
-        let seg = only_segment(dir.path());
-        let len = std::fs::metadata(&seg).expect("stat").len();
-        // A crash in the middle of appending record 4: its first 20 bytes reached the file.
-        let mut f = OpenOptions::new().append(true).open(&seg).expect("open");
+    /// Where the records of a preallocated segment end (each of these ends in a value byte).
+    fn data_end(seg: &std::path::Path) -> usize {
+        let bytes = std::fs::read(seg).expect("read");
+        bytes.iter().rposition(|&b| b != 0).expect("records") + 1
+    }
+
+    fn record4() -> Vec<u8> {
         let mut rec4 = Vec::new();
         record::encode(
             &mut rec4,
@@ -363,14 +361,70 @@ mod tests {
                 context: bytes::Bytes::new(),
             },
         );
-        f.write_all(&rec4[..20]).expect("append");
+        rec4
+    }
+
+    #[tokio::test]
+    async fn disk_torn_final_record_is_truncated_and_reported() {
+        use std::os::unix::fs::FileExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        three_writes(dir.path()).await;
+        let seg = only_segment(dir.path());
+        let len = std::fs::metadata(&seg).expect("stat").len();
+        let end = data_end(&seg) as u64;
+        assert!(len > end, "zeros written ahead of the records");
+        // A crash in the middle of writing record 4: its first 20 bytes reached the zero fill.
+        let f = OpenOptions::new().write(true).open(&seg).expect("open");
+        f.write_all_at(&record4()[..20], end).expect("write");
         drop(f);
         let (s, report) = DiskStorage::open(dir.path(), DiskOptions::default()).expect("open");
         let (file, offset, cut, _) = report.truncated.expect("reported");
-        assert_eq!((file, offset, cut), (seg.clone(), len, 20));
-        assert_eq!(std::fs::metadata(&seg).expect("stat").len(), len);
+        assert_eq!((file, offset, cut), (seg.clone(), end, len - end));
+        assert_eq!(std::fs::metadata(&seg).expect("stat").len(), end);
         assert_eq!(s.stats().live_keys, 3);
         assert_eq!(s.write(w("k4", "again", 4)).expect("write"), 4);
+        drop(s);
+
+        // A segment with no zero fill (an earlier version's), torn at its end.
+        let dir = tempfile::tempdir().expect("tempdir");
+        three_writes(dir.path()).await;
+        let seg = only_segment(dir.path());
+        let end = data_end(&seg) as u64;
+        let f = OpenOptions::new().write(true).open(&seg).expect("open");
+        f.set_len(end).expect("cut the zero fill");
+        f.write_all_at(&record4()[..20], end).expect("write");
+        drop(f);
+        let (s, report) = DiskStorage::open(dir.path(), DiskOptions::default()).expect("open");
+        let (file, offset, cut, _) = report.truncated.expect("reported");
+        assert_eq!((file, offset, cut), (seg.clone(), end, 20));
+        assert_eq!(s.stats().live_keys, 3);
+    }
+
+    #[tokio::test]
+    async fn disk_reopens_a_preallocated_segment_at_its_last_record_and_appends_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        three_writes(dir.path()).await;
+        let seg = only_segment(dir.path());
+        let len = std::fs::metadata(&seg).expect("stat").len();
+        {
+            let (s, report) = disk_open(dir.path());
+            assert!(report.truncated.is_none(), "the zero fill is no torn tail");
+            let lsn = s.write(w("k4", "value", 4)).expect("write");
+            s.wait_durable(lsn).await.expect("durable");
+        }
+        assert_eq!(
+            std::fs::metadata(&seg).expect("stat").len(),
+            len,
+            "written in place"
+        );
+        let (s, report) = disk_open(dir.path());
+        assert!(report.truncated.is_none());
+        assert_eq!(report.last_lsn, 4);
+        assert_eq!(s.stats().live_keys, 4);
+    }
+
+    fn disk_open(dir: &std::path::Path) -> (DiskStorage, RecoveryReport) {
+        DiskStorage::open(dir, DiskOptions::default()).expect("open")
     }
 
     #[tokio::test]
@@ -379,7 +433,9 @@ mod tests {
         three_writes(dir.path()).await;
         let seg = only_segment(dir.path());
         let good = std::fs::read(&seg).expect("read");
-        for at in [5, good.len() / 2, good.len() - 1] {
+        let end = data_end(&seg);
+        // In the first header, in the middle, and the last byte of the last record.
+        for at in [5, end / 2, end - 1] {
             let mut bad = good.clone();
             bad[at] ^= 0x04;
             std::fs::write(&seg, &bad).expect("write");

@@ -163,18 +163,31 @@ pub(crate) fn next_frame(buf: &[u8], off: usize) -> Frame {
 }
 
 /// Whether the damage [`next_frame`] found at `off` is what a write interrupted by a crash
-/// leaves in a file preallocated with zeros: the file ends in zeros, and no whole record starts
-/// anywhere after `off` (a write cut short leaves a prefix of its records, then the zero fill).
-/// A damaged record with an intact one after it is not explained by a crash: corrupt.
+/// leaves in a file preallocated with zeros: the record there is short (its header, or the
+/// payload its header announces, runs into the zero fill that ends the file) and no whole
+/// record starts after it. A full-length record that fails its checksum, or a damaged one with
+/// an intact record after it, is not explained by a crash: corrupt.
 pub(crate) fn interrupted_write(buf: &[u8], off: usize) -> bool {
     let Some(last) = buf.iter().rposition(|&b| b != 0) else {
         return true;
     };
-    if last < off || last + 1 == buf.len() {
-        // All zeros from `off` (the caller's clean end), or no zero fill: not this case.
-        return last < off;
+    if last < off {
+        return true; // all zeros from `off`: the end, not damage
     }
-    !(off + 1..=last).any(|o| matches!(next_frame(buf, o), Frame::Record(..)))
+    if last + 1 == buf.len() {
+        return false; // no zero fill after it: not a preallocated file
+    }
+    let rest = &buf[off..];
+    let header_ok = rest.len() >= HEADER
+        && crc32fast::hash(&rest[0..8])
+            == u32::from_le_bytes([rest[8], rest[9], rest[10], rest[11]]);
+    let frame_end = if header_ok {
+        off + HEADER + u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize
+    } else {
+        off + HEADER
+    };
+    let short = last + 1 < frame_end;
+    short && !(off + 1..=last).any(|o| matches!(next_frame(buf, o), Frame::Record(..)))
 }
 
 fn decode_payload(mut p: &[u8]) -> Option<Record> {
@@ -343,11 +356,19 @@ mod tests {
         flipped.extend_from_slice(&[0u8; 64]);
         assert!(matches!(next_frame(&flipped, 0), Frame::Corrupt(_)));
         assert!(!interrupted_write(&flipped, 0));
-        // A full-length damaged last record with no zero fill after it (not preallocated).
+        // A full-length damaged last record, with or without zero fill after it.
         let mut last = buf.clone();
         let end = last.len() - 1;
         last[end] ^= 0x10;
         assert!(!interrupted_write(&last, first));
+        last.extend_from_slice(&[0u8; 64]);
+        assert!(matches!(next_frame(&last, first), Frame::Corrupt(_)));
+        assert!(!interrupted_write(&last, first));
+        // A whole header with a flipped bit, its payload after it: corrupt.
+        let mut header = buf.clone();
+        header[first + 1] ^= 0x01;
+        header.extend_from_slice(&[0u8; 64]);
+        assert!(!interrupted_write(&header, first));
     }
 
     #[test]
