@@ -7,6 +7,8 @@
 # Needs etcd (Debian: apt-get install etcd-server etcd-client) and python3. Both systems get
 # their leader's endpoint only (a follower would forward or redirect). Workload: 10k keys,
 # 100 B values, zipfian, 50/50 get/put, 20 s after 2 s warm-up, 16 and 256 closed-loop clients.
+# Last, the ceiling: one quorumkv node in memory with nothing replicated, driven the same way.
+# Needs curl.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-bench/results/leader-follower}
@@ -47,12 +49,24 @@ echo "quorumkv leader: $LEADER"
 bench kv-16 --driver kv --endpoints "$LEADER" --clients 16 --w 2 --read-from leader
 bench kv-256 --driver kv --endpoints "$LEADER" --clients 256 --w 2 --read-from leader
 bench kv-16-conn16 --driver kv --endpoints "$LEADER" --clients 16 --w 2 --read-from leader --connections 16
+for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 1
+
+# --- the ceiling: one quorumkv node in memory (no replication, no fsync), same client ---
+# What the gRPC server and this client reach on this machine with nothing replicated: a
+# replicated cluster's throughput cannot pass it.
+cmd=("$BIN/kv-node" --id ceiling --listen 127.0.0.1:7409 --admin-listen 127.0.0.1:9409 --storage memory --worker-threads 1)
+echo "${cmd[*]}" >> "$OUT/commands.txt"
+"${cmd[@]}" > "$TMP/ceiling.out" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do curl -sf 127.0.0.1:9409/readyz >/dev/null && break; sleep 0.1; done
+bench ceiling-16 --driver kv --endpoints 127.0.0.1:7409 --clients 16
+bench ceiling-256 --driver kv --endpoints 127.0.0.1:7409 --clients 256
 
 python3 - "$OUT" <<'PY'
 import json, os, sys
 out = sys.argv[1]
 rows = []
-for name in ["etcd-16", "kv-16", "etcd-256", "kv-256", "etcd-16-conn16", "kv-16-conn16"]:
+for name in ["etcd-16", "kv-16", "etcd-256", "kv-256", "etcd-16-conn16", "kv-16-conn16", "ceiling-16", "ceiling-256"]:
     p = os.path.join(out, name, "summary.json")
     if os.path.exists(p):
         s = json.load(open(p)); l = s["latency_us"]
@@ -65,6 +79,9 @@ with open(os.path.join(out, "RESULTS.md"), "w") as f:
     for c in ("16", "256", "16-conn16"):
         if "kv-"+c in d and "etcd-"+c in d:
             f.write("\n%s clients: quorumkv / etcd throughput = %.2fx, p99 %d vs %d us" % (c, d["kv-"+c][1] / d["etcd-"+c][1], d["kv-"+c][3], d["etcd-"+c][3]))
+    for c in ("16", "256"):
+        if "ceiling-"+c in d and "etcd-"+c in d:
+            f.write("\nceiling at %s clients (one in-memory node, nothing replicated): %.0f ops/s = %.2fx etcd" % (c, d["ceiling-"+c][1], d["ceiling-"+c][1] / d["etcd-"+c][1]))
     f.write("\n\nmachine: %d CPUs; commands in commands.txt\n" % os.cpu_count())
 print(open(os.path.join(out, "RESULTS.md")).read())
 PY
