@@ -364,40 +364,39 @@ mod tests {
         rec4
     }
 
+    /// Three durable writes, then a crash in the middle of writing record 4: its first 20
+    /// bytes reached the segment's zero fill or, `no_fill`, the end of a segment without one
+    /// (an earlier version's). Returns the segment, where its records end and its length.
+    async fn torn_segment(dir: &std::path::Path, no_fill: bool) -> (std::path::PathBuf, u64, u64) {
+        use std::os::unix::fs::FileExt as _;
+        three_writes(dir).await;
+        let seg = only_segment(dir);
+        let end = data_end(&seg) as u64;
+        let f = OpenOptions::new().write(true).open(&seg).expect("open");
+        if no_fill {
+            f.set_len(end).expect("cut the zero fill");
+        }
+        f.write_all_at(&record4()[..20], end).expect("write");
+        let len = f.metadata().expect("stat").len();
+        (seg, end, len)
+    }
+
     #[tokio::test]
     async fn disk_torn_final_record_is_truncated_and_reported() {
-        use std::os::unix::fs::FileExt as _;
-        let dir = tempfile::tempdir().expect("tempdir");
-        three_writes(dir.path()).await;
-        let seg = only_segment(dir.path());
-        let len = std::fs::metadata(&seg).expect("stat").len();
-        let end = data_end(&seg) as u64;
-        assert!(len > end, "zeros written ahead of the records");
-        // A crash in the middle of writing record 4: its first 20 bytes reached the zero fill.
-        let f = OpenOptions::new().write(true).open(&seg).expect("open");
-        f.write_all_at(&record4()[..20], end).expect("write");
-        drop(f);
-        let (s, report) = DiskStorage::open(dir.path(), DiskOptions::default()).expect("open");
-        let (file, offset, cut, _) = report.truncated.expect("reported");
-        assert_eq!((file, offset, cut), (seg.clone(), end, len - end));
-        assert_eq!(std::fs::metadata(&seg).expect("stat").len(), end);
-        assert_eq!(s.stats().live_keys, 3);
-        assert_eq!(s.write(w("k4", "again", 4)).expect("write"), 4);
-        drop(s);
-
-        // A segment with no zero fill (an earlier version's), torn at its end.
-        let dir = tempfile::tempdir().expect("tempdir");
-        three_writes(dir.path()).await;
-        let seg = only_segment(dir.path());
-        let end = data_end(&seg) as u64;
-        let f = OpenOptions::new().write(true).open(&seg).expect("open");
-        f.set_len(end).expect("cut the zero fill");
-        f.write_all_at(&record4()[..20], end).expect("write");
-        drop(f);
-        let (s, report) = DiskStorage::open(dir.path(), DiskOptions::default()).expect("open");
-        let (file, offset, cut, _) = report.truncated.expect("reported");
-        assert_eq!((file, offset, cut), (seg.clone(), end, 20));
-        assert_eq!(s.stats().live_keys, 3);
+        for no_fill in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (seg, end, len) = torn_segment(dir.path(), no_fill).await;
+            assert!(
+                no_fill || len > end + 20,
+                "zeros written ahead of the records"
+            );
+            let (s, report) = disk_open(dir.path());
+            let (file, offset, cut, _) = report.truncated.expect("reported");
+            assert_eq!((file, offset, cut), (seg.clone(), end, len - end));
+            assert_eq!(std::fs::metadata(&seg).expect("stat").len(), end);
+            assert_eq!(s.stats().live_keys, 3);
+            assert_eq!(s.write(w("k4", "again", 4)).expect("write"), 4);
+        }
     }
 
     #[tokio::test]
