@@ -180,7 +180,7 @@ impl RaftLog {
         let mut log: Vec<Entry> = Vec::new();
         let mut off = 0;
         loop {
-            match record::next_frame(&buf, off) {
+            match record::next_log_frame(&buf, off) {
                 Frame::Record(r, next) => {
                     match r.kind {
                         record::KIND_RAFT_SNAPSHOT if off == 0 => {
@@ -267,18 +267,8 @@ impl RaftLog {
                     off = next;
                 }
                 Frame::End => break,
-                // The preallocated zeros after the last record: the end of the log.
-                _ if buf[off..].iter().all(|&b| b == 0) => break,
                 Frame::Torn(why) => {
                     truncate_torn(&path, off as u64, &why)?;
-                    break;
-                }
-                Frame::Corrupt(_) if record::interrupted_write(&buf, off) => {
-                    truncate_torn(
-                        &path,
-                        off as u64,
-                        "a record cut short in the preallocated space",
-                    )?;
                     break;
                 }
                 Frame::Corrupt(why) => {

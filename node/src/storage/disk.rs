@@ -399,7 +399,7 @@ pub(crate) const PREALLOCATE: usize = 2 << 20;
 /// through the file system's journal; overwriting blocks the file already has, it writes only
 /// the data (as etcd's WAL and PostgreSQL's zero-filled segments do). Here that took one fsync
 /// of a small append from 122-133 µs to 85-95 µs and a third less CPU. Readers stop at the zero
-/// fill (see [`record::interrupted_write`] for a write cut short inside it).
+/// fill (see [`record::next_log_frame`] for a write cut short inside it).
 pub(crate) struct Appender {
     file: File,
     path: PathBuf,
@@ -443,8 +443,8 @@ impl Appender {
     /// length (one fsync makes both durable), then fsyncs unless the policy is `never`.
     /// Returns how many bytes the file grew.
     pub(crate) fn write(&mut self, bufs: &[&[u8]]) -> Result<u64, StorageError> {
-        let before = self.len;
         use std::os::unix::fs::FileExt as _;
+        let before = self.len;
         let io = |what: &str, e| StorageError::io(format!("{what} {}", self.path.display()), e);
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let needed = self.end + total as u64;
@@ -536,7 +536,7 @@ impl DiskStorage {
             let mut off = 0usize;
             let mut expect = *first;
             loop {
-                match record::next_frame(&buf, off) {
+                match record::next_log_frame(&buf, off) {
                     Frame::Record(r, next) => {
                         if r.lsn != expect {
                             return Err(corrupt(
@@ -557,16 +557,7 @@ impl DiskStorage {
                         off = next;
                     }
                     Frame::End => break,
-                    // The zeros written ahead of the records (`Appender`): the end.
-                    _ if buf[off..].iter().all(|&b| b == 0) => break,
                     Frame::Torn(why) if is_last => {
-                        let cut = (buf.len() - off) as u64;
-                        truncate_torn(path, off as u64, &why)?;
-                        report.truncated = Some((path.clone(), off as u64, cut, why));
-                        break;
-                    }
-                    Frame::Corrupt(_) if is_last && record::interrupted_write(&buf, off) => {
-                        let why = "a record cut short in the preallocated space".to_string();
                         let cut = (buf.len() - off) as u64;
                         truncate_torn(path, off as u64, &why)?;
                         report.truncated = Some((path.clone(), off as u64, cut, why));

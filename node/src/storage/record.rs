@@ -124,6 +124,15 @@ pub(crate) enum Frame {
     Corrupt(String),
 }
 
+/// The payload length a frame header at the start of `rest` announces, if the header is whole,
+/// its checksum holds and the length is within bounds.
+fn payload_len(rest: &[u8]) -> Option<usize> {
+    let h = rest.get(..HEADER)?;
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    let hcrc = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    (crc32fast::hash(&h[0..8]) == hcrc && len <= MAX_PAYLOAD).then_some(len as usize)
+}
+
 /// Decodes the frame at `off` in `buf` (a whole file).
 pub(crate) fn next_frame(buf: &[u8], off: usize) -> Frame {
     let rest = &buf[off..];
@@ -133,16 +142,14 @@ pub(crate) fn next_frame(buf: &[u8], off: usize) -> Frame {
     if rest.len() < HEADER {
         return Frame::Torn(format!("partial record header ({} bytes)", rest.len()));
     }
-    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-    let pcrc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-    let hcrc = u32::from_le_bytes([rest[8], rest[9], rest[10], rest[11]]);
-    if crc32fast::hash(&rest[0..8]) != hcrc || len > MAX_PAYLOAD {
+    let Some(len) = payload_len(rest) else {
         if rest.iter().all(|&b| b == 0) {
             return Frame::Torn(format!("zero-filled tail ({} bytes)", rest.len()));
         }
         return Frame::Corrupt("record header checksum mismatch".into());
-    }
-    let end = HEADER + len as usize;
+    };
+    let pcrc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+    let end = HEADER + len;
     if end > rest.len() {
         return Frame::Torn(format!(
             "final record runs past the end of the file ({} of {} bytes)",
@@ -167,7 +174,7 @@ pub(crate) fn next_frame(buf: &[u8], off: usize) -> Frame {
 /// payload its header announces, runs into the zero fill that ends the file) and no whole
 /// record starts after it. A full-length record that fails its checksum, or a damaged one with
 /// an intact record after it, is not explained by a crash: corrupt.
-pub(crate) fn interrupted_write(buf: &[u8], off: usize) -> bool {
+fn interrupted_write(buf: &[u8], off: usize) -> bool {
     let Some(last) = buf.iter().rposition(|&b| b != 0) else {
         return true;
     };
@@ -177,17 +184,23 @@ pub(crate) fn interrupted_write(buf: &[u8], off: usize) -> bool {
     if last + 1 == buf.len() {
         return false; // no zero fill after it: not a preallocated file
     }
-    let rest = &buf[off..];
-    let header_ok = rest.len() >= HEADER
-        && crc32fast::hash(&rest[0..8])
-            == u32::from_le_bytes([rest[8], rest[9], rest[10], rest[11]]);
-    let frame_end = if header_ok {
-        off + HEADER + u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize
-    } else {
-        off + HEADER
-    };
+    let frame_end = off + HEADER + payload_len(&buf[off..]).unwrap_or(0);
     let short = last + 1 < frame_end;
     short && !(off + 1..=last).any(|o| matches!(next_frame(buf, o), Frame::Record(..)))
+}
+
+/// [`next_frame`] in a log file preallocated with zeros (`disk::Appender`): the zero fill after
+/// the last record is the end, and a write cut short inside it ([`interrupted_write`]) is a
+/// torn tail.
+pub(crate) fn next_log_frame(buf: &[u8], off: usize) -> Frame {
+    match next_frame(buf, off) {
+        f @ (Frame::Record(..) | Frame::End) => f,
+        _ if buf[off..].iter().all(|&b| b == 0) => Frame::End,
+        Frame::Corrupt(_) if interrupted_write(buf, off) => {
+            Frame::Torn("a record cut short in the preallocated space".into())
+        }
+        f => f,
+    }
 }
 
 fn decode_payload(mut p: &[u8]) -> Option<Record> {
