@@ -5,8 +5,10 @@
 //! - [`driver`]: connections to quorumkv (gRPC) and Redis.
 //! - [`h2`]: a lean HTTP/2 channel for the generated gRPC client.
 //! - [`run`]: the closed-loop run, HdrHistogram latency, `summary.json` and `latency.hgrm`.
+//! - [`cpu`]: the generator's own CPU use, reported with every run.
 
 pub mod check;
+pub mod cpu;
 pub mod driver;
 
 /// etcd's KV API (the subset the etcd driver uses), generated from `proto/etcd/rpc.proto`.

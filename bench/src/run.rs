@@ -171,6 +171,8 @@ pub struct Summary {
     pub command: Vec<String>,
     /// Logical CPUs of the machine the run was made on.
     pub machine_cpus: usize,
+    /// The generator's own CPU use over the measured time (`None` without procfs).
+    pub client_cpu: Option<crate::cpu::ClientCpu>,
     /// The latency histogram (for comparisons; not in summary.json).
     #[serde(skip)]
     pub latency_histogram: Option<Histogram<u64>>,
@@ -650,6 +652,13 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
             }
         })
     };
+    // The generator's own CPU over exactly the measured time.
+    let cpu_sampler = tokio::spawn(async move {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
+        let before = crate::cpu::process_cpu_seconds();
+        tokio::time::sleep_until(tokio::time::Instant::from_std(end)).await;
+        Some((before?, crate::cpu::process_cpu_seconds()?))
+    });
     let mut total = ClientResult::default();
     for t in tasks {
         let r = t.await.context("a client task panicked")?;
@@ -682,6 +691,15 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
         let _ = t.join();
     }
     let all = total.all.unwrap_or_else(histogram);
+    let client_cpu = cpu_sampler.await.ok().flatten().map(|(before, after)| {
+        crate::cpu::ClientCpu::between(
+            before,
+            after,
+            cfg.duration.as_secs_f64(),
+            all.len(),
+            cfg.threads,
+        )
+    });
     let mut by_op = BTreeMap::new();
     for (name, h) in [("read", total.read), ("write", total.write)] {
         if let Some(h) = h.filter(|h| !h.is_empty()) {
@@ -761,6 +779,7 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
         config: (*cfg).clone(),
         command,
         machine_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        client_cpu,
         latency_histogram: Some(all.clone()),
     };
     let path = cfg.out.join("summary.json");
@@ -818,6 +837,21 @@ pub fn table(s: &Summary) -> String {
     }
     if s.degraded > 0 {
         out.push_str(&format!("degraded answers: {}\n", s.degraded));
+    }
+    if let Some(c) = &s.client_cpu {
+        out.push_str(&format!(
+            "generator CPU: {:.2} cores ({} thread{}), {:.1} us per operation\n",
+            c.cores,
+            c.threads,
+            if c.threads == 1 { "" } else { "s" },
+            c.per_op_us
+        ));
+        if c.saturated() {
+            out.push_str(
+                "warning: the generator kept its threads busy nearly all the time, so this \
+                 run may measure it rather than the server: try --threads, or fewer clients\n",
+            );
+        }
     }
     if s.errors.is_empty() {
         out.push_str("errors: none\n");

@@ -1,0 +1,97 @@
+//! The load generator's own CPU use over the measured time.
+//!
+//! A closed-loop generator that runs out of CPU measures itself, not the server: its
+//! throughput stops growing while the server idles. Every run reports how many cores the
+//! generator used and its CPU time per operation, and warns when it used nearly all of its
+//! threads; on a machine shared with the servers, its share is CPU they did not have.
+
+use serde::Serialize;
+
+/// What the generator spent while it was measuring.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ClientCpu {
+    /// CPU seconds (user + system, every thread) over the measured time.
+    pub seconds: f64,
+    /// `seconds` per second of measured time: cores kept busy.
+    pub cores: f64,
+    /// CPU microseconds per successful operation.
+    pub per_op_us: f64,
+    /// The runtime's worker threads (`--threads`): the most cores it could keep busy.
+    pub threads: usize,
+}
+
+impl ClientCpu {
+    /// From two [`process_cpu_seconds`] readings `duration_s` apart, over `ops` operations.
+    pub fn between(before: f64, after: f64, duration_s: f64, ops: u64, threads: usize) -> Self {
+        let seconds = (after - before).max(0.0);
+        ClientCpu {
+            seconds,
+            cores: seconds / duration_s.max(f64::EPSILON),
+            per_op_us: seconds * 1e6 / ops.max(1) as f64,
+            threads,
+        }
+    }
+
+    /// Whether the generator ran its threads nearly flat out (90% or more): then its own
+    /// speed may be what the run measured.
+    pub fn saturated(&self) -> bool {
+        self.cores >= 0.9 * self.threads as f64
+    }
+}
+
+/// CPU seconds this process has used so far, all threads, user and system; `None` without
+/// Linux's procfs.
+pub fn process_cpu_seconds() -> Option<f64> {
+    parse_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// utime + stime of a `/proc/<pid>/stat` line, in seconds. The command name (field 2) is in
+/// parentheses and may hold spaces or parentheses itself, so fields are counted after the last
+/// `)`; utime and stime are fields 14 and 15, in USER_HZ, which Linux fixes at 100 for this
+/// file.
+fn parse_stat(stat: &str) -> Option<f64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3.
+    let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
+    let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_utime_and_stime_past_a_command_name_with_spaces_and_parentheses() {
+        let line = "4242 (kv (bench) x) R 1 4242 4242 0 -1 4194304 1000 0 0 0 \
+                    1234 566 0 0 20 0 3 0 100 1000000 500 18446744073709551615";
+        assert_eq!(parse_stat(line), Some(18.0));
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("1 (x) R 1 2"), None);
+    }
+
+    #[test]
+    fn this_process_cpu_time_grows_with_work() {
+        let before = process_cpu_seconds().expect("procfs");
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < std::time::Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let after = process_cpu_seconds().expect("procfs");
+        // 300 ms of spinning, read at 10 ms resolution: well over 0.1 s.
+        assert!(after - before >= 0.1, "{before} -> {after}");
+    }
+
+    #[test]
+    fn per_operation_cost_and_saturation() {
+        let c = ClientCpu::between(10.0, 19.2, 10.0, 460_000, 1);
+        assert!((c.cores - 0.92).abs() < 1e-9);
+        assert!((c.per_op_us - 20.0).abs() < 1e-9);
+        assert!(c.saturated());
+        let c = ClientCpu::between(10.0, 15.5, 10.0, 230_000, 1);
+        assert!(!c.saturated());
+        assert!(!ClientCpu::between(0.0, 1.5, 1.0, 1, 2).saturated());
+    }
+}
