@@ -1,10 +1,12 @@
 # Shared by the benchmark scripts. Source it after setting OUT, DUR, WARM, BIN, TMP and PIDS.
 
 # bench NAME ARGS...: one kv-bench run of the common workload into $OUT/NAME, logged in
-# $OUT/commands.txt (10k keys, 100 B values, zipfian, 50/50 get/put).
+# $OUT/commands.txt (10k keys, 100 B values, zipfian, 50/50 get/put). With SERVERS set (pids,
+# comma-separated), their CPU over the run goes into its summary.json beside the generator's.
 bench() {
   local name=$1; shift
   local cmd=("$BIN/kv-bench" run --duration "$DUR" --warmup "$WARM" --keys 10000 --value-size 100 --dist zipfian --mix read=50,write=50 --out "$OUT/$name" "$@")
+  [ -n "${SERVERS:-}" ] && cmd+=(--server-pids "$SERVERS")
   echo "${cmd[*]}" >> "$OUT/commands.txt"
   echo "== $name"
   "${cmd[@]}" 2>/dev/null | sed -n 1,2p
@@ -31,4 +33,5 @@ for s in json.load(sys.stdin):
     if s["Status"]["leader"] == s["Status"]["header"]["member_id"]:
         print(s["Endpoint"].replace("http://", ""))')
   echo "etcd leader: $ETCD_LEADER"
+  SERVERS=$(IFS=,; echo "${PIDS[*]: -3}")
 }

@@ -40,6 +40,7 @@ cmd=("$BIN/kvctl" cluster up --nodes 3 --w 2 --r 2 --fsync batch --base-port 740
 echo "${cmd[*]}" >> "$OUT/commands.txt"
 "${cmd[@]}" > "$TMP/cluster.out" 2>&1 &
 PIDS+=($!)
+SERVERS=$!
 for _ in $(seq 200); do grep -q '^leader: ' "$TMP/cluster.out" && break; sleep 0.1; done
 KV_EPS=127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403
 LEADER=$("$BIN/kvctl" --endpoints $KV_EPS --output json status | python3 -c '
@@ -58,23 +59,26 @@ cmd=("$BIN/kv-node" --id ceiling --listen 127.0.0.1:7409 --admin-listen 127.0.0.
 echo "${cmd[*]}" >> "$OUT/commands.txt"
 "${cmd[@]}" > "$TMP/ceiling.out" 2>&1 &
 PIDS+=($!)
+SERVERS=$!
 for _ in $(seq 100); do curl -sf 127.0.0.1:9409/readyz >/dev/null && break; sleep 0.1; done
 bench ceiling-16 --driver kv --endpoints 127.0.0.1:7409 --clients 16
 bench ceiling-256 --driver kv --endpoints 127.0.0.1:7409 --clients 256
 
 python3 - "$OUT" <<'PY'
 import json, os, sys
+sys.path.insert(0, "bench/scripts")
+import cpu
 out = sys.argv[1]
 rows = []
 for name in ["etcd-16", "kv-16", "etcd-256", "kv-256", "etcd-16-conn16", "kv-16-conn16", "ceiling-16", "ceiling-256"]:
     p = os.path.join(out, name, "summary.json")
     if os.path.exists(p):
         s = json.load(open(p)); l = s["latency_us"]
-        rows.append((name, s["ops_per_sec"], l["p50"], l["p99"], l["p99_9"], sum(s["errors"].values())))
+        rows.append((name, s["ops_per_sec"], l["p50"], l["p99"], l["p99_9"], sum(s["errors"].values()), cpu.cells(s)))
 with open(os.path.join(out, "RESULTS.md"), "w") as f:
-    f.write("| run | ops/s | p50 us | p99 us | p99.9 us | errors |\n|---|---:|---:|---:|---:|---:|\n")
+    f.write("| run | ops/s | p50 us | p99 us | p99.9 us | errors |" + cpu.HEADER + "\n|---|---:|---:|---:|---:|---:|" + cpu.RULE + "\n")
     for r in rows:
-        f.write("| %s | %.0f | %d | %d | %d | %d |\n" % r)
+        f.write("| %s | %.0f | %d | %d | %d | %d |%s\n" % r)
     d = {r[0]: r for r in rows}
     for c in ("16", "256", "16-conn16"):
         if "kv-"+c in d and "etcd-"+c in d:

@@ -49,6 +49,7 @@ up() { # up NAME EXTRA_CLUSTER_ARGS... [-- NODE_ARGS...]
   echo "${cmd[*]}" >> "$OUT/commands.txt"
   "${cmd[@]}" > "$TMP/$name.out" 2>&1 &
   PIDS+=($!)
+  SERVERS=$!
   for _ in $(seq 200); do grep -q '^Try:' "$TMP/$name.out" && return; sleep 0.1; done
   echo "cluster $name did not come up:"; cat "$TMP/$name.out"; exit 1
 }
@@ -82,6 +83,7 @@ cmd=(redis-server --port 6399 --save "" --appendonly no)
 echo "${cmd[*]}" >> "$OUT/commands.txt"
 "${cmd[@]}" > "$TMP/redis.log" 2>&1 &
 PIDS+=($!)
+SERVERS=$!
 sleep 1
 bench redis-16 --driver redis --endpoints 127.0.0.1:6399 --clients 16
 bench redis-256 --driver redis --endpoints 127.0.0.1:6399 --clients 256
@@ -89,6 +91,8 @@ stop_all
 
 python3 - "$OUT" <<'PY'
 import json, os, sys
+sys.path.insert(0, "bench/scripts")
+import cpu
 out = sys.argv[1]
 names = ["etcd-16", "kv-16", "kv-fanq-16", "etcd-256", "kv-256", "kv-fanq-256", "kv-lossy-async-16", "kv-lossy-blocking-16",
          "redis-16", "kv-mem-16", "redis-256", "kv-mem-256"]
@@ -97,12 +101,12 @@ for name in names:
     p = os.path.join(out, name, "summary.json")
     if os.path.exists(p):
         s = json.load(open(p)); l = s["latency_us"]
-        d[name] = (name, s["ops_per_sec"], l["p50"], l["p99"], l["p99_9"], sum(s["errors"].values()))
+        d[name] = (name, s["ops_per_sec"], l["p50"], l["p99"], l["p99_9"], sum(s["errors"].values()), cpu.cells(s))
 with open(os.path.join(out, "RESULTS.md"), "w") as f:
-    f.write("| run | ops/s | p50 us | p99 us | p99.9 us | errors |\n|---|---:|---:|---:|---:|---:|\n")
+    f.write("| run | ops/s | p50 us | p99 us | p99.9 us | errors |" + cpu.HEADER + "\n|---|---:|---:|---:|---:|---:|" + cpu.RULE + "\n")
     for n in names:
         if n in d:
-            f.write("| %s | %.0f | %d | %d | %d | %d |\n" % d[n])
+            f.write("| %s | %.0f | %d | %d | %d | %d |%s\n" % d[n])
     def ratio(a, b, label):
         if a in d and b in d:
             f.write("\n%s: %.2fx throughput, p99 %d vs %d us" % (label, d[a][1] / d[b][1], d[a][3], d[b][3]))

@@ -27,12 +27,13 @@ node() { # node ARGS...: start a fresh kv-node and wait until it is ready
   pkill -f "kv-node --id bench" 2>/dev/null || true; sleep 0.5; rm -rf "$DATA"/*
   echo "$BIN/kv-node --id bench --listen 127.0.0.1:$KV_PORT --admin-listen 127.0.0.1:$KV_ADMIN $*" >> "$OUT/commands.txt"
   $BIN/kv-node --id bench --listen 127.0.0.1:$KV_PORT --admin-listen 127.0.0.1:$KV_ADMIN "$@" 2>"$LOG" &
+  SERVERS=$!
   for _ in $(seq 100); do curl -sf localhost:$KV_ADMIN/readyz >/dev/null && return; sleep 0.1; done
   echo "kv-node did not start" >&2; cat "$LOG" >&2; exit 1
 }
 bench() { # bench NAME ARGS...
   local name=$1; shift
-  local cmd=("$BIN/kv-bench" run --duration "$DUR" --warmup "$WARM" --keys 10000 --value-size 100 --dist zipfian --out "$OUT/$name" "$@")
+  local cmd=("$BIN/kv-bench" run --duration "$DUR" --warmup "$WARM" --keys 10000 --value-size 100 --dist zipfian --out "$OUT/$name" "$@" --server-pids "$SERVERS")
   echo "${cmd[*]}" >> "$OUT/commands.txt"
   echo "== $name: ${cmd[*]}"
   "${cmd[@]}" 2>/dev/null
@@ -44,6 +45,7 @@ fsync_stats() { # fsync_stats NAME: what group commit did during the run
 redis-server --port $REDIS_PORT --save '' --appendonly no --daemonize yes >/dev/null
 echo "redis-server --port $REDIS_PORT --save '' --appendonly no" >> "$OUT/commands.txt"
 sleep 0.5
+SERVERS=$(redis-cli -p $REDIS_PORT info server | tr -d '\r' | awk -F: '/^process_id:/{print $2}')
 # Default connections: one per endpoint (both systems); then one per client.
 bench redis-16 --driver redis --endpoints 127.0.0.1:$REDIS_PORT --clients 16 --mix read=50,write=50
 bench redis-16-conn16 --driver redis --endpoints 127.0.0.1:$REDIS_PORT --clients 16 --connections 16 --mix read=50,write=50
@@ -70,6 +72,8 @@ done
 dd if=/dev/zero of="$DATA/dd" bs=128 count=2000 oflag=dsync 2> "$OUT/dd-dsync.txt"
 python3 - "$OUT" <<'PY'
 import json, os, sys, re
+sys.path.insert(0, "bench/scripts")
+import cpu
 out = sys.argv[1]
 rows = []
 for name in sorted(os.listdir(out)):
@@ -87,13 +91,13 @@ for name in sorted(os.listdir(out)):
             float(m.get("kv_fsync_batch_records_sum", 0)) / n,
             1000 * float(m.get("kv_fsync_duration_seconds_sum", 0)) / max(float(m.get("kv_fsync_duration_seconds_count", 0)), 1))
     errs = sum(s["errors"].values())
-    rows.append((name, s["ops_per_sec"], l["p50"], l["p99"], l["p99_9"], l["max"], errs, extra))
+    rows.append((name, s["ops_per_sec"], l["p50"], l["p99"], l["p99_9"], l["max"], errs, extra, cpu.cells(s)))
 dd = open(os.path.join(out, "dd-dsync.txt")).read().strip().splitlines()[-1]
 secs = float(re.search(r"copied, ([0-9.]+) s", dd).group(1))
 with open(os.path.join(out, "RESULTS.md"), "w") as f:
-    f.write("| run | ops/s | p50 us | p99 us | p99.9 us | max us | errors | group commit |\n|---|---:|---:|---:|---:|---:|---:|---|\n")
+    f.write("| run | ops/s | p50 us | p99 us | p99.9 us | max us | errors | group commit |" + cpu.HEADER + "\n|---|---:|---:|---:|---:|---:|---:|---|" + cpu.RULE + "\n")
     for r in rows:
-        f.write("| %s | %.0f | %d | %d | %d | %d | %d | %s |\n" % r)
+        f.write("| %s | %.0f | %d | %d | %d | %d | %d | %s |%s\n" % r)
     ops = {r[0]: r[1] for r in rows}
     for a, b in [("kv-memory-16", "redis-16"), ("kv-memory-16-conn16", "redis-16-conn16")]:
         if a in ops and b in ops:

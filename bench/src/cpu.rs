@@ -3,7 +3,11 @@
 //! A closed-loop generator that runs out of CPU measures itself, not the server: its
 //! throughput stops growing while the server idles. Every run reports how many cores the
 //! generator used and its CPU time per operation, and warns when it used nearly all of its
-//! threads; on a machine shared with the servers, its share is CPU they did not have.
+//! threads; on a machine shared with the servers, its share is CPU they did not have. With
+//! `--server-pids`, the same for the server processes on this machine (and every process they
+//! started: give `kvctl cluster up`'s pid for its nodes), so one run shows what each side cost.
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
@@ -36,6 +40,80 @@ impl ClientCpu {
     /// speed may be what the run measured.
     pub fn saturated(&self) -> bool {
         self.cores >= 0.9 * self.threads as f64
+    }
+}
+
+/// What the server processes spent while the generator was measuring.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServerCpu {
+    /// The processes counted: those given and every process they started.
+    pub pids: Vec<u32>,
+    /// CPU seconds over the measured time, all of them together.
+    pub seconds: f64,
+    /// `seconds` per second of measured time.
+    pub cores: f64,
+    /// CPU microseconds per successful operation.
+    pub per_op_us: f64,
+}
+
+/// CPU seconds of each process in the trees rooted at `roots` (each process and, recursively,
+/// its children), read now. Processes already gone are left out.
+pub fn tree_cpu(roots: &[u32]) -> BTreeMap<u32, f64> {
+    let mut out = BTreeMap::new();
+    let mut todo: Vec<u32> = roots.to_vec();
+    while let Some(pid) = todo.pop() {
+        if out.contains_key(&pid) {
+            continue;
+        }
+        let Some(secs) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| parse_stat(&s))
+        else {
+            continue;
+        };
+        out.insert(pid, secs);
+        todo.extend(children(pid));
+    }
+    out
+}
+
+/// The processes `pid` started (every thread's list: a child belongs to the thread that
+/// forked it).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+impl ServerCpu {
+    /// From two [`tree_cpu`] readings `duration_s` apart, over `ops` operations: what each
+    /// process seen both times spent between them, plus all of what a process started meanwhile
+    /// spent (one that exited meanwhile is lost: procfs keeps nothing of it).
+    pub fn between(
+        before: &BTreeMap<u32, f64>,
+        after: &BTreeMap<u32, f64>,
+        duration_s: f64,
+        ops: u64,
+    ) -> Self {
+        let seconds: f64 = after
+            .iter()
+            .map(|(pid, a)| (a - before.get(pid).copied().unwrap_or(0.0)).max(0.0))
+            .sum();
+        ServerCpu {
+            pids: before.keys().copied().collect(),
+            seconds,
+            cores: seconds / duration_s.max(f64::EPSILON),
+            per_op_us: seconds * 1e6 / ops.max(1) as f64,
+        }
     }
 }
 
@@ -82,6 +160,47 @@ mod tests {
         let after = process_cpu_seconds().expect("procfs");
         // 300 ms of spinning, read at 10 ms resolution: well over 0.1 s.
         assert!(after - before >= 0.1, "{before} -> {after}");
+    }
+
+    #[test]
+    fn a_process_tree_is_counted_with_its_children() {
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 5",
+            ])
+            .spawn()
+            .expect("sh");
+        let me = std::process::id();
+        let pid = child.id();
+        let t0 = std::time::Instant::now();
+        let mut seen = BTreeMap::new();
+        while t0.elapsed() < std::time::Duration::from_secs(10) {
+            seen = tree_cpu(&[me]);
+            if seen.get(&pid).is_some_and(|s| *s >= 0.05) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(seen.contains_key(&me));
+        assert!(seen.get(&pid).is_some_and(|s| *s >= 0.05), "{seen:?}");
+        assert!(tree_cpu(&[u32::MAX]).is_empty());
+    }
+
+    #[test]
+    fn server_cost_counts_processes_started_meanwhile_and_never_goes_negative() {
+        let before = BTreeMap::from([(1, 10.0), (2, 5.0), (3, 7.0)]);
+        // 2 restarted as 4 (its counter gone), 3 exited.
+        let after = BTreeMap::from([(1, 12.0), (4, 0.5)]);
+        let c = ServerCpu::between(&before, &after, 5.0, 100_000);
+        assert!((c.seconds - 2.5).abs() < 1e-9);
+        assert!((c.cores - 0.5).abs() < 1e-9);
+        assert!((c.per_op_us - 25.0).abs() < 1e-9);
+        assert_eq!(c.pids, vec![1, 2, 3]);
+        let c = ServerCpu::between(&before, &BTreeMap::from([(1, 9.0)]), 1.0, 1);
+        assert_eq!(c.seconds, 0.0);
     }
 
     #[test]

@@ -154,6 +154,12 @@ struct RunArgs {
     /// machine, so the generator does not take the server's cores.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Server processes on this machine (PID[,PID..]) whose CPU use over the measured time is
+    /// reported beside the generator's, with every process they started: give `kvctl cluster
+    /// up`'s pid to count its nodes. Shows what each side cost per operation, and whether the
+    /// machine, not the server, was the limit.
+    #[arg(long, value_delimiter = ',', value_name = "PIDS")]
+    server_pids: Vec<u32>,
 }
 
 /// A tokio runtime with `threads` workers, or the exit code after saying why not.
@@ -240,6 +246,7 @@ fn main() -> ExitCode {
         threads: a.threads.max(1),
         route: a.route,
         token_aware: false,
+        server_pids: a.server_pids,
     };
     let threads = cfg.threads;
     let rt = match runtime(threads) {

@@ -78,6 +78,8 @@ pub struct RunConfig {
     pub route: Route,
     /// Whether requests were sent to each key's coordinator (set by the run).
     pub token_aware: bool,
+    /// Server processes on this machine whose CPU (with their children's) is reported.
+    pub server_pids: Vec<u32>,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -173,6 +175,8 @@ pub struct Summary {
     pub machine_cpus: usize,
     /// The generator's own CPU use over the measured time (`None` without procfs).
     pub client_cpu: Option<crate::cpu::ClientCpu>,
+    /// With `--server-pids`: the servers' CPU use over the measured time.
+    pub server_cpu: Option<crate::cpu::ServerCpu>,
     /// The latency histogram (for comparisons; not in summary.json).
     #[serde(skip)]
     pub latency_histogram: Option<Histogram<u64>>,
@@ -653,11 +657,15 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
         })
     };
     // The generator's own CPU over exactly the measured time.
+    let server_pids = cfg.server_pids.clone();
     let cpu_sampler = tokio::spawn(async move {
         tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
         let before = crate::cpu::process_cpu_seconds();
+        let servers_before = crate::cpu::tree_cpu(&server_pids);
         tokio::time::sleep_until(tokio::time::Instant::from_std(end)).await;
-        Some((before?, crate::cpu::process_cpu_seconds()?))
+        let after = crate::cpu::process_cpu_seconds();
+        let servers_after = crate::cpu::tree_cpu(&server_pids);
+        (before.zip(after), (servers_before, servers_after))
     });
     let mut total = ClientResult::default();
     for t in tasks {
@@ -691,15 +699,34 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
         let _ = t.join();
     }
     let all = total.all.unwrap_or_else(histogram);
-    let client_cpu = cpu_sampler.await.ok().flatten().map(|(before, after)| {
-        crate::cpu::ClientCpu::between(
-            before,
-            after,
-            cfg.duration.as_secs_f64(),
-            all.len(),
-            cfg.threads,
-        )
-    });
+    let (client_cpu, server_cpu) = match cpu_sampler.await {
+        Ok((client, (servers_before, servers_after))) => (
+            client.map(|(before, after)| {
+                crate::cpu::ClientCpu::between(
+                    before,
+                    after,
+                    cfg.duration.as_secs_f64(),
+                    all.len(),
+                    cfg.threads,
+                )
+            }),
+            (!servers_before.is_empty()).then(|| {
+                crate::cpu::ServerCpu::between(
+                    &servers_before,
+                    &servers_after,
+                    cfg.duration.as_secs_f64(),
+                    all.len(),
+                )
+            }),
+        ),
+        Err(_) => (None, None),
+    };
+    if server_cpu.is_none() && !cfg.server_pids.is_empty() {
+        eprintln!(
+            "kv-bench: none of --server-pids {:?} could be read from /proc: no server CPU",
+            cfg.server_pids
+        );
+    }
     let mut by_op = BTreeMap::new();
     for (name, h) in [("read", total.read), ("write", total.write)] {
         if let Some(h) = h.filter(|h| !h.is_empty()) {
@@ -780,6 +807,7 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
         command,
         machine_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         client_cpu,
+        server_cpu,
         latency_histogram: Some(all.clone()),
     };
     let path = cfg.out.join("summary.json");
@@ -846,6 +874,15 @@ pub fn table(s: &Summary) -> String {
             if c.threads == 1 { "" } else { "s" },
             c.per_op_us
         ));
+        if let Some(sc) = &s.server_cpu {
+            out.push_str(&format!(
+                "server CPU: {:.2} cores ({} process{}), {:.1} us per operation\n",
+                sc.cores,
+                sc.pids.len(),
+                if sc.pids.len() == 1 { "" } else { "es" },
+                sc.per_op_us
+            ));
+        }
         if c.saturated() {
             out.push_str(
                 "warning: the generator kept its threads busy nearly all the time, so this \

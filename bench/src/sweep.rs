@@ -158,6 +158,7 @@ fn config(spec: &SweepSpec, r: &RunSpec, endpoints: Vec<String>) -> anyhow::Resu
         threads: 1,
         route: crate::driver::Route::Auto,
         token_aware: false,
+        server_pids: Vec::new(),
     })
 }
 
@@ -271,26 +272,33 @@ pub async fn sweep(path: &Path) -> anyhow::Result<Vec<(String, Summary)>> {
             (None, Some(e)) => (None, e.split(',').map(str::to_owned).collect()),
             (None, None) => bail!("run {}: give a cluster or endpoints", r.name),
         };
-        let cfg = config(&spec, r, endpoints)?;
+        let mut cfg = config(&spec, r, endpoints)?;
+        // A cluster started here runs on this machine: count what its nodes spend.
+        if let Some(c) = &cluster {
+            cfg.server_pids = vec![c.0.id()];
+        }
         let summary = run::run(cfg, vec![path.display().to_string(), r.name.clone()]).await?;
         eprint!("{}", run::table(&summary));
         drop(cluster);
         results.push((r.name.clone(), summary));
     }
     let mut md = String::from(
-        "| run | ops/s | p50 us | p99 us | p99.9 us | max us | errors | degraded |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| run | ops/s | p50 us | p99 us | p99.9 us | max us | errors | degraded | generator us/op | servers us/op |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
+    let per_op = |us: Option<f64>| us.map_or_else(|| "-".to_string(), |u| format!("{u:.1}"));
     for (name, s) in &results {
         let l = &s.latency_us;
         md.push_str(&format!(
-            "| {name} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
+            "| {name} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             s.ops_per_sec,
             l.p50,
             l.p99,
             l.p99_9,
             l.max,
             s.errors.values().sum::<u64>(),
-            s.degraded
+            s.degraded,
+            per_op(s.client_cpu.map(|c| c.per_op_us)),
+            per_op(s.server_cpu.as_ref().map(|c| c.per_op_us)),
         ));
     }
     std::fs::write(spec.out.join("sweep.md"), &md)?;

@@ -184,6 +184,28 @@ fn sweep_starts_each_cluster_runs_and_compares() {
         "{md}"
     );
     assert!(out.join("latency.svg").exists() && out.join("one/summary.json").exists());
+    // The cluster's nodes are counted through `kvctl cluster up`, the process the sweep started:
+    // it and its three nodes, which did the work.
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("three-leaderless/summary.json")).expect("summary"),
+    )
+    .expect("json");
+    let servers = &summary["server_cpu"];
+    assert_eq!(
+        servers["pids"].as_array().map(Vec::len),
+        Some(4),
+        "{servers}"
+    );
+    assert!(
+        servers["per_op_us"].as_f64().is_some_and(|us| us > 0.0),
+        "{servers}"
+    );
+    assert!(
+        summary["client_cpu"]["per_op_us"]
+            .as_f64()
+            .is_some_and(|us| us > 0.0),
+        "{summary}"
+    );
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "out = \"x\"\nrun = [{ name = \"r\", clustr = 1 }]\n").expect("write");
     let o = Command::new(bin("kv-bench"))
