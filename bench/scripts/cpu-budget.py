@@ -38,8 +38,9 @@ def load(d, n):
     if not os.path.exists(p):
         return None
     s = json.load(open(p))
-    if not s.get("client_cpu") or not s.get("server_cpu"):
-        return None
+    for k in ("client_cpu", "server_cpu"):
+        if not s.get(k) or s[k].get("per_op_us") is None:
+            return None
     return s
 
 

@@ -18,8 +18,8 @@ pub struct ClientCpu {
     pub seconds: f64,
     /// `seconds` per second of measured time: cores kept busy.
     pub cores: f64,
-    /// CPU microseconds per successful operation.
-    pub per_op_us: f64,
+    /// CPU microseconds per successful operation (`None`: none succeeded).
+    pub per_op_us: Option<f64>,
     /// The runtime's worker threads (`--threads`): the most cores it could keep busy.
     pub threads: usize,
 }
@@ -31,7 +31,7 @@ impl ClientCpu {
         ClientCpu {
             seconds,
             cores: seconds / duration_s.max(f64::EPSILON),
-            per_op_us: seconds * 1e6 / ops.max(1) as f64,
+            per_op_us: per_op(seconds, ops),
             threads,
         }
     }
@@ -52,8 +52,8 @@ pub struct ServerCpu {
     pub seconds: f64,
     /// `seconds` per second of measured time.
     pub cores: f64,
-    /// CPU microseconds per successful operation.
-    pub per_op_us: f64,
+    /// CPU microseconds per successful operation (`None`: none succeeded).
+    pub per_op_us: Option<f64>,
 }
 
 /// CPU seconds of each process in the trees rooted at `roots` (each process and, recursively,
@@ -112,9 +112,15 @@ impl ServerCpu {
             pids: before.keys().copied().collect(),
             seconds,
             cores: seconds / duration_s.max(f64::EPSILON),
-            per_op_us: seconds * 1e6 / ops.max(1) as f64,
+            per_op_us: per_op(seconds, ops),
         }
     }
+}
+
+/// CPU microseconds per operation; none without operations (a run where everything failed
+/// has no cost per operation to show, and dividing by one would invent one).
+fn per_op(seconds: f64, ops: u64) -> Option<f64> {
+    (ops > 0).then(|| seconds * 1e6 / ops as f64)
 }
 
 /// CPU seconds this process has used so far, all threads, user and system; `None` without
@@ -197,7 +203,7 @@ mod tests {
         let c = ServerCpu::between(&before, &after, 5.0, 100_000);
         assert!((c.seconds - 2.5).abs() < 1e-9);
         assert!((c.cores - 0.5).abs() < 1e-9);
-        assert!((c.per_op_us - 25.0).abs() < 1e-9);
+        assert!(c.per_op_us.is_some_and(|us| (us - 25.0).abs() < 1e-9));
         assert_eq!(c.pids, vec![1, 2, 3]);
         let c = ServerCpu::between(&before, &BTreeMap::from([(1, 9.0)]), 1.0, 1);
         assert_eq!(c.seconds, 0.0);
@@ -207,7 +213,8 @@ mod tests {
     fn per_operation_cost_and_saturation() {
         let c = ClientCpu::between(10.0, 19.2, 10.0, 460_000, 1);
         assert!((c.cores - 0.92).abs() < 1e-9);
-        assert!((c.per_op_us - 20.0).abs() < 1e-9);
+        assert!(c.per_op_us.is_some_and(|us| (us - 20.0).abs() < 1e-9));
+        assert_eq!(ClientCpu::between(1.0, 2.0, 1.0, 0, 1).per_op_us, None);
         assert!(c.saturated());
         let c = ClientCpu::between(10.0, 15.5, 10.0, 230_000, 1);
         assert!(!c.saturated());

@@ -816,6 +816,10 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
     Ok(summary)
 }
 
+fn per_op_text(us: Option<f64>) -> String {
+    us.map_or_else(String::new, |us| format!(", {us:.1} us per operation"))
+}
+
 /// The terminal table of a summary.
 pub fn table(s: &Summary) -> String {
     let mut out = String::new();
@@ -868,19 +872,19 @@ pub fn table(s: &Summary) -> String {
     }
     if let Some(c) = &s.client_cpu {
         out.push_str(&format!(
-            "generator CPU: {:.2} cores ({} thread{}), {:.1} us per operation\n",
+            "generator CPU: {:.2} cores ({} thread{}){}\n",
             c.cores,
             c.threads,
             if c.threads == 1 { "" } else { "s" },
-            c.per_op_us
+            per_op_text(c.per_op_us)
         ));
         if let Some(sc) = &s.server_cpu {
             out.push_str(&format!(
-                "server CPU: {:.2} cores ({} process{}), {:.1} us per operation\n",
+                "server CPU: {:.2} cores ({} process{}){}\n",
                 sc.cores,
                 sc.pids.len(),
                 if sc.pids.len() == 1 { "" } else { "es" },
-                sc.per_op_us
+                per_op_text(sc.per_op_us)
             ));
         }
         if c.saturated() {

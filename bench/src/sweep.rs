@@ -297,8 +297,8 @@ pub async fn sweep(path: &Path) -> anyhow::Result<Vec<(String, Summary)>> {
             l.max,
             s.errors.values().sum::<u64>(),
             s.degraded,
-            per_op(s.client_cpu.map(|c| c.per_op_us)),
-            per_op(s.server_cpu.as_ref().map(|c| c.per_op_us)),
+            per_op(s.client_cpu.and_then(|c| c.per_op_us)),
+            per_op(s.server_cpu.as_ref().and_then(|c| c.per_op_us)),
         ));
     }
     std::fs::write(spec.out.join("sweep.md"), &md)?;
