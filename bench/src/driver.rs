@@ -139,6 +139,33 @@ impl Router {
     }
 }
 
+/// A leader-follower cluster answers writes and leader reads only at its leader: a follower
+/// says UNAVAILABLE and where the leader is (kvctl follows it; kv-bench counts an error, which
+/// a fault run may want). When none of `endpoints` is the leader `st` names, says so up front
+/// rather than leaving a table of errors to explain itself.
+fn warn_unless_leader(endpoints: &[String], st: &pb::NodeStatus) {
+    if st.leader.is_empty() {
+        eprintln!(
+            "kv-bench: {} knows no leader yet: writes and leader reads fail until one is elected",
+            st.id
+        );
+        return;
+    }
+    let Some(addr) = st.members.get(&st.leader) else {
+        return;
+    };
+    let host_port = |e: &str| e.trim_start_matches("http://").to_string();
+    if !endpoints.iter().any(|e| host_port(e) == host_port(addr)) {
+        eprintln!(
+            "kv-bench: the leader is {} at {addr}, not among --endpoints: followers answer writes \
+             and leader reads with UNAVAILABLE (and the leader's address), which kv-bench counts \
+             as errors; give --endpoints {addr} to measure the cluster, or --read-from any for \
+             follower reads (writes still fail there)",
+            st.leader
+        );
+    }
+}
+
 /// Asks every endpoint for its `Status`; when the cluster is leaderless, a [`Router`] over its
 /// ring. Endpoints that do not answer are left out for the whole run (their keys go to their
 /// next replica).
@@ -167,6 +194,9 @@ pub async fn discover(endpoints: &[String]) -> anyhow::Result<Option<Router>> {
                 continue;
             }
         };
+        if st.mode == "leader-follower" {
+            warn_unless_leader(endpoints, &st);
+        }
         if st.mode != "leaderless" {
             return Ok(None);
         }

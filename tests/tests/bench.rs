@@ -219,3 +219,59 @@ fn sweep_starts_each_cluster_runs_and_compares() {
         "{o:?}"
     );
 }
+
+/// Pointed at a follower, kv-bench says where the leader is before the run, instead of leaving a
+/// table of UNAVAILABLE errors to explain itself; pointed at the leader, it runs clean. The
+/// leader's address comes from the follower's Status (`members`).
+#[tokio::test]
+async fn a_run_at_a_follower_names_the_leader_to_give_instead() {
+    let c = kv_tests::cluster::Cluster::start(3, &[])
+        .await
+        .expect("cluster");
+    let leader = c
+        .wait_leader(Duration::from_secs(10), None)
+        .await
+        .expect("leader");
+    let follower = (leader + 1) % 3;
+    let st = c.status(follower).await.expect("status");
+    assert_eq!(
+        st.members.get(&st.leader).map(String::as_str),
+        Some(c.nodes[leader].endpoint().as_str()),
+        "{st:?}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |endpoint: String, out: &str| {
+        Command::new(bin("kv-bench"))
+            .args(["run", "--endpoints", &endpoint, "--clients", "2"])
+            .args(["--duration", "500ms", "--warmup", "100ms", "--keys", "10"])
+            .args(["--read-from", "leader"])
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .output()
+            .expect("kv-bench")
+    };
+    let at_follower = run(c.nodes[follower].endpoint(), "follower");
+    let said = String::from_utf8_lossy(&at_follower.stderr);
+    assert!(
+        said.contains(&format!(
+            "the leader is {} at {}, not among --endpoints",
+            c.ids[leader],
+            c.nodes[leader].endpoint()
+        )),
+        "{said}"
+    );
+    assert!(
+        String::from_utf8_lossy(&at_follower.stdout).contains("unavailable="),
+        "{at_follower:?}"
+    );
+    let at_leader = run(c.nodes[leader].endpoint(), "leader");
+    assert!(at_leader.status.success(), "{at_leader:?}");
+    assert!(
+        !String::from_utf8_lossy(&at_leader.stderr).contains("not among --endpoints"),
+        "{at_leader:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&at_leader.stdout).contains("errors: none"),
+        "{at_leader:?}"
+    );
+}

@@ -49,6 +49,12 @@ impl pb::admin_server::Admin for AdminService {
         let node = &self.node;
         let mode = node.settings().config.mode.to_string();
         let id = node.id().0.clone();
+        let members = node
+            .settings()
+            .members
+            .iter()
+            .map(|(n, addr)| (n.0.clone(), addr.clone()))
+            .collect();
         let st = if let Some(h) = node.leaderless() {
             let s = node.storage().stats();
             let c = h.stats();
@@ -65,12 +71,7 @@ impl pb::admin_server::Admin for AdminService {
                 read_repairs: c.read_repairs,
                 anti_entropy_repairs: c.ae_repairs,
                 hints_delivered: c.hints_delivered,
-                members: node
-                    .settings()
-                    .members
-                    .iter()
-                    .map(|(n, addr)| (n.0.clone(), addr.clone()))
-                    .collect(),
+                members,
                 vnodes: node.settings().config.vnodes,
                 replicas: node.settings().quorum.n,
                 ..Default::default()
@@ -92,6 +93,7 @@ impl pb::admin_server::Admin for AdminService {
                         mode,
                         snapshot_index: s.snapshot_index,
                         log_entries: s.log_entries,
+                        members,
                         ..Default::default()
                     }
                 }
