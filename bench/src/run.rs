@@ -656,7 +656,8 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
             }
         })
     };
-    // The generator's own CPU over exactly the measured time.
+    // The generator's own CPU, and the servers' with --server-pids, over exactly the measured
+    // time.
     let server_pids = cfg.server_pids.clone();
     let cpu_sampler = tokio::spawn(async move {
         tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
@@ -878,21 +879,21 @@ pub fn table(s: &Summary) -> String {
             if c.threads == 1 { "" } else { "s" },
             per_op_text(c.per_op_us)
         ));
-        if let Some(sc) = &s.server_cpu {
-            out.push_str(&format!(
-                "server CPU: {:.2} cores ({} process{}){}\n",
-                sc.cores,
-                sc.pids.len(),
-                if sc.pids.len() == 1 { "" } else { "es" },
-                per_op_text(sc.per_op_us)
-            ));
-        }
         if c.saturated() {
             out.push_str(
                 "warning: the generator kept its threads busy nearly all the time, so this \
                  run may measure it rather than the server: try --threads, or fewer clients\n",
             );
         }
+    }
+    if let Some(sc) = &s.server_cpu {
+        out.push_str(&format!(
+            "server CPU: {:.2} cores ({} process{}){}\n",
+            sc.cores,
+            sc.pids.len(),
+            if sc.pids.len() == 1 { "" } else { "es" },
+            per_op_text(sc.per_op_us)
+        ));
     }
     if s.errors.is_empty() {
         out.push_str("errors: none\n");
