@@ -1,7 +1,7 @@
 //! Drivers: the same workload against quorumkv (gRPC) or a peer system (Redis).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -40,6 +40,22 @@ impl std::str::FromStr for DriverKind {
 
 /// Why an operation failed, as counted in the summary.
 pub type ErrorKind = &'static str;
+
+/// A failed operation: how it is counted, and the leader a leader-follower node named when it
+/// refused it for not being the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    /// How the failure is counted.
+    pub kind: ErrorKind,
+    /// The id of the leader named in the refusal (`x-kv-leader-id`).
+    pub leader: Option<String>,
+}
+
+impl From<ErrorKind> for Failed {
+    fn from(kind: ErrorKind) -> Self {
+        Failed { kind, leader: None }
+    }
+}
 
 /// What an error says about the operation's effect (for histories): `fail` when it was refused
 /// before taking effect, `unknown` when it may have happened.
@@ -87,7 +103,8 @@ pub enum Conn {
 pub enum Route {
     /// Leaderless clusters: each key goes to the first live replica of its preference list
     /// (its coordinator), as token-aware Cassandra drivers do, saving the forward a node that
-    /// does not hold the key makes. Otherwise: spread.
+    /// does not hold the key makes. Leader-follower clusters: writes and leader reads go to
+    /// the leader, followed when it moves ([`LeaderRoute`]). Single node: spread.
     #[default]
     Auto,
     /// Each client keeps to one connection; connections are spread round robin.
@@ -139,42 +156,100 @@ impl Router {
     }
 }
 
-/// A leader-follower cluster answers writes and leader reads only at its leader: a follower
-/// says UNAVAILABLE and where the leader is (kvctl follows it; kv-bench counts an error, which
-/// a fault run may want). When none of `endpoints` is the leader `st` names, says so up front
-/// rather than leaving a table of errors to explain itself.
-fn warn_unless_leader(endpoints: &[String], st: &pb::NodeStatus) {
-    if st.leader.is_empty() {
-        eprintln!(
-            "kv-bench: {} knows no leader yet: writes and leader reads fail until one is elected",
-            st.id
-        );
-        return;
+/// Leader-aware routing for a leader-follower cluster, as MongoDB drivers route to the
+/// primary: writes and leader reads go to the endpoint that leads; reads from any replica
+/// (`--read-from any|local`) stay on each client's own endpoint. A follower refuses a write
+/// with UNAVAILABLE and the leader's id; the route moves there (every client at once). An
+/// UNAVAILABLE without a leader named (the leader died, or an election is on) moves it to the
+/// next endpoint, which names the leader or passes it on.
+pub struct LeaderRoute {
+    /// The endpoints that answered `Status`, the only ones connected to.
+    endpoints: Vec<String>,
+    /// The node id at each endpoint.
+    ids: Vec<String>,
+    /// Every member's address, for messages about leaders no endpoint serves.
+    members: std::collections::BTreeMap<String, String>,
+    /// The endpoint believed to lead.
+    leader: AtomicUsize,
+    /// Reads go to any replica: each client's own endpoint.
+    spread_reads: bool,
+    /// Said once that the leader is not among the endpoints.
+    warned: AtomicBool,
+}
+
+impl LeaderRoute {
+    /// The endpoint for an operation of client `home` (its own endpoint, for spread reads).
+    pub fn pick(&self, read: bool, home: usize) -> usize {
+        if read && self.spread_reads {
+            home % self.endpoints.len()
+        } else {
+            self.leader.load(Ordering::Relaxed)
+        }
     }
-    let Some(addr) = st.members.get(&st.leader) else {
-        return;
-    };
-    let host_port = |e: &str| e.trim_start_matches("http://").to_string();
-    if !endpoints.iter().any(|e| host_port(e) == host_port(addr)) {
-        eprintln!(
-            "kv-bench: the leader is {} at {addr}, not among --endpoints: followers answer writes \
-             and leader reads with UNAVAILABLE (and the leader's address), which kv-bench counts \
-             as errors; give --endpoints {addr} to measure the cluster, or --read-from any for \
-             follower reads (writes still fail there)",
-            st.leader
-        );
+
+    /// Endpoint `e` answered UNAVAILABLE, naming `leader` (an id) or none.
+    pub fn unavailable(&self, e: usize, leader: Option<&str>) {
+        match leader {
+            Some(id) => match self.ids.iter().position(|i| i == id) {
+                Some(l) => self.leader.store(l, Ordering::Relaxed),
+                None => self.leader_not_served(id),
+            },
+            None if e == self.leader.load(Ordering::Relaxed) => {
+                // Many clients see the same failure: move once.
+                let next = (e + 1) % self.endpoints.len();
+                let _ = self
+                    .leader
+                    .compare_exchange(e, next, Ordering::Relaxed, Ordering::Relaxed);
+            }
+            None => {}
+        }
+    }
+
+    fn leader_not_served(&self, id: &str) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            let addr = self.members.get(id).map_or("?", String::as_str);
+            eprintln!(
+                "kv-bench: the leader is {id} at {addr}, not among --endpoints: writes and leader \
+                 reads fail (UNAVAILABLE) while it leads; give every node to --endpoints, or \
+                 --endpoints {addr}"
+            );
+        }
+    }
+
+    /// The endpoint believed to lead now.
+    pub fn leader(&self) -> &str {
+        &self.endpoints[self.leader.load(Ordering::Relaxed)]
     }
 }
 
-/// Asks every endpoint for its `Status`; when the cluster is leaderless, a [`Router`] over its
-/// ring. Endpoints that do not answer are left out for the whole run (their keys go to their
-/// next replica).
+/// How a quorumkv run picks an endpoint per operation (`--route auto`).
+pub enum Routing {
+    /// Leaderless: each key to its coordinator.
+    Ring(Router),
+    /// Leader-follower: writes and leader reads to the leader.
+    Leader(LeaderRoute),
+}
+
+impl Routing {
+    fn endpoints(&self) -> &[String] {
+        match self {
+            Routing::Ring(r) => &r.endpoints,
+            Routing::Leader(l) => &l.endpoints,
+        }
+    }
+}
+
+/// Asks every endpoint for its `Status`: a leaderless cluster gets a [`Router`] over its ring,
+/// a leader-follower one a [`LeaderRoute`] (`spread_reads`: reads are served by any replica);
+/// a single node, none. Endpoints that do not answer are left out for the whole run (their
+/// keys go to their next replica; a leader among them is found at the next that answers).
 ///
 /// # Errors
 /// The nodes disagree about the ring.
-pub async fn discover(endpoints: &[String]) -> anyhow::Result<Option<Router>> {
+pub async fn discover(endpoints: &[String], spread_reads: bool) -> anyhow::Result<Option<Routing>> {
     let mut ring: Option<(Vec<String>, u32, u32)> = None;
     let mut served = Vec::new();
+    let mut lf: Vec<(String, pb::NodeStatus)> = Vec::new();
     for ep in endpoints {
         let hostport = ep.trim_start_matches("http://");
         let status = async {
@@ -195,7 +270,8 @@ pub async fn discover(endpoints: &[String]) -> anyhow::Result<Option<Router>> {
             }
         };
         if st.mode == "leader-follower" {
-            warn_unless_leader(endpoints, &st);
+            lf.push((ep.clone(), st));
+            continue;
         }
         if st.mode != "leaderless" {
             return Ok(None);
@@ -218,6 +294,9 @@ pub async fn discover(endpoints: &[String]) -> anyhow::Result<Option<Router>> {
         }
         served.push((st.id, ep.clone()));
     }
+    if !lf.is_empty() {
+        return Ok(Some(Routing::Leader(leader_route(lf, spread_reads))));
+    }
     let Some((names, vnodes, n)) = ring else {
         return Ok(None);
     };
@@ -225,37 +304,85 @@ pub async fn discover(endpoints: &[String]) -> anyhow::Result<Option<Router>> {
         .iter()
         .map(|m| served.iter().position(|(id, _)| id == m))
         .collect();
-    Ok(Some(Router {
+    Ok(Some(Routing::Ring(Router {
         ring: Ring::new(&names, vnodes),
         n: n.max(1) as usize,
         endpoint,
         avoid_until: served.iter().map(|_| AtomicU64::new(0)).collect(),
         endpoints: served.into_iter().map(|(_, ep)| ep).collect(),
         t0: Instant::now(),
-    }))
+    })))
+}
+
+/// The route over the leader-follower endpoints that answered, starting at the leader the
+/// newest term names; says so up front when no endpoint serves it (or none is known) rather
+/// than leaving a table of errors to explain itself.
+fn leader_route(lf: Vec<(String, pb::NodeStatus)>, spread_reads: bool) -> LeaderRoute {
+    let newest = lf
+        .iter()
+        .filter(|(_, st)| !st.leader.is_empty())
+        .max_by_key(|(_, st)| st.term)
+        .map(|(_, st)| st.leader.clone());
+    let members = lf.iter().flat_map(|(_, st)| st.members.clone()).collect();
+    let route = LeaderRoute {
+        ids: lf.iter().map(|(_, st)| st.id.clone()).collect(),
+        endpoints: lf.into_iter().map(|(ep, _)| ep).collect(),
+        members,
+        leader: AtomicUsize::new(0),
+        spread_reads,
+        warned: AtomicBool::new(false),
+    };
+    match newest {
+        Some(id) => route.unavailable(usize::MAX, Some(&id)),
+        None => eprintln!(
+            "kv-bench: no endpoint knows a leader yet: writes and leader reads fail until one is \
+             elected"
+        ),
+    }
+    route
 }
 
 /// One client's connections: one, or one per endpoint when a [`Router`] picks by key.
 pub struct ClientConns {
     conns: Vec<Conn>,
-    router: Option<Arc<Router>>,
+    routing: Option<Arc<Routing>>,
+    /// This client's own endpoint (leader-follower reads from any replica).
+    home: usize,
     picked: Option<usize>,
 }
 
 impl ClientConns {
-    /// The connection for an operation on `key`.
-    pub fn pick(&mut self, key: &str) -> &mut Conn {
-        self.picked = self.router.as_ref().and_then(|r| r.pick(key.as_bytes()));
+    /// The connection for an operation on `key` (`read`: a get).
+    pub fn pick(&mut self, key: &str, read: bool) -> &mut Conn {
+        self.picked = match self.routing.as_deref() {
+            Some(Routing::Ring(r)) => r.pick(key.as_bytes()),
+            Some(Routing::Leader(l)) => Some(l.pick(read, self.home)),
+            None => None,
+        };
         let i = self.picked.unwrap_or(0).min(self.conns.len() - 1);
         &mut self.conns[i]
     }
 
     /// The last operation ended with `result`: an endpoint that answered `unavailable` is
-    /// passed over for a while.
-    pub fn outcome<T>(&self, result: &Result<T, ErrorKind>) {
-        if let (Err("unavailable"), Some(r), Some(e)) = (result, &self.router, self.picked) {
-            r.failed(e);
+    /// passed over for a while (leaderless), or the leader it named is followed
+    /// (leader-follower). Returns the result with the failure as counted.
+    ///
+    /// # Errors
+    /// The operation's, as its kind.
+    pub fn outcome<T>(&self, result: Result<T, Failed>) -> Result<T, ErrorKind> {
+        let f = match result {
+            Ok(v) => return Ok(v),
+            Err(f) => f,
+        };
+        if let (true, Some(routing), Some(e)) =
+            (f.kind == "unavailable", &self.routing, self.picked)
+        {
+            match &**routing {
+                Routing::Ring(r) => r.failed(e),
+                Routing::Leader(l) => l.unavailable(e, f.leader.as_deref()),
+            }
         }
+        Err(f.kind)
     }
 }
 
@@ -270,28 +397,30 @@ pub async fn connect_clients(
     endpoints: &[String],
     count: usize,
     consistency: pb::Consistency,
-    router: Option<Router>,
+    routing: Option<Routing>,
     clients: usize,
 ) -> anyhow::Result<Vec<ClientConns>> {
-    let Some(router) = router.map(Arc::new) else {
+    let Some(routing) = routing.map(Arc::new) else {
         let conns = connect(kind, endpoints, count, consistency).await?;
         return Ok((0..clients)
             .map(|i| ClientConns {
                 conns: vec![conns[i % conns.len()].clone()],
-                router: None,
+                routing: None,
+                home: 0,
                 picked: None,
             })
             .collect());
     };
-    let e = router.endpoints.len();
+    let e = routing.endpoints().len();
     let groups = count.div_ceil(e).max(1);
-    let conns = connect(kind, &router.endpoints, groups * e, consistency).await?;
+    let conns = connect(kind, routing.endpoints(), groups * e, consistency).await?;
     Ok((0..clients)
         .map(|i| {
             let g = i % groups;
             ClientConns {
                 conns: conns[g * e..(g + 1) * e].to_vec(),
-                router: Some(router.clone()),
+                routing: Some(routing.clone()),
+                home: i % e,
                 picked: None,
             }
         })
@@ -354,6 +483,17 @@ pub async fn connect(
     Ok(out)
 }
 
+fn failed(s: &tonic::Status) -> Failed {
+    Failed {
+        kind: status_kind(s),
+        leader: s
+            .metadata()
+            .get(kv_proto::LEADER_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    }
+}
+
 fn status_kind(s: &tonic::Status) -> ErrorKind {
     use tonic::Code::*;
     match s.code() {
@@ -371,7 +511,7 @@ impl Conn {
     ///
     /// # Errors
     /// The error kind.
-    pub async fn get(&mut self, key: &str, timeout: Duration) -> Result<ReadResult, ErrorKind> {
+    pub async fn get(&mut self, key: &str, timeout: Duration) -> Result<ReadResult, Failed> {
         match self {
             Conn::Kv(c, cons) => {
                 let mut r = tonic::Request::new(pb::GetRequest {
@@ -379,7 +519,7 @@ impl Conn {
                     consistency: Some(*cons),
                 });
                 r.set_timeout(timeout);
-                let g = c.get(r).await.map_err(|s| status_kind(&s))?.into_inner();
+                let g = c.get(r).await.map_err(|s| failed(&s))?.into_inner();
                 Ok(ReadResult {
                     value: g.found.then_some(g.value),
                     version: g.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
@@ -393,7 +533,7 @@ impl Conn {
                     ..Default::default()
                 });
                 r.set_timeout(timeout);
-                let g = c.range(r).await.map_err(|s| status_kind(&s))?.into_inner();
+                let g = c.range(r).await.map_err(|s| failed(&s))?.into_inner();
                 let kv = g.kvs.into_iter().next();
                 Ok(ReadResult {
                     version: kv.as_ref().map(|kv| format!("{}.0", kv.mod_revision)),
@@ -410,8 +550,8 @@ impl Conn {
                         value: v.map(Bytes::from),
                         ..ReadResult::default()
                     }),
-                    Ok(Err(_)) => Err("redis_error"),
-                    Err(_) => Err("deadline_exceeded"),
+                    Ok(Err(_)) => Err("redis_error".into()),
+                    Err(_) => Err("deadline_exceeded".into()),
                 }
             }
         }
@@ -426,7 +566,7 @@ impl Conn {
         key: &str,
         value: Bytes,
         timeout: Duration,
-    ) -> Result<WriteResult, ErrorKind> {
+    ) -> Result<WriteResult, Failed> {
         match self {
             Conn::Kv(c, cons) => {
                 let mut r = tonic::Request::new(pb::PutRequest {
@@ -435,7 +575,7 @@ impl Conn {
                     consistency: Some(*cons),
                 });
                 r.set_timeout(timeout);
-                let p = c.put(r).await.map_err(|s| status_kind(&s))?.into_inner();
+                let p = c.put(r).await.map_err(|s| failed(&s))?.into_inner();
                 Ok(WriteResult {
                     version: p.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
                     degraded: p.meta.is_some_and(|m| m.degraded),
@@ -448,7 +588,7 @@ impl Conn {
                     ..Default::default()
                 });
                 r.set_timeout(timeout);
-                let p = c.put(r).await.map_err(|s| status_kind(&s))?.into_inner();
+                let p = c.put(r).await.map_err(|s| failed(&s))?.into_inner();
                 Ok(WriteResult {
                     version: p.header.map(|h| format!("{}.0", h.revision)),
                     degraded: false,
@@ -460,8 +600,8 @@ impl Conn {
                 let f = cmd.query_async::<()>(c);
                 match tokio::time::timeout(timeout, f).await {
                     Ok(Ok(())) => Ok(WriteResult::default()),
-                    Ok(Err(_)) => Err("redis_error"),
-                    Err(_) => Err("deadline_exceeded"),
+                    Ok(Err(_)) => Err("redis_error".into()),
+                    Err(_) => Err("deadline_exceeded".into()),
                 }
             }
         }
@@ -471,7 +611,7 @@ impl Conn {
     ///
     /// # Errors
     /// The error kind.
-    pub async fn delete(&mut self, key: &str, timeout: Duration) -> Result<WriteResult, ErrorKind> {
+    pub async fn delete(&mut self, key: &str, timeout: Duration) -> Result<WriteResult, Failed> {
         match self {
             Conn::Kv(c, cons) => {
                 let mut r = tonic::Request::new(pb::DeleteRequest {
@@ -479,21 +619,21 @@ impl Conn {
                     consistency: Some(*cons),
                 });
                 r.set_timeout(timeout);
-                let d = c.delete(r).await.map_err(|s| status_kind(&s))?.into_inner();
+                let d = c.delete(r).await.map_err(|s| failed(&s))?.into_inner();
                 Ok(WriteResult {
                     version: d.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
                     degraded: d.meta.is_some_and(|m| m.degraded),
                 })
             }
-            Conn::Etcd(..) => Err("unsupported"),
+            Conn::Etcd(..) => Err("unsupported".into()),
             Conn::Redis(c) => {
                 let mut cmd = redis::cmd("DEL");
                 cmd.arg(key);
                 let f = cmd.query_async::<i64>(c);
                 match tokio::time::timeout(timeout, f).await {
                     Ok(Ok(_)) => Ok(WriteResult::default()),
-                    Ok(Err(_)) => Err("redis_error"),
-                    Err(_) => Err("deadline_exceeded"),
+                    Ok(Err(_)) => Err("redis_error".into()),
+                    Err(_) => Err("deadline_exceeded".into()),
                 }
             }
         }
@@ -510,7 +650,7 @@ impl Conn {
         expected: Option<(u64, u64)>,
         value: Bytes,
         timeout: Duration,
-    ) -> Result<(bool, Option<String>), ErrorKind> {
+    ) -> Result<(bool, Option<String>), Failed> {
         match self {
             Conn::Kv(c, cons) => {
                 let mut r = tonic::Request::new(pb::CompareAndSetRequest {
@@ -523,14 +663,14 @@ impl Conn {
                 let a = c
                     .compare_and_set(r)
                     .await
-                    .map_err(|s| status_kind(&s))?
+                    .map_err(|s| failed(&s))?
                     .into_inner();
                 Ok((
                     a.applied,
                     a.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
                 ))
             }
-            Conn::Etcd(..) | Conn::Redis(..) => Err("unsupported"),
+            Conn::Etcd(..) | Conn::Redis(..) => Err("unsupported".into()),
         }
     }
 }
@@ -550,6 +690,57 @@ mod tests {
             avoid_until: (0..count).map(|_| AtomicU64::new(0)).collect(),
             t0: Instant::now(),
         }
+    }
+
+    fn leader_route(spread_reads: bool) -> LeaderRoute {
+        let st = |id: &str, term: u64, leader: &str| pb::NodeStatus {
+            id: id.into(),
+            term,
+            leader: leader.into(),
+            members: [("n4", "h4:1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        // n1 still believes in n1 at term 1; n2 and n3 have moved on to n3 at term 2.
+        super::leader_route(
+            vec![
+                ("h1:1".into(), st("n1", 1, "n1")),
+                ("h2:1".into(), st("n2", 2, "n3")),
+                ("h3:1".into(), st("n3", 2, "n3")),
+            ],
+            spread_reads,
+        )
+    }
+
+    #[test]
+    fn writes_go_to_the_leader_of_the_newest_term_and_follow_it() {
+        let l = leader_route(false);
+        assert_eq!(l.leader(), "h3:1");
+        assert_eq!((l.pick(false, 0), l.pick(true, 1)), (2, 2));
+        // A follower names the new leader: every client moves there.
+        l.unavailable(2, Some("n2"));
+        assert_eq!(l.pick(false, 0), 1);
+        // A refusal without a leader from an endpoint that is not the leader changes nothing.
+        l.unavailable(0, None);
+        assert_eq!(l.pick(false, 0), 1);
+        // The leader fails with no leader named: try the next endpoint, wrapping around.
+        l.unavailable(1, None);
+        assert_eq!(l.pick(false, 0), 2);
+        l.unavailable(2, None);
+        assert_eq!(l.pick(false, 0), 0);
+        // A leader no endpoint serves: stay (and say so once).
+        l.unavailable(0, Some("n4"));
+        assert_eq!(l.pick(false, 0), 0);
+        assert!(l.warned.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn reads_from_any_replica_stay_on_each_clients_endpoint() {
+        let l = leader_route(true);
+        assert_eq!([0, 1, 2, 3].map(|home| l.pick(true, home)), [0, 1, 2, 0]);
+        assert_eq!(l.pick(false, 1), 2);
     }
 
     #[test]

@@ -124,10 +124,12 @@ struct RunArgs {
     /// Write quorum sent with every quorumkv request.
     #[arg(long)]
     w: Option<u32>,
-    /// How requests choose a quorumkv node: auto (leaderless clusters: each key goes to the
-    /// first live replica of its preference list, learnt from the nodes' Status, as
-    /// token-aware Cassandra drivers do; otherwise spread) or spread (each client keeps to one
-    /// connection, connections spread round robin over --endpoints).
+    /// How requests choose a quorumkv node: auto (learnt from the nodes' Status: leaderless,
+    /// each key goes to the first live replica of its preference list, as token-aware
+    /// Cassandra drivers do; leader-follower, writes and leader reads go to the leader and
+    /// follow it when it moves, reads from any/local stay spread; single node: spread) or
+    /// spread (each client keeps to one connection, connections spread round robin over
+    /// --endpoints).
     #[arg(long, value_enum, default_value = "auto")]
     route: Route,
     /// Where quorumkv serves reads: leader, any or local.

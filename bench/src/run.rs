@@ -25,7 +25,7 @@ use kv_proto::kv::v1 as pb;
 use rand::{Rng, RngCore, SeedableRng};
 use serde::Serialize;
 
-use crate::driver::{self, ClientConns, DriverKind, Route};
+use crate::driver::{self, ClientConns, DriverKind, Route, Routing};
 use crate::workload::{Dist, KeyChooser, Mix, ValueSize, key_name};
 
 /// Everything a run is configured with (recorded in `summary.json`).
@@ -341,9 +341,8 @@ async fn client(
         // A cas expects what this client last saw of the key; the history records that value.
         let (mut expected_value, mut applied) = (None, None);
         let (res, seen, version, was_degraded) = if is_read {
-            let r = conns.pick(&key).get(&key, cfg.timeout).await;
-            conns.outcome(&r);
-            match r {
+            let r = conns.pick(&key, true).get(&key, cfg.timeout).await;
+            match conns.outcome(r) {
                 Ok(r) => (Ok(()), r.value, r.version, r.degraded),
                 Err(e) => (Err(e), None, None, false),
             }
@@ -359,11 +358,10 @@ async fn client(
                 value.slice(..cfg.value_size.pick(&mut rng))
             };
             let r = conns
-                .pick(&key)
+                .pick(&key, false)
                 .cas(&key, exp_version, v.clone(), cfg.timeout)
                 .await;
-            conns.outcome(&r);
-            match r {
+            match conns.outcome(r) {
                 Ok((ok, version)) => {
                     applied = Some(ok);
                     (Ok(()), Some(v), version, false)
@@ -371,9 +369,8 @@ async fn client(
                 Err(e) => (Err(e), Some(v), None, false),
             }
         } else if is_delete {
-            let r = conns.pick(&key).delete(&key, cfg.timeout).await;
-            conns.outcome(&r);
-            match r {
+            let r = conns.pick(&key, false).delete(&key, cfg.timeout).await;
+            match conns.outcome(r) {
                 Ok(w) => (Ok(()), None, w.version, w.degraded),
                 Err(e) => (Err(e), None, None, false),
             }
@@ -383,9 +380,11 @@ async fn client(
             } else {
                 value.slice(..cfg.value_size.pick(&mut rng))
             };
-            let r = conns.pick(&key).put(&key, v.clone(), cfg.timeout).await;
-            conns.outcome(&r);
-            match r {
+            let r = conns
+                .pick(&key, false)
+                .put(&key, v.clone(), cfg.timeout)
+                .await;
+            match conns.outcome(r) {
                 Ok(w) => (Ok(()), Some(v), w.version, w.degraded),
                 Err(e) => (Err(e), Some(v), None, false),
             }
@@ -574,26 +573,38 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
             Some(o) => anyhow::bail!("--on-quorum-loss {o:?}: expected fail or degrade"),
         } as i32,
     };
-    let router = if cfg.driver == DriverKind::Kv && cfg.route == Route::Auto {
-        driver::discover(&cfg.endpoints).await?
+    let routing = if cfg.driver == DriverKind::Kv && cfg.route == Route::Auto {
+        let spread_reads = matches!(cfg.read_from.as_deref(), Some("any" | "local"));
+        driver::discover(&cfg.endpoints, spread_reads).await?
     } else {
         None
     };
-    if let Some(r) = &router {
-        eprintln!(
+    match &routing {
+        Some(Routing::Ring(r)) => eprintln!(
             "kv-bench: leaderless cluster: each key goes to its coordinator (token-aware; {} of \
              the ring's members served by --endpoints; --route spread to turn off)",
             r.mapped()
-        );
+        ),
+        Some(Routing::Leader(l)) => eprintln!(
+            "kv-bench: leader-follower cluster: writes{} go to the leader ({} now), followed \
+             when it moves; --route spread to turn off",
+            if matches!(cfg.read_from.as_deref(), Some("any" | "local")) {
+                ""
+            } else {
+                " and reads"
+            },
+            l.leader()
+        ),
+        None => {}
     }
     let mut cfg = cfg;
-    cfg.token_aware = router.is_some();
+    cfg.token_aware = matches!(routing, Some(Routing::Ring(_)));
     let conns = driver::connect_clients(
         cfg.driver,
         &cfg.endpoints,
         cfg.connections,
         consistency,
-        router,
+        routing,
         cfg.clients,
     )
     .await?;

@@ -16,5 +16,11 @@ pub mod kv {
     }
 }
 
+/// gRPC metadata key of the leader's address on a leader-follower follower's answer to a write
+/// or leader read (UNAVAILABLE, "not the leader"): clients retry there (kvctl, kv-bench).
+pub const LEADER_ADDR: &str = "x-kv-leader";
+/// gRPC metadata key of the leader's id on the same answer.
+pub const LEADER_ID: &str = "x-kv-leader-id";
+
 /// Encoded `FileDescriptorSet` of every `.proto` in this crate, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kv_descriptor");

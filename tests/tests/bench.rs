@@ -275,3 +275,79 @@ async fn a_run_at_a_follower_names_the_leader_to_give_instead() {
         "{at_leader:?}"
     );
 }
+
+/// `timeline.csv` of a run: (ops, errors) per second.
+fn timeline(dir: &std::path::Path) -> Vec<(u64, u64)> {
+    std::fs::read_to_string(dir.join("timeline.csv"))
+        .expect("timeline")
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<u64> = l.split(',').map(|x| x.parse().expect("number")).collect();
+            (f[1], f[4])
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_run_over_every_node_follows_the_leader_through_a_kill() {
+    let mut c = kv_tests::cluster::Cluster::start(3, &[])
+        .await
+        .expect("cluster");
+    let leader = c
+        .wait_leader(Duration::from_secs(10), None)
+        .await
+        .expect("leader");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = Command::new(bin("kv-bench"))
+        .args(["run", "--endpoints", &c.endpoints(), "--clients", "4"])
+        .args(["--duration", "5s", "--warmup", "200ms", "--keys", "100"])
+        .arg("--out")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kv-bench");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    c.nodes[leader].kill9();
+    let o = bench.wait_with_output().expect("kv-bench");
+    assert!(o.status.success(), "{o:?}");
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(said.contains("writes and reads go to the leader"), "{said}");
+    let t = timeline(dir.path());
+    eprintln!("{t:?}");
+    // Before the kill every request went to the leader (followers would have refused them).
+    assert!(t[0].0 > 0 && t[0].1 == 0, "{t:?}");
+    // After it, the run found the new leader and stayed with it.
+    let last = t.last().expect("seconds");
+    assert!(last.0 > 0 && last.1 == 0, "{t:?}");
+}
+
+#[test]
+fn a_restarted_node_is_reconnected_to_and_a_dead_one_paces_its_clients() {
+    let mut node = NodeProcess::start(&["--storage", "memory"]).expect("node");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = Command::new(bin("kv-bench"))
+        .args(["run", "--endpoints", &node.endpoint(), "--clients", "4"])
+        .args(["--duration", "4s", "--warmup", "200ms", "--keys", "100"])
+        .arg("--out")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kv-bench");
+    std::thread::sleep(Duration::from_millis(1500));
+    node.kill9();
+    std::thread::sleep(Duration::from_millis(800));
+    node.start_again().expect("restart");
+    let o = bench.wait_with_output().expect("kv-bench");
+    assert!(o.status.success(), "{o:?}");
+    let t = timeline(dir.path());
+    eprintln!("{t:?}");
+    let last = t.last().expect("seconds");
+    assert!(last.0 > 0 && last.1 == 0, "not reconnected: {t:?}");
+    // While the node was down, attempts were paced (one per 100 ms per endpoint), not a spin
+    // of instant refusals.
+    let errors: u64 = t.iter().map(|s| s.1).sum();
+    assert!((1..200).contains(&errors), "{errors} errors: {t:?}");
+}

@@ -14,10 +14,7 @@ use tonic::Status;
 
 use crate::error::Error;
 
-/// Metadata key of the leader's address on a not-the-leader answer (kvctl follows it).
-pub const LEADER_ADDR: &str = "x-kv-leader";
-/// Metadata key of the leader's id.
-pub const LEADER_ID: &str = "x-kv-leader-id";
+pub use kv_proto::{LEADER_ADDR, LEADER_ID};
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
