@@ -6,7 +6,7 @@
 //! start(settings) ── opens storage ──► node::Node ◄── server::kv (kv.v1.Kv over tonic)
 //!                                        │              + grpc.health.v1 + reflection
 //!                                        └──────────── metrics (hyper: /metrics /healthz /readyz)
-//! bin/kvctl.rs    client CLI over kv_proto's generated client
+//! bin/kvctl/     client CLI over kv_proto's generated client
 //! ```
 //!
 //! - [`config`]: one `Config`, validated into `Settings`.

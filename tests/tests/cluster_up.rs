@@ -47,44 +47,7 @@ fn cluster_up_leaderless_in_memory_serves_and_shows_the_leaderless_status() {
 /// what `kvctl status --output json` said while it ran.
 fn cluster_up(extra: &[&str], check: impl Fn(&[String])) -> serde_json::Value {
     let dir = tempfile::tempdir().expect("tempdir");
-    let base = free_port_range(3);
-    let admin = free_port_range(3);
-    let mut child = Command::new(bin("kvctl"))
-        .args(["cluster", "up", "--nodes", "3"])
-        .args(extra)
-        .args([
-            "--base-port",
-            &base.to_string(),
-            "--admin-base-port",
-            &admin.to_string(),
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kvctl cluster up");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = Vec::new();
-    let endpoints = loop {
-        let Some(line) = lines.next() else {
-            let _ = child.wait();
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            panic!("kvctl cluster up ended before printing its endpoints: {seen:?}\n{err}");
-        };
-        let line = line.expect("utf-8");
-        seen.push(line.clone());
-        if let Some(eps) = line.trim().strip_prefix("export KV_ENDPOINTS=") {
-            break eps.to_string();
-        }
-        assert!(Instant::now() < deadline, "no endpoints printed: {seen:?}");
-    };
+    let (mut child, endpoints, seen) = start(extra, dir.path());
     check(&seen);
     let r = kvctl(&endpoints, &["put", "greeting", "hello"]);
     assert_eq!(r.code, 0, "{r:?}");
@@ -110,4 +73,140 @@ fn cluster_up(extra: &[&str], check: impl Fn(&[String])) -> serde_json::Value {
         );
     }
     v
+}
+
+/// Starts `kvctl cluster up --nodes 3 EXTRA --data-dir DIR`; returns it, its endpoints and the
+/// lines it printed up to them.
+fn start(extra: &[&str], dir: &std::path::Path) -> (std::process::Child, String, Vec<String>) {
+    let base = free_port_range(3);
+    let admin = free_port_range(3);
+    let mut child = Command::new(bin("kvctl"))
+        .args(["cluster", "up", "--nodes", "3"])
+        .args(extra)
+        .args([
+            "--base-port",
+            &base.to_string(),
+            "--admin-base-port",
+            &admin.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kvctl cluster up");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let mut endpoints = None;
+    let endpoints = loop {
+        let Some(line) = lines.next() else {
+            let _ = child.wait();
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("kvctl cluster up ended before printing its endpoints: {seen:?}\n{err}");
+        };
+        let line = line.expect("utf-8");
+        seen.push(line.clone());
+        if let Some(eps) = line.trim().strip_prefix("export KV_ENDPOINTS=") {
+            endpoints = Some(eps.to_string());
+        }
+        if line.starts_with("Ctrl-C stops every node") {
+            break endpoints.expect("endpoints printed");
+        }
+        assert!(Instant::now() < deadline, "no endpoints printed: {seen:?}");
+    };
+    // Keep reading what it prints (it must not block on a full pipe).
+    std::thread::spawn(move || for _ in lines {});
+    (child, endpoints, seen)
+}
+
+#[test]
+fn cluster_kill_and_start_bring_a_node_back_with_its_hints() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut child, endpoints, seen) = start(
+        &["--mode", "leaderless", "--n", "3", "--r", "2", "--w", "2"],
+        dir.path(),
+    );
+    assert!(
+        seen.iter().any(|l| l.contains("kvctl cluster kill n1")),
+        "{seen:?}"
+    );
+    let d = dir.path().to_str().expect("utf-8 path");
+    let node = |action: &str, n: &str| kvctl(&endpoints, &["cluster", action, n, "--data-dir", d]);
+    let r = node("kill", "n3");
+    assert_eq!(
+        (r.code, r.stdout.starts_with("n3 killed (kill -9")),
+        (0, true),
+        "{r:?}"
+    );
+    let r = node("kill", "n3");
+    assert_eq!(
+        (r.code, r.stderr.as_str()),
+        (3, "kvctl: n3 is not running"),
+        "{r:?}"
+    );
+    let r = node("pause", "n7");
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(
+        r.stderr.contains("no node n7 in this cluster (n1..n3)"),
+        "{r:?}"
+    );
+    // Writes go on without n3 (W=2 of N=3); its copies wait as hints.
+    for i in 0..10 {
+        let r = kvctl(&endpoints, &["put", &format!("k{i}"), &format!("v{i}")]);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    let n3 = endpoints
+        .split(',')
+        .nth(2)
+        .expect("three endpoints")
+        .to_string();
+    let r = node("start", "n3");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.ends_with(&format!("at {n3}")), "{r:?}");
+    // Back, it receives the hints: its own copy of every key (N=3 of 3 nodes holds them all).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for i in 0..10 {
+        loop {
+            let r = kvctl(&n3, &["get", &format!("k{i}"), "--read-from", "local"]);
+            if r.code == 0 {
+                assert_eq!(r.stdout, format!("v{i}"));
+                break;
+            }
+            assert!(Instant::now() < deadline, "k{i} never reached n3: {r:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // A paused node holds its connections and answers nothing until resumed.
+    assert_eq!(node("pause", "n3").code, 0);
+    let r = kvctl(
+        &n3,
+        &["--timeout", "300ms", "get", "k1", "--read-from", "local"],
+    );
+    assert_ne!(r.code, 0, "{r:?}");
+    assert_eq!(node("resume", "n3").code, 0);
+    assert_eq!(
+        kvctl(&n3, &["get", "k1", "--read-from", "local"]).stdout,
+        "v1"
+    );
+    // Every node killed on request: the cluster waits to be told what next, then stops.
+    for n in ["n1", "n2", "n3"] {
+        assert_eq!(node("kill", n).code, 0);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(matches!(child.try_wait(), Ok(None)), "cluster up ended");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(child.wait().expect("wait").success());
+    // Nothing serves the directory any more.
+    let r = node("start", "n1");
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("no `kvctl cluster up` answered"), "{r:?}");
 }

@@ -15,9 +15,12 @@ use tonic::transport::Channel;
 
 /// kv-node itself, so that `kvctl cluster up` can start nodes from this one binary
 /// (`cargo run --bin kvctl -- cluster up` builds nothing else).
-#[path = "kv-node.rs"]
+#[path = "../kv-node.rs"]
 #[allow(dead_code)]
 mod node_bin;
+
+mod cluster;
+use cluster::ClusterCmd;
 
 /// quorumkv client.
 ///
@@ -83,7 +86,8 @@ enum Cmd {
         #[command(subcommand)]
         fault: FaultCmd,
     },
-    /// Run a local cluster of real kv-node processes on 127.0.0.1, in the foreground.
+    /// Run a local cluster of real kv-node processes on 127.0.0.1, in the foreground, and
+    /// kill, start, pause or resume its nodes.
     Cluster {
         #[command(subcommand)]
         cmd: ClusterCmd,
@@ -125,240 +129,6 @@ enum Cmd {
         #[arg(long)]
         w: Option<u32>,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum ClusterCmd {
-    /// Start the nodes, print how to reach them, and stop them all on Ctrl-C. Node i listens
-    /// on --base-port + i - 1 (gRPC) and --admin-base-port + i - 1 (metrics); logs go to
-    /// DATA_DIR/n<i>.log. Fault injection is enabled, so `kvctl fault` works.
-    Up(UpArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct UpArgs {
-    /// Number of nodes.
-    #[arg(long, default_value_t = 5)]
-    nodes: u32,
-    /// leader-follower or leaderless.
-    #[arg(long, default_value = "leader-follower")]
-    mode: String,
-    /// Replicas per key [default: every node in leader-follower].
-    #[arg(long)]
-    n: Option<u32>,
-    /// Read quorum [default: majority of N].
-    #[arg(long)]
-    r: Option<u32>,
-    /// Write quorum [default: majority of N].
-    #[arg(long)]
-    w: Option<u32>,
-    /// First gRPC port.
-    #[arg(long, default_value_t = 7001)]
-    base_port: u16,
-    /// First admin (metrics) port.
-    #[arg(long, default_value_t = 9101)]
-    admin_base_port: u16,
-    /// Where the nodes keep their data [default: a new directory under the system temp dir].
-    #[arg(long)]
-    data_dir: Option<std::path::PathBuf>,
-    /// always, batch or never.
-    #[arg(long, default_value = "batch")]
-    fsync: String,
-    /// Keep data in memory instead of under --data-dir (lost when a node stops).
-    #[arg(long)]
-    memory: bool,
-    /// More kv-node flags for every node, after `--`; e.g.
-    /// `-- --read-repair blocking --anti-entropy-interval 2s` (see `kv-node --help`).
-    #[arg(last = true, value_name = "KV_NODE_FLAGS")]
-    node_args: Vec<String>,
-}
-
-fn cluster_up(a: UpArgs, t: Duration) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("kvctl: cannot start the runtime: {e}");
-            return ExitCode::from(exit::FAILED);
-        }
-    };
-    rt.block_on(cluster_up_async(a, t))
-}
-
-async fn cluster_up_async(a: UpArgs, t: Duration) -> ExitCode {
-    let fail = |msg: String| {
-        eprintln!("kvctl: {msg}");
-        ExitCode::from(exit::FAILED)
-    };
-    if a.nodes == 0 || u32::from(a.base_port) + a.nodes > 65536 {
-        return fail(format!(
-            "--nodes {} does not fit from port {}",
-            a.nodes, a.base_port
-        ));
-    }
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => return fail(format!("cannot find this executable: {e}")),
-    };
-    let dir = a.data_dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("quorumkv-cluster-{}", std::process::id()))
-    });
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        return fail(format!("cannot create {}: {e}", dir.display()));
-    }
-    let addr = |i: u32| format!("127.0.0.1:{}", u32::from(a.base_port) + i);
-    let admin = |i: u32| format!("127.0.0.1:{}", u32::from(a.admin_base_port) + i);
-    let peers: Vec<String> = (0..a.nodes)
-        .map(|i| format!("n{}={}", i + 1, addr(i)))
-        .collect();
-    let peers = peers.join(",");
-    let mut children = Vec::new();
-    for i in 0..a.nodes {
-        let id = format!("n{}", i + 1);
-        let log_path = dir.join(format!("{id}.log"));
-        let log = match std::fs::File::create(&log_path) {
-            Ok(f) => f,
-            Err(e) => return fail(format!("cannot create {}: {e}", log_path.display())),
-        };
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.arg("node")
-            .args([
-                "--id",
-                &id,
-                "--listen",
-                &addr(i),
-                "--admin-listen",
-                &admin(i),
-            ])
-            .args(["--peers", &peers, "--mode", &a.mode, "--fsync", &a.fsync])
-            .arg("--enable-fault-injection")
-            .args(&a.node_args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(log);
-        if a.memory {
-            cmd.args(["--storage", "memory"]);
-        } else {
-            cmd.arg("--data-dir").arg(dir.join(&id));
-        }
-        for (flag, v) in [("--n", a.n), ("--r", a.r), ("--w", a.w)] {
-            if let Some(v) = v {
-                cmd.arg(flag).arg(v.to_string());
-            }
-        }
-        match cmd.spawn() {
-            Ok(c) => children.push((id, c, log_path)),
-            Err(e) => return fail(format!("cannot start {id}: {e}")),
-        }
-    }
-    let endpoints: Vec<String> = (0..a.nodes).map(addr).collect();
-    // Wait until every node answers and one leads (or a node dies).
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let leader = loop {
-        for (id, c, log) in children.iter_mut() {
-            if let Ok(Some(st)) = c.try_wait() {
-                let text = std::fs::read_to_string(&*log).unwrap_or_default();
-                let msg = format!("{id} exited ({st}) at start-up: {}", text.trim());
-                stop_all(&mut children).await;
-                return fail(msg);
-            }
-        }
-        let mut up = 0;
-        let mut leader = None;
-        for e in &endpoints {
-            if let Some(s) = node_status(e, t).await {
-                // Leaderless: a node is up once it reaches every peer (until then it counts
-                // the peers it has not connected to as down).
-                if s.mode != "leaderless" || s.reachable.len() + 1 == endpoints.len() {
-                    up += 1;
-                }
-                if s.role == "leader" {
-                    leader = Some(s.id);
-                }
-            }
-        }
-        if up == endpoints.len() && (leader.is_some() || a.mode != "leader-follower") {
-            break leader;
-        }
-        if std::time::Instant::now() > deadline {
-            stop_all(&mut children).await;
-            return fail(format!(
-                "the cluster did not come up within 20 s: {up} of {} nodes answered; logs in {}",
-                endpoints.len(),
-                dir.display()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let eps = endpoints.join(",");
-    println!(
-        "quorumkv: {} nodes, {} mode, data and logs in {}",
-        a.nodes,
-        a.mode,
-        dir.display()
-    );
-    for i in 0..a.nodes {
-        println!(
-            "  n{:<3} {}   metrics http://{}/metrics",
-            i + 1,
-            addr(i),
-            admin(i)
-        );
-    }
-    if let Some(l) = leader {
-        println!("leader: {l}");
-    }
-    println!(
-        "\nTry:\n  export KV_ENDPOINTS={eps}\n  kvctl put greeting hello\n  kvctl get greeting\n  kvctl status\n  kvctl fault partition n1,n2/n3,n4,n5    (then: kvctl fault heal)\nCtrl-C stops every node."
-    );
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => return fail(format!("cannot watch for SIGTERM: {e}")),
-    };
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => {
-                // Pass the stop on: the nodes did not get this signal with us.
-                for (_, c, _) in children.iter() {
-                    let _ = std::process::Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
-                }
-                break;
-            }
-            () = tokio::time::sleep(Duration::from_millis(500)) => {
-                for (id, c, log) in children.iter_mut() {
-                    if let Ok(Some(st)) = c.try_wait() {
-                        eprintln!("kvctl: {id} exited ({st}); its log: {}", log.display());
-                    }
-                }
-                children.retain_mut(|(_, c, _)| matches!(c.try_wait(), Ok(None)));
-                if children.is_empty() {
-                    return fail("every node has exited".into());
-                }
-            }
-        }
-    }
-    println!("stopping {} nodes", children.len());
-    stop_all(&mut children).await;
-    ExitCode::SUCCESS
-}
-
-/// Gives the nodes 3 s to stop on the signal they got with us, then kills the rest.
-async fn stop_all(children: &mut [(String, std::process::Child, std::path::PathBuf)]) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while std::time::Instant::now() < deadline
-        && children
-            .iter_mut()
-            .any(|(_, c, _)| matches!(c.try_wait(), Ok(None)))
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for (_, c, _) in children.iter_mut() {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -922,11 +692,8 @@ fn main() -> ExitCode {
         return node_bin::node_main(argv);
     }
     let args = Args::parse();
-    if let Cmd::Cluster {
-        cmd: ClusterCmd::Up(up),
-    } = args.cmd
-    {
-        return cluster_up(up, args.timeout.0);
+    if let Cmd::Cluster { cmd } = args.cmd {
+        return cluster::run(cmd, args.timeout.0);
     }
     let json = args.output == Output::Json;
     let rt = match tokio::runtime::Builder::new_current_thread()

@@ -1,0 +1,550 @@
+//! `kvctl cluster`: a local cluster of real kv-node processes, and the crash faults a Jepsen
+//! nemesis would inject into it (kill -9, start again, pause, resume).
+//!
+//! `cluster up` runs in the foreground and supervises its nodes. The other `cluster` commands
+//! reach it through request files in its data directory (`DATA_DIR/control/NODE.ACTION`): it
+//! looks every 100 ms, acts on its own child process and answers in `NODE.ACTION.done`. So a
+//! node started again is its child like the others, and Ctrl-C stops it too. The data
+//! directory of the last `cluster up` still running is remembered in
+//! `$TMPDIR/quorumkv-cluster-current`, so `--data-dir` is needed only with several clusters.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use kv_node::client::exit;
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ClusterCmd {
+    /// Start the nodes, print how to reach them, and stop them all on Ctrl-C. Node i listens
+    /// on --base-port + i - 1 (gRPC) and --admin-base-port + i - 1 (metrics); logs go to
+    /// DATA_DIR/n<i>.log. Fault injection is enabled, so `kvctl fault` works, and the node
+    /// commands below act on its nodes.
+    Up(UpArgs),
+    /// kill -9 a node of the running `cluster up` (no shutdown, no flush).
+    Kill(NodeArgs),
+    /// Start a node of the running `cluster up` again (same flags, ports and data), and wait
+    /// until it answers.
+    Start(NodeArgs),
+    /// Freeze a node (SIGSTOP): it holds its connections but answers nothing, like a long GC
+    /// pause or a stalled VM.
+    Pause(NodeArgs),
+    /// Thaw a paused node (SIGCONT).
+    Resume(NodeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct NodeArgs {
+    /// The node: n1, n2, ...
+    node: String,
+    /// The data directory of the `cluster up` to act on [default: the last one started that
+    /// still runs].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct UpArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 5)]
+    nodes: u32,
+    /// leader-follower or leaderless.
+    #[arg(long, default_value = "leader-follower")]
+    mode: String,
+    /// Replicas per key [default: every node in leader-follower].
+    #[arg(long)]
+    n: Option<u32>,
+    /// Read quorum [default: majority of N].
+    #[arg(long)]
+    r: Option<u32>,
+    /// Write quorum [default: majority of N].
+    #[arg(long)]
+    w: Option<u32>,
+    /// First gRPC port.
+    #[arg(long, default_value_t = 7001)]
+    base_port: u16,
+    /// First admin (metrics) port.
+    #[arg(long, default_value_t = 9101)]
+    admin_base_port: u16,
+    /// Where the nodes keep their data [default: a new directory under the system temp dir].
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// always, batch or never.
+    #[arg(long, default_value = "batch")]
+    fsync: String,
+    /// Keep data in memory instead of under --data-dir (lost when a node stops).
+    #[arg(long)]
+    memory: bool,
+    /// More kv-node flags for every node, after `--`; e.g.
+    /// `-- --read-repair blocking --anti-entropy-interval 2s` (see `kv-node --help`).
+    #[arg(last = true, value_name = "KV_NODE_FLAGS")]
+    node_args: Vec<String>,
+}
+
+/// Where the last `cluster up` records its data directory.
+fn current_file() -> PathBuf {
+    std::env::temp_dir().join("quorumkv-cluster-current")
+}
+
+const ACTIONS: [&str; 4] = ["kill", "start", "pause", "resume"];
+
+/// Runs a cluster command.
+pub(crate) fn run(cmd: ClusterCmd, t: Duration) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kvctl: cannot start the runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    let (action, n) = match cmd {
+        ClusterCmd::Up(a) => return rt.block_on(up(a, t)),
+        ClusterCmd::Kill(n) => ("kill", n),
+        ClusterCmd::Start(n) => ("start", n),
+        ClusterCmd::Pause(n) => ("pause", n),
+        ClusterCmd::Resume(n) => ("resume", n),
+    };
+    match rt.block_on(request(action, &n, t)) {
+        Ok(said) => {
+            println!("{said}");
+            ExitCode::SUCCESS
+        }
+        Err((code, why)) => {
+            eprintln!("kvctl: {why}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Asks the supervising `cluster up` to act on a node and waits for its answer (and, for
+/// `start`, until the node answers `Status`).
+async fn request(action: &str, n: &NodeArgs, t: Duration) -> Result<String, (u8, String)> {
+    let dir = match &n.data_dir {
+        Some(d) => d.clone(),
+        None => std::fs::read_to_string(current_file())
+            .map(|s| PathBuf::from(s.trim()))
+            .map_err(|_| {
+                (
+                    exit::FAILED,
+                    "no `kvctl cluster up` is running (or give --data-dir of the one to act on)"
+                        .to_string(),
+                )
+            })?,
+    };
+    if !(n.node.starts_with('n') && n.node[1..].parse::<u32>().is_ok()) {
+        return Err((
+            exit::USAGE,
+            format!("{:?} is not a node id (n1, n2, ...)", n.node),
+        ));
+    }
+    let control = dir.join("control");
+    let req = control.join(format!("{}.{action}", n.node));
+    let done = control.join(format!("{}.{action}.done", n.node));
+    let _ = std::fs::remove_file(&done);
+    std::fs::write(&req, b"").map_err(|e| {
+        (
+            exit::FAILED,
+            format!(
+                "cannot reach the `kvctl cluster up` of {} ({}: {e})",
+                dir.display(),
+                req.display()
+            ),
+        )
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let answer = loop {
+        if let Ok(a) = std::fs::read_to_string(&done) {
+            let _ = std::fs::remove_file(&done);
+            break a;
+        }
+        if Instant::now() > deadline {
+            let _ = std::fs::remove_file(&req);
+            return Err((
+                exit::FAILED,
+                format!(
+                    "no `kvctl cluster up` answered for {} within 3 s (has it stopped?)",
+                    dir.display()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (ok, said) = match answer.split_once(' ') {
+        Some(("ok", rest)) => (true, rest.trim().to_string()),
+        Some((_, rest)) => (false, rest.trim().to_string()),
+        None => (false, answer.trim().to_string()),
+    };
+    if !ok {
+        return Err((exit::FAILED, said));
+    }
+    if action == "start" {
+        // The answer names the address: wait until the node serves.
+        let addr = said.rsplit(' ').next().unwrap_or_default().to_string();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while super::node_status(&addr, t).await.is_none() {
+            if Instant::now() > deadline {
+                return Err((
+                    exit::FAILED,
+                    format!("{said}, but it does not answer after 20 s (see its log)"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(said)
+}
+
+/// One supervised node.
+struct Node {
+    id: String,
+    addr: String,
+    log: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+    /// Taken down on request (its exit is expected, and the cluster keeps running).
+    downed: bool,
+}
+
+impl Node {
+    fn running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    fn signal(&self, sig: &str) -> Result<(), String> {
+        let Some(c) = &self.child else {
+            return Err(format!("{} is not running", self.id));
+        };
+        match Command::new("kill")
+            .arg(sig)
+            .arg(c.id().to_string())
+            .status()
+        {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("kill {sig} {} failed: {s}", c.id())),
+            Err(e) => Err(format!("cannot run kill: {e}")),
+        }
+    }
+}
+
+async fn up(a: UpArgs, t: Duration) -> ExitCode {
+    let fail = |msg: String| {
+        eprintln!("kvctl: {msg}");
+        ExitCode::from(exit::FAILED)
+    };
+    if a.nodes == 0 || u32::from(a.base_port) + a.nodes > 65536 {
+        return fail(format!(
+            "--nodes {} does not fit from port {}",
+            a.nodes, a.base_port
+        ));
+    }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return fail(format!("cannot find this executable: {e}")),
+    };
+    let dir = a.data_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("quorumkv-cluster-{}", std::process::id()))
+    });
+    let control = dir.join("control");
+    let _ = std::fs::remove_dir_all(&control); // requests left by an earlier run
+    if let Err(e) = std::fs::create_dir_all(&control) {
+        return fail(format!("cannot create {}: {e}", control.display()));
+    }
+    let addr = |i: u32| format!("127.0.0.1:{}", u32::from(a.base_port) + i);
+    let admin = |i: u32| format!("127.0.0.1:{}", u32::from(a.admin_base_port) + i);
+    let peers: Vec<String> = (0..a.nodes)
+        .map(|i| format!("n{}={}", i + 1, addr(i)))
+        .collect();
+    let peers = peers.join(",");
+    // The command that starts node i (the first time and again after a kill).
+    let command = |i: u32, log: std::fs::File| {
+        let id = format!("n{}", i + 1);
+        let mut cmd = Command::new(&exe);
+        cmd.arg("node")
+            .args([
+                "--id",
+                &id,
+                "--listen",
+                &addr(i),
+                "--admin-listen",
+                &admin(i),
+            ])
+            .args(["--peers", &peers, "--mode", &a.mode, "--fsync", &a.fsync])
+            .arg("--enable-fault-injection")
+            .args(&a.node_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if a.memory {
+            cmd.args(["--storage", "memory"]);
+        } else {
+            cmd.arg("--data-dir").arg(dir.join(&id));
+        }
+        for (flag, v) in [("--n", a.n), ("--r", a.r), ("--w", a.w)] {
+            if let Some(v) = v {
+                cmd.arg(flag).arg(v.to_string());
+            }
+        }
+        cmd
+    };
+    let mut nodes = Vec::new();
+    for i in 0..a.nodes {
+        let id = format!("n{}", i + 1);
+        let log_path = dir.join(format!("{id}.log"));
+        let log = match std::fs::File::create(&log_path) {
+            Ok(f) => f,
+            Err(e) => return fail(format!("cannot create {}: {e}", log_path.display())),
+        };
+        let child = match command(i, log).spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                stop_all(&mut nodes).await;
+                return fail(format!("cannot start {id}: {e}"));
+            }
+        };
+        nodes.push(Node {
+            id,
+            addr: addr(i),
+            log: log_path,
+            child: Some(child),
+            paused: false,
+            downed: false,
+        });
+    }
+    let endpoints: Vec<String> = (0..a.nodes).map(addr).collect();
+    // Wait until every node answers and one leads (or a node dies).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let leader = loop {
+        for n in nodes.iter_mut() {
+            if let Some(Ok(Some(st))) = n.child.as_mut().map(Child::try_wait) {
+                let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+                let msg = format!("{} exited ({st}) at start-up: {}", n.id, text.trim());
+                stop_all(&mut nodes).await;
+                return fail(msg);
+            }
+        }
+        let mut up = 0;
+        let mut leader = None;
+        for e in &endpoints {
+            if let Some(s) = super::node_status(e, t).await {
+                // Leaderless: a node is up once it reaches every peer (until then it counts
+                // the peers it has not connected to as down).
+                if s.mode != "leaderless" || s.reachable.len() + 1 == endpoints.len() {
+                    up += 1;
+                }
+                if s.role == "leader" {
+                    leader = Some(s.id);
+                }
+            }
+        }
+        if up == endpoints.len() && (leader.is_some() || a.mode != "leader-follower") {
+            break leader;
+        }
+        if Instant::now() > deadline {
+            stop_all(&mut nodes).await;
+            return fail(format!(
+                "the cluster did not come up within 20 s: {up} of {} nodes answered; logs in {}",
+                endpoints.len(),
+                dir.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = std::fs::write(current_file(), dir.to_string_lossy().as_bytes());
+    let eps = endpoints.join(",");
+    println!(
+        "quorumkv: {} nodes, {} mode, data and logs in {}",
+        a.nodes,
+        a.mode,
+        dir.display()
+    );
+    for i in 0..a.nodes {
+        println!(
+            "  n{:<3} {}   metrics http://{}/metrics",
+            i + 1,
+            addr(i),
+            admin(i)
+        );
+    }
+    if let Some(l) = leader {
+        println!("leader: {l}");
+    }
+    println!(
+        "\nTry:\n  export KV_ENDPOINTS={eps}\n  kvctl put greeting hello\n  kvctl get greeting\n  \
+         kvctl status\n  kvctl fault partition n1,n2/n3,n4,n5    (then: kvctl fault heal)\n  \
+         kvctl cluster kill n1                   (kill -9; then: kvctl cluster start n1; also \
+         pause/resume)\nCtrl-C stops every node."
+    );
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot watch for SIGTERM: {e}")),
+    };
+    let result = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break ExitCode::SUCCESS,
+            _ = term.recv() => {
+                // Pass the stop on: the nodes did not get this signal with us.
+                for n in nodes.iter_mut().filter(|n| n.child.is_some()) {
+                    let _ = n.signal("-TERM");
+                }
+                break ExitCode::SUCCESS;
+            }
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                for n in nodes.iter_mut() {
+                    if let Some(Ok(Some(st))) = n.child.as_mut().map(Child::try_wait) {
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "kvctl: {} exited ({st}); its log: {}",
+                            n.id,
+                            n.log.display()
+                        );
+                        n.child = None;
+                    }
+                }
+                serve_requests(&control, &mut nodes, &|i, log| command(i, log));
+                if nodes.iter().all(|n| n.child.is_none() && !n.downed) {
+                    break fail("every node has exited".into());
+                }
+            }
+        }
+    };
+    let running = nodes.iter_mut().filter(|n| n.child.is_some()).count();
+    say(&format!("stopping {running} nodes"));
+    stop_all(&mut nodes).await;
+    if std::fs::read_to_string(current_file()).is_ok_and(|s| Path::new(s.trim()) == dir) {
+        let _ = std::fs::remove_file(current_file());
+    }
+    result
+}
+
+/// Prints a line to stdout; a reader that went away (`cluster up | head`) must not take the
+/// supervisor down with its nodes still running.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+/// Carries out the requests waiting in `control` and answers each.
+fn serve_requests(
+    control: &Path,
+    nodes: &mut [Node],
+    command: &dyn Fn(u32, std::fs::File) -> Command,
+) {
+    let Ok(entries) = std::fs::read_dir(control) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((id, action)) = name.split_once('.') else {
+            continue;
+        };
+        if !ACTIONS.contains(&action) {
+            continue; // an answer, or not ours
+        }
+        let _ = std::fs::remove_file(e.path());
+        let answer = match nodes.iter().position(|n| n.id == id) {
+            None => Err(format!(
+                "no node {id} in this cluster (n1..n{})",
+                nodes.len()
+            )),
+            Some(i) => act(&mut nodes[i], i as u32, action, command),
+        };
+        let text = match &answer {
+            Ok(said) => {
+                say(&format!("kvctl: {said}"));
+                format!("ok {said}")
+            }
+            Err(why) => format!("error {why}"),
+        };
+        let _ = std::fs::write(control.join(format!("{name}.done")), text);
+    }
+}
+
+fn act(
+    n: &mut Node,
+    i: u32,
+    action: &str,
+    command: &dyn Fn(u32, std::fs::File) -> Command,
+) -> Result<String, String> {
+    match action {
+        "kill" => {
+            if !n.running() {
+                return Err(format!("{} is not running", n.id));
+            }
+            let Some(mut c) = n.child.take() else {
+                return Err(format!("{} is not running", n.id));
+            };
+            let pid = c.id();
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+            n.downed = true;
+            n.paused = false;
+            Ok(format!("{} killed (kill -9, pid {pid})", n.id))
+        }
+        "start" => {
+            if n.running() {
+                return Err(format!(
+                    "{} is running (pid {})",
+                    n.id,
+                    n.child.as_ref().map_or(0, Child::id)
+                ));
+            }
+            // Appended to: the log of a node started again follows its earlier life.
+            let log = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&n.log)
+                .map_err(|e| format!("cannot open {}: {e}", n.log.display()))?;
+            let c = command(i, log)
+                .spawn()
+                .map_err(|e| format!("cannot start {}: {e}", n.id))?;
+            let said = format!("{} started (pid {}) at {}", n.id, c.id(), n.addr);
+            n.child = Some(c);
+            n.downed = false;
+            Ok(said)
+        }
+        "pause" | "resume" => {
+            if !n.running() {
+                return Err(format!("{} is not running", n.id));
+            }
+            let pause = action == "pause";
+            n.signal(if pause { "-STOP" } else { "-CONT" })?;
+            n.paused = pause;
+            Ok(format!(
+                "{} {} (pid {})",
+                n.id,
+                if pause {
+                    "paused (SIGSTOP)"
+                } else {
+                    "resumed (SIGCONT)"
+                },
+                n.child.as_ref().map_or(0, Child::id)
+            ))
+        }
+        _ => Err(format!("unknown action {action}")),
+    }
+}
+
+/// Gives the nodes 3 s to stop on the signal they got with us (a paused node is thawed first:
+/// it could not see it), then kills the rest.
+async fn stop_all(nodes: &mut [Node]) {
+    for n in nodes.iter_mut().filter(|n| n.paused) {
+        let _ = n.signal("-CONT");
+        let _ = n.signal("-TERM");
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && nodes.iter_mut().any(Node::running) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in nodes.iter_mut() {
+        if let Some(mut c) = n.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
