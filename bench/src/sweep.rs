@@ -174,8 +174,9 @@ impl Drop for Started {
     }
 }
 
-/// Starts `kvctl cluster up` for `c` and returns it with the endpoints to drive: every node,
-/// or the leader alone in leader-follower mode (the kv driver does not follow redirects).
+/// Starts `kvctl cluster up` for `c` and returns it with the endpoints to drive: every node
+/// (in leader-follower mode the run sends writes and leader reads to the leader and spreads
+/// reads from any replica over all of them).
 fn start(c: &ClusterSpec, dir: &Path, port: u16) -> anyhow::Result<(Started, Vec<String>)> {
     let kvctl = std::env::current_exe()?
         .parent()
@@ -217,12 +218,9 @@ fn start(c: &ClusterSpec, dir: &Path, port: u16) -> anyhow::Result<(Started, Vec
     let stdout = child.stdout.take().context("stdout")?;
     let started = Started(child);
     let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut eps, mut leader) = (Vec::new(), None);
+    let mut eps = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let line = line?;
-        if let Some(l) = line.strip_prefix("leader: ") {
-            leader = Some(l.trim().to_owned());
-        }
         if let Some(e) = line.trim().strip_prefix("export KV_ENDPOINTS=") {
             eps = e.split(',').map(str::to_owned).collect();
             break;
@@ -236,12 +234,6 @@ fn start(c: &ClusterSpec, dir: &Path, port: u16) -> anyhow::Result<(Started, Vec
             "kvctl cluster up did not come up (see its logs in {})",
             dir.display()
         );
-    }
-    if let Some(l) = leader
-        && let Some(i) = l.strip_prefix('n').and_then(|i| i.parse::<usize>().ok())
-        && let Some(e) = eps.get(i - 1)
-    {
-        return Ok((started, vec![e.clone()]));
     }
     Ok((started, eps))
 }

@@ -56,11 +56,7 @@ fn cluster_up(extra: &[&str], check: impl Fn(&[String])) -> serde_json::Value {
     let v: serde_json::Value = serde_json::from_str(&status.stdout).expect("json");
     assert_eq!(v["nodes"].as_array().map(Vec::len), Some(3), "{v}");
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    let code = child.wait().expect("wait");
+    let code = child.stop();
     assert!(code.success(), "{code}");
     // Every node is gone: nothing answers any more.
     let r = kvctl(&endpoints, &["--timeout", "300ms", "get", "greeting"]);
@@ -75,9 +71,32 @@ fn cluster_up(extra: &[&str], check: impl Fn(&[String])) -> serde_json::Value {
     v
 }
 
+/// A running `kvctl cluster up`, stopped (SIGTERM: it stops its nodes) if a test fails before
+/// it stops it itself.
+struct Up(std::process::Child);
+
+impl Up {
+    /// SIGTERM, and how it exited.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("kill");
+        self.0.wait().expect("wait")
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.stop();
+        }
+    }
+}
+
 /// Starts `kvctl cluster up --nodes 3 EXTRA --data-dir DIR`; returns it, its endpoints and the
-/// lines it printed up to them.
-fn start(extra: &[&str], dir: &std::path::Path) -> (std::process::Child, String, Vec<String>) {
+/// lines it printed up to the end of its banner.
+fn start(extra: &[&str], dir: &std::path::Path) -> (Up, String, Vec<String>) {
     let base = free_port_range(3);
     let admin = free_port_range(3);
     let mut child = Command::new(bin("kvctl"))
@@ -97,15 +116,16 @@ fn start(extra: &[&str], dir: &std::path::Path) -> (std::process::Child, String,
         .spawn()
         .expect("spawn kvctl cluster up");
     let stdout = child.stdout.take().expect("stdout");
+    let mut child = Up(child);
     let mut lines = BufReader::new(stdout).lines();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = Vec::new();
     let mut endpoints = None;
     let endpoints = loop {
         let Some(line) = lines.next() else {
-            let _ = child.wait();
+            let _ = child.0.wait();
             let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
+            if let Some(mut e) = child.0.stderr.take() {
                 let _ = std::io::Read::read_to_string(&mut e, &mut err);
             }
             panic!("kvctl cluster up ended before printing its endpoints: {seen:?}\n{err}");
@@ -199,12 +219,8 @@ fn cluster_kill_and_start_bring_a_node_back_with_its_hints() {
         assert_eq!(node("kill", n).code, 0);
     }
     std::thread::sleep(Duration::from_millis(300));
-    assert!(matches!(child.try_wait(), Ok(None)), "cluster up ended");
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(child.wait().expect("wait").success());
+    assert!(matches!(child.0.try_wait(), Ok(None)), "cluster up ended");
+    assert!(child.stop().success());
     // Nothing serves the directory any more.
     let r = node("start", "n1");
     assert_eq!(r.code, 3, "{r:?}");
