@@ -490,6 +490,7 @@ fn failed(s: &tonic::Status) -> Failed {
             .metadata()
             .get(kv_proto::LEADER_ID)
             .and_then(|v| v.to_str().ok())
+            .filter(|id| !id.is_empty())
             .map(str::to_string),
     }
 }

@@ -19,7 +19,8 @@ pub mod kv {
 /// gRPC metadata key of the leader's address on a leader-follower follower's answer to a write
 /// or leader read (UNAVAILABLE, "not the leader"): clients retry there (kvctl, kv-bench).
 pub const LEADER_ADDR: &str = "x-kv-leader";
-/// gRPC metadata key of the leader's id on the same answer.
+/// gRPC metadata key of the leader's id on the same answer; present but empty when the node
+/// knows no leader (an election is on, or it cannot reach a quorum).
 pub const LEADER_ID: &str = "x-kv-leader-id";
 
 /// Encoded `FileDescriptorSet` of every `.proto` in this crate, for `tonic-reflection`.

@@ -31,6 +31,43 @@ fn get(key: &str, read_from: pb::ReadFrom) -> pb::GetRequest {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvctl_waits_out_the_election_after_the_leader_dies() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, &[]).await.expect("cluster");
+    let leader = c
+        .wait_leader(Duration::from_secs(5), None)
+        .await
+        .expect("leader");
+    assert_eq!(kvctl(&c.endpoints(), &["put", "k", "v1"]).code, 0);
+    c.nodes[leader].kill9();
+    // At once: the followers still name the dead leader, then know none while they elect one.
+    // kvctl waits that out (a not-the-leader answer means nothing was done) instead of
+    // failing, as it did, with the dead leader's "connection refused".
+    let r = kvctl(&c.endpoints(), &["--timeout", "5s", "put", "k", "v2"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let term: u64 = r
+        .stdout
+        .split('.')
+        .next()
+        .and_then(|t| t.parse().ok())
+        .expect("term.index");
+    assert!(term >= 2, "written in a later term: {r:?}");
+    assert_eq!(kvctl(&c.endpoints(), &["get", "k"]).stdout, "v2");
+    // With no leader to be had (the new one killed too, a follower left alone), it gives up
+    // when its time is up, saying why, and exits 3: definitely not done.
+    let second = c
+        .wait_leader(Duration::from_secs(5), Some(leader))
+        .await
+        .expect("second leader");
+    c.nodes[second].kill9();
+    let t0 = Instant::now();
+    let r = kvctl(&c.endpoints(), &["--timeout", "1s", "put", "k", "v3"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("still so after 1s"), "{r:?}");
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_elect_one_leader_and_writes_through_a_follower_are_redirected() {
     let _serial = SERIAL.lock().await;
     let c = Cluster::start(5, &[]).await.expect("cluster");

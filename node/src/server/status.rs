@@ -5,7 +5,7 @@
 //! | InvalidArgument     | INVALID_ARGUMENT    | no                    |
 //! | FailedPrecondition  | FAILED_PRECONDITION | no                    |
 //! | Unavailable         | UNAVAILABLE         | no                    |
-//! | NotLeader           | UNAVAILABLE + x-kv-leader, x-kv-leader-id metadata | no |
+//! | NotLeader           | UNAVAILABLE + x-kv-leader, x-kv-leader-id metadata (id empty: no leader known) | no |
 //! | Unknown             | UNKNOWN             | maybe                 |
 //! | DeadlineExceeded    | DEADLINE_EXCEEDED   | maybe                 |
 //! | Storage             | INTERNAL            | maybe                 |
@@ -25,11 +25,19 @@ impl From<Error> for Status {
             Error::Unavailable(_) => Status::unavailable(msg),
             Error::NotLeader(leader) => {
                 let mut st = Status::unavailable(msg);
-                if let Some((id, addr)) = leader
-                    && let (Ok(a), Ok(i)) = (addr.parse(), id.parse())
-                {
-                    st.metadata_mut().insert(LEADER_ADDR, a);
-                    st.metadata_mut().insert(LEADER_ID, i);
+                match leader {
+                    Some((id, addr)) => {
+                        if let (Ok(a), Ok(i)) = (addr.parse(), id.parse()) {
+                            st.metadata_mut().insert(LEADER_ADDR, a);
+                            st.metadata_mut().insert(LEADER_ID, i);
+                        }
+                    }
+                    // No leader known (an election is on, or no quorum): the key, empty, still
+                    // tells a client that a leader is what is missing, worth waiting for.
+                    None => {
+                        st.metadata_mut()
+                            .insert(LEADER_ID, tonic::metadata::MetadataValue::from_static(""));
+                    }
                 }
                 st
             }

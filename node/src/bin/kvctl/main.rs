@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use kv_node::client::{self, exit};
 use kv_node::config::HumanDuration;
-use kv_node::server::status::LEADER_ADDR;
+use kv_node::server::status::{LEADER_ADDR, LEADER_ID};
 use kv_proto::kv::v1 as pb;
 use kv_proto::kv::v1::kv_client::KvClient;
 use kv_replica::Version;
@@ -338,33 +338,68 @@ fn version_text(v: &Option<pb::Version>) -> Option<String> {
         .map(|v| Version::new(v.epoch, v.counter).to_string())
 }
 
-/// Runs `f` against the contacted node and, when it answers "not the leader" with the
-/// leader's address, against the leader (at most two hops).
+/// Runs `f` against the contacted node and, when it answers "not the leader", against the
+/// leader it names. When no leader is known or the one named cannot be reached (it just died,
+/// an election is on), waits and tries the endpoints again until `t` has passed, as etcdctl
+/// waits out an election: a not-the-leader answer means nothing was done, so trying again is
+/// safe. Every other answer, quorum failures included, is returned at once. `f` gets the time
+/// left.
 async fn follow_leader<T, F, Fut>(
     c: &mut KvClient<Channel>,
+    endpoints: &[String],
     t: Duration,
     mut f: F,
 ) -> Result<tonic::Response<T>, tonic::Status>
 where
-    F: FnMut(KvClient<Channel>) -> Fut,
+    F: FnMut(KvClient<Channel>, Duration) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
+    let deadline = tokio::time::Instant::now() + t;
+    let mut pause = Duration::from_millis(50);
+    // Redirects followed since the last pause (two nodes naming each other must not spin).
     let mut hops = 0;
     loop {
-        match f(c.clone()).await {
-            Err(s) if s.code() == tonic::Code::Unavailable && hops < 2 => {
-                let Some(addr) = s
-                    .metadata()
-                    .get(LEADER_ADDR)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-                else {
-                    return Err(s);
-                };
-                *c = client::connect_any(&[addr], t).await?.1;
-                hops += 1;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let s = match f(c.clone(), left).await {
+            Err(s)
+                if s.code() == tonic::Code::Unavailable
+                    && s.metadata().get(LEADER_ID).is_some() =>
+            {
+                s
             }
             r => return r,
+        };
+        let named = s
+            .metadata()
+            .get(LEADER_ADDR)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if let Some(addr) = named
+            && hops < 2
+            && let Ok((_, leader)) = client::connect_any(&[addr], left).await
+        {
+            *c = leader;
+            hops += 1;
+            continue;
+        }
+        hops = 0;
+        // No leader to go to yet: wait, then start again from the endpoints.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left <= pause {
+            return Err(tonic::Status::with_metadata(
+                s.code(),
+                format!(
+                    "{} (still so after {})",
+                    s.message(),
+                    humantime::format_duration(t)
+                ),
+                s.metadata().clone(),
+            ));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(400));
+        if let Ok((_, any)) = client::connect_any(endpoints, left).await {
+            *c = any;
         }
     }
 }
@@ -569,7 +604,7 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
                 value: value.into(),
                 consistency: consistency(None, w, None, loss),
             };
-            let r = follow_leader(&mut c, t, |mut c| {
+            let r = follow_leader(&mut c, &args.endpoints, t, |mut c, t| {
                 let req = req.clone();
                 async move { c.put(request(req, t)).await }
             })
@@ -582,7 +617,7 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
                 key: key.clone().into(),
                 consistency: consistency(r, None, read_from, loss),
             };
-            let resp = follow_leader(&mut c, t, |mut c| {
+            let resp = follow_leader(&mut c, &args.endpoints, t, |mut c, t| {
                 let req = req.clone();
                 async move { c.get(request(req, t)).await }
             })
@@ -614,7 +649,7 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
                 key: key.clone().into(),
                 consistency: consistency(None, w, None, loss),
             };
-            let r = follow_leader(&mut c, t, |mut c| {
+            let r = follow_leader(&mut c, &args.endpoints, t, |mut c, t| {
                 let req = req.clone();
                 async move { c.delete(request(req, t)).await }
             })
@@ -648,7 +683,7 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
                 value: value.into(),
                 consistency: consistency(None, w, None, loss),
             };
-            let r = follow_leader(&mut c, t, |mut c| {
+            let r = follow_leader(&mut c, &args.endpoints, t, |mut c, t| {
                 let req = req.clone();
                 async move { c.compare_and_set(request(req, t)).await }
             })
