@@ -299,9 +299,13 @@ async fn a_run_over_every_node_follows_the_leader_through_a_kill() {
         .await
         .expect("leader");
     let dir = tempfile::tempdir().expect("tempdir");
+    let history = dir.path().join("h.jsonl");
     let bench = Command::new(bin("kv-bench"))
         .args(["run", "--endpoints", &c.endpoints(), "--clients", "4"])
         .args(["--duration", "5s", "--warmup", "200ms", "--keys", "100"])
+        .args(["--mix", "read=40,write=40,cas=20", "--read-from", "leader"])
+        .arg("--history")
+        .arg(&history)
         .arg("--out")
         .arg(dir.path())
         .stdout(std::process::Stdio::piped())
@@ -321,6 +325,14 @@ async fn a_run_over_every_node_follows_the_leader_through_a_kill() {
     // After it, the run found the new leader and stayed with it.
     let last = t.last().expect("seconds");
     assert!(last.0 > 0 && last.1 == 0, "{t:?}");
+    // And what it recorded through the fail-over (W=majority, leader reads: refusals as
+    // failed, requests lost with the leader as unknown) is linearizable.
+    let check = Command::new(bin("kv-bench"))
+        .arg("check")
+        .arg(&history)
+        .output()
+        .expect("check");
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
 }
 
 #[test]
