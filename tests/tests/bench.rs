@@ -146,11 +146,7 @@ fn recorded_history_of_a_single_node_checks_linearizable() {
         text.contains("\"applied\":true") && text.contains("\"applied\":false"),
         "compare-and-sets recorded, both ways"
     );
-    let check = Command::new(bin("kv-bench"))
-        .arg("check")
-        .arg(&history)
-        .output()
-        .expect("check");
+    let check = check(&history);
     assert_eq!(check.status.code(), Some(0), "{check:?}");
 }
 
@@ -276,6 +272,28 @@ async fn a_run_at_a_follower_names_the_leader_to_give_instead() {
     );
 }
 
+/// `kv-bench run`, 4 closed-loop clients on 100 keys for `duration` after 200 ms of warm-up,
+/// into `out`, its output captured.
+fn bench_run(endpoints: &str, out: &std::path::Path, duration: &str) -> Command {
+    let mut c = Command::new(bin("kv-bench"));
+    c.args(["run", "--endpoints", endpoints, "--clients", "4"])
+        .args(["--duration", duration, "--warmup", "200ms", "--keys", "100"])
+        .arg("--out")
+        .arg(out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    c
+}
+
+/// `kv-bench check HISTORY`.
+fn check(history: &std::path::Path) -> std::process::Output {
+    Command::new(bin("kv-bench"))
+        .arg("check")
+        .arg(history)
+        .output()
+        .expect("kv-bench check")
+}
+
 /// `timeline.csv` of a run: (ops, errors) per second.
 fn timeline(dir: &std::path::Path) -> Vec<(u64, u64)> {
     std::fs::read_to_string(dir.join("timeline.csv"))
@@ -300,16 +318,10 @@ async fn a_run_over_every_node_follows_the_leader_through_a_kill() {
         .expect("leader");
     let dir = tempfile::tempdir().expect("tempdir");
     let history = dir.path().join("h.jsonl");
-    let bench = Command::new(bin("kv-bench"))
-        .args(["run", "--endpoints", &c.endpoints(), "--clients", "4"])
-        .args(["--duration", "5s", "--warmup", "200ms", "--keys", "100"])
+    let bench = bench_run(&c.endpoints(), dir.path(), "5s")
         .args(["--mix", "read=40,write=40,cas=20", "--read-from", "leader"])
         .arg("--history")
         .arg(&history)
-        .arg("--out")
-        .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("kv-bench");
     tokio::time::sleep(Duration::from_millis(2200)).await;
@@ -327,11 +339,7 @@ async fn a_run_over_every_node_follows_the_leader_through_a_kill() {
     assert!(last.0 > 0 && last.1 == 0, "{t:?}");
     // And what it recorded through the fail-over (W=majority, leader reads: refusals as
     // failed, requests lost with the leader as unknown) is linearizable.
-    let check = Command::new(bin("kv-bench"))
-        .arg("check")
-        .arg(&history)
-        .output()
-        .expect("check");
+    let check = check(&history);
     assert_eq!(check.status.code(), Some(0), "{check:?}");
 }
 
@@ -339,13 +347,7 @@ async fn a_run_over_every_node_follows_the_leader_through_a_kill() {
 fn a_restarted_node_is_reconnected_to_and_a_dead_one_paces_its_clients() {
     let mut node = NodeProcess::start(&["--storage", "memory"]).expect("node");
     let dir = tempfile::tempdir().expect("tempdir");
-    let bench = Command::new(bin("kv-bench"))
-        .args(["run", "--endpoints", &node.endpoint(), "--clients", "4"])
-        .args(["--duration", "4s", "--warmup", "200ms", "--keys", "100"])
-        .arg("--out")
-        .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+    let bench = bench_run(&node.endpoint(), dir.path(), "4s")
         .spawn()
         .expect("kv-bench");
     std::thread::sleep(Duration::from_millis(1500));

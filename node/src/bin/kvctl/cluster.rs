@@ -91,15 +91,9 @@ const ACTIONS: [&str; 4] = ["kill", "start", "pause", "resume"];
 
 /// Runs a cluster command.
 pub(crate) fn run(cmd: ClusterCmd, t: Duration) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("kvctl: cannot start the runtime: {e}");
-            return ExitCode::from(exit::FAILED);
-        }
+        Err(code) => return code,
     };
     let (action, n) = match cmd {
         ClusterCmd::Up(a) => return rt.block_on(up(a, t)),

@@ -718,6 +718,18 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
     })
 }
 
+/// The single-threaded runtime every command runs on (a failure to start it, said and turned
+/// into the exit code).
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("kvctl: cannot start the runtime: {e}");
+            ExitCode::from(exit::FAILED)
+        })
+}
+
 fn main() -> ExitCode {
     let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if argv.get(1).is_some_and(|a| a == "node") {
@@ -731,15 +743,9 @@ fn main() -> ExitCode {
         return cluster::run(cmd, args.timeout.0);
     }
     let json = args.output == Output::Json;
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("kvctl: cannot start the runtime: {e}");
-            return ExitCode::from(exit::FAILED);
-        }
+        Err(code) => return code,
     };
     match rt.block_on(run(args)) {
         Ok(d) => {
