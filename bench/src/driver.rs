@@ -144,7 +144,7 @@ impl Router {
         first
     }
 
-    /// Endpoint `e` answered `unavailable`: pass over it for a while.
+    /// Endpoint `e` answered `unavailable` or not in time: pass over it for a while.
     pub fn failed(&self, e: usize) {
         let until = self.t0.elapsed().as_millis() as u64 + AVOID_MS;
         self.avoid_until[e].store(until, Ordering::Relaxed);
@@ -160,8 +160,8 @@ impl Router {
 /// primary: writes and leader reads go to the endpoint that leads; reads from any replica
 /// (`--read-from any|local`) stay on each client's own endpoint. A follower refuses a write
 /// with UNAVAILABLE and the leader's id; the route moves there (every client at once). An
-/// UNAVAILABLE without a leader named (the leader died, or an election is on) moves it to the
-/// next endpoint, which names the leader or passes it on.
+/// UNAVAILABLE without a leader named (the leader died, or an election is on), or no answer in
+/// time (it froze), moves it to the next endpoint, which names the leader or passes it on.
 pub struct LeaderRoute {
     /// The endpoints that answered `Status`, the only ones connected to.
     endpoints: Vec<String>,
@@ -187,7 +187,9 @@ impl LeaderRoute {
         }
     }
 
-    /// Endpoint `e` answered UNAVAILABLE, naming `leader` (an id) or none.
+    /// Endpoint `e` answered UNAVAILABLE naming `leader` (an id) or none, or did not answer in
+    /// time (none): a follower names the leader, so asking the next endpoint is how a leader
+    /// elected while the old one froze is found.
     pub fn unavailable(&self, e: usize, leader: Option<&str>) {
         match leader {
             Some(id) => match self.ids.iter().position(|i| i == id) {
@@ -363,9 +365,10 @@ impl ClientConns {
         &mut self.conns[i]
     }
 
-    /// The last operation ended with `result`: an endpoint that answered `unavailable` is
-    /// passed over for a while (leaderless), or the leader it named is followed
-    /// (leader-follower). Returns the result with the failure as counted.
+    /// The last operation ended with `result`: an endpoint that answered `unavailable` or did
+    /// not answer in time is passed over for a while (leaderless), or the leader it named is
+    /// followed, or the next endpoint asked (leader-follower). Returns the result with the
+    /// failure as counted.
     ///
     /// # Errors
     /// The operation's, as its kind.
@@ -374,9 +377,8 @@ impl ClientConns {
             Ok(v) => return Ok(v),
             Err(f) => f,
         };
-        if let (true, Some(routing), Some(e)) =
-            (f.kind == "unavailable", &self.routing, self.picked)
-        {
+        let moved = matches!(f.kind, "unavailable" | "deadline_exceeded");
+        if let (true, Some(routing), Some(e)) = (moved, &self.routing, self.picked) {
             match &**routing {
                 Routing::Ring(r) => r.failed(e),
                 Routing::Leader(l) => l.unavailable(e, f.leader.as_deref()),
@@ -483,6 +485,19 @@ pub async fn connect(
     Ok(out)
 }
 
+/// A gRPC call with its deadline kept here as well as sent (`grpc-timeout`): a server that is
+/// frozen (SIGSTOP, a stalled VM) but still holds the connection never answers, and its
+/// clients must give up on time like those of any other failure.
+async fn call<T>(
+    timeout: Duration,
+    f: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, Failed> {
+    match tokio::time::timeout(timeout, f).await {
+        Ok(r) => r.map(tonic::Response::into_inner).map_err(|s| failed(&s)),
+        Err(_) => Err("deadline_exceeded".into()),
+    }
+}
+
 fn failed(s: &tonic::Status) -> Failed {
     Failed {
         kind: status_kind(s),
@@ -520,7 +535,7 @@ impl Conn {
                     consistency: Some(*cons),
                 });
                 r.set_timeout(timeout);
-                let g = c.get(r).await.map_err(|s| failed(&s))?.into_inner();
+                let g = call(timeout, c.get(r)).await?;
                 Ok(ReadResult {
                     value: g.found.then_some(g.value),
                     version: g.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
@@ -534,7 +549,7 @@ impl Conn {
                     ..Default::default()
                 });
                 r.set_timeout(timeout);
-                let g = c.range(r).await.map_err(|s| failed(&s))?.into_inner();
+                let g = call(timeout, c.range(r)).await?;
                 let kv = g.kvs.into_iter().next();
                 Ok(ReadResult {
                     version: kv.as_ref().map(|kv| format!("{}.0", kv.mod_revision)),
@@ -576,7 +591,7 @@ impl Conn {
                     consistency: Some(*cons),
                 });
                 r.set_timeout(timeout);
-                let p = c.put(r).await.map_err(|s| failed(&s))?.into_inner();
+                let p = call(timeout, c.put(r)).await?;
                 Ok(WriteResult {
                     version: p.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
                     degraded: p.meta.is_some_and(|m| m.degraded),
@@ -589,7 +604,7 @@ impl Conn {
                     ..Default::default()
                 });
                 r.set_timeout(timeout);
-                let p = c.put(r).await.map_err(|s| failed(&s))?.into_inner();
+                let p = call(timeout, c.put(r)).await?;
                 Ok(WriteResult {
                     version: p.header.map(|h| format!("{}.0", h.revision)),
                     degraded: false,
@@ -620,7 +635,7 @@ impl Conn {
                     consistency: Some(*cons),
                 });
                 r.set_timeout(timeout);
-                let d = c.delete(r).await.map_err(|s| failed(&s))?.into_inner();
+                let d = call(timeout, c.delete(r)).await?;
                 Ok(WriteResult {
                     version: d.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
                     degraded: d.meta.is_some_and(|m| m.degraded),
@@ -661,11 +676,7 @@ impl Conn {
                     consistency: Some(*cons),
                 });
                 r.set_timeout(timeout);
-                let a = c
-                    .compare_and_set(r)
-                    .await
-                    .map_err(|s| failed(&s))?
-                    .into_inner();
+                let a = call(timeout, c.compare_and_set(r)).await?;
                 Ok((
                     a.applied,
                     a.version.map(|v| format!("{}.{}", v.epoch, v.counter)),

@@ -74,8 +74,14 @@ struct CheckCmd {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Where to send requests: HOST:PORT[,HOST:PORT..] (Redis: HOST:PORT or redis:// URL).
-    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7001")]
+    /// Where to send requests: HOST:PORT[,HOST:PORT..] (Redis: HOST:PORT or redis:// URL);
+    /// KV_ENDPOINTS sets them too, as for kvctl.
+    #[arg(
+        long,
+        env = "KV_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001"
+    )]
     endpoints: Vec<String>,
     /// Clients, each with one request in flight. Alone: closed loop (the next request when the
     /// previous answers). With --rate: how many clients share the schedule [default: 64].
@@ -152,6 +158,11 @@ struct RunArgs {
     /// `kv-bench check FILE`; stale reads are reported at the end.
     #[arg(long, value_name = "FILE")]
     history: Option<PathBuf>,
+    /// Put PREFIX before every key name. With --history and no --key-prefix: a prefix new for
+    /// the run (h<unix seconds>-), so that the history starts from absent keys, as kv-bench
+    /// check assumes, even on a cluster earlier runs wrote to.
+    #[arg(long, value_name = "PREFIX")]
+    key_prefix: Option<String>,
     /// Threads of the load generator. Keep it below the core count when the server shares the
     /// machine, so the generator does not take the server's cores.
     #[arg(long, default_value_t = 1)]
@@ -244,6 +255,21 @@ fn main() -> ExitCode {
         on_quorum_loss: a.on_quorum_loss,
         seed: a.seed,
         out: a.out,
+        key_prefix: match (a.key_prefix, &a.history) {
+            (Some(p), _) => p,
+            (None, Some(_)) => {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let p = format!("h{secs}-");
+                eprintln!(
+                    "kv-bench: history keys are {p}key..., new for this run (kv-bench check \
+                     assumes every key starts absent); --key-prefix to choose"
+                );
+                p
+            }
+            (None, None) => String::new(),
+        },
         history: a.history,
         threads: a.threads.max(1),
         route: a.route,

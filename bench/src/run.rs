@@ -72,6 +72,8 @@ pub struct RunConfig {
     pub out: PathBuf,
     /// Record every operation (warm-up included) to this history file for `kv-bench check`.
     pub history: Option<PathBuf>,
+    /// Put before every key name.
+    pub key_prefix: String,
     /// Load-generator threads.
     pub threads: usize,
     /// How quorumkv requests choose a node.
@@ -336,7 +338,11 @@ async fn client(
         if !is_read {
             chooser.wrote(key_index);
         }
-        let key = key_name(key_index);
+        let key = if cfg.key_prefix.is_empty() {
+            key_name(key_index)
+        } else {
+            format!("{}{}", cfg.key_prefix, key_name(key_index))
+        };
         n += 1;
         // A cas expects what this client last saw of the key; the history records that value.
         let (mut expected_value, mut applied) = (None, None);

@@ -155,6 +155,7 @@ fn config(spec: &SweepSpec, r: &RunSpec, endpoints: Vec<String>) -> anyhow::Resu
         seed: 1,
         out: spec.out.join(&r.name),
         history: None,
+        key_prefix: String::new(),
         threads: 1,
         route: crate::driver::Route::Auto,
         token_aware: false,

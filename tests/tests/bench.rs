@@ -343,6 +343,57 @@ async fn a_run_over_every_node_follows_the_leader_through_a_kill() {
     assert_eq!(check.status.code(), Some(0), "{check:?}");
 }
 
+#[tokio::test]
+async fn a_frozen_leader_is_left_on_time_and_each_history_run_starts_from_fresh_keys() {
+    let c = kv_tests::cluster::Cluster::start(3, &[])
+        .await
+        .expect("cluster");
+    let leader = c
+        .wait_leader(Duration::from_secs(10), None)
+        .await
+        .expect("leader");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |name: &str, duration: &str| {
+        bench_run(&c.endpoints(), &dir.path().join(name), duration)
+            .args(["--mix", "read=40,write=40,cas=20", "--read-from", "leader"])
+            .args(["--timeout", "500ms", "--history"])
+            .arg(dir.path().join(format!("{name}.jsonl")))
+            .spawn()
+            .expect("kv-bench")
+    };
+    // A first run fills the keys; the second must not start from what it left (the checker
+    // assumes every key starts absent: the same key names would make its reads unexplainable).
+    let first = run("first", "1s").wait_with_output().expect("kv-bench");
+    assert!(first.status.success(), "{first:?}");
+    let second = run("second", "5s");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = c.nodes[leader].pid().expect("running").to_string();
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .expect("kill")
+                .success()
+        )
+    };
+    // Frozen, the leader holds its connections and answers nothing for 2 s; the others elect
+    // a new one. Requests to it must give up at their deadline (500 ms) and find the new one,
+    // not wait for it to thaw.
+    signal("-STOP");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    signal("-CONT");
+    let o = second.wait_with_output().expect("kv-bench");
+    assert!(o.status.success(), "{o:?}");
+    let t = timeline(&dir.path().join("second"));
+    eprintln!("{t:?}");
+    assert!(t.iter().all(|s| s.0 > 0), "a second without answers: {t:?}");
+    for name in ["first", "second"] {
+        let check = check(&dir.path().join(format!("{name}.jsonl")));
+        assert_eq!(check.status.code(), Some(0), "{name}: {check:?}");
+    }
+}
+
 #[test]
 fn a_restarted_node_is_reconnected_to_and_a_dead_one_paces_its_clients() {
     let mut node = NodeProcess::start(&["--storage", "memory"]).expect("node");
