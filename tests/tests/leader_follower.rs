@@ -89,6 +89,20 @@ async fn five_nodes_elect_one_leader_and_writes_through_a_follower_are_redirecte
     for i in 0..5 {
         wait_local(&c, i, "greeting", "hello", "never applied the write").await;
     }
+    // In text mode as in JSON, kvctl says a follower's own copy may be stale (on stderr: the
+    // value alone on stdout, for scripts).
+    let r = kvctl(
+        &c.nodes[follower].endpoint(),
+        &["get", "greeting", "--read-from", "local"],
+    );
+    assert_eq!(r.stdout, "hello", "{r:?}");
+    assert!(
+        r.stderr.starts_with(&format!(
+            "note: {} answered without the leader's or a quorum's confirmation: it may be stale",
+            c.ids[follower]
+        )),
+        "{r:?}"
+    );
     let s = kvctl(&c.endpoints(), &["--output", "json", "status"]);
     let v: serde_json::Value = serde_json::from_str(&s.stdout).expect("json");
     let leaders = v["nodes"]

@@ -634,12 +634,36 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
             } else {
                 String::new()
             };
+            // Text mode says what JSON's `stale` and `lag` say, on stderr (stdout stays the
+            // value alone, for scripts).
+            let note = (m.stale && !json).then(|| {
+                let behind = if m.lag_entries > 0 {
+                    format!(
+                        "; {} committed entries not yet applied there",
+                        m.lag_entries
+                    )
+                } else {
+                    String::new()
+                };
+                format!(
+                    "note: {} answered without the leader's or a quorum's confirmation: it may \
+                     be stale{behind}",
+                    m.coordinator
+                )
+            });
             if resp.found {
-                ok(stdout)
+                Done {
+                    stdout,
+                    stderr: note,
+                    code: exit::OK,
+                }
             } else {
                 Done {
                     stdout,
-                    stderr: Some("not found".into()),
+                    stderr: Some(match note {
+                        Some(n) => format!("not found\n{n}"),
+                        None => "not found".into(),
+                    }),
                     code: exit::NOT_FOUND_OR_NOT_APPLIED,
                 }
             }
