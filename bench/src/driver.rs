@@ -485,17 +485,15 @@ pub async fn connect(
     Ok(out)
 }
 
-/// A gRPC call with its deadline kept here as well as sent (`grpc-timeout`): a server that is
-/// frozen (SIGSTOP, a stalled VM) but still holds the connection never answers, and its
-/// clients must give up on time like those of any other failure.
+/// A gRPC call's answer. The deadline is sent (`grpc-timeout`) and also kept by the caller
+/// ([`crate::run`] runs every operation under its client's deadline): a server that is frozen
+/// (SIGSTOP, a stalled VM) but still holds the connection never answers.
 async fn call<T>(
-    timeout: Duration,
     f: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T, Failed> {
-    match tokio::time::timeout(timeout, f).await {
-        Ok(r) => r.map(tonic::Response::into_inner).map_err(|s| failed(&s)),
-        Err(_) => Err("deadline_exceeded".into()),
-    }
+    f.await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| failed(&s))
 }
 
 fn failed(s: &tonic::Status) -> Failed {
@@ -535,7 +533,7 @@ impl Conn {
                     consistency: Some(*cons),
                 });
                 r.set_timeout(timeout);
-                let g = call(timeout, c.get(r)).await?;
+                let g = call(c.get(r)).await?;
                 Ok(ReadResult {
                     value: g.found.then_some(g.value),
                     version: g.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
@@ -549,7 +547,7 @@ impl Conn {
                     ..Default::default()
                 });
                 r.set_timeout(timeout);
-                let g = call(timeout, c.range(r)).await?;
+                let g = call(c.range(r)).await?;
                 let kv = g.kvs.into_iter().next();
                 Ok(ReadResult {
                     version: kv.as_ref().map(|kv| format!("{}.0", kv.mod_revision)),
@@ -561,13 +559,12 @@ impl Conn {
                 let mut cmd = redis::cmd("GET");
                 cmd.arg(key);
                 let f = cmd.query_async::<Option<Vec<u8>>>(c);
-                match tokio::time::timeout(timeout, f).await {
-                    Ok(Ok(v)) => Ok(ReadResult {
+                match f.await {
+                    Ok(v) => Ok(ReadResult {
                         value: v.map(Bytes::from),
                         ..ReadResult::default()
                     }),
-                    Ok(Err(_)) => Err("redis_error".into()),
-                    Err(_) => Err("deadline_exceeded".into()),
+                    Err(_) => Err("redis_error".into()),
                 }
             }
         }
@@ -591,7 +588,7 @@ impl Conn {
                     consistency: Some(*cons),
                 });
                 r.set_timeout(timeout);
-                let p = call(timeout, c.put(r)).await?;
+                let p = call(c.put(r)).await?;
                 Ok(WriteResult {
                     version: p.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
                     degraded: p.meta.is_some_and(|m| m.degraded),
@@ -604,7 +601,7 @@ impl Conn {
                     ..Default::default()
                 });
                 r.set_timeout(timeout);
-                let p = call(timeout, c.put(r)).await?;
+                let p = call(c.put(r)).await?;
                 Ok(WriteResult {
                     version: p.header.map(|h| format!("{}.0", h.revision)),
                     degraded: false,
@@ -614,10 +611,9 @@ impl Conn {
                 let mut cmd = redis::cmd("SET");
                 cmd.arg(key).arg(&value[..]);
                 let f = cmd.query_async::<()>(c);
-                match tokio::time::timeout(timeout, f).await {
-                    Ok(Ok(())) => Ok(WriteResult::default()),
-                    Ok(Err(_)) => Err("redis_error".into()),
-                    Err(_) => Err("deadline_exceeded".into()),
+                match f.await {
+                    Ok(()) => Ok(WriteResult::default()),
+                    Err(_) => Err("redis_error".into()),
                 }
             }
         }
@@ -635,7 +631,7 @@ impl Conn {
                     consistency: Some(*cons),
                 });
                 r.set_timeout(timeout);
-                let d = call(timeout, c.delete(r)).await?;
+                let d = call(c.delete(r)).await?;
                 Ok(WriteResult {
                     version: d.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
                     degraded: d.meta.is_some_and(|m| m.degraded),
@@ -646,10 +642,9 @@ impl Conn {
                 let mut cmd = redis::cmd("DEL");
                 cmd.arg(key);
                 let f = cmd.query_async::<i64>(c);
-                match tokio::time::timeout(timeout, f).await {
-                    Ok(Ok(_)) => Ok(WriteResult::default()),
-                    Ok(Err(_)) => Err("redis_error".into()),
-                    Err(_) => Err("deadline_exceeded".into()),
+                match f.await {
+                    Ok(_) => Ok(WriteResult::default()),
+                    Err(_) => Err("redis_error".into()),
                 }
             }
         }
@@ -676,7 +671,7 @@ impl Conn {
                     consistency: Some(*cons),
                 });
                 r.set_timeout(timeout);
-                let a = call(timeout, c.compare_and_set(r)).await?;
+                let a = call(c.compare_and_set(r)).await?;
                 Ok((
                     a.applied,
                     a.version.map(|v| format!("{}.{}", v.epoch, v.counter)),

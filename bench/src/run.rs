@@ -286,6 +286,27 @@ impl Schedule {
     }
 }
 
+/// Runs one operation under its client's deadline: the answer, or `deadline_exceeded` (may
+/// have happened) when none came in `timeout` — kept here, not only sent to the server, since
+/// a frozen server holding its connection never answers. One timer per client is moved later
+/// for each operation: in tokio that is an atomic update while the timer is pending, where a
+/// new timer per operation (`tokio::time::timeout`) registers in and leaves the timer wheel
+/// each time.
+async fn timed<T>(
+    deadline: &mut std::pin::Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+    op: impl std::future::Future<Output = Result<T, driver::Failed>>,
+) -> Result<T, driver::Failed> {
+    deadline
+        .as_mut()
+        .reset(tokio::time::Instant::now() + timeout);
+    tokio::select! {
+        biased;
+        r = op => r,
+        () = deadline.as_mut() => Err("deadline_exceeded".into()),
+    }
+}
+
 #[allow(clippy::too_many_arguments)] // one client's whole context, passed once at spawn
 async fn client(
     mut conns: ClientConns,
@@ -313,6 +334,8 @@ async fn client(
     let mut known: std::collections::HashMap<String, (Option<String>, Option<String>)> =
         std::collections::HashMap::new();
     let mut n = 0u64;
+    // One timer per client, moved later for each operation (see `timed`).
+    let mut deadline = Box::pin(tokio::time::sleep(cfg.timeout));
     loop {
         let start = match &schedule {
             Some(s) => {
@@ -347,7 +370,12 @@ async fn client(
         // A cas expects what this client last saw of the key; the history records that value.
         let (mut expected_value, mut applied) = (None, None);
         let (res, seen, version, was_degraded) = if is_read {
-            let r = conns.pick(&key, true).get(&key, cfg.timeout).await;
+            let r = timed(
+                &mut deadline,
+                cfg.timeout,
+                conns.pick(&key, true).get(&key, cfg.timeout),
+            )
+            .await;
             match conns.outcome(r) {
                 Ok(r) => (Ok(()), r.value, r.version, r.degraded),
                 Err(e) => (Err(e), None, None, false),
@@ -363,10 +391,14 @@ async fn client(
             } else {
                 value.slice(..cfg.value_size.pick(&mut rng))
             };
-            let r = conns
-                .pick(&key, false)
-                .cas(&key, exp_version, v.clone(), cfg.timeout)
-                .await;
+            let r = timed(
+                &mut deadline,
+                cfg.timeout,
+                conns
+                    .pick(&key, false)
+                    .cas(&key, exp_version, v.clone(), cfg.timeout),
+            )
+            .await;
             match conns.outcome(r) {
                 Ok((ok, version)) => {
                     applied = Some(ok);
@@ -375,7 +407,12 @@ async fn client(
                 Err(e) => (Err(e), Some(v), None, false),
             }
         } else if is_delete {
-            let r = conns.pick(&key, false).delete(&key, cfg.timeout).await;
+            let r = timed(
+                &mut deadline,
+                cfg.timeout,
+                conns.pick(&key, false).delete(&key, cfg.timeout),
+            )
+            .await;
             match conns.outcome(r) {
                 Ok(w) => (Ok(()), None, w.version, w.degraded),
                 Err(e) => (Err(e), None, None, false),
@@ -386,10 +423,12 @@ async fn client(
             } else {
                 value.slice(..cfg.value_size.pick(&mut rng))
             };
-            let r = conns
-                .pick(&key, false)
-                .put(&key, v.clone(), cfg.timeout)
-                .await;
+            let r = timed(
+                &mut deadline,
+                cfg.timeout,
+                conns.pick(&key, false).put(&key, v.clone(), cfg.timeout),
+            )
+            .await;
             match conns.outcome(r) {
                 Ok(w) => (Ok(()), Some(v), w.version, w.degraded),
                 Err(e) => (Err(e), Some(v), None, false),
