@@ -29,12 +29,12 @@ pub const RETRY: Duration = Duration::from_millis(100);
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-type Send = http2::SendRequest<Body>;
+type Sender = http2::SendRequest<Body>;
 
 /// One HTTP/2 connection, cloneable (clones share the connection and its replacement).
 #[derive(Clone)]
 pub struct H2Channel {
-    send: Send,
+    send: Sender,
     shared: Arc<Shared>,
 }
 
@@ -42,10 +42,10 @@ struct Shared {
     addr: String,
     /// The current connection, and when the next attempt may be made after a failed one.
     /// Taken only when a clone finds its connection closed.
-    current: tokio::sync::Mutex<(Send, Option<Instant>)>,
+    current: tokio::sync::Mutex<(Sender, Option<Instant>)>,
 }
 
-async fn handshake(addr: &str) -> anyhow::Result<Send> {
+async fn handshake(addr: &str) -> anyhow::Result<Sender> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let (send, conn) = http2::Builder::new(TokioExecutor::new())
@@ -79,7 +79,7 @@ impl H2Channel {
 impl Shared {
     /// A live connection: the current one, or a new one when it is closed (at most one attempt
     /// per [`RETRY`]; callers queue behind the attempt in progress).
-    async fn live(&self) -> Result<Send, tonic::Status> {
+    async fn live(&self) -> Result<Sender, tonic::Status> {
         let mut cur = self.current.lock().await;
         if !cur.0.is_closed() {
             return Ok(cur.0.clone());
@@ -109,9 +109,9 @@ impl Shared {
 
 impl tower_service::Service<http::Request<Body>> for H2Channel {
     type Response = http::Response<hyper::body::Incoming>;
-    type Error = Box<dyn std::error::Error + std::marker::Send + Sync>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
     type Future =
-        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + std::marker::Send>>;
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.send.is_closed() {
