@@ -110,8 +110,7 @@ impl Shared {
 impl tower_service::Service<http::Request<Body>> for H2Channel {
     type Response = http::Response<hyper::body::Incoming>;
     type Error = Box<dyn std::error::Error + Send + Sync>;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.send.is_closed() {
