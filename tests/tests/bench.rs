@@ -221,13 +221,7 @@ fn sweep_starts_each_cluster_runs_and_compares() {
 /// leader's address comes from the follower's Status (`members`).
 #[tokio::test]
 async fn a_run_at_a_follower_names_the_leader_to_give_instead() {
-    let c = kv_tests::cluster::Cluster::start(3, &[])
-        .await
-        .expect("cluster");
-    let leader = c
-        .wait_leader(Duration::from_secs(10), None)
-        .await
-        .expect("leader");
+    let (c, leader) = three_nodes().await;
     let follower = (leader + 1) % 3;
     let st = c.status(follower).await.expect("status");
     assert_eq!(
@@ -285,6 +279,18 @@ fn bench_run(endpoints: &str, out: &std::path::Path, duration: &str) -> Command 
     c
 }
 
+/// Three leader-follower nodes, and which of them leads.
+async fn three_nodes() -> (kv_tests::cluster::Cluster, usize) {
+    let c = kv_tests::cluster::Cluster::start(3, &[])
+        .await
+        .expect("cluster");
+    let leader = c
+        .wait_leader(Duration::from_secs(10), None)
+        .await
+        .expect("leader");
+    (c, leader)
+}
+
 /// `kv-bench check HISTORY`.
 fn check(history: &std::path::Path) -> std::process::Output {
     Command::new(bin("kv-bench"))
@@ -309,13 +315,7 @@ fn timeline(dir: &std::path::Path) -> Vec<(u64, u64)> {
 
 #[tokio::test]
 async fn a_run_over_every_node_follows_the_leader_through_a_kill() {
-    let mut c = kv_tests::cluster::Cluster::start(3, &[])
-        .await
-        .expect("cluster");
-    let leader = c
-        .wait_leader(Duration::from_secs(10), None)
-        .await
-        .expect("leader");
+    let (mut c, leader) = three_nodes().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let history = dir.path().join("h.jsonl");
     let bench = bench_run(&c.endpoints(), dir.path(), "5s")
@@ -345,13 +345,7 @@ async fn a_run_over_every_node_follows_the_leader_through_a_kill() {
 
 #[tokio::test]
 async fn a_frozen_leader_is_left_on_time_and_each_history_run_starts_from_fresh_keys() {
-    let c = kv_tests::cluster::Cluster::start(3, &[])
-        .await
-        .expect("cluster");
-    let leader = c
-        .wait_leader(Duration::from_secs(10), None)
-        .await
-        .expect("leader");
+    let (c, leader) = three_nodes().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let run = |name: &str, duration: &str| {
         bench_run(&c.endpoints(), &dir.path().join(name), duration)
