@@ -111,6 +111,9 @@ struct Shared {
     waiters: Mutex<Waiters>,
     disk_bytes: AtomicU64,
     snapshot_running: AtomicBool,
+    /// Held by a snapshot for its whole run: the background one and `snapshot_now` must not
+    /// write the same temporary file or delete the same segments at once.
+    snapshot_lock: Mutex<()>,
     /// The background snapshot, joined on drop: it holds the store (and so the directory lock)
     /// until it finishes.
     snapshot_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -606,6 +609,7 @@ impl DiskStorage {
             waiters: Mutex::new(BTreeMap::new()),
             disk_bytes: AtomicU64::new(disk_bytes),
             snapshot_running: AtomicBool::new(false),
+            snapshot_lock: Mutex::new(()),
             snapshot_thread: Mutex::new(None),
             _lock: lock,
         });
@@ -729,6 +733,11 @@ fn flusher(shared: Arc<Shared>, mut file: Appender) {
 
 /// Writes the index as a snapshot covering every sealed segment, then deletes those segments.
 fn snapshot(shared: &Shared) -> Result<(), StorageError> {
+    // Nothing in it can leave the directory inconsistent on a panic.
+    let _one = shared
+        .snapshot_lock
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let dir = &shared.dir;
     let segments = numbered(dir, "wal-", ".log")?;
     // The active segment is the newest; everything before it is sealed and durable.
