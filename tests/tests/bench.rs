@@ -389,6 +389,32 @@ async fn a_frozen_leader_is_left_on_time_and_each_history_run_starts_from_fresh_
 }
 
 #[test]
+fn kv_endpoints_gives_kv_bench_its_endpoints_as_it_does_kvctl() {
+    let node = NodeProcess::start(&["--storage", "memory"]).expect("node");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = Command::new(bin("kv-bench"))
+        .env("KV_ENDPOINTS", node.endpoint())
+        .args([
+            "run",
+            "--clients",
+            "2",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "0s",
+        ])
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .expect("kv-bench");
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("errors: none"),
+        "{o:?}"
+    );
+}
+
+#[test]
 fn a_restarted_node_is_reconnected_to_and_a_dead_one_paces_its_clients() {
     let mut node = NodeProcess::start(&["--storage", "memory"]).expect("node");
     let dir = tempfile::tempdir().expect("tempdir");
