@@ -208,7 +208,9 @@ fn cluster_kill_and_start_bring_a_node_back_with_its_hints() {
         &n3,
         &["--timeout", "300ms", "get", "k1", "--read-from", "local"],
     );
-    assert_ne!(r.code, 0, "{r:?}");
+    // Exit 4 (no answer in time), and no "it may have taken effect": a read changes nothing.
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(!r.stderr.contains("may have taken effect"), "{r:?}");
     assert_eq!(node("resume", "n3").code, 0);
     assert_eq!(
         kvctl(&n3, &["get", "k1", "--read-from", "local"]).stdout,

@@ -767,6 +767,11 @@ fn main() -> ExitCode {
         return cluster::run(cmd, args.timeout.0);
     }
     let json = args.output == Output::Json;
+    // Only a write can have taken effect; a read that timed out changed nothing.
+    let writes = matches!(
+        args.cmd,
+        Cmd::Put { .. } | Cmd::Delete { .. } | Cmd::Cas { .. }
+    );
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -783,7 +788,8 @@ fn main() -> ExitCode {
         }
         Err(s) => {
             let code = client::exit_code(&s);
-            let what = if client::may_have_happened(&s) {
+            let maybe = writes && client::may_have_happened(&s);
+            let what = if maybe {
                 " (outcome unknown: it may have taken effect)"
             } else {
                 ""
@@ -792,7 +798,7 @@ fn main() -> ExitCode {
                 println!(
                     "{}",
                     json!({"error": {"code": kv_node::metrics::code_name(s.code()), "message": s.message(),
-                                     "may_have_happened": client::may_have_happened(&s)}})
+                                     "may_have_happened": maybe}})
                 );
             }
             eprintln!(
