@@ -50,7 +50,9 @@ def load(d, n):
     return s
 
 
-cpus = os.cpu_count()
+# The cores of the machine the runs were made on (summary.json says), not of this one.
+cpus = next((s["machine_cpus"] for d, names in RUNS for n in names
+             if (s := load(d, n)) and s.get("machine_cpus")), os.cpu_count())
 lines = [
     "# CPU per operation in the last benchmark runs",
     "",

@@ -192,10 +192,7 @@ impl LeaderRoute {
     /// elected while the old one froze is found.
     pub fn unavailable(&self, e: usize, leader: Option<&str>) {
         match leader {
-            Some(id) => match self.ids.iter().position(|i| i == id) {
-                Some(l) => self.leader.store(l, Ordering::Relaxed),
-                None => self.leader_not_served(id),
-            },
+            Some(id) => self.follow(id),
             None if e == self.leader.load(Ordering::Relaxed) => {
                 // Many clients see the same failure: move once.
                 let next = (e + 1) % self.endpoints.len();
@@ -204,6 +201,15 @@ impl LeaderRoute {
                     .compare_exchange(e, next, Ordering::Relaxed, Ordering::Relaxed);
             }
             None => {}
+        }
+    }
+
+    /// Node `id` leads: every client goes to its endpoint (or, when none serves it, stays, and
+    /// says so once).
+    fn follow(&self, id: &str) {
+        match self.ids.iter().position(|i| i == id) {
+            Some(l) => self.leader.store(l, Ordering::Relaxed),
+            None => self.leader_not_served(id),
         }
     }
 
@@ -216,6 +222,11 @@ impl LeaderRoute {
                  --endpoints {addr}"
             );
         }
+    }
+
+    /// Whether reads go to each client's own endpoint rather than the leader.
+    pub fn spreads_reads(&self) -> bool {
+        self.spread_reads
     }
 
     /// The endpoint believed to lead now.
@@ -335,7 +346,7 @@ fn leader_route(lf: Vec<(String, pb::NodeStatus)>, spread_reads: bool) -> Leader
         warned: AtomicBool::new(false),
     };
     match newest {
-        Some(id) => route.unavailable(usize::MAX, Some(&id)),
+        Some(id) => route.follow(&id),
         None => eprintln!(
             "kv-bench: no endpoint knows a leader yet: writes and leader reads fail until one is \
              elected"

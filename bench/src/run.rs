@@ -633,11 +633,7 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
         Some(Routing::Leader(l)) => eprintln!(
             "kv-bench: leader-follower cluster: writes{} go to the leader ({} now), followed \
              when it moves; --route spread to turn off",
-            if matches!(cfg.read_from.as_deref(), Some("any" | "local")) {
-                ""
-            } else {
-                " and reads"
-            },
+            if l.spreads_reads() { "" } else { " and reads" },
             l.leader()
         ),
         None => {}
