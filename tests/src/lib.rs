@@ -77,16 +77,27 @@ pub fn put_request(key: &str, value: &str, w: u32) -> kv_proto::kv::v1::PutReque
 }
 
 /// The seeds a simulation test runs: `KV_SIM_SEED=<seed>` reruns one (the seed a failure
-/// names), `KV_SIM_SEEDS=<n>` runs seeds 0..n, otherwise 0..`default`.
+/// names), `KV_SIM_SEEDS=<n>` runs seeds 0..n, `KV_SIM_SEEDS=<a>..<b>` runs seeds a..b (to
+/// explore seeds CI never runs), otherwise 0..`default`.
+///
+/// # Panics
+/// On a malformed `KV_SIM_SEED` or `KV_SIM_SEEDS`: a test run asked for seeds it cannot have.
 pub fn sim_seeds(default: u64) -> Vec<u64> {
     if let Ok(s) = std::env::var("KV_SIM_SEED") {
         return vec![s.parse().expect("KV_SIM_SEED is a number")];
     }
-    let n = std::env::var("KV_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default);
-    (0..n).collect()
+    let Ok(spec) = std::env::var("KV_SIM_SEEDS") else {
+        return (0..default).collect();
+    };
+    let num = |s: &str| -> u64 {
+        s.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("KV_SIM_SEEDS is <n> or <a>..<b>, not {spec:?}"))
+    };
+    match spec.split_once("..") {
+        Some((a, b)) => (num(a)..num(b)).collect(),
+        None => (0..num(&spec)).collect(),
+    }
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
