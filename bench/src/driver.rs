@@ -527,6 +527,10 @@ fn status_kind(s: &tonic::Status) -> ErrorKind {
         InvalidArgument => "invalid_argument",
         FailedPrecondition => "failed_precondition",
         Internal => "internal",
+        // A status made here from a transport error keeps that error as its source; one the
+        // server sent has none (quorumkv: leadership lost before W replicas held a write).
+        Unknown if std::error::Error::source(s).is_some() => "connection_lost",
+        Unknown => "outcome_unknown",
         _ => "other",
     }
 }

@@ -627,6 +627,8 @@ pub fn to_wire(m: Msg) -> pb::peer_envelope::Msg {
             w,
             timeout_ms,
             degrade,
+            age_ms,
+            sent_hlc,
         } => W::LlForward(pb::LlForward {
             req,
             key,
@@ -635,6 +637,8 @@ pub fn to_wire(m: Msg) -> pb::peer_envelope::Msg {
             w,
             timeout_ms,
             degrade,
+            age_ms,
+            sent_hlc,
         }),
         Msg::ForwardReply { req, result } => W::LlForwardReply(match result {
             Ok(ok) => pb::LlForwardReply {
@@ -736,6 +740,8 @@ pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Msg> {
             w: f.w,
             timeout_ms: f.timeout_ms,
             degrade: f.degrade,
+            age_ms: f.age_ms,
+            sent_hlc: f.sent_hlc,
         },
         W::LlForwardReply(r) => Msg::ForwardReply {
             req: r.req,
@@ -839,6 +845,16 @@ mod tests {
                 req: 2,
                 stored: Some(s(None, 3)),
                 hlc: 4,
+            },
+            Msg::Forward {
+                req: 3,
+                key: Bytes::from_static(b"k"),
+                value: Some(Bytes::from_static(b"v")),
+                w: 2,
+                timeout_ms: 1500,
+                degrade: false,
+                age_ms: 250,
+                sent_hlc: 9 << 16,
             },
             Msg::ForwardReply {
                 req: 3,

@@ -68,6 +68,11 @@ pub struct LlConfig {
     pub partition: f64,
     /// Heal probability per step.
     pub heal: f64,
+    /// Per step: pause a running node (a GC pause, SIGSTOP: it keeps its connections, so its
+    /// peers do not see it down, and handles what queued for it when it resumes).
+    pub pause: f64,
+    /// Resume probability per step.
+    pub resume: f64,
     /// Clock skew: each node's clock is off by up to this many ms either way.
     pub skew_ms: u64,
     /// One node whose messages, both ways, are lost with this probability (a lossy link).
@@ -101,6 +106,8 @@ impl Default for LlConfig {
             restart: 0.005,
             partition: 0.001,
             heal: 0.004,
+            pause: 0.0005,
+            resume: 0.01,
             skew_ms: 200,
             lossy: None,
             timeout_ms: 300,
@@ -240,6 +247,12 @@ pub struct LlSim {
     next_req: u64,
     /// Per key: the highest version acknowledged, and when.
     acked: Vec<Vec<(u64, Version)>>,
+    /// Paused nodes: no ticks, no deliveries (their messages wait), no new client requests.
+    paused: Vec<bool>,
+    /// The version each written value (unique per write) was seen with: one client write
+    /// must never be stored under two versions (a late second execution of it would overwrite
+    /// writes acknowledged after it, under a newer version no staleness check notices).
+    versions: BTreeMap<String, Version>,
     stats: LlStats,
     dead_stats: LlStats,
     /// Every client operation, for kv-checker.
@@ -273,6 +286,8 @@ impl LlSim {
             ops: BTreeMap::new(),
             next_req: 1,
             acked: vec![Vec::new(); cfg.keys],
+            paused: vec![false; cfg.nodes],
+            versions: BTreeMap::new(),
             stats: LlStats::default(),
             dead_stats: LlStats::default(),
             history: Vec::new(),
@@ -300,6 +315,9 @@ impl LlSim {
         outcome: kv_checker::Outcome,
         version: Option<Version>,
     ) {
+        if let (Some(v), Some(ver)) = (&value, version) {
+            self.same_version(v, ver, "answered");
+        }
         let end = self.stamp();
         self.history.push(kv_checker::Op {
             client: start,
@@ -314,6 +332,20 @@ impl LlSim {
             version: version.map(|v| v.to_string()),
             node: None,
         });
+    }
+
+    /// Fails if `value` was seen before with another version.
+    fn same_version(&mut self, value: &str, version: Version, how: &str) {
+        match self.versions.get(value) {
+            Some(&v) if v != version => self.fail(format!(
+                "the write of {value} is {how} with version {version}, and was seen with {v}: \
+                 one write executed twice"
+            )),
+            Some(_) => {}
+            None => {
+                self.versions.insert(value.to_string(), version);
+            }
+        }
     }
 
     fn clock(&self, i: usize) -> u64 {
@@ -517,6 +549,7 @@ impl LlSim {
                 self.dead_stats.ae_repairs += s.ae_repairs;
             }
             self.stats.crashes += 1;
+            self.paused[i] = false;
             // Requests it was coordinating are lost: their outcome is unknown.
             self.net.retain(|p| p.to != i);
         }
@@ -545,10 +578,22 @@ impl LlSim {
         if !self.blocked.is_empty() && self.rng.random_bool(self.cfg.heal) {
             self.set_partition(BTreeSet::new());
         }
+        if self.rng.random_bool(self.cfg.pause) {
+            let i = self.rng.random_range(0..self.cfg.nodes);
+            self.paused[i] = true;
+        }
+        if self.rng.random_bool(self.cfg.resume) {
+            let i = self.rng.random_range(0..self.cfg.nodes);
+            self.paused[i] = false;
+        }
     }
 
     fn client(&mut self) {
-        let live = self.live();
+        let live: Vec<usize> = self
+            .live()
+            .into_iter()
+            .filter(|&i| !self.paused[i])
+            .collect();
         if live.is_empty() {
             return;
         }
@@ -635,9 +680,10 @@ impl LlSim {
             self.client();
         }
         let now = self.now;
+        let paused = self.paused.clone();
         let (due, rest): (Vec<Packet>, Vec<Packet>) = std::mem::take(&mut self.net)
             .into_iter()
-            .partition(|p| p.at <= now);
+            .partition(|p| p.at <= now && !paused[p.to]);
         self.net = rest;
         for p in due {
             if self.nodes[p.to].is_none()
@@ -653,7 +699,10 @@ impl LlSim {
             }
             self.drain(p.to);
         }
-        for i in 0..self.cfg.nodes {
+        for (i, &frozen) in paused.iter().enumerate() {
+            if frozen {
+                continue;
+            }
             let clock = self.clock(i);
             let store = &mut self.stores[i];
             if let Some(n) = self.nodes[i].as_mut() {
@@ -670,6 +719,7 @@ impl LlSim {
         }
         self.faults = false;
         self.set_partition(BTreeSet::new());
+        self.paused = vec![false; self.cfg.nodes];
         for i in 0..self.cfg.nodes {
             if self.nodes[i].is_none() {
                 self.boot(i);
@@ -755,6 +805,21 @@ impl LlSim {
                     "write {v} to {} acknowledged at {at} was lost: replicas hold {copies:?}",
                     String::from_utf8_lossy(key)
                 ));
+            }
+        }
+        for s in &self.stores {
+            for c in s.data.values() {
+                if let Some(v) = &c.value
+                    && let Some(&seen) = self.versions.get(&String::from_utf8_lossy(v).into_owned())
+                    && seen != c.version
+                {
+                    self.fail(format!(
+                        "a replica holds {} with version {}, answered with {seen}: one write \
+                         executed twice",
+                        String::from_utf8_lossy(v),
+                        c.version
+                    ));
+                }
             }
         }
         for (i, s) in self.stores.iter().enumerate() {

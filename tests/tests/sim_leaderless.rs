@@ -134,6 +134,7 @@ fn sim_leaderless_without_faults_detects_no_conflicts() {
             drop: 0.0,
             crash: 0.0,
             partition: 0.0,
+            pause: 0.0,
             ..LlConfig::default()
         },
         100,
@@ -158,6 +159,7 @@ fn sim_leaderless_a_lossy_replica_fails_no_request() {
                 drop: 0.0,
                 crash: 0.0,
                 partition: 0.0,
+                pause: 0.0,
                 lossy: Some((4, 0.1)),
                 timeout_ms: 2000,
                 hint_after_ms: 200,

@@ -212,6 +212,13 @@ pub enum Msg {
         timeout_ms: u64,
         /// Answer with fewer acknowledgements rather than fail.
         degrade: bool,
+        /// 0 when first sent. A forwarder that heard nothing sends the same request again
+        /// (same `req`), with the milliseconds since the first send: the coordinator answers a
+        /// request it already has from its record and never runs one twice, and acts on one it
+        /// has no record of only if it has been up since the first was sent.
+        age_ms: u64,
+        /// The forwarder's clock when it first sent the request (the same on every send).
+        sent_hlc: u64,
     },
     /// The outcome of a forwarded write.
     ForwardReply {
@@ -447,10 +454,26 @@ struct PendingWrite {
 
 struct PendingForward {
     client: u64,
+    /// The coordinator it went to.
+    to: usize,
     key: Bytes,
     value: Option<Bytes>,
     opts: Opts,
     started: u64,
+    /// When it was last sent.
+    sent: u64,
+    /// This node's clock when it was first sent.
+    sent_hlc: u64,
+}
+
+/// A coordinator's record of a forwarded write, kept until the forwarder's deadline has passed
+/// so that a request sent again is answered, not run again.
+enum Forwarded {
+    Running,
+    Done(Result<WriteOk, QuorumFailure>),
+    /// A request sent again that this node had no record of and could not vouch for (it may
+    /// have run the first before a restart): refused, and the first is ignored if it comes.
+    Refused,
 }
 
 struct PendingRead {
@@ -481,6 +504,16 @@ pub struct Leaderless {
     next_op: u64,
     writes: BTreeMap<u64, PendingWrite>,
     forwards: BTreeMap<u64, PendingForward>,
+    /// Forwarded writes this node coordinates or did, by (forwarder, its req), and until when
+    /// the record is kept.
+    forwarded: BTreeMap<(usize, u64), (Forwarded, u64)>,
+    /// When this node started (its records of forwarded writes go back no further), on its
+    /// own millisecond clock and on its hybrid clock.
+    booted: u64,
+    booted_hlc: u64,
+    /// Coordinators that left a forwarded write unanswered: new writes go to the next replica
+    /// until this node hears from them again.
+    suspect: BTreeSet<usize>,
     reads: BTreeMap<u64, PendingRead>,
     down: BTreeSet<usize>,
     /// When each unreachable member was first seen so (by the tick that noticed it).
@@ -514,6 +547,12 @@ impl Leaderless {
         let ring = Ring::new(&names, cfg.vnodes);
         let members = cfg.members.clone();
         let ae_peer = me;
+        // Operation ids name forwarded writes to their coordinators (which keep a record of
+        // them by forwarder and id) and match answers to requests: a restarted node must not
+        // reuse its previous life's ids. It starts them at a fresh clock reading, above any
+        // id it issued before (that would take 65,536 operations per millisecond of uptime).
+        let mut hlc = Hlc::new(hlc_floor);
+        let next_op = hlc.now(now_ms);
         Leaderless {
             next_ae: now_ms + cfg.anti_entropy_ms,
             next_hint_round: now_ms,
@@ -521,10 +560,14 @@ impl Leaderless {
             members,
             me,
             ring,
-            hlc: Hlc::new(hlc_floor),
-            next_op: 1,
+            hlc,
+            next_op,
             writes: BTreeMap::new(),
             forwards: BTreeMap::new(),
+            forwarded: BTreeMap::new(),
+            booted: now_ms,
+            booted_hlc: next_op,
+            suspect: BTreeSet::new(),
             reads: BTreeMap::new(),
             down: BTreeSet::new(),
             down_since: BTreeMap::new(),
@@ -630,13 +673,18 @@ impl Leaderless {
         opts: Opts,
     ) {
         let pref = self.pref(&key);
-        // The first replica believed reachable coordinates; if none is, this node does.
-        let first = pref.iter().copied().find(|i| !self.down.contains(i));
+        // The first replica believed reachable (and not suspected of sitting on a forwarded
+        // write) coordinates; if none is, this node does.
+        let first = pref
+            .iter()
+            .copied()
+            .find(|i| !self.down.contains(i) && !self.suspect.contains(i));
         if let Some(to) = first
             && to != self.me
         {
             let op = self.op_id();
             self.stats.forwarded += 1;
+            let sent_hlc = self.hlc.now(now);
             self.send(
                 to,
                 Msg::Forward {
@@ -646,6 +694,8 @@ impl Leaderless {
                     w: opts.quorum,
                     timeout_ms: opts.timeout_ms,
                     degrade: opts.degrade,
+                    age_ms: 0,
+                    sent_hlc,
                 },
                 None,
             );
@@ -653,10 +703,13 @@ impl Leaderless {
                 op,
                 PendingForward {
                     client,
+                    to,
                     key,
                     value,
                     opts,
                     started: now,
+                    sent: now,
+                    sent_hlc,
                 },
             );
             return;
@@ -839,9 +892,10 @@ impl Leaderless {
         let Some(f) = self.index(from) else {
             return;
         };
-        // Hearing from a peer means it is reachable.
+        // Hearing from a peer means it is reachable (and not sitting on a forwarded write).
         if f != self.me {
             self.down.remove(&f);
+            self.suspect.remove(&f);
         }
         match msg {
             Msg::Write { req, key, stored } => {
@@ -869,7 +923,44 @@ impl Leaderless {
                 w,
                 timeout_ms,
                 degrade,
+                age_ms,
+                sent_hlc,
             } => {
+                self.hlc.observe(sent_hlc);
+                let until = now + timeout_ms + self.cfg.hint_after_ms;
+                // A request sent again that has no record here is run only if this node was
+                // up when the first was sent, so that it would have a record had the first
+                // come: it has been up longer than the request's age (its journey, however
+                // long, only adds), and the first was sent after this node's start on the
+                // hybrid clocks (which a node that ran it before restarting has passed: its
+                // copy's version, which it recovers, is above the forwarder's clock then).
+                let vouched =
+                    now.saturating_sub(self.booted) > age_ms && sent_hlc > self.booted_hlc;
+                match self.forwarded.get(&(f, req)) {
+                    Some((Forwarded::Done(result), _)) => {
+                        let result = result.clone();
+                        self.send(f, Msg::ForwardReply { req, result }, None);
+                        return;
+                    }
+                    Some((Forwarded::Running | Forwarded::Refused, _)) => return,
+                    None if age_ms > 0 && !vouched => {
+                        // Sent again, and this node may have run the first before it
+                        // restarted: it cannot tell, so it refuses rather than run it twice.
+                        self.forwarded.insert((f, req), (Forwarded::Refused, until));
+                        let pref = self.pref(&key);
+                        let result = Err(QuorumFailure {
+                            what: "acks",
+                            needed: w,
+                            got: 0,
+                            replicas: self.states(&pref, |_| false),
+                            may_have_happened: true,
+                        });
+                        self.send(f, Msg::ForwardReply { req, result }, None);
+                        return;
+                    }
+                    None => {}
+                }
+                self.forwarded.insert((f, req), (Forwarded::Running, until));
                 let opts = Opts {
                     quorum: w,
                     timeout_ms,
@@ -1137,6 +1228,9 @@ impl Leaderless {
         match origin {
             Origin::Client(req) => self.actions.push(Action::Write { req, result }),
             Origin::Forwarded { from, req } => {
+                if let Some((state, _)) = self.forwarded.get_mut(&(from, req)) {
+                    *state = Forwarded::Done(result.clone());
+                }
                 self.send(from, Msg::ForwardReply { req, result }, None);
             }
         }
@@ -1390,23 +1484,51 @@ impl Leaderless {
             }
             self.check_write(now, op);
         }
-        // Forwards that got no answer in time are coordinated here.
-        let stale: Vec<u64> = self
-            .forwards
-            .iter()
-            .filter(|(_, f)| now >= f.started + self.cfg.hint_after_ms.min(f.opts.timeout_ms / 2))
-            .map(|(&k, _)| k)
-            .collect();
-        for op in stale {
-            if let Some(f) = self.forwards.remove(&op) {
-                let left = (f.started + f.opts.timeout_ms).saturating_sub(now);
-                let opts = Opts {
-                    timeout_ms: left,
-                    ..f.opts
+        // Forwards without an answer. Never coordinated here instead: the coordinator may
+        // hold the request (paused, or its answer lost) and run it later, and one write run
+        // twice gets two versions, the later overwriting writes acknowledged in between. The
+        // same request goes again to the same coordinator, which answers it once; new writes
+        // avoid that coordinator until it is heard from; at the deadline, or once the
+        // coordinator is known down, the outcome is unknown.
+        let quiet = self.cfg.hint_after_ms.max(1);
+        let ops: Vec<u64> = self.forwards.keys().copied().collect();
+        for op in ops {
+            let Some(f) = self.forwards.get_mut(&op) else {
+                continue;
+            };
+            let (to, started) = (f.to, f.started);
+            if now >= started + f.opts.timeout_ms || self.down.contains(&to) {
+                if let Some(f) = self.forwards.remove(&op) {
+                    let pref = self.pref(&f.key);
+                    let result = Err(QuorumFailure {
+                        what: "acks",
+                        needed: f.opts.quorum,
+                        got: 0,
+                        replicas: self.states(&pref, |_| false),
+                        may_have_happened: true,
+                    });
+                    self.actions.push(Action::Write {
+                        req: f.client,
+                        result,
+                    });
+                }
+            } else if now >= f.sent + quiet {
+                f.sent = now;
+                let msg = Msg::Forward {
+                    req: op,
+                    key: f.key.clone(),
+                    value: f.value.clone(),
+                    w: f.opts.quorum,
+                    timeout_ms: (started + f.opts.timeout_ms).saturating_sub(now),
+                    degrade: f.opts.degrade,
+                    age_ms: now - started,
+                    sent_hlc: f.sent_hlc,
                 };
-                self.coordinate_write(store, now, Origin::Client(f.client), f.key, f.value, opts);
+                self.suspect.insert(to);
+                self.send(to, msg, None);
             }
         }
+        self.forwarded.retain(|_, (_, until)| *until > now);
         let ops: Vec<u64> = self.reads.keys().copied().collect();
         for op in ops {
             self.retry_read(op, now);

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# A Jepsen-style drill: a 5-node cluster on loopback (kvctl cluster up), kv-bench recording
+# every operation (8 clients, 20 keys, 40% reads, 40% writes, 20% compare-and-set -- leaderless:
+# 50% reads, 50% writes --, 1 s deadline) while a nemesis breaks something at random every 0.1-0.9 s, then kv-bench check
+# judges the history. Faults, each undone before the next:
+#   kill   kill -9 a node, start it again 1 s later (same data directory)
+#   pause  SIGSTOP a node for 1.0-1.8 s (a GC pause, a stalled VM), then SIGCONT
+#   part   partition two nodes from the other three for 2 s, then heal
+#   drop   drop 30% of the messages to and from a node for 1 s
+#   delay  delay the messages to and from a node by 30 ms for 1 s
+#   calm   nothing for 1 s
+#
+#   bench/scripts/nemesis.sh OUT_DIR [SECONDS] [SEED] [-- CLUSTER_UP_ARGS...]
+#   e.g. bench/scripts/nemesis.sh /tmp/drill 60 1 -- --mode leaderless --n 3 --r 2 --w 2
+#
+# Defaults: 60 s, seed 1, `--mode leader-follower --n 5 --w 3`. The same seed gives the same
+# faults in the same order (their timing is the machine's). Writes into OUT_DIR: nemesis.log
+# (seconds since the start, fault), bench/ (kv-bench summary.json, timeline.csv), check.txt
+# (the verdict), violation.html when there is one, and history.jsonl (removed on a
+# linearizable verdict unless KEEP_HISTORY=1: it is large). Exit status: kv-bench check's
+# (0 linearizable, 1 violation, 2 unknown).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[ $# -ge 1 ] || { sed -n 2,21p "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+OUT=$1; shift
+SECS=60; SEED=1
+[ $# -gt 0 ] && [ "$1" != "--" ] && { SECS=$1; shift; }
+[ $# -gt 0 ] && [ "$1" != "--" ] && { SEED=$1; shift; }
+[ $# -gt 0 ] && [ "$1" == "--" ] && shift
+CLUSTER=("$@")
+[ ${#CLUSTER[@]} -gt 0 ] || CLUSTER=(--mode leader-follower --n 5 --w 3)
+[ "$SECS" -ge 10 ] || { echo "SECONDS must be at least 10" >&2; exit 2; }
+
+cargo build --release -q -p kv-node -p kv-bench
+BIN=target/release
+if [ -e "$OUT" ] && [ -n "$(ls -A "$OUT")" ] && [ ! -e "$OUT/commands.txt" ]; then
+  echo "$OUT is not empty and not an earlier drill's: give a new directory" >&2; exit 2
+fi
+rm -rf "$OUT"; mkdir -p "$OUT"
+DATA=$(mktemp -d)
+EPS=127.0.0.1:7601,127.0.0.1:7602,127.0.0.1:7603,127.0.0.1:7604,127.0.0.1:7605
+SUP=""
+BENCH=""
+cleanup() {
+  for p in $BENCH $SUP; do kill "$p" 2>/dev/null || true; done
+  sleep 1; rm -rf "$DATA"
+}
+trap cleanup EXIT
+
+UP=("$BIN/kvctl" cluster up --nodes 5 --base-port 7601 --admin-base-port 9601 --data-dir "$DATA" "${CLUSTER[@]}")
+echo "${UP[*]}" > "$OUT/commands.txt"
+"${UP[@]}" > "$OUT/cluster.out" 2>&1 &
+SUP=$!
+for _ in $(seq 300); do grep -q '^Try:' "$OUT/cluster.out" && break; sleep 0.1; done
+grep -q '^Try:' "$OUT/cluster.out" || { echo "the cluster did not come up:" >&2; cat "$OUT/cluster.out" >&2; exit 2; }
+
+# Leaderless mode has no compare-and-set (it would be refused with FAILED_PRECONDITION).
+MIX=read=40,write=40,cas=20
+[[ " ${CLUSTER[*]} " == *" leaderless "* ]] && MIX=read=50,write=50
+RUN=("$BIN/kv-bench" run --endpoints "$EPS" --clients 8 --duration "${SECS}s" --warmup 0s --keys 20
+     --mix "$MIX" --timeout 1s --history "$OUT/history.jsonl" --out "$OUT/bench")
+echo "${RUN[*]}" >> "$OUT/commands.txt"
+"${RUN[@]}" > "$OUT/bench.out" 2> "$OUT/bench.err" &
+BENCH=$!
+
+node() { "$BIN/kvctl" cluster "$1" "$2" --data-dir "$DATA" > /dev/null 2>&1 || true; }
+fault() { "$BIN/kvctl" --endpoints "$EPS" fault "$@" > /dev/null 2>&1 || true; }
+RANDOM=$SEED
+start=$SECONDS
+end=$((SECONDS + SECS - 3))
+echo "nemesis for $((SECS - 3)) s (seed $SEED), load for $SECS s: $OUT/nemesis.log"
+while [ $SECONDS -lt $end ]; do
+  sleep "0.$((RANDOM % 9 + 1))"
+  n=n$((RANDOM % 5 + 1))
+  at=$(printf "%3d" $((SECONDS - start)))
+  case $((RANDOM % 6)) in
+    0) echo "$at kill $n"; node kill $n; sleep 1; node start $n ;;
+    1) echo "$at pause $n"; node pause $n; sleep "1.$((RANDOM % 9))"; node resume $n ;;
+    2) a=$((RANDOM % 5 + 1)); b=$((a % 5 + 1))
+       rest=$(for i in 1 2 3 4 5; do if [ $i != $a ] && [ $i != $b ]; then printf "n%s," $i; fi; done)
+       echo "$at part n$a,n$b/${rest%,}"; fault partition "n$a,n$b/${rest%,}"; sleep 2; fault heal ;;
+    3) echo "$at drop $n 0.3"; fault drop $n 0.3; sleep 1; fault heal ;;
+    4) echo "$at delay $n 30ms"; fault delay $n 30ms; sleep 1; fault heal ;;
+    5) echo "$at calm"; sleep 1 ;;
+  esac
+done > "$OUT/nemesis.log"
+wait $BENCH || { echo "kv-bench failed:" >&2; cat "$OUT/bench.err" >&2; exit 2; }
+rc=0
+"$BIN/kv-bench" check "$OUT/history.jsonl" --html "$OUT/violation.html" > "$OUT/check.txt" 2>&1 || rc=$?
+[ -s "$OUT/violation.html" ] || rm -f "$OUT/violation.html"
+"$BIN/kvctl" --endpoints "$EPS" status > "$OUT/status.txt" 2>&1 || true
+cat "$OUT/bench.out"
+echo "faults: $(awk '{print $2}' "$OUT/nemesis.log" | sort | uniq -c | awk '{printf "%s %s, ", $1, $2}' | sed 's/, $//')"
+cat "$OUT/check.txt"
+if [ $rc -eq 0 ] && [ "${KEEP_HISTORY:-0}" != 1 ]; then rm -f "$OUT/history.jsonl"; fi
+exit $rc
