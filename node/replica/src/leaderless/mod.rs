@@ -24,6 +24,13 @@
 //! includes the other): last-writer-wins by version resolves them, and each detection is
 //! counted in [`Stats::conflicts`].
 //!
+//! A forwarded write is run by the replica it went to and by no other node: a forwarder that
+//! hears nothing sends the same request again (the coordinator keeps a record of forwarded
+//! requests by forwarder and id, answers a repeat from it, and runs one it has no record of
+//! only if it was up when the first was sent), and ends it as "may have happened" at the
+//! deadline or once the coordinator is down. Coordinating it itself instead gave one write two
+//! versions whenever the first coordinator was slow rather than gone (a pause, a lost answer).
+//!
 //! A version is `(HLC timestamp, coordinator number)`. The coordinator observes the version of
 //! the copy it replaces before taking a timestamp, so a write causally after another always has
 //! the larger version, whatever the clock skew between nodes.
