@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A Jepsen-style drill: a 5-node cluster on loopback (kvctl cluster up), kv-bench recording
-# every operation (8 clients, 20 keys, 40% reads, 40% writes, 20% compare-and-set -- leaderless:
-# 50% reads, 50% writes --, 1 s deadline) while a nemesis breaks something at random every 0.1-0.9 s, then kv-bench check
-# judges the history. Faults, each undone before the next:
+# every operation (8 clients, 20 keys, 1 s deadline; 40% reads, 40% writes, 20% compare-and-
+# set, or 50/50 in leaderless mode, which has no compare-and-set) while a nemesis breaks
+# something at random every 0.1-0.9 s; then kv-bench check judges the history. Faults, each
+# undone before the next:
 #   kill   kill -9 a node, start it again 1 s later (same data directory)
 #   pause  SIGSTOP a node for 1.0-1.8 s (a GC pause, a stalled VM), then SIGCONT
 #   part   partition two nodes from the other three for 2 s, then heal
@@ -21,7 +22,9 @@
 # (0 linearizable, 1 violation, 2 unknown).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[ $# -ge 1 ] || { sed -n 2,21p "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n 2,22p "$0" | sed 's/^# \{0,1\}//'; }
+[ $# -ge 1 ] || { usage; exit 2; }
+case $1 in -h|--help) usage; exit 0 ;; -*) echo "unknown option $1 (see --help)" >&2; exit 2 ;; esac
 OUT=$1; shift
 SECS=60; SEED=1
 [ $# -gt 0 ] && [ "$1" != "--" ] && { SECS=$1; shift; }
@@ -29,7 +32,8 @@ SECS=60; SEED=1
 [ $# -gt 0 ] && [ "$1" == "--" ] && shift
 CLUSTER=("$@")
 [ ${#CLUSTER[@]} -gt 0 ] || CLUSTER=(--mode leader-follower --n 5 --w 3)
-[ "$SECS" -ge 10 ] || { echo "SECONDS must be at least 10" >&2; exit 2; }
+[[ $SECS =~ ^[0-9]+$ && $SECS -ge 10 ]] || { echo "SECONDS must be a whole number, at least 10: $SECS" >&2; exit 2; }
+[[ $SEED =~ ^[0-9]+$ ]] || { echo "SEED must be a whole number: $SEED" >&2; exit 2; }
 
 cargo build --release -q -p kv-node -p kv-bench
 BIN=target/release
