@@ -100,6 +100,15 @@ pub fn sim_seeds(default: u64) -> Vec<u64> {
     }
 }
 
+/// The `summary.json` a `kv-bench run --out DIR` wrote.
+///
+/// # Panics
+/// If it is missing or not JSON.
+pub fn bench_summary(dir: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).expect("summary"))
+        .expect("summary.json is JSON")
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     loop {

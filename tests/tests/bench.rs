@@ -51,7 +51,7 @@ fn a_server_stall_shows_in_corrected_latency_and_not_in_service_time() {
     );
     let o = bench.wait_with_output().expect("kv-bench");
     assert!(o.status.success(), "{o:?}");
-    let s = summary(out.path());
+    let s = kv_tests::bench_summary(out.path());
     let lat = |k: &str| s["latency_us"][k].as_u64().expect("number");
     let svc = |k: &str| s["service_time_us"][k].as_u64().expect("number");
     eprintln!(
@@ -179,7 +179,7 @@ fn sweep_starts_each_cluster_runs_and_compares() {
     assert!(out.join("latency.svg").exists() && out.join("one/summary.json").exists());
     // The cluster's nodes are counted through `kvctl cluster up`, the process the sweep started:
     // it and its three nodes, which did the work.
-    let summary = summary(&out.join("three-leaderless"));
+    let summary = kv_tests::bench_summary(&out.join("three-leaderless"));
     let servers = &summary["server_cpu"];
     assert_eq!(
         servers["pids"].as_array().map(Vec::len),
@@ -294,12 +294,6 @@ fn check(history: &std::path::Path) -> std::process::Output {
         .expect("kv-bench check")
 }
 
-/// `summary.json` of a run.
-fn summary(dir: &std::path::Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).expect("summary"))
-        .expect("summary.json is JSON")
-}
-
 /// `timeline.csv` of a run: (ops, errors) per second.
 fn timeline(dir: &std::path::Path) -> Vec<(u64, u64)> {
     std::fs::read_to_string(dir.join("timeline.csv"))
@@ -339,7 +333,7 @@ async fn a_run_over_every_node_follows_the_leader_through_a_kill() {
     assert!(last.0 > 0 && last.1 == 0, "{t:?}");
     // Every error is named for what happened (requests in flight on the killed leader's
     // connections: connection_lost), none left as "other".
-    let summary = summary(dir.path());
+    let summary = kv_tests::bench_summary(dir.path());
     let errors = summary["errors"].as_object().expect("errors by kind");
     assert!(!errors.contains_key("other"), "{errors:?}");
     // And what it recorded through the fail-over (W=majority, leader reads: refusals as

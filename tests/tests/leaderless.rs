@@ -388,10 +388,7 @@ fn bench_writes(c: &Cluster, route: &str, secs: u32) -> serde_json::Value {
         .output()
         .expect("kv-bench");
     assert!(o.status.success(), "kv-bench: {o:?}");
-    serde_json::from_str(
-        &std::fs::read_to_string(out.path().join("summary.json")).expect("summary"),
-    )
-    .expect("json")
+    kv_tests::bench_summary(out.path())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

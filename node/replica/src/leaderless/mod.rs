@@ -474,13 +474,11 @@ struct PendingForward {
 }
 
 /// A coordinator's record of a forwarded write, kept until the forwarder's deadline has passed
-/// so that a request sent again is answered, not run again.
+/// so that a request sent again is answered, not run again. A repeat this node could not vouch
+/// for is `Done` with its refusal: the first, should it still come, is not run either.
 enum Forwarded {
     Running,
     Done(Result<WriteOk, QuorumFailure>),
-    /// A request sent again that this node had no record of and could not vouch for (it may
-    /// have run the first before a restart): refused, and the first is ignored if it comes.
-    Refused,
 }
 
 struct PendingRead {
@@ -935,33 +933,19 @@ impl Leaderless {
             } => {
                 self.hlc.observe(sent_hlc);
                 let until = now + timeout_ms + self.cfg.hint_after_ms;
-                // A request sent again that has no record here is run only if this node was
-                // up when the first was sent, so that it would have a record had the first
-                // come: it has been up longer than the request's age (its journey, however
-                // long, only adds), and the first was sent after this node's start on the
-                // hybrid clocks (which a node that ran it before restarting has passed: its
-                // copy's version, which it recovers, is above the forwarder's clock then).
-                let vouched =
-                    now.saturating_sub(self.booted) > age_ms && sent_hlc > self.booted_hlc;
                 match self.forwarded.get(&(f, req)) {
                     Some((Forwarded::Done(result), _)) => {
                         let result = result.clone();
                         self.send(f, Msg::ForwardReply { req, result }, None);
                         return;
                     }
-                    Some((Forwarded::Running | Forwarded::Refused, _)) => return,
-                    None if age_ms > 0 && !vouched => {
+                    Some((Forwarded::Running, _)) => return,
+                    None if age_ms > 0 && !self.was_up_when_sent(now, age_ms, sent_hlc) => {
                         // Sent again, and this node may have run the first before it
                         // restarted: it cannot tell, so it refuses rather than run it twice.
-                        self.forwarded.insert((f, req), (Forwarded::Refused, until));
-                        let pref = self.pref(&key);
-                        let result = Err(QuorumFailure {
-                            what: "acks",
-                            needed: w,
-                            got: 0,
-                            replicas: self.states(&pref, |_| false),
-                            may_have_happened: true,
-                        });
+                        let result = Err(self.outcome_unknown(&key, w));
+                        self.forwarded
+                            .insert((f, req), (Forwarded::Done(result.clone()), until));
                         self.send(f, Msg::ForwardReply { req, result }, None);
                         return;
                     }
@@ -1191,6 +1175,28 @@ impl Leaderless {
                 .all(|i| p.acked.contains(i) || p.hinted.contains_key(i))
         {
             self.writes.remove(&op);
+        }
+    }
+
+    /// Whether a forwarded request first sent `age_ms` ago, at the forwarder's `sent_hlc`, was
+    /// sent while this node was up, so that it would have a record of it had it come: it has
+    /// been up longer than the request's age (its journey, however long, only adds), and the
+    /// first was sent after this node's start on the hybrid clocks (which a node that ran it
+    /// before restarting has passed: its copy's version, which it recovers, is above the
+    /// forwarder's clock then).
+    fn was_up_when_sent(&self, now: u64, age_ms: u64, sent_hlc: u64) -> bool {
+        now.saturating_sub(self.booted) > age_ms && sent_hlc > self.booted_hlc
+    }
+
+    /// The answer to a forwarded write whose fate this node cannot know: none of `key`'s
+    /// replicas is counted, and it may have happened.
+    fn outcome_unknown(&self, key: &[u8], needed: u32) -> QuorumFailure {
+        QuorumFailure {
+            what: "acks",
+            needed,
+            got: 0,
+            replicas: self.states(&self.pref(key), |_| false),
+            may_have_happened: true,
         }
     }
 
@@ -1506,14 +1512,7 @@ impl Leaderless {
             let (to, started) = (f.to, f.started);
             if now >= started + f.opts.timeout_ms || self.down.contains(&to) {
                 if let Some(f) = self.forwards.remove(&op) {
-                    let pref = self.pref(&f.key);
-                    let result = Err(QuorumFailure {
-                        what: "acks",
-                        needed: f.opts.quorum,
-                        got: 0,
-                        replicas: self.states(&pref, |_| false),
-                        may_have_happened: true,
-                    });
+                    let result = Err(self.outcome_unknown(&f.key, f.opts.quorum));
                     self.actions.push(Action::Write {
                         req: f.client,
                         result,
