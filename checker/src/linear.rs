@@ -78,7 +78,43 @@ pub(crate) struct COp {
 }
 
 /// Turns a key's operations into search operations (dropping those that constrain nothing).
+///
+/// Also dropped, in register histories (no append, no cas that failed): `unknown` writes and
+/// cas of a non-empty value that no read returned and no cas expected. Every linearization that places such
+/// a write stays one without it (no operation between it and the next write depends on its
+/// value), and it may be left out anyway; but each one kept doubles the orders the search may
+/// try when a key cannot be linearized. A run under faults has many (a write refused by a
+/// quorum after its coordinator stored it), and they held drills' keys at "unknown".
 pub(crate) fn prepare(ops: &[&Op], strings: &mut Interner) -> Vec<COp> {
+    let mut out = prepare_all(ops, strings);
+    let prunable = !out
+        .iter()
+        .any(|o| matches!(o.step, Step::Append(_) | Step::CasNotApplied { .. }));
+    if prunable {
+        let mut observed: FxHashSet<u32> = FxHashSet::default();
+        for o in &out {
+            match o.step {
+                Step::Read(Some(v))
+                | Step::CasApplied {
+                    expected: Some(v), ..
+                } => {
+                    observed.insert(v);
+                }
+                _ => {}
+            }
+        }
+        out.retain(|o| match o.step {
+            Step::Set(Some(v)) | Step::CasApplied { new: v, .. } => {
+                // An empty value reads as absent (see `apply`): kept.
+                !o.optional || observed.contains(&v) || strings.get(v).is_empty()
+            }
+            _ => true,
+        });
+    }
+    out
+}
+
+fn prepare_all(ops: &[&Op], strings: &mut Interner) -> Vec<COp> {
     let mut out = Vec::with_capacity(ops.len());
     for (idx, op) in ops.iter().enumerate() {
         let unknown = match op.outcome {
@@ -388,29 +424,28 @@ fn minimal_window(
     let has_append = prepared.iter().any(|o| matches!(o.step, Step::Append(_)));
     let mut from_any_state = false;
     if !has_append {
-        // Candidate states before the window: absent, every value mentioned, and one value
-        // mentioned nowhere (they all behave alike).
-        let mut inits: Vec<State> = vec![None];
         let fresh = strings.id("\u{0}quorumkv-checker-unmentioned");
-        inits.push(Some(fresh));
-        for o in &window {
-            match o.step {
-                Step::Read(Some(v)) | Step::Set(Some(v)) => inits.push(Some(v)),
-                Step::CasApplied { expected, new } => {
-                    inits.push(expected);
-                    inits.push(Some(new));
-                }
-                Step::CasNotApplied { expected } => inits.push(expected),
-                _ => {}
-            }
-        }
-        inits.sort_unstable();
-        inits.dedup();
         let mut ends: Vec<u64> = window.iter().map(|o| o.ret).filter(|&r| r < cut).collect();
         ends.sort_unstable();
         ends.dedup();
         let fails_from = |s: u64, strings: &mut Interner| -> Result<bool, GaveUp> {
             let w: Vec<COp> = window.iter().filter(|o| o.ret >= s).copied().collect();
+            // Candidate states before the window: absent, every value it mentions, and one
+            // value it does not mention (all such behave alike).
+            let mut inits: Vec<State> = vec![None, Some(fresh)];
+            for o in &w {
+                match o.step {
+                    Step::Read(Some(v)) | Step::Set(Some(v)) => inits.push(Some(v)),
+                    Step::CasApplied { expected, new } => {
+                        inits.push(expected);
+                        inits.push(Some(new));
+                    }
+                    Step::CasNotApplied { expected } => inits.push(expected),
+                    _ => {}
+                }
+            }
+            inits.sort_unstable();
+            inits.dedup();
             for &init in &inits {
                 if search(&w, init, strings, budget)? {
                     return Ok(false);
@@ -418,8 +453,21 @@ fn minimal_window(
             }
             Ok(true)
         };
-        // Largest s (dropping everything that ended before it) still failing from any state.
+        // Largest s (dropping everything that ended before it) still failing from any state:
+        // windows of the last 4, 8, 16, ... returns first (the search's cost grows with the
+        // window, and so do the starting states to try), then bisection within the first
+        // size that fails.
         let (mut lo, mut hi) = (0usize, ends.len());
+        let mut k = 4usize;
+        while k < ends.len() {
+            let mid = ends.len() - k;
+            if fails_from(ends[mid - 1] + 1, strings)? {
+                lo = mid;
+                break;
+            }
+            hi = mid - 1;
+            k *= 2;
+        }
         while lo < hi {
             let mid = (lo + hi).div_ceil(2);
             if fails_from(ends[mid - 1] + 1, strings)? {

@@ -6,9 +6,29 @@ use std::fmt::Write as _;
 use crate::history::{Op, OpKind, Outcome};
 use crate::linear::Violation;
 
+/// A value as drawn: padding (a run of one character, at least 8 long, that ends it: kv-bench
+/// pads its values with dots to the value size) left out and marked `…`, and what remains cut
+/// to 16 characters.
+pub fn short(value: &str) -> String {
+    const MAX: usize = 16;
+    let mut s = value;
+    if let Some(last) = s.chars().last() {
+        let kept = s.trim_end_matches(last);
+        if s.len() - kept.len() >= 8 && !kept.is_empty() {
+            s = kept;
+        }
+    }
+    let cut = s.chars().count() > MAX;
+    let mut out: String = s.chars().take(MAX).collect();
+    if cut || s.len() < value.len() {
+        out.push('…');
+    }
+    out
+}
+
 /// A short label: `w 3`, `r 5`, `r nil`, `cas 1→2`, `del`, `app x`; `?` marks unknown outcome.
 pub fn label(op: &Op) -> String {
-    let v = |s: &Option<String>| s.clone().unwrap_or_else(|| "nil".into());
+    let v = |s: &Option<String>| s.as_deref().map_or_else(|| "nil".into(), short);
     let mut l = match op.op {
         OpKind::Read => format!("r {}", v(&op.value)),
         OpKind::Write => format!("w {}", v(&op.value)),
@@ -31,6 +51,11 @@ pub fn label(op: &Op) -> String {
         Outcome::Ok => {}
     }
     l
+}
+
+/// A history time (nanoseconds since the run started) in milliseconds.
+fn ms(t: u64) -> String {
+    format!("{:.3} ms", t as f64 / 1e6)
 }
 
 fn lanes(v: &Violation) -> Vec<u64> {
@@ -64,12 +89,13 @@ pub fn text(v: &Violation) -> String {
             " from the start of the history"
         }
     );
+    let (a, b) = (ms(t0), ms(t1));
     let _ = writeln!(
         out,
-        "{:>10} |t={t0}{:>w$}t={t1}|",
+        "{:>10} |{a}{:>w$}{b}|",
         "",
         "",
-        w = WIDTH.saturating_sub(8 + t0.to_string().len() + t1.to_string().len())
+        w = WIDTH.saturating_sub(a.len() + b.len())
     );
     for c in lanes(v) {
         // Operations of one client do not overlap; draw them on one line, then labels below.
@@ -147,8 +173,10 @@ pub fn html(violations: &[&Violation], title: &str) -> String {
         );
         let _ = write!(
             out,
-            "<text x=\"{left}\" y=\"14\">t={t0}</text><text x=\"{}\" y=\"14\" text-anchor=\"end\">t={t1}</text>",
-            w - 20.0
+            "<text x=\"{left}\" y=\"14\">{}</text><text x=\"{}\" y=\"14\" text-anchor=\"end\">{}</text>",
+            ms(t0),
+            w - 20.0,
+            ms(t1)
         );
         for (li, c) in lanes.iter().enumerate() {
             let y = 24.0 + li as f64 * lane_h;
@@ -175,8 +203,8 @@ pub fn html(violations: &[&Violation], title: &str) -> String {
                      <text x=\"{:.1}\" y=\"{}\">{}</text>",
                     b - a,
                     esc(&label(o)),
-                    o.start_ns,
-                    o.end_ns,
+                    ms(o.start_ns),
+                    ms(o.end_ns),
                     o.outcome,
                     a + 3.0,
                     y + 16.0,
@@ -188,4 +216,22 @@ pub fn html(violations: &[&Violation], title: &str) -> String {
     }
     out.push_str("</body></html>\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_drawn_without_their_padding_and_at_most_16_characters() {
+        let padded = format!("c5-2148{}", ".".repeat(93));
+        assert_eq!(short(&padded), "c5-2148…");
+        assert_eq!(short("v12"), "v12");
+        assert_eq!(short("........"), "........");
+        assert_eq!(short("k........"), "k…");
+        let long = "abcdefghijklmnopqrstuvwxyz";
+        assert_eq!(short(long), "abcdefghijklmnop…");
+        // Seven of one character at the end is not padding.
+        assert_eq!(short("x1111111"), "x1111111");
+    }
 }
