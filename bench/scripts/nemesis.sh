@@ -14,15 +14,16 @@
 #   bench/scripts/nemesis.sh OUT_DIR [SECONDS] [SEED] [-- CLUSTER_UP_ARGS...]
 #   e.g. bench/scripts/nemesis.sh /tmp/drill 60 1 -- --mode leaderless --n 3 --r 2 --w 2
 #
-# Defaults: 60 s, seed 1, `--mode leader-follower --n 5 --w 3`. The same seed gives the same
-# faults in the same order (their timing is the machine's). Writes into OUT_DIR: nemesis.log
+# Defaults: 60 s, seed 1, `--mode leader-follower --n 5 --w 3`; MIX=read=40,write=40,delete=20
+# (environment) replaces the operation mix. The same seed gives the same faults in the same
+# order (their timing is the machine's). Writes into OUT_DIR: nemesis.log
 # (seconds since the start, fault), bench/ (kv-bench summary.json, timeline.csv), check.txt
 # (the verdict), violation.html when there is one, and history.jsonl (removed on a
 # linearizable verdict unless KEEP_HISTORY=1: it is large). Exit status: kv-bench check's
 # (0 linearizable, 1 violation, 2 unknown).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-usage() { sed -n 2,22p "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n 2,23p "$0" | sed 's/^# \{0,1\}//'; }
 [ $# -ge 1 ] || { usage; exit 2; }
 case $1 in -h|--help) usage; exit 0 ;; -*) echo "unknown option $1 (see --help)" >&2; exit 2 ;; esac
 OUT=$1; shift
@@ -59,8 +60,10 @@ for _ in $(seq 300); do grep -q '^Try:' "$OUT/cluster.out" && break; sleep 0.1; 
 grep -q '^Try:' "$OUT/cluster.out" || { echo "the cluster did not come up:" >&2; cat "$OUT/cluster.out" >&2; exit 2; }
 
 # Leaderless mode has no compare-and-set (it would be refused with FAILED_PRECONDITION).
-MIX=read=40,write=40,cas=20
-[[ " ${CLUSTER[*]} " == *" leaderless "* ]] && MIX=read=50,write=50
+if [ -z "${MIX:-}" ]; then
+  MIX=read=40,write=40,cas=20
+  [[ " ${CLUSTER[*]} " == *" leaderless "* ]] && MIX=read=50,write=50
+fi
 RUN=("$BIN/kv-bench" run --endpoints "$EPS" --clients 8 --duration "${SECS}s" --warmup 0s --keys 20
      --mix "$MIX" --timeout 1s --history "$OUT/history.jsonl" --out "$OUT/bench")
 echo "${RUN[*]}" >> "$OUT/commands.txt"
