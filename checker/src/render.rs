@@ -65,6 +65,29 @@ fn lanes(v: &Violation) -> Vec<u64> {
     c
 }
 
+/// Where each call and return of a window is drawn, from 0 to 1: by rank among the window's
+/// times, not to scale, so that an operation of a millisecond beside one that ran for seconds
+/// is still seen, and which ended before which started (all that linearizability asks) is
+/// never lost to rounding.
+struct Axis(Vec<u64>);
+
+impl Axis {
+    fn of(v: &Violation) -> Self {
+        let mut t: Vec<u64> = v.ops.iter().flat_map(|o| [o.start_ns, o.end_ns]).collect();
+        t.sort_unstable();
+        t.dedup();
+        Axis(t)
+    }
+
+    fn at(&self, t: u64) -> f64 {
+        let i = self.0.partition_point(|&x| x < t);
+        if self.0.len() < 2 {
+            return 0.0;
+        }
+        i as f64 / (self.0.len() - 1) as f64
+    }
+}
+
 fn span(v: &Violation) -> (u64, u64) {
     let t0 = v.ops.iter().map(|o| o.start_ns).min().unwrap_or(0);
     let t1 = v.ops.iter().map(|o| o.end_ns).max().unwrap_or(t0 + 1);
@@ -75,7 +98,8 @@ fn span(v: &Violation) -> (u64, u64) {
 pub fn text(v: &Violation) -> String {
     const WIDTH: usize = 72;
     let (t0, t1) = span(v);
-    let col = |t: u64| ((t - t0) as f64 / (t1 - t0) as f64 * (WIDTH - 1) as f64).round() as usize;
+    let axis = Axis::of(v);
+    let col = |t: u64| (axis.at(t) * (WIDTH - 1) as f64).round() as usize;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -90,12 +114,17 @@ pub fn text(v: &Violation) -> String {
         }
     );
     let (a, b) = (ms(t0), ms(t1));
+    let mid = "calls and returns in order, not to scale";
+    let room = WIDTH.saturating_sub(a.len() + b.len());
+    let mid = if room >= mid.len() + 2 { mid } else { "" };
+    let left_pad = (room - mid.len()) / 2;
     let _ = writeln!(
         out,
-        "{:>10} |{a}{:>w$}{b}|",
+        "{:>10} |{a}{:left_pad$}{mid}{:right$}{b}|",
         "",
         "",
-        w = WIDTH.saturating_sub(a.len() + b.len())
+        "",
+        right = room - mid.len() - left_pad
     );
     for c in lanes(v) {
         // Operations of one client do not overlap; draw them on one line, then labels below.
@@ -153,15 +182,18 @@ pub fn html(violations: &[&Violation], title: &str) -> String {
     );
     for v in violations {
         let (t0, t1) = span(v);
+        let axis = Axis::of(v);
         let lanes = lanes(v);
         let (w, lane_h, left) = (1000.0, 48.0, 90.0);
-        let x = |t: u64| left + (t - t0) as f64 / (t1 - t0) as f64 * (w - left - 20.0);
+        let x = |t: u64| left + axis.at(t) * (w - left - 20.0);
         let h = lanes.len() as f64 * lane_h + 40.0;
         let _ = write!(
             out,
             "<h2>key {}</h2><p>No order of these {} operations that respects real time explains \
              every result{}. The red operation cannot be placed. Dashed: outcome unknown (may \
-             have taken effect at any time after its start, or never).</p>\
+             have taken effect at any time after its start, or never). Time runs left to right \
+             but not to scale: every call and return has its own step, so which operation \
+             ended before which started is always visible (exact times on hover).</p>\
              <svg width=\"{w}\" height=\"{h}\" xmlns=\"http://www.w3.org/2000/svg\">",
             esc(&v.key),
             v.ops.len(),
