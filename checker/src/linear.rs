@@ -190,6 +190,116 @@ pub struct Budget {
 
 const DEFAULT_MAX_STATES: usize = 20_000_000;
 
+/// What one search may keep in remembered configurations, whatever `max_states` says: a
+/// history whose operations stay unlinearized far behind the others makes every
+/// configuration large.
+const MAX_REMEMBERED_BYTES: usize = 2 << 30;
+
+/// The set of linearized operations, by rank (operations in the order of their calls), kept
+/// so that what is remembered of it is small. `low` is the first rank that is neither in the
+/// set nor optional; below it, only the optional operations not in the set are listed; from
+/// it to `high`, the words of the set. The search linearizes operations roughly in call
+/// order, so that stretch is about as long as the operations running at once, and an
+/// optional operation never linearized (a write that may never have happened) costs one
+/// entry instead of holding `low` back. (A plain bitset of all a key's operations made each
+/// remembered configuration n/8 bytes: a drill's key of 110k operations took 14 KB a
+/// configuration, and its check 24 GB before it was killed.)
+struct LinSet {
+    bits: Vec<u64>,
+    /// Whether keys take the compact form (else all the words).
+    compact: bool,
+    /// The optional operations' ranks.
+    optional: Vec<u64>,
+    /// Optional operations not in the set.
+    pending: std::collections::BTreeSet<usize>,
+    /// Every rank below it is in the set or optional.
+    low: usize,
+    /// One past the highest rank in the set, or `low`.
+    high: usize,
+}
+
+impl LinSet {
+    fn new(n: usize, optional: impl Iterator<Item = usize>, compact: bool) -> Self {
+        let mut set = LinSet {
+            bits: vec![0; n.div_ceil(64)],
+            compact,
+            optional: vec![0; n.div_ceil(64)],
+            pending: optional.collect(),
+            low: 0,
+            high: 0,
+        };
+        for &r in &set.pending {
+            set.optional[r / 64] |= 1 << (r % 64);
+        }
+        set.advance_low();
+        set.high = set.low;
+        set
+    }
+
+    #[cfg(test)]
+    fn has(&self, r: usize) -> bool {
+        self.bits[r / 64] & (1 << (r % 64)) != 0
+    }
+
+    /// Moves `low` past the ranks in the set or optional, a word at a time.
+    fn advance_low(&mut self) {
+        while self.low < self.bits.len() * 64 {
+            let (i, off) = (self.low / 64, self.low % 64);
+            let ones = ((self.bits[i] | self.optional[i]) >> off).trailing_ones() as usize;
+            self.low += ones;
+            if off + ones < 64 {
+                break;
+            }
+        }
+    }
+
+    /// Adds `r` (not in the set); returns what [`LinSet::remove`] needs to undo it.
+    fn insert(&mut self, r: usize) -> (usize, usize) {
+        let undo = (self.low, self.high);
+        self.bits[r / 64] |= 1 << (r % 64);
+        if !self.compact {
+            return undo;
+        }
+        if self.optional[r / 64] & (1 << (r % 64)) != 0 {
+            self.pending.remove(&r);
+        }
+        if r == self.low {
+            self.advance_low();
+        }
+        self.high = self.high.max(r + 1).max(self.low);
+        undo
+    }
+
+    /// Takes out `r`, the last rank inserted, with what its insertion returned.
+    fn remove(&mut self, r: usize, undo: (usize, usize)) {
+        self.bits[r / 64] &= !(1 << (r % 64));
+        if self.compact && self.optional[r / 64] & (1 << (r % 64)) != 0 {
+            self.pending.insert(r);
+        }
+        (self.low, self.high) = undo;
+    }
+
+    /// The set, canonically: all the words unless compact (more than 1024 operations); else
+    /// `low`, how many
+    /// optional operations below it are not in the set and their ranks, then the words
+    /// holding ranks `low..high`.
+    fn key(&self) -> Box<[u64]> {
+        if !self.compact {
+            return self.bits.clone().into_boxed_slice();
+        }
+        let below = self.pending.range(..self.low);
+        let mut k = Vec::with_capacity(4 + (self.high - self.low) / 64);
+        k.push(self.low as u64);
+        k.push(0);
+        k.extend(below.map(|&r| r as u64));
+        k[1] = (k.len() - 2) as u64;
+        if self.high > self.low {
+            k.extend_from_slice(&self.bits[self.low / 64..self.high.div_ceil(64)]);
+        }
+        k.into_boxed_slice()
+    }
+}
+
 /// Why a search gave up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GaveUp(pub String);
@@ -215,6 +325,18 @@ pub(crate) fn search_from(
     strings: &mut Interner,
     budget: &Budget,
 ) -> Result<Option<usize>, GaveUp> {
+    search_keyed(ops, init, strings, budget, ops.len() > 1024)
+}
+
+/// [`search_from`], remembering configurations in the compact form or not (the same search
+/// either way: both forms are canonical).
+fn search_keyed(
+    ops: &[COp],
+    init: State,
+    strings: &mut Interner,
+    budget: &Budget,
+    compact: bool,
+) -> Result<Option<usize>, GaveUp> {
     let n = ops.len();
     if n == 0 {
         return Ok(None);
@@ -238,10 +360,19 @@ pub(crate) fn search_from(
         prev[e] = last;
         last = e;
     }
-    let words = n.div_ceil(64);
-    let mut linearized = vec![0u64; words];
+    // Ranks: operations in the order of their calls.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (ops[i].call, i));
+    let mut rank = vec![0; n];
+    for (r, &i) in order.iter().enumerate() {
+        rank[i] = r;
+    }
+    let optional = (0..n).filter(|&i| ops[i].optional).map(|i| rank[i]);
+    let mut linearized = LinSet::new(n, optional, compact);
     let mut seen: FxHashSet<(Box<[u64]>, State)> = FxHashSet::default();
-    let mut calls: Vec<(usize, State)> = Vec::new();
+    let mut remembered_words = 0usize;
+    // Per linearized call: its entry, the state before it, and its insertion's undo.
+    let mut calls: Vec<(usize, State, (usize, usize))> = Vec::new();
     let mut state = init;
     let mut entry = next[0];
     let mut steps = 0u64;
@@ -296,10 +427,11 @@ pub(crate) fn search_from(
             } else {
                 budget.max_states
             };
-            if seen.len() > max {
+            if seen.len() > max || remembered_words * 8 + seen.len() * 48 > MAX_REMEMBERED_BYTES {
                 return Err(GaveUp(format!(
-                    "memory budget spent: {} configurations remembered",
-                    seen.len()
+                    "memory budget spent: {} configurations remembered ({} MB)",
+                    seen.len(),
+                    (remembered_words * 8 + seen.len() * 48) >> 20
                 )));
             }
         }
@@ -311,15 +443,18 @@ pub(crate) fn search_from(
         if entry % 2 == 1 {
             // A call.
             if let Some(ns) = apply(state, ops[op].step, strings) {
-                linearized[op / 64] |= 1 << (op % 64);
-                if seen.insert((linearized.clone().into_boxed_slice(), ns)) {
-                    calls.push((entry, state));
+                let undo = linearized.insert(rank[op]);
+                let key = linearized.key();
+                let words = key.len();
+                if seen.insert((key, ns)) {
+                    remembered_words += words;
+                    calls.push((entry, state, undo));
                     state = ns;
                     lift(&mut next, &mut prev, entry);
                     entry = next[0];
                     continue;
                 }
-                linearized[op / 64] &= !(1 << (op % 64));
+                linearized.remove(rank[op], undo);
             }
             entry = next[entry];
         } else {
@@ -331,11 +466,11 @@ pub(crate) fn search_from(
             if furthest.is_none_or(|(t, _)| ops[op].ret > t) {
                 furthest = Some((ops[op].ret, op));
             }
-            let Some((call, s)) = calls.pop() else {
+            let Some((call, s, undo)) = calls.pop() else {
                 return Ok(furthest.map(|(_, op)| op));
             };
             let cop = (call - 1) / 2;
-            linearized[cop / 64] &= !(1 << (cop % 64));
+            linearized.remove(rank[cop], undo);
             state = s;
             unlift(&mut next, &mut prev, call);
             entry = next[call];
@@ -498,4 +633,123 @@ fn minimal_window(
         culprit,
         from_any_state,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustc_hash::FxHashMap;
+
+    /// Random insertions and LIFO removals, as the search makes them: the set answers like a
+    /// plain one, and two sets have the same key exactly when they hold the same ranks.
+    #[test]
+    fn linearized_sets_have_one_key_per_set() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |below: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % below as u64) as usize
+        };
+        let mut keys: FxHashMap<Box<[u64]>, Vec<usize>> = FxHashMap::default();
+        for (n, every) in [
+            (1, 0),
+            (5, 0),
+            (64, 3),
+            (130, 7),
+            (257, 0),
+            (300, 2),
+            (640, 5),
+        ] {
+            // Every `every`-th rank is optional (none when 0).
+            let optional = (0..n).filter(|r| every > 0 && r % every == 1);
+            let mut set = LinSet::new(n, optional, n > 256);
+            let mut stack: Vec<(usize, (usize, usize))> = Vec::new();
+            for _ in 0..20_000 {
+                let full = (0..n).all(|r| set.has(r));
+                if next(3) == 0
+                    && let Some((r, undo)) = stack.pop()
+                {
+                    set.remove(r, undo);
+                } else if !full {
+                    // Mostly near the low end, as the search goes.
+                    let free: Vec<usize> = (0..n).filter(|&r| !set.has(r)).collect();
+                    let r = free[next(free.len().min(4))];
+                    stack.push((r, set.insert(r)));
+                }
+                let members: Vec<usize> = (0..n).filter(|&r| set.has(r)).collect();
+                let optional = |r: usize| every > 0 && r % every == 1;
+                if set.compact {
+                    assert_eq!(
+                        set.low,
+                        (0..n).find(|&r| !set.has(r) && !optional(r)).unwrap_or(n)
+                    );
+                }
+                let mut key = set.key().to_vec();
+                // Sets over different operations are told apart here.
+                key.push(every as u64);
+                key.push(n as u64);
+                let prev = keys.insert(key.into_boxed_slice(), members.clone());
+                assert!(prev.is_none_or(|p| p == members), "one key, two sets");
+            }
+        }
+        let mut seen: FxHashMap<(usize, Vec<usize>), Box<[u64]>> = FxHashMap::default();
+        for (k, members) in keys {
+            let n = k[k.len() - 1] as usize * 1000 + k[k.len() - 2] as usize;
+            let prev = seen.insert((n, members), k.clone());
+            assert!(prev.is_none_or(|p| p == k), "one set, two keys");
+        }
+    }
+
+    /// Searches of random small histories (many unknown operations) reach the same verdict
+    /// and the same culprit whichever form configurations are remembered in.
+    #[test]
+    fn both_forms_of_remembered_configurations_search_alike() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |below: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % below
+        };
+        let mut strings = Interner::default();
+        let (mut lin, mut not) = (0, 0);
+        for _ in 0..3000 {
+            let mut ops = Vec::new();
+            for c in 0..1 + next(4) {
+                let mut t = next(5);
+                for _ in 0..1 + next(4) {
+                    let (call, end) = (t, t + next(6));
+                    t = end + 1 + next(2);
+                    let optional = next(3) == 0;
+                    let v = Some(strings.id(&next(4).to_string()));
+                    let step = match next(4) {
+                        0 | 1 if !optional => Step::Read(v),
+                        0..=2 => Step::Set(v),
+                        _ => Step::CasApplied {
+                            expected: Some(strings.id(&next(4).to_string())),
+                            new: strings.id(&format!("c{c}")),
+                        },
+                    };
+                    ops.push(COp {
+                        call,
+                        ret: if optional { u64::MAX } else { end },
+                        optional,
+                        step,
+                        idx: ops.len(),
+                    });
+                }
+            }
+            let b = Budget::default();
+            let full = search_keyed(&ops, None, &mut strings, &b, false);
+            let compact = search_keyed(&ops, None, &mut strings, &b, true);
+            assert_eq!(full, compact, "{ops:?}");
+            if full == Ok(None) {
+                lin += 1;
+            } else {
+                not += 1;
+            }
+        }
+        assert!(lin > 300 && not > 300, "both kinds: {lin} / {not}");
+    }
 }

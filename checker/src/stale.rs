@@ -56,6 +56,16 @@ pub fn stale_reads(ops: &[Op]) -> StaleReport {
             continue;
         }
         writes.sort_unstable();
+        // The newest version among the first i writes to complete: a read that has it is not
+        // stale, without looking at each write (most reads; scanning them all for every read
+        // took 20 s on a drill's 1.7M operations).
+        let newest: Vec<(u64, u64)> = writes
+            .iter()
+            .scan((0, 0), |m, w| {
+                *m = (*m).max(w.1);
+                Some(*m)
+            })
+            .collect();
         for r in ops
             .iter()
             .filter(|o| o.op == OpKind::Read && o.outcome == Outcome::Ok)
@@ -70,6 +80,9 @@ pub fn stale_reads(ops: &[Op]) -> StaleReport {
             };
             rep.reads += 1;
             let done = writes.partition_point(|w| w.0 < r.start_ns);
+            if done == 0 || newest[done - 1] <= got {
+                continue;
+            }
             let newer: Vec<&(u64, (u64, u64))> =
                 writes[..done].iter().filter(|w| w.1 > got).collect();
             if newer.is_empty() {
