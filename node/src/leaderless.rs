@@ -403,6 +403,19 @@ struct Driver {
 }
 
 impl Driver {
+    /// Tells the core which peers the transport can reach now (and `list` who they are).
+    fn refresh_reachable(&mut self, mut list: Option<&mut Vec<NodeId>>) {
+        for m in &self.members {
+            if *m != self.me {
+                let up = self.transport.reachable(m);
+                self.core.set_reachable(m, up);
+                if up && let Some(l) = list.as_deref_mut() {
+                    l.push(m.clone());
+                }
+            }
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<In>) {
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -411,6 +424,10 @@ impl Driver {
             tokio::select! {
                 m = rx.recv() => {
                     let Some(m) = m else { return };
+                    // A partition set a moment ago (`kvctl fault partition`) is known before
+                    // these requests choose where to go, not at the next tick: a write
+                    // forwarded into it could only end "outcome unknown".
+                    self.refresh_reachable(None);
                     self.input(m);
                     // Take whatever else queued meanwhile: one batch, one durability wait.
                     for _ in 0..512 {
@@ -422,15 +439,7 @@ impl Driver {
                 }
                 _ = tick.tick() => {
                     let mut reachable = Vec::new();
-                    for m in self.members.clone() {
-                        if m != self.me {
-                            let up = self.transport.reachable(&m);
-                            self.core.set_reachable(&m, up);
-                            if up {
-                                reachable.push(m);
-                            }
-                        }
-                    }
+                    self.refresh_reachable(Some(&mut reachable));
                     *self.shared.reachable.lock().unwrap_or_else(|p| p.into_inner()) = reachable;
                     self.core.tick(&mut self.store, now_ms());
                     purge_hints += 1;
