@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# A Jepsen-style drill: a 5-node cluster on loopback (kvctl cluster up), kv-bench recording
+# A Jepsen-style drill: a 5-node cluster on loopback (kvctl cluster up; NODES=3 in the
+# environment for another size, 3 to 9), kv-bench recording
 # every operation (8 clients, 20 keys, 1 s deadline; 40% reads, 40% writes, 20% compare-and-
 # set, or 50/50 in leaderless mode, which has no compare-and-set) while a nemesis breaks
 # something at random every 0.1-0.9 s; then kv-bench check judges the history. Faults, each
 # undone before the next:
 #   kill   kill -9 a node, start it again 1 s later (same data directory)
 #   pause  SIGSTOP a node for 1.0-1.8 s (a GC pause, a stalled VM), then SIGCONT
-#   part   partition two nodes from the other three for 2 s, then heal
+#   part   partition two nodes from the others for 2 s, then heal
 #   drop   drop 30% of the messages to and from a node for 1 s
 #   delay  delay the messages to and from a node by 30 ms for 1 s
 #   calm   nothing for 1 s
@@ -14,7 +15,7 @@
 #   bench/scripts/nemesis.sh OUT_DIR [SECONDS] [SEED] [-- CLUSTER_UP_ARGS...]
 #   e.g. bench/scripts/nemesis.sh /tmp/drill 60 1 -- --mode leaderless --n 3 --r 2 --w 2
 #
-# Defaults: 60 s, seed 1, `--mode leader-follower --n 5 --w 3`; MIX=read=40,write=40,delete=20
+# Defaults: 60 s, seed 1, `--mode leader-follower --n NODES --w <majority>`; MIX=read=40,write=40,delete=20
 # (environment) replaces the operation mix. The same seed gives the same faults in the same
 # order (their timing is the machine's). Writes into OUT_DIR: nemesis.log
 # (seconds since the start, fault), bench/ (kv-bench summary.json, timeline.csv), check.txt
@@ -23,7 +24,7 @@
 # (0 linearizable, 1 violation, 2 unknown).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-usage() { sed -n 2,23p "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n 2,24p "$0" | sed 's/^# \{0,1\}//'; }
 [ $# -ge 1 ] || { usage; exit 2; }
 case $1 in -h|--help) usage; exit 0 ;; -*) echo "unknown option $1 (see --help)" >&2; exit 2 ;; esac
 OUT=$1; shift
@@ -32,7 +33,9 @@ SECS=60; SEED=1
 [ $# -gt 0 ] && [ "$1" != "--" ] && { SEED=$1; shift; }
 [ $# -gt 0 ] && [ "$1" == "--" ] && shift
 CLUSTER=("$@")
-[ ${#CLUSTER[@]} -gt 0 ] || CLUSTER=(--mode leader-follower --n 5 --w 3)
+NODES=${NODES:-5}
+[[ $NODES =~ ^[3-9]$ ]] || { echo "NODES must be 3 to 9: $NODES" >&2; exit 2; }
+[ ${#CLUSTER[@]} -gt 0 ] || CLUSTER=(--mode leader-follower --n "$NODES" --w $((NODES / 2 + 1)))
 [[ $SECS =~ ^[0-9]+$ && $SECS -ge 10 ]] || { echo "SECONDS must be a whole number, at least 10: $SECS" >&2; exit 2; }
 [[ $SEED =~ ^[0-9]+$ ]] || { echo "SEED must be a whole number: $SEED" >&2; exit 2; }
 
@@ -43,7 +46,7 @@ if [ -e "$OUT" ] && [ -n "$(ls -A "$OUT")" ] && [ ! -e "$OUT/commands.txt" ]; th
 fi
 rm -rf "$OUT"; mkdir -p "$OUT"
 DATA=$(mktemp -d)
-EPS=127.0.0.1:7601,127.0.0.1:7602,127.0.0.1:7603,127.0.0.1:7604,127.0.0.1:7605
+EPS=$(seq -s, -f '127.0.0.1:76%02g' 1 "$NODES")
 SUP=""
 BENCH=""
 cleanup() {
@@ -52,7 +55,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-UP=("$BIN/kvctl" cluster up --nodes 5 --base-port 7601 --admin-base-port 9601 --data-dir "$DATA" "${CLUSTER[@]}")
+UP=("$BIN/kvctl" cluster up --nodes "$NODES" --base-port 7601 --admin-base-port 9601 --data-dir "$DATA" "${CLUSTER[@]}")
 echo "${UP[*]}" > "$OUT/commands.txt"
 "${UP[@]}" > "$OUT/cluster.out" 2>&1 &
 SUP=$!
@@ -78,13 +81,13 @@ end=$((SECONDS + SECS - 3))
 echo "nemesis for $((SECS - 3)) s (seed $SEED), load for $SECS s: $OUT/nemesis.log"
 while [ $SECONDS -lt $end ]; do
   sleep "0.$((RANDOM % 9 + 1))"
-  n=n$((RANDOM % 5 + 1))
+  n=n$((RANDOM % NODES + 1))
   at=$(printf "%3d" $((SECONDS - start)))
   case $((RANDOM % 6)) in
     0) echo "$at kill $n"; node kill $n; sleep 1; node start $n ;;
     1) echo "$at pause $n"; node pause $n; sleep "1.$((RANDOM % 9))"; node resume $n ;;
-    2) a=$((RANDOM % 5 + 1)); b=$((a % 5 + 1))
-       rest=$(for i in 1 2 3 4 5; do if [ $i != $a ] && [ $i != $b ]; then printf "n%s," $i; fi; done)
+    2) a=$((RANDOM % NODES + 1)); b=$((a % NODES + 1))
+       rest=$(for i in $(seq "$NODES"); do if [ $i != $a ] && [ $i != $b ]; then printf "n%s," $i; fi; done)
        echo "$at part n$a,n$b/${rest%,}"; fault partition "n$a,n$b/${rest%,}"; sleep 2; fault heal ;;
     3) echo "$at drop $n 0.3"; fault drop $n 0.3; sleep 1; fault heal ;;
     4) echo "$at delay $n 30ms"; fault delay $n 30ms; sleep 1; fault heal ;;
