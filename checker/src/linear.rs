@@ -640,17 +640,22 @@ mod tests {
     use super::*;
     use rustc_hash::FxHashMap;
 
+    /// A seeded xorshift generator: `next(n)` is below `n`.
+    fn numbers(mut state: u64) -> impl FnMut(u64) -> u64 {
+        move |below| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        }
+    }
+
     /// Random insertions and LIFO removals, as the search makes them: the set answers like a
     /// plain one, and two sets have the same key exactly when they hold the same ranks.
     #[test]
     fn linearized_sets_have_one_key_per_set() {
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |below: usize| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % below as u64) as usize
-        };
+        let mut numbers = numbers(0x2545_f491_4f6c_dd1d);
+        let mut next = |below: usize| numbers(below as u64) as usize;
         let mut keys: FxHashMap<Box<[u64]>, Vec<usize>> = FxHashMap::default();
         for (n, every) in [
             (1, 0),
@@ -705,13 +710,7 @@ mod tests {
     /// and the same culprit whichever form configurations are remembered in.
     #[test]
     fn both_forms_of_remembered_configurations_search_alike() {
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |below: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % below
-        };
+        let mut next = numbers(0x9e37_79b9_7f4a_7c15);
         let mut strings = Interner::default();
         let (mut lin, mut not) = (0, 0);
         for _ in 0..3000 {
