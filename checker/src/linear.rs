@@ -80,10 +80,10 @@ pub(crate) struct COp {
 /// Turns a key's operations into search operations (dropping those that constrain nothing).
 ///
 /// Also dropped, in register histories (no append, no cas that failed): `unknown` writes and
-/// cas of a non-empty value that no read returned and no cas expected. Every linearization that places such
-/// a write stays one without it (no operation between it and the next write depends on its
-/// value), and it may be left out anyway; but each one kept doubles the orders the search may
-/// try when a key cannot be linearized. A run under faults has many (a write refused by a
+/// cas of a non-empty value that no read returned and no cas expected. Every linearization
+/// that places such a write stays one without it (no operation between it and the next write
+/// depends on its value), and it may be left out anyway; but each one kept doubles the orders
+/// the search may try when a key cannot be linearized. A run under faults has many (a write refused by a
 /// quorum after its coordinator stored it), and they held drills' keys at "unknown".
 pub(crate) fn prepare(ops: &[&Op], strings: &mut Interner) -> Vec<COp> {
     let mut out = prepare_all(ops, strings);
@@ -280,9 +280,8 @@ impl LinSet {
     }
 
     /// The set, canonically: all the words unless compact (more than 1024 operations); else
-    /// `low`, how many
-    /// optional operations below it are not in the set and their ranks, then the words
-    /// holding ranks `low..high`.
+    /// `low`, how many optional operations below it are not in the set and their ranks, then
+    /// the words holding ranks `low..high`.
     fn key(&self) -> Box<[u64]> {
         if !self.compact {
             return self.bits.clone().into_boxed_slice();
