@@ -83,8 +83,9 @@ pub(crate) struct COp {
 /// cas of a non-empty value that no read returned and no cas expected. Every linearization
 /// that places such a write stays one without it (no operation between it and the next write
 /// depends on its value), and it may be left out anyway; but each one kept doubles the orders
-/// the search may try when a key cannot be linearized. A run under faults has many (a write refused by a
-/// quorum after its coordinator stored it), and they held drills' keys at "unknown".
+/// the search may try when a key cannot be linearized. A run under faults has many (a write
+/// refused by a quorum after its coordinator stored it), and they held drills' keys at
+/// "unknown".
 pub(crate) fn prepare(ops: &[&Op], strings: &mut Interner) -> Vec<COp> {
     let mut out = prepare_all(ops, strings);
     let prunable = !out
