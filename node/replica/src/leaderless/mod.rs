@@ -571,7 +571,12 @@ impl Leaderless {
             forwards: BTreeMap::new(),
             forwarded: BTreeMap::new(),
             booted: now_ms,
-            booted_hlc: next_op,
+            // A node that recovers no version has no earlier life that could have run a
+            // write forwarded to it, so repeats need no check (with skewed clocks the check
+            // refused them for the first few hundred milliseconds of a new cluster). The
+            // exception: a node that crashed before its first write was durable, having sent
+            // it on to the other replicas, would run a repeat of it again.
+            booted_hlc: if hlc_floor == 0 { 0 } else { next_op },
             suspect: BTreeSet::new(),
             reads: BTreeMap::new(),
             down: BTreeSet::new(),
@@ -1184,8 +1189,10 @@ impl Leaderless {
     /// first was sent after this node's start on the hybrid clocks (which a node that ran it
     /// before restarting has passed: its copy's version, which it recovers, is above the
     /// forwarder's clock then).
+    /// A node that started with nothing stored (`booted_hlc` 0) counts as up all along.
     fn was_up_when_sent(&self, now: u64, age_ms: u64, sent_hlc: u64) -> bool {
-        now.saturating_sub(self.booted) > age_ms && sent_hlc > self.booted_hlc
+        self.booted_hlc == 0
+            || (now.saturating_sub(self.booted) > age_ms && sent_hlc > self.booted_hlc)
     }
 
     /// The answer to a forwarded write whose fate this node cannot know: none of `key`'s
