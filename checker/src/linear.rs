@@ -427,11 +427,12 @@ fn search_keyed(
             } else {
                 budget.max_states
             };
-            if seen.len() > max || remembered_words * 8 + seen.len() * 48 > MAX_REMEMBERED_BYTES {
+            let remembered_bytes = remembered_words * 8 + seen.len() * 48;
+            if seen.len() > max || remembered_bytes > MAX_REMEMBERED_BYTES {
                 return Err(GaveUp(format!(
                     "memory budget spent: {} configurations remembered ({} MB)",
                     seen.len(),
-                    (remembered_words * 8 + seen.len() * 48) >> 20
+                    remembered_bytes >> 20
                 )));
             }
         }

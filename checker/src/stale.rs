@@ -58,7 +58,7 @@ pub fn stale_reads(ops: &[Op]) -> StaleReport {
         writes.sort_unstable();
         // The newest version among the first i writes to complete: a read that has it is not
         // stale, without looking at each write (most reads; scanning them all for every read
-        // took 20 s on a drill's 1.7M operations).
+        // took 17 s of a 21 s check of a drill's 1.7M operations).
         let newest: Vec<(u64, u64)> = writes
             .iter()
             .scan((0, 0), |m, w| {

@@ -146,6 +146,13 @@ fn sim_leaderless_without_faults_detects_no_conflicts() {
 /// One replica loses 10% of its messages both ways, nothing else fails: every request is
 /// answered before its 2 s deadline (writes and reads go again to silent replicas every
 /// `hint_after`; so does a blocking read repair).
+///
+/// Not promised for every seed: a write forwarded to (or from) the lossy node fails when every
+/// try within its deadline loses its request or its answer. A round trip is lost with
+/// probability 1 - 0.9² = 0.19 and there are about nine tries, so about 3 in 10⁷ forwarded
+/// writes fail. Seeds 6000..8000 (6M writes) have one: seed 6239, Blocking/All, a write n3
+/// forwarded to n5 at t=4711 ms, run by n5, whose answer to the first try and the eight repeats
+/// after it was lost each time (traced message by message). CI's seeds have none.
 #[test]
 fn sim_leaderless_a_lossy_replica_fails_no_request() {
     for (read_repair, read_fanout) in [
