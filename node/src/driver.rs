@@ -129,7 +129,8 @@ pub struct StatusSnapshot {
     pub term: u64,
     /// The leader followed.
     pub leader: Option<NodeId>,
-    /// Peers heard from recently (leader only).
+    /// Peers reachable: heard from within an election timeout (leader), or connected and not
+    /// cut off by a partition (others).
     pub reachable: Vec<NodeId>,
     /// Commit index.
     pub commit: u64,
@@ -881,7 +882,13 @@ impl Driver {
             role: role_name(r.role()),
             term: r.term().0,
             leader: r.leader().cloned(),
-            reachable: r.reachable(),
+            // A leader knows who answered it lately; the others (who hear only from a leader)
+            // say which peers their transport is connected to and no partition cuts off.
+            reachable: if r.role() == Role::Leader {
+                r.reachable()
+            } else {
+                self.transport.reachable_peers()
+            },
             commit: r.commit_index().0,
             leader_commit: r.leader_commit_index().0,
             applied: self.applied,

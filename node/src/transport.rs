@@ -72,6 +72,18 @@ impl Transport {
         !self.filter.blocks(peer) && self.up.get(peer).is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
+    /// The peers [`reachable`](Self::reachable) now, sorted.
+    pub fn reachable_peers(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self
+            .up
+            .keys()
+            .filter(|p| self.reachable(p))
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Queues a wire message for `to` (callable from any thread).
     pub fn send_wire(&self, to: &NodeId, msg: pb::peer_envelope::Msg) {
         let Some(tx) = self.peers.get(to) else {

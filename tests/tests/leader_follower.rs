@@ -67,6 +67,87 @@ async fn kvctl_waits_out_the_election_after_the_leader_dies() {
     assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
 }
 
+/// A partition leaves the first two endpoints kvctl is given in the minority, knowing no
+/// leader. kvctl asks the next endpoints (the majority side knows its leader) instead of asking
+/// the first again until its time is up, as it did ("no leader is known (still so after 2s)").
+/// And `kvctl status` shows whom each side reaches: the followers too, not only the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvctl_writes_through_the_majority_when_its_first_endpoints_are_cut_off() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(5, &[]).await.expect("cluster");
+    let leader = c
+        .wait_leader(Duration::from_secs(5), None)
+        .await
+        .expect("leader");
+    let (minority, majority): (Vec<usize>, Vec<usize>) = {
+        let followers: Vec<usize> = (0..5).filter(|&i| i != leader).collect();
+        let minority = followers[..2].to_vec();
+        let majority = (0..5).filter(|i| !minority.contains(i)).collect();
+        (minority, majority)
+    };
+    let names = |v: &[usize]| {
+        v.iter()
+            .map(|&i| c.ids[i].as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let spec = format!("{}/{}", names(&minority), names(&majority));
+    assert_eq!(
+        kvctl(&c.endpoints(), &["fault", "partition", &spec]).code,
+        0
+    );
+    // The minority forgets the leader once its election timeout passes.
+    let cut = Instant::now();
+    loop {
+        let mut knows = false;
+        for &i in &minority {
+            knows |= c.status(i).await.is_none_or(|s| !s.leader.is_empty());
+        }
+        if !knows {
+            break;
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(5),
+            "minority still names a leader"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ordered: Vec<String> = minority
+        .iter()
+        .chain(&majority)
+        .map(|&i| c.nodes[i].endpoint())
+        .collect();
+    let ordered = ordered.join(",");
+    let r = kvctl(&ordered, &["--timeout", "2s", "put", "k", "v"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(kvctl(&ordered, &["get", "k"]).stdout, "v");
+    // Each side reaches exactly its own members.
+    let st = kvctl(&ordered, &["--output", "json", "status"]);
+    let v: serde_json::Value = serde_json::from_str(&st.stdout).expect("json status");
+    for n in v["nodes"].as_array().expect("nodes") {
+        let id = n["id"].as_str().expect("id");
+        let i = c.ids.iter().position(|x| x == id).expect("member");
+        let side = if minority.contains(&i) {
+            &minority
+        } else {
+            &majority
+        };
+        let mut want: Vec<&str> = side
+            .iter()
+            .filter(|&&j| j != i)
+            .map(|&j| c.ids[j].as_str())
+            .collect();
+        want.sort();
+        let got: Vec<&str> = n["reachable"]
+            .as_array()
+            .expect("reachable")
+            .iter()
+            .filter_map(|x| x.as_str())
+            .collect();
+        assert_eq!(got, want, "{id} reaches: {st:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_elect_one_leader_and_writes_through_a_follower_are_redirected() {
     let _serial = SERIAL.lock().await;

@@ -339,9 +339,10 @@ fn version_text(v: &Option<pb::Version>) -> Option<String> {
 }
 
 /// Runs `f` against the contacted node and, when it answers "not the leader", against the
-/// leader it names. When no leader is known or the one named cannot be reached (it just died,
-/// an election is on), waits and tries the endpoints again until `t` has passed, as etcdctl
-/// waits out an election: a not-the-leader answer means nothing was done, so trying again is
+/// leader it names. When no leader is known or the one named cannot be reached, asks the other
+/// endpoints in turn (a node cut off in a minority knows no leader; one on the majority side
+/// does); when none knows one (it just died, an election is on), waits and goes round again
+/// until `t` has passed, as etcdctl waits out an election: a not-the-leader answer means nothing was done, so trying again is
 /// safe. Every other answer, quorum failures included, is returned at once. `f` gets the time
 /// left.
 async fn follow_leader<T, F, Fut>(
@@ -358,6 +359,9 @@ where
     let mut pause = Duration::from_millis(50);
     // Redirects followed since the last pause (two nodes naming each other must not spin).
     let mut hops = 0;
+    // Endpoints asked since the last pause (the first is the one `c` is connected to, taken
+    // to be the first), and the one to ask next.
+    let (mut asked, mut next) = (1, 1 % endpoints.len().max(1));
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let s = match f(c.clone(), left).await {
@@ -383,8 +387,24 @@ where
             continue;
         }
         hops = 0;
-        // No leader to go to yet: wait, then start again from the endpoints.
+        // No leader to go to from this node (it may be on the minority side of a partition):
+        // ask the next endpoint at once; once all have been asked, wait and go round again.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if asked < endpoints.len() {
+            let rotated: Vec<String> = endpoints[next..]
+                .iter()
+                .chain(&endpoints[..next])
+                .cloned()
+                .collect();
+            if let Ok((ep, other)) = client::connect_any(&rotated, left).await {
+                let at = endpoints.iter().position(|e| *e == ep).unwrap_or(next);
+                // Endpoints skipped as unreachable count as asked.
+                asked += (at + endpoints.len() - next) % endpoints.len() + 1;
+                next = (at + 1) % endpoints.len();
+                *c = other;
+                continue;
+            }
+        }
         if left <= pause {
             return Err(tonic::Status::with_metadata(
                 s.code(),
@@ -398,9 +418,7 @@ where
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(400));
-        if let Ok((_, any)) = client::connect_any(endpoints, left).await {
-            *c = any;
-        }
+        asked = 0;
     }
 }
 
