@@ -602,6 +602,7 @@ fn state_code(s: ReplicaState) -> u32 {
         ReplicaState::Ok => 0,
         ReplicaState::Timeout => 1,
         ReplicaState::Partitioned => 2,
+        ReplicaState::NotAsked => 3,
     }
 }
 
@@ -775,6 +776,7 @@ pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Msg> {
                             let st = match st {
                                 0 => ReplicaState::Ok,
                                 2 => ReplicaState::Partitioned,
+                                3 => ReplicaState::NotAsked,
                                 _ => ReplicaState::Timeout,
                             };
                             (NodeId(id), st)
@@ -874,6 +876,8 @@ mod tests {
                     replicas: vec![
                         (NodeId::from("n1"), ReplicaState::Ok),
                         (NodeId::from("n2"), ReplicaState::Partitioned),
+                        (NodeId::from("n3"), ReplicaState::Timeout),
+                        (NodeId::from("n4"), ReplicaState::NotAsked),
                     ],
                     may_have_happened: true,
                 }),

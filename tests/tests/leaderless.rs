@@ -390,6 +390,9 @@ async fn quorum_loss_fails_with_the_replicas_named_or_degrades_when_asked() {
     for id in [&c.ids[reps[1]], &c.ids[reps[2]]] {
         assert!(r.stderr.contains(&format!("{id} partitioned")), "{r:?}");
     }
+    // The survivor was not asked (nothing was sent), not "timeout" as it said before.
+    let me = &c.ids[survivor];
+    assert!(r.stderr.contains(&format!("{me} not asked")), "{r:?}");
     assert_ne!(local(&c, survivor, key), "y", "nothing written");
     // Degrade: the write is taken by the one replica there is, and the answer says so.
     let r = kvctl(

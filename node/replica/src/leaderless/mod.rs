@@ -326,6 +326,9 @@ pub enum ReplicaState {
     Timeout,
     /// It is known to be unreachable.
     Partitioned,
+    /// Reachable, but not asked: too few replicas were reachable for the quorum, so nothing
+    /// was sent to any.
+    NotAsked,
 }
 
 /// Not enough replicas answered.
@@ -358,6 +361,7 @@ impl fmt::Display for QuorumFailure {
                 ReplicaState::Ok => "ok",
                 ReplicaState::Timeout => "timeout",
                 ReplicaState::Partitioned => "partitioned",
+                ReplicaState::NotAsked => "not asked",
             };
             write!(f, "{} {id} {st}", if i == 0 { "" } else { "," })?;
         }
@@ -1220,11 +1224,22 @@ impl Leaderless {
             return None;
         }
         self.stats.quorum_failures += 1;
+        let replicas = pref
+            .iter()
+            .map(|&i| {
+                let st = if self.down.contains(&i) {
+                    ReplicaState::Partitioned
+                } else {
+                    ReplicaState::NotAsked
+                };
+                (self.members[i].clone(), st)
+            })
+            .collect();
         Some(QuorumFailure {
             what,
             needed,
             got: 0,
-            replicas: self.states(pref, |_| false),
+            replicas,
             may_have_happened: false,
         })
     }
