@@ -422,7 +422,18 @@ async fn quorum_loss_fails_with_the_replicas_named_or_degrades_when_asked() {
     );
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("\"degraded\":true"), "{r:?}");
-    assert!(c.metric(survivor, "kv_degraded_responses_total") >= 2.0);
+    // In text mode the note on stderr says how it was degraded (not, as it did, that it had
+    // no leader's confirmation: there is no leader in this mode).
+    let r = kvctl(&ep, &["get", key, "--on-quorum-loss", "degrade"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "x"), "{r:?}");
+    let me = &c.ids[survivor];
+    assert!(
+        r.stderr.contains(&format!(
+            "answered degraded, with 1 replica(s) ({me}) where more were asked: it may be stale"
+        )),
+        "{r:?}"
+    );
+    assert!(c.metric(survivor, "kv_degraded_responses_total") >= 3.0);
     // Compare-and-set needs one order of writes: refused in this mode, with the reason.
     let r = kvctl(&ep, &["cas", key, "1.1", "y"]);
     assert_ne!(r.code, 0);

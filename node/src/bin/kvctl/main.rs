@@ -663,11 +663,17 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
                 } else {
                     String::new()
                 };
-                format!(
-                    "note: {} answered without the leader's or a quorum's confirmation: it may \
-                     be stale{behind}",
-                    m.coordinator
-                )
+                let how = if m.degraded {
+                    // on_quorum_loss=degrade: fewer answers than asked for (either mode).
+                    let got = m.achieved.as_ref().map_or(0, |a| a.r);
+                    format!(
+                        "answered degraded, with {got} replica(s) ({}) where more were asked",
+                        m.replicas.join(",")
+                    )
+                } else {
+                    "answered without the leader's or a quorum's confirmation".to_string()
+                };
+                format!("note: {} {how}: it may be stale{behind}", m.coordinator)
             });
             if resp.found {
                 Done {
