@@ -20,6 +20,16 @@ static SERIAL: Mutex<()> = Mutex::const_new(());
 
 use kv_tests::put_request as put;
 
+/// A cluster of `n` nodes (default flags) once it has one leader, and that leader.
+async fn led(n: usize) -> (Cluster, usize) {
+    let c = Cluster::start(n, &[]).await.expect("cluster");
+    let leader = c
+        .wait_leader(Duration::from_secs(5), None)
+        .await
+        .expect("leader");
+    (c, leader)
+}
+
 fn get(key: &str, read_from: pb::ReadFrom) -> pb::GetRequest {
     pb::GetRequest {
         key: Bytes::copy_from_slice(key.as_bytes()),
@@ -33,11 +43,7 @@ fn get(key: &str, read_from: pb::ReadFrom) -> pb::GetRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvctl_waits_out_the_election_after_the_leader_dies() {
     let _serial = SERIAL.lock().await;
-    let mut c = Cluster::start(3, &[]).await.expect("cluster");
-    let leader = c
-        .wait_leader(Duration::from_secs(5), None)
-        .await
-        .expect("leader");
+    let (mut c, leader) = led(3).await;
     assert_eq!(kvctl(&c.endpoints(), &["put", "k", "v1"]).code, 0);
     c.nodes[leader].kill9();
     // At once: the followers still name the dead leader, then know none while they elect one.
@@ -74,11 +80,7 @@ async fn kvctl_waits_out_the_election_after_the_leader_dies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvctl_writes_through_the_majority_when_its_first_endpoints_are_cut_off() {
     let _serial = SERIAL.lock().await;
-    let c = Cluster::start(5, &[]).await.expect("cluster");
-    let leader = c
-        .wait_leader(Duration::from_secs(5), None)
-        .await
-        .expect("leader");
+    let (c, leader) = led(5).await;
     let (minority, majority): (Vec<usize>, Vec<usize>) = {
         let followers: Vec<usize> = (0..5).filter(|&i| i != leader).collect();
         let minority = followers[..2].to_vec();
@@ -151,11 +153,7 @@ async fn kvctl_writes_through_the_majority_when_its_first_endpoints_are_cut_off(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_elect_one_leader_and_writes_through_a_follower_are_redirected() {
     let _serial = SERIAL.lock().await;
-    let c = Cluster::start(5, &[]).await.expect("cluster");
-    let leader = c
-        .wait_leader(Duration::from_secs(5), None)
-        .await
-        .expect("leader");
+    let (c, leader) = led(5).await;
     let follower = (leader + 1) % 5;
     let r = kvctl(&c.nodes[follower].endpoint(), &["put", "greeting", "hello"]);
     assert_eq!(r.code, 0, "kvctl follows the leader hint: {r:?}");
@@ -267,11 +265,7 @@ async fn writers(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_new_leader_takes_over_and_no_w3_write_is_lost() {
     let _serial = SERIAL.lock().await;
-    let mut c = Cluster::start(5, &[]).await.expect("cluster");
-    let old = c
-        .wait_leader(Duration::from_secs(5), None)
-        .await
-        .expect("leader");
+    let (mut c, old) = led(5).await;
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
     let targets = Arc::new(Targets {
@@ -328,11 +322,7 @@ async fn leader_killed_new_leader_takes_over_and_no_w3_write_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_leader_steps_down_within_an_election_timeout() {
     let _serial = SERIAL.lock().await;
-    let c = Cluster::start(5, &[]).await.expect("cluster");
-    let old = c
-        .wait_leader(Duration::from_secs(5), None)
-        .await
-        .expect("leader");
+    let (c, old) = led(5).await;
     let others: Vec<&str> = (0..5)
         .filter(|&i| i != old)
         .map(|i| c.ids[i].as_str())
@@ -399,11 +389,7 @@ async fn isolated_leader_steps_down_within_an_election_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn w1_writes_lost_in_a_fail_over_are_kept_in_the_rollback_file() {
     let _serial = SERIAL.lock().await;
-    let c = Cluster::start(3, &[]).await.expect("cluster");
-    let old = c
-        .wait_leader(Duration::from_secs(5), None)
-        .await
-        .expect("leader");
+    let (c, old) = led(3).await;
     let others: Vec<&str> = (0..3)
         .filter(|&i| i != old)
         .map(|i| c.ids[i].as_str())
@@ -490,11 +476,7 @@ async fn w1_writes_lost_in_a_fail_over_are_kept_in_the_rollback_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_read_under_delay_is_stale_and_says_so() {
     let _serial = SERIAL.lock().await;
-    let c = Cluster::start(3, &[]).await.expect("cluster");
-    let leader = c
-        .wait_leader(Duration::from_secs(5), None)
-        .await
-        .expect("leader");
+    let (c, leader) = led(3).await;
     let f = (leader + 1) % 3;
     let mut lc = c.client(leader).await.expect("client");
     lc.put(put("k", "v1", 3)).await.expect("put v1 to all");
@@ -562,11 +544,7 @@ async fn follower_read_under_delay_is_stale_and_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_and_set_across_nodes_loses_no_update() {
     let _serial = SERIAL.lock().await;
-    let mut c = Cluster::start(3, &[]).await.expect("cluster");
-    let leader = c
-        .wait_leader(Duration::from_secs(5), None)
-        .await
-        .expect("leader");
+    let (mut c, leader) = led(3).await;
     let ep = c.nodes[leader].endpoint();
     // kvctl: absent -> applied; a wrong version -> exit 1 naming the current one.
     let r = kvctl(&ep, &["cas", "counter", "none", "0"]);
