@@ -32,6 +32,8 @@ pub struct Faults {
     pub delay: HashMap<String, Duration>,
     /// Uniform extra delay up to this.
     pub jitter: Duration,
+    /// Leaderless: how far ahead (negative: behind) this node's clock runs for new versions.
+    pub clock_offset_ms: i64,
 }
 
 /// Shared, cheaply cloneable filter.
@@ -59,6 +61,14 @@ impl FaultFilter {
             .unwrap_or_else(|p| p.into_inner())
             .block
             .contains(peer)
+    }
+
+    /// The clock offset set (`clock_offset_ms`).
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clock_offset_ms
     }
 
     /// Whether `peer` is cut off (a partition).
@@ -112,6 +122,7 @@ mod tests {
             drop: [("n3".to_string(), 1.0)].into(),
             delay: [("*".to_string(), Duration::from_millis(50))].into(),
             jitter: Duration::ZERO,
+            clock_offset_ms: 0,
         });
         assert_eq!(f.outgoing(&n2), Verdict::Drop);
         assert!(!f.accepts_from(&n2));

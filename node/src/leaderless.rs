@@ -403,8 +403,10 @@ struct Driver {
 }
 
 impl Driver {
-    /// Tells the core which peers the transport can reach now (and `list` who they are).
+    /// Tells the core which peers the transport can reach now (and `list` who they are), and
+    /// the clock offset the fault filter holds.
     fn refresh_reachable(&mut self, mut list: Option<&mut Vec<NodeId>>) {
+        self.core.set_clock_offset(self.transport.clock_offset_ms());
         for m in &self.members {
             if *m != self.me {
                 let up = self.transport.reachable(m);

@@ -72,6 +72,11 @@ impl Transport {
         !self.filter.blocks(peer) && self.up.get(peer).is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
+    /// The clock offset the fault filter holds (leaderless versions).
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.filter.clock_offset_ms()
+    }
+
     /// The peers [`reachable`](Self::reachable) now, sorted.
     pub fn reachable_peers(&self) -> Vec<NodeId> {
         let mut v: Vec<NodeId> = self

@@ -440,6 +440,86 @@ async fn quorum_loss_fails_with_the_replicas_named_or_degrades_when_asked() {
     assert!(r.stderr.contains("leaderless"), "{r:?}");
 }
 
+/// Last-writer-wins under clock skew, with kvctl as a user would: a write coordinated by a
+/// node whose clock is 10 s ahead, then a later write coordinated by a replica that was cut off
+/// meanwhile (never told of the first, so its hybrid clock did not move past it). The later
+/// write is acknowledged by W=2 replicas, yet a quorum read returns the earlier one: its
+/// version is higher. Counted as a conflicting write. (Hints and anti-entropy off: nothing
+/// tells the second coordinator of the first write before it writes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_set_ahead_lets_an_earlier_write_hide_a_later_acknowledged_one() {
+    let _serial = SERIAL.lock().await;
+    let extra = ["--disable-hinted-handoff", "--anti-entropy-interval", "0s"];
+    let c = Cluster::start_leaderless(5, &[&NRW[..], &extra].concat())
+        .await
+        .expect("cluster");
+    let eps = c.endpoints();
+    let key = "skewed";
+    let reps = replicas(&c, key);
+    let (a, b) = (reps[0], reps[1]);
+    let (ida, idb) = (c.ids[a].as_str(), c.ids[b].as_str());
+    let others = |x: usize| {
+        (0..5)
+            .filter(|&i| i != x)
+            .map(|i| c.ids[i].as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let epoch = |version: &str| -> u64 {
+        version
+            .split('.')
+            .next()
+            .and_then(|e| e.parse().ok())
+            .expect("EPOCH.COUNTER")
+    };
+    let r = kvctl(&eps, &["fault", "clock", ida, "+10s"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("{ida}: clock 10000ms ahead")),
+        "{r:?}"
+    );
+    // b cut off; the clock set on a stays.
+    let r = kvctl(
+        &eps,
+        &["fault", "partition", &format!("{idb}/{}", others(b))],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("clock 10000ms ahead"), "kept: {r:?}");
+    let early = kvctl(&c.nodes[a].endpoint(), &["put", key, "early"]);
+    assert_eq!(early.code, 0, "{early:?}");
+    // Now a is cut off and b is back: b coordinates, with its own clock.
+    let r = kvctl(
+        &eps,
+        &["fault", "partition", &format!("{ida}/{}", others(a))],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let late = kvctl(
+        &c.nodes[b].endpoint(),
+        &["--output", "json", "put", key, "late"],
+    );
+    assert_eq!(late.code, 0, "acknowledged: {late:?}");
+    let v: serde_json::Value = serde_json::from_str(&late.stdout).expect("json");
+    assert_eq!(v["node"], idb, "b coordinated it: {late:?}");
+    assert_eq!(v["acks"], 2, "{late:?}");
+    let late_version = v["version"].as_str().expect("version");
+    assert!(
+        epoch(late_version) < epoch(&early.stdout),
+        "the later write has the lower version: {late_version} vs {}",
+        early.stdout
+    );
+    assert_eq!(kvctl(&eps, &["fault", "heal"]).code, 0);
+    let r = kvctl(&eps, &["get", key]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "early"),
+        "the acknowledged later write is hidden: {r:?}"
+    );
+    assert!(
+        c.metric_sum("kv_conflicting_writes_total") >= 1.0,
+        "and counted as a conflict"
+    );
+}
+
 /// Runs `kv-bench run` (writes only, `secs` seconds) against the cluster; returns its summary.
 fn bench_writes(c: &Cluster, route: &str, secs: u32) -> serde_json::Value {
     let out = tempfile::tempdir().expect("tempdir");

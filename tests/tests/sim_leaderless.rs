@@ -501,3 +501,38 @@ fn a_repeated_forward_is_run_by_a_new_coordinator_and_refused_by_a_restarted_one
         "a restarted node refuses it: {restarted:?}"
     );
 }
+
+/// A clock set ahead on purpose (`kvctl fault clock`) moves the versions a node gives by as
+/// much; set back, its hybrid clock does not go back with it, and its versions stay ordered.
+#[test]
+fn a_clock_offset_moves_the_versions_a_node_gives_and_never_back() {
+    let (members, mut node, mut store, opts) = lone_node(3, |_| {});
+    // A key this node coordinates (the first of its replicas).
+    let key = (0..100)
+        .map(|k| Bytes::from(format!("k{k}")))
+        .find(|k| node.replicas(k)[0] == members[0])
+        .expect("a key n1 coordinates");
+    let epoch_of_put = |node: &mut Leaderless, store: &mut SimStore, now: u64, v: &'static str| {
+        node.put(store, now, 1, key.clone(), Some(Bytes::from(v)), opts);
+        node.take_actions()
+            .into_iter()
+            .find_map(|a| match a {
+                Action::Send {
+                    msg: Msg::Write { stored, .. },
+                    ..
+                } => Some(stored.version.epoch),
+                _ => None,
+            })
+            .expect("a write")
+    };
+    let now = 1_000_000;
+    let first = epoch_of_put(&mut node, &mut store, now, "a");
+    assert_eq!(kv_replica::leaderless::physical_ms(first), now);
+    node.set_clock_offset(10_000);
+    let ahead = epoch_of_put(&mut node, &mut store, now + 1, "b");
+    assert_eq!(kv_replica::leaderless::physical_ms(ahead), now + 10_001);
+    node.set_clock_offset(-10_000);
+    let behind = epoch_of_put(&mut node, &mut store, now + 2, "c");
+    assert!(behind > ahead, "never back: {behind} after {ahead}");
+    assert_eq!(kv_replica::leaderless::physical_ms(behind), now + 10_001);
+}

@@ -37,6 +37,7 @@ fn spec_of(f: &Faults) -> pb::FaultSpec {
             .map(|(k, v)| (k.clone(), v.as_millis() as u64))
             .collect(),
         jitter_ms: f.jitter.as_millis() as u64,
+        clock_offset_ms: f.clock_offset_ms,
     }
 }
 
@@ -115,6 +116,10 @@ impl pb::admin_server::Admin for AdminService {
                 }
             }
         };
+        let st = pb::NodeStatus {
+            faults: Some(spec_of(&self.faults.get())),
+            ..st
+        };
         Ok(Response::new(st))
     }
 
@@ -144,6 +149,7 @@ impl pb::admin_server::Admin for AdminService {
                 .map(|(k, v)| (k, Duration::from_millis(v)))
                 .collect(),
             jitter: Duration::from_millis(spec.jitter_ms),
+            clock_offset_ms: spec.clock_offset_ms,
         };
         tracing::warn!(faults = ?f, "fault filter set");
         self.faults.set(f);

@@ -534,6 +534,9 @@ pub struct Leaderless {
     ae_peer: usize,
     actions: Vec<Action>,
     stats: Stats,
+    /// Added to the physical time of new versions: a clock set wrong on purpose (fault
+    /// injection), to show what last-writer-wins makes of clock skew.
+    clock_offset_ms: i64,
 }
 
 impl Leaderless {
@@ -589,7 +592,20 @@ impl Leaderless {
             ae_peer,
             actions: Vec::new(),
             stats: Stats::default(),
+            clock_offset_ms: 0,
         }
+    }
+
+    /// Sets this node's clock `ms` ahead of the real one (negative: behind) for the versions it
+    /// gives writes from now on (timers keep real time). Its hybrid clock never goes back: a
+    /// clock set behind shows only once real time has passed what it issued.
+    pub fn set_clock_offset(&mut self, ms: i64) {
+        self.clock_offset_ms = ms;
+    }
+
+    /// The physical time new versions start from: `now` with the clock offset.
+    fn physical(&self, now: u64) -> u64 {
+        now.saturating_add_signed(self.clock_offset_ms)
     }
 
     /// The node's number in versions (1-based position in the sorted member list).
@@ -698,7 +714,7 @@ impl Leaderless {
         {
             let op = self.op_id();
             self.stats.forwarded += 1;
-            let sent_hlc = self.hlc.now(now);
+            let sent_hlc = self.hlc.now(self.physical(now));
             self.send(
                 to,
                 Msg::Forward {
@@ -758,7 +774,7 @@ impl Leaderless {
         if let Some(c) = &context {
             self.hlc.observe(c.version.epoch);
         }
-        let ts = self.hlc.now(now);
+        let ts = self.hlc.now(self.physical(now));
         let mut clock = context.map(|c| c.clock).unwrap_or_default();
         clock.advance(self.number(), ts);
         let stored = Stored {

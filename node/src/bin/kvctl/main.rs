@@ -1,5 +1,6 @@
 //! `kvctl`: the quorumkv command-line client.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -80,8 +81,10 @@ enum ReadFromArg {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Break node-to-node traffic on purpose (nodes must run with --enable-fault-injection).
-    /// --endpoints must list every node. Each fault command replaces the previous one.
+    /// Break node-to-node traffic, or a node's clock, on purpose (nodes must run with
+    /// --enable-fault-injection). --endpoints must list every node. Each traffic fault
+    /// (partition, delay, drop) replaces the previous one; clock offsets stay until changed;
+    /// heal removes everything.
     Fault {
         #[command(subcommand)]
         fault: FaultCmd,
@@ -145,6 +148,21 @@ enum FaultCmd {
     },
     /// Drop each message to and from NODE with probability P (0..=1).
     Drop { node: String, p: f64 },
+    /// Leaderless: run NODE's clock OFFSET ahead (+5s) or behind (-5s) for the versions it
+    /// gives writes (last-writer-wins under clock skew).
+    ///
+    /// A write coordinated by a node whose clock is behind, after a write from a node whose
+    /// clock is ahead that it was never told of (partitioned meanwhile), gets the lower version
+    /// and is hidden by the earlier write: acknowledged, then lost. It is counted as a
+    /// conflicting write. A node's hybrid clock never goes back: set behind, the offset shows
+    /// once real time has passed what the node issued. Only NODE's clock changes; the other
+    /// faults set stay.
+    Clock {
+        node: String,
+        /// +DURATION or -DURATION (e.g. +5s, -500ms).
+        #[arg(allow_hyphen_values = true)]
+        offset: String,
+    },
     /// Remove every fault.
     Heal,
 }
@@ -179,9 +197,14 @@ fn around(
 
 async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, tonic::Status> {
     let mut nodes = Vec::new();
+    // What each node's filter holds now: clock offsets outlive traffic faults.
+    let mut current: HashMap<String, pb::FaultSpec> = HashMap::new();
     for addr in endpoints {
         match node_status(addr, t).await {
-            Some(s) => nodes.push((s.id, addr.clone())),
+            Some(s) => {
+                current.insert(s.id.clone(), s.faults.unwrap_or_default());
+                nodes.push((s.id, addr.clone()));
+            }
             None => {
                 return Err(tonic::Status::unavailable(format!(
                     "{addr} did not answer: every node must be reachable to set faults"
@@ -201,6 +224,10 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
         }
     };
     let mut specs: Vec<(String, pb::FaultSpec)> = Vec::new();
+    let traffic = matches!(
+        f,
+        FaultCmd::Partition { .. } | FaultCmd::Delay { .. } | FaultCmd::Drop { .. }
+    );
     match f {
         FaultCmd::Partition { groups } => {
             let groups: Vec<Vec<String>> = groups
@@ -269,6 +296,27 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
                 ..Default::default()
             });
         }
+        FaultCmd::Clock { node, offset } => {
+            check(&node)?;
+            let (sign, magnitude) = match offset.strip_prefix('-') {
+                Some(m) => (-1i64, m),
+                None => (1, offset.strip_prefix('+').unwrap_or(&offset)),
+            };
+            let d = humantime::parse_duration(magnitude).map_err(|e| {
+                tonic::Status::invalid_argument(format!(
+                    "clock offset {offset:?}: {e} (expected e.g. +5s or -500ms)"
+                ))
+            })?;
+            let ms = sign * i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+            // Only NODE's clock changes; what else each filter holds stays.
+            for id in &ids {
+                let mut spec = current.get(*id).cloned().unwrap_or_default();
+                if *id == node {
+                    spec.clock_offset_ms = ms;
+                }
+                specs.push((id.to_string(), spec));
+            }
+        }
         FaultCmd::Heal => {
             for id in &ids {
                 specs.push((id.to_string(), pb::FaultSpec::default()));
@@ -276,7 +324,12 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
         }
     }
     let mut out = Vec::new();
-    for (id, spec) in specs {
+    for (id, mut spec) in specs {
+        // A traffic fault replaces the previous traffic fault; a clock set wrong stays so
+        // until `fault clock NODE 0s` or `fault heal`.
+        if traffic {
+            spec.clock_offset_ms = current.get(&id).map_or(0, |c| c.clock_offset_ms);
+        }
         let addr = &nodes
             .iter()
             .find(|(n, _)| *n == id)
@@ -294,6 +347,11 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
         }
         for (peer, p) in &spec.drop {
             parts.push(format!("messages to {peer} dropped with p={p}"));
+        }
+        match spec.clock_offset_ms {
+            0 => {}
+            ms if ms > 0 => parts.push(format!("clock {ms}ms ahead")),
+            ms => parts.push(format!("clock {}ms behind", -ms)),
         }
         let line = if parts.is_empty() {
             format!("{id}: no faults")
