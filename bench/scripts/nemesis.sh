@@ -16,7 +16,9 @@
 #   e.g. bench/scripts/nemesis.sh /tmp/drill 60 1 -- --mode leaderless --n 3 --r 2 --w 2
 #
 # Defaults: 60 s, seed 1, `--mode leader-follower --n NODES --w <majority>`; MIX=read=40,write=40,delete=20
-# (environment) replaces the operation mix. The same seed gives the same faults in the same
+# (environment) replaces the operation mix. SKEW=MS (environment; leaderless) sets each node's
+# clock up to MS ms ahead or behind (kvctl fault clock, drawn from the seed, applied again after
+# every fault) for the versions it gives. The same seed gives the same faults in the same
 # order (their timing is the machine's). Writes into OUT_DIR: nemesis.log
 # (seconds since the start, fault), bench/ (kv-bench summary.json, timeline.csv), check.txt
 # (the verdict), violation.html when there is one, and history.jsonl (removed on a
@@ -76,6 +78,21 @@ BENCH=$!
 node() { "$BIN/kvctl" cluster "$1" "$2" --data-dir "$DATA" > /dev/null 2>&1 || true; }
 fault() { "$BIN/kvctl" --endpoints "$EPS" fault "$@" > /dev/null 2>&1 || true; }
 RANDOM=$SEED
+# Clock offsets (SKEW): drawn once, set again after every fault (heal clears them, and a
+# restarted node starts without).
+SKEW=${SKEW:-0}
+[[ $SKEW =~ ^[0-9]+$ ]] || { echo "SKEW must be a whole number of ms: $SKEW" >&2; exit 2; }
+OFFSETS=()
+for i in $(seq "$NODES"); do
+  [ "$SKEW" -gt 0 ] && o=$(( (RANDOM * 32768 + RANDOM) % (2 * SKEW + 1) - SKEW )) || o=0
+  [ "$o" -ge 0 ] && OFFSETS+=("+${o}ms") || OFFSETS+=("${o}ms")
+done
+skew() {
+  [ "$SKEW" -gt 0 ] || return 0
+  for i in $(seq "$NODES"); do fault clock "n$i" "${OFFSETS[$((i - 1))]}"; done
+}
+[ "$SKEW" -gt 0 ] && echo "clocks: $(for i in $(seq "$NODES"); do printf "n%s %s " "$i" "${OFFSETS[$((i - 1))]}"; done)" >> "$OUT/commands.txt"
+skew
 start=$SECONDS
 end=$((SECONDS + SECS - 3))
 echo "nemesis for $((SECS - 3)) s (seed $SEED), load for $SECS s: $OUT/nemesis.log"
@@ -93,6 +110,7 @@ while [ $SECONDS -lt $end ]; do
     4) echo "$at delay $n 30ms"; fault delay $n 30ms; sleep 1; fault heal ;;
     5) echo "$at calm"; sleep 1 ;;
   esac
+  skew
 done > "$OUT/nemesis.log"
 wait $BENCH || { echo "kv-bench failed:" >&2; cat "$OUT/bench.err" >&2; exit 2; }
 rc=0
