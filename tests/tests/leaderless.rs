@@ -485,6 +485,19 @@ async fn a_clock_set_ahead_lets_an_earlier_write_hide_a_later_acknowledged_one()
     );
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("clock 10000ms ahead"), "kept: {r:?}");
+    let st = kvctl(&eps, &["status"]);
+    assert!(
+        st.stdout.contains(&format!(
+            "fault on {ida}: cut off from {idb}; clock 10000ms ahead"
+        )),
+        "status shows the faults: {st:?}"
+    );
+    let bad = kvctl(&eps, &["fault", "clock", ida, "sideways"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(
+        bad.stderr.contains("expected e.g. +5s or -500ms"),
+        "{bad:?}"
+    );
     let early = kvctl(&c.nodes[a].endpoint(), &["put", key, "early"]);
     assert_eq!(early.code, 0, "{early:?}");
     // Now a is cut off and b is back: b coordinates, with its own clock.

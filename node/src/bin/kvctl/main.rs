@@ -195,13 +195,53 @@ fn around(
         .collect()
 }
 
+/// What a node's fault filter does, in words (`None`: nothing).
+fn describe_faults(spec: &pb::FaultSpec) -> Option<String> {
+    let mut parts = Vec::new();
+    if !spec.block.is_empty() {
+        parts.push(format!("cut off from {}", spec.block.join(",")));
+    }
+    let mut delays: Vec<_> = spec.delay_ms.iter().collect();
+    delays.sort();
+    for (peer, ms) in delays {
+        parts.push(format!(
+            "messages to {peer} delayed {ms}ms (+0..{}ms)",
+            spec.jitter_ms
+        ));
+    }
+    let mut drops: Vec<_> = spec.drop.iter().collect();
+    drops.sort_by(|a, b| a.0.cmp(b.0));
+    for (peer, p) in drops {
+        parts.push(format!("messages to {peer} dropped with p={p}"));
+    }
+    match spec.clock_offset_ms {
+        0 => {}
+        ms if ms > 0 => parts.push(format!("clock {ms}ms ahead")),
+        ms => parts.push(format!("clock {}ms behind", -ms)),
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// The faults set on the nodes of `rows`, one line each (empty when none is).
+fn faults_footer(rows: &[(String, Option<pb::NodeStatus>)]) -> String {
+    rows.iter()
+        .filter_map(|(_, s)| s.as_ref())
+        .filter_map(|s| {
+            let d = describe_faults(s.faults.as_ref()?)?;
+            Some(format!("fault on {}: {d}\n", s.id))
+        })
+        .collect()
+}
+
 async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, tonic::Status> {
     let mut nodes = Vec::new();
     // What each node's filter holds now: clock offsets outlive traffic faults.
     let mut current: HashMap<String, pb::FaultSpec> = HashMap::new();
+    let mut leaderless = false;
     for addr in endpoints {
         match node_status(addr, t).await {
             Some(s) => {
+                leaderless |= s.mode == "leaderless";
                 current.insert(s.id.clone(), s.faults.unwrap_or_default());
                 nodes.push((s.id, addr.clone()));
             }
@@ -224,6 +264,12 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
         }
     };
     let mut specs: Vec<(String, pb::FaultSpec)> = Vec::new();
+    // Versions in leader-follower mode are (term, index): no clock in them.
+    let note = (matches!(f, FaultCmd::Clock { .. }) && !leaderless).then(|| {
+        "note: only leaderless nodes take their versions from their clocks; this cluster's \
+         versions (term.index) do not change"
+            .to_string()
+    });
     let traffic = matches!(
         f,
         FaultCmd::Partition { .. } | FaultCmd::Delay { .. } | FaultCmd::Drop { .. }
@@ -335,35 +381,16 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
             .find(|(n, _)| *n == id)
             .expect("listed above")
             .1;
-        let mut parts = Vec::new();
-        if !spec.block.is_empty() {
-            parts.push(format!("cut off from {}", spec.block.join(",")));
-        }
-        for (peer, ms) in &spec.delay_ms {
-            parts.push(format!(
-                "messages to {peer} delayed {ms}ms (+0..{}ms)",
-                spec.jitter_ms
-            ));
-        }
-        for (peer, p) in &spec.drop {
-            parts.push(format!("messages to {peer} dropped with p={p}"));
-        }
-        match spec.clock_offset_ms {
-            0 => {}
-            ms if ms > 0 => parts.push(format!("clock {ms}ms ahead")),
-            ms => parts.push(format!("clock {}ms behind", -ms)),
-        }
-        let line = if parts.is_empty() {
-            format!("{id}: no faults")
-        } else {
-            format!("{id}: {}", parts.join("; "))
+        let line = match describe_faults(&spec) {
+            None => format!("{id}: no faults"),
+            Some(d) => format!("{id}: {d}"),
         };
         set_faults(addr, spec, t).await?;
         out.push(line);
     }
     Ok(Done {
         stdout: out.join("\n"),
-        stderr: None,
+        stderr: note,
         code: exit::OK,
     })
 }
@@ -590,7 +617,8 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
                     "snapshot_index": s.snapshot_index, "log_entries": s.log_entries,
                     "hints_pending": s.hints_pending, "hints_delivered": s.hints_delivered,
                     "conflicting_writes": s.conflicting_writes, "read_repairs": s.read_repairs,
-                    "anti_entropy_repairs": s.anti_entropy_repairs}),
+                    "anti_entropy_repairs": s.anti_entropy_repairs,
+                    "faults": s.faults.as_ref().and_then(describe_faults)}),
                 None => json!({"id": null, "addr": addr, "role": "down", "term": null,
                     "leader": null, "reachable": [], "applied_index": null, "lag": null}),
             })
@@ -600,7 +628,13 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
         .iter()
         .any(|(_, s)| s.as_ref().is_some_and(|s| s.mode == "leaderless"))
     {
-        leaderless_table(&rows)
+        let mut out = leaderless_table(&rows);
+        let faults = faults_footer(&rows);
+        if !faults.is_empty() {
+            out.push('\n');
+            out.push_str(faults.trim_end());
+        }
+        out
     } else {
         let mut out = format!(
             "{:<6} {:<22} {:<10} {:>5} {:<7} {:<18} {:>9} {:>6} {:>9} {:>7}\n",
@@ -647,6 +681,7 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
                 who.join(", ")
             ));
         }
+        out.push_str(&faults_footer(&rows));
         out.trim_end().to_string()
     };
     let any_up = rows.iter().any(|(_, s)| s.is_some());
