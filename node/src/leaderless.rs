@@ -625,7 +625,15 @@ pub fn to_wire(m: Msg) -> pb::peer_envelope::Msg {
             key,
             stored: Some(stored_to_wire(stored)),
         }),
-        Msg::WriteAck { req, hlc } => W::LlWriteAck(pb::LlWriteAck { req, hlc }),
+        Msg::WriteAck {
+            req,
+            hlc,
+            superseded,
+        } => W::LlWriteAck(pb::LlWriteAck {
+            req,
+            hlc,
+            superseded,
+        }),
         Msg::Read { req, key } => W::LlRead(pb::LlRead { req, key }),
         Msg::ReadReply { req, stored, hlc } => W::LlReadReply(pb::LlReadReply {
             req,
@@ -662,6 +670,7 @@ pub fn to_wire(m: Msg) -> pb::peer_envelope::Msg {
                 acked: names(ok.acked),
                 hinted: names(ok.hinted),
                 degraded: ok.degraded,
+                superseded_on: names(ok.superseded_on),
                 ..Default::default()
             },
             Err(f) => pb::LlForwardReply {
@@ -732,6 +741,7 @@ pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Msg> {
         W::LlWriteAck(a) => Msg::WriteAck {
             req: a.req,
             hlc: a.hlc,
+            superseded: a.superseded,
         },
         W::LlRead(r) => Msg::Read {
             req: r.req,
@@ -764,6 +774,7 @@ pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Msg> {
                     acked: ids(r.acked),
                     hinted: ids(r.hinted),
                     degraded: r.degraded,
+                    superseded_on: ids(r.superseded_on),
                 })
             } else {
                 Err(QuorumFailure {
@@ -882,6 +893,22 @@ mod tests {
                         (NodeId::from("n4"), ReplicaState::NotAsked),
                     ],
                     may_have_happened: true,
+                }),
+            },
+            Msg::WriteAck {
+                req: 5,
+                hlc: 7 << 16,
+                superseded: true,
+            },
+            Msg::ForwardReply {
+                req: 4,
+                result: Ok(WriteOk {
+                    version: Version::new(8 << 16, 2),
+                    coordinator: NodeId::from("n2"),
+                    acked: vec![NodeId::from("n2"), NodeId::from("n3")],
+                    hinted: vec![],
+                    degraded: false,
+                    superseded_on: vec![NodeId::from("n3")],
                 }),
             },
             Msg::AeEntries {

@@ -78,6 +78,9 @@ pub struct Meta {
     pub w: u32,
     /// Where the read was served from.
     pub read_from: ReadFrom,
+    /// Writes, leaderless: acknowledging replicas where a concurrent write with a higher version
+    /// hides this one (last-writer-wins).
+    pub superseded_on: Vec<NodeId>,
 }
 
 /// The answer to a read or a compare-and-set.
@@ -374,6 +377,7 @@ impl Node {
                 degraded: r.degraded,
                 w: q.w,
                 read_from: c.read_from.unwrap_or(ReadFrom::Any),
+                superseded_on: Vec::new(),
             },
         })
     }
@@ -410,6 +414,7 @@ impl Node {
                 degraded: r.degraded,
                 r: q.r,
                 read_from: ReadFrom::Any,
+                superseded_on: r.superseded_on,
             },
         })
     }
@@ -471,6 +476,7 @@ impl Node {
             r: q.r,
             w: q.w,
             read_from,
+            superseded_on: Vec::new(),
         }
     }
 

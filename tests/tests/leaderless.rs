@@ -514,6 +514,10 @@ async fn a_clock_set_ahead_lets_an_earlier_write_hide_a_later_acknowledged_one()
     let v: serde_json::Value = serde_json::from_str(&late.stdout).expect("json");
     assert_eq!(v["node"], idb, "b coordinated it: {late:?}");
     assert_eq!(v["acks"], 2, "{late:?}");
+    // The third replica already held the earlier write, with its higher version, and said so:
+    // the answer names it.
+    let idc = c.ids[reps[2]].as_str();
+    assert_eq!(v["superseded_on"], serde_json::json!([idc]), "{late:?}");
     let late_version = v["version"].as_str().expect("version");
     assert!(
         epoch(late_version) < epoch(&early.stdout),

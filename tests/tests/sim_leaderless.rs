@@ -353,7 +353,16 @@ fn leaderless_write_goes_again_to_silent_replicas_until_they_acknowledge() {
             _ => None,
         })
         .expect("a write");
-    node.step(&mut store, 160, &members[1], Msg::WriteAck { req, hlc: 0 });
+    node.step(
+        &mut store,
+        160,
+        &members[1],
+        Msg::WriteAck {
+            req,
+            hlc: 0,
+            superseded: false,
+        },
+    );
     let done = node.take_actions();
     assert!(
         done.iter().any(|a| matches!(
@@ -535,4 +544,93 @@ fn a_clock_offset_moves_the_versions_a_node_gives_and_never_back() {
     let behind = epoch_of_put(&mut node, &mut store, now + 2, "c");
     assert!(behind > ahead, "never back: {behind} after {ahead}");
     assert_eq!(kv_replica::leaderless::physical_ms(behind), now + 10_001);
+}
+
+/// A replica that already holds a concurrent write with a higher version acknowledges a
+/// write it hides, and says so; the coordinator names it in its answer (kvctl prints it: the
+/// client learns that last-writer-wins hid its acknowledged write, which Cassandra keeps quiet).
+#[test]
+fn a_write_hidden_by_a_concurrent_higher_version_is_reported() {
+    use kv_replica::Version;
+    use kv_replica::leaderless::{Store as _, Stored, VClock};
+    let stored = |epoch: u64, node: u32, v: &'static str| {
+        let mut clock = VClock::default();
+        clock.advance(node, epoch);
+        Stored {
+            value: Some(Bytes::from_static(v.as_bytes())),
+            version: Version::new(epoch, u64::from(node)),
+            clock,
+            written_ms: 0,
+        }
+    };
+    let acks = |actions: Vec<Action>| -> Vec<bool> {
+        actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    msg: Msg::WriteAck { superseded, .. },
+                    ..
+                } => Some(superseded),
+                _ => None,
+            })
+            .collect()
+    };
+    // Replica side: n1 holds n2's write at epoch 500; n3's concurrent write at 400 is hidden.
+    let (members, mut node, mut store, _) = lone_node(3, |_| {});
+    let key = Bytes::from_static(b"k");
+    store.put(&key, &stored(500 << 16, 2, "ahead"));
+    let write = |req, s| Msg::Write {
+        req,
+        key: key.clone(),
+        stored: s,
+    };
+    node.step(
+        &mut store,
+        1,
+        &members[2],
+        write(1, stored(400 << 16, 3, "behind")),
+    );
+    assert_eq!(acks(node.take_actions()), vec![true], "hidden: said so");
+    // A concurrent write with a higher version wins, and is not reported.
+    node.step(
+        &mut store,
+        2,
+        &members[2],
+        write(2, stored(600 << 16, 3, "later")),
+    );
+    assert_eq!(acks(node.take_actions()), vec![false]);
+    // Coordinator side: n2's acknowledgement says hidden; the answer names n2.
+    let (members, mut node, mut store, opts) = lone_node(3, |_| {});
+    let key = (0..100)
+        .map(|k| Bytes::from(format!("k{k}")))
+        .find(|k| node.replicas(k)[0] == members[0])
+        .expect("a key n1 coordinates");
+    node.put(&mut store, 0, 9, key, Some(Bytes::from_static(b"v")), opts);
+    let mut req = None;
+    for a in node.take_actions() {
+        if let Action::Send { to, msg, .. } = a {
+            match msg {
+                Msg::Write { req: r, .. } if to == members[1] => req = Some(r),
+                m if to == members[0] => node.step(&mut store, 1, &members[0], m),
+                _ => {}
+            }
+        }
+    }
+    let req = req.expect("a write to n2");
+    let ack = Msg::WriteAck {
+        req,
+        hlc: 0,
+        superseded: true,
+    };
+    node.step(&mut store, 2, &members[1], ack);
+    let ok = node
+        .take_actions()
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Write { req: 9, result } => Some(result),
+            _ => None,
+        })
+        .expect("answered")
+        .expect("acknowledged by W=2");
+    assert_eq!(ok.superseded_on, vec![members[1].clone()], "{ok:?}");
 }

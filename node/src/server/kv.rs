@@ -106,6 +106,7 @@ fn meta(m: Meta) -> pb::ResponseMeta {
             } as i32,
             on_quorum_loss: pb::OnQuorumLoss::Unspecified as i32,
         }),
+        superseded_on: m.superseded_on.into_iter().map(|n| n.0).collect(),
     }
 }
 

@@ -188,6 +188,9 @@ pub enum Msg {
         req: u64,
         /// The replica's clock.
         hlc: u64,
+        /// The replica already held a concurrent write with a higher version: the copy is
+        /// hidden there (last-writer-wins).
+        superseded: bool,
     },
     /// Send your copy of `key`.
     Read {
@@ -300,6 +303,9 @@ pub struct WriteOk {
     pub hinted: Vec<NodeId>,
     /// Fewer than W replicas acknowledged (`on_quorum_loss=degrade`).
     pub degraded: bool,
+    /// Acknowledging replicas that already held a concurrent write with a higher version: there
+    /// this write is hidden by it (last-writer-wins). Every one of them: the write is lost.
+    pub superseded_on: Vec<NodeId>,
 }
 
 /// A successful read.
@@ -450,6 +456,8 @@ struct PendingWrite {
     stored: Stored,
     pref: Vec<usize>,
     acked: BTreeSet<usize>,
+    /// Acknowledging replicas that hold a concurrent write with a higher version.
+    superseded: BTreeSet<usize>,
     /// Replica -> the fallback asked to hold its hint.
     hinted: BTreeMap<usize, usize>,
     /// Fallbacks whose hint is durable.
@@ -788,9 +796,14 @@ impl Leaderless {
             if r == self.me {
                 // The local copy changes now, so the next write here sees this one; the
                 // acknowledgement to itself waits for durability like any other.
-                let (lsn, _) = self.merge(store, &key, &stored);
+                let (lsn, _, superseded) = self.merge_write(store, &key, &stored);
                 let hlc = self.hlc.last();
-                self.send(r, Msg::WriteAck { req: op, hlc }, Some(lsn));
+                let ack = Msg::WriteAck {
+                    req: op,
+                    hlc,
+                    superseded,
+                };
+                self.send(r, ack, Some(lsn));
                 continue;
             }
             if self.down.contains(&r) {
@@ -804,6 +817,7 @@ impl Leaderless {
             stored,
             pref,
             acked: BTreeSet::new(),
+            superseded: BTreeSet::new(),
             hinted: BTreeMap::new(),
             hint_acked: BTreeSet::new(),
             started: now,
@@ -886,18 +900,30 @@ impl Leaderless {
     /// Merges `incoming` into this node's copy of `key`. Returns the LSN to wait for before
     /// acknowledging, and whether the copy changed.
     fn merge<S: Store>(&mut self, store: &mut S, key: &Bytes, incoming: &Stored) -> (Lsn, bool) {
+        let (lsn, changed, _) = self.merge_write(store, key, incoming);
+        (lsn, changed)
+    }
+
+    /// [`merge`](Self::merge), and whether `incoming` lost to a concurrent copy already here
+    /// with a higher version (it is hidden here: last-writer-wins).
+    fn merge_write<S: Store>(
+        &mut self,
+        store: &mut S,
+        key: &Bytes,
+        incoming: &Stored,
+    ) -> (Lsn, bool, bool) {
         self.hlc.observe(incoming.version.epoch);
         let Some(local) = store.get(key) else {
-            return (store.put(key, incoming), true);
+            return (store.put(key, incoming), true, false);
         };
         match incoming.clock.compare(&local.clock) {
-            Causality::After => (store.put(key, incoming), true),
-            Causality::Before => (store.last_lsn(), false),
+            Causality::After => (store.put(key, incoming), true, false),
+            Causality::Before => (store.last_lsn(), false, false),
             Causality::Equal => {
                 if incoming.version > local.version {
-                    (store.put(key, incoming), true)
+                    (store.put(key, incoming), true, false)
                 } else {
-                    (store.last_lsn(), false)
+                    (store.last_lsn(), false, false)
                 }
             }
             Causality::Concurrent => {
@@ -908,11 +934,12 @@ impl Leaderless {
                 } else {
                     &local
                 };
+                let lost = winner.version != incoming.version;
                 let merged = Stored {
                     clock,
                     ..winner.clone()
                 };
-                (store.put(key, &merged), true)
+                (store.put(key, &merged), true, lost)
             }
         }
     }
@@ -929,13 +956,22 @@ impl Leaderless {
         }
         match msg {
             Msg::Write { req, key, stored } => {
-                let (lsn, _) = self.merge(store, &key, &stored);
+                let (lsn, _, superseded) = self.merge_write(store, &key, &stored);
                 let hlc = self.hlc.last();
-                self.send(f, Msg::WriteAck { req, hlc }, Some(lsn));
+                let ack = Msg::WriteAck {
+                    req,
+                    hlc,
+                    superseded,
+                };
+                self.send(f, ack, Some(lsn));
             }
-            Msg::WriteAck { req, hlc } => {
+            Msg::WriteAck {
+                req,
+                hlc,
+                superseded,
+            } => {
                 self.hlc.observe(hlc);
-                self.on_write_ack(now, req, f);
+                self.on_write_ack(now, req, f, superseded);
             }
             Msg::Read { req, key } => {
                 let stored = store.get(&key);
@@ -1094,9 +1130,12 @@ impl Leaderless {
 
     // ---------------------------------------------------------------- coordinator side
 
-    fn on_write_ack(&mut self, now: u64, req: u64, from: usize) {
+    fn on_write_ack(&mut self, now: u64, req: u64, from: usize, superseded: bool) {
         if let Some(p) = self.writes.get_mut(&req) {
             p.acked.insert(from);
+            if superseded {
+                p.superseded.insert(from);
+            }
             self.check_write(now, req);
         } else if let Some(p) = self.reads.get_mut(&req) {
             // A blocking read repair was acknowledged.
@@ -1154,6 +1193,11 @@ impl Leaderless {
             };
             if let Some(result) = result {
                 let acked: Vec<NodeId> = p.acked.iter().map(|&i| self.members[i].clone()).collect();
+                let superseded_on: Vec<NodeId> = p
+                    .superseded
+                    .iter()
+                    .map(|&i| self.members[i].clone())
+                    .collect();
                 let result = match result {
                     Ok(degraded) => Ok(WriteOk {
                         version: p.stored.version,
@@ -1161,6 +1205,7 @@ impl Leaderless {
                         acked,
                         hinted,
                         degraded,
+                        superseded_on,
                     }),
                     Err(()) if p.degrade && count >= 1 => Ok(WriteOk {
                         version: p.stored.version,
@@ -1168,6 +1213,7 @@ impl Leaderless {
                         acked,
                         hinted,
                         degraded: true,
+                        superseded_on,
                     }),
                     Err(()) => Err(QuorumFailure {
                         what: "acks",

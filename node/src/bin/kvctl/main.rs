@@ -507,21 +507,44 @@ where
     }
 }
 
-/// What `put` and `delete` print: the version, or the JSON shape of SPEC section 13.
+/// What `put` and `delete` print: the version, or the JSON shape of SPEC section 13; and, in
+/// text mode, a note on stderr when last-writer-wins hides the write on replicas that
+/// acknowledged it (leaderless).
 fn write_output(
     key: &str,
     version: &Option<pb::Version>,
     meta: Option<pb::ResponseMeta>,
     json: bool,
-) -> String {
+) -> Done {
     let m = meta.unwrap_or_default();
     let v = version_text(version);
+    let acks = m.achieved.map_or(0, |a| a.w);
     if json {
-        json!({"key": key, "version": v, "node": m.coordinator,
-               "acks": m.achieved.map_or(0, |a| a.w), "degraded": m.degraded})
-        .to_string()
-    } else {
-        v.unwrap_or_default()
+        let stdout = json!({"key": key, "version": v, "node": m.coordinator, "acks": acks,
+               "degraded": m.degraded, "superseded_on": m.superseded_on})
+        .to_string();
+        return Done {
+            stdout,
+            stderr: None,
+            code: exit::OK,
+        };
+    }
+    let note = (!m.superseded_on.is_empty()).then(|| {
+        let lost = if m.superseded_on.len() as u32 >= acks {
+            "on every replica that acknowledged it: the write is lost"
+        } else {
+            "there"
+        };
+        format!(
+            "note: {} already held a concurrent write with a higher version, which hides this \
+             one {lost} (last-writer-wins; clocks skewed?)",
+            m.superseded_on.join(",")
+        )
+    });
+    Done {
+        stdout: v.unwrap_or_default(),
+        stderr: note,
+        code: exit::OK,
     }
 }
 
@@ -721,7 +744,7 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
             })
             .await?
             .into_inner();
-            ok(write_output(&key, &r.version, r.meta, json))
+            write_output(&key, &r.version, r.meta, json)
         }
         Cmd::Get { key, r, read_from } => {
             let req = pb::GetRequest {
@@ -796,7 +819,7 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
             })
             .await?
             .into_inner();
-            ok(write_output(&key, &r.version, r.meta, json))
+            write_output(&key, &r.version, r.meta, json)
         }
         Cmd::Cas {
             key,
