@@ -427,9 +427,9 @@ fn version_text(v: &Option<pb::Version>) -> Option<String> {
 /// leader it names. When no leader is known or the one named cannot be reached, asks the other
 /// endpoints in turn (a node cut off in a minority knows no leader; one on the majority side
 /// does); when none knows one (it just died, an election is on), waits and goes round again
-/// until `t` has passed, as etcdctl waits out an election: a not-the-leader answer means nothing was done, so trying again is
-/// safe. Every other answer, quorum failures included, is returned at once. `f` gets the time
-/// left.
+/// until `t` has passed, as etcdctl waits out an election: a not-the-leader answer means
+/// nothing was done, so trying again is safe. Every other answer, quorum failures included, is
+/// returned at once. `f` gets the time left.
 async fn follow_leader<T, F, Fut>(
     c: &mut KvClient<Channel>,
     endpoints: &[String],
