@@ -189,6 +189,9 @@ struct Packet {
 pub struct LlStats {
     /// Writes acknowledged.
     pub acked: u64,
+    /// Of those, writes whose answer named replicas where a concurrent write with a higher
+    /// version hides them (`superseded_on`).
+    pub superseded: u64,
     /// Writes failed (quorum not reached).
     pub failed: u64,
     /// Reads answered.
@@ -445,6 +448,9 @@ impl LlSim {
                         match result {
                             Ok(ok) => {
                                 self.stats.acked += 1;
+                                if !ok.superseded_on.is_empty() {
+                                    self.stats.superseded += 1;
+                                }
                                 if ok.degraded {
                                     self.fail("degraded answer without degrade".into());
                                 }

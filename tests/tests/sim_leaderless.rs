@@ -12,6 +12,7 @@ fn run_many(cfg: LlConfig, default_seeds: u64) -> LlStats {
     for seed in kv_tests::sim_seeds(default_seeds) {
         let s = LlSim::new(seed, cfg.clone()).run();
         t.acked += s.acked;
+        t.superseded += s.superseded;
         t.failed += s.failed;
         t.reads += s.reads;
         t.reads_failed += s.reads_failed;
@@ -39,6 +40,10 @@ fn sim_leaderless_quorum_reads_see_acknowledged_writes_and_replicas_converge() {
         t.hints_delivered > 0 && t.read_repairs > 0 && t.ae_repairs > 0,
         "{t:?}"
     );
+    // Some acknowledged writes met a concurrent write with a higher version on a replica
+    // (coordinators changing under faults, skewed clocks), and their answers said so (873 of
+    // 272,880 on the default seeds).
+    assert!(t.superseded > 0, "{t:?}");
     assert!(t.crashes > 100, "{t:?}");
 }
 
