@@ -84,6 +84,9 @@ pub struct WriteResult {
     pub version: Option<String>,
     /// The answer is marked degraded.
     pub degraded: bool,
+    /// quorumkv leaderless: some replica that acknowledged it already held a concurrent write
+    /// with a higher version, which hides it there (`superseded_on`).
+    pub superseded: bool,
 }
 
 /// One connection of a client.
@@ -604,9 +607,11 @@ impl Conn {
                 });
                 r.set_timeout(timeout);
                 let p = call(c.put(r)).await?;
+                let m = p.meta.unwrap_or_default();
                 Ok(WriteResult {
                     version: p.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
-                    degraded: p.meta.is_some_and(|m| m.degraded),
+                    degraded: m.degraded,
+                    superseded: !m.superseded_on.is_empty(),
                 })
             }
             Conn::Etcd(c, _) => {
@@ -619,7 +624,7 @@ impl Conn {
                 let p = call(c.put(r)).await?;
                 Ok(WriteResult {
                     version: p.header.map(|h| format!("{}.0", h.revision)),
-                    degraded: false,
+                    ..Default::default()
                 })
             }
             Conn::Redis(c) => {
@@ -647,9 +652,11 @@ impl Conn {
                 });
                 r.set_timeout(timeout);
                 let d = call(c.delete(r)).await?;
+                let m = d.meta.unwrap_or_default();
                 Ok(WriteResult {
                     version: d.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
-                    degraded: d.meta.is_some_and(|m| m.degraded),
+                    degraded: m.degraded,
+                    superseded: !m.superseded_on.is_empty(),
                 })
             }
             Conn::Etcd(..) => Err("unsupported".into()),

@@ -167,6 +167,9 @@ pub struct Summary {
     pub stale_reads: Option<StaleSummary>,
     /// Successful answers marked degraded (weaker than asked, `--on-quorum-loss degrade`).
     pub degraded: u64,
+    /// quorumkv leaderless: acknowledged writes whose answer named replicas where a concurrent
+    /// write with a higher version hides them (last-writer-wins; `superseded_on`).
+    pub superseded_writes: u64,
     /// Reads and writes separately.
     pub by_op: BTreeMap<String, OpSummary>,
     /// The run's configuration.
@@ -199,6 +202,8 @@ struct ClientResult {
     timeline: Vec<(u32, u32)>,
     /// Answers marked degraded.
     degraded: u64,
+    /// Writes reported superseded.
+    superseded: u64,
 }
 
 /// `EPOCH.COUNTER` as numbers.
@@ -331,6 +336,7 @@ async fn client(
     let mut history = Vec::new();
     let mut timeline = Vec::new();
     let mut degraded = 0u64;
+    let mut superseded = 0u64;
     let mut known: std::collections::HashMap<String, (Option<String>, Option<String>)> =
         std::collections::HashMap::new();
     let mut n = 0u64;
@@ -369,6 +375,7 @@ async fn client(
         n += 1;
         // A cas expects what this client last saw of the key; the history records that value.
         let (mut expected_value, mut applied) = (None, None);
+        let mut was_superseded = false;
         let (res, seen, version, was_degraded) = if is_read {
             let r = timed(
                 &mut deadline,
@@ -414,7 +421,10 @@ async fn client(
             )
             .await;
             match conns.outcome(r) {
-                Ok(w) => (Ok(()), None, w.version, w.degraded),
+                Ok(w) => {
+                    was_superseded = w.superseded;
+                    (Ok(()), None, w.version, w.degraded)
+                }
                 Err(e) => (Err(e), None, None, false),
             }
         } else {
@@ -430,7 +440,10 @@ async fn client(
             )
             .await;
             match conns.outcome(r) {
-                Ok(w) => (Ok(()), Some(v), w.version, w.degraded),
+                Ok(w) => {
+                    was_superseded = w.superseded;
+                    (Ok(()), Some(v), w.version, w.degraded)
+                }
                 Err(e) => (Err(e), Some(v), None, false),
             }
         };
@@ -453,6 +466,9 @@ async fn client(
         }
         if was_degraded && start >= measure_from {
             degraded += 1;
+        }
+        if was_superseded && start >= measure_from {
+            superseded += 1;
         }
         if record {
             let ns = |t: Instant| t.saturating_duration_since(origin).as_nanos() as u64;
@@ -521,6 +537,7 @@ async fn client(
         history,
         timeline,
         degraded,
+        superseded,
     }
 }
 
@@ -743,6 +760,7 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
         total.history.extend(r.history);
         total.timeline.extend(r.timeline);
         total.degraded += r.degraded;
+        total.superseded += r.superseded;
     }
     reporter.abort();
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -855,6 +873,7 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
         schedule_error_us: cfg.rate.map(|_| Percentiles::of(&lateness)),
         stale_reads,
         degraded: total.degraded,
+        superseded_writes: total.superseded,
         by_op,
         config: (*cfg).clone(),
         command,
@@ -922,6 +941,13 @@ pub fn table(s: &Summary) -> String {
     }
     if s.degraded > 0 {
         out.push_str(&format!("degraded answers: {}\n", s.degraded));
+    }
+    if s.superseded_writes > 0 {
+        out.push_str(&format!(
+            "writes hidden on a replica by a concurrent write with a higher version \
+             (last-writer-wins, superseded_on): {}\n",
+            s.superseded_writes
+        ));
     }
     if let Some(c) = &s.client_cpu {
         out.push_str(&format!(
