@@ -444,8 +444,9 @@ async fn quorum_loss_fails_with_the_replicas_named_or_degrades_when_asked() {
 /// node whose clock is 10 s ahead, then a later write coordinated by a replica that was cut off
 /// meanwhile (never told of the first, so its hybrid clock did not move past it). The later
 /// write is acknowledged by W=2 replicas, yet a quorum read returns the earlier one: its
-/// version is higher. Counted as a conflicting write. (Hints and anti-entropy off: nothing
-/// tells the second coordinator of the first write before it writes.)
+/// version is higher. Counted as a conflicting write, and the answer names the replica that
+/// hides it; kv-bench counts such answers. (Hints and anti-entropy off: nothing tells the
+/// second coordinator of the first write before it writes.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clock_set_ahead_lets_an_earlier_write_hide_a_later_acknowledged_one() {
     let _serial = SERIAL.lock().await;
@@ -534,6 +535,56 @@ async fn a_clock_set_ahead_lets_an_earlier_write_hide_a_later_acknowledged_one()
     assert!(
         c.metric_sum("kv_conflicting_writes_total") >= 1.0,
         "and counted as a conflict"
+    );
+
+    // The same through kv-bench, which counts such answers: a key of its (prefix chosen so
+    // that a and b are its first two replicas) written by a while b is cut off, then writes
+    // through b alone while a is cut off. b's first write is hidden on the third replica.
+    let prefix = (0..10_000)
+        .map(|i| format!("p{i}-"))
+        .find(|p| replicas(&c, &format!("{p}key00000000"))[..2] == [a, b])
+        .expect("a prefix");
+    let key2 = format!("{prefix}key00000000");
+    // `heal` set a's clock right: ahead again, past what the others heard of since.
+    let r = kvctl(&eps, &["fault", "clock", ida, "+20s"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = kvctl(
+        &eps,
+        &["fault", "partition", &format!("{idb}/{}", others(b))],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let early = kvctl(&c.nodes[a].endpoint(), &["put", &key2, "early"]);
+    assert_eq!(early.code, 0, "{early:?}");
+    let r = kvctl(
+        &eps,
+        &["fault", "partition", &format!("{ida}/{}", others(a))],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let out = tempfile::tempdir().expect("tempdir");
+    let o = std::process::Command::new(kv_tests::bin("kv-bench"))
+        .args(["run", "--endpoints", &c.nodes[b].endpoint()])
+        .args(["--clients", "1", "--duration", "1s", "--warmup", "0s"])
+        .args([
+            "--keys",
+            "1",
+            "--key-prefix",
+            &prefix,
+            "--mix",
+            "read=0,write=100",
+        ])
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .expect("kv-bench");
+    assert!(o.status.success(), "kv-bench: {o:?}");
+    let s = kv_tests::bench_summary(out.path());
+    assert!(
+        s["superseded_writes"].as_u64().is_some_and(|n| n >= 1),
+        "counted: {s}"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("writes hidden on a replica"),
+        "{o:?}"
     );
 }
 
