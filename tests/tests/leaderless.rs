@@ -560,54 +560,57 @@ async fn a_clock_set_ahead_lets_an_earlier_write_hide_a_later_acknowledged_one()
         &["fault", "partition", &format!("{ida}/{}", others(a))],
     );
     assert_eq!(r.code, 0, "{r:?}");
-    let out = tempfile::tempdir().expect("tempdir");
-    let o = std::process::Command::new(kv_tests::bin("kv-bench"))
-        .args(["run", "--endpoints", &c.nodes[b].endpoint()])
-        .args(["--clients", "1", "--duration", "1s", "--warmup", "0s"])
-        .args([
+    let (s, printed) = run_writes(
+        &c.nodes[b].endpoint(),
+        &[
+            "--clients",
+            "1",
+            "--duration",
+            "1s",
             "--keys",
             "1",
             "--key-prefix",
             &prefix,
-            "--mix",
-            "read=0,write=100",
-        ])
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .expect("kv-bench");
-    assert!(o.status.success(), "kv-bench: {o:?}");
-    let s = kv_tests::bench_summary(out.path());
+        ],
+    );
     assert!(
         s["superseded_writes"].as_u64().is_some_and(|n| n >= 1),
         "counted: {s}"
     );
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("writes hidden on a replica"),
-        "{o:?}"
-    );
+    assert!(printed.contains("writes hidden on a replica"), "{printed}");
 }
 
 /// Runs `kv-bench run` (writes only, `secs` seconds) against the cluster; returns its summary.
 fn bench_writes(c: &Cluster, route: &str, secs: u32) -> serde_json::Value {
+    let secs = format!("{secs}s");
+    let args = [
+        "--route",
+        route,
+        "--clients",
+        "4",
+        "--duration",
+        &secs,
+        "--keys",
+        "200",
+    ];
+    run_writes(&c.endpoints(), &args).0
+}
+
+/// `kv-bench run --mix read=0,write=100 --warmup 0s` against `endpoints` with `args`; returns
+/// its summary and what it printed.
+fn run_writes(endpoints: &str, args: &[&str]) -> (serde_json::Value, String) {
     let out = tempfile::tempdir().expect("tempdir");
     let o = std::process::Command::new(kv_tests::bin("kv-bench"))
-        .args(["run", "--endpoints", &c.endpoints(), "--route", route])
-        .args(["--clients", "4", "--duration", &format!("{secs}s")])
-        .args([
-            "--warmup",
-            "0s",
-            "--keys",
-            "200",
-            "--mix",
-            "read=0,write=100",
-        ])
+        .args(["run", "--endpoints", endpoints, "--mix", "read=0,write=100"])
+        .args(["--warmup", "0s"])
+        .args(args)
         .arg("--out")
         .arg(out.path())
         .output()
         .expect("kv-bench");
     assert!(o.status.success(), "kv-bench: {o:?}");
-    kv_tests::bench_summary(out.path())
+    let printed = String::from_utf8_lossy(&o.stdout).into_owned();
+    (kv_tests::bench_summary(out.path()), printed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
