@@ -108,6 +108,7 @@ struct LeaderlessMetrics {
     ae_repairs: Counter,
     quorum_failures: Counter,
     forwarded: Counter,
+    superseded: Counter,
 }
 
 /// Raises `c` to `total` (the core's counts only grow).
@@ -292,6 +293,10 @@ impl Metrics {
                 "forwarded_writes",
                 "Writes forwarded to the first replica of their key",
             ),
+            superseded: counter(
+                "superseded_writes",
+                "Writes coordinated here, acknowledged, and hidden on a replica that acknowledged them by a concurrent write with a higher version it already held (last-writer-wins; the answer's superseded_on names it)",
+            ),
         };
         registry.register(
             "hints_pending",
@@ -375,6 +380,7 @@ impl Metrics {
             catch_up(&m.ae_repairs, st.ae_repairs);
             catch_up(&m.quorum_failures, st.quorum_failures);
             catch_up(&m.forwarded, st.forwarded);
+            catch_up(&m.superseded, st.superseded_writes);
             catch_up(&self.tombstones_purged, st.tombstones_purged);
             set(&m.hints_pending, h.hints_pending());
         }

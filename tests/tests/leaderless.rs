@@ -536,6 +536,11 @@ async fn a_clock_set_ahead_lets_an_earlier_write_hide_a_later_acknowledged_one()
         c.metric_sum("kv_conflicting_writes_total") >= 1.0,
         "and counted as a conflict"
     );
+    assert_eq!(
+        c.metric(b, "kv_superseded_writes_total"),
+        1.0,
+        "and as a superseded write by its coordinator"
+    );
 
     // The same through kv-bench, which counts such answers: a key of its (prefix chosen so
     // that a and b are its first two replicas) written by a while b is cut off, then writes

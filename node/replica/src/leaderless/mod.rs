@@ -426,6 +426,9 @@ pub struct Stats {
     pub forwarded: u64,
     /// Tombstones purged.
     pub tombstones_purged: u64,
+    /// Writes coordinated here and acknowledged although a replica that acknowledged them
+    /// already held a concurrent write with a higher version (`WriteOk::superseded_on`).
+    pub superseded_writes: u64,
 }
 
 /// Per-request options.
@@ -1225,6 +1228,9 @@ impl Leaderless {
                 };
                 if result.as_ref().map_or(true, |o| o.degraded) {
                     self.stats.quorum_failures += 1;
+                }
+                if result.as_ref().is_ok_and(|o| !o.superseded_on.is_empty()) {
+                    self.stats.superseded_writes += 1;
                 }
                 let origin = match &p.origin {
                     Origin::Client(c) => Origin::Client(*c),
