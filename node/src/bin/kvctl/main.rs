@@ -222,15 +222,19 @@ fn describe_faults(spec: &pb::FaultSpec) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
-/// The faults set on the nodes of `rows`, one line each (empty when none is).
-fn faults_footer(rows: &[(String, Option<pb::NodeStatus>)]) -> String {
-    rows.iter()
-        .filter_map(|(_, s)| s.as_ref())
-        .filter_map(|s| {
-            let d = describe_faults(s.faults.as_ref()?)?;
-            Some(format!("fault on {}: {d}\n", s.id))
-        })
-        .collect()
+/// A status table followed by the faults set on the nodes of `rows`, one line each.
+fn with_faults(table: String, rows: &[(String, Option<pb::NodeStatus>)]) -> String {
+    let lines = rows.iter().filter_map(|(_, s)| s.as_ref()).filter_map(|s| {
+        Some(format!(
+            "fault on {}: {}",
+            s.id,
+            describe_faults(s.faults.as_ref()?)?
+        ))
+    });
+    std::iter::once(table)
+        .chain(lines)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, tonic::Status> {
@@ -651,13 +655,7 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
         .iter()
         .any(|(_, s)| s.as_ref().is_some_and(|s| s.mode == "leaderless"))
     {
-        let mut out = leaderless_table(&rows);
-        let faults = faults_footer(&rows);
-        if !faults.is_empty() {
-            out.push('\n');
-            out.push_str(faults.trim_end());
-        }
-        out
+        with_faults(leaderless_table(&rows), &rows)
     } else {
         let mut out = format!(
             "{:<6} {:<22} {:<10} {:>5} {:<7} {:<18} {:>9} {:>6} {:>9} {:>7}\n",
@@ -704,8 +702,7 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
                 who.join(", ")
             ));
         }
-        out.push_str(&faults_footer(&rows));
-        out.trim_end().to_string()
+        with_faults(out.trim_end().to_string(), &rows)
     };
     let any_up = rows.iter().any(|(_, s)| s.is_some());
     Done {
