@@ -15,6 +15,11 @@ pub enum Error {
     /// Definitely not applied: the node cannot serve it now (shutting down, no quorum).
     #[error("{0}")]
     Unavailable(String),
+    /// Leaderless: this coordinator could not gather its quorum (too few replicas reachable
+    /// from it, or too few answered) and nothing was applied; another coordinator, on another
+    /// side of a partition, may succeed.
+    #[error("{0}")]
+    NoQuorum(String),
     /// Not the leader: nothing was done. The leader's id and address, when known.
     #[error("not the leader{}", match .0 { Some((id, addr)) => format!("; the leader is {id} at {addr}"), None => "; no leader is known (election in progress or quorum lost)".into() })]
     NotLeader(Option<(String, String)>),

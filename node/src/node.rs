@@ -360,7 +360,7 @@ impl Node {
             .get(Bytes::copy_from_slice(key), self.ll_opts(q.r, &c))
             .await
             .map_err(|e| Error::Unavailable(e.to_string()))?
-            .map_err(|f| Error::Unavailable(f.to_string()))?;
+            .map_err(|f| Error::NoQuorum(f.to_string()))?;
         let (value, version) = match r.stored {
             Some(s) => (s.value, Some(s.version)),
             None => (None, None),
@@ -398,7 +398,7 @@ impl Node {
                 if f.may_have_happened {
                     Error::Unknown(f.to_string())
                 } else {
-                    Error::Unavailable(f.to_string())
+                    Error::NoQuorum(f.to_string())
                 }
             })?;
         let mut replicas = r.acked;

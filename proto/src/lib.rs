@@ -23,5 +23,11 @@ pub const LEADER_ADDR: &str = "x-kv-leader";
 /// knows no leader (an election is on, or it cannot reach a quorum).
 pub const LEADER_ID: &str = "x-kv-leader-id";
 
+/// gRPC metadata key, present (empty) on a leaderless coordinator's UNAVAILABLE answer when it
+/// could not gather its quorum and applied nothing: another coordinator, on another side of a
+/// partition, may succeed, so a client may ask the next node (kvctl does, once each, as
+/// Cassandra drivers retry the next host on an unavailable error).
+pub const NO_QUORUM: &str = "x-kv-no-quorum";
+
 /// Encoded `FileDescriptorSet` of every `.proto` in this crate, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kv_descriptor");

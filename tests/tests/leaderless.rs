@@ -440,6 +440,65 @@ async fn quorum_loss_fails_with_the_replicas_named_or_degrades_when_asked() {
     assert!(r.stderr.contains("leaderless"), "{r:?}");
 }
 
+/// kvctl against a partitioned leaderless cluster, with every node in `--endpoints` and the
+/// first two cut off in a minority that holds one of the key's three replicas: those two
+/// refuse (too few replicas reachable, nothing sent), and kvctl goes on to a node on the
+/// majority side, which writes with W=2, as a Cassandra driver tries the next host. With only
+/// minority nodes listed, the refusal says that each of them was asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvctl_asks_another_coordinator_when_the_first_cannot_reach_a_quorum() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start_leaderless(5, &NRW).await.expect("cluster");
+    let key = "across";
+    let reps = replicas(&c, key);
+    let outsider = (0..5)
+        .find(|i| !reps.contains(i))
+        .expect("a node holding no copy");
+    let minority = [reps[0], outsider];
+    let majority: Vec<usize> = (0..5).filter(|i| !minority.contains(i)).collect();
+    let names = |ix: &[usize]| -> Vec<String> { ix.iter().map(|&i| c.ids[i].clone()).collect() };
+    let spec = format!(
+        "{}/{}",
+        names(&minority).join(","),
+        names(&majority).join(",")
+    );
+    assert_eq!(
+        kvctl(&c.endpoints(), &["fault", "partition", &spec]).code,
+        0
+    );
+    let eps = |ix: &[usize]| -> String {
+        ix.iter()
+            .map(|&i| c.nodes[i].endpoint())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let all: Vec<usize> = minority.iter().chain(&majority).copied().collect();
+    let r = kvctl(&eps(&all), &["put", key, "v1", "--output", "json"]);
+    assert_eq!(r.code, 0, "written through the majority side: {r:?}");
+    let coordinator = serde_json::from_str::<serde_json::Value>(&r.stdout).expect("json")["node"]
+        .as_str()
+        .expect("coordinator")
+        .to_string();
+    assert!(
+        names(&majority).contains(&coordinator),
+        "coordinated on the majority side, not by {coordinator}"
+    );
+    let r = kvctl(&eps(&all), &["get", key]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "v1"), "{r:?}");
+    // Only the minority listed: a definite refusal (exit 3), both asked, nothing written.
+    let r = kvctl(&eps(&minority), &["put", key, "v2"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("2 of 3 acks needed"), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("and 1 other node(s) asked could not reach a quorum either"),
+        "{r:?}"
+    );
+    for &i in &minority {
+        assert_ne!(local(&c, i, key), "v2", "the refused write left nothing");
+    }
+}
+
 /// Last-writer-wins under clock skew, with kvctl as a user would: a write coordinated by a
 /// node whose clock is 10 s ahead, then a later write coordinated by a replica that was cut off
 /// meanwhile (never told of the first, so its hybrid clock did not move past it). The later

@@ -5,6 +5,7 @@
 //! | InvalidArgument     | INVALID_ARGUMENT    | no                    |
 //! | FailedPrecondition  | FAILED_PRECONDITION | no                    |
 //! | Unavailable         | UNAVAILABLE         | no                    |
+//! | NoQuorum            | UNAVAILABLE + x-kv-no-quorum metadata (leaderless: ask another coordinator) | no |
 //! | NotLeader           | UNAVAILABLE + x-kv-leader, x-kv-leader-id metadata (id empty: no leader known) | no |
 //! | Unknown             | UNKNOWN             | maybe                 |
 //! | DeadlineExceeded    | DEADLINE_EXCEEDED   | maybe                 |
@@ -14,7 +15,7 @@ use tonic::Status;
 
 use crate::error::Error;
 
-pub use kv_proto::{LEADER_ADDR, LEADER_ID};
+pub use kv_proto::{LEADER_ADDR, LEADER_ID, NO_QUORUM};
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
@@ -23,6 +24,12 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) => Status::invalid_argument(msg),
             Error::FailedPrecondition(_) => Status::failed_precondition(msg),
             Error::Unavailable(_) => Status::unavailable(msg),
+            Error::NoQuorum(_) => {
+                let mut st = Status::unavailable(msg);
+                st.metadata_mut()
+                    .insert(NO_QUORUM, tonic::metadata::MetadataValue::from_static(""));
+                st
+            }
             Error::NotLeader(leader) => {
                 let mut st = Status::unavailable(msg);
                 match leader {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use kv_node::client::{self, exit};
 use kv_node::config::HumanDuration;
-use kv_node::server::status::{LEADER_ADDR, LEADER_ID};
+use kv_node::server::status::{LEADER_ADDR, LEADER_ID, NO_QUORUM};
 use kv_proto::kv::v1 as pb;
 use kv_proto::kv::v1::kv_client::KvClient;
 use kv_replica::Version;
@@ -37,7 +37,8 @@ use cluster::ClusterCmd;
 #[derive(Debug, Parser)]
 #[command(name = "kvctl", version, verbatim_doc_comment)]
 struct Args {
-    /// Nodes to contact, tried in order: HOST:PORT[,HOST:PORT...].
+    /// Nodes to contact, tried in order: HOST:PORT[,HOST:PORT...]. A node that knows no leader,
+    /// or (leaderless) cannot reach a quorum, makes kvctl ask the next one.
     #[arg(
         long,
         env = "KV_ENDPOINTS",
@@ -427,13 +428,59 @@ fn version_text(v: &Option<pb::Version>) -> Option<String> {
         .map(|v| Version::new(v.epoch, v.counter).to_string())
 }
 
+/// The endpoints after the one last asked, in turn; each is asked once per round.
+struct Rotation<'a> {
+    endpoints: &'a [String],
+    /// Endpoints asked this round (the first, which `c` is connected to, included).
+    asked: usize,
+    /// The one to ask next.
+    next: usize,
+}
+
+impl<'a> Rotation<'a> {
+    fn new(endpoints: &'a [String]) -> Self {
+        Rotation {
+            endpoints,
+            asked: 1,
+            next: 1 % endpoints.len().max(1),
+        }
+    }
+
+    /// A connection to the next endpoint not yet asked this round that accepts one (those
+    /// that refuse count as asked), or `None` once every endpoint has been asked.
+    async fn next(&mut self, t: Duration) -> Option<KvClient<Channel>> {
+        let n = self.endpoints.len();
+        if self.asked >= n {
+            return None;
+        }
+        let rotated: Vec<String> = self.endpoints[self.next..]
+            .iter()
+            .chain(&self.endpoints[..self.next])
+            .take(n - self.asked)
+            .cloned()
+            .collect();
+        let (ep, c) = client::connect_any(&rotated, t).await.ok()?;
+        let at = self
+            .endpoints
+            .iter()
+            .position(|e| *e == ep)
+            .unwrap_or(self.next);
+        self.asked += (at + n - self.next) % n + 1;
+        self.next = (at + 1) % n;
+        Some(c)
+    }
+}
+
 /// Runs `f` against the contacted node and, when it answers "not the leader", against the
 /// leader it names. When no leader is known or the one named cannot be reached, asks the other
 /// endpoints in turn (a node cut off in a minority knows no leader; one on the majority side
 /// does); when none knows one (it just died, an election is on), waits and goes round again
 /// until `t` has passed, as etcdctl waits out an election: a not-the-leader answer means
-/// nothing was done, so trying again is safe. Every other answer, quorum failures included, is
-/// returned at once. `f` gets the time left.
+/// nothing was done, so trying again is safe. A leaderless coordinator that could not gather
+/// its quorum and applied nothing (`x-kv-no-quorum`) is treated the same way, without the
+/// waiting: the other endpoints are asked once each (another may be on the side of a partition
+/// that holds a quorum, as a Cassandra driver tries the next host), and if all refuse, the
+/// first refusal is returned. Every other answer is returned at once. `f` gets the time left.
 async fn follow_leader<T, F, Fut>(
     c: &mut KvClient<Channel>,
     endpoints: &[String],
@@ -448,9 +495,9 @@ where
     let mut pause = Duration::from_millis(50);
     // Redirects followed since the last pause (two nodes naming each other must not spin).
     let mut hops = 0;
-    // Endpoints asked since the last pause (the first is the one `c` is connected to, taken
-    // to be the first), and the one to ask next.
-    let (mut asked, mut next) = (1, 1 % endpoints.len().max(1));
+    let mut others = Rotation::new(endpoints);
+    // Leaderless: the first coordinator's refusal, and how many refused.
+    let mut refused: Option<(tonic::Status, usize)> = None;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let s = match f(c.clone(), left).await {
@@ -459,6 +506,32 @@ where
                     && s.metadata().get(LEADER_ID).is_some() =>
             {
                 s
+            }
+            Err(s)
+                if s.code() == tonic::Code::Unavailable
+                    && s.metadata().get(NO_QUORUM).is_some() =>
+            {
+                let (first, n) = refused.get_or_insert((s, 0));
+                *n += 1;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if let Some(other) = others.next(left).await {
+                    *c = other;
+                    continue;
+                }
+                let (first, n) = (first.clone(), *n);
+                return Err(if n > 1 {
+                    tonic::Status::with_metadata(
+                        first.code(),
+                        format!(
+                            "{} (and {} other node(s) asked could not reach a quorum either)",
+                            first.message(),
+                            n - 1
+                        ),
+                        first.metadata().clone(),
+                    )
+                } else {
+                    first
+                });
             }
             r => return r,
         };
@@ -479,20 +552,9 @@ where
         // No leader to go to from this node (it may be on the minority side of a partition):
         // ask the next endpoint at once; once all have been asked, wait and go round again.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if asked < endpoints.len() {
-            let rotated: Vec<String> = endpoints[next..]
-                .iter()
-                .chain(&endpoints[..next])
-                .cloned()
-                .collect();
-            if let Ok((ep, other)) = client::connect_any(&rotated, left).await {
-                let at = endpoints.iter().position(|e| *e == ep).unwrap_or(next);
-                // Endpoints skipped as unreachable count as asked.
-                asked += (at + endpoints.len() - next) % endpoints.len() + 1;
-                next = (at + 1) % endpoints.len();
-                *c = other;
-                continue;
-            }
+        if let Some(other) = others.next(left).await {
+            *c = other;
+            continue;
         }
         if left <= pause {
             return Err(tonic::Status::with_metadata(
@@ -507,7 +569,7 @@ where
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(400));
-        asked = 0;
+        others.asked = 0;
     }
 }
 
