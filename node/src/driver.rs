@@ -152,7 +152,15 @@ pub struct StatusSnapshot {
     pub snapshots_installed: u64,
     /// Writes in the rollback file later committed after all.
     pub rollback_survivors: u64,
+    /// Members heard claiming leadership at overlapping times within [`LEADERS_WINDOW`] (this
+    /// node included while it leads): 2 or more is a split brain seen from here.
+    pub leaders_observed: u32,
 }
+
+/// How long [`StatusSnapshot::leaders_observed`] remembers a leadership claim: longer than a
+/// Prometheus scrape interval, so that a split brain of a few hundred milliseconds is still
+/// there at the next scrape.
+pub const LEADERS_WINDOW: Duration = Duration::from_secs(30);
 
 /// A cheap handle to the driver thread.
 #[derive(Clone)]
@@ -300,6 +308,8 @@ struct Driver {
     rolled_back: Arc<AtomicU64>,
     status: Arc<Mutex<StatusSnapshot>>,
     failed: Option<String>,
+    /// [`LEADERS_WINDOW`] in ticks.
+    leaders_window: u64,
 }
 
 /// Recovers durable state and starts the driver thread.
@@ -392,6 +402,7 @@ pub fn start(
         rolled_back: rolled_back.clone(),
         status: status.clone(),
         failed: None,
+        leaders_window: (LEADERS_WINDOW.as_millis() / timing.tick.as_millis().max(1)) as u64,
     };
     std::thread::Builder::new()
         .name("kv-replica".into())
@@ -899,6 +910,7 @@ impl Driver {
             snapshots_taken: self.snapshots_taken,
             snapshots_installed: self.snapshots_installed,
             rollback_survivors: self.rollback_survivors,
+            leaders_observed: r.leaders_observed(self.leaders_window),
         };
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = s;
     }

@@ -85,6 +85,7 @@ pub struct Metrics {
     pub degraded_responses: Counter,
     term: Gauge,
     is_leader: Gauge,
+    leaders_observed: Gauge,
     commit_index: Gauge,
     applied_index: Gauge,
     rolled_back: Counter,
@@ -208,6 +209,13 @@ impl Metrics {
             None,
         );
         let is_leader = gauge(&mut registry, "is_leader", "1 while this node leads", None);
+        let leaders_observed = gauge(
+            &mut registry,
+            "leaders_observed",
+            "Nodes this node heard claiming leadership at overlapping times in the last 30 s, \
+             itself included while it leads (leader-follower); 2 or more: split brain",
+            None,
+        );
         let commit_index = gauge(
             &mut registry,
             "commit_index",
@@ -322,6 +330,7 @@ impl Metrics {
             degraded_responses,
             term,
             is_leader,
+            leaders_observed,
             commit_index,
             applied_index,
             rolled_back,
@@ -388,6 +397,7 @@ impl Metrics {
             let st = d.status();
             set(&self.term, st.term);
             set(&self.is_leader, u64::from(st.role == "leader"));
+            set(&self.leaders_observed, u64::from(st.leaders_observed));
             set(&self.commit_index, st.commit);
             set(&self.applied_index, st.applied);
             set(&self.snapshot_index, st.snapshot_index);

@@ -336,6 +336,15 @@ struct Progress {
     replied: bool,
 }
 
+/// A member heard claiming leadership (an `Append` or `Snapshot` from it, or this node leading):
+/// the term, and the ticks it was first and last heard so in that term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Claim {
+    term: Term,
+    first: u64,
+    last: u64,
+}
+
 #[derive(Debug, Clone)]
 struct Pending {
     id: RequestId,
@@ -387,6 +396,8 @@ pub struct Replica {
     heartbeat_elapsed: u32,
     votes: BTreeSet<usize>,
     progress: Vec<Progress>,
+    /// Per member: its latest leadership claim heard here (for [`Replica::leaders_observed`]).
+    claims: Vec<Option<Claim>>,
     pending: BTreeMap<u64, Pending>,
     reads: Vec<PendingRead>,
     /// Reads waiting for this term's first commit.
@@ -476,6 +487,7 @@ impl Replica {
             heartbeat_elapsed: 0,
             votes: BTreeSet::new(),
             progress: vec![Progress::default(); n],
+            claims: vec![None; n],
             pending: BTreeMap::new(),
             reads: Vec::new(),
             reads_waiting_commit: Vec::new(),
@@ -603,6 +615,56 @@ impl Replica {
             .collect()
     }
 
+    /// How many members this node heard claiming leadership at overlapping times within the
+    /// last `window` ticks, itself included while it leads: 2 or more is a split brain seen
+    /// from here (a deposed leader still sending while a newer one leads, both heard by a node
+    /// between them, or a leader hearing from a deposed one). Two claims overlap when each was
+    /// heard after the other began; a leader that died before the election was over is not
+    /// heard after its successor began (unless a message of it is delayed longer than an
+    /// election timeout). 0 when no leader was heard within the window. With check-quorum and
+    /// pre-vote such overlaps are short, and a node cut off from one side of a partition hears
+    /// only its own side: across a clean partition only an observer of every node (`kvctl
+    /// status`, or `sum(kv_is_leader)` in Prometheus) sees the split brain.
+    pub fn leaders_observed(&self, window: u64) -> u32 {
+        let recent: Vec<Claim> = self
+            .claims
+            .iter()
+            .flatten()
+            .filter(|c| self.now.saturating_sub(c.last) <= window)
+            .copied()
+            .collect();
+        // Spans [first, last] on a line: the most overlapping one another overlap at the latest
+        // start among them.
+        let most = recent
+            .iter()
+            .map(|c| c.first)
+            .map(|p| {
+                recent
+                    .iter()
+                    .filter(|d| d.first <= p && p <= d.last)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        most as u32
+    }
+
+    /// Notes that member `i` claims leadership in `term` now.
+    fn note_claim(&mut self, i: usize, term: Term) {
+        let now = self.now;
+        match &mut self.claims[i] {
+            Some(c) if c.term == term => c.last = now,
+            Some(c) if c.term > term => {} // an old message, reordered: its term is over
+            c => {
+                *c = Some(Claim {
+                    term,
+                    first: now,
+                    last: now,
+                });
+            }
+        }
+    }
+
     /// How far each follower's durable log is behind the leader's (leader only).
     pub fn follower_lag(&self) -> Vec<(NodeId, u64)> {
         if self.role != Role::Leader {
@@ -644,6 +706,7 @@ impl Replica {
         self.now += 1;
         match self.role {
             Role::Leader => {
+                self.note_claim(self.me, self.hard.term);
                 self.heartbeat_elapsed += 1;
                 if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
                     self.heartbeat_elapsed = 0;
@@ -738,6 +801,9 @@ impl Replica {
             return;
         }
         let elapsed_before = self.election_elapsed;
+        if let Message::Append { term, .. } | Message::Snapshot { term, .. } = &msg {
+            self.note_claim(from, *term);
+        }
         let term = match &msg {
             Message::PreVote {
                 term,
@@ -965,6 +1031,7 @@ impl Replica {
     fn become_leader(&mut self) {
         self.role = Role::Leader;
         self.leader = Some(self.me);
+        self.note_claim(self.me, self.hard.term);
         self.heartbeat_elapsed = 0;
         self.election_elapsed = 0;
         let next = self.last_index().0 + 1;
@@ -1476,6 +1543,42 @@ mod tests {
             commit: LogIndex(commit),
             read_seq: 0,
         }
+    }
+
+    /// Follower n2 of three hears heartbeats: from n1 (term 1) at `old` ticks and from n3
+    /// (term 2) at `new` ticks, up to tick `until`; returns what it observed.
+    fn heard_leaders(old: &[u64], new: &[u64], until: u64) -> u32 {
+        let mut r = replica(1, 3, HardState::default(), vec![]);
+        for t in 0..=until {
+            if old.contains(&t) {
+                r.step(&ids(3)[0], append(1, (0, 0), vec![], 0));
+            }
+            if new.contains(&t) {
+                r.step(&ids(3)[2], append(2, (0, 0), vec![], 0));
+            }
+            r.tick();
+        }
+        r.leaders_observed(100)
+    }
+
+    #[test]
+    fn a_deposed_leader_heard_beside_the_new_one_is_a_split_brain_a_fail_over_is_not() {
+        let every3 = |from: u64, to: u64| (from..=to).step_by(3).collect::<Vec<_>>();
+        // n1 goes on sending after n3 was elected (a node between the two sides hears both).
+        assert_eq!(heard_leaders(&every3(0, 30), &every3(12, 30), 30), 2);
+        // n1 stops (killed), n3 is elected an election timeout later: one at a time.
+        assert_eq!(heard_leaders(&every3(0, 12), &every3(27, 60), 60), 1);
+        // n1 heard once more when n3 began (a node between them, until n1 learns the new term).
+        assert_eq!(heard_leaders(&every3(0, 12), &every3(12, 30), 30), 2);
+        assert_eq!(heard_leaders(&every3(0, 9), &every3(12, 30), 30), 1);
+        // Remembered for the window (100 ticks), then forgotten.
+        assert_eq!(heard_leaders(&every3(0, 30), &every3(12, 125), 125), 2);
+        assert_eq!(heard_leaders(&every3(0, 30), &every3(12, 140), 140), 1);
+        // Nobody heard: 0. A leader counts itself.
+        assert_eq!(heard_leaders(&[], &[], 5), 0);
+        let mut leader = replica(0, 3, HardState::default(), vec![]);
+        elect(&mut leader, 3);
+        assert_eq!(leader.leaders_observed(100), 1);
     }
 
     fn elect(r: &mut Replica, n: usize) {
