@@ -370,42 +370,62 @@ async fn leader_killed_new_leader_takes_over_and_no_w3_write_is_lost() {
     );
 }
 
+/// The leader cut off in a minority stops claiming leadership within one election timeout, and
+/// `kvctl status` shows the split brain while it lasts: the majority usually elects a new
+/// leader before the old one has gone an election timeout without a quorum (check-quorum) and
+/// steps down. When the two do not overlap (the old one stepped down first) or the polling
+/// missed it, the partition is healed and made again with the new leader, up to three times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_leader_steps_down_within_an_election_timeout() {
     let _serial = SERIAL.lock().await;
-    let (c, old) = led(5).await;
-    let others: Vec<&str> = (0..5)
-        .filter(|&i| i != old)
-        .map(|i| c.ids[i].as_str())
-        .collect();
-    let spec = format!("{}/{}", c.ids[old], others.join(","));
-    let r = kvctl(&c.endpoints(), &["fault", "partition", &spec]);
-    assert_eq!(r.code, 0, "{r:?}");
-    let cut = Instant::now();
-    // Poll: the old leader must stop claiming leadership within one (maximum) election timeout.
-    let mut stepped_down = None;
+    let (c, mut old) = led(5).await;
     let mut saw_split_brain = false;
-    while cut.elapsed() < Duration::from_secs(2) {
-        let s = kvctl(
-            &c.endpoints(),
-            &["--output", "json", "--timeout", "300ms", "status"],
+    for attempt in 1..=3 {
+        let others: Vec<&str> = (0..5)
+            .filter(|&i| i != old)
+            .map(|i| c.ids[i].as_str())
+            .collect();
+        let spec = format!("{}/{}", c.ids[old], others.join(","));
+        let r = kvctl(&c.endpoints(), &["fault", "partition", &spec]);
+        assert_eq!(r.code, 0, "{r:?}");
+        let cut = Instant::now();
+        // Poll: the old leader must stop claiming leadership within one (maximum) election
+        // timeout.
+        let mut stepped_down = None;
+        while cut.elapsed() < Duration::from_secs(2) {
+            let s = kvctl(
+                &c.endpoints(),
+                &["--output", "json", "--timeout", "300ms", "status"],
+            );
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&s.stdout) {
+                saw_split_brain |= v["split_brain"] == true;
+            }
+            if c.status(old).await.is_some_and(|s| s.role != "leader") {
+                stepped_down = Some(cut.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let took = stepped_down.expect("the isolated leader stepped down");
+        assert!(
+            took < Duration::from_millis(600),
+            "stepped down after {took:?}"
         );
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&s.stdout) {
-            saw_split_brain |= v["split_brain"] == true;
-        }
-        if c.status(old).await.is_some_and(|s| s.role != "leader") && stepped_down.is_none() {
-            stepped_down = Some(cut.elapsed());
-        }
-        if stepped_down.is_some() {
+        eprintln!(
+            "attempt {attempt}: isolated leader stepped down after {took:?}; split brain \
+             observed: {saw_split_brain}"
+        );
+        if saw_split_brain || attempt == 3 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(kvctl(&c.endpoints(), &["fault", "heal"]).code, 0);
+        old = c
+            .wait_leader(Duration::from_secs(5), None)
+            .await
+            .expect("a leader once healed");
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let took = stepped_down.expect("the isolated leader stepped down");
-    assert!(
-        took < Duration::from_millis(600),
-        "stepped down after {took:?}"
-    );
+    assert!(saw_split_brain, "kvctl status flagged two leaders at once");
     let mut client = c.client(old).await.expect("client");
     let err = client
         .put(put("k", "v", 1))
@@ -417,9 +437,6 @@ async fn isolated_leader_steps_down_within_an_election_timeout() {
         .await
         .expect("majority elects");
     assert_ne!(new, old);
-    eprintln!(
-        "isolated leader stepped down after {took:?}; split brain observed: {saw_split_brain}"
-    );
     let term = c.status(new).await.expect("status").term;
     assert_eq!(kvctl(&c.endpoints(), &["fault", "heal"]).code, 0);
     // PreVote: the node that was cut off rejoins without forcing an election.
