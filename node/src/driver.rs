@@ -140,8 +140,9 @@ pub struct StatusSnapshot {
     pub applied: u64,
     /// Last log index.
     pub last: u64,
-    /// Per follower, entries behind (leader only).
-    pub follower_lag: Vec<(NodeId, u64)>,
+    /// Per follower, entries behind and how long ago the leader had what it has now (leader
+    /// only).
+    pub follower_lag: Vec<(NodeId, u64, Duration)>,
     /// Index of the latest snapshot (0: none).
     pub snapshot_index: u64,
     /// Entries held in the log.
@@ -310,6 +311,8 @@ struct Driver {
     failed: Option<String>,
     /// [`LEADERS_WINDOW`] in ticks.
     leaders_window: u64,
+    /// One tick.
+    tick: Duration,
 }
 
 /// Recovers durable state and starts the driver thread.
@@ -403,6 +406,7 @@ pub fn start(
         status: status.clone(),
         failed: None,
         leaders_window: (LEADERS_WINDOW.as_millis() / timing.tick.as_millis().max(1)) as u64,
+        tick: timing.tick,
     };
     std::thread::Builder::new()
         .name("kv-replica".into())
@@ -904,7 +908,14 @@ impl Driver {
             leader_commit: r.leader_commit_index().0,
             applied: self.applied,
             last: r.last_index().0,
-            follower_lag: r.follower_lag(),
+            follower_lag: r
+                .follower_lag()
+                .into_iter()
+                .map(|(id, entries, ticks)| {
+                    let ticks = u32::try_from(ticks).unwrap_or(u32::MAX);
+                    (id, entries, self.tick.saturating_mul(ticks))
+                })
+                .collect(),
             snapshot_index: r.snapshot().index.0,
             log_entries: r.log().len() as u64,
             snapshots_taken: self.snapshots_taken,

@@ -136,15 +136,23 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 /// message says which and why.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let cfg = &settings.config;
-    let metrics = Arc::new(Metrics::new(InfoLabels {
-        id: settings.id.0.clone(),
-        mode: cfg.mode.to_string(),
-        quorum: settings.quorum.to_string(),
-        storage: match settings.storage {
-            StorageKind::Memory => "memory".into(),
-            StorageKind::Disk => format!("disk,fsync={}", cfg.fsync),
+    let metrics = Arc::new(Metrics::new(
+        InfoLabels {
+            id: settings.id.0.clone(),
+            mode: cfg.mode.to_string(),
+            quorum: settings.quorum.to_string(),
+            storage: match settings.storage {
+                StorageKind::Memory => "memory".into(),
+                StorageKind::Disk => format!("disk,fsync={}", cfg.fsync),
+            },
         },
-    }));
+        settings
+            .members
+            .keys()
+            .map(|id| id.0.clone())
+            .filter(|id| *id != settings.id.0)
+            .collect(),
+    ));
     let replicated = settings.members.len() > 1;
     let leaderless = replicated && cfg.mode == config::Mode::Leaderless;
     // Leader-follower: the state machine, rebuilt from the replica's snapshot and log, which

@@ -42,6 +42,18 @@ pub struct OpLabels {
     pub op: &'static str,
 }
 
+/// Labels of the per-follower replication lag gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FollowerLabels {
+    follower: String,
+}
+
+/// Labels of the peer reachability gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+}
+
 /// Labels of the node-info gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InfoLabels {
@@ -83,6 +95,13 @@ pub struct Metrics {
     storage_durable_lsn: Gauge,
     /// Degraded responses (on_quorum_loss=degrade fell back).
     pub degraded_responses: Counter,
+    /// Reads answered marked stale (served without the leader's or a quorum's confirmation).
+    pub stale_reads: Counter,
+    /// The other members, for `peer_reachable`.
+    peers: Vec<String>,
+    peer_reachable: Family<PeerLabels, Gauge>,
+    lag_entries: Family<FollowerLabels, Gauge>,
+    lag_seconds: Family<FollowerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     term: Gauge,
     is_leader: Gauge,
     leaders_observed: Gauge,
@@ -121,8 +140,9 @@ fn catch_up(c: &Counter, total: u64) {
 }
 
 impl Metrics {
-    /// Registers every metric; `info` labels the `kv_node_info` gauge.
-    pub fn new(info: InfoLabels) -> Self {
+    /// Registers every metric; `info` labels the `kv_node_info` gauge; `peers` are the other
+    /// members (none for a single node).
+    pub fn new(info: InfoLabels, peers: Vec<String>) -> Self {
         let mut registry = Registry::with_prefix("kv");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -162,6 +182,36 @@ impl Metrics {
             "degraded_responses",
             "Responses that fell back to weaker consistency than asked",
             degraded_responses.clone(),
+        );
+        let stale_reads = Counter::default();
+        registry.register(
+            "stale_reads",
+            "Reads answered marked stale: served without the leader's or a quorum's \
+             confirmation (follower and local reads, degraded reads, R+W<=N), so they may miss \
+             acknowledged writes",
+            stale_reads.clone(),
+        );
+        let peer_reachable = Family::<PeerLabels, Gauge>::default();
+        registry.register(
+            "peer_reachable",
+            "1 while this node reaches the peer: a leader heard from it within an election \
+             timeout; other nodes are connected to it and no partition cuts it off",
+            peer_reachable.clone(),
+        );
+        let lag_entries = Family::<FollowerLabels, Gauge>::default();
+        registry.register(
+            "replication_lag_entries",
+            "Leader only: log entries each follower has yet to make durable",
+            lag_entries.clone(),
+        );
+        let lag_seconds =
+            Family::<FollowerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register_with_unit(
+            "replication_lag",
+            "Leader only: age of the oldest entry each follower has yet to make durable (how \
+             long ago the leader had what the follower has now; 0 when it has everything)",
+            Unit::Seconds,
+            lag_seconds.clone(),
         );
         let gauge = |registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>| {
             let g = Gauge::default();
@@ -328,6 +378,11 @@ impl Metrics {
             storage_last_lsn,
             storage_durable_lsn,
             degraded_responses,
+            stale_reads,
+            peers,
+            peer_reachable,
+            lag_entries,
+            lag_seconds,
             term,
             is_leader,
             leaders_observed,
@@ -393,8 +448,33 @@ impl Metrics {
             catch_up(&self.tombstones_purged, st.tombstones_purged);
             set(&m.hints_pending, h.hints_pending());
         }
+        let reachable = match (replica, leaderless) {
+            (Some(d), _) => Some(d.status().reachable),
+            (None, Some(h)) => Some(h.reachable()),
+            (None, None) => None,
+        };
+        if let Some(reachable) = reachable {
+            for p in &self.peers {
+                let up = reachable.iter().any(|r| r.0 == *p);
+                self.peer_reachable
+                    .get_or_create(&PeerLabels { peer: p.clone() })
+                    .set(i64::from(up));
+            }
+        }
         if let Some(d) = replica {
             let st = d.status();
+            // Only a leader knows its followers' lag: no stale series from an earlier term.
+            if st.follower_lag.is_empty() {
+                self.lag_entries.clear();
+                self.lag_seconds.clear();
+            }
+            for (f, entries, behind) in &st.follower_lag {
+                let l = FollowerLabels {
+                    follower: f.0.clone(),
+                };
+                set(&self.lag_entries.get_or_create(&l), *entries);
+                self.lag_seconds.get_or_create(&l).set(behind.as_secs_f64());
+            }
             set(&self.term, st.term);
             set(&self.is_leader, u64::from(st.role == "leader"));
             set(&self.leaders_observed, u64::from(st.leaders_observed));

@@ -198,6 +198,12 @@ async fn kvctl_writes_through_the_majority_when_its_first_endpoints_are_cut_off(
             .filter_map(|x| x.as_str())
             .collect();
         assert_eq!(got, want, "{id} reaches: {st:?}");
+        // The same in the metrics: kv_peer_reachable{peer} is 1 for its side, 0 across.
+        for (j, peer) in c.ids.iter().enumerate().filter(|&(j, _)| j != i) {
+            let up = c.metric(i, &format!("kv_peer_reachable{{peer=\"{peer}\"}}"));
+            let want = if side.contains(&j) { 1.0 } else { 0.0 };
+            assert_eq!(up, want, "{id} reaching {peer}");
+        }
     }
 }
 
@@ -567,6 +573,18 @@ async fn follower_read_under_delay_is_stale_and_says_so() {
     assert_eq!(r.code, 0, "{r:?}");
     // W=2: the leader and the undelayed follower acknowledge.
     lc.put(put("k", "v2", 2)).await.expect("put v2");
+    // The leader sees the delayed follower behind, by an entry or more and by the time since
+    // the leader had what it has (a few ticks here: it hears the follower after 100 ms).
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let lag = |what: &str| {
+        c.metric(
+            leader,
+            &format!("kv_replication_lag_{what}{{follower=\"{}\"}}", c.ids[f]),
+        )
+    };
+    let (entries, secs) = (lag("entries"), lag("seconds"));
+    assert!(entries >= 1.0, "lag entries {entries}");
+    assert!((0.02..5.0).contains(&secs), "lag seconds {secs}");
     let r = fc
         .get(get("k", pb::ReadFrom::Any))
         .await
@@ -580,6 +598,10 @@ async fn follower_read_under_delay_is_stale_and_says_so() {
     );
     assert!(meta.stale, "a follower read says it may be stale: {meta:?}");
     assert_eq!(meta.coordinator, c.ids[f]);
+    assert!(
+        c.metric(f, "kv_stale_reads_total") >= 1.0,
+        "counted as stale"
+    );
     // R=2 on the same follower: it asks one more replica and keeps the newest version.
     let r2 = fc
         .get(pb::GetRequest {
@@ -607,6 +629,12 @@ async fn follower_read_under_delay_is_stale_and_says_so() {
     let out = kvctl(&c.nodes[f].endpoint(), &["get", "k"]);
     assert_eq!(out.stdout, "v2", "{out:?}");
     assert_eq!(kvctl(&c.endpoints(), &["fault", "heal"]).code, 0);
+    // Caught up once healed: no lag left.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lag("entries") != 0.0 || lag("seconds") != 0.0 {
+        assert!(Instant::now() < deadline, "the follower caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

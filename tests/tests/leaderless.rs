@@ -466,6 +466,17 @@ async fn kvctl_asks_another_coordinator_when_the_first_cannot_reach_a_quorum() {
         kvctl(&c.endpoints(), &["fault", "partition", &spec]).code,
         0
     );
+    // Each side's metrics say whom it reaches.
+    for (i, j) in [(minority[0], minority[1]), (minority[0], majority[0])] {
+        let up = c.metric(i, &format!("kv_peer_reachable{{peer=\"{}\"}}", c.ids[j]));
+        assert_eq!(
+            up,
+            f64::from(u8::from(j == minority[1])),
+            "{} -> {}",
+            c.ids[i],
+            c.ids[j]
+        );
+    }
     let eps = |ix: &[usize]| -> String {
         ix.iter()
             .map(|&i| c.nodes[i].endpoint())

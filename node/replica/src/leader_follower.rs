@@ -398,6 +398,11 @@ pub struct Replica {
     progress: Vec<Progress>,
     /// Per member: its latest leadership claim heard here (for [`Replica::leaders_observed`]).
     claims: Vec<Option<Claim>>,
+    /// Leader: when its entries were appended, as `(first index appended at that tick, tick)`
+    /// in index order, from the oldest entry a follower lacks (for [`Replica::follower_lag`]).
+    appended_at: std::collections::VecDeque<(u64, u64)>,
+    /// Leader: the tick it was elected (entries older than its term have no time here).
+    leading_since: u64,
     pending: BTreeMap<u64, Pending>,
     reads: Vec<PendingRead>,
     /// Reads waiting for this term's first commit.
@@ -488,6 +493,8 @@ impl Replica {
             votes: BTreeSet::new(),
             progress: vec![Progress::default(); n],
             claims: vec![None; n],
+            appended_at: std::collections::VecDeque::new(),
+            leading_since: 0,
             pending: BTreeMap::new(),
             reads: Vec::new(),
             reads_waiting_commit: Vec::new(),
@@ -665,20 +672,56 @@ impl Replica {
         }
     }
 
-    /// How far each follower's durable log is behind the leader's (leader only).
-    pub fn follower_lag(&self) -> Vec<(NodeId, u64)> {
+    /// How far each follower's durable log is behind the leader's (leader only): in entries,
+    /// and in ticks, the age of the oldest entry it lacks (MongoDB's replication lag: how long
+    /// ago the leader had what the follower has now; 0 when it has everything). An entry from
+    /// before this leader's term counts as appended when it was elected, so a lag that began
+    /// before the election is reported as no older than the election.
+    pub fn follower_lag(&self) -> Vec<(NodeId, u64, u64)> {
         if self.role != Role::Leader {
             return Vec::new();
         }
+        let last = self.last_index().0;
         (0..self.cfg.members.len())
             .filter(|&i| i != self.me)
             .map(|i| {
+                let matched = self.progress[i].matched;
+                let ticks = if matched >= last {
+                    0
+                } else {
+                    self.now.saturating_sub(self.appended_tick(matched + 1))
+                };
                 (
                     self.cfg.members[i].clone(),
-                    self.last_index().0.saturating_sub(self.progress[i].matched),
+                    last.saturating_sub(matched),
+                    ticks,
                 )
             })
             .collect()
+    }
+
+    /// The tick entry `index` was appended here as leader (its election, if earlier).
+    fn appended_tick(&self, index: u64) -> u64 {
+        let at = self
+            .appended_at
+            .partition_point(|&(first, _)| first <= index);
+        match at.checked_sub(1) {
+            Some(k) => self.appended_at[k].1,
+            None => self.leading_since,
+        }
+    }
+
+    /// Forgets the append times no follower needs any more.
+    fn trim_appended_at(&mut self) {
+        let oldest_missing = (0..self.cfg.members.len())
+            .filter(|&i| i != self.me)
+            .map(|i| self.progress[i].matched + 1)
+            .min()
+            .unwrap_or(u64::MAX);
+        // Keep the last record at or before the oldest entry still missing somewhere.
+        while self.appended_at.len() > 1 && self.appended_at[1].0 <= oldest_missing {
+            self.appended_at.pop_front();
+        }
     }
 
     /// Takes the actions produced so far, in the order they must be carried out. Proposals and
@@ -1031,6 +1074,8 @@ impl Replica {
     fn become_leader(&mut self) {
         self.role = Role::Leader;
         self.leader = Some(self.me);
+        self.leading_since = self.now;
+        self.appended_at.clear();
         self.note_claim(self.me, self.hard.term);
         self.heartbeat_elapsed = 0;
         self.election_elapsed = 0;
@@ -1093,6 +1138,10 @@ impl Replica {
         };
         self.log.push(e.clone());
         self.out.push(Action::PersistEntries(vec![e.clone()]));
+        if self.role == Role::Leader && self.appended_at.back().is_none_or(|&(_, t)| t != self.now)
+        {
+            self.appended_at.push_back((e.index.0, self.now));
+        }
         e
     }
 
@@ -1344,6 +1393,7 @@ impl Replica {
             if caught_up {
                 p.snapshot_sent = None;
             }
+            self.trim_appended_at();
             self.advance_commit();
             self.check_acks();
             if caught_up {
@@ -1613,6 +1663,60 @@ mod tests {
         let last = r.last_index();
         r.persisted(last);
         r.take_actions();
+    }
+
+    #[test]
+    fn follower_lag_counts_entries_and_the_age_of_the_oldest_one_missing() {
+        let mut r = replica(0, 3, HardState::default(), vec![]);
+        elect(&mut r, 3);
+        let ack = |r: &mut Replica, from: usize, index: u64| {
+            let term = r.term();
+            r.step(
+                &ids(3)[from],
+                Message::AppendReply {
+                    term,
+                    ok: true,
+                    index: LogIndex(index),
+                    read_seq: 0,
+                },
+            );
+        };
+        let noop = r.last_index().0;
+        ack(&mut r, 1, noop);
+        ack(&mut r, 2, noop);
+        let lag = |r: &Replica| -> Vec<(u64, u64)> {
+            r.follower_lag()
+                .into_iter()
+                .map(|(_, e, t)| (e, t))
+                .collect()
+        };
+        assert_eq!(lag(&r), vec![(0, 0), (0, 0)], "both hold everything");
+        // Entries appended at ticks 0, 0, 5 and 9 after the no-op; n2 takes them all, n3 the
+        // first two only.
+        let mut at = Vec::new();
+        for (i, wait) in [0, 0, 5, 4].into_iter().enumerate() {
+            for _ in 0..wait {
+                r.tick();
+            }
+            at.push(r.propose(i as u64, put("k"), 1).expect("leader").counter);
+        }
+        for _ in 0..6 {
+            r.tick(); // now: 15 ticks after the first of them
+        }
+        ack(&mut r, 1, at[3]);
+        ack(&mut r, 2, at[1]);
+        // n3 lacks the one appended 5 ticks in: 10 ticks ago.
+        assert_eq!(lag(&r), vec![(0, 0), (2, 10)]);
+        ack(&mut r, 2, at[2]);
+        assert_eq!(lag(&r), vec![(0, 0), (1, 6)], "then the one of tick 9");
+        ack(&mut r, 2, at[3]);
+        assert_eq!(lag(&r), vec![(0, 0), (0, 0)]);
+        // A new entry is 0 ticks old; the append times no follower needs are forgotten.
+        let v = r.propose(9, put("k"), 1).expect("leader");
+        assert_eq!(lag(&r), vec![(1, 0), (1, 0)]);
+        ack(&mut r, 1, v.counter);
+        ack(&mut r, 2, v.counter);
+        assert_eq!(r.appended_at.len(), 1, "{:?}", r.appended_at);
     }
 
     #[test]

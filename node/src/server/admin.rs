@@ -90,7 +90,11 @@ impl pb::admin_server::Admin for AdminService {
                         commit_index: s.commit,
                         applied_index: s.applied,
                         last_index: s.last,
-                        follower_lag: s.follower_lag.into_iter().map(|(n, l)| (n.0, l)).collect(),
+                        follower_lag: s
+                            .follower_lag
+                            .into_iter()
+                            .map(|(n, l, _)| (n.0, l))
+                            .collect(),
                         mode,
                         snapshot_index: s.snapshot_index,
                         log_entries: s.log_entries,

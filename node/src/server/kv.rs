@@ -127,6 +127,14 @@ impl KvService {
         }
     }
 
+    /// Counts a read's answer: degraded, and marked stale (`kv_stale_reads_total`).
+    fn count_read(&self, m: &Meta) {
+        self.count(m);
+        if m.stale {
+            self.metrics.stale_reads.inc();
+        }
+    }
+
     fn write_parts(&self, w: WriteOutcome) -> (Option<pb::Version>, Option<pb::ResponseMeta>) {
         self.count(&w.meta);
         (Some(version(w.version)), Some(meta(w.meta)))
@@ -140,7 +148,7 @@ impl pb::kv_server::Kv for KvService {
         self.call("get", &md, async {
             let c = consistency(r.consistency)?;
             let out = self.node.get(&r.key, c).await?;
-            self.count(&out.meta);
+            self.count_read(&out.meta);
             Ok(get_response(out))
         })
         .await
@@ -242,12 +250,15 @@ mod tests {
         let storage = Arc::new(MemStorage::new());
         let svc = KvService::new(
             Arc::new(Node::new(settings, storage.clone())),
-            Arc::new(Metrics::new(InfoLabels {
-                id: "n1".into(),
-                mode: "single".into(),
-                quorum: "1/1/1".into(),
-                storage: "memory".into(),
-            })),
+            Arc::new(Metrics::new(
+                InfoLabels {
+                    id: "n1".into(),
+                    mode: "single".into(),
+                    quorum: "1/1/1".into(),
+                    storage: "memory".into(),
+                },
+                Vec::new(),
+            )),
         );
         let put = pb::PutRequest {
             key: bytes::Bytes::from_static(b"key"),
