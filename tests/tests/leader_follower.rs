@@ -104,7 +104,21 @@ async fn a_paused_leader_resumed_after_an_election_is_heard_beside_the_new_one()
     for attempt in 1..=5 {
         signal("-STOP", leader);
         let new = c.wait_leader(Duration::from_secs(5), Some(leader)).await;
+        // Meanwhile `kvctl status` names the node that does not answer (from the members the
+        // others list) and gives its lag as the new leader sees it.
+        let st = kvctl(
+            &c.endpoints(),
+            &["--output", "json", "--timeout", "300ms", "status"],
+        );
         signal("-CONT", leader);
+        let v: serde_json::Value = serde_json::from_str(&st.stdout).expect("json status");
+        let row = &v["nodes"][leader];
+        assert_eq!(
+            (row["id"].as_str(), row["role"].as_str()),
+            (Some(c.ids[leader].as_str()), Some("down")),
+            "{st:?}"
+        );
+        assert!(row["lag"].as_u64() >= Some(1), "{st:?}");
         let new = new.expect("the others elect a leader");
         // The resumed node learns the newer term and follows.
         let deadline = Instant::now() + Duration::from_secs(5);

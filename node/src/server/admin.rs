@@ -92,8 +92,13 @@ impl pb::admin_server::Admin for AdminService {
                         last_index: s.last,
                         follower_lag: s
                             .follower_lag
-                            .into_iter()
-                            .map(|(n, l, _)| (n.0, l))
+                            .iter()
+                            .map(|(n, l, _)| (n.0.clone(), *l))
+                            .collect(),
+                        follower_lag_ms: s
+                            .follower_lag
+                            .iter()
+                            .map(|(n, _, d)| (n.0.clone(), d.as_millis() as u64))
                             .collect(),
                         mode,
                         snapshot_index: s.snapshot_index,

@@ -644,6 +644,16 @@ async fn node_status(addr: &str, t: Duration) -> Option<pb::NodeStatus> {
 }
 
 /// `kvctl status` in leaderless mode: no leaders or terms; hints, repairs and conflicts instead.
+/// The id of the member at `addr` (a node that did not answer), from the members the others
+/// list.
+fn member_at(rows: &[(String, Option<pb::NodeStatus>)], addr: &str) -> Option<String> {
+    rows.iter()
+        .filter_map(|(_, s)| s.as_ref())
+        .flat_map(|s| &s.members)
+        .find(|(_, a)| a.as_str() == addr)
+        .map(|(id, _)| id.clone())
+}
+
 fn leaderless_table(rows: &[(String, Option<pb::NodeStatus>)]) -> String {
     let mut out = format!(
         "{:<6} {:<22} {:<8} {:<18} {:>9} {:>10} {:>9} {:>11} {:>9}\n",
@@ -667,7 +677,12 @@ fn leaderless_table(rows: &[(String, Option<pb::NodeStatus>)]) -> String {
                 format!("{}r/{}ae", s.read_repairs, s.anti_entropy_repairs),
                 s.conflicting_writes,
             )),
-            None => out.push_str(&format!("{:<6} {:<22} {:<8}\n", "?", addr, "down")),
+            None => out.push_str(&format!(
+                "{:<6} {:<22} {:<8}\n",
+                member_at(rows, addr).as_deref().unwrap_or("?"),
+                addr,
+                "down"
+            )),
         }
     }
     out.push_str(
@@ -689,12 +704,30 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
         .collect();
     let split_brain = leaders.len() > 1;
     let newest = leaders.iter().max_by_key(|s| s.term);
-    let lag_of = |s: &pb::NodeStatus| -> Option<u64> {
-        if s.role == "leader" {
-            return Some(0);
-        }
-        newest.and_then(|l| l.follower_lag.get(&s.id).copied())
+    // Entries node `id` is behind the newest leader, and how long ago it had what `id` has
+    // (known for a node that does not answer too: it is the leader's view).
+    let lag_of_id = |id: &str| -> Option<(u64, u64)> {
+        newest.and_then(|l| {
+            let entries = l.follower_lag.get(id).copied()?;
+            Some((entries, l.follower_lag_ms.get(id).copied().unwrap_or(0)))
+        })
     };
+    let lag_of = |s: &pb::NodeStatus| -> Option<(u64, u64)> {
+        if s.role == "leader" {
+            return Some((0, 0));
+        }
+        lag_of_id(&s.id)
+    };
+    let lag_text = |l: Option<(u64, u64)>| {
+        l.map_or("-".into(), |(e, ms)| {
+            if ms > 0 {
+                format!("{e} ({ms}ms)")
+            } else {
+                e.to_string()
+            }
+        })
+    };
+    let down_id = |addr: &str| member_at(&rows, addr);
     let stdout = if json {
         let nodes: Vec<serde_json::Value> = rows
             .iter()
@@ -702,14 +735,20 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
                 Some(s) => json!({"id": s.id, "addr": addr, "role": s.role, "term": s.term,
                     "leader": (!s.leader.is_empty()).then_some(&s.leader),
                     "reachable": s.reachable, "applied_index": s.applied_index,
-                    "commit_index": s.commit_index, "lag": lag_of(s), "mode": s.mode,
+                    "commit_index": s.commit_index, "lag": lag_of(s).map(|l| l.0),
+                    "lag_ms": lag_of(s).map(|l| l.1), "mode": s.mode,
                     "snapshot_index": s.snapshot_index, "log_entries": s.log_entries,
                     "hints_pending": s.hints_pending, "hints_delivered": s.hints_delivered,
                     "conflicting_writes": s.conflicting_writes, "read_repairs": s.read_repairs,
                     "anti_entropy_repairs": s.anti_entropy_repairs,
                     "faults": s.faults.as_ref().and_then(describe_faults)}),
-                None => json!({"id": null, "addr": addr, "role": "down", "term": null,
-                    "leader": null, "reachable": [], "applied_index": null, "lag": null}),
+                None => {
+                    let id = down_id(addr);
+                    let lag = id.as_deref().and_then(lag_of_id);
+                    json!({"id": id, "addr": addr, "role": "down", "term": null,
+                        "leader": null, "reachable": [], "applied_index": null,
+                        "lag": lag.map(|l| l.0), "lag_ms": lag.map(|l| l.1)})
+                }
             })
             .collect();
         json!({"nodes": nodes, "split_brain": split_brain}).to_string()
@@ -720,7 +759,7 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
         with_faults(leaderless_table(&rows), &rows)
     } else {
         let mut out = format!(
-            "{:<6} {:<22} {:<10} {:>5} {:<7} {:<18} {:>9} {:>6} {:>9} {:>7}\n",
+            "{:<6} {:<22} {:<10} {:>5} {:<7} {:<18} {:>9} {:>14} {:>9} {:>7}\n",
             "ID",
             "ADDR",
             "ROLE",
@@ -735,7 +774,7 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
         for (addr, s) in &rows {
             match s {
                 Some(s) => out.push_str(&format!(
-                    "{:<6} {:<22} {:<10} {:>5} {:<7} {:<18} {:>9} {:>6} {:>9} {:>7}\n",
+                    "{:<6} {:<22} {:<10} {:>5} {:<7} {:<18} {:>9} {:>14} {:>9} {:>7}\n",
                     s.id,
                     addr,
                     s.role,
@@ -747,11 +786,25 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
                         s.reachable.join(",")
                     },
                     s.applied_index,
-                    lag_of(s).map_or("-".into(), |l| l.to_string()),
+                    lag_text(lag_of(s)),
                     s.snapshot_index,
                     s.log_entries,
                 )),
-                None => out.push_str(&format!("{:<6} {:<22} {:<10}\n", "?", addr, "down")),
+                None => {
+                    let id = down_id(addr);
+                    let lag = id.as_deref().and_then(lag_of_id);
+                    out.push_str(&format!(
+                        "{:<6} {:<22} {:<10} {:>5} {:<7} {:<18} {:>9} {:>14}\n",
+                        id.as_deref().unwrap_or("?"),
+                        addr,
+                        "down",
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                        lag_text(lag)
+                    ));
+                }
             }
         }
         if split_brain {
