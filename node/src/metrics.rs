@@ -48,6 +48,12 @@ struct FollowerLabels {
     follower: String,
 }
 
+/// Labels of the leader gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeaderLabels {
+    leader: String,
+}
+
 /// Labels of the peer reachability gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
@@ -103,6 +109,7 @@ pub struct Metrics {
     lag_entries: Family<FollowerLabels, Gauge>,
     lag_seconds: Family<FollowerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     term: Gauge,
+    leader: Family<LeaderLabels, Gauge>,
     is_leader: Gauge,
     leaders_observed: Gauge,
     commit_index: Gauge,
@@ -259,6 +266,13 @@ impl Metrics {
             None,
         );
         let is_leader = gauge(&mut registry, "is_leader", "1 while this node leads", None);
+        let leader = Family::<LeaderLabels, Gauge>::default();
+        registry.register(
+            "leader",
+            "1, labelled with the leader this node follows (itself when it leads); absent while \
+             it knows none",
+            leader.clone(),
+        );
         let leaders_observed = gauge(
             &mut registry,
             "leaders_observed",
@@ -384,6 +398,7 @@ impl Metrics {
             lag_entries,
             lag_seconds,
             term,
+            leader,
             is_leader,
             leaders_observed,
             commit_index,
@@ -477,6 +492,14 @@ impl Metrics {
             }
             set(&self.term, st.term);
             set(&self.is_leader, u64::from(st.role == "leader"));
+            self.leader.clear();
+            if let Some(l) = &st.leader {
+                self.leader
+                    .get_or_create(&LeaderLabels {
+                        leader: l.0.clone(),
+                    })
+                    .set(1);
+            }
             set(&self.leaders_observed, u64::from(st.leaders_observed));
             set(&self.commit_index, st.commit);
             set(&self.applied_index, st.applied);

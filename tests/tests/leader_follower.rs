@@ -90,6 +90,14 @@ async fn a_paused_leader_resumed_after_an_election_is_heard_beside_the_new_one()
     let (c, mut leader) = led(3).await;
     for i in 0..3 {
         assert_eq!(c.metric(i, "kv_leaders_observed"), 1.0, "{}", c.ids[i]);
+        let named = format!("kv_leader{{leader=\"{}\"}}", c.ids[leader]);
+        assert_eq!(
+            c.metric(i, &named),
+            1.0,
+            "{} follows {}",
+            c.ids[i],
+            c.ids[leader]
+        );
     }
     let signal = |sig: &str, i: usize| {
         let pid = c.nodes[i].pid().expect("running").to_string();
