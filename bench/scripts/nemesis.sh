@@ -20,13 +20,15 @@
 # clock up to MS ms ahead or behind (kvctl fault clock, drawn from the seed, applied again after
 # every fault) for the versions it gives. The same seed gives the same faults in the same
 # order (their timing is the machine's). Writes into OUT_DIR: nemesis.log
-# (seconds since the start, fault), bench/ (kv-bench summary.json, timeline.csv), check.txt
+# (seconds since the start, fault; leader-follower: "  heard N leaders at once: nX" under a
+# fault after which a node's kv_leaders_observed rose to 2 or more), bench/ (kv-bench
+# summary.json, timeline.csv), check.txt
 # (the verdict), violation.html when there is one, and history.jsonl (removed on a
 # linearizable verdict unless KEEP_HISTORY=1: it is large). Exit status: kv-bench check's
 # (0 linearizable, 1 violation, 2 unknown).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-usage() { sed -n 2,24p "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; }
 [ $# -ge 1 ] || { usage; exit 2; }
 case $1 in -h|--help) usage; exit 0 ;; -*) echo "unknown option $1 (see --help)" >&2; exit 2 ;; esac
 OUT=$1; shift
@@ -93,6 +95,19 @@ skew() {
 }
 [ "$SKEW" -gt 0 ] && echo "clocks: $(for i in $(seq "$NODES"); do printf "n%s %s " "$i" "${OFFSETS[$((i - 1))]}"; done)" >> "$OUT/commands.txt"
 skew
+# Split brain as the nodes hear it (leader-follower): after each fault, a node whose
+# kv_leaders_observed rose to 2 or more (it heard two leaders at overlapping times; the metric
+# remembers 30 s) gets a line "  heard N leaders at once: nX" under that fault.
+HEARD=()
+heard() {
+  for i in $(seq "$NODES"); do
+    v=$({ curl -s --max-time 0.3 "127.0.0.1:$((9600 + i))/metrics" 2>/dev/null || true; } \
+        | awk '/^kv_leaders_observed /{print $2}')
+    v=${v:-0}
+    [ "$v" -ge 2 ] && [ "${HEARD[$i]:-0}" -lt 2 ] && echo "  heard $v leaders at once: n$i"
+    HEARD[$i]=$v
+  done
+}
 start=$SECONDS
 end=$((SECONDS + SECS - 3))
 echo "nemesis for $((SECS - 3)) s (seed $SEED), load for $SECS s: $OUT/nemesis.log"
@@ -111,6 +126,7 @@ while [ $SECONDS -lt $end ]; do
     5) echo "$at calm"; sleep 1 ;;
   esac
   skew
+  heard
 done > "$OUT/nemesis.log"
 wait $BENCH || { echo "kv-bench failed:" >&2; cat "$OUT/bench.err" >&2; exit 2; }
 rc=0
@@ -118,7 +134,9 @@ rc=0
 [ -s "$OUT/violation.html" ] || rm -f "$OUT/violation.html"
 "$BIN/kvctl" --endpoints "$EPS" status > "$OUT/status.txt" 2>&1 || true
 cat "$OUT/bench.out"
-echo "faults: $(awk '{print $2}' "$OUT/nemesis.log" | sort | uniq -c | awk '{printf "%s %s, ", $1, $2}' | sed 's/, $//')"
+echo "faults: $(awk '$1 != "heard" {print $2}' "$OUT/nemesis.log" | sort | uniq -c | awk '{printf "%s %s, ", $1, $2}' | sed 's/, $//')"
+split=$(grep -c '^  heard' "$OUT/nemesis.log" || true)
+[[ " ${CLUSTER[*]} " == *" leaderless "* ]] || echo "split brain heard by a node (kv_leaders_observed >= 2): $split time(s)$( [ "$split" -gt 0 ] && echo ", after: $(grep -B1 '^  heard' "$OUT/nemesis.log" | grep -v '^  heard' | grep -v '^--' | awk '{print $2}' | sort | uniq -c | awk '{printf "%s %s, ", $1, $2}' | sed 's/, $//')")"
 cat "$OUT/check.txt"
 if [ $rc -eq 0 ] && [ "${KEEP_HISTORY:-0}" != 1 ]; then rm -f "$OUT/history.jsonl"; fi
 exit $rc
