@@ -88,6 +88,8 @@ async fn kvctl_waits_out_the_election_after_the_leader_dies() {
 async fn a_paused_leader_resumed_after_an_election_is_heard_beside_the_new_one() {
     let _serial = SERIAL.lock().await;
     let (c, mut leader) = led(3).await;
+    let st = kvctl(&c.endpoints(), &["status"]);
+    assert!(!st.stdout.contains("split brain"), "{st:?}");
     for i in 0..3 {
         assert_eq!(c.metric(i, "kv_leaders_observed"), 1.0, "{}", c.ids[i]);
         let named = format!("kv_leader{{leader=\"{}\"}}", c.ids[leader]);
@@ -139,6 +141,15 @@ async fn a_paused_leader_resumed_after_an_election_is_heard_beside_the_new_one()
             .fold(most, f64::max);
         if most >= 2.0 {
             eprintln!("seen after {attempt} pause(s)");
+            // kvctl status says so too, for the 30 s the nodes remember it.
+            let st = kvctl(&c.endpoints(), &["status"]);
+            assert!(st.stdout.contains("split brain heard: "), "{st:?}");
+            let st = kvctl(&c.endpoints(), &["--output", "json", "status"]);
+            let v: serde_json::Value = serde_json::from_str(&st.stdout).expect("json status");
+            assert!(
+                !v["split_brain_heard"].as_array().expect("list").is_empty(),
+                "{st:?}"
+            );
             break;
         }
         leader = new;

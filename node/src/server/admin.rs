@@ -95,6 +95,7 @@ impl pb::admin_server::Admin for AdminService {
                             .iter()
                             .map(|(n, l, _)| (n.0.clone(), *l))
                             .collect(),
+                        leaders_observed: s.leaders_observed,
                         follower_lag_ms: s
                             .follower_lag
                             .iter()

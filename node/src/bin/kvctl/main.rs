@@ -703,6 +703,13 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
         .filter(|s| s.role == "leader")
         .collect();
     let split_brain = leaders.len() > 1;
+    // Nodes that heard two leaders at overlapping times lately (a split brain that may be over).
+    let heard: Vec<&str> = rows
+        .iter()
+        .filter_map(|(_, s)| s.as_ref())
+        .filter(|s| s.leaders_observed >= 2)
+        .map(|s| s.id.as_str())
+        .collect();
     let newest = leaders.iter().max_by_key(|s| s.term);
     // Entries node `id` is behind the newest leader, and how long ago it had what `id` has
     // (known for a node that does not answer too: it is the leader's view).
@@ -751,7 +758,7 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
                 }
             })
             .collect();
-        json!({"nodes": nodes, "split_brain": split_brain}).to_string()
+        json!({"nodes": nodes, "split_brain": split_brain, "split_brain_heard": heard}).to_string()
     } else if rows
         .iter()
         .any(|(_, s)| s.as_ref().is_some_and(|s| s.mode == "leaderless"))
@@ -815,6 +822,13 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
             out.push_str(&format!(
                 "SPLIT BRAIN: {} all claim leadership\n",
                 who.join(", ")
+            ));
+        }
+        if !heard.is_empty() {
+            out.push_str(&format!(
+                "split brain heard: {} heard two leaders at overlapping times in the last 30 s \
+                 (kv_leaders_observed)\n",
+                heard.join(", ")
             ));
         }
         with_faults(out.trim_end().to_string(), &rows)
