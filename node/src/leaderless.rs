@@ -230,6 +230,8 @@ struct Shared {
     ring: Ring,
     members: Vec<NodeId>,
     quorum: Quorum,
+    /// The hint store, for counting hints per target on demand (`LlHandle::hints_by_target`).
+    hints: Arc<dyn Storage>,
 }
 
 /// A handle on the leaderless driver (cheap to clone).
@@ -312,6 +314,24 @@ impl LlHandle {
         self.shared.hints_pending.load(Ordering::Relaxed)
     }
 
+    /// Hints this node holds, per replica they are for (a scan of the hint store: for status,
+    /// not for every request).
+    pub fn hints_by_target(&self) -> Vec<(NodeId, u64)> {
+        let mut counts: std::collections::BTreeMap<Bytes, u64> = Default::default();
+        self.shared.hints.scan(&mut |k, e| {
+            // Delivered hints are tombstones until purged.
+            if e.value.is_some()
+                && let Some(end) = k.iter().position(|&b| b == 0)
+            {
+                *counts.entry(k.slice(..end)).or_default() += 1;
+            }
+        });
+        counts
+            .into_iter()
+            .map(|(t, n)| (NodeId(String::from_utf8_lossy(&t).into_owned()), n))
+            .collect()
+    }
+
     /// The replicas of `key`, in preference order.
     pub fn replicas(&self, key: &[u8]) -> Vec<NodeId> {
         self.shared
@@ -357,6 +377,7 @@ pub fn start(
         ring: Ring::new(&names, opts.vnodes),
         members: members.clone(),
         quorum,
+        hints: hints.clone(),
     });
     let store = LlStore { data, hints };
     // The clock starts above every timestamp already stored, so versions never go backwards

@@ -98,6 +98,19 @@ async fn killed_replica_gets_its_hints_when_it_returns() {
         st.stdout.contains("HINTS") && st.stdout.contains("down"),
         "status shows the dead node and the hints: {st:?}"
     );
+    // The dead node's row says how many hints the others hold for it.
+    let held = c.metric_sum("kv_hints_pending") as u64;
+    let row = format!("{} hint(s) held for it by the others", held);
+    let down = st
+        .stdout
+        .lines()
+        .find(|l| l.contains(" down"))
+        .expect("a down row");
+    assert!(
+        down.starts_with(&c.ids[victim]) && down.ends_with(&row),
+        "{down:?} names {} and {row:?}",
+        c.ids[victim]
+    );
     c.nodes[victim].start_again().expect("restart");
     eventually(10, "every hint delivered", || {
         c.metric_sum("kv_hints_pending") == 0.0

@@ -68,6 +68,11 @@ impl pb::admin_server::Admin for AdminService {
                 last_index: s.last_lsn,
                 mode,
                 hints_pending: h.hints_pending(),
+                hints_for: h
+                    .hints_by_target()
+                    .into_iter()
+                    .map(|(t, n)| (t.0, n))
+                    .collect(),
                 conflicting_writes: c.conflicts,
                 read_repairs: c.read_repairs,
                 anti_entropy_repairs: c.ae_repairs,

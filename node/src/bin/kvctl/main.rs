@@ -654,6 +654,14 @@ fn member_at(rows: &[(String, Option<pb::NodeStatus>)], addr: &str) -> Option<St
         .map(|(id, _)| id.clone())
 }
 
+/// Leaderless: the hints the nodes that answered hold for replica `id`.
+fn hints_held_for(rows: &[(String, Option<pb::NodeStatus>)], id: &str) -> u64 {
+    rows.iter()
+        .filter_map(|(_, s)| s.as_ref())
+        .filter_map(|s| s.hints_for.get(id))
+        .sum()
+}
+
 fn leaderless_table(rows: &[(String, Option<pb::NodeStatus>)]) -> String {
     let mut out = format!(
         "{:<6} {:<22} {:<8} {:<18} {:>9} {:>10} {:>9} {:>11} {:>9}\n",
@@ -677,12 +685,21 @@ fn leaderless_table(rows: &[(String, Option<pb::NodeStatus>)]) -> String {
                 format!("{}r/{}ae", s.read_repairs, s.anti_entropy_repairs),
                 s.conflicting_writes,
             )),
-            None => out.push_str(&format!(
-                "{:<6} {:<22} {:<8}\n",
-                member_at(rows, addr).as_deref().unwrap_or("?"),
-                addr,
-                "down"
-            )),
+            None => {
+                let id = member_at(rows, addr);
+                let held = id.as_deref().map_or(0, |id| hints_held_for(rows, id));
+                out.push_str(&format!(
+                    "{:<6} {:<22} {:<8}{}\n",
+                    id.as_deref().unwrap_or("?"),
+                    addr,
+                    "down",
+                    if held > 0 {
+                        format!(" {held} hint(s) held for it by the others")
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
         }
     }
     out.push_str(
@@ -745,16 +762,19 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
                     "commit_index": s.commit_index, "lag": lag_of(s).map(|l| l.0),
                     "lag_ms": lag_of(s).map(|l| l.1), "mode": s.mode,
                     "snapshot_index": s.snapshot_index, "log_entries": s.log_entries,
-                    "hints_pending": s.hints_pending, "hints_delivered": s.hints_delivered,
+                    "hints_pending": s.hints_pending, "hints_for": s.hints_for,
+                    "hints_delivered": s.hints_delivered,
                     "conflicting_writes": s.conflicting_writes, "read_repairs": s.read_repairs,
                     "anti_entropy_repairs": s.anti_entropy_repairs,
                     "faults": s.faults.as_ref().and_then(describe_faults)}),
                 None => {
                     let id = down_id(addr);
                     let lag = id.as_deref().and_then(lag_of_id);
+                    let held = id.as_deref().map(|id| hints_held_for(&rows, id));
                     json!({"id": id, "addr": addr, "role": "down", "term": null,
                         "leader": null, "reachable": [], "applied_index": null,
-                        "lag": lag.map(|l| l.0), "lag_ms": lag.map(|l| l.1)})
+                        "lag": lag.map(|l| l.0), "lag_ms": lag.map(|l| l.1),
+                        "hints_held_for_it": held})
                 }
             })
             .collect();
