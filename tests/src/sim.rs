@@ -705,6 +705,21 @@ impl Sim {
             if r.role() != Role::Leader {
                 continue;
             }
+            // What its metrics report stays within its log: a follower lacks no more than the
+            // leader holds, is behind in time only while it lacks something, and the leader
+            // hears itself lead.
+            let last = r.last_index().0;
+            for (f, entries, ticks) in r.follower_lag() {
+                if entries > last || (entries == 0 && ticks != 0) {
+                    self.fail(format!(
+                        "n{} reports {f} {entries} entries / {ticks} ticks behind, last {last}",
+                        i + 1
+                    ));
+                }
+            }
+            if r.leaders_observed(u64::MAX) == 0 {
+                self.fail(format!("leader n{} does not count itself", i + 1));
+            }
             let term = r.term().0;
             match self.leaders.get(&term) {
                 Some(&other) if other != i => self.fail(format!(
