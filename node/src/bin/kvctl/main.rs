@@ -97,8 +97,11 @@ enum Cmd {
         cmd: ClusterCmd,
     },
     /// One row per node in --endpoints: role, term, leader it follows, reachable peers, applied
-    /// index and lag, and (leader-follower) the index its snapshot covers and the entries its
-    /// log holds. Flags split brain: two nodes claiming leadership at once.
+    /// index and lag (entries, and how long ago the leader had what the node holds), and
+    /// (leader-follower) the index its snapshot covers and the entries its log holds. A node
+    /// that does not answer is shown down, with the leader's view of its lag (leaderless: the
+    /// hints the others hold for it). Flags split brain: two nodes claiming leadership at once,
+    /// and nodes that heard two leaders at overlapping times in the last 30 s.
     Status,
     /// Write KEY=VALUE; prints the new version.
     Put {
