@@ -164,6 +164,9 @@ pub struct Stats {
     pub restored: u64,
     /// Truncated entries a node found committed after all.
     pub survived: u64,
+    /// Steps at which some node heard two leaders at overlapping times within the last 3,000
+    /// ticks (`Replica::leaders_observed` >= 2: what `kv_leaders_observed` reports).
+    pub split_brain_heard: u64,
 }
 
 /// One seeded simulation.
@@ -872,6 +875,14 @@ impl Sim {
             self.faults();
         }
         self.check_leaders();
+        if self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .any(|r| r.leaders_observed(3000) >= 2)
+        {
+            self.stats.split_brain_heard += 1;
+        }
     }
 
     /// Runs the faulty phase, heals everything, settles, and checks convergence.
