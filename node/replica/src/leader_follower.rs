@@ -336,6 +336,9 @@ struct Progress {
     replied: bool,
 }
 
+/// At most this many append-time records (`Replica::appended_at`); past it they are thinned.
+const APPENDED_AT_MAX: usize = 4096;
+
 /// A member heard claiming leadership (an `Append` or `Snapshot` from it, or this node leading):
 /// the term, and the ticks it was first and last heard so in that term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1141,6 +1144,17 @@ impl Replica {
         if self.role == Role::Leader && self.appended_at.back().is_none_or(|&(_, t)| t != self.now)
         {
             self.appended_at.push_back((e.index.0, self.now));
+            if self.appended_at.len() > APPENDED_AT_MAX {
+                // A follower missing entries for long (down, cut off): keep every other record,
+                // the oldest included. An entry whose record goes counts from the one before
+                // it, which is older: the lag in time is overstated by at most the gap, never
+                // understated, and the oldest entry missing keeps its exact age.
+                let mut k = 0;
+                self.appended_at.retain(|_| {
+                    k += 1;
+                    k % 2 == 1
+                });
+            }
         }
         e
     }
@@ -1717,6 +1731,49 @@ mod tests {
         ack(&mut r, 1, v.counter);
         ack(&mut r, 2, v.counter);
         assert_eq!(r.appended_at.len(), 1, "{:?}", r.appended_at);
+    }
+
+    #[test]
+    fn append_times_stay_bounded_for_a_follower_missing_entries_for_long() {
+        let mut r = replica(0, 3, HardState::default(), vec![]);
+        elect(&mut r, 3);
+        let ack = |r: &mut Replica, from: usize, index: u64| {
+            let term = r.term();
+            r.step(
+                &ids(3)[from],
+                Message::AppendReply {
+                    term,
+                    ok: true,
+                    index: LogIndex(index),
+                    read_seq: 0,
+                },
+            );
+        };
+        // One entry per tick for 10,000 ticks; n2 holds everything, n3 nothing after the first.
+        let first = r.propose(0, put("k"), 1).expect("leader").counter;
+        let first_tick = r.now;
+        let mut at = vec![(first, first_tick)];
+        for i in 1..10_000 {
+            r.tick();
+            let v = r.propose(i, put("k"), 1).expect("leader").counter;
+            at.push((v, r.now));
+            ack(&mut r, 1, v);
+        }
+        assert!(r.appended_at.len() <= APPENDED_AT_MAX, "{}", r.appended_at.len());
+        let lag_of_n3 = |r: &Replica| r.follower_lag()[1].2;
+        // The oldest entry missing keeps its exact age.
+        assert_eq!(lag_of_n3(&r), r.now - first_tick);
+        // Further on, the age is overstated by at most the gap thinning left, never understated.
+        let (held, _) = at[6_000];
+        ack(&mut r, 2, held);
+        let (_, true_tick) = at[6_001];
+        let gap = 10_000 / (APPENDED_AT_MAX as u64 / 2);
+        let lag = lag_of_n3(&r);
+        assert!(
+            lag >= r.now - true_tick && lag <= r.now - true_tick + gap,
+            "{lag} for an entry {} ticks old",
+            r.now - true_tick
+        );
     }
 
     #[test]
