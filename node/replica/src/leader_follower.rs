@@ -1645,6 +1645,20 @@ mod tests {
         assert_eq!(leader.leaders_observed(100), 1);
     }
 
+    /// Follower `from` of three tells the leader it holds everything through `index`.
+    fn ack(r: &mut Replica, from: usize, index: u64) {
+        let term = r.term();
+        r.step(
+            &ids(3)[from],
+            Message::AppendReply {
+                term,
+                ok: true,
+                index: LogIndex(index),
+                read_seq: 0,
+            },
+        );
+    }
+
     fn elect(r: &mut Replica, n: usize) {
         for _ in 0..20 {
             r.tick();
@@ -1683,18 +1697,6 @@ mod tests {
     fn follower_lag_counts_entries_and_the_age_of_the_oldest_one_missing() {
         let mut r = replica(0, 3, HardState::default(), vec![]);
         elect(&mut r, 3);
-        let ack = |r: &mut Replica, from: usize, index: u64| {
-            let term = r.term();
-            r.step(
-                &ids(3)[from],
-                Message::AppendReply {
-                    term,
-                    ok: true,
-                    index: LogIndex(index),
-                    read_seq: 0,
-                },
-            );
-        };
         let noop = r.last_index().0;
         ack(&mut r, 1, noop);
         ack(&mut r, 2, noop);
@@ -1737,18 +1739,6 @@ mod tests {
     fn append_times_stay_bounded_for_a_follower_missing_entries_for_long() {
         let mut r = replica(0, 3, HardState::default(), vec![]);
         elect(&mut r, 3);
-        let ack = |r: &mut Replica, from: usize, index: u64| {
-            let term = r.term();
-            r.step(
-                &ids(3)[from],
-                Message::AppendReply {
-                    term,
-                    ok: true,
-                    index: LogIndex(index),
-                    read_seq: 0,
-                },
-            );
-        };
         // One entry per tick for 10,000 ticks; n2 holds everything, n3 nothing after the first.
         let first = r.propose(0, put("k"), 1).expect("leader").counter;
         let first_tick = r.now;
@@ -1759,7 +1749,11 @@ mod tests {
             at.push((v, r.now));
             ack(&mut r, 1, v);
         }
-        assert!(r.appended_at.len() <= APPENDED_AT_MAX, "{}", r.appended_at.len());
+        assert!(
+            r.appended_at.len() <= APPENDED_AT_MAX,
+            "{}",
+            r.appended_at.len()
+        );
         let lag_of_n3 = |r: &Replica| r.follower_lag()[1].2;
         // The oldest entry missing keeps its exact age.
         assert_eq!(lag_of_n3(&r), r.now - first_tick);
