@@ -123,7 +123,8 @@ pub enum Input {
 /// What the node shows of its replica (kvctl status, response metadata).
 #[derive(Debug, Clone, Default)]
 pub struct StatusSnapshot {
-    /// "leader", "follower" or "candidate".
+    /// "leader", "follower", "candidate", or "pre-candidate" (asking whether it could win
+    /// before raising its term: pre-vote).
     pub role: &'static str,
     /// Current term.
     pub term: u64,
@@ -423,7 +424,8 @@ fn role_name(r: Role) -> &'static str {
     match r {
         Role::Leader => "leader",
         Role::Follower => "follower",
-        Role::Candidate | Role::PreCandidate => "candidate",
+        Role::Candidate => "candidate",
+        Role::PreCandidate => "pre-candidate",
     }
 }
 

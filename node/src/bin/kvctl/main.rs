@@ -789,7 +789,7 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
         with_faults(leaderless_table(&rows), &rows)
     } else {
         let mut out = format!(
-            "{:<6} {:<22} {:<10} {:>5} {:<7} {:<18} {:>9} {:>14} {:>9} {:>7}\n",
+            "{:<6} {:<22} {:<13} {:>5} {:<7} {:<18} {:>9} {:>14} {:>9} {:>7}\n",
             "ID",
             "ADDR",
             "ROLE",
@@ -804,7 +804,7 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
         for (addr, s) in &rows {
             match s {
                 Some(s) => out.push_str(&format!(
-                    "{:<6} {:<22} {:<10} {:>5} {:<7} {:<18} {:>9} {:>14} {:>9} {:>7}\n",
+                    "{:<6} {:<22} {:<13} {:>5} {:<7} {:<18} {:>9} {:>14} {:>9} {:>7}\n",
                     s.id,
                     addr,
                     s.role,
@@ -824,7 +824,7 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
                     let id = down_id(addr);
                     let lag = id.as_deref().and_then(lag_of_id);
                     out.push_str(&format!(
-                        "{:<6} {:<22} {:<10} {:>5} {:<7} {:<18} {:>9} {:>14}\n",
+                        "{:<6} {:<22} {:<13} {:>5} {:<7} {:<18} {:>9} {:>14}\n",
                         id.as_deref().unwrap_or("?"),
                         addr,
                         "down",
