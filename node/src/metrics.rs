@@ -463,8 +463,10 @@ impl Metrics {
             catch_up(&self.tombstones_purged, st.tombstones_purged);
             set(&m.hints_pending, h.hints_pending());
         }
-        let reachable = match (replica, leaderless) {
-            (Some(d), _) => Some(d.status().reachable),
+        // Leader-follower: one snapshot of the replica's status for every gauge below.
+        let replica = replica.map(|d| (d, d.status()));
+        let reachable = match (&replica, leaderless) {
+            (Some((_, st)), _) => Some(st.reachable.clone()),
             (None, Some(h)) => Some(h.reachable()),
             (None, None) => None,
         };
@@ -476,8 +478,7 @@ impl Metrics {
                     .set(i64::from(up));
             }
         }
-        if let Some(d) = replica {
-            let st = d.status();
+        if let Some((d, st)) = replica {
             // Only a leader knows its followers' lag: no stale series from an earlier term.
             if st.follower_lag.is_empty() {
                 self.lag_entries.clear();

@@ -636,22 +636,18 @@ impl Replica {
     /// only its own side: across a clean partition only an observer of every node (`kvctl
     /// status`, or `sum(kv_is_leader)` in Prometheus) sees the split brain.
     pub fn leaders_observed(&self, window: u64) -> u32 {
-        let recent: Vec<Claim> = self
-            .claims
-            .iter()
-            .flatten()
-            .filter(|c| self.now.saturating_sub(c.last) <= window)
-            .copied()
-            .collect();
+        let recent = || {
+            self.claims
+                .iter()
+                .flatten()
+                .filter(move |c| self.now.saturating_sub(c.last) <= window)
+        };
         // Spans [first, last] on a line: the most overlapping one another overlap at the latest
         // start among them.
-        let most = recent
-            .iter()
-            .map(|c| c.first)
-            .map(|p| {
-                recent
-                    .iter()
-                    .filter(|d| d.first <= p && p <= d.last)
+        let most = recent()
+            .map(|c| {
+                recent()
+                    .filter(|d| d.first <= c.first && c.first <= d.last)
                     .count()
             })
             .max()

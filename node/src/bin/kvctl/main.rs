@@ -646,7 +646,6 @@ async fn node_status(addr: &str, t: Duration) -> Option<pb::NodeStatus> {
         .map(|r| r.into_inner())
 }
 
-/// `kvctl status` in leaderless mode: no leaders or terms; hints, repairs and conflicts instead.
 /// The id of the member at `addr` (a node that did not answer), from the members the others
 /// list.
 fn member_at(rows: &[(String, Option<pb::NodeStatus>)], addr: &str) -> Option<String> {
@@ -665,6 +664,7 @@ fn hints_held_for(rows: &[(String, Option<pb::NodeStatus>)], id: &str) -> u64 {
         .sum()
 }
 
+/// `kvctl status` in leaderless mode: no leaders or terms; hints, repairs and conflicts instead.
 fn leaderless_table(rows: &[(String, Option<pb::NodeStatus>)]) -> String {
     let mut out = format!(
         "{:<6} {:<22} {:<8} {:<18} {:>9} {:>10} {:>9} {:>11} {:>9}\n",
@@ -754,24 +754,26 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
             }
         })
     };
-    let down_id = |addr: &str| member_at(&rows, addr);
     let stdout = if json {
         let nodes: Vec<serde_json::Value> = rows
             .iter()
             .map(|(addr, s)| match s {
-                Some(s) => json!({"id": s.id, "addr": addr, "role": s.role, "term": s.term,
+                Some(s) => {
+                    let lag = lag_of(s);
+                    json!({"id": s.id, "addr": addr, "role": s.role, "term": s.term,
                     "leader": (!s.leader.is_empty()).then_some(&s.leader),
                     "reachable": s.reachable, "applied_index": s.applied_index,
-                    "commit_index": s.commit_index, "lag": lag_of(s).map(|l| l.0),
-                    "lag_ms": lag_of(s).map(|l| l.1), "mode": s.mode,
+                    "commit_index": s.commit_index, "lag": lag.map(|l| l.0),
+                    "lag_ms": lag.map(|l| l.1), "mode": s.mode,
                     "snapshot_index": s.snapshot_index, "log_entries": s.log_entries,
                     "hints_pending": s.hints_pending, "hints_for": s.hints_for,
                     "hints_delivered": s.hints_delivered,
                     "conflicting_writes": s.conflicting_writes, "read_repairs": s.read_repairs,
                     "anti_entropy_repairs": s.anti_entropy_repairs,
-                    "faults": s.faults.as_ref().and_then(describe_faults)}),
+                    "faults": s.faults.as_ref().and_then(describe_faults)})
+                }
                 None => {
-                    let id = down_id(addr);
+                    let id = member_at(&rows, addr);
                     let lag = id.as_deref().and_then(lag_of_id);
                     let held = id.as_deref().map(|id| hints_held_for(&rows, id));
                     json!({"id": id, "addr": addr, "role": "down", "term": null,
@@ -821,7 +823,7 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
                     s.log_entries,
                 )),
                 None => {
-                    let id = down_id(addr);
+                    let id = member_at(&rows, addr);
                     let lag = id.as_deref().and_then(lag_of_id);
                     out.push_str(&format!(
                         "{:<6} {:<22} {:<13} {:>5} {:<7} {:<18} {:>9} {:>14}\n",
