@@ -125,10 +125,10 @@ struct RunArgs {
     #[arg(long, default_value = "2s")]
     timeout: humantime::Duration,
     /// Read quorum sent with every quorumkv request.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     r: Option<u32>,
     /// Write quorum sent with every quorumkv request.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     w: Option<u32>,
     /// How requests choose a quorumkv node: auto (learnt from the nodes' Status: leaderless,
     /// each key goes to the first live replica of its preference list, as token-aware

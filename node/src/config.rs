@@ -312,10 +312,34 @@ impl Config {
         if members.is_empty() {
             members.insert(id.clone(), self.listen.to_string());
         }
-        if !members.contains_key(&id) {
+        let Some(own) = members.get(&id) else {
             return err(format!(
                 "--peers does not list this node's --id {} (list every member, itself included)",
                 self.id
+            ));
+        };
+        let mut by_addr: BTreeMap<&str, &NodeId> = BTreeMap::new();
+        for (pid, addr) in &members {
+            if let Some(other) = by_addr.insert(addr.as_str(), pid) {
+                return err(format!(
+                    "--peers gives {other} and {pid} the same address {addr}: each member needs its own"
+                ));
+            }
+        }
+        // The others dial the address --peers gives this node. When both it and --listen are
+        // literal addresses (a wildcard or port 0 listen, or a host name, may be right behind NAT
+        // or DNS), they must agree, or this node would run unreachable (a forgotten --listen).
+        if let Ok(own) = own.parse::<SocketAddr>()
+            && !self.listen.ip().is_unspecified()
+            && self.listen.port() != 0
+            && own != self.listen
+        {
+            return err(format!(
+                "--listen {} but --peers gives {} the address {own}: the other nodes would not reach it; give both the same address (or listen on {}:{})",
+                self.listen,
+                self.id,
+                if own.is_ipv4() { "0.0.0.0" } else { "[::]" },
+                own.port()
             ));
         }
         let nodes = members.len() as u32;
@@ -472,6 +496,41 @@ mod tests {
             })
             .contains("twice")
         );
+        assert!(
+            invalid(Config {
+                peers: "n1=127.0.0.1:7001,n2=127.0.0.1:7001".into(),
+                ..mem()
+            })
+            .contains("n1 and n2 the same address 127.0.0.1:7001")
+        );
+    }
+
+    #[test]
+    fn config_listen_must_be_where_the_others_dial() {
+        // A forgotten --listen (default 127.0.0.1:7001) would leave n1 unreachable at 7101.
+        let e = invalid(Config {
+            peers: "n1=127.0.0.1:7101,n2=127.0.0.1:7102".into(),
+            ..mem()
+        });
+        assert!(
+            e.contains("--listen 127.0.0.1:7001 but --peers gives n1 the address 127.0.0.1:7101"),
+            "{e}"
+        );
+        // Agreeing, a wildcard listen, an ephemeral port or a host name in --peers: accepted.
+        for (listen, peers) in [
+            ("127.0.0.1:7101", "n1=127.0.0.1:7101,n2=127.0.0.1:7102"),
+            ("0.0.0.0:7001", "n1=10.0.0.1:7001,n2=10.0.0.2:7001"),
+            ("127.0.0.1:0", "n1=127.0.0.1:7101,n2=127.0.0.1:7102"),
+            ("10.1.2.3:7001", "n1=kv-0.kv:7001,n2=kv-1.kv:7001"),
+        ] {
+            Config {
+                listen: listen.parse().expect("addr"),
+                peers: peers.into(),
+                ..mem()
+            }
+            .validate()
+            .unwrap_or_else(|e| panic!("{listen} {peers}: {e}"));
+        }
     }
 
     #[test]

@@ -82,15 +82,15 @@ fn kvctl_bad_input_is_refused_with_exit_2_and_stores_nothing() {
         (vec!["put", long_key.as_str(), "v"], "max_key_bytes=1024"),
         (vec!["put", "k", "01234567890"], "max_value_bytes=10"),
         (vec!["put", "k", "v", "--w", "2"], "w=2 is out of range"),
-        (vec!["get", "k", "--r", "0"], ""),
+        // On the wire 0 means "the node's default": kvctl does not send it for an explicit 0.
+        (vec!["get", "k", "--r", "0"], "invalid value '0' for '--r"),
+        (
+            vec!["put", "k", "v", "--w", "0"],
+            "invalid value '0' for '--w",
+        ),
         (vec!["cas", "k", "one.two", "v"], "invalid version"),
     ] {
         let r = kvctl(&ep, &args);
-        if args[1..] == ["k", "--r", "0"] {
-            // r=0 means "the configured default": accepted, key absent.
-            assert_eq!(r.code, 1, "{args:?}: {r:?}");
-            continue;
-        }
         assert_eq!(r.code, 2, "{args:?}: {r:?}");
         assert!(r.stderr.contains(needle), "{args:?}: {r:?}");
     }
@@ -140,6 +140,27 @@ fn kv_node_bad_configuration_exits_with_a_one_line_reason() {
         (
             vec!["--storage", "memory", "--peers", "n1=127.0.0.1:1,n2"],
             "expected ID=HOST:PORT",
+        ),
+        (
+            vec![
+                "--storage",
+                "memory",
+                "--peers",
+                "n1=127.0.0.1:7101,n2=127.0.0.1:7101",
+            ],
+            "--peers gives n1 and n2 the same address",
+        ),
+        (
+            // --listen forgotten: the default 127.0.0.1:7001 is not where the others dial n1.
+            vec![
+                "--storage",
+                "memory",
+                "--id",
+                "n1",
+                "--peers",
+                "n1=127.0.0.1:7101,n2=127.0.0.1:7102",
+            ],
+            "--listen 127.0.0.1:7001 but --peers gives n1 the address 127.0.0.1:7101",
         ),
         (
             vec!["--storage", "memory", "--no-such-flag"],

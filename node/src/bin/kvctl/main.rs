@@ -1,6 +1,6 @@
 //! `kvctl`: the quorumkv command-line client.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -108,14 +108,14 @@ enum Cmd {
         key: String,
         value: String,
         /// Replicas that must durably hold the write before it is acknowledged.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         w: Option<u32>,
     },
     /// Read KEY; prints the value. Exit 1 with "not found" on stderr if absent.
     Get {
         key: String,
         /// Replicas to read from (the newest answer wins).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         r: Option<u32>,
         /// leader (linearizable), any (may be stale), local (this node's copy, no coordination).
         #[arg(long, value_enum)]
@@ -124,7 +124,7 @@ enum Cmd {
     /// Delete KEY (writes a tombstone); prints the tombstone's version.
     Delete {
         key: String,
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         w: Option<u32>,
     },
     /// Write KEY=VALUE only if KEY's current version is EXPECTED_VERSION ("none": KEY must be
@@ -133,7 +133,7 @@ enum Cmd {
         key: String,
         expected_version: String,
         value: String,
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         w: Option<u32>,
     },
 }
@@ -646,14 +646,83 @@ async fn node_status(addr: &str, t: Duration) -> Option<pb::NodeStatus> {
         .map(|r| r.into_inner())
 }
 
-/// The id of the member at `addr` (a node that did not answer), from the members the others
-/// list.
-fn member_at(rows: &[(String, Option<pb::NodeStatus>)], addr: &str) -> Option<String> {
-    rows.iter()
-        .filter_map(|(_, s)| s.as_ref())
-        .flat_map(|s| &s.members)
-        .find(|(_, a)| a.as_str() == addr)
-        .map(|(id, _)| id.clone())
+/// Every address in `addrs` asked for its status at once, in order.
+async fn ask_all(addrs: Vec<String>, t: Duration) -> Vec<(String, Option<pb::NodeStatus>)> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, addr) in addrs.iter().cloned().enumerate() {
+        set.spawn(async move { (i, node_status(&addr, t).await) });
+    }
+    let mut got: Vec<Option<pb::NodeStatus>> = vec![None; addrs.len()];
+    while let Some(r) = set.join_next().await {
+        if let Ok((i, s)) = r {
+            got[i] = s;
+        }
+    }
+    addrs.into_iter().zip(got).collect()
+}
+
+/// The socket addresses `addr` (HOST:PORT) stands for (none if it does not resolve).
+async fn resolve(addr: &str) -> Vec<std::net::SocketAddr> {
+    tokio::net::lookup_host(addr)
+        .await
+        .map(Iterator::collect)
+        .unwrap_or_default()
+}
+
+/// What `kvctl status` shows: the endpoints given, in order, then the members the nodes that
+/// answered list and no endpoint reached (one endpoint is enough to see the whole cluster, as
+/// with `nodetool status`), sorted by id. Also the id of each endpoint that did not answer,
+/// from the members the others list (matched by the address it resolves to, so
+/// `localhost:7002` finds `n2=127.0.0.1:7002`).
+async fn status_rows(
+    endpoints: &[String],
+    t: Duration,
+) -> (
+    Vec<(String, Option<pb::NodeStatus>)>,
+    HashMap<String, String>,
+) {
+    let mut rows = ask_all(endpoints.to_vec(), t).await;
+    let mut members: BTreeMap<String, String> = BTreeMap::new();
+    for s in rows.iter().filter_map(|(_, s)| s.as_ref()) {
+        for (id, addr) in &s.members {
+            members.entry(id.clone()).or_insert_with(|| addr.clone());
+        }
+    }
+    let mut down_ids = HashMap::new();
+    let mut silent = Vec::new(); // endpoints that did not answer, with what they resolve to
+    for (addr, s) in &rows {
+        if s.is_none() {
+            silent.push((addr.clone(), resolve(addr).await));
+        }
+    }
+    let mut more = Vec::new();
+    for (id, addr) in &members {
+        if rows
+            .iter()
+            .any(|(_, s)| s.as_ref().is_some_and(|s| &s.id == id))
+        {
+            continue;
+        }
+        let at = resolve(addr).await;
+        match silent
+            .iter()
+            .find(|(a, r)| a == addr || r.iter().any(|x| at.contains(x)))
+        {
+            Some((endpoint, _)) => {
+                down_ids.insert(endpoint.clone(), id.clone());
+            }
+            None => more.push(addr.clone()),
+        }
+    }
+    for (addr, s) in ask_all(more, t).await {
+        if s.is_none()
+            && let Some((id, _)) = members.iter().find(|(_, a)| **a == addr)
+        {
+            down_ids.insert(addr.clone(), id.clone());
+        }
+        rows.push((addr, s));
+    }
+    (rows, down_ids)
 }
 
 /// Leaderless: the hints the nodes that answered hold for replica `id`.
@@ -665,7 +734,10 @@ fn hints_held_for(rows: &[(String, Option<pb::NodeStatus>)], id: &str) -> u64 {
 }
 
 /// `kvctl status` in leaderless mode: no leaders or terms; hints, repairs and conflicts instead.
-fn leaderless_table(rows: &[(String, Option<pb::NodeStatus>)]) -> String {
+fn leaderless_table(
+    rows: &[(String, Option<pb::NodeStatus>)],
+    down_ids: &HashMap<String, String>,
+) -> String {
     let mut out = format!(
         "{:<6} {:<22} {:<8} {:<18} {:>9} {:>10} {:>9} {:>11} {:>9}\n",
         "ID", "ADDR", "ROLE", "REACHABLE", "WRITES", "HINTS", "DELIVERED", "REPAIRS", "CONFLICTS"
@@ -689,7 +761,7 @@ fn leaderless_table(rows: &[(String, Option<pb::NodeStatus>)]) -> String {
                 s.conflicting_writes,
             )),
             None => {
-                let id = member_at(rows, addr);
+                let id = down_ids.get(addr).cloned();
                 let held = id.as_deref().map_or(0, |id| hints_held_for(rows, id));
                 out.push_str(&format!(
                     "{:<6} {:<22} {:<8}{}\n",
@@ -713,10 +785,8 @@ fn leaderless_table(rows: &[(String, Option<pb::NodeStatus>)]) -> String {
 }
 
 async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
-    let mut rows = Vec::new();
-    for addr in endpoints {
-        rows.push((addr.clone(), node_status(addr, t).await));
-    }
+    let (rows, down_ids) = status_rows(endpoints, t).await;
+    let member_at = |addr: &str| down_ids.get(addr).cloned();
     let leaders: Vec<&pb::NodeStatus> = rows
         .iter()
         .filter_map(|(_, s)| s.as_ref())
@@ -773,7 +843,7 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
                     "faults": s.faults.as_ref().and_then(describe_faults)})
                 }
                 None => {
-                    let id = member_at(&rows, addr);
+                    let id = member_at(addr);
                     let lag = id.as_deref().and_then(lag_of_id);
                     let held = id.as_deref().map(|id| hints_held_for(&rows, id));
                     json!({"id": id, "addr": addr, "role": "down", "term": null,
@@ -788,7 +858,7 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
         .iter()
         .any(|(_, s)| s.as_ref().is_some_and(|s| s.mode == "leaderless"))
     {
-        with_faults(leaderless_table(&rows), &rows)
+        with_faults(leaderless_table(&rows, &down_ids), &rows)
     } else {
         let mut out = format!(
             "{:<6} {:<22} {:<13} {:>5} {:<7} {:<18} {:>9} {:>14} {:>9} {:>7}\n",
@@ -823,7 +893,7 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
                     s.log_entries,
                 )),
                 None => {
-                    let id = member_at(&rows, addr);
+                    let id = member_at(addr);
                     let lag = id.as_deref().and_then(lag_of_id);
                     out.push_str(&format!(
                         "{:<6} {:<22} {:<13} {:>5} {:<7} {:<18} {:>9} {:>14}\n",
