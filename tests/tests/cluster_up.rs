@@ -157,6 +157,35 @@ fn start(extra: &[&str], dir: &std::path::Path) -> (Up, String, Vec<String>) {
 }
 
 #[test]
+fn cluster_up_refuses_sizes_and_ports_that_cannot_work_with_exit_2() {
+    for (args, needle) in [
+        (vec!["--nodes", "0"], "invalid value '0' for '--nodes"),
+        (vec!["--nodes", "65"], "invalid value '65' for '--nodes"),
+        (
+            vec!["--nodes", "3", "--base-port", "65534"],
+            "--base-port 65534: 3 nodes need ports 65534..65536",
+        ),
+        (
+            vec![
+                "--nodes",
+                "5",
+                "--base-port",
+                "9100",
+                "--admin-base-port",
+                "9102",
+            ],
+            "overlap for 5 nodes",
+        ),
+    ] {
+        let mut all = vec!["cluster", "up"];
+        all.extend(args.iter());
+        let r = kvctl("127.0.0.1:1", &all);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stderr.contains(needle), "{args:?}: {r:?}");
+    }
+}
+
+#[test]
 fn cluster_kill_and_start_bring_a_node_back_with_its_hints() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut child, endpoints, seen) = start(

@@ -46,8 +46,8 @@ pub(crate) struct NodeArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct UpArgs {
-    /// Number of nodes.
-    #[arg(long, default_value_t = 5)]
+    /// Number of nodes (1 to 64).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=64))]
     nodes: u32,
     /// leader-follower or leaderless.
     #[arg(long, default_value = "leader-follower")]
@@ -232,10 +232,24 @@ async fn up(a: UpArgs, t: Duration) -> ExitCode {
         eprintln!("kvctl: {msg}");
         ExitCode::from(exit::FAILED)
     };
-    if a.nodes == 0 || u32::from(a.base_port) + a.nodes > 65536 {
-        return fail(format!(
-            "--nodes {} does not fit from port {}",
-            a.nodes, a.base_port
+    let usage = |msg: String| {
+        eprintln!("kvctl: {msg}");
+        ExitCode::from(exit::USAGE)
+    };
+    let (base, admin_base) = (u32::from(a.base_port), u32::from(a.admin_base_port));
+    for (flag, port) in [("--base-port", base), ("--admin-base-port", admin_base)] {
+        if port == 0 || port + a.nodes > 65536 {
+            return usage(format!(
+                "{flag} {port}: {} nodes need ports {port}..{} (at most 65535)",
+                a.nodes,
+                port + a.nodes - 1
+            ));
+        }
+    }
+    if base < admin_base + a.nodes && admin_base < base + a.nodes {
+        return usage(format!(
+            "--base-port {base} and --admin-base-port {admin_base} overlap for {} nodes: give ranges {} ports apart",
+            a.nodes, a.nodes
         ));
     }
     let exe = match std::env::current_exe() {
