@@ -247,9 +247,35 @@ fn cluster_kill_and_start_bring_a_node_back_with_its_hints() {
         assert!(Instant::now() < deadline, "no hints shown for n3: {st:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Faults from one endpoint reach every member; with n3 down a fault cannot be set (n3
+    // would start again without it), but a heal heals the others and names n3.
+    let first = endpoints.split(',').next().expect("an endpoint");
+    let r = kvctl(first, &["fault", "partition", "n1/n2,n3"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("n3 (127.0.0.1:"), "{r:?}");
+    let r = kvctl(first, &["fault", "delay", "n2", "10ms"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    let r = kvctl(first, &["fault", "heal"]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (3, "n1: no faults\nn2: no faults"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("n3 (127.0.0.1:"), "{r:?}");
     let r = node("start", "n3");
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.ends_with(&format!("at {n3}")), "{r:?}");
+    // Once n3 serves again (start does not wait for it), a heal reaches all three.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = kvctl(first, &["fault", "heal"]);
+        if h.code == 0 {
+            assert_eq!(h.stdout.lines().count(), 3, "{h:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{h:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Back, it receives the hints: its own copy of every key (N=3 of 3 nodes holds them all).
     let deadline = Instant::now() + Duration::from_secs(20);
     for i in 0..10 {

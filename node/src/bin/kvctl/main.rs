@@ -242,23 +242,34 @@ fn with_faults(table: String, rows: &[(String, Option<pb::NodeStatus>)]) -> Stri
 }
 
 async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, tonic::Status> {
+    // Every node: the endpoints given and the members they list (as for `status`).
+    let (rows, down_ids) = status_rows(endpoints, t).await;
+    let heal = matches!(f, FaultCmd::Heal);
     let mut nodes = Vec::new();
     // What each node's filter holds now: clock offsets outlive traffic faults.
     let mut current: HashMap<String, pb::FaultSpec> = HashMap::new();
     let mut leaderless = false;
-    for addr in endpoints {
-        match node_status(addr, t).await {
+    let mut silent = Vec::new();
+    for (addr, s) in rows {
+        match s {
             Some(s) => {
                 leaderless |= s.mode == "leaderless";
                 current.insert(s.id.clone(), s.faults.unwrap_or_default());
-                nodes.push((s.id, addr.clone()));
+                nodes.push((s.id, addr));
             }
-            None => {
-                return Err(tonic::Status::unavailable(format!(
-                    "{addr} did not answer: every node must be reachable to set faults"
-                )));
-            }
+            None => silent.push(match down_ids.get(&addr) {
+                Some(id) => format!("{id} ({addr})"),
+                None => addr,
+            }),
         }
+    }
+    // A fault set on part of the cluster is not the fault asked for; a heal is wanted most
+    // when a node is down, so it heals every node that answers and names the others.
+    if !silent.is_empty() && (!heal || nodes.is_empty()) {
+        return Err(tonic::Status::unavailable(format!(
+            "{} did not answer: every node must be reachable to set faults",
+            silent.join(", ")
+        )));
     }
     let ids: Vec<&str> = nodes.iter().map(|(id, _)| id.as_str()).collect();
     let check = |n: &str| -> Result<(), tonic::Status> {
@@ -266,7 +277,7 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
             Ok(())
         } else {
             Err(tonic::Status::invalid_argument(format!(
-                "{n} is not one of the nodes in --endpoints ({})",
+                "{n} is not a member of this cluster ({})",
                 ids.join(",")
             )))
         }
@@ -395,6 +406,17 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
         };
         set_faults(addr, spec, t).await?;
         out.push(line);
+    }
+    if !silent.is_empty() {
+        return Ok(Done {
+            stdout: out.join("\n"),
+            stderr: Some(format!(
+                "kvctl: {} did not answer and keeps what it had: a node killed starts again \
+                 with no faults, a paused one keeps its own until you heal again",
+                silent.join(", ")
+            )),
+            code: exit::FAILED,
+        });
     }
     Ok(Done {
         stdout: out.join("\n"),
