@@ -228,14 +228,12 @@ impl Node {
 }
 
 async fn up(a: UpArgs, t: Duration) -> ExitCode {
-    let fail = |msg: String| {
+    let exit_with = |code: u8, msg: String| {
         eprintln!("kvctl: {msg}");
-        ExitCode::from(exit::FAILED)
+        ExitCode::from(code)
     };
-    let usage = |msg: String| {
-        eprintln!("kvctl: {msg}");
-        ExitCode::from(exit::USAGE)
-    };
+    let fail = |msg: String| exit_with(exit::FAILED, msg);
+    let usage = |msg: String| exit_with(exit::USAGE, msg);
     let (base, admin_base) = (u32::from(a.base_port), u32::from(a.admin_base_port));
     for (flag, port) in [("--base-port", base), ("--admin-base-port", admin_base)] {
         if port == 0 || port + a.nodes > 65536 {
