@@ -198,6 +198,15 @@ fn cluster_kill_and_start_bring_a_node_back_with_its_hints() {
     );
     let d = dir.path().to_str().expect("utf-8 path");
     let node = |action: &str, n: &str| kvctl(&endpoints, &["cluster", action, n, "--data-dir", d]);
+    for (groups, needle) in [
+        ("n1/n1,n2", "n1 is named twice"),
+        ("n1/n2", "n3 is in no group"),
+        ("n1/n2,n9", "n9 is not a member of this cluster (n1,n2,n3)"),
+    ] {
+        let r = kvctl(&endpoints, &["fault", "partition", groups]);
+        assert_eq!(r.code, 2, "{groups}: {r:?}");
+        assert!(r.stderr.contains(needle), "{groups}: {r:?}");
+    }
     let r = node("kill", "n3");
     assert_eq!(
         (r.code, r.stdout.starts_with("n3 killed (kill -9")),

@@ -309,9 +309,15 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
                     "a partition needs at least two groups: n1,n2/n3,n4,n5",
                 ));
             }
+            let mut seen = std::collections::HashSet::new();
             for g in &groups {
                 for n in g {
                     check(n)?;
+                    if !seen.insert(n) {
+                        return Err(tonic::Status::invalid_argument(format!(
+                            "{n} is named twice: each node goes in one group"
+                        )));
+                    }
                 }
             }
             for id in &ids {
