@@ -479,11 +479,10 @@ impl Metrics {
             }
         }
         if let Some((d, st)) = replica {
-            // Only a leader knows its followers' lag: no stale series from an earlier term.
-            if st.follower_lag.is_empty() {
-                self.lag_entries.clear();
-                self.lag_seconds.clear();
-            }
+            // Only a leader knows its followers' lag, and only of those that answered in its
+            // term: no stale series from an earlier term or of a follower not heard since.
+            self.lag_entries.clear();
+            self.lag_seconds.clear();
             for (f, entries, behind) in &st.follower_lag {
                 let l = FollowerLabels {
                     follower: f.0.clone(),

@@ -675,14 +675,16 @@ impl Replica {
     /// and in ticks, the age of the oldest entry it lacks (MongoDB's replication lag: how long
     /// ago the leader had what the follower has now; 0 when it has everything). An entry from
     /// before this leader's term counts as appended when it was elected, so a lag that began
-    /// before the election is reported as no older than the election.
+    /// before the election is reported as no older than the election. A follower that has not
+    /// answered since the election is left out: the leader knows nothing of its log yet (it
+    /// would otherwise be reported as lacking the whole log, as Raft's matchIndex starts at 0).
     pub fn follower_lag(&self) -> Vec<(NodeId, u64, u64)> {
         if self.role != Role::Leader {
             return Vec::new();
         }
         let last = self.last_index().0;
         (0..self.cfg.members.len())
-            .filter(|&i| i != self.me)
+            .filter(|&i| i != self.me && self.progress[i].replied)
             .map(|i| {
                 let matched = self.progress[i].matched;
                 let ticks = if matched >= last {
@@ -1703,6 +1705,14 @@ mod tests {
                 .collect()
         };
         assert_eq!(lag(&r), vec![(0, 0), (0, 0)], "both hold everything");
+        // A leader just elected knows nothing of its followers' logs: none is reported until it
+        // answers (not the whole log behind).
+        let mut fresh = replica(0, 3, HardState::default(), vec![]);
+        elect(&mut fresh, 3);
+        assert!(fresh.follower_lag().is_empty());
+        ack(&mut fresh, 2, 0);
+        let known: Vec<String> = fresh.follower_lag().into_iter().map(|f| f.0.0).collect();
+        assert_eq!(known, vec!["n3".to_string()]);
         // Entries appended at ticks 0, 0, 5 and 9 after the no-op; n2 takes them all, n3 the
         // first two only.
         let mut at = Vec::new();
@@ -1735,7 +1745,10 @@ mod tests {
     fn append_times_stay_bounded_for_a_follower_missing_entries_for_long() {
         let mut r = replica(0, 3, HardState::default(), vec![]);
         elect(&mut r, 3);
-        // One entry per tick for 10,000 ticks; n2 holds everything, n3 nothing after the first.
+        // One entry per tick for 10,000 ticks; n2 holds everything, n3 nothing after the
+        // election's no-op.
+        let noop = r.last_index().0;
+        ack(&mut r, 2, noop);
         let first = r.propose(0, put("k"), 1).expect("leader").counter;
         let first_tick = r.now;
         let mut at = vec![(first, first_tick)];
