@@ -66,6 +66,14 @@ fn cluster_up(extra: &[&str], check: impl Fn(&[String])) -> serde_json::Value {
         .filter_map(|n| n["id"].as_str())
         .collect();
     assert_eq!(ids, ["n1", "n2", "n3"], "{one}");
+    // One node under two spellings is one row.
+    let port = first.rsplit(':').next().expect("port");
+    let twice = kvctl(
+        &format!("{first},localhost:{port}"),
+        &["--output", "json", "status"],
+    );
+    let twice: serde_json::Value = serde_json::from_str(&twice.stdout).expect("json");
+    assert_eq!(twice["nodes"].as_array().map(Vec::len), Some(3), "{twice}");
 
     let code = child.stop();
     assert!(code.success(), "{code}");

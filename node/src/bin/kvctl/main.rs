@@ -710,6 +710,9 @@ async fn status_rows(
     HashMap<String, String>,
 ) {
     let mut rows = ask_all(endpoints.to_vec(), t).await;
+    // One node given twice (`localhost:7001` and `127.0.0.1:7001`) is one row, the first.
+    let mut ids = std::collections::HashSet::new();
+    rows.retain(|(_, s)| s.as_ref().is_none_or(|s| ids.insert(s.id.clone())));
     let mut members: BTreeMap<String, String> = BTreeMap::new();
     for s in rows.iter().filter_map(|(_, s)| s.as_ref()) {
         for (id, addr) in &s.members {
