@@ -1,6 +1,6 @@
 //! `kvctl`: the quorumkv command-line client.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -309,7 +309,7 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
                     "a partition needs at least two groups: n1,n2/n3,n4,n5",
                 ));
             }
-            let mut seen = std::collections::HashSet::new();
+            let mut seen = HashSet::new();
             for g in &groups {
                 for n in g {
                     check(n)?;
@@ -711,7 +711,7 @@ async fn status_rows(
 ) {
     let mut rows = ask_all(endpoints.to_vec(), t).await;
     // One node given twice (`localhost:7001` and `127.0.0.1:7001`) is one row, the first.
-    let mut ids = std::collections::HashSet::new();
+    let mut ids = HashSet::new();
     rows.retain(|(_, s)| s.as_ref().is_none_or(|s| ids.insert(s.id.clone())));
     let mut members: BTreeMap<String, String> = BTreeMap::new();
     for s in rows.iter().filter_map(|(_, s)| s.as_ref()) {
@@ -728,11 +728,8 @@ async fn status_rows(
     }
     let mut more = Vec::new();
     for (id, addr) in &members {
-        if rows
-            .iter()
-            .any(|(_, s)| s.as_ref().is_some_and(|s| &s.id == id))
-        {
-            continue;
+        if ids.contains(id) {
+            continue; // it answered
         }
         let at = resolve(addr).await;
         match silent
@@ -817,7 +814,6 @@ fn leaderless_table(
 
 async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
     let (rows, down_ids) = status_rows(endpoints, t).await;
-    let member_at = |addr: &str| down_ids.get(addr).cloned();
     let leaders: Vec<&pb::NodeStatus> = rows
         .iter()
         .filter_map(|(_, s)| s.as_ref())
@@ -874,7 +870,7 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
                     "faults": s.faults.as_ref().and_then(describe_faults)})
                 }
                 None => {
-                    let id = member_at(addr);
+                    let id = down_ids.get(addr).cloned();
                     let lag = id.as_deref().and_then(lag_of_id);
                     let held = id.as_deref().map(|id| hints_held_for(&rows, id));
                     json!({"id": id, "addr": addr, "role": "down", "term": null,
@@ -924,7 +920,7 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
                     s.log_entries,
                 )),
                 None => {
-                    let id = member_at(addr);
+                    let id = down_ids.get(addr).cloned();
                     let lag = id.as_deref().and_then(lag_of_id);
                     out.push_str(&format!(
                         "{:<6} {:<22} {:<13} {:>5} {:<7} {:<18} {:>9} {:>14}\n",
