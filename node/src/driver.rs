@@ -310,6 +310,8 @@ struct Driver {
     rolled_back: Arc<AtomicU64>,
     status: Arc<Mutex<StatusSnapshot>>,
     failed: Option<String>,
+    /// Told when the replica log fails (the node stops).
+    on_fail: Option<crate::storage::FailObserver>,
     /// [`LEADERS_WINDOW`] in ticks.
     leaders_window: u64,
     /// One tick.
@@ -327,6 +329,7 @@ pub fn start(
     data_dir: Option<PathBuf>,
     fsync: crate::storage::FsyncPolicy,
     on_flush: Option<crate::storage::FlushObserver>,
+    on_fail: Option<crate::storage::FailObserver>,
     timing: Timing,
     transport: Transport,
     state: Arc<MemStorage>,
@@ -406,6 +409,7 @@ pub fn start(
         rolled_back: rolled_back.clone(),
         status: status.clone(),
         failed: None,
+        on_fail,
         leaders_window: (LEADERS_WINDOW.as_millis() / timing.tick.as_millis().max(1)) as u64,
         tick: timing.tick,
     };
@@ -445,6 +449,11 @@ impl Driver {
                     Ok(input) => self.input(input),
                     Err(_) => break,
                 }
+            }
+            // A replica that cannot write stays silent: no campaigns, no heartbeats.
+            if self.failed.is_some() {
+                next_tick = Instant::now() + tick;
+                continue;
             }
             if Instant::now() >= next_tick {
                 self.replica.tick();
@@ -653,7 +662,12 @@ impl Driver {
 
     fn fail(&mut self, why: String) {
         tracing::error!(error = %why, "replica log write failed; this node stops serving");
-        self.failed = Some(why);
+        if self.failed.is_none() {
+            if let Some(f) = &self.on_fail {
+                f(&why);
+            }
+            self.failed = Some(why);
+        }
         self.pipeline.clear();
         for (_, r) in self.proposals.drain() {
             let _ = r.send(Err(DriveError::Unknown));
@@ -960,6 +974,7 @@ mod tests {
             members.into_iter().map(|(id, _)| id).collect(),
             Some(dir.to_path_buf()),
             FsyncPolicy::Batch,
+            None,
             None,
             Timing::default(),
             transport,

@@ -58,7 +58,7 @@ use crate::config::{Settings, StorageKind};
 use crate::metrics::{AdminState, InfoLabels, Metrics};
 use crate::node::Node;
 use crate::server::kv::KvService;
-use crate::storage::{DiskOptions, DiskStorage, MemStorage, Storage};
+use crate::storage::{DiskOptions, DiskStorage, FailObserver, MemStorage, Storage};
 
 /// A started node: its bound addresses and a way to stop it.
 pub struct Running {
@@ -69,6 +69,8 @@ pub struct Running {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     node: Arc<Node>,
+    /// The first storage failure, once there is one.
+    failed: watch::Receiver<Option<String>>,
 }
 
 impl Running {
@@ -85,15 +87,37 @@ impl Running {
         }
     }
 
-    /// Runs until `signal` resolves, then shuts down.
-    pub async fn run_until(self, signal: impl Future<Output = ()>) {
-        signal.await;
-        tracing::info!("shutting down");
+    /// Runs until `signal` resolves or the node's storage fails, then shuts down.
+    ///
+    /// A write or fsync that fails stops the node, as a WAL write error stops etcd: after a
+    /// failed fsync what the kernel kept is unknown, so nothing more may be acknowledged, and a
+    /// replica that stays up without writing holds its peers back (a leader that cannot append
+    /// keeps heartbeating, so no one else is elected; clients keep asking it). Stopped, it is a
+    /// node down like any other: the others carry on, and it starts again from what is on disk
+    /// once the cause (a full disk, a failing one) is dealt with.
+    ///
+    /// # Errors
+    /// The storage failure that stopped the node.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), String> {
+        let mut failed = self.failed.clone();
+        let why = tokio::select! {
+            () = signal => None,
+            f = failed.wait_for(Option::is_some) => f.ok().and_then(|f| f.clone()),
+        };
+        match &why {
+            Some(why) => tracing::error!(error = %why, "storage failed: the node stops"),
+            None => tracing::info!("shutting down"),
+        }
         self.shutdown().await;
+        why.map_or(Ok(()), Err)
     }
 }
 
-fn open_storage(s: &Settings, metrics: &Metrics) -> anyhow::Result<Arc<dyn Storage>> {
+fn open_storage(
+    s: &Settings,
+    metrics: &Metrics,
+    on_fail: &FailObserver,
+) -> anyhow::Result<Arc<dyn Storage>> {
     Ok(match s.storage {
         StorageKind::Memory => Arc::new(MemStorage::new()),
         StorageKind::Disk => {
@@ -107,6 +131,7 @@ fn open_storage(s: &Settings, metrics: &Metrics) -> anyhow::Result<Arc<dyn Stora
                 DiskOptions {
                     fsync: s.config.fsync,
                     on_flush: Some(metrics.flush_observer()),
+                    on_fail: Some(on_fail.clone()),
                     ..DiskOptions::default()
                 },
             )?;
@@ -153,6 +178,16 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             .filter(|id| *id != settings.id.0)
             .collect(),
     ));
+    let (failed_tx, failed) = watch::channel(None);
+    let on_fail: FailObserver = Arc::new(move |why: &str| {
+        failed_tx.send_if_modified(|f| {
+            let first = f.is_none();
+            if first {
+                *f = Some(why.to_string());
+            }
+            first
+        });
+    });
     let replicated = settings.members.len() > 1;
     let leaderless = replicated && cfg.mode == config::Mode::Leaderless;
     // Leader-follower: the state machine, rebuilt from the replica's snapshot and log, which
@@ -161,7 +196,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let storage = if replicated && !leaderless {
         state_machine.clone() as Arc<dyn Storage>
     } else {
-        open_storage(&settings, &metrics)?
+        open_storage(&settings, &metrics, &on_fail)?
     };
     let listener = bind(cfg.listen, "--listen").await?;
     let admin = bind(cfg.admin_listen, "--admin-listen").await?;
@@ -185,6 +220,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                     &dir.join("hints"),
                     DiskOptions {
                         fsync: settings.config.fsync,
+                        on_fail: Some(on_fail.clone()),
                         ..DiskOptions::default()
                     },
                 )?;
@@ -244,6 +280,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             data_dir,
             settings.config.fsync,
             Some(metrics.flush_observer()),
+            Some(on_fail.clone()),
             driver::Timing {
                 snapshot_entries: settings.config.snapshot_entries,
                 ..driver::Timing::default()
@@ -336,5 +373,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         stop,
         tasks: vec![grpc, admin_task, purge],
         node,
+        failed,
     })
 }

@@ -161,6 +161,8 @@ pub struct NodeProcess {
     pub admin: SocketAddr,
     args: Vec<String>,
     log: PathBuf,
+    /// Largest file the process may write (`ulimit -f`), from its next start.
+    file_size_limit: Option<u64>,
 }
 
 impl NodeProcess {
@@ -201,6 +203,7 @@ impl NodeProcess {
             admin,
             args,
             log,
+            file_size_limit: None,
         };
         n.spawn()?;
         Ok(n)
@@ -212,7 +215,24 @@ impl NodeProcess {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(bin("kv-node"))
+        // Under a file size limit a write past it fails with EFBIG, as on a full disk, once
+        // SIGXFSZ (which would kill the process first) is ignored: an ignored signal stays
+        // ignored across exec.
+        let mut cmd = match self.file_size_limit {
+            Some(bytes) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!(
+                        "trap '' XFSZ; ulimit -f {}; exec \"$@\"",
+                        bytes.div_ceil(512)
+                    ))
+                    .arg("sh")
+                    .arg(bin("kv-node"));
+                c
+            }
+            None => Command::new(bin("kv-node")),
+        };
+        let child = cmd
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -271,6 +291,22 @@ impl NodeProcess {
             return Ok(());
         }
         self.spawn()
+    }
+
+    /// From the next start, files the process writes may not grow past `bytes` (`None`: no
+    /// limit): a write past it fails, as on a full disk.
+    pub fn set_file_size_limit(&mut self, bytes: Option<u64>) {
+        self.file_size_limit = bytes;
+    }
+
+    /// How the process ended, once it has ended by itself (`None` while it runs).
+    ///
+    /// # Panics
+    /// If the process cannot be waited for.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().expect("try_wait")?;
+        self.child = None;
+        Some(status)
     }
 
     /// The process id, while it runs.

@@ -13,11 +13,13 @@ use tokio::sync::Mutex;
 
 const WRITERS: usize = 32;
 
-/// Each writer writes its own keys `w{writer}-{i}` with value `{i}` one after another; it
-/// records the writes the node acknowledged, with their versions.
+/// Each writer writes its own keys `w{writer}-{i}` with value `{i}` (then `pad` bytes) one
+/// after another, until `stop` or the first error; it records the writes the node
+/// acknowledged, with their versions.
 async fn writer(
     endpoint: String,
     id: usize,
+    pad: usize,
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<(String, String, pb::Version)>>>,
 ) {
@@ -27,7 +29,7 @@ async fn writer(
     let mut i = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let key = format!("w{id}-{i}");
-        let value = format!("{i}");
+        let value = format!("{i}{}", "x".repeat(pad));
         let mut req = tonic::Request::new(pb::PutRequest {
             key: Bytes::from(key.clone()),
             value: Bytes::from(value.clone()),
@@ -39,7 +41,8 @@ async fn writer(
                 let v = r.into_inner().version.expect("a put answers its version");
                 acked.lock().await.push((key, value, v));
             }
-            Err(_) => return, // the node died under us: this write's outcome is unknown
+            // The node died or failed under us: this write's outcome is unknown.
+            Err(_) => return,
         }
         i += 1;
     }
@@ -57,6 +60,7 @@ async fn crash_and_check(fsync: &str) {
         tasks.push(tokio::spawn(writer(
             node.endpoint(),
             id,
+            0,
             stop.clone(),
             acked.clone(),
         )));
@@ -76,35 +80,7 @@ async fn crash_and_check(fsync: &str) {
     );
 
     node.restart().expect("restart after kill -9");
-    let mut c = KvClient::connect(format!("http://{}", node.endpoint()))
-        .await
-        .expect("connect");
-    let mut lost = Vec::new();
-    let mut highest = pb::Version::default();
-    for (key, value, version) in &acked {
-        let r = c
-            .get(pb::GetRequest {
-                key: Bytes::from(key.clone()),
-                consistency: None,
-            })
-            .await
-            .expect("get")
-            .into_inner();
-        if !r.found || r.value != value.as_bytes() || r.version.as_ref() != Some(version) {
-            lost.push(key.clone());
-        }
-        if (version.epoch, version.counter) > (highest.epoch, highest.counter) {
-            highest = *version;
-        }
-    }
-    assert!(
-        lost.is_empty(),
-        "fsync={fsync}: {} of {} acknowledged writes lost after kill -9, e.g. {:?}\nnode log:\n{}",
-        lost.len(),
-        acked.len(),
-        &lost[..lost.len().min(5)],
-        node.log_text()
-    );
+    let (mut c, highest) = assert_all_present(&node, &acked, &format!("fsync={fsync}")).await;
     // Versions never go backwards across the crash.
     let v = c
         .put(pb::PutRequest {
@@ -125,6 +101,104 @@ async fn crash_and_check(fsync: &str) {
         "fsync={fsync}: {} acknowledged writes before kill -9, all present after restart",
         acked.len()
     );
+}
+
+/// Every write in `acked` reads back from `node` as acknowledged (value and version); returns
+/// a client and the highest version among them.
+async fn assert_all_present(
+    node: &NodeProcess,
+    acked: &[(String, String, pb::Version)],
+    what: &str,
+) -> (KvClient<tonic::transport::Channel>, pb::Version) {
+    let mut c = KvClient::connect(format!("http://{}", node.endpoint()))
+        .await
+        .expect("connect");
+    let mut lost = Vec::new();
+    let mut highest = pb::Version::default();
+    for (key, value, version) in acked {
+        let r = c
+            .get(pb::GetRequest {
+                key: Bytes::from(key.clone()),
+                consistency: None,
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        if !r.found || r.value != value.as_bytes() || r.version.as_ref() != Some(version) {
+            lost.push(key.clone());
+        }
+        if (version.epoch, version.counter) > (highest.epoch, highest.counter) {
+            highest = *version;
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{what}: {} of {} acknowledged writes lost, e.g. {:?}\nnode log:\n{}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)],
+        node.log_text()
+    );
+    (c, highest)
+}
+
+/// A disk that refuses a write (here a file size limit: EFBIG, as ENOSPC on a full disk)
+/// stops the node, with exit code 1 and the reason, where it used to stay up refusing every
+/// write, still `/readyz`; started again with room to write, it has every write it
+/// acknowledged (those in flight when the disk failed were answered "may have happened").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_refuses_a_write_stops_and_keeps_every_acknowledged_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data_s = data.to_str().expect("utf-8 path");
+    let mut node = NodeProcess::start(&["--data-dir", data_s]).expect("start");
+    // The log is preallocated 2 MiB ahead of the writes: the second step passes 3 MB.
+    node.kill9();
+    node.set_file_size_limit(Some(3_000_000));
+    node.start_again().expect("start under a file size limit");
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let tasks: Vec<_> = (0..8)
+        .map(|id| {
+            tokio::spawn(writer(
+                node.endpoint(),
+                id,
+                20_000,
+                stop.clone(),
+                acked.clone(),
+            ))
+        })
+        .collect();
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("the writers end at the node's first failure")
+            .expect("writer");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = node.exited() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node still runs after a write failed:\n{}",
+            node.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let log = node.log_text();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("kv-node: stopped because a write to disk failed: ")
+            && log.contains("File too large"),
+        "{log}"
+    );
+    let acked = acked.lock().await.clone();
+    assert!(acked.len() > 50, "only {} writes acknowledged", acked.len());
+    node.set_file_size_limit(None);
+    node.start_again().expect("start again with room to write");
+    assert_all_present(&node, &acked, "after the disk failed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,6 +227,7 @@ async fn node_killed_repeatedly_keeps_every_acknowledged_write() {
                 tokio::spawn(writer(
                     node.endpoint(),
                     round * 100 + id,
+                    0,
                     stop.clone(),
                     acked.clone(),
                 ))

@@ -850,3 +850,60 @@ async fn a_compacted_log_brings_back_a_follower_with_a_snapshot_and_survives_res
         wait_local(&c, i, "after", "restart", "replicates after recovery").await;
     }
 }
+
+/// A replica whose disk refuses a write (here a file size limit: EFBIG, as ENOSPC on a full
+/// disk) stops, with exit code 1 and the reason, as etcd stops on a WAL write error; the
+/// others go on, and kvctl, given that node first, moves on to the next endpoint. Before, the
+/// node stayed up refusing every request with UNAVAILABLE ("replica stopped"), which kvctl
+/// took as a definite failure (exit 3), so a cluster with one full disk failed every command
+/// given that node first; `/readyz` still said ready, and it campaigned forever. Started
+/// again with room to write, it catches up with everything acknowledged meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_disk_fails_stops_and_the_others_go_on() {
+    let _serial = SERIAL.lock().await;
+    let (mut c, leader) = led(3).await;
+    let f = (leader + 1) % 3;
+    // Its log file is preallocated to 2 MiB; the next 2 MiB step passes 3 MB.
+    c.nodes[f].kill9();
+    c.nodes[f].set_file_size_limit(Some(3_000_000));
+    c.nodes[f]
+        .start_again()
+        .expect("follower under a file size limit");
+    let mut endpoints = vec![c.nodes[f].endpoint()];
+    endpoints.extend((0..3).filter(|&i| i != f).map(|i| c.nodes[i].endpoint()));
+    let endpoints = endpoints.join(",");
+    let value = "v".repeat(50_000);
+    for i in 0..80 {
+        let r = kvctl(&endpoints, &["put", &format!("k{i}"), &value]);
+        assert_eq!(r.code, 0, "put k{i} ({} KB so far): {r:?}", i * 50);
+    }
+    // The follower stopped by itself, saying why.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = c.nodes[f].exited() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n{} still runs after its log write failed:\n{}",
+            f + 1,
+            c.nodes[f].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(1), "{}", c.nodes[f].log_text());
+    let log = c.nodes[f].log_text();
+    assert!(
+        log.contains("kv-node: stopped because a write to disk failed: ")
+            && log.contains("raft.log: File too large"),
+        "{log}"
+    );
+    // Given room again, it starts from its log and catches up.
+    c.nodes[f].set_file_size_limit(None);
+    c.nodes[f].start_again().expect("the follower starts again");
+    wait_local(&c, f, "k79", &value, "caught up after its disk failed").await;
+    for i in 0..80 {
+        let r = kvctl(&c.endpoints(), &["get", &format!("k{i}")]);
+        assert_eq!((r.code, r.stdout.len()), (0, value.len()), "k{i}: {r:?}");
+    }
+}

@@ -241,10 +241,17 @@ pub fn node_main(argv: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
     };
     rt.block_on(async {
         match kv_node::start(settings).await {
-            Ok(running) => {
-                running.run_until(shutdown_signal()).await;
-                ExitCode::SUCCESS
-            }
+            Ok(running) => match running.run_until(shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(why) => {
+                    eprintln!(
+                        "kv-node: stopped because a write to disk failed: {why}. What it \
+                         acknowledged is kept; deal with the cause (free space, replace the \
+                         disk) and start it again"
+                    );
+                    ExitCode::from(1)
+                }
+            },
             Err(e) => {
                 eprintln!("kv-node: {e:#}");
                 ExitCode::from(1)

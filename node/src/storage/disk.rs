@@ -39,6 +39,10 @@ use super::{DurableFuture, Entry, FsyncPolicy, Lsn, Storage, StorageError, Stora
 /// Called after every flush with how long the write+fsync took and how many records it held.
 pub type FlushObserver = Arc<dyn Fn(Duration, usize) + Send + Sync>;
 
+/// Called once, with the reason, when a write or fsync fails and the storage stops accepting
+/// writes (the node stops: see `kv_node::start`).
+pub type FailObserver = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Tuning for [`DiskStorage`].
 #[derive(Clone)]
 pub struct DiskOptions {
@@ -50,6 +54,8 @@ pub struct DiskOptions {
     pub snapshot_bytes: u64,
     /// Told about every flush (metrics).
     pub on_flush: Option<FlushObserver>,
+    /// Told when the storage fails (the node stops).
+    pub on_fail: Option<FailObserver>,
 }
 
 impl Default for DiskOptions {
@@ -59,6 +65,7 @@ impl Default for DiskOptions {
             segment_bytes: 64 << 20,
             snapshot_bytes: 256 << 20,
             on_flush: None,
+            on_fail: None,
         }
     }
 }
@@ -130,7 +137,17 @@ impl Shared {
     fn fail(&self, err: &StorageError) {
         tracing::error!(error = %err, "storage failed; no further writes will be acknowledged");
         let msg: Arc<str> = err.to_string().into();
-        self.lock().failed = Some(msg.clone());
+        let first = {
+            let mut st = self.lock();
+            let first = st.failed.is_none();
+            if first {
+                st.failed = Some(msg.clone());
+            }
+            first
+        };
+        if first && let Some(f) = &self.opts.on_fail {
+            f(&msg);
+        }
         let waiters = std::mem::take(&mut *self.lock_waiters());
         for tx in waiters.into_values().flatten() {
             let _ = tx.send(Err(StorageError::Failed(msg.to_string())));

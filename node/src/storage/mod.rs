@@ -31,7 +31,7 @@ use std::str::FromStr;
 use bytes::Bytes;
 use kv_replica::Version;
 
-pub use disk::{DiskOptions, DiskStorage, FlushObserver, RecoveryReport};
+pub use disk::{DiskOptions, DiskStorage, FailObserver, FlushObserver, RecoveryReport};
 pub use mem::{Frozen, MemStorage};
 
 /// Log sequence number: the position of a write in the node's total order of writes.
@@ -480,6 +480,7 @@ mod tests {
             segment_bytes: 4 << 10,
             snapshot_bytes: 16 << 10,
             on_flush: None,
+            on_fail: None,
         };
         let value = "x".repeat(100);
         {
@@ -526,6 +527,7 @@ mod tests {
             segment_bytes: 2 << 10,
             snapshot_bytes: 4 << 10,
             on_flush: None,
+            on_fail: None,
         };
         let value = "y".repeat(100);
         {

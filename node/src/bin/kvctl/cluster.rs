@@ -404,11 +404,17 @@ async fn up(a: UpArgs, t: Duration) -> ExitCode {
             () = tokio::time::sleep(Duration::from_millis(100)) => {
                 for n in nodes.iter_mut() {
                     if let Some(Ok(Some(st))) = n.child.as_mut().map(Child::try_wait) {
+                        // A node's last line says why it stopped (kv-node prints it last).
+                        let why = last_line(&n.log)
+                            .map(|l| format!(": {l}"))
+                            .unwrap_or_default();
                         let _ = writeln!(
                             std::io::stderr(),
-                            "kvctl: {} exited ({st}); its log: {}",
+                            "kvctl: {} exited ({st}){why}\n  its log: {}; `kvctl cluster start {}` \
+                             starts it again",
                             n.id,
-                            n.log.display()
+                            n.log.display(),
+                            n.id
                         );
                         n.child = None;
                     }
@@ -553,4 +559,20 @@ async fn stop_all(nodes: &mut [Node]) {
             let _ = c.wait();
         }
     }
+}
+
+/// The last non-empty line of a node's log (read from its last 4 KiB: logs grow).
+fn last_line(path: &std::path::Path) -> Option<String> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).ok()?;
+    String::from_utf8_lossy(&tail)
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
 }
