@@ -299,14 +299,25 @@ impl NodeProcess {
         self.file_size_limit = bytes;
     }
 
-    /// How the process ended, once it has ended by itself (`None` while it runs).
+    /// Waits up to `limit` for the process to end by itself; how it ended.
     ///
     /// # Panics
-    /// If the process cannot be waited for.
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        let status = self.child.as_mut()?.try_wait().expect("try_wait")?;
-        self.child = None;
-        Some(status)
+    /// If it still runs after `limit` (the message holds its log), or cannot be waited for.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            let child = self.child.as_mut().expect("the process was started");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kv-node still runs after {limit:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The process id, while it runs.

@@ -16,13 +16,7 @@ const WRITERS: usize = 32;
 /// Each writer writes its own keys `w{writer}-{i}` with value `{i}` (then `pad` bytes) one
 /// after another, until `stop` or the first error; it records the writes the node
 /// acknowledged, with their versions.
-async fn writer(
-    endpoint: String,
-    id: usize,
-    pad: usize,
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<(String, String, pb::Version)>>>,
-) {
+async fn writer(endpoint: String, id: usize, pad: usize, stop: Arc<AtomicBool>, acked: Acked) {
     let Ok(mut c) = KvClient::connect(format!("http://{endpoint}")).await else {
         return;
     };
@@ -48,23 +42,44 @@ async fn writer(
     }
 }
 
-async fn crash_and_check(fsync: &str) {
+type Acked = Arc<Mutex<Vec<(String, String, pb::Version)>>>;
+
+/// Starts a [`writer`] for each of `ids` against `node`; returns the stop flag, what they
+/// record, and their tasks.
+fn spawn_writers(
+    node: &NodeProcess,
+    ids: impl Iterator<Item = usize>,
+    pad: usize,
+) -> (Arc<AtomicBool>, Acked, Vec<tokio::task::JoinHandle<()>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::new(Mutex::new(Vec::new()));
+    let tasks = ids
+        .map(|id| {
+            tokio::spawn(writer(
+                node.endpoint(),
+                id,
+                pad,
+                stop.clone(),
+                acked.clone(),
+            ))
+        })
+        .collect();
+    (stop, acked, tasks)
+}
+
+/// A node on a fresh data directory (removed when the directory handle drops).
+fn node_in_tempdir(extra: &[&str]) -> (tempfile::TempDir, NodeProcess) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let data_s = data.to_str().expect("utf-8 path");
-    let mut node = NodeProcess::start(&["--data-dir", data_s, "--fsync", fsync]).expect("start");
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let mut tasks = Vec::new();
-    for id in 0..WRITERS {
-        tasks.push(tokio::spawn(writer(
-            node.endpoint(),
-            id,
-            0,
-            stop.clone(),
-            acked.clone(),
-        )));
-    }
+    let mut args = vec!["--data-dir", data.to_str().expect("utf-8 path")];
+    args.extend_from_slice(extra);
+    let node = NodeProcess::start(&args).expect("start");
+    (dir, node)
+}
+
+async fn crash_and_check(fsync: &str) {
+    let (_dir, mut node) = node_in_tempdir(&["--fsync", fsync]);
+    let (stop, acked, tasks) = spawn_writers(&node, 0..WRITERS, 0);
     // Let the writers get going, then kill -9 while they are mid-stream.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     node.kill9();
@@ -148,45 +163,20 @@ async fn assert_all_present(
 /// acknowledged (those in flight when the disk failed were answered "may have happened").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_disk_refuses_a_write_stops_and_keeps_every_acknowledged_write() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let data_s = data.to_str().expect("utf-8 path");
-    let mut node = NodeProcess::start(&["--data-dir", data_s]).expect("start");
+    let (_dir, mut node) = node_in_tempdir(&[]);
     // The log is preallocated 2 MiB ahead of the writes: the second step passes 3 MB.
     node.kill9();
     node.set_file_size_limit(Some(3_000_000));
     node.start_again().expect("start under a file size limit");
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let tasks: Vec<_> = (0..8)
-        .map(|id| {
-            tokio::spawn(writer(
-                node.endpoint(),
-                id,
-                20_000,
-                stop.clone(),
-                acked.clone(),
-            ))
-        })
-        .collect();
+    // They write until their first error.
+    let (_stop, acked, tasks) = spawn_writers(&node, 0..8, 20_000);
     for t in tasks {
         tokio::time::timeout(Duration::from_secs(60), t)
             .await
             .expect("the writers end at the node's first failure")
             .expect("writer");
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(s) = node.exited() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the node still runs after a write failed:\n{}",
-            node.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = node.wait_exit(Duration::from_secs(5));
     let log = node.log_text();
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(
@@ -214,25 +204,10 @@ async fn node_killed_mid_stream_with_fsync_batch_keeps_every_acknowledged_write(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_killed_repeatedly_keeps_every_acknowledged_write() {
     // Several crash/restart rounds on one directory: recovery of recovered logs.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let data_s = data.to_str().expect("utf-8 path");
-    let mut node = NodeProcess::start(&["--data-dir", data_s]).expect("start");
+    let (_dir, mut node) = node_in_tempdir(&[]);
     let mut all: Vec<(String, String)> = Vec::new();
     for round in 0..3 {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let tasks: Vec<_> = (0..8)
-            .map(|id| {
-                tokio::spawn(writer(
-                    node.endpoint(),
-                    round * 100 + id,
-                    0,
-                    stop.clone(),
-                    acked.clone(),
-                ))
-            })
-            .collect();
+        let (stop, acked, tasks) = spawn_writers(&node, (0..8).map(|id| round * 100 + id), 0);
         tokio::time::sleep(Duration::from_millis(400)).await;
         node.kill9();
         stop.store(true, Ordering::Relaxed);

@@ -878,19 +878,7 @@ async fn a_replica_whose_disk_fails_stops_and_the_others_go_on() {
         assert_eq!(r.code, 0, "put k{i} ({} KB so far): {r:?}", i * 50);
     }
     // The follower stopped by itself, saying why.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(s) = c.nodes[f].exited() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "n{} still runs after its log write failed:\n{}",
-            f + 1,
-            c.nodes[f].log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = c.nodes[f].wait_exit(Duration::from_secs(5));
     assert_eq!(status.code(), Some(1), "{}", c.nodes[f].log_text());
     let log = c.nodes[f].log_text();
     assert!(
