@@ -10,6 +10,7 @@
 //! ```
 //!
 //! - [`config`]: one `Config`, validated into `Settings`.
+//! - [`data_dir`]: which node and cluster a data directory belongs to, checked at start.
 //! - [`storage`]: the `Storage` trait, in-memory and durable (WAL + group commit + snapshots).
 //! - [`node`]: what a node does with a request, independent of gRPC.
 //! - [`server`]: gRPC services; errors become statuses in `server::status` only.
@@ -20,6 +21,7 @@
 
 pub mod client;
 pub mod config;
+pub mod data_dir;
 pub mod driver;
 pub mod error;
 pub mod fault;
@@ -190,6 +192,21 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     });
     let replicated = settings.members.len() > 1;
     let leaderless = replicated && cfg.mode == config::Mode::Leaderless;
+    if let (StorageKind::Disk, Some(dir)) = (settings.storage, &cfg.data_dir) {
+        let layout = match (replicated, leaderless) {
+            (false, _) => "single-node",
+            (true, true) => "leaderless",
+            (true, false) => "leader-follower",
+        };
+        data_dir::check_or_record(
+            dir,
+            &data_dir::Identity {
+                id: settings.id.0.clone(),
+                layout: layout.into(),
+                members: settings.members.keys().map(|m| m.0.clone()).collect(),
+            },
+        )?;
+    }
     // Leader-follower: the state machine, rebuilt from the replica's snapshot and log, which
     // are the durable copy.
     let state_machine = Arc::new(MemStorage::new());

@@ -326,6 +326,84 @@ fn kv_node_refuses_a_data_directory_in_use_or_unusable() {
     assert!(err.contains("cannot create data directory"), "{err}");
 }
 
+/// A data directory records which node, layout and members it belongs to on the first start
+/// (`cluster.toml`); a later start that differs is refused with exit code 1 and the reason.
+/// Each of these started without a word before: a node on another's data (it could vote twice
+/// in a term), a single node's data under a replica (invisible to it), a cluster member
+/// started with other members (another majority).
+#[test]
+fn kv_node_refuses_a_data_directory_of_another_node_layout_or_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data_s = data.to_str().expect("utf-8");
+    let refused = |listen: &str, args: &[&str], why: &str| {
+        let mut all = vec![
+            "--data-dir",
+            data_s,
+            "--listen",
+            listen,
+            "--admin-listen",
+            "127.0.0.1:0",
+        ];
+        all.extend_from_slice(args);
+        let out = kv_node_output(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    };
+    {
+        let mut single = NodeProcess::start(&["--data-dir", data_s]).expect("start");
+        single.kill9();
+    }
+    refused(
+        "127.0.0.1:0",
+        &["--id", "n2"],
+        "belongs to node n1, not --id n2",
+    );
+    refused(
+        "127.0.0.1:1",
+        &["--peers", "n1=127.0.0.1:1,n2=127.0.0.1:2"],
+        "holds the data of a single node (no --peers), and this node would run as a \
+         leader-follower replica",
+    );
+
+    // A member of a three-node cluster (its peers need not run for it to start).
+    std::fs::remove_dir_all(&data).expect("empty it");
+    let port = kv_tests::free_port();
+    let me = format!("127.0.0.1:{port}");
+    let three = format!("n1={me},n2=127.0.0.1:2,n3=127.0.0.1:3");
+    {
+        let admin = format!("127.0.0.1:{}", kv_tests::free_port());
+        let mut member = NodeProcess::start_at(
+            me.parse().expect("addr"),
+            admin.parse().expect("addr"),
+            &["--data-dir", data_s, "--peers", &three],
+        )
+        .expect("start a member");
+        member.kill9();
+    }
+    let five = format!("{three},n4=127.0.0.1:4,n5=127.0.0.1:5");
+    refused(
+        &me,
+        &["--peers", &five],
+        "belongs to a cluster of n1,n2,n3; --peers gives n1,n2,n3,n4,n5",
+    );
+    refused(
+        &me,
+        &["--peers", &three, "--mode", "leaderless"],
+        "holds the data of a leader-follower replica",
+    );
+    // The same member starts again (addresses may change; only ids are recorded).
+    let moved = format!("n1={me},n2=127.0.0.1:12,n3=127.0.0.1:13");
+    let admin = format!("127.0.0.1:{}", kv_tests::free_port());
+    NodeProcess::start_at(
+        me.parse().expect("addr"),
+        admin.parse().expect("addr"),
+        &["--data-dir", data_s, "--peers", &moved],
+    )
+    .expect("the same member starts again");
+}
+
 #[test]
 fn kv_bench_check_exits_0_1_2_and_draws_the_violation() {
     let dir = tempfile::tempdir().expect("tempdir");
