@@ -350,6 +350,7 @@ fn kv_node_refuses_a_data_directory_of_another_node_layout_or_cluster() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.contains(why), "{args:?}: {err}");
+        err.to_string()
     };
     {
         let mut single = NodeProcess::start(&["--data-dir", data_s]).expect("start");
@@ -383,16 +384,30 @@ fn kv_node_refuses_a_data_directory_of_another_node_layout_or_cluster() {
         member.kill9();
     }
     let five = format!("{three},n4=127.0.0.1:4,n5=127.0.0.1:5");
-    refused(
+    let err = refused(
         &me,
         &["--peers", &five],
         "belongs to a cluster of n1,n2,n3; --peers gives n1,n2,n3,n4,n5",
     );
-    refused(
+    // Leader-follower defaults (R=1, W=3 of 5) are not weak: reads go through the leader.
+    assert!(!err.contains("not strongly consistent"), "{err}");
+    let err = refused(&me, &["--peers", &five, "--w", "2"], "belongs to a cluster");
+    assert!(err.contains("W is not a majority"), "{err}");
+    let err = refused(
         &me,
-        &["--peers", &three, "--mode", "leaderless"],
+        &[
+            "--peers",
+            &three,
+            "--mode",
+            "leaderless",
+            "--r",
+            "1",
+            "--w",
+            "1",
+        ],
         "holds the data of a leader-follower replica",
     );
+    assert!(err.contains("R+W<=N"), "{err}");
     // The same member starts again (addresses may change; only ids are recorded).
     let moved = format!("n1={me},n2=127.0.0.1:12,n3=127.0.0.1:13");
     let admin = format!("127.0.0.1:{}", kv_tests::free_port());

@@ -219,8 +219,19 @@ pub fn node_main(argv: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
             return ExitCode::from(2);
         }
     };
-    if !settings.quorum.strongly_consistent() {
-        tracing::warn!(quorum = %settings.quorum, "R+W<=N: reads may miss acknowledged writes (not strongly consistent)");
+    // What the quorum gives up, where it matters: leaderless reads overlap writes only when
+    // R+W>N; leader-follower reads go through the leader whatever R is, but a write held by
+    // fewer than a majority can be taken back by a fail-over.
+    let q = settings.quorum;
+    match settings.config.mode {
+        _ if settings.members.len() < 2 => {}
+        kv_node::config::Mode::Leaderless if !q.strongly_consistent() => {
+            tracing::warn!(quorum = %q, "R+W<=N: reads may miss acknowledged writes (not strongly consistent)");
+        }
+        kv_node::config::Mode::LeaderFollower if q.w as usize <= settings.members.len() / 2 => {
+            tracing::warn!(quorum = %q, "W is not a majority: a fail-over can take back acknowledged writes (they go to rollback.jsonl)");
+        }
+        _ => {}
     }
     // One thread: tokio's current-thread scheduler, which runs every task and polls every
     // socket on this thread with no work-stealing machinery between them.
