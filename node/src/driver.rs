@@ -335,6 +335,30 @@ pub fn start(
     state: Arc<MemStorage>,
     seed: u64,
 ) -> Result<DriverHandle, StorageError> {
+    let (driver, rx, handle) = build(
+        id, members, data_dir, fsync, on_flush, on_fail, timing, transport, state, seed,
+    )?;
+    std::thread::Builder::new()
+        .name("kv-replica".into())
+        .spawn(move || driver.run(rx, timing.tick))
+        .map_err(|e| StorageError::io("cannot start the replica thread", e))?;
+    Ok(handle)
+}
+
+/// The driver [`start`] runs on its thread, its inputs, and the handle that sends them.
+#[allow(clippy::too_many_arguments)]
+fn build(
+    id: NodeId,
+    members: Vec<NodeId>,
+    data_dir: Option<PathBuf>,
+    fsync: crate::storage::FsyncPolicy,
+    on_flush: Option<crate::storage::FlushObserver>,
+    on_fail: Option<crate::storage::FailObserver>,
+    timing: Timing,
+    transport: Transport,
+    state: Arc<MemStorage>,
+    seed: u64,
+) -> Result<(Driver, Receiver<Input>, DriverHandle), StorageError> {
     let (log, rec) = match &data_dir {
         Some(d) => {
             let (l, rec) = RaftLog::open(d, fsync)?;
@@ -413,15 +437,12 @@ pub fn start(
         leaders_window: (LEADERS_WINDOW.as_millis() / timing.tick.as_millis().max(1)) as u64,
         tick: timing.tick,
     };
-    std::thread::Builder::new()
-        .name("kv-replica".into())
-        .spawn(move || driver.run(rx, timing.tick))
-        .map_err(|e| StorageError::io("cannot start the replica thread", e))?;
-    Ok(DriverHandle {
+    let handle = DriverHandle {
         tx,
         status,
         rolled_back,
-    })
+    };
+    Ok((driver, rx, handle))
 }
 
 fn role_name(r: Role) -> &'static str {
@@ -669,8 +690,18 @@ impl Driver {
             self.failed = Some(why);
         }
         self.pipeline.clear();
+        // Everything waiting on this replica is answered now (the node stops, and waits for
+        // its requests to finish): writes may have happened, reads did nothing.
         for (_, r) in self.proposals.drain() {
             let _ = r.send(Err(DriveError::Unknown));
+        }
+        for (_, (_, r)) in self.cas.drain() {
+            let _ = r.send(Err(DriveError::Unknown));
+        }
+        let why = self.failed.clone().unwrap_or_default();
+        let reads = self.reads.drain().map(|(_, r)| r);
+        for r in reads.chain(self.reads_applying.drain(..).map(|(_, r)| r)) {
+            let _ = r.send(Err(DriveError::Stopped(why.clone())));
         }
     }
 
@@ -961,6 +992,64 @@ mod tests {
     use super::*;
     use crate::fault::FaultFilter;
     use crate::storage::{FsyncPolicy, MemStorage};
+
+    /// A replica log that fails stops the node (`on_fail`, once, with the reason) and answers
+    /// everything waiting on it at once, so that the node's shutdown does not wait on them:
+    /// writes and compare-and-sets may have happened, reads did nothing. Reads were left
+    /// unanswered before (a client without a deadline would have waited forever).
+    #[tokio::test]
+    async fn a_failed_replica_log_answers_everything_waiting_and_is_reported_once() {
+        let me = NodeId::from("n1");
+        let transport = Transport::start(
+            me.clone(),
+            &[(me.clone(), "127.0.0.1:1".into())],
+            FaultFilter::default(),
+        );
+        let reported = Arc::new(Mutex::new(Vec::<String>::new()));
+        let r = reported.clone();
+        let on_fail: crate::storage::FailObserver = Arc::new(move |why: &str| {
+            r.lock().expect("lock").push(why.to_string());
+        });
+        let (mut d, _rx, _handle) = build(
+            me.clone(),
+            vec![me],
+            None,
+            FsyncPolicy::Never,
+            None,
+            Some(on_fail),
+            Timing::default(),
+            transport,
+            Arc::new(MemStorage::new()),
+            1,
+        )
+        .expect("driver");
+        let (put, mut put_rx) = oneshot::channel();
+        d.proposals.insert(1, put);
+        let (cas, mut cas_rx) = oneshot::channel();
+        d.cas.insert(5, (2, cas));
+        let (read, mut read_rx) = oneshot::channel();
+        d.reads.insert(3, read);
+        let (applying, mut applying_rx) = oneshot::channel();
+        d.reads_applying.push((7, applying));
+
+        d.fail("disk full".into());
+        d.fail("and again".into());
+        assert_eq!(
+            *reported.lock().expect("lock"),
+            vec!["disk full".to_string()]
+        );
+        assert_eq!(
+            put_rx.try_recv().expect("answered"),
+            Err(DriveError::Unknown)
+        );
+        assert!(matches!(
+            cas_rx.try_recv().expect("answered"),
+            Err(DriveError::Unknown)
+        ));
+        let stopped = Err(DriveError::Stopped("disk full".into()));
+        assert_eq!(read_rx.try_recv().expect("answered"), stopped);
+        assert_eq!(applying_rx.try_recv().expect("answered"), stopped);
+    }
 
     /// A driver for `me` among `members` (id, address), its log in `dir`.
     fn durable_driver(me: &str, members: &[(&str, String)], dir: &std::path::Path) -> DriverHandle {
