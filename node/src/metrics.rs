@@ -276,8 +276,9 @@ impl Metrics {
         let leaders_observed = gauge(
             &mut registry,
             "leaders_observed",
-            "Nodes this node heard claiming leadership at overlapping times in the last 30 s, \
-             itself included while it leads (leader-follower); 2 or more: split brain",
+            "Nodes this node heard claiming leadership at overlapping times (one still heard an \
+             election timeout after the other began) in the last 30 s, itself included while it \
+             leads (leader-follower); 2 or more: split brain",
             None,
         );
         let commit_index = gauge(
