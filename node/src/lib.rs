@@ -102,9 +102,16 @@ impl Running {
     /// The storage failure that stopped the node.
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), String> {
         let mut failed = self.failed.clone();
+        let storage_failed = async move {
+            match failed.wait_for(Option::is_some).await {
+                Ok(why) => why.clone(),
+                // Nothing that can fail holds the sender (storage in memory): only the signal.
+                Err(_) => std::future::pending().await,
+            }
+        };
         let why = tokio::select! {
             () = signal => None,
-            f = failed.wait_for(Option::is_some) => f.ok().and_then(|f| f.clone()),
+            why = storage_failed => why,
         };
         match &why {
             Some(why) => tracing::error!(error = %why, "storage failed: the node stops"),
