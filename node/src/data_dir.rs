@@ -40,7 +40,8 @@ pub fn check_or_record(dir: &Path, want: &Identity) -> anyhow::Result<()> {
             let have: Identity = toml::from_str(&text).with_context(|| {
                 format!(
                     "{} is damaged (it records which node and cluster the data directory \
-                     belongs to)",
+                     belongs to); if you know this is the node's own directory, remove the \
+                     file and the next start records its flags again",
                     path.display()
                 )
             })?;
