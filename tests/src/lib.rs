@@ -163,6 +163,8 @@ pub struct NodeProcess {
     log: PathBuf,
     /// Largest file the process may write (`ulimit -f`), from its next start.
     file_size_limit: Option<u64>,
+    /// Environment variables set for the process, from its next start.
+    env: Vec<(String, String)>,
 }
 
 impl NodeProcess {
@@ -204,6 +206,7 @@ impl NodeProcess {
             args,
             log,
             file_size_limit: None,
+            env: Vec::new(),
         };
         n.spawn()?;
         Ok(n)
@@ -234,6 +237,7 @@ impl NodeProcess {
         };
         let child = cmd
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf)
@@ -297,6 +301,12 @@ impl NodeProcess {
     /// limit): a write past it fails, as on a full disk.
     pub fn set_file_size_limit(&mut self, bytes: Option<u64>) {
         self.file_size_limit = bytes;
+    }
+
+    /// From the next start, the process gets `KEY=value` in its environment (kv-node reads
+    /// every flag as `KV_<FLAG>` too).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// Waits up to `limit` for the process to end by itself; how it ended.

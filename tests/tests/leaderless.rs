@@ -731,3 +731,36 @@ async fn token_aware_client_sends_each_write_to_its_coordinator_and_routes_aroun
     assert!(ops > 100, "{s}");
     assert_eq!(errors, 0, "{s}");
 }
+
+/// Each node computes the ring from its own flags, and nothing compares them between nodes: one
+/// restarted with another `--vnodes` (or `--n`, `--peers`, `--mode`) places keys on other
+/// replicas than the rest, so R+W>N no longer means a read meets the last write. `kvctl
+/// status` now names the setting, who holds which value, and why it matters (text and JSON).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_a_node_whose_ring_settings_differ_from_the_others() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start_leaderless(3, &[]).await.expect("cluster");
+    let st = kvctl(&c.endpoints(), &["status"]);
+    assert!(!st.stdout.contains("MISCONFIGURED"), "{st:?}");
+    c.nodes[2].kill9();
+    c.nodes[2].set_env("KV_VNODES", "32");
+    c.nodes[2].start_again().expect("n3 with other vnodes");
+    let st = kvctl(&c.endpoints(), &["status"]);
+    assert_eq!(st.code, 0, "{st:?}");
+    assert!(
+        st.stdout.contains(
+            "MISCONFIGURED: vnodes differs between nodes: n3 32; n1,n2 64 (nodes place keys on \
+             different replicas"
+        ),
+        "{st:?}"
+    );
+    let st = kvctl(&c.endpoints(), &["--output", "json", "status"]);
+    let v: serde_json::Value = serde_json::from_str(&st.stdout).expect("json status");
+    let m = v["config_mismatch"].as_array().expect("list");
+    assert_eq!(m.len(), 1, "{v}");
+    assert!(
+        m[0].as_str()
+            .is_some_and(|m| m.starts_with("vnodes differs")),
+        "{v}"
+    );
+}

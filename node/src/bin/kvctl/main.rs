@@ -227,6 +227,57 @@ fn describe_faults(spec: &pb::FaultSpec) -> Option<String> {
 }
 
 /// A status table followed by the faults set on the nodes of `rows`, one line each.
+/// Settings every node of a cluster must share on which the answering nodes disagree: one line
+/// each, naming who holds which value. Nothing checks them between nodes (each computes its
+/// majority, or its ring, from its own flags), so one node started with another `--peers`,
+/// `--mode`, `--n` or `--vnodes` would quietly break the guarantees.
+fn config_differences(rows: &[(String, Option<pb::NodeStatus>)]) -> Vec<String> {
+    let up: Vec<&pb::NodeStatus> = rows.iter().filter_map(|(_, s)| s.as_ref()).collect();
+    type Value = fn(&pb::NodeStatus) -> Option<String>;
+    let checks: [(&str, &str, Value); 4] = [
+        ("mode", "one cluster runs one replication mode", |s| {
+            Some(s.mode.clone())
+        }),
+        (
+            "members",
+            "each node counts its own majority, or ring",
+            |s| {
+                let mut ids: Vec<&str> = s.members.keys().map(String::as_str).collect();
+                ids.sort_unstable();
+                Some(ids.join(","))
+            },
+        ),
+        (
+            "N",
+            "nodes place keys on different replicas: R+W>N no longer means overlap",
+            |s| (s.mode == "leaderless").then(|| s.replicas.to_string()),
+        ),
+        (
+            "vnodes",
+            "nodes place keys on different replicas: R+W>N no longer means overlap",
+            |s| (s.mode == "leaderless").then(|| s.vnodes.to_string()),
+        ),
+    ];
+    checks
+        .iter()
+        .filter_map(|(what, why, value)| {
+            let mut by: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+            for s in &up {
+                if let Some(v) = value(s) {
+                    by.entry(v).or_default().push(&s.id);
+                }
+            }
+            (by.len() > 1).then(|| {
+                let who: Vec<String> = by
+                    .iter()
+                    .map(|(v, ids)| format!("{} {v}", ids.join(",")))
+                    .collect();
+                format!("{what} differs between nodes: {} ({why})", who.join("; "))
+            })
+        })
+        .collect()
+}
+
 fn with_faults(table: String, rows: &[(String, Option<pb::NodeStatus>)]) -> String {
     let lines = rows.iter().filter_map(|(_, s)| s.as_ref()).filter_map(|s| {
         Some(format!(
@@ -820,6 +871,7 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
         .filter(|s| s.role == "leader")
         .collect();
     let split_brain = leaders.len() > 1;
+    let mismatch = config_differences(&rows);
     // Nodes that heard two leaders at overlapping times lately (a split brain that may be over).
     let heard: Vec<&str> = rows
         .iter()
@@ -880,7 +932,9 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
                 }
             })
             .collect();
-        json!({"nodes": nodes, "split_brain": split_brain, "split_brain_heard": heard}).to_string()
+        json!({"nodes": nodes, "split_brain": split_brain, "split_brain_heard": heard,
+            "config_mismatch": mismatch})
+        .to_string()
     } else if rows
         .iter()
         .any(|(_, s)| s.as_ref().is_some_and(|s| s.mode == "leaderless"))
@@ -954,6 +1008,15 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
             ));
         }
         with_faults(out.trim_end().to_string(), &rows)
+    };
+    let stdout = if json || mismatch.is_empty() {
+        stdout
+    } else {
+        let lines: Vec<String> = mismatch
+            .iter()
+            .map(|m| format!("MISCONFIGURED: {m}"))
+            .collect();
+        format!("{stdout}\n{}", lines.join("\n"))
     };
     let any_up = rows.iter().any(|(_, s)| s.is_some());
     Done {
