@@ -93,10 +93,10 @@ impl Running {
     ///
     /// A write or fsync that fails stops the node, as a WAL write error stops etcd: after a
     /// failed fsync what the kernel kept is unknown, so nothing more may be acknowledged, and a
-    /// replica that stays up without writing holds its peers back (a leader that cannot append
-    /// keeps heartbeating, so no one else is elected; clients keep asking it). Stopped, it is a
-    /// node down like any other: the others carry on, and it starts again from what is on disk
-    /// once the cause (a full disk, a failing one) is dealt with.
+    /// replica that stays up without writing only gets in the way (it looked ready, went on
+    /// campaigning, and answered clients with an error that sent them nowhere else). Stopped,
+    /// it is a node down like any other: the others carry on, and it starts again from what is
+    /// on disk once the cause (a full disk, a failing one) is dealt with.
     ///
     /// # Errors
     /// The storage failure that stopped the node.
