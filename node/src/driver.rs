@@ -318,12 +318,36 @@ struct Driver {
     tick: Duration,
 }
 
-/// Recovers durable state and starts the driver thread.
+/// A driver recovered from its durable state, not yet running: [`Built::spawn`] starts its
+/// thread.
+pub struct Built {
+    driver: Driver,
+    rx: Receiver<Input>,
+    handle: DriverHandle,
+}
+
+impl Built {
+    /// Starts the driver thread.
+    ///
+    /// # Errors
+    /// The thread cannot be started.
+    pub fn spawn(self) -> Result<DriverHandle, StorageError> {
+        let Built { driver, rx, handle } = self;
+        let tick = driver.tick;
+        std::thread::Builder::new()
+            .name("kv-replica".into())
+            .spawn(move || driver.run(rx, tick))
+            .map_err(|e| StorageError::io("cannot start the replica thread", e))?;
+        Ok(handle)
+    }
+}
+
+/// Recovers durable state into a driver; [`Built::spawn`] runs it.
 ///
 /// # Errors
 /// The replica's durable state cannot be opened.
 #[allow(clippy::too_many_arguments)]
-pub fn start(
+pub fn build(
     id: NodeId,
     members: Vec<NodeId>,
     data_dir: Option<PathBuf>,
@@ -334,31 +358,7 @@ pub fn start(
     transport: Transport,
     state: Arc<MemStorage>,
     seed: u64,
-) -> Result<DriverHandle, StorageError> {
-    let (driver, rx, handle) = build(
-        id, members, data_dir, fsync, on_flush, on_fail, timing, transport, state, seed,
-    )?;
-    std::thread::Builder::new()
-        .name("kv-replica".into())
-        .spawn(move || driver.run(rx, timing.tick))
-        .map_err(|e| StorageError::io("cannot start the replica thread", e))?;
-    Ok(handle)
-}
-
-/// The driver [`start`] runs on its thread, its inputs, and the handle that sends them.
-#[allow(clippy::too_many_arguments)]
-fn build(
-    id: NodeId,
-    members: Vec<NodeId>,
-    data_dir: Option<PathBuf>,
-    fsync: crate::storage::FsyncPolicy,
-    on_flush: Option<crate::storage::FlushObserver>,
-    on_fail: Option<crate::storage::FailObserver>,
-    timing: Timing,
-    transport: Transport,
-    state: Arc<MemStorage>,
-    seed: u64,
-) -> Result<(Driver, Receiver<Input>, DriverHandle), StorageError> {
+) -> Result<Built, StorageError> {
     let (log, rec) = match &data_dir {
         Some(d) => {
             let (l, rec) = RaftLog::open(d, fsync)?;
@@ -442,7 +442,7 @@ fn build(
         status,
         rolled_back,
     };
-    Ok((driver, rx, handle))
+    Ok(Built { driver, rx, handle })
 }
 
 fn role_name(r: Role) -> &'static str {
@@ -1010,7 +1010,11 @@ mod tests {
         let on_fail: crate::storage::FailObserver = Arc::new(move |why: &str| {
             r.lock().expect("lock").push(why.to_string());
         });
-        let (mut d, _rx, _handle) = build(
+        let Built {
+            driver: mut d,
+            rx: _rx,
+            handle: _handle,
+        } = build(
             me.clone(),
             vec![me],
             None,
@@ -1058,7 +1062,7 @@ mod tests {
             .map(|(id, a)| (NodeId::from(*id), a.clone()))
             .collect();
         let transport = Transport::start(NodeId::from(me), &members, FaultFilter::default());
-        start(
+        build(
             NodeId::from(me),
             members.into_iter().map(|(id, _)| id).collect(),
             Some(dir.to_path_buf()),
@@ -1070,6 +1074,7 @@ mod tests {
             Arc::new(MemStorage::new()),
             1,
         )
+        .and_then(Built::spawn)
         .expect("driver")
     }
 

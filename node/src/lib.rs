@@ -298,7 +298,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 .0
                 .bytes()
                 .fold(0u64, |h, b| h.rotate_left(7) ^ u64::from(b));
-        let driver = driver::start(
+        let driver = driver::build(
             settings.id.clone(),
             members.into_iter().map(|(id, _)| id).collect(),
             data_dir,
@@ -312,7 +312,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             transport,
             state_machine,
             seed,
-        )?;
+        )
+        .and_then(driver::Built::spawn)?;
         peers = Some(transport::PeerReceiver::new(driver.clone(), faults.clone()));
         Arc::new(Node::replicated(settings, storage.clone(), driver))
     } else {
