@@ -226,7 +226,6 @@ fn describe_faults(spec: &pb::FaultSpec) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
-/// A status table followed by the faults set on the nodes of `rows`, one line each.
 /// Settings every node of a cluster must share on which the answering nodes disagree: one line
 /// each, naming who holds which value. Nothing checks them between nodes (each computes its
 /// majority, or its ring, from its own flags), so one node started with another `--peers`,
@@ -278,6 +277,7 @@ fn config_differences(rows: &[(String, Option<pb::NodeStatus>)]) -> Vec<String> 
         .collect()
 }
 
+/// A status table followed by the faults set on the nodes of `rows`, one line each.
 fn with_faults(table: String, rows: &[(String, Option<pb::NodeStatus>)]) -> String {
     let lines = rows.iter().filter_map(|(_, s)| s.as_ref()).filter_map(|s| {
         Some(format!(
