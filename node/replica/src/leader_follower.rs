@@ -638,12 +638,16 @@ impl Replica {
     /// ticks, and its last heartbeats land after the winner of t+1 began (simulation seed
     /// 202512, crashes alone). A deposed leader that goes on sending for an election timeout
     /// has not learnt of the newer term: paused (a GC or VM pause), or on the far side of a
-    /// link that works one way only. A split brain shorter than an election timeout is not
-    /// counted; with check-quorum and pre-vote most are shorter than that, and across a clean
+    /// link that works one way only. A leader that hears a newer leader while it still leads
+    /// counts the two at once (its own claim does not arrive late). Otherwise a split brain
+    /// shorter than an election timeout is not counted; with check-quorum and pre-vote most are shorter than that, and across a clean
     /// partition a node hears only its own side: only an observer of every node (`kvctl
     /// status`, or `sum(kv_is_leader)` in Prometheus) sees those.
     pub fn leaders_observed(&self, window: u64) -> u32 {
         let margin = u64::from(self.cfg.election_ticks.0);
+        // Its own claim is no message: a leader that hears a newer one while it still leads (a
+        // paused leader, resumed) knows the two overlapped, with no margin.
+        let own = self.claims[self.me].as_ref();
         let recent = || {
             self.claims
                 .iter()
@@ -656,7 +660,12 @@ impl Replica {
             .map(|c| {
                 1 + recent()
                     .filter(|d| {
-                        !std::ptr::eq(*d, c) && d.first <= c.first && c.first + margin <= d.last
+                        let m = if own.is_some_and(|o| std::ptr::eq(o, *d)) {
+                            0
+                        } else {
+                            margin
+                        };
+                        !std::ptr::eq(*d, c) && d.first <= c.first && c.first + m <= d.last
                     })
                     .count()
             })
@@ -1655,6 +1664,10 @@ mod tests {
         let mut leader = replica(0, 3, HardState::default(), vec![]);
         elect(&mut leader, 3);
         assert_eq!(leader.leaders_observed(100), 1);
+        // A leader that hears a newer one while it still leads (paused, then resumed: no tick
+        // passed for it) knows they overlapped, however briefly.
+        leader.step(&ids(3)[2], append(5, (0, 0), vec![], 0));
+        assert_eq!(leader.leaders_observed(100), 2);
     }
 
     /// Follower `from` of three tells the leader it holds everything through `index`.
