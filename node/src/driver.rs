@@ -1003,6 +1003,7 @@ mod tests {
         let transport = Transport::start(
             me.clone(),
             &[(me.clone(), "127.0.0.1:1".into())],
+            &crate::transport::tests::lf_shape("n1", &["n1"]),
             FaultFilter::default(),
         );
         let reported = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -1061,7 +1062,13 @@ mod tests {
             .iter()
             .map(|(id, a)| (NodeId::from(*id), a.clone()))
             .collect();
-        let transport = Transport::start(NodeId::from(me), &members, FaultFilter::default());
+        let ids: Vec<&str> = members.iter().map(|(id, _)| id.0.as_str()).collect();
+        let transport = Transport::start(
+            NodeId::from(me),
+            &members,
+            &crate::transport::tests::lf_shape(me, &ids),
+            FaultFilter::default(),
+        );
         build(
             NodeId::from(me),
             members.into_iter().map(|(id, _)| id).collect(),
@@ -1104,7 +1111,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let leader_addr = listener.local_addr().expect("addr").to_string();
-        let (from_follower, rt) = crate::transport::tests::serve(listener);
+        let (from_follower, rt, _) = crate::transport::tests::serve(
+            listener,
+            crate::transport::tests::lf_shape("n1", &["n1", "n2"]),
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let n1 = NodeId::from("n1");
         let follower = durable_driver(

@@ -624,7 +624,7 @@ fn state_code(s: ReplicaState) -> u32 {
     match s {
         ReplicaState::Ok => 0,
         ReplicaState::Timeout => 1,
-        ReplicaState::Partitioned => 2,
+        ReplicaState::Unreachable => 2,
         ReplicaState::NotAsked => 3,
     }
 }
@@ -809,7 +809,7 @@ pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Msg> {
                         .map(|(id, st)| {
                             let st = match st {
                                 0 => ReplicaState::Ok,
-                                2 => ReplicaState::Partitioned,
+                                2 => ReplicaState::Unreachable,
                                 3 => ReplicaState::NotAsked,
                                 _ => ReplicaState::Timeout,
                             };
@@ -909,7 +909,7 @@ mod tests {
                     got: 1,
                     replicas: vec![
                         (NodeId::from("n1"), ReplicaState::Ok),
-                        (NodeId::from("n2"), ReplicaState::Partitioned),
+                        (NodeId::from("n2"), ReplicaState::Unreachable),
                         (NodeId::from("n3"), ReplicaState::Timeout),
                         (NodeId::from("n4"), ReplicaState::NotAsked),
                     ],

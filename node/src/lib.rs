@@ -236,8 +236,21 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .iter()
         .map(|(id, addr)| (id.clone(), addr.clone()))
         .collect();
+    let shape = transport::ClusterShape {
+        me: settings.id.clone(),
+        mode: settings.config.mode.to_string(),
+        members: settings.members.keys().cloned().collect(),
+        replicas: if leaderless { settings.quorum.n } else { 0 },
+        vnodes: if leaderless {
+            settings.config.vnodes
+        } else {
+            0
+        },
+    };
+    let refusing = transport::Refusals::default();
     let node = if leaderless {
-        let transport = transport::Transport::start(settings.id.clone(), &members, faults.clone());
+        let transport =
+            transport::Transport::start(settings.id.clone(), &members, &shape, faults.clone());
         let hints: Arc<dyn Storage> = match (settings.storage, &settings.config.data_dir) {
             (StorageKind::Disk, Some(dir)) => {
                 let (st, _) = DiskStorage::open(
@@ -280,14 +293,17 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             hints,
             transport,
         );
-        peers = Some(transport::PeerReceiver::with_sink(
+        peers = Some(transport::PeerReceiver::new(
+            shape,
             transport::PeerSink::Leaderless(handle.clone()),
             faults.clone(),
+            refusing.clone(),
         ));
         ll_handle = Some(handle.clone());
         Arc::new(Node::new_leaderless(settings, storage.clone(), handle))
     } else if replicated {
-        let transport = transport::Transport::start(settings.id.clone(), &members, faults.clone());
+        let transport =
+            transport::Transport::start(settings.id.clone(), &members, &shape, faults.clone());
         let data_dir = match settings.storage {
             StorageKind::Disk => settings.config.data_dir.clone(),
             StorageKind::Memory => None,
@@ -314,13 +330,18 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             seed,
         )
         .and_then(driver::Built::spawn)?;
-        peers = Some(transport::PeerReceiver::new(driver.clone(), faults.clone()));
+        peers = Some(transport::PeerReceiver::new(
+            shape,
+            transport::PeerSink::Raft(driver.clone()),
+            faults.clone(),
+            refusing.clone(),
+        ));
         Arc::new(Node::replicated(settings, storage.clone(), driver))
     } else {
         Arc::new(Node::new(settings, storage.clone()))
     };
     let admin_grpc = kv_proto::kv::v1::admin_server::AdminServer::new(
-        server::admin::AdminService::new(node.clone(), faults),
+        server::admin::AdminService::new(node.clone(), faults, refusing),
     );
 
     let (stop, stop_rx) = watch::channel(false);

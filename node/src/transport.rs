@@ -28,27 +28,49 @@ use crate::fault::{FaultFilter, Verdict};
 pub struct Transport {
     me: NodeId,
     peers: HashMap<NodeId, mpsc::UnboundedSender<pb::PeerEnvelope>>,
-    /// Per peer: whether its stream is connected.
+    /// Per peer: whether its stream is connected (and the peer accepted this node).
     up: HashMap<NodeId, Arc<AtomicBool>>,
+    /// Peers that refused this node, with their reason.
+    refused_by: Refusals,
     filter: FaultFilter,
     runtime: tokio::runtime::Handle,
 }
 
 impl Transport {
-    /// Starts one sender task per peer (`members` minus `me`), every message passing `filter`.
+    /// Starts one sender task per peer (`members` minus `me`), every message passing `filter`;
+    /// each connection opens with a hello carrying `shape`.
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub fn start(me: NodeId, members: &[(NodeId, String)], filter: FaultFilter) -> Self {
+    pub fn start(
+        me: NodeId,
+        members: &[(NodeId, String)],
+        shape: &ClusterShape,
+        filter: FaultFilter,
+    ) -> Self {
         let mut peers = HashMap::new();
         let mut up = HashMap::new();
+        let refused_by = Refusals::default();
         for (id, addr) in members {
             if *id == me {
                 continue;
             }
             let (tx, rx) = mpsc::unbounded_channel();
             let flag = Arc::new(AtomicBool::new(true));
-            tokio::spawn(peer_sender(addr.clone(), rx, flag.clone()));
+            let hello = pb::PeerEnvelope {
+                from: me.0.clone(),
+                msg: Some(pb::peer_envelope::Msg::Hello(shape.hello(id))),
+            };
+            tokio::spawn(peer_sender(
+                Peer {
+                    id: id.clone(),
+                    addr: addr.clone(),
+                    hello,
+                    up: flag.clone(),
+                    refused_by: refused_by.clone(),
+                },
+                rx,
+            ));
             peers.insert(id.clone(), tx);
             up.insert(id.clone(), flag);
         }
@@ -56,9 +78,15 @@ impl Transport {
             me,
             peers,
             up,
+            refused_by,
             filter,
             runtime: tokio::runtime::Handle::current(),
         }
+    }
+
+    /// The peers that refuse this node now, with their reasons.
+    pub fn refused_by(&self) -> Vec<(NodeId, String)> {
+        self.refused_by.list()
     }
 
     /// Queues `msg` for `to` (callable from any thread).
@@ -135,6 +163,108 @@ const MAX_MESSAGE: usize = 4 << 30;
 /// How long an accepted connection may stay silent before it is taken for a gRPC client.
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a sender waits before connecting again to a peer that refused it.
+const REFUSED_RETRY: Duration = Duration::from_secs(1);
+
+/// What every node of one cluster must agree on, exchanged when a peer connection opens: each
+/// node counts its majority (leader-follower) or places keys on its ring (leaderless) from its
+/// own flags, so a node started with another mode, `--peers`, `--n` or `--vnodes` would
+/// otherwise take part with other rules than the rest. etcd likewise refuses a member of
+/// another cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterShape {
+    /// This node.
+    pub me: NodeId,
+    /// `leader-follower` or `leaderless`.
+    pub mode: String,
+    /// Member ids, sorted.
+    pub members: Vec<NodeId>,
+    /// Leaderless: replicas per key (N); 0 in leader-follower mode.
+    pub replicas: u32,
+    /// Leaderless: virtual nodes per member; 0 in leader-follower mode.
+    pub vnodes: u32,
+}
+
+impl ClusterShape {
+    /// The hello this node sends to `to`.
+    fn hello(&self, to: &NodeId) -> pb::PeerHello {
+        pb::PeerHello {
+            to: to.0.clone(),
+            mode: self.mode.clone(),
+            members: self.members.iter().map(|m| m.0.clone()).collect(),
+            replicas: self.replicas,
+            vnodes: self.vnodes,
+        }
+    }
+
+    /// Why this node refuses `from`, which sent `hello`; `None` when they agree.
+    pub fn refusal(&self, from: &NodeId, hello: &pb::PeerHello) -> Option<String> {
+        let me = &self.me;
+        let mut why = Vec::new();
+        if hello.to != me.0 {
+            why.push(format!(
+                "{from} expected {} at this address, but this is {me} (the nodes' --peers disagree)",
+                hello.to
+            ));
+        }
+        if hello.mode != self.mode {
+            why.push(format!(
+                "{from} runs {}, {me} {} (one cluster runs one replication mode)",
+                hello.mode, self.mode
+            ));
+        }
+        let mine: Vec<&str> = self.members.iter().map(|m| m.0.as_str()).collect();
+        let mut theirs: Vec<&str> = hello.members.iter().map(String::as_str).collect();
+        theirs.sort_unstable();
+        if mine != theirs {
+            why.push(format!(
+                "{from} has members {}, {me} {} (each node counts its own majority, or ring)",
+                theirs.join(","),
+                mine.join(",")
+            ));
+        }
+        if hello.mode == self.mode {
+            for (what, theirs, mine) in [
+                ("N", hello.replicas, self.replicas),
+                ("vnodes", hello.vnodes, self.vnodes),
+            ] {
+                if theirs != mine {
+                    why.push(format!(
+                        "{what}: {from} {theirs}, {me} {mine} (nodes would place keys on different replicas)"
+                    ));
+                }
+            }
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+}
+
+/// Peers refused (or refusing), with the reason; shared by a node's connections.
+#[derive(Clone, Default)]
+pub struct Refusals(Arc<std::sync::Mutex<HashMap<NodeId, String>>>);
+
+impl Refusals {
+    /// Records that `peer` is refused for `why`; true when that is news (worth a log line).
+    fn set(&self, peer: &NodeId, why: &str) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(peer.clone(), why.to_string()).as_deref() != Some(why)
+    }
+
+    /// Records that `peer` is accepted; true when it was refused before.
+    fn clear(&self, peer: &NodeId) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.remove(peer).is_some()
+    }
+
+    /// The peers, sorted, with the reasons.
+    pub fn list(&self) -> Vec<(NodeId, String)> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<(NodeId, String)> = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort();
+        v
+    }
+}
+
 /// The peer address as `host:port` (a scheme, if given, is dropped).
 fn host_port(addr: &str) -> &str {
     addr.trim_start_matches("http://")
@@ -151,21 +281,33 @@ fn encode_frame(env: &pb::PeerEnvelope, out: &mut Vec<u8>) {
     env.encode(out).expect("invariant: a Vec grows as needed");
 }
 
-/// One connection to `addr`, kept open and reopened when it breaks: frames of
+/// One peer as its sender task sees it.
+struct Peer {
+    id: NodeId,
+    addr: String,
+    /// The first frame on each connection.
+    hello: pb::PeerEnvelope,
+    /// Connected, and accepted by the peer.
+    up: Arc<AtomicBool>,
+    refused_by: Refusals,
+}
+
+/// One connection to `peer`, kept open and reopened when it breaks: a hello, then frames of
 /// length-prefixed `PeerEnvelope`s (several queued messages go as one `PeerBatch`), written in
 /// order; a message longer than [`FRAGMENT`] goes in fragments, each after whatever small
 /// messages queued meanwhile. Peer messages are many and small; plain framed TCP costs a
 /// fraction of a gRPC stream message (no HTTP/2 framing, flow control or extra task hops), and
-/// the protocol tolerates the loss of whatever was in flight when a connection broke.
-async fn peer_sender(
-    addr: String,
-    mut rx: mpsc::UnboundedReceiver<pb::PeerEnvelope>,
-    up: Arc<AtomicBool>,
-) {
+/// the protocol tolerates the loss of whatever was in flight when a connection broke. Messages
+/// go without waiting for the peer's answer to the hello; the peer counts as reachable once it
+/// accepted, and a refusal (logged with its reason) closes the connection for
+/// [`REFUSED_RETRY`].
+async fn peer_sender(peer: Peer, mut rx: mpsc::UnboundedReceiver<pb::PeerEnvelope>) {
     use prost::Message as _;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let target = host_port(&addr).to_string();
+    use tokio::io::AsyncWriteExt as _;
+    let target = host_port(&peer.addr).to_string();
     let mut frame = Vec::with_capacity(1 << 16);
+    let mut opening = PEER_MAGIC.to_vec();
+    encode_frame(&peer.hello, &mut opening);
     loop {
         let connected = tokio::time::timeout(
             Duration::from_millis(500),
@@ -175,7 +317,7 @@ async fn peer_sender(
         let mut stream = match connected {
             Ok(Ok(s)) => s,
             _ => {
-                up.store(false, Ordering::Relaxed);
+                peer.up.store(false, Ordering::Relaxed);
                 // Unreachable: drop what queued meanwhile (it is stale) and retry soon.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 while rx.try_recv().is_ok() {}
@@ -186,17 +328,17 @@ async fn peer_sender(
             }
         };
         let _ = stream.set_nodelay(true);
-        if stream.write_all(PEER_MAGIC).await.is_err() {
+        if stream.write_all(&opening).await.is_err() {
             continue;
         }
-        up.store(true, Ordering::Relaxed);
-        let (mut read, mut write) = stream.into_split();
-        let mut probe = [0u8; 1];
+        let (read, mut write) = stream.into_split();
+        let answers = read_answers(read, &peer);
+        tokio::pin!(answers);
+        let mut refused = None;
         // Large messages being sent in fragments: the encoding and how much of it went.
         let mut large: std::collections::VecDeque<(bytes::Bytes, usize)> = Default::default();
-        // Send until the connection breaks; notice a close at once (the receiver never writes,
-        // so a read returns only then), so that a restarted peer is reconnected before anyone
-        // needs to reach it.
+        // Send until the connection breaks; notice a close at once, so that a restarted peer is
+        // reconnected before anyone needs to reach it.
         loop {
             let first = if large.is_empty() {
                 tokio::select! {
@@ -204,7 +346,10 @@ async fn peer_sender(
                         Some(m) => Some(m),
                         None => return,
                     },
-                    _ = read.read(&mut probe) => break,
+                    why = &mut answers => {
+                        refused = why;
+                        break;
+                    }
                 }
             } else {
                 None
@@ -263,8 +408,60 @@ async fn peer_sender(
                 frame = Vec::with_capacity(1 << 16); // do not keep a burst's buffer
             }
         }
-        up.store(false, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        peer.up.store(false, Ordering::Relaxed);
+        match refused {
+            Some(why) => {
+                if peer.refused_by.set(&peer.id, &why) {
+                    tracing::error!(peer = %peer.id, addr = %peer.addr, "the peer refuses this node: {why}");
+                }
+                tokio::time::sleep(REFUSED_RETRY).await;
+                while rx.try_recv().is_ok() {} // nobody would take them
+                if rx.is_closed() {
+                    return;
+                }
+            }
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// What the peer says on a connection: its answer to the hello, then nothing until the
+/// connection closes. Returns the peer's reason when it refused this node, `None` when the
+/// connection closed (or answered something else than an answer).
+async fn read_answers(mut read: tokio::net::tcp::OwnedReadHalf, peer: &Peer) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    match read_envelope(&mut read).await.and_then(|e| e.msg) {
+        Some(pb::peer_envelope::Msg::Answer(a)) if a.refused.is_empty() => {
+            peer.up.store(true, Ordering::Relaxed);
+            if peer.refused_by.clear(&peer.id) {
+                tracing::info!(peer = %peer.id, "the peer accepts this node again");
+            }
+        }
+        Some(pb::peer_envelope::Msg::Answer(a)) => return Some(a.refused),
+        _ => return None,
+    }
+    let mut probe = [0u8; 1];
+    let _ = read.read(&mut probe).await;
+    None
+}
+
+/// Reads one frame; `None` when the connection closed or sent something malformed (logged).
+async fn read_envelope<R: tokio::io::AsyncRead + Unpin>(conn: &mut R) -> Option<pb::PeerEnvelope> {
+    use prost::Message as _;
+    use tokio::io::AsyncReadExt as _;
+    let len = conn.read_u32().await.ok()? as usize;
+    if len > MAX_FRAME {
+        tracing::warn!(len, "peer frame too long; closing the connection");
+        return None;
+    }
+    let mut buf = bytes::BytesMut::zeroed(len);
+    conn.read_exact(&mut buf).await.ok()?;
+    match pb::PeerEnvelope::decode(buf.freeze()) {
+        Ok(env) => Some(env),
+        Err(_) => {
+            tracing::warn!("malformed peer frame; closing the connection");
+            None
+        }
     }
 }
 
@@ -277,47 +474,74 @@ pub enum PeerSink {
     Leaderless(crate::leaderless::LlHandle),
 }
 
-/// Receives peer connections: feeds every incoming message that `filter` accepts to the driver.
+/// Receives peer connections: answers each one's hello, accepting a node of the same cluster
+/// shape or refusing it with the reason, then feeds every incoming message that `filter`
+/// accepts to the driver.
 #[derive(Clone)]
 pub struct PeerReceiver {
+    shape: Arc<ClusterShape>,
     sink: PeerSink,
     filter: FaultFilter,
+    refusing: Refusals,
 }
 
 impl PeerReceiver {
-    /// A receiver feeding the leader-follower `driver` what `filter` accepts.
-    pub fn new(driver: DriverHandle, filter: FaultFilter) -> Self {
-        Self::with_sink(PeerSink::Raft(driver), filter)
+    /// A receiver for a node of `shape`, feeding `sink` what `filter` accepts and keeping in
+    /// `refusing` the peers it refuses.
+    pub fn new(
+        shape: ClusterShape,
+        sink: PeerSink,
+        filter: FaultFilter,
+        refusing: Refusals,
+    ) -> Self {
+        PeerReceiver {
+            shape: Arc::new(shape),
+            sink,
+            filter,
+            refusing,
+        }
     }
 
-    /// A receiver feeding `sink` what `filter` accepts.
-    pub fn with_sink(sink: PeerSink, filter: FaultFilter) -> Self {
-        PeerReceiver { sink, filter }
-    }
-
-    /// Reads frames from one peer connection (its magic already consumed) until it closes or
-    /// sends something malformed.
-    async fn serve<R: tokio::io::AsyncRead + Unpin>(&self, conn: R) {
+    /// Answers the hello of one peer connection (its magic already consumed), then reads frames
+    /// from it until it closes or sends something malformed.
+    async fn serve(&self, conn: tokio::net::TcpStream) {
         use prost::Message as _;
-        use tokio::io::AsyncReadExt as _;
-        let mut conn = tokio::io::BufReader::with_capacity(1 << 16, conn);
+        use tokio::io::AsyncWriteExt as _;
+        let (read, mut write) = conn.into_split();
+        let mut conn = tokio::io::BufReader::with_capacity(1 << 16, read);
+        let Some(hello) = read_envelope(&mut conn).await else {
+            return;
+        };
+        let from = NodeId(hello.from);
+        let refusal = match &hello.msg {
+            Some(pb::peer_envelope::Msg::Hello(h)) => self.shape.refusal(&from, h),
+            _ => Some(format!(
+                "{from} sent no hello first (a quorumkv node of another version?)"
+            )),
+        };
+        let answer = pb::PeerEnvelope {
+            from: self.shape.me.0.clone(),
+            msg: Some(pb::peer_envelope::Msg::Answer(pb::PeerAnswer {
+                refused: refusal.clone().unwrap_or_default(),
+            })),
+        };
+        let mut buf = Vec::new();
+        encode_frame(&answer, &mut buf);
+        let _ = write.write_all(&buf).await;
+        if let Some(why) = refusal {
+            if self.refusing.set(&from, &why) {
+                tracing::error!(peer = %from, "refusing the peer: {why}");
+            }
+            return;
+        }
+        if self.refusing.clear(&from) {
+            tracing::info!(peer = %from, "accepting a peer refused before");
+        }
+        // `write` lives on: the sender takes the end of this direction for a closed connection.
         // The fragments of a large message received so far.
         let mut assembling = bytes::BytesMut::new();
         loop {
-            let Ok(len) = conn.read_u32().await else {
-                return;
-            };
-            let len = len as usize;
-            if len > MAX_FRAME {
-                tracing::warn!(len, "peer frame too long; closing the connection");
-                return;
-            }
-            let mut buf = bytes::BytesMut::zeroed(len);
-            if conn.read_exact(&mut buf).await.is_err() {
-                return;
-            }
-            let Ok(mut env) = pb::PeerEnvelope::decode(buf.freeze()) else {
-                tracing::warn!("malformed peer frame; closing the connection");
+            let Some(mut env) = read_envelope(&mut conn).await else {
                 return;
             };
             if let Some(pb::peer_envelope::Msg::Fragment(f)) = env.msg {
@@ -638,18 +862,42 @@ pub(crate) mod tests {
 
     use super::*;
 
-    /// A peer server on its own runtime: dropping the runtime closes every connection at once,
-    /// as a killed process does.
+    /// The shape of leader-follower node `me` among `members`.
+    pub(crate) fn lf_shape(me: &str, members: &[&str]) -> ClusterShape {
+        let mut members: Vec<NodeId> = members.iter().map(|m| NodeId::from(*m)).collect();
+        members.sort();
+        ClusterShape {
+            me: NodeId::from(me),
+            mode: "leader-follower".into(),
+            members,
+            replicas: 0,
+            vnodes: 0,
+        }
+    }
+
+    /// A peer server of `shape` on its own runtime (dropping the runtime closes every
+    /// connection at once, as a killed process does), and the peers it refuses.
     pub(crate) fn serve(
         listener: std::net::TcpListener,
-    ) -> (std::sync::mpsc::Receiver<Input>, tokio::runtime::Runtime) {
+        shape: ClusterShape,
+    ) -> (
+        std::sync::mpsc::Receiver<Input>,
+        tokio::runtime::Runtime,
+        Refusals,
+    ) {
         let (handle, rx) = DriverHandle::channel();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("runtime");
-        let receiver = PeerReceiver::new(handle, FaultFilter::default());
+        let refusing = Refusals::default();
+        let receiver = PeerReceiver::new(
+            shape,
+            PeerSink::Raft(handle),
+            FaultFilter::default(),
+            refusing.clone(),
+        );
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
             // Not a peer: nobody serves it here.
@@ -657,7 +905,7 @@ pub(crate) mod tests {
             use tokio_stream::StreamExt as _;
             while others.next().await.is_some() {}
         });
-        (rx, rt)
+        (rx, rt, refusing)
     }
 
     fn vote() -> Message {
@@ -717,7 +965,8 @@ pub(crate) mod tests {
     }
 
     /// Peers and gRPC clients share the port: the first bytes decide, even when the magic
-    /// arrives in pieces; a frame too long for any message closes the connection.
+    /// arrives in pieces; the peer's hello is answered; a frame too long for any message
+    /// closes the connection.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_port_tells_peer_connections_from_grpc_clients() {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -729,7 +978,12 @@ pub(crate) mod tests {
         let (handle, rx) = DriverHandle::channel();
         let mut others = split_incoming(
             listener,
-            Some(PeerReceiver::new(handle, FaultFilter::default())),
+            Some(PeerReceiver::new(
+                lf_shape("n2", &["n1", "n2"]),
+                PeerSink::Raft(handle),
+                FaultFilter::default(),
+                Refusals::default(),
+            )),
             std::future::pending(),
         );
 
@@ -752,6 +1006,23 @@ pub(crate) mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         peer.write_all(&PEER_MAGIC[3..]).await.expect("write");
         let mut frame = Vec::new();
+        encode_frame(
+            &pb::PeerEnvelope {
+                from: "n1".into(),
+                msg: Some(pb::peer_envelope::Msg::Hello(
+                    lf_shape("n1", &["n1", "n2"]).hello(&NodeId::from("n2")),
+                )),
+            },
+            &mut frame,
+        );
+        peer.write_all(&frame).await.expect("write");
+        let answer = read_envelope(&mut peer).await.expect("an answer");
+        assert_eq!(answer.from, "n2");
+        assert!(
+            matches!(answer.msg, Some(pb::peer_envelope::Msg::Answer(a)) if a.refused.is_empty()),
+            "accepted"
+        );
+        frame.clear();
         encode_frame(
             &pb::PeerEnvelope {
                 from: "n1".into(),
@@ -784,13 +1055,14 @@ pub(crate) mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
-        let (rx, rt) = serve(listener);
+        let (rx, rt, _) = serve(listener, lf_shape("n2", &["n1", "n2"]));
         let t = Transport::start(
             NodeId::from("n1"),
             &[
                 (NodeId::from("n1"), "127.0.0.1:1".into()),
                 (NodeId::from("n2"), addr.to_string()),
             ],
+            &lf_shape("n1", &["n1", "n2"]),
             FaultFilter::default(),
         );
         (t, addr, rx, rt)
@@ -851,7 +1123,7 @@ pub(crate) mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let listener = std::net::TcpListener::bind(addr).expect("rebind");
         listener.set_nonblocking(true).expect("nonblocking");
-        let (rx2, rt2) = serve(listener);
+        let (rx2, rt2, _) = serve(listener, lf_shape("n2", &["n1", "n2"]));
         tokio::time::sleep(Duration::from_millis(300)).await;
         // One message, the way a candidate's single RequestVote goes out: it must arrive.
         t.send(&NodeId::from("n2"), vote());
@@ -860,5 +1132,101 @@ pub(crate) mod tests {
             "the first message after the restart was lost"
         );
         rt2.shutdown_background();
+    }
+
+    /// What a receiver says of each difference in a hello, naming both values; nothing when
+    /// the shapes agree (members in another order included).
+    #[test]
+    fn a_hello_is_refused_for_each_setting_the_nodes_must_share() {
+        let ll = |me: &str, n: u32, vnodes: u32| ClusterShape {
+            mode: "leaderless".into(),
+            replicas: n,
+            vnodes,
+            ..lf_shape(me, &["n1", "n2", "n3"])
+        };
+        let n1 = NodeId::from("n1");
+        let mut hello = ll("n1", 3, 64).hello(&NodeId::from("n2"));
+        hello.members.reverse();
+        assert_eq!(ll("n2", 3, 64).refusal(&n1, &hello), None);
+        let why = |mine: &ClusterShape, theirs: &ClusterShape, to: &str| {
+            mine.refusal(&n1, &theirs.hello(&NodeId::from(to)))
+                .expect("refused")
+        };
+        assert_eq!(
+            why(&ll("n3", 3, 64), &ll("n1", 3, 64), "n2"),
+            "n1 expected n2 at this address, but this is n3 (the nodes' --peers disagree)"
+        );
+        assert_eq!(
+            why(&ll("n2", 3, 64), &ll("n1", 3, 32), "n2"),
+            "vnodes: n1 32, n2 64 (nodes would place keys on different replicas)"
+        );
+        assert_eq!(
+            why(&ll("n2", 3, 64), &ll("n1", 2, 64), "n2"),
+            "N: n1 2, n2 3 (nodes would place keys on different replicas)"
+        );
+        assert_eq!(
+            why(&lf_shape("n2", &["n1", "n2", "n3"]), &ll("n1", 3, 64), "n2"),
+            "n1 runs leaderless, n2 leader-follower (one cluster runs one replication mode)"
+        );
+        assert_eq!(
+            why(
+                &lf_shape("n2", &["n1", "n2", "n3"]),
+                &lf_shape("n1", &["n1", "n2"]),
+                "n2"
+            ),
+            "n1 has members n1,n2, n2 n1,n2,n3 (each node counts its own majority, or ring)"
+        );
+    }
+
+    /// A peer of another cluster shape (members here) refuses the node: nothing the node sends
+    /// reaches the peer's driver, both sides keep the reason, the node takes the peer for
+    /// unreachable; once the peer runs with the same members it accepts the node again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_of_another_cluster_refuses_the_node_until_their_settings_agree() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let (rx, rt, refusing) = serve(listener, lf_shape("n2", &["n1", "n2", "n3"]));
+        let (n1, n2) = (NodeId::from("n1"), NodeId::from("n2"));
+        let t = Transport::start(
+            n1.clone(),
+            &[
+                (n1.clone(), "127.0.0.1:1".into()),
+                (n2.clone(), addr.to_string()),
+            ],
+            &lf_shape("n1", &["n1", "n2"]),
+            FaultFilter::default(),
+        );
+        t.send(&n2, vote());
+        assert!(
+            !received(&rx).await,
+            "a refused node's message was delivered"
+        );
+        let why = "n1 has members n1,n2, n2 n1,n2,n3 (each node counts its own majority, or ring)";
+        assert_eq!(t.refused_by(), vec![(n2.clone(), why.to_string())]);
+        assert_eq!(refusing.list(), vec![(n1.clone(), why.to_string())]);
+        assert!(
+            !t.reachable(&n2),
+            "a peer that refuses the node is unreachable"
+        );
+
+        rt.shutdown_background();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let listener = std::net::TcpListener::bind(addr).expect("rebind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let (rx, rt, refusing) = serve(listener, lf_shape("n2", &["n1", "n2"]));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut delivered = false;
+        while !delivered && Instant::now() < deadline {
+            t.send(&n2, vote());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while let Ok(m) = rx.try_recv() {
+                delivered |= matches!(m, Input::Peer { .. });
+            }
+        }
+        assert!(delivered, "accepted once the members agree");
+        assert!(t.refused_by().is_empty() && refusing.list().is_empty());
+        assert!(t.reachable(&n2));
+        rt.shutdown_background();
     }
 }

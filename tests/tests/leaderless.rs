@@ -401,7 +401,7 @@ async fn quorum_loss_fails_with_the_replicas_named_or_degrades_when_asked() {
     let r = kvctl(&ep, &["put", key, "y"]);
     assert_eq!(r.code, 3, "UNAVAILABLE: definitely not applied: {r:?}");
     for id in [&c.ids[reps[1]], &c.ids[reps[2]]] {
-        assert!(r.stderr.contains(&format!("{id} partitioned")), "{r:?}");
+        assert!(r.stderr.contains(&format!("{id} unreachable")), "{r:?}");
     }
     // The survivor was not asked (nothing was sent), not "timeout" as it said before.
     let me = &c.ids[survivor];
@@ -732,21 +732,44 @@ async fn token_aware_client_sends_each_write_to_its_coordinator_and_routes_aroun
     assert_eq!(errors, 0, "{s}");
 }
 
-/// Each node computes the ring from its own flags, and nothing compares them between nodes: one
-/// restarted with another `--vnodes` (or `--n`, `--peers`, `--mode`) places keys on other
-/// replicas than the rest, so R+W>N no longer means a read meets the last write. `kvctl
-/// status` now names the setting, who holds which value, and why it matters (text and JSON).
+/// Each node computes the ring from its own flags: one restarted with another `--vnodes` (or
+/// `--n`, `--peers`, `--mode`) would place keys on other replicas than the rest, so R+W>N would
+/// no longer mean that a read meets the last write. The nodes refuse each other's peer
+/// connections instead (so the odd one cannot reach a quorum and fails what it coordinates,
+/// while the others go on), `kvctl status` names the setting, who holds which value and who
+/// refuses whom (text and JSON), and once the node runs with the same settings it is accepted
+/// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_names_a_node_whose_ring_settings_differ_from_the_others() {
+async fn a_node_whose_ring_settings_differ_is_refused_and_status_says_why() {
     let _serial = SERIAL.lock().await;
     let mut c = Cluster::start_leaderless(3, &[]).await.expect("cluster");
     let st = kvctl(&c.endpoints(), &["status"]);
-    assert!(!st.stdout.contains("MISCONFIGURED"), "{st:?}");
+    assert!(
+        !st.stdout.contains("MISCONFIGURED") && !st.stdout.contains("REFUSED"),
+        "{st:?}"
+    );
     c.nodes[2].kill9();
     c.nodes[2].set_env("KV_VNODES", "32");
     c.nodes[2].start_again().expect("n3 with other vnodes");
-    let st = kvctl(&c.endpoints(), &["status"]);
+    let why = "(nodes would place keys on different replicas)";
+    let refused = [
+        format!("REFUSED: n1 refuses n3: vnodes: n3 32, n1 64 {why}"),
+        format!("REFUSED: n2 refuses n3: vnodes: n3 32, n2 64 {why}"),
+        format!("REFUSED: n3 refuses n1: vnodes: n1 64, n3 32 {why}"),
+        format!("REFUSED: n3 refuses n2: vnodes: n2 64, n3 32 {why}"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let st = loop {
+        let st = kvctl(&c.endpoints(), &["status"]);
+        if refused.iter().all(|r| st.stdout.contains(r.as_str())) || Instant::now() > deadline {
+            break st;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(st.code, 0, "{st:?}");
+    for r in &refused {
+        assert!(st.stdout.contains(r.as_str()), "{r} missing: {st:?}");
+    }
     assert!(
         st.stdout.contains(
             "MISCONFIGURED: vnodes differs between nodes: n3 32; n1,n2 64 (nodes place keys on \
@@ -763,4 +786,28 @@ async fn status_names_a_node_whose_ring_settings_differ_from_the_others() {
             .is_some_and(|m| m.starts_with("vnodes differs")),
         "{v}"
     );
+    assert!(v["nodes"][0]["refusing"]["n3"].is_string(), "{v}");
+
+    // n3 reaches no peer: what it coordinates fails; n1 and n2 go on without it.
+    let through_n3 = kvctl(&c.nodes[2].endpoint(), &["put", "k", "v3"]);
+    assert_ne!(through_n3.code, 0, "{through_n3:?}");
+    let through_n1 = kvctl(&c.nodes[0].endpoint(), &["put", "k", "v1"]);
+    assert_eq!(through_n1.code, 0, "{through_n1:?}");
+
+    c.nodes[2].kill9();
+    c.nodes[2].set_env("KV_VNODES", "64");
+    c.nodes[2].start_again().expect("n3 as the others");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let put = kvctl(&c.nodes[2].endpoint(), &["put", "k", "v3"]);
+        let st = kvctl(&c.endpoints(), &["status"]);
+        if put.code == 0 && !st.stdout.contains("REFUSED") && !st.stdout.contains("MISCONFIGURED") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n3 not accepted again: {put:?} {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

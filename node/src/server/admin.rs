@@ -11,17 +11,24 @@ use kv_replica::NodeId;
 
 use crate::fault::{FaultFilter, Faults};
 use crate::node::Node;
+use crate::transport::Refusals;
 
 /// Serves `kv.v1.Admin` for one node.
 pub struct AdminService {
     node: Arc<Node>,
     faults: FaultFilter,
+    refusing: Refusals,
 }
 
 impl AdminService {
-    /// A service over `node`, setting `faults` when fault injection is enabled.
-    pub fn new(node: Arc<Node>, faults: FaultFilter) -> Self {
-        AdminService { node, faults }
+    /// A service over `node`, setting `faults` when fault injection is enabled, and telling
+    /// which peers the node `refusing`.
+    pub fn new(node: Arc<Node>, faults: FaultFilter, refusing: Refusals) -> Self {
+        AdminService {
+            node,
+            faults,
+            refusing,
+        }
     }
 }
 
@@ -133,6 +140,12 @@ impl pb::admin_server::Admin for AdminService {
         };
         let st = pb::NodeStatus {
             faults: Some(spec_of(&self.faults.get())),
+            refusing: self
+                .refusing
+                .list()
+                .into_iter()
+                .map(|(peer, why)| (peer.0, why))
+                .collect(),
             ..st
         };
         Ok(Response::new(st))

@@ -330,8 +330,8 @@ pub enum ReplicaState {
     Ok,
     /// It did not answer in time.
     Timeout,
-    /// It is known to be unreachable.
-    Partitioned,
+    /// It is known to be unreachable (down, cut off by a partition, or refusing this node).
+    Unreachable,
     /// Reachable, but not asked: too few replicas were reachable for the quorum, so nothing
     /// was sent to any.
     NotAsked,
@@ -366,7 +366,7 @@ impl fmt::Display for QuorumFailure {
             let st = match st {
                 ReplicaState::Ok => "ok",
                 ReplicaState::Timeout => "timeout",
-                ReplicaState::Partitioned => "partitioned",
+                ReplicaState::Unreachable => "unreachable",
                 ReplicaState::NotAsked => "not asked",
             };
             write!(f, "{} {id} {st}", if i == 0 { "" } else { "," })?;
@@ -1296,7 +1296,7 @@ impl Leaderless {
             .iter()
             .map(|&i| {
                 let st = if self.down.contains(&i) {
-                    ReplicaState::Partitioned
+                    ReplicaState::Unreachable
                 } else {
                     ReplicaState::NotAsked
                 };
@@ -1318,7 +1318,7 @@ impl Leaderless {
                 let st = if ok(i) {
                     ReplicaState::Ok
                 } else if self.down.contains(&i) {
-                    ReplicaState::Partitioned
+                    ReplicaState::Unreachable
                 } else {
                     ReplicaState::Timeout
                 };

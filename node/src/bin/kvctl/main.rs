@@ -227,9 +227,9 @@ fn describe_faults(spec: &pb::FaultSpec) -> Option<String> {
 }
 
 /// Settings every node of a cluster must share on which the answering nodes disagree: one line
-/// each, naming who holds which value. Nothing checks them between nodes (each computes its
-/// majority, or its ring, from its own flags), so one node started with another `--peers`,
-/// `--mode`, `--n` or `--vnodes` would quietly break the guarantees.
+/// each, naming who holds which value. Each node computes its majority, or its ring, from its
+/// own flags; the nodes refuse each other's peer connections when these differ (`REFUSED`
+/// lines), and this says which setting and who holds which value.
 fn config_differences(rows: &[(String, Option<pb::NodeStatus>)]) -> Vec<String> {
     let up: Vec<&pb::NodeStatus> = rows.iter().filter_map(|(_, s)| s.as_ref()).collect();
     type Value = fn(&pb::NodeStatus) -> Option<String>;
@@ -872,6 +872,17 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
         .collect();
     let split_brain = leaders.len() > 1;
     let mismatch = config_differences(&rows);
+    // Peer connections refused for another cluster shape: the pairs do not talk at all.
+    let mut refused: Vec<String> = rows
+        .iter()
+        .filter_map(|(_, s)| s.as_ref())
+        .flat_map(|s| {
+            s.refusing
+                .iter()
+                .map(|(peer, why)| format!("{} refuses {peer}: {why}", s.id))
+        })
+        .collect();
+    refused.sort();
     // Nodes that heard two leaders at overlapping times lately (a split brain that may be over).
     let heard: Vec<&str> = rows
         .iter()
@@ -919,6 +930,7 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
                     "hints_delivered": s.hints_delivered,
                     "conflicting_writes": s.conflicting_writes, "read_repairs": s.read_repairs,
                     "anti_entropy_repairs": s.anti_entropy_repairs,
+                    "refusing": s.refusing,
                     "faults": s.faults.as_ref().and_then(describe_faults)})
                 }
                 None => {
@@ -1009,12 +1021,13 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
         }
         with_faults(out.trim_end().to_string(), &rows)
     };
-    let stdout = if json || mismatch.is_empty() {
+    let stdout = if json || (mismatch.is_empty() && refused.is_empty()) {
         stdout
     } else {
         let lines: Vec<String> = mismatch
             .iter()
             .map(|m| format!("MISCONFIGURED: {m}"))
+            .chain(refused.iter().map(|r| format!("REFUSED: {r}")))
             .collect();
         format!("{stdout}\n{}", lines.join("\n"))
     };
