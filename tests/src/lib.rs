@@ -218,17 +218,13 @@ impl NodeProcess {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        // Under a file size limit a write past it fails with EFBIG, as on a full disk, once
-        // SIGXFSZ (which would kill the process first) is ignored: an ignored signal stays
-        // ignored across exec.
+        // Under a file size limit a write past it fails with EFBIG, as on a full disk: kv-node
+        // handles SIGXFSZ itself (the signal's default action would kill it first, silently).
         let mut cmd = match self.file_size_limit {
             Some(bytes) => {
                 let mut c = Command::new("sh");
                 c.arg("-c")
-                    .arg(format!(
-                        "trap '' XFSZ; ulimit -f {}; exec \"$@\"",
-                        bytes.div_ceil(512)
-                    ))
+                    .arg(format!("ulimit -f {}; exec \"$@\"", bytes.div_ceil(512)))
                     .arg("sh")
                     .arg(bin("kv-node"));
                 c

@@ -251,6 +251,13 @@ pub fn node_main(argv: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
         }
     };
     rt.block_on(async {
+        // A write past the file size limit (`ulimit -f`) raises SIGXFSZ, whose default action
+        // ends the process with no word and no chance to answer anyone. With a handler
+        // installed the write fails with EFBIG instead, and the node stops as on a full disk,
+        // saying why.
+        #[cfg(unix)]
+        let _file_too_large =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ));
         match kv_node::start(settings).await {
             Ok(running) => match running.run_until(shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
