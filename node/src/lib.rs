@@ -341,7 +341,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         Arc::new(Node::new(settings, storage.clone()))
     };
     let admin_grpc = kv_proto::kv::v1::admin_server::AdminServer::new(
-        server::admin::AdminService::new(node.clone(), faults, refusing),
+        server::admin::AdminService::new(node.clone(), faults, refusing.clone()),
     );
 
     let (stop, stop_rx) = watch::channel(false);
@@ -389,6 +389,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             storage: storage.clone(),
             replica: node.replication().cloned(),
             leaderless: ll_handle,
+            refusing: refusing.clone(),
             ready: ready.clone(),
         }),
         stopped(),

@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use crate::driver::DriverHandle;
 use crate::leaderless::LlHandle;
 use crate::storage::{FlushObserver, Storage};
+use crate::transport::Refusals;
 
 /// Labels of request counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -106,6 +107,7 @@ pub struct Metrics {
     /// The other members, for `peer_reachable`.
     peers: Vec<String>,
     peer_reachable: Family<PeerLabels, Gauge>,
+    peer_refused: Family<PeerLabels, Gauge>,
     lag_entries: Family<FollowerLabels, Gauge>,
     lag_seconds: Family<FollowerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     term: Gauge,
@@ -204,6 +206,14 @@ impl Metrics {
             "1 while this node reaches the peer: a leader heard from it within an election \
              timeout; other nodes are connected to it and no partition cuts it off",
             peer_reachable.clone(),
+        );
+        let peer_refused = Family::<PeerLabels, Gauge>::default();
+        registry.register(
+            "peer_refused",
+            "1 while this node refuses the peer's connections: its mode, members, N or vnodes \
+             differ from this node's, or it expected another node at this address (kvctl \
+             status says which)",
+            peer_refused.clone(),
         );
         let lag_entries = Family::<FollowerLabels, Gauge>::default();
         registry.register(
@@ -396,6 +406,7 @@ impl Metrics {
             stale_reads,
             peers,
             peer_reachable,
+            peer_refused,
             lag_entries,
             lag_seconds,
             term,
@@ -443,6 +454,7 @@ impl Metrics {
         storage: &dyn Storage,
         replica: Option<&DriverHandle>,
         leaderless: Option<&LlHandle>,
+        refusing: &Refusals,
     ) -> String {
         let s = storage.stats();
         let set = |g: &Gauge, v: u64| {
@@ -472,11 +484,15 @@ impl Metrics {
             (None, None) => None,
         };
         if let Some(reachable) = reachable {
+            let refused = refusing.list();
             for p in &self.peers {
+                let labels = PeerLabels { peer: p.clone() };
                 let up = reachable.iter().any(|r| r.0 == *p);
                 self.peer_reachable
-                    .get_or_create(&PeerLabels { peer: p.clone() })
+                    .get_or_create(&labels)
                     .set(i64::from(up));
+                let no = refused.iter().any(|(r, _)| r.0 == *p);
+                self.peer_refused.get_or_create(&labels).set(i64::from(no));
             }
         }
         if let Some((d, st)) = replica {
@@ -561,6 +577,8 @@ pub struct AdminState {
     pub replica: Option<DriverHandle>,
     /// The leaderless driver, in leaderless mode.
     pub leaderless: Option<LlHandle>,
+    /// The peers this node refuses.
+    pub refusing: Refusals,
     /// True once the gRPC server accepts requests, false again while shutting down.
     pub ready: Arc<AtomicBool>,
 }
@@ -587,6 +605,7 @@ async fn handle(
                 state.storage.as_ref(),
                 state.replica.as_ref(),
                 state.leaderless.as_ref(),
+                &state.refusing,
             ),
         ),
         "/healthz" => reply(StatusCode::OK, text, "ok\n".into()),

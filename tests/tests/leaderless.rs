@@ -787,6 +787,9 @@ async fn a_node_whose_ring_settings_differ_is_refused_and_status_says_why() {
         "{v}"
     );
     assert!(v["nodes"][0]["refusing"]["n3"].is_string(), "{v}");
+    assert_eq!(c.metric(0, "kv_peer_refused{peer=\"n3\"}"), 1.0);
+    assert_eq!(c.metric(0, "kv_peer_refused{peer=\"n2\"}"), 0.0);
+    assert_eq!(c.metric(0, "kv_peer_reachable{peer=\"n3\"}"), 0.0);
 
     // n3 reaches no peer: what it coordinates fails; n1 and n2 go on without it.
     let through_n3 = kvctl(&c.nodes[2].endpoint(), &["put", "k", "v3"]);
@@ -801,7 +804,11 @@ async fn a_node_whose_ring_settings_differ_is_refused_and_status_says_why() {
     loop {
         let put = kvctl(&c.nodes[2].endpoint(), &["put", "k", "v3"]);
         let st = kvctl(&c.endpoints(), &["status"]);
-        if put.code == 0 && !st.stdout.contains("REFUSED") && !st.stdout.contains("MISCONFIGURED") {
+        if put.code == 0
+            && !st.stdout.contains("REFUSED")
+            && !st.stdout.contains("MISCONFIGURED")
+            && c.metric(0, "kv_peer_refused{peer=\"n3\"}") == 0.0
+        {
             break;
         }
         assert!(
