@@ -401,7 +401,7 @@ async fn quorum_loss_fails_with_the_replicas_named_or_degrades_when_asked() {
     let r = kvctl(&ep, &["put", key, "y"]);
     assert_eq!(r.code, 3, "UNAVAILABLE: definitely not applied: {r:?}");
     for id in [&c.ids[reps[1]], &c.ids[reps[2]]] {
-        assert!(r.stderr.contains(&format!("{id} unreachable")), "{r:?}");
+        assert!(r.stderr.contains(&format!("{id} partitioned")), "{r:?}");
     }
     // The survivor was not asked (nothing was sent), not "timeout" as it said before.
     let me = &c.ids[survivor];

@@ -330,7 +330,8 @@ pub enum ReplicaState {
     Ok,
     /// It did not answer in time.
     Timeout,
-    /// It is known to be unreachable (down, cut off by a partition, or refusing this node).
+    /// It is known to be unreachable (down, cut off by a partition, or refusing this node);
+    /// shown as `partitioned`, the word of the product specification.
     Unreachable,
     /// Reachable, but not asked: too few replicas were reachable for the quorum, so nothing
     /// was sent to any.
@@ -366,7 +367,7 @@ impl fmt::Display for QuorumFailure {
             let st = match st {
                 ReplicaState::Ok => "ok",
                 ReplicaState::Timeout => "timeout",
-                ReplicaState::Unreachable => "unreachable",
+                ReplicaState::Unreachable => "partitioned",
                 ReplicaState::NotAsked => "not asked",
             };
             write!(f, "{} {id} {st}", if i == 0 { "" } else { "," })?;
