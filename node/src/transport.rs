@@ -239,27 +239,59 @@ impl ClusterShape {
     }
 }
 
-/// Peers refused (or refusing), with the reason; shared by a node's connections.
-#[derive(Clone, Default)]
-pub struct Refusals(Arc<std::sync::Mutex<HashMap<NodeId, String>>>);
+/// How long a refusal is remembered without being repeated. A refused node connects again
+/// every [`REFUSED_RETRY`], so a refusal that is not repeated within this is over (the peer is
+/// down, or stopped trying).
+const REFUSAL_MEMORY: Duration = Duration::from_secs(5);
+
+/// Peers refused (or refusing), with the reason and when last; shared by a node's connections.
+#[derive(Clone)]
+pub struct Refusals {
+    seen: Arc<std::sync::Mutex<HashMap<NodeId, (String, std::time::Instant)>>>,
+    memory: Duration,
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Refusals::remembering(REFUSAL_MEMORY)
+    }
+}
 
 impl Refusals {
+    /// Refusals that are over once not repeated for `memory`.
+    fn remembering(memory: Duration) -> Self {
+        Refusals {
+            seen: Arc::default(),
+            memory,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, (String, std::time::Instant)>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Records that `peer` is refused for `why`; true when that is news (worth a log line).
     fn set(&self, peer: &NodeId, why: &str) -> bool {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        m.insert(peer.clone(), why.to_string()).as_deref() != Some(why)
+        let now = std::time::Instant::now();
+        let before = self.lock().insert(peer.clone(), (why.to_string(), now));
+        !before.is_some_and(|(w, at)| w == why && now - at < self.memory)
     }
 
-    /// Records that `peer` is accepted; true when it was refused before.
+    /// Records that `peer` is accepted; true when it was refused lately.
     fn clear(&self, peer: &NodeId) -> bool {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        m.remove(peer).is_some()
+        self.lock()
+            .remove(peer)
+            .is_some_and(|(_, at)| at.elapsed() < self.memory)
     }
 
-    /// The peers, sorted, with the reasons.
+    /// The peers refused lately, sorted, with the reasons.
     pub fn list(&self) -> Vec<(NodeId, String)> {
-        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<(NodeId, String)> = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut v: Vec<(NodeId, String)> = self
+            .lock()
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() < self.memory)
+            .map(|(k, (why, _))| (k.clone(), why.clone()))
+            .collect();
         v.sort();
         v
     }
@@ -1228,5 +1260,23 @@ pub(crate) mod tests {
         assert!(t.refused_by().is_empty() && refusing.list().is_empty());
         assert!(t.reachable(&n2));
         rt.shutdown_background();
+    }
+
+    /// A refusal is logged once, not on every retry; one not repeated for a while is over
+    /// (the peer went away) and is news again when it comes back.
+    #[test]
+    fn a_refusal_is_news_once_and_over_when_not_repeated() {
+        let r = Refusals::remembering(Duration::from_millis(200));
+        let n3 = NodeId::from("n3");
+        assert!(r.set(&n3, "vnodes differ"));
+        assert!(!r.set(&n3, "vnodes differ"), "a retry is no news");
+        assert!(r.set(&n3, "N differs"), "another reason is");
+        assert_eq!(r.list(), vec![(n3.clone(), "N differs".to_string())]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(r.list().is_empty(), "not repeated: over");
+        assert!(r.set(&n3, "N differs"), "back again: news");
+        assert!(r.clear(&n3), "accepted after a refusal");
+        assert!(!r.clear(&n3));
+        assert!(r.list().is_empty());
     }
 }
