@@ -1431,6 +1431,13 @@ impl Replica {
                 self.send_append(from, 0);
             }
         } else {
+            // A follower never drops what matched this leader's log in this term, unless its
+            // data was lost (a replica started again on an empty data directory, let back in
+            // by the operator): then what it acknowledged is gone, and waiting for it to reach
+            // an index it once had would leave it behind for as long as this leader leads.
+            if index.0 < p.matched {
+                p.matched = index.0;
+            }
             p.next = (index.0 + 1)
                 .min(p.next.saturating_sub(1))
                 .max(p.matched + 1)
@@ -1716,6 +1723,54 @@ mod tests {
         let last = r.last_index();
         r.persisted(last);
         r.take_actions();
+    }
+
+    /// A follower that lost its log (started again on an empty data directory) is sent the
+    /// log again from the start: the leader's record of what it held goes down with it. It
+    /// used to stay at the index it once acknowledged, so the follower never caught up while
+    /// that leader led.
+    #[test]
+    fn a_follower_that_lost_its_log_is_sent_it_again() {
+        let mut r = replica(0, 3, HardState::default(), vec![]);
+        elect(&mut r, 3);
+        let noop = r.last_index().0;
+        let v = r.propose(1, put("k"), 1).expect("leader").counter;
+        ack(&mut r, 1, v);
+        ack(&mut r, 2, v);
+        r.take_actions();
+        // n2, emptied, refuses the next heartbeat: its log ends at 0.
+        let term = r.term();
+        r.step(
+            &ids(3)[1],
+            Message::AppendReply {
+                term,
+                ok: false,
+                index: LogIndex(0),
+                read_seq: 0,
+            },
+        );
+        let resent: Vec<(u64, usize)> = r
+            .take_actions()
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    to,
+                    msg:
+                        Message::Append {
+                            prev_index,
+                            entries,
+                            ..
+                        },
+                } if to == ids(3)[1] => Some((prev_index.0, entries.len())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            resent,
+            vec![(0, v as usize)],
+            "noop {noop} and the put, from the start"
+        );
+        assert_eq!(r.follower_lag()[0].1, v, "it holds none of them");
     }
 
     #[test]
