@@ -7,6 +7,11 @@
 //! in one term), a node started on another's log could vote twice in a term, and a directory
 //! written in one mode is empty to the other (a single node's or a leaderless node's log is not
 //! a leader-follower replica log). Each of these used to start without a word.
+//!
+//! The directory also gets an incarnation on its first start ([`incarnation`]), which the node
+//! sends its peers; a leader-follower node remembers its peers' ([`PeerBook`], `peers.toml`) and
+//! refuses one that comes back with another: it lost its data directory, and with it its votes
+//! and the entries it acknowledged.
 
 use std::path::{Path, PathBuf};
 
@@ -95,7 +100,7 @@ fn compare(dir: &Path, have: &Identity, want: &Identity) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn record(dir: &Path, path: &PathBuf, want: &Identity) -> anyhow::Result<()> {
+fn record(dir: &Path, path: &Path, want: &Identity) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     let text = format!(
@@ -103,16 +108,139 @@ fn record(dir: &Path, path: &PathBuf, want: &Identity) -> anyhow::Result<()> {
          # first start here, checked on every later one.\n{}",
         toml::to_string(want).context("cannot encode the data directory's identity")?
     );
-    let tmp = dir.join(format!("{FILE}.tmp"));
-    let write = || -> std::io::Result<()> {
-        use std::io::Write as _;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().with_context(|| format!("cannot write {}", path.display()))
+    write_durably(dir, path, &text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Replaces `path` (in `dir`) by `text`, durably: a temporary file, fsynced, renamed over it,
+/// and the directory fsynced.
+fn write_durably(dir: &Path, path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let name = path
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_string_lossy());
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The file holding the directory's incarnation.
+pub const INCARNATION_FILE: &str = "incarnation";
+
+/// This data directory's incarnation: a random id made on the first start in it and kept as
+/// long as the directory. Peers remember it (see [`PeerBook`]), so a node that comes back on
+/// an empty directory (a lost or replaced disk) is known for one: it forgot its votes and what
+/// it acknowledged.
+///
+/// # Errors
+/// The file cannot be read or written.
+pub fn incarnation(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join(INCARNATION_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_string()),
+        Ok(_) => bail!(
+            "{} is empty; it names this data directory to the other nodes (restore it, or \
+             remove it and see the README on lost data directories)",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let made = format!("{:016x}", rand::random::<u64>());
+            write_durably(dir, &path, &format!("{made}\n"))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(made)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// The file in which a leader-follower node remembers its peers' incarnations.
+pub const PEERS_FILE: &str = "peers.toml";
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeersFile {
+    #[serde(default)]
+    incarnations: std::collections::BTreeMap<String, String>,
+}
+
+/// The incarnation of each peer's data directory, learned on first contact and kept in
+/// `DATA_DIR/peers.toml`: a leader-follower peer that comes back with another one lost its
+/// data, and is refused (see [`PeerBook::check`]).
+pub struct PeerBook {
+    dir: PathBuf,
+    known: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+impl PeerBook {
+    /// The book of the node whose data directory is `dir`.
+    ///
+    /// # Errors
+    /// The file cannot be read, or is damaged.
+    pub fn open(dir: &Path) -> anyhow::Result<PeerBook> {
+        Ok(PeerBook {
+            dir: dir.to_path_buf(),
+            known: std::sync::Mutex::new(Self::load(dir)?),
+        })
+    }
+
+    fn load(dir: &Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        let path = dir.join(PEERS_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(toml::from_str::<PeersFile>(&text)
+                .with_context(|| {
+                    format!(
+                        "{} is damaged (it records the incarnation of each peer's data \
+                         directory); remove it and the next start learns them again",
+                        path.display()
+                    )
+                })?
+                .incarnations),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// Whether `peer`, whose data directory is `incarnation`, may take part: yes when the
+    /// book has no other incarnation for it (a first one is recorded, durably). Otherwise why
+    /// not. The file is read again before refusing, so removing a peer's line from it takes
+    /// effect at the peer's next attempt.
+    pub fn check(&self, peer: &str, incarnation: &str) -> Result<(), String> {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.get(peer).is_some_and(|k| k != incarnation)
+            && let Ok(again) = Self::load(&self.dir)
+        {
+            *known = again;
+        }
+        match known.get(peer) {
+            Some(k) if k == incarnation => Ok(()),
+            Some(k) => Err(format!(
+                "{peer} comes back with another data directory (incarnation {incarnation}; this \
+                 node knew {k}): it lost its data (a new disk?) and with it the votes it cast \
+                 and the entries it acknowledged, on which the cluster's guarantees rest; a \
+                 leader-follower cluster cannot take it back safely without a membership \
+                 change. To take the risk anyway, remove {peer}'s line from {} on every node",
+                self.dir.join(PEERS_FILE).display()
+            )),
+            None => {
+                known.insert(peer.to_string(), incarnation.to_string());
+                let text = format!(
+                    "# The incarnation of each peer's data directory, learned on first contact: a\n\
+                     # peer that comes back with another one lost its data and is refused.\n{}",
+                    toml::to_string(&PeersFile {
+                        incarnations: known.clone(),
+                    })
+                    .unwrap_or_default()
+                );
+                let path = self.dir.join(PEERS_FILE);
+                if let Err(e) = write_durably(&self.dir, &path, &text) {
+                    tracing::error!(error = %e, file = %path.display(), "cannot record a peer's incarnation");
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -162,5 +290,53 @@ mod tests {
         std::fs::write(dir.join(FILE), "id = 3\n").expect("damage");
         let e = format!("{:#}", check_or_record(&dir, &n1).expect_err("damaged"));
         assert!(e.contains("cluster.toml is damaged"), "{e}");
+    }
+
+    /// A data directory's incarnation is made once and kept.
+    #[test]
+    fn the_incarnation_is_made_once_and_kept() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let first = incarnation(root.path()).expect("made");
+        assert_eq!(first.len(), 16);
+        assert_eq!(incarnation(root.path()).expect("read"), first);
+        let other = tempfile::tempdir().expect("tempdir");
+        assert_ne!(incarnation(other.path()).expect("made"), first);
+    }
+
+    /// A peer's first incarnation is learned durably; the same one is accepted, another is
+    /// refused with the way out, which works once taken (the file is read again).
+    #[test]
+    fn a_peer_that_comes_back_with_another_data_directory_is_refused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let book = PeerBook::open(root.path()).expect("no file yet");
+        assert_eq!(book.check("n2", "aaaa"), Ok(()));
+        assert_eq!(book.check("n3", "cccc"), Ok(()));
+        assert_eq!(book.check("n2", "aaaa"), Ok(()));
+        let again = PeerBook::open(root.path()).expect("recorded");
+        assert_eq!(again.check("n2", "aaaa"), Ok(()), "kept across restarts");
+        let why = again.check("n2", "bbbb").expect_err("refused");
+        assert!(
+            why.starts_with(
+                "n2 comes back with another data directory (incarnation bbbb; this node knew aaaa)"
+            ),
+            "{why}"
+        );
+        assert!(why.contains("remove n2's line from"), "{why}");
+
+        let path = root.path().join(PEERS_FILE);
+        let text = std::fs::read_to_string(&path).expect("file");
+        let kept: String = text
+            .lines()
+            .filter(|l| !l.starts_with("n2 "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, kept).expect("edit");
+        assert_eq!(again.check("n2", "bbbb"), Ok(()), "the way out");
+        assert_eq!(again.check("n3", "cccc"), Ok(()), "the others stay");
+        assert!(again.check("n2", "aaaa").is_err(), "the new one is learned");
+
+        std::fs::write(&path, "incarnations = 3\n").expect("damage");
+        let e = format!("{:#}", PeerBook::open(root.path()).err().expect("damaged"));
+        assert!(e.contains("peers.toml is damaged"), "{e}");
     }
 }

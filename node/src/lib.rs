@@ -246,6 +246,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         } else {
             0
         },
+        incarnation: match (settings.storage, &cfg.data_dir) {
+            (StorageKind::Disk, Some(dir)) if replicated => data_dir::incarnation(dir)?,
+            _ => String::new(),
+        },
     };
     let refusing = transport::Refusals::default();
     let node = if leaderless {
@@ -330,12 +334,18 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             seed,
         )
         .and_then(driver::Built::spawn)?;
-        peers = Some(transport::PeerReceiver::new(
+        let receiver = transport::PeerReceiver::new(
             shape,
             transport::PeerSink::Raft(driver.clone()),
             faults.clone(),
             refusing.clone(),
-        ));
+        );
+        // A peer that lost its data directory forgot its votes: refuse it (on disk only; a
+        // node in memory loses everything on every restart anyway).
+        peers = Some(match (settings.storage, &settings.config.data_dir) {
+            (StorageKind::Disk, Some(dir)) => receiver.knowing(data_dir::PeerBook::open(dir)?),
+            _ => receiver,
+        });
         Arc::new(Node::replicated(settings, storage.clone(), driver))
     } else {
         Arc::new(Node::new(settings, storage.clone()))

@@ -183,6 +183,8 @@ pub struct ClusterShape {
     pub replicas: u32,
     /// Leaderless: virtual nodes per member; 0 in leader-follower mode.
     pub vnodes: u32,
+    /// This node's data directory's incarnation (`data_dir::incarnation`); empty in memory.
+    pub incarnation: String,
 }
 
 impl ClusterShape {
@@ -194,6 +196,7 @@ impl ClusterShape {
             members: self.members.iter().map(|m| m.0.clone()).collect(),
             replicas: self.replicas,
             vnodes: self.vnodes,
+            incarnation: self.incarnation.clone(),
         }
     }
 
@@ -515,6 +518,9 @@ pub struct PeerReceiver {
     sink: PeerSink,
     filter: FaultFilter,
     refusing: Refusals,
+    /// Leader-follower, on disk: the peers' data directories known, to refuse one that lost
+    /// its data.
+    book: Option<Arc<crate::data_dir::PeerBook>>,
 }
 
 impl PeerReceiver {
@@ -531,6 +537,15 @@ impl PeerReceiver {
             sink,
             filter,
             refusing,
+            book: None,
+        }
+    }
+
+    /// The same, refusing a peer whose data directory is not the one `book` knows for it.
+    pub fn knowing(self, book: crate::data_dir::PeerBook) -> Self {
+        PeerReceiver {
+            book: Some(Arc::new(book)),
+            ..self
         }
     }
 
@@ -546,7 +561,14 @@ impl PeerReceiver {
         };
         let from = NodeId(hello.from);
         let refusal = match &hello.msg {
-            Some(pb::peer_envelope::Msg::Hello(h)) => self.shape.refusal(&from, h),
+            Some(pb::peer_envelope::Msg::Hello(h)) => {
+                self.shape.refusal(&from, h).or_else(|| match &self.book {
+                    Some(book) if !h.incarnation.is_empty() => {
+                        book.check(&from.0, &h.incarnation).err()
+                    }
+                    _ => None,
+                })
+            }
             _ => Some(format!(
                 "{from} sent no hello first (a quorumkv node of another version?)"
             )),
@@ -904,6 +926,7 @@ pub(crate) mod tests {
             members,
             replicas: 0,
             vnodes: 0,
+            incarnation: String::new(),
         }
     }
 

@@ -895,3 +895,90 @@ async fn a_replica_whose_disk_fails_stops_and_the_others_go_on() {
         assert_eq!((r.code, r.stdout.len()), (0, value.len()), "k{i}: {r:?}");
     }
 }
+
+/// A replica that comes back on an empty data directory (a lost disk) forgot the votes it cast
+/// and the entries it acknowledged, on which a majority's guarantees rest. The others refuse
+/// it (`kvctl status` says why) and go on without counting it: the leader does not hear from
+/// it. Once the operator takes the risk, removing its line from `peers.toml` on the others, it
+/// is let in at its next attempt. Before, it rejoined as if nothing had happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_back_on_an_empty_data_directory_is_refused_until_let_in() {
+    let _serial = SERIAL.lock().await;
+    let (mut c, leader) = led(3).await;
+    let f = (leader + 1) % 3;
+    let id = c.ids[f].clone();
+    let r = kvctl(&c.endpoints(), &["put", "before", "1"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    wait_local(&c, f, "before", "1", "replicated").await;
+    c.nodes[f].kill9();
+    std::fs::remove_dir_all(&c.dirs[f]).expect("lose the disk");
+    c.nodes[f]
+        .start_again()
+        .expect("starts on an empty directory");
+
+    let others: Vec<usize> = (0..3).filter(|&i| i != f).collect();
+    let refused: Vec<String> = others
+        .iter()
+        .map(|&i| {
+            format!(
+                "REFUSED: {} refuses {id}: {id} comes back with another data directory",
+                c.ids[i]
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = kvctl(&c.endpoints(), &["status"]);
+        if refused.iter().all(|r| st.stdout.contains(r.as_str())) {
+            assert!(
+                st.stdout.contains("remove "),
+                "the way out is named: {st:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "not refused: {st:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = kvctl(&c.endpoints(), &["put", "during", "2"]);
+    assert_eq!(r.code, 0, "the others go on: {r:?}");
+    let hears = |c: &Cluster| {
+        let st = kvctl(&c.endpoints(), &["--output", "json", "status"]);
+        let v: serde_json::Value = serde_json::from_str(&st.stdout).expect("json status");
+        v["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .filter(|n| n["role"] == "leader")
+            .any(|n| {
+                n["reachable"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|p| *p == *id))
+            })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!hears(&c), "the leader hears from the refused replica");
+    assert_eq!(
+        c.metric(others[0], &format!("kv_peer_refused{{peer=\"{id}\"}}")),
+        1.0
+    );
+
+    // The way out: forget its old data directory on the others.
+    for &i in &others {
+        let path = c.dirs[i].join("peers.toml");
+        let text = std::fs::read_to_string(&path).expect("peers.toml");
+        let kept: String = text
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{id} =")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, kept).expect("edit peers.toml");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hears(&c) {
+        assert!(Instant::now() < deadline, "not let in");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_local(&c, f, "during", "2", "let in: caught up").await;
+    let st = kvctl(&c.endpoints(), &["status"]);
+    assert!(!st.stdout.contains("REFUSED"), "{st:?}");
+}
