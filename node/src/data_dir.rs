@@ -220,7 +220,8 @@ impl PeerBook {
                  node knew {k}): it lost its data (a new disk?) and with it the votes it cast \
                  and the entries it acknowledged, on which the cluster's guarantees rest; a \
                  leader-follower cluster cannot take it back safely without a membership \
-                 change. To take the risk anyway, remove {peer}'s line from {} on every node",
+                 change. To take the risk anyway, remove {peer}'s line from {PEERS_FILE} in the data \
+                 directory of every other node (here {})",
                 self.dir.join(PEERS_FILE).display()
             )),
             None => {

@@ -254,7 +254,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let refusing = transport::Refusals::default();
     let node = if leaderless {
         let transport =
-            transport::Transport::start(settings.id.clone(), &members, &shape, faults.clone());
+            transport::Transport::start(settings.id.clone(), &members, &shape, faults.clone())
+                .refusing(refusing.clone());
         let hints: Arc<dyn Storage> = match (settings.storage, &settings.config.data_dir) {
             (StorageKind::Disk, Some(dir)) => {
                 let (st, _) = DiskStorage::open(
@@ -307,7 +308,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         Arc::new(Node::new_leaderless(settings, storage.clone(), handle))
     } else if replicated {
         let transport =
-            transport::Transport::start(settings.id.clone(), &members, &shape, faults.clone());
+            transport::Transport::start(settings.id.clone(), &members, &shape, faults.clone())
+                .refusing(refusing.clone());
         let data_dir = match settings.storage {
             StorageKind::Disk => settings.config.data_dir.clone(),
             StorageKind::Memory => None,

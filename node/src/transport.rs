@@ -32,6 +32,8 @@ pub struct Transport {
     up: HashMap<NodeId, Arc<AtomicBool>>,
     /// Peers that refused this node, with their reason.
     refused_by: Refusals,
+    /// Peers this node's receiver refuses: nothing they send is heard.
+    refusing: Refusals,
     filter: FaultFilter,
     runtime: tokio::runtime::Handle,
 }
@@ -79,6 +81,7 @@ impl Transport {
             peers,
             up,
             refused_by,
+            refusing: Refusals::default(),
             filter,
             runtime: tokio::runtime::Handle::current(),
         }
@@ -95,9 +98,19 @@ impl Transport {
     }
 
     /// Whether `peer` looks reachable: its stream is connected (or not yet known to be
-    /// broken) and no partition cuts it off.
+    /// broken), it accepted this node, no partition cuts it off, and this node does not refuse
+    /// it.
     pub fn reachable(&self, peer: &NodeId) -> bool {
-        !self.filter.blocks(peer) && self.up.get(peer).is_some_and(|f| f.load(Ordering::Relaxed))
+        !self.filter.blocks(peer)
+            && self.up.get(peer).is_some_and(|f| f.load(Ordering::Relaxed))
+            && !self.refusing.holds(peer)
+    }
+
+    /// The same transport, taking the peers that `refusing` holds (those this node's
+    /// [`PeerReceiver`] refuses) for unreachable: they can be sent to, but not heard.
+    #[must_use]
+    pub fn refusing(self, refusing: Refusals) -> Self {
+        Transport { refusing, ..self }
     }
 
     /// The clock offset the fault filter holds (leaderless versions).
@@ -284,6 +297,13 @@ impl Refusals {
     fn clear(&self, peer: &NodeId) -> bool {
         self.lock()
             .remove(peer)
+            .is_some_and(|(_, at)| at.elapsed() < self.memory)
+    }
+
+    /// Whether `peer` was refused lately.
+    fn holds(&self, peer: &NodeId) -> bool {
+        self.lock()
+            .get(peer)
             .is_some_and(|(_, at)| at.elapsed() < self.memory)
     }
 
