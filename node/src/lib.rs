@@ -307,6 +307,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         ll_handle = Some(handle.clone());
         Arc::new(Node::new_leaderless(settings, storage.clone(), handle))
     } else if replicated {
+        // A peer that lost its data directory forgot its votes: refuse it (on disk only; a
+        // node in memory loses everything on every restart anyway).
+        let book = match (settings.storage, &settings.config.data_dir) {
+            (StorageKind::Disk, Some(dir)) => Some(data_dir::PeerBook::open(dir)?),
+            _ => None,
+        };
         let transport =
             transport::Transport::start(settings.id.clone(), &members, &shape, faults.clone())
                 .refusing(refusing.clone());
@@ -342,11 +348,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             faults.clone(),
             refusing.clone(),
         );
-        // A peer that lost its data directory forgot its votes: refuse it (on disk only; a
-        // node in memory loses everything on every restart anyway).
-        peers = Some(match (settings.storage, &settings.config.data_dir) {
-            (StorageKind::Disk, Some(dir)) => receiver.knowing(data_dir::PeerBook::open(dir)?),
-            _ => receiver,
+        peers = Some(match book {
+            Some(book) => receiver.knowing(book),
+            None => receiver,
         });
         Arc::new(Node::replicated(settings, storage.clone(), driver))
     } else {
