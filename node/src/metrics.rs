@@ -211,8 +211,8 @@ impl Metrics {
         registry.register(
             "peer_refused",
             "1 while this node refuses the peer's connections: its mode, members, N or vnodes \
-             differ from this node's, or it expected another node at this address (kvctl \
-             status says which)",
+             differ from this node's, it expected another node at this address, or \
+             (leader-follower) it came back on an empty data directory (kvctl status says which)",
             peer_refused.clone(),
         );
         let lag_entries = Family::<FollowerLabels, Gauge>::default();
