@@ -166,11 +166,13 @@ struct PeersFile {
 }
 
 /// The incarnation of each peer's data directory, learned on first contact and kept in
-/// `DATA_DIR/peers.toml`: a leader-follower peer that comes back with another one lost its
-/// data, and is refused (see [`PeerBook::check`]).
+/// `DATA_DIR/peers.toml`: a peer that comes back with another one lost its data, and is
+/// refused (leader-follower) or only reported (leaderless, [`PeerBook::warning_only`]); see
+/// [`PeerBook::check`].
 pub struct PeerBook {
     dir: PathBuf,
     known: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    refuse: bool,
 }
 
 impl PeerBook {
@@ -182,7 +184,19 @@ impl PeerBook {
         Ok(PeerBook {
             dir: dir.to_path_buf(),
             known: std::sync::Mutex::new(Self::load(dir)?),
+            refuse: true,
         })
+    }
+
+    /// The same book, reporting a peer that lost its data instead of refusing it, and then
+    /// knowing it by its new incarnation. For leaderless nodes: the writes such a replica
+    /// acknowledged also sit on W-1 others, and repair refills it.
+    #[must_use]
+    pub fn warning_only(self) -> Self {
+        PeerBook {
+            refuse: false,
+            ..self
+        }
     }
 
     fn load(dir: &Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
@@ -213,9 +227,9 @@ impl PeerBook {
         {
             *known = again;
         }
-        match known.get(peer) {
+        match known.get(peer).cloned() {
             Some(k) if k == incarnation => Ok(()),
-            Some(k) => Err(format!(
+            Some(k) if self.refuse => Err(format!(
                 "{peer} comes back with another data directory (incarnation {incarnation}; this \
                  node knew {k}): it lost its data (a new disk?) and with it the votes it cast \
                  and the entries it acknowledged, on which the cluster's guarantees rest; a \
@@ -224,22 +238,43 @@ impl PeerBook {
                  directory of every other node (here {})",
                 self.dir.join(PEERS_FILE).display()
             )),
-            None => {
-                known.insert(peer.to_string(), incarnation.to_string());
-                let text = format!(
-                    "# The incarnation of each peer's data directory, learned on first contact: a\n\
-                     # peer that comes back with another one lost its data and is refused.\n{}",
-                    toml::to_string(&PeersFile {
-                        incarnations: known.clone(),
-                    })
-                    .unwrap_or_default()
+            Some(k) => {
+                tracing::warn!(
+                    peer,
+                    "{peer} came back with another data directory (incarnation {incarnation}; \
+                     this node knew {k}): it lost the copies it held; until anti-entropy, hinted \
+                     handoff and read repair refill it, a read that counts its empty copy can \
+                     miss acknowledged writes"
                 );
-                let path = self.dir.join(PEERS_FILE);
-                if let Err(e) = write_durably(&self.dir, &path, &text) {
-                    tracing::error!(error = %e, file = %path.display(), "cannot record a peer's incarnation");
-                }
+                self.learn(&mut known, peer, incarnation);
                 Ok(())
             }
+            None => {
+                self.learn(&mut known, peer, incarnation);
+                Ok(())
+            }
+        }
+    }
+
+    /// Records `peer`'s `incarnation`, durably.
+    fn learn(
+        &self,
+        known: &mut std::collections::BTreeMap<String, String>,
+        peer: &str,
+        incarnation: &str,
+    ) {
+        known.insert(peer.to_string(), incarnation.to_string());
+        let text = format!(
+            "# The incarnation of each peer's data directory, learned on first contact: a\n\
+             # peer that comes back with another one lost its data.\n{}",
+            toml::to_string(&PeersFile {
+                incarnations: known.clone(),
+            })
+            .unwrap_or_default()
+        );
+        let path = self.dir.join(PEERS_FILE);
+        if let Err(e) = write_durably(&self.dir, &path, &text) {
+            tracing::error!(error = %e, file = %path.display(), "cannot record a peer's incarnation");
         }
     }
 }
@@ -339,5 +374,18 @@ mod tests {
         std::fs::write(&path, "incarnations = 3\n").expect("damage");
         let e = format!("{:#}", PeerBook::open(root.path()).err().expect("damaged"));
         assert!(e.contains("peers.toml is damaged"), "{e}");
+    }
+
+    /// A leaderless node's book reports a peer back with another data directory, accepts it,
+    /// and knows it by the new one from then on.
+    #[test]
+    fn a_warning_only_book_accepts_and_learns_a_new_incarnation() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let book = PeerBook::open(root.path()).expect("book").warning_only();
+        assert_eq!(book.check("n2", "aaaa"), Ok(()));
+        assert_eq!(book.check("n2", "bbbb"), Ok(()), "reported, not refused");
+        let again = PeerBook::open(root.path()).expect("recorded");
+        assert_eq!(again.check("n2", "bbbb"), Ok(()), "the new one is known");
+        assert!(again.check("n2", "aaaa").is_err());
     }
 }

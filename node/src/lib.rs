@@ -298,12 +298,19 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             hints,
             transport,
         );
-        peers = Some(transport::PeerReceiver::new(
+        let receiver = transport::PeerReceiver::new(
             shape,
             transport::PeerSink::Leaderless(handle.clone()),
             faults.clone(),
             refusing.clone(),
-        ));
+        );
+        // A replica back on an empty data directory is reported in the log, not refused.
+        peers = Some(match (settings.storage, &settings.config.data_dir) {
+            (StorageKind::Disk, Some(dir)) => {
+                receiver.knowing(data_dir::PeerBook::open(dir)?.warning_only())
+            }
+            _ => receiver,
+        });
         ll_handle = Some(handle.clone());
         Arc::new(Node::new_leaderless(settings, storage.clone(), handle))
     } else if replicated {

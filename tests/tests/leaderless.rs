@@ -818,3 +818,28 @@ async fn a_node_whose_ring_settings_differ_is_refused_and_status_says_why() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A leaderless replica back on an empty data directory (a lost disk) is not refused, unlike a
+/// leader-follower one: the writes it acknowledged also sit on W-1 other replicas, and repair
+/// refills it. The others say so in their logs, since until then a read that counts its empty
+/// copy can miss acknowledged writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_back_on_an_empty_data_directory_is_reported_and_taken_back() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start_leaderless(3, &[]).await.expect("cluster");
+    c.nodes[2].kill9();
+    std::fs::remove_dir_all(&c.dirs[2]).expect("lose the disk");
+    c.nodes[2].start_again().expect("n3 on an empty directory");
+    eventually(10, "n1 reports n3's new data directory", || {
+        c.nodes[0]
+            .log_text()
+            .contains("n3 came back with another data directory")
+    })
+    .await;
+    eventually(10, "n3 takes part", || {
+        kvctl(&c.nodes[2].endpoint(), &["put", "k", "v"]).code == 0
+    })
+    .await;
+    let st = kvctl(&c.endpoints(), &["status"]);
+    assert!(!st.stdout.contains("REFUSED"), "{st:?}");
+}
