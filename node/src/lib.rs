@@ -199,7 +199,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     });
     let replicated = settings.members.len() > 1;
     let leaderless = replicated && cfg.mode == config::Mode::Leaderless;
-    if let (StorageKind::Disk, Some(dir)) = (settings.storage, &cfg.data_dir) {
+    // The data directory, when the data is on disk.
+    let disk_dir = match settings.storage {
+        StorageKind::Disk => cfg.data_dir.clone(),
+        StorageKind::Memory => None,
+    };
+    if let Some(dir) = &disk_dir {
         let layout = match (replicated, leaderless) {
             (false, _) => "single-node",
             (true, true) => "leaderless",
@@ -246,18 +251,26 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         } else {
             0
         },
-        incarnation: match (settings.storage, &cfg.data_dir) {
-            (StorageKind::Disk, Some(dir)) if replicated => data_dir::incarnation(dir)?,
+        incarnation: match &disk_dir {
+            Some(dir) if replicated => data_dir::incarnation(dir)?,
             _ => String::new(),
         },
+    };
+    // The peers' data directories known (a node in memory loses everything on every restart
+    // anyway): a leader-follower peer that lost its own forgot its votes and is refused; a
+    // leaderless one is reported in the log, not refused.
+    let book = match &disk_dir {
+        Some(dir) if leaderless => Some(data_dir::PeerBook::open(dir)?.warning_only()),
+        Some(dir) if replicated => Some(data_dir::PeerBook::open(dir)?),
+        _ => None,
     };
     let refusing = transport::Refusals::default();
     let node = if leaderless {
         let transport =
             transport::Transport::start(settings.id.clone(), &members, &shape, faults.clone())
                 .refusing(refusing.clone());
-        let hints: Arc<dyn Storage> = match (settings.storage, &settings.config.data_dir) {
-            (StorageKind::Disk, Some(dir)) => {
+        let hints: Arc<dyn Storage> = match &disk_dir {
+            Some(dir) => {
                 let (st, _) = DiskStorage::open(
                     &dir.join("hints"),
                     DiskOptions {
@@ -298,35 +311,21 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             hints,
             transport,
         );
-        let receiver = transport::PeerReceiver::new(
-            shape,
-            transport::PeerSink::Leaderless(handle.clone()),
-            faults.clone(),
-            refusing.clone(),
+        peers = Some(
+            transport::PeerReceiver::new(
+                shape,
+                transport::PeerSink::Leaderless(handle.clone()),
+                faults.clone(),
+                refusing.clone(),
+            )
+            .knowing(book),
         );
-        // A replica back on an empty data directory is reported in the log, not refused.
-        peers = Some(match (settings.storage, &settings.config.data_dir) {
-            (StorageKind::Disk, Some(dir)) => {
-                receiver.knowing(data_dir::PeerBook::open(dir)?.warning_only())
-            }
-            _ => receiver,
-        });
         ll_handle = Some(handle.clone());
         Arc::new(Node::new_leaderless(settings, storage.clone(), handle))
     } else if replicated {
-        // A peer that lost its data directory forgot its votes: refuse it (on disk only; a
-        // node in memory loses everything on every restart anyway).
-        let book = match (settings.storage, &settings.config.data_dir) {
-            (StorageKind::Disk, Some(dir)) => Some(data_dir::PeerBook::open(dir)?),
-            _ => None,
-        };
         let transport =
             transport::Transport::start(settings.id.clone(), &members, &shape, faults.clone())
                 .refusing(refusing.clone());
-        let data_dir = match settings.storage {
-            StorageKind::Disk => settings.config.data_dir.clone(),
-            StorageKind::Memory => None,
-        };
         let seed = storage::now_ms()
             ^ settings
                 .id
@@ -336,7 +335,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         let driver = driver::build(
             settings.id.clone(),
             members.into_iter().map(|(id, _)| id).collect(),
-            data_dir,
+            disk_dir.clone(),
             settings.config.fsync,
             Some(metrics.flush_observer()),
             Some(on_fail.clone()),
@@ -349,16 +348,15 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             seed,
         )
         .and_then(driver::Built::spawn)?;
-        let receiver = transport::PeerReceiver::new(
-            shape,
-            transport::PeerSink::Raft(driver.clone()),
-            faults.clone(),
-            refusing.clone(),
+        peers = Some(
+            transport::PeerReceiver::new(
+                shape,
+                transport::PeerSink::Raft(driver.clone()),
+                faults.clone(),
+                refusing.clone(),
+            )
+            .knowing(book),
         );
-        peers = Some(match book {
-            Some(book) => receiver.knowing(book),
-            None => receiver,
-        });
         Arc::new(Node::replicated(settings, storage.clone(), driver))
     } else {
         Arc::new(Node::new(settings, storage.clone()))

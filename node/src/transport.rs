@@ -561,10 +561,11 @@ impl PeerReceiver {
         }
     }
 
-    /// The same, refusing a peer whose data directory is not the one `book` knows for it.
-    pub fn knowing(self, book: crate::data_dir::PeerBook) -> Self {
+    /// The same, checking each peer's data directory against `book` (if any).
+    #[must_use]
+    pub fn knowing(self, book: Option<crate::data_dir::PeerBook>) -> Self {
         PeerReceiver {
-            book: Some(Arc::new(book)),
+            book: book.map(Arc::new),
             ..self
         }
     }
@@ -580,15 +581,11 @@ impl PeerReceiver {
             return;
         };
         let from = NodeId(hello.from);
-        let refusal = match &hello.msg {
-            Some(pb::peer_envelope::Msg::Hello(h)) => {
-                self.shape.refusal(&from, h).or_else(|| match &self.book {
-                    Some(book) if !h.incarnation.is_empty() => {
-                        book.check(&from.0, &h.incarnation).err()
-                    }
-                    _ => None,
-                })
-            }
+        let refusal = match hello.msg {
+            Some(pb::peer_envelope::Msg::Hello(h)) => match self.shape.refusal(&from, &h) {
+                Some(why) => Some(why),
+                None => self.check_data_dir(&from, h.incarnation).await,
+            },
             _ => Some(format!(
                 "{from} sent no hello first (a quorumkv node of another version?)"
             )),
@@ -645,6 +642,20 @@ impl PeerReceiver {
                 _ => self.deliver_one(env),
             }
         }
+    }
+
+    /// Why `from`, whose data directory is `incarnation`, is refused by the book, if it is.
+    /// A first sight of a peer writes `peers.toml` durably (fsyncs): done off the runtime's
+    /// threads, which serve every request meanwhile.
+    async fn check_data_dir(&self, from: &NodeId, incarnation: String) -> Option<String> {
+        let book = self.book.clone()?;
+        if incarnation.is_empty() {
+            return None; // a node in memory
+        }
+        let peer = from.0.clone();
+        tokio::task::spawn_blocking(move || book.check(&peer, &incarnation).err())
+            .await
+            .unwrap_or_else(|e| Some(format!("cannot check {from}'s data directory: {e}")))
     }
 
     fn deliver_one(&self, env: pb::PeerEnvelope) {
