@@ -507,11 +507,15 @@ impl Driver {
     }
 
     /// Carries out the core's actions until it has none; sends that must wait for durability
-    /// are handed, as one batch, to a task that waits for the highest LSN among them.
+    /// are handed, as one batch, to a task that waits for the highest LSN among them. Lazy
+    /// ones (the coordinator's own copies, see [`Action::Send`]) wait in a batch of their own
+    /// that does not hurry the flush: they share the fsync of the next write somebody waits
+    /// for (this node is a replica for other coordinators too), or the store's bound.
     fn flush(&mut self) {
         let mut after_data: Vec<(NodeId, Msg)> = Vec::new();
         let mut after_hints: Vec<(NodeId, Msg)> = Vec::new();
-        let (mut max_data, mut max_hints) = (0, 0);
+        let mut lazy_data: Vec<(NodeId, Msg)> = Vec::new();
+        let (mut max_data, mut max_hints, mut max_lazy) = (0, 0, 0);
         // Read once per batch (each read takes the storage lock); a send whose LSN became
         // durable meanwhile goes out with the batch's wait, which then returns at once.
         let durable_data = self.store.data.stats().durable_lsn;
@@ -530,7 +534,12 @@ impl Driver {
             }
             for a in actions {
                 match a {
-                    Action::Send { to, msg, after } => match after {
+                    Action::Send {
+                        to,
+                        msg,
+                        after,
+                        lazy,
+                    } => match after {
                         Some(FAILED_LSN) => {}
                         Some(lsn) if lsn & HINT_LSN != 0 => {
                             let lsn = lsn & !HINT_LSN;
@@ -540,6 +549,10 @@ impl Driver {
                                 max_hints = max_hints.max(lsn);
                                 after_hints.push((to, msg));
                             }
+                        }
+                        Some(lsn) if durable_data < lsn && lazy => {
+                            max_lazy = max_lazy.max(lsn);
+                            lazy_data.push((to, msg));
                         }
                         Some(lsn) if durable_data < lsn => {
                             max_data = max_data.max(lsn);
@@ -560,18 +573,24 @@ impl Driver {
                 }
             }
         }
-        for (store, lsn, batch) in [
-            (self.store.data.clone(), max_data, after_data),
-            (self.store.hints.clone(), max_hints, after_hints),
+        for (store, lsn, batch, lazy) in [
+            (self.store.data.clone(), max_data, after_data, false),
+            (self.store.data.clone(), max_lazy, lazy_data, true),
+            (self.store.hints.clone(), max_hints, after_hints, false),
         ] {
             if batch.is_empty() {
                 continue;
             }
+            let durable = if lazy {
+                store.wait_durable_lazily(lsn)
+            } else {
+                store.wait_durable(lsn)
+            };
             let transport = self.transport.clone();
             let tx = self.tx.clone();
             let me = self.me.clone();
             tokio::spawn(async move {
-                if let Err(e) = store.wait_durable(lsn).await {
+                if let Err(e) = durable.await {
                     tracing::error!(error = %e, "storage failed; acknowledgements withheld");
                     return;
                 }

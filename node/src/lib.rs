@@ -122,10 +122,16 @@ impl Running {
     }
 }
 
+/// How long a leaderless coordinator's own copy of a write may wait for a flush that another
+/// write asks for (`DiskOptions::lazy_flush`). Its other replicas are enough for W, so this
+/// delays the write only when one of them fails unnoticed.
+const LEADERLESS_LAZY_FLUSH: Duration = Duration::from_millis(2);
+
 fn open_storage(
     s: &Settings,
     metrics: &Metrics,
     on_fail: &FailObserver,
+    lazy_flush: Option<Duration>,
 ) -> anyhow::Result<Arc<dyn Storage>> {
     Ok(match s.storage {
         StorageKind::Memory => Arc::new(MemStorage::new()),
@@ -141,6 +147,7 @@ fn open_storage(
                     fsync: s.config.fsync,
                     on_flush: Some(metrics.flush_observer()),
                     on_fail: Some(on_fail.clone()),
+                    lazy_flush,
                     ..DiskOptions::default()
                 },
             )?;
@@ -225,7 +232,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let storage = if replicated && !leaderless {
         state_machine.clone() as Arc<dyn Storage>
     } else {
-        open_storage(&settings, &metrics, &on_fail)?
+        open_storage(
+            &settings,
+            &metrics,
+            &on_fail,
+            leaderless.then_some(LEADERLESS_LAZY_FLUSH),
+        )?
     };
     let listener = bind(cfg.listen, "--listen").await?;
     let admin = bind(cfg.admin_listen, "--admin-listen").await?;

@@ -639,3 +639,47 @@ fn a_write_hidden_by_a_concurrent_higher_version_is_reported() {
         .expect("acknowledged by W=2");
     assert_eq!(ok.superseded_on, vec![members[1].clone()], "{ok:?}");
 }
+
+/// The coordinator's acknowledgement of its own copy is lazy (it may share a later flush)
+/// only while the other replicas believed reachable can make W without it: at W=2 with both
+/// others up; not at W=3, nor with one of the others down.
+#[test]
+fn leaderless_own_copy_waits_lazily_only_when_the_others_can_make_w() {
+    // Whether n1 coordinates `key` and, if so, the `lazy` of its acknowledgement to itself.
+    let own_ack = |w: u32, down: Option<usize>, key: &Bytes| {
+        let (members, mut node, mut store, mut opts) = lone_node(3, |_| {});
+        opts.quorum = w;
+        if let Some(d) = down {
+            node.set_reachable(&members[d], false);
+        }
+        node.put(
+            &mut store,
+            0,
+            9,
+            key.clone(),
+            Some(Bytes::from_static(b"v")),
+            opts,
+        );
+        node.take_actions().into_iter().find_map(|a| match a {
+            Action::Send {
+                to,
+                msg: Msg::WriteAck { .. },
+                after: Some(_),
+                lazy,
+            } if to == members[0] => Some(lazy),
+            _ => None,
+        })
+    };
+    // A key n1 coordinates with every replica up (the first of its replicas on the ring).
+    let key = (0..100)
+        .map(|k| Bytes::from(format!("k{k}")))
+        .find(|k| own_ack(2, None, k).is_some())
+        .expect("n1 coordinates some key");
+    assert_eq!(own_ack(2, None, &key), Some(true), "W=2: n2 and n3 suffice");
+    assert_eq!(own_ack(3, None, &key), Some(false), "W=3 needs n1's copy");
+    // With n2 or n3 down, n1's copy is one of the two W needs.
+    for down in [1, 2] {
+        let lazy = own_ack(2, Some(down), &key);
+        assert_eq!(lazy, Some(false), "n{} down: W=2 needs n1's copy", down + 1);
+    }
+}

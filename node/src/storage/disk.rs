@@ -56,6 +56,12 @@ pub struct DiskOptions {
     pub on_flush: Option<FlushObserver>,
     /// Told when the storage fails (the node stops).
     pub on_fail: Option<FailObserver>,
+    /// `None`: every write is flushed at once (the flusher is woken by each). `Some(bound)`:
+    /// a write waits for a flush that a [`Storage::wait_durable`] asks for, and for at most
+    /// `bound`; [`Storage::wait_durable_lazily`] waits without asking. The leaderless
+    /// coordinator's own copy of a write that its other replicas can acknowledge waits so,
+    /// sharing the next fsync instead of costing one.
+    pub lazy_flush: Option<Duration>,
 }
 
 impl Default for DiskOptions {
@@ -66,6 +72,7 @@ impl Default for DiskOptions {
             snapshot_bytes: 256 << 20,
             on_flush: None,
             on_fail: None,
+            lazy_flush: None,
         }
     }
 }
@@ -106,6 +113,10 @@ struct State {
     last_lsn: Lsn,
     failed: Option<Arc<str>>,
     shutdown: bool,
+    /// With `lazy_flush`: a waiter asked for a flush of what is queued.
+    flush_wanted: bool,
+    /// With `lazy_flush`: when what is queued must be flushed at the latest.
+    flush_by: Option<Instant>,
 }
 
 struct Shared {
@@ -620,6 +631,8 @@ impl DiskStorage {
                 last_lsn,
                 failed: None,
                 shutdown: false,
+                flush_wanted: false,
+                flush_by: None,
             }),
             wake: Condvar::new(),
             durable: AtomicU64::new(last_lsn),
@@ -662,14 +675,32 @@ fn flusher(shared: Arc<Shared>, mut file: Appender) {
     loop {
         let (last, records) = {
             let mut st = shared.lock();
-            while st.lens.is_empty() && !st.shutdown {
-                st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
-            }
-            if st.lens.is_empty() {
-                return; // shut down with nothing pending
+            loop {
+                if st.lens.is_empty() {
+                    if st.shutdown {
+                        return; // shut down with nothing pending
+                    }
+                    st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                    continue;
+                }
+                let due = match st.flush_by {
+                    _ if st.shutdown || st.flush_wanted || shared.opts.lazy_flush.is_none() => None,
+                    Some(by) => by.checked_duration_since(Instant::now()),
+                    None => None,
+                };
+                match due {
+                    None => break,
+                    Some(wait) => {
+                        st = shared
+                            .wake
+                            .wait_timeout(st, wait)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                    }
+                }
             }
             chunk.clear();
-            if policy == FsyncPolicy::Always {
+            let taken = if policy == FsyncPolicy::Always {
                 let (len, lsn) = st.lens.pop_front().expect("invariant: lens is non-empty");
                 chunk.extend_from_slice(&st.buf[..len]);
                 st.buf.drain(..len);
@@ -680,7 +711,12 @@ fn flusher(shared: Arc<Shared>, mut file: Appender) {
                 let n = st.lens.len();
                 st.lens.clear();
                 (last, n)
+            };
+            if st.lens.is_empty() {
+                st.flush_wanted = false;
+                st.flush_by = None;
             }
+            taken
         };
         let t = Instant::now();
         let grown = match file.write(&[&chunk]) {
@@ -832,12 +868,41 @@ impl Storage for DiskStorage {
         st.lens.push_back((len, lsn));
         let (key, entry) = entry_of(rec);
         st.index.apply(key, entry);
+        let wake = match self.shared.opts.lazy_flush {
+            None => true,
+            // The first write queued sets the latest time of its flush (the flusher, idle
+            // until now, must hear of it); later ones share that flush.
+            Some(bound) => {
+                st.flush_by.is_none() && {
+                    st.flush_by = Some(Instant::now() + bound);
+                    true
+                }
+            }
+        };
         drop(st);
-        self.shared.wake.notify_one();
+        if wake {
+            self.shared.wake.notify_one();
+        }
         Ok(lsn)
     }
 
     fn wait_durable(&self, lsn: Lsn) -> DurableFuture {
+        if self.shared.opts.lazy_flush.is_some()
+            && self.shared.durable.load(Ordering::Acquire) < lsn
+        {
+            let mut st = self.shared.lock();
+            // Only for a write still queued: one the flusher has taken is being made durable.
+            let queued = st.lens.front().is_some_and(|&(_, first)| first <= lsn);
+            if queued && !st.flush_wanted {
+                st.flush_wanted = true;
+                drop(st);
+                self.shared.wake.notify_one();
+            }
+        }
+        self.wait_durable_lazily(lsn)
+    }
+
+    fn wait_durable_lazily(&self, lsn: Lsn) -> DurableFuture {
         let sh = &self.shared;
         if sh.durable.load(Ordering::Acquire) >= lsn {
             return Box::pin(std::future::ready(Ok(())));

@@ -188,6 +188,13 @@ pub trait Storage: Send + Sync + 'static {
     /// Resolves when the write with `lsn` (and all before it) is durable.
     fn wait_durable(&self, lsn: Lsn) -> DurableFuture;
 
+    /// As [`Storage::wait_durable`], without hurrying the flush: a store that lets writes wait
+    /// (`DiskOptions::lazy_flush`) makes them durable with the next flush somebody asks for,
+    /// or within its bound.
+    fn wait_durable_lazily(&self, lsn: Lsn) -> DurableFuture {
+        self.wait_durable(lsn)
+    }
+
     /// The highest version ever written, kept across restarts and purges.
     fn high_water(&self) -> Version;
 
@@ -258,6 +265,16 @@ mod tests {
             })
             .await;
         }
+        // Writes that wait for the flush a waiter asks for (leaderless nodes).
+        let root = tempfile::tempdir().expect("tempdir");
+        let n = AtomicUsize::new(0);
+        testing::suite(&|| {
+            let dir = root
+                .path()
+                .join(n.fetch_add(1, Ordering::Relaxed).to_string());
+            Arc::new(lazy_disk(&dir, std::time::Duration::from_millis(2)).0)
+        })
+        .await;
     }
 
     #[tokio::test]
@@ -481,6 +498,7 @@ mod tests {
             snapshot_bytes: 16 << 10,
             on_flush: None,
             on_fail: None,
+            lazy_flush: None,
         };
         let value = "x".repeat(100);
         {
@@ -528,6 +546,7 @@ mod tests {
             snapshot_bytes: 4 << 10,
             on_flush: None,
             on_fail: None,
+            lazy_flush: None,
         };
         let value = "y".repeat(100);
         {
@@ -572,6 +591,66 @@ mod tests {
             let e = s.get(format!("k{k}").as_bytes()).expect("present");
             assert_eq!(e.value, Some(Bytes::from(format!("final{k}"))), "k{k}");
         }
+    }
+
+    fn lazy_disk(
+        dir: &std::path::Path,
+        bound: std::time::Duration,
+    ) -> (DiskStorage, Arc<std::sync::Mutex<Vec<usize>>>) {
+        let flushes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let f = flushes.clone();
+        let (s, _) = DiskStorage::open(
+            dir,
+            DiskOptions {
+                fsync: FsyncPolicy::Batch,
+                on_flush: Some(Arc::new(move |_, records| {
+                    f.lock().expect("lock").push(records);
+                })),
+                lazy_flush: Some(bound),
+                ..DiskOptions::default()
+            },
+        )
+        .expect("open");
+        (s, flushes)
+    }
+
+    #[tokio::test]
+    async fn disk_lazy_flush_lets_a_write_wait_for_the_next_flush_asked_for() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (s, flushes) = lazy_disk(dir.path(), std::time::Duration::from_secs(3600));
+        let a = s.write(w("a", "1", 1)).expect("write");
+        let lazily = s.wait_durable_lazily(a);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(s.stats().durable_lsn < a, "nobody asked: not flushed yet");
+        assert!(flushes.lock().expect("lock").is_empty());
+        // A write somebody waits for takes the waiting one along: one fsync for both.
+        let b = s.write(w("b", "2", 2)).expect("write");
+        s.wait_durable(b).await.expect("durable");
+        lazily.await.expect("durable with it");
+        assert_eq!(*flushes.lock().expect("lock"), vec![2]);
+        // Closing the store flushes what still waits; a reopen finds it.
+        let c = s.write(w("c", "3", 3)).expect("write");
+        drop(s);
+        let (s, report) = disk_open(dir.path());
+        assert_eq!(report.last_lsn, c);
+        assert_eq!(s.get(b"c").and_then(|e| e.value), Some(Bytes::from("3")));
+    }
+
+    #[tokio::test]
+    async fn disk_lazy_flush_flushes_within_its_bound_when_nobody_asks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (s, flushes) = lazy_disk(dir.path(), std::time::Duration::from_millis(20));
+        for i in 1..=3 {
+            let lsn = s.write(w("k", &i.to_string(), i)).expect("write");
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                s.wait_durable_lazily(lsn),
+            )
+            .await
+            .expect("flushed within the bound")
+            .expect("durable");
+        }
+        assert_eq!(flushes.lock().expect("lock").len(), 3);
     }
 
     #[tokio::test]

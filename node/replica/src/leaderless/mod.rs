@@ -387,6 +387,11 @@ pub enum Action {
         msg: Msg,
         /// Wait for this LSN to be durable first.
         after: Option<Lsn>,
+        /// The wait for `after` need not hurry: this is the coordinator's acknowledgement of
+        /// its own copy of a write whose other replicas are reachable and enough for its W, so
+        /// the driver may let the copy share a later flush (within a bound) rather than cost
+        /// an fsync of its own. The rule (durable before acknowledged) is the same.
+        lazy: bool,
     },
     /// Answer the client request `req`.
     Write {
@@ -693,6 +698,7 @@ impl Leaderless {
             to: self.members[to].clone(),
             msg,
             after,
+            lazy: false,
         });
     }
 
@@ -796,6 +802,12 @@ impl Leaderless {
             written_ms: now,
         };
         let op = self.op_id();
+        // The other replicas believed reachable can make W without this node's copy: its
+        // acknowledgement need not hurry (see `Action::Send::lazy`).
+        let others = pref
+            .iter()
+            .filter(|&&i| i != self.me && !self.down.contains(&i))
+            .count() as u32;
         for &r in &pref {
             if r == self.me {
                 // The local copy changes now, so the next write here sees this one; the
@@ -807,7 +819,12 @@ impl Leaderless {
                     hlc,
                     superseded,
                 };
-                self.send(r, ack, Some(lsn));
+                self.actions.push(Action::Send {
+                    to: self.members[r].clone(),
+                    msg: ack,
+                    after: Some(lsn),
+                    lazy: others >= w,
+                });
                 continue;
             }
             if self.down.contains(&r) {
