@@ -81,6 +81,11 @@ pub struct LlConfig {
     pub timeout_ms: u64,
     /// Replicas silent this long get hints (and reads ask them again), in ms.
     pub hint_after_ms: u64,
+    /// `None`: every write is durable at once. `Some((asked, lazy))`: a node's writes become
+    /// durable at a later step (an fsync), with probability `asked` per ms while a send that is
+    /// not lazy waits for them and `lazy` otherwise; sends wait for it as `Action::Send::after`
+    /// says, and a crash loses what is not durable yet.
+    pub flush: Option<(f64, f64)>,
 }
 
 impl Default for LlConfig {
@@ -112,16 +117,67 @@ impl Default for LlConfig {
             lossy: None,
             timeout_ms: 300,
             hint_after_ms: 40,
+            flush: None,
         }
     }
 }
 
-/// A node's durable state, kept across crashes (every write is durable at once here).
+/// A node's storage, kept across crashes: what it holds, and how to take back the writes not
+/// yet durable when it crashes (see `LlConfig::flush`).
 #[derive(Default, Clone)]
 pub struct SimStore {
     data: BTreeMap<Bytes, Stored>,
     hints: BTreeMap<(NodeId, Bytes), Stored>,
     lsn: Lsn,
+    /// Writes up to here survive a crash.
+    durable: Lsn,
+    /// The copies that the writes not yet durable replaced, oldest first.
+    undo: Vec<Undo>,
+}
+
+#[derive(Clone)]
+enum Undo {
+    Data(Bytes, Option<Stored>),
+    Hint((NodeId, Bytes), Option<Stored>),
+}
+
+impl SimStore {
+    /// Everything written so far becomes durable (an fsync).
+    fn flush(&mut self) {
+        self.durable = self.lsn;
+        self.undo.clear();
+    }
+
+    /// The version of `key` that would survive a crash now.
+    fn durable_version(&self, key: &[u8]) -> Option<Version> {
+        let first_undone = self.undo.iter().find_map(|u| match u {
+            Undo::Data(k, old) if k.as_ref() == key => Some(old),
+            _ => None,
+        });
+        match first_undone {
+            Some(old) => old.as_ref().map(|s| s.version),
+            None => self.data.get(key).map(|s| s.version),
+        }
+    }
+
+    /// A crash: the writes not yet durable are gone; returns how many.
+    fn crash(&mut self) -> u64 {
+        let lost = self.undo.len() as u64;
+        while let Some(u) = self.undo.pop() {
+            match u {
+                Undo::Data(k, old) => match old {
+                    Some(s) => self.data.insert(k, s),
+                    None => self.data.remove(&k),
+                },
+                Undo::Hint(k, old) => match old {
+                    Some(s) => self.hints.insert(k, s),
+                    None => self.hints.remove(&k),
+                },
+            };
+        }
+        self.lsn = self.durable;
+        lost
+    }
 }
 
 impl Store for SimStore {
@@ -129,7 +185,8 @@ impl Store for SimStore {
         self.data.get(key).cloned()
     }
     fn put(&mut self, key: &Bytes, s: &Stored) -> Lsn {
-        self.data.insert(key.clone(), s.clone());
+        let old = self.data.insert(key.clone(), s.clone());
+        self.undo.push(Undo::Data(key.clone(), old));
         self.lsn += 1;
         self.lsn
     }
@@ -148,20 +205,20 @@ impl Store for SimStore {
         before - self.data.len()
     }
     fn put_hint(&mut self, target: &NodeId, key: &Bytes, s: &Stored) -> Lsn {
-        let slot = self
-            .hints
-            .entry((target.clone(), key.clone()))
-            .or_insert_with(|| s.clone());
-        if s.version > slot.version {
-            *slot = s.clone();
+        let k = (target.clone(), key.clone());
+        let old = self.hints.get(&k).cloned();
+        if old.as_ref().is_none_or(|o| s.version > o.version) {
+            self.hints.insert(k.clone(), s.clone());
         }
+        self.undo.push(Undo::Hint(k, old));
         self.lsn += 1;
         self.lsn
     }
     fn remove_hint(&mut self, target: &NodeId, key: &Bytes, version: Version) {
         let k = (target.clone(), key.clone());
         if self.hints.get(&k).is_some_and(|s| s.version <= version) {
-            self.hints.remove(&k);
+            let old = self.hints.remove(&k);
+            self.undo.push(Undo::Hint(k, old));
         }
     }
     fn hints(&self, target: &NodeId, limit: usize) -> Vec<(Bytes, Stored)> {
@@ -180,6 +237,14 @@ impl Store for SimStore {
 struct Packet {
     at: u64,
     from: usize,
+    to: usize,
+    msg: Msg,
+}
+
+/// A send waiting for its node's writes up to `after` to be durable.
+struct Held {
+    after: Lsn,
+    lazy: bool,
     to: usize,
     msg: Msg,
 }
@@ -212,6 +277,8 @@ pub struct LlStats {
     pub ae_repairs: u64,
     /// Crashes.
     pub crashes: u64,
+    /// Writes (and hint changes) that crashes took back before they were durable.
+    pub lost_unflushed: u64,
     /// Runs whose history kv-checker found not linearizable.
     pub violations: u64,
     /// Runs whose check ran out of budget.
@@ -240,6 +307,8 @@ pub struct LlSim {
     members: Vec<NodeId>,
     nodes: Vec<Option<Leaderless>>,
     stores: Vec<SimStore>,
+    /// Per node: sends waiting for durability (`LlConfig::flush`).
+    held: Vec<Vec<Held>>,
     skew: Vec<i64>,
     net: Vec<Packet>,
     now: u64,
@@ -279,6 +348,7 @@ impl LlSim {
             rng,
             nodes: (0..cfg.nodes).map(|_| None).collect(),
             stores: vec![SimStore::default(); cfg.nodes],
+            held: (0..cfg.nodes).map(|_| Vec::new()).collect(),
             members,
             skew,
             net: Vec::new(),
@@ -385,6 +455,67 @@ impl LlSim {
         self.nodes[i] = Some(node);
     }
 
+    /// Puts a message on the network (or on the loopback), with the network's faults.
+    fn route(&mut self, i: usize, to: usize, msg: Msg) {
+        if to == i {
+            // Loopback: no network faults, delivered next millisecond.
+            self.net.push(Packet {
+                at: self.now + 1,
+                from: i,
+                to,
+                msg,
+            });
+            return;
+        }
+        let lossy = self
+            .cfg
+            .lossy
+            .is_some_and(|(n, p)| (n == i || n == to) && self.rng.random_bool(p));
+        if self.blocked.contains(&(i, to))
+            || lossy
+            || (self.faults && self.rng.random_bool(self.cfg.drop))
+        {
+            return;
+        }
+        let delay = self.rng.random_range(1..=self.cfg.max_delay);
+        self.net.push(Packet {
+            at: self.now + delay,
+            from: i,
+            to,
+            msg,
+        });
+    }
+
+    /// With `LlConfig::flush`: each running node's fsync may complete this step, releasing the
+    /// sends that waited for it.
+    fn flushes(&mut self) {
+        let Some((asked, lazy)) = self.cfg.flush else {
+            return;
+        };
+        for i in 0..self.cfg.nodes {
+            if self.nodes[i].is_none() || self.paused[i] || self.stores[i].undo.is_empty() {
+                continue;
+            }
+            let p = if self.held[i].iter().any(|h| !h.lazy) {
+                asked
+            } else {
+                lazy
+            };
+            if !self.rng.random_bool(p) {
+                continue;
+            }
+            self.stores[i].flush();
+            let durable = self.stores[i].durable;
+            let (ready, waiting): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held[i])
+                .into_iter()
+                .partition(|h| h.after <= durable);
+            self.held[i] = waiting;
+            for h in ready {
+                self.route(i, h.to, h.msg);
+            }
+        }
+    }
+
     fn fail(&self, what: String) -> ! {
         panic!("seed {}: t={}ms: {what}", self.seed, self.now);
     }
@@ -398,37 +529,29 @@ impl LlSim {
             if actions.is_empty() {
                 return;
             }
+            if self.cfg.flush.is_none() {
+                self.stores[i].flush(); // durable at once
+            }
             for a in actions {
                 match a {
-                    Action::Send { to, msg, .. } => {
+                    Action::Send {
+                        to,
+                        msg,
+                        after,
+                        lazy,
+                    } => {
                         let to = self.members.binary_search(&to).expect("member");
-                        if to == i {
-                            // Loopback: no network faults, delivered next millisecond.
-                            self.net.push(Packet {
-                                at: self.now + 1,
-                                from: i,
-                                to,
-                                msg,
-                            });
-                            continue;
+                        match after {
+                            Some(after) if after > self.stores[i].durable => {
+                                self.held[i].push(Held {
+                                    after,
+                                    lazy,
+                                    to,
+                                    msg,
+                                });
+                            }
+                            _ => self.route(i, to, msg),
                         }
-                        let lossy = self
-                            .cfg
-                            .lossy
-                            .is_some_and(|(n, p)| (n == i || n == to) && self.rng.random_bool(p));
-                        if self.blocked.contains(&(i, to))
-                            || lossy
-                            || (self.faults && self.rng.random_bool(self.cfg.drop))
-                        {
-                            continue;
-                        }
-                        let delay = self.rng.random_range(1..=self.cfg.max_delay);
-                        self.net.push(Packet {
-                            at: self.now + delay,
-                            from: i,
-                            to,
-                            msg,
-                        });
                     }
                     Action::Write { req, result } => {
                         let Some(Op::Write { key, value, stamp }) = self.ops.remove(&req) else {
@@ -456,6 +579,19 @@ impl LlSim {
                                 }
                                 if (ok.acked.len() + ok.hinted.len()) < self.cfg.w as usize {
                                     self.fail(format!("acknowledged with too few acks: {ok:?}"));
+                                }
+                                // Every replica that acknowledged holds the write (or a newer
+                                // copy) durably.
+                                for r in &ok.acked {
+                                    let j = self.members.binary_search(r).expect("member");
+                                    let held = self.stores[j].durable_version(&self.keys[key]);
+                                    if held < Some(ok.version) {
+                                        self.fail(format!(
+                                            "write {} acknowledged by {r}, which holds {held:?} \
+                                             durably",
+                                            ok.version
+                                        ));
+                                    }
                                 }
                                 self.acked[key].push((self.now, ok.version));
                             }
@@ -556,6 +692,8 @@ impl LlSim {
             }
             self.stats.crashes += 1;
             self.paused[i] = false;
+            self.stats.lost_unflushed += self.stores[i].crash();
+            self.held[i].clear();
             // Requests it was coordinating are lost: their outcome is unknown.
             self.net.retain(|p| p.to != i);
         }
@@ -685,6 +823,7 @@ impl LlSim {
             self.faults();
             self.client();
         }
+        self.flushes();
         let now = self.now;
         let paused = self.paused.clone();
         let (due, rest): (Vec<Packet>, Vec<Packet>) = std::mem::take(&mut self.net)
