@@ -254,27 +254,29 @@ mod tests {
 
     #[tokio::test]
     async fn disk_storage_passes_the_conformance_suite_under_every_fsync_policy() {
-        for policy in [FsyncPolicy::Always, FsyncPolicy::Batch, FsyncPolicy::Never] {
+        // The last: writes that wait for the flush a waiter asks for (leaderless nodes).
+        let lazy = Some(std::time::Duration::from_millis(2));
+        for (policy, lazy_flush) in [
+            (FsyncPolicy::Always, None),
+            (FsyncPolicy::Batch, None),
+            (FsyncPolicy::Never, None),
+            (FsyncPolicy::Batch, lazy),
+        ] {
             let root = tempfile::tempdir().expect("tempdir");
             let n = AtomicUsize::new(0);
             testing::suite(&|| {
                 let dir = root
                     .path()
                     .join(n.fetch_add(1, Ordering::Relaxed).to_string());
-                Arc::new(disk(&dir, policy))
+                let opts = DiskOptions {
+                    fsync: policy,
+                    lazy_flush,
+                    ..DiskOptions::default()
+                };
+                Arc::new(DiskStorage::open(&dir, opts).expect("open").0)
             })
             .await;
         }
-        // Writes that wait for the flush a waiter asks for (leaderless nodes).
-        let root = tempfile::tempdir().expect("tempdir");
-        let n = AtomicUsize::new(0);
-        testing::suite(&|| {
-            let dir = root
-                .path()
-                .join(n.fetch_add(1, Ordering::Relaxed).to_string());
-            Arc::new(lazy_disk(&dir, std::time::Duration::from_millis(2)).0)
-        })
-        .await;
     }
 
     #[tokio::test]
