@@ -34,11 +34,12 @@ pub struct Identity {
 }
 
 /// Records `want` in `dir` if it holds no identity yet; otherwise checks that it is the same.
+/// Returns whether this is the node's first start in `dir` (it recorded the identity).
 ///
 /// # Errors
 /// The directory belongs to another node, layout or set of members (the message says which,
 /// and what to do), or the file cannot be read, parsed or written.
-pub fn check_or_record(dir: &Path, want: &Identity) -> anyhow::Result<()> {
+pub fn check_or_record(dir: &Path, want: &Identity) -> anyhow::Result<bool> {
     let path = dir.join(FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -50,7 +51,7 @@ pub fn check_or_record(dir: &Path, want: &Identity) -> anyhow::Result<()> {
                     path.display()
                 )
             })?;
-            compare(dir, &have, want)
+            compare(dir, &have, want).map(|()| false)
         }
         // Not there yet (or the directory cannot be: creating it says why).
         Err(e)
@@ -59,7 +60,7 @@ pub fn check_or_record(dir: &Path, want: &Identity) -> anyhow::Result<()> {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
             ) =>
         {
-            record(dir, &path, want)
+            record(dir, &path, want).map(|()| true)
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
@@ -296,8 +297,8 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let dir = root.path().join("data");
         let n1 = ident("n1", "leader-follower", &["n1", "n2", "n3"]);
-        check_or_record(&dir, &n1).expect("first start records");
-        check_or_record(&dir, &n1).expect("the same node starts again");
+        assert!(check_or_record(&dir, &n1).expect("first start records"));
+        assert!(!check_or_record(&dir, &n1).expect("the same node starts again"));
         let text = std::fs::read_to_string(dir.join(FILE)).expect("recorded");
         assert!(text.contains("id = \"n1\""), "{text}");
 

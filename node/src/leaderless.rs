@@ -48,6 +48,8 @@ pub struct LlOptions {
     pub tombstone_grace: Duration,
     /// Ring tokens per node.
     pub vnodes: u32,
+    /// The node's first start on its data (`kv_replica::leaderless::Config::first_life`).
+    pub first_life: bool,
 }
 
 /// Marks an LSN of the hint store (the core treats LSNs as opaque).
@@ -369,6 +371,7 @@ pub fn start(
     cfg.hint_retry_ms = 500;
     cfg.anti_entropy_ms = opts.anti_entropy.as_millis() as u64;
     cfg.tombstone_grace_ms = opts.tombstone_grace.as_millis() as u64;
+    cfg.first_life = opts.first_life;
     let names: Vec<&str> = members.iter().map(|m| m.0.as_str()).collect();
     let shared = Arc::new(Shared {
         stats: Mutex::new(Stats::default()),

@@ -211,13 +211,16 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         StorageKind::Disk => cfg.data_dir.clone(),
         StorageKind::Memory => None,
     };
+    // A node in memory starts empty every time: each start is a first life (see
+    // `kv_replica::leaderless::Config::first_life`).
+    let mut first_life = true;
     if let Some(dir) = &disk_dir {
         let layout = match (replicated, leaderless) {
             (false, _) => "single-node",
             (true, true) => "leaderless",
             (true, false) => "leader-follower",
         };
-        data_dir::check_or_record(
+        first_life = data_dir::check_or_record(
             dir,
             &data_dir::Identity {
                 id: settings.id.0.clone(),
@@ -318,6 +321,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 anti_entropy: c.anti_entropy_interval.0,
                 tombstone_grace: c.tombstone_grace.0,
                 vnodes: c.vnodes,
+                first_life,
             },
             storage.clone(),
             hints,

@@ -309,6 +309,8 @@ pub struct LlSim {
     stores: Vec<SimStore>,
     /// Per node: sends waiting for durability (`LlConfig::flush`).
     held: Vec<Vec<Held>>,
+    /// Per node: started before (a restart is not its first life).
+    booted: Vec<bool>,
     skew: Vec<i64>,
     net: Vec<Packet>,
     now: u64,
@@ -349,6 +351,7 @@ impl LlSim {
             nodes: (0..cfg.nodes).map(|_| None).collect(),
             stores: vec![SimStore::default(); cfg.nodes],
             held: (0..cfg.nodes).map(|_| Vec::new()).collect(),
+            booted: vec![false; cfg.nodes],
             members,
             skew,
             net: Vec::new(),
@@ -438,6 +441,8 @@ impl LlSim {
         cfg.hint_retry_ms = 50;
         cfg.anti_entropy_ms = 60;
         cfg.tombstone_grace_ms = 1_000_000;
+        cfg.first_life = !self.booted[i];
+        self.booted[i] = true;
         let floor = self.stores[i]
             .data
             .values()

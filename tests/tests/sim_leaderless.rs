@@ -67,6 +67,21 @@ fn sim_leaderless_acknowledgements_wait_for_durability_and_crashes_lose_only_the
     assert!(t.lost_unflushed > 100, "crashes took back writes: {t:?}");
 }
 
+/// Seed 600251 of the test above: n1 coordinated a forwarded write, sent it to the other
+/// replicas and crashed before its own copy was durable; restarted with nothing stored, it took
+/// itself for a new node and ran the forwarder's repeat of the write again, under a second
+/// version. A restart is never a first life now, whatever it recovered.
+#[test]
+fn sim_leaderless_a_node_that_crashed_before_its_first_flush_runs_no_forwarded_write_twice() {
+    let cfg = LlConfig {
+        flush: Some((0.5, 0.1)),
+        crash: 0.002,
+        ..LlConfig::default()
+    };
+    let s = LlSim::new(600_251, cfg).run();
+    assert!(s.crashes > 0 && s.lost_unflushed > 0, "{s:?}");
+}
+
 #[test]
 fn sim_leaderless_blocking_read_repair_keeps_every_invariant() {
     run_many(
@@ -468,22 +483,23 @@ fn leaderless_quorum_fanout_reads_r_replicas_and_the_others_only_when_one_is_sil
 }
 
 /// A repeat of a forwarded write whose first copy was lost (sent 200 ms ago, at a forwarder's
-/// clock 150 ms behind this node's) reaches a coordinator that started 250 ms ago. A new node
-/// (nothing stored) has no earlier life that could have run it: it runs it. A restarted one
-/// (its store holds versions) cannot tell whether it ran the first before it restarted: it
-/// answers "outcome unknown" rather than run it twice. (The new node refused too before: in
+/// clock 150 ms behind this node's) reaches a coordinator that started 250 ms ago. A node in
+/// its first life (a new data directory) has no earlier life that could have run it: it runs
+/// it. A restarted one cannot tell whether it ran the first before it restarted, whether or not
+/// it recovered versions: it answers "outcome unknown" rather than run it twice. (The new node refused too before: in
 /// `sim_leaderless_a_lossy_replica_fails_no_request`, seeds 6000..8000, 3% of runs had one
 /// write fail so in a cluster's first second.)
 #[test]
 fn a_repeated_forward_is_run_by_a_new_coordinator_and_refused_by_a_restarted_one() {
     let members: Vec<NodeId> = (1..=3).map(|i| NodeId(format!("n{i}"))).collect();
     let boot_ms = 100_000u64;
-    let repeat = |floor: u64| {
-        let cfg = Config::new(
+    let repeat = |first_life: bool, floor: u64| {
+        let mut cfg = Config::new(
             members[0].clone(),
             members.clone(),
             Quorum::new(3, 3, 2, 2).expect("quorum"),
         );
+        cfg.first_life = first_life;
         let mut node = Leaderless::new(cfg, floor, boot_ms);
         let mut store = SimStore::default();
         let now = boot_ms + 250;
@@ -523,16 +539,23 @@ fn a_repeated_forward_is_run_by_a_new_coordinator_and_refused_by_a_restarted_one
                 if e.may_have_happened)
         })
     };
-    let fresh = repeat(0);
+    let fresh = repeat(true, 0);
     assert!(
         ran(&fresh) && !refused(&fresh),
         "a new node runs it: {fresh:?}"
     );
     // Restarted: it recovers versions from an earlier life (a minute before).
-    let restarted = repeat((boot_ms - 60_000) << 16);
+    let restarted = repeat(false, (boot_ms - 60_000) << 16);
     assert!(
         refused(&restarted) && !ran(&restarted),
         "a restarted node refuses it: {restarted:?}"
+    );
+    // Restarted with nothing recovered (it crashed before its first write was durable, maybe
+    // after sending that write on): still not a new node.
+    let emptied = repeat(false, 0);
+    assert!(
+        refused(&emptied) && !ran(&emptied),
+        "a restarted node that recovered nothing refuses it: {emptied:?}"
     );
 }
 

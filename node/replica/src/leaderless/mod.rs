@@ -147,6 +147,12 @@ pub struct Config {
     pub anti_entropy_ms: u64,
     /// Tombstones older than this are purged.
     pub tombstone_grace_ms: u64,
+    /// This is the node's first life on its storage (a new data directory): no earlier life
+    /// can have run a write forwarded to it, so a forwarded write sent again is run without
+    /// the check that refuses one the node may have run before a restart. False unless the
+    /// driver knows: an empty store does not say it (a node that crashed before its first
+    /// write was durable may have sent that write to the other replicas).
+    pub first_life: bool,
 }
 
 impl Config {
@@ -166,6 +172,7 @@ impl Config {
             max_hint_window_ms: 3 * 3600 * 1000,
             anti_entropy_ms: 10_000,
             tombstone_grace_ms: 24 * 3600 * 1000,
+            first_life: false,
         }
     }
 }
@@ -582,6 +589,7 @@ impl Leaderless {
         // id it issued before (that would take 65,536 operations per millisecond of uptime).
         let mut hlc = Hlc::new(hlc_floor);
         let next_op = hlc.now(now_ms);
+        let booted_hlc = if cfg.first_life { 0 } else { next_op };
         Leaderless {
             next_ae: now_ms + cfg.anti_entropy_ms,
             next_hint_round: now_ms,
@@ -595,12 +603,13 @@ impl Leaderless {
             forwards: BTreeMap::new(),
             forwarded: BTreeMap::new(),
             booted: now_ms,
-            // A node that recovers no version has no earlier life that could have run a
-            // write forwarded to it, so repeats need no check (with skewed clocks the check
-            // refused them for the first few hundred milliseconds of a new cluster). The
-            // exception: a node that crashed before its first write was durable, having sent
-            // it on to the other replicas, would run a repeat of it again.
-            booted_hlc: if hlc_floor == 0 { 0 } else { next_op },
+            // A node in its first life has no earlier one that could have run a write forwarded
+            // to it, so repeats need no check (with skewed clocks the check refused them for the
+            // first few hundred milliseconds of a new cluster). Recovering no version did not
+            // say so: a node that crashed before its first write was durable, having sent it on
+            // to the other replicas, ran a repeat of it again (the simulator with writes made
+            // durable later found it, seed 600251).
+            booted_hlc,
             suspect: BTreeSet::new(),
             reads: BTreeMap::new(),
             down: BTreeSet::new(),
