@@ -526,6 +526,9 @@ impl LlSim {
     }
 
     fn drain(&mut self, i: usize) {
+        if self.cfg.flush.is_none() {
+            self.stores[i].flush(); // durable at once, whatever the writes led to
+        }
         loop {
             let Some(node) = self.nodes[i].as_mut() else {
                 return;
@@ -535,7 +538,7 @@ impl LlSim {
                 return;
             }
             if self.cfg.flush.is_none() {
-                self.stores[i].flush(); // durable at once
+                self.stores[i].flush();
             }
             for a in actions {
                 match a {
