@@ -160,6 +160,40 @@ impl SimStore {
         }
     }
 
+    /// The newest version of `key` among the hints that would survive a crash now, whatever
+    /// their target.
+    fn durable_hint_version(&self, key: &[u8]) -> Option<Version> {
+        let mut targets: BTreeSet<&NodeId> = BTreeSet::new();
+        for (t, k) in self.hints.keys() {
+            if k.as_ref() == key {
+                targets.insert(t);
+            }
+        }
+        for u in &self.undo {
+            if let Undo::Hint((t, k), _) = u
+                && k.as_ref() == key
+            {
+                targets.insert(t);
+            }
+        }
+        targets
+            .into_iter()
+            .filter_map(|t| {
+                let first_undone = self.undo.iter().find_map(|u| match u {
+                    Undo::Hint((ut, k), old) if ut == t && k.as_ref() == key => Some(old),
+                    _ => None,
+                });
+                match first_undone {
+                    Some(old) => old.as_ref().map(|s| s.version),
+                    None => self
+                        .hints
+                        .get(&(t.clone(), Bytes::copy_from_slice(key)))
+                        .map(|s| s.version),
+                }
+            })
+            .max()
+    }
+
     /// A crash: the writes not yet durable are gone; returns how many.
     fn crash(&mut self) -> u64 {
         let lost = self.undo.len() as u64;
@@ -587,6 +621,29 @@ impl LlSim {
                                 }
                                 if (ok.acked.len() + ok.hinted.len()) < self.cfg.w as usize {
                                     self.fail(format!("acknowledged with too few acks: {ok:?}"));
+                                }
+                                // Every fallback counted holds it durably as a hint, unless a
+                                // replica already holds it durably (the hint was delivered).
+                                let k = &self.keys[key];
+                                let replicas = self.nodes[i]
+                                    .as_ref()
+                                    .map(|n| n.replicas(k))
+                                    .unwrap_or_default();
+                                let delivered =
+                                    replicas.iter().filter(|r| !ok.acked.contains(r)).any(|r| {
+                                        let j = self.members.binary_search(r).expect("member");
+                                        self.stores[j].durable_version(k) >= Some(ok.version)
+                                    });
+                                for h in &ok.hinted {
+                                    let j = self.members.binary_search(h).expect("member");
+                                    let held = self.stores[j].durable_hint_version(k);
+                                    if held < Some(ok.version) && !delivered {
+                                        self.fail(format!(
+                                            "write {} counted a hint on {h}, which holds \
+                                             {held:?} durably",
+                                            ok.version
+                                        ));
+                                    }
                                 }
                                 // Every replica that acknowledged holds the write (or a newer
                                 // copy) durably.

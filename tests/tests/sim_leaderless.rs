@@ -154,6 +154,22 @@ fn sim_leaderless_sloppy_quorum_converges_and_keeps_acknowledged_writes() {
     );
 }
 
+/// The same with writes made durable later and more crashes: a fallback's hint counts toward W
+/// only once durable.
+#[test]
+fn sim_leaderless_sloppy_quorum_counts_only_durable_hints() {
+    let t = run_many(
+        LlConfig {
+            sloppy: true,
+            flush: Some((0.5, 0.1)),
+            crash: 0.002,
+            ..LlConfig::default()
+        },
+        200,
+    );
+    assert!(t.lost_unflushed > 0, "{t:?}");
+}
+
 #[test]
 fn sim_leaderless_without_hinted_handoff_converges_through_repair_and_anti_entropy() {
     let t = run_many(
