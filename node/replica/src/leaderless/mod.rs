@@ -476,8 +476,8 @@ struct PendingWrite {
     superseded: BTreeSet<usize>,
     /// Replica -> the fallback asked to hold its hint.
     hinted: BTreeMap<usize, usize>,
-    /// Fallbacks whose hint is durable.
-    hint_acked: BTreeSet<usize>,
+    /// (replica, fallback): the fallback's hint for that replica is durable.
+    hint_acked: BTreeSet<(usize, usize)>,
     started: u64,
     /// When the write last went to the replicas that have not acknowledged it.
     sent: u64,
@@ -1078,9 +1078,11 @@ impl Leaderless {
                 self.stats.hints_stored += 1;
                 self.send(f, Msg::HintStored { req, target }, Some(lsn));
             }
-            Msg::HintStored { req, target: _ } => {
-                if let Some(p) = self.writes.get_mut(&req) {
-                    p.hint_acked.insert(f);
+            Msg::HintStored { req, target } => {
+                if let Some(t) = self.index(&target)
+                    && let Some(p) = self.writes.get_mut(&req)
+                {
+                    p.hint_acked.insert((t, f));
                 }
                 self.check_write(now, req);
             }
@@ -1174,23 +1176,35 @@ impl Leaderless {
         }
     }
 
-    /// The fallbacks whose hints stand in for replicas that have not acknowledged the write
-    /// themselves (each node once). A replica that acknowledges after its hint was stored —
-    /// its write resent, or the hint delivered to it — takes its hint's place: counting both
-    /// counted one copy twice (the durability simulator found it, seed 802742 of
-    /// `sim_leaderless_sloppy_quorum_counts_only_durable_hints`).
-    fn standing_in(p: &PendingWrite) -> BTreeSet<usize> {
-        p.hinted
-            .iter()
-            .filter(|&(r, &h)| h != NO_HOLDER && !p.acked.contains(r) && !p.acked.contains(&h))
-            .map(|(_, &h)| h)
-            .collect()
+    /// The fallbacks holding a durable hint that stands in for a replica that has not
+    /// acknowledged the write itself (each node once), and those whose hint is still on its
+    /// way. A hint counts for its own replica only: a replica that acknowledges after its hint
+    /// was stored (its write resent, or the hint delivered to it) takes the hint's place, and a
+    /// fallback's durable hint for one replica says nothing of its hint for another. Counting
+    /// by fallback alone answered W=2 with one durable copy (the durability simulator found
+    /// both, seeds 802742 and 803280 of `sim_leaderless_sloppy_quorum_counts_only_durable_hints`).
+    fn standing_in(p: &PendingWrite) -> (BTreeSet<usize>, BTreeSet<usize>) {
+        let mut durable = BTreeSet::new();
+        let mut waiting = BTreeSet::new();
+        for (&r, &h) in &p.hinted {
+            if h == NO_HOLDER || p.acked.contains(&r) || p.acked.contains(&h) {
+                continue;
+            }
+            if p.hint_acked.contains(&(r, h)) {
+                durable.insert(h);
+            } else {
+                waiting.insert(h);
+            }
+        }
+        let waiting = waiting.difference(&durable).copied().collect();
+        (durable, waiting)
     }
 
     fn counted(&self, p: &PendingWrite) -> (u32, Vec<NodeId>) {
         let hinted: Vec<NodeId> = if self.cfg.sloppy_quorum {
             Self::standing_in(p)
-                .intersection(&p.hint_acked)
+                .0
+                .iter()
                 .map(|&h| self.members[h].clone())
                 .collect()
         } else {
@@ -1213,7 +1227,7 @@ impl Leaderless {
                 .filter(|i| !p.acked.contains(i) && !self.down.contains(i))
                 .count() as u32;
             let hint_pending = if self.cfg.sloppy_quorum {
-                Self::standing_in(p).difference(&p.hint_acked).count() as u32
+                Self::standing_in(p).1.len() as u32
             } else {
                 0
             };
