@@ -249,7 +249,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let max_msg = cfg.max_value_bytes + cfg.max_key_bytes + (64 << 10);
     let grace = cfg.tombstone_grace.0;
     let faults = fault::FaultFilter::default();
-    let mut peers = None;
+    // What peer connections deliver to (none on a single node).
+    let mut sink = None;
     let mut ll_handle = None;
     let members: Vec<(kv_replica::NodeId, String)> = settings
         .members
@@ -327,15 +328,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             hints,
             transport,
         );
-        peers = Some(
-            transport::PeerReceiver::new(
-                shape,
-                transport::PeerSink::Leaderless(handle.clone()),
-                faults.clone(),
-                refusing.clone(),
-            )
-            .knowing(book),
-        );
+        sink = Some(transport::PeerSink::Leaderless(handle.clone()));
         ll_handle = Some(handle.clone());
         Arc::new(Node::new_leaderless(settings, storage.clone(), handle))
     } else if replicated {
@@ -364,19 +357,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             seed,
         )
         .and_then(driver::Built::spawn)?;
-        peers = Some(
-            transport::PeerReceiver::new(
-                shape,
-                transport::PeerSink::Raft(driver.clone()),
-                faults.clone(),
-                refusing.clone(),
-            )
-            .knowing(book),
-        );
+        sink = Some(transport::PeerSink::Raft(driver.clone()));
         Arc::new(Node::replicated(settings, storage.clone(), driver))
     } else {
         Arc::new(Node::new(settings, storage.clone()))
     };
+    let peers = sink.map(|sink| {
+        transport::PeerReceiver::new(shape, sink, faults.clone(), refusing.clone()).knowing(book)
+    });
     let admin_grpc = kv_proto::kv::v1::admin_server::AdminServer::new(
         server::admin::AdminService::new(node.clone(), faults, refusing.clone()),
     );

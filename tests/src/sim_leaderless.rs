@@ -571,9 +571,6 @@ impl LlSim {
             if actions.is_empty() {
                 return;
             }
-            if self.cfg.flush.is_none() {
-                self.stores[i].flush();
-            }
             for a in actions {
                 match a {
                     Action::Send {

@@ -683,20 +683,21 @@ fn flusher(shared: Arc<Shared>, mut file: Appender) {
                     st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
                     continue;
                 }
-                let due = match st.flush_by {
-                    _ if st.shutdown || st.flush_wanted || shared.opts.lazy_flush.is_none() => None,
-                    Some(by) => by.checked_duration_since(Instant::now()),
-                    None => None,
-                };
-                match due {
-                    None => break,
-                    Some(wait) => {
+                // Queued writes may wait (lazy flush) until their latest time, unless a waiter
+                // asked for them or the store is closing.
+                let may_wait = shared.opts.lazy_flush.is_some() && !st.shutdown && !st.flush_wanted;
+                match st
+                    .flush_by
+                    .and_then(|by| by.checked_duration_since(Instant::now()))
+                {
+                    Some(wait) if may_wait => {
                         st = shared
                             .wake
                             .wait_timeout(st, wait)
                             .unwrap_or_else(|p| p.into_inner())
                             .0;
                     }
+                    _ => break,
                 }
             }
             chunk.clear();
