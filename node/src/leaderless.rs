@@ -372,6 +372,7 @@ pub fn start(
     cfg.anti_entropy_ms = opts.anti_entropy.as_millis() as u64;
     cfg.tombstone_grace_ms = opts.tombstone_grace.as_millis() as u64;
     cfg.first_life = opts.first_life;
+    cfg.first_op = rand::random_range(1..kv_replica::leaderless::OP_IDS_BELOW);
     let names: Vec<&str> = members.iter().map(|m| m.0.as_str()).collect();
     let shared = Arc::new(Shared {
         stats: Mutex::new(Stats::default()),

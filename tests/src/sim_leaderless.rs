@@ -133,6 +133,8 @@ pub struct SimStore {
     durable: Lsn,
     /// The copies that the writes not yet durable replaced, oldest first.
     undo: Vec<Undo>,
+    /// Copies stored since the simulator last looked (key, version, value).
+    written: Vec<(Bytes, Version, Option<Bytes>)>,
 }
 
 #[derive(Clone)]
@@ -221,6 +223,7 @@ impl Store for SimStore {
     fn put(&mut self, key: &Bytes, s: &Stored) -> Lsn {
         let old = self.data.insert(key.clone(), s.clone());
         self.undo.push(Undo::Data(key.clone(), old));
+        self.written.push((key.clone(), s.version, s.value.clone()));
         self.lsn += 1;
         self.lsn
     }
@@ -338,6 +341,8 @@ pub struct LlSim {
     cfg: LlConfig,
     seed: u64,
     rng: StdRng,
+    /// Draws each life's first operation id.
+    op_ids: StdRng,
     members: Vec<NodeId>,
     nodes: Vec<Option<Leaderless>>,
     stores: Vec<SimStore>,
@@ -361,6 +366,12 @@ pub struct LlSim {
     /// must never be stored under two versions (a late second execution of it would overwrite
     /// writes acknowledged after it, under a newer version no staleness check notices).
     versions: BTreeMap<String, Version>,
+    /// The value each version of a key was seen with.
+    values: BTreeMap<(usize, Version), String>,
+    /// The value (`None`: a tombstone) each version of a key was stored with, on any node.
+    stored: BTreeMap<(Bytes, Version), Option<Bytes>>,
+    /// `KV_SIM_TRACE` set: every delivery, crash and start is printed.
+    trace: bool,
     stats: LlStats,
     dead_stats: LlStats,
     /// Every client operation, for kv-checker.
@@ -382,6 +393,7 @@ impl LlSim {
         let mut sim = LlSim {
             seed,
             rng,
+            op_ids: StdRng::seed_from_u64(!seed),
             nodes: (0..cfg.nodes).map(|_| None).collect(),
             stores: vec![SimStore::default(); cfg.nodes],
             held: (0..cfg.nodes).map(|_| Vec::new()).collect(),
@@ -398,6 +410,9 @@ impl LlSim {
             acked: vec![Vec::new(); cfg.keys],
             paused: vec![false; cfg.nodes],
             versions: BTreeMap::new(),
+            values: BTreeMap::new(),
+            stored: BTreeMap::new(),
+            trace: std::env::var_os("KV_SIM_TRACE").is_some(),
             stats: LlStats::default(),
             dead_stats: LlStats::default(),
             history: Vec::new(),
@@ -426,7 +441,7 @@ impl LlSim {
         version: Option<Version>,
     ) {
         if let (Some(v), Some(ver)) = (&value, version) {
-            self.same_version(v, ver, "answered");
+            self.same_version(key, v, ver, "answered");
         }
         let end = self.stamp();
         self.history.push(kv_checker::Op {
@@ -444,8 +459,10 @@ impl LlSim {
         });
     }
 
-    /// Fails if `value` was seen before with another version.
-    fn same_version(&mut self, value: &str, version: Version, how: &str) {
+    /// Fails if `value` was seen before with another version (one write run twice), or
+    /// `version` of this key with another value (two writes under one version, or an answer
+    /// meant for another request).
+    fn same_version(&mut self, key: usize, value: &str, version: Version, how: &str) {
         match self.versions.get(value) {
             Some(&v) if v != version => self.fail(format!(
                 "the write of {value} is {how} with version {version}, and was seen with {v}: \
@@ -456,6 +473,16 @@ impl LlSim {
                 self.versions.insert(value.to_string(), version);
             }
         }
+        match self.values.get(&(key, version)) {
+            Some(v) if v != value => self.fail(format!(
+                "{value} of k{key} is {how} with version {version}, which is {v}'s: two \
+                 writes under one version, or an answer to another request"
+            )),
+            Some(_) => {}
+            None => {
+                self.values.insert((key, version), value.to_string());
+            }
+        }
     }
 
     fn clock(&self, i: usize) -> u64 {
@@ -463,6 +490,9 @@ impl LlSim {
     }
 
     fn boot(&mut self, i: usize) {
+        if self.trace {
+            eprintln!("t={} boot n{}", self.now, i + 1);
+        }
         let quorum = Quorum::new(self.cfg.nodes as u32, self.cfg.n, self.cfg.r, self.cfg.w)
             .expect("valid quorum");
         let mut cfg = Config::new(self.members[i].clone(), self.members.clone(), quorum);
@@ -476,6 +506,10 @@ impl LlSim {
         cfg.anti_entropy_ms = 60;
         cfg.tombstone_grace_ms = 1_000_000;
         cfg.first_life = !self.booted[i];
+        // From a generator of its own, so that the faults and traffic of a seed stay the same.
+        cfg.first_op = self
+            .op_ids
+            .random_range(1..kv_replica::leaderless::OP_IDS_BELOW);
         self.booted[i] = true;
         let floor = self.stores[i]
             .data
@@ -560,6 +594,19 @@ impl LlSim {
     }
 
     fn drain(&mut self, i: usize) {
+        for (key, version, value) in std::mem::take(&mut self.stores[i].written) {
+            match self.stored.get(&(key.clone(), version)) {
+                Some(v) if *v != value => self.fail(format!(
+                    "n{} stored {value:?} as {key:?} version {version}, which is {v:?}'s: two \
+                     writes under one version",
+                    i + 1
+                )),
+                Some(_) => {}
+                None => {
+                    self.stored.insert((key, version), value);
+                }
+            }
+        }
         if self.cfg.flush.is_none() {
             self.stores[i].flush(); // durable at once, whatever the writes led to
         }
@@ -650,7 +697,7 @@ impl LlSim {
                                     if held < Some(ok.version) {
                                         self.fail(format!(
                                             "write {} acknowledged by {r}, which holds {held:?} \
-                                             durably",
+                                             durably: {ok:?}",
                                             ok.version
                                         ));
                                     }
@@ -753,6 +800,9 @@ impl LlSim {
                 self.dead_stats.ae_repairs += s.ae_repairs;
             }
             self.stats.crashes += 1;
+            if self.trace {
+                eprintln!("t={} crash n{}", self.now, i + 1);
+            }
             self.paused[i] = false;
             self.stats.lost_unflushed += self.stores[i].crash();
             self.held[i].clear();
@@ -901,6 +951,9 @@ impl LlSim {
             let clock = self.clock(p.to);
             let from = self.members[p.from].clone();
             let store = &mut self.stores[p.to];
+            if self.trace {
+                eprintln!("t={} n{}->n{} {:?}", self.now, p.from + 1, p.to + 1, p.msg);
+            }
             if let Some(n) = self.nodes[p.to].as_mut() {
                 n.step(store, clock, &from, p.msg);
             }

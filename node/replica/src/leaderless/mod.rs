@@ -153,6 +153,13 @@ pub struct Config {
     /// driver knows: an empty store does not say it (a node that crashed before its first
     /// write was durable may have sent that write to the other replicas).
     pub first_life: bool,
+    /// Where this life's operation ids start. Ids name forwarded writes to their coordinators
+    /// (which keep a record of them by forwarder and id) and match answers to requests, so a
+    /// restarted node must not reuse an earlier life's: the driver draws this at random for
+    /// every start (ids from a clock reading repeated when a node restarted twice before its
+    /// clock passed the versions it had stored from a peer with a faster clock: the simulator
+    /// found it, seed 912818). Below [`OP_IDS_BELOW`].
+    pub first_op: u64,
 }
 
 impl Config {
@@ -173,6 +180,7 @@ impl Config {
             anti_entropy_ms: 10_000,
             tombstone_grace_ms: 24 * 3600 * 1000,
             first_life: false,
+            first_op: 1,
         }
     }
 }
@@ -458,6 +466,9 @@ pub struct Opts {
 /// In `PendingWrite::hinted`: the replica was given up on without a hint (handoff disabled).
 const NO_HOLDER: usize = usize::MAX;
 
+/// [`Config::first_op`] is below this, so that a life's operation ids never wrap around.
+pub const OP_IDS_BELOW: u64 = 1 << 62;
+
 /// Anti-entropy buckets (Merkle leaves).
 pub const AE_BUCKETS: usize = 256;
 
@@ -583,13 +594,10 @@ impl Leaderless {
         let ring = Ring::new(&names, cfg.vnodes);
         let members = cfg.members.clone();
         let ae_peer = me;
-        // Operation ids name forwarded writes to their coordinators (which keep a record of
-        // them by forwarder and id) and match answers to requests: a restarted node must not
-        // reuse its previous life's ids. It starts them at a fresh clock reading, above any
-        // id it issued before (that would take 65,536 operations per millisecond of uptime).
         let mut hlc = Hlc::new(hlc_floor);
-        let next_op = hlc.now(now_ms);
-        let booted_hlc = if cfg.first_life { 0 } else { next_op };
+        let started = hlc.now(now_ms);
+        let booted_hlc = if cfg.first_life { 0 } else { started };
+        let next_op = cfg.first_op.min(OP_IDS_BELOW - 1);
         Leaderless {
             next_ae: now_ms + cfg.anti_entropy_ms,
             next_hint_round: now_ms,
