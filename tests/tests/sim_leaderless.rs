@@ -3,7 +3,9 @@
 //! its seed; rerun one with `KV_SIM_SEED=<seed> cargo test -p kv-tests --test sim_leaderless`.
 
 use bytes::Bytes;
-use kv_replica::leaderless::{Action, Config, Leaderless, Msg, Opts, ReadFanout, ReadRepair};
+use kv_replica::leaderless::{
+    Action, Config, Leaderless, Msg, Opts, ReadFanout, ReadRepair, Store as _,
+};
 use kv_replica::{NodeId, Quorum};
 use kv_tests::sim_leaderless::{LlConfig, LlSim, LlStats, SimStore};
 
@@ -65,21 +67,6 @@ fn sim_leaderless_acknowledgements_wait_for_durability_and_crashes_lose_only_the
     assert_eq!(t.stale_reads, 0);
     assert!(t.acked > 10_000, "{t:?}");
     assert!(t.lost_unflushed > 100, "crashes took back writes: {t:?}");
-}
-
-/// Seed 600251 of the test above: n1 coordinated a forwarded write, sent it to the other
-/// replicas and crashed before its own copy was durable; restarted with nothing stored, it took
-/// itself for a new node and ran the forwarder's repeat of the write again, under a second
-/// version. A restart is never a first life now, whatever it recovered.
-#[test]
-fn sim_leaderless_a_node_that_crashed_before_its_first_flush_runs_no_forwarded_write_twice() {
-    let cfg = LlConfig {
-        flush: Some((0.5, 0.1)),
-        crash: 0.002,
-        ..LlConfig::default()
-    };
-    let s = LlSim::new(600_251, cfg).run();
-    assert!(s.crashes > 0 && s.lost_unflushed > 0, "{s:?}");
 }
 
 #[test]
@@ -200,6 +187,35 @@ fn sim_leaderless_a_hint_counts_only_for_its_own_replica_until_that_one_acknowle
     for seed in [802_742, 803_280] {
         let s = LlSim::new(seed, cfg.clone()).run();
         assert!(s.acked > 0, "{s:?}");
+    }
+}
+
+/// Two histories of a forwarded write run twice by a coordinator that crashed before its own
+/// copy was durable, having sent the write on to the other replicas:
+/// - seed 600251 (writes made durable later): n1, restarted with nothing stored, took itself
+///   for a node in its first life and ran the forwarder's repeat again, under a second
+///   version. A restart is never a first life now (`Config::first_life` comes from the data
+///   directory; the third case of `a_repeated_forward_is_run_by_a_new_coordinator_and_
+///   refused_by_a_restarted_one` tests it directly).
+/// - seed 911866 (the same with a sloppy quorum): n4 ran n1's forwarded write, crashed with
+///   its copy not yet durable, and, restarted with no record of the write and no copy whose
+///   version would have told it that the write was sent before its restart, ran n1's repeat
+///   again. A forwarded write now leaves its coordinator only once the coordinator's copy is
+///   durable, which also keeps seed 600251 from getting that far.
+#[test]
+fn sim_leaderless_a_coordinator_runs_a_forwarded_write_once_across_a_crash() {
+    let durable_later = LlConfig {
+        flush: Some((0.5, 0.1)),
+        crash: 0.002,
+        ..LlConfig::default()
+    };
+    let sloppy = LlConfig {
+        sloppy: true,
+        ..durable_later.clone()
+    };
+    for (seed, cfg) in [(600_251, durable_later), (911_866, sloppy)] {
+        let s = LlSim::new(seed, cfg).run();
+        assert!(s.crashes > 0 && s.acked > 0, "seed {seed}: {s:?}");
     }
 }
 
@@ -773,5 +789,87 @@ fn leaderless_own_copy_waits_lazily_only_when_the_others_can_make_w() {
     for down in [1, 2] {
         let lazy = own_ack(2, Some(down), &key);
         assert_eq!(lazy, Some(false), "n{} down: W=2 needs n1's copy", down + 1);
+    }
+}
+
+/// A write forwarded to its coordinator goes on to the other replicas (and to hint holders)
+/// only once the coordinator's own copy is durable, and that copy's acknowledgement hurries;
+/// a client's write to the same coordinator goes out at once (seed 911866 above).
+#[test]
+fn leaderless_forwarded_write_leaves_its_coordinator_only_once_its_copy_is_durable() {
+    // What n1 sends for a write of `key` from a client, or forwarded by n2; n3 down.
+    let sends = |forwarded: bool, key: &Bytes| {
+        let (members, mut node, mut store, opts) = lone_node(4, |_| {});
+        node.set_reachable(&members[2], false);
+        let value = Some(Bytes::from_static(b"v"));
+        if forwarded {
+            let msg = Msg::Forward {
+                req: 7,
+                key: key.clone(),
+                value,
+                w: 2,
+                timeout_ms: 2_000,
+                degrade: false,
+                age_ms: 0,
+                sent_hlc: 1,
+            };
+            node.step(&mut store, 0, &members[1], msg);
+        } else {
+            node.put(&mut store, 0, 9, key.clone(), value, opts);
+        }
+        let lsn = store.last_lsn();
+        let sends: Vec<(String, &'static str, Option<u64>, bool)> = node
+            .take_actions()
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    to,
+                    msg,
+                    after,
+                    lazy,
+                } => {
+                    let kind = match msg {
+                        Msg::Write { .. } => "write",
+                        Msg::WriteAck { .. } => "ack",
+                        Msg::StoreHint { .. } => "hint",
+                        _ => return None,
+                    };
+                    Some((to.0, kind, after.filter(|&a| a == lsn), lazy))
+                }
+                _ => None,
+            })
+            .collect();
+        sends
+    };
+    // A key whose replicas are n1 (first), n2 and n3, so that n1 coordinates it.
+    let (_, probe, _, _) = lone_node(4, |_| {});
+    let key = (0..200)
+        .map(|k| Bytes::from(format!("k{k}")))
+        .find(|k| {
+            let r = probe.replicas(k);
+            r.len() == 3 && r[0].0 == "n1" && r.iter().any(|n| n.0 == "n3")
+        })
+        .expect("a key n1 coordinates, with n3 a replica");
+    let client = sends(false, &key);
+    let forwarded = sends(true, &key);
+    assert!(
+        client.iter().any(|s| s.1 == "write") && client.iter().any(|s| s.1 == "hint"),
+        "{client:?}"
+    );
+    for (to, kind, after, lazy) in &client {
+        match *kind {
+            "ack" => assert!(after.is_some(), "{client:?}"),
+            _ => assert!(
+                after.is_none() && !lazy,
+                "a client's write to {to}: {client:?}"
+            ),
+        }
+    }
+    assert_eq!(forwarded.len(), client.len(), "{forwarded:?}");
+    for (to, kind, after, lazy) in &forwarded {
+        assert!(
+            after.is_some() && !lazy,
+            "a forwarded write's {kind} to {to} waits for n1's copy: {forwarded:?}"
+        );
     }
 }

@@ -481,6 +481,9 @@ struct PendingWrite {
     origin: Origin,
     key: Bytes,
     stored: Stored,
+    /// A forwarded write goes to other nodes (replicas, hint holders) only once this node's
+    /// own copy is durable: see `coordinate_write`.
+    gate: Option<Lsn>,
     pref: Vec<usize>,
     acked: BTreeSet<usize>,
     /// Acknowledging replicas that hold a concurrent write with a higher version.
@@ -701,13 +704,13 @@ impl Leaderless {
     }
 
     /// Sends replica `to` a copy to store for write or repair `req`.
-    fn send_write(&mut self, to: usize, req: u64, key: &Bytes, stored: Stored) {
+    fn send_write(&mut self, to: usize, req: u64, key: &Bytes, stored: Stored, after: Option<Lsn>) {
         let msg = Msg::Write {
             req,
             key: key.clone(),
             stored,
         };
-        self.send(to, msg, None);
+        self.send(to, msg, after);
     }
 
     fn send(&mut self, to: usize, msg: Msg, after: Option<Lsn>) {
@@ -825,34 +828,44 @@ impl Leaderless {
             .iter()
             .filter(|&&i| i != self.me && !self.down.contains(&i))
             .count() as u32;
+        let forwarded = matches!(origin, Origin::Forwarded { .. });
+        // The local copy changes now, so the next write here sees this one; the
+        // acknowledgement to itself waits for durability like any other.
+        let own = pref
+            .contains(&self.me)
+            .then(|| self.merge_write(store, &key, &stored));
+        // A forwarded write leaves this node only once its copy here is durable. The
+        // forwarder may send it again if it hears nothing, and a restarted coordinator with no
+        // record of it runs it only if it was sent after the restart by the clocks: a copy
+        // recovered from storage, whose version is above the forwarder's clock then, is how a
+        // coordinator that ran it before knows. Sent on before that copy was durable and lost
+        // in a crash, the write was run again under a second version (the simulator with
+        // writes made durable later found it, seed 911866).
+        let gate = forwarded.then(|| store.last_lsn());
         for &r in &pref {
             if r == self.me {
-                // The local copy changes now, so the next write here sees this one; the
-                // acknowledgement to itself waits for durability like any other.
-                let (lsn, _, superseded) = self.merge_write(store, &key, &stored);
-                let hlc = self.hlc.last();
-                let ack = Msg::WriteAck {
-                    req: op,
-                    hlc,
-                    superseded,
-                };
-                self.actions.push(Action::Send {
-                    to: self.members[r].clone(),
-                    msg: ack,
-                    after: Some(lsn),
-                    lazy: others >= w,
-                });
-                continue;
+                if let Some((lsn, _, superseded)) = own {
+                    let ack = Msg::WriteAck {
+                        req: op,
+                        hlc: self.hlc.last(),
+                        superseded,
+                    };
+                    self.actions.push(Action::Send {
+                        to: self.members[r].clone(),
+                        msg: ack,
+                        after: Some(lsn),
+                        lazy: others >= w && !forwarded,
+                    });
+                }
+            } else if !self.down.contains(&r) {
+                self.send_write(r, op, &key, stored.clone(), gate);
             }
-            if self.down.contains(&r) {
-                continue;
-            }
-            self.send_write(r, op, &key, stored.clone());
         }
         let mut p = PendingWrite {
             origin,
             key,
             stored,
+            gate,
             pref,
             acked: BTreeSet::new(),
             superseded: BTreeSet::new(),
@@ -1428,7 +1441,7 @@ impl Leaderless {
                 key: p.key.clone(),
                 stored: p.stored.clone(),
             },
-            None,
+            p.gate,
         );
     }
 
@@ -1456,7 +1469,7 @@ impl Leaderless {
                 .filter_map(|i| p.replies.get(i).cloned().flatten().map(|s| (*i, s)))
                 .collect();
             for (i, stored) in again {
-                self.send_write(i, op, &key, stored);
+                self.send_write(i, op, &key, stored, None);
             }
             return;
         }
@@ -1577,7 +1590,7 @@ impl Leaderless {
         self.stats.conflicts += conflicts;
         self.stats.read_repairs += sends.len() as u64;
         for (i, stored) in sends {
-            self.send_write(i, op, &key, stored);
+            self.send_write(i, op, &key, stored, None);
         }
         if let Some(mut result) = answer {
             match &mut result {
@@ -1635,7 +1648,7 @@ impl Leaderless {
                         .filter(|i| *i != self.me && !p.acked.contains(i) && !self.down.contains(i))
                         .collect();
                     for r in again {
-                        self.send_write(r, op, &p.key, p.stored.clone());
+                        self.send_write(r, op, &p.key, p.stored.clone(), p.gate);
                     }
                 }
                 self.writes.insert(op, p);
