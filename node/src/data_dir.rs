@@ -156,6 +156,124 @@ pub fn incarnation(dir: &Path) -> anyhow::Result<String> {
     }
 }
 
+/// The file in which a leaderless node records a bound on its hybrid clock.
+pub const CLOCK_FILE: &str = "clock";
+
+/// Bytes of one record: magic, CRC-32 of the bound, the bound (little endian).
+const CLOCK_RECORD: usize = 16;
+const CLOCK_MAGIC: [u8; 4] = *b"QKVC";
+
+/// A bound on a leaderless node's hybrid clock, kept in `DATA_DIR/clock`: no timestamp above
+/// it leaves the node before it is durable, and a restarted node's clock starts above it
+/// (see `kv_replica::leaderless::Action::PersistClock`). Two records written in turn, each
+/// with its checksum: a write torn by a crash damages only the one being written, whose
+/// bound nothing was yet allowed to rely on, and the other still holds the last durable one.
+pub struct ClockBound {
+    path: PathBuf,
+    file: std::fs::File,
+    /// The highest bound written and fsynced.
+    durable: u64,
+    /// The record the next write goes to.
+    next: u64,
+}
+
+impl ClockBound {
+    /// Opens (or creates) the file in `dir`; the bound recorded there is [`ClockBound::durable`]
+    /// (0 in a new file).
+    ///
+    /// # Errors
+    /// The file cannot be opened, read or created, or neither of its records is whole (the
+    /// message names the file).
+    pub fn open(dir: &Path) -> anyhow::Result<ClockBound> {
+        let path = dir.join(CLOCK_FILE);
+        let existed = path.exists();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut &file, &mut bytes)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let records: Vec<Option<u64>> = bytes.chunks(CLOCK_RECORD).map(clock_record).collect();
+        let durable = records.iter().flatten().copied().max();
+        let durable = match durable {
+            Some(d) => d,
+            None if bytes.is_empty() => 0,
+            None => bail!(
+                "{} is damaged (no whole record in its {} bytes): it bounds the versions this \
+                 node gave out before, so that it never gives one twice. If the node is \
+                 stopped long enough for every clock to pass the versions it stored, remove \
+                 the file",
+                path.display(),
+                bytes.len()
+            ),
+        };
+        // The next write goes over the older record (or the damaged one).
+        let next = match (
+            records.first().copied().flatten(),
+            records.get(1).copied().flatten(),
+        ) {
+            (Some(a), Some(b)) if a > b => 1,
+            (Some(_), None) => 1,
+            _ => 0,
+        };
+        if !existed {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("cannot fsync {}", dir.display()))?;
+        }
+        Ok(ClockBound {
+            path,
+            file,
+            durable,
+            next,
+        })
+    }
+
+    /// The highest bound recorded durably.
+    pub fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    /// Records `upto` (or keeps a higher bound already recorded) durably; returns the bound
+    /// now durable.
+    ///
+    /// # Errors
+    /// The write or its fsync failed; the bound recorded before still holds.
+    pub fn record(&mut self, upto: u64) -> std::io::Result<u64> {
+        use std::os::unix::fs::FileExt as _;
+        if upto <= self.durable {
+            return Ok(self.durable);
+        }
+        let mut rec = [0u8; CLOCK_RECORD];
+        rec[..4].copy_from_slice(&CLOCK_MAGIC);
+        rec[4..8].copy_from_slice(&crc32fast::hash(&upto.to_le_bytes()).to_le_bytes());
+        rec[8..].copy_from_slice(&upto.to_le_bytes());
+        self.file
+            .write_all_at(&rec, self.next * CLOCK_RECORD as u64)?;
+        self.file.sync_data()?;
+        self.durable = upto;
+        self.next = 1 - self.next;
+        Ok(upto)
+    }
+
+    /// The file's path, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The bound in one record, if it is whole.
+fn clock_record(rec: &[u8]) -> Option<u64> {
+    let rec: &[u8; CLOCK_RECORD] = rec.try_into().ok()?;
+    let bound = u64::from_le_bytes(rec[8..].try_into().ok()?);
+    let crc = u32::from_le_bytes(rec[4..8].try_into().ok()?);
+    (rec[..4] == CLOCK_MAGIC && crc == crc32fast::hash(&bound.to_le_bytes())).then_some(bound)
+}
+
 /// The file in which a leader-follower node remembers its peers' incarnations.
 pub const PEERS_FILE: &str = "peers.toml";
 
@@ -283,6 +401,57 @@ impl PeerBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_clock_bound_survives_a_reopen_and_a_torn_record() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path();
+        let mut c = ClockBound::open(dir).expect("a new file");
+        assert_eq!(c.durable(), 0);
+        assert_eq!(c.record(500).expect("recorded"), 500);
+        assert_eq!(
+            c.record(300).expect("a lower bound"),
+            500,
+            "never goes back"
+        );
+        assert_eq!(c.record(700).expect("recorded"), 700);
+        drop(c);
+        let mut c = ClockBound::open(dir).expect("reopened");
+        assert_eq!(c.durable(), 700);
+        // The next write goes over the older record (500), not over 700.
+        c.record(900).expect("recorded");
+        drop(c);
+        let path = dir.join(CLOCK_FILE);
+        let mut bytes = std::fs::read(&path).expect("read");
+        assert_eq!(bytes.len(), 2 * CLOCK_RECORD);
+        let newest = bytes
+            .chunks(CLOCK_RECORD)
+            .position(|r| clock_record(r) == Some(900))
+            .expect("900 recorded");
+        assert!(
+            bytes
+                .chunks(CLOCK_RECORD)
+                .any(|r| clock_record(r) == Some(700))
+        );
+        // A crash tore the write of 900: the bound before it holds.
+        bytes[newest * CLOCK_RECORD + 12] ^= 0xff;
+        std::fs::write(&path, &bytes).expect("write");
+        let mut c = ClockBound::open(dir).expect("one whole record");
+        assert_eq!(c.durable(), 700);
+        c.record(1_000).expect("over the torn one");
+        drop(c);
+        assert_eq!(ClockBound::open(dir).expect("reopened").durable(), 1_000);
+        // Both records damaged: refused, naming the file.
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[3] ^= 0xff;
+        bytes[CLOCK_RECORD + 3] ^= 0xff;
+        std::fs::write(&path, &bytes).expect("write");
+        let e = ClockBound::open(dir).err().expect("refused").to_string();
+        assert!(e.contains("clock is damaged"), "{e}");
+        // So is a file cut short of one record.
+        std::fs::write(&path, &bytes[..10]).expect("write");
+        assert!(ClockBound::open(dir).is_err());
+    }
 
     fn ident(id: &str, layout: &str, members: &[&str]) -> Identity {
         Identity {

@@ -24,7 +24,8 @@ use kv_replica::leaderless::{
 use kv_replica::{NodeId, Quorum, Version};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::storage::{Entry, Storage, Write, now_ms};
+use crate::data_dir::ClockBound;
+use crate::storage::{Entry, FailObserver, Storage, Write, now_ms};
 use crate::transport::Transport;
 
 /// Tunables of leaderless mode (from the node's configuration).
@@ -223,6 +224,8 @@ enum In {
         msg: Msg,
     },
     AntiEntropy,
+    /// A bound on the clock is durable (`Action::PersistClock`).
+    ClockPersisted(u64),
 }
 
 struct Shared {
@@ -354,10 +357,10 @@ pub fn start(
     members: Vec<NodeId>,
     quorum: Quorum,
     opts: &LlOptions,
-    data: Arc<dyn Storage>,
-    hints: Arc<dyn Storage>,
+    storage: LlStorage,
     transport: Transport,
 ) -> LlHandle {
+    let LlStorage { data, hints, clock } = storage;
     let mut members = members;
     members.sort();
     let mut cfg = Config::new(id.clone(), members.clone(), quorum);
@@ -384,9 +387,10 @@ pub fn start(
         hints: hints.clone(),
     });
     let store = LlStore { data, hints };
-    // The clock starts above every timestamp already stored, so versions never go backwards
-    // across a restart whatever the wall clock does.
-    let mut floor = 0;
+    // The clock starts above every timestamp already stored and every one an earlier life
+    // gave out, so versions never go backwards or repeat across a restart whatever the wall
+    // clock does.
+    let mut floor = clock.durable();
     store.scan(&mut |_, s| floor = floor.max(s.version.epoch));
     let mut core = Leaderless::new(cfg, floor, now_ms());
     core.recover_hints(&store);
@@ -407,6 +411,7 @@ pub fn start(
         reads: HashMap::new(),
         next_req: 1,
         local: VecDeque::new(),
+        clock,
     };
     tokio::spawn(driver.run(rx));
     handle
@@ -425,6 +430,35 @@ struct Driver {
     next_req: u64,
     /// Messages to itself, delivered before the next input.
     local: VecDeque<Msg>,
+    clock: ClockKeeper,
+}
+
+/// What a leaderless node keeps durably.
+pub struct LlStorage {
+    /// The copies it holds as a replica.
+    pub data: Arc<dyn Storage>,
+    /// The hints it holds for other replicas.
+    pub hints: Arc<dyn Storage>,
+    /// The bound on its clock.
+    pub clock: ClockKeeper,
+}
+
+/// Where a leaderless node records the bound on its clock (`Action::PersistClock`).
+pub enum ClockKeeper {
+    /// In memory: a node starts empty every time, with no earlier life to repeat.
+    Memory,
+    /// `DATA_DIR/clock`; a failure to record is reported to the observer (the node stops).
+    Disk(Arc<Mutex<ClockBound>>, FailObserver),
+}
+
+impl ClockKeeper {
+    /// The bound recorded by earlier lives.
+    fn durable(&self) -> u64 {
+        match self {
+            ClockKeeper::Memory => 0,
+            ClockKeeper::Disk(c, _) => c.lock().unwrap_or_else(|p| p.into_inner()).durable(),
+        }
+    }
 }
 
 impl Driver {
@@ -507,7 +541,32 @@ impl Driver {
             }
             In::Peer { from, msg } => self.core.step(&mut self.store, now, &from, msg),
             In::AntiEntropy => self.core.anti_entropy(&self.store),
+            In::ClockPersisted(upto) => self.core.clock_persisted(upto),
         }
+    }
+
+    /// Records a bound on the clock; the core hears of it when it is durable.
+    fn persist_clock(&mut self, upto: u64) {
+        let (bound, failed) = match &self.clock {
+            ClockKeeper::Memory => {
+                self.core.clock_persisted(upto);
+                return;
+            }
+            ClockKeeper::Disk(bound, failed) => (bound.clone(), failed.clone()),
+        };
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut bound = bound.lock().unwrap_or_else(|p| p.into_inner());
+            match bound.record(upto) {
+                Ok(durable) => {
+                    let _ = tx.send(In::ClockPersisted(durable));
+                }
+                Err(e) => failed(&format!(
+                    "cannot record the clock bound in {}: {e}",
+                    bound.path().display()
+                )),
+            }
+        });
     }
 
     /// Carries out the core's actions until it has none; sends that must wait for durability
@@ -574,6 +633,7 @@ impl Driver {
                             let _ = r.send(result);
                         }
                     }
+                    Action::PersistClock { upto } => self.persist_clock(upto),
                 }
             }
         }

@@ -299,6 +299,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             }
             _ => Arc::new(MemStorage::new()),
         };
+        let clock = match &disk_dir {
+            Some(dir) => leaderless::ClockKeeper::Disk(
+                Arc::new(std::sync::Mutex::new(data_dir::ClockBound::open(dir)?)),
+                on_fail.clone(),
+            ),
+            None => leaderless::ClockKeeper::Memory,
+        };
         let c = &settings.config;
         let handle = leaderless::start(
             settings.id.clone(),
@@ -324,8 +331,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 vnodes: c.vnodes,
                 first_life,
             },
-            storage.clone(),
-            hints,
+            leaderless::LlStorage {
+                data: storage.clone(),
+                hints,
+                clock,
+            },
             transport,
         );
         sink = Some(transport::PeerSink::Leaderless(handle.clone()));

@@ -135,6 +135,10 @@ pub struct SimStore {
     undo: Vec<Undo>,
     /// Copies stored since the simulator last looked (key, version, value).
     written: Vec<(Bytes, Version, Option<Bytes>)>,
+    /// The durable bound on the node's clock (`Action::PersistClock`).
+    clock: u64,
+    /// A bound asked for, durable with the next flush.
+    clock_asked: u64,
 }
 
 #[derive(Clone)]
@@ -148,6 +152,7 @@ impl SimStore {
     fn flush(&mut self) {
         self.durable = self.lsn;
         self.undo.clear();
+        self.clock = self.clock.max(self.clock_asked);
     }
 
     /// The version of `key` that would survive a crash now.
@@ -212,6 +217,7 @@ impl SimStore {
             };
         }
         self.lsn = self.durable;
+        self.clock_asked = self.clock;
         lost
     }
 }
@@ -505,6 +511,7 @@ impl LlSim {
         cfg.hint_retry_ms = 50;
         cfg.anti_entropy_ms = 60;
         cfg.tombstone_grace_ms = 1_000_000;
+        cfg.clock_margin_ms = 50;
         cfg.first_life = !self.booted[i];
         // From a generator of its own, so that the faults and traffic of a seed stay the same.
         cfg.first_op = self
@@ -516,7 +523,8 @@ impl LlSim {
             .values()
             .map(|s| s.version.epoch)
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(self.stores[i].clock);
         let now = self.clock(i);
         let mut node = Leaderless::new(cfg, floor, now);
         node.recover_hints(&self.stores[i]);
@@ -566,10 +574,14 @@ impl LlSim {
             return;
         };
         for i in 0..self.cfg.nodes {
-            if self.nodes[i].is_none() || self.paused[i] || self.stores[i].undo.is_empty() {
+            let clock_waits = self.stores[i].clock_asked > self.stores[i].clock;
+            if self.nodes[i].is_none()
+                || self.paused[i]
+                || (self.stores[i].undo.is_empty() && !clock_waits)
+            {
                 continue;
             }
-            let p = if self.held[i].iter().any(|h| !h.lazy) {
+            let p = if clock_waits || self.held[i].iter().any(|h| !h.lazy) {
                 asked
             } else {
                 lazy
@@ -585,6 +597,13 @@ impl LlSim {
             self.held[i] = waiting;
             for h in ready {
                 self.route(i, h.to, h.msg);
+            }
+            if clock_waits {
+                let durable = self.stores[i].clock;
+                if let Some(n) = self.nodes[i].as_mut() {
+                    n.clock_persisted(durable);
+                }
+                self.drain(i);
             }
         }
     }
@@ -637,6 +656,18 @@ impl LlSim {
                                 });
                             }
                             _ => self.route(i, to, msg),
+                        }
+                    }
+                    Action::PersistClock { upto } => {
+                        // Like a write: durable with the node's next flush.
+                        let store = &mut self.stores[i];
+                        store.clock_asked = store.clock_asked.max(upto);
+                        if self.cfg.flush.is_none() {
+                            store.flush();
+                        }
+                        let durable = store.clock;
+                        if let Some(n) = self.nodes[i].as_mut() {
+                            n.clock_persisted(durable);
                         }
                     }
                     Action::Write { req, result } => {

@@ -160,6 +160,10 @@ pub struct Config {
     /// clock passed the versions it had stored from a peer with a faster clock: the simulator
     /// found it, seed 912818). Below [`OP_IDS_BELOW`].
     pub first_op: u64,
+    /// How far ahead of its clock, in milliseconds, a node records a durable bound on it
+    /// ([`Action::PersistClock`]; asked again when half of it is left). A restarted node's
+    /// clock starts at the last bound, up to this far ahead of where it stopped.
+    pub clock_margin_ms: u64,
 }
 
 impl Config {
@@ -181,6 +185,7 @@ impl Config {
             tombstone_grace_ms: 24 * 3600 * 1000,
             first_life: false,
             first_op: 1,
+            clock_margin_ms: 1_000,
         }
     }
 }
@@ -422,6 +427,16 @@ pub enum Action {
         /// The outcome.
         result: Result<ReadOk, QuorumFailure>,
     },
+    /// Record `upto` durably as a bound on this node's clock, then call
+    /// [`Leaderless::clock_persisted`]; the next start's clock floor must be at least the
+    /// highest bound recorded. Asked for ahead of the clock (see `Config::clock_margin_ms`):
+    /// other actions wait (are not returned by [`Leaderless::take_actions`]) only while the
+    /// clock is above every bound made durable, which is after a start, or when a peer's clock
+    /// is far ahead.
+    PersistClock {
+        /// The bound.
+        upto: u64,
+    },
 }
 
 /// Cumulative counts, for metrics.
@@ -481,9 +496,6 @@ struct PendingWrite {
     origin: Origin,
     key: Bytes,
     stored: Stored,
-    /// A forwarded write goes to other nodes (replicas, hint holders) only once this node's
-    /// own copy is durable: see `coordinate_write`.
-    gate: Option<Lsn>,
     pref: Vec<usize>,
     acked: BTreeSet<usize>,
     /// Acknowledging replicas that hold a concurrent write with a higher version.
@@ -575,11 +587,17 @@ pub struct Leaderless {
     /// Added to the physical time of new versions: a clock set wrong on purpose (fault
     /// injection), to show what last-writer-wins makes of clock skew.
     clock_offset_ms: i64,
+    /// Timestamps up to here may leave the node: a bound on its clock is durable there, so
+    /// no later life gives them out again.
+    clock_durable: u64,
+    /// The highest bound asked for.
+    clock_asked: u64,
 }
 
 impl Leaderless {
-    /// A node with `cfg`, whose clock starts above `hlc_floor` (the highest timestamp in its
-    /// storage).
+    /// A node with `cfg`, whose clock starts above `hlc_floor`: the highest timestamp in its
+    /// storage and the highest bound on its clock recorded in earlier lives
+    /// ([`Action::PersistClock`]), so that no timestamp it gave out before is given again.
     ///
     /// # Panics
     /// If `cfg.id` is not among the members, or there are more than 64 members (both are
@@ -630,6 +648,8 @@ impl Leaderless {
             actions: Vec::new(),
             stats: Stats::default(),
             clock_offset_ms: 0,
+            clock_durable: hlc_floor,
+            clock_asked: hlc_floor,
         }
     }
 
@@ -679,8 +699,36 @@ impl Leaderless {
     }
 
     /// The actions produced since the last call.
+    ///
+    /// Every timestamp this node gives out (in versions, in the clock readings its messages
+    /// carry) is below a bound recorded durably first, so none is given out again after a
+    /// restart: two writes never share a version (a copy not yet durable when the node
+    /// crashed, whose version had gone to the other replicas, did not raise the restarted
+    /// clock's floor; the simulator found versions given twice that way, seed 930552), and a
+    /// restarted node knows a forwarded write sent before its start by the clocks (see
+    /// `was_up_when_sent`). While the clock is above the durable bound, only the request for a
+    /// higher one is returned; the rest waits for [`Leaderless::clock_persisted`].
     pub fn take_actions(&mut self) -> Vec<Action> {
-        std::mem::take(&mut self.actions)
+        let last = self.hlc.last();
+        let margin = self.cfg.clock_margin_ms.max(1) << hlc::LOGICAL_BITS;
+        let ask = (last.saturating_add(margin / 2) > self.clock_asked).then(|| {
+            self.clock_asked = last.saturating_add(margin);
+            Action::PersistClock {
+                upto: self.clock_asked,
+            }
+        });
+        let mut out = if last <= self.clock_durable {
+            std::mem::take(&mut self.actions)
+        } else {
+            Vec::new()
+        };
+        out.extend(ask);
+        out
+    }
+
+    /// A bound asked for with [`Action::PersistClock`] is durable.
+    pub fn clock_persisted(&mut self, upto: u64) {
+        self.clock_durable = self.clock_durable.max(upto);
     }
 
     /// News from the transport: `peer` can (or cannot) be reached.
@@ -704,13 +752,13 @@ impl Leaderless {
     }
 
     /// Sends replica `to` a copy to store for write or repair `req`.
-    fn send_write(&mut self, to: usize, req: u64, key: &Bytes, stored: Stored, after: Option<Lsn>) {
+    fn send_write(&mut self, to: usize, req: u64, key: &Bytes, stored: Stored) {
         let msg = Msg::Write {
             req,
             key: key.clone(),
             stored,
         };
-        self.send(to, msg, after);
+        self.send(to, msg, None);
     }
 
     fn send(&mut self, to: usize, msg: Msg, after: Option<Lsn>) {
@@ -828,44 +876,34 @@ impl Leaderless {
             .iter()
             .filter(|&&i| i != self.me && !self.down.contains(&i))
             .count() as u32;
-        let forwarded = matches!(origin, Origin::Forwarded { .. });
-        // The local copy changes now, so the next write here sees this one; the
-        // acknowledgement to itself waits for durability like any other.
-        let own = pref
-            .contains(&self.me)
-            .then(|| self.merge_write(store, &key, &stored));
-        // A forwarded write leaves this node only once its copy here is durable. The
-        // forwarder may send it again if it hears nothing, and a restarted coordinator with no
-        // record of it runs it only if it was sent after the restart by the clocks: a copy
-        // recovered from storage, whose version is above the forwarder's clock then, is how a
-        // coordinator that ran it before knows. Sent on before that copy was durable and lost
-        // in a crash, the write was run again under a second version (the simulator with
-        // writes made durable later found it, seed 911866).
-        let gate = forwarded.then(|| store.last_lsn());
         for &r in &pref {
             if r == self.me {
-                if let Some((lsn, _, superseded)) = own {
-                    let ack = Msg::WriteAck {
-                        req: op,
-                        hlc: self.hlc.last(),
-                        superseded,
-                    };
-                    self.actions.push(Action::Send {
-                        to: self.members[r].clone(),
-                        msg: ack,
-                        after: Some(lsn),
-                        lazy: others >= w && !forwarded,
-                    });
-                }
-            } else if !self.down.contains(&r) {
-                self.send_write(r, op, &key, stored.clone(), gate);
+                // The local copy changes now, so the next write here sees this one; the
+                // acknowledgement to itself waits for durability like any other.
+                let (lsn, _, superseded) = self.merge_write(store, &key, &stored);
+                let hlc = self.hlc.last();
+                let ack = Msg::WriteAck {
+                    req: op,
+                    hlc,
+                    superseded,
+                };
+                self.actions.push(Action::Send {
+                    to: self.members[r].clone(),
+                    msg: ack,
+                    after: Some(lsn),
+                    lazy: others >= w,
+                });
+                continue;
             }
+            if self.down.contains(&r) {
+                continue;
+            }
+            self.send_write(r, op, &key, stored.clone());
         }
         let mut p = PendingWrite {
             origin,
             key,
             stored,
-            gate,
             pref,
             acked: BTreeSet::new(),
             superseded: BTreeSet::new(),
@@ -1326,9 +1364,12 @@ impl Leaderless {
     /// Whether a forwarded request first sent `age_ms` ago, at the forwarder's `sent_hlc`, was
     /// sent while this node was up, so that it would have a record of it had it come: it has
     /// been up longer than the request's age (its journey, however long, only adds), and the
-    /// first was sent after this node's start on the hybrid clocks (which a node that ran it
-    /// before restarting has passed: its copy's version, which it recovers, is above the
-    /// forwarder's clock then).
+    /// first was sent after this node's start on the hybrid clocks. A node that ran it before
+    /// restarting had observed the forwarder's clock then, and its clock starts above every
+    /// reading an earlier life gave out (see [`Leaderless::take_actions`]). The version of
+    /// its copy, recovered from storage, did not say so: the copy may not have been durable
+    /// when the write went to the other replicas (the simulator found a forwarded write run
+    /// twice that way, seed 911866).
     /// A node that started with nothing stored (`booted_hlc` 0) counts as up all along.
     fn was_up_when_sent(&self, now: u64, age_ms: u64, sent_hlc: u64) -> bool {
         self.booted_hlc == 0
@@ -1441,7 +1482,7 @@ impl Leaderless {
                 key: p.key.clone(),
                 stored: p.stored.clone(),
             },
-            p.gate,
+            None,
         );
     }
 
@@ -1469,7 +1510,7 @@ impl Leaderless {
                 .filter_map(|i| p.replies.get(i).cloned().flatten().map(|s| (*i, s)))
                 .collect();
             for (i, stored) in again {
-                self.send_write(i, op, &key, stored, None);
+                self.send_write(i, op, &key, stored);
             }
             return;
         }
@@ -1590,7 +1631,7 @@ impl Leaderless {
         self.stats.conflicts += conflicts;
         self.stats.read_repairs += sends.len() as u64;
         for (i, stored) in sends {
-            self.send_write(i, op, &key, stored, None);
+            self.send_write(i, op, &key, stored);
         }
         if let Some(mut result) = answer {
             match &mut result {
@@ -1648,7 +1689,7 @@ impl Leaderless {
                         .filter(|i| *i != self.me && !p.acked.contains(i) && !self.down.contains(i))
                         .collect();
                     for r in again {
-                        self.send_write(r, op, &p.key, p.stored.clone(), p.gate);
+                        self.send_write(r, op, &p.key, p.stored.clone());
                     }
                 }
                 self.writes.insert(op, p);
