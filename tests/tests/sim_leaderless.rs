@@ -176,8 +176,9 @@ fn sim_leaderless_a_hint_counts_only_for_its_own_replica_until_that_one_acknowle
     }
 }
 
-/// Seeds that found a restarted node giving out again what an earlier life had given out.
-/// Restarts play out differently since the fixes (a restarted node's clock starts above a
+/// Seeds that found a node running a write twice or giving one version to two writes. Most
+/// were a restarted node repeating what an earlier life had given out; restarts play out
+/// differently since the fixes (a restarted node's clock starts above a
 /// bound recorded before any timestamp leaves it, and its operation ids are drawn at random),
 /// so each is also replayed step by step, or its rule tested directly, where noted:
 /// - 930099 (writes durable later, no hints): n2 gave version 215416835.2 to v386, which its
@@ -193,8 +194,12 @@ fn sim_leaderless_a_hint_counts_only_for_its_own_replica_until_that_one_acknowle
 /// - 912818 (heavy loss and churn): n4 restarted twice within 50 ms and both lives started their
 ///   operation ids at the same clock reading; an answer to the first life's forward of k3 was
 ///   taken for the second life's forward of k2.
+/// - 930517 (writes made durable slowly): a repeat of a forwarded write reached its coordinator
+///   after it had dropped its record, and was run again
+///   (`a_repeat_that_arrives_after_its_record_was_dropped_is_refused`). Fails without the fix
+///   (tried).
 #[test]
-fn sim_leaderless_seeds_where_a_restarted_node_repeated_an_earlier_life() {
+fn sim_leaderless_seeds_that_ran_a_write_twice_or_gave_a_version_twice() {
     let durable_later = LlConfig {
         flush: Some((0.5, 0.1)),
         crash: 0.002,
@@ -215,12 +220,19 @@ fn sim_leaderless_seeds_where_a_restarted_node_repeated_an_earlier_life() {
                 ..durable_later.clone()
             },
         ),
+        (
+            930_517,
+            LlConfig {
+                flush: Some((0.05, 0.01)),
+                ..durable_later.clone()
+            },
+        ),
         (600_251, durable_later),
         (912_818, heavy_loss_and_churn()),
     ];
     for (seed, cfg) in runs {
         let s = LlSim::new(seed, cfg).run();
-        assert!(s.crashes > 0 && s.acked > 0, "seed {seed}: {s:?}");
+        assert!(s.acked > 0, "seed {seed}: {s:?}");
     }
 }
 
@@ -737,6 +749,68 @@ fn a_coordinator_that_lost_its_copy_in_a_crash_refuses_a_repeat_it_ran_before() 
     );
     // What it did with only its stored copies' versions to go by.
     assert!(ran(&restart(0)), "the check needs the bound");
+}
+
+/// Seed 930517: n5 ran a write forwarded by n1; n1's repeat of it, held up behind a pause,
+/// reached n5 800 ms later, after n5 had dropped its record (kept until the forwarder's
+/// deadline), and n5 ran it a second time. A copy sent no later than a request whose record
+/// was dropped is refused now; a later request from the same forwarder still runs.
+#[test]
+fn a_repeat_that_arrives_after_its_record_was_dropped_is_refused() {
+    let members: Vec<NodeId> = (1..=3).map(|i| NodeId(format!("n{i}"))).collect();
+    let mut cfg = Config::new(
+        members[0].clone(),
+        members.clone(),
+        Quorum::new(3, 3, 2, 2).expect("quorum"),
+    );
+    cfg.first_life = true;
+    let t0 = 100_000u64;
+    let mut node = Leaderless::new(cfg, 0, t0);
+    let mut store = SimStore::default();
+    let forward = |req: u64, age_ms: u64, sent_ms: u64| Msg::Forward {
+        req,
+        key: Bytes::from_static(b"k"),
+        value: Some(Bytes::from(format!("v{req}"))),
+        w: 2,
+        timeout_ms: 300,
+        degrade: false,
+        age_ms,
+        sent_hlc: sent_ms << 16,
+    };
+    let ran = |actions: &[Action]| {
+        actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    msg: Msg::Write { .. },
+                    ..
+                }
+            )
+        })
+    };
+    node.step(&mut store, t0 + 10, &members[1], forward(7, 0, t0 + 5));
+    assert!(ran(&node.settled_actions()), "run once");
+    // Long after the forwarder's deadline, the record is dropped.
+    node.tick(&mut store, t0 + 1_000);
+    node.settled_actions();
+    node.step(&mut store, t0 + 1_010, &members[1], forward(7, 40, t0 + 5));
+    let late = node.settled_actions();
+    assert!(!ran(&late), "run twice: {late:?}");
+    assert!(
+        late.iter().any(
+            |a| matches!(a, Action::Send { msg: Msg::ForwardReply { result: Err(e), .. }, .. }
+            if e.may_have_happened)
+        ),
+        "answered: outcome unknown: {late:?}"
+    );
+    // A request the forwarder first sent after that one, its first copy lost: run.
+    node.step(
+        &mut store,
+        t0 + 1_020,
+        &members[1],
+        forward(8, 40, t0 + 980),
+    );
+    assert!(ran(&node.settled_actions()), "a later request runs");
 }
 
 /// A clock set ahead on purpose (`kvctl fault clock`) moves the versions a node gives by as

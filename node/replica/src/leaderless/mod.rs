@@ -27,7 +27,8 @@
 //! A forwarded write is run by the replica it went to and by no other node: a forwarder that
 //! hears nothing sends the same request again (the coordinator keeps a record of forwarded
 //! requests by forwarder and id, answers a repeat from it, and runs one it has no record of
-//! only if it was up when the first was sent), and ends it as "may have happened" at the
+//! only if it was up when the first was sent and has dropped no record of a request the
+//! forwarder sent as late), and ends it as "may have happened" at the
 //! deadline or once the coordinator is down. Coordinating it itself instead gave one write two
 //! versions whenever the first coordinator was slow rather than gone (a pause, a lost answer).
 //!
@@ -563,9 +564,12 @@ pub struct Leaderless {
     next_op: u64,
     writes: BTreeMap<u64, PendingWrite>,
     forwards: BTreeMap<u64, PendingForward>,
-    /// Forwarded writes this node coordinates or did, by (forwarder, its req), and until when
-    /// the record is kept.
-    forwarded: BTreeMap<(usize, u64), (Forwarded, u64)>,
+    /// Forwarded writes this node coordinates or did, by (forwarder, its req): what became of
+    /// it, until when the record is kept, and the forwarder's clock when it first sent it.
+    forwarded: BTreeMap<(usize, u64), (Forwarded, u64, u64)>,
+    /// Per forwarder, the highest first-send clock among the records dropped: a copy of a
+    /// forwarded write sent no later than that may have been run and forgotten.
+    forgotten: BTreeMap<usize, u64>,
     /// When this node started (its records of forwarded writes go back no further), on its
     /// own millisecond clock and on its hybrid clock.
     booted: u64,
@@ -631,6 +635,7 @@ impl Leaderless {
             writes: BTreeMap::new(),
             forwards: BTreeMap::new(),
             forwarded: BTreeMap::new(),
+            forgotten: BTreeMap::new(),
             booted: now_ms,
             // A node in its first life has no earlier one that could have run a write forwarded
             // to it, so repeats need no check (with skewed clocks the check refused them for the
@@ -1084,24 +1089,30 @@ impl Leaderless {
                 self.hlc.observe(sent_hlc);
                 let until = now + timeout_ms + self.cfg.hint_after_ms;
                 match self.forwarded.get(&(f, req)) {
-                    Some((Forwarded::Done(result), _)) => {
+                    Some((Forwarded::Done(result), ..)) => {
                         let result = result.clone();
                         self.send(f, Msg::ForwardReply { req, result }, None);
                         return;
                     }
-                    Some((Forwarded::Running, _)) => return,
-                    None if age_ms > 0 && !self.was_up_when_sent(now, age_ms, sent_hlc) => {
-                        // Sent again, and this node may have run the first before it
-                        // restarted: it cannot tell, so it refuses rather than run it twice.
+                    Some((Forwarded::Running, ..)) => return,
+                    // Sent again, and this node may have run the first before it restarted,
+                    // or run it and dropped its record since (a copy that took longer than
+                    // the forwarder's deadline to arrive, held up behind a paused node: the
+                    // simulator found one run twice that way, seed 930517): it cannot tell,
+                    // so it refuses rather than run it twice.
+                    None if self.forgotten.get(&f).is_some_and(|&h| sent_hlc <= h)
+                        || (age_ms > 0 && !self.was_up_when_sent(now, age_ms, sent_hlc)) =>
+                    {
                         let result = Err(self.outcome_unknown(&key, w));
                         self.forwarded
-                            .insert((f, req), (Forwarded::Done(result.clone()), until));
+                            .insert((f, req), (Forwarded::Done(result.clone()), until, sent_hlc));
                         self.send(f, Msg::ForwardReply { req, result }, None);
                         return;
                     }
                     None => {}
                 }
-                self.forwarded.insert((f, req), (Forwarded::Running, until));
+                self.forwarded
+                    .insert((f, req), (Forwarded::Running, until, sent_hlc));
                 let opts = Opts {
                     quorum: w,
                     timeout_ms,
@@ -1440,7 +1451,7 @@ impl Leaderless {
         match origin {
             Origin::Client(req) => self.actions.push(Action::Write { req, result }),
             Origin::Forwarded { from, req } => {
-                if let Some((state, _)) = self.forwarded.get_mut(&(from, req)) {
+                if let Some((state, ..)) = self.forwarded.get_mut(&(from, req)) {
                     *state = Forwarded::Done(result.clone());
                 }
                 self.send(from, Msg::ForwardReply { req, result }, None);
@@ -1733,7 +1744,15 @@ impl Leaderless {
                 self.send(to, msg, None);
             }
         }
-        self.forwarded.retain(|_, (_, until)| *until > now);
+        let forgotten = &mut self.forgotten;
+        self.forwarded.retain(|&(f, _), &mut (_, until, sent_hlc)| {
+            if until > now {
+                return true;
+            }
+            let h = forgotten.entry(f).or_insert(0);
+            *h = (*h).max(sent_hlc);
+            false
+        });
         let ops: Vec<u64> = self.reads.keys().copied().collect();
         for op in ops {
             self.retry_read(op, now);
