@@ -135,6 +135,8 @@ pub struct SimStore {
     undo: Vec<Undo>,
     /// Copies stored since the simulator last looked (key, version, value).
     written: Vec<(Bytes, Version, Option<Bytes>)>,
+    /// The copies stored by the writes not yet durable (key, version), oldest first.
+    unflushed: Vec<(Bytes, Version)>,
     /// The durable bound on the node's clock (`Action::PersistClock`).
     clock: u64,
     /// A bound asked for, durable with the next flush.
@@ -152,6 +154,7 @@ impl SimStore {
     fn flush(&mut self) {
         self.durable = self.lsn;
         self.undo.clear();
+        self.unflushed.clear();
         self.clock = self.clock.max(self.clock_asked);
     }
 
@@ -229,6 +232,7 @@ impl Store for SimStore {
     fn put(&mut self, key: &Bytes, s: &Stored) -> Lsn {
         let old = self.data.insert(key.clone(), s.clone());
         self.undo.push(Undo::Data(key.clone(), old));
+        self.unflushed.push((key.clone(), s.version));
         self.written.push((key.clone(), s.version, s.value.clone()));
         self.lsn += 1;
         self.lsn
@@ -375,7 +379,9 @@ pub struct LlSim {
     /// The value each version of a key was seen with.
     values: BTreeMap<(usize, Version), String>,
     /// The value (`None`: a tombstone) each version of a key was stored with, on any node.
-    stored: BTreeMap<(Bytes, Version), Option<Bytes>>,
+    /// and which nodes hold or held it (a node's own version, lost in a crash before it was
+    /// durable or had left the node, may be given again: nobody saw it).
+    stored: BTreeMap<(Bytes, Version), (Option<Bytes>, BTreeSet<usize>)>,
     /// `KV_SIM_TRACE` set: every delivery, crash and start is printed.
     trace: bool,
     stats: LlStats,
@@ -614,17 +620,19 @@ impl LlSim {
 
     fn drain(&mut self, i: usize) {
         for (key, version, value) in std::mem::take(&mut self.stores[i].written) {
-            match self.stored.get(&(key.clone(), version)) {
-                Some(v) if *v != value => self.fail(format!(
+            let (v, holders) = self
+                .stored
+                .entry((key.clone(), version))
+                .or_insert_with(|| (value.clone(), BTreeSet::new()));
+            if *v != value {
+                let v = v.clone();
+                self.fail(format!(
                     "n{} stored {value:?} as {key:?} version {version}, which is {v:?}'s: two \
                      writes under one version",
                     i + 1
-                )),
-                Some(_) => {}
-                None => {
-                    self.stored.insert((key, version), value);
-                }
+                ));
             }
+            holders.insert(i);
         }
         if self.cfg.flush.is_none() {
             self.stores[i].flush(); // durable at once, whatever the writes led to
@@ -835,6 +843,18 @@ impl LlSim {
                 eprintln!("t={} crash n{}", self.now, i + 1);
             }
             self.paused[i] = false;
+            // Its own versions it alone held, not yet durable, are gone (unless still in
+            // flight to another node, which records them again when it stores them).
+            for (key, version) in std::mem::take(&mut self.stores[i].unflushed) {
+                if version.counter == i as u64 + 1
+                    && let Some((_, holders)) = self.stored.get_mut(&(key.clone(), version))
+                {
+                    holders.remove(&i);
+                    if holders.is_empty() {
+                        self.stored.remove(&(key, version));
+                    }
+                }
+            }
             self.stats.lost_unflushed += self.stores[i].crash();
             self.held[i].clear();
             // Requests it was coordinating are lost: their outcome is unknown.
