@@ -590,6 +590,27 @@ fn leaderless_quorum_fanout_reads_r_replicas_and_the_others_only_when_one_is_sil
     );
 }
 
+/// Whether a forwarded write was run: its coordinator sent it to a replica.
+fn ran(actions: &[Action]) -> bool {
+    actions.iter().any(|a| {
+        matches!(
+            a,
+            Action::Send {
+                msg: Msg::Write { .. },
+                ..
+            }
+        )
+    })
+}
+
+/// Whether a forwarded write was refused: answered "outcome unknown".
+fn refused(actions: &[Action]) -> bool {
+    actions.iter().any(|a| {
+        matches!(a, Action::Send { msg: Msg::ForwardReply { result: Err(e), .. }, .. }
+            if e.may_have_happened)
+    })
+}
+
 /// A repeat of a forwarded write whose first copy was lost (sent 200 ms ago, at a forwarder's
 /// clock 150 ms behind this node's) reaches a coordinator that started 250 ms ago. A node in
 /// its first life (a new data directory) has no earlier life that could have run it: it runs
@@ -629,23 +650,6 @@ fn a_repeated_forward_is_run_by_a_new_coordinator_and_refused_by_a_restarted_one
             },
         );
         node.settled_actions()
-    };
-    let ran = |actions: &[Action]| {
-        actions.iter().any(|a| {
-            matches!(
-                a,
-                Action::Send {
-                    msg: Msg::Write { .. },
-                    ..
-                }
-            )
-        })
-    };
-    let refused = |actions: &[Action]| {
-        actions.iter().any(|a| {
-            matches!(a, Action::Send { msg: Msg::ForwardReply { result: Err(e), .. }, .. }
-                if e.may_have_happened)
-        })
     };
     let fresh = repeat(true, 0);
     assert!(
@@ -694,17 +698,6 @@ fn a_coordinator_that_lost_its_copy_in_a_crash_refuses_a_repeat_it_ran_before() 
         age_ms,
         sent_hlc,
     };
-    let ran = |actions: &[Action]| {
-        actions.iter().any(|a| {
-            matches!(
-                a,
-                Action::Send {
-                    msg: Msg::Write { .. },
-                    ..
-                }
-            )
-        })
-    };
     // First life: runs it; what it sends waits for a bound above the forwarder's clock.
     let mut first = Leaderless::new(cfg.clone(), 0, t0);
     first.step(&mut SimStore::default(), t0 + 10, &members[1], forward(0));
@@ -740,13 +733,7 @@ fn a_coordinator_that_lost_its_copy_in_a_crash_refuses_a_repeat_it_ran_before() 
     };
     let again = restart(bound);
     assert!(!ran(&again), "run twice: {again:?}");
-    assert!(
-        again.iter().any(
-            |a| matches!(a, Action::Send { msg: Msg::ForwardReply { result: Err(e), .. }, .. }
-            if e.may_have_happened)
-        ),
-        "answered: outcome unknown: {again:?}"
-    );
+    assert!(refused(&again), "answered: outcome unknown: {again:?}");
     // What it did with only its stored copies' versions to go by.
     assert!(ran(&restart(0)), "the check needs the bound");
 }
@@ -777,17 +764,6 @@ fn a_repeat_that_arrives_after_its_record_was_dropped_is_refused() {
         age_ms,
         sent_hlc: sent_ms << 16,
     };
-    let ran = |actions: &[Action]| {
-        actions.iter().any(|a| {
-            matches!(
-                a,
-                Action::Send {
-                    msg: Msg::Write { .. },
-                    ..
-                }
-            )
-        })
-    };
     node.step(&mut store, t0 + 10, &members[1], forward(7, 0, t0 + 5));
     assert!(ran(&node.settled_actions()), "run once");
     // Long after the forwarder's deadline, the record is dropped.
@@ -796,13 +772,7 @@ fn a_repeat_that_arrives_after_its_record_was_dropped_is_refused() {
     node.step(&mut store, t0 + 1_010, &members[1], forward(7, 40, t0 + 5));
     let late = node.settled_actions();
     assert!(!ran(&late), "run twice: {late:?}");
-    assert!(
-        late.iter().any(
-            |a| matches!(a, Action::Send { msg: Msg::ForwardReply { result: Err(e), .. }, .. }
-            if e.may_have_happened)
-        ),
-        "answered: outcome unknown: {late:?}"
-    );
+    assert!(refused(&late), "answered: outcome unknown: {late:?}");
     // A request the forwarder first sent after that one, its first copy lost: run.
     node.step(
         &mut store,
