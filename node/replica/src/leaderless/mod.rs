@@ -709,7 +709,7 @@ impl Leaderless {
     /// carry) is below a bound recorded durably first, so none is given out again after a
     /// restart: two writes never share a version (a copy not yet durable when the node
     /// crashed, whose version had gone to the other replicas, did not raise the restarted
-    /// clock's floor; the simulator found versions given twice that way, seed 930552), and a
+    /// clock's floor; the simulator found versions given twice that way, seed 930099), and a
     /// restarted node knows a forwarded write sent before its start by the clocks (see
     /// `was_up_when_sent`). While the clock is above the durable bound, only the request for a
     /// higher one is returned; the rest waits for [`Leaderless::clock_persisted`].
@@ -1381,7 +1381,7 @@ impl Leaderless {
     /// its copy, recovered from storage, did not say so: the copy may not have been durable
     /// when the write went to the other replicas (the simulator found a forwarded write run
     /// twice that way, seed 911866).
-    /// A node that started with nothing stored (`booted_hlc` 0) counts as up all along.
+    /// A node in its first life (`booted_hlc` 0) counts as up all along.
     fn was_up_when_sent(&self, now: u64, age_ms: u64, sent_hlc: u64) -> bool {
         self.booted_hlc == 0
             || (now.saturating_sub(self.booted) > age_ms && sent_hlc > self.booted_hlc)
