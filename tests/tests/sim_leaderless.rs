@@ -98,6 +98,16 @@ fn sim_leaderless_heavy_loss_and_churn_still_converge() {
     run_many(heavy_loss_and_churn(), 300);
 }
 
+/// Writes made durable at a later step, and crashes (four times the default) taking back the
+/// rest.
+fn durable_later() -> LlConfig {
+    LlConfig {
+        flush: Some((0.5, 0.1)),
+        crash: 0.002,
+        ..LlConfig::default()
+    }
+}
+
 fn heavy_loss_and_churn() -> LlConfig {
     LlConfig {
         drop: 0.2,
@@ -182,11 +192,7 @@ fn sim_leaderless_a_hint_counts_only_for_its_own_replica_until_that_one_acknowle
 /// forwarded write run twice (seed 930517).
 #[test]
 fn sim_leaderless_durability_under_other_settings_keeps_every_invariant() {
-    let durable_later = LlConfig {
-        flush: Some((0.5, 0.1)),
-        crash: 0.002,
-        ..LlConfig::default()
-    };
+    let durable_later = durable_later();
     let settings = [
         LlConfig {
             read_repair: ReadRepair::Blocking,
@@ -250,11 +256,7 @@ fn sim_leaderless_durability_under_other_settings_keeps_every_invariant() {
 ///   (tried).
 #[test]
 fn sim_leaderless_seeds_that_ran_a_write_twice_or_gave_a_version_twice() {
-    let durable_later = LlConfig {
-        flush: Some((0.5, 0.1)),
-        crash: 0.002,
-        ..LlConfig::default()
-    };
+    let durable_later = durable_later();
     let runs = [
         (
             930_099,
