@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes};
 use kv_proto::kv::v1 as pb;
@@ -392,7 +392,8 @@ pub fn start(
     // clock does.
     let mut floor = clock.durable();
     store.scan(&mut |_, s| floor = floor.max(s.version.epoch));
-    let mut core = Leaderless::new(cfg, floor, now_ms());
+    let timers = TimerClock::new(now_ms());
+    let mut core = Leaderless::new(cfg, floor, timers.read(now_ms()).0);
     core.recover_hints(&store);
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = LlHandle {
@@ -412,6 +413,7 @@ pub fn start(
         next_req: 1,
         local: VecDeque::new(),
         clock,
+        timers,
     };
     tokio::spawn(driver.run(rx));
     handle
@@ -431,6 +433,37 @@ struct Driver {
     /// Messages to itself, delivered before the next input.
     local: VecDeque<Msg>,
     clock: ClockKeeper,
+    timers: TimerClock,
+}
+
+/// The time the core's timers run on (request deadlines, retries, hint rounds, anti-entropy):
+/// the wall clock at the node's start plus the monotonic time since, so that a step of the
+/// wall clock (NTP stepping a clock that was far off, an operator's `date -s`) neither fires
+/// every pending timer at once nor holds them all back by the step. Versions still follow the
+/// wall clock: the core adds the difference as its clock offset (its hybrid clock never goes
+/// back). Before, timers ran on the wall clock: in the simulator, a node whose clock was
+/// stepped back by seconds held its hints that long (seeds 10, 24, 28 of a sweep with clock
+/// steps of up to 5 s).
+struct TimerClock {
+    wall_at_start: u64,
+    start: Instant,
+}
+
+impl TimerClock {
+    fn new(wall_ms: u64) -> TimerClock {
+        TimerClock {
+            wall_at_start: wall_ms,
+            start: Instant::now(),
+        }
+    }
+
+    /// The timer time now, and how far the wall clock (`wall_ms`, read now) is ahead of it.
+    fn read(&self, wall_ms: u64) -> (u64, i64) {
+        let timer = self
+            .wall_at_start
+            .saturating_add(self.start.elapsed().as_millis() as u64);
+        (timer, wall_ms as i64 - timer as i64)
+    }
 }
 
 /// What a leaderless node keeps durably.
@@ -462,10 +495,18 @@ impl ClockKeeper {
 }
 
 impl Driver {
+    /// The timer time to give the core now; sets its clock offset so that its versions follow
+    /// the wall clock (plus the offset the fault filter holds).
+    fn now(&mut self) -> u64 {
+        let (timer, wall_ahead) = self.timers.read(now_ms());
+        self.core
+            .set_clock_offset(wall_ahead.saturating_add(self.transport.clock_offset_ms()));
+        timer
+    }
+
     /// Tells the core which peers the transport can reach now (and `list` who they are), and
     /// the clock offset the fault filter holds.
     fn refresh_reachable(&mut self, mut list: Option<&mut Vec<NodeId>>) {
-        self.core.set_clock_offset(self.transport.clock_offset_ms());
         for m in &self.members {
             if *m != self.me {
                 let up = self.transport.reachable(m);
@@ -502,7 +543,8 @@ impl Driver {
                     let mut reachable = Vec::new();
                     self.refresh_reachable(Some(&mut reachable));
                     *self.shared.reachable.lock().unwrap_or_else(|p| p.into_inner()) = reachable;
-                    self.core.tick(&mut self.store, now_ms());
+                    let now = self.now();
+                    self.core.tick(&mut self.store, now);
                     purge_hints += 1;
                     if purge_hints >= 100 {
                         // Delivered hints are tombstones in the hint store: drop them.
@@ -520,7 +562,7 @@ impl Driver {
     }
 
     fn input(&mut self, m: In) {
-        let now = now_ms();
+        let now = self.now();
         match m {
             In::Put {
                 key,
@@ -589,7 +631,8 @@ impl Driver {
                 match self.local.pop_front() {
                     Some(msg) => {
                         let me = self.me.clone();
-                        self.core.step(&mut self.store, now_ms(), &me, msg);
+                        let now = self.now();
+                        self.core.step(&mut self.store, now, &me, msg);
                         continue;
                     }
                     None => break,
@@ -1050,5 +1093,25 @@ mod tests {
         assert_eq!(st.hint_count(), 1);
         st.put(&key, &s(Some("v"), 6));
         assert_eq!(st.get(&key), Some(s(Some("v"), 6)));
+    }
+
+    /// A step of the wall clock moves only the offset versions are given with, never the
+    /// timer time (which before followed the wall clock: a step back held every timer).
+    #[test]
+    fn a_wall_clock_step_moves_versions_not_timers() {
+        let wall = 1_700_000_000_000;
+        let timers = TimerClock::new(wall);
+        let (t0, ahead) = timers.read(wall);
+        assert!(t0 >= wall && t0 < wall + 1000, "{t0}");
+        assert!(ahead.abs() < 1000, "{ahead}");
+        std::thread::sleep(Duration::from_millis(20));
+        // The wall clock stepped back an hour: timers go on from where they were.
+        let (t1, ahead) = timers.read(wall - 3_600_000);
+        assert!(t1 >= t0 + 20 && t1 < t0 + 1000, "{t0} {t1}");
+        assert!((-3_601_000..=-3_599_000).contains(&ahead), "{ahead}");
+        // And forward a day: nothing fires early.
+        let (t2, ahead) = timers.read(wall + 86_400_000);
+        assert!(t2 >= t1 && t2 < t1 + 1000, "{t1} {t2}");
+        assert!((86_399_000..=86_401_000).contains(&ahead), "{ahead}");
     }
 }

@@ -75,6 +75,12 @@ pub struct LlConfig {
     pub resume: f64,
     /// Clock skew: each node's clock is off by up to this many ms either way.
     pub skew_ms: u64,
+    /// Per step, with this probability, one node's clock is stepped (as NTP steps a clock) by
+    /// up to this many ms, forward or back.
+    pub clock_jump: Option<(f64, u64)>,
+    /// Tombstones are purged this long after their write (the default, longer than a run,
+    /// purges none); reads past a delete's grace period may find what it hid.
+    pub tombstone_grace_ms: u64,
     /// One node whose messages, both ways, are lost with this probability (a lossy link).
     pub lossy: Option<(usize, f64)>,
     /// Client deadline per request, in ms.
@@ -114,6 +120,8 @@ impl Default for LlConfig {
             pause: 0.0005,
             resume: 0.01,
             skew_ms: 200,
+            clock_jump: None,
+            tombstone_grace_ms: 1_000_000,
             lossy: None,
             timeout_ms: 300,
             hint_after_ms: 40,
@@ -141,6 +149,8 @@ pub struct SimStore {
     clock: u64,
     /// A bound asked for, durable with the next flush.
     clock_asked: u64,
+    /// Tombstones purged since the simulator last looked (key, version).
+    purged: Vec<(Bytes, Version)>,
 }
 
 #[derive(Clone)]
@@ -247,8 +257,15 @@ impl Store for SimStore {
     }
     fn purge_tombstones(&mut self, older_than_ms: u64) -> usize {
         let before = self.data.len();
-        self.data
-            .retain(|_, s| s.value.is_some() || s.written_ms >= older_than_ms);
+        let mut purged = Vec::new();
+        self.data.retain(|k, s| {
+            let keep = s.value.is_some() || s.written_ms >= older_than_ms;
+            if !keep {
+                purged.push((k.clone(), s.version));
+            }
+            keep
+        });
+        self.purged.extend(purged);
         before - self.data.len()
     }
     fn put_hint(&mut self, target: &NodeId, key: &Bytes, s: &Stored) -> Lsn {
@@ -330,6 +347,12 @@ pub struct LlStats {
     pub violations: u64,
     /// Runs whose check ran out of budget.
     pub unchecked: u64,
+    /// Clocks stepped (`LlConfig::clock_jump`).
+    pub clock_steps: u64,
+    /// Reads that found what a delete had hidden, past the delete's grace period.
+    pub resurrected: u64,
+    /// Tombstones purged, on all nodes.
+    pub tombstones_purged: u64,
 }
 
 enum Op {
@@ -361,6 +384,9 @@ pub struct LlSim {
     /// Per node: started before (a restart is not its first life).
     booted: Vec<bool>,
     skew: Vec<i64>,
+    /// Each node's skew when it started: its timers run on that clock, as the driver's run on
+    /// the wall clock at start plus monotonic time (a clock step moves only its versions).
+    timer_skew: Vec<i64>,
     net: Vec<Packet>,
     now: u64,
     blocked: BTreeSet<(usize, usize)>,
@@ -368,7 +394,7 @@ pub struct LlSim {
     keys: Vec<Bytes>,
     ops: BTreeMap<u64, Op>,
     next_req: u64,
-    /// Per key: the highest version acknowledged, and when.
+    /// Per key: the versions acknowledged, and when.
     acked: Vec<Vec<(u64, Version)>>,
     /// Paused nodes: no ticks, no deliveries (their messages wait), no new client requests.
     paused: Vec<bool>,
@@ -382,6 +408,8 @@ pub struct LlSim {
     /// and which nodes hold or held it (a node's own version, lost in a crash before it was
     /// durable or had left the node, may be given again: nobody saw it).
     stored: BTreeMap<(Bytes, Version), (Option<Bytes>, BTreeSet<usize>)>,
+    /// Per key: the newest tombstone purged on any node.
+    purged: BTreeMap<usize, Version>,
     /// `KV_SIM_TRACE` set: every delivery, crash and start is printed.
     trace: bool,
     stats: LlStats,
@@ -396,7 +424,7 @@ impl LlSim {
     pub fn new(seed: u64, cfg: LlConfig) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let members: Vec<NodeId> = (1..=cfg.nodes).map(|i| NodeId(format!("n{i}"))).collect();
-        let skew = (0..cfg.nodes)
+        let skew: Vec<i64> = (0..cfg.nodes)
             .map(|_| rng.random_range(-(cfg.skew_ms as i64)..=cfg.skew_ms as i64))
             .collect();
         let keys = (0..cfg.keys)
@@ -411,6 +439,7 @@ impl LlSim {
             held: (0..cfg.nodes).map(|_| Vec::new()).collect(),
             booted: vec![false; cfg.nodes],
             members,
+            timer_skew: skew.clone(),
             skew,
             net: Vec::new(),
             now: 1000,
@@ -424,6 +453,7 @@ impl LlSim {
             versions: BTreeMap::new(),
             values: BTreeMap::new(),
             stored: BTreeMap::new(),
+            purged: BTreeMap::new(),
             trace: std::env::var_os("KV_SIM_TRACE").is_some(),
             stats: LlStats::default(),
             dead_stats: LlStats::default(),
@@ -497,8 +527,14 @@ impl LlSim {
         }
     }
 
-    fn clock(&self, i: usize) -> u64 {
-        (self.now as i64 + 1000 + self.skew[i]) as u64
+    /// Node `i`'s timer time; sets its clock offset so that its versions follow its (possibly
+    /// stepped) wall clock, as the driver does.
+    fn clock(&mut self, i: usize) -> u64 {
+        let offset = self.skew[i] - self.timer_skew[i];
+        if let Some(n) = self.nodes[i].as_mut() {
+            n.set_clock_offset(offset);
+        }
+        (self.now as i64 + 1000 + self.timer_skew[i]) as u64
     }
 
     fn boot(&mut self, i: usize) {
@@ -516,7 +552,7 @@ impl LlSim {
         cfg.hint_after_ms = self.cfg.hint_after_ms;
         cfg.hint_retry_ms = 50;
         cfg.anti_entropy_ms = 60;
-        cfg.tombstone_grace_ms = 1_000_000;
+        cfg.tombstone_grace_ms = self.cfg.tombstone_grace_ms;
         cfg.clock_margin_ms = 50;
         cfg.first_life = !self.booted[i];
         // From a generator of its own, so that the faults and traffic of a seed stay the same.
@@ -524,6 +560,7 @@ impl LlSim {
             .op_ids
             .random_range(1..kv_replica::leaderless::OP_IDS_BELOW);
         self.booted[i] = true;
+        self.timer_skew[i] = self.skew[i];
         let floor = self.stores[i]
             .data
             .values()
@@ -619,6 +656,33 @@ impl LlSim {
     }
 
     fn drain(&mut self, i: usize) {
+        for (key, version) in std::mem::take(&mut self.stores[i].purged) {
+            // The delete was made no earlier than its version's clock reading less the skew
+            // (a hybrid clock runs up to the fastest clock it heard from), and nodes purge by
+            // their own clocks, skewed by up to `skew_ms` either way.
+            let jumps = self.cfg.clock_jump.map_or(0, |(_, max)| 2 * max);
+            let made_by = kv_replica::leaderless::physical_ms(version.epoch)
+                .saturating_sub(1000 + self.cfg.skew_ms + jumps);
+            let grace = self
+                .cfg
+                .tombstone_grace_ms
+                .saturating_sub(2 * self.cfg.skew_ms);
+            if self.now < made_by + grace {
+                self.fail(format!(
+                    "n{} purged the tombstone of {key:?} version {version}, made at {made_by} \
+                     or later, within its grace period",
+                    i + 1
+                ));
+            }
+            self.stats.tombstones_purged += 1;
+            let k = self
+                .keys
+                .iter()
+                .position(|c| *c == key)
+                .expect("a client key");
+            let p = self.purged.entry(k).or_insert(version);
+            *p = (*p).max(version);
+        }
         for (key, version, value) in std::mem::take(&mut self.stores[i].written) {
             let (v, holders) = self
                 .stored
@@ -788,7 +852,13 @@ impl LlSim {
                         if let Ok(ok) = result {
                             self.stats.reads += 1;
                             let got = ok.stored.as_ref().map_or(Version::ZERO, |s| s.version);
-                            if got < floor {
+                            if got < floor && self.purged.get(&key).is_some_and(|&p| p >= floor) {
+                                // A delete at least as new as the floor was purged (past its
+                                // grace period: checked when purged), and the key may show
+                                // what it hid, from a replica that missed it: Cassandra's
+                                // zombie, which the grace period is there to prevent.
+                                self.stats.resurrected += 1;
+                            } else if got < floor {
                                 self.stats.stale_reads += 1;
                                 if self.cfg.r + self.cfg.w > self.cfg.n && !self.cfg.sloppy {
                                     self.fail(format!(
@@ -892,6 +962,19 @@ impl LlSim {
         if self.rng.random_bool(self.cfg.resume) {
             let i = self.rng.random_range(0..self.cfg.nodes);
             self.paused[i] = false;
+        }
+        // Drawn only when configured, so that other settings' seeds keep their faults.
+        if let Some((p, max)) = self.cfg.clock_jump
+            && self.rng.random_bool(p)
+        {
+            let i = self.rng.random_range(0..self.cfg.nodes);
+            let by = self.rng.random_range(-(max as i64)..=max as i64);
+            // Never before the simulation's epoch (clocks start 1000 ms in).
+            self.skew[i] = (self.skew[i] + by).max(-900);
+            self.stats.clock_steps += 1;
+            if self.trace {
+                eprintln!("t={} clock n{} stepped by {by} ms", self.now, i + 1);
+            }
         }
     }
 
@@ -1109,8 +1192,10 @@ impl LlSim {
                     String::from_utf8_lossy(key)
                 ));
             }
+            // A purged tombstone counts: what it hid is gone by design.
+            let purged = self.purged.get(&k).copied();
             if let Some(&(at, v)) = self.acked[k].iter().max_by_key(|(_, v)| *v)
-                && newest < Some(v)
+                && newest.max(purged) < Some(v)
             {
                 self.fail(format!(
                     "write {v} to {} acknowledged at {at} was lost: replicas hold {copies:?}",
