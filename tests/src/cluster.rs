@@ -41,11 +41,22 @@ impl Cluster {
         let mut args = vec!["--mode", "leaderless"];
         args.extend_from_slice(extra);
         let c = Self::spawn(n, &args)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
+        c.wait_connected(Duration::from_secs(10)).await?;
+        Ok(c)
+    }
+
+    /// Waits until every leaderless node reaches every other.
+    ///
+    /// # Errors
+    /// They do not all connect within `limit`.
+    pub async fn wait_connected(&self, limit: Duration) -> anyhow::Result<()> {
+        let n = self.nodes.len();
+        let deadline = Instant::now() + limit;
         loop {
             let mut connected = 0;
             for i in 0..n {
-                if self::Cluster::status(&c, i)
+                if self
+                    .status(i)
                     .await
                     .is_some_and(|s| s.reachable.len() + 1 == n)
                 {
@@ -53,10 +64,10 @@ impl Cluster {
                 }
             }
             if connected == n {
-                return Ok(c);
+                return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("only {connected} of {n} leaderless nodes reach every peer after 10 s");
+                bail!("only {connected} of {n} leaderless nodes reach every peer after {limit:?}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

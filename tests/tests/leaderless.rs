@@ -2,7 +2,8 @@
 //! with `kill -9` while writes continue gets its hints when it returns; a replica made stale on
 //! purpose is repaired by a read; anti-entropy repairs a key nobody reads; R=W=1 under a
 //! partition gives stale reads and concurrent writes, and the conflicts are counted; a node
-//! killed and started again gives versions above the clock bound it recorded.
+//! killed and started again gives versions above the clock bound it recorded; nodes whose wall
+//! clocks step back (libfaketime) still deliver their hints.
 
 use std::time::{Duration, Instant};
 
@@ -887,4 +888,105 @@ async fn a_restarted_node_gives_versions_above_the_clock_bound_it_recorded() {
     };
     // From its stored copy alone, its clock would have started just above `before`.
     assert!(after > bound, "after the restart {after}, bound {bound}");
+}
+
+/// libfaketime (Debian's `faketime`; `.ci/run` installs it): preloaded, it fakes a process's
+/// wall clock (not its monotonic clock), by an offset read from a file at every reading.
+fn libfaketime() -> std::path::PathBuf {
+    std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.exists())
+        .expect("libfaketime, to step the nodes' clocks: apt-get install faketime")
+}
+
+/// Every node's wall clock stepped back a minute (as NTP steps a clock that was far off) while
+/// one replica is down and the others hold hints for it: the hints still reach it when it
+/// returns, within seconds. Timers used to run on the wall clock, so a node stepped back held
+/// its hint rounds a minute (this test fails so: tried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_whose_clocks_step_back_still_deliver_hints() {
+    let _serial = SERIAL.lock().await;
+    let lib = libfaketime();
+    let extra = ["--anti-entropy-interval", "0s", "--worker-threads", "1"];
+    let mut c = Cluster::start_leaderless(5, &[&NRW[..], &extra].concat())
+        .await
+        .expect("cluster");
+    let clocks = tempfile::tempdir().expect("tempdir");
+    let offset = |i: usize| clocks.path().join(format!("n{}", i + 1));
+    for i in 0..c.nodes.len() {
+        std::fs::write(offset(i), "+0").expect("offset file");
+        let n = &mut c.nodes[i];
+        n.set_env("LD_PRELOAD", &lib.to_string_lossy());
+        n.set_env("FAKETIME_TIMESTAMP_FILE", &offset(i).to_string_lossy());
+        n.set_env("FAKETIME_NO_CACHE", "1");
+        n.set_env("DONT_FAKE_MONOTONIC", "1");
+        n.restart().expect("restart under libfaketime");
+    }
+    c.wait_connected(Duration::from_secs(10))
+        .await
+        .expect("connected");
+
+    // The files move the nodes' clocks: one stepped an hour ahead gives versions an hour on.
+    let key = "stepped";
+    let a = replicas(&c, key)[0];
+    std::fs::write(offset(a), "+3600s").expect("step ahead");
+    let r = kvctl(
+        &c.nodes[a].endpoint(),
+        &["--output", "json", "put", key, "v"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    let epoch: u64 = v["version"]
+        .as_str()
+        .and_then(|s| s.split('.').next())
+        .and_then(|s| s.parse().ok())
+        .expect("a version");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_millis() as u64;
+    let ahead_s = (kv_replica::leaderless::physical_ms(epoch) as i64 - now_ms as i64) / 1000;
+    assert!(
+        (3590..3700).contains(&ahead_s),
+        "version {ahead_s} s ahead: {r:?}"
+    );
+
+    let victim = 2;
+    let keys: Vec<String> = (0..60)
+        .map(|i| format!("key-{i}"))
+        .filter(|k| replicas(&c, k).contains(&victim))
+        .collect();
+    c.nodes[victim].kill9();
+    let mut client = c.client(0).await.expect("client");
+    for k in &keys {
+        // One forwarded to the victim before n1 noticed its death may end "outcome unknown".
+        let _ = client.put(put(k, "while-down", 0)).await;
+    }
+    eventually(5, "hints stored for the dead replica", || {
+        c.metric_sum("kv_hints_pending") >= (keys.len() - 1) as f64
+    })
+    .await;
+    // Every clock a minute back (the one an hour ahead too: 61 minutes).
+    for i in 0..c.nodes.len() {
+        std::fs::write(offset(i), "-60s").expect("step back");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.nodes[victim].start_again().expect("restart the victim");
+    eventually(15, "every hint delivered", || {
+        c.metric_sum("kv_hints_pending") == 0.0
+    })
+    .await;
+    let mut stored = 0;
+    for k in &keys {
+        if local(&c, victim, k) == "while-down" {
+            stored += 1;
+        }
+    }
+    assert!(
+        stored + 1 >= keys.len(),
+        "{stored} of {} on the returned replica",
+        keys.len()
+    );
 }
