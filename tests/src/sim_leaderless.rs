@@ -793,11 +793,14 @@ impl LlSim {
                                     }
                                 }
                                 // Every replica that acknowledged holds the write (or a newer
-                                // copy) durably.
+                                // copy) durably, or purged it: a tombstone past its grace period
+                                // by then (a grace period shorter than a deadline).
+                                let purged =
+                                    self.purged.get(&key).is_some_and(|&p| p >= ok.version);
                                 for r in &ok.acked {
                                     let j = self.members.binary_search(r).expect("member");
                                     let held = self.stores[j].durable_version(&self.keys[key]);
-                                    if held < Some(ok.version) {
+                                    if held < Some(ok.version) && !purged {
                                         self.fail(format!(
                                             "write {} acknowledged by {r}, which holds {held:?} \
                                              durably: {ok:?}",
