@@ -11,6 +11,7 @@
 #   drop   drop 30% of the messages to and from a node for 1 s
 #   delay  delay the messages to and from a node by 30 ms for 1 s
 #   calm   nothing for 1 s
+#   step   (with STEP=MS) step a node's wall clock by up to MS ms either way, back 1 s later
 #
 #   bench/scripts/nemesis.sh OUT_DIR [SECONDS] [SEED] [-- CLUSTER_UP_ARGS...]
 #   e.g. bench/scripts/nemesis.sh /tmp/drill 60 1 -- --mode leaderless --n 3 --r 2 --w 2
@@ -18,7 +19,10 @@
 # Defaults: 60 s, seed 1, `--mode leader-follower --n NODES --w <majority>`; MIX=read=40,write=40,delete=20
 # (environment) replaces the operation mix. SKEW=MS (environment; leaderless) sets each node's
 # clock up to MS ms ahead or behind (kvctl fault clock, drawn from the seed, applied again after
-# every fault) for the versions it gives. The same seed gives the same faults in the same
+# every fault) for the versions it gives. STEP=MS (environment) runs every node under
+# libfaketime (Debian's faketime package), each with a clock of its own, and adds the step
+# fault: the node's real wall clock (what its versions, and before, its timers followed) jumps
+# ahead or back, as NTP steps a clock that was far off. The same seed gives the same faults in the same
 # order (their timing is the machine's). Writes into OUT_DIR: nemesis.log
 # (seconds since the start, fault; leader-follower: "  heard N leaders at once: nX" under a
 # fault after which a node's kv_leaders_observed rose to 2 or more), bench/ (kv-bench
@@ -59,7 +63,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-UP=("$BIN/kvctl" cluster up --nodes "$NODES" --base-port 7601 --admin-base-port 9601 --data-dir "$DATA" "${CLUSTER[@]}")
+STEP=${STEP:-0}
+[[ $STEP =~ ^[0-9]+$ ]] || { echo "STEP must be a whole number of ms: $STEP" >&2; exit 2; }
+CLOCKS=()
+if [ "$STEP" -gt 0 ]; then
+  LIB=$(ls /usr/lib/*/faketime/libfaketimeMT.so.1 2>/dev/null | head -1)
+  [ -n "$LIB" ] || { echo "STEP needs libfaketime: apt-get install faketime" >&2; exit 2; }
+  mkdir -p "$DATA/clocks"
+  for i in $(seq "$NODES"); do echo "+0" > "$DATA/clocks/n$i"; done
+  CLOCKS=(--node-env "LD_PRELOAD=$LIB" --node-env FAKETIME_NO_CACHE=1 --node-env DONT_FAKE_MONOTONIC=1
+          --node-env "FAKETIME_TIMESTAMP_FILE=$DATA/clocks/{id}")
+fi
+UP=("$BIN/kvctl" cluster up --nodes "$NODES" --base-port 7601 --admin-base-port 9601 --data-dir "$DATA" "${CLOCKS[@]}" "${CLUSTER[@]}")
 echo "${UP[*]}" > "$OUT/commands.txt"
 "${UP[@]}" > "$OUT/cluster.out" 2>&1 &
 SUP=$!
@@ -115,7 +130,8 @@ while [ $SECONDS -lt $end ]; do
   sleep "0.$((RANDOM % 9 + 1))"
   n=n$((RANDOM % NODES + 1))
   at=$(printf "%3d" $((SECONDS - start)))
-  case $((RANDOM % 6)) in
+  kinds=6; [ "$STEP" -gt 0 ] && kinds=7
+  case $((RANDOM % kinds)) in
     0) echo "$at kill $n"; node kill $n; sleep 1; node start $n ;;
     1) echo "$at pause $n"; node pause $n; sleep "1.$((RANDOM % 9))"; node resume $n ;;
     2) a=$((RANDOM % NODES + 1)); b=$((a % NODES + 1))
@@ -124,6 +140,9 @@ while [ $SECONDS -lt $end ]; do
     3) echo "$at drop $n 0.3"; fault drop $n 0.3; sleep 1; fault heal ;;
     4) echo "$at delay $n 30ms"; fault delay $n 30ms; sleep 1; fault heal ;;
     5) echo "$at calm"; sleep 1 ;;
+    6) ms=$(( (RANDOM * 32768 + RANDOM) % (2 * STEP + 1) - STEP ))
+       by=$(awk -v m="$ms" 'BEGIN { printf "%+.3f", m / 1000 }')
+       echo "$at step $n ${by}s"; echo "$by" > "$DATA/clocks/$n"; sleep 1; echo "+0" > "$DATA/clocks/$n" ;;
   esac
   skew
   heard

@@ -100,6 +100,36 @@ pub fn sim_seeds(default: u64) -> Vec<u64> {
     }
 }
 
+/// libfaketime (Debian's `faketime`; `.ci/run` installs it): preloaded, it fakes a process's
+/// wall clock (not its monotonic clock), by an offset read from a file at every reading.
+///
+/// # Panics
+/// If it is not installed.
+pub fn libfaketime() -> PathBuf {
+    std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.exists())
+        .expect("libfaketime, to step the nodes' clocks: apt-get install faketime")
+}
+
+/// The version's epoch (leaderless: a hybrid clock reading) in what `kvctl --output json put`
+/// printed.
+pub fn put_epoch(json: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    v["version"].as_str()?.split('.').next()?.parse().ok()
+}
+
+/// How many seconds the wall-clock time in a hybrid clock reading is ahead of now.
+pub fn secs_ahead(epoch: u64) -> i64 {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    (kv_replica::leaderless::physical_ms(epoch) as i64 - now_ms) / 1000
+}
+
 /// The `summary.json` a `kv-bench run --out DIR` wrote.
 ///
 /// # Panics

@@ -164,6 +164,39 @@ fn start(extra: &[&str], dir: &std::path::Path) -> (Up, String, Vec<String>) {
     (child, endpoints, seen)
 }
 
+/// `--node-env` gives every node a variable, `{id}` replaced by its id: here a clock file of
+/// its own for libfaketime, n2's an hour ahead, which shows in the versions n2 gives.
+#[test]
+fn cluster_up_gives_each_node_the_environment_asked_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clocks = dir.path().join("clocks");
+    std::fs::create_dir(&clocks).expect("clocks");
+    for (id, offset) in [("n1", "+0"), ("n2", "+3600"), ("n3", "+0")] {
+        std::fs::write(clocks.join(id), offset).expect("clock file");
+    }
+    let lib = kv_tests::libfaketime();
+    let env = [
+        format!("LD_PRELOAD={}", lib.display()),
+        "DONT_FAKE_MONOTONIC=1".to_string(),
+        "FAKETIME_NO_CACHE=1".to_string(),
+        format!("FAKETIME_TIMESTAMP_FILE={}/{{id}}", clocks.display()),
+    ];
+    let mut args = vec!["--mode", "leaderless", "--n", "3", "--r", "2", "--w", "2"];
+    for e in &env {
+        args.extend(["--node-env", e.as_str()]);
+    }
+    let (_up, endpoints, _) = start(&args, &dir.path().join("data"));
+    // A write that n2 coordinates (the key's first replica) carries its clock.
+    let n2 = endpoints.split(',').nth(1).expect("n2's endpoint");
+    let r = (0..50)
+        .map(|i| kvctl(n2, &["--output", "json", "put", &format!("k{i}"), "v"]))
+        .find(|r| r.stdout.contains("\"node\":\"n2\""))
+        .expect("a write coordinated by n2");
+    let epoch = kv_tests::put_epoch(&r.stdout).expect("a version");
+    let ahead_s = kv_tests::secs_ahead(epoch);
+    assert!((3590..3700).contains(&ahead_s), "{ahead_s} s ahead: {r:?}");
+}
+
 #[test]
 fn cluster_up_refuses_sizes_and_ports_that_cannot_work_with_exit_2() {
     for (args, needle) in [

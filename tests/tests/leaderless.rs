@@ -869,7 +869,7 @@ async fn a_restarted_node_gives_versions_above_the_clock_bound_it_recorded() {
         );
         let v: serde_json::Value = serde_json::from_str(&r.stdout).ok()?;
         assert_eq!(v["node"], ida.as_str(), "{r:?}");
-        v["version"].as_str()?.split('.').next()?.parse().ok()
+        kv_tests::put_epoch(&r.stdout)
     };
     let before = put(&c).expect("a put through the node");
     let bound = kv_node::data_dir::ClockBound::open(&c.dirs[a])
@@ -890,18 +890,6 @@ async fn a_restarted_node_gives_versions_above_the_clock_bound_it_recorded() {
     assert!(after > bound, "after the restart {after}, bound {bound}");
 }
 
-/// libfaketime (Debian's `faketime`; `.ci/run` installs it): preloaded, it fakes a process's
-/// wall clock (not its monotonic clock), by an offset read from a file at every reading.
-fn libfaketime() -> std::path::PathBuf {
-    std::fs::read_dir("/usr/lib")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
-        .find(|p| p.exists())
-        .expect("libfaketime, to step the nodes' clocks: apt-get install faketime")
-}
-
 /// Every node's wall clock stepped back a minute (as NTP steps a clock that was far off) while
 /// one replica is down and the others hold hints for it: the hints still reach it when it
 /// returns, within seconds. Timers used to run on the wall clock, so a node stepped back held
@@ -909,7 +897,7 @@ fn libfaketime() -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_whose_clocks_step_back_still_deliver_hints() {
     let _serial = SERIAL.lock().await;
-    let lib = libfaketime();
+    let lib = kv_tests::libfaketime();
     let extra = ["--anti-entropy-interval", "0s", "--worker-threads", "1"];
     let mut c = Cluster::start_leaderless(5, &[&NRW[..], &extra].concat())
         .await
@@ -937,17 +925,8 @@ async fn nodes_whose_clocks_step_back_still_deliver_hints() {
         &c.nodes[a].endpoint(),
         &["--output", "json", "put", key, "v"],
     );
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
-    let epoch: u64 = v["version"]
-        .as_str()
-        .and_then(|s| s.split('.').next())
-        .and_then(|s| s.parse().ok())
-        .expect("a version");
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("time")
-        .as_millis() as u64;
-    let ahead_s = (kv_replica::leaderless::physical_ms(epoch) as i64 - now_ms as i64) / 1000;
+    let epoch = kv_tests::put_epoch(&r.stdout).expect("a version");
+    let ahead_s = kv_tests::secs_ahead(epoch);
     assert!(
         (3590..3700).contains(&ahead_s),
         "version {ahead_s} s ahead: {r:?}"

@@ -76,10 +76,24 @@ pub(crate) struct UpArgs {
     /// Keep data in memory instead of under --data-dir (lost when a node stops).
     #[arg(long)]
     memory: bool,
+    /// An environment variable for every node, `KEY=VALUE`, with `{id}` in VALUE replaced by
+    /// the node's id (repeatable); e.g. with libfaketime preloaded,
+    /// `--node-env 'FAKETIME_TIMESTAMP_FILE=/tmp/clocks/{id}'` gives each node a clock of its
+    /// own (bench/scripts/nemesis.sh's STEP=).
+    #[arg(long = "node-env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    node_env: Vec<(String, String)>,
     /// More kv-node flags for every node, after `--`; e.g.
     /// `-- --read-repair blocking --anti-entropy-interval 2s` (see `kv-node --help`).
     #[arg(last = true, value_name = "KV_NODE_FLAGS")]
     node_args: Vec<String>,
+}
+
+/// `KEY=VALUE` of `--node-env`.
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 /// Where the last `cluster up` records its data directory.
@@ -287,6 +301,9 @@ async fn up(a: UpArgs, t: Duration) -> ExitCode {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        for (k, v) in &a.node_env {
+            cmd.env(k, v.replace("{id}", &id));
+        }
         if a.memory {
             cmd.args(["--storage", "memory"]);
         } else {
