@@ -687,8 +687,11 @@ mod tests {
         let e: Vec<Entry> = (1..=6).map(|i| put(1, i, "value")).collect();
         assert!(write_through_writer(dir.path(), &e[..3]).is_empty());
         // Zeros ahead of the records; the log ends at its last record, and reopening keeps them.
-        let data = entry_bytes(&e[..3]).len() as u64;
-        assert!(len() >= data + PREALLOCATE as u64, "{} bytes", len());
+        // The first batch grew the file by PREALLOCATE past its end; it may have held only the
+        // first entry (the writer took it before the others came: this assertion, written for
+        // one batch of three, failed so once in a clean-clone CI run).
+        let first = entry_bytes(&e[..1]).len() as u64;
+        assert!(len() >= first + PREALLOCATE as u64, "{} bytes", len());
         let before = len();
         assert_eq!(write_through_writer(dir.path(), &e[3..4]), e[..3]);
         assert_eq!(len(), before, "nothing truncated, nothing grown");
