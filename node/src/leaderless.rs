@@ -439,11 +439,12 @@ struct Driver {
 /// The time the core's timers run on (request deadlines, retries, hint rounds, anti-entropy):
 /// the wall clock at the node's start plus the monotonic time since, so that a step of the
 /// wall clock (NTP stepping a clock that was far off, an operator's `date -s`) neither fires
-/// every pending timer at once nor holds them all back by the step. Versions still follow the
-/// wall clock: the core adds the difference as its clock offset (its hybrid clock never goes
-/// back). Before, timers ran on the wall clock: in the simulator, a node whose clock was
-/// stepped back by seconds held its hints that long (seeds 10, 24, 28 of a sweep with clock
-/// steps of up to 5 s).
+/// every pending timer at once nor holds them all back by the step. Versions and tombstone
+/// ages still follow the wall clock: the core adds the difference as its clock offset (its
+/// hybrid clock never goes back). Before, timers ran on the wall clock: in the simulator, a
+/// node whose clock was stepped back by seconds held its hints that long (seeds 10, 24, 28, 38,
+/// 39 of a sweep with clock steps of up to 5 s; with real processes,
+/// `nodes_whose_clocks_step_back_still_deliver_hints`).
 struct TimerClock {
     wall_at_start: u64,
     start: Instant,
@@ -504,8 +505,7 @@ impl Driver {
         timer
     }
 
-    /// Tells the core which peers the transport can reach now (and `list` who they are), and
-    /// the clock offset the fault filter holds.
+    /// Tells the core which peers the transport can reach now (and `list` who they are).
     fn refresh_reachable(&mut self, mut list: Option<&mut Vec<NodeId>>) {
         for m in &self.members {
             if *m != self.me {

@@ -925,6 +925,44 @@ fn a_clock_offset_moves_the_versions_a_node_gives_and_never_back() {
     assert_eq!(kv_replica::leaderless::physical_ms(behind), now + 10_001);
 }
 
+/// Tombstones are stamped and aged by the wall clock, not by timer time (the wall clock at the
+/// node's start plus monotonic time, which can be off by a step of the wall clock since): here
+/// the wall clock is a minute ahead of timer time, as after NTP stepped it forward.
+#[test]
+fn tombstone_ages_follow_the_wall_clock_not_timer_time() {
+    use kv_replica::Version;
+    use kv_replica::leaderless::{Store as _, Stored, VClock};
+    let (members, mut node, mut store, opts) = lone_node(3, |c| {
+        c.tombstone_grace_ms = 10_000;
+        c.anti_entropy_ms = 100;
+    });
+    let key = (0..100)
+        .map(|k| Bytes::from(format!("k{k}")))
+        .find(|k| node.replicas(k)[0] == members[0])
+        .expect("a key n1 coordinates");
+    let now = 1_000_000;
+    node.set_clock_offset(60_000);
+    node.put(&mut store, now, 1, key.clone(), None, opts);
+    let _ = node.settled_actions();
+    let stamped = store.get(&key).expect("the tombstone").written_ms;
+    assert_eq!(stamped, now + 60_000, "stamped by the wall clock");
+    // A tombstone written 12 s ago by the wall clock (2 s past its grace period), 48 s ahead
+    // by timer time: purged.
+    let other = Bytes::from("other");
+    store.put(
+        &other,
+        &Stored {
+            value: None,
+            version: Version::new(1 << 16, 2),
+            clock: VClock::default(),
+            written_ms: now + 60_000 - 12_000,
+        },
+    );
+    node.tick(&mut store, now);
+    assert!(store.get(&other).is_none(), "purged by its wall-clock age");
+    assert!(store.get(&key).is_some(), "the fresh one kept");
+}
+
 /// A replica that already holds a concurrent write with a higher version acknowledges a
 /// write it hides, and says so; the coordinator names it in its answer (kvctl prints it: the
 /// client learns that last-writer-wins hid its acknowledged write, which Cassandra keeps quiet).

@@ -872,7 +872,9 @@ impl Leaderless {
             value,
             version: Version::new(ts, u64::from(self.number())),
             clock,
-            written_ms: now,
+            // By the wall clock, which tombstone ages are measured by on every node (timer
+            // time is the wall clock at the node's start: it can be off by a step since).
+            written_ms: self.physical(now),
         };
         let op = self.op_id();
         // The other replicas believed reachable can make W without this node's copy: its
@@ -1765,7 +1767,8 @@ impl Leaderless {
         if self.cfg.anti_entropy_ms > 0 && now >= self.next_ae {
             self.next_ae = now + self.cfg.anti_entropy_ms;
             self.anti_entropy(store);
-            let purged = store.purge_tombstones(now.saturating_sub(self.cfg.tombstone_grace_ms));
+            let wall = self.physical(now);
+            let purged = store.purge_tombstones(wall.saturating_sub(self.cfg.tombstone_grace_ms));
             self.stats.tombstones_purged += purged as u64;
         }
     }
