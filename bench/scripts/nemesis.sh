@@ -21,8 +21,8 @@
 # clock up to MS ms ahead or behind (kvctl fault clock, drawn from the seed, applied again after
 # every fault) for the versions it gives. STEP=MS (environment) runs every node under
 # libfaketime (Debian's faketime package), each with a clock of its own, and adds the step
-# fault: the node's real wall clock (what its versions, and before, its timers followed) jumps
-# ahead or back, as NTP steps a clock that was far off. The same seed gives the same faults in the same
+# fault: the node's real wall clock (which its versions follow; its timers run on its monotonic
+# clock) jumps ahead or back, as NTP steps a clock that was far off. The same seed gives the same faults in the same
 # order (their timing is the machine's). Writes into OUT_DIR: nemesis.log
 # (seconds since the start, fault; leader-follower: "  heard N leaders at once: nX" under a
 # fault after which a node's kv_leaders_observed rose to 2 or more), bench/ (kv-bench
