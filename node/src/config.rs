@@ -130,9 +130,15 @@ impl FromStr for HumanDuration {
     }
 }
 
+impl std::fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
 impl Serialize for HumanDuration {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(self.0).to_string())
+        s.serialize_str(&self.to_string())
     }
 }
 
@@ -198,7 +204,15 @@ pub struct Config {
     pub vnodes: u32,
     /// Leader-follower: compact the log into a snapshot every this many applied entries.
     pub snapshot_entries: u64,
+    /// Leader-follower: a node that hears no leader for a random time between this and twice
+    /// this starts an election, and a leader that hears no majority this long steps down.
+    pub election_timeout: HumanDuration,
+    /// Leader-follower: how often a leader sends heartbeats (empty appends).
+    pub heartbeat_interval: HumanDuration,
 }
+
+/// Leader-follower timers count ticks of this length.
+pub const TICK: Duration = Duration::from_millis(10);
 
 impl Default for Config {
     fn default() -> Self {
@@ -228,6 +242,8 @@ impl Default for Config {
             anti_entropy_interval: HumanDuration(Duration::from_secs(10)),
             vnodes: 64,
             snapshot_entries: 10_000,
+            election_timeout: HumanDuration(Duration::from_millis(150)),
+            heartbeat_interval: HumanDuration(Duration::from_millis(30)),
         }
     }
 }
@@ -377,6 +393,26 @@ impl Config {
             return err(format!(
                 "--snapshot-entries {}: must be at least 10",
                 self.snapshot_entries
+            ));
+        }
+        let (election, heartbeat) = (self.election_timeout.0, self.heartbeat_interval.0);
+        if heartbeat < TICK {
+            return err(format!(
+                "--heartbeat-interval {}: must be at least {} (the timers' tick)",
+                self.heartbeat_interval,
+                HumanDuration(TICK)
+            ));
+        }
+        if election < heartbeat * 5 {
+            return err(format!(
+                "--election-timeout {}: must be at least 5 times --heartbeat-interval ({}), or a few late heartbeats start an election",
+                self.election_timeout, self.heartbeat_interval
+            ));
+        }
+        if election > Duration::from_secs(60) {
+            return err(format!(
+                "--election-timeout {}: at most 1m (a dead leader is replaced only after it)",
+                self.election_timeout
             ));
         }
         if self.request_timeout.0.is_zero() {
@@ -574,5 +610,40 @@ mod tests {
         assert_eq!(c.id, "n7");
         assert_eq!(c.fsync, FsyncPolicy::Always);
         assert_eq!(c.tombstone_grace.0, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn config_election_timeout_and_heartbeat_are_checked_against_each_other() {
+        let d = |ms| HumanDuration(Duration::from_millis(ms));
+        let c: Config = toml::from_str(
+            "storage = \"memory\"\nelection_timeout = \"2s\"\nheartbeat_interval = \"100ms\"",
+        )
+        .expect("parse");
+        assert_eq!(
+            (c.election_timeout, c.heartbeat_interval),
+            (d(2000), d(100))
+        );
+        assert!(c.validate().is_ok());
+        let e = invalid(Config {
+            election_timeout: d(100),
+            ..mem()
+        });
+        assert_eq!(
+            e,
+            "--election-timeout 100ms: must be at least 5 times --heartbeat-interval (30ms), or a few late heartbeats start an election"
+        );
+        let e = invalid(Config {
+            heartbeat_interval: d(5),
+            ..mem()
+        });
+        assert_eq!(
+            e,
+            "--heartbeat-interval 5ms: must be at least 10ms (the timers' tick)"
+        );
+        let e = invalid(Config {
+            election_timeout: d(61_000),
+            ..mem()
+        });
+        assert!(e.starts_with("--election-timeout 1m 1s: at most 1m"), "{e}");
     }
 }

@@ -260,14 +260,34 @@ pub struct Timing {
     pub snapshot_entries: u64,
 }
 
+impl Timing {
+    /// Ticks of [`crate::config::TICK`]: elections after `election` to twice `election` of
+    /// silence, heartbeats every `heartbeat` (each rounded up to whole ticks).
+    pub fn new(election: Duration, heartbeat: Duration, snapshot_entries: u64) -> Timing {
+        let tick = crate::config::TICK;
+        let ticks = |d: Duration| {
+            u32::try_from(d.as_nanos().div_ceil(tick.as_nanos()))
+                .unwrap_or(u32::MAX)
+                .max(1)
+        };
+        let election = ticks(election);
+        Timing {
+            tick,
+            election_ticks: (election, election.saturating_mul(2)),
+            heartbeat_ticks: ticks(heartbeat),
+            snapshot_entries,
+        }
+    }
+}
+
 impl Default for Timing {
     fn default() -> Self {
-        Timing {
-            tick: Duration::from_millis(10),
-            election_ticks: (15, 30),
-            heartbeat_ticks: 3,
-            snapshot_entries: 10_000,
-        }
+        let c = crate::config::Config::default();
+        Timing::new(
+            c.election_timeout.0,
+            c.heartbeat_interval.0,
+            c.snapshot_entries,
+        )
     }
 }
 
@@ -992,6 +1012,14 @@ mod tests {
     use super::*;
     use crate::fault::FaultFilter;
     use crate::storage::{FsyncPolicy, MemStorage};
+
+    #[test]
+    fn timing_counts_the_configured_timeouts_in_whole_ticks() {
+        let t = Timing::default();
+        assert_eq!((t.election_ticks, t.heartbeat_ticks), ((15, 30), 3));
+        let t = Timing::new(Duration::from_secs(2), Duration::from_millis(105), 10);
+        assert_eq!((t.election_ticks, t.heartbeat_ticks), ((200, 400), 11));
+    }
 
     /// A replica log that fails stops the node (`on_fail`, once, with the reason) and answers
     /// everything waiting on it at once, so that the node's shutdown does not wait on them:

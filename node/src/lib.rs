@@ -127,6 +127,37 @@ impl Running {
 /// delays the write only when one of them fails unnoticed.
 const LEADERLESS_LAZY_FLUSH: Duration = Duration::from_millis(2);
 
+/// When a flush of this node's log is slow enough to warn of, and what it costs.
+fn slow_flushes(s: &Settings) -> metrics::SlowFlushes {
+    let c = &s.config;
+    let (file, limit, cost) = if c.mode == config::Mode::Leaderless && s.members.len() > 1 {
+        (
+            "the data directory's log",
+            c.hint_after.0,
+            format!(
+                "replicas slower than --hint-after ({}) to acknowledge a write are sent it again and get hints stored for them",
+                c.hint_after
+            ),
+        )
+    } else if s.members.len() > 1 {
+        (
+            "raft.log",
+            c.election_timeout.0 / 2,
+            format!(
+                "votes and terms count once durable, so fsyncs this slow against an --election-timeout of {} can keep elections failing; a slower disk needs a longer one",
+                c.election_timeout
+            ),
+        )
+    } else {
+        (
+            "the data directory's log",
+            Duration::from_secs(1),
+            "every write waits for it to be acknowledged".into(),
+        )
+    };
+    metrics::SlowFlushes::new(file, limit, cost)
+}
+
 fn open_storage(
     s: &Settings,
     metrics: &Metrics,
@@ -145,7 +176,7 @@ fn open_storage(
                 dir,
                 DiskOptions {
                     fsync: s.config.fsync,
-                    on_flush: Some(metrics.flush_observer()),
+                    on_flush: Some(metrics.flush_observer(slow_flushes(s))),
                     on_fail: Some(on_fail.clone()),
                     lazy_flush,
                     ..DiskOptions::default()
@@ -356,12 +387,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             members.into_iter().map(|(id, _)| id).collect(),
             disk_dir.clone(),
             settings.config.fsync,
-            Some(metrics.flush_observer()),
+            Some(metrics.flush_observer(slow_flushes(&settings))),
             Some(on_fail.clone()),
-            driver::Timing {
-                snapshot_entries: settings.config.snapshot_entries,
-                ..driver::Timing::default()
-            },
+            driver::Timing::new(
+                settings.config.election_timeout.0,
+                settings.config.heartbeat_interval.0,
+                settings.config.snapshot_entries,
+            ),
             transport,
             state_machine,
             seed,

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -425,13 +425,18 @@ impl Metrics {
         }
     }
 
-    /// An observer for the disk engine that feeds the fsync histograms.
-    pub fn flush_observer(&self) -> FlushObserver {
+    /// An observer for a log's flushes that feeds the fsync histograms and warns of flushes
+    /// slower than `slow` allows.
+    pub fn flush_observer(&self, slow: SlowFlushes) -> FlushObserver {
         let secs = self.fsync_seconds.clone();
         let batch = self.fsync_batch_records.clone();
+        let slow = std::sync::Mutex::new(slow);
         Arc::new(move |d: Duration, n: usize| {
             secs.observe(d.as_secs_f64());
             batch.observe(n as f64);
+            if let Ok(mut s) = slow.lock() {
+                s.observe(d, Instant::now());
+            }
         })
     }
 
@@ -567,6 +572,65 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+/// Warns, in the log, of flushes (write and fsync) that take longer than the protocol's timers
+/// allow, as etcd warns of a slow fdatasync: the metrics show it only to whoever looks. At most
+/// one warning per [`SlowFlushes::EVERY`], with how many were slow since the last and the
+/// slowest.
+pub struct SlowFlushes {
+    limit: Duration,
+    file: &'static str,
+    cost: String,
+    warned: Option<Instant>,
+    count: u64,
+    worst: Duration,
+}
+
+impl SlowFlushes {
+    /// How often a warning may be logged.
+    pub const EVERY: Duration = Duration::from_secs(10);
+
+    /// Flushes of `file` slower than `limit` are warned of, saying what they cost (`cost`).
+    pub fn new(file: &'static str, limit: Duration, cost: String) -> SlowFlushes {
+        SlowFlushes {
+            limit,
+            file,
+            cost,
+            warned: None,
+            count: 0,
+            worst: Duration::ZERO,
+        }
+    }
+
+    /// Takes one flush's duration at `now`; returns the count and slowest flush it warns of.
+    pub fn observe(&mut self, took: Duration, now: Instant) -> Option<(u64, Duration)> {
+        if took <= self.limit {
+            return None;
+        }
+        self.count += 1;
+        self.worst = self.worst.max(took);
+        if self
+            .warned
+            .is_some_and(|t| now.saturating_duration_since(t) < Self::EVERY)
+        {
+            return None;
+        }
+        let report = (
+            std::mem::take(&mut self.count),
+            std::mem::take(&mut self.worst),
+        );
+        self.warned = Some(now);
+        tracing::warn!(
+            file = self.file,
+            slow_flushes = report.0,
+            slowest_ms = report.1.as_millis() as u64,
+            limit_ms = self.limit.as_millis() as u64,
+            "slow fsync: {}",
+            self.cost
+        );
+        Some(report)
+    }
+}
+
 /// What the admin server needs to answer.
 pub struct AdminState {
     /// The metrics to render.
@@ -653,5 +717,32 @@ pub async fn serve_admin(
                 tracing::debug!(error = %e, "admin connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_flushes_are_warned_of_at_most_every_ten_seconds_with_a_count_and_the_slowest() {
+        let ms = Duration::from_millis;
+        let mut s = SlowFlushes::new("raft.log", ms(75), "elections can fail".into());
+        let t0 = Instant::now();
+        assert_eq!(s.observe(ms(75), t0), None, "at the limit is not slow");
+        assert_eq!(
+            s.observe(ms(80), t0),
+            Some((1, ms(80))),
+            "the first at once"
+        );
+        assert_eq!(s.observe(ms(300), t0 + ms(10)), None);
+        assert_eq!(s.observe(ms(90), t0 + ms(9_000)), None);
+        assert_eq!(s.observe(ms(5), t0 + ms(9_500)), None);
+        assert_eq!(
+            s.observe(ms(76), t0 + ms(10_000)),
+            Some((3, ms(300))),
+            "the next ten seconds on: the slow ones since and the slowest"
+        );
+        assert_eq!(s.observe(ms(76), t0 + ms(10_001)), None);
     }
 }

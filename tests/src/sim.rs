@@ -65,6 +65,11 @@ pub struct SimConfig {
     /// Per step: probability that a node compacts its log up to what it applied (the
     /// snapshot is written asynchronously, like the driver's, and lost by a crash before).
     pub compact: f64,
+    /// Election timeouts are drawn from `[min, max)` ticks (`--election-timeout` in the node);
+    /// a leader sends heartbeats every `heartbeat_ticks`.
+    pub election_ticks: (u32, u32),
+    /// Heartbeat interval in ticks.
+    pub heartbeat_ticks: u32,
 }
 
 impl Default for SimConfig {
@@ -84,6 +89,8 @@ impl Default for SimConfig {
             heal: 0.02,
             sync: 0.5,
             compact: 0.01,
+            election_ticks: (10, 20),
+            heartbeat_ticks: 3,
         }
     }
 }
@@ -156,6 +163,8 @@ pub struct Stats {
     pub reads: u64,
     /// Distinct terms that had a leader.
     pub terms_with_leader: u64,
+    /// The highest term at the end: elections held, won or not.
+    pub terms: u64,
     /// Highest commit index at the end.
     pub commit: u64,
     /// Client operations whose history kv-checker found linearizable.
@@ -264,8 +273,8 @@ impl Sim {
         let cfg = Config {
             id: self.members[i].clone(),
             members: self.members.clone(),
-            election_ticks: (10, 20),
-            heartbeat_ticks: 3,
+            election_ticks: self.cfg.election_ticks,
+            heartbeat_ticks: self.cfg.heartbeat_ticks,
             max_batch: 8,
         };
         let rng = Box::new(StdRng::seed_from_u64(self.rng.random()));
@@ -989,6 +998,13 @@ impl Sim {
         }
         self.stats.commit = last;
         self.check_history();
+        self.stats.terms = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .map(|r| r.term().0)
+            .max()
+            .unwrap_or(0);
         self.stats
     }
 }

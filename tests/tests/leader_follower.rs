@@ -77,6 +77,49 @@ async fn kvctl_waits_out_the_election_after_the_leader_dies() {
     assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
 }
 
+/// `--election-timeout` and `--heartbeat-interval` set the timers (etcd's flags of those
+/// names): heartbeats every 100 ms keep a leader for longer than its 2 s election timeout, and
+/// once it is killed the others wait the timeout out before electing another — at least 1.9 s
+/// (2 s less the time since its last heartbeat), where the default 150 ms fails over in about
+/// 200 ms (`bench/results/failover`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_election_timeout_flag_sets_how_long_followers_wait_for_a_dead_leader() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(
+        3,
+        &["--election-timeout", "2s", "--heartbeat-interval", "100ms"],
+    )
+    .await
+    .expect("cluster");
+    let leader = c
+        .wait_leader(Duration::from_secs(15), None)
+        .await
+        .expect("leader");
+    let term = c.status(leader).await.expect("status").term;
+    assert_eq!(kvctl(&c.endpoints(), &["put", "k", "v1"]).code, 0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now = c.status(leader).await.expect("status");
+    assert_eq!(
+        (now.role.as_str(), now.term),
+        ("leader", term),
+        "heartbeats kept it leading"
+    );
+    c.nodes[leader].kill9();
+    let t0 = Instant::now();
+    let next = c
+        .wait_leader(Duration::from_secs(20), Some(leader))
+        .await
+        .expect("a new leader");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900),
+        "n{} led after {took:?}, before the 2 s election timeout",
+        next + 1
+    );
+    let r = kvctl(&c.endpoints(), &["--timeout", "5s", "put", "k", "v2"]);
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
 /// A leader paused (SIGSTOP: a long GC or VM pause) while the others elect a new one, then
 /// resumed: until it hears of the newer term it goes on sending heartbeats of its own, which
 /// the nodes following the new leader hear beside the new leader's. They report

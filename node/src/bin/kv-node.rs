@@ -117,6 +117,18 @@ struct Args {
     /// behind gets the snapshot [default: 10000].
     #[arg(long, env = "KV_SNAPSHOT_ENTRIES", value_name = "N")]
     snapshot_entries: Option<u64>,
+    /// Leader-follower: a node that hears no leader for a random time between this and twice
+    /// this starts an election; a leader that hears from no majority this long steps down.
+    /// Fail-over takes about this long. Raise it (with --heartbeat-interval) when fsyncs or
+    /// round trips take a good part of it: a vote counts only once the voter's disk holds it,
+    /// so a disk as slow as the timeout keeps elections failing (etcd's --election-timeout)
+    /// [default: 150ms].
+    #[arg(long, env = "KV_ELECTION_TIMEOUT", value_name = "DURATION")]
+    election_timeout: Option<HumanDuration>,
+    /// Leader-follower: how often a leader sends heartbeats; at most a fifth of
+    /// --election-timeout, at least 10ms [default: 30ms].
+    #[arg(long, env = "KV_HEARTBEAT_INTERVAL", value_name = "DURATION")]
+    heartbeat_interval: Option<HumanDuration>,
     /// Leaderless: virtual nodes (ring tokens) per node [default: 64].
     #[arg(long, env = "KV_VNODES")]
     vnodes: Option<u32>,
@@ -158,7 +170,9 @@ impl Args {
             max_hint_window,
             anti_entropy_interval,
             vnodes,
-            snapshot_entries
+            snapshot_entries,
+            election_timeout,
+            heartbeat_interval
         );
         macro_rules! set_opt {
             ($($f:ident),*) => { $( if self.$f.is_some() { c.$f = self.$f; } )* };
