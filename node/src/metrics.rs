@@ -430,11 +430,14 @@ impl Metrics {
     pub fn flush_observer(&self, slow: SlowFlushes) -> FlushObserver {
         let secs = self.fsync_seconds.clone();
         let batch = self.fsync_batch_records.clone();
+        let limit = slow.limit;
         let slow = std::sync::Mutex::new(slow);
         Arc::new(move |d: Duration, n: usize| {
             secs.observe(d.as_secs_f64());
             batch.observe(n as f64);
-            if let Ok(mut s) = slow.lock() {
+            if d > limit
+                && let Ok(mut s) = slow.lock()
+            {
                 s.observe(d, Instant::now());
             }
         })
