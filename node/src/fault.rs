@@ -1,7 +1,8 @@
 //! The fault filter on node-to-node traffic: block peers (partitions), drop with a
 //! probability, delay with jitter. Set through the Admin `SetFaults` RPC, which is refused
 //! unless the node runs with `--enable-fault-injection`. Partitions are enforced on both the
-//! sending and the receiving side, so a partition holds even if only one side was told.
+//! sending and the receiving side, so a partition holds even if only one side was told. The
+//! same RPC sets the node's clock offset and a delay for its disk's flushes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -34,6 +35,8 @@ pub struct Faults {
     pub jitter: Duration,
     /// Leaderless: how far ahead (negative: behind) this node's clock runs for new versions.
     pub clock_offset_ms: i64,
+    /// Every flush of this node's logs waits this long more (a slow disk).
+    pub disk_delay: Duration,
 }
 
 /// Shared, cheaply cloneable filter.
@@ -45,6 +48,7 @@ pub struct FaultFilter {
 impl FaultFilter {
     /// Replaces the settings.
     pub fn set(&self, f: Faults) {
+        crate::storage::set_flush_delay(f.disk_delay);
         *self.inner.write().unwrap_or_else(|p| p.into_inner()) = f;
     }
 
@@ -123,6 +127,7 @@ mod tests {
             delay: [("*".to_string(), Duration::from_millis(50))].into(),
             jitter: Duration::ZERO,
             clock_offset_ms: 0,
+            disk_delay: Duration::ZERO,
         });
         assert_eq!(f.outgoing(&n2), Verdict::Drop);
         assert!(!f.accepts_from(&n2));

@@ -120,6 +120,50 @@ async fn the_election_timeout_flag_sets_how_long_followers_wait_for_a_dead_leade
     assert_eq!(r.code, 0, "{r:?}");
 }
 
+/// `kvctl fault disk` makes a node's flushes slow, as a stalled disk would: with the leader's
+/// 300 ms slower, a write acknowledged by all three replicas (it waits for the leader's own
+/// copy) takes at least that long, the leader logs `slow fsync` naming what it risks, the
+/// fault stays when a traffic fault replaces another, and `fault disk NODE 0s` ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_disk_on_the_leader_holds_its_writes_back_and_is_logged() {
+    let _serial = SERIAL.lock().await;
+    let (c, leader) = led(3).await;
+    let eps = c.endpoints();
+    let id = c.ids[leader].as_str();
+    let r = kvctl(&eps, &["fault", "disk", id, "300ms"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("{id}: flushes 300ms slower")),
+        "{r:?}"
+    );
+    let t0 = Instant::now();
+    let r = kvctl(&eps, &["--timeout", "5s", "put", "k", "v1", "--w", "3"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t0.elapsed()
+    );
+    let log = c.nodes[leader].log_text();
+    assert!(
+        log.contains("slow fsync") && log.contains("--election-timeout"),
+        "the leader warns of its slow disk: {log}"
+    );
+    // A traffic fault replaces the last traffic fault, not the slow disk.
+    let other = c.ids[(leader + 1) % 3].as_str();
+    let r = kvctl(&eps, &["fault", "delay", other, "1ms"]);
+    let line = r.stdout.lines().find(|l| l.starts_with(&format!("{id}: ")));
+    assert!(
+        line.is_some_and(|l| l.ends_with("; flushes 300ms slower")),
+        "{r:?}"
+    );
+    let r = kvctl(&eps, &["fault", "disk", id, "0s"]);
+    assert!(!r.stdout.contains("slower"), "{r:?}");
+    assert_eq!(kvctl(&eps, &["fault", "heal"]).code, 0);
+    assert_eq!(kvctl(&eps, &["put", "k", "v2", "--w", "3"]).code, 0);
+    assert_eq!(kvctl(&eps, &["get", "k"]).stdout, "v2");
+}
+
 /// A leader paused (SIGSTOP: a long GC or VM pause) while the others elect a new one, then
 /// resumed: until it hears of the newer term it goes on sending heartbeats of its own, which
 /// the nodes following the new leader hear beside the new leader's. They report

@@ -45,6 +45,7 @@ fn spec_of(f: &Faults) -> pb::FaultSpec {
             .collect(),
         jitter_ms: f.jitter.as_millis() as u64,
         clock_offset_ms: f.clock_offset_ms,
+        disk_delay_ms: f.disk_delay.as_millis() as u64,
     }
 }
 
@@ -178,6 +179,7 @@ impl pb::admin_server::Admin for AdminService {
                 .collect(),
             jitter: Duration::from_millis(spec.jitter_ms),
             clock_offset_ms: spec.clock_offset_ms,
+            disk_delay: Duration::from_millis(spec.disk_delay_ms),
         };
         tracing::warn!(faults = ?f, "fault filter set");
         self.faults.set(f);

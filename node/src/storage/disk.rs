@@ -422,6 +422,17 @@ pub(crate) fn truncate_torn(path: &Path, offset: u64, why: &str) -> Result<(), S
     Ok(())
 }
 
+/// Fault injection (`kvctl fault disk`, refused without `--enable-fault-injection`): every
+/// flush of this process's logs waits this many microseconds before its fsync, as on a slow or
+/// stalled disk. Process-wide: one process is one node, and its logs share its disk.
+static FLUSH_DELAY_US: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the fault-injected delay of every flush of this process's logs (zero: none).
+pub fn set_flush_delay(d: Duration) {
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    FLUSH_DELAY_US.store(us, Ordering::Relaxed);
+}
+
 /// Zeros written ahead of the records at a time (and after a rewritten log).
 pub(crate) const PREALLOCATE: usize = 2 << 20;
 
@@ -500,6 +511,10 @@ impl Appender {
             .map_err(|e| io("cannot write", e))?;
         self.end = needed;
         self.len = self.len.max(needed);
+        let delay = FLUSH_DELAY_US.load(Ordering::Relaxed);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_micros(delay));
+        }
         if self.fsync != FsyncPolicy::Never {
             self.file.sync_data().map_err(|e| io("cannot fsync", e))?;
         }

@@ -31,7 +31,9 @@ use std::str::FromStr;
 use bytes::Bytes;
 use kv_replica::Version;
 
-pub use disk::{DiskOptions, DiskStorage, FailObserver, FlushObserver, RecoveryReport};
+pub use disk::{
+    DiskOptions, DiskStorage, FailObserver, FlushObserver, RecoveryReport, set_flush_delay,
+};
 pub use mem::{Frozen, MemStorage};
 
 /// Log sequence number: the position of a write in the node's total order of writes.

@@ -167,6 +167,15 @@ enum FaultCmd {
         #[arg(allow_hyphen_values = true)]
         offset: String,
     },
+    /// Make every flush of NODE's logs (write and fsync) take DELAY longer, as on a slow or
+    /// stalled disk; 0s: as fast as its disk is.
+    ///
+    /// Writes wait for their flushes, and so do votes and replies in a new term: a leader-
+    /// follower disk as slow as the election timeout keeps elections failing (raise
+    /// --election-timeout), and a leaderless replica slower than --hint-after gets its writes
+    /// again and hints stored for it. The node logs "slow fsync" when its flushes outlast what
+    /// its timers allow. Only NODE's disk changes; the other faults set stay.
+    Disk { node: String, delay: HumanDuration },
     /// Remove every fault.
     Heal,
 }
@@ -222,6 +231,9 @@ fn describe_faults(spec: &pb::FaultSpec) -> Option<String> {
         0 => {}
         ms if ms > 0 => parts.push(format!("clock {ms}ms ahead")),
         ms => parts.push(format!("clock {}ms behind", -ms)),
+    }
+    if spec.disk_delay_ms > 0 {
+        parts.push(format!("flushes {}ms slower", spec.disk_delay_ms));
     }
     (!parts.is_empty()).then(|| parts.join("; "))
 }
@@ -439,6 +451,17 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
                 specs.push((id.to_string(), spec));
             }
         }
+        FaultCmd::Disk { node, delay } => {
+            check(&node)?;
+            // Only NODE's disk changes; what else each filter holds stays.
+            for id in &ids {
+                let mut spec = current.get(*id).cloned().unwrap_or_default();
+                if *id == node {
+                    spec.disk_delay_ms = delay.0.as_millis() as u64;
+                }
+                specs.push((id.to_string(), spec));
+            }
+        }
         FaultCmd::Heal => {
             for id in &ids {
                 specs.push((id.to_string(), pb::FaultSpec::default()));
@@ -447,10 +470,11 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
     }
     let mut out = Vec::new();
     for (id, mut spec) in specs {
-        // A traffic fault replaces the previous traffic fault; a clock set wrong stays so
-        // until `fault clock NODE 0s` or `fault heal`.
-        if traffic {
-            spec.clock_offset_ms = current.get(&id).map_or(0, |c| c.clock_offset_ms);
+        // A traffic fault replaces the previous traffic fault; a clock set wrong, or a slow
+        // disk, stays so until `fault clock NODE 0s`, `fault disk NODE 0s` or `fault heal`.
+        if traffic && let Some(c) = current.get(&id) {
+            spec.clock_offset_ms = c.clock_offset_ms;
+            spec.disk_delay_ms = c.disk_delay_ms;
         }
         let addr = &nodes
             .iter()
