@@ -12,6 +12,8 @@
 #   delay  delay the messages to and from a node by 30 ms for 1 s
 #   calm   nothing for 1 s
 #   step   (with STEP=MS) step a node's wall clock by up to MS ms either way, back 1 s later
+#   disk   (with DISK=MS) make every flush of a node's logs 50 to MS ms slower for 1 s (a
+#          stalled disk: kvctl fault disk)
 #
 #   bench/scripts/nemesis.sh OUT_DIR [SECONDS] [SEED] [-- CLUSTER_UP_ARGS...]
 #   e.g. bench/scripts/nemesis.sh /tmp/drill 60 1 -- --mode leaderless --n 3 --r 2 --w 2
@@ -22,7 +24,8 @@
 # every fault) for the versions it gives. STEP=MS (environment) runs every node under
 # libfaketime (Debian's faketime package), each with a clock of its own, and adds the step
 # fault: the node's real wall clock (which its versions follow; its timers run on its monotonic
-# clock) jumps ahead or back, as NTP steps a clock that was far off. The same seed gives the same faults in the same
+# clock) jumps ahead or back, as NTP steps a clock that was far off. DISK=MS (environment)
+# adds the disk fault. The same seed gives the same faults in the same
 # order (their timing is the machine's). Writes into OUT_DIR: nemesis.log
 # (seconds since the start, fault; leader-follower: "  heard N leaders at once: nX" under a
 # fault after which a node's kv_leaders_observed rose to 2 or more), bench/ (kv-bench
@@ -65,6 +68,13 @@ trap cleanup EXIT
 
 STEP=${STEP:-0}
 [[ $STEP =~ ^[0-9]+$ ]] || { echo "STEP must be a whole number of ms: $STEP" >&2; exit 2; }
+DISK=${DISK:-0}
+[[ $DISK =~ ^[0-9]+$ ]] || { echo "DISK must be a whole number of ms: $DISK" >&2; exit 2; }
+[ "$DISK" -eq 0 ] || [ "$DISK" -ge 50 ] || { echo "DISK must be at least 50 (ms): $DISK" >&2; exit 2; }
+# Faults beyond the six every drill has, in this order (a seed's faults stay as they were).
+EXTRA=()
+[ "$STEP" -gt 0 ] && EXTRA+=(step)
+[ "$DISK" -gt 0 ] && EXTRA+=(disk)
 CLOCKS=()
 if [ "$STEP" -gt 0 ]; then
   LIB=$(ls /usr/lib/*/faketime/libfaketimeMT.so.1 2>/dev/null | head -1)
@@ -130,8 +140,9 @@ while [ $SECONDS -lt $end ]; do
   sleep "0.$((RANDOM % 9 + 1))"
   n=n$((RANDOM % NODES + 1))
   at=$(printf "%3d" $((SECONDS - start)))
-  kinds=6; [ "$STEP" -gt 0 ] && kinds=7
-  case $((RANDOM % kinds)) in
+  k=$((RANDOM % (6 + ${#EXTRA[@]})))
+  [ $k -ge 6 ] && k=${EXTRA[$((k - 6))]}
+  case $k in
     0) echo "$at kill $n"; node kill $n; sleep 1; node start $n ;;
     1) echo "$at pause $n"; node pause $n; sleep "1.$((RANDOM % 9))"; node resume $n ;;
     2) a=$((RANDOM % NODES + 1)); b=$((a % NODES + 1))
@@ -140,9 +151,11 @@ while [ $SECONDS -lt $end ]; do
     3) echo "$at drop $n 0.3"; fault drop $n 0.3; sleep 1; fault heal ;;
     4) echo "$at delay $n 30ms"; fault delay $n 30ms; sleep 1; fault heal ;;
     5) echo "$at calm"; sleep 1 ;;
-    6) ms=$(( (RANDOM * 32768 + RANDOM) % (2 * STEP + 1) - STEP ))
+    step) ms=$(( (RANDOM * 32768 + RANDOM) % (2 * STEP + 1) - STEP ))
        by=$(awk -v m="$ms" 'BEGIN { printf "%+.3f", m / 1000 }')
        echo "$at step $n ${by}s"; echo "$by" > "$DATA/clocks/$n"; sleep 1; echo "+0" > "$DATA/clocks/$n" ;;
+    disk) ms=$((RANDOM % (DISK - 49) + 50))
+       echo "$at disk $n ${ms}ms"; fault disk $n ${ms}ms; sleep 1; fault disk $n 0s ;;
   esac
   skew
   heard
