@@ -3,7 +3,8 @@
 //! purpose is repaired by a read; anti-entropy repairs a key nobody reads; R=W=1 under a
 //! partition gives stale reads and concurrent writes, and the conflicts are counted; a node
 //! killed and started again gives versions above the clock bound it recorded; nodes whose wall
-//! clocks step back (libfaketime) still deliver their hints.
+//! clocks step back (libfaketime) still deliver their hints; a replica with a slow disk holds
+//! no write back.
 
 use std::time::{Duration, Instant};
 
@@ -186,6 +187,44 @@ async fn stale_replica_is_repaired_by_a_read() {
     })
     .await;
     assert!(c.metric_sum("kv_read_repairs_total") >= 1.0);
+}
+
+/// A replica whose disk is slow holds no write back (the coordinator "does not wait for slow
+/// replicas beyond" W): with n1's flushes 1 s slower (`kvctl fault disk`), writes to keys n1
+/// holds, n1 coordinating some of them, are acknowledged by the other two replicas well
+/// before n1's flush is done — a coordinator's own copy waits for no flush of its own while
+/// its other replicas can make W — and n1 still stores each of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_a_slow_disk_holds_no_write_back() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start_leaderless(5, &NRW).await.expect("cluster");
+    let eps = c.endpoints();
+    let r = kvctl(&eps, &["fault", "disk", "n1", "1s"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let keys: Vec<String> = (0..200)
+        .map(|i| format!("slow-{i}"))
+        .filter(|k| replicas(&c, k).contains(&0))
+        .take(12)
+        .collect();
+    assert!(
+        keys.iter().any(|k| replicas(&c, k)[0] == 0),
+        "n1 coordinates some: {keys:?}"
+    );
+    for k in &keys {
+        let t0 = Instant::now();
+        let r = kvctl(&eps, &["put", k, "v"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(
+            t0.elapsed() < Duration::from_millis(700),
+            "{k} (replicas {:?}) took {:?}: it waited for n1's disk",
+            replicas(&c, k),
+            t0.elapsed()
+        );
+    }
+    eventually(20, "n1 storing every write", || {
+        keys.iter().all(|k| local(&c, 0, k) == "v")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
