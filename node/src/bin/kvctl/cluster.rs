@@ -341,8 +341,10 @@ async fn up(a: UpArgs, t: Duration) -> ExitCode {
         });
     }
     let endpoints: Vec<String> = (0..a.nodes).map(addr).collect();
-    // Wait until every node answers and one leads (or a node dies).
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Wait until every node answers and one leads (or a node dies): the first election comes
+    // one to two election timeouts after the start.
+    let wait = Duration::from_secs(20) + 2 * election_timeout(&a.node_args);
+    let deadline = Instant::now() + wait;
     let leader = loop {
         for n in nodes.iter_mut() {
             if let Some(Ok(Some(st))) = n.child.as_mut().map(Child::try_wait) {
@@ -372,8 +374,14 @@ async fn up(a: UpArgs, t: Duration) -> ExitCode {
         if Instant::now() > deadline {
             stop_all(&mut nodes).await;
             return fail(format!(
-                "the cluster did not come up within 20 s: {up} of {} nodes answered; logs in {}",
+                "the cluster did not come up within {}: {up} of {} nodes answered{}; logs in {}",
+                humantime::format_duration(wait),
                 endpoints.len(),
+                if leader.is_none() && a.mode == "leader-follower" {
+                    ", none leading"
+                } else {
+                    ""
+                },
                 dir.display()
             ));
         }
@@ -592,4 +600,43 @@ fn last_line(path: &std::path::Path) -> Option<String> {
         .map(str::trim)
         .find(|l| !l.is_empty())
         .map(str::to_string)
+}
+
+/// The election timeout the nodes run with: `--election-timeout` among the node flags, or
+/// `KV_ELECTION_TIMEOUT` (inherited by the nodes), or zero when neither parses (the nodes
+/// refuse a bad one themselves, and the default needs no more than the usual wait).
+fn election_timeout(node_args: &[String]) -> Duration {
+    let flag = node_args.iter().enumerate().find_map(|(i, a)| {
+        match a.strip_prefix("--election-timeout") {
+            Some("") => node_args.get(i + 1).cloned(),
+            Some(v) => v.strip_prefix('=').map(str::to_string),
+            None => None,
+        }
+    });
+    flag.or_else(|| std::env::var("KV_ELECTION_TIMEOUT").ok())
+        .and_then(|v| humantime::parse_duration(&v).ok())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_for_a_leader_follows_the_election_timeout_in_the_node_flags() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let secs = Duration::from_secs;
+        assert_eq!(
+            election_timeout(&args(&["--fsync", "always", "--election-timeout", "15s"])),
+            secs(15)
+        );
+        assert_eq!(
+            election_timeout(&args(&["--election-timeout=1m"])),
+            secs(60)
+        );
+        assert_eq!(
+            election_timeout(&args(&["--election-timeout", "soon"])),
+            Duration::ZERO
+        );
+    }
 }
