@@ -144,7 +144,7 @@ fn slow_flushes(s: &Settings) -> metrics::SlowFlushes {
             "raft.log",
             c.election_timeout.0 / 2,
             format!(
-                "votes and terms count once durable, so fsyncs this slow against an --election-timeout of {} can keep elections failing; a slower disk needs a longer one",
+                "votes and terms count once durable, so fsyncs this slow against an --election-timeout of {} make elections take several rounds; a slower disk wants a longer one",
                 c.election_timeout
             ),
         )

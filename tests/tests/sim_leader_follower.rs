@@ -127,26 +127,20 @@ fn sim_without_faults_elects_once_and_acknowledges_everything() {
 
 /// A disk whose fsyncs take about as long as the election timeout (writes durable after 20
 /// ticks on average, elections after 10 to 20 ticks of silence): a vote, or a reply in a new
-/// term, counts only once durable, so elections keep failing. A sweep of 1,000 seeds
-/// (`KV_SIM_SEEDS=1000000..1001000`) found 65 not converged 400 ticks after healing (seed
-/// 1000026: a leader elected only in term 33, its followers' commit still behind); given 3,000
-/// ticks every one converges: slow, not unsafe. An election timeout six times longer (the
-/// node's `--election-timeout` and `--heartbeat-interval`) converged all 1,000 within the usual
-/// 400 ticks; here, over 100 seeds, it needs a seventh of the elections (351 terms against
-/// 2,558) and acknowledges 1.76 times the writes.
+/// term, counts only once durable. While a node's own term or vote is being written its
+/// election timer waits (`Replica::hard_state_persisted`); before it did, elections kept
+/// failing: a sweep of 1,000 seeds (`KV_SIM_SEEDS=1000000..1001000`) found 65 not converged
+/// 400 ticks after healing (seed 1000026: a leader elected only in term 33), and 1 since. An
+/// election timeout six times longer (the node's `--election-timeout` and
+/// `--heartbeat-interval`) still needs fewer elections: here, over 100 seeds, 334 terms
+/// against 1,142 (2,558 before the timer waited), and 1.2 times the writes.
 #[test]
-fn sim_a_disk_as_slow_as_the_election_timeout_needs_a_longer_one() {
+fn sim_a_disk_as_slow_as_the_election_timeout_still_elects_leaders() {
     let slow_disk = SimConfig {
         sync: 0.05,
         ..SimConfig::default()
     };
-    let default_timeout = run_many(
-        SimConfig {
-            settle_steps: 3000,
-            ..slow_disk.clone()
-        },
-        100,
-    );
+    let default_timeout = run_many(slow_disk.clone(), 100);
     let longer = run_many(
         SimConfig {
             election_ticks: (60, 120),
@@ -156,11 +150,11 @@ fn sim_a_disk_as_slow_as_the_election_timeout_needs_a_longer_one() {
         100,
     );
     assert!(
-        longer.terms * 2 < default_timeout.terms,
-        "fewer elections: {longer:?} vs {default_timeout:?}"
+        default_timeout.acked_majority > 4_000,
+        "writes acknowledged at the default timeout: {default_timeout:?}"
     );
     assert!(
-        longer.acked_majority * 2 > default_timeout.acked_majority * 3,
-        "more writes acknowledged: {longer:?} vs {default_timeout:?}"
+        longer.terms * 2 < default_timeout.terms,
+        "fewer elections: {longer:?} vs {default_timeout:?}"
     );
 }

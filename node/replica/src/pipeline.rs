@@ -6,6 +6,8 @@
 //!  replica.take_actions() ──► submit ──► now: carry out at once
 //!                                 └────► a batch to write (seq n), with what waits for it
 //!  writer: batches 1..=n durable ──► durable(n) ──► replica.persisted(..), then what waited
+//!                                                     (and hard_state_persisted() once no
+//!                                                      term or vote is left to write)
 //! ```
 //!
 //! The contract of [`Action`]: a batch that changes the term or vote, truncates, or restores a
@@ -30,6 +32,8 @@ struct InFlight {
     /// `last`, and then the batch being durable says nothing about them.
     generation: u64,
     deferred: Vec<Action>,
+    /// It holds a term or vote.
+    hard: bool,
 }
 
 /// Orders a replica's actions around asynchronous writes. See the module documentation.
@@ -86,6 +90,7 @@ impl Pipeline {
         } else {
             (Vec::new(), actions)
         };
+        let hard = actions_hard(&now) || actions_hard(&deferred);
         if self.writes && records {
             self.submitted += 1;
             self.inflight.push_back(InFlight {
@@ -93,8 +98,12 @@ impl Pipeline {
                 last,
                 generation: self.generation,
                 deferred,
+                hard,
             });
             return (now, Some(self.submitted));
+        }
+        if hard && !self.inflight.iter().any(|f| f.hard) {
+            replica.hard_state_persisted(); // in memory: nothing to wait for
         }
         match self.inflight.back_mut() {
             // Nothing to write, but earlier batches are still being written.
@@ -124,6 +133,9 @@ impl Pipeline {
             }
             out.extend(f.deferred);
         }
+        if !self.inflight.iter().any(|f| f.hard) {
+            replica.hard_state_persisted();
+        }
         out
     }
 
@@ -137,4 +149,10 @@ impl Pipeline {
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
     }
+}
+
+fn actions_hard(actions: &[Action]) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::PersistHardState(_)))
 }

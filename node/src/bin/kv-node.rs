@@ -121,8 +121,8 @@ struct Args {
     /// this starts an election; a leader that hears from no majority this long steps down.
     /// Fail-over takes about this long. Raise it (with --heartbeat-interval) when fsyncs or
     /// round trips take a good part of it: a vote counts only once the voter's disk holds it,
-    /// so a disk as slow as the timeout keeps elections failing (etcd's --election-timeout)
-    /// [default: 150ms].
+    /// so every election then costs a few fsyncs more than the timeout, and fewer elections
+    /// fail (etcd's --election-timeout) [default: 150ms].
     #[arg(long, env = "KV_ELECTION_TIMEOUT", value_name = "DURATION")]
     election_timeout: Option<HumanDuration>,
     /// Leader-follower: how often a leader sends heartbeats; at most a fifth of

@@ -170,10 +170,10 @@ enum FaultCmd {
     /// Make every flush of NODE's logs (write and fsync) take DELAY longer, as on a slow or
     /// stalled disk; 0s: as fast as its disk is.
     ///
-    /// Writes wait for their flushes, and so do votes and replies in a new term: a leader-
-    /// follower disk as slow as the election timeout keeps elections failing (raise
-    /// --election-timeout), and a leaderless replica slower than --hint-after gets its writes
-    /// again and hints stored for it. The node logs "slow fsync" when its flushes outlast what
+    /// Writes wait for their flushes, and so do votes and replies in a new term: with a
+    /// leader-follower disk about as slow as the election timeout, elections take several
+    /// rounds (raise --election-timeout), and a leaderless replica slower than --hint-after
+    /// gets its writes again and hints stored for it. The node logs "slow fsync" when its flushes outlast what
     /// its timers allow. Only NODE's disk changes; the other faults set stay.
     Disk { node: String, delay: HumanDuration },
     /// Remove every fault.
