@@ -173,8 +173,9 @@ enum FaultCmd {
     /// Writes wait for their flushes, and so do votes and replies in a new term: with a
     /// leader-follower disk about as slow as the election timeout, elections take several
     /// rounds (raise --election-timeout), and a leaderless replica slower than --hint-after
-    /// gets its writes again and hints stored for it. The node logs "slow fsync" when its flushes outlast what
-    /// its timers allow. Only NODE's disk changes; the other faults set stay.
+    /// gets its writes again and hints stored for it. The node logs "slow fsync" when its
+    /// flushes outlast what its timers allow. Only NODE's disk changes; the other faults set
+    /// stay.
     Disk { node: String, delay: HumanDuration },
     /// Remove every fault.
     Heal,
