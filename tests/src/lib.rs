@@ -33,35 +33,69 @@ fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// Builds `targets` (`--bins`, `--lib`) of `packages` for the profile the tests run in; a
+/// failure is kept, so that every test asking after it fails the same way.
+fn build(packages: &[&str], targets: &[&str]) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let release = profile_dir().file_name().is_some_and(|n| n == "release");
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    cmd.args(targets);
+    if release {
+        cmd.arg("--release");
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    cmd.arg("--manifest-path").arg(manifest);
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("cargo build of {packages:?} failed: {s}")),
+        Err(e) => Err(format!("cannot run cargo: {e}")),
+    }
+}
+
+fn built(
+    done: &'static OnceLock<Result<(), String>>,
+    packages: &[&str],
+    targets: &[&str],
+    name: &str,
+) -> PathBuf {
+    if let Err(e) = done.get_or_init(|| build(packages, targets)) {
+        panic!("{e}");
+    }
+    let p = profile_dir().join(name);
+    assert!(p.exists(), "{} was not built", p.display());
+    p
+}
+
 /// Path of a workspace binary, after building the workspace's binaries once per test process
 /// (cargo makes this a no-op when they are fresh).
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let dir = profile_dir();
-    let built = BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let release = dir.file_name().is_some_and(|n| n == "release");
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build", "--quiet", "-p", "kv-node", "-p", "kv-bench", "--bins",
-        ]);
-        if release {
-            cmd.arg("--release");
-        }
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        cmd.arg("--manifest-path").arg(manifest);
-        match cmd.status() {
-            Ok(s) if s.success() => Ok(()),
-            Ok(s) => Err(format!("cargo build of the binaries failed: {s}")),
-            Err(e) => Err(format!("cannot run cargo: {e}")),
-        }
-    });
-    if let Err(e) = built {
-        panic!("{e}");
-    }
-    let p = dir.join(name);
-    assert!(p.exists(), "{} was not built", p.display());
-    p
+    built(&BUILT, &["kv-node", "kv-bench"], &["--bins"], name)
+}
+
+/// The power-loss emulation (`tests/powerloss`): the preload library and the `kv-powerloss`
+/// tool that reverts what a killed process never synced, built once per test process.
+pub fn powerloss(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    built(&BUILT, &["kv-powerloss"], &["--bins", "--lib"], name)
+}
+
+/// The environment that makes a node's unsynced writes to `data` undoable after `kill -9`
+/// ([`NodeProcess::power_off`]): the `tests/powerloss` library preloaded, journalling into
+/// `journal` (a directory outside `data`).
+pub fn power_loss_env(data: &Path, journal: &Path) -> Vec<(String, String)> {
+    vec![
+        (
+            "LD_PRELOAD".into(),
+            powerloss("libkv_powerloss.so").display().to_string(),
+        ),
+        ("KV_POWERLOSS_DATA".into(), data.display().to_string()),
+        ("KV_POWERLOSS_JOURNAL".into(), journal.display().to_string()),
+    ]
 }
 
 /// A put of `key`=`value` asking for `w` acknowledgements (0: the cluster's W).
@@ -217,6 +251,20 @@ impl NodeProcess {
         admin: SocketAddr,
         extra: &[&str],
     ) -> anyhow::Result<NodeProcess> {
+        Self::start_with_env(addr, admin, extra, Vec::new())
+    }
+
+    /// Starts `kv-node` on the given addresses with `extra` flags and `env` in its environment
+    /// (e.g. [`power_loss_env`]).
+    ///
+    /// # Errors
+    /// As [`NodeProcess::start`].
+    pub fn start_with_env(
+        addr: SocketAddr,
+        admin: SocketAddr,
+        extra: &[&str],
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<NodeProcess> {
         let mut args = vec![
             "--listen".to_string(),
             addr.to_string(),
@@ -236,7 +284,7 @@ impl NodeProcess {
             args,
             log,
             file_size_limit: None,
-            env: Vec::new(),
+            env,
         };
         n.spawn()?;
         Ok(n)
@@ -301,6 +349,34 @@ impl NodeProcess {
             let _ = c.kill(); // SIGKILL on unix
             let _ = c.wait();
         }
+    }
+
+    /// A power failure: `kill -9`, then everything the node wrote to its data directory since
+    /// that file's last fsync is undone (`kv-powerloss revert`). The node must have been
+    /// started with [`power_loss_env`]. Returns what the tool printed (one line per file it
+    /// changed, then a total).
+    ///
+    /// # Panics
+    /// Without [`power_loss_env`], or when the tool fails.
+    pub fn power_off(&mut self) -> String {
+        self.kill9();
+        let journal = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "KV_POWERLOSS_JOURNAL")
+            .map(|(_, v)| v.clone())
+            .expect("a node started with power_loss_env");
+        let out = Command::new(powerloss("kv-powerloss"))
+            .args(["revert", &journal])
+            .output()
+            .expect("run kv-powerloss");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "kv-powerloss revert failed: {}{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
     }
 
     /// Starts the same node again (same flags, ports and data directory).
