@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -27,7 +29,7 @@ impl Cluster {
     /// # Errors
     /// A node does not start, or no leader within 10 s.
     pub async fn start(n: usize, extra: &[&str]) -> anyhow::Result<Cluster> {
-        let c = Self::spawn(n, extra)?;
+        let c = Self::spawn(n, extra, false)?;
         c.wait_leader(Duration::from_secs(10), None).await?;
         Ok(c)
     }
@@ -40,9 +42,52 @@ impl Cluster {
     pub async fn start_leaderless(n: usize, extra: &[&str]) -> anyhow::Result<Cluster> {
         let mut args = vec!["--mode", "leaderless"];
         args.extend_from_slice(extra);
-        let c = Self::spawn(n, &args)?;
+        let c = Self::spawn(n, &args, false)?;
         c.wait_connected(Duration::from_secs(10)).await?;
         Ok(c)
+    }
+
+    /// Starts `n` nodes as [`Cluster::start`] does (or [`Cluster::start_leaderless`], when
+    /// `extra` says `--mode leaderless`), each under the power-loss emulation
+    /// ([`crate::power_loss_env`]), so that [`Cluster::power_off`] can fail their power.
+    ///
+    /// # Errors
+    /// As those.
+    pub async fn start_power_loss(n: usize, extra: &[&str]) -> anyhow::Result<Cluster> {
+        let c = Self::spawn(n, extra, true)?;
+        if extra.windows(2).any(|w| w == ["--mode", "leaderless"]) {
+            c.wait_connected(Duration::from_secs(10)).await?;
+        } else {
+            c.wait_leader(Duration::from_secs(10), None).await?;
+        }
+        Ok(c)
+    }
+
+    /// Makes every node's flushes `delay` slower (`kvctl fault disk`): the written data waits
+    /// that long for its fsync, so that with writes going a node nearly always holds some
+    /// that a power failure would take.
+    ///
+    /// # Panics
+    /// When kvctl refuses.
+    pub fn slow_disks(&self, delay: &str) {
+        let eps = self.endpoints();
+        for id in &self.ids {
+            let r = crate::kvctl(&eps, &["fault", "disk", id, delay]);
+            assert_eq!(r.code, 0, "{r:?}");
+        }
+    }
+
+    /// The power fails on the nodes `which`, all at once: each is killed with `kill -9` and
+    /// loses what it had not fsynced ([`NodeProcess::power_off`]). Returns what was undone.
+    pub fn power_off(&mut self, which: &[usize]) -> String {
+        // Kill them all first: a node must not see another's loss while it still runs.
+        for &i in which {
+            self.nodes[i].kill9();
+        }
+        which
+            .iter()
+            .map(|&i| format!("{}: {}", self.ids[i], self.nodes[i].power_off()))
+            .collect()
     }
 
     /// Waits until every leaderless node reaches every other.
@@ -93,7 +138,7 @@ impl Cluster {
         (0..self.nodes.len()).map(|i| self.metric(i, name)).sum()
     }
 
-    fn spawn(n: usize, extra: &[&str]) -> anyhow::Result<Cluster> {
+    fn spawn(n: usize, extra: &[&str], power_loss: bool) -> anyhow::Result<Cluster> {
         let root = tempfile::tempdir()?;
         let addrs: Vec<(SocketAddr, SocketAddr)> = (0..n)
             .map(|_| {
@@ -125,7 +170,13 @@ impl Cluster {
                 "--enable-fault-injection",
             ];
             args.extend_from_slice(extra);
-            nodes.push(NodeProcess::start_at(*a, *adm, &args)?);
+            let env = match power_loss {
+                true => {
+                    crate::power_loss_env(&dir, &root.path().join(format!("{}.journal", ids[i])))
+                }
+                false => Vec::new(),
+            };
+            nodes.push(NodeProcess::start_with_env(*a, *adm, &args, env)?);
             dirs.push(dir);
         }
         Ok(Cluster {
@@ -198,6 +249,14 @@ impl Cluster {
         }
     }
 
+    /// Where [`writers`] send their writes: every node.
+    pub fn targets(&self) -> Arc<Targets> {
+        Arc::new(Targets {
+            endpoints: self.nodes.iter().map(NodeProcess::endpoint).collect(),
+            ids: self.ids.clone(),
+        })
+    }
+
     /// A kv client of node `i`.
     ///
     /// # Errors
@@ -210,5 +269,62 @@ impl Cluster {
             pb::kv_client::KvClient::connect(format!("http://{}", self.nodes[i].endpoint()))
                 .await?,
         )
+    }
+}
+
+/// The nodes [`writers`] write to: gRPC endpoints and ids, in the same order.
+pub struct Targets {
+    pub endpoints: Vec<String>,
+    pub ids: Vec<String>,
+}
+
+/// Four writers, each putting keys `w{writer}-{i}` with the key as value at `w`
+/// acknowledgements until `stop`; they follow a leader hint (`x-kv-leader-id`) or try the
+/// next node on an error, never reuse a key whose write may have happened, and record each
+/// acknowledged write with the node that answered and when.
+pub async fn writers(
+    c: Arc<Targets>,
+    w: u32,
+    stop: Arc<AtomicBool>,
+    acked: Arc<tokio::sync::Mutex<Vec<(String, usize, Instant)>>>,
+) {
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let (c, stop, acked) = (c.clone(), stop.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            let mut target = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("w{t}-{i}");
+                let uri = format!("http://{}", c.endpoints[target]);
+                let Ok(mut client) = pb::kv_client::KvClient::connect(uri).await else {
+                    target = (target + 1) % c.endpoints.len();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let mut req = tonic::Request::new(crate::put_request(&key, &key, w));
+                req.set_timeout(Duration::from_millis(800));
+                match client.put(req).await {
+                    Ok(_) => {
+                        acked.lock().await.push((key, target, Instant::now()));
+                        i += 1;
+                    }
+                    Err(s) => {
+                        // Follow the leader hint, or try the next node.
+                        target = s
+                            .metadata()
+                            .get("x-kv-leader-id")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|id| c.ids.iter().position(|x| x == id))
+                            .unwrap_or((target + 1) % c.endpoints.len());
+                        i += 1; // never reuse a key whose write may have happened
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
     }
 }
