@@ -99,6 +99,13 @@ impl Store for LlStore {
         self.data.get(key).map(stored_of)
     }
 
+    fn get_at(&self, key: &[u8]) -> Option<(Stored, Lsn)> {
+        self.data.get(key).map(|e| {
+            let lsn = e.lsn;
+            (stored_of(e), lsn)
+        })
+    }
+
     fn put(&mut self, key: &Bytes, s: &Stored) -> Lsn {
         self.write(
             &self.data,

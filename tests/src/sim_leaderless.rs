@@ -135,6 +135,8 @@ impl Default for LlConfig {
 #[derive(Default, Clone)]
 pub struct SimStore {
     data: BTreeMap<Bytes, Stored>,
+    /// The LSN of the write that made each copy, while it may not be durable.
+    written_at: BTreeMap<Bytes, Lsn>,
     hints: BTreeMap<(NodeId, Bytes), Stored>,
     lsn: Lsn,
     /// Writes up to here survive a crash.
@@ -163,6 +165,7 @@ impl SimStore {
     /// Everything written so far becomes durable (an fsync).
     fn flush(&mut self) {
         self.durable = self.lsn;
+        self.written_at.clear();
         self.undo.clear();
         self.unflushed.clear();
         self.clock = self.clock.max(self.clock_asked);
@@ -230,6 +233,7 @@ impl SimStore {
             };
         }
         self.lsn = self.durable;
+        self.written_at.clear(); // what is left is durable
         self.clock_asked = self.clock;
         lost
     }
@@ -239,7 +243,12 @@ impl Store for SimStore {
     fn get(&self, key: &[u8]) -> Option<Stored> {
         self.data.get(key).cloned()
     }
+    fn get_at(&self, key: &[u8]) -> Option<(Stored, Lsn)> {
+        let lsn = self.written_at.get(key).copied().unwrap_or(0);
+        self.data.get(key).map(|s| (s.clone(), lsn))
+    }
     fn put(&mut self, key: &Bytes, s: &Stored) -> Lsn {
+        self.written_at.insert(key.clone(), self.lsn + 1);
         let old = self.data.insert(key.clone(), s.clone());
         self.undo.push(Undo::Data(key.clone(), old));
         self.unflushed.push((key.clone(), s.version));

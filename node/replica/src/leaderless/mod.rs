@@ -75,6 +75,9 @@ pub struct Stored {
 pub trait Store {
     /// This node's copy of `key`.
     fn get(&self, key: &[u8]) -> Option<Stored>;
+    /// This node's copy of `key` with the LSN of the write that made it: a replica answers a
+    /// read with its copy only once that write is durable.
+    fn get_at(&self, key: &[u8]) -> Option<(Stored, Lsn)>;
     /// Replaces this node's copy of `key`.
     fn put(&mut self, key: &Bytes, s: &Stored) -> Lsn;
     /// The LSN of the last write (a no-op acknowledgement waits for it).
@@ -1070,9 +1073,16 @@ impl Leaderless {
                 self.on_write_ack(now, req, f, superseded);
             }
             Msg::Read { req, key } => {
-                let stored = store.get(&key);
+                // Only what a crash cannot take back: a copy shown to a reader and then lost
+                // with its replica's unsynced writes (the write not acknowledged, its other
+                // copies as fresh) left later reads without it (the durability simulator found
+                // it, with blocking read repair; so did a drill with power failures).
+                let (stored, after) = match store.get_at(&key) {
+                    Some((s, lsn)) => (Some(s), Some(lsn)),
+                    None => (None, None),
+                };
                 let hlc = self.hlc.last();
-                self.send(f, Msg::ReadReply { req, stored, hlc }, None);
+                self.send(f, Msg::ReadReply { req, stored, hlc }, after);
             }
             Msg::ReadReply { req, stored, hlc } => {
                 self.hlc.observe(hlc);
@@ -1609,6 +1619,8 @@ impl Leaderless {
             }
         }
         let mut answer = None;
+        // With a failure for too few copies of the newest version: the replicas that hold it.
+        let mut holders: Option<BTreeSet<usize>> = None;
         if !p.replied && (enough || expired) {
             let a = p.answer.get_or_insert_with(|| ReadOk {
                 stored: newest.clone(),
@@ -1621,17 +1633,45 @@ impl Leaderless {
                 .extend(sends.iter().map(|(i, _)| self.members[*i].clone()));
             if p.repairing.is_empty() || deadline_passed {
                 p.replied = true;
-                answer = Some(if enough || (p.degrade && !p.replies.is_empty()) {
-                    Ok(a.clone())
-                } else {
-                    Err(QuorumFailure {
-                        what: "responses",
-                        needed: p.r,
-                        got: p.replies.len() as u32,
-                        replicas: Vec::new(),
-                        may_have_happened: false,
-                    })
-                });
+                // Blocking repair cut short by the deadline (a replica went down or stayed
+                // silent): the newest copy must still be on enough replicas that a later read
+                // of R meets one, min(R, N + 1 - R) with the responders' copies durable, or
+                // the answer could show a write that the next read does not (an unacknowledged
+                // write on one replica, answered at the deadline with its repair undone: the
+                // durability simulator found it).
+                let holding: BTreeSet<usize> = p
+                    .replies
+                    .keys()
+                    .filter(|i| !p.repairing.contains(i))
+                    .copied()
+                    .collect();
+                let need = p.r.min(p.pref.len() as u32 + 1 - p.r);
+                let confirmed = !blocking || holding.len() as u32 >= need;
+                if enough && !confirmed && p.degrade {
+                    a.degraded = true;
+                }
+                answer = Some(
+                    if (enough && confirmed) || (p.degrade && !p.replies.is_empty()) {
+                        Ok(a.clone())
+                    } else if enough {
+                        holders = Some(holding.clone());
+                        Err(QuorumFailure {
+                            what: "copies of the newest version",
+                            needed: need,
+                            got: holding.len() as u32,
+                            replicas: Vec::new(),
+                            may_have_happened: false,
+                        })
+                    } else {
+                        Err(QuorumFailure {
+                            what: "responses",
+                            needed: p.r,
+                            got: p.replies.len() as u32,
+                            replicas: Vec::new(),
+                            may_have_happened: false,
+                        })
+                    },
+                );
             }
         }
         let client = p.client;
@@ -1654,7 +1694,8 @@ impl Leaderless {
                 Ok(_) => {}
                 Err(f) => {
                     self.stats.quorum_failures += 1;
-                    f.replicas = self.states(&pref, |i| responded.contains(&i));
+                    let counted = holders.as_ref().unwrap_or(&responded);
+                    f.replicas = self.states(&pref, |i| counted.contains(&i));
                 }
             }
             self.actions.push(Action::Read {
