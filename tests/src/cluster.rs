@@ -77,6 +77,38 @@ impl Cluster {
         }
     }
 
+    /// Writers at `w` (see [`writers`]) for 1.5 s with every disk 20 ms slower, then the power
+    /// fails on every node at once, and they all start again. Returns the writes acknowledged
+    /// and what the power failure undid.
+    ///
+    /// # Panics
+    /// When fewer than 20 writes were acknowledged, the failure took nothing unsynced (the
+    /// test would show nothing), or a node does not start again.
+    pub async fn writes_through_an_outage(
+        &mut self,
+        w: u32,
+    ) -> (Vec<(String, usize, Instant)>, String) {
+        self.slow_disks("20ms");
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+        let task = tokio::spawn(writers(self.targets(), w, stop.clone(), acked.clone()));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        let reverted = self.power_off(&all);
+        stop.store(true, Ordering::Relaxed);
+        task.await.expect("writers");
+        let acked = acked.lock().await.clone();
+        assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
+        assert!(
+            reverted.contains("write(s) undone"),
+            "the power failure took nothing unsynced: the test shows nothing\n{reverted}"
+        );
+        for n in &mut self.nodes {
+            n.start_again().expect("start after the power failure");
+        }
+        (acked, reverted)
+    }
+
     /// The power fails on the nodes `which`, all at once: each is killed with `kill -9` and
     /// loses what it had not fsynced ([`NodeProcess::power_off`]). Returns what was undone.
     pub fn power_off(&mut self, which: &[usize]) -> String {

@@ -373,22 +373,19 @@ async fn node_whose_power_fails_repeatedly_keeps_every_acknowledged_write() {
 /// fsynced is gone, and every acknowledged write must still be there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_failure_mid_stream_with_fsync_batch_loses_no_acknowledged_write() {
-    let (acked, lost, reverted, node, _dir) = power_failure("batch").await;
-    assert!(
-        lost.is_empty(),
-        "{} of {acked} acknowledged writes lost, e.g. {:?}; reverted: {reverted}\nnode log:\n{}",
-        lost.len(),
-        &lost[..lost.len().min(5)],
-        node.log_text()
-    );
+    power_failure_loses_nothing("batch").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_failure_mid_stream_with_fsync_always_loses_no_acknowledged_write() {
-    let (acked, lost, reverted, node, _dir) = power_failure("always").await;
+    power_failure_loses_nothing("always").await;
+}
+
+async fn power_failure_loses_nothing(fsync: &str) {
+    let (acked, lost, reverted, node, _dir) = power_failure(fsync).await;
     assert!(
         lost.is_empty(),
-        "{} of {acked} acknowledged writes lost, e.g. {:?}; reverted: {reverted}\nnode log:\n{}",
+        "fsync={fsync}: {} of {acked} acknowledged writes lost, e.g. {:?}; reverted: {reverted}\nnode log:\n{}",
         lost.len(),
         &lost[..lost.len().min(5)],
         node.log_text()

@@ -1030,23 +1030,7 @@ async fn a_replica_back_on_an_empty_data_directory_is_refused_until_let_in() {
 async fn a_power_failure_of_every_node_at_once_loses_no_write_acknowledged_by_a_majority() {
     let _serial = SERIAL.lock().await;
     let mut c = Cluster::start_power_loss(3, &[]).await.expect("cluster");
-    c.slow_disks("20ms");
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let w = tokio::spawn(writers(c.targets(), 2, stop.clone(), acked.clone()));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let reverted = c.power_off(&[0, 1, 2]);
-    stop.store(true, Ordering::Relaxed);
-    w.await.expect("writers");
-    let acked = acked.lock().await.clone();
-    assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
-    assert!(
-        reverted.contains("write(s) undone"),
-        "the power failure took nothing unsynced: the test shows nothing\n{reverted}"
-    );
-    for n in &mut c.nodes {
-        n.start_again().expect("start after the power failure");
-    }
+    let (acked, reverted) = c.writes_through_an_outage(2).await;
     let leader = c
         .wait_leader(Duration::from_secs(10), None)
         .await

@@ -6,14 +6,12 @@
 //! clocks step back (libfaketime) still deliver their hints; a replica with a slow disk holds
 //! no write back; a power failure of every node at once loses no acknowledged write.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kv_proto::kv::v1 as pb;
 use kv_replica::leaderless::Ring;
-use kv_tests::cluster::{Cluster, writers};
+use kv_tests::cluster::Cluster;
 use kv_tests::kvctl;
 use tokio::sync::Mutex;
 
@@ -1022,23 +1020,7 @@ async fn a_power_failure_of_every_node_at_once_loses_no_acknowledged_write() {
     let mut c = Cluster::start_power_loss(5, &[&["--mode", "leaderless"][..], &NRW].concat())
         .await
         .expect("cluster");
-    c.slow_disks("20ms");
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(tokio::sync::Mutex::new(Vec::new()));
-    let w = tokio::spawn(writers(c.targets(), 2, stop.clone(), acked.clone()));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let reverted = c.power_off(&[0, 1, 2, 3, 4]);
-    stop.store(true, Ordering::Relaxed);
-    w.await.expect("writers");
-    let acked = acked.lock().await.clone();
-    assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
-    assert!(
-        reverted.contains("write(s) undone"),
-        "the power failure took nothing unsynced: the test shows nothing\n{reverted}"
-    );
-    for n in &mut c.nodes {
-        n.start_again().expect("start after the power failure");
-    }
+    let (acked, reverted) = c.writes_through_an_outage(2).await;
     c.wait_connected(Duration::from_secs(10))
         .await
         .expect("all nodes back");
