@@ -31,11 +31,21 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Undo the unsynced writes of a process that is no longer running, and remove the
-    /// journals. Prints one line per file changed.
+    /// journals. Prints one line per file changed. Refuses (exit 2) while the process runs.
     Revert {
         /// The process's KV_POWERLOSS_JOURNAL directory.
         journal_dir: PathBuf,
     },
+}
+
+/// Whether process `pid` exists and has not exited (a zombie, not yet reaped, has).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+        // `pid (comm) S ...`: the state follows the last ')'.
+        st.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 fn main() -> ExitCode {
@@ -53,6 +63,24 @@ fn main() -> ExitCode {
         .filter(|p| p.to_string_lossy().ends_with(journal::SUFFIX))
         .collect();
     files.sort();
+    // Journals are named `<pid>-<n>.undo`: undoing the writes of a process that still runs
+    // would corrupt what it goes on writing.
+    for f in &files {
+        let pid = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && running(pid)
+        {
+            eprintln!(
+                "kv-powerloss: process {pid}, whose writes {} journals, is still running: kill it first",
+                f.display()
+            );
+            return ExitCode::from(2);
+        }
+    }
     let (mut changed, mut lost) = (0usize, 0u64);
     for f in files {
         let reverted = std::fs::read(&f)
@@ -86,4 +114,23 @@ fn main() -> ExitCode {
         "{changed} file(s) reverted to their last fsync ({lost} byte(s) of unsynced writes lost)"
     );
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::running;
+
+    #[test]
+    fn a_running_process_is_told_from_one_that_is_gone() {
+        assert!(running(std::process::id()));
+        // Above the kernel's largest pid (4,194,304).
+        assert!(!running(4_194_305));
+        // A child that exited and was reaped.
+        let mut c = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = c.id();
+        c.wait().expect("wait");
+        assert!(!running(pid));
+    }
 }
