@@ -15,10 +15,10 @@
 #   disk   (with DISK=MS) make every flush of a node's logs 50 to MS ms slower for 1 s (a
 #          stalled disk: kvctl fault disk)
 #   power  (with POWER=1) the power fails on a node: its fsyncs made 100 ms slower for 0.3 s
-#          (so that it holds unsynced writes), then kill -9, and what it had not fsynced is
-#          lost (tests/powerloss: kv-powerloss revert); started again 1 s later
-#   outage (with POWER=1) the same on every node at once (killed one after another within
-#          milliseconds); all started again 1 s later
+#          (so that it holds unsynced writes), then kvctl cluster power (kill -9, and what it
+#          had not fsynced is lost); started again 1 s later
+#   outage (with POWER=1) the same on every node, one after another (each power failure
+#          takes a few ms); all started again 1 s later
 #
 #   bench/scripts/nemesis.sh OUT_DIR [SECONDS] [SEED] [-- CLUSTER_UP_ARGS...]
 #   e.g. bench/scripts/nemesis.sh /tmp/drill 60 1 -- --mode leaderless --n 3 --r 2 --w 2
@@ -31,8 +31,8 @@
 # fault: the node's real wall clock (which its versions follow; its timers run on its monotonic
 # clock) jumps ahead or back, as NTP steps a clock that was far off. DISK=MS (environment)
 # adds the disk fault. POWER=1 (environment) runs every node under the power-loss emulation
-# (tests/powerloss, an LD_PRELOAD library journalling each write until its file's fsync) and
-# adds the power and outage faults. The same seed gives the same faults in the same
+# (kvctl cluster up --power-loss: tests/powerloss, an LD_PRELOAD library journalling each write
+# until its file's fsync) and adds the power and outage faults. The same seed gives the same faults in the same
 # order (their timing is the machine's). Writes into OUT_DIR: nemesis.log
 # (seconds since the start, fault; leader-follower: "  heard N leaders at once: nX" under a
 # fault after which a node's kv_leaders_observed rose to 2 or more), bench/ (kv-bench
@@ -89,23 +89,17 @@ EXTRA=()
 [ "$STEP" -gt 0 ] && EXTRA+=(step)
 [ "$DISK" -gt 0 ] && EXTRA+=(disk)
 [ "$POWER" -eq 1 ] && EXTRA+=(power outage)
-# Libraries every node preloads (libfaketime for STEP, the power-loss journal for POWER).
-PRELOAD=()
 CLOCKS=()
 if [ "$STEP" -gt 0 ]; then
   LIB=$(ls /usr/lib/*/faketime/libfaketimeMT.so.1 2>/dev/null | head -1)
   [ -n "$LIB" ] || { echo "STEP needs libfaketime: apt-get install faketime" >&2; exit 2; }
   mkdir -p "$DATA/clocks"
   for i in $(seq "$NODES"); do echo "+0" > "$DATA/clocks/n$i"; done
-  PRELOAD+=("$LIB")
-  CLOCKS=(--node-env FAKETIME_NO_CACHE=1 --node-env DONT_FAKE_MONOTONIC=1
+  CLOCKS=(--node-env "LD_PRELOAD=$LIB" --node-env FAKETIME_NO_CACHE=1 --node-env DONT_FAKE_MONOTONIC=1
           --node-env "FAKETIME_TIMESTAMP_FILE=$DATA/clocks/{id}")
 fi
-if [ "$POWER" -eq 1 ]; then
-  PRELOAD+=("$PWD/$BIN/libkv_powerloss.so")
-  CLOCKS+=(--node-env "KV_POWERLOSS_DATA=$DATA/{id}" --node-env "KV_POWERLOSS_JOURNAL=$DATA/{id}.journal")
-fi
-[ ${#PRELOAD[@]} -gt 0 ] && CLOCKS+=(--node-env "LD_PRELOAD=${PRELOAD[*]}")
+# The power-loss library is preloaded beside libfaketime when both are asked for.
+[ "$POWER" -eq 1 ] && CLOCKS+=(--power-loss)
 UP=("$BIN/kvctl" cluster up --nodes "$NODES" --base-port 7601 --admin-base-port 9601 --data-dir "$DATA" "${CLOCKS[@]}" "${CLUSTER[@]}")
 echo "${UP[*]}" > "$OUT/commands.txt"
 "${UP[@]}" > "$OUT/cluster.out" 2>&1 &
@@ -126,10 +120,11 @@ BENCH=$!
 
 node() { "$BIN/kvctl" cluster "$1" "$2" --data-dir "$DATA" > /dev/null 2>&1 || true; }
 fault() { "$BIN/kvctl" --endpoints "$EPS" fault "$@" > /dev/null 2>&1 || true; }
-# What a node whose power failed had not fsynced is gone (its journal says what that was).
-lose() {
-  "$BIN/kv-powerloss" revert "$DATA/$1.journal" | tail -1 | sed "s/^/  lost on $1: /" \
-    || { echo "kv-powerloss revert failed for $1" >&2; exit 2; }
+# The power fails on a node: kill -9, and what it had not fsynced is gone (kvctl cluster
+# power). Prints what that was, under the fault.
+power() {
+  { "$BIN/kvctl" cluster power "$1" --data-dir "$DATA" 2>&1 || true; } \
+    | sed -e "s/^.*lost power (kill -9); /lost on $1: /" -e 's/^/  /'
 }
 RANDOM=$SEED
 # Clock offsets (SKEW): drawn once, set again after every fault (heal clears them, and a
@@ -181,12 +176,11 @@ while [ $SECONDS -lt $end ]; do
     step) ms=$(( (RANDOM * 32768 + RANDOM) % (2 * STEP + 1) - STEP ))
        by=$(awk -v m="$ms" 'BEGIN { printf "%+.3f", m / 1000 }')
        echo "$at step $n ${by}s"; echo "$by" > "$DATA/clocks/$n"; sleep 1; echo "+0" > "$DATA/clocks/$n" ;;
-    power) echo "$at power $n"; fault disk $n 100ms; sleep 0.3; node kill $n; lose $n; sleep 1; node start $n ;;
+    power) echo "$at power $n"; fault disk $n 100ms; sleep 0.3; power $n; sleep 1; node start $n ;;
     outage) echo "$at outage"
        for i in $(seq "$NODES"); do fault disk n$i 100ms; done
        sleep 0.3
-       for i in $(seq "$NODES"); do node kill n$i; done
-       for i in $(seq "$NODES"); do lose n$i; done
+       for i in $(seq "$NODES"); do power n$i; done
        sleep 1
        for i in $(seq "$NODES"); do node start n$i; done ;;
     disk) ms=$((RANDOM % (DISK - 49) + 50))
@@ -201,9 +195,9 @@ rc=0
 [ -s "$OUT/violation.html" ] || rm -f "$OUT/violation.html"
 "$BIN/kvctl" --endpoints "$EPS" status > "$OUT/status.txt" 2>&1 || true
 cat "$OUT/bench.out"
-echo "faults: $(awk '$1 != "heard" && $1 != "lost" {print $2}' "$OUT/nemesis.log" | sort | uniq -c | awk '{printf "%s %s, ", $1, $2}' | sed 's/, $//')"
+echo "faults: $(awk '$1 ~ /^[0-9]+$/ {print $2}' "$OUT/nemesis.log" | sort | uniq -c | awk '{printf "%s %s, ", $1, $2}' | sed 's/, $//')"
 split=$(grep -c '^  heard' "$OUT/nemesis.log" || true)
-[[ " ${CLUSTER[*]} " == *" leaderless "* ]] || echo "split brain heard by a node (kv_leaders_observed >= 2): $split time(s)$( [ "$split" -gt 0 ] && echo ", after: $(grep -v '^  lost' "$OUT/nemesis.log" | grep -B1 '^  heard' | grep -v '^  heard' | grep -v '^--' | awk '{print $2}' | sort | uniq -c | awk '{printf "%s %s, ", $1, $2}' | sed 's/, $//')")"
+[[ " ${CLUSTER[*]} " == *" leaderless "* ]] || echo "split brain heard by a node (kv_leaders_observed >= 2): $split time(s)$( [ "$split" -gt 0 ] && echo ", after: $(grep -v -E '^  (lost|kvctl)' "$OUT/nemesis.log" | grep -B1 '^  heard' | grep -v '^  heard' | grep -v '^--' | awk '{print $2}' | sort | uniq -c | awk '{printf "%s %s, ", $1, $2}' | sed 's/, $//')")"
 cat "$OUT/check.txt"
 if [ $rc -eq 0 ] && [ "${KEEP_HISTORY:-0}" != 1 ]; then rm -f "$OUT/history.jsonl"; fi
 exit $rc

@@ -32,6 +32,10 @@ pub(crate) enum ClusterCmd {
     Pause(NodeArgs),
     /// Thaw a paused node (SIGCONT).
     Resume(NodeArgs),
+    /// The power fails on a node of a `cluster up --power-loss`: kill -9, and what it wrote
+    /// and had not fsynced is lost (`kv-powerloss revert`), as the disk of a machine that lost
+    /// power would leave it. `cluster start` brings it back on what remains.
+    Power(NodeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -82,6 +86,11 @@ pub(crate) struct UpArgs {
     /// own (bench/scripts/nemesis.sh's STEP=).
     #[arg(long = "node-env", value_name = "KEY=VALUE", value_parser = parse_env)]
     node_env: Vec<(String, String)>,
+    /// Run every node under the power-loss emulation (tests/powerloss: needs
+    /// libkv_powerloss.so and kv-powerloss beside kvctl, `cargo build --release -p
+    /// kv-powerloss`), so that `kvctl cluster power NODE` can fail its power.
+    #[arg(long)]
+    power_loss: bool,
     /// More kv-node flags for every node, after `--`; e.g.
     /// `-- --read-repair blocking --anti-entropy-interval 2s` (see `kv-node --help`).
     #[arg(last = true, value_name = "KV_NODE_FLAGS")]
@@ -101,7 +110,7 @@ fn current_file() -> PathBuf {
     std::env::temp_dir().join("quorumkv-cluster-current")
 }
 
-const ACTIONS: [&str; 4] = ["kill", "start", "pause", "resume"];
+const ACTIONS: [&str; 5] = ["kill", "start", "pause", "resume", "power"];
 
 /// Runs a cluster command.
 pub(crate) fn run(cmd: ClusterCmd, t: Duration) -> ExitCode {
@@ -115,6 +124,7 @@ pub(crate) fn run(cmd: ClusterCmd, t: Duration) -> ExitCode {
         ClusterCmd::Start(n) => ("start", n),
         ClusterCmd::Pause(n) => ("pause", n),
         ClusterCmd::Resume(n) => ("resume", n),
+        ClusterCmd::Power(n) => ("power", n),
     };
     match rt.block_on(request(action, &n, t)) {
         Ok(said) => {
@@ -206,6 +216,18 @@ async fn request(action: &str, n: &NodeArgs, t: Duration) -> Result<String, (u8,
     Ok(said)
 }
 
+/// The power-loss library and tool beside `exe` (`cargo build -p kv-powerloss` puts them in
+/// the same target directory as kvctl).
+fn power_loss_tools(exe: &std::path::Path) -> (PathBuf, PathBuf) {
+    let dir = exe.parent().unwrap_or(std::path::Path::new("."));
+    (dir.join("libkv_powerloss.so"), dir.join("kv-powerloss"))
+}
+
+/// Where a node under `--power-loss` journals what it has not fsynced.
+fn journal_dir(dir: &std::path::Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.journal"))
+}
+
 /// One supervised node.
 struct Node {
     id: String,
@@ -268,6 +290,26 @@ async fn up(a: UpArgs, t: Duration) -> ExitCode {
         Ok(e) => e,
         Err(e) => return fail(format!("cannot find this executable: {e}")),
     };
+    let power_lib = match (a.power_loss, a.memory) {
+        (false, _) => None,
+        (true, true) => {
+            return usage(
+                "--power-loss loses what is not on disk: it needs a data directory, not --memory"
+                    .into(),
+            );
+        }
+        (true, false) => {
+            let (lib, tool) = power_loss_tools(&exe);
+            if !lib.exists() || !tool.exists() {
+                return fail(format!(
+                    "--power-loss needs {} and {}: cargo build --release -p kv-powerloss",
+                    lib.display(),
+                    tool.display()
+                ));
+            }
+            Some(lib)
+        }
+    };
     let dir = a.data_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("quorumkv-cluster-{}", std::process::id()))
     });
@@ -301,8 +343,20 @@ async fn up(a: UpArgs, t: Duration) -> ExitCode {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        let mut preload = None;
         for (k, v) in &a.node_env {
-            cmd.env(k, v.replace("{id}", &id));
+            let v = v.replace("{id}", &id);
+            if k == "LD_PRELOAD" {
+                preload = Some(v.clone());
+            }
+            cmd.env(k, v);
+        }
+        if let Some(lib) = &power_lib {
+            let lib = lib.display().to_string();
+            let both = preload.map_or(lib.clone(), |p| format!("{p} {lib}"));
+            cmd.env("LD_PRELOAD", both)
+                .env("KV_POWERLOSS_DATA", dir.join(&id))
+                .env("KV_POWERLOSS_JOURNAL", journal_dir(&dir, &id));
         }
         if a.memory {
             cmd.args(["--storage", "memory"]);
@@ -561,6 +615,38 @@ fn act(
                     "resumed (SIGCONT)"
                 },
                 n.child.as_ref().map_or(0, Child::id)
+            ))
+        }
+        "power" => {
+            // The log is DATA_DIR/<id>.log; the journal sits beside it.
+            let dir = n.log.parent().unwrap_or(std::path::Path::new("."));
+            let journal = journal_dir(dir, &n.id);
+            if !journal.is_dir() {
+                return Err(format!(
+                    "{} does not run under the power-loss emulation: start the cluster with `kvctl cluster up --power-loss`",
+                    n.id
+                ));
+            }
+            let killed = act(n, i, "kill", command)?;
+            let tool = std::env::current_exe()
+                .map(|e| power_loss_tools(&e).1)
+                .map_err(|e| format!("cannot find this executable: {e}"))?;
+            let out = Command::new(&tool)
+                .arg("revert")
+                .arg(&journal)
+                .output()
+                .map_err(|e| format!("{killed}, but cannot run {}: {e}", tool.display()))?;
+            let said = String::from_utf8_lossy(&out.stdout);
+            if !out.status.success() {
+                return Err(format!(
+                    "{killed}, but kv-powerloss revert failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            Ok(format!(
+                "{} lost power (kill -9); {}",
+                n.id,
+                said.lines().last().unwrap_or("nothing to revert")
             ))
         }
         _ => Err(format!("unknown action {action}")),
