@@ -196,22 +196,7 @@ async fn assert_all_present(
 async fn power_failure(
     fsync: &str,
 ) -> (usize, Vec<String>, String, NodeProcess, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let env = kv_tests::power_loss_env(&data, &dir.path().join("journal"));
-    let addr = format!("127.0.0.1:{}", kv_tests::free_port())
-        .parse()
-        .expect("addr");
-    let admin = format!("127.0.0.1:{}", kv_tests::free_port())
-        .parse()
-        .expect("addr");
-    let args = [
-        "--data-dir",
-        data.to_str().expect("utf-8 path"),
-        "--fsync",
-        fsync,
-    ];
-    let mut node = NodeProcess::start_with_env(addr, admin, &args, env).expect("start");
+    let (dir, mut node) = power_node_in_tempdir(&["--fsync", fsync]);
     let (stop, acked, tasks) = spawn_writers(&node, 0..WRITERS, 0);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let reverted = node.power_off();
