@@ -373,6 +373,11 @@ async fn up(a: UpArgs, t: Duration) -> ExitCode {
     let mut nodes = Vec::new();
     for i in 0..a.nodes {
         let id = format!("n{}", i + 1);
+        if power_lib.is_none() {
+            // An earlier `--power-loss` run's journals describe writes this run overwrites:
+            // `cluster power` must not find (and undo) them.
+            let _ = std::fs::remove_dir_all(journal_dir(&dir, &id));
+        }
         let log_path = dir.join(format!("{id}.log"));
         let log = match std::fs::File::create(&log_path) {
             Ok(f) => f,
