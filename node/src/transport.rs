@@ -19,6 +19,7 @@ use kv_replica::NodeId;
 use kv_replica::leader_follower::{Command, Entry, LogIndex, Message, Snapshot, Term};
 use tokio::sync::mpsc;
 
+use crate::coalesce::Coalescing;
 use crate::driver::{DriverHandle, Input};
 use crate::fault::{FaultFilter, Verdict};
 
@@ -685,7 +686,9 @@ pub fn split_incoming(
     listener: tokio::net::TcpListener,
     peers: Option<PeerReceiver>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> tokio_stream::wrappers::UnboundedReceiverStream<std::io::Result<tokio::net::TcpStream>> {
+) -> tokio_stream::wrappers::UnboundedReceiverStream<
+    std::io::Result<Coalescing<tokio::net::TcpStream>>,
+> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         tokio::pin!(stop);
@@ -706,7 +709,7 @@ pub fn split_incoming(
             let _ = stream.set_nodelay(true);
             match &peers {
                 None => {
-                    if tx.send(Ok(stream)).is_err() {
+                    if tx.send(Ok(Coalescing::new(stream))).is_err() {
                         return;
                     }
                 }
@@ -721,7 +724,7 @@ pub fn split_incoming(
                                 p.serve(stream).await;
                             }
                         } else {
-                            let _ = tx.send(Ok(stream));
+                            let _ = tx.send(Ok(Coalescing::new(stream)));
                         }
                     });
                 }

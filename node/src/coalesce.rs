@@ -1,0 +1,296 @@
+//! Client connections write through a buffer that goes to the socket once per pass of the
+//! scheduler, not once per response.
+//!
+//! The HTTP/2 server flushes its connection every time the connection task runs, and the task
+//! runs after every response that completes: on a replicated node, answers arrive one by one as
+//! the driver thread wakes the requests that wait on it, so each response cost one `writev`
+//! (and, on loopback, the receiver's whole TCP receive path inside that call, plus a wake-up of
+//! the client). Measured on a 3-node leader-follower leader at 256 clients: 1.03 `writev` per
+//! operation, a fifth of its runtime threads' CPU.
+//!
+//! [`Coalescing`] keeps what is written in memory. The first flush with data pending yields
+//! once to the scheduler (`tokio::task::yield_now`, which wakes the task again only after the
+//! other tasks that are ready have run, or before the thread would sleep); the responses those
+//! tasks complete join the buffer, and the next flush writes them all with one call. Nothing
+//! waits for a timer, and a response is never held once the runtime has nothing else to do.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Above this many buffered bytes a write first drains the buffer; a single write this large
+/// with nothing buffered goes straight to the socket.
+const LIMIT: usize = 64 * 1024;
+
+type Yield = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A stream whose writes are collected until a flush that has let the scheduler run once.
+pub struct Coalescing<S> {
+    inner: S,
+    buf: Vec<u8>,
+    /// Bytes at the front of `buf` already written to `inner`.
+    written: usize,
+    /// The yield of the flush in progress, until it completes.
+    yielding: Option<Yield>,
+    /// The flush in progress has yielded: the buffer goes out now, even if it takes several
+    /// writes.
+    draining: bool,
+}
+
+impl<S> Coalescing<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Coalescing {
+            inner,
+            buf: Vec::new(),
+            written: 0,
+            yielding: None,
+            draining: false,
+        }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    fn pending(&self) -> usize {
+        self.buf.len() - self.written
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Coalescing<S> {
+    /// Writes the whole buffer to `inner`.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.pending() > 0 {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        self.buf.clear();
+        self.written = 0;
+        self.draining = false;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Makes room for `len` more bytes: drains a full buffer first.
+    fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.buf.len() >= LIMIT {
+            self.draining = true;
+            ready!(self.poll_drain(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Coalescing<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Coalescing<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_room(cx))?;
+        if this.buf.is_empty() && data.len() >= LIMIT {
+            return Pin::new(&mut this.inner).poll_write(cx, data);
+        }
+        this.buf.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_room(cx))?;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if this.buf.is_empty() && total >= LIMIT {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        }
+        for b in bufs {
+            this.buf.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(total))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pending() > 0 {
+            if !this.draining {
+                let y = this
+                    .yielding
+                    .get_or_insert_with(|| Box::pin(tokio::task::yield_now()));
+                ready!(y.as_mut().poll(cx));
+                this.yielding = None;
+                this.draining = true;
+            }
+            ready!(this.poll_drain(cx))?;
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.yielding = None;
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Coalescing<tokio::net::TcpStream> {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncWriteExt as _;
+
+    /// An in-memory socket that records each write call; accepts at most `max` bytes per call
+    /// and refuses every other call with `Pending` when `stutter` is set.
+    #[derive(Clone, Default)]
+    struct Sink {
+        writes: Arc<Mutex<Vec<Vec<u8>>>>,
+        max: usize,
+        stutter: bool,
+        turn: Arc<Mutex<bool>>,
+    }
+
+    impl Sink {
+        fn bytes(&self) -> Vec<u8> {
+            self.writes.lock().expect("lock").concat()
+        }
+        fn calls(&self) -> usize {
+            self.writes.lock().expect("lock").len()
+        }
+    }
+
+    impl AsyncWrite for Sink {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.stutter {
+                let mut t = self.turn.lock().expect("lock");
+                *t = !*t;
+                if *t {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+            }
+            let n = data
+                .len()
+                .min(if self.max == 0 { usize::MAX } else { self.max });
+            self.writes.lock().expect("lock").push(data[..n].to_vec());
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn writes_wait_for_the_flush_and_go_out_in_one_call() {
+        let sink = Sink::default();
+        let mut c = Coalescing::new(sink.clone());
+        c.write_all(b"one ").await.expect("io");
+        c.write_all(b"two ").await.expect("io");
+        let parts = [io::IoSlice::new(b"thr"), io::IoSlice::new(b"ee")];
+        assert_eq!(c.write_vectored(&parts).await.expect("io"), 5);
+        assert_eq!(sink.calls(), 0, "nothing reaches the socket before a flush");
+        c.flush().await.expect("io");
+        assert_eq!(sink.calls(), 1);
+        assert_eq!(sink.bytes(), b"one two three");
+        // Nothing pending: a flush writes nothing and does not yield.
+        c.flush().await.expect("io");
+        assert_eq!(sink.calls(), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn responses_completed_while_a_flush_yields_share_its_write() {
+        let sink = Sink::default();
+        let conn = Arc::new(Mutex::new(Coalescing::new(sink.clone())));
+        let write = |c: &Arc<Mutex<Coalescing<Sink>>>, what: &'static [u8]| {
+            let c = c.clone();
+            std::future::poll_fn(move |cx| {
+                Pin::new(&mut *c.lock().expect("lock")).poll_write(cx, what)
+            })
+        };
+        // The connection task writes the first response and flushes, which yields...
+        let first = write(&conn, b"first;");
+        let c = conn.clone();
+        let flushing = tokio::spawn(async move {
+            first.await.expect("io");
+            std::future::poll_fn(|cx| Pin::new(&mut *c.lock().expect("lock")).poll_flush(cx))
+                .await
+                .expect("flush");
+        });
+        // ...so the tasks that were ready behind it run first and add their responses, as
+        // request tasks do through the HTTP/2 connection's buffers.
+        let others: Vec<_> = [b"r0;", b"r1;", b"r2;"]
+            .into_iter()
+            .map(|r| tokio::spawn(write(&conn, r)))
+            .collect();
+        flushing.await.expect("io");
+        for o in others {
+            o.await.expect("task").expect("write");
+        }
+        assert_eq!(sink.calls(), 1, "one write for all four: {:?}", sink.writes);
+        assert_eq!(sink.bytes(), b"first;r0;r1;r2;");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_socket_taking_part_of_each_write_gets_every_byte_in_order() {
+        let sink = Sink {
+            max: 7,
+            stutter: true,
+            ..Sink::default()
+        };
+        let mut c = Coalescing::new(sink.clone());
+        let mut expected = Vec::new();
+        for i in 0..200u32 {
+            let chunk = format!("response {i};");
+            c.write_all(chunk.as_bytes()).await.expect("io");
+            expected.extend_from_slice(chunk.as_bytes());
+            if i % 17 == 0 {
+                c.flush().await.expect("io");
+            }
+        }
+        // Over the limit: a write drains the buffer first, then a large one goes straight on.
+        let big = vec![b'x'; LIMIT + 10];
+        c.write_all(&big).await.expect("io");
+        expected.extend_from_slice(&big);
+        c.shutdown().await.expect("io");
+        assert_eq!(sink.bytes(), expected);
+    }
+}
