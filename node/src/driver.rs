@@ -70,6 +70,63 @@ pub struct CasResult {
 }
 
 type CasReply = oneshot::Sender<Result<CasResult, DriveError>>;
+type ProposeReply = oneshot::Sender<Result<Proposed, DriveError>>;
+type ReadReply = oneshot::Sender<Result<(), DriveError>>;
+
+/// An answer the driver thread has for a waiting request.
+enum Reply {
+    Propose(ProposeReply, Result<Proposed, DriveError>),
+    Cas(CasReply, Result<CasResult, DriveError>),
+    Read(ReadReply, Result<(), DriveError>),
+}
+
+impl Reply {
+    fn send(self) {
+        // A request whose caller has gone (deadline, disconnect) needs no answer.
+        let _ = match self {
+            Reply::Propose(r, v) => r.send(v).map_err(drop),
+            Reply::Cas(r, v) => r.send(v).map_err(drop),
+            Reply::Read(r, v) => r.send(v).map_err(drop),
+        };
+    }
+}
+
+/// Answers collected over one pass of the driver loop, handed to the runtime together.
+///
+/// Each answer sent from this thread straight to its request would wake the runtime once (on a
+/// one-thread runtime, an `eventfd` write per answer) and complete the requests one at a time,
+/// so that their connections flushed once per response. One task per pass completes them all
+/// inside the runtime instead, where waking a request costs a queue push. Measured on a
+/// 3-node leader at 256 clients before this: 1.1 `write` system calls per operation on the
+/// driver thread.
+#[derive(Default)]
+struct Outbox {
+    replies: Vec<Reply>,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl Outbox {
+    fn push(&mut self, r: Reply) {
+        self.replies.push(r);
+    }
+
+    fn deliver(&mut self) {
+        if self.replies.is_empty() {
+            return;
+        }
+        let replies = std::mem::take(&mut self.replies);
+        match &self.runtime {
+            Some(rt) if replies.len() > 1 => {
+                rt.spawn(async move {
+                    for r in replies {
+                        r.send();
+                    }
+                });
+            }
+            _ => replies.into_iter().for_each(Reply::send),
+        }
+    }
+}
 
 /// Inputs of the driver thread.
 pub enum Input {
@@ -317,13 +374,15 @@ struct Driver {
     snapshots_installed: u64,
     /// Writes in the rollback file later committed after all.
     rollback_survivors: u64,
-    proposals: HashMap<RequestId, oneshot::Sender<Result<Proposed, DriveError>>>,
+    proposals: HashMap<RequestId, ProposeReply>,
     /// Compare-and-sets proposed here, by log index: answered when applied.
     cas: HashMap<u64, (RequestId, CasReply)>,
     members: usize,
-    reads: HashMap<RequestId, oneshot::Sender<Result<(), DriveError>>>,
+    reads: HashMap<RequestId, ReadReply>,
     /// Confirmed reads waiting for the state machine to reach their index.
-    reads_applying: Vec<(u64, oneshot::Sender<Result<(), DriveError>>)>,
+    reads_applying: Vec<(u64, ReadReply)>,
+    /// Answers of this pass of the loop, not yet sent.
+    outbox: Outbox,
     next_id: RequestId,
     applied: u64,
     rollback: Option<PathBuf>,
@@ -447,6 +506,10 @@ pub fn build(
         members: n_members,
         reads: HashMap::new(),
         reads_applying: Vec::new(),
+        outbox: Outbox {
+            replies: Vec::new(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        },
         next_id: 1,
         applied,
         rollback: data_dir.map(|d| d.join("rollback.jsonl")),
@@ -493,6 +556,7 @@ impl Driver {
             }
             // A replica that cannot write stays silent: no campaigns, no heartbeats.
             if self.failed.is_some() {
+                self.outbox.deliver();
                 next_tick = Instant::now() + tick;
                 continue;
             }
@@ -504,6 +568,7 @@ impl Driver {
                 }
             }
             self.process();
+            self.outbox.deliver();
             self.publish_status();
         }
     }
@@ -846,7 +911,7 @@ impl Driver {
                             let live = cur.as_ref().map(|c| c.version);
                             let applied = live == expected;
                             if let Some((_, r)) = self.cas.remove(&index) {
-                                let _ = r.send(Ok(if applied {
+                                let result = if applied {
                                     CasResult {
                                         applied,
                                         version: Some(version),
@@ -858,7 +923,8 @@ impl Driver {
                                         version: live,
                                         current: cur.and_then(|c| c.value),
                                     }
-                                }));
+                                };
+                                self.outbox.push(Reply::Cas(r, Ok(result)));
                             }
                             applied.then_some((key, Some(value)))
                         }
@@ -882,7 +948,8 @@ impl Driver {
             Action::Acked { id, version, acks } => {
                 // A compare-and-set is answered at apply, not here.
                 if let Some(r) = self.proposals.remove(&id) {
-                    let _ = r.send(Ok(Proposed { version, acks }));
+                    self.outbox
+                        .push(Reply::Propose(r, Ok(Proposed { version, acks })));
                 }
             }
             Action::Unknown { id } => {
@@ -902,7 +969,7 @@ impl Driver {
             Action::ReadReady { id, index } => {
                 if let Some(r) = self.reads.remove(&id) {
                     if index.0 <= self.applied {
-                        let _ = r.send(Ok(()));
+                        self.outbox.push(Reply::Read(r, Ok(())));
                     } else {
                         self.reads_applying.push((index.0, r));
                     }
@@ -947,7 +1014,7 @@ impl Driver {
             .partition(|(i, _)| *i <= applied);
         self.reads_applying = waiting;
         for (_, r) in ready {
-            let _ = r.send(Ok(()));
+            self.outbox.push(Reply::Read(r, Ok(())));
         }
     }
 
