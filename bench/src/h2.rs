@@ -5,7 +5,10 @@
 //! task (two task hand-offs per request) and a reconnecting, load-balancing stack. A load
 //! generator wants none of that on its hot path: its own cost must stay far below the server's
 //! so that it measures the server. This adapter hands requests straight to hyper's HTTP/2
-//! `SendRequest`; the generated `KvClient` runs on top of it unchanged.
+//! `SendRequest`; the generated `KvClient` runs on top of it unchanged. Its socket writes go
+//! through [`kv_proto::coalesce::Coalescing`], so the requests that clients send in one pass of
+//! the runtime share a write (0.71-0.77 `writev` per operation before, 0.34-0.38 after, 256
+//! clients on a 3-node leader).
 //!
 //! A run that kills or restarts a node must not lose that endpoint for the rest of the run:
 //! when the connection is found closed, the next request reconnects (clones share the new
@@ -51,7 +54,7 @@ async fn handshake(addr: &str) -> anyhow::Result<Sender> {
     let (send, conn) = http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(8 << 20)
-        .handshake(TokioIo::new(tcp))
+        .handshake(TokioIo::new(kv_proto::coalesce::Coalescing::new(tcp)))
         .await?;
     tokio::spawn(async move {
         let _ = conn.await;

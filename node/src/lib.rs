@@ -20,7 +20,6 @@
 //! - [`client`]: shared client plumbing for kvctl (and tests).
 
 pub mod client;
-pub mod coalesce;
 pub mod config;
 pub mod data_dir;
 pub mod driver;

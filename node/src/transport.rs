@@ -19,9 +19,9 @@ use kv_replica::NodeId;
 use kv_replica::leader_follower::{Command, Entry, LogIndex, Message, Snapshot, Term};
 use tokio::sync::mpsc;
 
-use crate::coalesce::Coalescing;
 use crate::driver::{DriverHandle, Input};
 use crate::fault::{FaultFilter, Verdict};
+use kv_proto::coalesce::Coalescing;
 
 /// Sends core messages to peers. `send` never blocks; messages to an unreachable peer are
 /// dropped (the protocol retries).

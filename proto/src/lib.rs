@@ -3,12 +3,15 @@
 //! - [`kv::v1`]: the client API (`kv.v1.Kv`), node-to-node traffic (`kv.v1.Peer`) and the
 //!   operator API (`kv.v1.Admin`): messages, generated clients and servers.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, served by gRPC reflection.
+//! - [`coalesce`]: the write buffering that both ends of an HTTP/2 connection use (the node's
+//!   server, the load generator's client).
 //!
-//! Nothing here is written by hand except this file: edit the `.proto` files.
+//! Nothing here is written by hand except this file and `coalesce.rs`: edit the `.proto` files.
 
-#![allow(missing_docs, clippy::all)]
+pub mod coalesce;
 
 /// Generated code, one module per protobuf package.
+#[allow(missing_docs, clippy::all)]
 pub mod kv {
     /// Package `kv.v1`.
     pub mod v1 {
