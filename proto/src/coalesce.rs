@@ -14,6 +14,12 @@
 //! other tasks that are ready have run, or before the thread would sleep); what those tasks
 //! complete joins the buffer, and the next flush writes it all with one call. Nothing waits for
 //! a timer, and nothing is held once the runtime has nothing else to do.
+//!
+//! A yield that found nothing more to write cost a pass of the scheduler for nothing (a
+//! connection with one request at a time: 1 client against one node, p50 141-146 µs without
+//! coalescing, 148-153 µs with a yield at every flush). So a flush yields only when the last
+//! yield paid off (the buffer grew while it waited), and otherwise once every [`RETRY`] flushes,
+//! to notice when load returns.
 
 use std::future::Future;
 use std::io;
@@ -25,6 +31,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Above this many buffered bytes a write first drains the buffer; a single write this large
 /// with nothing buffered goes straight to the socket.
 const LIMIT: usize = 64 * 1024;
+/// After a yield that found nothing more to write, this many flushes write at once before one
+/// yields again.
+const RETRY: u8 = 8;
 
 type Yield = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -36,9 +45,15 @@ pub struct Coalescing<S> {
     written: usize,
     /// The yield of the flush in progress, until it completes.
     yielding: Option<Yield>,
-    /// The flush in progress has yielded: the buffer goes out now, even if it takes several
-    /// writes.
+    /// The flush in progress has yielded (or will not): the buffer goes out now, even if it
+    /// takes several writes.
     draining: bool,
+    /// The buffer's length when the flush in progress yielded.
+    mark: usize,
+    /// Whether the last yield found more to write when it resumed.
+    paid: bool,
+    /// Flushes that did not yield since the last one that did.
+    skipped: u8,
 }
 
 impl<S> Coalescing<S> {
@@ -50,6 +65,9 @@ impl<S> Coalescing<S> {
             written: 0,
             yielding: None,
             draining: false,
+            mark: 0,
+            paid: true,
+            skipped: 0,
         }
     }
 
@@ -138,12 +156,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalescing<S> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.pending() > 0 {
-            if !this.draining {
-                let y = this
-                    .yielding
-                    .get_or_insert_with(|| Box::pin(tokio::task::yield_now()));
+            if !this.draining && this.yielding.is_none() {
+                if this.paid || this.skipped >= RETRY {
+                    this.skipped = 0;
+                    this.mark = this.buf.len();
+                    this.yielding = Some(Box::pin(tokio::task::yield_now()));
+                } else {
+                    this.skipped += 1;
+                    this.draining = true;
+                }
+            }
+            if let Some(y) = this.yielding.as_mut() {
                 ready!(y.as_mut().poll(cx));
                 this.yielding = None;
+                this.paid = this.buf.len() > this.mark;
                 this.draining = true;
             }
             ready!(this.poll_drain(cx))?;
@@ -268,6 +294,33 @@ mod tests {
         }
         assert_eq!(sink.calls(), 1, "one write for all four: {:?}", sink.writes);
         assert_eq!(sink.bytes(), b"first;r0;r1;r2;");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_with_nothing_to_share_its_writes_stops_yielding_until_the_retry() {
+        let sink = Sink::default();
+        let mut c = Coalescing::new(sink.clone());
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut flush_at_once = |c: &mut Coalescing<Sink>| {
+            assert!(Pin::new(&mut *c).poll_write(&mut cx, b"r;").is_ready());
+            Pin::new(&mut *c).poll_flush(&mut cx).is_ready()
+        };
+        // The first flush yields; nothing joins it.
+        assert!(!flush_at_once(&mut c), "the first flush yields");
+        c.flush().await.expect("flush");
+        assert_eq!(sink.calls(), 1);
+        // So the next RETRY flushes write at once, and the one after tries a yield again.
+        for i in 0..RETRY {
+            assert!(
+                flush_at_once(&mut c),
+                "flush {i} after an idle yield writes at once"
+            );
+        }
+        assert_eq!(sink.calls(), 1 + usize::from(RETRY));
+        assert!(!flush_at_once(&mut c), "then one yields again");
+        c.flush().await.expect("flush");
+        assert_eq!(sink.bytes().len(), 2 * (usize::from(RETRY) + 2));
     }
 
     #[tokio::test(flavor = "current_thread")]
