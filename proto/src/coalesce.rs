@@ -24,9 +24,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker, ready};
+use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -37,66 +35,7 @@ const LIMIT: usize = 64 * 1024;
 /// yields again.
 const RETRY: u8 = 8;
 
-/// A yield in progress: the scheduler's deferred wake-up sets `fired`, then wakes the task.
-///
-/// `tokio::task::yield_now` alone would end at the task's next poll, whatever caused it; on a
-/// multi-threaded runtime the request tasks wake the connection task again at once (the
-/// runtime runs a task woken by the running one next), so each request ended the yield early
-/// and the buffer went out with one or two messages.
-struct Yield {
-    fired: AtomicBool,
-    task: Mutex<Waker>,
-}
-
-impl Yield {
-    /// Asks the scheduler for a deferred wake-up of the task polled with `cx`.
-    fn start(cx: &Context<'_>) -> Arc<Yield> {
-        let y = Arc::new(Yield {
-            fired: AtomicBool::new(false),
-            task: Mutex::new(cx.waker().clone()),
-        });
-        let waker = Waker::from(y.clone());
-        let mut deferred = std::pin::pin!(tokio::task::yield_now());
-        // Pending: the wake-up is registered (dropping the future does not cancel it). Ready
-        // would mean no deferral at all: as if it had fired.
-        if deferred
-            .as_mut()
-            .poll(&mut Context::from_waker(&waker))
-            .is_ready()
-        {
-            y.fired.store(true, Ordering::Release);
-        }
-        y
-    }
-
-    /// Whether the deferred wake-up came; if not, the task polled with `cx` gets it.
-    fn fired(&self, cx: &Context<'_>) -> bool {
-        if self.fired.load(Ordering::Acquire) {
-            return true;
-        }
-        let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
-        if !task.will_wake(cx.waker()) {
-            task.clone_from(cx.waker());
-        }
-        drop(task);
-        // It may have fired meanwhile, waking the waker just replaced.
-        self.fired.load(Ordering::Acquire)
-    }
-}
-
-impl Wake for Yield {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.fired.store(true, Ordering::Release);
-        self.task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .wake_by_ref();
-    }
-}
+type Yield = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A stream whose writes are collected until a flush that has let the scheduler run once.
 pub struct Coalescing<S> {
@@ -105,7 +44,7 @@ pub struct Coalescing<S> {
     /// Bytes at the front of `buf` already written to `inner`.
     written: usize,
     /// The yield of the flush in progress, until it completes.
-    yielding: Option<Arc<Yield>>,
+    yielding: Option<Yield>,
     /// The flush in progress has yielded (or will not): the buffer goes out now, even if it
     /// takes several writes.
     draining: bool,
@@ -221,16 +160,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalescing<S> {
                 if this.paid || this.skipped >= RETRY {
                     this.skipped = 0;
                     this.mark = this.buf.len();
-                    this.yielding = Some(Yield::start(cx));
+                    this.yielding = Some(Box::pin(tokio::task::yield_now()));
                 } else {
                     this.skipped += 1;
                     this.draining = true;
                 }
             }
-            if let Some(y) = &this.yielding {
-                if !y.fired(cx) {
-                    return Poll::Pending;
-                }
+            if let Some(y) = this.yielding.as_mut() {
+                ready!(y.as_mut().poll(cx));
                 this.yielding = None;
                 this.paid = this.buf.len() > this.mark;
                 this.draining = true;
@@ -357,61 +294,6 @@ mod tests {
         }
         assert_eq!(sink.calls(), 1, "one write for all four: {:?}", sink.writes);
         assert_eq!(sink.bytes(), b"first;r0;r1;r2;");
-    }
-
-    // One worker of the multi-threaded runtime: a task woken by the running one runs next.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn a_yield_lasts_until_the_scheduler_resumes_it_not_until_the_next_wake_up() {
-        let sink = Sink::default();
-        let conn = Arc::new(Mutex::new(Coalescing::new(sink.clone())));
-        let conn_waker: Arc<Mutex<Option<Waker>>> = Arc::default();
-        // A request task adds a message and wakes the connection at once, as h2's streams do.
-        let request = |r: &'static [u8]| {
-            let (c, w) = (conn.clone(), conn_waker.clone());
-            async move {
-                std::future::poll_fn(|cx| {
-                    Pin::new(&mut *c.lock().expect("lock")).poll_write(cx, r)
-                })
-                .await
-                .expect("write");
-                if let Some(w) = w.lock().expect("lock").take() {
-                    w.wake();
-                }
-            }
-        };
-        let requests = [request(b"r0;"), request(b"r1;"), request(b"r2;")];
-        // The connection task writes one response and flushes (it yields); the requests start
-        // from inside it, on the same worker, so the worker has work until they are done.
-        let (c, w) = (conn.clone(), conn_waker.clone());
-        tokio::spawn(async move {
-            let mut requests = Some(requests);
-            let mut handles = Vec::new();
-            std::future::poll_fn(|cx| {
-                *w.lock().expect("lock") = Some(cx.waker().clone());
-                let mut g = c.lock().expect("lock");
-                if let Some(rs) = requests.take() {
-                    assert!(Pin::new(&mut *g).poll_write(cx, b"first;").is_ready());
-                    let first = Pin::new(&mut *g).poll_flush(cx);
-                    assert!(first.is_pending(), "the first flush yields");
-                    handles.extend(rs.into_iter().map(tokio::spawn));
-                    return first;
-                }
-                Pin::new(&mut *g).poll_flush(cx)
-            })
-            .await
-            .expect("flush");
-            for h in handles {
-                h.await.expect("task");
-            }
-        })
-        .await
-        .expect("task");
-        assert_eq!(sink.calls(), 1, "one write for all four: {:?}", sink.writes);
-        let mut got: Vec<&[u8]> = Vec::new();
-        let bytes = sink.bytes();
-        got.extend(bytes.split_inclusive(|b| *b == b';'));
-        got[1..].sort();
-        assert_eq!(got, [&b"first;"[..], b"r0;", b"r1;", b"r2;"]);
     }
 
     #[tokio::test(flavor = "current_thread")]
