@@ -99,7 +99,6 @@ impl Reply {
 /// inside the runtime instead, where waking a request costs a queue push. Measured on a
 /// 3-node leader at 256 clients before this: 1.1 `write` system calls per operation on the
 /// driver thread.
-#[derive(Default)]
 struct Outbox {
     replies: Vec<Reply>,
     runtime: Option<tokio::runtime::Handle>,

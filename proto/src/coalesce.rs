@@ -71,11 +71,6 @@ impl<S> Coalescing<S> {
         }
     }
 
-    /// The wrapped stream.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
     fn pending(&self) -> usize {
         self.buf.len() - self.written
     }
@@ -97,7 +92,7 @@ impl<S: AsyncWrite + Unpin> Coalescing<S> {
         Poll::Ready(Ok(()))
     }
 
-    /// Makes room for `len` more bytes: drains a full buffer first.
+    /// Drains the buffer first when it is full ([`LIMIT`]).
     fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.buf.len() >= LIMIT {
             self.draining = true;
