@@ -7,7 +7,7 @@
 //! so that it measures the server. This adapter hands requests straight to hyper's HTTP/2
 //! `SendRequest`; the generated `KvClient` runs on top of it unchanged. Its socket writes go
 //! through [`kv_proto::coalesce::Coalescing`], so the requests that clients send in one pass of
-//! the runtime share a write (0.71-0.77 `writev` per operation before, 0.34-0.38 after, 256
+//! the runtime share a write (0.71-0.77 `writev` per operation before, 0.34-0.45 `sendto` after, 256
 //! clients on a 3-node leader).
 //!
 //! A run that kills or restarts a node must not lose that endpoint for the rest of the run:
