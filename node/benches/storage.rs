@@ -41,7 +41,7 @@ async fn case(policy: FsyncPolicy, writers: usize) {
         dir.path(),
         DiskOptions {
             fsync: policy,
-            on_flush: Some(Arc::new(move |d: Duration, _| {
+            on_flush: Some(Arc::new(move |d: Duration, _, _| {
                 f.fetch_add(1, Ordering::Relaxed);
                 ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
             })),

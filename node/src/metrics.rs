@@ -92,6 +92,7 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     /// Records made durable by one fsync (group commit at work).
     pub fsync_batch_records: Histogram,
+    pub fsync_gather_seconds: Histogram,
     /// Tombstones purged after their grace period.
     pub tombstones_purged: Counter,
     storage_keys: Gauge,
@@ -179,6 +180,14 @@ impl Metrics {
             "fsync_batch_records",
             "Writes made durable by one fsync",
             fsync_batch_records.clone(),
+        );
+        let fsync_gather_seconds = latency_histogram();
+        registry.register_with_unit(
+            "fsync_gather",
+            "Time a flush waited for more writes before its fsync (group commit gathering the \
+             writers the last flush acknowledged)",
+            Unit::Seconds,
+            fsync_gather_seconds.clone(),
         );
         let tombstones_purged = Counter::default();
         registry.register(
@@ -395,6 +404,7 @@ impl Metrics {
             request_seconds,
             fsync_seconds,
             fsync_batch_records,
+            fsync_gather_seconds,
             tombstones_purged,
             storage_keys,
             storage_tombstones,
@@ -430,11 +440,13 @@ impl Metrics {
     pub fn flush_observer(&self, slow: SlowFlushes) -> FlushObserver {
         let secs = self.fsync_seconds.clone();
         let batch = self.fsync_batch_records.clone();
+        let gather = self.fsync_gather_seconds.clone();
         let limit = slow.limit;
         let slow = std::sync::Mutex::new(slow);
-        Arc::new(move |d: Duration, n: usize| {
+        Arc::new(move |d: Duration, n: usize, waited: Duration| {
             secs.observe(d.as_secs_f64());
             batch.observe(n as f64);
+            gather.observe(waited.as_secs_f64());
             if d > limit
                 && let Ok(mut s) = slow.lock()
             {

@@ -19,6 +19,7 @@
 //! file's new size. Replay stops at the zero fill; a write cut short inside it (a record, then
 //! zeros, and no whole record after) is a torn tail.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -31,6 +32,7 @@ use crate::storage::StorageError;
 use crate::storage::disk::{
     Appender, PREALLOCATE, corrupt, lock_dir, replace_file, sync_dir, truncate_torn,
 };
+use crate::storage::gather::Gather;
 use crate::storage::record::{self, Frame, Record};
 use crate::storage::{FlushObserver, FsyncPolicy};
 
@@ -386,19 +388,18 @@ impl RaftLog {
         let mut out = self.out.try_clone()?;
         let path = self.path.clone();
         let fsync = self.fsync;
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let (tx, rx) = std::sync::mpsc::channel::<(Job, Instant)>();
         let thread = std::thread::Builder::new()
             .name("kv-raft-log".into())
             .spawn(move || {
                 let mut durable = 0u64;
-                let mut pending: Option<Job> = None;
+                // Jobs received and not yet written, in order, with when they were submitted.
+                let mut backlog: VecDeque<(Job, Instant)> = VecDeque::new();
+                let mut gather = Gather::new();
                 loop {
-                    let first = match pending.take() {
-                        Some(j) => j,
-                        None => match rx.recv() {
-                            Ok(j) => j,
-                            Err(_) => return,
-                        },
+                    let first = match backlog.pop_front().or_else(|| rx.recv().ok()) {
+                        Some((j, _)) => j,
+                        None => return,
                     };
                     #[cfg(test)]
                     std::thread::sleep(std::time::Duration::from_millis(
@@ -407,26 +408,46 @@ impl RaftLog {
                     let (res, counted) = match first {
                         Job::Append { bytes, records } => {
                             // Appends queued behind it share its fsync; a rewrite waits its turn.
-                            let started = Instant::now();
                             let mut bufs = vec![bytes];
                             let mut records = records;
-                            for j in rx.try_iter() {
-                                match j {
-                                    Job::Append { bytes, records: r } => {
-                                        bufs.push(bytes);
-                                        records += r;
-                                    }
-                                    rewrite @ Job::Rewrite { .. } => {
-                                        pending = Some(rewrite);
-                                        break;
+                            backlog.extend(rx.try_iter());
+                            let mut open = take_appends(&mut backlog, &mut bufs, &mut records);
+                            // Closed-loop writers that the last flush acknowledged may be on
+                            // their way back (see `storage::gather`).
+                            let from = Instant::now();
+                            if open
+                                && fsync == FsyncPolicy::Batch
+                                && let Some(w) = gather.plan(records)
+                            {
+                                let until = from + w.window;
+                                while open && records < w.records {
+                                    let left = until.saturating_duration_since(Instant::now());
+                                    let Ok(j) = rx.recv_timeout(left) else { break };
+                                    backlog.push_back(j);
+                                    open = take_appends(&mut backlog, &mut bufs, &mut records);
+                                }
+                            }
+                            let started = Instant::now();
+                            let early_until = started + gather.window();
+                            let slices: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
+                            let res = out.write(&slices).map(|_| ());
+                            let took = started.elapsed();
+                            if let (Ok(()), Some(obs)) = (&res, &on_flush) {
+                                obs(took, records, started - from);
+                            }
+                            // Counted before `done` acknowledges: appends that missed it, and
+                            // those of them submitted soon after it started.
+                            backlog.extend(rx.try_iter());
+                            let (mut missed, mut early) = (0, 0);
+                            for (j, at) in &backlog {
+                                if let Job::Append { records, .. } = j {
+                                    missed += records;
+                                    if *at <= early_until {
+                                        early += records;
                                     }
                                 }
                             }
-                            let slices: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
-                            let res = out.write(&slices).map(|_| ());
-                            if let (Ok(()), Some(obs)) = (&res, &on_flush) {
-                                obs(started.elapsed(), records);
-                            }
+                            gather.flushed(records, took, missed, early);
                             (res, bufs.len() as u64)
                         }
                         Job::Rewrite {
@@ -466,6 +487,28 @@ impl RaftLog {
     }
 }
 
+/// Moves the appends at the front of `backlog` into the batch (`bufs`, `records`); false when
+/// a rewrite stopped it (the rewrite stays first in `backlog`, written after the batch).
+fn take_appends(
+    backlog: &mut VecDeque<(Job, Instant)>,
+    bufs: &mut Vec<Vec<u8>>,
+    records: &mut usize,
+) -> bool {
+    while let Some((j, at)) = backlog.pop_front() {
+        match j {
+            Job::Append { bytes, records: r } => {
+                bufs.push(bytes);
+                *records += r;
+            }
+            rewrite @ Job::Rewrite { .. } => {
+                backlog.push_front((rewrite, at));
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// Tests: how long the writer thread waits before writing each batch, so that anything sent
 /// before its batch is durable shows.
 #[cfg(test)]
@@ -502,14 +545,16 @@ pub enum Job {
 /// queued and waits for it to end, so that nothing writes the file once its directory lock is
 /// released (drop it before the [`RaftLog`]).
 pub struct LogWriter {
-    tx: Option<std::sync::mpsc::Sender<Job>>,
+    tx: Option<std::sync::mpsc::Sender<(Job, Instant)>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl LogWriter {
     /// Queues a job; `false` when the writer has stopped (after an error).
     pub fn submit(&self, job: Job) -> bool {
-        self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok())
+        self.tx
+            .as_ref()
+            .is_some_and(|tx| tx.send((job, Instant::now())).is_ok())
     }
 }
 

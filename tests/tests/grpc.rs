@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use kv_proto::kv::v1 as pb;
 use kv_proto::kv::v1::kv_client::KvClient;
-use kv_tests::{NodeProcess, http_get};
+use kv_tests::{NodeProcess, http_get, kvctl};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -142,4 +142,69 @@ async fn node_fsync_metrics_show_group_commit() {
     assert_eq!(records, 640.0);
     assert!(fsyncs < 640.0, "640 concurrent writes took {fsyncs} fsyncs");
     assert!(body.contains("kv_fsync_duration_seconds_count"), "{body}");
+}
+
+/// Group commit on a slow disk (`kvctl fault disk`, every flush 40 ms slower): the writers
+/// one flush acknowledges come back together, and the next flush waits for them
+/// (`storage::gather`) instead of starting with the first to arrive and leaving the others
+/// for the flush after. Without that rule they settle into two groups taking turns, about
+/// half of them per flush.
+#[tokio::test]
+async fn closed_loop_writers_on_a_slow_disk_share_each_flush() {
+    const WRITERS: usize = 8;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("d");
+    let node = NodeProcess::start(&[
+        "--id",
+        "n1",
+        "--data-dir",
+        data.to_str().expect("utf-8"),
+        "--fsync",
+        "batch",
+        "--enable-fault-injection",
+    ])
+    .expect("start");
+    let r = kvctl(&node.endpoint(), &["fault", "disk", "n1", "40ms"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let mut tasks = Vec::new();
+    for t in 0..WRITERS {
+        let uri = format!("http://{}", node.endpoint());
+        tasks.push(tokio::spawn(async move {
+            let mut kv = KvClient::connect(uri).await.expect("connect");
+            for i in 0..50 {
+                kv.put(pb::PutRequest {
+                    key: Bytes::from(format!("{t}-{i}")),
+                    value: Bytes::from_static(b"v"),
+                    consistency: None,
+                })
+                .await
+                .expect("put");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let (_, body) = http_get(node.admin, "/metrics").expect("metrics");
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} missing:\n{body}"))
+    };
+    let records = value("kv_fsync_batch_records_sum ");
+    let flushes = value("kv_fsync_batch_records_count ");
+    eprintln!(
+        "{WRITERS} writers: {:.1} writes per flush over {flushes} flushes",
+        records / flushes
+    );
+    assert_eq!(records, (WRITERS * 50) as f64);
+    assert!(
+        records / flushes >= 5.5,
+        "{WRITERS} closed-loop writers: {:.1} writes per flush over {flushes} flushes",
+        records / flushes
+    );
+    assert!(
+        value("kv_fsync_gather_seconds_sum ") > 0.0,
+        "no flush waited"
+    );
 }

@@ -32,12 +32,14 @@ use bytes::Bytes;
 use kv_replica::Version;
 use tokio::sync::oneshot;
 
+use super::gather::Gather;
 use super::index::Index;
 use super::record::{self, Frame, Record};
 use super::{DurableFuture, Entry, FsyncPolicy, Lsn, Storage, StorageError, StorageStats, Write};
 
-/// Called after every flush with how long the write+fsync took and how many records it held.
-pub type FlushObserver = Arc<dyn Fn(Duration, usize) + Send + Sync>;
+/// Called after every flush with how long the write+fsync took, how many records it held and
+/// how long it waited for more before it started (see [`super::gather`]).
+pub type FlushObserver = Arc<dyn Fn(Duration, usize, Duration) + Send + Sync>;
 
 /// Called once, with the reason, when a write or fsync fails and the storage stops accepting
 /// writes (the node stops: see `kv_node::start`).
@@ -117,6 +119,13 @@ struct State {
     flush_wanted: bool,
     /// With `lazy_flush`: when what is queued must be flushed at the latest.
     flush_by: Option<Instant>,
+    /// The flusher waits for more writes before a flush (group commit gathering): every write
+    /// must wake it.
+    gathering: bool,
+    /// Writes queued since the running flush started, before `early_until` (group commit
+    /// gathering: did they come in a burst?).
+    early: usize,
+    early_until: Option<Instant>,
 }
 
 struct Shared {
@@ -648,6 +657,9 @@ impl DiskStorage {
                 shutdown: false,
                 flush_wanted: false,
                 flush_by: None,
+                gathering: false,
+                early: 0,
+                early_until: None,
             }),
             wake: Condvar::new(),
             durable: AtomicU64::new(last_lsn),
@@ -687,7 +699,9 @@ fn flusher(shared: Arc<Shared>, mut file: Appender) {
     let policy = shared.opts.fsync;
     let mut chunk: Vec<u8> = Vec::with_capacity(1 << 16);
     let mut since_snapshot = shared.disk_bytes.load(Ordering::Relaxed);
+    let mut gather = Gather::new();
     loop {
+        let mut waited = Duration::ZERO;
         let (last, records) = {
             let mut st = shared.lock();
             loop {
@@ -715,6 +729,27 @@ fn flusher(shared: Arc<Shared>, mut file: Appender) {
                     _ => break,
                 }
             }
+            // Closed-loop writers that the last flush acknowledged may be on their way back.
+            if policy == FsyncPolicy::Batch
+                && !st.shutdown
+                && let Some(w) = gather.plan(st.lens.len())
+            {
+                let from = Instant::now();
+                let until = from + w.window;
+                st.gathering = true;
+                while st.lens.len() < w.records && !st.shutdown {
+                    let Some(left) = until.checked_duration_since(Instant::now()) else {
+                        break;
+                    };
+                    st = shared
+                        .wake
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                st.gathering = false;
+                waited = from.elapsed();
+            }
             chunk.clear();
             let taken = if policy == FsyncPolicy::Always {
                 let (len, lsn) = st.lens.pop_front().expect("invariant: lens is non-empty");
@@ -732,6 +767,9 @@ fn flusher(shared: Arc<Shared>, mut file: Appender) {
                 st.flush_wanted = false;
                 st.flush_by = None;
             }
+            st.early = 0;
+            let window = gather.window();
+            st.early_until = (!window.is_zero()).then(|| Instant::now() + window);
             taken
         };
         let t = Instant::now();
@@ -742,8 +780,15 @@ fn flusher(shared: Arc<Shared>, mut file: Appender) {
                 return;
             }
         };
+        let took = t.elapsed();
         if let Some(obs) = &shared.opts.on_flush {
-            obs(t.elapsed(), records);
+            obs(took, records, waited);
+        }
+        // Counted before the waiters are woken: writes that missed this flush.
+        {
+            let mut st = shared.lock();
+            st.early_until = None;
+            gather.flushed(records, took, st.lens.len(), st.early);
         }
         shared.publish_durable(last);
         since_snapshot += chunk.len() as u64;
@@ -882,10 +927,18 @@ impl Storage for DiskStorage {
         record::encode(&mut st.buf, &rec);
         let len = st.buf.len() - start;
         st.lens.push_back((len, lsn));
+        if let Some(until) = st.early_until {
+            if Instant::now() <= until {
+                st.early += 1;
+            } else {
+                st.early_until = None;
+            }
+        }
         let (key, entry) = entry_of(rec);
         st.index.apply(key, entry);
         let wake = match self.shared.opts.lazy_flush {
             None => true,
+            Some(_) if st.gathering => true,
             // The first write queued sets the latest time of its flush (the flusher, idle
             // until now, must hear of it); later ones share that flush.
             Some(bound) => {

@@ -17,6 +17,7 @@
 //! group commit and snapshots). Both pass the same conformance suite (`testing::suite`).
 
 pub(crate) mod disk;
+pub(crate) mod gather;
 mod index;
 mod mem;
 pub(crate) mod record;
@@ -607,7 +608,7 @@ mod tests {
             dir,
             DiskOptions {
                 fsync: FsyncPolicy::Batch,
-                on_flush: Some(Arc::new(move |_, records| {
+                on_flush: Some(Arc::new(move |_, records, _| {
                     f.lock().expect("lock").push(records);
                 })),
                 lazy_flush: Some(bound),
@@ -666,7 +667,7 @@ mod tests {
             dir.path(),
             DiskOptions {
                 fsync: FsyncPolicy::Batch,
-                on_flush: Some(Arc::new(move |_, _| {
+                on_flush: Some(Arc::new(move |_, _, _| {
                     f.fetch_add(1, Ordering::Relaxed);
                 })),
                 ..DiskOptions::default()
