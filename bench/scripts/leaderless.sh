@@ -108,8 +108,7 @@ with open(os.path.join(out, "RESULTS.md"), "w") as f:
         if n in d:
             f.write("| %s | %.0f | %d | %d | %d | %d |%s\n" % d[n])
     def ratio(a, b, label):
-        if a in d and b in d:
-            f.write("\n%s: %.2fx throughput, p99 %d vs %d us" % (label, d[a][1] / d[b][1], d[a][3], d[b][3]))
+        cpu.ratio(f, d, a, b, label, 3)
     ratio("kv-16", "etcd-16", "16 clients, quorumkv leaderless / etcd")
     ratio("kv-256", "etcd-256", "256 clients, quorumkv leaderless / etcd")
     ratio("kv-fanq-16", "etcd-16", "16 clients, quorumkv leaderless --read-fanout quorum / etcd")

@@ -136,8 +136,7 @@ with open(os.path.join(out, "RESULTS.md"), "w") as f:
         if n in d:
             f.write("| %s | %.0f | %d | %d | %d | %d | %s |%s\n" % d[n])
     def ratio(a, b, label):
-        if a in d and b in d:
-            f.write("\n%s: %.2fx throughput, p99 %d vs %d us" % (label, d[a][1] / d[b][1], d[a][4], d[b][4]))
+        cpu.ratio(f, d, a, b, label, 4)
     ratio("kv-lf-16", "etcd-16", "16 clients, quorumkv leader-follower / etcd")
     ratio("kv-lf-256", "etcd-256", "256 clients, quorumkv leader-follower / etcd")
     ratio("kv-ll-16", "etcd-16", "16 clients, quorumkv leaderless / etcd")
