@@ -22,7 +22,7 @@
 //! One writer at a time never waits (the last flush carried one write and none missed it).
 //! Nor does anything wait on a disk whose flushes take less than [`MIN_FLUSH`]: there the
 //! window would be shorter than the writers' round trip, and on this machine (fsync about
-//! 0.2 ms) such waits cost leader-follower and leaderless clusters 5-10% of their throughput
+//! 0.2 ms) such waits cost leader-follower and leaderless clusters 5-16% of their throughput
 //! at 16 clients.
 //!
 //! Sans-IO: the flushers ask [`Gather::plan`] and report each flush with [`Gather::flushed`];
