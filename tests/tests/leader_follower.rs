@@ -164,6 +164,56 @@ async fn a_slow_disk_on_the_leader_holds_its_writes_back_and_is_logged() {
     assert_eq!(kvctl(&eps, &["get", "k"]).stdout, "v2");
 }
 
+/// The leader's log writer gathers too (`storage::gather`): with every disk 40 ms slower, 8
+/// closed-loop writers at W=2 share each of the leader's flushes instead of settling into two
+/// groups that take turns (4.0 writes a flush with the rule turned off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_writers_share_the_leaders_flushes_on_slow_disks() {
+    const WRITERS: usize = 8;
+    const EACH: usize = 40;
+    let _serial = SERIAL.lock().await;
+    let (c, leader) = led(3).await;
+    c.slow_disks("40ms");
+    let sum = "kv_fsync_batch_records_sum";
+    let count = "kv_fsync_batch_records_count";
+    let (records0, flushes0) = (c.metric(leader, sum), c.metric(leader, count));
+    let mut tasks = Vec::new();
+    for t in 0..WRITERS {
+        let mut kv = c.client(leader).await.expect("client");
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                kv.put(put(&format!("g{t}-{i}"), "v", 2))
+                    .await
+                    .expect("put");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    // W=2 can be two followers: the leader's own last flush may still be running.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.metric(leader, sum) - records0 < (WRITERS * EACH) as f64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let records = c.metric(leader, sum) - records0;
+    let flushes = c.metric(leader, count) - flushes0;
+    eprintln!(
+        "{WRITERS} writers: {:.1} writes per leader flush over {flushes} flushes",
+        records / flushes
+    );
+    assert!(records >= (WRITERS * EACH) as f64, "{records} records");
+    assert!(
+        records / flushes >= 5.5,
+        "{WRITERS} closed-loop writers: {:.1} writes per leader flush over {flushes} flushes",
+        records / flushes
+    );
+    assert!(
+        c.metric(leader, "kv_fsync_gather_seconds_sum") > 0.0,
+        "no flush waited"
+    );
+}
+
 /// A leader paused (SIGSTOP: a long GC or VM pause) while the others elect a new one, then
 /// resumed: until it hears of the newer term it goes on sending heartbeats of its own, which
 /// the nodes following the new leader hear beside the new leader's. They report
