@@ -1,29 +1,35 @@
-//! A lean gRPC channel for the load generator: one HTTP/2 connection driven by hyper directly,
-//! re-established when it breaks.
+//! A lean gRPC channel for the load generator: one HTTP/2 connection driven by the `h2` crate
+//! directly, re-established when it breaks.
 //!
 //! tonic's `Channel` puts every request through a `tower::buffer` queue served by a background
-//! task (two task hand-offs per request) and a reconnecting, load-balancing stack. A load
-//! generator wants none of that on its hot path: its own cost must stay far below the server's
-//! so that it measures the server. This adapter hands requests straight to hyper's HTTP/2
-//! `SendRequest`; the generated `KvClient` runs on top of it unchanged. Its socket writes go
-//! through [`kv_proto::coalesce::Coalescing`], so the requests that clients send in one pass of
-//! the runtime share a write (0.71-0.77 `writev` per operation before, 0.34-0.45 `sendto` after, 256
-//! clients on a 3-node leader).
+//! task (two task hand-offs per request) and a reconnecting, load-balancing stack; hyper's HTTP/2
+//! client, under it, spawns a task per request to wait for the response and, because a gRPC
+//! request body is a stream, usually a second one to send that body. A load generator wants none
+//! of that on its hot path: its own cost must stay far below the server's so that it measures
+//! the server. Here the client's own task opens the stream, sends the whole request with it and
+//! reads the answer; only the connection task runs beside it. The generated `KvClient` runs on top
+//! unchanged. Socket writes go through [`kv_proto::coalesce::Coalescing`], so the requests that
+//! clients send in one pass of the runtime share a write (0.71-0.77 `writev` per operation before,
+//! 0.34-0.45 `sendto` after, 256 clients on a 3-node leader).
 //!
 //! A run that kills or restarts a node must not lose that endpoint for the rest of the run:
 //! when the connection is found closed, the next request reconnects (clones share the new
 //! connection). While the endpoint refuses, attempts are paced ([`RETRY`]) and each failed one
 //! answers its request UNAVAILABLE, so a dead node slows its clients down instead of letting
-//! them spin through thousands of instant errors a second.
+//! them spin through thousands of instant errors a second. A request on a connection that breaks
+//! fails as a lost connection (tonic's UNKNOWN, with this error as its source), as it did on
+//! hyper.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use hyper::body::{Body as HttpBody, Frame};
 use tokio::time::Instant;
 use tonic::body::Body;
 
@@ -32,7 +38,18 @@ pub const RETRY: Duration = Duration::from_millis(100);
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-type Sender = http2::SendRequest<Body>;
+/// One live HTTP/2 connection: its request handle, and whether it has ended.
+#[derive(Clone)]
+struct Sender {
+    send: h2::client::SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+}
 
 /// One HTTP/2 connection, cloneable (clones share the connection and its replacement).
 #[derive(Clone)]
@@ -51,15 +68,18 @@ struct Shared {
 async fn handshake(addr: &str) -> anyhow::Result<Sender> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
-    let (send, conn) = http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(1 << 20)
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
         .initial_connection_window_size(8 << 20)
-        .handshake(TokioIo::new(kv_proto::coalesce::Coalescing::new(tcp)))
+        .handshake::<_, Bytes>(kv_proto::coalesce::Coalescing::new(tcp))
         .await?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let flag = closed.clone();
     tokio::spawn(async move {
         let _ = conn.await;
+        flag.store(true, Ordering::Relaxed);
     });
-    Ok(send)
+    Ok(Sender { send, closed })
 }
 
 impl H2Channel {
@@ -110,12 +130,95 @@ impl Shared {
     }
 }
 
+/// A transport failure of one request (the connection broke or was refused mid-stream).
+///
+/// It hides the `h2::Error` from tonic, which would otherwise turn some of them (GOAWAY with
+/// NO_ERROR, a stream reset) into INTERNAL: to the load generator any of them is a connection lost.
+#[derive(Debug)]
+struct Broken(h2::Error);
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "connection lost: {}", self.0)
+    }
+}
+
+impl std::error::Error for Broken {}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body read straight from the HTTP/2 stream: its DATA frames (each returned to the
+/// flow-control window as it is read), then its trailers (where gRPC puts the status).
+pub struct H2Body {
+    recv: h2::RecvStream,
+    data_done: bool,
+}
+
+impl HttpBody for H2Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.data_done {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Fails only once the stream is gone, which the next poll reports.
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(Broken(e).into()))),
+                None => self.data_done = true,
+            }
+        }
+        Poll::Ready(match ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(t)) => Some(Ok(Frame::trailers(t))),
+            Ok(None) => None,
+            Err(e) => Some(Err(Broken(e).into())),
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+}
+
+/// Sends one request on `send` and waits for the response's headers, all in the caller's task.
+async fn exchange(
+    send: Sender,
+    req: http::Request<Body>,
+) -> Result<http::Response<H2Body>, BoxError> {
+    let (parts, body) = req.into_parts();
+    // A unary request's body is one encoded message, ready at once.
+    let data = body.collect().await?.to_bytes();
+    let lost = |e: h2::Error| {
+        // The connection is gone: the requests after this one reconnect at once instead of
+        // failing here too before the connection task has ended.
+        if e.is_io() || e.is_go_away() {
+            send.closed.store(true, Ordering::Relaxed);
+        }
+        Broken(e)
+    };
+    let mut ready = send.send.clone().ready().await.map_err(lost)?;
+    let (response, mut stream) = ready
+        .send_request(http::Request::from_parts(parts, ()), false)
+        .map_err(lost)?;
+    stream.send_data(data, true).map_err(lost)?;
+    let response = response.await.map_err(lost)?;
+    Ok(response.map(|recv| H2Body {
+        recv,
+        data_done: false,
+    }))
+}
+
 impl tower_service::Service<http::Request<Body>> for H2Channel {
-    type Response = http::Response<hyper::body::Incoming>;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Response = http::Response<H2Body>;
+    type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.send.is_closed() {
             // Another clone may have reconnected already: take its connection.
             if let Ok(cur) = self.shared.current.try_lock()
@@ -124,22 +227,19 @@ impl tower_service::Service<http::Request<Body>> for H2Channel {
                 self.send = cur.0.clone();
             }
         }
-        if self.send.is_closed() {
-            return Poll::Ready(Ok(())); // `call` reconnects
-        }
-        self.send.poll_ready(cx).map_err(Into::into)
+        // Waiting for room for a new stream (the server's limit on concurrent streams) happens
+        // in `call`, on the request's own handle; a closed connection is reopened there too.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         if !self.send.is_closed() {
-            let f = self.send.send_request(req);
-            return Box::pin(async move { f.await.map_err(Into::into) });
+            return Box::pin(exchange(self.send.clone(), req));
         }
         let shared = self.shared.clone();
         Box::pin(async move {
-            let mut send = shared.live().await?;
-            std::future::poll_fn(|cx| send.poll_ready(cx)).await?;
-            Ok(send.send_request(req).await?)
+            let send = shared.live().await?;
+            exchange(send, req).await
         })
     }
 }
