@@ -1,8 +1,9 @@
-//! The driver: runs a leader-follower [`Replica`] on its own thread and carries out its actions.
+//! The driver: runs a leader-follower [`Replica`] as a task of the node's runtime and carries
+//! out its actions.
 //!
 //! ```text
 //!  gRPC handlers ──Propose/Read──┐
-//!  peer conns    ──Peer msg──────┼─► channel ─► driver thread: drain inputs, tick on time,
+//!  peer conns    ──Peer msg──────┼─► channel ─► driver task: drain inputs, tick on time,
 //!  timer (tick_ms) ──────────────┘              feed the replica, then for its actions:
 //!      1. encode hard state / truncations / entries, hand them to the log writer thread
 //!         (which writes and fsyncs batches in order, many per fsync when they queue)
@@ -14,12 +15,18 @@
 //! acknowledgements claim only what `persisted` reported (`kv_replica::pipeline`). Entries
 //! truncated from the log are appended to `<data-dir>/rollback.jsonl` and counted: never
 //! dropped silently.
+//!
+//! The driver used to have a thread of its own. Every request then crossed threads twice on
+//! each node it touched (a runtime thread woke the driver, the driver woke the runtime back),
+//! and a leader read's confirmation round crossed them eight times over three nodes. With the
+//! driver a task, a request handler and the driver hand each other work through the runtime's
+//! queue; only the log writer (fsync) and snapshot encoding keep threads of their own. 3 nodes,
+//! one request thread each, 16 clients, 50/50: see `bench/results/leader-follower/REPEATS.md`.
 
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,7 +80,11 @@ type CasReply = oneshot::Sender<Result<CasResult, DriveError>>;
 type ProposeReply = oneshot::Sender<Result<Proposed, DriveError>>;
 type ReadReply = oneshot::Sender<Result<(), DriveError>>;
 
-/// An answer the driver thread has for a waiting request.
+/// The driver's input channel.
+type InputTx = tokio::sync::mpsc::UnboundedSender<Input>;
+type InputRx = tokio::sync::mpsc::UnboundedReceiver<Input>;
+
+/// An answer the driver has for a waiting request.
 enum Reply {
     Propose(ProposeReply, Result<Proposed, DriveError>),
     Cas(CasReply, Result<CasResult, DriveError>),
@@ -91,17 +102,10 @@ impl Reply {
     }
 }
 
-/// Answers collected over one pass of the driver loop, handed to the runtime together.
-///
-/// Each answer sent from this thread straight to its request would wake the runtime once (on a
-/// one-thread runtime, an `eventfd` write per answer) and complete the requests one at a time,
-/// so that their connections flushed once per response. One task per pass completes them all
-/// inside the runtime instead, where waking a request costs a queue push. Measured on a
-/// 3-node leader at 256 clients before this: 1.1 `write` system calls per operation on the
-/// driver thread.
+/// Answers collected over one pass of the driver loop, sent together at its end (after the
+/// pass's log records are queued), so that the requests they wake run after the driver yields.
 struct Outbox {
     replies: Vec<Reply>,
-    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Outbox {
@@ -110,24 +114,11 @@ impl Outbox {
     }
 
     fn deliver(&mut self) {
-        if self.replies.is_empty() {
-            return;
-        }
-        let replies = std::mem::take(&mut self.replies);
-        match &self.runtime {
-            Some(rt) if replies.len() > 1 => {
-                rt.spawn(async move {
-                    for r in replies {
-                        r.send();
-                    }
-                });
-            }
-            _ => replies.into_iter().for_each(Reply::send),
-        }
+        self.replies.drain(..).for_each(Reply::send);
     }
 }
 
-/// Inputs of the driver thread.
+/// Inputs of the driver.
 pub enum Input {
     /// A compare-and-set to replicate; answered when its entry is applied here.
     Cas {
@@ -220,12 +211,12 @@ pub struct StatusSnapshot {
 /// there at the next scrape.
 pub const LEADERS_WINDOW: Duration = Duration::from_secs(30);
 
-/// A cheap handle to the driver thread.
+/// A cheap handle to the driver.
 #[derive(Clone)]
 pub struct DriverHandle {
-    /// Shared by every clone: the driver thread ends once the last handle is gone (the log
-    /// writer holds only a weak reference).
-    tx: Arc<Sender<Input>>,
+    /// Shared by every clone: the driver ends once the last handle is gone (the log writer
+    /// holds only a weak reference).
+    tx: Arc<InputTx>,
     status: Arc<Mutex<StatusSnapshot>>,
     /// Writes rolled back (truncated after being appended), for metrics.
     pub rolled_back: Arc<AtomicU64>,
@@ -234,8 +225,8 @@ pub struct DriverHandle {
 impl DriverHandle {
     /// A handle whose inputs arrive on the returned receiver instead of a replica (tests).
     #[cfg(test)]
-    pub(crate) fn channel() -> (DriverHandle, Receiver<Input>) {
-        let (tx, rx) = std::sync::mpsc::channel();
+    pub(crate) fn channel() -> (DriverHandle, InputRx) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         (
             DriverHandle {
                 tx: Arc::new(tx),
@@ -366,7 +357,7 @@ struct Driver {
     encoded: Option<(u64, Bytes, Duration)>,
     /// The driver's own input channel, for the snapshot threads (weak: they must not keep the
     /// driver alive).
-    inputs: std::sync::Weak<Sender<Input>>,
+    inputs: std::sync::Weak<InputTx>,
     /// Snapshots taken here.
     snapshots_taken: u64,
     /// Snapshots installed from a leader.
@@ -396,26 +387,28 @@ struct Driver {
     tick: Duration,
 }
 
-/// A driver recovered from its durable state, not yet running: [`Built::spawn`] starts its
-/// thread.
+/// A driver recovered from its durable state, not yet running: [`Built::spawn`] starts it.
 pub struct Built {
     driver: Driver,
-    rx: Receiver<Input>,
+    rx: InputRx,
     handle: DriverHandle,
 }
 
 impl Built {
-    /// Starts the driver thread.
+    /// Starts the driver as a task of the current tokio runtime.
     ///
     /// # Errors
-    /// The thread cannot be started.
+    /// Called outside a tokio runtime.
     pub fn spawn(self) -> Result<DriverHandle, StorageError> {
         let Built { driver, rx, handle } = self;
         let tick = driver.tick;
-        std::thread::Builder::new()
-            .name("kv-replica".into())
-            .spawn(move || driver.run(rx, tick))
-            .map_err(|e| StorageError::io("cannot start the replica thread", e))?;
+        let rt = tokio::runtime::Handle::try_current().map_err(|e| {
+            StorageError::io(
+                "cannot start the replica driver",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        rt.spawn(driver.run(rx, tick));
         Ok(handle)
     }
 }
@@ -468,11 +461,11 @@ pub fn build(
         rec.entries,
         Box::new(rand::rngs::StdRng::seed_from_u64(seed)),
     );
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let tx = Arc::new(tx);
     let writer = match &log {
         Some(l) => {
-            // Weak: a writer holding the channel open would keep the driver thread (and the
+            // Weak: a writer holding the channel open would keep the driver (and the
             // data directory's lock) alive after the node is dropped.
             let tx = Arc::downgrade(&tx);
             Some(l.start_writer(on_flush, move |r| {
@@ -507,7 +500,6 @@ pub fn build(
         reads_applying: Vec::new(),
         outbox: Outbox {
             replies: Vec::new(),
-            runtime: tokio::runtime::Handle::try_current().ok(),
         },
         next_id: 1,
         applied,
@@ -537,14 +529,16 @@ fn role_name(r: Role) -> &'static str {
 }
 
 impl Driver {
-    fn run(mut self, rx: Receiver<Input>, tick: Duration) {
+    async fn run(mut self, mut rx: InputRx, tick: Duration) {
         let mut next_tick = Instant::now() + tick;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(wait) {
-                Ok(input) => self.input(input),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+            tokio::select! {
+                biased;
+                input = rx.recv() => match input {
+                    Some(input) => self.input(input),
+                    None => return,
+                },
+                () = tokio::time::sleep_until(next_tick.into()) => {}
             }
             // Everything already queued joins this batch (and its one fsync).
             for _ in 0..4096 {
@@ -650,7 +644,7 @@ impl Driver {
     /// Carries out what the replica asked for, until it asks for nothing more.
     ///
     /// Log records go to the writer thread; what must wait for them to be durable waits in the
-    /// [`Pipeline`] while this thread goes on stepping messages.
+    /// [`Pipeline`] while the driver goes on stepping messages.
     fn process(&mut self) {
         loop {
             let actions = self.replica.take_actions();
@@ -1205,7 +1199,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let leader_addr = listener.local_addr().expect("addr").to_string();
-        let (from_follower, rt, _) = crate::transport::tests::serve(
+        let (mut from_follower, rt, _) = crate::transport::tests::serve(
             listener,
             crate::transport::tests::lf_shape("n1", &["n1", "n2"]),
         );

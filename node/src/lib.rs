@@ -16,7 +16,7 @@
 //! - [`server`]: gRPC services; errors become statuses in `server::status` only.
 //! - [`metrics`]: Prometheus metrics and the admin HTTP server.
 //! - [`driver`], [`transport`], [`raft_log`]: leader-follower replication around the sans-IO
-//!   core of `kv-replica`: its thread, its peer connections, its durable log.
+//!   core of `kv-replica`: its task, its peer connections, its durable log.
 //! - [`client`]: shared client plumbing for kvctl (and tests).
 
 pub mod client;

@@ -970,7 +970,7 @@ pub(crate) mod tests {
         listener: std::net::TcpListener,
         shape: ClusterShape,
     ) -> (
-        std::sync::mpsc::Receiver<Input>,
+        tokio::sync::mpsc::UnboundedReceiver<Input>,
         tokio::runtime::Runtime,
         Refusals,
     ) {
@@ -1004,7 +1004,7 @@ pub(crate) mod tests {
         }
     }
 
-    async fn received(rx: &std::sync::mpsc::Receiver<Input>) -> bool {
+    async fn received(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Input>) -> bool {
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if let Ok(Input::Peer { from, msg }) = rx.try_recv() {
@@ -1064,7 +1064,7 @@ pub(crate) mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let (handle, rx) = DriverHandle::channel();
+        let (handle, mut rx) = DriverHandle::channel();
         let mut others = split_incoming(
             listener,
             Some(PeerReceiver::new(
@@ -1120,7 +1120,10 @@ pub(crate) mod tests {
             &mut frame,
         );
         peer.write_all(&frame).await.expect("write");
-        assert!(received(&rx).await, "the peer's message reached the driver");
+        assert!(
+            received(&mut rx).await,
+            "the peer's message reached the driver"
+        );
 
         peer.write_all(&u32::MAX.to_be_bytes())
             .await
@@ -1138,7 +1141,7 @@ pub(crate) mod tests {
     fn n1_and_n2() -> (
         Transport,
         std::net::SocketAddr,
-        std::sync::mpsc::Receiver<Input>,
+        tokio::sync::mpsc::UnboundedReceiver<Input>,
         tokio::runtime::Runtime,
     ) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -1161,9 +1164,9 @@ pub(crate) mod tests {
     /// arrives before the snapshot's last fragment instead of waiting behind it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_large_message_goes_in_fragments_and_small_ones_pass_it() {
-        let (t, _, rx, rt) = n1_and_n2();
+        let (t, _, mut rx, rt) = n1_and_n2();
         t.send(&NodeId::from("n2"), vote());
-        assert!(received(&rx).await, "connected");
+        assert!(received(&mut rx).await, "connected");
         // Larger than a frame may be, and not a multiple of the fragment size.
         let data: Vec<u8> = (0..MAX_FRAME + 3 * FRAGMENT + 12_345)
             .map(|i| (i % 251) as u8)
@@ -1203,21 +1206,21 @@ pub(crate) mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn transport_reconnects_to_a_restarted_peer_before_the_next_message() {
-        let (t, addr, rx, rt) = n1_and_n2();
+        let (t, addr, mut rx, rt) = n1_and_n2();
         t.send(&NodeId::from("n2"), vote());
-        assert!(received(&rx).await, "first message delivered");
+        assert!(received(&mut rx).await, "first message delivered");
 
         // The peer goes away and comes back on the same address.
         rt.shutdown_background();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let listener = std::net::TcpListener::bind(addr).expect("rebind");
         listener.set_nonblocking(true).expect("nonblocking");
-        let (rx2, rt2, _) = serve(listener, lf_shape("n2", &["n1", "n2"]));
+        let (mut rx2, rt2, _) = serve(listener, lf_shape("n2", &["n1", "n2"]));
         tokio::time::sleep(Duration::from_millis(300)).await;
         // One message, the way a candidate's single RequestVote goes out: it must arrive.
         t.send(&NodeId::from("n2"), vote());
         assert!(
-            received(&rx2).await,
+            received(&mut rx2).await,
             "the first message after the restart was lost"
         );
         rt2.shutdown_background();
@@ -1275,7 +1278,7 @@ pub(crate) mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
-        let (rx, rt, refusing) = serve(listener, lf_shape("n2", &["n1", "n2", "n3"]));
+        let (mut rx, rt, refusing) = serve(listener, lf_shape("n2", &["n1", "n2", "n3"]));
         let (n1, n2) = (NodeId::from("n1"), NodeId::from("n2"));
         let t = Transport::start(
             n1.clone(),
@@ -1288,7 +1291,7 @@ pub(crate) mod tests {
         );
         t.send(&n2, vote());
         assert!(
-            !received(&rx).await,
+            !received(&mut rx).await,
             "a refused node's message was delivered"
         );
         let why = "n1 has members n1,n2, n2 n1,n2,n3 (each node counts its own majority, or ring)";
@@ -1303,7 +1306,7 @@ pub(crate) mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let listener = std::net::TcpListener::bind(addr).expect("rebind");
         listener.set_nonblocking(true).expect("nonblocking");
-        let (rx, rt, refusing) = serve(listener, lf_shape("n2", &["n1", "n2"]));
+        let (mut rx, rt, refusing) = serve(listener, lf_shape("n2", &["n1", "n2"]));
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut delivered = false;
         while !delivered && Instant::now() < deadline {
