@@ -80,7 +80,7 @@ up() { # up NAME ARGS...: kvctl cluster up, waits for it
   for _ in $(seq 200); do grep -q '^Try:' "$TMP/$name.out" && return; sleep 0.1; done
   echo "cluster $name did not come up:"; cat "$TMP/$name.out"; exit 1
 }
-up lf --nodes 3 --w 2 --r 2 --base-port 7401 --admin-base-port 9401
+up lf --nodes 3 --w 2 --r 2 --base-port 7401 --admin-base-port 9401 -- --worker-threads 1
 LEADER=$("$BIN/kvctl" --endpoints 127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403 --output json status | python3 -c '
 import json,sys
 print([n["addr"] for n in json.load(sys.stdin)["nodes"] if n["role"] == "leader"][0])')
