@@ -187,7 +187,7 @@ impl HttpBody for H2Body {
 
 /// Sends one request on `send` and waits for the response's headers, all in the caller's task.
 async fn exchange(
-    send: Sender,
+    Sender { send, closed }: Sender,
     req: http::Request<Body>,
 ) -> Result<http::Response<H2Body>, BoxError> {
     let (parts, body) = req.into_parts();
@@ -197,11 +197,11 @@ async fn exchange(
         // The connection is gone: the requests after this one reconnect at once instead of
         // failing here too before the connection task has ended.
         if e.is_io() || e.is_go_away() {
-            send.closed.store(true, Ordering::Relaxed);
+            closed.store(true, Ordering::Relaxed);
         }
         Broken(e)
     };
-    let mut ready = send.send.clone().ready().await.map_err(lost)?;
+    let mut ready = send.ready().await.map_err(lost)?;
     let (response, mut stream) = ready
         .send_request(http::Request::from_parts(parts, ()), false)
         .map_err(lost)?;

@@ -92,6 +92,7 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     /// Records made durable by one fsync (group commit at work).
     pub fsync_batch_records: Histogram,
+    /// Time a flush waited for more writes before its fsync (group commit gathering).
     pub fsync_gather_seconds: Histogram,
     /// Tombstones purged after their grace period.
     pub tombstones_purged: Counter,
