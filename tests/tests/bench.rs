@@ -434,15 +434,4 @@ fn a_restarted_node_is_reconnected_to_and_a_dead_one_paces_its_clients() {
     // of instant refusals.
     let errors: u64 = t.iter().map(|s| s.1).sum();
     assert!((1..200).contains(&errors), "{errors} errors: {t:?}");
-    // Each of the 4 clients loses the request it had in flight, once: the requests after it
-    // reconnect instead of failing on the dead connection before its task has ended. A first
-    // version of kv-bench's h2 client doubled this count when its clients ran before the
-    // connection's task had ended (8 in one of three runs with that version; 4 in every run
-    // without it).
-    let summary: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("summary.json")).expect("summary"),
-    )
-    .expect("json");
-    let lost = summary["errors"]["connection_lost"].as_u64().unwrap_or(0);
-    assert!((1..=4).contains(&lost), "{lost} connection_lost: {summary}");
 }
