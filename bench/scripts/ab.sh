@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Alternating A/B runs: two builds, or two configurations of one build, each started afresh
+# with `kvctl cluster up` and driven by the same kv-bench binary and workload, A B A B ...
+# On a machine whose speed drifts during a session (this one's does, by 2x or more), only
+# pairs run back to back compare; the summary gives every run, then the medians.
+#
+#   A=DIR [B=DIR] [A_ARGS=...] [B_ARGS=...] [CLUSTER=...] [NODE_ARGS=...] [CLIENTS=16]
+#   [PAIRS=3] [DUR=10s] [WARM=2s] bench/scripts/ab.sh OUT_DIR
+#
+#   A, B        directories holding kvctl and kv-node (B defaults to A: then A_ARGS and B_ARGS
+#               are the difference); kv-bench is the one in target/release (built if missing)
+#   CLUSTER     `kvctl cluster up` flags of both sides (default: 5 leaderless nodes, N=3 R=2
+#               W=2; fsync is batch unless a side's flags say otherwise); A_ARGS / B_ARGS are
+#               added to it per side
+#   NODE_ARGS   kv-node flags of both sides (default: --worker-threads 1, as the other scripts)
+#   BENCH_ARGS  more kv-bench flags (e.g. "--w 2 --read-from leader" for leader-follower)
+#
+# Examples (README, Benchmarks):
+#   git worktree add /tmp/base HEAD~1 && (cd /tmp/base && cargo build --release -p kv-node)
+#   A=/tmp/base/target/release B=target/release bench/scripts/ab.sh /tmp/ab-change
+#   A=target/release B_ARGS="--fsync never" bench/scripts/ab.sh /tmp/ab-fsync
+#   A=target/release CLUSTER="--nodes 3 --w 2 --r 2" BENCH_ARGS="--w 2 --read-from leader" \
+#     CLIENTS=256 B_ARGS="--fsync never" bench/scripts/ab.sh /tmp/ab-lf
+#
+# OUT_DIR gets commands.txt, each run's kv-bench output (a-1/, b-1/, ...) and AB.md: ops/s,
+# p50/p99, the generator's and the servers' CPU per operation, and the servers' CPU per
+# operation by thread name (the request runtime, the log flusher, the raft log writer).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:?usage: A=DIR [B=DIR] [A_ARGS=..] [B_ARGS=..] bench/scripts/ab.sh OUT_DIR}
+A=${A:?A=DIR: the directory holding kvctl and kv-node of side A}
+B=${B:-$A}
+A_ARGS=${A_ARGS:-}
+B_ARGS=${B_ARGS:-}
+CLUSTER=${CLUSTER:---nodes 5 --mode leaderless --n 3 --r 2 --w 2}
+NODE_ARGS=${NODE_ARGS:---worker-threads 1}
+BENCH_ARGS=${BENCH_ARGS:-}
+CLIENTS=${CLIENTS:-16}
+PAIRS=${PAIRS:-3}
+DUR=${DUR:-10s}
+WARM=${WARM:-2s}
+for d in "$A" "$B"; do
+  for b in kvctl kv-node; do
+    [ -x "$d/$b" ] || { echo "ab.sh: $d/$b not found (build it: cargo build --release -p kv-node)" >&2; exit 1; }
+  done
+done
+BENCH=target/release/kv-bench
+[ -x $BENCH ] || cargo build --release -q -p kv-bench
+BASE_PORT=7601; ADMIN_BASE_PORT=9601
+mkdir -p "$OUT"
+: > "$OUT/commands.txt"
+TMP=$(mktemp -d)
+CLUSTER_PID=
+stop() {
+  [ -n "$CLUSTER_PID" ] || return 0
+  kill -INT "$CLUSTER_PID" 2>/dev/null || true
+  for _ in $(seq 150); do kill -0 "$CLUSTER_PID" 2>/dev/null || break; sleep 0.2; done
+  CLUSTER_PID=
+}
+trap 'stop; rm -rf "$TMP"' EXIT
+
+# threads PIDS...: "comm cpu_ticks" per thread of the given processes
+threads() { for p in "$@"; do for t in /proc/"$p"/task/*; do
+  echo "$(tr ' ' _ < "$t/comm") $(awk '{print $14 + $15}' "$t/stat" 2>/dev/null || echo 0)"
+done; done 2>/dev/null; }
+
+run() { # run SIDE INDEX DIR ARGS
+  local side=$1 i=$2 dir=$3 args=$4 name="$1-$2"
+  rm -rf "$TMP/data"
+  # shellcheck disable=SC2086 # CLUSTER, ARGS and NODE_ARGS are flag lists
+  local up=("$dir/kvctl" cluster up $CLUSTER $args --base-port $BASE_PORT
+            --admin-base-port $ADMIN_BASE_PORT --data-dir "$TMP/data" -- $NODE_ARGS)
+  echo "$name: ${up[*]}" >> "$OUT/commands.txt"
+  "${up[@]}" > "$TMP/cluster.out" 2>&1 &
+  CLUSTER_PID=$!
+  for _ in $(seq 200); do grep -q '^Try:' "$TMP/cluster.out" && break; sleep 0.1; done
+  grep -q '^Try:' "$TMP/cluster.out" || { echo "cluster $name did not come up:" >&2; cat "$TMP/cluster.out" >&2; exit 1; }
+  local eps
+  eps=$(grep -o 'KV_ENDPOINTS=[^ ]*' "$TMP/cluster.out" | head -1 | cut -d= -f2)
+  local nodes
+  mapfile -t nodes < <(pgrep -P "$CLUSTER_PID")
+  sleep 1 # a leader-follower cluster elects; kv-bench follows the leader from any endpoint
+  threads "${nodes[@]}" > "$TMP/before"
+  local cmd=("$BENCH" run --driver kv --endpoints "$eps" --duration "$DUR" --warmup "$WARM"
+             --keys 10000 --value-size 100 --dist zipfian --mix read=50,write=50
+             --clients "$CLIENTS" --server-pids "$CLUSTER_PID" --out "$OUT/$name")
+  # shellcheck disable=SC2206 # a flag list
+  cmd+=($BENCH_ARGS)
+  echo "$name: ${cmd[*]}" >> "$OUT/commands.txt"
+  "${cmd[@]}" > "$OUT/$name.txt" 2>&1 || { echo "kv-bench failed ($name):" >&2; tail "$OUT/$name.txt" >&2; exit 1; }
+  threads "${nodes[@]}" > "$OUT/$name.threads-after"
+  mv "$TMP/before" "$OUT/$name.threads-before"
+  stop
+  printf '%s: %s ops/s\n' "$name" "$(awk '/^all/ {print $2}' "$OUT/$name.txt")"
+}
+
+for i in $(seq "$PAIRS"); do
+  run a "$i" "$A" "$A_ARGS"
+  run b "$i" "$B" "$B_ARGS"
+done
+
+python3 - "$OUT" "$PAIRS" "$A $A_ARGS" "$B $B_ARGS" "$CLUSTER" "$CLIENTS" > "$OUT/AB.md" <<'EOF'
+import json, os, statistics, sys
+from collections import defaultdict
+out, pairs, a, b, cluster, clients = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
+tick = 1e6 / os.sysconf("SC_CLK_TCK")  # µs per clock tick
+
+def threads(path):
+    cpu = defaultdict(float)
+    for line in open(path):
+        name, ticks = line.rsplit(" ", 1)
+        cpu[name] += float(ticks)
+    return cpu
+
+rows, groups = [], set()
+for i in range(1, pairs + 1):
+    for side in "ab":
+        name = f"{side}-{i}"
+        s = json.load(open(f"{out}/{name}/summary.json"))
+        before, after = threads(f"{out}/{name}.threads-before"), threads(f"{out}/{name}.threads-after")
+        # The thread counters run from before the warm-up to the end: divide by every
+        # operation of that span, measured ones scaled by (warm-up + run) / run.
+        span = (s["config"]["duration"] + s["config"]["warmup"]) / s["config"]["duration"]
+        ops = s["ops"] * span
+        by = {k: (after[k] - before.get(k, 0)) * tick / ops for k in after}
+        groups |= {k for k, v in by.items() if v >= 0.5}
+        rows.append((name, s, by))
+
+groups = sorted(groups)
+print(f"# A/B: {cluster}, {clients} clients\n")
+print(f"A: {a}  \nB: {b}\n")
+print("| run | ops/s | p50 µs | p99 µs | generator µs/op | servers µs/op | "
+      + " | ".join(f"{g} µs/op" for g in groups) + " |")
+print("|---|" + "---:|" * (5 + len(groups)))
+for name, s, by in rows:
+    print(f"| {name} | {s['ops_per_sec']:,.0f} | {s['latency_us']['p50']} | {s['latency_us']['p99']} "
+          f"| {s['client_cpu']['per_op_us']:.1f} | {s['server_cpu']['per_op_us']:.1f} | "
+          + " | ".join(f"{by.get(g, 0):.1f}" for g in groups) + " |")
+med = {side: statistics.median(s["ops_per_sec"] for n, s, _ in rows if n[0] == side) for side in "ab"}
+srv = {side: statistics.median(s["server_cpu"]["per_op_us"] for n, s, _ in rows if n[0] == side) for side in "ab"}
+wins = sum(1 for i in range(0, len(rows), 2) if rows[i + 1][1]["ops_per_sec"] > rows[i][1]["ops_per_sec"])
+print(f"\nmedian ops/s: A {med['a']:,.0f}, B {med['b']:,.0f} (B/A {med['b'] / med['a']:.3f}); "
+      f"B faster in {wins} of {pairs} pairs")
+print(f"median servers µs/op: A {srv['a']:.1f}, B {srv['b']:.1f}")
+print("\nThreads by name: kvctl (nodes started by `kvctl cluster up`) or kv-node is a node's main "
+      "thread, which with --worker-threads 1 runs its requests, peers and driver; "
+      "kv-node-worker: request threads otherwise; kv-wal-flusher: the log's write and fsync; "
+      "kv-raft-log: the leader-follower log writer. Threads under 0.5 µs/op are left out.")
+EOF
+cat "$OUT/AB.md"
