@@ -44,8 +44,8 @@ for d in "$A" "$B"; do
     [ -x "$d/$b" ] || { echo "ab.sh: $d/$b not found (build it: cargo build --release -p kv-node)" >&2; exit 1; }
   done
 done
-BENCH=target/release/kv-bench
-[ -x $BENCH ] || cargo build --release -q -p kv-bench
+BIN=target/release # kv-bench's
+[ -x $BIN/kv-bench ] || cargo build --release -q -p kv-bench
 BASE_PORT=7601; ADMIN_BASE_PORT=9601
 mkdir -p "$OUT"
 : > "$OUT/commands.txt"
@@ -58,6 +58,7 @@ stop() {
   CLUSTER_PID=
 }
 trap 'stop; rm -rf "$TMP"' EXIT
+source bench/scripts/common.sh # bench: the workload every script runs
 
 # threads PIDS...: "comm cpu_ticks" per thread of the given processes
 threads() { for p in "$@"; do for t in /proc/"$p"/task/*; do
@@ -81,17 +82,12 @@ run() { # run SIDE INDEX DIR ARGS
   mapfile -t nodes < <(pgrep -P "$CLUSTER_PID")
   sleep 1 # a leader-follower cluster elects; kv-bench follows the leader from any endpoint
   threads "${nodes[@]}" > "$TMP/before"
-  local cmd=("$BENCH" run --driver kv --endpoints "$eps" --duration "$DUR" --warmup "$WARM"
-             --keys 10000 --value-size 100 --dist zipfian --mix read=50,write=50
-             --clients "$CLIENTS" --server-pids "$CLUSTER_PID" --out "$OUT/$name")
-  # shellcheck disable=SC2206 # a flag list
-  cmd+=($BENCH_ARGS)
-  echo "$name: ${cmd[*]}" >> "$OUT/commands.txt"
-  "${cmd[@]}" > "$OUT/$name.txt" 2>&1 || { echo "kv-bench failed ($name):" >&2; tail "$OUT/$name.txt" >&2; exit 1; }
+  SERVERS=$CLUSTER_PID
+  # shellcheck disable=SC2086 # BENCH_ARGS is a flag list
+  bench "$name" --driver kv --endpoints "$eps" --clients "$CLIENTS" $BENCH_ARGS
   threads "${nodes[@]}" > "$OUT/$name.threads-after"
   mv "$TMP/before" "$OUT/$name.threads-before"
   stop
-  printf '%s: %s ops/s\n' "$name" "$(awk '/^all/ {print $2}' "$OUT/$name.txt")"
 }
 
 for i in $(seq "$PAIRS"); do
