@@ -1761,24 +1761,7 @@ mod tests {
     }
 
     fn elect(r: &mut Replica, n: usize) {
-        for _ in 0..20 {
-            r.tick();
-            if r.role() == Role::PreCandidate {
-                break;
-            }
-        }
-        let next = Term(r.term().0 + 1);
-        for i in 1..n {
-            r.step(
-                &ids(n)[i],
-                Message::PreVoteReply {
-                    term: next,
-                    granted: true,
-                },
-            );
-        }
-        assert_eq!(r.role(), Role::Candidate);
-        let term = r.term();
+        let term = candidate(r, n);
         for i in 1..n {
             r.step(
                 &ids(n)[i],
@@ -1794,14 +1777,31 @@ mod tests {
         r.take_actions();
     }
 
-    /// Tick until a pre-candidate, then a candidate with its term durable.
-    fn candidate(r: &mut Replica, n: usize) -> Term {
+    /// Ticks until the election timeout makes it a pre-candidate.
+    fn time_out(r: &mut Replica) {
         for _ in 0..20 {
             r.tick();
             if r.role() == Role::PreCandidate {
                 break;
             }
         }
+        assert_eq!(r.role(), Role::PreCandidate);
+    }
+
+    /// `from` votes for it in `term`.
+    fn vote(r: &mut Replica, from: usize, term: Term) {
+        r.step(
+            &ids(3)[from],
+            Message::Vote {
+                term,
+                granted: true,
+            },
+        );
+    }
+
+    /// Times out, then a candidate with its term durable.
+    fn candidate(r: &mut Replica, n: usize) -> Term {
+        time_out(r);
         let next = Term(r.term().0 + 1);
         for i in 1..n {
             r.step(
@@ -1835,21 +1835,9 @@ mod tests {
             vec![entry(4, 1)],
         );
         let term = candidate(&mut r, 3);
-        for _ in 0..20 {
-            r.tick();
-            if r.role() == Role::PreCandidate {
-                break;
-            }
-        }
-        assert_eq!(r.role(), Role::PreCandidate);
+        time_out(&mut r);
         assert_eq!(r.term(), term, "a pre-vote does not move the term");
-        r.step(
-            &ids(3)[2],
-            Message::Vote {
-                term,
-                granted: true,
-            },
-        );
+        vote(&mut r, 2, term);
         assert_eq!(r.role(), Role::Leader);
         assert_eq!(r.term(), term);
     }
@@ -1868,41 +1856,17 @@ mod tests {
             },
             vec![entry(4, 1)],
         );
-        for _ in 0..20 {
-            r.tick();
-            if r.role() == Role::PreCandidate {
-                break;
-            }
-        }
-        assert_eq!(r.role(), Role::PreCandidate);
+        time_out(&mut r);
         for from in [1, 2] {
-            r.step(
-                &ids(3)[from],
-                Message::Vote {
-                    term: Term(4),
-                    granted: true,
-                },
-            );
+            vote(&mut r, from, Term(4));
         }
         assert_eq!(r.role(), Role::PreCandidate);
 
         let term = candidate(&mut r, 3);
         assert_eq!(term, Term(5));
-        r.step(
-            &ids(3)[2],
-            Message::Vote {
-                term: Term(4),
-                granted: true,
-            },
-        );
+        vote(&mut r, 2, Term(4));
         assert_eq!(r.role(), Role::Candidate);
-        r.step(
-            &ids(3)[2],
-            Message::Vote {
-                term,
-                granted: true,
-            },
-        );
+        vote(&mut r, 2, term);
         assert_eq!(r.role(), Role::Leader);
     }
 
