@@ -933,8 +933,9 @@ impl Sim {
             .map(|n| n.replica.as_ref().map_or(0, |r| r.commit_index().0))
             .collect();
         // The leader's log, not what its disk holds yet: a leader commits an entry once a
-        // majority holds it durably, and that majority need not include the leader (seed
-        // 8103230 of the slow disk: elected late, its own no-op still being written).
+        // majority holds it durably, and that majority need not include the leader (seeds
+        // 8103230 and 8110157 of the slow disk: elected late, its own no-op still being
+        // written).
         let last = self.nodes[leaders[0]]
             .replica
             .as_ref()

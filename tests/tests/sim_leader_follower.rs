@@ -184,8 +184,9 @@ fn sim_votes_that_arrive_after_the_candidate_timed_out_still_elect_it() {
 
 /// Five nodes on the slow disk: over 5,000 seeds (9000000..9005000, a catch_unwind loop over
 /// `Sim::run`), 30 runs did not settle 400 ticks after healing while votes arriving late were
-/// dropped (18 of the first 20 without a leader), none since; 86,539 terms against 54,011, and 121,635 writes
-/// acknowledged by a majority against 158,458. Seed 9000212 was one of the 30.
+/// dropped (18 of the first 20 without a leader), none since; 86,539 terms against 54,011,
+/// and 121,635 writes acknowledged by a majority against 158,458. Seed 9000212 was one of the
+/// 30.
 #[test]
 fn sim_five_replicas_on_the_slow_disk_elect_with_late_votes() {
     let s = Sim::new(
