@@ -91,7 +91,8 @@ EXTRA=()
 [ "$POWER" -eq 1 ] && EXTRA+=(power outage)
 CLOCKS=()
 if [ "$STEP" -gt 0 ]; then
-  LIB=$(ls /usr/lib/*/faketime/libfaketimeMT.so.1 2>/dev/null | head -1)
+  # (`|| true`: without a match, ls fails and set -e would end the script before the message)
+  LIB=$(ls /usr/lib/*/faketime/libfaketimeMT.so.1 2>/dev/null | head -1 || true)
   [ -n "$LIB" ] || { echo "STEP needs libfaketime: apt-get install faketime" >&2; exit 2; }
   mkdir -p "$DATA/clocks"
   for i in $(seq "$NODES"); do echo "+0" > "$DATA/clocks/n$i"; done
