@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# quorumkv beside etcd in alternating rounds: etcd 3.4 (three members) and quorumkv (two
+# leaderless clusters, or one leader-follower cluster) are all up at once, and each round
+# drives etcd, then each quorumkv cluster, with the same kv-bench workload. leaderless.sh and
+# leader-follower.sh measure etcd once, first; on a machine whose speed drifts within
+# minutes (this one's does), such a ratio can be far off: leaderless REPEATS run 15 gave
+# 2.52x at 16 clients for `--read-fanout quorum`, and three rounds of this script right
+# after it 1.92-2.13x (`bench/results/leaderless/beside-etcd-16/`). Here every round gives
+# its own ratios, and the summary their medians.
+#
+#   [MODE=leaderless|leader-follower] [ROUNDS=3] [CLIENTS=16] [DUR=20s] [WARM=2s]
+#   bench/scripts/beside-etcd.sh OUT_DIR
+#
+#   leaderless       5 nodes, N=3 R=2 W=2, fsync batch: `kv` reads ask all N (the default),
+#                    `kv-fanq` reads ask R (`--read-fanout quorum`); kv-bench token-aware
+#   leader-follower  3 nodes, W=2, fsync batch, leader reads: `kv` as leader-follower.sh
+#                    runs it, `kv-fanq` not run
+#
+# Workload as in the other scripts: 10k keys, 100 B values, zipfian, 50/50 get/put, closed
+# loop. Needs etcd-server, etcd-client (Debian) and python3. OUT_DIR gets commands.txt, each
+# run's kv-bench output (etcd-r1/, kv-r1/, ...), and SUMMARY.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+case ${1:-} in ''|-h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 2 ;; esac
+OUT=$1
+MODE=${MODE:-leaderless}
+ROUNDS=${ROUNDS:-3}
+CLIENTS=${CLIENTS:-16}
+DUR=${DUR:-20s}
+WARM=${WARM:-2s}
+[[ $MODE == leaderless || $MODE == leader-follower ]] || { echo "MODE is leaderless or leader-follower: $MODE" >&2; exit 2; }
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a positive whole number: $ROUNDS" >&2; exit 2; }
+[[ $CLIENTS =~ ^[1-9][0-9]*$ ]] || { echo "CLIENTS must be a positive whole number: $CLIENTS" >&2; exit 2; }
+for t in etcd etcdctl python3; do
+  command -v $t >/dev/null || { echo "$t not found: apt-get install etcd-server etcd-client python3" >&2; exit 1; }
+done
+cargo build --release -q -p kv-node -p kv-bench
+BIN=target/release
+mkdir -p "$OUT"
+: > "$OUT/commands.txt"
+TMP=$(mktemp -d)
+PIDS=()
+# Waits for every server to exit, so that a run right after this one finds its ports free.
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+source bench/scripts/common.sh
+
+start_etcd
+[ -n "$ETCD_LEADER" ] || { echo "etcd did not come up:" >&2; cat "$TMP"/e*.log >&2; exit 1; }
+ETCD_PIDS=$SERVERS
+# up NAME PORT ADMIN_PORT CLUSTER_ARGS... -- NODE_ARGS...: a quorumkv cluster; its pid in LAST.
+up() {
+  local name=$1 port=$2 aport=$3; shift 3
+  local cmd=("$BIN/kvctl" cluster up --fsync batch --base-port "$port" --admin-base-port "$aport"
+             --data-dir "$TMP/$name" "$@" --worker-threads 1)
+  echo "${cmd[*]}" >> "$OUT/commands.txt"
+  "${cmd[@]}" > "$TMP/$name.out" 2>&1 &
+  PIDS+=($!)
+  LAST=$!
+  for _ in $(seq 200); do grep -qE '^(Try:|leader: )' "$TMP/$name.out" && return; sleep 0.1; done
+  echo "cluster $name did not come up:"; cat "$TMP/$name.out"; exit 1
+}
+eps() { seq -s, -f "127.0.0.1:%g" "$1" "$(($1 + $2 - 1))"; }
+if [ "$MODE" = leaderless ]; then
+  up kv 7501 9501 --nodes 5 --mode leaderless --n 3 --r 2 --w 2 --
+  KV_PID=$LAST; KV_EPS=$(eps 7501 5); KV_ARGS=()
+  up kv-fanq 7601 9601 --nodes 5 --mode leaderless --n 3 --r 2 --w 2 -- --read-fanout quorum
+  FANQ_PID=$LAST; FANQ_EPS=$(eps 7601 5)
+else
+  up kv 7401 9401 --nodes 3 --w 2 --r 2 --
+  KV_PID=$LAST; KV_EPS=$(eps 7401 3); KV_ARGS=(--w 2 --read-from leader)
+  # The leader's endpoint, as leader-follower.sh drives it.
+  KV_EPS=$("$BIN/kvctl" --endpoints "$KV_EPS" --output json status | python3 -c '
+import json,sys
+print([n["addr"] for n in json.load(sys.stdin)["nodes"] if n["role"] == "leader"][0])')
+  FANQ_PID=
+fi
+
+for r in $(seq "$ROUNDS"); do
+  SERVERS=$ETCD_PIDS bench "etcd-r$r" --driver etcd --endpoints "$ETCD_LEADER" --clients "$CLIENTS"
+  SERVERS=$KV_PID bench "kv-r$r" --driver kv --endpoints "$KV_EPS" --clients "$CLIENTS" "${KV_ARGS[@]}"
+  [ -n "$FANQ_PID" ] && SERVERS=$FANQ_PID bench "kv-fanq-r$r" --driver kv --endpoints "$FANQ_EPS" --clients "$CLIENTS"
+done
+
+python3 - "$OUT" "$ROUNDS" "$MODE" "$CLIENTS" <<'PY'
+import json, os, statistics, sys
+out, rounds, mode, clients = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+def run(name):
+    p = os.path.join(out, name, "summary.json")
+    if not os.path.exists(p):
+        return None
+    s = json.load(open(p))
+    return s["ops_per_sec"], s["latency_us"]["p99"]
+lines = ["# %s beside etcd, %s clients, %d alternating rounds" % (mode, clients, rounds), "",
+         "| round | etcd ops/s | kv ops/s | kv / etcd | kv-fanq ops/s | kv-fanq / etcd | p99 us etcd / kv / kv-fanq |",
+         "|---|---:|---:|---:|---:|---:|---|"]
+ratios = {"kv": [], "kv-fanq": []}
+for r in range(1, rounds + 1):
+    e, k, q = run("etcd-r%d" % r), run("kv-r%d" % r), run("kv-fanq-r%d" % r)
+    if not e or not k:
+        continue
+    ratios["kv"].append(k[0] / e[0])
+    cells = ["%d" % r, "%.0f" % e[0], "%.0f" % k[0], "%.2fx" % (k[0] / e[0])]
+    if q:
+        ratios["kv-fanq"].append(q[0] / e[0])
+        cells += ["%.0f" % q[0], "%.2fx" % (q[0] / e[0])]
+    else:
+        cells += ["-", "-"]
+    cells.append(" / ".join("%d" % x[1] for x in (e, k, q) if x))
+    lines.append("| " + " | ".join(cells) + " |")
+lines.append("")
+for name, rs in ratios.items():
+    if rs:
+        lines.append("median %s / etcd: %.2fx (%s)" % (name, statistics.median(rs), ", ".join("%.2fx" % x for x in rs)))
+text = "\n".join(lines) + "\n"
+open(os.path.join(out, "SUMMARY.md"), "w").write(text)
+print(text)
+PY
