@@ -31,15 +31,8 @@ WARM=${WARM:-2s}
 [[ $MODE == leaderless || $MODE == leader-follower ]] || { echo "MODE is leaderless or leader-follower: $MODE" >&2; exit 2; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a positive whole number: $ROUNDS" >&2; exit 2; }
 [[ $CLIENTS =~ ^[1-9][0-9]*$ ]] || { echo "CLIENTS must be a positive whole number: $CLIENTS" >&2; exit 2; }
-for t in etcd etcdctl python3; do
-  command -v $t >/dev/null || { echo "$t not found: apt-get install etcd-server etcd-client python3" >&2; exit 1; }
-done
-cargo build --release -q -p kv-node -p kv-bench
-BIN=target/release
-mkdir -p "$OUT"
-: > "$OUT/commands.txt"
-TMP=$(mktemp -d)
-PIDS=()
+source bench/scripts/common.sh
+prepare_run etcd etcdctl python3
 # Waits for every server to exit, so that a run right after this one finds its ports free.
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -47,7 +40,6 @@ cleanup() {
   rm -rf "$TMP"
 }
 trap cleanup EXIT
-source bench/scripts/common.sh
 
 start_etcd
 [ -n "$ETCD_LEADER" ] || { echo "etcd did not come up:" >&2; cat "$TMP"/e*.log >&2; exit 1; }

@@ -1,4 +1,24 @@
-# Shared by the benchmark scripts. Source it after setting OUT, DUR, WARM, BIN, TMP and PIDS.
+# Shared by the benchmark scripts. Source it after setting OUT, DUR and WARM; then
+# `prepare_run` sets BIN, TMP and PIDS (or set them yourself).
+
+# prepare_run TOOL...: fails with the Debian packages to install unless every TOOL is on the
+# PATH; builds kv-node and kv-bench; sets BIN; makes $OUT with an empty commands.txt; sets
+# TMP (a new temporary directory) and PIDS (empty: the servers a script starts go there).
+prepare_run() {
+  local t
+  for t in "$@"; do
+    command -v "$t" >/dev/null || {
+      echo "$t not found (Debian packages: etcd-server etcd-client redis-server python3 curl util-linux)" >&2
+      exit 1
+    }
+  done
+  cargo build --release -q -p kv-node -p kv-bench
+  BIN=target/release
+  mkdir -p "$OUT"
+  : > "$OUT/commands.txt"
+  TMP=$(mktemp -d)
+  PIDS=()
+}
 
 # bench NAME ARGS...: one kv-bench run of the common workload into $OUT/NAME, logged in
 # $OUT/commands.txt (10k keys, 100 B values, zipfian, 50/50 get/put). With SERVERS set (pids,

@@ -14,17 +14,10 @@ cd "$(dirname "$0")/../.."
 OUT=${1:-bench/results/leader-follower}
 DUR=${DUR:-20s}
 WARM=${WARM:-2s}
-command -v etcd >/dev/null || { echo "etcd not found: apt-get install etcd-server etcd-client" >&2; exit 1; }
-cargo build --release -q -p kv-node -p kv-bench
-BIN=target/release
-mkdir -p "$OUT"
-: > "$OUT/commands.txt"
-TMP=$(mktemp -d)
-PIDS=()
+source bench/scripts/common.sh
+prepare_run etcd etcdctl python3 curl
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; rm -rf "$TMP"; }
 trap cleanup EXIT
-
-source bench/scripts/common.sh
 
 # --- etcd 3.4, three members ---
 start_etcd

@@ -16,20 +16,11 @@ cd "$(dirname "$0")/../.."
 OUT=${1:-bench/results/leaderless}
 DUR=${DUR:-20s}
 WARM=${WARM:-2s}
-for t in etcd etcdctl redis-server; do
-  command -v $t >/dev/null || { echo "$t not found: apt-get install etcd-server etcd-client redis-server" >&2; exit 1; }
-done
-cargo build --release -q -p kv-node -p kv-bench
-BIN=target/release
-mkdir -p "$OUT"
-: > "$OUT/commands.txt"
-TMP=$(mktemp -d)
-PIDS=()
+source bench/scripts/common.sh
+prepare_run etcd etcdctl redis-server python3
 stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 2; }
 cleanup() { stop_all; rm -rf "$TMP"; }
 trap cleanup EXIT
-
-source bench/scripts/common.sh
 
 # --- etcd 3.4, three members ---
 start_etcd

@@ -22,17 +22,10 @@ OUT=${1:-bench/results/slow-disk}
 DUR=${DUR:-20s}
 WARM=${WARM:-2s}
 WIOPS=${WIOPS:-750}
-for t in etcd etcdctl python3 findmnt lsblk; do
-  command -v $t >/dev/null || { echo "$t not found (apt-get install etcd-server etcd-client python3 util-linux)" >&2; exit 1; }
-done
 CG=/sys/fs/cgroup/blkio/quorumkv-slow-disk
 [ -d /sys/fs/cgroup/blkio ] || { echo "needs cgroup v1 blkio at /sys/fs/cgroup/blkio (this machine: $(stat -fc %T /sys/fs/cgroup))" >&2; exit 1; }
-cargo build --release -q -p kv-node -p kv-bench
-BIN=target/release
-mkdir -p "$OUT"
-: > "$OUT/commands.txt"
-TMP=$(mktemp -d)
-PIDS=()
+source bench/scripts/common.sh
+prepare_run etcd etcdctl python3 findmnt lsblk
 stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 2; }
 cleanup() {
   stop_all; rm -rf "$TMP"
@@ -55,7 +48,6 @@ dd if=/dev/zero of="$TMP/dd" bs=128 count=200 oflag=dsync 2> "$OUT/dd-dsync.txt"
 rm -f "$TMP/dd"
 echo "dd if=/dev/zero of=\$TMP/dd bs=128 count=200 oflag=dsync   # inside the cgroup" >> "$OUT/commands.txt"
 
-source bench/scripts/common.sh
 # kv-bench out of the cgroup: the throttle is for the servers' disk.
 eval "$(declare -f bench | sed '1s/bench/bench_in_cgroup/')"
 bench() { ( echo $BASHPID > /sys/fs/cgroup/blkio/cgroup.procs; bench_in_cgroup "$@" ); }
