@@ -382,8 +382,9 @@ fn sim_leaderless_tombstones_go_only_after_their_grace_period() {
 /// that some may have purged a tombstone others still keep (their clocks are seconds apart);
 /// no read is stale while the delete is kept. Reads that find a deleted value back, after an
 /// early purge, are counted: the cost of a clock stepped forward by more than the grace
-/// period. Before the simulator's checks allowed for clock steps that add up, 197 of 300
-/// seeds of this configuration (9600000..) failed one of them, none of them a fault of the node.
+/// period. Before the simulator's checks allowed for clocks seconds apart after the run, and
+/// for clock steps that add up, 197 of 300 seeds of this configuration (9600000..) failed
+/// them, none by a fault of the node.
 #[test]
 fn sim_leaderless_tombstones_under_clock_steps_go_by_each_nodes_clock() {
     let t = run_many(
