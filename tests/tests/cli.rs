@@ -51,6 +51,7 @@ fn kvctl_json_output_has_the_documented_shape() {
     assert_eq!(p["version"], "1.1");
     assert_eq!(p["node"], "n7");
     assert_eq!(p["acks"], 1);
+    assert_eq!(p["replicas"], serde_json::json!(["n7"]));
     assert_eq!(p["degraded"], false);
 
     let get = kvctl(&ep, &["--output", "json", "get", "k"]);
@@ -60,6 +61,7 @@ fn kvctl_json_output_has_the_documented_shape() {
         ("value", serde_json::json!("v")),
         ("version", serde_json::json!("1.1")),
         ("node", serde_json::json!("n7")),
+        ("replicas", serde_json::json!(["n7"])),
         ("stale", serde_json::json!(false)),
         ("degraded", serde_json::json!(false)),
     ] {

@@ -639,6 +639,17 @@ async fn a_clock_set_ahead_lets_an_earlier_write_hide_a_later_acknowledged_one()
     // the answer names it.
     let idc = c.ids[reps[2]].as_str();
     assert_eq!(v["superseded_on"], serde_json::json!([idc]), "{late:?}");
+    // The two that acknowledged it: b and that third replica (a was cut off).
+    let mut acked: Vec<&str> = v["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    acked.sort_unstable();
+    let mut want = vec![idb, idc];
+    want.sort_unstable();
+    assert_eq!(acked, want, "{late:?}");
     let late_version = v["version"].as_str().expect("version");
     assert!(
         epoch(late_version) < epoch(&early.stdout),

@@ -694,7 +694,8 @@ fn write_output(
     let acks = m.achieved.map_or(0, |a| a.w);
     if json {
         let stdout = json!({"key": key, "version": v, "node": m.coordinator, "acks": acks,
-               "degraded": m.degraded, "superseded_on": m.superseded_on})
+               "replicas": m.replicas, "degraded": m.degraded,
+               "superseded_on": m.superseded_on})
         .to_string();
         return Done {
             stdout,
@@ -1110,7 +1111,8 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
             let stdout = if json {
                 json!({"key": key, "value": resp.found.then(|| text(&resp.value)),
                        "version": version_text(&resp.version), "node": m.coordinator,
-                       "stale": m.stale, "lag": m.lag_entries, "degraded": m.degraded})
+                       "replicas": m.replicas, "stale": m.stale, "lag": m.lag_entries,
+                       "degraded": m.degraded})
                 .to_string()
             } else if resp.found {
                 text(&resp.value)
@@ -1207,7 +1209,8 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
             let stdout = if json {
                 json!({"key": key, "applied": r.applied, "version": v, "node": m.coordinator,
                        "current_value": (!r.applied && r.found).then(|| text(&r.current_value)),
-                       "acks": m.achieved.map_or(0, |a| a.w), "degraded": m.degraded})
+                       "acks": m.achieved.map_or(0, |a| a.w), "replicas": m.replicas,
+                       "degraded": m.degraded})
                 .to_string()
             } else if r.applied {
                 v.clone().unwrap_or_default()
