@@ -37,9 +37,24 @@ fn sim_three_replicas_under_faults_keep_every_invariant() {
     assert!(t.checked_ops > 10_000, "{t:?}");
     // Nodes compacted their logs, and followers behind them installed snapshots.
     assert!(t.restored > 100, "{t:?}");
-    // Deposed leaders went on sending after their successors began, and nodes heard both
-    // (kv_leaders_observed).
-    assert!(t.split_brain_heard > 0, "{t:?}");
+}
+
+/// Under the default faults a deposed leader sometimes goes on sending after its successor
+/// began, and a node hears both (`kv_leaders_observed` >= 2): rarely, because a leader cut off
+/// steps down within two election timeouts and pre-vote keeps the others from electing a new
+/// one while they still hear it: 12 seeds of 0..20000 (393 the first). The first such seed
+/// is looked for here, not pinned, so that a change to what the simulator draws does not hide
+/// the report; one in 20,000 seeds without it is a failure.
+#[test]
+fn sim_a_deposed_leader_heard_beside_its_successor_is_reported() {
+    let found = (0..20_000u64)
+        .map(|seed| (seed, Sim::new(seed, SimConfig::default()).run()))
+        .find(|(_, s)| s.split_brain_heard > 0);
+    let (seed, s) = found.expect("no seed of 0..20000 had two leaders heard at once");
+    eprintln!(
+        "seed {seed}: {} steps with two leaders heard",
+        s.split_brain_heard
+    );
 }
 
 #[test]
