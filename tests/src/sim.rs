@@ -334,6 +334,33 @@ impl Sim {
         self.snapshots.push(state);
     }
 
+    /// `KV_SIM_TRACE`: one line per settling step, each node's role, term, vote, commit,
+    /// last index, writes in flight and leader.
+    fn trace_step(&self) {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| match &n.replica {
+                None => format!("n{} down", i + 1),
+                Some(r) => format!(
+                    "n{} {:?} t{} v{} c{} l{} w{} ->{}",
+                    i + 1,
+                    r.role(),
+                    r.term().0,
+                    r.hard_state()
+                        .voted_for
+                        .map_or_else(|| "-".to_string(), |v| format!("n{}", v + 1)),
+                    r.commit_index().0,
+                    r.last_index().0,
+                    n.pipeline.in_flight(),
+                    r.leader().map_or("-", |l| l.0.as_str()),
+                ),
+            })
+            .collect();
+        eprintln!("step {}: {}", self.now, nodes.join(" | "));
+    }
+
     fn majority(&self) -> u32 {
         (self.cfg.nodes / 2 + 1) as u32
     }
@@ -910,8 +937,12 @@ impl Sim {
             }
         }
         // One write after healing commits everything before it (a leader's term entry).
+        let trace = std::env::var_os("KV_SIM_TRACE").is_some();
         for _ in 0..self.cfg.settle_steps {
             self.step(false);
+            if trace {
+                self.trace_step();
+            }
         }
         let leaders: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| {

@@ -215,6 +215,19 @@ fn sim_five_replicas_on_the_slow_disk_elect_with_late_votes() {
     assert!(s.terms_with_leader > 0, "{s:?}");
 }
 
+/// Seed 8108858 of the slow disk: a follower truncating a deposed leader's entries held its
+/// replies to the new leader until the truncation was durable, about 20 ticks here; the leader
+/// heard from no majority within its check-quorum window (10 ticks) and stepped down, and 400
+/// ticks after healing there was no leader. Replies that wait behind a truncation alone (no
+/// term, vote or snapshot) now go at once: they claim only what is durable. Over 65,000 seeds
+/// of the slow-disk configurations (three and five nodes, with and without heavy loss) the runs
+/// not settled after healing went from 37 to 24, and no invariant failed.
+#[test]
+fn sim_replies_behind_a_slow_truncation_keep_the_leader() {
+    let s = Sim::new(8_108_858, slow_disk()).run();
+    assert!(s.terms_with_leader > 0, "{s:?}");
+}
+
 fn slow_disk() -> SimConfig {
     SimConfig {
         sync: 0.05,

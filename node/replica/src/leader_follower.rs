@@ -1595,7 +1595,7 @@ impl Replica {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A deterministic RngCore for tests: a counter (election timeouts become predictable).
@@ -1617,7 +1617,7 @@ mod tests {
         (1..=n).map(|i| NodeId(format!("n{i}"))).collect()
     }
 
-    fn replica(me: usize, n: usize, hard: HardState, log: Vec<Entry>) -> Replica {
+    pub(crate) fn replica(me: usize, n: usize, hard: HardState, log: Vec<Entry>) -> Replica {
         Replica::new(
             Config {
                 id: ids(n)[me].clone(),

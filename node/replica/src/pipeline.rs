@@ -13,14 +13,17 @@
 //! The contract of [`Action`]: a batch that changes the term or vote, truncates, or restores a
 //! snapshot is carried out only once its durable state is written (a vote must survive a crash). Here that wait
 //! does not stop the replica: later batches are stepped meanwhile, and what waits is released
-//! in order — later batches' actions too, behind it. Any other batch goes out at once: neither
+//! in order — later batches' actions too, behind it. Replies to the leader (`AppendReply`) are
+//! the exception behind a truncation with no term, vote or snapshot before them: they go at
+//! once, since they claim only what is durable and a slow truncation would otherwise silence
+//! the follower for the leader's check-quorum. Any other batch goes out at once: neither
 //! a leader (it counts itself toward W and the commit only once [`Replica::persisted`] says
 //! so, Raft thesis §10.2.1) nor a follower (its acknowledgements claim only what `persisted`
 //! reported) claims anything not yet durable.
 
 use std::collections::VecDeque;
 
-use crate::leader_follower::{Action, LogIndex, Replica};
+use crate::leader_follower::{Action, LogIndex, Message, Replica};
 
 /// A batch being written, and what waits for it.
 #[derive(Debug)]
@@ -34,6 +37,8 @@ struct InFlight {
     deferred: Vec<Action>,
     /// It holds a term or vote.
     hard: bool,
+    /// It holds a term, a vote or a snapshot: no reply to the leader may overtake it.
+    fence: bool,
 }
 
 /// Orders a replica's actions around asynchronous writes. See the module documentation.
@@ -84,9 +89,16 @@ impl Pipeline {
             _ => false,
         });
         let early = !risky && self.inflight.iter().all(|f| f.deferred.is_empty());
+        let fence = actions_fence(&actions);
         let last = replica.last_index();
         let (now, deferred) = if early {
             (actions, Vec::new())
+        } else if !fence && !self.inflight.iter().any(|f| f.fence) {
+            // Behind a truncation only: replies to the leader go now. They claim what is
+            // durable (the truncation lowered that to where the logs match), carry a term
+            // already written, and tell the leader this follower is alive: held for a
+            // slow truncation's fsync, they made a leader step down by check-quorum.
+            actions.into_iter().partition(is_reply)
         } else {
             (Vec::new(), actions)
         };
@@ -99,6 +111,7 @@ impl Pipeline {
                 generation: self.generation,
                 deferred,
                 hard,
+                fence,
             });
             return (now, Some(self.submitted));
         }
@@ -151,8 +164,103 @@ impl Pipeline {
     }
 }
 
+/// A term, a vote or a snapshot: a reply after it must wait until it is durable (a reply
+/// after a snapshot claims the snapshot's index).
+fn actions_fence(actions: &[Action]) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::PersistHardState(_) | Action::Restore { .. }))
+}
+
+fn is_reply(a: &Action) -> bool {
+    matches!(
+        a,
+        Action::Send {
+            msg: Message::AppendReply { .. },
+            ..
+        }
+    )
+}
+
 fn actions_hard(actions: &[Action]) -> bool {
     actions
         .iter()
         .any(|a| matches!(a, Action::PersistHardState(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NodeId;
+    use crate::leader_follower::tests::replica;
+    use crate::leader_follower::{HardState, Term};
+
+    fn reply(index: u64) -> Action {
+        Action::Send {
+            to: NodeId::from("n1"),
+            msg: Message::AppendReply {
+                term: Term(2),
+                ok: true,
+                index: LogIndex(index),
+                read_seq: 0,
+            },
+        }
+    }
+
+    fn vote() -> Action {
+        Action::Send {
+            to: NodeId::from("n3"),
+            msg: Message::Vote {
+                term: Term(3),
+                granted: true,
+            },
+        }
+    }
+
+    fn truncate() -> Action {
+        Action::Truncate {
+            from: LogIndex(4),
+            removed: Vec::new(),
+        }
+    }
+
+    fn is(actions: &[Action], want: &[Action]) -> bool {
+        actions.len() == want.len()
+            && actions
+                .iter()
+                .zip(want)
+                .all(|(a, b)| format!("{a:?}") == format!("{b:?}"))
+    }
+
+    #[test]
+    fn replies_go_ahead_of_a_truncation_being_written_but_not_of_a_term_or_vote() {
+        let mut r = replica(1, 3, HardState::default(), Vec::new());
+        let mut p = Pipeline::new(true);
+        // A truncation: its reply (claiming only what is durable) goes now.
+        let (now, seq) = p.submit(&mut r, vec![truncate(), reply(3)]);
+        assert!(is(&now, &[reply(3)]), "{now:?}");
+        assert_eq!(seq, Some(1));
+        // Behind it, a later batch's reply goes too; anything else waits, in order.
+        let (now, _) = p.submit(&mut r, vec![vote(), reply(5)]);
+        assert!(is(&now, &[reply(5)]), "{now:?}");
+        // A term or vote to write: nothing of its batch goes, nor a reply after it.
+        let hard = Action::PersistHardState(HardState {
+            term: Term(3),
+            voted_for: Some(2),
+        });
+        let (now, _) = p.submit(&mut r, vec![hard, reply(6)]);
+        assert!(now.is_empty(), "{now:?}");
+        let (now, _) = p.submit(&mut r, vec![reply(7)]);
+        assert!(now.is_empty(), "{now:?}");
+        // As each write is durable, what waited for it goes, in order (a batch with nothing
+        // to write waits with the one before it).
+        let released = p.durable(&mut r, 1);
+        assert!(is(&released, &[truncate(), vote()]), "{released:?}");
+        let hard = Action::PersistHardState(HardState {
+            term: Term(3),
+            voted_for: Some(2),
+        });
+        let released = p.durable(&mut r, 2);
+        assert!(is(&released, &[hard, reply(6), reply(7)]), "{released:?}");
+    }
 }
