@@ -44,7 +44,7 @@ fn sim_three_replicas_under_faults_keep_every_invariant() {
 /// steps down within two election timeouts and pre-vote keeps the others from electing a new
 /// one while they still hear it: 12 seeds of 0..20000 (393 the first). The first such seed
 /// is looked for here, not pinned, so that a change to what the simulator draws does not hide
-/// the report; one in 20,000 seeds without it is a failure.
+/// the report; the test fails only if none of the 20,000 has it.
 #[test]
 fn sim_a_deposed_leader_heard_beside_its_successor_is_reported() {
     let found = (0..20_000u64)

@@ -93,7 +93,7 @@ impl Pipeline {
         let last = replica.last_index();
         let (now, deferred) = if early {
             (actions, Vec::new())
-        } else if !fence && !self.inflight.iter().any(|f| f.fence) {
+        } else if self.writes && !fence && !self.inflight.iter().any(|f| f.fence) {
             // Behind a truncation only: replies to the leader go now. They claim what is
             // durable (the truncation lowered that to where the logs match), carry a term
             // already written, and tell the leader this follower is alive: held for a
