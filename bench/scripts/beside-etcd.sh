@@ -47,14 +47,7 @@ ETCD_PIDS=$SERVERS
 # up NAME PORT ADMIN_PORT CLUSTER_ARGS... -- NODE_ARGS...: a quorumkv cluster; its pid in LAST.
 up() {
   local name=$1 port=$2 aport=$3; shift 3
-  local cmd=("$BIN/kvctl" cluster up --fsync batch --base-port "$port" --admin-base-port "$aport"
-             --data-dir "$TMP/$name" "$@" --worker-threads 1)
-  echo "${cmd[*]}" >> "$OUT/commands.txt"
-  "${cmd[@]}" > "$TMP/$name.out" 2>&1 &
-  PIDS+=($!)
-  LAST=$!
-  for _ in $(seq 200); do grep -qE '^(Try:|leader: )' "$TMP/$name.out" && return; sleep 0.1; done
-  echo "cluster $name did not come up:"; cat "$TMP/$name.out"; exit 1
+  cluster_up "$name" --base-port "$port" --admin-base-port "$aport" "$@" --worker-threads 1
 }
 eps() { seq -s, -f "127.0.0.1:%g" "$1" "$(($1 + $2 - 1))"; }
 if [ "$MODE" = leaderless ]; then

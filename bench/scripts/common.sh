@@ -32,6 +32,21 @@ bench() {
   "${cmd[@]}" 2>/dev/null | sed -n 1,2p
 }
 
+# cluster_up NAME ARGS...: `kvctl cluster up --fsync batch --data-dir $TMP/NAME ARGS...` in
+# the background, logged in $OUT/commands.txt and its output in $TMP/NAME.out; waits until it
+# is up. Its pid goes to PIDS, and to SERVERS and LAST (for bench and the caller).
+cluster_up() {
+  local name=$1; shift
+  local cmd=("$BIN/kvctl" cluster up --fsync batch --data-dir "$TMP/$name" "$@")
+  echo "${cmd[*]}" >> "$OUT/commands.txt"
+  "${cmd[@]}" > "$TMP/$name.out" 2>&1 &
+  PIDS+=($!)
+  SERVERS=$!
+  LAST=$!
+  for _ in $(seq 200); do grep -q '^Try:' "$TMP/$name.out" && return; sleep 0.1; done
+  echo "cluster $name did not come up:"; cat "$TMP/$name.out"; exit 1
+}
+
 # start_etcd: a 3-member etcd cluster on loopback; sets ETCD_LEADER to the leader's client
 # endpoint (host:port). Its pids go to PIDS.
 start_etcd() {

@@ -33,16 +33,10 @@ stop_all
 KV_EPS=127.0.0.1:7501,127.0.0.1:7502,127.0.0.1:7503,127.0.0.1:7504,127.0.0.1:7505
 up() { # up NAME EXTRA_CLUSTER_ARGS... [-- NODE_ARGS...]
   local name=$1; shift
-  local cmd=("$BIN/kvctl" cluster up --nodes 5 --mode leaderless --n 3 --r 2 --w 2 --fsync batch
-             --base-port 7501 --admin-base-port 9501 --data-dir "$TMP/$name" "$@")
+  local args=(--nodes 5 --mode leaderless --n 3 --r 2 --w 2 --base-port 7501 --admin-base-port 9501 "$@")
   # One request thread per node: five nodes share two cores with the load generator.
-  [[ " ${cmd[*]} " == *" -- "* ]] && cmd+=(--worker-threads 1) || cmd+=(-- --worker-threads 1)
-  echo "${cmd[*]}" >> "$OUT/commands.txt"
-  "${cmd[@]}" > "$TMP/$name.out" 2>&1 &
-  PIDS+=($!)
-  SERVERS=$!
-  for _ in $(seq 200); do grep -q '^Try:' "$TMP/$name.out" && return; sleep 0.1; done
-  echo "cluster $name did not come up:"; cat "$TMP/$name.out"; exit 1
+  [[ " ${args[*]} " == *" -- "* ]] && args+=(--worker-threads 1) || args+=(-- --worker-threads 1)
+  cluster_up "$name" "${args[@]}"
 }
 up kv
 bench kv-16 --driver kv --endpoints "$KV_EPS" --clients 16

@@ -62,17 +62,7 @@ bench etcd-16 --driver etcd --endpoints "$ETCD_LEADER" --clients 16
 bench etcd-256 --driver etcd --endpoints "$ETCD_LEADER" --clients 256
 stop_all
 
-up() { # up NAME ARGS...: kvctl cluster up, waits for it
-  local name=$1; shift
-  local cmd=("$BIN/kvctl" cluster up --fsync batch --data-dir "$TMP/$name" "$@")
-  echo "${cmd[*]}" >> "$OUT/commands.txt"
-  "${cmd[@]}" > "$TMP/$name.out" 2>&1 &
-  PIDS+=($!)
-  SERVERS=$!
-  for _ in $(seq 200); do grep -q '^Try:' "$TMP/$name.out" && return; sleep 0.1; done
-  echo "cluster $name did not come up:"; cat "$TMP/$name.out"; exit 1
-}
-up lf --nodes 3 --w 2 --r 2 --base-port 7401 --admin-base-port 9401 -- --worker-threads 1
+cluster_up lf --nodes 3 --w 2 --r 2 --base-port 7401 --admin-base-port 9401 -- --worker-threads 1
 LEADER=$("$BIN/kvctl" --endpoints 127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403 --output json status | python3 -c '
 import json,sys
 print([n["addr"] for n in json.load(sys.stdin)["nodes"] if n["role"] == "leader"][0])')
@@ -84,7 +74,7 @@ for c in 16 256; do
 done
 stop_all
 
-up ll --nodes 5 --mode leaderless --n 3 --r 2 --w 2 --base-port 7501 --admin-base-port 9501 -- --worker-threads 1
+cluster_up ll --nodes 5 --mode leaderless --n 3 --r 2 --w 2 --base-port 7501 --admin-base-port 9501 -- --worker-threads 1
 for c in 16 256; do
   flush_stats "$TMP/before" 9501 9502 9503 9504 9505
   bench kv-ll-$c --driver kv --endpoints 127.0.0.1:7501,127.0.0.1:7502,127.0.0.1:7503,127.0.0.1:7504,127.0.0.1:7505 --clients $c
