@@ -93,6 +93,32 @@ impl FromStr for ReadRepairMode {
     }
 }
 
+/// When a leaderless node may purge a tombstone past its grace period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TombstoneGcMode {
+    /// Once every other replica of its key is known, from anti-entropy, to hold it: no
+    /// deleted value comes back through repair, whatever the clocks say; a replica that stays
+    /// down holds its keys' tombstones back.
+    #[default]
+    Repair,
+    /// By age alone, as Cassandra's `gc_grace_seconds`.
+    Timeout,
+}
+
+impl FromStr for TombstoneGcMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "repair" => Ok(Self::Repair),
+            "timeout" => Ok(Self::Timeout),
+            o => Err(format!(
+                "invalid tombstone gc mode {o:?}: expected repair or timeout"
+            )),
+        }
+    }
+}
+
 /// Where data lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -184,6 +210,9 @@ pub struct Config {
     pub max_value_bytes: usize,
     /// How long a tombstone is kept before it is purged.
     pub tombstone_grace: HumanDuration,
+    /// Leaderless: what else a purge waits for (`repair`: every replica known to hold the
+    /// tombstone; `timeout`: nothing).
+    pub tombstone_gc: TombstoneGcMode,
     /// Leaderless: how long a replicated request may take before it fails (or degrades).
     pub request_timeout: HumanDuration,
     /// Leaderless: read repair before (`blocking`) or after (`async`) answering.
@@ -232,6 +261,7 @@ impl Default for Config {
             max_key_bytes: 1024,
             max_value_bytes: 1 << 20,
             tombstone_grace: HumanDuration(Duration::from_secs(3600)),
+            tombstone_gc: TombstoneGcMode::Repair,
             request_timeout: HumanDuration(Duration::from_secs(2)),
             read_repair: ReadRepairMode::Async,
             read_fanout: ReadFanoutMode::All,

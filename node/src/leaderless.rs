@@ -19,7 +19,7 @@ use bytes::{BufMut, Bytes};
 use kv_proto::kv::v1 as pb;
 use kv_replica::leaderless::{
     Action, Config, Leaderless, Lsn, Msg, Opts, QuorumFailure, ReadFanout, ReadOk, ReadRepair,
-    ReplicaState, Ring, Stats, Store, Stored, VClock, WriteOk,
+    ReplicaState, Ring, Stats, Store, Stored, TombstoneGc, VClock, WriteOk,
 };
 use kv_replica::{NodeId, Quorum, Version};
 use tokio::sync::{mpsc, oneshot};
@@ -47,6 +47,8 @@ pub struct LlOptions {
     pub anti_entropy: Duration,
     /// Tombstone grace period.
     pub tombstone_grace: Duration,
+    /// What else a tombstone purge waits for.
+    pub tombstone_gc: TombstoneGc,
     /// Ring tokens per node.
     pub vnodes: u32,
     /// The node's first start on its data (`kv_replica::leaderless::Config::first_life`).
@@ -127,8 +129,12 @@ impl Store for LlStore {
         self.data.scan(&mut |k, e| f(k, &stored_of(e.clone())));
     }
 
-    fn purge_tombstones(&mut self, older_than_ms: u64) -> usize {
-        self.data.purge_tombstones(older_than_ms)
+    fn purge_tombstones(
+        &mut self,
+        older_than_ms: u64,
+        may_purge: &mut dyn FnMut(&Bytes, Lsn) -> bool,
+    ) -> usize {
+        self.data.purge_tombstones_if(older_than_ms, may_purge)
     }
 
     fn put_hint(&mut self, target: &NodeId, key: &Bytes, s: &Stored) -> Lsn {
@@ -381,6 +387,7 @@ pub fn start(
     cfg.hint_retry_ms = 500;
     cfg.anti_entropy_ms = opts.anti_entropy.as_millis() as u64;
     cfg.tombstone_grace_ms = opts.tombstone_grace.as_millis() as u64;
+    cfg.tombstone_gc = opts.tombstone_gc;
     cfg.first_life = opts.first_life;
     cfg.first_op = rand::random_range(1..kv_replica::leaderless::OP_IDS_BELOW);
     let names: Vec<&str> = members.iter().map(|m| m.0.as_str()).collect();
@@ -862,12 +869,13 @@ pub fn to_wire(m: Msg) -> pb::peer_envelope::Msg {
             epoch: version.epoch,
             counter: version.counter,
         }),
-        Msg::AeRoot { root } => W::AeRoot(pb::AeRoot { root }),
-        Msg::AeLeaves { leaves } => W::AeLeaves(pb::AeLeaves { leaves }),
+        Msg::AeRoot { root, upto } => W::AeRoot(pb::AeRoot { root, upto }),
+        Msg::AeLeaves { leaves, upto } => W::AeLeaves(pb::AeLeaves { leaves, upto }),
         Msg::AeEntries {
             buckets,
             entries,
             reply,
+            upto,
         } => {
             let (keys, entries): (Vec<Bytes>, Vec<pb::LlStored>) = entries
                 .into_iter()
@@ -878,6 +886,7 @@ pub fn to_wire(m: Msg) -> pb::peer_envelope::Msg {
                 keys,
                 entries,
                 reply,
+                upto,
             })
         }
     }
@@ -971,8 +980,14 @@ pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Msg> {
             key: a.key,
             version: Version::new(a.epoch, a.counter),
         },
-        W::AeRoot(r) => Msg::AeRoot { root: r.root },
-        W::AeLeaves(l) => Msg::AeLeaves { leaves: l.leaves },
+        W::AeRoot(r) => Msg::AeRoot {
+            root: r.root,
+            upto: r.upto,
+        },
+        W::AeLeaves(l) => Msg::AeLeaves {
+            leaves: l.leaves,
+            upto: l.upto,
+        },
         W::AeEntries(e) => {
             if e.keys.len() != e.entries.len() {
                 return None;
@@ -986,6 +1001,7 @@ pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Msg> {
                     .map(|(k, s)| Some((crate::detach(k), stored_from_wire(s)?)))
                     .collect::<Option<Vec<_>>>()?,
                 reply: e.reply,
+                upto: e.upto,
             }
         }
         _ => return None,
@@ -1069,6 +1085,11 @@ mod tests {
                 buckets: vec![1, 7],
                 entries: vec![(Bytes::from_static(b"a"), s(Some("x"), 1))],
                 reply: true,
+                upto: 42,
+            },
+            Msg::AeLeaves {
+                leaves: vec![],
+                upto: 7,
             },
             Msg::HintAck {
                 key: Bytes::from_static(b"k"),

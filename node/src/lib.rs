@@ -359,6 +359,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 max_hint_window: c.max_hint_window.0,
                 anti_entropy: c.anti_entropy_interval.0,
                 tombstone_grace: c.tombstone_grace.0,
+                tombstone_gc: match c.tombstone_gc {
+                    config::TombstoneGcMode::Repair => kv_replica::leaderless::TombstoneGc::Repair,
+                    config::TombstoneGcMode::Timeout => {
+                        kv_replica::leaderless::TombstoneGc::Timeout
+                    }
+                },
                 vnodes: c.vnodes,
                 first_life,
             },

@@ -135,6 +135,7 @@ struct LeaderlessMetrics {
     hints_delivered: Counter,
     hints_beyond_window: Counter,
     hints_pending: Gauge,
+    tombstones_awaiting_repair: Gauge,
     ae_rounds: Counter,
     ae_repairs: Counter,
     quorum_failures: Counter,
@@ -370,6 +371,7 @@ impl Metrics {
                 "Hints not kept: their replica was unreachable longer than --max-hint-window",
             ),
             hints_pending: Gauge::default(),
+            tombstones_awaiting_repair: Gauge::default(),
             ae_rounds: counter(
                 "anti_entropy_rounds",
                 "Merkle-tree exchanges this node started",
@@ -395,6 +397,11 @@ impl Metrics {
             "hints_pending",
             "Hints this node holds, waiting for their replica",
             ll.hints_pending.clone(),
+        );
+        registry.register(
+            "tombstones_awaiting_repair",
+            "Tombstones past their grace period kept at the last purge round because a replica of their key was not yet known to hold them (--tombstone-gc repair)",
+            ll.tombstones_awaiting_repair.clone(),
         );
         let node_info = Family::<InfoLabels, Gauge>::default();
         node_info.get_or_create(&info).set(1);
@@ -496,6 +503,7 @@ impl Metrics {
             catch_up(&m.superseded, st.superseded_writes);
             catch_up(&self.tombstones_purged, st.tombstones_purged);
             set(&m.hints_pending, h.hints_pending());
+            set(&m.tombstones_awaiting_repair, st.tombstones_awaiting_repair);
         }
         // Leader-follower: one snapshot of the replica's status for every gauge below.
         let replica = replica.map(|d| (d, d.status()));

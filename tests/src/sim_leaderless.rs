@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use kv_replica::leaderless::{
-    Action, Config, Leaderless, Lsn, Msg, Opts, ReadFanout, ReadRepair, Store, Stored,
+    Action, Config, Leaderless, Lsn, Msg, Opts, ReadFanout, ReadRepair, Store, Stored, TombstoneGc,
 };
 use kv_replica::{NodeId, Quorum, Version};
 use rand::rngs::StdRng;
@@ -81,6 +81,9 @@ pub struct LlConfig {
     /// Tombstones are purged this long after their write (the default, longer than a run,
     /// purges none); reads past a delete's grace period may find what it hid.
     pub tombstone_grace_ms: u64,
+    /// What else a purge waits for. With [`TombstoneGc::Repair`] every purge is checked: each
+    /// other replica of the key durably holds the tombstone or something newer, or purged it.
+    pub tombstone_gc: TombstoneGc,
     /// One node whose messages, both ways, are lost with this probability (a lossy link).
     pub lossy: Option<(usize, f64)>,
     /// Client deadline per request, in ms.
@@ -122,6 +125,7 @@ impl Default for LlConfig {
             skew_ms: 200,
             clock_jump: None,
             tombstone_grace_ms: 1_000_000,
+            tombstone_gc: TombstoneGc::Repair,
             lossy: None,
             timeout_ms: 300,
             hint_after_ms: 40,
@@ -135,7 +139,8 @@ impl Default for LlConfig {
 #[derive(Default, Clone)]
 pub struct SimStore {
     data: BTreeMap<Bytes, Stored>,
-    /// The LSN of the write that made each copy, while it may not be durable.
+    /// The LSN of the write that made each copy (after a crash, for a copy a lost write had
+    /// replaced, the LSN the crash went back to: no lower than the real one).
     written_at: BTreeMap<Bytes, Lsn>,
     hints: BTreeMap<(NodeId, Bytes), Stored>,
     lsn: Lsn,
@@ -165,7 +170,6 @@ impl SimStore {
     /// Everything written so far becomes durable (an fsync).
     fn flush(&mut self) {
         self.durable = self.lsn;
-        self.written_at.clear();
         self.undo.clear();
         self.unflushed.clear();
         self.clock = self.clock.max(self.clock_asked);
@@ -233,7 +237,10 @@ impl SimStore {
             };
         }
         self.lsn = self.durable;
-        self.written_at.clear(); // what is left is durable
+        let durable = self.durable;
+        for lsn in self.written_at.values_mut() {
+            *lsn = (*lsn).min(durable);
+        }
         self.clock_asked = self.clock;
         lost
     }
@@ -264,11 +271,18 @@ impl Store for SimStore {
             f(k, s);
         }
     }
-    fn purge_tombstones(&mut self, older_than_ms: u64) -> usize {
+    fn purge_tombstones(
+        &mut self,
+        older_than_ms: u64,
+        may_purge: &mut dyn FnMut(&Bytes, Lsn) -> bool,
+    ) -> usize {
         let before = self.data.len();
         let mut purged = Vec::new();
+        let written_at = &self.written_at;
         self.data.retain(|k, s| {
-            let keep = s.value.is_some() || s.written_ms >= older_than_ms;
+            let keep = s.value.is_some()
+                || s.written_ms >= older_than_ms
+                || !may_purge(k, written_at.get(k).copied().unwrap_or(0));
             if !keep {
                 purged.push((k.clone(), s.version, s.written_ms));
             }
@@ -421,6 +435,8 @@ pub struct LlSim {
     stored: BTreeMap<(Bytes, Version), (Option<Bytes>, BTreeSet<usize>)>,
     /// Per key: the newest tombstone purged on any node.
     purged: BTreeMap<usize, Version>,
+    /// Per node and key: the newest tombstone that node purged.
+    purged_by: Vec<BTreeMap<usize, Version>>,
     /// `KV_SIM_TRACE` set: every delivery, crash and start is printed.
     trace: bool,
     stats: LlStats,
@@ -466,6 +482,7 @@ impl LlSim {
             values: BTreeMap::new(),
             stored: BTreeMap::new(),
             purged: BTreeMap::new(),
+            purged_by: vec![BTreeMap::new(); cfg.nodes],
             trace: std::env::var_os("KV_SIM_TRACE").is_some(),
             stats: LlStats::default(),
             dead_stats: LlStats::default(),
@@ -572,6 +589,7 @@ impl LlSim {
         cfg.hint_retry_ms = 50;
         cfg.anti_entropy_ms = 60;
         cfg.tombstone_grace_ms = self.cfg.tombstone_grace_ms;
+        cfg.tombstone_gc = self.cfg.tombstone_gc;
         cfg.clock_margin_ms = 50;
         cfg.first_life = !self.booted[i];
         // From a generator of its own, so that the faults and traffic of a seed stay the same.
@@ -674,6 +692,33 @@ impl LlSim {
         panic!("seed {}: t={}ms: {what}", self.seed, self.now);
     }
 
+    /// Repair-based tombstone GC: when node `i` purges the tombstone `version` of key `k`, no
+    /// other replica of the key durably holds an older copy, unless it purged a tombstone at
+    /// least as new itself (and was then given an older copy again: a hint or a write from
+    /// before the delete, which only the grace period guards against).
+    fn check_repaired_before_purge(&mut self, i: usize, k: usize, version: Version) {
+        let key = self.keys[k].clone();
+        let Some(node) = self.nodes[i].as_ref() else {
+            return;
+        };
+        for r in node.replicas(&key) {
+            let j = self.members.iter().position(|m| *m == r).expect("a member");
+            if j == i {
+                continue;
+            }
+            let held = self.stores[j].durable_version(&key);
+            let purged = self.purged_by[j].get(&k).copied();
+            if held.is_some() && held < Some(version) && purged < Some(version) {
+                self.fail(format!(
+                    "n{} purged the tombstone of {key:?} version {version} while n{} durably \
+                     held {held:?} and had purged {purged:?}",
+                    i + 1,
+                    j + 1
+                ));
+            }
+        }
+    }
+
     fn drain(&mut self, i: usize) {
         for (key, version, written_ms) in std::mem::take(&mut self.stores[i].purged) {
             // A tombstone's age is its coordinator's clock reading when it made it
@@ -701,6 +746,14 @@ impl LlSim {
                 .expect("a client key");
             let p = self.purged.entry(k).or_insert(version);
             *p = (*p).max(version);
+            if self.trace {
+                eprintln!("t={} n{} purged {key:?} {version}", self.now, i + 1);
+            }
+            let p = self.purged_by[i].entry(k).or_insert(version);
+            *p = (*p).max(version);
+            if self.cfg.tombstone_gc == TombstoneGc::Repair {
+                self.check_repaired_before_purge(i, k, version);
+            }
         }
         for (key, version, value) in std::mem::take(&mut self.stores[i].written) {
             let (v, holders) = self
@@ -874,12 +927,26 @@ impl LlSim {
                         if let Ok(ok) = result {
                             self.stats.reads += 1;
                             let got = ok.stored.as_ref().map_or(Version::ZERO, |s| s.version);
-                            if got < floor && self.purged.get(&key).is_some_and(|&p| p >= floor) {
+                            let deleted = ok.stored.is_none()
+                                && self.purged.get(&key).is_some_and(|&p| p >= floor);
+                            if deleted {
+                                // Nothing found, and a delete at least as new as the floor was
+                                // purged: the key is as deleted as that delete left it.
+                            } else if got < floor
+                                && self.purged.get(&key).is_some_and(|&p| p >= floor)
+                            {
                                 // A delete at least as new as the floor was purged (past its
                                 // grace period: checked when purged), and the key may show
                                 // what it hid, from a replica that missed it: Cassandra's
                                 // zombie, which the grace period is there to prevent.
                                 self.stats.resurrected += 1;
+                                if self.trace {
+                                    eprintln!(
+                                        "t={} resurrected: read of {} got {got}, floor {floor}",
+                                        self.now,
+                                        String::from_utf8_lossy(&self.keys[key])
+                                    );
+                                }
                             } else if got < floor {
                                 self.stats.stale_reads += 1;
                                 if self.cfg.r + self.cfg.w > self.cfg.n && !self.cfg.sloppy {

@@ -278,6 +278,103 @@ async fn anti_entropy_repairs_a_key_nobody_reads() {
     assert_eq!(c.metric_sum("kv_read_repairs_total"), 0.0, "no read did it");
 }
 
+/// A replica cut off (hinted handoff off) misses a delete for longer than the grace period
+/// (1 s). Returns the cluster and the key's replicas, the cut-off one last, once the other
+/// two have either purged the tombstone or, waiting for proof that the third holds it,
+/// report it in `kv_tombstones_awaiting_repair`; the partition is healed.
+async fn delete_missed_past_its_grace(key: &str, gc: &str) -> (Cluster, Vec<usize>) {
+    let mut args = NRW.to_vec();
+    args.extend_from_slice(&[
+        "--disable-hinted-handoff",
+        "--anti-entropy-interval",
+        "300ms",
+        "--tombstone-grace",
+        "1s",
+        "--tombstone-gc",
+        gc,
+    ]);
+    let c = Cluster::start_leaderless(5, &args).await.expect("cluster");
+    let eps = c.endpoints();
+    let reps = replicas(&c, key);
+    let cut = reps[2];
+    let r = kvctl(&c.nodes[reps[0]].endpoint(), &["put", key, "v1"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    eventually(5, "v1 on the third replica", || local(&c, cut, key) == "v1").await;
+    let others: Vec<&str> = (0..5)
+        .filter(|&i| i != cut)
+        .map(|i| c.ids[i].as_str())
+        .collect();
+    let r = kvctl(
+        &eps,
+        &[
+            "fault",
+            "partition",
+            &format!("{}/{}", c.ids[cut], others.join(",")),
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = kvctl(&c.nodes[reps[0]].endpoint(), &["delete", key]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let done = |i: usize| {
+        c.metric(i, "kv_tombstones_purged_total") >= 1.0
+            || c.metric(i, "kv_tombstones_awaiting_repair") >= 1.0
+    };
+    eventually(
+        15,
+        "the tombstone past its grace period on both replicas that hold it",
+        || done(reps[0]) && done(reps[1]),
+    )
+    .await;
+    assert_eq!(
+        local(&c, cut, key),
+        "v1",
+        "the cut-off replica missed the delete"
+    );
+    let r = kvctl(&eps, &["fault", "heal"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    (c, reps)
+}
+
+/// Purged by age alone (`--tombstone-gc timeout`, Cassandra's rule), a delete that one
+/// replica missed for longer than the grace period comes back: the two that held the
+/// tombstone purge it, and anti-entropy then copies the old value back from the third.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purged_by_age_a_delete_missed_past_its_grace_comes_back() {
+    let _serial = SERIAL.lock().await;
+    let key = "zombie";
+    let (c, reps) = delete_missed_past_its_grace(key, "timeout").await;
+    assert!(c.metric(reps[0], "kv_tombstones_purged_total") >= 1.0);
+    assert_eq!(c.metric(reps[0], "kv_tombstones_awaiting_repair"), 0.0);
+    eventually(15, "the deleted value back on every replica", || {
+        reps.iter().all(|&i| local(&c, i, key) == "v1")
+    })
+    .await;
+}
+
+/// Purged only once every replica is known to hold the tombstone (the default,
+/// `--tombstone-gc repair`), the same delete stays: the two replicas that hold it keep it past
+/// its grace period while the third is cut off (`kv_tombstones_awaiting_repair`), anti-entropy
+/// gives it to the third once healed, and then all three purge it. The key stays deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purged_after_repair_a_delete_missed_past_its_grace_stays_deleted() {
+    let _serial = SERIAL.lock().await;
+    let key = "zombie";
+    let (c, reps) = delete_missed_past_its_grace(key, "repair").await;
+    assert_eq!(c.metric(reps[0], "kv_tombstones_purged_total"), 0.0);
+    assert!(c.metric(reps[0], "kv_tombstones_awaiting_repair") >= 1.0);
+    eventually(20, "the tombstone purged by all three replicas", || {
+        reps.iter()
+            .all(|&i| c.metric(i, "kv_tombstones_purged_total") >= 1.0)
+    })
+    .await;
+    for &i in &reps {
+        assert_eq!(local(&c, i, key), "", "n{} holds nothing of the key", i + 1);
+        assert_eq!(c.metric(i, "kv_tombstones_awaiting_repair"), 0.0);
+    }
+    let r = kvctl(&c.endpoints(), &["get", key, "--r", "3"]);
+    assert_eq!(r.code, 1, "not found: {r:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r1_w1_under_a_partition_reads_stale_and_writes_concurrently_and_counts_it() {
     let _serial = SERIAL.lock().await;

@@ -11,7 +11,9 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use kv_node::config::{Config, HumanDuration, Mode, ReadFanoutMode, ReadRepairMode, StorageKind};
+use kv_node::config::{
+    Config, HumanDuration, Mode, ReadFanoutMode, ReadRepairMode, StorageKind, TombstoneGcMode,
+};
 use kv_node::storage::FsyncPolicy;
 
 /// quorumkv node: a replicated key-value store with tunable consistency.
@@ -76,6 +78,12 @@ struct Args {
     /// How long tombstones of deleted keys are kept before they are purged [default: 1h].
     #[arg(long, env = "KV_TOMBSTONE_GRACE", value_name = "DURATION")]
     tombstone_grace: Option<HumanDuration>,
+    /// Leaderless: what a tombstone past its grace period also waits for. repair: every other
+    /// replica of its key is known, from anti-entropy, to hold it (no deleted value comes back
+    /// through repair even when a clock jumps ahead; a replica that stays down keeps its keys'
+    /// tombstones); timeout: nothing, as Cassandra's gc_grace_seconds [default: repair].
+    #[arg(long, env = "KV_TOMBSTONE_GC", value_name = "MODE")]
+    tombstone_gc: Option<TombstoneGcMode>,
     /// Leaderless: time a replicated request may take before it fails (or, with
     /// on_quorum_loss=degrade, answers with what it got) [default: 2s].
     #[arg(long, env = "KV_REQUEST_TIMEOUT", value_name = "DURATION")]
@@ -163,6 +171,7 @@ impl Args {
             max_key_bytes,
             max_value_bytes,
             tombstone_grace,
+            tombstone_gc,
             request_timeout,
             read_repair,
             read_fanout,

@@ -999,8 +999,12 @@ impl Storage for DiskStorage {
         self.shared.lock().index.high_water()
     }
 
-    fn purge_tombstones(&self, older_than_ms: u64) -> usize {
-        self.shared.lock().index.purge(older_than_ms)
+    fn purge_tombstones_if(
+        &self,
+        older_than_ms: u64,
+        may_purge: &mut dyn FnMut(&Bytes, Lsn) -> bool,
+    ) -> usize {
+        self.shared.lock().index.purge(older_than_ms, may_purge)
     }
 
     fn stats(&self) -> StorageStats {

@@ -9,7 +9,7 @@ use imbl::HashMap;
 use bytes::Bytes;
 use kv_replica::Version;
 
-use super::{Entry, StorageStats};
+use super::{Entry, Lsn, StorageStats};
 
 /// Newest entry per key, with running counts.
 #[derive(Debug, Default, Clone)]
@@ -63,11 +63,15 @@ impl Index {
     }
 
     /// Removes tombstones written before `older_than_ms`.
-    pub(crate) fn purge(&mut self, older_than_ms: u64) -> usize {
+    pub(crate) fn purge(
+        &mut self,
+        older_than_ms: u64,
+        may_purge: &mut dyn FnMut(&Bytes, Lsn) -> bool,
+    ) -> usize {
         let before = self.map.len();
         let mut freed = 0u64;
         self.map.retain(|k, e| {
-            let purge = e.value.is_none() && e.written_ms < older_than_ms;
+            let purge = e.value.is_none() && e.written_ms < older_than_ms && may_purge(k, e.lsn);
             if purge {
                 freed += k.len() as u64;
             }

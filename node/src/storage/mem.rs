@@ -2,6 +2,7 @@
 
 use std::sync::Mutex;
 
+use bytes::Bytes;
 use kv_replica::Version;
 
 use super::index::Index;
@@ -94,8 +95,12 @@ impl Storage for MemStorage {
         self.lock().0.high_water()
     }
 
-    fn purge_tombstones(&self, older_than_ms: u64) -> usize {
-        self.lock().0.purge(older_than_ms)
+    fn purge_tombstones_if(
+        &self,
+        older_than_ms: u64,
+        may_purge: &mut dyn FnMut(&Bytes, Lsn) -> bool,
+    ) -> usize {
+        self.lock().0.purge(older_than_ms, may_purge)
     }
 
     fn scan(&self, f: &mut dyn FnMut(&bytes::Bytes, &Entry)) {

@@ -202,7 +202,17 @@ pub trait Storage: Send + Sync + 'static {
     fn high_water(&self) -> Version;
 
     /// Removes tombstones written before `older_than_ms`; returns how many.
-    fn purge_tombstones(&self, older_than_ms: u64) -> usize;
+    fn purge_tombstones(&self, older_than_ms: u64) -> usize {
+        self.purge_tombstones_if(older_than_ms, &mut |_, _| true)
+    }
+
+    /// Removes the tombstones written before `older_than_ms` for which `may_purge(key, lsn)`
+    /// (the LSN of the write that stored the tombstone) is true; returns how many.
+    fn purge_tombstones_if(
+        &self,
+        older_than_ms: u64,
+        may_purge: &mut dyn FnMut(&Bytes, Lsn) -> bool,
+    ) -> usize;
 
     /// Current counts.
     fn stats(&self) -> StorageStats;

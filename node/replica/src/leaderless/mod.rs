@@ -12,7 +12,9 @@
 //!      repair Write (before answering when read repair is `blocking`); short of R after
 //!      `hint_after_ms`, the silent replicas are asked once more
 //!  every `anti_entropy_ms`: Merkle-tree digest of the keys shared with one peer ─► differences
-//!  are exchanged; every `tombstone_grace_ms`-old tombstone is purged
+//!  are exchanged (answers once durable: the starter learns which of its copies the peer
+//!  holds); a tombstone `tombstone_grace_ms` old is purged once every other replica of its key
+//!  is known to hold it (`TombstoneGc::Repair`), or at once (`TombstoneGc::Timeout`)
 //! ```
 //!
 //! Writes to a key are coordinated by the first reachable replica in its preference list (any
@@ -84,8 +86,13 @@ pub trait Store {
     fn last_lsn(&self) -> Lsn;
     /// Calls `f` with every copy held.
     fn scan(&self, f: &mut dyn FnMut(&Bytes, &Stored));
-    /// Removes tombstones written before `older_than_ms`; returns how many.
-    fn purge_tombstones(&mut self, older_than_ms: u64) -> usize;
+    /// Removes the tombstones written before `older_than_ms` for which `may_purge(key, lsn)`
+    /// (the LSN of the write that stored the tombstone here) is true; returns how many.
+    fn purge_tombstones(
+        &mut self,
+        older_than_ms: u64,
+        may_purge: &mut dyn FnMut(&Bytes, Lsn) -> bool,
+    ) -> usize;
     /// Keeps a write for replica `target` until it can be delivered.
     fn put_hint(&mut self, target: &NodeId, key: &Bytes, s: &Stored) -> Lsn;
     /// Forgets a delivered hint (unless a newer one replaced it).
@@ -117,6 +124,23 @@ pub enum ReadFanout {
     /// fewer messages; the other replicas are asked only when one of those is still silent
     /// after `hint_after_ms` (a speculative retry), and only responders are repaired.
     Quorum,
+}
+
+/// When a tombstone past its grace period may be purged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TombstoneGc {
+    /// Only once every other replica of its key is known to hold it (or something newer):
+    /// an anti-entropy exchange that started after the tombstone was stored here found that
+    /// replica's copies equal to this node's, or sent them and heard back once they were
+    /// durable there (ScyllaDB's repair-based tombstone GC). A purge then cannot let a
+    /// replica's older copy come back through repair, whatever the clocks say. A replica that
+    /// stays unreachable holds its keys' tombstones back until it returns.
+    #[default]
+    Repair,
+    /// By age alone (Cassandra's `gc_grace_seconds`): a replica that missed the delete for
+    /// longer than the grace period, or a clock stepped forward by more than it, can bring
+    /// back what the delete hid.
+    Timeout,
 }
 
 /// Static configuration of one node.
@@ -151,6 +175,8 @@ pub struct Config {
     pub anti_entropy_ms: u64,
     /// Tombstones older than this are purged.
     pub tombstone_grace_ms: u64,
+    /// What else a purge waits for.
+    pub tombstone_gc: TombstoneGc,
     /// This is the node's first life on its storage (a new data directory): no earlier life
     /// can have run a write forwarded to it, so a forwarded write sent again is run without
     /// the check that refuses one the node may have run before a restart. False unless the
@@ -187,6 +213,7 @@ impl Config {
             max_hint_window_ms: 3 * 3600 * 1000,
             anti_entropy_ms: 10_000,
             tombstone_grace_ms: 24 * 3600 * 1000,
+            tombstone_gc: TombstoneGc::Repair,
             first_life: false,
             first_op: 1,
             clock_margin_ms: 1_000,
@@ -297,11 +324,15 @@ pub enum Msg {
     AeRoot {
         /// Root hash.
         root: u64,
+        /// My last LSN when I built the tree, echoed back.
+        upto: Lsn,
     },
-    /// Anti-entropy: roots differ; here are my leaves.
+    /// Anti-entropy: the answer to a root, sent once the answerer's copies are durable.
     AeLeaves {
-        /// One hash per bucket.
+        /// One hash per bucket; empty when the roots are the same.
         leaves: Vec<u64>,
+        /// The root's `upto`.
+        upto: Lsn,
     },
     /// Anti-entropy: my copies in the buckets that differ.
     AeEntries {
@@ -309,8 +340,11 @@ pub enum Msg {
         buckets: Vec<u32>,
         /// Copies in those buckets.
         entries: Vec<(Bytes, Stored)>,
-        /// Answer with the copies of mine that are newer or missing on your side.
+        /// Answer with the copies of mine that are newer or missing on your side (always
+        /// answered, once the answerer's copies are durable: the answer says it holds these).
         reply: bool,
+        /// The sender's last LSN when it collected the entries; echoed in the answer.
+        upto: Lsn,
     },
 }
 
@@ -466,6 +500,9 @@ pub struct Stats {
     pub forwarded: u64,
     /// Tombstones purged.
     pub tombstones_purged: u64,
+    /// Tombstones past their grace period kept at the last purge round because some replica
+    /// of their key was not yet known to hold them ([`TombstoneGc::Repair`]; not cumulative).
+    pub tombstones_awaiting_repair: u64,
     /// Writes coordinated here and acknowledged although a replica that acknowledged them
     /// already held a concurrent write with a higher version (`WriteOk::superseded_on`).
     pub superseded_writes: u64,
@@ -589,6 +626,10 @@ pub struct Leaderless {
     next_hint_round: u64,
     next_ae: u64,
     ae_peer: usize,
+    /// Per member and anti-entropy bucket: every copy this node held at or below this LSN in
+    /// that bucket (among the keys the two share) is durably held by the member, the same or
+    /// newer. Learnt from anti-entropy exchanges this node started; lost on restart.
+    ae_synced: Vec<Vec<Option<Lsn>>>,
     actions: Vec<Action>,
     stats: Stats,
     /// Added to the physical time of new versions: a clock set wrong on purpose (fault
@@ -626,6 +667,7 @@ impl Leaderless {
         let started = hlc.now(now_ms);
         let booted_hlc = if cfg.first_life { 0 } else { started };
         let next_op = cfg.first_op.min(OP_IDS_BELOW - 1);
+        let ae_synced = vec![vec![None; AE_BUCKETS]; members.len()];
         Leaderless {
             next_ae: now_ms + cfg.anti_entropy_ms,
             next_hint_round: now_ms,
@@ -653,6 +695,7 @@ impl Leaderless {
             down_since: BTreeMap::new(),
             hint_targets: BTreeSet::new(),
             ae_peer,
+            ae_synced,
             actions: Vec::new(),
             stats: Stats::default(),
             clock_offset_ms: 0,
@@ -1086,7 +1129,7 @@ impl Leaderless {
             }
             Msg::ReadReply { req, stored, hlc } => {
                 self.hlc.observe(hlc);
-                self.on_read_reply(req, f, stored);
+                self.on_read_reply(now, req, f, stored);
             }
             Msg::Forward {
                 req,
@@ -1177,18 +1220,28 @@ impl Leaderless {
                 store.remove_hint(&self.members[f].clone(), &key, version);
                 self.stats.hints_delivered += 1;
             }
-            Msg::AeRoot { root } => {
+            Msg::AeRoot { root, upto } => {
                 let leaves = self.tree(store, f);
-                if root_of(&leaves) != root {
-                    self.send(f, Msg::AeLeaves { leaves }, None);
-                }
+                let leaves = if root_of(&leaves) == root {
+                    Vec::new()
+                } else {
+                    leaves
+                };
+                // Once what the leaves describe is durable: the other side takes equal leaves
+                // as copies this node holds.
+                self.send(f, Msg::AeLeaves { leaves, upto }, Some(store.last_lsn()));
             }
-            Msg::AeLeaves { leaves } => {
+            Msg::AeLeaves { leaves, upto } => {
+                if leaves.is_empty() {
+                    // The roots were the same: the peer holds every copy the tree held.
+                    self.mark_synced(f, 0..AE_BUCKETS as u32, upto);
+                    return;
+                }
+                let upto = store.last_lsn();
                 let mine = self.tree(store, f);
-                let buckets: Vec<u32> = (0..AE_BUCKETS)
-                    .filter(|&b| leaves.get(b) != Some(&mine[b]))
-                    .map(|b| b as u32)
-                    .collect();
+                let (same, buckets): (Vec<u32>, Vec<u32>) = (0..AE_BUCKETS as u32)
+                    .partition(|&b| leaves.get(b as usize) == Some(&mine[b as usize]));
+                self.mark_synced(f, same, upto);
                 if !buckets.is_empty() {
                     let entries = self.entries_in(store, f, &buckets);
                     self.send(
@@ -1197,6 +1250,7 @@ impl Leaderless {
                             buckets,
                             entries,
                             reply: true,
+                            upto,
                         },
                         None,
                     );
@@ -1206,17 +1260,31 @@ impl Leaderless {
                 buckets,
                 entries,
                 reply,
+                upto,
             } => {
                 let mut theirs = BTreeMap::new();
-                let mut last = None;
+                let mut last = 0;
                 for (key, s) in entries {
                     if !self.pref(&key).contains(&self.me) {
+                        continue;
+                    }
+                    let wall = self.physical(now);
+                    let grace = self.cfg.tombstone_grace_ms;
+                    if s.value.is_none() && past_grace(&s, grace, wall) && store.get(&key).is_none()
+                    {
+                        // Nothing here for a tombstone past its grace period to hide, and,
+                        // stored, it would wait for new proof that the other replicas hold it:
+                        // meanwhile they purge theirs and get it back from this one, and so on
+                        // (with `TombstoneGc::Repair`, 2.7 times as many purges in 2,000
+                        // simulated runs with a 450 ms grace period). Absent counts as holding
+                        // it.
+                        theirs.insert(key, s.version);
                         continue;
                     }
                     let (lsn, changed) = self.merge(store, &key, &s);
                     if changed {
                         self.stats.ae_repairs += 1;
-                        last = Some(lsn);
+                        last = last.max(lsn);
                     }
                     theirs.insert(key, s.version);
                 }
@@ -1226,17 +1294,22 @@ impl Leaderless {
                         .into_iter()
                         .filter(|(k, s)| theirs.get(k).is_none_or(|v| *v != s.version))
                         .collect();
-                    if !entries.is_empty() {
-                        self.send(
-                            f,
-                            Msg::AeEntries {
-                                buckets,
-                                entries,
-                                reply: false,
-                            },
-                            last,
-                        );
-                    }
+                    // Always answered, once every copy here is durable (the ones just merged
+                    // and the ones that were already newer): the answer tells the other side
+                    // that this node holds what it sent, for its tombstone purges.
+                    let after = last.max(store.last_lsn());
+                    self.send(
+                        f,
+                        Msg::AeEntries {
+                            buckets,
+                            entries,
+                            reply: false,
+                            upto,
+                        },
+                        Some(after),
+                    );
+                } else {
+                    self.mark_synced(f, buckets, upto);
                 }
             }
         }
@@ -1254,7 +1327,7 @@ impl Leaderless {
         } else if let Some(p) = self.reads.get_mut(&req) {
             // A blocking read repair was acknowledged.
             p.repairing.remove(&from);
-            self.check_read(req, Some(now));
+            self.check_read(req, now, true);
         }
     }
 
@@ -1553,18 +1626,19 @@ impl Leaderless {
         }
     }
 
-    fn on_read_reply(&mut self, op: u64, from: usize, stored: Option<Stored>) {
+    fn on_read_reply(&mut self, now: u64, op: u64, from: usize, stored: Option<Stored>) {
         let Some(p) = self.reads.get_mut(&op) else {
             return;
         };
         p.replies.insert(from, stored);
-        self.check_read(op, None);
+        self.check_read(op, now, false);
     }
 
     /// Answers the read when it has R responses (after repairs in blocking mode) or its deadline
-    /// passed (`now` is given by ticks); repairs stale responders, late ones included.
-    fn check_read(&mut self, op: u64, now: Option<u64>) {
+    /// passed (checked when `at_deadline`); repairs stale responders, late ones included.
+    fn check_read(&mut self, op: u64, now: u64, at_deadline: bool) {
         let blocking = self.cfg.read_repair == ReadRepair::Blocking;
+        let (wall, grace) = (self.physical(now), self.cfg.tombstone_grace_ms);
         let Some(p) = self.reads.get_mut(&op) else {
             return;
         };
@@ -1574,7 +1648,7 @@ impl Leaderless {
             .iter()
             .filter(|i| !p.replies.contains_key(i) && !self.down.contains(i))
             .count() as u32;
-        let deadline_passed = now.is_some_and(|t| t >= p.deadline);
+        let deadline_passed = at_deadline && now >= p.deadline;
         // Stop waiting for responses at the deadline, or once the replicas that could still
         // answer are too few (failing) or none (degrading).
         let expired = deadline_passed
@@ -1604,8 +1678,13 @@ impl Leaderless {
                 .iter()
                 .filter(|(i, s)| {
                     !p.repairing.contains(i)
-                        && s.as_ref()
-                            .is_none_or(|s| s.version < n.version || s.clock != n.clock)
+                        && match s {
+                            Some(s) => s.version < n.version || s.clock != n.clock,
+                            // No copy is as good as a tombstone past its grace period: sent
+                            // one, a replica that purged it would wait for new proof that the
+                            // others hold it while they purge theirs (see `AeEntries`).
+                            None => n.value.is_some() || !past_grace(n, grace, wall),
+                        }
                 })
                 .map(|(&i, _)| i)
                 .collect();
@@ -1799,7 +1878,7 @@ impl Leaderless {
         let ops: Vec<u64> = self.reads.keys().copied().collect();
         for op in ops {
             self.retry_read(op, now);
-            self.check_read(op, Some(now));
+            self.check_read(op, now, true);
         }
         if now >= self.next_hint_round {
             self.next_hint_round = now + self.cfg.hint_retry_ms;
@@ -1808,9 +1887,7 @@ impl Leaderless {
         if self.cfg.anti_entropy_ms > 0 && now >= self.next_ae {
             self.next_ae = now + self.cfg.anti_entropy_ms;
             self.anti_entropy(store);
-            let wall = self.physical(now);
-            let purged = store.purge_tombstones(wall.saturating_sub(self.cfg.tombstone_grace_ms));
-            self.stats.tombstones_purged += purged as u64;
+            self.purge_tombstones(store, now);
         }
     }
 
@@ -1855,15 +1932,57 @@ impl Leaderless {
         if peer == self.me {
             return;
         }
+        let upto = store.last_lsn();
         let leaves = self.tree(store, peer);
         self.stats.ae_rounds += 1;
         self.send(
             peer,
             Msg::AeRoot {
                 root: root_of(&leaves),
+                upto,
             },
             None,
         );
+    }
+
+    /// `peer` durably holds every copy this node held at or below `upto` in `buckets`.
+    fn mark_synced(&mut self, peer: usize, buckets: impl IntoIterator<Item = u32>, upto: Lsn) {
+        let Some(synced) = self.ae_synced.get_mut(peer) else {
+            return;
+        };
+        for b in buckets {
+            if let Some(s) = synced.get_mut(b as usize) {
+                *s = Some(s.map_or(upto, |x| x.max(upto)));
+            }
+        }
+    }
+
+    /// Purges the tombstones past their grace period that [`Config::tombstone_gc`] allows.
+    fn purge_tombstones<S: Store>(&mut self, store: &mut S, now: u64) {
+        let older_than = self
+            .physical(now)
+            .saturating_sub(self.cfg.tombstone_grace_ms);
+        let purged = match self.cfg.tombstone_gc {
+            TombstoneGc::Timeout => store.purge_tombstones(older_than, &mut |_, _| true),
+            TombstoneGc::Repair => {
+                let n = self.cfg.quorum.n as usize;
+                let (ring, me, synced) = (&self.ring, self.me, &self.ae_synced);
+                let mut kept = 0u64;
+                let purged = store.purge_tombstones(older_than, &mut |key, lsn| {
+                    let h = hash64(key);
+                    let b = bucket_of(h);
+                    let walk = ring.walk(h);
+                    let held = walk[..n.min(walk.len())]
+                        .iter()
+                        .all(|&r| r == me || synced[r][b].is_some_and(|s| s >= lsn));
+                    kept += u64::from(!held);
+                    held
+                });
+                self.stats.tombstones_awaiting_repair = kept;
+                purged
+            }
+        };
+        self.stats.tombstones_purged += purged as u64;
     }
 
     /// Merkle leaves over the keys both this node and `peer` replicate.
@@ -1875,7 +1994,7 @@ impl Leaderless {
             let walk = self.ring.walk(h);
             let reps = &walk[..n.min(walk.len())];
             if reps.contains(&peer) && reps.contains(&self.me) {
-                let b = (h >> 56) as usize % AE_BUCKETS;
+                let b = bucket_of(h);
                 leaves[b] ^= mix64(
                     h ^ s.version.epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15)
                         ^ s.version.counter.rotate_left(17)
@@ -1896,7 +2015,7 @@ impl Leaderless {
         let mut out = Vec::new();
         store.scan(&mut |key, s| {
             let h = hash64(key);
-            let b = ((h >> 56) as usize % AE_BUCKETS) as u32;
+            let b = bucket_of(h) as u32;
             if buckets.binary_search(&b).is_err() {
                 return;
             }
@@ -1908,6 +2027,16 @@ impl Leaderless {
         });
         out
     }
+}
+
+/// A copy old enough to purge, were it a tombstone, at wall-clock time `wall`.
+fn past_grace(s: &Stored, grace_ms: u64, wall: u64) -> bool {
+    s.written_ms.saturating_add(grace_ms) < wall
+}
+
+/// The anti-entropy bucket of a key's hash.
+fn bucket_of(h: u64) -> usize {
+    (h >> 56) as usize % AE_BUCKETS
 }
 
 /// The root of a Merkle tree with the given leaves.
