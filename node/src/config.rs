@@ -634,12 +634,15 @@ mod tests {
         let e = toml::from_str::<Config>("idd = \"n1\"").expect_err("unknown key");
         assert!(e.to_string().contains("idd"), "{e}");
         let c: Config = toml::from_str(
-            "id = \"n7\"\nfsync = \"always\"\ntombstone_grace = \"10m\"\nstorage = \"memory\"",
+            "id = \"n7\"\nfsync = \"always\"\ntombstone_grace = \"10m\"\nstorage = \"memory\"\n\
+             tombstone_gc = \"timeout\"",
         )
         .expect("parse");
         assert_eq!(c.id, "n7");
         assert_eq!(c.fsync, FsyncPolicy::Always);
         assert_eq!(c.tombstone_grace.0, Duration::from_secs(600));
+        assert_eq!(c.tombstone_gc, TombstoneGcMode::Timeout);
+        assert_eq!(Config::default().tombstone_gc, TombstoneGcMode::Repair);
     }
 
     #[test]
