@@ -41,6 +41,27 @@ fn a_read_older_than_a_completed_write_is_stale_and_measured() {
     assert!((r.rate() - 1.0 / 3.0).abs() < 1e-9);
 }
 
+/// A read that finds nothing, with no version (the delete's tombstone purged past its grace
+/// period), is stale only if no delete at least as new as the writes acknowledged before it
+/// could have taken effect by its end.
+#[test]
+fn an_absent_read_after_a_purged_delete_is_not_stale_but_one_after_a_later_write_is() {
+    const MS: u64 = 1_000_000;
+    let ops = vec![
+        op(1, OpKind::Write, "a", 0, MS, "1.1"),
+        op(1, OpKind::Delete, "", 2 * MS, 3 * MS, "1.2"),
+        // After the delete, its tombstone purged: nothing, no version.
+        op(2, OpKind::Read, "", 10 * MS, 11 * MS, ""),
+        op(1, OpKind::Write, "b", 20 * MS, 21 * MS, "1.3"),
+        // After b was acknowledged: nothing is stale, by one version.
+        op(2, OpKind::Read, "", 30 * MS, 31 * MS, ""),
+    ];
+    let r = stale_reads(&ops);
+    assert_eq!((r.reads, r.stale), (2, 1));
+    assert_eq!(r.versions_behind, vec![1]);
+    assert_eq!(r.ms_behind, vec![9.0]);
+}
+
 #[test]
 fn consistency_window_is_the_last_replica_to_serve_the_write() {
     let text = r#"
