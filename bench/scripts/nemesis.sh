@@ -37,7 +37,8 @@
 # (seconds since the start, fault; leader-follower: "  heard N leaders at once: nX" under a
 # fault after which a node's kv_leaders_observed rose to 2 or more), bench/ (kv-bench
 # summary.json, timeline.csv), check.txt
-# (the verdict), violation.html when there is one, and history.jsonl (removed on a
+# (the verdict), violation.html when there is one, tombstones.txt (leaderless: each node's
+# tombstones purged and awaiting repair at the end), and history.jsonl (removed on a
 # linearizable verdict unless KEEP_HISTORY=1: it is large). Exit status: kv-bench check's
 # (0 linearizable, 1 violation, 2 unknown).
 set -euo pipefail
@@ -195,6 +196,14 @@ rc=0
 "$BIN/kv-bench" check "$OUT/history.jsonl" --html "$OUT/violation.html" > "$OUT/check.txt" 2>&1 || rc=$?
 [ -s "$OUT/violation.html" ] || rm -f "$OUT/violation.html"
 "$BIN/kvctl" --endpoints "$EPS" status > "$OUT/status.txt" 2>&1 || true
+# Leaderless tombstones at the end (purged since the node last started; past their grace
+# period but kept for want of proof that every replica holds them).
+if [[ " ${CLUSTER[*]} " == *" leaderless "* ]]; then
+  for i in $(seq "$NODES"); do
+    { curl -s --max-time 1 "127.0.0.1:$((9600 + i))/metrics" 2>/dev/null || true; } \
+      | awk -v n="n$i" '/^kv_tombstones_(purged_total|awaiting_repair) /{printf "%s %s %s\n", n, $1, $2}'
+  done > "$OUT/tombstones.txt"
+fi
 cat "$OUT/bench.out"
 echo "faults: $(awk '$1 ~ /^[0-9]+$/ {print $2}' "$OUT/nemesis.log" | sort | uniq -c | awk '{printf "%s %s, ", $1, $2}' | sed 's/, $//')"
 split=$(grep -c '^  heard' "$OUT/nemesis.log" || true)
