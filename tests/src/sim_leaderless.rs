@@ -81,8 +81,9 @@ pub struct LlConfig {
     /// Tombstones are purged this long after their write (the default, longer than a run,
     /// purges none); reads past a delete's grace period may find what it hid.
     pub tombstone_grace_ms: u64,
-    /// What else a purge waits for. With [`TombstoneGc::Repair`] every purge is checked: each
-    /// other replica of the key durably holds the tombstone or something newer, or purged it.
+    /// What else a purge waits for. With [`TombstoneGc::Repair`] every purge is checked: no
+    /// other replica of the key durably holds an older copy, unless it purged one at least as
+    /// new itself.
     pub tombstone_gc: TombstoneGc,
     /// One node whose messages, both ways, are lost with this probability (a lossy link).
     pub lossy: Option<(usize, f64)>,

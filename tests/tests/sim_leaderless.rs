@@ -349,7 +349,8 @@ fn sim_leaderless_clock_steps_keep_every_invariant() {
 /// (down or cut off for longer) can bring the old value back — Cassandra's zombie, which the
 /// grace period is there to prevent: with a grace period shorter than the outages, the runs
 /// count such reads instead of failing them. Purged only once every replica is known to hold
-/// the tombstone (`TombstoneGc::Repair`, the default; checked at every purge), none comes back.
+/// the tombstone (`TombstoneGc::Repair`, the default; checked at every purge), at most a tenth as
+/// many (none on the default seeds; in 2,000 runs, 9800000..: 1, against 37 by age alone).
 #[test]
 fn sim_leaderless_tombstones_go_only_after_their_grace_period() {
     let grace = LlConfig {
@@ -372,18 +373,23 @@ fn sim_leaderless_tombstones_go_only_after_their_grace_period() {
         flush: None,
         ..grace
     };
-    let t = run_many(short.clone(), 150);
-    assert_eq!((t.stale_reads, t.resurrected), (0, 0), "{t:?}");
-    assert!(t.tombstones_purged > 500, "{t:?}");
-    let t = run_many(
+    let repair = run_many(short.clone(), 150);
+    assert!(repair.tombstones_purged > 500, "{repair:?}");
+    let timeout = run_many(
         LlConfig {
             tombstone_gc: TombstoneGc::Timeout,
             ..short
         },
         150,
     );
-    assert_eq!(t.stale_reads, 0, "{t:?}");
-    assert!(t.resurrected > 0, "{t:?}");
+    assert_eq!((repair.stale_reads, timeout.stale_reads), (0, 0));
+    assert!(timeout.resurrected > 0, "{timeout:?}");
+    // None on these seeds; one way back is left to the grace period alone (a node down for
+    // longer than it, holding a hint of an older write: 1 read in 2,000 runs, seed 9801941).
+    assert!(
+        repair.resurrected * 10 <= timeout.resurrected,
+        "{repair:?} {timeout:?}"
+    );
 }
 
 /// Tombstones purged while clocks are stepped by up to 5 s either way (grace period 1 s).
@@ -395,9 +401,10 @@ fn sim_leaderless_tombstones_go_only_after_their_grace_period() {
 /// no read is stale while the delete is kept. Purged by age alone, reads that find a deleted
 /// value back, after an early purge, are counted: the cost of a clock stepped forward by more
 /// than the grace period. Purged once every replica is known to hold the tombstone (the
-/// default), there are none. Before the simulator's checks allowed for clocks seconds apart after the run, and
-/// for clock steps that add up, 197 of 300 seeds of this configuration (9600000..) failed
-/// them, none by a fault of the node.
+/// default), there are none (in 2,000 runs, 9800000..: none, against 274 by age alone).
+/// Before the simulator's checks allowed for clocks seconds apart after the run, and for clock
+/// steps that add up, 197 of 300 seeds of this configuration (9600000..) failed them, none by
+/// a fault of the node.
 #[test]
 fn sim_leaderless_tombstones_under_clock_steps_go_by_each_nodes_clock() {
     let steps = LlConfig {
