@@ -132,7 +132,7 @@ impl Store for LlStore {
     fn purge_tombstones(
         &mut self,
         older_than_ms: u64,
-        may_purge: &mut dyn FnMut(&Bytes, Lsn) -> bool,
+        may_purge: &mut dyn FnMut(&Bytes, Version, Lsn) -> bool,
     ) -> usize {
         self.data.purge_tombstones_if(older_than_ms, may_purge)
     }

@@ -134,6 +134,7 @@ struct LeaderlessMetrics {
     hints_stored: Counter,
     hints_delivered: Counter,
     hints_beyond_window: Counter,
+    hints_expired: Counter,
     hints_pending: Gauge,
     tombstones_awaiting_repair: Gauge,
     ae_rounds: Counter,
@@ -370,6 +371,10 @@ impl Metrics {
                 "hints_beyond_window",
                 "Hints not kept: their replica was unreachable longer than --max-hint-window",
             ),
+            hints_expired: counter(
+                "hints_expired",
+                "Hints received older than --tombstone-grace for keys this node held nothing of, not stored (a delete after them may have been purged)",
+            ),
             hints_pending: Gauge::default(),
             tombstones_awaiting_repair: Gauge::default(),
             ae_rounds: counter(
@@ -496,6 +501,7 @@ impl Metrics {
             catch_up(&m.hints_stored, st.hints_stored);
             catch_up(&m.hints_delivered, st.hints_delivered);
             catch_up(&m.hints_beyond_window, st.hints_beyond_window);
+            catch_up(&m.hints_expired, st.hints_expired);
             catch_up(&m.ae_rounds, st.ae_rounds);
             catch_up(&m.ae_repairs, st.ae_repairs);
             catch_up(&m.quorum_failures, st.quorum_failures);

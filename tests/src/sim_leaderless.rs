@@ -81,9 +81,8 @@ pub struct LlConfig {
     /// Tombstones are purged this long after their write (the default, longer than a run,
     /// purges none); reads past a delete's grace period may find what it hid.
     pub tombstone_grace_ms: u64,
-    /// What else a purge waits for. With [`TombstoneGc::Repair`] every purge is checked: no
-    /// other replica of the key durably holds an older copy, unless it purged one at least as
-    /// new itself.
+    /// What else a purge waits for. With [`TombstoneGc::Repair`] every purge is checked: each
+    /// other replica of the key durably holds the tombstone or something newer, or purged it.
     pub tombstone_gc: TombstoneGc,
     /// One node whose messages, both ways, are lost with this probability (a lossy link).
     pub lossy: Option<(usize, f64)>,
@@ -275,7 +274,7 @@ impl Store for SimStore {
     fn purge_tombstones(
         &mut self,
         older_than_ms: u64,
-        may_purge: &mut dyn FnMut(&Bytes, Lsn) -> bool,
+        may_purge: &mut dyn FnMut(&Bytes, Version, Lsn) -> bool,
     ) -> usize {
         let before = self.data.len();
         let mut purged = Vec::new();
@@ -283,7 +282,7 @@ impl Store for SimStore {
         self.data.retain(|k, s| {
             let keep = s.value.is_some()
                 || s.written_ms >= older_than_ms
-                || !may_purge(k, written_at.get(k).copied().unwrap_or(0));
+                || !may_purge(k, s.version, written_at.get(k).copied().unwrap_or(0));
             if !keep {
                 purged.push((k.clone(), s.version, s.written_ms));
             }
@@ -693,10 +692,11 @@ impl LlSim {
         panic!("seed {}: t={}ms: {what}", self.seed, self.now);
     }
 
-    /// Repair-based tombstone GC: when node `i` purges the tombstone `version` of key `k`, no
-    /// other replica of the key durably holds an older copy, unless it purged a tombstone at
-    /// least as new itself (and was then given an older copy again: a hint or a write from
-    /// before the delete, which only the grace period guards against).
+    /// Repair-based tombstone GC: when node `i` purges the tombstone `version` of key `k`, every
+    /// other replica of the key durably holds that version or a newer one, or purged a
+    /// tombstone at least as new itself (and may since have been given an older copy again by a
+    /// write from before the delete still in flight, which only the grace period guards
+    /// against).
     fn check_repaired_before_purge(&mut self, i: usize, k: usize, version: Version) {
         let key = self.keys[k].clone();
         let Some(node) = self.nodes[i].as_ref() else {
@@ -709,7 +709,7 @@ impl LlSim {
             }
             let held = self.stores[j].durable_version(&key);
             let purged = self.purged_by[j].get(&k).copied();
-            if held.is_some() && held < Some(version) && purged < Some(version) {
+            if held < Some(version) && purged < Some(version) {
                 self.fail(format!(
                     "n{} purged the tombstone of {key:?} version {version} while n{} durably \
                      held {held:?} and had purged {purged:?}",

@@ -66,12 +66,13 @@ impl Index {
     pub(crate) fn purge(
         &mut self,
         older_than_ms: u64,
-        may_purge: &mut dyn FnMut(&Bytes, Lsn) -> bool,
+        may_purge: &mut dyn FnMut(&Bytes, Version, Lsn) -> bool,
     ) -> usize {
         let before = self.map.len();
         let mut freed = 0u64;
         self.map.retain(|k, e| {
-            let purge = e.value.is_none() && e.written_ms < older_than_ms && may_purge(k, e.lsn);
+            let purge =
+                e.value.is_none() && e.written_ms < older_than_ms && may_purge(k, e.version, e.lsn);
             if purge {
                 freed += k.len() as u64;
             }

@@ -91,12 +91,18 @@ async fn purge_removes_only_old_tombstones_and_keeps_high_water(s: Arc<dyn Stora
     let a = s.write(w("a", None, 4, 100)).expect("write");
     let b = s.write(w("b", None, 5, 100)).expect("write");
     let mut asked = Vec::new();
-    let purged = s.purge_tombstones_if(200, &mut |k, lsn| {
-        asked.push((k.clone(), lsn));
+    let purged = s.purge_tombstones_if(200, &mut |k, version, lsn| {
+        asked.push((k.clone(), version, lsn));
         k.as_ref() == b"b"
     });
     asked.sort();
-    assert_eq!(asked, vec![(Bytes::from("a"), a), (Bytes::from("b"), b)]);
+    assert_eq!(
+        asked,
+        vec![
+            (Bytes::from("a"), Version::new(1, 4), a),
+            (Bytes::from("b"), Version::new(1, 5), b)
+        ]
+    );
     assert_eq!(purged, 1);
     assert!(s.get(b"a").is_some() && s.get(b"b").is_none());
     assert_eq!(s.stats().tombstones, 2);
