@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use kv_replica::leaderless::{
     AE_BUCKETS, Action, Config, Leaderless, Msg, Opts, ReadFanout, ReadRepair, Store as _, Stored,
-    TombstoneGc, VClock, hash64,
+    TombstoneGc, VClock, bucket_of, hash64,
 };
 use kv_replica::{NodeId, Quorum, Version};
 use kv_tests::sim_leaderless::{LlConfig, LlSim, LlStats, SimStore};
@@ -1061,7 +1061,7 @@ fn a_tombstone_past_its_grace_waits_until_every_replica_is_known_to_hold_it() {
         c.anti_entropy_ms = 100;
     });
     let key = Bytes::from("gone"); // 3 nodes, N=3: all of them replicate it
-    let bucket = ((hash64(&key) >> 56) % AE_BUCKETS as u64) as u32;
+    let bucket = bucket_of(hash64(&key)) as u32;
     let before = store.last_lsn();
     let tombstone = Stored {
         value: None,
@@ -1129,7 +1129,7 @@ fn a_tombstone_past_its_grace_waits_until_every_replica_is_known_to_hold_it() {
     let buckets = {
         let mut b: Vec<u32> = [&key, &never]
             .iter()
-            .map(|k| ((hash64(k) >> 56) % AE_BUCKETS as u64) as u32)
+            .map(|k| bucket_of(hash64(k)) as u32)
             .collect();
         b.sort_unstable();
         b.dedup();
@@ -1214,7 +1214,7 @@ fn anti_entropy_answers_wait_for_the_answerers_copies_to_be_durable() {
         0,
         &members[2],
         Msg::AeEntries {
-            buckets: vec![((hash64(&key) >> 56) % AE_BUCKETS as u64) as u32],
+            buckets: vec![bucket_of(hash64(&key)) as u32],
             entries: vec![(key.clone(), copy.clone())],
             reply: true,
             upto: 11,

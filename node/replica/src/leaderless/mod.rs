@@ -1284,12 +1284,11 @@ impl Leaderless {
             } => {
                 let mut theirs = BTreeMap::new();
                 let mut last = 0;
+                let (wall, grace) = (self.physical(now), self.cfg.tombstone_grace_ms);
                 for (key, s) in entries {
                     if !self.pref(&key).contains(&self.me) {
                         continue;
                     }
-                    let wall = self.physical(now);
-                    let grace = self.cfg.tombstone_grace_ms;
                     let purged_here = self
                         .purged_recently
                         .get(&key)
@@ -2071,8 +2070,8 @@ fn past_grace(s: &Stored, grace_ms: u64, wall: u64) -> bool {
     s.written_ms.saturating_add(grace_ms) < wall
 }
 
-/// The anti-entropy bucket of a key's hash.
-fn bucket_of(h: u64) -> usize {
+/// The anti-entropy bucket (Merkle leaf) of a key's hash ([`hash64`]).
+pub fn bucket_of(h: u64) -> usize {
     (h >> 56) as usize % AE_BUCKETS
 }
 
