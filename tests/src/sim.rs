@@ -32,6 +32,9 @@ use kv_replica::pipeline::Pipeline;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// How far back, in ticks, a node's leadership claims count for the split-brain check.
+const LEADERS_WINDOW: u64 = 3000;
+
 /// What one simulation run does.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -334,8 +337,9 @@ impl Sim {
         self.snapshots.push(state);
     }
 
-    /// `KV_SIM_TRACE`: one line per settling step, each node's role, term, vote, commit,
-    /// last index, writes in flight and leader.
+    /// `KV_SIM_TRACE`: one line per settling step (`KV_SIM_TRACE=all`: per step), each node's
+    /// role, term, vote, commit, last index, writes in flight, leader, and the leaders it heard
+    /// at overlapping times (`Replica::leaders_observed`).
     fn trace_step(&self) {
         let nodes: Vec<String> = self
             .nodes
@@ -344,7 +348,7 @@ impl Sim {
             .map(|(i, n)| match &n.replica {
                 None => format!("n{} down", i + 1),
                 Some(r) => format!(
-                    "n{} {:?} t{} v{} c{} l{} w{} ->{}",
+                    "n{} {:?} t{} v{} c{} l{} w{} ->{} heard{}",
                     i + 1,
                     r.role(),
                     r.term().0,
@@ -355,6 +359,7 @@ impl Sim {
                     r.last_index().0,
                     n.pipeline.in_flight(),
                     r.leader().map_or("-", |l| l.0.as_str()),
+                    r.leaders_observed(LEADERS_WINDOW),
                 ),
             })
             .collect();
@@ -915,7 +920,7 @@ impl Sim {
             .nodes
             .iter()
             .filter_map(|n| n.replica.as_ref())
-            .any(|r| r.leaders_observed(3000) >= 2)
+            .any(|r| r.leaders_observed(LEADERS_WINDOW) >= 2)
         {
             self.stats.split_brain_heard += 1;
         }
@@ -926,8 +931,12 @@ impl Sim {
     /// # Panics
     /// On any invariant violation, naming the seed and the step.
     pub fn run(mut self) -> Stats {
+        let trace_all = std::env::var("KV_SIM_TRACE").is_ok_and(|v| v == "all");
         for _ in 0..self.cfg.steps {
             self.step(true);
+            if trace_all {
+                self.trace_step();
+            }
         }
         self.faults = false;
         self.blocked.clear();

@@ -98,6 +98,11 @@ fn sim_heavy_loss_and_churn_keep_every_invariant() {
 /// term-11 leader's last heartbeats, sent before it stepped down, reach the winner of 12 after
 /// it began. They were counted as a split brain (565 steps of it); a claim now overlaps a
 /// newer one only when still heard an election timeout after the newer one began.
+///
+/// Seed 12000738 (a sweep of 3,000 seeds): n2 takes office in term 6 in the tick n3's last
+/// append of term 5 reaches it. Claims were ordered by when first heard, so n2's own claim
+/// counted as the older one, and it heard two leaders for the rest of the run (221 steps).
+/// They are ordered by term now.
 #[test]
 fn sim_fail_overs_by_crash_alone_are_never_heard_as_a_split_brain() {
     let cfg = SimConfig {
@@ -111,8 +116,10 @@ fn sim_fail_overs_by_crash_alone_are_never_heard_as_a_split_brain() {
     let t = run_many(cfg.clone(), 300);
     assert!(t.terms_with_leader > 600, "fail-overs happened: {t:?}");
     assert_eq!(t.split_brain_heard, 0, "{t:?}");
-    let duel = Sim::new(202_512, cfg).run();
+    let duel = Sim::new(202_512, cfg.clone()).run();
     assert_eq!(duel.split_brain_heard, 0, "seed 202512: {duel:?}");
+    let late = Sim::new(12_000_738, cfg).run();
+    assert_eq!(late.split_brain_heard, 0, "seed 12000738: {late:?}");
 }
 
 #[test]

@@ -664,8 +664,10 @@ impl Replica {
                 .flatten()
                 .filter(move |c| self.now.saturating_sub(c.last) <= window)
         };
-        // Spans [first, last] on a line: the most overlapping one another all reach past the
-        // latest start among them (plus the margin).
+        // For each claim, the claims of older terms still heard after it began (plus the
+        // margin). Ordered by term, not by when first heard: a successor's own claim may begin
+        // in the very tick its predecessor's last append arrives (seed 12000738), and neither
+        // that late append nor the successor's own claim going on after it is an overlap.
         let most = recent()
             .map(|c| {
                 1 + recent()
@@ -675,7 +677,7 @@ impl Replica {
                         } else {
                             margin
                         };
-                        !std::ptr::eq(*d, c) && d.first <= c.first && c.first + m <= d.last
+                        d.term < c.term && c.first + m <= d.last
                     })
                     .count()
             })
@@ -1744,6 +1746,20 @@ pub(crate) mod tests {
         // passed for it) knows they overlapped, however briefly.
         leader.step(&ids(3)[2], append(5, (0, 0), vec![], 0));
         assert_eq!(leader.leaders_observed(100), 2);
+        // The other way round, a new leader hearing its predecessor's last append in the tick
+        // it took office (seed 12000738 of the crash simulation), is a late message; that
+        // predecessor still heard an election timeout later has not learnt of the new term.
+        let mut successor = replica(0, 3, HardState::default(), vec![]);
+        elect(&mut successor, 3);
+        let term = successor.term().0;
+        successor.step(&ids(3)[2], append(term - 1, (0, 0), vec![], 0));
+        assert_eq!(successor.leaders_observed(100), 1);
+        for _ in 0..10 {
+            successor.tick();
+            assert_eq!(successor.leaders_observed(100), 1);
+        }
+        successor.step(&ids(3)[2], append(term - 1, (0, 0), vec![], 0));
+        assert_eq!(successor.leaders_observed(100), 2);
     }
 
     /// Follower `from` of three tells the leader it holds everything through `index`.
