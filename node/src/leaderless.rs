@@ -132,9 +132,11 @@ impl Store for LlStore {
     fn purge_tombstones(
         &mut self,
         older_than_ms: u64,
-        may_purge: &mut dyn FnMut(&Bytes, Version, Lsn) -> bool,
+        may_purge: &mut dyn FnMut(&Bytes, &Stored, Lsn) -> bool,
     ) -> usize {
-        self.data.purge_tombstones_if(older_than_ms, may_purge)
+        self.data.purge_tombstones_if(older_than_ms, &mut |k, e| {
+            may_purge(k, &stored_of(e.clone()), e.lsn)
+        })
     }
 
     fn put_hint(&mut self, target: &NodeId, key: &Bytes, s: &Stored) -> Lsn {

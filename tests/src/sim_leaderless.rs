@@ -274,7 +274,7 @@ impl Store for SimStore {
     fn purge_tombstones(
         &mut self,
         older_than_ms: u64,
-        may_purge: &mut dyn FnMut(&Bytes, Version, Lsn) -> bool,
+        may_purge: &mut dyn FnMut(&Bytes, &Stored, Lsn) -> bool,
     ) -> usize {
         let before = self.data.len();
         let mut purged = Vec::new();
@@ -282,7 +282,7 @@ impl Store for SimStore {
         self.data.retain(|k, s| {
             let keep = s.value.is_some()
                 || s.written_ms >= older_than_ms
-                || !may_purge(k, s.version, written_at.get(k).copied().unwrap_or(0));
+                || !may_purge(k, s, written_at.get(k).copied().unwrap_or(0));
             if !keep {
                 purged.push((k.clone(), s.version, s.written_ms));
             }

@@ -1002,7 +1002,7 @@ impl Storage for DiskStorage {
     fn purge_tombstones_if(
         &self,
         older_than_ms: u64,
-        may_purge: &mut dyn FnMut(&Bytes, Version, Lsn) -> bool,
+        may_purge: &mut dyn FnMut(&Bytes, &Entry) -> bool,
     ) -> usize {
         self.shared.lock().index.purge(older_than_ms, may_purge)
     }

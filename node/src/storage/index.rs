@@ -9,7 +9,7 @@ use imbl::HashMap;
 use bytes::Bytes;
 use kv_replica::Version;
 
-use super::{Entry, Lsn, StorageStats};
+use super::{Entry, StorageStats};
 
 /// Newest entry per key, with running counts.
 #[derive(Debug, Default, Clone)]
@@ -66,13 +66,12 @@ impl Index {
     pub(crate) fn purge(
         &mut self,
         older_than_ms: u64,
-        may_purge: &mut dyn FnMut(&Bytes, Version, Lsn) -> bool,
+        may_purge: &mut dyn FnMut(&Bytes, &Entry) -> bool,
     ) -> usize {
         let before = self.map.len();
         let mut freed = 0u64;
         self.map.retain(|k, e| {
-            let purge =
-                e.value.is_none() && e.written_ms < older_than_ms && may_purge(k, e.version, e.lsn);
+            let purge = e.value.is_none() && e.written_ms < older_than_ms && may_purge(k, e);
             if purge {
                 freed += k.len() as u64;
             }

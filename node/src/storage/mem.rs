@@ -98,7 +98,7 @@ impl Storage for MemStorage {
     fn purge_tombstones_if(
         &self,
         older_than_ms: u64,
-        may_purge: &mut dyn FnMut(&Bytes, Version, Lsn) -> bool,
+        may_purge: &mut dyn FnMut(&Bytes, &Entry) -> bool,
     ) -> usize {
         self.lock().0.purge(older_than_ms, may_purge)
     }

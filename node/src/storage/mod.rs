@@ -203,15 +203,15 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Removes tombstones written before `older_than_ms`; returns how many.
     fn purge_tombstones(&self, older_than_ms: u64) -> usize {
-        self.purge_tombstones_if(older_than_ms, &mut |_, _, _| true)
+        self.purge_tombstones_if(older_than_ms, &mut |_, _| true)
     }
 
-    /// Removes the tombstones written before `older_than_ms` for which `may_purge(key, version, lsn)`
-    /// (the LSN of the write that stored the tombstone) is true; returns how many.
+    /// Removes the tombstones written before `older_than_ms` for which `may_purge(key, entry)`
+    /// (the tombstone, with the LSN of the write that stored it) is true; returns how many.
     fn purge_tombstones_if(
         &self,
         older_than_ms: u64,
-        may_purge: &mut dyn FnMut(&Bytes, Version, Lsn) -> bool,
+        may_purge: &mut dyn FnMut(&Bytes, &Entry) -> bool,
     ) -> usize;
 
     /// Current counts.

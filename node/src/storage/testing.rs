@@ -86,13 +86,13 @@ async fn purge_removes_only_old_tombstones_and_keeps_high_water(s: Arc<dyn Stora
     assert!(s.get(b"live").is_some(), "values are never purged");
     assert_eq!(s.high_water(), Version::new(1, 3));
     assert_eq!(s.stats().tombstones, 1);
-    // A purge that also asks (repair-based GC) is told each old tombstone's key and the LSN of
-    // the write that stored it, and keeps the ones it refuses.
+    // A purge that also asks (repair-based GC) is shown each old tombstone's key and entry (with
+    // the LSN of the write that stored it), and keeps the ones it refuses.
     let a = s.write(w("a", None, 4, 100)).expect("write");
     let b = s.write(w("b", None, 5, 100)).expect("write");
     let mut asked = Vec::new();
-    let purged = s.purge_tombstones_if(200, &mut |k, version, lsn| {
-        asked.push((k.clone(), version, lsn));
+    let purged = s.purge_tombstones_if(200, &mut |k, e| {
+        asked.push((k.clone(), e.version, e.lsn));
         k.as_ref() == b"b"
     });
     asked.sort();

@@ -86,12 +86,13 @@ pub trait Store {
     fn last_lsn(&self) -> Lsn;
     /// Calls `f` with every copy held.
     fn scan(&self, f: &mut dyn FnMut(&Bytes, &Stored));
-    /// Removes the tombstones written before `older_than_ms` for which `may_purge(key, version,
-    /// lsn)` (`lsn`: of the write that stored the tombstone here) is true; returns how many.
+    /// Removes the tombstones written before `older_than_ms` for which `may_purge(key,
+    /// tombstone, lsn)` (`lsn`: of the write that stored the tombstone here) is true; returns
+    /// how many.
     fn purge_tombstones(
         &mut self,
         older_than_ms: u64,
-        may_purge: &mut dyn FnMut(&Bytes, Version, Lsn) -> bool,
+        may_purge: &mut dyn FnMut(&Bytes, &Stored, Lsn) -> bool,
     ) -> usize;
     /// Keeps a write for replica `target` until it can be delivered.
     fn put_hint(&mut self, target: &NodeId, key: &Bytes, s: &Stored) -> Lsn;
@@ -634,9 +635,10 @@ pub struct Leaderless {
     /// newer. Learnt from anti-entropy exchanges this node started; lost on restart.
     ae_synced: Vec<Vec<Option<Lsn>>>,
     /// Tombstones this node purged under [`TombstoneGc::Repair`] (every replica was known to
-    /// hold them), with when: for a grace period after, one sent back to this node by a replica
-    /// that has not purged it yet is answered as held, not stored again. Lost on restart.
-    purged_recently: BTreeMap<Bytes, (Version, u64)>,
+    /// hold them), with when. For a grace period after, this node answers reads of the key with
+    /// the tombstone, stores no copy as old or older (one sent back by a replica that has not
+    /// purged it yet included). Lost on restart.
+    purged_recently: BTreeMap<Bytes, (Stored, u64)>,
     actions: Vec<Action>,
     stats: Stats,
     /// Added to the physical time of new versions: a clock set wrong on purpose (fault
@@ -1064,6 +1066,32 @@ impl Leaderless {
     ) -> (Lsn, bool, bool) {
         self.hlc.observe(incoming.version.epoch);
         let Some(local) = store.get(key) else {
+            if let Some(t) = self.purged_tombstone(key)
+                && t.version >= incoming.version
+            {
+                // Older than a delete every replica held when this node purged it: stored, it
+                // would bring back what the delete removed (a read repair from a replica that
+                // answered before the delete reached it, seed 13001139 of the simulator). A
+                // write made after the delete has a higher version: its coordinator's clock
+                // had seen the delete's, or was already past it (a hybrid clock), so that one
+                // is stored.
+                //
+                // The tombstone itself, sent back by a replica that has not purged it yet, is
+                // answered as held too. Stored again, it would wait for new proof that the
+                // others hold it while they purge theirs and get it back from this one, and so
+                // on (with `TombstoneGc::Repair`, 2.7 times as many purges in 2,000 simulated
+                // runs with a 450 ms grace period). No replica holds anything older: each purge
+                // was proved so. A node that holds nothing of the key for another reason
+                // stores it: counted as holding it, it could later take an older copy from a
+                // replica the tombstone had not reached yet (the simulator's purge check found
+                // that, seed 102).
+                //
+                // A write concurrent with the delete loses to it, as it would to the tombstone
+                // still stored (last-writer-wins), and is counted and reported the same way.
+                let concurrent = incoming.clock.compare(&t.clock) == Causality::Concurrent;
+                self.stats.conflicts += u64::from(concurrent);
+                return (store.last_lsn(), false, concurrent);
+            }
             return (store.put(key, incoming), true, false);
         };
         match incoming.clock.compare(&local.clock) {
@@ -1128,9 +1156,12 @@ impl Leaderless {
                 // with its replica's unsynced writes (the write not acknowledged, its other
                 // copies as fresh) left later reads without it (the durability simulator found
                 // it, with blocking read repair; so did a drill with power failures).
+                // A tombstone purged here a moment ago is still the answer: "nothing" from this
+                // replica beside an older copy from one that answered before the delete reached
+                // it would make that copy the newest (seed 13001139).
                 let (stored, after) = match store.get_at(&key) {
                     Some((s, lsn)) => (Some(s), Some(lsn)),
-                    None => (None, None),
+                    None => (self.purged_tombstone(&key), None),
                 };
                 let hlc = self.hlc.last();
                 self.send(f, Msg::ReadReply { req, stored, hlc }, after);
@@ -1284,31 +1315,8 @@ impl Leaderless {
             } => {
                 let mut theirs = BTreeMap::new();
                 let mut last = 0;
-                let (wall, grace) = (self.physical(now), self.cfg.tombstone_grace_ms);
                 for (key, s) in entries {
                     if !self.pref(&key).contains(&self.me) {
-                        continue;
-                    }
-                    let purged_here = self
-                        .purged_recently
-                        .get(&key)
-                        .is_some_and(|(v, _)| *v >= s.version);
-                    if s.value.is_none()
-                        && past_grace(&s, grace, wall)
-                        && purged_here
-                        && store.get(&key).is_none()
-                    {
-                        // A tombstone this node purged once every replica held it, sent back by
-                        // one that has not purged it yet. Stored again, it would wait for new
-                        // proof that the others hold it while they purge theirs and get it
-                        // back from this one, and so on (with `TombstoneGc::Repair`, 2.7 times
-                        // as many purges in 2,000 simulated runs with a 450 ms grace period).
-                        // Answered as held: no replica holds anything older (each purge was
-                        // proved so). A node that holds nothing of the key for another reason
-                        // stores it: counted as holding it, it could later take an older copy
-                        // from a replica the tombstone had not reached yet (the simulator's
-                        // purge check found that, seed 102).
-                        theirs.insert(key, s.version);
                         continue;
                     }
                     let (lsn, changed) = self.merge(store, &key, &s);
@@ -1987,6 +1995,11 @@ impl Leaderless {
         }
     }
 
+    /// The tombstone of `key` this node purged within the last grace period, if any.
+    fn purged_tombstone(&self, key: &Bytes) -> Option<Stored> {
+        self.purged_recently.get(key).map(|(t, _)| t.clone())
+    }
+
     /// Purges the tombstones past their grace period that [`Config::tombstone_gc`] allows.
     fn purge_tombstones<S: Store>(&mut self, store: &mut S, now: u64) {
         let older_than = self
@@ -2001,7 +2014,7 @@ impl Leaderless {
                 let grace = self.cfg.tombstone_grace_ms;
                 recent.retain(|_, (_, at)| at.saturating_add(grace) > now);
                 let mut kept = 0u64;
-                let purged = store.purge_tombstones(older_than, &mut |key, version, lsn| {
+                let purged = store.purge_tombstones(older_than, &mut |key, tombstone, lsn| {
                     let h = hash64(key);
                     let b = bucket_of(h);
                     let walk = ring.walk(h);
@@ -2010,7 +2023,7 @@ impl Leaderless {
                         .all(|&r| r == me || synced[r][b].is_some_and(|s| s >= lsn));
                     kept += u64::from(!held);
                     if held {
-                        recent.insert(key.clone(), (version, now));
+                        recent.insert(key.clone(), (tombstone.clone(), now));
                     }
                     held
                 });
