@@ -1066,9 +1066,11 @@ impl Leaderless {
     ) -> (Lsn, bool, bool) {
         self.hlc.observe(incoming.version.epoch);
         let Some(local) = store.get(key) else {
-            if let Some(t) = self.purged_tombstone(key)
-                && t.version >= incoming.version
-            {
+            let hidden_by = self
+                .purged_tombstone(key)
+                .filter(|t| t.version >= incoming.version)
+                .map(|t| incoming.clock.compare(&t.clock));
+            if let Some(causality) = hidden_by {
                 // Older than a delete every replica held when this node purged it: stored, it
                 // would bring back what the delete removed (a read repair from a replica that
                 // answered before the delete reached it, seed 13001139 of the simulator). A
@@ -1088,7 +1090,7 @@ impl Leaderless {
                 //
                 // A write concurrent with the delete loses to it, as it would to the tombstone
                 // still stored (last-writer-wins), and is counted and reported the same way.
-                let concurrent = incoming.clock.compare(&t.clock) == Causality::Concurrent;
+                let concurrent = causality == Causality::Concurrent;
                 self.stats.conflicts += u64::from(concurrent);
                 return (store.last_lsn(), false, concurrent);
             }
@@ -1161,7 +1163,7 @@ impl Leaderless {
                 // it would make that copy the newest (seed 13001139).
                 let (stored, after) = match store.get_at(&key) {
                     Some((s, lsn)) => (Some(s), Some(lsn)),
-                    None => (self.purged_tombstone(&key), None),
+                    None => (self.purged_tombstone(&key).cloned(), None),
                 };
                 let hlc = self.hlc.last();
                 self.send(f, Msg::ReadReply { req, stored, hlc }, after);
@@ -1720,7 +1722,7 @@ impl Leaderless {
                             Some(s) => s.version < n.version || s.clock != n.clock,
                             // No copy is as good as a tombstone past its grace period: sent
                             // one, a replica that purged it would wait for new proof that the
-                            // others hold it while they purge theirs (see `AeEntries`).
+                            // others hold it while they purge theirs (see `merge_write`).
                             None => n.value.is_some() || !past_grace(n, grace, wall),
                         }
                 })
@@ -1996,8 +1998,8 @@ impl Leaderless {
     }
 
     /// The tombstone of `key` this node purged within the last grace period, if any.
-    fn purged_tombstone(&self, key: &Bytes) -> Option<Stored> {
-        self.purged_recently.get(key).map(|(t, _)| t.clone())
+    fn purged_tombstone(&self, key: &Bytes) -> Option<&Stored> {
+        self.purged_recently.get(key).map(|(t, _)| t)
     }
 
     /// Purges the tombstones past their grace period that [`Config::tombstone_gc`] allows.
