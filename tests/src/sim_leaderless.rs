@@ -86,6 +86,10 @@ pub struct LlConfig {
     pub tombstone_gc: TombstoneGc,
     /// One node whose messages, both ways, are lost with this probability (a lossy link).
     pub lossy: Option<(usize, f64)>,
+    /// Probability a message between two nodes is delivered twice, each copy with its own
+    /// delay (so the copies may also arrive out of order). 0 draws nothing, so that the seeds
+    /// of configurations without it replay as they did before it existed.
+    pub dup: f64,
     /// Client deadline per request, in ms.
     pub timeout_ms: u64,
     /// Replicas silent this long get hints (and reads ask them again), in ms.
@@ -127,6 +131,7 @@ impl Default for LlConfig {
             tombstone_grace_ms: 1_000_000,
             tombstone_gc: TombstoneGc::Repair,
             lossy: None,
+            dup: 0.0,
             timeout_ms: 300,
             hint_after_ms: 40,
             flush: None,
@@ -376,6 +381,8 @@ pub struct LlStats {
     pub resurrected: u64,
     /// Tombstones purged, on all nodes.
     pub tombstones_purged: u64,
+    /// Messages delivered twice (`LlConfig::dup`).
+    pub duplicated: u64,
 }
 
 enum Op {
@@ -637,6 +644,16 @@ impl LlSim {
             || (self.faults && self.rng.random_bool(self.cfg.drop))
         {
             return;
+        }
+        if self.faults && self.cfg.dup > 0.0 && self.rng.random_bool(self.cfg.dup) {
+            self.stats.duplicated += 1;
+            let delay = self.rng.random_range(1..=self.cfg.max_delay);
+            self.net.push(Packet {
+                at: self.now + delay,
+                from: i,
+                to,
+                msg: msg.clone(),
+            });
         }
         let delay = self.rng.random_range(1..=self.cfg.max_delay);
         self.net.push(Packet {
