@@ -62,6 +62,10 @@ pub struct SimConfig {
     pub partition: f64,
     /// Heal probability per step.
     pub heal: f64,
+    /// 0: a partition splits the nodes into two sides. Above 0: each one-way link is cut with
+    /// this probability instead, so a node may be heard but not hear, and two nodes that cannot
+    /// reach each other may both reach a third (partial and asymmetric partitions).
+    pub link_cut: f64,
     /// Per step: probability that a node's pending log writes become durable (until then the
     /// replica goes on, and a crash loses them).
     pub sync: f64,
@@ -90,6 +94,7 @@ impl Default for SimConfig {
             restart: 0.02,
             partition: 0.004,
             heal: 0.02,
+            link_cut: 0.0,
             sync: 0.5,
             compact: 0.01,
             election_ticks: (10, 20),
@@ -862,11 +867,21 @@ impl Sim {
         }
         if self.rng.random_bool(self.cfg.partition) {
             self.blocked.clear();
-            let side: Vec<bool> = (0..n).map(|_| self.rng.random_bool(0.5)).collect();
-            for a in 0..n {
-                for b in 0..n {
-                    if side[a] != side[b] {
-                        self.blocked.insert((a, b));
+            if self.cfg.link_cut > 0.0 {
+                for a in 0..n {
+                    for b in 0..n {
+                        if a != b && self.rng.random_bool(self.cfg.link_cut) {
+                            self.blocked.insert((a, b));
+                        }
+                    }
+                }
+            } else {
+                let side: Vec<bool> = (0..n).map(|_| self.rng.random_bool(0.5)).collect();
+                for a in 0..n {
+                    for b in 0..n {
+                        if side[a] != side[b] {
+                            self.blocked.insert((a, b));
+                        }
                     }
                 }
             }

@@ -68,6 +68,10 @@ pub struct LlConfig {
     pub partition: f64,
     /// Heal probability per step.
     pub heal: f64,
+    /// 0: a partition splits the nodes into two sides. Above 0: each one-way link is cut with
+    /// this probability instead (partial and asymmetric partitions; a node learns only that
+    /// its own sends to a peer are cut, as the transport does from its fault filter).
+    pub link_cut: f64,
     /// Per step: pause a running node (a GC pause, SIGSTOP: it keeps its connections, so its
     /// peers do not see it down, and handles what queued for it when it resumes).
     pub pause: f64,
@@ -124,6 +128,7 @@ impl Default for LlConfig {
             restart: 0.005,
             partition: 0.001,
             heal: 0.004,
+            link_cut: 0.0,
             pause: 0.0005,
             resume: 0.01,
             skew_ms: 200,
@@ -1045,15 +1050,25 @@ impl LlSim {
             self.boot(i);
         }
         if self.rng.random_bool(self.cfg.partition) {
-            let mut side = vec![false; self.cfg.nodes];
-            for s in side.iter_mut() {
-                *s = self.rng.random_bool(0.5);
-            }
             let mut blocked = BTreeSet::new();
-            for i in 0..self.cfg.nodes {
-                for j in 0..self.cfg.nodes {
-                    if side[i] != side[j] {
-                        blocked.insert((i, j));
+            if self.cfg.link_cut > 0.0 {
+                for i in 0..self.cfg.nodes {
+                    for j in 0..self.cfg.nodes {
+                        if i != j && self.rng.random_bool(self.cfg.link_cut) {
+                            blocked.insert((i, j));
+                        }
+                    }
+                }
+            } else {
+                let mut side = vec![false; self.cfg.nodes];
+                for s in side.iter_mut() {
+                    *s = self.rng.random_bool(0.5);
+                }
+                for i in 0..self.cfg.nodes {
+                    for j in 0..self.cfg.nodes {
+                        if side[i] != side[j] {
+                            blocked.insert((i, j));
+                        }
                     }
                 }
             }
