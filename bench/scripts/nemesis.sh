@@ -19,6 +19,9 @@
 #          had not fsynced is lost); started again 1 s later
 #   outage (with POWER=1) the same on every node, one after another (each power failure
 #          takes a few ms); all started again 1 s later
+#   cut    (with CUT=1) for 2 s, every message from a node to all the others is lost, or
+#          every message from all the others to it (kvctl fault cut: one way, and the senders
+#          are not told)
 #
 #   bench/scripts/nemesis.sh OUT_DIR [SECONDS] [SEED] [-- CLUSTER_UP_ARGS...]
 #   e.g. bench/scripts/nemesis.sh /tmp/drill 60 1 -- --mode leaderless --n 3 --r 2 --w 2
@@ -30,7 +33,7 @@
 # libfaketime (Debian's faketime package), each with a clock of its own, and adds the step
 # fault: the node's real wall clock (which its versions follow; its timers run on its monotonic
 # clock) jumps ahead or back, as NTP steps a clock that was far off. DISK=MS (environment)
-# adds the disk fault. POWER=1 (environment) runs every node under the power-loss emulation
+# adds the disk fault. CUT=1 (environment) adds the one-way cut. POWER=1 (environment) runs every node under the power-loss emulation
 # (kvctl cluster up --power-loss: tests/powerloss, an LD_PRELOAD library journalling each write
 # until its file's fsync) and adds the power and outage faults. The same seed gives the same faults in the same
 # order (their timing is the machine's). Writes into OUT_DIR: nemesis.log
@@ -90,6 +93,9 @@ EXTRA=()
 [ "$STEP" -gt 0 ] && EXTRA+=(step)
 [ "$DISK" -gt 0 ] && EXTRA+=(disk)
 [ "$POWER" -eq 1 ] && EXTRA+=(power outage)
+CUT=${CUT:-0}
+[[ $CUT =~ ^[01]$ ]] || { echo "CUT must be 0 or 1: $CUT" >&2; exit 2; }
+[ "$CUT" -eq 1 ] && EXTRA+=(cut)
 CLOCKS=()
 if [ "$STEP" -gt 0 ]; then
   # (`|| true`: without a match, ls fails and set -e would end the script before the message)
@@ -185,6 +191,9 @@ while [ $SECONDS -lt $end ]; do
        for i in $(seq "$NODES"); do power n$i; done
        sleep 1
        for i in $(seq "$NODES"); do node start n$i; done ;;
+    cut) others=$(for i in $(seq "$NODES"); do if [ "n$i" != "$n" ]; then printf "n%s," $i; fi; done)
+       if [ $((RANDOM % 2)) -eq 0 ]; then from=$n; to=${others%,}; else from=${others%,}; to=$n; fi
+       echo "$at cut $from -> $to"; fault cut "$from" "$to"; sleep 2; fault heal ;;
     disk) ms=$((RANDOM % (DISK - 49) + 50))
        echo "$at disk $n ${ms}ms"; fault disk $n ${ms}ms; sleep 1; fault disk $n 0s ;;
   esac

@@ -69,8 +69,8 @@ pub struct LlConfig {
     /// Heal probability per step.
     pub heal: f64,
     /// 0: a partition splits the nodes into two sides. Above 0: each one-way link is cut with
-    /// this probability instead (partial and asymmetric partitions; a node learns only that
-    /// its own sends to a peer are cut, as the transport does from its fault filter).
+    /// this probability instead (partial and asymmetric partitions), and silently: no node is
+    /// told, as with `kvctl fault cut` or a link failing in one direction.
     pub link_cut: f64,
     /// Per step: pause a running node (a GC pause, SIGSTOP: it keeps its connections, so its
     /// peers do not see it down, and handles what queued for it when it resumes).
@@ -1000,7 +1000,10 @@ impl LlSim {
                 if i == j {
                     continue;
                 }
-                let up = !self.blocked.contains(&(i, j));
+                // A node is told of the links a partition cuts (its transport knows from its
+                // fault filter), not of one-way cuts: those lose its messages silently, as
+                // `kvctl fault cut` does.
+                let up = !self.blocked.contains(&(i, j)) || self.cfg.link_cut > 0.0;
                 let peer = self.members[j].clone();
                 if let Some(n) = self.nodes[i].as_mut() {
                     n.set_reachable(&peer, up);

@@ -248,6 +248,15 @@ fn cluster_kill_and_start_bring_a_node_back_with_its_hints() {
         assert_eq!(r.code, 2, "{groups}: {r:?}");
         assert!(r.stderr.contains(needle), "{groups}: {r:?}");
     }
+    for (from, to, needle) in [
+        ("n1", "n1,n2", "n1 is on both sides"),
+        ("n9", "n2", "n9 is not a member of this cluster (n1,n2,n3)"),
+        ("n1", ",", "name at least one node on each side"),
+    ] {
+        let r = kvctl(&endpoints, &["fault", "cut", from, to]);
+        assert_eq!(r.code, 2, "{from} {to}: {r:?}");
+        assert!(r.stderr.contains(needle), "{from} {to}: {r:?}");
+    }
     let r = node("kill", "n3");
     assert_eq!(
         (r.code, r.stdout.starts_with("n3 killed (kill -9")),

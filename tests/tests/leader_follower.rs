@@ -578,6 +578,71 @@ async fn isolated_leader_steps_down_within_an_election_timeout() {
     );
 }
 
+/// One-way faults (`kvctl fault cut`): a leader nobody hears, and a leader that hears nobody.
+/// Either way a new leader takes over and acknowledges writes, and the old one stops claiming
+/// leadership: the mute one when it hears the new leader's higher term, the deaf one on its
+/// own, when a majority has been silent for an election timeout (check-quorum; without it,
+/// the followers, still hearing its heartbeats, would never elect another, and the cluster
+/// would take no write until healed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_one_way_is_replaced_whichever_way_the_cut_goes() {
+    let _serial = SERIAL.lock().await;
+    let (c, mut old) = led(3).await;
+    for (case, deaf) in [("mute", false), ("deaf", true)] {
+        let leader = c.ids[old].clone();
+        let others: Vec<&str> = (0..3)
+            .filter(|&i| i != old)
+            .map(|i| c.ids[i].as_str())
+            .collect();
+        let others = others.join(",");
+        let (from, to) = if deaf {
+            (others.as_str(), leader.as_str())
+        } else {
+            (leader.as_str(), others.as_str())
+        };
+        let r = kvctl(&c.endpoints(), &["fault", "cut", from, to]);
+        assert_eq!(r.code, 0, "{case}: {r:?}");
+        assert!(
+            r.stdout.contains("lost (one way)"),
+            "{case}: kvctl says what it did: {r:?}"
+        );
+        let cut = Instant::now();
+        let new = c
+            .wait_leader(Duration::from_secs(5), Some(old))
+            .await
+            .unwrap_or_else(|e| panic!("{case}: no new leader: {e}"));
+        let mut client = c.client(new).await.expect("client");
+        let key = format!("after-{case}");
+        client
+            .put(put(&key, "v", 1))
+            .await
+            .unwrap_or_else(|e| panic!("{case}: write through the new leader: {e}"));
+        let mut stepped_down = false;
+        while cut.elapsed() < Duration::from_secs(3) {
+            if c.status(old).await.is_some_and(|s| s.role != "leader") {
+                stepped_down = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(stepped_down, "{case}: {leader} still claims leadership");
+        eprintln!(
+            "{case} leader {leader}: {} leads and took a write; {:?} after the cut",
+            c.ids[new],
+            cut.elapsed()
+        );
+        assert_eq!(kvctl(&c.endpoints(), &["fault", "heal"]).code, 0);
+        old = c
+            .wait_leader(Duration::from_secs(5), None)
+            .await
+            .expect("a leader once healed");
+        // Every node ends up holding the write made during the cut.
+        for i in 0..3 {
+            wait_local(&c, i, &key, "v", case).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn w1_writes_lost_in_a_fail_over_are_kept_in_the_rollback_file() {
     let _serial = SERIAL.lock().await;

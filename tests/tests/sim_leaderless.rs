@@ -474,12 +474,13 @@ fn sim_leaderless_duplicated_messages_keep_every_invariant() {
 }
 
 /// Partial and one-way partitions: each one-way link cut on its own (a third of them at
-/// once); a node knows only that its own sends are cut (as the transport knows from its fault
-/// filter), so a coordinator may count a replica reachable that cannot answer it, and two
-/// replicas cut from each other may both reach a third. Over 2,000 seeds each
-/// (`KV_SIM_SEEDS=17000000..17002000`: writes made durable later, with and without hints,
-/// blocking repair, purges within the run, a sloppy quorum) no invariant failed, and without a
-/// sloppy quorum no read was stale and nothing deleted came back.
+/// once), silently (as `kvctl fault cut` does), so a coordinator counts reachable a replica
+/// that cannot hear it or cannot answer it, and two replicas cut from each other may both
+/// reach a third. Over 2,000 seeds each (`KV_SIM_SEEDS=17000000..17002000`: writes made
+/// durable later, with and without hints, blocking repair, purges within the run) no invariant
+/// failed, no read was stale and nothing deleted came back; the same with the nodes told of
+/// the links cut from them, as for a partition, and with a sloppy quorum (which gave stale
+/// reads, as it may).
 #[test]
 fn sim_leaderless_one_way_and_partial_partitions_keep_every_invariant() {
     let cfg = LlConfig {

@@ -142,6 +142,16 @@ enum Cmd {
 enum FaultCmd {
     /// Split the nodes into groups that cannot talk to each other: n1,n2/n3,n4,n5.
     Partition { groups: String },
+    /// Lose every message from the FROM nodes to the TO nodes, one way only: TO still reaches
+    /// FROM (e.g. `cut n1 n2,n3`: a leader n1 heard by nobody, still hearing everybody). The
+    /// senders are not told: their connections stay up and they go on sending, as over a link
+    /// that fails in one direction.
+    Cut {
+        /// Nodes whose messages are lost: n1 or n1,n2.
+        from: String,
+        /// The nodes those messages no longer reach: n2,n3.
+        to: String,
+    },
     /// Delay every message to and from NODE by DELAY (e.g. 50ms).
     Delay {
         node: String,
@@ -226,7 +236,11 @@ fn describe_faults(spec: &pb::FaultSpec) -> Option<String> {
     let mut drops: Vec<_> = spec.drop.iter().collect();
     drops.sort_by(|a, b| a.0.cmp(b.0));
     for (peer, p) in drops {
-        parts.push(format!("messages to {peer} dropped with p={p}"));
+        if *p >= 1.0 {
+            parts.push(format!("every message to {peer} lost (one way)"));
+        } else {
+            parts.push(format!("messages to {peer} dropped with p={p}"));
+        }
     }
     match spec.clock_offset_ms {
         0 => {}
@@ -355,7 +369,10 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
     });
     let traffic = matches!(
         f,
-        FaultCmd::Partition { .. } | FaultCmd::Delay { .. } | FaultCmd::Drop { .. }
+        FaultCmd::Partition { .. }
+            | FaultCmd::Cut { .. }
+            | FaultCmd::Delay { .. }
+            | FaultCmd::Drop { .. }
     );
     match f {
         FaultCmd::Partition { groups } => {
@@ -400,6 +417,44 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
                     id.to_string(),
                     pb::FaultSpec {
                         block,
+                        ..Default::default()
+                    },
+                ));
+            }
+        }
+        FaultCmd::Cut { from, to } => {
+            let list = |l: &str| -> Result<Vec<String>, tonic::Status> {
+                let v: Vec<String> = l
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                if v.is_empty() {
+                    return Err(tonic::Status::invalid_argument(
+                        "name at least one node on each side: kvctl fault cut n1 n2,n3",
+                    ));
+                }
+                for n in &v {
+                    check(n)?;
+                }
+                Ok(v)
+            };
+            let (from, to) = (list(&from)?, list(&to)?);
+            if let Some(n) = from.iter().find(|n| to.contains(n)) {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "{n} is on both sides: a node always reaches itself"
+                )));
+            }
+            for id in &ids {
+                let drop = if from.iter().any(|n| n == id) {
+                    to.iter().map(|t| (t.clone(), 1.0)).collect()
+                } else {
+                    Default::default()
+                };
+                specs.push((
+                    id.to_string(),
+                    pb::FaultSpec {
+                        drop,
                         ..Default::default()
                     },
                 ));
