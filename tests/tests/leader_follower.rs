@@ -1,5 +1,6 @@
 //! Leader-follower replication with real processes on loopback: redirects through followers,
-//! fail-over after `kill -9`, an isolated leader stepping down, W=1 writes rolled back, a
+//! fail-over after `kill -9`, an isolated leader stepping down, a leader cut off one way
+//! replaced, W=1 writes rolled back, a
 //! follower read made stale on purpose, and log compaction with a follower brought back by the
 //! leader's snapshot.
 
