@@ -144,6 +144,25 @@ fn durable_later() -> LlConfig {
     }
 }
 
+/// Short-lived tombstones (purged within the run) among clock skew and steps, crashes,
+/// partitions and heavy loss, writes made durable later, and time enough after healing for
+/// anti-entropy through that loss.
+fn everything_at_once() -> LlConfig {
+    LlConfig {
+        tombstone_grace_ms: 600,
+        skew_ms: 300,
+        delete: 0.25,
+        clock_jump: Some((0.002, 3000)),
+        restart: 0.004,
+        partition: 0.004,
+        heal: 0.003,
+        drop: 0.1,
+        max_delay: 15,
+        settle_steps: 4000,
+        ..durable_later()
+    }
+}
+
 fn heavy_loss_and_churn() -> LlConfig {
     LlConfig {
         drop: 0.2,
@@ -415,19 +434,11 @@ fn sim_leaderless_tombstones_go_only_after_their_grace_period() {
 fn sim_leaderless_a_read_that_straddles_a_purge_does_not_bring_the_value_back() {
     let cfg = LlConfig {
         hints: false,
-        tombstone_grace_ms: 600,
-        skew_ms: 300,
-        delete: 0.25,
-        clock_jump: Some((0.002, 3000)),
-        restart: 0.004,
-        partition: 0.004,
-        heal: 0.003,
         pause: 0.002,
         resume: 0.01,
-        drop: 0.1,
-        max_delay: 15,
         lossy: Some((2, 0.3)),
-        ..durable_later()
+        settle_steps: 1500,
+        ..everything_at_once()
     };
     let mut seeds = kv_tests::sim_seeds(200);
     if std::env::var_os("KV_SIM_SEED").is_none() {
@@ -455,17 +466,7 @@ fn sim_leaderless_a_read_that_straddles_a_purge_does_not_bring_the_value_back() 
 fn sim_leaderless_duplicated_messages_keep_every_invariant() {
     let cfg = LlConfig {
         dup: 0.05,
-        tombstone_grace_ms: 600,
-        skew_ms: 300,
-        delete: 0.25,
-        clock_jump: Some((0.002, 3000)),
-        restart: 0.004,
-        partition: 0.004,
-        heal: 0.003,
-        drop: 0.1,
-        max_delay: 15,
-        settle_steps: 4000,
-        ..durable_later()
+        ..everything_at_once()
     };
     let t = run_many(cfg, 200);
     assert_eq!((t.stale_reads, t.resurrected), (0, 0), "{t:?}");
