@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use bytes::Bytes;
 use kv_replica::{NodeId, Quorum, Version};
@@ -57,6 +58,10 @@ pub struct Consistency {
     pub read_from: Option<ReadFrom>,
     /// Quorum-loss behaviour.
     pub on_quorum_loss: Option<OnQuorumLoss>,
+    /// How long the client waits (its gRPC deadline), if it said. A leaderless coordinator
+    /// gives up a little before it, so that the client hears why (and, degraded, what could
+    /// be had) rather than its own timeout.
+    pub client_deadline: Option<Duration>,
 }
 
 /// What a response achieved (see `ResponseMeta` in kv.proto).
@@ -337,9 +342,10 @@ impl Node {
     }
 
     fn ll_opts(&self, quorum: u32, c: &Consistency) -> Opts {
+        let configured = self.settings.config.request_timeout.0;
         Opts {
             quorum,
-            timeout_ms: self.settings.config.request_timeout.0.as_millis() as u64,
+            timeout_ms: answer_within(configured, c.client_deadline).as_millis() as u64,
             degrade: c.on_quorum_loss == Some(OnQuorumLoss::Degrade),
         }
     }
@@ -682,11 +688,37 @@ impl Node {
     }
 }
 
+/// How long a leaderless coordinator may work on a request: `--request-timeout`, but no longer
+/// than the client waits, less a twentieth of that (at least 5 ms) for the answer to reach it.
+/// With both at 2 s (kvctl's and the node's defaults), a read whose replicas had gone silent
+/// ended in the client's own "Timeout expired", without the replicas that did not answer, and a
+/// read asking to degrade never got its degraded answer.
+fn answer_within(configured: Duration, client: Option<Duration>) -> Duration {
+    match client {
+        Some(d) => configured.min(d.saturating_sub((d / 20).max(Duration::from_millis(5)))),
+        None => configured,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{Config, StorageKind};
     use crate::storage::MemStorage;
+
+    #[test]
+    fn a_leaderless_coordinator_answers_before_the_client_gives_up() {
+        let ms = Duration::from_millis;
+        // No deadline from the client: the node's own timeout.
+        assert_eq!(answer_within(ms(2000), None), ms(2000));
+        // kvctl's default 2 s against the node's default 2 s: 100 ms before the client.
+        assert_eq!(answer_within(ms(2000), Some(ms(2000))), ms(1900));
+        // A client more patient than the node: the node's timeout.
+        assert_eq!(answer_within(ms(2000), Some(ms(10_000))), ms(2000));
+        // Short deadlines keep at least 5 ms for the answer, and never go below zero.
+        assert_eq!(answer_within(ms(2000), Some(ms(40))), ms(35));
+        assert_eq!(answer_within(ms(2000), Some(ms(3))), ms(0));
+    }
 
     fn node() -> Node {
         let s = Config {

@@ -4,7 +4,8 @@
 //! partition gives stale reads and concurrent writes, and the conflicts are counted; a node
 //! killed and started again gives versions above the clock bound it recorded; nodes whose wall
 //! clocks step back (libfaketime) still deliver their hints; a replica with a slow disk holds
-//! no write back; a power failure of every node at once loses no acknowledged write.
+//! no write back; a power failure of every node at once loses no acknowledged write; replicas
+//! cut off one way leave no write unaccounted for.
 
 use std::time::{Duration, Instant};
 
@@ -589,6 +590,88 @@ async fn quorum_loss_fails_with_the_replicas_named_or_degrades_when_asked() {
     let r = kvctl(&ep, &["cas", key, "1.1", "y"]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("leaderless"), "{r:?}");
+}
+
+/// One-way cuts (`kvctl fault cut`, the senders not told). A replica that hears nobody: its
+/// coordinator sees it connected and gets no acknowledgement, so writes are acknowledged by the
+/// other two and the silent one gets a hint, delivered once healed. A coordinator nobody
+/// hears: its own copy is stored and its requests to the other replicas are lost, so a write
+/// through it may have happened (it holds it) and is answered "outcome unknown" (exit 4), not
+/// "definitely failed"; a read through it cannot have R answers and is refused with the
+/// replicas it lacked, or answered degraded when asked; a write through another replica,
+/// forwarded to it as the key's coordinator, may end "outcome unknown" once, and its retry
+/// goes to the next replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_cut_off_one_way_leave_no_write_unaccounted_for() {
+    let _serial = SERIAL.lock().await;
+    let extra = ["--anti-entropy-interval", "0s"];
+    let c = Cluster::start_leaderless(5, &[&NRW[..], &extra].concat())
+        .await
+        .expect("cluster");
+    let eps = c.endpoints();
+    let key = "one-way";
+    let reps = replicas(&c, key);
+    let (a, deaf) = (reps[0], reps[2]);
+    let others = |x: usize| -> String {
+        (0..5)
+            .filter(|&i| i != x)
+            .map(|i| c.ids[i].as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let via = |i: usize, args: &[&str]| kvctl(&c.nodes[i].endpoint(), args);
+    assert_eq!(via(a, &["put", key, "v1"]).code, 0);
+    eventually(5, "v1 on every replica", || {
+        reps.iter().all(|&r| local(&c, r, key) == "v1")
+    })
+    .await;
+
+    // A replica that hears nobody.
+    let r = kvctl(&eps, &["fault", "cut", &others(deaf), &c.ids[deaf]]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = via(a, &["put", key, "v2", "--output", "json"]);
+    assert_eq!(r.code, 0, "acknowledged by the two that hear: {r:?}");
+    assert!(r.stdout.contains("\"acks\":2"), "{r:?}");
+    eventually(5, "a hint held for the silent replica", || {
+        c.metric_sum("kv_hints_pending") >= 1.0
+    })
+    .await;
+    assert_eq!(local(&c, deaf, key), "v1", "the deaf replica missed v2");
+    assert_eq!(kvctl(&eps, &["fault", "heal"]).code, 0);
+    eventually(10, "v2 delivered to the replica that heard nobody", || {
+        local(&c, deaf, key) == "v2"
+    })
+    .await;
+
+    // A coordinator nobody hears.
+    let r = kvctl(&eps, &["fault", "cut", &c.ids[a], &others(a)]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = via(a, &["--timeout", "1s", "put", key, "v3"]);
+    assert_eq!(r.code, 4, "it holds its own copy: outcome unknown: {r:?}");
+    assert_eq!(local(&c, a, key), "v3", "the coordinator's own copy");
+    // The coordinator gives up a little before the client does, so the client hears why,
+    // and a read asking to degrade gets the one copy there is (at kvctl's and the node's
+    // default timeouts, both 2 s, both ended in the client's own "Timeout expired").
+    let r = via(a, &["get", key]);
+    assert_eq!(r.code, 3, "no R answers: refused: {r:?}");
+    assert!(r.stderr.contains("2 of 3 responses needed, got 1"), "{r:?}");
+    let r = via(a, &["get", key, "--on-quorum-loss", "degrade"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "v3"), "{r:?}");
+    assert!(r.stderr.contains("answered degraded"), "{r:?}");
+    // A write through another replica goes first to the key's coordinator, the cut-off node,
+    // which runs it (its own copy) and cannot answer: outcome unknown. That node is then
+    // suspect, and the retry is coordinated by the next replica.
+    let b = reps[1];
+    let r = via(b, &["put", key, "v4"]);
+    if r.code != 0 {
+        assert_eq!(r.code, 4, "{r:?}");
+        assert!(r.stderr.contains("may have taken effect"), "{r:?}");
+        let r = via(b, &["put", key, "v4"]);
+        assert_eq!(r.code, 0, "the retry goes to the next replica: {r:?}");
+    }
+    assert_eq!(kvctl(&eps, &["fault", "heal"]).code, 0);
+    let r = via(b, &["get", key, "--r", "3"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "v4"), "{r:?}");
 }
 
 /// kvctl against a partitioned leaderless cluster, with every node in `--endpoints` and the

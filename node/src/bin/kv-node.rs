@@ -85,7 +85,8 @@ struct Args {
     #[arg(long, env = "KV_TOMBSTONE_GC", value_name = "MODE")]
     tombstone_gc: Option<TombstoneGcMode>,
     /// Leaderless: time a replicated request may take before it fails (or, with
-    /// on_quorum_loss=degrade, answers with what it got) [default: 2s].
+    /// on_quorum_loss=degrade, answers with what it got); a client's shorter gRPC deadline, less
+    /// a twentieth, shortens it, so that the answer reaches the client in time [default: 2s].
     #[arg(long, env = "KV_REQUEST_TIMEOUT", value_name = "DURATION")]
     request_timeout: Option<HumanDuration>,
     /// Leaderless: repair stale replicas before answering a read (blocking) or after (async)

@@ -49,7 +49,10 @@ impl KvService {
     }
 }
 
-fn consistency(c: Option<pb::Consistency>) -> Result<Consistency, Error> {
+fn consistency(
+    c: Option<pb::Consistency>,
+    md: &tonic::metadata::MetadataMap,
+) -> Result<Consistency, Error> {
     let c = c.unwrap_or_default();
     let read_from = match pb::ReadFrom::try_from(c.read_from) {
         Ok(pb::ReadFrom::Unspecified) => None,
@@ -79,6 +82,7 @@ fn consistency(c: Option<pb::Consistency>) -> Result<Consistency, Error> {
         w: (c.w != 0).then_some(c.w),
         read_from,
         on_quorum_loss,
+        client_deadline: super::grpc_timeout(md),
     })
 }
 
@@ -146,7 +150,7 @@ impl pb::kv_server::Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let (md, _, r) = req.into_parts();
         self.call("get", &md, async {
-            let c = consistency(r.consistency)?;
+            let c = consistency(r.consistency, &md)?;
             let out = self.node.get(&r.key, c).await?;
             self.count_read(&out.meta);
             Ok(get_response(out))
@@ -157,7 +161,7 @@ impl pb::kv_server::Kv for KvService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let (md, _, r) = req.into_parts();
         self.call("put", &md, async {
-            let c = consistency(r.consistency)?;
+            let c = consistency(r.consistency, &md)?;
             let (version, meta) = self.write_parts(
                 self.node
                     .put(crate::detach(r.key), crate::detach(r.value), c)
@@ -174,7 +178,7 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let (md, _, r) = req.into_parts();
         self.call("delete", &md, async {
-            let c = consistency(r.consistency)?;
+            let c = consistency(r.consistency, &md)?;
             let (version, meta) =
                 self.write_parts(self.node.delete(crate::detach(r.key), c).await?);
             Ok(pb::DeleteResponse { version, meta })
@@ -188,7 +192,7 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::CompareAndSetResponse>, Status> {
         let (md, _, r) = req.into_parts();
         self.call("cas", &md, async {
-            let c = consistency(r.consistency)?;
+            let c = consistency(r.consistency, &md)?;
             let expected = r.expected.map(|v| Version::new(v.epoch, v.counter));
             Ok(
                 match self
