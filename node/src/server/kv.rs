@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kv_proto::kv::v1 as pb;
 use kv_replica::Version;
@@ -31,11 +31,11 @@ impl KvService {
     async fn call<T>(
         &self,
         op: &'static str,
-        md: &tonic::metadata::MetadataMap,
+        deadline: Option<Duration>,
         f: impl Future<Output = Result<T, Error>>,
     ) -> Result<Response<T>, Status> {
         let start = Instant::now();
-        let res = match super::grpc_timeout(md) {
+        let res = match deadline {
             Some(d) => match tokio::time::timeout(d, f).await {
                 Ok(r) => r,
                 Err(_) => Err(Error::DeadlineExceeded(d)),
@@ -51,7 +51,7 @@ impl KvService {
 
 fn consistency(
     c: Option<pb::Consistency>,
-    md: &tonic::metadata::MetadataMap,
+    client_deadline: Option<Duration>,
 ) -> Result<Consistency, Error> {
     let c = c.unwrap_or_default();
     let read_from = match pb::ReadFrom::try_from(c.read_from) {
@@ -82,7 +82,7 @@ fn consistency(
         w: (c.w != 0).then_some(c.w),
         read_from,
         on_quorum_loss,
-        client_deadline: super::grpc_timeout(md),
+        client_deadline,
     })
 }
 
@@ -149,8 +149,9 @@ impl KvService {
 impl pb::kv_server::Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let (md, _, r) = req.into_parts();
-        self.call("get", &md, async {
-            let c = consistency(r.consistency, &md)?;
+        let deadline = super::grpc_timeout(&md);
+        self.call("get", deadline, async {
+            let c = consistency(r.consistency, deadline)?;
             let out = self.node.get(&r.key, c).await?;
             self.count_read(&out.meta);
             Ok(get_response(out))
@@ -160,8 +161,9 @@ impl pb::kv_server::Kv for KvService {
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let (md, _, r) = req.into_parts();
-        self.call("put", &md, async {
-            let c = consistency(r.consistency, &md)?;
+        let deadline = super::grpc_timeout(&md);
+        self.call("put", deadline, async {
+            let c = consistency(r.consistency, deadline)?;
             let (version, meta) = self.write_parts(
                 self.node
                     .put(crate::detach(r.key), crate::detach(r.value), c)
@@ -177,8 +179,9 @@ impl pb::kv_server::Kv for KvService {
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let (md, _, r) = req.into_parts();
-        self.call("delete", &md, async {
-            let c = consistency(r.consistency, &md)?;
+        let deadline = super::grpc_timeout(&md);
+        self.call("delete", deadline, async {
+            let c = consistency(r.consistency, deadline)?;
             let (version, meta) =
                 self.write_parts(self.node.delete(crate::detach(r.key), c).await?);
             Ok(pb::DeleteResponse { version, meta })
@@ -191,8 +194,9 @@ impl pb::kv_server::Kv for KvService {
         req: Request<pb::CompareAndSetRequest>,
     ) -> Result<Response<pb::CompareAndSetResponse>, Status> {
         let (md, _, r) = req.into_parts();
-        self.call("cas", &md, async {
-            let c = consistency(r.consistency, &md)?;
+        let deadline = super::grpc_timeout(&md);
+        self.call("cas", deadline, async {
+            let c = consistency(r.consistency, deadline)?;
             let expected = r.expected.map(|v| Version::new(v.epoch, v.counter));
             Ok(
                 match self
