@@ -134,6 +134,38 @@ pub fn sim_seeds(default: u64) -> Vec<u64> {
     }
 }
 
+/// The one-way links a simulated partition cuts among `n` nodes: with `link_cut` 0, the nodes
+/// split into two sides (each side's links to the other cut both ways); above 0, each one-way
+/// link cut on its own with that probability (partial and asymmetric partitions). Both
+/// simulators draw their partitions here, in the same order, so their seeds replay.
+pub fn draw_partition(
+    rng: &mut rand::rngs::StdRng,
+    n: usize,
+    link_cut: f64,
+) -> std::collections::BTreeSet<(usize, usize)> {
+    use rand::Rng as _;
+    let mut blocked = std::collections::BTreeSet::new();
+    if link_cut > 0.0 {
+        for a in 0..n {
+            for b in 0..n {
+                if a != b && rng.random_bool(link_cut) {
+                    blocked.insert((a, b));
+                }
+            }
+        }
+    } else {
+        let side: Vec<bool> = (0..n).map(|_| rng.random_bool(0.5)).collect();
+        for a in 0..n {
+            for b in 0..n {
+                if side[a] != side[b] {
+                    blocked.insert((a, b));
+                }
+            }
+        }
+    }
+    blocked
+}
+
 /// libfaketime (Debian's `faketime`; `.ci/run` installs it): preloaded, it fakes a process's
 /// wall clock (not its monotonic clock), by an offset read from a file at every reading.
 ///

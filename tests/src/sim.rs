@@ -866,25 +866,7 @@ impl Sim {
             }
         }
         if self.rng.random_bool(self.cfg.partition) {
-            self.blocked.clear();
-            if self.cfg.link_cut > 0.0 {
-                for a in 0..n {
-                    for b in 0..n {
-                        if a != b && self.rng.random_bool(self.cfg.link_cut) {
-                            self.blocked.insert((a, b));
-                        }
-                    }
-                }
-            } else {
-                let side: Vec<bool> = (0..n).map(|_| self.rng.random_bool(0.5)).collect();
-                for a in 0..n {
-                    for b in 0..n {
-                        if side[a] != side[b] {
-                            self.blocked.insert((a, b));
-                        }
-                    }
-                }
-            }
+            self.blocked = crate::draw_partition(&mut self.rng, n, self.cfg.link_cut);
         }
         if self.rng.random_bool(self.cfg.heal) {
             self.blocked.clear();

@@ -1053,28 +1053,7 @@ impl LlSim {
             self.boot(i);
         }
         if self.rng.random_bool(self.cfg.partition) {
-            let mut blocked = BTreeSet::new();
-            if self.cfg.link_cut > 0.0 {
-                for i in 0..self.cfg.nodes {
-                    for j in 0..self.cfg.nodes {
-                        if i != j && self.rng.random_bool(self.cfg.link_cut) {
-                            blocked.insert((i, j));
-                        }
-                    }
-                }
-            } else {
-                let mut side = vec![false; self.cfg.nodes];
-                for s in side.iter_mut() {
-                    *s = self.rng.random_bool(0.5);
-                }
-                for i in 0..self.cfg.nodes {
-                    for j in 0..self.cfg.nodes {
-                        if side[i] != side[j] {
-                            blocked.insert((i, j));
-                        }
-                    }
-                }
-            }
+            let blocked = crate::draw_partition(&mut self.rng, self.cfg.nodes, self.cfg.link_cut);
             self.set_partition(blocked);
         }
         if !self.blocked.is_empty() && self.rng.random_bool(self.cfg.heal) {

@@ -219,6 +219,14 @@ fn around(
         .collect()
 }
 
+/// Node ids listed as `n1,n2` (blanks and empty entries ignored).
+fn node_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 /// What a node's fault filter does, in words (`None`: nothing).
 fn describe_faults(spec: &pb::FaultSpec) -> Option<String> {
     let mut parts = Vec::new();
@@ -376,15 +384,7 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
     );
     match f {
         FaultCmd::Partition { groups } => {
-            let groups: Vec<Vec<String>> = groups
-                .split('/')
-                .map(|g| {
-                    g.split(',')
-                        .map(|s| s.trim().to_string())
-                        .filter(|s| !s.is_empty())
-                        .collect()
-                })
-                .collect();
+            let groups: Vec<Vec<String>> = groups.split('/').map(node_list).collect();
             if groups.len() < 2 {
                 return Err(tonic::Status::invalid_argument(
                     "a partition needs at least two groups: n1,n2/n3,n4,n5",
@@ -424,11 +424,7 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
         }
         FaultCmd::Cut { from, to } => {
             let list = |l: &str| -> Result<Vec<String>, tonic::Status> {
-                let v: Vec<String> = l
-                    .split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect();
+                let v = node_list(l);
                 if v.is_empty() {
                     return Err(tonic::Status::invalid_argument(
                         "name at least one node on each side: kvctl fault cut n1 n2,n3",
