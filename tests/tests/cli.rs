@@ -226,6 +226,24 @@ fn write_and_stop(data_dir: &str, n: usize) -> std::path::PathBuf {
     std::path::Path::new(data_dir).join("wal-00000000000000000001.log")
 }
 
+/// Starts kv-node on `data_dir` (and `extra` flags), expecting it to refuse: exit code 1.
+/// Returns what it said on stderr.
+fn start_refused(data_dir: &str, listen: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "--data-dir",
+        data_dir,
+        "--listen",
+        listen,
+        "--admin-listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let out = kv_node_output(&args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{extra:?}: {err}");
+    err
+}
+
 /// Where the records of a segment end: zeros are written ahead of them (each record here ends
 /// in its value, not a zero).
 fn data_end(bytes: &[u8]) -> usize {
@@ -242,16 +260,7 @@ fn kv_node_refuses_a_corrupt_log_and_keeps_it_intact() {
     let mid = data_end(&bytes) / 2;
     bytes[mid] ^= 0x01;
     std::fs::write(&seg, &bytes).expect("flip a bit");
-    let out = kv_node_output(&[
-        "--data-dir",
-        data_s,
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = start_refused(data_s, "127.0.0.1:0", &[]);
     assert!(
         err.contains("corrupt data in") && err.contains("wal-00000000000000000001.log"),
         "{err}"
@@ -300,31 +309,13 @@ fn kv_node_refuses_a_data_directory_in_use_or_unusable() {
     let data = dir.path().join("data");
     let data_s = data.to_str().expect("utf-8");
     let _first = NodeProcess::start(&["--data-dir", data_s]).expect("start");
-    let out = kv_node_output(&[
-        "--data-dir",
-        data_s,
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = start_refused(data_s, "127.0.0.1:0", &[]);
     assert!(err.contains("in use by another kv-node"), "{err}");
 
     let file = dir.path().join("a-file");
     std::fs::write(&file, "x").expect("write");
     let under_file = file.join("data");
-    let out = kv_node_output(&[
-        "--data-dir",
-        under_file.to_str().expect("utf-8"),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = start_refused(under_file.to_str().expect("utf-8"), "127.0.0.1:0", &[]);
     assert!(err.contains("cannot create data directory"), "{err}");
 }
 
@@ -339,20 +330,9 @@ fn kv_node_refuses_a_data_directory_of_another_node_layout_or_cluster() {
     let data = dir.path().join("data");
     let data_s = data.to_str().expect("utf-8");
     let refused = |listen: &str, args: &[&str], why: &str| {
-        let mut all = vec![
-            "--data-dir",
-            data_s,
-            "--listen",
-            listen,
-            "--admin-listen",
-            "127.0.0.1:0",
-        ];
-        all.extend_from_slice(args);
-        let out = kv_node_output(&all);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        let err = start_refused(data_s, listen, args);
         assert!(err.contains(why), "{args:?}: {err}");
-        err.to_string()
+        err
     };
     {
         let mut single = NodeProcess::start(&["--data-dir", data_s]).expect("start");
