@@ -285,13 +285,24 @@ struct PeersFile {
 }
 
 /// The incarnation of each peer's data directory, learned on first contact and kept in
-/// `DATA_DIR/peers.toml`: a peer that comes back with another one lost its data, and is
-/// refused (leader-follower) or only reported (leaderless, [`PeerBook::warning_only`]); see
-/// [`PeerBook::check`].
+/// `DATA_DIR/peers.toml` (or, for a node in memory, for as long as it runs: [`PeerBook::in_memory`]):
+/// a peer that comes back with another one lost its data, and is refused (leader-follower) or
+/// only reported (leaderless, [`PeerBook::warning_only`]); see [`PeerBook::check`].
 pub struct PeerBook {
-    dir: PathBuf,
+    /// `None`: a node in memory, whose book goes with the process.
+    dir: Option<PathBuf>,
     known: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
     refuse: bool,
+}
+
+/// The prefix of the incarnation of a node in memory ([`memory_incarnation`]).
+const MEMORY_INCARNATION: &str = "memory-";
+
+/// The incarnation of a node in memory: new at every start, since every start is a first one
+/// (it holds nothing of what it had: no vote, no entry, no copy).
+#[must_use]
+pub fn memory_incarnation() -> String {
+    format!("{MEMORY_INCARNATION}{:016x}", rand::random::<u64>())
 }
 
 impl PeerBook {
@@ -301,10 +312,21 @@ impl PeerBook {
     /// The file cannot be read, or is damaged.
     pub fn open(dir: &Path) -> anyhow::Result<PeerBook> {
         Ok(PeerBook {
-            dir: dir.to_path_buf(),
+            dir: Some(dir.to_path_buf()),
             known: std::sync::Mutex::new(Self::load(dir)?),
             refuse: true,
         })
+    }
+
+    /// The book of a node in memory: the same rules, kept only while it runs (when it starts
+    /// again it knows none of its peers, nor they anything of it).
+    #[must_use]
+    pub fn in_memory() -> PeerBook {
+        PeerBook {
+            dir: None,
+            known: std::sync::Mutex::new(Default::default()),
+            refuse: true,
+        }
     }
 
     /// The same book, reporting a peer that lost its data instead of refusing it, and then
@@ -342,25 +364,49 @@ impl PeerBook {
     pub fn check(&self, peer: &str, incarnation: &str) -> Result<(), String> {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         if known.get(peer).is_some_and(|k| k != incarnation)
-            && let Ok(again) = Self::load(&self.dir)
+            && let Some(dir) = &self.dir
+            && let Ok(again) = Self::load(dir)
         {
             *known = again;
         }
+        // What the peer lost, and how.
+        let in_memory = incarnation.starts_with(MEMORY_INCARNATION);
+        let (comes_back, came_back, lost) = if in_memory {
+            (
+                "was started again in memory",
+                "was started again in memory",
+                "it lost everything it held",
+            )
+        } else {
+            (
+                "comes back with another data directory",
+                "came back with another data directory",
+                "it lost its data (a new disk?)",
+            )
+        };
         match known.get(peer).cloned() {
             Some(k) if k == incarnation => Ok(()),
             Some(k) if self.refuse => Err(format!(
-                "{peer} comes back with another data directory (incarnation {incarnation}; this \
-                 node knew {k}): it lost its data (a new disk?) and with it the votes it cast \
+                "{peer} {comes_back} (incarnation {incarnation}; this node knew {k}): \
+                 {lost} and with it the votes it cast \
                  and the entries it acknowledged, on which the cluster's guarantees rest; a \
                  leader-follower cluster cannot take it back safely without a membership \
-                 change. To take the risk anyway, remove {peer}'s line from {PEERS_FILE} in the data \
-                 directory of every other node (here {})",
-                self.dir.join(PEERS_FILE).display()
+                 change. {}",
+                match &self.dir {
+                    Some(dir) => format!(
+                        "To take the risk anyway, remove {peer}'s line from {PEERS_FILE} in the \
+                         data directory of every other node (here {})",
+                        dir.join(PEERS_FILE).display()
+                    ),
+                    None => "A cluster in memory can only start over: stop every node and \
+                             start them all again (or keep the data with --data-dir)"
+                        .to_string(),
+                }
             )),
             Some(k) => {
                 tracing::warn!(
                     peer,
-                    "{peer} came back with another data directory (incarnation {incarnation}; \
+                    "{peer} {came_back} (incarnation {incarnation}; \
                      this node knew {k}): it lost the copies it held; until anti-entropy, hinted \
                      handoff and read repair refill it, a read that counts its empty copy can \
                      miss acknowledged writes"
@@ -383,6 +429,9 @@ impl PeerBook {
         incarnation: &str,
     ) {
         known.insert(peer.to_string(), incarnation.to_string());
+        let Some(dir) = &self.dir else {
+            return; // in memory: known for as long as this node runs
+        };
         let text = format!(
             "# The incarnation of each peer's data directory, learned on first contact: a\n\
              # peer that comes back with another one lost its data.\n{}",
@@ -391,8 +440,8 @@ impl PeerBook {
             })
             .unwrap_or_default()
         );
-        let path = self.dir.join(PEERS_FILE);
-        if let Err(e) = write_durably(&self.dir, &path, &text) {
+        let path = dir.join(PEERS_FILE);
+        if let Err(e) = write_durably(dir, &path, &text) {
             tracing::error!(error = %e, file = %path.display(), "cannot record a peer's incarnation");
         }
     }
@@ -557,5 +606,30 @@ mod tests {
         let again = PeerBook::open(root.path()).expect("recorded");
         assert_eq!(again.check("n2", "bbbb"), Ok(()), "the new one is known");
         assert!(again.check("n2", "aaaa").is_err());
+    }
+
+    /// A node in memory takes a new incarnation at every start; its peers' books, in memory
+    /// too, refuse (or report) it when it comes back with another, name the only way out, and
+    /// write nothing anywhere.
+    #[test]
+    fn a_book_in_memory_refuses_a_peer_started_again_in_memory() {
+        let (first, second) = (memory_incarnation(), memory_incarnation());
+        assert_ne!(first, second, "every start is a first one");
+        let book = PeerBook::in_memory();
+        assert_eq!(book.check("n2", &first), Ok(()));
+        assert_eq!(book.check("n2", &first), Ok(()));
+        let why = book.check("n2", &second).expect_err("refused");
+        assert!(
+            why.starts_with(&format!(
+                "n2 was started again in memory (incarnation {second}; this node knew {first}): \
+                 it lost everything it held"
+            )),
+            "{why}"
+        );
+        assert!(why.contains("start them all again"), "{why}");
+        assert!(!why.contains(PEERS_FILE), "no file to edit: {why}");
+        let book = PeerBook::in_memory().warning_only();
+        assert_eq!(book.check("n2", &first), Ok(()));
+        assert_eq!(book.check("n2", &second), Ok(()), "reported, not refused");
     }
 }

@@ -300,17 +300,19 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         },
         incarnation: match &disk_dir {
             Some(dir) if replicated => data_dir::incarnation(dir)?,
+            None if replicated => data_dir::memory_incarnation(),
             _ => String::new(),
         },
     };
-    // The peers' data directories known (a node in memory loses everything on every restart
-    // anyway): a leader-follower peer that lost its own forgot its votes and is refused; a
-    // leaderless one is reported in the log, not refused.
+    // The peers' data directories known: a leader-follower peer that lost its own (or, in
+    // memory, started again) forgot its votes and is refused; a leaderless one is reported in
+    // the log, not refused. A node in memory knows them for as long as it runs.
     let book = match &disk_dir {
-        Some(dir) if leaderless => Some(data_dir::PeerBook::open(dir)?.warning_only()),
         Some(dir) if replicated => Some(data_dir::PeerBook::open(dir)?),
+        None if replicated => Some(data_dir::PeerBook::in_memory()),
         _ => None,
-    };
+    }
+    .map(|b| if leaderless { b.warning_only() } else { b });
     let refusing = transport::Refusals::default();
     let node = if leaderless {
         let transport =

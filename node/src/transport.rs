@@ -197,7 +197,8 @@ pub struct ClusterShape {
     pub replicas: u32,
     /// Leaderless: virtual nodes per member; 0 in leader-follower mode.
     pub vnodes: u32,
-    /// This node's data directory's incarnation (`data_dir::incarnation`); empty in memory.
+    /// This node's data directory's incarnation (`data_dir::incarnation`), or in memory a new
+    /// one at every start (`data_dir::memory_incarnation`); empty for a single node.
     pub incarnation: String,
 }
 
@@ -651,7 +652,7 @@ impl PeerReceiver {
     async fn check_data_dir(&self, from: &NodeId, incarnation: String) -> Option<String> {
         let book = self.book.clone()?;
         if incarnation.is_empty() {
-            return None; // a node in memory
+            return None; // a single node (none is a peer)
         }
         let peer = from.0.clone();
         tokio::task::spawn_blocking(move || book.check(&peer, &incarnation).err())

@@ -205,20 +205,18 @@ impl Cluster {
             .map(|(id, (a, _))| format!("{id}={a}"))
             .collect::<Vec<_>>()
             .join(",");
+        // `--storage memory` among `extra`: no data directories (`dirs` name unused ones).
+        let memory = extra.windows(2).any(|w| w == ["--storage", "memory"]);
         let mut nodes = Vec::new();
         let mut dirs = Vec::new();
         for (i, (a, adm)) in addrs.iter().enumerate() {
             let dir = root.path().join(&ids[i]);
             let dir_s = dir.to_string_lossy().into_owned();
-            let mut args = vec![
-                "--id",
-                ids[i].as_str(),
-                "--peers",
-                peers.as_str(),
-                "--data-dir",
-                dir_s.as_str(),
-                "--enable-fault-injection",
-            ];
+            let mut args = vec!["--id", ids[i].as_str(), "--peers", peers.as_str()];
+            if !memory {
+                args.extend(["--data-dir", dir_s.as_str()]);
+            }
+            args.push("--enable-fault-injection");
             args.extend_from_slice(extra);
             let env = match power_loss {
                 true => {

@@ -1140,6 +1140,68 @@ async fn a_replica_back_on_an_empty_data_directory_is_refused_until_let_in() {
     assert!(!st.stdout.contains("REFUSED"), "{st:?}");
 }
 
+/// A node in memory keeps nothing across a restart: started again, it has forgotten the votes
+/// it cast and the entries it acknowledged, as a node back on an empty data directory has (with
+/// the wrong timing, two leaders in one term, or an acknowledged write lost). It takes a new
+/// incarnation at every start in memory, and its peers, which remember the one they knew for
+/// as long as they run, refuse it; the cluster goes on without counting it. Before, it
+/// rejoined as if nothing had happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_again_in_memory_is_refused() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, &["--storage", "memory"])
+        .await
+        .expect("cluster");
+    let leader = c
+        .wait_leader(Duration::from_secs(5), None)
+        .await
+        .expect("leader");
+    let f = (leader + 1) % 3;
+    let id = c.ids[f].clone();
+    let r = kvctl(&c.endpoints(), &["put", "before", "1"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    wait_local(&c, f, "before", "1", "replicated").await;
+    c.nodes[f].kill9();
+    c.nodes[f].start_again().expect("starts again, empty");
+
+    let others: Vec<usize> = (0..3).filter(|&i| i != f).collect();
+    let refused: Vec<String> = others
+        .iter()
+        .map(|&i| {
+            format!(
+                "REFUSED: {} refuses {id}: {id} was started again in memory",
+                c.ids[i]
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = kvctl(&c.endpoints(), &["status"]);
+        if refused.iter().all(|r| st.stdout.contains(r.as_str())) {
+            assert!(
+                st.stdout.contains("start them all again"),
+                "the way out is named: {st:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "not refused: {st:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = kvctl(&c.endpoints(), &["put", "during", "2"]);
+    assert_eq!(r.code, 0, "the others go on: {r:?}");
+    assert_eq!(
+        c.metric(others[0], &format!("kv_peer_refused{{peer=\"{id}\"}}")),
+        1.0
+    );
+    // Nothing it says counts: it never catches up (the leader takes no answer from it).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = kvctl(
+        &c.nodes[f].endpoint(),
+        &["get", "during", "--read-from", "local"],
+    );
+    assert_eq!(r.code, 1, "the refused replica holds nothing: {r:?}");
+}
+
 /// The power fails on every node at once (a datacenter outage: each loses what it had not
 /// fsynced, `tests/powerloss`), with writers going. `kill -9` could not test this: the page
 /// cache keeps what a killed process wrote. Started again, the nodes elect a leader and every

@@ -1057,15 +1057,35 @@ async fn a_node_whose_ring_settings_differ_is_refused_and_status_says_why() {
 /// copy can miss acknowledged writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_back_on_an_empty_data_directory_is_reported_and_taken_back() {
+    back_empty_is_reported_and_taken_back(false).await;
+}
+
+/// The same for a node in memory started again (it lost everything it held): it takes a new
+/// incarnation at every start, which the others, remembering the one they knew, report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_again_in_memory_is_reported_and_taken_back() {
+    back_empty_is_reported_and_taken_back(true).await;
+}
+
+async fn back_empty_is_reported_and_taken_back(memory: bool) {
     let _serial = SERIAL.lock().await;
-    let mut c = Cluster::start_leaderless(3, &[]).await.expect("cluster");
+    let extra: &[&str] = if memory {
+        &["--storage", "memory"]
+    } else {
+        &[]
+    };
+    let mut c = Cluster::start_leaderless(3, extra).await.expect("cluster");
     c.nodes[2].kill9();
-    std::fs::remove_dir_all(&c.dirs[2]).expect("lose the disk");
-    c.nodes[2].start_again().expect("n3 on an empty directory");
-    eventually(10, "n1 reports n3's new data directory", || {
-        c.nodes[0]
-            .log_text()
-            .contains("n3 came back with another data directory")
+    if !memory {
+        std::fs::remove_dir_all(&c.dirs[2]).expect("lose the disk");
+    }
+    c.nodes[2].start_again().expect("n3 back, empty");
+    let said = match memory {
+        true => "n3 was started again in memory",
+        false => "n3 came back with another data directory",
+    };
+    eventually(10, "n1 reports that n3 lost its data", || {
+        c.nodes[0].log_text().contains(said)
     })
     .await;
     eventually(10, "n3 takes part", || {

@@ -56,7 +56,8 @@ struct Args {
     /// Replicas that durably hold a write before it is acknowledged [default: majority of N].
     #[arg(long, env = "KV_W")]
     w: Option<u32>,
-    /// memory (lost on restart) or disk (needs --data-dir) [default: disk when --data-dir is given].
+    /// memory (lost on restart: a replica started again is a new, empty one, which its
+    /// leader-follower peers refuse) or disk (needs --data-dir) [default: disk when --data-dir is given].
     #[arg(long, env = "KV_STORAGE")]
     storage: Option<StorageKind>,
     /// Directory for durable storage (write-ahead log and snapshots); created if missing.

@@ -220,7 +220,12 @@ async fn request(action: &str, n: &NodeArgs, t: Duration) -> Result<String, (u8,
     }
     if action == "start" {
         // The answer names the address: wait until the node serves.
-        let addr = said.rsplit(' ').next().unwrap_or_default().to_string();
+        // ("... started (pid P) at ADDR", and after it what a start again means for it.)
+        let addr = said
+            .split_once(") at ")
+            .and_then(|(_, rest)| rest.split([';', ' ']).next())
+            .unwrap_or_default()
+            .to_string();
         let deadline = Instant::now() + Duration::from_secs(20);
         while super::node_status(&addr, t).await.is_none() {
             if Instant::now() > deadline {
@@ -256,6 +261,9 @@ struct Node {
     paused: bool,
     /// Taken down on request (its exit is expected, and the cluster keeps running).
     downed: bool,
+    /// What a start again means for it, said when it is started again: in memory it comes
+    /// back empty (`None`: on its data directory, nothing to say).
+    restart_note: Option<&'static str>,
 }
 
 impl Node {
@@ -427,6 +435,17 @@ async fn up(a: UpArgs, t: Duration) -> ExitCode {
             child: Some(child),
             paused: false,
             downed: false,
+            restart_note: match (a.memory, a.mode == "leader-follower") {
+                (false, _) => None,
+                (true, true) => Some(
+                    "in memory it comes back empty, and its peers refuse it: it forgot its votes \
+                     (see kvctl status)",
+                ),
+                (true, false) => Some(
+                    "in memory it comes back empty: until repair refills it, reads that count \
+                     its copy can miss acknowledged writes",
+                ),
+            },
         });
     }
     let endpoints: Vec<String> = (0..a.nodes).map(addr).collect();
@@ -635,7 +654,10 @@ fn act(
             let c = command(i, log)
                 .spawn()
                 .map_err(|e| format!("cannot start {}: {e}", n.id))?;
-            let said = format!("{} started (pid {}) at {}", n.id, c.id(), n.addr);
+            let mut said = format!("{} started (pid {}) at {}", n.id, c.id(), n.addr);
+            if let Some(note) = n.restart_note {
+                said = format!("{said}; {note}");
+            }
             n.child = Some(c);
             n.downed = false;
             Ok(said)
