@@ -1046,6 +1046,27 @@ async fn a_replica_whose_disk_fails_stops_and_the_others_go_on() {
     }
 }
 
+/// Waits until `kvctl status` shows every other node refusing node `f` because it `why`, and
+/// naming `way_out`. Returns the others.
+async fn refused_by_the_others(c: &Cluster, f: usize, why: &str, way_out: &str) -> Vec<usize> {
+    let id = &c.ids[f];
+    let others: Vec<usize> = (0..c.nodes.len()).filter(|&i| i != f).collect();
+    let refused: Vec<String> = others
+        .iter()
+        .map(|&i| format!("REFUSED: {} refuses {id}: {id} {why}", c.ids[i]))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = kvctl(&c.endpoints(), &["status"]);
+        if refused.iter().all(|r| st.stdout.contains(r.as_str())) {
+            assert!(st.stdout.contains(way_out), "the way out is named: {st:?}");
+            return others;
+        }
+        assert!(Instant::now() < deadline, "not refused: {st:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A replica that comes back on an empty data directory (a lost disk) forgot the votes it cast
 /// and the entries it acknowledged, on which a majority's guarantees rest. The others refuse
 /// it (`kvctl status` says why) and go on without counting it: the leader does not hear from
@@ -1066,29 +1087,8 @@ async fn a_replica_back_on_an_empty_data_directory_is_refused_until_let_in() {
         .start_again()
         .expect("starts on an empty directory");
 
-    let others: Vec<usize> = (0..3).filter(|&i| i != f).collect();
-    let refused: Vec<String> = others
-        .iter()
-        .map(|&i| {
-            format!(
-                "REFUSED: {} refuses {id}: {id} comes back with another data directory",
-                c.ids[i]
-            )
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = kvctl(&c.endpoints(), &["status"]);
-        if refused.iter().all(|r| st.stdout.contains(r.as_str())) {
-            assert!(
-                st.stdout.contains("remove "),
-                "the way out is named: {st:?}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "not refused: {st:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let others =
+        refused_by_the_others(&c, f, "comes back with another data directory", "remove ").await;
     let r = kvctl(&c.endpoints(), &["put", "during", "2"]);
     assert_eq!(r.code, 0, "the others go on: {r:?}");
     // Who counts it reachable: neither the leader (which hears nothing from it) nor the
@@ -1164,29 +1164,8 @@ async fn a_replica_started_again_in_memory_is_refused() {
     c.nodes[f].kill9();
     c.nodes[f].start_again().expect("starts again, empty");
 
-    let others: Vec<usize> = (0..3).filter(|&i| i != f).collect();
-    let refused: Vec<String> = others
-        .iter()
-        .map(|&i| {
-            format!(
-                "REFUSED: {} refuses {id}: {id} was started again in memory",
-                c.ids[i]
-            )
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = kvctl(&c.endpoints(), &["status"]);
-        if refused.iter().all(|r| st.stdout.contains(r.as_str())) {
-            assert!(
-                st.stdout.contains("start them all again"),
-                "the way out is named: {st:?}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "not refused: {st:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let others =
+        refused_by_the_others(&c, f, "was started again in memory", "start them all again").await;
     let r = kvctl(&c.endpoints(), &["put", "during", "2"]);
     assert_eq!(r.code, 0, "the others go on: {r:?}");
     assert_eq!(
