@@ -23,7 +23,12 @@ use kv_tests::put_request as put;
 
 /// A cluster of `n` nodes (default flags) once it has one leader, and that leader.
 async fn led(n: usize) -> (Cluster, usize) {
-    let c = Cluster::start(n, &[]).await.expect("cluster");
+    led_with(n, &[]).await
+}
+
+/// The same with `extra` flags on every node.
+async fn led_with(n: usize, extra: &[&str]) -> (Cluster, usize) {
+    let c = Cluster::start(n, extra).await.expect("cluster");
     let leader = c
         .wait_leader(Duration::from_secs(5), None)
         .await
@@ -1149,13 +1154,7 @@ async fn a_replica_back_on_an_empty_data_directory_is_refused_until_let_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_started_again_in_memory_is_refused() {
     let _serial = SERIAL.lock().await;
-    let mut c = Cluster::start(3, &["--storage", "memory"])
-        .await
-        .expect("cluster");
-    let leader = c
-        .wait_leader(Duration::from_secs(5), None)
-        .await
-        .expect("leader");
+    let (mut c, leader) = led_with(3, &["--storage", "memory"]).await;
     let f = (leader + 1) % 3;
     let id = c.ids[f].clone();
     let r = kvctl(&c.endpoints(), &["put", "before", "1"]);
