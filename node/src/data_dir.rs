@@ -130,6 +130,39 @@ fn write_durably(dir: &Path, path: &Path, text: &str) -> std::io::Result<()> {
 /// The file holding the directory's incarnation.
 pub const INCARNATION_FILE: &str = "incarnation";
 
+/// Present while a leaderless node back empty refills itself from its peers
+/// (`kv_replica::leaderless::Leaderless::start_refill`): a restart goes on refilling.
+pub const REFILLING_FILE: &str = "refilling";
+
+/// Whether the leaderless node of `dir` was refilling itself when it stopped.
+#[must_use]
+pub fn refilling(dir: &Path) -> bool {
+    dir.join(REFILLING_FILE).exists()
+}
+
+/// Records durably that the leaderless node of `dir` is refilling itself (`true`) or has
+/// refilled itself (`false`).
+///
+/// # Errors
+/// The file cannot be written or removed.
+pub fn record_refilling(dir: &Path, on: bool) -> std::io::Result<()> {
+    let path = dir.join(REFILLING_FILE);
+    if on {
+        write_durably(
+            dir,
+            &path,
+            "# This node came back empty and is refilling itself from its peers; its read\n\
+             # answers do not count until it has. Removed when it has.\n",
+        )
+    } else {
+        match std::fs::remove_file(&path) {
+            Ok(()) => std::fs::File::open(dir)?.sync_all(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// This data directory's incarnation: a random id made on the first start in it and kept as
 /// long as the directory. Peers remember it (see [`PeerBook`]), so a node that comes back on
 /// an empty directory (a lost or replaced disk) is known for one: it forgot its votes and what
@@ -358,10 +391,11 @@ impl PeerBook {
     }
 
     /// Whether `peer`, whose data directory is `incarnation`, may take part: yes when the
-    /// book has no other incarnation for it (a first one is recorded, durably). Otherwise why
-    /// not. The file is read again before refusing, so removing a peer's line from it takes
-    /// effect at the peer's next attempt.
-    pub fn check(&self, peer: &str, incarnation: &str) -> Result<(), String> {
+    /// book has no other incarnation for it (a first one is recorded, durably), and then
+    /// whether it came back empty (a book [`warning_only`](Self::warning_only) takes it back
+    /// with its new incarnation). Otherwise why not. The file is read again before refusing,
+    /// so removing a peer's line from it takes effect at the peer's next attempt.
+    pub fn check(&self, peer: &str, incarnation: &str) -> Result<bool, String> {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         if known.get(peer).is_some_and(|k| k != incarnation)
             && let Some(dir) = &self.dir
@@ -385,7 +419,7 @@ impl PeerBook {
             )
         };
         match known.get(peer).cloned() {
-            Some(k) if k == incarnation => Ok(()),
+            Some(k) if k == incarnation => Ok(false),
             Some(k) if self.refuse => Err(format!(
                 "{peer} {comes_back} (incarnation {incarnation}; this node knew {k}): \
                  {lost} and with it the votes it cast \
@@ -407,16 +441,15 @@ impl PeerBook {
                 tracing::warn!(
                     peer,
                     "{peer} {came_back} (incarnation {incarnation}; \
-                     this node knew {k}): it lost the copies it held; until anti-entropy, hinted \
-                     handoff and read repair refill it, a read that counts its empty copy can \
-                     miss acknowledged writes"
+                     this node knew {k}): it lost the copies it held; its read answers do not \
+                     count until it has refilled itself from its peers"
                 );
                 self.learn(&mut known, peer, incarnation);
-                Ok(())
+                Ok(true)
             }
             None => {
                 self.learn(&mut known, peer, incarnation);
-                Ok(())
+                Ok(false)
             }
         }
     }
@@ -564,11 +597,11 @@ mod tests {
     fn a_peer_that_comes_back_with_another_data_directory_is_refused() {
         let root = tempfile::tempdir().expect("tempdir");
         let book = PeerBook::open(root.path()).expect("no file yet");
-        assert_eq!(book.check("n2", "aaaa"), Ok(()));
-        assert_eq!(book.check("n3", "cccc"), Ok(()));
-        assert_eq!(book.check("n2", "aaaa"), Ok(()));
+        assert_eq!(book.check("n2", "aaaa"), Ok(false));
+        assert_eq!(book.check("n3", "cccc"), Ok(false));
+        assert_eq!(book.check("n2", "aaaa"), Ok(false));
         let again = PeerBook::open(root.path()).expect("recorded");
-        assert_eq!(again.check("n2", "aaaa"), Ok(()), "kept across restarts");
+        assert_eq!(again.check("n2", "aaaa"), Ok(false), "kept across restarts");
         let why = again.check("n2", "bbbb").expect_err("refused");
         assert!(
             why.starts_with(
@@ -586,8 +619,8 @@ mod tests {
             .map(|l| format!("{l}\n"))
             .collect();
         std::fs::write(&path, kept).expect("edit");
-        assert_eq!(again.check("n2", "bbbb"), Ok(()), "the way out");
-        assert_eq!(again.check("n3", "cccc"), Ok(()), "the others stay");
+        assert_eq!(again.check("n2", "bbbb"), Ok(false), "the way out");
+        assert_eq!(again.check("n3", "cccc"), Ok(false), "the others stay");
         assert!(again.check("n2", "aaaa").is_err(), "the new one is learned");
 
         std::fs::write(&path, "incarnations = 3\n").expect("damage");
@@ -601,10 +634,10 @@ mod tests {
     fn a_warning_only_book_accepts_and_learns_a_new_incarnation() {
         let root = tempfile::tempdir().expect("tempdir");
         let book = PeerBook::open(root.path()).expect("book").warning_only();
-        assert_eq!(book.check("n2", "aaaa"), Ok(()));
-        assert_eq!(book.check("n2", "bbbb"), Ok(()), "reported, not refused");
+        assert_eq!(book.check("n2", "aaaa"), Ok(false));
+        assert_eq!(book.check("n2", "bbbb"), Ok(true), "reported, not refused");
         let again = PeerBook::open(root.path()).expect("recorded");
-        assert_eq!(again.check("n2", "bbbb"), Ok(()), "the new one is known");
+        assert_eq!(again.check("n2", "bbbb"), Ok(false), "the new one is known");
         assert!(again.check("n2", "aaaa").is_err());
     }
 
@@ -612,12 +645,23 @@ mod tests {
     /// too, refuse (or report) it when it comes back with another, name the only way out, and
     /// write nothing anywhere.
     #[test]
+    fn a_refilling_mark_is_recorded_and_removed_durably() {
+        let root = tempfile::tempdir().expect("tempdir");
+        assert!(!refilling(root.path()));
+        record_refilling(root.path(), true).expect("recorded");
+        assert!(refilling(root.path()), "kept for the next start");
+        record_refilling(root.path(), false).expect("removed");
+        assert!(!refilling(root.path()));
+        record_refilling(root.path(), false).expect("nothing to remove is no error");
+    }
+
+    #[test]
     fn a_book_in_memory_refuses_a_peer_started_again_in_memory() {
         let (first, second) = (memory_incarnation(), memory_incarnation());
         assert_ne!(first, second, "every start is a first one");
         let book = PeerBook::in_memory();
-        assert_eq!(book.check("n2", &first), Ok(()));
-        assert_eq!(book.check("n2", &first), Ok(()));
+        assert_eq!(book.check("n2", &first), Ok(false));
+        assert_eq!(book.check("n2", &first), Ok(false));
         let why = book.check("n2", &second).expect_err("refused");
         assert!(
             why.starts_with(&format!(
@@ -629,7 +673,7 @@ mod tests {
         assert!(why.contains("start them all again"), "{why}");
         assert!(!why.contains(PEERS_FILE), "no file to edit: {why}");
         let book = PeerBook::in_memory().warning_only();
-        assert_eq!(book.check("n2", &first), Ok(()));
-        assert_eq!(book.check("n2", &second), Ok(()), "reported, not refused");
+        assert_eq!(book.check("n2", &first), Ok(false));
+        assert_eq!(book.check("n2", &second), Ok(true), "reported, not refused");
     }
 }

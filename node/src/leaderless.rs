@@ -11,7 +11,7 @@
 //! ```
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,8 @@ pub struct LlOptions {
     pub vnodes: u32,
     /// The node's first start on its data (`kv_replica::leaderless::Config::first_life`).
     pub first_life: bool,
+    /// It was refilling itself when it stopped (`kv_replica::leaderless::Config::refilling`).
+    pub refilling: bool,
 }
 
 /// Marks an LSN of the hint store (the core treats LSNs as opaque).
@@ -241,6 +243,8 @@ enum In {
     AntiEntropy,
     /// A bound on the clock is durable (`Action::PersistClock`).
     ClockPersisted(u64),
+    /// A peer connected back empty, or refilling (`Leaderless::peer_refilling`).
+    PeerRefilling(NodeId),
 }
 
 struct Shared {
@@ -252,6 +256,11 @@ struct Shared {
     quorum: Quorum,
     /// The hint store, for counting hints per target on demand (`LlHandle::hints_by_target`).
     hints: Arc<dyn Storage>,
+    /// Whether this node is refilling, and the peers it takes to be (as of the last batch).
+    refilling: AtomicBool,
+    /// Whether it is established (`Leaderless::established`, as of the last batch).
+    established: AtomicBool,
+    refilling_peers: Mutex<Vec<NodeId>>,
 }
 
 /// A handle on the leaderless driver (cheap to clone).
@@ -308,6 +317,46 @@ impl LlHandle {
     /// A message from a peer.
     pub fn peer(&self, from: NodeId, msg: Msg) {
         let _ = self.tx.send(In::Peer { from, msg });
+    }
+
+    /// `peer` connected back empty, or says it is refilling: its read answers stop counting
+    /// (before any message it sends after this).
+    pub fn peer_refilling(&self, peer: NodeId) {
+        let mut list = self
+            .shared
+            .refilling_peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !list.contains(&peer) {
+            list.push(peer.clone());
+        }
+        let _ = self.tx.send(In::PeerRefilling(peer));
+    }
+
+    /// Whether this node is established (`Leaderless::established`).
+    pub fn established(&self) -> bool {
+        self.shared.established.load(Ordering::Relaxed)
+    }
+
+    /// Whether `peer` is taken to be refilling (it has not said it refilled).
+    pub fn is_refilling_peer(&self, peer: &NodeId) -> bool {
+        self.shared
+            .refilling_peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(peer)
+    }
+
+    /// Whether this node is refilling itself, and the peers it takes to be.
+    pub fn refill_state(&self) -> (bool, Vec<NodeId>) {
+        (
+            self.shared.refilling.load(Ordering::Relaxed),
+            self.shared
+                .refilling_peers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
     }
 
     /// Starts an anti-entropy exchange now.
@@ -375,7 +424,12 @@ pub fn start(
     storage: LlStorage,
     transport: Transport,
 ) -> LlHandle {
-    let LlStorage { data, hints, clock } = storage;
+    let LlStorage {
+        data,
+        hints,
+        clock,
+        dir,
+    } = storage;
     let mut members = members;
     members.sort();
     let mut cfg = Config::new(id.clone(), members.clone(), quorum);
@@ -391,6 +445,7 @@ pub fn start(
     cfg.tombstone_grace_ms = opts.tombstone_grace.as_millis() as u64;
     cfg.tombstone_gc = opts.tombstone_gc;
     cfg.first_life = opts.first_life;
+    cfg.refilling = opts.refilling;
     cfg.first_op = rand::random_range(1..kv_replica::leaderless::OP_IDS_BELOW);
     let names: Vec<&str> = members.iter().map(|m| m.0.as_str()).collect();
     let shared = Arc::new(Shared {
@@ -401,6 +456,9 @@ pub fn start(
         members: members.clone(),
         quorum,
         hints: hints.clone(),
+        refilling: AtomicBool::new(opts.refilling),
+        established: AtomicBool::new(false),
+        refilling_peers: Mutex::new(Vec::new()),
     });
     let store = LlStore { data, hints };
     // The clock starts above every timestamp already stored and every one an earlier life
@@ -430,7 +488,10 @@ pub fn start(
         local: VecDeque::new(),
         clock,
         timers,
+        dir,
+        refill_record: Arc::default(),
     };
+    driver.transport.set_refilling(opts.refilling);
     tokio::spawn(driver.run(rx));
     handle
 }
@@ -450,6 +511,10 @@ struct Driver {
     local: VecDeque<Msg>,
     clock: ClockKeeper,
     timers: TimerClock,
+    /// The data directory (`LlStorage::dir`).
+    dir: Option<std::path::PathBuf>,
+    /// Records of the refill one at a time, and the state to record.
+    refill_record: Arc<(Mutex<()>, AtomicBool)>,
 }
 
 /// The time the core's timers run on (request deadlines, retries, hint rounds, anti-entropy):
@@ -491,6 +556,9 @@ pub struct LlStorage {
     pub hints: Arc<dyn Storage>,
     /// The bound on its clock.
     pub clock: ClockKeeper,
+    /// The data directory, where a refill is recorded (`data_dir::REFILLING_FILE`); `None` in
+    /// memory.
+    pub dir: Option<std::path::PathBuf>,
 }
 
 /// Where a leaderless node records the bound on its clock (`Action::PersistClock`).
@@ -560,6 +628,10 @@ impl Driver {
                     self.refresh_reachable(Some(&mut reachable));
                     *self.shared.reachable.lock().unwrap_or_else(|p| p.into_inner()) = reachable;
                     let now = self.now();
+                    for a in self.transport.hello_answers() {
+                        self.core
+                            .hello_answered(now, &a.peer, a.refilling, a.established);
+                    }
                     self.core.tick(&mut self.store, now);
                     purge_hints += 1;
                     if purge_hints >= 100 {
@@ -574,6 +646,22 @@ impl Driver {
             }
             self.flush();
             *self.shared.stats.lock().unwrap_or_else(|p| p.into_inner()) = self.core.stats();
+            self.shared
+                .established
+                .store(self.core.established(), Ordering::Relaxed);
+            let refilling = self.core.refilling();
+            if refilling != self.shared.refilling.swap(refilling, Ordering::Relaxed) {
+                self.transport.set_refilling(refilling);
+            }
+            let peers = self.core.refilling_peers();
+            let mut shared = self
+                .shared
+                .refilling_peers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if *shared != peers {
+                *shared = peers;
+            }
         }
     }
 
@@ -600,6 +688,7 @@ impl Driver {
             In::Peer { from, msg } => self.core.step(&mut self.store, now, &from, msg),
             In::AntiEntropy => self.core.anti_entropy(&self.store),
             In::ClockPersisted(upto) => self.core.clock_persisted(upto),
+            In::PeerRefilling(peer) => self.core.peer_refilling(&peer),
         }
     }
 
@@ -623,6 +712,31 @@ impl Driver {
                     "cannot record the clock bound in {}: {e}",
                     bound.path().display()
                 )),
+            }
+        });
+    }
+
+    /// Records whether this node is refilling (in its data directory; nothing in memory).
+    fn persist_refilling(&self, on: bool) {
+        if on {
+            tracing::warn!(
+                "this node came back empty (its peers remember it): refilling itself from them; \
+                 its read answers do not count until it has"
+            );
+        } else {
+            tracing::info!("refilled from the peers: read answers count again");
+        }
+        let Some(dir) = self.dir.clone() else {
+            return;
+        };
+        // The last state asked for is the one recorded, whichever task runs last.
+        let wanted = self.refill_record.clone();
+        wanted.1.store(on, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = wanted.0.lock().unwrap_or_else(|p| p.into_inner());
+            let on = wanted.1.load(Ordering::Relaxed);
+            if let Err(e) = crate::data_dir::record_refilling(&dir, on) {
+                tracing::error!(error = %e, dir = %dir.display(), "cannot record the refill");
             }
         });
     }
@@ -693,6 +807,7 @@ impl Driver {
                         }
                     }
                     Action::PersistClock { upto } => self.persist_clock(upto),
+                    Action::PersistRefilling(on) => self.persist_refilling(on),
                 }
             }
         }
@@ -768,6 +883,7 @@ fn state_code(s: ReplicaState) -> u32 {
         ReplicaState::Timeout => 1,
         ReplicaState::Unreachable => 2,
         ReplicaState::NotAsked => 3,
+        ReplicaState::Refilling => 4,
     }
 }
 
@@ -798,11 +914,18 @@ pub fn to_wire(m: Msg) -> pb::peer_envelope::Msg {
             superseded,
         }),
         Msg::Read { req, key } => W::LlRead(pb::LlRead { req, key }),
-        Msg::ReadReply { req, stored, hlc } => W::LlReadReply(pb::LlReadReply {
+        Msg::ReadReply {
+            req,
+            stored,
+            hlc,
+            refilling,
+        } => W::LlReadReply(pb::LlReadReply {
             req,
             stored: stored.map(stored_to_wire),
             hlc,
+            refilling,
         }),
+        Msg::Refilled => W::LlRefilled(pb::LlRefilled {}),
         Msg::Forward {
             req,
             key,
@@ -919,7 +1042,9 @@ pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Msg> {
                 None => None,
             },
             hlc: r.hlc,
+            refilling: r.refilling,
         },
+        W::LlRefilled(_) => Msg::Refilled,
         W::LlForward(f) => Msg::Forward {
             req: f.req,
             key: crate::detach(f.key),
@@ -955,6 +1080,7 @@ pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Msg> {
                                 0 => ReplicaState::Ok,
                                 2 => ReplicaState::Unreachable,
                                 3 => ReplicaState::NotAsked,
+                                4 => ReplicaState::Refilling,
                                 _ => ReplicaState::Timeout,
                             };
                             (NodeId(id), st)
@@ -1036,12 +1162,15 @@ mod tests {
                 req: 2,
                 stored: None,
                 hlc: 4,
+                refilling: true,
             },
             Msg::ReadReply {
                 req: 2,
                 stored: Some(s(None, 3)),
                 hlc: 4,
+                refilling: false,
             },
+            Msg::Refilled,
             Msg::Forward {
                 req: 3,
                 key: Bytes::from_static(b"k"),
@@ -1063,6 +1192,7 @@ mod tests {
                         (NodeId::from("n2"), ReplicaState::Unreachable),
                         (NodeId::from("n3"), ReplicaState::Timeout),
                         (NodeId::from("n4"), ReplicaState::NotAsked),
+                        (NodeId::from("n5"), ReplicaState::Refilling),
                     ],
                     may_have_happened: true,
                 }),

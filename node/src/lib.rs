@@ -305,8 +305,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         },
     };
     // The peers' data directories known: a leader-follower peer that lost its own (or, in
-    // memory, started again) forgot its votes and is refused; a leaderless one is reported in
-    // the log, not refused. A node in memory knows them for as long as it runs.
+    // memory, started again) forgot its votes and is refused; a leaderless one is taken back,
+    // but its read answers do not count until it has refilled itself. A node in memory knows
+    // them for as long as it runs.
     let book = match &disk_dir {
         Some(dir) if replicated => Some(data_dir::PeerBook::open(dir)?),
         None if replicated => Some(data_dir::PeerBook::in_memory()),
@@ -369,11 +370,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 },
                 vnodes: c.vnodes,
                 first_life,
+                refilling: disk_dir.as_deref().is_some_and(data_dir::refilling),
             },
             leaderless::LlStorage {
                 data: storage.clone(),
                 hints,
                 clock,
+                dir: disk_dir.clone(),
             },
             transport,
         );

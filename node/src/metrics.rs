@@ -142,6 +142,10 @@ struct LeaderlessMetrics {
     quorum_failures: Counter,
     forwarded: Counter,
     superseded: Counter,
+    refills: Counter,
+    refilling_answers: Counter,
+    refilling: Gauge,
+    peers_refilling: Gauge,
 }
 
 /// Raises `c` to `total` (the core's counts only grow).
@@ -393,6 +397,16 @@ impl Metrics {
                 "forwarded_writes",
                 "Writes forwarded to the first replica of their key",
             ),
+            refills: counter(
+                "refills",
+                "Refills this node finished: back empty (its data directory lost, or started again in memory), it pulled every key it replicates from its peers before its read answers counted again",
+            ),
+            refilling_answers: counter(
+                "read_answers_uncounted",
+                "Read answers from replicas refilling (or not yet known not to be back empty), not counted toward R",
+            ),
+            refilling: Gauge::default(),
+            peers_refilling: Gauge::default(),
             superseded: counter(
                 "superseded_writes",
                 "Writes coordinated here, acknowledged, and hidden on a replica that acknowledged them by a concurrent write with a higher version it already held (last-writer-wins; the answer's superseded_on names it)",
@@ -402,6 +416,16 @@ impl Metrics {
             "hints_pending",
             "Hints this node holds, waiting for their replica",
             ll.hints_pending.clone(),
+        );
+        registry.register(
+            "refilling",
+            "1 while this node, back empty, refills itself from its peers (its read answers do not count meanwhile)",
+            ll.refilling.clone(),
+        );
+        registry.register(
+            "peers_refilling",
+            "Peers this node takes to be refilling (their read answers do not count)",
+            ll.peers_refilling.clone(),
         );
         registry.register(
             "tombstones_awaiting_repair",
@@ -507,6 +531,11 @@ impl Metrics {
             catch_up(&m.quorum_failures, st.quorum_failures);
             catch_up(&m.forwarded, st.forwarded);
             catch_up(&m.superseded, st.superseded_writes);
+            catch_up(&m.refills, st.refills);
+            catch_up(&m.refilling_answers, st.refilling_answers);
+            let (refilling, peers) = h.refill_state();
+            set(&m.refilling, u64::from(refilling));
+            set(&m.peers_refilling, peers.len() as u64);
             catch_up(&self.tombstones_purged, st.tombstones_purged);
             set(&m.hints_pending, h.hints_pending());
             set(&m.tombstones_awaiting_repair, st.tombstones_awaiting_repair);

@@ -37,6 +37,29 @@ pub struct Transport {
     refusing: Refusals,
     filter: FaultFilter,
     runtime: tokio::runtime::Handle,
+    refill: Arc<RefillFlags>,
+}
+
+/// A leaderless node's refill as its connections carry it (see
+/// `kv_replica::leaderless::Leaderless::start_refill`).
+#[derive(Default)]
+pub struct RefillFlags {
+    /// This node is refilling itself: said in every hello, so that a peer that did not see it
+    /// come back empty knows.
+    me: AtomicBool,
+    /// Answers to this node's hellos since the driver last looked.
+    answers: std::sync::Mutex<Vec<HelloAnswer>>,
+}
+
+/// A leaderless peer's answer to this node's hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloAnswer {
+    /// The peer.
+    pub peer: NodeId,
+    /// It takes this node for one back empty.
+    pub refilling: bool,
+    /// It is established itself (`kv_replica::leaderless::Leaderless::established`).
+    pub established: bool,
 }
 
 impl Transport {
@@ -54,6 +77,7 @@ impl Transport {
         let mut peers = HashMap::new();
         let mut up = HashMap::new();
         let refused_by = Refusals::default();
+        let refill = Arc::new(RefillFlags::default());
         for (id, addr) in members {
             if *id == me {
                 continue;
@@ -71,6 +95,7 @@ impl Transport {
                     hello,
                     up: flag.clone(),
                     refused_by: refused_by.clone(),
+                    refill: refill.clone(),
                 },
                 rx,
             ));
@@ -85,7 +110,24 @@ impl Transport {
             refusing: Refusals::default(),
             filter,
             runtime: tokio::runtime::Handle::current(),
+            refill,
         }
+    }
+
+    /// Says in the hellos of new connections whether this node is refilling itself.
+    pub fn set_refilling(&self, on: bool) {
+        self.refill.me.store(on, Ordering::Relaxed);
+    }
+
+    /// The peers' answers to this node's hellos since the last call.
+    pub fn hello_answers(&self) -> Vec<HelloAnswer> {
+        std::mem::take(
+            &mut *self
+                .refill
+                .answers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     /// The peers that refuse this node now, with their reasons.
@@ -212,6 +254,7 @@ impl ClusterShape {
             replicas: self.replicas,
             vnodes: self.vnodes,
             incarnation: self.incarnation.clone(),
+            refilling: false, // set at each connection (`RefillFlags`)
         }
     }
 
@@ -347,6 +390,7 @@ struct Peer {
     /// Connected, and accepted by the peer.
     up: Arc<AtomicBool>,
     refused_by: Refusals,
+    refill: Arc<RefillFlags>,
 }
 
 /// One connection to `peer`, kept open and reopened when it breaks: a hello, then frames of
@@ -363,8 +407,7 @@ async fn peer_sender(peer: Peer, mut rx: mpsc::UnboundedReceiver<pb::PeerEnvelop
     use tokio::io::AsyncWriteExt as _;
     let target = host_port(&peer.addr).to_string();
     let mut frame = Vec::with_capacity(1 << 16);
-    let mut opening = PEER_MAGIC.to_vec();
-    encode_frame(&peer.hello, &mut opening);
+    let mut opening = Vec::new();
     loop {
         let connected = tokio::time::timeout(
             Duration::from_millis(500),
@@ -385,6 +428,14 @@ async fn peer_sender(peer: Peer, mut rx: mpsc::UnboundedReceiver<pb::PeerEnvelop
             }
         };
         let _ = stream.set_nodelay(true);
+        // The hello says whether this node is refilling now.
+        let mut hello = peer.hello.clone();
+        if let Some(pb::peer_envelope::Msg::Hello(h)) = &mut hello.msg {
+            h.refilling = peer.refill.me.load(Ordering::Relaxed);
+        }
+        opening.clear();
+        opening.extend_from_slice(PEER_MAGIC);
+        encode_frame(&hello, &mut opening);
         if stream.write_all(&opening).await.is_err() {
             continue;
         }
@@ -489,6 +540,16 @@ async fn read_answers(mut read: tokio::net::tcp::OwnedReadHalf, peer: &Peer) -> 
     use tokio::io::AsyncReadExt as _;
     match read_envelope(&mut read).await.and_then(|e| e.msg) {
         Some(pb::peer_envelope::Msg::Answer(a)) if a.refused.is_empty() => {
+            let mut answers = peer
+                .refill
+                .answers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            answers.push(HelloAnswer {
+                peer: peer.id.clone(),
+                refilling: a.refilling,
+                established: a.established,
+            });
             peer.up.store(true, Ordering::Relaxed);
             if peer.refused_by.clear(&peer.id) {
                 tracing::info!(peer = %peer.id, "the peer accepts this node again");
@@ -583,19 +644,30 @@ impl PeerReceiver {
             return;
         };
         let from = NodeId(hello.from);
-        let refusal = match hello.msg {
+        let (refusal, refilling) = match hello.msg {
             Some(pb::peer_envelope::Msg::Hello(h)) => match self.shape.refusal(&from, &h) {
-                Some(why) => Some(why),
-                None => self.check_data_dir(&from, h.incarnation).await,
+                Some(why) => (Some(why), false),
+                None => match self.check_data_dir(&from, h.incarnation).await {
+                    Err(why) => (Some(why), false),
+                    Ok(came_back) => (None, self.refilling(&from, came_back || h.refilling)),
+                },
             },
-            _ => Some(format!(
-                "{from} sent no hello first (a quorumkv node of another version?)"
-            )),
+            _ => (
+                Some(format!(
+                    "{from} sent no hello first (a quorumkv node of another version?)"
+                )),
+                false,
+            ),
         };
         let answer = pb::PeerEnvelope {
             from: self.shape.me.0.clone(),
             msg: Some(pb::peer_envelope::Msg::Answer(pb::PeerAnswer {
                 refused: refusal.clone().unwrap_or_default(),
+                refilling,
+                established: match &self.sink {
+                    PeerSink::Leaderless(h) => h.established(),
+                    PeerSink::Raft(_) => true,
+                },
             })),
         };
         let mut buf = Vec::new();
@@ -646,18 +718,35 @@ impl PeerReceiver {
         }
     }
 
-    /// Why `from`, whose data directory is `incarnation`, is refused by the book, if it is.
-    /// A first sight of a peer writes `peers.toml` durably (fsyncs): done off the runtime's
-    /// threads, which serve every request meanwhile.
-    async fn check_data_dir(&self, from: &NodeId, incarnation: String) -> Option<String> {
-        let book = self.book.clone()?;
+    /// Why `from`, whose data directory is `incarnation`, is refused by the book, if it is;
+    /// if not, whether it came back empty. A first sight of a peer writes `peers.toml` durably
+    /// (fsyncs): done off the runtime's threads, which serve every request meanwhile.
+    async fn check_data_dir(&self, from: &NodeId, incarnation: String) -> Result<bool, String> {
+        let Some(book) = self.book.clone() else {
+            return Ok(false);
+        };
         if incarnation.is_empty() {
-            return None; // a single node (none is a peer)
+            return Ok(false); // a single node (none is a peer)
         }
         let peer = from.0.clone();
-        tokio::task::spawn_blocking(move || book.check(&peer, &incarnation).err())
+        tokio::task::spawn_blocking(move || book.check(&peer, &incarnation))
             .await
-            .unwrap_or_else(|e| Some(format!("cannot check {from}'s data directory: {e}")))
+            .unwrap_or_else(|e| Err(format!("cannot check {from}'s data directory: {e}")))
+    }
+
+    /// Leaderless: whether `from`, accepted, is taken for a replica back empty (`back_empty`:
+    /// it came with another incarnation, or said it is refilling; or it was taken so already
+    /// and has not said it refilled). The driver hears of it before any message that came
+    /// after the hello.
+    fn refilling(&self, from: &NodeId, back_empty: bool) -> bool {
+        let PeerSink::Leaderless(h) = &self.sink else {
+            return false;
+        };
+        let refilling = back_empty || h.is_refilling_peer(from);
+        if refilling {
+            h.peer_refilling(from.clone());
+        }
+        refilling
     }
 
     fn deliver_one(&self, env: pb::PeerEnvelope) {

@@ -103,6 +103,10 @@ pub struct LlConfig {
     /// not lazy waits for them and `lazy` otherwise; sends wait for it as `Action::Send::after`
     /// says, and a crash loses what is not durable yet.
     pub flush: Option<(f64, f64)>,
+    /// Of crashes, the fraction that also lose the node's storage (a lost disk, or a node in
+    /// memory): it comes back empty as a new incarnation, its peers' books notice it at its
+    /// first connection to each, and it refills itself. 0 draws nothing.
+    pub wipe: f64,
 }
 
 impl Default for LlConfig {
@@ -140,6 +144,7 @@ impl Default for LlConfig {
             timeout_ms: 300,
             hint_after_ms: 40,
             flush: None,
+            wipe: 0.0,
         }
     }
 }
@@ -168,6 +173,8 @@ pub struct SimStore {
     clock_asked: u64,
     /// Tombstones purged since the simulator last looked (key, version).
     purged: Vec<(Bytes, Version, u64)>,
+    /// The node was refilling itself when it stopped (`Action::PersistRefilling`).
+    refilling: bool,
 }
 
 #[derive(Clone)]
@@ -334,6 +341,9 @@ impl Store for SimStore {
 struct Packet {
     at: u64,
     from: usize,
+    /// The sender's incarnation when it sent it: one from before a storage loss arrives on
+    /// the connection of that life, with no new hello.
+    inc: u64,
     to: usize,
     msg: Msg,
 }
@@ -388,6 +398,12 @@ pub struct LlStats {
     pub tombstones_purged: u64,
     /// Messages delivered twice (`LlConfig::dup`).
     pub duplicated: u64,
+    /// Crashes that lost the node's storage (`LlConfig::wipe`).
+    pub wipes: u64,
+    /// Refills finished.
+    pub refills: u64,
+    /// Read answers not counted because their replica was refilling.
+    pub refilling_answers: u64,
 }
 
 enum Op {
@@ -456,6 +472,17 @@ pub struct LlSim {
     /// Every client operation, for kv-checker.
     history: Vec<kv_checker::Op>,
     seq: u64,
+    /// Per node: its storage's incarnation (a new one when a crash loses the storage).
+    incarnation: Vec<u64>,
+    /// Per node and peer: the peer's incarnation as the node's book knows it (the book is in
+    /// the node's storage).
+    book: Vec<Vec<Option<u64>>>,
+    /// (from, to): a connection is open, its hello answered (both ends have run since).
+    connected: BTreeSet<(usize, usize)>,
+    /// Per node: the history stamp of its last wipe (what it acknowledged before is gone).
+    wiped_at: Vec<u64>,
+    /// Per key: the newest version a client saw (acknowledged, or read).
+    seen: Vec<Version>,
 }
 
 impl LlSim {
@@ -500,12 +527,56 @@ impl LlSim {
             dead_stats: LlStats::default(),
             history: Vec::new(),
             seq: 0,
+            incarnation: vec![0; cfg.nodes],
+            book: vec![vec![None; cfg.nodes]; cfg.nodes],
+            connected: BTreeSet::new(),
+            wiped_at: vec![0; cfg.nodes],
+            seen: vec![Version::ZERO; cfg.keys],
             cfg,
         };
         for i in 0..sim.cfg.nodes {
             sim.boot(i);
         }
+        // The cluster starts together: every connection is up, every hello answered, before the
+        // first request.
+        for i in 0..sim.cfg.nodes {
+            for j in 0..sim.cfg.nodes {
+                if i != j {
+                    sim.hello(i, j);
+                }
+            }
+        }
         sim
+    }
+
+    /// Node `i`'s connection to `j` opens (before `i`'s first message to `j` since either
+    /// started): `j` checks `i`'s incarnation against its book and takes `i` for one back
+    /// empty if it is another, or `i` says it is refilling, or `j` took it so already; `i`
+    /// hears the answer.
+    fn hello(&mut self, i: usize, j: usize) {
+        if !self.connected.insert((i, j)) {
+            return;
+        }
+        let came_back = self.book[j][i].is_some_and(|k| k != self.incarnation[i]);
+        self.book[j][i] = Some(self.incarnation[i]);
+        let (me, peer) = (self.members[i].clone(), self.members[j].clone());
+        let told = came_back
+            || self.nodes[i].as_ref().is_some_and(|n| n.refilling())
+            || self.nodes[j]
+                .as_ref()
+                .is_some_and(|n| n.refilling_peers().contains(&me));
+        if told && let Some(n) = self.nodes[j].as_mut() {
+            n.peer_refilling(&me);
+        }
+        if self.trace && told {
+            eprintln!("t={} {peer} takes {me} for one back empty", self.now);
+        }
+        let established = self.nodes[j].as_ref().is_some_and(|n| n.established());
+        let now = self.clock(i);
+        if let Some(n) = self.nodes[i].as_mut() {
+            n.hello_answered(now, &peer, told, established);
+        }
+        self.drain(i);
     }
 
     /// A history timestamp: the simulated millisecond, then the order of events within it.
@@ -525,6 +596,9 @@ impl LlSim {
     ) {
         if let (Some(v), Some(ver)) = (&value, version) {
             self.same_version(key, v, ver, "answered");
+        }
+        if let Some(ver) = version {
+            self.seen[key] = self.seen[key].max(ver);
         }
         let end = self.stamp();
         if self.trace {
@@ -604,6 +678,7 @@ impl LlSim {
         cfg.tombstone_gc = self.cfg.tombstone_gc;
         cfg.clock_margin_ms = 50;
         cfg.first_life = !self.booted[i];
+        cfg.refilling = self.stores[i].refilling;
         // From a generator of its own, so that the faults and traffic of a seed stay the same.
         cfg.first_op = self
             .op_ids
@@ -635,6 +710,7 @@ impl LlSim {
             self.net.push(Packet {
                 at: self.now + 1,
                 from: i,
+                inc: self.incarnation[i],
                 to,
                 msg,
             });
@@ -656,6 +732,7 @@ impl LlSim {
             self.net.push(Packet {
                 at: self.now + delay,
                 from: i,
+                inc: self.incarnation[i],
                 to,
                 msg: msg.clone(),
             });
@@ -664,6 +741,7 @@ impl LlSim {
         self.net.push(Packet {
             at: self.now + delay,
             from: i,
+            inc: self.incarnation[i],
             to,
             msg,
         });
@@ -825,6 +903,7 @@ impl LlSim {
                             _ => self.route(i, to, msg),
                         }
                     }
+                    Action::PersistRefilling(on) => self.stores[i].refilling = on,
                     Action::PersistClock { upto } => {
                         // Like a write: durable with the node's next flush.
                         let store = &mut self.stores[i];
@@ -879,7 +958,8 @@ impl LlSim {
                                 for h in &ok.hinted {
                                     let j = self.members.binary_search(h).expect("member");
                                     let held = self.stores[j].durable_hint_version(k);
-                                    if held < Some(ok.version) && !delivered {
+                                    let wiped = self.wiped_at[j] > stamp;
+                                    if held < Some(ok.version) && !delivered && !wiped {
                                         self.fail(format!(
                                             "write {} counted a hint on {h}, which holds \
                                              {held:?} durably",
@@ -895,7 +975,9 @@ impl LlSim {
                                 for r in &ok.acked {
                                     let j = self.members.binary_search(r).expect("member");
                                     let held = self.stores[j].durable_version(&self.keys[key]);
-                                    if held < Some(ok.version) && !purged {
+                                    // Unless its storage was lost since the write started.
+                                    let wiped = self.wiped_at[j] > stamp;
+                                    if held < Some(ok.version) && !purged && !wiped {
                                         self.fail(format!(
                                             "write {} acknowledged by {r}, which holds {held:?} \
                                              durably: {ok:?}",
@@ -1022,6 +1104,8 @@ impl LlSim {
                 self.dead_stats.hints_delivered += s.hints_delivered;
                 self.dead_stats.read_repairs += s.read_repairs;
                 self.dead_stats.ae_repairs += s.ae_repairs;
+                self.dead_stats.refills += s.refills;
+                self.dead_stats.refilling_answers += s.refilling_answers;
             }
             self.stats.crashes += 1;
             if self.trace {
@@ -1042,6 +1126,11 @@ impl LlSim {
             }
             self.stats.lost_unflushed += self.stores[i].crash();
             self.held[i].clear();
+            self.connected.retain(|&(a, b)| a != i && b != i);
+            // Drawn only when configured, so that other settings' seeds keep their faults.
+            if self.cfg.wipe > 0.0 && self.rng.random_bool(self.cfg.wipe) && self.others_hold(i) {
+                self.wipe(i);
+            }
             // Requests it was coordinating are lost: their outcome is unknown.
             self.net.retain(|p| p.to != i);
         }
@@ -1081,6 +1170,42 @@ impl LlSim {
                 eprintln!("t={} clock n{} stepped by {by} ms", self.now, i + 1);
             }
         }
+    }
+
+    /// Whether every key's newest version a client has seen (acknowledged, or read) is
+    /// durably held, or purged as a tombstone, on some node other than `i`: then losing `i`'s
+    /// storage is within what replication promises to survive. Storage losses are drawn only
+    /// then (a second loss before the first is repaired can take the only copy of a write, as
+    /// it can in any system that keeps W copies).
+    fn others_hold(&self, i: usize) -> bool {
+        self.seen.iter().enumerate().all(|(k, &seen)| {
+            let key = &self.keys[k];
+            seen == Version::ZERO
+                || self.purged.get(&k).is_some_and(|&p| p >= seen)
+                || (0..self.cfg.nodes).any(|j| {
+                    j != i
+                        && (self.stores[j].durable_version(key) >= Some(seen)
+                            || self.stores[j].durable_hint_version(key) >= Some(seen))
+                })
+        })
+    }
+
+    /// Node `i`, down, loses its storage: it comes back empty, as a new incarnation, in its
+    /// first life (its clock bound, hints, book and refill mark gone too).
+    fn wipe(&mut self, i: usize) {
+        if self.trace {
+            eprintln!("t={} wipe n{}", self.now, i + 1);
+        }
+        self.stats.wipes += 1;
+        self.wiped_at[i] = self.stamp();
+        self.stores[i] = SimStore::default();
+        self.incarnation[i] += 1;
+        self.book[i] = vec![None; self.cfg.nodes];
+        self.booted[i] = false;
+        self.stored.retain(|_, (_, holders)| {
+            holders.remove(&i);
+            !holders.is_empty()
+        });
     }
 
     fn client(&mut self) {
@@ -1187,6 +1312,9 @@ impl LlSim {
             {
                 continue;
             }
+            if p.from != p.to && p.inc == self.incarnation[p.from] {
+                self.hello(p.from, p.to);
+            }
             let clock = self.clock(p.to);
             let from = self.members[p.from].clone();
             let store = &mut self.stores[p.to];
@@ -1267,11 +1395,15 @@ impl LlSim {
             s.hints_delivered += st.hints_delivered;
             s.read_repairs += st.read_repairs;
             s.ae_repairs += st.ae_repairs;
+            s.refills += st.refills;
+            s.refilling_answers += st.refilling_answers;
         }
         s.conflicts += self.dead_stats.conflicts;
         s.hints_delivered += self.dead_stats.hints_delivered;
         s.read_repairs += self.dead_stats.read_repairs;
         s.ae_repairs += self.dead_stats.ae_repairs;
+        s.refills += self.dead_stats.refills;
+        s.refilling_answers += self.dead_stats.refilling_answers;
         s
     }
 

@@ -1096,6 +1096,98 @@ async fn back_empty_is_reported_and_taken_back(memory: bool) {
     assert!(!st.stdout.contains("REFUSED"), "{st:?}");
 }
 
+/// A replica back empty (here started again in memory) refills itself before its read
+/// answers count. The key's write is acknowledged by n1 and n3 while n2 is cut off (no hints,
+/// no anti-entropy: n2 never gets it), then n3 comes back empty and hears nothing from n1, so
+/// it cannot pull from it. A read at n2 asks R = 2 replicas, n2's own copy first, then n3 by
+/// the ring: n2 and n3 have nothing, and counted, their two answers would hide the
+/// acknowledged write (they did, before refills). n3's answer would not count, so n2 asks n1
+/// instead and finds the write. Once n3 hears from n1 it finishes its refill, holds the write,
+/// and counts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_back_empty_refills_before_its_answers_count() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start_leaderless(
+        3,
+        &[
+            "--storage",
+            "memory",
+            "--read-fanout",
+            "quorum",
+            "--disable-hinted-handoff",
+            "--anti-entropy-interval",
+            "0s",
+        ],
+    )
+    .await
+    .expect("cluster");
+    let (n1, n2, n3) = (0, 1, 2);
+    // A key whose ring order puts n3 before n1: a quorum read at n2 asks n2, then n3.
+    let key = (0..1000)
+        .map(|i| format!("refill-{i}"))
+        .find(|k| {
+            let p = replicas(&c, k);
+            p.iter().position(|&r| r == n3) < p.iter().position(|&r| r == n1)
+        })
+        .expect("a key");
+    let endpoints = c.endpoints();
+    let fault = |args: &[&str]| {
+        let r = kvctl(&endpoints, &[&["fault"], args].concat());
+        assert_eq!(r.code, 0, "{r:?}");
+    };
+    fault(&["partition", "n1,n3/n2"]);
+    let r = kvctl(&c.nodes[n1].endpoint(), &["put", &key, "acknowledged"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    fault(&["heal"]);
+    assert_eq!(local(&c, n2, &key), "", "n2 missed the write");
+
+    // n1's messages to n3 are lost: n3, back, learns from both that it is back empty but can
+    // pull from n2 only.
+    fault(&["cut", "n1", "n3"]);
+    c.nodes[n3].kill9();
+    c.nodes[n3].start_again().expect("n3 back, empty");
+    eventually(10, "n3 refilling, as kvctl status shows", || {
+        let st = kvctl(&c.endpoints(), &["status"]);
+        st.stdout
+            .lines()
+            .any(|l| l.starts_with("n3 ") && l.contains(" refilling "))
+    })
+    .await;
+    assert!(
+        c.nodes[n3]
+            .log_text()
+            .contains("this node came back empty (its peers remember it)"),
+        "n3 says why"
+    );
+    let r = kvctl(&c.nodes[n2].endpoint(), &["get", &key]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("acknowledged"),
+        "the read at n2 sees the acknowledged write: {r:?}"
+    );
+    assert_eq!(
+        c.metric(n2, "kv_peers_refilling"),
+        1.0,
+        "n2 takes n3 for one refilling"
+    );
+    assert_eq!(c.metric(n3, "kv_refilling"), 1.0);
+    assert_eq!(c.metric(n3, "kv_refills_total"), 0.0, "not with n1 cut off");
+
+    fault(&["heal"]);
+    eventually(15, "n3 refilled from n1 and n2", || {
+        c.metric(n3, "kv_refills_total") == 1.0
+    })
+    .await;
+    assert_eq!(local(&c, n3, &key), "acknowledged", "n3 holds the write");
+    assert_eq!(c.metric(n3, "kv_refilling"), 0.0);
+    eventually(5, "n2 counts n3 again", || {
+        c.metric(n2, "kv_peers_refilling") == 0.0
+    })
+    .await;
+    let st = kvctl(&c.endpoints(), &["status"]);
+    assert!(!st.stdout.contains(" refilling "), "{st:?}");
+}
+
 /// A node records a bound on its hybrid clock in `DATA_DIR/clock` before giving out any
 /// timestamp above it; killed and started again, its clock starts above that bound, not only
 /// above the versions it stored (a copy not yet durable at the crash may already be on the

@@ -33,6 +33,9 @@ fn run_many(cfg: LlConfig, default_seeds: u64) -> LlStats {
         t.resurrected += s.resurrected;
         t.tombstones_purged += s.tombstones_purged;
         t.duplicated += s.duplicated;
+        t.wipes += s.wipes;
+        t.refills += s.refills;
+        t.refilling_answers += s.refilling_answers;
     }
     eprintln!("{cfg:?}\n=> {t:?}");
     t
@@ -126,6 +129,48 @@ fn sim_leaderless_quorum_read_fanout_keeps_every_invariant() {
             300,
         );
         assert!(t.reads > 3_000 && t.read_repairs > 0, "{t:?}");
+    }
+}
+
+/// Crashes that lose the node's storage (a lost disk, a node in memory started again): the
+/// node comes back empty as a new incarnation, each peer notices it when it first connects,
+/// and its read answers count only once it has pulled every copy from enough of each key's
+/// other replicas (and made them durable). No read is stale, replicas converge, and no
+/// acknowledged write is lost. Before refills, a replica back empty counted at once: its empty
+/// answer beside one replica that missed a write hid the write (seed 48 of this test).
+#[test]
+fn sim_leaderless_replicas_back_empty_refill_before_their_answers_count() {
+    for read_fanout in [ReadFanout::All, ReadFanout::Quorum] {
+        let t = run_many(back_empty(read_fanout), 300);
+        assert_eq!(t.stale_reads, 0, "{t:?}");
+        assert!(t.wipes > 300 && t.refills > 100, "{t:?}");
+        assert!(t.refilling_answers > 1000, "answers not counted: {t:?}");
+    }
+}
+
+/// The same with blocking read repair and clocks in step: every history is linearizable.
+#[test]
+fn sim_leaderless_replicas_back_empty_keep_histories_linearizable() {
+    let t = run_many(
+        LlConfig {
+            read_repair: ReadRepair::Blocking,
+            skew_ms: 0,
+            ..back_empty(ReadFanout::All)
+        },
+        300,
+    );
+    assert_eq!(t.violations, 0, "{t:?}");
+    assert_eq!(t.stale_reads, 0, "{t:?}");
+    assert!(t.wipes > 300 && t.refills > 100, "{t:?}");
+}
+
+/// Crashes six times the default, half of them losing the node's storage.
+fn back_empty(read_fanout: ReadFanout) -> LlConfig {
+    LlConfig {
+        crash: 0.003,
+        wipe: 0.5,
+        read_fanout,
+        ..LlConfig::default()
     }
 }
 
@@ -849,6 +894,7 @@ fn leaderless_quorum_fanout_reads_r_replicas_and_the_others_only_when_one_is_sil
         req: op,
         stored: None,
         hlc: 0,
+        refilling: false,
     };
     node.step(&mut store, 10, &members[0], reply(op));
     assert!(node.settled_actions().is_empty(), "one response of two");
@@ -901,24 +947,31 @@ fn refused(actions: &[Action]) -> bool {
 
 /// A repeat of a forwarded write whose first copy was lost (sent 200 ms ago, at a forwarder's
 /// clock 150 ms behind this node's) reaches a coordinator that started 250 ms ago. A node in
-/// its first life (a new data directory) has no earlier life that could have run it: it runs
-/// it. A restarted one cannot tell whether it ran the first before it restarted, whether or not
+/// its first life (a new data directory), which an established peer does not know, has no
+/// earlier life that could have run it: it runs it. On a new store but not yet known to be new,
+/// or known to be back empty (its storage lost), it refuses it: an earlier life may have run it
+/// (the simulator with storage losses ran one twice, seed 0 of
+/// `sim_leaderless_replicas_back_empty_refill_before_their_answers_count`). A restarted one cannot tell whether it ran the first before it restarted, whether or not
 /// it recovered versions: it answers "outcome unknown" rather than run it twice. (The new node refused too before: in
 /// `sim_leaderless_a_lossy_replica_fails_no_request`, seeds 6000..8000, 3% of runs had one
 /// write fail so in a cluster's first second.)
 #[test]
 fn a_repeated_forward_is_run_by_a_new_coordinator_and_refused_by_a_restarted_one() {
-    let members: Vec<NodeId> = (1..=3).map(|i| NodeId(format!("n{i}"))).collect();
+    let members: Vec<NodeId> = (1..=5).map(|i| NodeId(format!("n{i}"))).collect();
     let boot_ms = 100_000u64;
-    let repeat = |first_life: bool, floor: u64| {
+    // What a peer answered the node's hello, if one did: (back empty, the peer established).
+    let repeat = |first_life: bool, floor: u64, answer: Option<(bool, bool)>| {
         let mut cfg = Config::new(
             members[0].clone(),
             members.clone(),
-            Quorum::new(3, 3, 2, 2).expect("quorum"),
+            Quorum::new(5, 3, 2, 2).expect("quorum"),
         );
         cfg.first_life = first_life;
         let mut node = Leaderless::new(cfg, floor, boot_ms);
         let mut store = SimStore::default();
+        if let Some((back_empty, established)) = answer {
+            node.hello_answered(boot_ms + 5, &members[2], back_empty, established);
+        }
         let now = boot_ms + 250;
         // The forwarder's hybrid clock when it first sent: 200 ms ago, 150 ms behind.
         let sent_hlc = (now - 200 - 150) << 16;
@@ -939,20 +992,38 @@ fn a_repeated_forward_is_run_by_a_new_coordinator_and_refused_by_a_restarted_one
         );
         node.settled_actions()
     };
-    let fresh = repeat(true, 0);
+    let fresh = repeat(true, 0, Some((false, true)));
     assert!(
         ran(&fresh) && !refused(&fresh),
         "a new node runs it: {fresh:?}"
     );
+    for (answer, what) in [
+        (None, "no peer answered yet"),
+        // Of five members: two are no majority.
+        (
+            Some((false, false)),
+            "one peer, back empty itself, does not know it",
+        ),
+        (
+            Some((true, true)),
+            "a peer knew it before: its storage was lost",
+        ),
+    ] {
+        let unsure = repeat(true, 0, answer);
+        assert!(
+            refused(&unsure) && !ran(&unsure),
+            "on a new store, {what}: refused: {unsure:?}"
+        );
+    }
     // Restarted: it recovers versions from an earlier life (a minute before).
-    let restarted = repeat(false, (boot_ms - 60_000) << 16);
+    let restarted = repeat(false, (boot_ms - 60_000) << 16, Some((false, true)));
     assert!(
         refused(&restarted) && !ran(&restarted),
         "a restarted node refuses it: {restarted:?}"
     );
     // Restarted with nothing recovered (it crashed before its first write was durable, maybe
     // after sending that write on): still not a new node.
-    let emptied = repeat(false, 0);
+    let emptied = repeat(false, 0, Some((false, true)));
     assert!(
         refused(&emptied) && !ran(&emptied),
         "a restarted node that recovered nothing refuses it: {emptied:?}"
@@ -1588,6 +1659,7 @@ fn leaderless_gives_out_no_timestamp_above_its_durable_clock_bound() {
             req: 1,
             stored: None,
             hlc: ahead,
+            refilling: false,
         },
     );
     again.get(8, 3, key, opts);
@@ -1707,6 +1779,7 @@ fn a_blocking_read_whose_repair_is_unacknowledged_at_the_deadline_needs_enough_h
                     req: op,
                     stored: stored.clone(),
                     hlc: 0,
+                    refilling: false,
                 },
             );
         }

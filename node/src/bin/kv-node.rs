@@ -57,7 +57,8 @@ struct Args {
     #[arg(long, env = "KV_W")]
     w: Option<u32>,
     /// memory (lost on restart: a replica started again is a new, empty one, which its
-    /// leader-follower peers refuse) or disk (needs --data-dir) [default: disk when --data-dir is given].
+    /// leader-follower peers refuse and leaderless peers do not count until it has refilled
+    /// itself from them) or disk (needs --data-dir) [default: disk when --data-dir is given].
     #[arg(long, env = "KV_STORAGE")]
     storage: Option<StorageKind>,
     /// Directory for durable storage (write-ahead log and snapshots); created if missing.

@@ -69,7 +69,11 @@ impl pb::admin_server::Admin for AdminService {
             let c = h.stats();
             pb::NodeStatus {
                 id,
-                role: "replica".into(),
+                role: if h.refill_state().0 {
+                    "refilling".into()
+                } else {
+                    "replica".into()
+                },
                 reachable: h.reachable().into_iter().map(|n| n.0).collect(),
                 commit_index: s.durable_lsn,
                 applied_index: s.durable_lsn,

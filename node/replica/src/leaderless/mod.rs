@@ -195,6 +195,9 @@ pub struct Config {
     /// ([`Action::PersistClock`]; asked again when half of it is left). A restarted node's
     /// clock starts at the last bound, up to this far ahead of where it stopped.
     pub clock_margin_ms: u64,
+    /// This node is refilling (see [`Leaderless::start_refill`]): it was told so in an earlier
+    /// life and has not finished, so it starts refilling again.
+    pub refilling: bool,
 }
 
 impl Config {
@@ -218,6 +221,7 @@ impl Config {
             first_life: false,
             first_op: 1,
             clock_margin_ms: 1_000,
+            refilling: false,
         }
     }
 }
@@ -259,6 +263,9 @@ pub enum Msg {
         stored: Option<Stored>,
         /// The replica's clock.
         hlc: u64,
+        /// The replica is not [`established`](Leaderless::established) (refilling, or not yet
+        /// sure it is not back empty): its answer does not count toward R.
+        refilling: bool,
     },
     /// Coordinate this write for me (you are a replica of the key).
     Forward {
@@ -347,6 +354,9 @@ pub enum Msg {
         /// The sender's last LSN when it collected the entries; echoed in the answer.
         upto: Lsn,
     },
+    /// The sender, which came back empty, has refilled itself: its read answers count again.
+    /// Sent to itself first, once what it pulled is durable.
+    Refilled,
 }
 
 /// A successful write.
@@ -395,6 +405,8 @@ pub enum ReplicaState {
     /// Reachable, but not asked: too few replicas were reachable for the quorum, so nothing
     /// was sent to any.
     NotAsked,
+    /// It came back empty and is refilling itself: its read answers do not count.
+    Refilling,
 }
 
 /// Not enough replicas answered.
@@ -428,6 +440,7 @@ impl fmt::Display for QuorumFailure {
                 ReplicaState::Timeout => "timeout",
                 ReplicaState::Unreachable => "partitioned",
                 ReplicaState::NotAsked => "not asked",
+                ReplicaState::Refilling => "refilling",
             };
             write!(f, "{} {id} {st}", if i == 0 { "" } else { "," })?;
         }
@@ -476,6 +489,10 @@ pub enum Action {
         /// The bound.
         upto: u64,
     },
+    /// Record durably that this node is refilling (`true`, [`Leaderless::start_refill`]) or
+    /// has refilled (`false`, once what it pulled is durable), for [`Config::refilling`] at
+    /// the next start.
+    PersistRefilling(bool),
 }
 
 /// Cumulative counts, for metrics.
@@ -510,6 +527,10 @@ pub struct Stats {
     /// Writes coordinated here and acknowledged although a replica that acknowledged them
     /// already held a concurrent write with a higher version (`WriteOk::superseded_on`).
     pub superseded_writes: u64,
+    /// Refills this node finished ([`Leaderless::start_refill`]).
+    pub refills: u64,
+    /// Read answers not counted toward R because their replica was refilling.
+    pub refilling_answers: u64,
 }
 
 /// Per-request options.
@@ -595,7 +616,24 @@ struct PendingRead {
     answer: Option<ReadOk>,
     /// Blocking repair: replicas whose repair ack is awaited.
     repairing: BTreeSet<usize>,
+    /// Replicas that answered while refilling: their answers do not count toward R.
+    uncounted: BTreeSet<usize>,
     replied: bool,
+}
+
+/// A replica back empty (its data directory lost, or started again in memory) while its peers
+/// remember it: the writes it acknowledged are gone from it, so its answer to a read, counted
+/// toward R, could hide a write that R + W > N promised the read would see. Until it has
+/// pulled, through anti-entropy exchanges it starts itself, every copy from enough of each
+/// key's other replicas to meet every acknowledged write (N - W + 1 of them: at least one
+/// that acknowledged it), its answers do not count, at other coordinators or its own.
+struct Refill {
+    /// Per member: the anti-entropy buckets pulled from it whole in this refill.
+    pulled: Vec<BTreeSet<u32>>,
+    /// When the next round of exchanges goes to the peers not pulled whole yet.
+    next_round: u64,
+    /// Finished, waiting for what it pulled to be durable (the `Msg::Refilled` to itself).
+    finishing: bool,
 }
 
 /// One node's leaderless replication state.
@@ -618,6 +656,8 @@ pub struct Leaderless {
     /// own millisecond clock and on its hybrid clock.
     booted: u64,
     booted_hlc: u64,
+    /// This life's first timestamp.
+    started_hlc: u64,
     /// Coordinators that left a forwarded write unanswered: new writes go to the next replica
     /// until this node hears from them again.
     suspect: BTreeSet<usize>,
@@ -649,6 +689,18 @@ pub struct Leaderless {
     clock_durable: u64,
     /// The highest bound asked for.
     clock_asked: u64,
+    /// This node is refilling itself (see [`Refill`]).
+    refill: Option<Refill>,
+    /// Peers known to be refilling: their read answers do not count.
+    peers_refilling: BTreeSet<usize>,
+    /// Started on a new store (`Config::first_life`), and not yet known to be new to the
+    /// cluster rather than back empty: a node back empty learns it only from its peers (see
+    /// [`Leaderless::hello_answered`]); until then its own answers do not count.
+    unconfirmed: bool,
+    /// Peers, themselves not established, that answered they do not know this node.
+    new_to: BTreeSet<usize>,
+    /// For each distinct replica set this node belongs to, the other members in it.
+    groups: Vec<Vec<usize>>,
 }
 
 impl Leaderless {
@@ -674,9 +726,18 @@ impl Leaderless {
         let ae_peer = me;
         let mut hlc = Hlc::new(hlc_floor);
         let started = hlc.now(now_ms);
-        let booted_hlc = if cfg.first_life { 0 } else { started };
+        // Until a peer confirms it (`hello_answered`), even a first life on a new store may be
+        // a node back empty.
+        let booted_hlc = started;
         let next_op = cfg.first_op.min(OP_IDS_BELOW - 1);
         let ae_synced = vec![vec![None; AE_BUCKETS]; members.len()];
+        let groups = ring.groups(cfg.quorum.n as usize, me);
+        let unconfirmed = cfg.first_life && members.len() > 1;
+        let refill = cfg.refilling.then(|| Refill {
+            pulled: vec![BTreeSet::new(); members.len()],
+            next_round: now_ms,
+            finishing: false,
+        });
         Leaderless {
             next_ae: now_ms + cfg.anti_entropy_ms,
             next_hint_round: now_ms,
@@ -696,8 +757,11 @@ impl Leaderless {
             // first few hundred milliseconds of a new cluster). Recovering no version did not
             // say so: a node that crashed before its first write was durable, having sent it on
             // to the other replicas, ran a repeat of it again (the simulator with writes made
-            // durable later found it, seed 600251).
+            // durable later found it, seed 600251). Nor does a new store: a node whose storage
+            // was lost ran a repeat of a write it had run before (the simulator with storage
+            // losses, seed 0), so the check stands until a peer says this node is new to it.
             booted_hlc,
+            started_hlc: booted_hlc,
             suspect: BTreeSet::new(),
             reads: BTreeMap::new(),
             down: BTreeSet::new(),
@@ -711,6 +775,11 @@ impl Leaderless {
             clock_offset_ms: 0,
             clock_durable: hlc_floor,
             clock_asked: hlc_floor,
+            refill,
+            peers_refilling: BTreeSet::new(),
+            unconfirmed,
+            new_to: BTreeSet::new(),
+            groups,
         }
     }
 
@@ -801,6 +870,94 @@ impl Leaderless {
             } else if i != self.me {
                 self.down.insert(i);
             }
+        }
+    }
+
+    /// This node came back empty while its peers remember it (the driver learns it from them):
+    /// it refills itself before its read answers count again (see [`Refill`]). Starts its
+    /// exchanges at the next [`tick`](Self::tick); nothing if already refilling.
+    pub fn start_refill(&mut self, now: u64) {
+        // An earlier life may have run a forwarded write sent again now.
+        self.booted_hlc = self.started_hlc;
+        if self.refill.is_some() {
+            return;
+        }
+        self.refill = Some(Refill {
+            pulled: vec![BTreeSet::new(); self.members.len()],
+            next_round: now,
+            finishing: false,
+        });
+        self.actions.push(Action::PersistRefilling(true));
+    }
+
+    /// `peer` accepted this node's connection, and said whether it takes this node for one
+    /// back empty (`refilling`: it remembers another incarnation of it, or took it so before),
+    /// and whether it is [`established`](Self::established) itself. Taken for one back empty,
+    /// this node refills itself ([`start_refill`](Self::start_refill)). A node started on a
+    /// new store is new to the cluster once an established peer, or a majority of the members
+    /// (itself included), does not know it: a peer back empty itself knows nobody, so two
+    /// replicas that both lost their storage would otherwise vouch for each other.
+    pub fn hello_answered(&mut self, now: u64, peer: &NodeId, refilling: bool, established: bool) {
+        if refilling {
+            self.unconfirmed = false;
+            self.start_refill(now);
+            return;
+        }
+        if !self.unconfirmed {
+            return;
+        }
+        if let Some(i) = self.index(peer).filter(|&i| i != self.me) {
+            self.new_to.insert(i);
+        }
+        if established || self.new_to.len() + 1 > self.members.len() / 2 {
+            self.unconfirmed = false;
+            if self.refill.is_none() {
+                // A first life indeed: no earlier one can have run a forwarded write.
+                self.booted_hlc = 0;
+            }
+        }
+    }
+
+    /// Neither refilling nor unsure whether it is back empty: its read answers count.
+    pub fn established(&self) -> bool {
+        self.refill.is_none() && !self.unconfirmed
+    }
+
+    /// Whether this node is refilling itself.
+    pub fn refilling(&self) -> bool {
+        self.refill.is_some()
+    }
+
+    /// `peer` came back empty (the driver learns it when the peer connects: it comes with
+    /// another data directory, or again in memory, or says it is refilling): its read answers
+    /// do not count until it says it has refilled ([`Msg::Refilled`]). What this node knew it
+    /// to hold is forgotten: its tombstone purges wait for the peer to hold them again, and a
+    /// refill of this node's own does not count what it pulled from the peer.
+    pub fn peer_refilling(&mut self, peer: &NodeId) {
+        let Some(i) = self.index(peer).filter(|&i| i != self.me) else {
+            return;
+        };
+        self.peers_refilling.insert(i);
+        self.ae_synced[i] = vec![None; AE_BUCKETS];
+        if let Some(r) = &mut self.refill {
+            r.pulled[i].clear();
+        }
+    }
+
+    /// The peers known to be refilling.
+    pub fn refilling_peers(&self) -> Vec<NodeId> {
+        self.peers_refilling
+            .iter()
+            .map(|&i| self.members[i].clone())
+            .collect()
+    }
+
+    /// Whether replica `i`'s read answers count now.
+    fn counts(&self, i: usize) -> bool {
+        if i == self.me {
+            self.refill.is_none() && !self.unconfirmed
+        } else {
+            !self.peers_refilling.contains(&i)
         }
     }
 
@@ -1016,6 +1173,8 @@ impl Leaderless {
             if let Some(at) = targets.iter().position(|&i| i == self.me) {
                 targets[..=at].rotate_right(1);
             }
+            // Replicas refilling last: their answers do not count.
+            targets.sort_by_key(|&i| !self.counts(i));
             targets.truncate(r as usize);
         }
         for &i in &targets {
@@ -1042,6 +1201,7 @@ impl Leaderless {
                 degrade: opts.degrade,
                 answer: None,
                 repairing: BTreeSet::new(),
+                uncounted: BTreeSet::new(),
                 replied: false,
             },
         );
@@ -1166,11 +1326,23 @@ impl Leaderless {
                     None => (self.purged_tombstone(&key).cloned(), None),
                 };
                 let hlc = self.hlc.last();
-                self.send(f, Msg::ReadReply { req, stored, hlc }, after);
+                let refilling = !self.established();
+                let reply = Msg::ReadReply {
+                    req,
+                    stored,
+                    hlc,
+                    refilling,
+                };
+                self.send(f, reply, after);
             }
-            Msg::ReadReply { req, stored, hlc } => {
+            Msg::ReadReply {
+                req,
+                stored,
+                hlc,
+                refilling,
+            } => {
                 self.hlc.observe(hlc);
-                self.on_read_reply(now, req, f, stored);
+                self.on_read_reply(now, req, f, stored, refilling);
             }
             Msg::Forward {
                 req,
@@ -1288,13 +1460,15 @@ impl Leaderless {
                 if leaves.is_empty() {
                     // The roots were the same: the peer holds every copy the tree held.
                     self.mark_synced(f, 0..AE_BUCKETS as u32, upto);
+                    self.pulled(store, f, 0..AE_BUCKETS as u32);
                     return;
                 }
                 let upto = store.last_lsn();
                 let mine = self.tree(store, f);
                 let (same, buckets): (Vec<u32>, Vec<u32>) = (0..AE_BUCKETS as u32)
                     .partition(|&b| leaves.get(b as usize) == Some(&mine[b as usize]));
-                self.mark_synced(f, same, upto);
+                self.mark_synced(f, same.iter().copied(), upto);
+                self.pulled(store, f, same);
                 if !buckets.is_empty() {
                     let entries = self.entries_in(store, f, &buckets);
                     self.send(
@@ -1349,8 +1523,107 @@ impl Leaderless {
                         Some(after),
                     );
                 } else {
-                    self.mark_synced(f, buckets, upto);
+                    self.mark_synced(f, buckets.iter().copied(), upto);
+                    // What the peer held in those buckets and this node lacked is merged.
+                    self.pulled(store, f, buckets);
                 }
+            }
+            Msg::Refilled if f == self.me => self.refilled(),
+            Msg::Refilled => {
+                self.peers_refilling.remove(&f);
+            }
+        }
+    }
+
+    /// A refill pulled `buckets` whole from `peer`; the refill finishes once enough of each
+    /// key's other replicas are pulled whole.
+    fn pulled<S: Store>(&mut self, store: &S, peer: usize, buckets: impl IntoIterator<Item = u32>) {
+        let Some(r) = &mut self.refill else {
+            return;
+        };
+        if peer == self.me || self.peers_refilling.contains(&peer) {
+            return; // a peer refilling may lack what this node needs
+        }
+        r.pulled[peer].extend(buckets);
+        self.finish_refill(store);
+    }
+
+    /// A refill complete sends [`Msg::Refilled`] to this node itself, once what it pulled is
+    /// durable.
+    fn finish_refill<S: Store>(&mut self, store: &S) {
+        if self.refill.as_ref().is_some_and(|r| !r.finishing) && self.refill_complete() {
+            if let Some(r) = &mut self.refill {
+                r.finishing = true;
+            }
+            self.send(self.me, Msg::Refilled, Some(store.last_lsn()));
+        }
+    }
+
+    /// A refill's round: an anti-entropy exchange with each peer it shares keys with and has
+    /// not pulled whole yet (again every few hint rounds, for exchanges lost on the way).
+    fn refill_round<S: Store>(&mut self, store: &S, now: u64) {
+        let Some(r) = &mut self.refill else {
+            return;
+        };
+        if r.finishing || now < r.next_round {
+            return;
+        }
+        r.next_round = now + 5 * self.cfg.hint_retry_ms.max(1);
+        let peers: BTreeSet<usize> = self
+            .groups
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|&p| {
+                r.pulled[p].len() < AE_BUCKETS
+                    && !self.down.contains(&p)
+                    && !self.peers_refilling.contains(&p)
+            })
+            .collect();
+        let upto = store.last_lsn();
+        for p in peers {
+            let root = root_of(&self.tree(store, p));
+            self.stats.ae_rounds += 1;
+            self.send(p, Msg::AeRoot { root, upto }, None);
+        }
+        self.finish_refill(store);
+    }
+
+    /// Every replica set this node is in has N - W + 1 of its other members pulled whole (all
+    /// of them if fewer): each write acknowledged by W replicas, this node among them, is on
+    /// one of those.
+    fn refill_complete(&self) -> bool {
+        let Some(r) = &self.refill else {
+            return true;
+        };
+        let (n, w) = (self.cfg.quorum.n as usize, self.cfg.quorum.w as usize);
+        let need = (n + 1).saturating_sub(w).max(1);
+        self.groups.iter().all(|others| {
+            let whole = others
+                .iter()
+                .filter(|&&p| r.pulled[p].len() == AE_BUCKETS && !self.peers_refilling.contains(&p))
+                .count();
+            whole >= need.min(others.len())
+        })
+    }
+
+    /// What the refill pulled is durable: unless the refill started over meanwhile (a peer it
+    /// pulled from came back empty), this node's answers count again, and its peers are told.
+    fn refilled(&mut self) {
+        let complete = self.refill_complete();
+        let Some(r) = &mut self.refill else {
+            return;
+        };
+        if !complete {
+            r.finishing = false;
+            return;
+        }
+        self.refill = None;
+        self.stats.refills += 1;
+        self.actions.push(Action::PersistRefilling(false));
+        for p in 0..self.members.len() {
+            if p != self.me {
+                self.send(p, Msg::Refilled, None);
             }
         }
     }
@@ -1637,7 +1910,7 @@ impl Leaderless {
         // always enough.
         p.retry_at = now + self.cfg.hint_after_ms.max(1);
         let key = p.key.clone();
-        if p.replies.len() as u32 >= p.r {
+        if (p.replies.len() - p.uncounted.len()) as u32 >= p.r {
             // Blocking read repair waiting on a replica: its repair (or the acknowledgement)
             // may be lost; it gets the repair again.
             let again: Vec<(usize, Stored)> = p
@@ -1666,10 +1939,24 @@ impl Leaderless {
         }
     }
 
-    fn on_read_reply(&mut self, now: u64, op: u64, from: usize, stored: Option<Stored>) {
+    fn on_read_reply(
+        &mut self,
+        now: u64,
+        op: u64,
+        from: usize,
+        stored: Option<Stored>,
+        refilling: bool,
+    ) {
+        let counts = !refilling && self.counts(from);
         let Some(p) = self.reads.get_mut(&op) else {
             return;
         };
+        if p.replied || p.replies.contains_key(&from) {
+            // Late, or again: only for repair.
+        } else if !counts {
+            p.uncounted.insert(from);
+            self.stats.refilling_answers += 1;
+        }
         p.replies.insert(from, stored);
         self.check_read(op, now, false);
     }
@@ -1682,18 +1969,33 @@ impl Leaderless {
         let Some(p) = self.reads.get_mut(&op) else {
             return;
         };
-        let enough = p.replies.len() as u32 >= p.r;
+        // Answers from replicas refilling do not count (their copies still take part).
+        let counted = (p.replies.len() - p.uncounted.len()) as u32;
+        let enough = counted >= p.r;
         let outstanding = p
             .pref
             .iter()
-            .filter(|i| !p.replies.contains_key(i) && !self.down.contains(i))
+            .filter(|&&i| !p.replies.contains_key(&i) && !self.down.contains(&i))
+            .count() as u32;
+        let could_count = p
+            .pref
+            .iter()
+            .filter(|&&i| {
+                // `counts(i)`, written out: `p` holds `self.reads`.
+                !p.replies.contains_key(&i)
+                    && !self.down.contains(&i)
+                    && if i == self.me {
+                        self.refill.is_none() && !self.unconfirmed
+                    } else {
+                        !self.peers_refilling.contains(&i)
+                    }
+            })
             .count() as u32;
         let deadline_passed = at_deadline && now >= p.deadline;
         // Stop waiting for responses at the deadline, or once the replicas that could still
         // answer are too few (failing) or none (degrading).
-        let expired = deadline_passed
-            || outstanding == 0
-            || (!p.degrade && p.replies.len() as u32 + outstanding < p.r);
+        let expired =
+            deadline_passed || outstanding == 0 || (!p.degrade && counted + could_count < p.r);
         let mut sends = Vec::new();
         let mut conflicts = 0;
         let mut newest = p
@@ -1785,7 +2087,7 @@ impl Leaderless {
                         Err(QuorumFailure {
                             what: "responses",
                             needed: p.r,
-                            got: p.replies.len() as u32,
+                            got: counted,
                             replicas: Vec::new(),
                             may_have_happened: false,
                         })
@@ -1799,7 +2101,13 @@ impl Leaderless {
         let all_in = p.asked.iter().all(|i| p.replies.contains_key(i));
         let finished = p.replied && (all_in || expired);
         let pref = p.pref.clone();
-        let responded: BTreeSet<usize> = p.replies.keys().copied().collect();
+        let responded: BTreeSet<usize> = p
+            .replies
+            .keys()
+            .filter(|i| !p.uncounted.contains(i))
+            .copied()
+            .collect();
+        let uncounted = p.uncounted.clone();
         self.stats.conflicts += conflicts;
         self.stats.read_repairs += sends.len() as u64;
         for (i, stored) in sends {
@@ -1815,6 +2123,12 @@ impl Leaderless {
                     self.stats.quorum_failures += 1;
                     let counted = holders.as_ref().unwrap_or(&responded);
                     f.replicas = self.states(&pref, |i| counted.contains(&i));
+                    for (id, st) in &mut f.replicas {
+                        let i = self.index(id);
+                        if i.is_some_and(|i| uncounted.contains(&i) || !self.counts(i)) {
+                            *st = ReplicaState::Refilling;
+                        }
+                    }
                 }
             }
             self.actions.push(Action::Read {
@@ -1924,6 +2238,7 @@ impl Leaderless {
             self.next_hint_round = now + self.cfg.hint_retry_ms;
             self.deliver_hints(store);
         }
+        self.refill_round(store, now);
         if self.cfg.anti_entropy_ms > 0 && now >= self.next_ae {
             self.next_ae = now + self.cfg.anti_entropy_ms;
             self.anti_entropy(store);

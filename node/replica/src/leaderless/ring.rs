@@ -73,6 +73,23 @@ impl Ring {
         w.truncate(n);
         w
     }
+
+    /// Every distinct set of `n` replicas that `member` belongs to, as the other members of
+    /// each (sorted): a key's replicas are the set that follows the first token at or after
+    /// its hash, so there is at most one set per token.
+    pub fn groups(&self, n: usize, member: usize) -> Vec<Vec<usize>> {
+        let mut out = std::collections::BTreeSet::new();
+        for &(token, _) in &self.tokens {
+            let mut set = self.walk(token);
+            set.truncate(n);
+            if set.contains(&member) {
+                set.retain(|&m| m != member);
+                set.sort_unstable();
+                out.insert(set);
+            }
+        }
+        out.into_iter().collect()
+    }
 }
 
 #[cfg(test)]
@@ -103,5 +120,29 @@ mod tests {
             .count();
         // Ideally 1/6 of the keys move to the new member, and only those.
         assert!(moved < keys.len() / 4, "{moved} keys moved");
+    }
+
+    /// The replica sets a member is in are exactly those of the keys it replicates.
+    #[test]
+    fn groups_are_the_replica_sets_of_a_members_keys() {
+        let ring = Ring::new(&["n1", "n2", "n3", "n4", "n5"], 16);
+        let groups = ring.groups(3, 2);
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..50_000 {
+            let mut p = ring.preference_list(format!("key-{i}").as_bytes(), 3);
+            if p.contains(&2) {
+                p.retain(|&m| m != 2);
+                p.sort_unstable();
+                assert!(groups.contains(&p), "{p:?} not among {groups:?}");
+                seen.insert(p);
+            }
+        }
+        assert_eq!(seen.len(), groups.len(), "a group no key has: {groups:?}");
+        assert!(groups.iter().all(|g| g.len() == 2));
+        // Three members and N = 3: one set, the other two.
+        assert_eq!(
+            Ring::new(&["a", "b", "c"], 8).groups(3, 0),
+            vec![vec![1, 2]]
+        );
     }
 }

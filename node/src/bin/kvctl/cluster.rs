@@ -442,8 +442,8 @@ async fn up(a: UpArgs, t: Duration) -> ExitCode {
                      (see kvctl status)",
                 ),
                 (true, false) => Some(
-                    "in memory it comes back empty: until repair refills it, reads that count \
-                     its copy can miss acknowledged writes",
+                    "in memory it comes back empty: it refills itself from its peers, and its \
+                     read answers do not count until it has (ROLE refilling in kvctl status)",
                 ),
             },
         });

@@ -935,7 +935,9 @@ fn leaderless_table(
     }
     out.push_str(
         "WRITES: copies written here; HINTS: held for unreachable replicas; \
-         REPAIRS: by reads (r) and anti-entropy (ae); CONFLICTS: concurrent writes detected",
+         REPAIRS: by reads (r) and anti-entropy (ae); CONFLICTS: concurrent writes detected; \
+         ROLE refilling: back empty, pulling its keys from its peers (its read answers do not \
+         count until it has)",
     );
     out
 }
