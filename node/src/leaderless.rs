@@ -490,6 +490,7 @@ pub fn start(
         timers,
         dir,
         refill_record: Arc::default(),
+        peers_refilling_seen: 0,
     };
     driver.transport.set_refilling(opts.refilling);
     tokio::spawn(driver.run(rx));
@@ -515,6 +516,8 @@ struct Driver {
     dir: Option<std::path::PathBuf>,
     /// Records of the refill one at a time, and the state to record.
     refill_record: Arc<(Mutex<()>, AtomicBool)>,
+    /// `Leaderless::peers_refilling_changes` when last copied to `Shared::refilling_peers`.
+    peers_refilling_seen: u64,
 }
 
 /// The time the core's timers run on (request deadlines, retries, hint rounds, anti-entropy):
@@ -653,14 +656,14 @@ impl Driver {
             if refilling != self.shared.refilling.swap(refilling, Ordering::Relaxed) {
                 self.transport.set_refilling(refilling);
             }
-            let peers = self.core.refilling_peers();
-            let mut shared = self
-                .shared
-                .refilling_peers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if *shared != peers {
-                *shared = peers;
+            let changes = self.core.peers_refilling_changes();
+            if changes != self.peers_refilling_seen {
+                self.peers_refilling_seen = changes;
+                *self
+                    .shared
+                    .refilling_peers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = self.core.refilling_peers();
             }
         }
     }

@@ -639,8 +639,6 @@ fn sim_leaderless_a_lossy_replica_fails_no_request() {
     }
 }
 
-/// Node n1 of `nodes` members (N=3, R=W=2) with `tweak` applied to its configuration, an
-/// empty store, and request options with quorum 2.
 /// A node's actions with its clock bounds made durable at once (`Action::PersistClock`).
 trait SettledActions {
     fn settled_actions(&mut self) -> Vec<Action>;
@@ -667,6 +665,8 @@ impl SettledActions for Leaderless {
     }
 }
 
+/// Node n1 of `nodes` members (N=3, R=W=2) with `tweak` applied to its configuration, an
+/// empty store, and request options with quorum 2.
 fn lone_node(
     nodes: usize,
     tweak: impl FnOnce(&mut Config),
@@ -1814,4 +1814,190 @@ fn a_blocking_read_whose_repair_is_unacknowledged_at_the_deadline_needs_enough_h
         ok.stored.and_then(|s| s.value),
         Some(Bytes::from_static(b"new"))
     );
+}
+
+/// A node told by a peer that it is back empty refills itself: its read answers say it
+/// (they do not count), it asks every peer it shares keys with for an anti-entropy exchange,
+/// and it is done only once N - W + 1 of the other members of each replica set it is in are
+/// pulled whole (here N = 3 of 3, W = 2: both others), then only once what it pulled is durable
+/// (its `Refilled` to itself waits for it); it then tells its peers and counts again. A
+/// coordinator does not count the answers of a peer it takes to be refilling.
+#[test]
+fn a_replica_back_empty_counts_again_only_once_refilled() {
+    let (members, mut node, mut store, opts) = lone_node(3, |c| c.first_life = true);
+    let (n1, n2, n3) = (&members[0], &members[1], &members[2]);
+    node.hello_answered(0, n2, true, true);
+    assert!(node.refilling() && !node.established());
+    let acts = node.settled_actions();
+    assert!(acts.contains(&Action::PersistRefilling(true)), "{acts:?}");
+    // Its answers to reads say it.
+    node.step(
+        &mut store,
+        1,
+        n2,
+        Msg::Read {
+            req: 9,
+            key: Bytes::from_static(b"k"),
+        },
+    );
+    let acts = node.settled_actions();
+    assert!(
+        acts.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                msg: Msg::ReadReply {
+                    refilling: true,
+                    ..
+                },
+                ..
+            }
+        )),
+        "{acts:?}"
+    );
+    node.tick(&mut store, 2);
+    let asked: Vec<NodeId> = node
+        .settled_actions()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                to,
+                msg: Msg::AeRoot { .. },
+                ..
+            } => Some(to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        vec![n2.clone(), n3.clone()],
+        "an exchange with each peer"
+    );
+    let refilled_to_self = |acts: &[Action]| {
+        acts.iter().any(|a| matches!(a, Action::Send { to, msg: Msg::Refilled, after: Some(_), .. } if to == n1))
+    };
+    // n2 holds what it holds (the same empty tree): pulled whole; n3 not yet.
+    node.step(
+        &mut store,
+        3,
+        n2,
+        Msg::AeLeaves {
+            leaves: vec![],
+            upto: 0,
+        },
+    );
+    assert!(
+        !refilled_to_self(&node.settled_actions()),
+        "n3 not pulled yet"
+    );
+    // n3 holds a copy in one bucket: the node sends its (empty) side, n3 answers with the copy.
+    let key = Bytes::from_static(b"k");
+    let copy = Stored {
+        value: Some(Bytes::from_static(b"v")),
+        version: Version::new(5 << 16, 3),
+        clock: VClock::default(),
+        written_ms: 1,
+    };
+    let bucket = bucket_of(hash64(&key)) as u32;
+    let mut leaves = vec![0u64; AE_BUCKETS];
+    leaves[bucket as usize] = 1;
+    node.step(&mut store, 4, n3, Msg::AeLeaves { leaves, upto: 0 });
+    assert!(
+        !refilled_to_self(&node.settled_actions()),
+        "bucket {bucket} not pulled yet"
+    );
+    node.step(
+        &mut store,
+        5,
+        n3,
+        Msg::AeEntries {
+            buckets: vec![bucket],
+            entries: vec![(key.clone(), copy.clone())],
+            reply: false,
+            upto: 0,
+        },
+    );
+    assert_eq!(
+        store.get(&key).map(|s| s.version),
+        Some(copy.version),
+        "pulled"
+    );
+    assert!(
+        refilled_to_self(&node.settled_actions()),
+        "done, once durable"
+    );
+    assert!(node.refilling(), "not before what it pulled is durable");
+    // The `Refilled` to itself arrives once its copies are durable.
+    node.step(&mut store, 6, n1, Msg::Refilled);
+    assert!(!node.refilling() && node.established());
+    let acts = node.settled_actions();
+    assert!(acts.contains(&Action::PersistRefilling(false)), "{acts:?}");
+    let told: Vec<&NodeId> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                to,
+                msg: Msg::Refilled,
+                ..
+            } => Some(to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, vec![n2, n3]);
+
+    // As a coordinator: n3 taken to be refilling, its answer does not count toward R = 2.
+    node.peer_refilling(n3);
+    node.get(10, 77, key.clone(), opts);
+    let reads: Vec<(NodeId, u64)> = node
+        .settled_actions()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                to,
+                msg: Msg::Read { req, .. },
+                ..
+            } => Some((to, req)),
+            _ => None,
+        })
+        .collect();
+    let op = reads[0].1;
+    let reply = |refilling| Msg::ReadReply {
+        req: op,
+        stored: None,
+        hlc: 0,
+        refilling,
+    };
+    node.step(&mut store, 11, n3, reply(false));
+    node.step(&mut store, 11, n2, reply(false));
+    assert!(
+        !node
+            .settled_actions()
+            .iter()
+            .any(|a| matches!(a, Action::Read { .. })),
+        "n2 and n3, n3 not counted: no answer yet"
+    );
+    node.step(
+        &mut store,
+        12,
+        n1,
+        Msg::Read {
+            req: op,
+            key: key.clone(),
+        },
+    );
+    for a in node.settled_actions() {
+        if let Action::Send { to, msg, .. } = a
+            && to == *n1
+        {
+            node.step(&mut store, 12, n1, msg);
+        }
+    }
+    let acts = node.settled_actions();
+    assert!(
+        acts.iter().any(|a| matches!(a, Action::Read { req: 77, result: Ok(ok) } if ok.stored.as_ref().map(|s| s.version) == Some(copy.version))),
+        "answered with its own copy and n2's: {acts:?}"
+    );
+    assert_eq!(node.stats().refilling_answers, 1);
+    // n3 says it has refilled: it counts again.
+    node.step(&mut store, 13, n3, Msg::Refilled);
+    assert!(node.refilling_peers().is_empty());
 }

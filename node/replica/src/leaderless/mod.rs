@@ -693,6 +693,8 @@ pub struct Leaderless {
     refill: Option<Refill>,
     /// Peers known to be refilling: their read answers do not count.
     peers_refilling: BTreeSet<usize>,
+    /// Changes of `peers_refilling` ([`Leaderless::peers_refilling_changes`]).
+    peers_refilling_changes: u64,
     /// Started on a new store (`Config::first_life`), and not yet known to be new to the
     /// cluster rather than back empty: a node back empty learns it only from its peers (see
     /// [`Leaderless::hello_answered`]); until then its own answers do not count.
@@ -777,6 +779,7 @@ impl Leaderless {
             clock_asked: hlc_floor,
             refill,
             peers_refilling: BTreeSet::new(),
+            peers_refilling_changes: 0,
             unconfirmed,
             new_to: BTreeSet::new(),
             groups,
@@ -937,11 +940,19 @@ impl Leaderless {
         let Some(i) = self.index(peer).filter(|&i| i != self.me) else {
             return;
         };
-        self.peers_refilling.insert(i);
+        if self.peers_refilling.insert(i) {
+            self.peers_refilling_changes += 1;
+        }
         self.ae_synced[i] = vec![None; AE_BUCKETS];
         if let Some(r) = &mut self.refill {
             r.pulled[i].clear();
         }
+    }
+
+    /// How many times the peers known to be refilling changed: the driver copies
+    /// [`refilling_peers`](Self::refilling_peers) only when this moved.
+    pub fn peers_refilling_changes(&self) -> u64 {
+        self.peers_refilling_changes
     }
 
     /// The peers known to be refilling.
@@ -1530,7 +1541,9 @@ impl Leaderless {
             }
             Msg::Refilled if f == self.me => self.refilled(),
             Msg::Refilled => {
-                self.peers_refilling.remove(&f);
+                if self.peers_refilling.remove(&f) {
+                    self.peers_refilling_changes += 1;
+                }
             }
         }
     }
