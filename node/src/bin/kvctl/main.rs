@@ -895,13 +895,13 @@ fn leaderless_table(
     down_ids: &HashMap<String, String>,
 ) -> String {
     let mut out = format!(
-        "{:<6} {:<22} {:<8} {:<18} {:>9} {:>10} {:>9} {:>11} {:>9}\n",
+        "{:<6} {:<22} {:<9} {:<18} {:>9} {:>10} {:>9} {:>11} {:>9}\n",
         "ID", "ADDR", "ROLE", "REACHABLE", "WRITES", "HINTS", "DELIVERED", "REPAIRS", "CONFLICTS"
     );
     for (addr, s) in rows {
         match s {
             Some(s) => out.push_str(&format!(
-                "{:<6} {:<22} {:<8} {:<18} {:>9} {:>10} {:>9} {:>11} {:>9}\n",
+                "{:<6} {:<22} {:<9} {:<18} {:>9} {:>10} {:>9} {:>11} {:>9}\n",
                 s.id,
                 addr,
                 s.role,
@@ -920,7 +920,7 @@ fn leaderless_table(
                 let id = down_ids.get(addr).cloned();
                 let held = id.as_deref().map_or(0, |id| hints_held_for(rows, id));
                 out.push_str(&format!(
-                    "{:<6} {:<22} {:<8}{}\n",
+                    "{:<6} {:<22} {:<9}{}\n",
                     id.as_deref().unwrap_or("?"),
                     addr,
                     "down",
