@@ -1979,31 +1979,24 @@ impl Leaderless {
     fn check_read(&mut self, op: u64, now: u64, at_deadline: bool) {
         let blocking = self.cfg.read_repair == ReadRepair::Blocking;
         let (wall, grace) = (self.physical(now), self.cfg.tombstone_grace_ms);
+        // Replicas yet to answer (and not known down), and of those the ones whose answer would
+        // count toward R: answers from replicas refilling do not (their copies still take part).
+        let (outstanding, could_count) = match self.reads.get(&op) {
+            Some(p) => {
+                let waiting = p
+                    .pref
+                    .iter()
+                    .filter(|&&i| !p.replies.contains_key(&i) && !self.down.contains(&i));
+                let counting = waiting.clone().filter(|&&i| self.counts(i)).count() as u32;
+                (waiting.count() as u32, counting)
+            }
+            None => return,
+        };
         let Some(p) = self.reads.get_mut(&op) else {
             return;
         };
-        // Answers from replicas refilling do not count (their copies still take part).
         let counted = (p.replies.len() - p.uncounted.len()) as u32;
         let enough = counted >= p.r;
-        let outstanding = p
-            .pref
-            .iter()
-            .filter(|&&i| !p.replies.contains_key(&i) && !self.down.contains(&i))
-            .count() as u32;
-        let could_count = p
-            .pref
-            .iter()
-            .filter(|&&i| {
-                // `counts(i)`, written out: `p` holds `self.reads`.
-                !p.replies.contains_key(&i)
-                    && !self.down.contains(&i)
-                    && if i == self.me {
-                        self.refill.is_none() && !self.unconfirmed
-                    } else {
-                        !self.peers_refilling.contains(&i)
-                    }
-            })
-            .count() as u32;
         let deadline_passed = at_deadline && now >= p.deadline;
         // Stop waiting for responses at the deadline, or once the replicas that could still
         // answer are too few (failing) or none (degrading).
