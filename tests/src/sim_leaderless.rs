@@ -1470,6 +1470,17 @@ impl LlSim {
                 }
             }
         }
+        // Replicas back empty have refilled themselves (none waits for another forever), and
+        // know they are not.
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.as_ref().is_some_and(|n| !n.established()) {
+                self.fail(format!(
+                    "{} is not established after the run (refilling: {})",
+                    self.members[i],
+                    n.as_ref().is_some_and(|n| n.refilling())
+                ));
+            }
+        }
         for (i, s) in self.stores.iter().enumerate() {
             if !s.hints.is_empty() {
                 self.fail(format!(

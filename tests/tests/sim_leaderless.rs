@@ -135,17 +135,20 @@ fn sim_leaderless_quorum_read_fanout_keeps_every_invariant() {
 /// Crashes that lose the node's storage (a lost disk, a node in memory started again): the
 /// node comes back empty as a new incarnation, each peer notices it when it first connects,
 /// and its read answers count only once it has pulled every copy from enough of each key's
-/// other replicas (and made them durable). No read is stale, replicas converge, and no
-/// acknowledged write is lost. Before refills, a replica back empty counted at once: its empty
+/// other replicas (and made them durable). No read is stale, replicas converge, no
+/// acknowledged write is lost, and every node has refilled by the end (two replicas of a key
+/// back empty at once waited for each other forever, seeds 0 and 3, until a replica refilling
+/// stopped counting as one to pull from). Before refills, a replica back empty counted at once: its empty
 /// answer beside one replica that missed a write hid the write (seed 3 of this test). The price
-/// is availability: with storage losses a quarter of the reads fail (no R counted answers by
-/// the deadline), against a tenth with the same crashes and no storage lost.
+/// is availability: with storage losses a fifth of the reads fail (no R counted answers by the
+/// deadline), against a tenth with the same crashes and no storage lost.
 #[test]
 fn sim_leaderless_replicas_back_empty_refill_before_their_answers_count() {
     for read_fanout in [ReadFanout::All, ReadFanout::Quorum] {
         let t = run_many(back_empty(read_fanout), 300);
         assert_eq!(t.stale_reads, 0, "{t:?}");
-        assert!(t.wipes > 300 && t.refills > 100, "{t:?}");
+        // A storage loss during a refill ends it.
+        assert!(t.wipes > 300 && t.refills * 4 > t.wipes * 3, "{t:?}");
         assert!(t.refilling_answers > 1000, "answers not counted: {t:?}");
     }
 }
@@ -163,7 +166,7 @@ fn sim_leaderless_replicas_back_empty_keep_histories_linearizable() {
     );
     assert_eq!(t.violations, 0, "{t:?}");
     assert_eq!(t.stale_reads, 0, "{t:?}");
-    assert!(t.wipes > 300 && t.refills > 100, "{t:?}");
+    assert!(t.wipes > 300 && t.refills * 4 > t.wipes * 3, "{t:?}");
 }
 
 /// Crashes six times the default, half of them losing the node's storage.

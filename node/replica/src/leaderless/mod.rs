@@ -1602,9 +1602,12 @@ impl Leaderless {
         self.finish_refill(store);
     }
 
-    /// Every replica set this node is in has N - W + 1 of its other members pulled whole (all
-    /// of them if fewer): each write acknowledged by W replicas, this node among them, is on
-    /// one of those.
+    /// Every replica set this node is in has N - W + 1 of its other members pulled whole: each
+    /// write acknowledged by W replicas, this node among them, is on one of those. Members
+    /// refilling themselves hold none of the writes acknowledged before they came back empty;
+    /// with fewer other members than that not refilling, all of those are enough (what was on
+    /// this node and the ones refilling alone is lost, more losses than W copies survive), and
+    /// two replicas back empty at once do not wait for each other forever.
     fn refill_complete(&self) -> bool {
         let Some(r) = &self.refill else {
             return true;
@@ -1612,11 +1615,12 @@ impl Leaderless {
         let (n, w) = (self.cfg.quorum.n as usize, self.cfg.quorum.w as usize);
         let need = (n + 1).saturating_sub(w).max(1);
         self.groups.iter().all(|others| {
-            let whole = others
-                .iter()
-                .filter(|&&p| r.pulled[p].len() == AE_BUCKETS && !self.peers_refilling.contains(&p))
+            let sources = others.iter().filter(|p| !self.peers_refilling.contains(p));
+            let whole = sources
+                .clone()
+                .filter(|&&p| r.pulled[p].len() == AE_BUCKETS)
                 .count();
-            whole >= need.min(others.len())
+            whole >= need.min(sources.count())
         })
     }
 
@@ -2131,7 +2135,10 @@ impl Leaderless {
                     f.replicas = self.states(&pref, |i| counted.contains(&i));
                     for (id, st) in &mut f.replicas {
                         let i = self.index(id);
-                        if i.is_some_and(|i| uncounted.contains(&i) || !self.counts(i)) {
+                        let reachable = *st != ReplicaState::Unreachable;
+                        if i.is_some_and(|i| {
+                            uncounted.contains(&i) || (reachable && !self.counts(i))
+                        }) {
                             *st = ReplicaState::Refilling;
                         }
                     }
