@@ -22,6 +22,10 @@
 #   cut    (with CUT=1) for 2 s, every message from a node to all the others is lost, or
 #          every message from all the others to it (kvctl fault cut: one way, and the senders
 #          are not told)
+#   wipe   (with WIPE=1; leaderless) kill -9 a node and delete its data directory (a lost
+#          disk), start it again 1 s later on an empty one, and wait (up to 5 s) until it is
+#          refilling or has refilled; skipped while any node refills or is taken to (a second
+#          loss before the first is repaired can take the only copy of a write)
 #
 #   bench/scripts/nemesis.sh OUT_DIR [SECONDS] [SEED] [-- CLUSTER_UP_ARGS...]
 #   e.g. bench/scripts/nemesis.sh /tmp/drill 60 1 -- --mode leaderless --n 3 --r 2 --w 2
@@ -33,7 +37,8 @@
 # libfaketime (Debian's faketime package), each with a clock of its own, and adds the step
 # fault: the node's real wall clock (which its versions follow; its timers run on its monotonic
 # clock) jumps ahead or back, as NTP steps a clock that was far off. DISK=MS (environment)
-# adds the disk fault. CUT=1 (environment) adds the one-way cut. POWER=1 (environment) runs every node under the power-loss emulation
+# adds the disk fault. CUT=1 (environment) adds the one-way cut. WIPE=1 (environment) adds
+# the storage loss. POWER=1 (environment) runs every node under the power-loss emulation
 # (kvctl cluster up --power-loss: tests/powerloss, an LD_PRELOAD library journalling each write
 # until its file's fsync) and adds the power and outage faults. The same seed gives the same faults in the same
 # order (their timing is the machine's). Writes into OUT_DIR: nemesis.log
@@ -96,6 +101,9 @@ EXTRA=()
 CUT=${CUT:-0}
 [[ $CUT =~ ^[01]$ ]] || { echo "CUT must be 0 or 1: $CUT" >&2; exit 2; }
 [ "$CUT" -eq 1 ] && EXTRA+=(cut)
+WIPE=${WIPE:-0}
+[[ $WIPE =~ ^[01]$ ]] || { echo "WIPE must be 0 or 1: $WIPE" >&2; exit 2; }
+[ "$WIPE" -eq 1 ] && EXTRA+=(wipe)
 CLOCKS=()
 if [ "$STEP" -gt 0 ]; then
   # (`|| true`: without a match, ls fails and set -e would end the script before the message)
@@ -163,6 +171,14 @@ heard() {
     HEARD[$i]=$v
   done
 }
+# Leaderless refills (WIPE): the sum over the nodes of metric $1.
+metric_sum() {
+  for i in $(seq "$NODES"); do
+    { curl -s --max-time 0.3 "127.0.0.1:$((9600 + i))/metrics" 2>/dev/null || true; } \
+      | awk -v m="$1" '$1 == m {print $2}'
+  done | awk '{s += $1} END {print s + 0}'
+}
+refilling() { [ "$(metric_sum kv_refilling)" != 0 ] || [ "$(metric_sum kv_peers_refilling)" != 0 ]; }
 start=$SECONDS
 end=$((SECONDS + SECS - 3))
 echo "nemesis for $((SECS - 3)) s (seed $SEED), load for $SECS s: $OUT/nemesis.log"
@@ -194,6 +210,15 @@ while [ $SECONDS -lt $end ]; do
     cut) others=$(for i in $(seq "$NODES"); do if [ "n$i" != "$n" ]; then printf "n%s," $i; fi; done)
        if [ $((RANDOM % 2)) -eq 0 ]; then from=$n; to=${others%,}; else from=${others%,}; to=$n; fi
        echo "$at cut $from -> $to"; fault cut "$from" "$to"; sleep 2; fault heal ;;
+    wipe) if refilling; then echo "$at wipe $n skipped: a node refills"; else
+         echo "$at wipe $n"; node kill $n; rm -rf "${DATA:?}/$n"; sleep 1; node start $n
+         for _ in $(seq 50); do
+           m=$({ curl -s --max-time 0.3 "127.0.0.1:$((9600 + ${n#n}))/metrics" 2>/dev/null || true; } \
+               | awk '$1 == "kv_refilling" || $1 == "kv_refills_total" {s += $2} END {print s + 0}')
+           [ "$m" != 0 ] && break
+           sleep 0.1
+         done
+       fi ;;
     disk) ms=$((RANDOM % (DISK - 49) + 50))
        echo "$at disk $n ${ms}ms"; fault disk $n ${ms}ms; sleep 1; fault disk $n 0s ;;
   esac

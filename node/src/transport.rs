@@ -44,6 +44,8 @@ pub struct Transport {
 /// `kv_replica::leaderless::Leaderless::start_refill`).
 #[derive(Default)]
 pub struct RefillFlags {
+    /// A leaderless node (only its driver takes the answers).
+    leaderless: bool,
     /// This node is refilling itself: said in every hello, so that a peer that did not see it
     /// come back empty knows.
     me: AtomicBool,
@@ -77,7 +79,10 @@ impl Transport {
         let mut peers = HashMap::new();
         let mut up = HashMap::new();
         let refused_by = Refusals::default();
-        let refill = Arc::new(RefillFlags::default());
+        let refill = Arc::new(RefillFlags {
+            leaderless: shape.mode == "leaderless",
+            ..RefillFlags::default()
+        });
         for (id, addr) in members {
             if *id == me {
                 continue;
@@ -540,16 +545,18 @@ async fn read_answers(mut read: tokio::net::tcp::OwnedReadHalf, peer: &Peer) -> 
     use tokio::io::AsyncReadExt as _;
     match read_envelope(&mut read).await.and_then(|e| e.msg) {
         Some(pb::peer_envelope::Msg::Answer(a)) if a.refused.is_empty() => {
-            let mut answers = peer
-                .refill
-                .answers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            answers.push(HelloAnswer {
-                peer: peer.id.clone(),
-                refilling: a.refilling,
-                established: a.established,
-            });
+            if peer.refill.leaderless {
+                let mut answers = peer
+                    .refill
+                    .answers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                answers.push(HelloAnswer {
+                    peer: peer.id.clone(),
+                    refilling: a.refilling,
+                    established: a.established,
+                });
+            }
             peer.up.store(true, Ordering::Relaxed);
             if peer.refused_by.clear(&peer.id) {
                 tracing::info!(peer = %peer.id, "the peer accepts this node again");
