@@ -24,8 +24,9 @@
 #          are not told)
 #   wipe   (with WIPE=1; leaderless) kill -9 a node and delete its data directory (a lost
 #          disk), start it again 1 s later on an empty one, and wait (up to 5 s) until it is
-#          refilling or has refilled; skipped while any node refills or is taken to (a second
-#          loss before the first is repaired can take the only copy of a write)
+#          refilling or has refilled (logged under the fault); skipped while any node refills
+#          or is taken to (a second loss before the first is repaired can take the only copy
+#          of a write)
 #
 #   bench/scripts/nemesis.sh OUT_DIR [SECONDS] [SEED] [-- CLUSTER_UP_ARGS...]
 #   e.g. bench/scripts/nemesis.sh /tmp/drill 60 1 -- --mode leaderless --n 3 --r 2 --w 2
@@ -212,12 +213,14 @@ while [ $SECONDS -lt $end ]; do
        echo "$at cut $from -> $to"; fault cut "$from" "$to"; sleep 2; fault heal ;;
     wipe) if refilling; then echo "$at wipe $n skipped: a node refills"; else
          echo "$at wipe $n"; node kill $n; rm -rf "${DATA:?}/$n"; sleep 1; node start $n
+         said="neither refilling nor refilled within 5 s"
          for _ in $(seq 50); do
            m=$({ curl -s --max-time 0.3 "127.0.0.1:$((9600 + ${n#n}))/metrics" 2>/dev/null || true; } \
-               | awk '$1 == "kv_refilling" || $1 == "kv_refills_total" {s += $2} END {print s + 0}')
-           [ "$m" != 0 ] && break
+               | awk '$1 == "kv_refilling" && $2 > 0 {print "refilling"} $1 == "kv_refills_total" && $2 > 0 {print "refilled"}')
+           [ -n "$m" ] && { said=$(echo $m); break; }
            sleep 0.1
          done
+         echo "  $n $said"
        fi ;;
     disk) ms=$((RANDOM % (DISK - 49) + 50))
        echo "$at disk $n ${ms}ms"; fault disk $n ${ms}ms; sleep 1; fault disk $n 0s ;;
