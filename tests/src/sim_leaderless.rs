@@ -483,6 +483,8 @@ pub struct LlSim {
     wiped_at: Vec<u64>,
     /// Per key: the newest version a client saw (acknowledged, or read).
     seen: Vec<Version>,
+    /// Per node: its storage was lost and it has not refilled since.
+    back_empty: Vec<bool>,
 }
 
 impl LlSim {
@@ -532,6 +534,7 @@ impl LlSim {
             connected: BTreeSet::new(),
             wiped_at: vec![0; cfg.nodes],
             seen: vec![Version::ZERO; cfg.keys],
+            back_empty: vec![false; cfg.nodes],
             cfg,
         };
         for i in 0..sim.cfg.nodes {
@@ -1172,12 +1175,23 @@ impl LlSim {
         }
     }
 
-    /// Whether every key's newest version a client has seen (acknowledged, or read) is
-    /// durably held, or purged as a tombstone, on some node other than `i`: then losing `i`'s
-    /// storage is within what replication promises to survive. Storage losses are drawn only
-    /// then (a second loss before the first is repaired can take the only copy of a write, as
-    /// it can in any system that keeps W copies).
-    fn others_hold(&self, i: usize) -> bool {
+    /// Whether no other node is back empty (its storage lost, not refilled since), and every
+    /// key's newest version a client has seen (acknowledged, or read) is durably held, or
+    /// purged as a tombstone, on some node other than `i`: then losing `i`'s storage is within
+    /// what replication promises to survive. Storage losses are drawn only then (a second
+    /// loss before the first is repaired can take the only copy of a write, as it can in any
+    /// system that keeps W copies).
+    fn others_hold(&mut self, i: usize) -> bool {
+        for (j, n) in self.nodes.iter().enumerate() {
+            if n.as_ref().is_some_and(|n| n.established()) {
+                self.back_empty[j] = false;
+            }
+        }
+        // One at a time: the nodes that remember a node back empty tell it so, and a majority
+        // of nodes back empty at once, remembering nobody, would take each other for new.
+        if (0..self.cfg.nodes).any(|j| j != i && self.back_empty[j]) {
+            return false;
+        }
         self.seen.iter().enumerate().all(|(k, &seen)| {
             let key = &self.keys[k];
             seen == Version::ZERO
@@ -1197,6 +1211,7 @@ impl LlSim {
             eprintln!("t={} wipe n{}", self.now, i + 1);
         }
         self.stats.wipes += 1;
+        self.back_empty[i] = true;
         self.wiped_at[i] = self.stamp();
         self.stores[i] = SimStore::default();
         self.incarnation[i] += 1;

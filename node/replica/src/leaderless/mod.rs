@@ -655,9 +655,10 @@ pub struct Leaderless {
     /// When this node started (its records of forwarded writes go back no further), on its
     /// own millisecond clock and on its hybrid clock.
     booted: u64,
+    /// A node back empty (or unsure it is not) knows no bound on what its earlier life's
+    /// clock gave out: `u64::MAX`, refusing every repeat, until its refill ends; then its
+    /// clock then, above every copy it pulled (see [`Leaderless::was_up_when_sent`]).
     booted_hlc: u64,
-    /// This life's first timestamp.
-    started_hlc: u64,
     /// Coordinators that left a forwarded write unanswered: new writes go to the next replica
     /// until this node hears from them again.
     suspect: BTreeSet<usize>,
@@ -730,7 +731,11 @@ impl Leaderless {
         let started = hlc.now(now_ms);
         // Until a peer confirms it (`hello_answered`), even a first life on a new store may be
         // a node back empty.
-        let booted_hlc = started;
+        let booted_hlc = if cfg.first_life || cfg.refilling {
+            u64::MAX
+        } else {
+            started
+        };
         let next_op = cfg.first_op.min(OP_IDS_BELOW - 1);
         let ae_synced = vec![vec![None; AE_BUCKETS]; members.len()];
         let groups = ring.groups(cfg.quorum.n as usize, me);
@@ -763,7 +768,6 @@ impl Leaderless {
             // was lost ran a repeat of a write it had run before (the simulator with storage
             // losses, seed 0), so the check stands until a peer says this node is new to it.
             booted_hlc,
-            started_hlc: booted_hlc,
             suspect: BTreeSet::new(),
             reads: BTreeMap::new(),
             down: BTreeSet::new(),
@@ -880,8 +884,9 @@ impl Leaderless {
     /// it refills itself before its read answers count again (see [`Refill`]). Starts its
     /// exchanges at the next [`tick`](Self::tick); nothing if already refilling.
     pub fn start_refill(&mut self, now: u64) {
-        // An earlier life may have run a forwarded write sent again now.
-        self.booted_hlc = self.started_hlc;
+        // An earlier life may have run a forwarded write sent again now, and this node has no
+        // bound on that life's clock until its refill ends.
+        self.booted_hlc = u64::MAX;
         if self.refill.is_some() {
             return;
         }
@@ -1019,11 +1024,17 @@ impl Leaderless {
     ) {
         let pref = self.pref(&key);
         // The first replica believed reachable (and not suspected of sitting on a forwarded
-        // write) coordinates; if none is, this node does.
+        // write) coordinates; if none is, this node does. Not one back empty while others
+        // can: its clock bound went with its storage, and it may give a version it gave before
+        // to another write (the simulator with storage losses found one doing so, seed
+        // 32000363 of `sim_leaderless_replicas_back_empty_refill_before_their_answers_count`);
+        // a refill raises its clock past every copy it pulls.
+        let reachable = |i: &usize| !self.down.contains(i) && !self.suspect.contains(i);
         let first = pref
             .iter()
             .copied()
-            .find(|i| !self.down.contains(i) && !self.suspect.contains(i));
+            .find(|i| reachable(i) && self.counts(*i))
+            .or_else(|| pref.iter().copied().find(reachable));
         if let Some(to) = first
             && to != self.me
         {
@@ -1636,6 +1647,9 @@ impl Leaderless {
             return;
         }
         self.refill = None;
+        // Its clock is above every copy it pulled, so above what its earlier life gave out
+        // that is still anywhere; a repeat first sent since is one this life would have seen.
+        self.booted_hlc = self.hlc.last();
         self.stats.refills += 1;
         self.actions.push(Action::PersistRefilling(false));
         for p in 0..self.members.len() {
@@ -1796,7 +1810,10 @@ impl Leaderless {
     /// its copy, recovered from storage, did not say so: the copy may not have been durable
     /// when the write went to the other replicas (the simulator found a forwarded write run
     /// twice that way, seed 911866).
-    /// A node in its first life (`booted_hlc` 0) counts as up all along.
+    /// A node in its first life (`booted_hlc` 0) counts as up all along; one back empty (or
+    /// unsure it is not), until its refill ends, as up never (`u64::MAX`): a repeat is refused
+    /// (the simulator with storage losses found a node running one twice, seed 32001352 of
+    /// `sim_leaderless_replicas_back_empty_refill_before_their_answers_count`).
     fn was_up_when_sent(&self, now: u64, age_ms: u64, sent_hlc: u64) -> bool {
         self.booted_hlc == 0
             || (now.saturating_sub(self.booted) > age_ms && sent_hlc > self.booted_hlc)
