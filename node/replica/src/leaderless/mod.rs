@@ -1584,7 +1584,8 @@ impl Leaderless {
     }
 
     /// A refill's round: an anti-entropy exchange with each peer it shares keys with and has
-    /// not pulled whole yet (again every few hint rounds, for exchanges lost on the way).
+    /// not pulled whole yet (again every few hint rounds, for exchanges lost on the way, or at
+    /// the next one while a peer is unreachable).
     fn refill_round<S: Store>(&mut self, store: &S, now: u64) {
         let Some(r) = &mut self.refill else {
             return;
@@ -1592,18 +1593,22 @@ impl Leaderless {
         if r.finishing || now < r.next_round {
             return;
         }
-        r.next_round = now + 5 * self.cfg.hint_retry_ms.max(1);
-        let peers: BTreeSet<usize> = self
+        let wanted: BTreeSet<usize> = self
             .groups
             .iter()
             .flatten()
             .copied()
-            .filter(|&p| {
-                r.pulled[p].len() < AE_BUCKETS
-                    && !self.down.contains(&p)
-                    && !self.peers_refilling.contains(&p)
-            })
+            .filter(|&p| r.pulled[p].len() < AE_BUCKETS && !self.peers_refilling.contains(&p))
             .collect();
+        let peers: BTreeSet<usize> = wanted
+            .iter()
+            .copied()
+            .filter(|p| !self.down.contains(p))
+            .collect();
+        // A peer not reachable yet (connections still opening after a start) is tried again
+        // at the next hint round; exchanges in flight get a few.
+        let wait = if peers.len() < wanted.len() { 1 } else { 5 };
+        r.next_round = now + wait * self.cfg.hint_retry_ms.max(1);
         let upto = store.last_lsn();
         for p in peers {
             let root = root_of(&self.tree(store, p));
