@@ -634,6 +634,8 @@ struct Refill {
     next_round: u64,
     /// Finished, waiting for what it pulled to be durable (the `Msg::Refilled` to itself).
     finishing: bool,
+    /// Rounds of exchanges started.
+    rounds: u32,
 }
 
 /// One node's leaderless replication state.
@@ -744,6 +746,7 @@ impl Leaderless {
             pulled: vec![BTreeSet::new(); members.len()],
             next_round: now_ms,
             finishing: false,
+            rounds: 0,
         });
         Leaderless {
             next_ae: now_ms + cfg.anti_entropy_ms,
@@ -894,6 +897,7 @@ impl Leaderless {
             pulled: vec![BTreeSet::new(); self.members.len()],
             next_round: now,
             finishing: false,
+            rounds: 0,
         });
         self.actions.push(Action::PersistRefilling(true));
     }
@@ -1606,8 +1610,15 @@ impl Leaderless {
             .filter(|p| !self.down.contains(p))
             .collect();
         // A peer not reachable yet (connections still opening after a start) is tried again
-        // at the next hint round; exchanges in flight get a few.
-        let wait = if peers.len() < wanted.len() { 1 } else { 5 };
+        // at the next hint round, and so are all for the first rounds: a peer's connection
+        // back to a node that just started may still be opening, and what the peer sends
+        // meanwhile is lost. Later, exchanges in flight get a few hint rounds.
+        r.rounds += 1;
+        let wait = if peers.len() < wanted.len() || r.rounds < 3 {
+            1
+        } else {
+            5
+        };
         r.next_round = now + wait * self.cfg.hint_retry_ms.max(1);
         let upto = store.last_lsn();
         for p in peers {
