@@ -1072,6 +1072,17 @@ async fn refused_by_the_others(c: &Cluster, f: usize, why: &str, way_out: &str) 
     }
 }
 
+/// Writes `before=1`, waits until a follower holds it, and kills that follower with `kill -9`:
+/// the start of the tests of a replica that comes back having forgotten what it held.
+async fn a_follower_killed_after_a_write(c: &mut Cluster, leader: usize) -> (usize, String) {
+    let f = (leader + 1) % 3;
+    let r = kvctl(&c.endpoints(), &["put", "before", "1"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    wait_local(c, f, "before", "1", "replicated").await;
+    c.nodes[f].kill9();
+    (f, c.ids[f].clone())
+}
+
 /// A replica that comes back on an empty data directory (a lost disk) forgot the votes it cast
 /// and the entries it acknowledged, on which a majority's guarantees rest. The others refuse
 /// it (`kvctl status` says why) and go on without counting it: the leader does not hear from
@@ -1081,12 +1092,7 @@ async fn refused_by_the_others(c: &Cluster, f: usize, why: &str, way_out: &str) 
 async fn a_replica_back_on_an_empty_data_directory_is_refused_until_let_in() {
     let _serial = SERIAL.lock().await;
     let (mut c, leader) = led(3).await;
-    let f = (leader + 1) % 3;
-    let id = c.ids[f].clone();
-    let r = kvctl(&c.endpoints(), &["put", "before", "1"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    wait_local(&c, f, "before", "1", "replicated").await;
-    c.nodes[f].kill9();
+    let (f, id) = a_follower_killed_after_a_write(&mut c, leader).await;
     std::fs::remove_dir_all(&c.dirs[f]).expect("lose the disk");
     c.nodes[f]
         .start_again()
@@ -1155,12 +1161,7 @@ async fn a_replica_back_on_an_empty_data_directory_is_refused_until_let_in() {
 async fn a_replica_started_again_in_memory_is_refused() {
     let _serial = SERIAL.lock().await;
     let (mut c, leader) = led_with(3, &["--storage", "memory"]).await;
-    let f = (leader + 1) % 3;
-    let id = c.ids[f].clone();
-    let r = kvctl(&c.endpoints(), &["put", "before", "1"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    wait_local(&c, f, "before", "1", "replicated").await;
-    c.nodes[f].kill9();
+    let (f, id) = a_follower_killed_after_a_write(&mut c, leader).await;
     c.nodes[f].start_again().expect("starts again, empty");
 
     let others =
