@@ -949,6 +949,7 @@ pub fn to_wire(m: Msg) -> pb::peer_envelope::Msg {
             age_ms,
             sent_hlc,
         }),
+        Msg::ForwardDeclined { req } => W::LlForwardDeclined(pb::LlForwardDeclined { req }),
         Msg::ForwardReply { req, result } => W::LlForwardReply(match result {
             Ok(ok) => pb::LlForwardReply {
                 req,
@@ -1058,6 +1059,7 @@ pub fn from_wire(m: pb::peer_envelope::Msg) -> Option<Msg> {
             age_ms: f.age_ms,
             sent_hlc: f.sent_hlc,
         },
+        W::LlForwardDeclined(d) => Msg::ForwardDeclined { req: d.req },
         W::LlForwardReply(r) => Msg::ForwardReply {
             req: r.req,
             result: if r.ok {
@@ -1184,6 +1186,7 @@ mod tests {
                 age_ms: 250,
                 sent_hlc: 9 << 16,
             },
+            Msg::ForwardDeclined { req: 3 },
             Msg::ForwardReply {
                 req: 3,
                 result: Err(QuorumFailure {

@@ -141,6 +141,7 @@ struct LeaderlessMetrics {
     ae_repairs: Counter,
     quorum_failures: Counter,
     forwarded: Counter,
+    forwards_declined: Counter,
     superseded: Counter,
     refills: Counter,
     refilling_answers: Counter,
@@ -397,6 +398,10 @@ impl Metrics {
                 "forwarded_writes",
                 "Writes forwarded to the first replica of their key",
             ),
+            forwards_declined: counter(
+                "forwards_declined",
+                "Writes forwarded to this node that it declined to coordinate, not sure yet that it is not back empty (the forwarder sent them to the next replica)",
+            ),
             refills: counter(
                 "refills",
                 "Refills this node finished: back empty (its data directory lost, or started again in memory), it pulled every key it replicates from its peers before its read answers counted again",
@@ -530,6 +535,7 @@ impl Metrics {
             catch_up(&m.ae_repairs, st.ae_repairs);
             catch_up(&m.quorum_failures, st.quorum_failures);
             catch_up(&m.forwarded, st.forwarded);
+            catch_up(&m.forwards_declined, st.forwards_declined);
             catch_up(&m.superseded, st.superseded_writes);
             catch_up(&m.refills, st.refills);
             catch_up(&m.refilling_answers, st.refilling_answers);

@@ -404,6 +404,8 @@ pub struct LlStats {
     pub refills: u64,
     /// Read answers not counted because their replica was refilling.
     pub refilling_answers: u64,
+    /// Forwarded writes declined by a node not established.
+    pub forwards_declined: u64,
 }
 
 enum Op {
@@ -1109,6 +1111,7 @@ impl LlSim {
                 self.dead_stats.ae_repairs += s.ae_repairs;
                 self.dead_stats.refills += s.refills;
                 self.dead_stats.refilling_answers += s.refilling_answers;
+                self.dead_stats.forwards_declined += s.forwards_declined;
             }
             self.stats.crashes += 1;
             if self.trace {
@@ -1412,6 +1415,7 @@ impl LlSim {
             s.ae_repairs += st.ae_repairs;
             s.refills += st.refills;
             s.refilling_answers += st.refilling_answers;
+            s.forwards_declined += st.forwards_declined;
         }
         s.conflicts += self.dead_stats.conflicts;
         s.hints_delivered += self.dead_stats.hints_delivered;
@@ -1419,6 +1423,7 @@ impl LlSim {
         s.ae_repairs += self.dead_stats.ae_repairs;
         s.refills += self.dead_stats.refills;
         s.refilling_answers += self.dead_stats.refilling_answers;
+        s.forwards_declined += self.dead_stats.forwards_declined;
         s
     }
 

@@ -36,6 +36,7 @@ fn run_many(cfg: LlConfig, default_seeds: u64) -> LlStats {
         t.wipes += s.wipes;
         t.refills += s.refills;
         t.refilling_answers += s.refilling_answers;
+        t.forwards_declined += s.forwards_declined;
     }
     eprintln!("{cfg:?}\n=> {t:?}");
     t
@@ -151,6 +152,8 @@ fn sim_leaderless_replicas_back_empty_refill_before_their_answers_count() {
         // A storage loss during a refill ends it.
         assert!(t.wipes > 300 && t.refills * 4 > t.wipes * 3, "{t:?}");
         assert!(t.refilling_answers > 1000, "answers not counted: {t:?}");
+        // Peers that had not yet heard a node was back forwarded it writes: declined.
+        assert!(t.forwards_declined > 100, "{t:?}");
     }
 }
 
@@ -1034,6 +1037,148 @@ fn a_repeated_forward_is_run_by_a_new_coordinator_and_refused_by_a_restarted_one
         refused(&emptied) && !ran(&emptied),
         "a restarted node that recovered nothing refuses it: {emptied:?}"
     );
+}
+
+/// Whether a forwarded write was declined ([`Msg::ForwardDeclined`]).
+fn declined(actions: &[Action]) -> bool {
+    actions.iter().any(|a| {
+        matches!(
+            a,
+            Action::Send {
+                msg: Msg::ForwardDeclined { req: 7 },
+                ..
+            }
+        )
+    })
+}
+
+/// A peer that has not yet heard that a node is back empty (the node's hello to it still on
+/// the way) can forward it a write in the node's first milliseconds. Coordinating it, the node
+/// gave the write a version from a clock that its lost storage no longer bounds, maybe one its
+/// earlier life gave another write (as seed 32000363 of
+/// `sim_leaderless_replicas_back_empty_refill_before_their_answers_count` showed for a client's
+/// write). Not established (unsure it is new, or refilling), it declines a first send, and a
+/// copy of it that comes later, even once established; the forwarder sends the write to the
+/// next replica of the key, and this node coordinates only if every replica declined.
+#[test]
+fn a_node_not_established_declines_a_forwarded_write_and_the_forwarder_asks_the_next_replica() {
+    let members: Vec<NodeId> = (1..=5).map(|i| NodeId(format!("n{i}"))).collect();
+    let quorum = Quorum::new(5, 3, 2, 2).expect("quorum");
+    let boot_ms = 100_000u64;
+    let forward = Msg::Forward {
+        req: 7,
+        key: Bytes::from_static(b"k"),
+        value: Some(Bytes::from_static(b"v")),
+        w: 2,
+        timeout_ms: 1_000,
+        degrade: false,
+        age_ms: 0,
+        sent_hlc: boot_ms << 16,
+    };
+    // The coordinator: unsure (no peer answered), or refilling (a peer knew it before).
+    for answer in [None, Some((true, true))] {
+        let mut cfg = Config::new(members[0].clone(), members.clone(), quorum);
+        cfg.first_life = true;
+        let mut node = Leaderless::new(cfg, 0, boot_ms);
+        let mut store = SimStore::default();
+        if let Some((back_empty, established)) = answer {
+            node.hello_answered(boot_ms + 1, &members[2], back_empty, established);
+        }
+        node.step(&mut store, boot_ms + 5, &members[1], forward.clone());
+        let first = node.settled_actions();
+        assert!(
+            declined(&first) && !ran(&first),
+            "{answer:?}: declined: {first:?}"
+        );
+        node.step(&mut store, boot_ms + 8, &members[1], forward.clone());
+        let copy = node.settled_actions();
+        assert!(
+            declined(&copy) && !ran(&copy),
+            "{answer:?}: a copy declined: {copy:?}"
+        );
+        if answer.is_none() {
+            // Confirmed new by an established peer: a late copy is still not run.
+            node.hello_answered(boot_ms + 9, &members[3], false, true);
+            assert!(node.established());
+            node.step(&mut store, boot_ms + 10, &members[1], forward.clone());
+            let late = node.settled_actions();
+            assert!(
+                declined(&late) && !ran(&late),
+                "a late copy once established: {late:?}"
+            );
+        }
+    }
+    // An established node runs the same first send.
+    let mut node = Leaderless::new(
+        Config::new(members[0].clone(), members.clone(), quorum),
+        0,
+        boot_ms,
+    );
+    node.step(&mut SimStore::default(), boot_ms + 5, &members[1], forward);
+    let runs = node.settled_actions();
+    assert!(ran(&runs) && !declined(&runs), "{runs:?}");
+
+    // The forwarder: a key of which it is not a replica goes to the first replica; declined,
+    // to the second; declined again, to the third; declined by all three, it coordinates.
+    let names: Vec<&str> = members.iter().map(|m| m.0.as_str()).collect();
+    let ring = kv_replica::leaderless::Ring::new(&names, 64);
+    let (key, pref) = (0u32..)
+        .map(|i| Bytes::from(format!("key{i}")))
+        .map(|k| (k.clone(), ring.preference_list(&k, 3)))
+        .find(|(_, pref)| !pref.contains(&4))
+        .expect("a key n5 does not replicate");
+    let mut x = Leaderless::new(
+        Config::new(members[4].clone(), members.clone(), quorum),
+        0,
+        boot_ms,
+    );
+    let mut store = SimStore::default();
+    let opts = Opts {
+        quorum: 2,
+        timeout_ms: 1_000,
+        degrade: false,
+    };
+    x.put(
+        &mut store,
+        boot_ms,
+        1,
+        key.clone(),
+        Some(Bytes::from_static(b"v")),
+        opts,
+    );
+    let forwarded_to = |actions: &[Action]| -> Vec<(NodeId, u64)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    to,
+                    msg: Msg::Forward { req, age_ms: 0, .. },
+                    ..
+                } => Some((to.clone(), *req)),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut sent = forwarded_to(&x.settled_actions());
+    for (n, &r) in pref.iter().enumerate() {
+        assert_eq!(sent.len(), 1, "one forward: {sent:?}");
+        let (to, req) = sent.remove(0);
+        assert_eq!(to, members[r], "the replica after {n} declined");
+        x.step(
+            &mut store,
+            boot_ms + 1 + n as u64,
+            &members[r],
+            Msg::ForwardDeclined { req },
+        );
+        let actions = x.settled_actions();
+        if n + 1 < pref.len() {
+            sent = forwarded_to(&actions);
+        } else {
+            assert!(forwarded_to(&actions).is_empty(), "{actions:?}");
+            assert!(ran(&actions), "coordinated here at last: {actions:?}");
+        }
+    }
+    assert_eq!(x.stats().forwarded, 3);
 }
 
 /// Seed 911866's history, step by step: n1 runs a write forwarded by n2, whose clock is 300 ms

@@ -33,6 +33,9 @@
 //! forwarder sent as late), and ends it as "may have happened" at the
 //! deadline or once the coordinator is down. Coordinating it itself instead gave one write two
 //! versions whenever the first coordinator was slow rather than gone (a pause, a lost answer).
+//! A replica not [`established`](Leaderless::established) (back empty, or not yet sure it is
+//! not) declines a first send ([`Msg::ForwardDeclined`]) and the forwarder sends the write to
+//! the next replica: its clock bound went with its storage.
 //!
 //! A version is `(HLC timestamp, coordinator number)`. The coordinator observes the version of
 //! the copy it replaces before taking a timestamp, so a write causally after another always has
@@ -289,6 +292,14 @@ pub enum Msg {
         /// The forwarder's clock when it first sent the request (the same on every send).
         sent_hlc: u64,
     },
+    /// A forwarded write, first sent, that this node did not run and will not: it is not
+    /// [`established`](Leaderless::established) (refilling, or not yet sure it is not back
+    /// empty), and may give a version its earlier life gave another write. The forwarder sends
+    /// it to the next replica of the key.
+    ForwardDeclined {
+        /// The forwarder's operation id.
+        req: u64,
+    },
     /// The outcome of a forwarded write.
     ForwardReply {
         /// The forwarder's operation id.
@@ -531,6 +542,8 @@ pub struct Stats {
     pub refills: u64,
     /// Read answers not counted toward R because their replica was refilling.
     pub refilling_answers: u64,
+    /// Forwarded writes this node declined to coordinate while not established.
+    pub forwards_declined: u64,
 }
 
 /// Per-request options.
@@ -591,6 +604,8 @@ struct PendingForward {
     sent: u64,
     /// This node's clock when it was first sent.
     sent_hlc: u64,
+    /// Replicas that declined this write ([`Msg::ForwardDeclined`]): not asked again.
+    declined: Vec<usize>,
 }
 
 /// A coordinator's record of a forwarded write, kept until the forwarder's deadline has passed
@@ -599,6 +614,8 @@ struct PendingForward {
 enum Forwarded {
     Running,
     Done(Result<WriteOk, QuorumFailure>),
+    /// Declined, not run ([`Msg::ForwardDeclined`]): a copy that comes later is declined too.
+    Declined,
 }
 
 struct PendingRead {
@@ -1026,14 +1043,33 @@ impl Leaderless {
         value: Option<Bytes>,
         opts: Opts,
     ) {
+        self.route_write(store, now, client, key, value, opts, Vec::new());
+    }
+
+    /// Sends a client's write to the replica that coordinates it, or coordinates it here.
+    /// The first replica believed reachable (and not suspected of sitting on a forwarded
+    /// write, nor among those that `declined` it) coordinates; if none is, this node does.
+    /// Not one back empty while others can: its clock bound went with its storage, and it may
+    /// give a version it gave before to another write (the simulator with storage losses found
+    /// one doing so, seed 32000363 of
+    /// `sim_leaderless_replicas_back_empty_refill_before_their_answers_count`); a refill raises
+    /// its clock past every copy it pulls. A replica that this node does not know is back empty
+    /// yet declines the write ([`Msg::ForwardDeclined`]), and it goes to the next.
+    #[allow(clippy::too_many_arguments)]
+    fn route_write<S: Store>(
+        &mut self,
+        store: &mut S,
+        now: u64,
+        client: u64,
+        key: Bytes,
+        value: Option<Bytes>,
+        opts: Opts,
+        declined: Vec<usize>,
+    ) {
         let pref = self.pref(&key);
-        // The first replica believed reachable (and not suspected of sitting on a forwarded
-        // write) coordinates; if none is, this node does. Not one back empty while others
-        // can: its clock bound went with its storage, and it may give a version it gave before
-        // to another write (the simulator with storage losses found one doing so, seed
-        // 32000363 of `sim_leaderless_replicas_back_empty_refill_before_their_answers_count`);
-        // a refill raises its clock past every copy it pulls.
-        let reachable = |i: &usize| !self.down.contains(i) && !self.suspect.contains(i);
+        let reachable = |i: &usize| {
+            !self.down.contains(i) && !self.suspect.contains(i) && !declined.contains(i)
+        };
         let first = pref
             .iter()
             .copied()
@@ -1070,6 +1106,7 @@ impl Leaderless {
                     started: now,
                     sent: now,
                     sent_hlc,
+                    declined,
                 },
             );
             return;
@@ -1389,6 +1426,10 @@ impl Leaderless {
                         return;
                     }
                     Some((Forwarded::Running, ..)) => return,
+                    Some((Forwarded::Declined, ..)) => {
+                        self.send(f, Msg::ForwardDeclined { req }, None);
+                        return;
+                    }
                     // Sent again, and this node may have run the first before it restarted,
                     // or run it and dropped its record since (a copy that took longer than
                     // the forwarder's deadline to arrive, held up behind a paused node: the
@@ -1401,6 +1442,20 @@ impl Leaderless {
                         self.forwarded
                             .insert((f, req), (Forwarded::Done(result.clone()), until, sent_hlc));
                         self.send(f, Msg::ForwardReply { req, result }, None);
+                        return;
+                    }
+                    // First sent, and this node is not established: it may be back empty, its
+                    // clock bound gone with its storage, and give the write a version its
+                    // earlier life gave another (a forwarder that had not yet heard it was
+                    // back could send it one). It declines; the forwarder goes on to the next
+                    // replica. An earlier life never had this request: a first send reaches
+                    // only the life it was sent to (the connection to an earlier one is gone
+                    // with what was written to it), and one sent again says so (`age_ms`).
+                    None if age_ms == 0 && !self.established() => {
+                        self.stats.forwards_declined += 1;
+                        self.forwarded
+                            .insert((f, req), (Forwarded::Declined, until, sent_hlc));
+                        self.send(f, Msg::ForwardDeclined { req }, None);
                         return;
                     }
                     None => {}
@@ -1420,6 +1475,27 @@ impl Leaderless {
                     value,
                     opts,
                 );
+            }
+            Msg::ForwardDeclined { req } => {
+                if self.forwards.get(&req).is_some_and(|p| p.to == f)
+                    && let Some(mut p) = self.forwards.remove(&req)
+                {
+                    p.declined.push(f);
+                    let left = (p.started + p.opts.timeout_ms).saturating_sub(now);
+                    if left == 0 {
+                        let result = Err(self.outcome_unknown(&p.key, p.opts.quorum));
+                        self.actions.push(Action::Write {
+                            req: p.client,
+                            result,
+                        });
+                        return;
+                    }
+                    let opts = Opts {
+                        timeout_ms: left,
+                        ..p.opts
+                    };
+                    self.route_write(store, now, p.client, p.key, p.value, opts, p.declined);
+                }
             }
             Msg::ForwardReply { req, result } => {
                 if let Some(p) = self.forwards.remove(&req) {
