@@ -484,6 +484,11 @@ fn sim_leaderless_tombstones_go_only_after_their_grace_period() {
 /// older copy for the older copy (seeds 13001139 and 13001277, in a sweep of 3,000). A
 /// replica that purged a tombstone now answers reads with it, and stores no older copy, for a
 /// grace period after the purge.
+/// The lossy replica stays lossy after the faults heal, and an anti-entropy exchange that
+/// repairs it takes three or four messages, each lost 30% of the time: with 1.5 s to settle,
+/// seed 33000485 (1 of 1,000 in a sweep) ended with that replica's copy of a key one version
+/// behind; nine exchange messages in a row to or from it had been lost, no fault of the node.
+/// It settles for 3 s.
 #[test]
 fn sim_leaderless_a_read_that_straddles_a_purge_does_not_bring_the_value_back() {
     let cfg = LlConfig {
@@ -491,12 +496,12 @@ fn sim_leaderless_a_read_that_straddles_a_purge_does_not_bring_the_value_back() 
         pause: 0.002,
         resume: 0.01,
         lossy: Some((2, 0.3)),
-        settle_steps: 1500,
+        settle_steps: 3000,
         ..everything_at_once()
     };
     let mut seeds = kv_tests::sim_seeds(200);
     if std::env::var_os("KV_SIM_SEED").is_none() {
-        seeds.extend([13_001_139, 13_001_277]);
+        seeds.extend([13_001_139, 13_001_277, 33_000_485]);
     }
     let mut purged = 0;
     for seed in seeds {
