@@ -1044,6 +1044,21 @@ fn a_repeated_forward_is_run_by_a_new_coordinator_and_refused_by_a_restarted_one
     );
 }
 
+/// Request 7 forwarded: `k=v` with W=2 and 1 s left, `age_ms` after its first send, at the
+/// forwarder's clock `sent_hlc` then.
+fn forward_of_k(age_ms: u64, sent_hlc: u64) -> Msg {
+    Msg::Forward {
+        req: 7,
+        key: Bytes::from_static(b"k"),
+        value: Some(Bytes::from_static(b"v")),
+        w: 2,
+        timeout_ms: 1_000,
+        degrade: false,
+        age_ms,
+        sent_hlc,
+    }
+}
+
 /// Whether a forwarded write was declined ([`Msg::ForwardDeclined`]).
 fn declined(actions: &[Action]) -> bool {
     actions.iter().any(|a| {
@@ -1070,16 +1085,7 @@ fn a_node_not_established_declines_a_forwarded_write_and_the_forwarder_asks_the_
     let members: Vec<NodeId> = (1..=5).map(|i| NodeId(format!("n{i}"))).collect();
     let quorum = Quorum::new(5, 3, 2, 2).expect("quorum");
     let boot_ms = 100_000u64;
-    let forward = Msg::Forward {
-        req: 7,
-        key: Bytes::from_static(b"k"),
-        value: Some(Bytes::from_static(b"v")),
-        w: 2,
-        timeout_ms: 1_000,
-        degrade: false,
-        age_ms: 0,
-        sent_hlc: boot_ms << 16,
-    };
+    let forward = forward_of_k(0, boot_ms << 16);
     // The coordinator: unsure (no peer answered), or refilling (a peer knew it before).
     for answer in [None, Some((true, true))] {
         let mut cfg = Config::new(members[0].clone(), members.clone(), quorum);
@@ -1203,16 +1209,7 @@ fn a_coordinator_that_lost_its_copy_in_a_crash_refuses_a_repeat_it_ran_before() 
     );
     let t0 = 100_000u64;
     let sent_hlc = (t0 + 10 + 300) << 16;
-    let forward = |age_ms: u64| Msg::Forward {
-        req: 7,
-        key: Bytes::from_static(b"k"),
-        value: Some(Bytes::from_static(b"v")),
-        w: 2,
-        timeout_ms: 1_000,
-        degrade: false,
-        age_ms,
-        sent_hlc,
-    };
+    let forward = |age_ms: u64| forward_of_k(age_ms, sent_hlc);
     // First life: runs it; what it sends waits for a bound above the forwarder's clock.
     let mut first = Leaderless::new(cfg.clone(), 0, t0);
     first.step(&mut SimStore::default(), t0 + 10, &members[1], forward(0));

@@ -592,6 +592,16 @@ struct PendingWrite {
     replied: bool,
 }
 
+/// A client's write on its way to a coordinator ([`Leaderless::route_write`]).
+struct ClientWrite {
+    client: u64,
+    key: Bytes,
+    value: Option<Bytes>,
+    opts: Opts,
+    /// Replicas that declined it ([`Msg::ForwardDeclined`]): not asked again.
+    declined: Vec<usize>,
+}
+
 struct PendingForward {
     client: u64,
     /// The coordinator it went to.
@@ -1043,7 +1053,14 @@ impl Leaderless {
         value: Option<Bytes>,
         opts: Opts,
     ) {
-        self.route_write(store, now, client, key, value, opts, Vec::new());
+        let write = ClientWrite {
+            client,
+            key,
+            value,
+            opts,
+            declined: Vec::new(),
+        };
+        self.route_write(store, now, write);
     }
 
     /// Sends a client's write to the replica that coordinates it, or coordinates it here.
@@ -1055,17 +1072,14 @@ impl Leaderless {
     /// `sim_leaderless_replicas_back_empty_refill_before_their_answers_count`); a refill raises
     /// its clock past every copy it pulls. A replica that this node does not know is back empty
     /// yet declines the write ([`Msg::ForwardDeclined`]), and it goes to the next.
-    #[allow(clippy::too_many_arguments)]
-    fn route_write<S: Store>(
-        &mut self,
-        store: &mut S,
-        now: u64,
-        client: u64,
-        key: Bytes,
-        value: Option<Bytes>,
-        opts: Opts,
-        declined: Vec<usize>,
-    ) {
+    fn route_write<S: Store>(&mut self, store: &mut S, now: u64, write: ClientWrite) {
+        let ClientWrite {
+            client,
+            key,
+            value,
+            opts,
+            declined,
+        } = write;
         let pref = self.pref(&key);
         let reachable = |i: &usize| {
             !self.down.contains(i) && !self.suspect.contains(i) && !declined.contains(i)
@@ -1490,11 +1504,17 @@ impl Leaderless {
                         });
                         return;
                     }
-                    let opts = Opts {
-                        timeout_ms: left,
-                        ..p.opts
+                    let write = ClientWrite {
+                        client: p.client,
+                        key: p.key,
+                        value: p.value,
+                        opts: Opts {
+                            timeout_ms: left,
+                            ..p.opts
+                        },
+                        declined: p.declined,
                     };
-                    self.route_write(store, now, p.client, p.key, p.value, opts, p.declined);
+                    self.route_write(store, now, write);
                 }
             }
             Msg::ForwardReply { req, result } => {
