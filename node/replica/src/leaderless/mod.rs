@@ -603,19 +603,14 @@ struct ClientWrite {
 }
 
 struct PendingForward {
-    client: u64,
+    write: ClientWrite,
     /// The coordinator it went to.
     to: usize,
-    key: Bytes,
-    value: Option<Bytes>,
-    opts: Opts,
     started: u64,
     /// When it was last sent.
     sent: u64,
     /// This node's clock when it was first sent.
     sent_hlc: u64,
-    /// Replicas that declined this write ([`Msg::ForwardDeclined`]): not asked again.
-    declined: Vec<usize>,
 }
 
 /// A coordinator's record of a forwarded write, kept until the forwarder's deadline has passed
@@ -1073,16 +1068,9 @@ impl Leaderless {
     /// its clock past every copy it pulls. A replica that this node does not know is back empty
     /// yet declines the write ([`Msg::ForwardDeclined`]), and it goes to the next.
     fn route_write<S: Store>(&mut self, store: &mut S, now: u64, write: ClientWrite) {
-        let ClientWrite {
-            client,
-            key,
-            value,
-            opts,
-            declined,
-        } = write;
-        let pref = self.pref(&key);
+        let pref = self.pref(&write.key);
         let reachable = |i: &usize| {
-            !self.down.contains(i) && !self.suspect.contains(i) && !declined.contains(i)
+            !self.down.contains(i) && !self.suspect.contains(i) && !write.declined.contains(i)
         };
         let first = pref
             .iter()
@@ -1099,11 +1087,11 @@ impl Leaderless {
                 to,
                 Msg::Forward {
                     req: op,
-                    key: key.clone(),
-                    value: value.clone(),
-                    w: opts.quorum,
-                    timeout_ms: opts.timeout_ms,
-                    degrade: opts.degrade,
+                    key: write.key.clone(),
+                    value: write.value.clone(),
+                    w: write.opts.quorum,
+                    timeout_ms: write.opts.timeout_ms,
+                    degrade: write.opts.degrade,
                     age_ms: 0,
                     sent_hlc,
                 },
@@ -1112,19 +1100,22 @@ impl Leaderless {
             self.forwards.insert(
                 op,
                 PendingForward {
-                    client,
+                    write,
                     to,
-                    key,
-                    value,
-                    opts,
                     started: now,
                     sent: now,
                     sent_hlc,
-                    declined,
                 },
             );
             return;
         }
+        let ClientWrite {
+            client,
+            key,
+            value,
+            opts,
+            ..
+        } = write;
         self.coordinate_write(store, now, Origin::Client(client), key, value, opts);
     }
 
@@ -1492,35 +1483,27 @@ impl Leaderless {
             }
             Msg::ForwardDeclined { req } => {
                 if self.forwards.get(&req).is_some_and(|p| p.to == f)
-                    && let Some(mut p) = self.forwards.remove(&req)
+                    && let Some(p) = self.forwards.remove(&req)
                 {
-                    p.declined.push(f);
-                    let left = (p.started + p.opts.timeout_ms).saturating_sub(now);
+                    let mut write = p.write;
+                    write.declined.push(f);
+                    let left = (p.started + write.opts.timeout_ms).saturating_sub(now);
                     if left == 0 {
-                        let result = Err(self.outcome_unknown(&p.key, p.opts.quorum));
+                        let result = Err(self.outcome_unknown(&write.key, write.opts.quorum));
                         self.actions.push(Action::Write {
-                            req: p.client,
+                            req: write.client,
                             result,
                         });
                         return;
                     }
-                    let write = ClientWrite {
-                        client: p.client,
-                        key: p.key,
-                        value: p.value,
-                        opts: Opts {
-                            timeout_ms: left,
-                            ..p.opts
-                        },
-                        declined: p.declined,
-                    };
+                    write.opts.timeout_ms = left;
                     self.route_write(store, now, write);
                 }
             }
             Msg::ForwardReply { req, result } => {
                 if let Some(p) = self.forwards.remove(&req) {
                     self.actions.push(Action::Write {
-                        req: p.client,
+                        req: p.write.client,
                         result,
                     });
                 }
@@ -2338,11 +2321,11 @@ impl Leaderless {
                 continue;
             };
             let (to, started) = (f.to, f.started);
-            if now >= started + f.opts.timeout_ms || self.down.contains(&to) {
+            if now >= started + f.write.opts.timeout_ms || self.down.contains(&to) {
                 if let Some(f) = self.forwards.remove(&op) {
-                    let result = Err(self.outcome_unknown(&f.key, f.opts.quorum));
+                    let result = Err(self.outcome_unknown(&f.write.key, f.write.opts.quorum));
                     self.actions.push(Action::Write {
-                        req: f.client,
+                        req: f.write.client,
                         result,
                     });
                 }
@@ -2350,11 +2333,11 @@ impl Leaderless {
                 f.sent = now;
                 let msg = Msg::Forward {
                     req: op,
-                    key: f.key.clone(),
-                    value: f.value.clone(),
-                    w: f.opts.quorum,
-                    timeout_ms: (started + f.opts.timeout_ms).saturating_sub(now),
-                    degrade: f.opts.degrade,
+                    key: f.write.key.clone(),
+                    value: f.write.value.clone(),
+                    w: f.write.opts.quorum,
+                    timeout_ms: (started + f.write.opts.timeout_ms).saturating_sub(now),
+                    degrade: f.write.opts.degrade,
                     age_ms: now - started,
                     sent_hlc: f.sent_hlc,
                 };
