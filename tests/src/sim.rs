@@ -62,6 +62,10 @@ pub struct SimConfig {
     pub partition: f64,
     /// Heal probability per step.
     pub heal: f64,
+    /// Per step: probability of pausing a running node (a GC or VM pause, SIGSTOP) for 5 to
+    /// 60 ticks: it neither ticks nor reads, its messages wait for it, and it resumes with the
+    /// state it had, the way the driver does (one tick, not a burst of the ones missed).
+    pub pause: f64,
     /// 0: a partition splits the nodes into two sides. Above 0: each one-way link is cut with
     /// this probability instead, so a node may be heard but not hear, and two nodes that cannot
     /// reach each other may both reach a third (partial and asymmetric partitions).
@@ -94,6 +98,7 @@ impl Default for SimConfig {
             restart: 0.02,
             partition: 0.004,
             heal: 0.02,
+            pause: 0.0,
             link_cut: 0.0,
             sync: 0.5,
             compact: 0.01,
@@ -154,6 +159,8 @@ struct Node {
     /// The state machine: every entry applied, from index 1 (restored from the snapshot on a
     /// restart or an install, then extended by `Apply`).
     applied: Vec<Entry>,
+    /// Paused (does nothing) until this step.
+    paused_until: u64,
 }
 
 /// What a run observed, for the test to report.
@@ -271,6 +278,7 @@ impl Sim {
                 snapshot: Snapshot::default(),
                 log: Vec::new(),
                 applied: Vec::new(),
+                paused_until: 0,
             });
             sim.boot(i);
         }
@@ -302,6 +310,11 @@ impl Sim {
         n.pipeline = Pipeline::new(true);
         n.unsynced.clear();
         n.applied = state;
+        n.paused_until = 0;
+    }
+
+    fn paused(&self, i: usize) -> bool {
+        self.now < self.nodes[i].paused_until
     }
 
     /// The state machine a snapshot holds.
@@ -352,6 +365,7 @@ impl Sim {
             .enumerate()
             .map(|(i, n)| match &n.replica {
                 None => format!("n{} down", i + 1),
+                Some(_) if self.now < n.paused_until => format!("n{} paused", i + 1),
                 Some(r) => format!(
                     "n{} {:?} t{} v{} c{} l{} w{} ->{} heard{}",
                     i + 1,
@@ -780,8 +794,13 @@ impl Sim {
                 None => {
                     self.leaders.insert(term, i);
                     self.stats.terms_with_leader += 1;
-                    // Leader completeness for acknowledged W >= majority writes.
-                    for &(index, t) in &self.acked_majority {
+                    // Leader completeness for acknowledged W >= majority writes: an entry is
+                    // acknowledged in its own term (by the leader that appended it, or never),
+                    // so leaders of later terms must hold it. Not one of an earlier term: a
+                    // candidate paused with the votes of term 7 in hand wins it on resuming,
+                    // after term 8 acknowledged writes (seed 33126857 of the pauses); it holds
+                    // none of them, and no follower takes its appends.
+                    for &(index, t) in self.acked_majority.iter().filter(|&&(_, t)| t < term) {
                         let index_ = LogIndex(index);
                         let held = r
                             .entry(index_)
@@ -802,7 +821,7 @@ impl Sim {
 
     fn client(&mut self) {
         let i = self.rng.random_range(0..self.nodes.len());
-        if self.nodes[i].replica.is_none() {
+        if self.nodes[i].replica.is_none() || self.paused(i) {
             return;
         }
         if self.rng.random_bool(self.cfg.propose) {
@@ -871,11 +890,21 @@ impl Sim {
         if self.rng.random_bool(self.cfg.heal) {
             self.blocked.clear();
         }
+        // Drawn only when enabled: the other configurations' seeds keep their runs.
+        if self.cfg.pause > 0.0 && self.rng.random_bool(self.cfg.pause) {
+            let i = self.rng.random_range(0..n);
+            if !self.paused(i) {
+                self.nodes[i].paused_until = self.now + self.rng.random_range(5..=60);
+            }
+        }
     }
 
     fn step(&mut self, traffic: bool) {
         self.now += 1;
         for i in 0..self.nodes.len() {
+            if self.paused(i) {
+                continue;
+            }
             if let Some(r) = self.nodes[i].replica.as_mut() {
                 r.tick();
             }
@@ -890,7 +919,7 @@ impl Sim {
         let mut due: Vec<Packet> = Vec::new();
         let mut k = 0;
         while k < self.net.len() {
-            if self.net[k].at <= self.now {
+            if self.net[k].at <= self.now && !self.paused(self.net[k].to) {
                 due.push(self.net.swap_remove(k));
             } else {
                 k += 1;

@@ -57,6 +57,24 @@ fn sim_a_deposed_leader_heard_beside_its_successor_is_reported() {
     );
 }
 
+/// Pauses (a GC or VM pause, SIGSTOP) on top of the default faults: a paused leader is
+/// replaced, resumes believing it still leads, and sends before it hears of the newer term.
+#[test]
+fn sim_paused_nodes_keep_every_invariant() {
+    for nodes in [3, 5] {
+        let t = run_many(
+            SimConfig {
+                nodes,
+                pause: 0.01,
+                ..SimConfig::default()
+            },
+            300,
+        );
+        assert!(t.acked_majority > 10_000, "{t:?}");
+        assert!(t.split_brain_heard > 0, "{t:?}");
+    }
+}
+
 #[test]
 fn sim_five_replicas_under_faults_keep_every_invariant() {
     let t = run_many(
