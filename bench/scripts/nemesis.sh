@@ -39,7 +39,8 @@
 # fault: the node's real wall clock (which its versions follow; its timers run on its monotonic
 # clock) jumps ahead or back, as NTP steps a clock that was far off. DISK=MS (environment)
 # adds the disk fault. CUT=1 (environment) adds the one-way cut. WIPE=1 (environment) adds
-# the storage loss. POWER=1 (environment) runs every node under the power-loss emulation
+# the storage loss. BIN=DIR (environment) runs the kvctl, kv-node and kv-bench found there
+# instead of target/release (another build, for an A/B). POWER=1 (environment) runs every node under the power-loss emulation
 # (kvctl cluster up --power-loss: tests/powerloss, an LD_PRELOAD library journalling each write
 # until its file's fsync) and adds the power and outage faults. The same seed gives the same faults in the same
 # order (their timing is the machine's). Writes into OUT_DIR: nemesis.log
@@ -74,7 +75,7 @@ if [ "$POWER" -eq 1 ]; then
 else
   cargo build --release -q -p kv-node -p kv-bench
 fi
-BIN=target/release
+BIN=${BIN:-target/release}
 if [ -e "$OUT" ] && [ -n "$(ls -A "$OUT")" ] && [ ! -e "$OUT/commands.txt" ]; then
   echo "$OUT is not empty and not an earlier drill's: give a new directory" >&2; exit 2
 fi
