@@ -365,7 +365,7 @@ impl Sim {
             .enumerate()
             .map(|(i, n)| match &n.replica {
                 None => format!("n{} down", i + 1),
-                Some(_) if self.now < n.paused_until => format!("n{} paused", i + 1),
+                Some(_) if self.paused(i) => format!("n{} paused", i + 1),
                 Some(r) => format!(
                     "n{} {:?} t{} v{} c{} l{} w{} ->{} heard{}",
                     i + 1,

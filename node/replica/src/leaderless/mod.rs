@@ -602,6 +602,23 @@ struct ClientWrite {
     declined: Vec<usize>,
 }
 
+impl ClientWrite {
+    /// The message that forwards it as request `req`: `age_ms` after its first send (0: the
+    /// first), with `timeout_ms` left, sent at the forwarder's clock `sent_hlc`.
+    fn forward(&self, req: u64, timeout_ms: u64, age_ms: u64, sent_hlc: u64) -> Msg {
+        Msg::Forward {
+            req,
+            key: self.key.clone(),
+            value: self.value.clone(),
+            w: self.opts.quorum,
+            timeout_ms,
+            degrade: self.opts.degrade,
+            age_ms,
+            sent_hlc,
+        }
+    }
+}
+
 struct PendingForward {
     write: ClientWrite,
     /// The coordinator it went to.
@@ -1083,20 +1100,8 @@ impl Leaderless {
             let op = self.op_id();
             self.stats.forwarded += 1;
             let sent_hlc = self.hlc.now(self.physical(now));
-            self.send(
-                to,
-                Msg::Forward {
-                    req: op,
-                    key: write.key.clone(),
-                    value: write.value.clone(),
-                    w: write.opts.quorum,
-                    timeout_ms: write.opts.timeout_ms,
-                    degrade: write.opts.degrade,
-                    age_ms: 0,
-                    sent_hlc,
-                },
-                None,
-            );
+            let msg = write.forward(op, write.opts.timeout_ms, 0, sent_hlc);
+            self.send(to, msg, None);
             self.forwards.insert(
                 op,
                 PendingForward {
@@ -2331,16 +2336,8 @@ impl Leaderless {
                 }
             } else if now >= f.sent + quiet {
                 f.sent = now;
-                let msg = Msg::Forward {
-                    req: op,
-                    key: f.write.key.clone(),
-                    value: f.write.value.clone(),
-                    w: f.write.opts.quorum,
-                    timeout_ms: (started + f.write.opts.timeout_ms).saturating_sub(now),
-                    degrade: f.write.opts.degrade,
-                    age_ms: now - started,
-                    sent_hlc: f.sent_hlc,
-                };
+                let left = (started + f.write.opts.timeout_ms).saturating_sub(now);
+                let msg = f.write.forward(op, left, now - started, f.sent_hlc);
                 self.suspect.insert(to);
                 self.send(to, msg, None);
             }
