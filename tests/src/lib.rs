@@ -134,6 +134,30 @@ pub fn sim_seeds(default: u64) -> Vec<u64> {
     }
 }
 
+/// Runs `run` once for every seed of [`sim_seeds`]. A failing seed stops the test unless
+/// `KV_SIM_KEEP_GOING` is set: then the sweep goes on (each failure still prints its message),
+/// and the test fails at the end naming every seed that failed, which a sweep over a new range
+/// needs; the failed seeds' counts are missing from the totals.
+///
+/// # Panics
+/// When a seed fails: at once, or with `KV_SIM_KEEP_GOING` after the last seed.
+pub fn for_each_seed(default: u64, mut run: impl FnMut(u64)) {
+    let keep_going = std::env::var_os("KV_SIM_KEEP_GOING").is_some();
+    let mut failed = Vec::new();
+    for seed in sim_seeds(default) {
+        if !keep_going {
+            run(seed);
+        } else if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(seed))).is_err() {
+            failed.push(seed);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} seeds failed: {failed:?}",
+        failed.len()
+    );
+}
+
 /// The one-way links a simulated partition cuts among `n` nodes: with `link_cut` 0, the nodes
 /// split into two sides (each side's links to the other cut both ways); above 0, each one-way
 /// link cut on its own with that probability (partial and asymmetric partitions). Both

@@ -7,7 +7,7 @@ use kv_tests::sim::{Sim, SimConfig, Stats};
 
 fn run_many(cfg: SimConfig, default_seeds: u64) -> Stats {
     let mut total = Stats::default();
-    for seed in kv_tests::sim_seeds(default_seeds) {
+    kv_tests::for_each_seed(default_seeds, |seed| {
         let s = Sim::new(seed, cfg.clone()).run();
         total.proposed += s.proposed;
         total.acked += s.acked;
@@ -21,7 +21,7 @@ fn run_many(cfg: SimConfig, default_seeds: u64) -> Stats {
         total.restored += s.restored;
         total.survived += s.survived;
         total.split_brain_heard += s.split_brain_heard;
-    }
+    });
     eprintln!("{cfg:?}\n=> {total:?}");
     total
 }

@@ -12,7 +12,7 @@ use kv_tests::sim_leaderless::{LlConfig, LlSim, LlStats, SimStore};
 
 fn run_many(cfg: LlConfig, default_seeds: u64) -> LlStats {
     let mut t = LlStats::default();
-    for seed in kv_tests::sim_seeds(default_seeds) {
+    kv_tests::for_each_seed(default_seeds, |seed| {
         let s = LlSim::new(seed, cfg.clone()).run();
         t.acked += s.acked;
         t.superseded += s.superseded;
@@ -37,7 +37,7 @@ fn run_many(cfg: LlConfig, default_seeds: u64) -> LlStats {
         t.refills += s.refills;
         t.refilling_answers += s.refilling_answers;
         t.forwards_declined += s.forwards_declined;
-    }
+    });
     eprintln!("{cfg:?}\n=> {t:?}");
     t
 }
