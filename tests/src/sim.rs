@@ -191,6 +191,10 @@ pub struct Stats {
     /// Steps at which some node heard two leaders at overlapping times within the last 3,000
     /// ticks (`Replica::leaders_observed` >= 2: what `kv_leaders_observed` reports).
     pub split_brain_heard: u64,
+    /// Runs whose leader, once settled, had committed entries its own disk did not hold yet
+    /// (a majority of followers held them): the convergence check compares commit indexes
+    /// with the leader's log, not its disk.
+    pub settled_ahead_of_leader_disk: u64,
 }
 
 /// One seeded simulation.
@@ -1008,6 +1012,10 @@ impl Sim {
             .map_or(0, |r| r.last_index().0);
         if commits.iter().any(|&c| c != last) {
             self.fail(format!("after healing, commit indexes {commits:?} differ from the leader's last index {last}"));
+        }
+        let leader = &self.nodes[leaders[0]];
+        if last > leader.log_base() + leader.log.len() as u64 {
+            self.stats.settled_ahead_of_leader_disk += 1;
         }
         let first = &self.nodes[0].applied;
         for (i, n) in self.nodes.iter().enumerate() {

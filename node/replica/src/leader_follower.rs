@@ -233,7 +233,9 @@ pub enum ReplicaError {
 
 /// What the driver must do, in order. A batch holding a `PersistHardState` or `Truncate` must
 /// be durable before any other action of it (or of a later batch) is carried out: a vote or a
-/// term must survive a crash before anyone hears of it. Other batches may be carried out while
+/// term must survive a crash before a candidate hears of it. Replies to the leader are the
+/// exception (unless a `Restore` is being written): they claim only what is durable, see
+/// [`crate::pipeline::Pipeline::submit`]. Other batches may be carried out while
 /// their `PersistEntries` are written: acknowledgements claim only what the driver reported
 /// through [`Replica::persisted`] (the last index it made durable, called once the entries are
 /// written), and a leader counts itself toward W and the commit only from then (Raft thesis

@@ -14,9 +14,10 @@
 //! snapshot is carried out only once its durable state is written (a vote must survive a crash). Here that wait
 //! does not stop the replica: later batches are stepped meanwhile, and what waits is released
 //! in order — later batches' actions too, behind it. Replies to the leader (`AppendReply`) are
-//! the exception behind a truncation with no term, vote or snapshot before them: they go at
-//! once, since they claim only what is durable and a slow truncation would otherwise silence
-//! the follower for the leader's check-quorum. Any other batch goes out at once: neither
+//! the exception unless a snapshot is being restored: they go at once, since they claim only
+//! what is durable, and held for a slow write they silence the follower for the leader's
+//! check-quorum (see [`Pipeline::submit`] for why a term not yet written may be named in
+//! them). Any other batch goes out at once: neither
 //! a leader (it counts itself toward W and the commit only once [`Replica::persisted`] says
 //! so, Raft thesis §10.2.1) nor a follower (its acknowledgements claim only what `persisted`
 //! reported) claims anything not yet durable.
@@ -37,8 +38,9 @@ struct InFlight {
     deferred: Vec<Action>,
     /// It holds a term or vote.
     hard: bool,
-    /// It holds a term, a vote or a snapshot: no reply to the leader may overtake it.
-    fence: bool,
+    /// It restores a snapshot: no reply to the leader may overtake it (a reply after it claims
+    /// the snapshot's index, durable only with it).
+    restore: bool,
 }
 
 /// Orders a replica's actions around asynchronous writes. See the module documentation.
@@ -66,6 +68,18 @@ impl Pipeline {
     /// when the batch holds durable state to write — its number: the caller writes the
     /// batch's `PersistHardState`, `Truncate` and `PersistEntries` (after every earlier batch)
     /// and reports with [`Pipeline::durable`].
+    ///
+    /// Replies to the leader go now unless a snapshot is being restored, even behind a term or
+    /// vote being written. They claim as durable only what [`Replica::persisted`] reported,
+    /// which a later batch cannot make durable before an earlier one, so a reply claiming an
+    /// entry of term t comes from a node whose term t is written. A reply claiming nothing new
+    /// may name a term a crash takes back; the leader counts it only as a sign of life and as a
+    /// read-index confirmation, and the latter is safe: no leader of an earlier term can commit
+    /// after this leader was elected (its voters, a majority, wrote their votes first), and no
+    /// leader of a later term can be elected by votes granted before this reply. Held behind a
+    /// slow term or vote (a follower that had campaigned, or learnt a new term from the
+    /// leader's first append), they made a new leader step down by check-quorum while every
+    /// follower was still writing (seed 33301304 of the slow disk).
     pub fn submit(
         &mut self,
         replica: &mut Replica,
@@ -89,15 +103,14 @@ impl Pipeline {
             _ => false,
         });
         let early = !risky && self.inflight.iter().all(|f| f.deferred.is_empty());
-        let fence = actions_fence(&actions);
+        let restore = actions_restore(&actions);
         let last = replica.last_index();
         let (now, deferred) = if early {
             (actions, Vec::new())
-        } else if self.writes && !fence && !self.inflight.iter().any(|f| f.fence) {
-            // Behind a truncation only: replies to the leader go now. They claim what is
-            // durable (the truncation lowered that to where the logs match), carry a term
-            // already written, and tell the leader this follower is alive: held for a
-            // slow truncation's fsync, they made a leader step down by check-quorum.
+        } else if self.writes && !restore && !self.inflight.iter().any(|f| f.restore) {
+            // Replies to the leader go now (see above): they claim what is durable (a
+            // truncation lowered that to where the logs match) and tell the leader this
+            // follower is alive.
             actions.into_iter().partition(is_reply)
         } else {
             (Vec::new(), actions)
@@ -111,7 +124,7 @@ impl Pipeline {
                 generation: self.generation,
                 deferred,
                 hard,
-                fence,
+                restore,
             });
             return (now, Some(self.submitted));
         }
@@ -164,12 +177,10 @@ impl Pipeline {
     }
 }
 
-/// A term, a vote or a snapshot: a reply after it must wait until it is durable (a reply
-/// after a snapshot claims the snapshot's index).
-fn actions_fence(actions: &[Action]) -> bool {
-    actions
-        .iter()
-        .any(|a| matches!(a, Action::PersistHardState(_) | Action::Restore { .. }))
+/// A snapshot restored: a reply after it must wait until it is durable (it claims the
+/// snapshot's index).
+fn actions_restore(actions: &[Action]) -> bool {
+    actions.iter().any(|a| matches!(a, Action::Restore { .. }))
 }
 
 fn is_reply(a: &Action) -> bool {
@@ -193,7 +204,7 @@ mod tests {
     use super::*;
     use crate::NodeId;
     use crate::leader_follower::tests::replica;
-    use crate::leader_follower::{HardState, Term};
+    use crate::leader_follower::{HardState, Snapshot, Term};
 
     fn reply(index: u64) -> Action {
         Action::Send {
@@ -232,8 +243,22 @@ mod tests {
                 .all(|(a, b)| format!("{a:?}") == format!("{b:?}"))
     }
 
+    fn hard() -> Action {
+        Action::PersistHardState(HardState {
+            term: Term(3),
+            voted_for: Some(2),
+        })
+    }
+
+    fn restore() -> Action {
+        Action::Restore {
+            snapshot: Snapshot::default(),
+            rolled_back: Vec::new(),
+        }
+    }
+
     #[test]
-    fn replies_go_ahead_of_a_truncation_being_written_but_not_of_a_term_or_vote() {
+    fn replies_go_ahead_of_a_truncation_or_a_term_being_written_but_not_of_a_snapshot() {
         let mut r = replica(1, 3, HardState::default(), Vec::new());
         let mut p = Pipeline::new(true);
         // A truncation: its reply (claiming only what is durable) goes now.
@@ -243,24 +268,24 @@ mod tests {
         // Behind it, a later batch's reply goes too; anything else waits, in order.
         let (now, _) = p.submit(&mut r, vec![vote(), reply(5)]);
         assert!(is(&now, &[reply(5)]), "{now:?}");
-        // A term or vote to write: nothing of its batch goes, nor a reply after it.
-        let hard = Action::PersistHardState(HardState {
-            term: Term(3),
-            voted_for: Some(2),
-        });
-        let (now, _) = p.submit(&mut r, vec![hard, reply(6)]);
+        // A term or vote to write: the reply goes, the rest of its batch waits.
+        let (now, _) = p.submit(&mut r, vec![hard(), vote(), reply(6)]);
+        assert!(is(&now, &[reply(6)]), "{now:?}");
+        // A snapshot to restore: nothing of its batch goes, nor a reply after it.
+        let (now, _) = p.submit(&mut r, vec![restore(), reply(7)]);
         assert!(now.is_empty(), "{now:?}");
-        let (now, _) = p.submit(&mut r, vec![reply(7)]);
+        let (now, _) = p.submit(&mut r, vec![reply(8)]);
         assert!(now.is_empty(), "{now:?}");
         // As each write is durable, what waited for it goes, in order (a batch with nothing
         // to write waits with the one before it).
         let released = p.durable(&mut r, 1);
         assert!(is(&released, &[truncate(), vote()]), "{released:?}");
-        let hard = Action::PersistHardState(HardState {
-            term: Term(3),
-            voted_for: Some(2),
-        });
         let released = p.durable(&mut r, 2);
-        assert!(is(&released, &[hard, reply(6), reply(7)]), "{released:?}");
+        assert!(is(&released, &[hard(), vote()]), "{released:?}");
+        let released = p.durable(&mut r, 3);
+        assert!(
+            is(&released, &[restore(), reply(7), reply(8)]),
+            "{released:?}"
+        );
     }
 }
