@@ -193,27 +193,31 @@ impl LeaderRoute {
     /// Endpoint `e` answered UNAVAILABLE naming `leader` (an id) or none, or did not answer in
     /// time (none): a follower names the leader, so asking the next endpoint is how a leader
     /// elected while the old one froze is found.
-    pub fn unavailable(&self, e: usize, leader: Option<&str>) {
+    /// Returns whether it named a leader at another endpoint, which the route now follows.
+    pub fn unavailable(&self, e: usize, leader: Option<&str>) -> bool {
         match leader {
-            Some(id) => self.follow(id),
+            Some(id) => self.follow(id).is_some_and(|l| l != e),
             None if e == self.leader.load(Ordering::Relaxed) => {
                 // Many clients see the same failure: move once.
                 let next = (e + 1) % self.endpoints.len();
                 let _ = self
                     .leader
                     .compare_exchange(e, next, Ordering::Relaxed, Ordering::Relaxed);
+                false
             }
-            None => {}
+            None => false,
         }
     }
 
-    /// Node `id` leads: every client goes to its endpoint (or, when none serves it, stays, and
-    /// says so once).
-    fn follow(&self, id: &str) {
-        match self.ids.iter().position(|i| i == id) {
+    /// Node `id` leads: every client goes to its endpoint, returned (or, when none serves it,
+    /// stays, and says so once).
+    fn follow(&self, id: &str) -> Option<usize> {
+        let l = self.ids.iter().position(|i| i == id);
+        match l {
             Some(l) => self.leader.store(l, Ordering::Relaxed),
             None => self.leader_not_served(id),
         }
+        l
     }
 
     fn leader_not_served(&self, id: &str) {
@@ -349,7 +353,9 @@ fn leader_route(lf: Vec<(String, pb::NodeStatus)>, spread_reads: bool) -> Leader
         warned: AtomicBool::new(false),
     };
     match newest {
-        Some(id) => route.follow(&id),
+        Some(id) => {
+            route.follow(&id);
+        }
         None => eprintln!(
             "kv-bench: no endpoint knows a leader yet: writes and leader reads fail until one is \
              elected"
@@ -365,6 +371,8 @@ pub struct ClientConns {
     /// This client's own endpoint (leader-follower reads from any replica).
     home: usize,
     picked: Option<usize>,
+    /// The last operation was refused by a follower naming a leader at another endpoint.
+    redirected: bool,
 }
 
 impl ClientConns {
@@ -386,7 +394,8 @@ impl ClientConns {
     ///
     /// # Errors
     /// The operation's, as its kind.
-    pub fn outcome<T>(&self, result: Result<T, Failed>) -> Result<T, ErrorKind> {
+    pub fn outcome<T>(&mut self, result: Result<T, Failed>) -> Result<T, ErrorKind> {
+        self.redirected = false;
         let f = match result {
             Ok(v) => return Ok(v),
             Err(f) => f,
@@ -395,10 +404,16 @@ impl ClientConns {
         if let (true, Some(routing), Some(e)) = (moved, &self.routing, self.picked) {
             match &**routing {
                 Routing::Ring(r) => r.failed(e),
-                Routing::Leader(l) => l.unavailable(e, f.leader.as_deref()),
+                Routing::Leader(l) => self.redirected = l.unavailable(e, f.leader.as_deref()),
             }
         }
         Err(f.kind)
+    }
+
+    /// The last operation was refused by a follower that named a leader at another endpoint:
+    /// the next one goes there at once.
+    pub fn redirected(&self) -> bool {
+        self.redirected
     }
 }
 
@@ -424,6 +439,7 @@ pub async fn connect_clients(
                 routing: None,
                 home: 0,
                 picked: None,
+                redirected: false,
             })
             .collect());
     };
@@ -438,6 +454,7 @@ pub async fn connect_clients(
                 routing: Some(routing.clone()),
                 home: i % e,
                 picked: None,
+                redirected: false,
             }
         })
         .collect())
@@ -749,10 +766,10 @@ mod tests {
         assert_eq!(l.leader(), "h3:1");
         assert_eq!((l.pick(false, 0), l.pick(true, 1)), (2, 2));
         // A follower names the new leader: every client moves there.
-        l.unavailable(2, Some("n2"));
+        assert!(l.unavailable(2, Some("n2")));
         assert_eq!(l.pick(false, 0), 1);
         // A refusal without a leader from an endpoint that is not the leader changes nothing.
-        l.unavailable(0, None);
+        assert!(!l.unavailable(0, None));
         assert_eq!(l.pick(false, 0), 1);
         // The leader fails with no leader named: try the next endpoint, wrapping around.
         l.unavailable(1, None);
@@ -760,7 +777,7 @@ mod tests {
         l.unavailable(2, None);
         assert_eq!(l.pick(false, 0), 0);
         // A leader no endpoint serves: stay (and say so once).
-        l.unavailable(0, Some("n4"));
+        assert!(!l.unavailable(0, Some("n4")));
         assert_eq!(l.pick(false, 0), 0);
         assert!(l.warned.load(Ordering::Relaxed));
     }

@@ -27,7 +27,10 @@ enum Cmd {
     ///
     /// Closed loop: --clients C clients each send their next request when the previous one
     /// answers. Open loop: --rate R, latency from each request's intended start. Writes
-    /// DIR/summary.json, latency.hgrm, service_time.hgrm, timeline.csv and SVG plots.
+    /// DIR/summary.json, latency.hgrm, service_time.hgrm, timeline.csv and SVG plots. A client
+    /// refused as unavailable (no leader, no quorum) waits 1 ms, doubling to 25 ms while the
+    /// refusals go on, before its next request; a follower naming the leader is followed at
+    /// once.
     ///
     /// Example: kv-bench run --endpoints 127.0.0.1:7001 --clients 16 --duration 20s
     ///          --keys 10000 --value-size 100 --dist zipfian --mix read=50,write=50 --out bench-out/kv

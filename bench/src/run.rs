@@ -342,6 +342,7 @@ async fn client(
     let mut n = 0u64;
     // One timer per client, moved later for each operation (see `timed`).
     let mut deadline = Box::pin(tokio::time::sleep(cfg.timeout));
+    let mut backoff = Backoff::default();
     loop {
         let start = match &schedule {
             Some(s) => {
@@ -498,6 +499,9 @@ async fn client(
                 node: None,
             });
         }
+        if let Some(pause) = backoff.after(&res, conns.redirected()) {
+            tokio::time::sleep(pause).await;
+        }
         if start < measure_from {
             continue;
         }
@@ -538,6 +542,43 @@ async fn client(
         timeline,
         degraded,
         superseded,
+    }
+}
+
+/// How long a client waits after a request refused as unavailable before its next one, as
+/// etcd's client does between retries (25 ms) and for the same reason: during an election, or
+/// while a leader cut off from its majority has stepped down and the majority still names it,
+/// each attempt fails at once, and a client that tries again at once spins (a closed loop
+/// counted thousands of failures per second of outage, and spent the CPU the election needed
+/// on a small machine). The wait doubles from 1 ms up to 25 ms while refusals go on, each
+/// drawn within 50-100% of that (clients refused together do not come back together); any
+/// other answer ends it. Open-loop latency still runs from the intended start, so the wait is
+/// counted in the latency of the requests it delays.
+#[derive(Debug, Default)]
+struct Backoff {
+    refused: u32,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(1);
+    const MAX: Duration = Duration::from_millis(25);
+
+    /// The wait after a request ended with `res`, if any; none when a follower's refusal
+    /// `redirected` the client to the leader it named (the next request goes there at once,
+    /// and the refusals so far still count).
+    fn after(&mut self, res: &Result<(), driver::ErrorKind>, redirected: bool) -> Option<Duration> {
+        if !matches!(res, Err(kind) if *kind == "unavailable") {
+            self.refused = 0;
+            return None;
+        }
+        if redirected {
+            return None;
+        }
+        let full = Self::FIRST
+            .saturating_mul(1 << self.refused.min(5))
+            .min(Self::MAX);
+        self.refused = self.refused.saturating_add(1);
+        Some(full.mul_f64(rand::rng().random_range(0.5..=1.0)))
     }
 }
 
@@ -980,4 +1021,34 @@ pub fn table(s: &Summary) -> String {
         out.push_str(&format!("errors: {}\n", e.join(" ")));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_back_off_doubling_to_25_ms_and_any_other_answer_resets() {
+        let mut b = Backoff::default();
+        let unavailable: Result<(), driver::ErrorKind> = Err("unavailable");
+        let caps = [1, 2, 4, 8, 16, 25, 25, 25];
+        for cap in caps {
+            let d = b
+                .after(&unavailable, false)
+                .expect("a wait after a refusal");
+            let cap = Duration::from_millis(cap);
+            assert!(d <= cap && d >= cap / 2, "{d:?} against {cap:?}");
+        }
+        // A timeout already waited; a success ends the refusals.
+        assert_eq!(b.after(&Err("deadline_exceeded"), false), None);
+        let d = b.after(&unavailable, false).expect("a wait");
+        assert!(d <= Duration::from_millis(1), "{d:?}");
+        b.after(&unavailable, false);
+        assert_eq!(b.after(&Ok(()), false), None);
+        assert!(b.after(&unavailable, false).expect("a wait") <= Duration::from_millis(1));
+        // A follower's refusal naming the leader elsewhere: no wait, and the next wait is
+        // longer.
+        assert_eq!(b.after(&unavailable, true), None);
+        assert!(b.after(&unavailable, false).expect("a wait") >= Duration::from_millis(1));
+    }
 }
