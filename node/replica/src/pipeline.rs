@@ -75,8 +75,9 @@ impl Pipeline {
     /// entry of term t comes from a node whose term t is written. A reply claiming nothing new
     /// may name a term a crash takes back; the leader counts it only as a sign of life and as a
     /// read-index confirmation, and the latter is safe: no leader of an earlier term can commit
-    /// after this leader was elected (its voters, a majority, wrote their votes first), and no
-    /// leader of a later term can be elected by votes granted before this reply. Held behind a
+    /// after this leader was elected (its voters, a majority, wrote their votes first), and a
+    /// leader of a later term needs the vote of one of the majority that confirmed, which none
+    /// had given when it replied (its term was this leader's then, written or not). Held behind a
     /// slow term or vote (a follower that had campaigned, or learnt a new term from the
     /// leader's first append), they made a new leader step down by check-quorum while every
     /// follower was still writing (seed 33301304 of the slow disk).
