@@ -195,6 +195,54 @@ pub struct Stats {
     /// (a majority of followers held them): the convergence check compares commit indexes
     /// with the leader's log, not its disk.
     pub settled_ahead_of_leader_disk: u64,
+    /// Votes that made a node leader while it asked for pre-votes for the next term: they
+    /// came after its election timed out, for the term it still campaigned in.
+    pub elected_by_late_vote: u64,
+    /// Replies to a leader that left while the node's own term or vote was still being
+    /// written.
+    pub replies_ahead_of_term_write: u64,
+    /// Replies to a leader that left while a truncation of the node's log was still being
+    /// written.
+    pub replies_ahead_of_truncation: u64,
+}
+
+impl std::ops::AddAssign<&Stats> for Stats {
+    fn add_assign(&mut self, s: &Stats) {
+        let Stats {
+            proposed,
+            acked,
+            acked_majority,
+            rolled_back,
+            reads,
+            terms_with_leader,
+            terms,
+            commit,
+            checked_ops,
+            restored,
+            survived,
+            split_brain_heard,
+            settled_ahead_of_leader_disk,
+            elected_by_late_vote,
+            replies_ahead_of_term_write,
+            replies_ahead_of_truncation,
+        } = s;
+        self.proposed += proposed;
+        self.acked += acked;
+        self.acked_majority += acked_majority;
+        self.rolled_back += rolled_back;
+        self.reads += reads;
+        self.terms_with_leader += terms_with_leader;
+        self.terms += terms;
+        self.commit += commit;
+        self.checked_ops += checked_ops;
+        self.restored += restored;
+        self.survived += survived;
+        self.split_brain_heard += split_brain_heard;
+        self.settled_ahead_of_leader_disk += settled_ahead_of_leader_disk;
+        self.elected_by_late_vote += elected_by_late_vote;
+        self.replies_ahead_of_term_write += replies_ahead_of_term_write;
+        self.replies_ahead_of_truncation += replies_ahead_of_truncation;
+    }
 }
 
 /// One seeded simulation.
@@ -426,6 +474,20 @@ impl Sim {
             let (now, batch) = n.pipeline.submit(r, actions);
             if let Some(seq) = batch {
                 n.unsynced.push((seq, Pending::Batch(records)));
+            }
+            if now.iter().any(is_append_reply) {
+                let writing = |f: fn(&Action) -> bool| {
+                    n.unsynced.iter().any(|(_, p)| match p {
+                        Pending::Batch(records) => records.iter().any(f),
+                        Pending::Rewrite(..) => false,
+                    })
+                };
+                if writing(|a| matches!(a, Action::PersistHardState(_))) {
+                    self.stats.replies_ahead_of_term_write += 1;
+                }
+                if writing(|a| matches!(a, Action::Truncate { .. })) {
+                    self.stats.replies_ahead_of_truncation += 1;
+                }
             }
             for a in now {
                 self.carry_out(i, a);
@@ -937,7 +999,12 @@ impl Sim {
         for p in due {
             let from = self.members[p.from].clone();
             if let Some(r) = self.nodes[p.to].replica.as_mut() {
+                let late_vote = r.role() == Role::PreCandidate
+                    && matches!(p.msg, Message::Vote { granted: true, .. });
                 r.step(&from, p.msg);
+                if late_vote && r.role() == Role::Leader {
+                    self.stats.elected_by_late_vote += 1;
+                }
                 self.drain(p.to);
             }
         }
@@ -1087,4 +1154,14 @@ impl Sim {
             .unwrap_or(0);
         self.stats
     }
+}
+
+fn is_append_reply(a: &Action) -> bool {
+    matches!(
+        a,
+        Action::Send {
+            msg: Message::AppendReply { .. },
+            ..
+        }
+    )
 }
