@@ -644,7 +644,7 @@ impl Replica {
     /// the window.
     ///
     /// A claim overlaps a newer one when it is still heard an election timeout (the shortest)
-    /// after the newer one began. What an old leader sent before it was deposed arrives up to a
+    /// after the newer one began, or after it was first heard if that was later. What an old leader sent before it was deposed arrives up to a
     /// network delay late, so a claim heard just after its successor began is no evidence: a
     /// leader elected in term t while another node already campaigned for t+1 leads for a few
     /// ticks, and its last heartbeats land after the winner of t+1 began (simulation seed
@@ -655,7 +655,8 @@ impl Replica {
     /// election timeout by then: one that took office less than that before was elected in a
     /// race with the newer election (a vote that arrived late, while its voters had moved on
     /// to the next term: simulation seed 33010878), the case of seed 202512 seen from the
-    /// loser's side. Otherwise a split brain shorter than an election timeout is not counted;
+    /// loser's side; seen from the winner's side, such a leader heard for less than an
+    /// election timeout is not counted either (seed 34007271: 8 ticks). Otherwise a split brain shorter than an election timeout is not counted;
     /// with check-quorum and pre-vote most are shorter than that, and across a clean partition
     /// a node hears only its own side: only an observer of every node (`kvctl status`, or
     /// `sum(kv_is_leader)` in Prometheus) sees those.
@@ -682,7 +683,7 @@ impl Replica {
                             && if own.is_some_and(|o| std::ptr::eq(o, *d)) {
                                 d.first + margin <= c.first && c.first <= d.last
                             } else {
-                                c.first + margin <= d.last
+                                c.first.max(d.first) + margin <= d.last
                             }
                     })
                     .count()
@@ -1739,6 +1740,11 @@ pub(crate) mod tests {
         assert_eq!(heard_leaders(&every3(0, 9), &every3(12, 30), 30), 1);
         // Still heard an election timeout after n3 began: n1 has not learnt of term 2.
         assert_eq!(heard_leaders(&every3(0, 24), &every3(12, 30), 30), 2);
+        // n1 of the older term first heard after n3 began (elected in a race with n3's
+        // election, by a vote that arrived late; seed 34007271 of the one-way partitions):
+        // counted only if heard for an election timeout from then.
+        assert_eq!(heard_leaders(&every3(15, 24), &every3(12, 30), 30), 1);
+        assert_eq!(heard_leaders(&every3(15, 27), &every3(12, 30), 30), 2);
         // Remembered for the window (100 ticks), then forgotten.
         assert_eq!(heard_leaders(&every3(0, 30), &every3(12, 125), 125), 2);
         assert_eq!(heard_leaders(&every3(0, 30), &every3(12, 140), 140), 1);
