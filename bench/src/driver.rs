@@ -1,7 +1,8 @@
 //! Drivers: the same workload against quorumkv (gRPC) or a peer system (Redis).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -122,23 +123,41 @@ pub struct Router {
     endpoints: Vec<String>,
     /// Per ring member (sorted ids): the index in `endpoints` of the one serving it, if any.
     endpoint: Vec<Option<usize>>,
-    /// Per endpoint: until when (ms after `t0`) it is avoided after an `unavailable` error.
+    /// Per endpoint: until when (ms after `t0`) it is avoided for every key, after it did not
+    /// answer in time.
     avoid_until: Vec<AtomicU64>,
+    /// Per (replica set, endpoint): until when that endpoint is avoided for keys of that set,
+    /// after it answered `unavailable` for one. A coordinator cut off from the other replicas
+    /// of one set still reaches R and W for sets on its side of a partition, and another
+    /// replica of the refused set may reach them: with N=3 and R=W=2, every set keeps a
+    /// majority on one side of any two-way split.
+    refused: Mutex<HashMap<(Vec<usize>, usize), u64>>,
+    /// The latest `until` in `refused`: [`Router::pick`] looks there only before then.
+    refused_until: AtomicU64,
     t0: Instant,
 }
 
-/// How long an endpoint that answered `unavailable` is passed over.
+/// How long an endpoint that answered `unavailable` or not in time is passed over.
 const AVOID_MS: u64 = 1000;
 
 impl Router {
     /// The endpoint to send `key` to: the first of its replicas that an endpoint serves and
-    /// that has not just failed (`None`: no endpoint serves a replica; any node will forward).
+    /// that has not just failed, for every key or for this key's replica set (`None`: no
+    /// endpoint serves a replica; any node will forward).
     pub fn pick(&self, key: &[u8]) -> Option<usize> {
-        let now = self.t0.elapsed().as_millis() as u64;
+        let now = self.now();
+        let replicas = self.ring.preference_list(key, self.n);
+        let refused = (self.refused_until.load(Ordering::Relaxed) > now)
+            .then(|| self.refused.lock().unwrap_or_else(|e| e.into_inner()));
+        let set = refused.as_ref().map(|_| replica_set(&replicas));
         let mut first = None;
-        for m in self.ring.preference_list(key, self.n) {
+        for &m in &replicas {
             if let Some(e) = self.endpoint[m] {
-                if self.avoid_until[e].load(Ordering::Relaxed) <= now {
+                let refused_here = match (&refused, &set) {
+                    (Some(r), Some(set)) => r.get(&(set.clone(), e)).is_some_and(|&u| u > now),
+                    _ => false,
+                };
+                if self.avoid_until[e].load(Ordering::Relaxed) <= now && !refused_here {
                     return Some(e);
                 }
                 first.get_or_insert(e);
@@ -147,16 +166,40 @@ impl Router {
         first
     }
 
-    /// Endpoint `e` answered `unavailable` or not in time: pass over it for a while.
+    /// Endpoint `e` did not answer in time: pass over it for a while, for every key.
     pub fn failed(&self, e: usize) {
-        let until = self.t0.elapsed().as_millis() as u64 + AVOID_MS;
-        self.avoid_until[e].store(until, Ordering::Relaxed);
+        self.avoid_until[e].store(self.now() + AVOID_MS, Ordering::Relaxed);
+    }
+
+    /// Endpoint `e` answered `unavailable` for `key`: pass over it for a while for keys with
+    /// the same replicas.
+    pub fn refused(&self, key: &[u8], e: usize) {
+        let now = self.now();
+        let set = replica_set(&self.ring.preference_list(key, self.n));
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        if refused.len() >= 4096 {
+            refused.retain(|_, until| *until > now);
+        }
+        refused.insert((set, e), now + AVOID_MS);
+        self.refused_until
+            .fetch_max(now + AVOID_MS, Ordering::Relaxed);
+    }
+
+    fn now(&self) -> u64 {
+        self.t0.elapsed().as_millis() as u64
     }
 
     /// How many ring members an endpoint serves.
     pub fn mapped(&self) -> usize {
         self.endpoint.iter().flatten().count()
     }
+}
+
+/// A key's replicas as a set (sorted member indexes).
+fn replica_set(replicas: &[usize]) -> Vec<usize> {
+    let mut set = replicas.to_vec();
+    set.sort_unstable();
+    set
 }
 
 /// Leader-aware routing for a leader-follower cluster, as MongoDB drivers route to the
@@ -329,6 +372,8 @@ pub async fn discover(endpoints: &[String], spread_reads: bool) -> anyhow::Resul
         n: n.max(1) as usize,
         endpoint,
         avoid_until: served.iter().map(|_| AtomicU64::new(0)).collect(),
+        refused: Mutex::default(),
+        refused_until: AtomicU64::new(0),
         endpoints: served.into_iter().map(|(_, ep)| ep).collect(),
         t0: Instant::now(),
     })))
@@ -373,13 +418,19 @@ pub struct ClientConns {
     picked: Option<usize>,
     /// The last operation was refused by a follower naming a leader at another endpoint.
     redirected: bool,
+    /// The key of the last operation a [`Router`] picked for.
+    key: Vec<u8>,
 }
 
 impl ClientConns {
     /// The connection for an operation on `key` (`read`: a get).
     pub fn pick(&mut self, key: &str, read: bool) -> &mut Conn {
         self.picked = match self.routing.as_deref() {
-            Some(Routing::Ring(r)) => r.pick(key.as_bytes()),
+            Some(Routing::Ring(r)) => {
+                self.key.clear();
+                self.key.extend_from_slice(key.as_bytes());
+                r.pick(key.as_bytes())
+            }
             Some(Routing::Leader(l)) => Some(l.pick(read, self.home)),
             None => None,
         };
@@ -387,10 +438,10 @@ impl ClientConns {
         &mut self.conns[i]
     }
 
-    /// The last operation ended with `result`: an endpoint that answered `unavailable` or did
-    /// not answer in time is passed over for a while (leaderless), or the leader it named is
-    /// followed, or the next endpoint asked (leader-follower). Returns the result with the
-    /// failure as counted.
+    /// The last operation ended with `result`: an endpoint that did not answer in time is
+    /// passed over for a while, one that answered `unavailable` only for keys with the same
+    /// replicas (leaderless), or the leader it named is followed, or the next endpoint asked
+    /// (leader-follower). Returns the result with the failure as counted.
     ///
     /// # Errors
     /// The operation's, as its kind.
@@ -403,6 +454,7 @@ impl ClientConns {
         let moved = matches!(f.kind, "unavailable" | "deadline_exceeded");
         if let (true, Some(routing), Some(e)) = (moved, &self.routing, self.picked) {
             match &**routing {
+                Routing::Ring(r) if f.kind == "unavailable" => r.refused(&self.key, e),
                 Routing::Ring(r) => r.failed(e),
                 Routing::Leader(l) => self.redirected = l.unavailable(e, f.leader.as_deref()),
             }
@@ -440,6 +492,7 @@ pub async fn connect_clients(
                 home: 0,
                 picked: None,
                 redirected: false,
+                key: Vec::new(),
             })
             .collect());
     };
@@ -455,6 +508,7 @@ pub async fn connect_clients(
                 home: i % e,
                 picked: None,
                 redirected: false,
+                key: Vec::new(),
             }
         })
         .collect())
@@ -734,6 +788,8 @@ mod tests {
             endpoints: (0..count).map(|i| format!("ep{i}")).collect(),
             endpoint: served.to_vec(),
             avoid_until: (0..count).map(|_| AtomicU64::new(0)).collect(),
+            refused: Mutex::default(),
+            refused_until: AtomicU64::new(0),
             t0: Instant::now(),
         }
     }
@@ -817,5 +873,33 @@ mod tests {
             }
         }
         assert_eq!(some.pick(key.as_bytes()), Some(e));
+    }
+
+    /// A coordinator that cannot reach R or W of one key's replicas (a partition) still
+    /// coordinates keys of other replica sets; only keys of the refused set go elsewhere.
+    #[test]
+    fn a_refusal_passes_over_its_endpoint_only_for_keys_with_the_same_replicas() {
+        let r = router(&[Some(0), Some(1), Some(2), Some(3), Some(4)]);
+        let keys: Vec<String> = (0..2000).map(|k| format!("key{k:08}")).collect();
+        let set = |k: &String| replica_set(&r.ring.preference_list(k.as_bytes(), 3));
+        let first = |k: &String| r.ring.preference_list(k.as_bytes(), 3)[0];
+        let a = &keys[0];
+        let same = keys[1..]
+            .iter()
+            .find(|k| set(k) == set(a) && first(k) == first(a))
+            .expect("a key with the same replicas and coordinator");
+        let other = keys
+            .iter()
+            .find(|k| set(k) != set(a) && first(k) == first(a))
+            .expect("a key of another replica set with the same coordinator");
+        let e = r.pick(a.as_bytes()).expect("served");
+        r.refused(a.as_bytes(), e);
+        let second = r.endpoint[r.ring.preference_list(a.as_bytes(), 3)[1]];
+        assert_eq!(r.pick(a.as_bytes()), second);
+        assert_eq!(r.pick(same.as_bytes()), second);
+        assert_eq!(r.pick(other.as_bytes()), Some(e), "another set stays");
+        // Not answering in time passes it over for every key.
+        r.failed(e);
+        assert_ne!(r.pick(other.as_bytes()), Some(e));
     }
 }

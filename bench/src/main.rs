@@ -135,7 +135,8 @@ struct RunArgs {
     w: Option<u32>,
     /// How requests choose a quorumkv node: auto (learnt from the nodes' Status: leaderless,
     /// each key goes to the first live replica of its preference list, as token-aware
-    /// Cassandra drivers do; leader-follower, writes and leader reads go to the leader and
+    /// Cassandra drivers do, passing over for a second a replica that refused a key with the
+    /// same replicas as unavailable, or did not answer in time; leader-follower, writes and leader reads go to the leader and
     /// follow it when it moves, reads from any/local stay spread; single node: spread) or
     /// spread (each client keeps to one connection, connections spread round robin over
     /// --endpoints).
