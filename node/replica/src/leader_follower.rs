@@ -392,6 +392,10 @@ pub struct Replica {
     /// A term or vote handed out in `PersistHardState` is not durable yet: the election
     /// timer waits (see [`Replica::hard_state_persisted`]).
     hard_unsynced: bool,
+    /// When the term or vote being written was handed out (ticks).
+    hard_write_began: u64,
+    /// How many ticks the last term or vote took to become durable.
+    hard_write_ticks: u32,
     role: Role,
     leader: Option<usize>,
     commit: u64,
@@ -406,8 +410,16 @@ pub struct Replica {
     votes: BTreeSet<usize>,
     /// Votes granted to this node in its current term, while it campaigns in it. Kept when its
     /// election times out and it asks for pre-votes for the next term: a vote still on its way
-    /// (a voter's fsync is slow) elects it in the term the voters chose it for.
+    /// (a voter's fsync is slow) elects it in the term the voters chose it for. Only for a
+    /// campaign of this life (its own vote is in the set): a node restarted in a term it had
+    /// campaigned in may have lost entries it sent to followers as that term's leader, and
+    /// leading the term again would give their indexes other entries of the same term.
     term_votes: BTreeSet<usize>,
+    /// The last term this node led: it leads a term once at most. A leader that stepped down
+    /// (it heard from no majority) and campaigns again would otherwise take a vote of that
+    /// term arriving late as one more of its majority and lead it again, beside the next
+    /// term's leader (seed 8214218 of five nodes on the slow disk).
+    led: Term,
     progress: Vec<Progress>,
     /// Per member: its latest leadership claim heard here (for [`Replica::leaders_observed`]).
     claims: Vec<Option<Claim>>,
@@ -495,6 +507,8 @@ impl Replica {
             leader_match: 0,
             reported: 0,
             hard_unsynced: false,
+            hard_write_began: 0,
+            hard_write_ticks: 0,
             role: Role::Follower,
             leader: None,
             commit: applied,
@@ -506,6 +520,7 @@ impl Replica {
             heartbeat_elapsed: 0,
             votes: BTreeSet::new(),
             term_votes: BTreeSet::new(),
+            led: Term(0),
             progress: vec![Progress::default(); n],
             claims: vec![None; n],
             appended_at: std::collections::VecDeque::new(),
@@ -814,6 +829,10 @@ impl Replica {
 
     /// The driver made every term and vote handed out so far durable.
     pub fn hard_state_persisted(&mut self) {
+        if self.hard_unsynced {
+            self.hard_write_ticks =
+                u32::try_from(self.now.saturating_sub(self.hard_write_began)).unwrap_or(u32::MAX);
+        }
         self.hard_unsynced = false;
     }
 
@@ -974,6 +993,9 @@ impl Replica {
     }
 
     fn persist_hard(&mut self) {
+        if !self.hard_unsynced {
+            self.hard_write_began = self.now;
+        }
         self.hard_unsynced = true;
         self.out.push(Action::PersistHardState(self.hard));
     }
@@ -1040,6 +1062,12 @@ impl Replica {
         self.leader = None;
         self.persist_hard();
         self.reset_election_timeout();
+        // The voters write their votes as this node writes its own: on a disk whose writes
+        // take as long as an election timeout, votes arrive that much after this node's own
+        // is durable, and a timeout that ignores it starts the next election over them (two
+        // candidates then split the votes term after term). Wait as long again as the last
+        // term or vote took to write here, up to the longest election timeout.
+        self.election_timeout += self.hard_write_ticks.min(self.cfg.election_ticks.1);
         self.term_votes = BTreeSet::from([self.me]);
         if self.term_votes.len() >= self.majority() {
             self.become_leader();
@@ -1083,7 +1111,9 @@ impl Replica {
     /// fsyncs take about as long as the election timeout, votes often arrive that late.
     fn on_vote(&mut self, from: usize, term: Term, granted: bool) {
         let campaigning = matches!(self.role, Role::Candidate | Role::PreCandidate)
-            && self.hard.voted_for == Some(self.me);
+            && self.hard.voted_for == Some(self.me)
+            && self.led != self.hard.term
+            && self.term_votes.contains(&self.me);
         if !campaigning || term != self.hard.term || !granted {
             return;
         }
@@ -1128,6 +1158,7 @@ impl Replica {
 
     fn become_leader(&mut self) {
         self.role = Role::Leader;
+        self.led = self.hard.term;
         self.leader = Some(self.me);
         self.leading_since = self.now;
         self.appended_at.clear();
@@ -1858,6 +1889,99 @@ pub(crate) mod tests {
         r.hard_state_persisted();
         r.take_actions();
         r.term()
+    }
+
+    /// Its voters write their votes as it writes its own: a candidate waits for them as much
+    /// longer as its own last term or vote took to write (capped at the longest election
+    /// timeout), so that on a slow disk the next election does not start over votes still on
+    /// their way.
+    #[test]
+    fn a_candidate_waits_for_votes_as_long_as_its_own_term_took_to_write() {
+        let mut r = replica(0, 3, HardState::default(), vec![]);
+        // The first candidacy's term takes 15 ticks to write.
+        time_out(&mut r);
+        r.step(
+            &ids(3)[1],
+            Message::PreVoteReply {
+                term: Term(r.term().0 + 1),
+                granted: true,
+            },
+        );
+        assert_eq!(r.role(), Role::Candidate);
+        for _ in 0..15 {
+            r.tick();
+        }
+        r.hard_state_persisted();
+        let mut waited = 0;
+        while r.role() == Role::Candidate {
+            r.tick();
+            waited += 1;
+        }
+        assert!(
+            (10..20).contains(&waited),
+            "first candidacy waited {waited}"
+        );
+        // The next candidacy waits 15 ticks more.
+        r.step(
+            &ids(3)[1],
+            Message::PreVoteReply {
+                term: Term(r.term().0 + 1),
+                granted: true,
+            },
+        );
+        assert_eq!(r.role(), Role::Candidate);
+        r.hard_state_persisted();
+        let mut waited = 0;
+        while r.role() == Role::Candidate {
+            r.tick();
+            waited += 1;
+        }
+        assert!(
+            (25..35).contains(&waited),
+            "second candidacy waited {waited}"
+        );
+    }
+
+    /// A node restarted in a term it campaigned in (its vote for itself durable) is not
+    /// elected in that term by votes arriving after the restart: as that term's leader before,
+    /// it may have sent entries its disk lost, and leading the term again would put other
+    /// entries of the same term at their indexes.
+    #[test]
+    fn a_restarted_node_is_not_elected_by_votes_of_a_term_it_campaigned_in_before() {
+        let mut r = replica(
+            0,
+            3,
+            HardState {
+                term: Term(4),
+                voted_for: Some(0),
+            },
+            vec![entry(4, 1)],
+        );
+        time_out(&mut r);
+        vote(&mut r, 1, Term(4));
+        vote(&mut r, 2, Term(4));
+        assert_eq!(r.role(), Role::PreCandidate);
+        assert_eq!(r.term(), Term(4));
+    }
+
+    /// A leader that stepped down (it heard from no majority) and campaigns again is not
+    /// elected again in its old term by votes of that term arriving late: it leads a term once
+    /// (seed 8214218 of five nodes on the slow disk led it a second time, beside the next
+    /// term's leader).
+    #[test]
+    fn a_leader_that_stepped_down_is_not_elected_again_by_a_late_vote_of_its_term() {
+        let mut r = replica(0, 3, HardState::default(), vec![]);
+        elect(&mut r, 3);
+        let term = r.term();
+        for _ in 0..11 {
+            r.tick();
+        }
+        assert_eq!(r.role(), Role::Follower, "check-quorum");
+        time_out(&mut r);
+        assert_eq!(r.term(), term);
+        vote(&mut r, 1, term);
+        vote(&mut r, 2, term);
+        assert_eq!(r.role(), Role::PreCandidate);
     }
 
     /// On a disk whose fsyncs take about as long as the election timeout, a voter's reply
