@@ -1897,71 +1897,38 @@ pub(crate) mod tests {
     /// their way.
     #[test]
     fn a_candidate_waits_for_votes_as_long_as_its_own_term_took_to_write() {
+        // A pre-vote makes it a candidate; its term takes `write` ticks to be durable; returns
+        // the ticks it then waits for votes.
+        let candidacy = |r: &mut Replica, write: u32| {
+            r.step(
+                &ids(3)[1],
+                Message::PreVoteReply {
+                    term: Term(r.term().0 + 1),
+                    granted: true,
+                },
+            );
+            assert_eq!(r.role(), Role::Candidate);
+            for _ in 0..write {
+                r.tick();
+            }
+            r.hard_state_persisted();
+            let mut waited = 0;
+            while r.role() == Role::Candidate {
+                r.tick();
+                waited += 1;
+            }
+            waited
+        };
         let mut r = replica(0, 3, HardState::default(), vec![]);
-        // The first candidacy's term takes 15 ticks to write.
         time_out(&mut r);
-        r.step(
-            &ids(3)[1],
-            Message::PreVoteReply {
-                term: Term(r.term().0 + 1),
-                granted: true,
-            },
-        );
-        assert_eq!(r.role(), Role::Candidate);
-        for _ in 0..15 {
-            r.tick();
-        }
-        r.hard_state_persisted();
-        let mut waited = 0;
-        while r.role() == Role::Candidate {
-            r.tick();
-            waited += 1;
-        }
+        let first = candidacy(&mut r, 15);
+        assert!((10..20).contains(&first), "first candidacy waited {first}");
+        // The next one waits 15 ticks more: the first's term took 15 to write.
+        let second = candidacy(&mut r, 0);
         assert!(
-            (10..20).contains(&waited),
-            "first candidacy waited {waited}"
+            (25..35).contains(&second),
+            "second candidacy waited {second}"
         );
-        // The next candidacy waits 15 ticks more.
-        r.step(
-            &ids(3)[1],
-            Message::PreVoteReply {
-                term: Term(r.term().0 + 1),
-                granted: true,
-            },
-        );
-        assert_eq!(r.role(), Role::Candidate);
-        r.hard_state_persisted();
-        let mut waited = 0;
-        while r.role() == Role::Candidate {
-            r.tick();
-            waited += 1;
-        }
-        assert!(
-            (25..35).contains(&waited),
-            "second candidacy waited {waited}"
-        );
-    }
-
-    /// A node restarted in a term it campaigned in (its vote for itself durable) is not
-    /// elected in that term by votes arriving after the restart: as that term's leader before,
-    /// it may have sent entries its disk lost, and leading the term again would put other
-    /// entries of the same term at their indexes.
-    #[test]
-    fn a_restarted_node_is_not_elected_by_votes_of_a_term_it_campaigned_in_before() {
-        let mut r = replica(
-            0,
-            3,
-            HardState {
-                term: Term(4),
-                voted_for: Some(0),
-            },
-            vec![entry(4, 1)],
-        );
-        time_out(&mut r);
-        vote(&mut r, 1, Term(4));
-        vote(&mut r, 2, Term(4));
-        assert_eq!(r.role(), Role::PreCandidate);
-        assert_eq!(r.term(), Term(4));
     }
 
     /// A leader that stepped down (it heard from no majority) and campaigns again is not
@@ -2010,9 +1977,29 @@ pub(crate) mod tests {
 
     /// A vote for a term counts only for the node that campaigned in it: a pre-candidate that
     /// voted for another node in its term (or never campaigned in it) ignores it, as does a
-    /// candidate hearing a vote of an earlier term.
+    /// candidate hearing a vote of an earlier term. So does a node restarted in a term it
+    /// campaigned in (its vote for itself durable): as that term's leader before, it may have
+    /// sent entries its disk lost, and leading the term again would put other entries of the
+    /// same term at their indexes.
     #[test]
     fn a_vote_counts_only_in_a_term_the_node_campaigns_in() {
+        for voted_for in [Some(1), Some(0)] {
+            let mut r = replica(
+                0,
+                3,
+                HardState {
+                    term: Term(4),
+                    voted_for,
+                },
+                vec![entry(4, 1)],
+            );
+            time_out(&mut r);
+            for from in [1, 2] {
+                vote(&mut r, from, Term(4));
+            }
+            assert_eq!(r.role(), Role::PreCandidate, "voted for {voted_for:?}");
+            assert_eq!(r.term(), Term(4));
+        }
         let mut r = replica(
             0,
             3,
@@ -2022,12 +2009,6 @@ pub(crate) mod tests {
             },
             vec![entry(4, 1)],
         );
-        time_out(&mut r);
-        for from in [1, 2] {
-            vote(&mut r, from, Term(4));
-        }
-        assert_eq!(r.role(), Role::PreCandidate);
-
         let term = candidate(&mut r, 3);
         assert_eq!(term, Term(5));
         vote(&mut r, 2, Term(4));
