@@ -74,8 +74,7 @@ run() { # run SIDE INDEX DIR ARGS
   echo "$name: ${up[*]}" >> "$OUT/commands.txt"
   "${up[@]}" > "$TMP/cluster.out" 2>&1 &
   CLUSTER_PID=$!
-  for _ in $(seq 200); do grep -q '^Try:' "$TMP/cluster.out" && break; sleep 0.1; done
-  grep -q '^Try:' "$TMP/cluster.out" || { echo "cluster $name did not come up:" >&2; cat "$TMP/cluster.out" >&2; exit 1; }
+  wait_up "$TMP/cluster.out" || exit 1
   local eps
   eps=$(grep -o 'KV_ENDPOINTS=[^ ]*' "$TMP/cluster.out" | head -1 | cut -d= -f2)
   local nodes

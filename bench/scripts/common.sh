@@ -32,6 +32,21 @@ bench() {
   "${cmd[@]}" 2>/dev/null | sed -n 1,2p
 }
 
+# wait_up FILE: waits up to 30 s for `kvctl cluster up`, whose output goes to FILE, to say it
+# is up (its `Try:` line); fails with FILE's content on stderr if it did not come up.
+wait_up() {
+  for _ in $(seq 300); do grep -q '^Try:' "$1" && return; sleep 0.1; done
+  echo "the cluster did not come up:" >&2; cat "$1" >&2; return 1
+}
+
+# bins_or_build DIR...: sets BINS to the given build directories (each holding kvctl, kv-node
+# and kv-bench; several make an A/B in one session), or without any builds this tree and sets
+# BINS to target/release.
+bins_or_build() {
+  BINS=("$@")
+  [ ${#BINS[@]} -gt 0 ] || { cargo build --release -q -p kv-node -p kv-bench; BINS=(target/release); }
+}
+
 # cluster_up NAME ARGS...: `kvctl cluster up --fsync batch --data-dir $TMP/NAME ARGS...` in
 # the background, logged in $OUT/commands.txt and its output in $TMP/NAME.out; waits until it
 # is up. Its pid goes to PIDS, and to SERVERS and LAST (for bench and the caller).
@@ -43,8 +58,7 @@ cluster_up() {
   PIDS+=($!)
   SERVERS=$!
   LAST=$!
-  for _ in $(seq 200); do grep -q '^Try:' "$TMP/$name.out" && return; sleep 0.1; done
-  echo "cluster $name did not come up:"; cat "$TMP/$name.out"; exit 1
+  wait_up "$TMP/$name.out" || exit 1
 }
 
 # start_etcd: a 3-member etcd cluster on loopback; sets ETCD_LEADER to the leader's client

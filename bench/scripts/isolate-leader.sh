@@ -16,8 +16,8 @@ cd "$(dirname "$0")/../.."
 OUT=${1:?usage: isolate-leader.sh OUT_DIR [RUNS] [BIN_DIR...]}
 RUNS=${2:-3}
 shift $(( $# < 2 ? $# : 2 ))
-BINS=("$@")
-[ ${#BINS[@]} -eq 0 ] && { cargo build --release -q -p kv-node -p kv-bench; BINS=(target/release); }
+source bench/scripts/common.sh # wait_up, bins_or_build
+bins_or_build "$@"
 mkdir -p "$OUT"
 EPS=127.0.0.1:7701,127.0.0.1:7702,127.0.0.1:7703
 
@@ -27,8 +27,7 @@ one() { # BIN DIR
   "$bin/kvctl" cluster up --nodes 3 --base-port 7701 --admin-base-port 9701 --data-dir "$data" \
     --mode leader-follower --n 3 --w 2 > "$dir/cluster.out" 2>&1 < /dev/null &
   sup=$!
-  for _ in $(seq 300); do grep -q '^Try:' "$dir/cluster.out" && break; sleep 0.1; done
-  grep -q '^Try:' "$dir/cluster.out" || { cat "$dir/cluster.out" >&2; kill -INT $sup; exit 2; }
+  wait_up "$dir/cluster.out" || { kill -INT $sup; exit 2; }
   "$bin/kv-bench" run --endpoints "$EPS" --clients 8 --duration 20s --warmup 0s --keys 20 \
     --mix read=40,write=40,cas=20 --timeout 1s --history "$dir/history.jsonl" --out "$dir/bench" \
     > "$dir/bench.out" 2>&1 &

@@ -53,6 +53,7 @@
 # (0 linearizable, 1 violation, 2 unknown).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source bench/scripts/common.sh # wait_up
 usage() { sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; }
 [ $# -ge 1 ] || { usage; exit 2; }
 case $1 in -h|--help) usage; exit 0 ;; -*) echo "unknown option $1 (see --help)" >&2; exit 2 ;; esac
@@ -122,8 +123,7 @@ UP=("$BIN/kvctl" cluster up --nodes "$NODES" --base-port 7601 --admin-base-port 
 echo "${UP[*]}" > "$OUT/commands.txt"
 "${UP[@]}" > "$OUT/cluster.out" 2>&1 &
 SUP=$!
-for _ in $(seq 300); do grep -q '^Try:' "$OUT/cluster.out" && break; sleep 0.1; done
-grep -q '^Try:' "$OUT/cluster.out" || { echo "the cluster did not come up:" >&2; cat "$OUT/cluster.out" >&2; exit 2; }
+wait_up "$OUT/cluster.out" || exit 2
 
 # Leaderless mode has no compare-and-set (it would be refused with FAILED_PRECONDITION).
 if [ -z "${MIX:-}" ]; then

@@ -19,8 +19,8 @@ cd "$(dirname "$0")/../.."
 OUT=${1:?usage: partition-leaderless.sh OUT_DIR [RUNS] [BIN_DIR...]}
 RUNS=${2:-2}
 shift $(( $# < 2 ? $# : 2 ))
-BINS=("$@")
-[ ${#BINS[@]} -eq 0 ] && { cargo build --release -q -p kv-node -p kv-bench; BINS=(target/release); }
+source bench/scripts/common.sh # wait_up, bins_or_build
+bins_or_build "$@"
 mkdir -p "$OUT"
 EPS=127.0.0.1:7721,127.0.0.1:7722,127.0.0.1:7723,127.0.0.1:7724,127.0.0.1:7725
 SPLITS=(n1,n2 n1,n3 n1,n4 n1,n5 n2,n3 n2,n4 n2,n5 n3,n4 n3,n5 n4,n5)
@@ -31,8 +31,7 @@ one() { # BIN DIR RUN
   "$bin/kvctl" cluster up --nodes 5 --base-port 7721 --admin-base-port 9721 --data-dir "$data" \
     --mode leaderless --n 3 --r 2 --w 2 > "$dir/cluster.out" 2>&1 < /dev/null &
   sup=$!
-  for _ in $(seq 300); do grep -q '^Try:' "$dir/cluster.out" && break; sleep 0.1; done
-  grep -q '^Try:' "$dir/cluster.out" || { cat "$dir/cluster.out" >&2; kill -INT $sup; exit 2; }
+  wait_up "$dir/cluster.out" || { kill -INT $sup; exit 2; }
   "$bin/kv-bench" run --endpoints "$EPS" --clients 8 --duration 30s --warmup 0s --keys 1000 \
     --mix read=50,write=50 --timeout 1s --out "$dir/bench" > "$dir/bench.out" 2>&1 &
   bench=$!
