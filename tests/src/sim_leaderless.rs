@@ -408,6 +408,60 @@ pub struct LlStats {
     pub forwards_declined: u64,
 }
 
+impl std::ops::AddAssign<&LlStats> for LlStats {
+    /// Sums every field: the destructuring names them all, so a new one cannot be left out.
+    fn add_assign(&mut self, s: &LlStats) {
+        let LlStats {
+            acked,
+            superseded,
+            failed,
+            reads,
+            reads_failed,
+            reads_at_deadline,
+            stale_reads,
+            conflicts,
+            hints_delivered,
+            read_repairs,
+            ae_repairs,
+            crashes,
+            lost_unflushed,
+            violations,
+            unchecked,
+            clock_steps,
+            resurrected,
+            tombstones_purged,
+            duplicated,
+            wipes,
+            refills,
+            refilling_answers,
+            forwards_declined,
+        } = s;
+        self.acked += acked;
+        self.superseded += superseded;
+        self.failed += failed;
+        self.reads += reads;
+        self.reads_failed += reads_failed;
+        self.reads_at_deadline += reads_at_deadline;
+        self.stale_reads += stale_reads;
+        self.conflicts += conflicts;
+        self.hints_delivered += hints_delivered;
+        self.read_repairs += read_repairs;
+        self.ae_repairs += ae_repairs;
+        self.crashes += crashes;
+        self.lost_unflushed += lost_unflushed;
+        self.violations += violations;
+        self.unchecked += unchecked;
+        self.clock_steps += clock_steps;
+        self.resurrected += resurrected;
+        self.tombstones_purged += tombstones_purged;
+        self.duplicated += duplicated;
+        self.wipes += wipes;
+        self.refills += refills;
+        self.refilling_answers += refilling_answers;
+        self.forwards_declined += forwards_declined;
+    }
+}
+
 enum Op {
     Write {
         key: usize,
