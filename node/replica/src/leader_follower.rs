@@ -414,12 +414,11 @@ pub struct Replica {
     /// campaign of this life (its own vote is in the set): a node restarted in a term it had
     /// campaigned in may have lost entries it sent to followers as that term's leader, and
     /// leading the term again would give their indexes other entries of the same term.
-    term_votes: BTreeSet<usize>,
-    /// The last term this node led: it leads a term once at most. A leader that stepped down
+    /// Emptied when it is elected, so it leads a term once at most: a leader that stepped down
     /// (it heard from no majority) and campaigns again would otherwise take a vote of that
     /// term arriving late as one more of its majority and lead it again, beside the next
     /// term's leader (seed 8214218 of five nodes on the slow disk).
-    led: Term,
+    term_votes: BTreeSet<usize>,
     progress: Vec<Progress>,
     /// Per member: its latest leadership claim heard here (for [`Replica::leaders_observed`]).
     claims: Vec<Option<Claim>>,
@@ -520,7 +519,6 @@ impl Replica {
             heartbeat_elapsed: 0,
             votes: BTreeSet::new(),
             term_votes: BTreeSet::new(),
-            led: Term(0),
             progress: vec![Progress::default(); n],
             claims: vec![None; n],
             appended_at: std::collections::VecDeque::new(),
@@ -1112,7 +1110,6 @@ impl Replica {
     fn on_vote(&mut self, from: usize, term: Term, granted: bool) {
         let campaigning = matches!(self.role, Role::Candidate | Role::PreCandidate)
             && self.hard.voted_for == Some(self.me)
-            && self.led != self.hard.term
             && self.term_votes.contains(&self.me);
         if !campaigning || term != self.hard.term || !granted {
             return;
@@ -1158,7 +1155,7 @@ impl Replica {
 
     fn become_leader(&mut self) {
         self.role = Role::Leader;
-        self.led = self.hard.term;
+        self.term_votes.clear(); // it leads this term once
         self.leader = Some(self.me);
         self.leading_since = self.now;
         self.appended_at.clear();
