@@ -47,10 +47,11 @@
 # (seconds since the start, fault; leader-follower: "  heard N leaders at once: nX" under a
 # fault after which a node's kv_leaders_observed rose to 2 or more), bench/ (kv-bench
 # summary.json, timeline.csv), check.txt
-# (the verdict), violation.html when there is one, tombstones.txt (leaderless: each node's
+# (the verdict), audit.txt (leader-follower: kvctl cluster audit of every acknowledged write
+# against the logs the stopped nodes leave; a failed audit fails the drill), violation.html when there is one, tombstones.txt (leaderless: each node's
 # tombstones purged and awaiting repair at the end), and history.jsonl (removed on a
 # linearizable verdict unless KEEP_HISTORY=1: it is large). Exit status: kv-bench check's
-# (0 linearizable, 1 violation, 2 unknown).
+# (0 linearizable, 1 violation, 2 unknown), or the audit's when it fails.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source bench/scripts/common.sh # wait_up
@@ -242,10 +243,24 @@ if [[ " ${CLUSTER[*]} " == *" leaderless "* ]]; then
       | awk -v n="n$i" '/^kv_tombstones_(purged_total|awaiting_repair) /{printf "%s %s %s\n", n, $1, $2}'
   done > "$OUT/tombstones.txt"
 fi
+# Leader-follower: every acknowledged write looked up in the logs the nodes leave (kvctl
+# cluster audit): in the committed log at its version, or in a rollback file (below a
+# majority W). The cluster idles 2 s first, then stops, so that the logs have converged.
+audit_rc=0
+if [[ " ${CLUSTER[*]} " != *" leaderless "* ]]; then
+  W=$((NODES / 2 + 1))
+  for ((i = 0; i < ${#CLUSTER[@]} - 1; i++)); do [ "${CLUSTER[$i]}" == "--w" ] && W=${CLUSTER[$((i + 1))]}; done
+  sleep 2; kill -TERM "$SUP" 2>/dev/null || true; wait "$SUP" 2>/dev/null || true; SUP=""
+  echo "$BIN/kvctl cluster audit HISTORY --data-dir DATA --w $W" >> "$OUT/commands.txt"
+  "$BIN/kvctl" cluster audit "$OUT/history.jsonl" --data-dir "$DATA" --w "$W" > "$OUT/audit.txt" 2>&1 || audit_rc=$?
+fi
 cat "$OUT/bench.out"
 echo "faults: $(awk '$1 ~ /^[0-9]+$/ {print $2}' "$OUT/nemesis.log" | sort | uniq -c | awk '{printf "%s %s, ", $1, $2}' | sed 's/, $//')"
 split=$(grep -c '^  heard' "$OUT/nemesis.log" || true)
 [[ " ${CLUSTER[*]} " == *" leaderless "* ]] || echo "split brain heard by a node (kv_leaders_observed >= 2): $split time(s)$( [ "$split" -gt 0 ] && echo ", after: $(grep -v -E '^  (lost|kvctl)' "$OUT/nemesis.log" | grep -B1 '^  heard' | grep -v '^  heard' | grep -v '^--' | awk '{print $2}' | sort | uniq -c | awk '{printf "%s %s, ", $1, $2}' | sed 's/, $//')")"
 cat "$OUT/check.txt"
-if [ $rc -eq 0 ] && [ "${KEEP_HISTORY:-0}" != 1 ]; then rm -f "$OUT/history.jsonl"; fi
+[ -e "$OUT/audit.txt" ] && { echo "audit of acknowledged writes against the logs:"; cat "$OUT/audit.txt"; }
+if [ $rc -eq 0 ] && [ $audit_rc -eq 0 ] && [ "${KEEP_HISTORY:-0}" != 1 ]; then rm -f "$OUT/history.jsonl"; fi
+# A failed audit fails the drill even when the history is linearizable (a lost write nobody read).
+[ $rc -eq 0 ] && [ $audit_rc -ne 0 ] && rc=$((audit_rc == 1 ? 1 : 2))
 exit $rc

@@ -145,6 +145,155 @@ fn hard_state_record(h: HardState) -> Record {
     }
 }
 
+/// Reads `dir/raft.log` as it is on disk, changing nothing: for a node that is stopped (or
+/// idle), e.g. to audit what its log holds. A torn final record is left out.
+///
+/// # Errors
+/// The file cannot be read, or is damaged beyond a torn tail.
+pub fn read(dir: &Path) -> Result<Recovered, StorageError> {
+    let path = dir.join("raft.log");
+    let buf = read_file(&path)?;
+    replay(&buf, &path).map(|(recovered, _, _)| recovered)
+}
+
+/// The file's bytes (none when it does not exist yet).
+fn read_file(path: &Path) -> Result<Vec<u8>, StorageError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(StorageError::io(
+            format!("cannot read {}", path.display()),
+            e,
+        )),
+    }
+}
+
+/// Replays a log file's records: what they leave, where the whole records end, and why the
+/// rest is torn (`None`: it is not).
+fn replay(buf: &[u8], path: &Path) -> Result<(Recovered, usize, Option<String>), StorageError> {
+    let mut hard = HardState::default();
+    let mut snapshot = Snapshot::default();
+    let mut base = 0;
+    let mut log: Vec<Entry> = Vec::new();
+    let mut off = 0;
+    let mut torn = None;
+    loop {
+        match record::next_log_frame(buf, off) {
+            Frame::Record(r, next) => {
+                match r.kind {
+                    record::KIND_RAFT_SNAPSHOT if off == 0 => {
+                        (snapshot, base) = snapshot_of(r).ok_or_else(|| {
+                            corrupt(path, off, "a snapshot's header is malformed")
+                        })?;
+                    }
+                    record::KIND_HARD_STATE => {
+                        hard = HardState {
+                            term: Term(r.version.epoch),
+                            voted_for: r.version.counter.checked_sub(1).map(|v| v as usize),
+                        };
+                    }
+                    record::KIND_TRUNCATE => {
+                        let last = base + log.len() as u64;
+                        if r.lsn <= base || r.lsn > last + 1 {
+                            return Err(corrupt(
+                                path,
+                                off,
+                                format!("truncate from {} of a log of {base}+{}", r.lsn, log.len()),
+                            ));
+                        }
+                        log.truncate((r.lsn - base) as usize - 1);
+                    }
+                    record::KIND_ENTRY_PUT
+                    | record::KIND_ENTRY_DELETE
+                    | record::KIND_ENTRY_NOOP
+                    | record::KIND_ENTRY_CAS => {
+                        let last = base + log.len() as u64;
+                        if r.lsn != last + 1 {
+                            return Err(corrupt(
+                                path,
+                                off,
+                                format!("entry {} follows entry {last}", r.lsn),
+                            ));
+                        }
+                        let cmd = match r.kind {
+                            record::KIND_ENTRY_PUT => Command::Put {
+                                key: r.key,
+                                value: r.value.unwrap_or_default(),
+                            },
+                            record::KIND_ENTRY_DELETE => Command::Delete { key: r.key },
+                            record::KIND_ENTRY_CAS => {
+                                let v = r.value.unwrap_or_default();
+                                if v.len() < 17 {
+                                    return Err(corrupt(
+                                        path,
+                                        off,
+                                        "compare-and-set entry too short",
+                                    ));
+                                }
+                                let num = |b: &[u8]| {
+                                    u64::from_le_bytes(b.try_into().expect("invariant: 8 bytes"))
+                                };
+                                Command::Cas {
+                                    key: r.key,
+                                    expected: (v[0] == 1)
+                                        .then(|| Version::new(num(&v[1..9]), num(&v[9..17]))),
+                                    value: v.slice(17..),
+                                }
+                            }
+                            _ => Command::Noop,
+                        };
+                        log.push(Entry {
+                            term: Term(r.version.epoch),
+                            index: LogIndex(r.lsn),
+                            cmd,
+                        });
+                    }
+                    k => {
+                        return Err(corrupt(
+                            path,
+                            off,
+                            format!("record kind {k} in a replica log"),
+                        ));
+                    }
+                }
+                off = next;
+            }
+            Frame::End => break,
+            Frame::Torn(why) => {
+                torn = Some(why);
+                break;
+            }
+            Frame::Corrupt(why) => {
+                return Err(corrupt(
+                    path,
+                    off,
+                    format!("{why}; refusing to start with nothing modified"),
+                ));
+            }
+        }
+    }
+    if base + (log.len() as u64) < snapshot.index.0 {
+        return Err(corrupt(
+            path,
+            0,
+            format!(
+                "the log ends at {} before its snapshot's last entry {}",
+                base + log.len() as u64,
+                snapshot.index.0
+            ),
+        ));
+    }
+    Ok((
+        Recovered {
+            hard,
+            snapshot,
+            entries: log,
+        },
+        off,
+        torn,
+    ))
+}
+
 /// What [`RaftLog::open`] recovered.
 #[derive(Debug, Default)]
 pub struct Recovered {
@@ -164,134 +313,12 @@ impl RaftLog {
     pub fn open(dir: &Path, fsync: FsyncPolicy) -> Result<(Self, Recovered), StorageError> {
         let lock = lock_dir(dir)?;
         let path = dir.join("raft.log");
-        let buf = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                return Err(StorageError::io(
-                    format!("cannot read {}", path.display()),
-                    e,
-                ));
-            }
-        };
+        let buf = read_file(&path)?;
         // A rewrite that a crash interrupted: the old file is whole.
         let _ = std::fs::remove_file(dir.join("raft.log.tmp"));
-        let mut hard = HardState::default();
-        let mut snapshot = Snapshot::default();
-        let mut base = 0;
-        let mut log: Vec<Entry> = Vec::new();
-        let mut off = 0;
-        loop {
-            match record::next_log_frame(&buf, off) {
-                Frame::Record(r, next) => {
-                    match r.kind {
-                        record::KIND_RAFT_SNAPSHOT if off == 0 => {
-                            (snapshot, base) = snapshot_of(r).ok_or_else(|| {
-                                corrupt(&path, off, "a snapshot's header is malformed")
-                            })?;
-                        }
-                        record::KIND_HARD_STATE => {
-                            hard = HardState {
-                                term: Term(r.version.epoch),
-                                voted_for: r.version.counter.checked_sub(1).map(|v| v as usize),
-                            };
-                        }
-                        record::KIND_TRUNCATE => {
-                            let last = base + log.len() as u64;
-                            if r.lsn <= base || r.lsn > last + 1 {
-                                return Err(corrupt(
-                                    &path,
-                                    off,
-                                    format!(
-                                        "truncate from {} of a log of {base}+{}",
-                                        r.lsn,
-                                        log.len()
-                                    ),
-                                ));
-                            }
-                            log.truncate((r.lsn - base) as usize - 1);
-                        }
-                        record::KIND_ENTRY_PUT
-                        | record::KIND_ENTRY_DELETE
-                        | record::KIND_ENTRY_NOOP
-                        | record::KIND_ENTRY_CAS => {
-                            let last = base + log.len() as u64;
-                            if r.lsn != last + 1 {
-                                return Err(corrupt(
-                                    &path,
-                                    off,
-                                    format!("entry {} follows entry {last}", r.lsn),
-                                ));
-                            }
-                            let cmd = match r.kind {
-                                record::KIND_ENTRY_PUT => Command::Put {
-                                    key: r.key,
-                                    value: r.value.unwrap_or_default(),
-                                },
-                                record::KIND_ENTRY_DELETE => Command::Delete { key: r.key },
-                                record::KIND_ENTRY_CAS => {
-                                    let v = r.value.unwrap_or_default();
-                                    if v.len() < 17 {
-                                        return Err(corrupt(
-                                            &path,
-                                            off,
-                                            "compare-and-set entry too short",
-                                        ));
-                                    }
-                                    let num = |b: &[u8]| {
-                                        u64::from_le_bytes(
-                                            b.try_into().expect("invariant: 8 bytes"),
-                                        )
-                                    };
-                                    Command::Cas {
-                                        key: r.key,
-                                        expected: (v[0] == 1)
-                                            .then(|| Version::new(num(&v[1..9]), num(&v[9..17]))),
-                                        value: v.slice(17..),
-                                    }
-                                }
-                                _ => Command::Noop,
-                            };
-                            log.push(Entry {
-                                term: Term(r.version.epoch),
-                                index: LogIndex(r.lsn),
-                                cmd,
-                            });
-                        }
-                        k => {
-                            return Err(corrupt(
-                                &path,
-                                off,
-                                format!("record kind {k} in a replica log"),
-                            ));
-                        }
-                    }
-                    off = next;
-                }
-                Frame::End => break,
-                Frame::Torn(why) => {
-                    truncate_torn(&path, off as u64, &why)?;
-                    break;
-                }
-                Frame::Corrupt(why) => {
-                    return Err(corrupt(
-                        &path,
-                        off,
-                        format!("{why}; refusing to start with nothing modified"),
-                    ));
-                }
-            }
-        }
-        if base + (log.len() as u64) < snapshot.index.0 {
-            return Err(corrupt(
-                &path,
-                0,
-                format!(
-                    "the log ends at {} before its snapshot's last entry {}",
-                    base + log.len() as u64,
-                    snapshot.index.0
-                ),
-            ));
+        let (recovered, off, torn) = replay(&buf, &path)?;
+        if let Some(why) = torn {
+            truncate_torn(&path, off as u64, &why)?;
         }
         let out = Appender::open(&path, off as u64, fsync)?;
         sync_dir(dir)?;
@@ -304,11 +331,7 @@ impl RaftLog {
                 fsync,
                 _lock: lock,
             },
-            Recovered {
-                hard,
-                snapshot,
-                entries: log,
-            },
+            recovered,
         ))
     }
 

@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 #[allow(dead_code)]
 mod node_bin;
 
+mod audit;
 mod cluster;
 use cluster::ClusterCmd;
 
