@@ -251,7 +251,7 @@ if [[ " ${CLUSTER[*]} " != *" leaderless "* ]]; then
   W=$((NODES / 2 + 1))
   for ((i = 0; i < ${#CLUSTER[@]} - 1; i++)); do [ "${CLUSTER[$i]}" == "--w" ] && W=${CLUSTER[$((i + 1))]}; done
   sleep 2; kill -TERM "$SUP" 2>/dev/null || true; wait "$SUP" 2>/dev/null || true; SUP=""
-  echo "$BIN/kvctl cluster audit HISTORY --data-dir DATA --w $W" >> "$OUT/commands.txt"
+  echo "$BIN/kvctl cluster audit $OUT/history.jsonl --data-dir $DATA --w $W" >> "$OUT/commands.txt"
   "$BIN/kvctl" cluster audit "$OUT/history.jsonl" --data-dir "$DATA" --w "$W" > "$OUT/audit.txt" 2>&1 || audit_rc=$?
 fi
 cat "$OUT/bench.out"
