@@ -38,7 +38,7 @@ pub(crate) struct AuditArgs {
 }
 
 /// One node's log: the terms of its entries, by index (compacted ones from its snapshot),
-/// and the key of each entry it still holds.
+/// and what each entry it still holds writes.
 #[derive(Debug)]
 pub(crate) struct NodeLog {
     pub id: String,
@@ -46,36 +46,41 @@ pub(crate) struct NodeLog {
     terms: Vec<(u64, u64)>,
     /// The last index.
     last: u64,
-    /// Keys of the entries held (not compacted), by index; `None` for a no-op.
-    keys: HashMap<u64, Option<Vec<u8>>>,
+    /// The entries held (not compacted), by index: the key (`None` for a no-op), and the
+    /// value of a put.
+    held: HashMap<u64, (Option<Vec<u8>>, Option<Vec<u8>>)>,
+    /// The first index held: before it the log is compacted (known by its terms only).
+    first_held: u64,
 }
 
 impl NodeLog {
     pub(crate) fn new(id: &str, r: &Recovered) -> NodeLog {
         let mut terms: Vec<(u64, u64)> = r.snapshot.terms.iter().map(|(i, t)| (i.0, t.0)).collect();
-        let mut keys = HashMap::new();
+        let mut held = HashMap::new();
         let mut last = r.snapshot.index.0;
         for e in &r.entries {
+            // The entries a compaction keeps before the snapshot's end (for followers just
+            // behind) are covered by its terms, and still tell what they write.
+            let what = match &e.cmd {
+                Command::Put { key, value } => (Some(key.to_vec()), Some(value.to_vec())),
+                Command::Delete { key } | Command::Cas { key, .. } => (Some(key.to_vec()), None),
+                Command::Noop => (None, None),
+            };
+            held.insert(e.index.0, what);
             if e.index.0 <= r.snapshot.index.0 {
                 continue;
             }
             if terms.last().is_none_or(|(_, t)| *t != e.term.0) {
                 terms.push((e.index.0, e.term.0));
             }
-            let key = match &e.cmd {
-                Command::Put { key, .. } | Command::Delete { key } | Command::Cas { key, .. } => {
-                    Some(key.to_vec())
-                }
-                Command::Noop => None,
-            };
-            keys.insert(e.index.0, key);
             last = e.index.0;
         }
         NodeLog {
             id: id.to_string(),
             terms,
             last,
-            keys,
+            first_held: r.entries.first().map_or(last + 1, |e| e.index.0),
+            held,
         }
     }
 
@@ -123,6 +128,15 @@ pub(crate) struct Report {
     pub misplaced: Vec<Op>,
     /// Acknowledged without a version: nothing to look up.
     pub unversioned: usize,
+    /// Writes the client was told had no effect (`fail`), looked for in the committed log.
+    pub failed: usize,
+    /// ... and found there, at these indexes.
+    pub failed_committed: Vec<(Op, Vec<u64>)>,
+    /// A value written once (by the history) that the committed log holds at several
+    /// indexes: a write applied twice.
+    pub twice: Vec<(String, String, Vec<u64>)>,
+    /// The committed log's first entry held: failed writes and repeats before it are not seen.
+    pub first_held: u64,
 }
 
 /// `TERM.INDEX`.
@@ -160,8 +174,39 @@ pub(crate) fn audit(
         nodes: logs.len(),
         reference: reference.id.clone(),
         committed: (term, last),
+        first_held: reference.first_held,
         ..Report::default()
     };
+    // Puts by (key, value): how many writes of the history carry it, and where the committed
+    // log holds it. Only values written once tell anything (clients may repeat a value).
+    let mut written: HashMap<(&[u8], &[u8]), usize> = HashMap::new();
+    for op in ops {
+        if let (OpKind::Write | OpKind::Cas, Some(v)) = (op.op, &op.value) {
+            *written
+                .entry((op.key.as_bytes(), v.as_bytes()))
+                .or_default() += 1;
+        }
+    }
+    let mut at: HashMap<(&[u8], &[u8]), Vec<u64>> = HashMap::new();
+    for (i, what) in &reference.held {
+        if let (Some(k), Some(v)) = what
+            && *i <= last
+            && written.get(&(k.as_slice(), v.as_slice())) == Some(&1)
+        {
+            at.entry((k.as_slice(), v.as_slice())).or_default().push(*i);
+        }
+    }
+    for ((k, v), idx) in &mut at {
+        if idx.len() > 1 {
+            idx.sort_unstable();
+            report.twice.push((
+                String::from_utf8_lossy(k).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+                idx.clone(),
+            ));
+        }
+    }
+    report.twice.sort();
     let mut listed: HashMap<(u64, u64), Vec<String>> = HashMap::new();
     for r in rolled_back {
         let nodes = listed.entry((r.term, r.index)).or_default();
@@ -170,6 +215,16 @@ pub(crate) fn audit(
         }
     }
     for op in ops {
+        if op.outcome == Outcome::Fail && op.op == OpKind::Write {
+            report.failed += 1;
+            if let Some(idx) = op
+                .value
+                .as_ref()
+                .and_then(|v| at.get(&(op.key.as_bytes(), v.as_bytes())))
+            {
+                report.failed_committed.push((op.clone(), idx.clone()));
+            }
+        }
         let acked = op.outcome == Outcome::Ok
             && match op.op {
                 OpKind::Write | OpKind::Delete => true,
@@ -185,11 +240,11 @@ pub(crate) fn audit(
             continue;
         };
         if reference.term_at(i) == Some(t) {
-            match reference.keys.get(&i) {
-                Some(Some(k)) if k.as_slice() != op.key.as_bytes() => {
+            match reference.held.get(&i) {
+                Some((Some(k), _)) if k.as_slice() != op.key.as_bytes() => {
                     report.misplaced.push(op.clone())
                 }
-                Some(None) => report.misplaced.push(op.clone()),
+                Some((None, _)) => report.misplaced.push(op.clone()),
                 _ => report.survived += 1,
             }
         } else if let Some(nodes) = listed.get(&(t, i)) {
@@ -217,6 +272,8 @@ impl Report {
         let majority = w.is_some_and(|w| w as usize * 2 > self.nodes);
         self.silent.is_empty()
             && self.misplaced.is_empty()
+            && self.failed_committed.is_empty()
+            && self.twice.is_empty()
             && (!majority || (self.rolled_back.is_empty() && self.pending.is_empty()))
     }
 
@@ -256,6 +313,30 @@ impl Report {
             &mut s,
             "acknowledged without a version (not checked)",
             self.unversioned,
+        );
+        let _ = writeln!(
+            s,
+            "{} writes the client was told had no effect, looked for in the committed log{}",
+            self.failed,
+            if self.first_held > 1 {
+                format!(
+                    " (held from index {} on: compacted before it, where neither they nor writes \
+                     applied twice can be seen; kv-node --snapshot-entries sets how often)",
+                    self.first_held
+                )
+            } else {
+                String::new()
+            }
+        );
+        row(
+            &mut s,
+            "told they had no effect, but committed",
+            self.failed_committed.len(),
+        );
+        row(
+            &mut s,
+            "written once, committed more than once",
+            self.twice.len(),
         );
         let show = |s: &mut String, title: &str, ops: Vec<(&Op, String)>| {
             if ops.is_empty() {
@@ -302,8 +383,30 @@ impl Report {
             "VERSION HOLDS ANOTHER ENTRY",
             self.misplaced.iter().map(|o| (o, String::new())).collect(),
         );
+        show(
+            &mut s,
+            "TOLD IT HAD NO EFFECT, BUT COMMITTED",
+            self.failed_committed
+                .iter()
+                .map(|(o, idx)| (o, format!("; at index {idx:?}")))
+                .collect(),
+        );
+        if !self.twice.is_empty() {
+            let _ = writeln!(
+                s,
+                "WRITTEN ONCE, COMMITTED MORE THAN ONCE (first {} of {}):",
+                self.twice.len().min(10),
+                self.twice.len()
+            );
+            for (k, v, idx) in self.twice.iter().take(10) {
+                let _ = writeln!(s, "  {k} = {} at indexes {idx:?}", short(v));
+            }
+        }
         let majority = w.is_some_and(|w| w as usize * 2 > self.nodes);
-        let verdict = if !self.passes(w) {
+        let verdict = if !self.failed_committed.is_empty() || !self.twice.is_empty() {
+            "FAILED: the committed log holds writes the clients were told failed, or holds one twice"
+                .to_string()
+        } else if !self.passes(w) {
             if majority && self.silent.is_empty() && self.misplaced.is_empty() {
                 format!(
                     "FAILED: writes acknowledged with W={} (a majority) were lost",
@@ -568,6 +671,63 @@ mod tests {
         let r = audit(&ops, &cluster(), &[]).expect("converged");
         assert_eq!(r.misplaced.len(), 1);
         assert!(!r.passes(None));
+    }
+
+    fn put_value(term: u64, index: u64, key: &str, value: &str) -> Entry {
+        Entry {
+            term: Term(term),
+            index: LogIndex(index),
+            cmd: Command::Put {
+                key: Bytes::from(key.to_string()),
+                value: Bytes::from(value.to_string()),
+            },
+        }
+    }
+
+    /// Three nodes holding the same log of `entries`.
+    fn agreed(entries: &[Entry]) -> Vec<NodeLog> {
+        ["n1", "n2", "n3"]
+            .iter()
+            .map(|id| log(id, 0, &[], entries.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn a_write_told_it_failed_that_the_log_committed_fails() {
+        let logs = agreed(&[put_value(1, 1, "a", "w1"), put_value(1, 2, "a", "w2")]);
+        let mut ok = write("a", "1.1");
+        ok.value = Some("w1".into());
+        let mut failed = write("a", "");
+        failed.value = Some("w2".into());
+        failed.version = None;
+        failed.outcome = Outcome::Fail;
+        let r = audit(&[ok.clone(), failed.clone()], &logs, &[]).expect("converged");
+        assert_eq!((r.failed, r.failed_committed.len()), (1, 1));
+        assert!(!r.passes(Some(1)));
+        assert!(
+            r.render(Some(1))
+                .contains("TOLD IT HAD NO EFFECT, BUT COMMITTED")
+        );
+        // A failed write the log does not hold is as it was told.
+        failed.value = Some("w3".into());
+        let r = audit(&[ok, failed], &logs, &[]).expect("converged");
+        assert_eq!((r.failed, r.failed_committed.len()), (1, 0));
+        assert!(r.passes(Some(2)));
+    }
+
+    #[test]
+    fn a_value_written_once_and_committed_twice_fails_unless_written_twice() {
+        let logs = agreed(&[put_value(1, 1, "a", "w1"), put_value(1, 2, "a", "w1")]);
+        let mut once = write("a", "1.1");
+        once.value = Some("w1".into());
+        let r = audit(std::slice::from_ref(&once), &logs, &[]).expect("converged");
+        assert_eq!(r.twice, vec![("a".into(), "w1".into(), vec![1, 2])]);
+        assert!(!r.passes(None));
+        // Two clients writing the same value: two entries are what they asked for.
+        let mut again = once.clone();
+        again.version = Some("1.2".into());
+        let r = audit(&[once, again], &logs, &[]).expect("converged");
+        assert!(r.twice.is_empty() && r.passes(None), "{r:?}");
     }
 
     #[test]
