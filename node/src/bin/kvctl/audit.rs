@@ -48,7 +48,7 @@ pub(crate) struct NodeLog {
     last: u64,
     /// The entries held (not compacted), by index: the key (`None` for a no-op), and the
     /// value of a put.
-    held: HashMap<u64, (Option<Vec<u8>>, Option<Vec<u8>>)>,
+    held: HashMap<u64, Written>,
     /// The first index held: before it the log is compacted (known by its terms only).
     first_held: u64,
 }
@@ -100,6 +100,9 @@ impl NodeLog {
         (self.term_at(self.last).unwrap_or(0), self.last)
     }
 }
+
+/// What an entry writes: its key (`None`: a no-op) and, for a put, its value.
+type Written = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// A write a node took out of its log (a `rolled_back_at_ms` line of its rollback file).
 #[derive(Debug, Clone, PartialEq, Eq)]
