@@ -47,7 +47,7 @@
 # (seconds since the start, fault; leader-follower: "  heard N leaders at once: nX" under a
 # fault after which a node's kv_leaders_observed rose to 2 or more), bench/ (kv-bench
 # summary.json, timeline.csv), check.txt
-# (the verdict), audit.txt (leader-follower: kvctl cluster audit of every acknowledged write
+# (the verdict), node-logs/ (each node's log, gzipped), audit.txt (leader-follower: kvctl cluster audit of every acknowledged write
 # against the logs the stopped nodes leave; a failed audit fails the drill), violation.html when there is one, tombstones.txt (leaderless: each node's
 # tombstones purged and awaiting repair at the end), and history.jsonl (removed on a
 # linearizable verdict unless KEEP_HISTORY=1: it is large). Exit status: kv-bench check's
@@ -254,6 +254,10 @@ if [[ " ${CLUSTER[*]} " != *" leaderless "* ]]; then
   echo "$BIN/kvctl cluster audit $OUT/history.jsonl --data-dir $DATA --w $W" >> "$OUT/commands.txt"
   "$BIN/kvctl" cluster audit "$OUT/history.jsonl" --data-dir "$DATA" --w "$W" > "$OUT/audit.txt" 2>&1 || audit_rc=$?
 fi
+# The nodes' own logs (roles and terms as they changed, slow fsyncs, rollbacks), to tell
+# afterwards what the nemesis log and the verdicts cannot.
+mkdir -p "$OUT/node-logs"
+for f in "$DATA"/n*.log; do [ -e "$f" ] && gzip -c "$f" > "$OUT/node-logs/$(basename "$f").gz"; done
 cat "$OUT/bench.out"
 echo "faults: $(awk '$1 ~ /^[0-9]+$/ {print $2}' "$OUT/nemesis.log" | sort | uniq -c | awk '{printf "%s %s, ", $1, $2}' | sed 's/, $//')"
 split=$(grep -c '^  heard' "$OUT/nemesis.log" || true)

@@ -23,7 +23,7 @@
 //! queue; only the log writer (fsync) and snapshot encoding keep threads of their own. 3 nodes,
 //! one request thread each, 16 clients, 50/50: see `bench/results/leader-follower/REPEATS.md`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -211,6 +211,10 @@ pub struct StatusSnapshot {
 /// there at the next scrape.
 pub const LEADERS_WINDOW: Duration = Duration::from_secs(30);
 
+/// Committed entries applied per pass of the driver's loop: a few milliseconds of work, after
+/// which the node's heartbeats, votes and replies go out before the next chunk.
+const APPLY_CHUNK: usize = 4096;
+
 /// A cheap handle to the driver.
 #[derive(Clone)]
 pub struct DriverHandle {
@@ -371,6 +375,9 @@ struct Driver {
     reads: HashMap<RequestId, ReadReply>,
     /// Confirmed reads waiting for the state machine to reach their index.
     reads_applying: Vec<(u64, ReadReply)>,
+    /// Committed entries not yet applied to the state machine: at most [`APPLY_CHUNK`] go
+    /// per pass of the loop.
+    to_apply: VecDeque<Entry>,
     /// Answers of this pass of the loop, not yet sent.
     outbox: Outbox,
     next_id: RequestId,
@@ -498,6 +505,7 @@ pub fn build(
         members: n_members,
         reads: HashMap::new(),
         reads_applying: Vec::new(),
+        to_apply: VecDeque::new(),
         outbox: Outbox {
             replies: Vec::new(),
         },
@@ -532,13 +540,21 @@ impl Driver {
     async fn run(mut self, mut rx: InputRx, tick: Duration) {
         let mut next_tick = Instant::now() + tick;
         loop {
+            // With entries left to apply, the loop goes on at once, but lets the node's other
+            // tasks (peer connections, client requests) run first.
+            let wake = if self.to_apply.is_empty() {
+                next_tick
+            } else {
+                tokio::task::yield_now().await;
+                Instant::now()
+            };
             tokio::select! {
                 biased;
                 input = rx.recv() => match input {
                     Some(input) => self.input(input),
                     None => return,
                 },
-                () = tokio::time::sleep_until(next_tick.into()) => {}
+                () = tokio::time::sleep_until(wake.into()) => {}
             }
             // Everything already queued joins this batch (and its one fsync).
             for _ in 0..4096 {
@@ -561,9 +577,24 @@ impl Driver {
                 }
             }
             self.process();
+            self.apply_some();
             self.outbox.deliver();
             self.publish_status();
         }
+    }
+
+    /// Applies up to [`APPLY_CHUNK`] committed entries, and answers the reads they reach.
+    fn apply_some(&mut self) {
+        if self.to_apply.is_empty() || self.failed.is_some() {
+            return;
+        }
+        for _ in 0..APPLY_CHUNK {
+            let Some(e) = self.to_apply.pop_front() else {
+                break;
+            };
+            self.apply(e);
+        }
+        self.release_reads();
     }
 
     fn input(&mut self, input: Input) {
@@ -768,6 +799,7 @@ impl Driver {
             self.failed = Some(why);
         }
         self.pipeline.clear();
+        self.to_apply.clear();
         // Everything waiting on this replica is answered now (the node stops, and waits for
         // its requests to finish): writes may have happened, reads did nothing.
         for (_, r) in self.proposals.drain() {
@@ -887,57 +919,11 @@ impl Driver {
     fn carry_out(&mut self, a: Action) {
         match a {
             Action::Send { to, msg } => self.transport.send(&to, msg),
-            Action::Apply(entries) => {
-                for e in entries {
-                    let version = e.version();
-                    let index = e.index.0;
-                    let w = match e.cmd {
-                        Command::Put { key, value } => Some((key, Some(value))),
-                        Command::Delete { key } => Some((key, None)),
-                        Command::Noop => None,
-                        Command::Cas {
-                            key,
-                            expected,
-                            value,
-                        } => {
-                            let cur = self.state.get(&key).filter(|c| c.value.is_some());
-                            let live = cur.as_ref().map(|c| c.version);
-                            let applied = live == expected;
-                            if let Some((_, r)) = self.cas.remove(&index) {
-                                let result = if applied {
-                                    CasResult {
-                                        applied,
-                                        version: Some(version),
-                                        current: None,
-                                    }
-                                } else {
-                                    CasResult {
-                                        applied,
-                                        version: live,
-                                        current: cur.and_then(|c| c.value),
-                                    }
-                                };
-                                self.outbox.push(Reply::Cas(r, Ok(result)));
-                            }
-                            applied.then_some((key, Some(value)))
-                        }
-                    };
-                    if let Some((key, value)) = w {
-                        let res = self.state.write(Write {
-                            key,
-                            value,
-                            version,
-                            written_ms: now_ms(),
-                            context: bytes::Bytes::new(),
-                        });
-                        if let Err(err) = res {
-                            tracing::error!(error = %err, "state machine write failed");
-                        }
-                    }
-                    self.applied = index;
-                }
-                self.release_reads();
-            }
+            // Applied a chunk at a time by the loop (`apply_some`): a node that learns at once
+            // that hundreds of thousands of entries are committed (after a restart, with a log
+            // long since its last snapshot) would otherwise apply them all in one pass, answer
+            // nobody meanwhile, and be taken for dead by its leader or followers.
+            Action::Apply(entries) => self.to_apply.extend(entries),
             Action::Acked { id, version, acks } => {
                 // A compare-and-set is answered at apply, not here.
                 if let Some(r) = self.proposals.remove(&id) {
@@ -982,6 +968,8 @@ impl Driver {
                     Ok(_) => {
                         self.snapshots_installed += 1;
                         self.applied = snapshot.index.0;
+                        // Committed entries not yet applied that the snapshot covers are in it.
+                        self.to_apply.retain(|e| e.index > snapshot.index);
                         tracing::info!(
                             index = snapshot.index.0,
                             bytes = snapshot.data.len(),
@@ -997,6 +985,57 @@ impl Driver {
             Action::Survived(entries) => self.record_rollback(&entries, true),
             Action::PersistHardState(_) | Action::Truncate { .. } | Action::PersistEntries(_) => {}
         }
+    }
+
+    /// Applies one committed entry to the state machine (a compare-and-set is decided and
+    /// answered here).
+    fn apply(&mut self, e: Entry) {
+        let version = e.version();
+        let index = e.index.0;
+        let w = match e.cmd {
+            Command::Put { key, value } => Some((key, Some(value))),
+            Command::Delete { key } => Some((key, None)),
+            Command::Noop => None,
+            Command::Cas {
+                key,
+                expected,
+                value,
+            } => {
+                let cur = self.state.get(&key).filter(|c| c.value.is_some());
+                let live = cur.as_ref().map(|c| c.version);
+                let applied = live == expected;
+                if let Some((_, r)) = self.cas.remove(&index) {
+                    let result = if applied {
+                        CasResult {
+                            applied,
+                            version: Some(version),
+                            current: None,
+                        }
+                    } else {
+                        CasResult {
+                            applied,
+                            version: live,
+                            current: cur.and_then(|c| c.value),
+                        }
+                    };
+                    self.outbox.push(Reply::Cas(r, Ok(result)));
+                }
+                applied.then_some((key, Some(value)))
+            }
+        };
+        if let Some((key, value)) = w {
+            let res = self.state.write(Write {
+                key,
+                value,
+                version,
+                written_ms: now_ms(),
+                context: bytes::Bytes::new(),
+            });
+            if let Err(err) = res {
+                tracing::error!(error = %err, "state machine write failed");
+            }
+        }
+        self.applied = index;
     }
 
     /// Answers the confirmed reads that the state machine has now reached.
