@@ -115,12 +115,19 @@ impl Snapshot {
         if index > self.index || index.0 == 0 {
             return None;
         }
-        self.terms
-            .iter()
-            .take_while(|(first, _)| *first <= index)
-            .last()
-            .map(|(_, t)| *t)
+        term_from_starts(&self.terms, index)
     }
+}
+
+/// The term of the entry at `index`, from where each term began (`(first index, term)`,
+/// ascending, as [`Snapshot::terms`]); `None` before the first. The caller knows whether the
+/// log reaches `index`.
+pub fn term_from_starts(starts: &[(LogIndex, Term)], index: LogIndex) -> Option<Term> {
+    starts
+        .iter()
+        .take_while(|(first, _)| *first <= index)
+        .last()
+        .map(|(_, t)| *t)
 }
 
 /// A replica's role.

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 
 use kv_checker::history::{Op, OpKind, Outcome};
 use kv_node::raft_log::{self, Recovered};
-use kv_replica::leader_follower::Command;
+use kv_replica::leader_follower::{Command, LogIndex, Term, term_from_starts};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct AuditArgs {
@@ -43,7 +43,7 @@ pub(crate) struct AuditArgs {
 pub(crate) struct NodeLog {
     pub id: String,
     /// `(first index, term)` of each term, ascending: the snapshot's, then the entries'.
-    terms: Vec<(u64, u64)>,
+    terms: Vec<(LogIndex, Term)>,
     /// The last index.
     last: u64,
     /// The entries held (not compacted), by index: the key (`None` for a no-op), and the
@@ -55,7 +55,7 @@ pub(crate) struct NodeLog {
 
 impl NodeLog {
     pub(crate) fn new(id: &str, r: &Recovered) -> NodeLog {
-        let mut terms: Vec<(u64, u64)> = r.snapshot.terms.iter().map(|(i, t)| (i.0, t.0)).collect();
+        let mut terms = r.snapshot.terms.clone();
         let mut held = HashMap::new();
         let mut last = r.snapshot.index.0;
         for e in &r.entries {
@@ -70,8 +70,8 @@ impl NodeLog {
             if e.index.0 <= r.snapshot.index.0 {
                 continue;
             }
-            if terms.last().is_none_or(|(_, t)| *t != e.term.0) {
-                terms.push((e.index.0, e.term.0));
+            if terms.last().is_none_or(|(_, t)| *t != e.term) {
+                terms.push((e.index, e.term));
             }
             last = e.index.0;
         }
@@ -89,11 +89,7 @@ impl NodeLog {
         if index == 0 || index > self.last {
             return None;
         }
-        self.terms
-            .iter()
-            .take_while(|(first, _)| *first <= index)
-            .last()
-            .map(|(_, t)| *t)
+        term_from_starts(&self.terms, LogIndex(index)).map(|t| t.0)
     }
 
     fn last_entry(&self) -> (u64, u64) {
@@ -541,7 +537,7 @@ pub(crate) fn run(a: AuditArgs) -> ExitCode {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use kv_replica::leader_follower::{Entry, LogIndex, Snapshot, Term};
+    use kv_replica::leader_follower::{Entry, Snapshot};
 
     fn put(term: u64, index: u64, key: &str) -> Entry {
         Entry {
