@@ -587,36 +587,17 @@ mod tests {
     /// Three nodes: n1 and n2 hold the committed log (term 1 up to 3, compacted on n1, then
     /// term 3 from 4 on); n3 still holds an entry of term 2 at index 4 that it never gave up.
     fn cluster() -> Vec<NodeLog> {
+        let common = [put(1, 1, "x"), put(1, 2, "y"), put(1, 3, "a")];
+        let after = |rest: Vec<Entry>| common.iter().cloned().chain(rest).collect::<Vec<_>>();
         vec![
             log(
                 "n1",
                 3,
                 &[(1, 1)],
-                vec![put(1, 3, "a"), put(3, 4, "b"), put(3, 5, "c")],
+                after(vec![put(3, 4, "b"), put(3, 5, "c")])[2..].to_vec(),
             ),
-            log(
-                "n2",
-                0,
-                &[],
-                vec![
-                    put(1, 1, "x"),
-                    put(1, 2, "y"),
-                    put(1, 3, "a"),
-                    put(3, 4, "b"),
-                    put(3, 5, "c"),
-                ],
-            ),
-            log(
-                "n3",
-                0,
-                &[],
-                vec![
-                    put(1, 1, "x"),
-                    put(1, 2, "y"),
-                    put(1, 3, "a"),
-                    put(2, 4, "z"),
-                ],
-            ),
+            log("n2", 0, &[], after(vec![put(3, 4, "b"), put(3, 5, "c")])),
+            log("n3", 0, &[], after(vec![put(2, 4, "z")])),
         ]
     }
 
