@@ -378,6 +378,8 @@ struct Driver {
     /// Committed entries not yet applied to the state machine: at most [`APPLY_CHUNK`] go
     /// per pass of the loop.
     to_apply: VecDeque<Entry>,
+    /// How many more entries this pass of the loop may apply.
+    apply_budget: usize,
     /// Answers of this pass of the loop, not yet sent.
     outbox: Outbox,
     next_id: RequestId,
@@ -506,6 +508,7 @@ pub fn build(
         reads: HashMap::new(),
         reads_applying: Vec::new(),
         to_apply: VecDeque::new(),
+        apply_budget: APPLY_CHUNK,
         outbox: Outbox {
             replies: Vec::new(),
         },
@@ -576,15 +579,17 @@ impl Driver {
                     next_tick = Instant::now() + tick; // fell behind: do not burst ticks
                 }
             }
+            self.apply_budget = APPLY_CHUNK;
             self.process();
-            self.apply_some();
+            self.apply_backlog();
             self.outbox.deliver();
             self.publish_status();
         }
     }
 
-    /// Applies up to [`APPLY_CHUNK`] committed entries, and answers the reads they reach.
-    fn apply_some(&mut self) {
+    /// Applies up to [`APPLY_CHUNK`] entries of the backlog, after the pass has stepped its
+    /// messages and sent what they called for, and answers the reads they reach.
+    fn apply_backlog(&mut self) {
         if self.to_apply.is_empty() || self.failed.is_some() {
             return;
         }
@@ -919,11 +924,23 @@ impl Driver {
     fn carry_out(&mut self, a: Action) {
         match a {
             Action::Send { to, msg } => self.transport.send(&to, msg),
-            // Applied a chunk at a time by the loop (`apply_some`): a node that learns at once
-            // that hundreds of thousands of entries are committed (after a restart, with a log
-            // long since its last snapshot) would otherwise apply them all in one pass, answer
-            // nobody meanwhile, and be taken for dead by its leader or followers.
-            Action::Apply(entries) => self.to_apply.extend(entries),
+            // At once while this pass has applied fewer than a chunk (under load, every
+            // entry in the pass that committed it). More goes to the backlog, applied a chunk
+            // per pass at its end (`apply_backlog`): a node that learns at once that hundreds
+            // of thousands of entries are committed (after a restart, with a log long since its
+            // last snapshot) would otherwise apply them all in one pass, answer nobody
+            // meanwhile, and be taken for dead by its leader or followers.
+            Action::Apply(entries) => {
+                if self.to_apply.is_empty() && entries.len() <= self.apply_budget {
+                    self.apply_budget -= entries.len();
+                    for e in entries {
+                        self.apply(e);
+                    }
+                    self.release_reads();
+                } else {
+                    self.to_apply.extend(entries);
+                }
+            }
             Action::Acked { id, version, acks } => {
                 // A compare-and-set is answered at apply, not here.
                 if let Some(r) = self.proposals.remove(&id) {
