@@ -491,7 +491,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     });
 
     ready.store(true, Ordering::Release);
-    tracing::info!(%addr, %admin_addr, id = %node.id(), quorum = %node.settings().quorum, "serving");
+    let quorum = quorum_words(&node.settings().config.mode, node.settings().quorum);
+    tracing::info!(%addr, %admin_addr, id = %node.id(), %quorum, "serving");
     Ok(Running {
         addr,
         admin_addr,
@@ -500,4 +501,29 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         node,
         failed,
     })
+}
+
+/// The quorum as the start-up line gives it. "R+W<=N: not strongly consistent" holds only for
+/// leaderless reads: leader-follower leader reads go through the leader's read-index whatever
+/// R is (what W below a majority gives up is logged apart).
+fn quorum_words(mode: &config::Mode, q: kv_replica::Quorum) -> String {
+    match mode {
+        config::Mode::Leaderless => q.to_string(),
+        config::Mode::LeaderFollower => format!("N={} R={} W={}", q.n, q.r, q.w),
+    }
+}
+
+#[cfg(test)]
+mod quorum_words_tests {
+    use super::*;
+
+    #[test]
+    fn only_leaderless_quorums_are_called_not_strongly_consistent() {
+        let q = kv_replica::Quorum::new(5, 5, 1, 3).expect("quorum");
+        assert_eq!(
+            quorum_words(&config::Mode::LeaderFollower, q),
+            "N=5 R=1 W=3"
+        );
+        assert!(quorum_words(&config::Mode::Leaderless, q).contains("not strongly consistent"));
+    }
 }
