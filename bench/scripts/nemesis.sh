@@ -46,10 +46,11 @@
 # order (their timing is the machine's). Writes into OUT_DIR: nemesis.log
 # (seconds since the start, fault; leader-follower: "  heard N leaders at once: nX" under a
 # fault after which a node's kv_leaders_observed rose to 2 or more), bench/ (kv-bench
-# summary.json, timeline.csv), check.txt
-# (the verdict), node-logs/ (each node's log, gzipped), audit.txt (leader-follower: kvctl cluster audit of every acknowledged write
-# against the logs the stopped nodes leave; a failed audit fails the drill), violation.html when there is one, tombstones.txt (leaderless: each node's
-# tombstones purged and awaiting repair at the end), and history.jsonl (removed on a
+# summary.json, timeline.csv), check.txt (the verdict), node-logs/ (each node's log,
+# gzipped), audit.txt (leader-follower: kvctl cluster audit of every acknowledged write
+# against the logs the stopped nodes leave; a failed audit fails the drill), violation.html
+# when there is one, tombstones.txt (leaderless: each node's tombstones purged and awaiting
+# repair at the end), and history.jsonl (removed on a
 # linearizable verdict unless KEEP_HISTORY=1: it is large). Exit status: kv-bench check's
 # (0 linearizable, 1 violation, 2 unknown), or the audit's when it fails.
 set -euo pipefail
