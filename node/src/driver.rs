@@ -394,6 +394,9 @@ struct Driver {
     leaders_window: u64,
     /// One tick.
     tick: Duration,
+    /// A pass of the loop longer than this (the heartbeat interval) is logged, phase by phase:
+    /// peers hear nothing from this node while it lasts.
+    slow_pass: Duration,
 }
 
 /// A driver recovered from its durable state, not yet running: [`Built::spawn`] starts it.
@@ -521,6 +524,7 @@ pub fn build(
         on_fail,
         leaders_window: (LEADERS_WINDOW.as_millis() / timing.tick.as_millis().max(1)) as u64,
         tick: timing.tick,
+        slow_pass: timing.tick.saturating_mul(timing.heartbeat_ticks),
     };
     let handle = DriverHandle {
         tx,
@@ -551,18 +555,32 @@ impl Driver {
                 tokio::task::yield_now().await;
                 Instant::now()
             };
+            let mut inputs = 0usize;
             tokio::select! {
                 biased;
                 input = rx.recv() => match input {
-                    Some(input) => self.input(input),
+                    Some(input) => {
+                        inputs += 1;
+                        self.input(input);
+                    }
                     None => return,
                 },
-                () = tokio::time::sleep_until(wake.into()) => {}
+                () = tokio::time::sleep_until(wake.into()) => {
+                    let late = Instant::now().saturating_duration_since(wake);
+                    if late > self.slow_pass {
+                        tracing::warn!(late_ms = late.as_millis() as u64,
+                            "the replica's loop woke late: the node's runtime was busy");
+                    }
+                }
             }
+            let started = Instant::now();
             // Everything already queued joins this batch (and its one fsync).
             for _ in 0..4096 {
                 match rx.try_recv() {
-                    Ok(input) => self.input(input),
+                    Ok(input) => {
+                        inputs += 1;
+                        self.input(input);
+                    }
                     Err(_) => break,
                 }
             }
@@ -579,11 +597,30 @@ impl Driver {
                     next_tick = Instant::now() + tick; // fell behind: do not burst ticks
                 }
             }
+            let stepped = Instant::now();
             self.apply_budget = APPLY_CHUNK;
             self.process();
+            let processed = Instant::now();
+            let backlog = self.to_apply.len();
             self.apply_backlog();
+            let applied = Instant::now();
             self.outbox.deliver();
             self.publish_status();
+            let took = started.elapsed();
+            if took > self.slow_pass {
+                let ms = |d: Duration| d.as_secs_f64() * 1e3;
+                tracing::warn!(
+                    took_ms = ms(took),
+                    inputs,
+                    inputs_ms = ms(stepped - started),
+                    process_ms = ms(processed - stepped),
+                    applied_inline = APPLY_CHUNK - self.apply_budget,
+                    backlog,
+                    backlog_ms = ms(applied - processed),
+                    deliver_ms = ms(applied.elapsed()),
+                    "a pass of the replica's loop took longer than a heartbeat interval"
+                );
+            }
         }
     }
 
