@@ -23,7 +23,7 @@
 //! queue; only the log writer (fsync) and snapshot encoding keep threads of their own. 3 nodes,
 //! one request thread each, 16 clients, 50/50: see `bench/results/leader-follower/REPEATS.md`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -211,8 +211,9 @@ pub struct StatusSnapshot {
 /// there at the next scrape.
 pub const LEADERS_WINDOW: Duration = Duration::from_secs(30);
 
-/// Committed entries applied per pass of the driver's loop: a few milliseconds of work, after
-/// which the node's heartbeats, votes and replies go out before the next chunk.
+/// Committed entries handed to the state machine at once ([`CoreConfig::max_apply`]): a few
+/// milliseconds of work, after which the node's heartbeats, votes and replies go out before the
+/// next chunk.
 const APPLY_CHUNK: usize = 4096;
 
 /// A cheap handle to the driver.
@@ -375,11 +376,6 @@ struct Driver {
     reads: HashMap<RequestId, ReadReply>,
     /// Confirmed reads waiting for the state machine to reach their index.
     reads_applying: Vec<(u64, ReadReply)>,
-    /// Committed entries not yet applied to the state machine: at most [`APPLY_CHUNK`] go
-    /// per pass of the loop.
-    to_apply: VecDeque<Entry>,
-    /// How many more entries this pass of the loop may apply.
-    apply_budget: usize,
     /// Answers of this pass of the loop, not yet sent.
     outbox: Outbox,
     next_id: RequestId,
@@ -467,6 +463,7 @@ pub fn build(
             election_ticks: timing.election_ticks,
             heartbeat_ticks: timing.heartbeat_ticks,
             max_batch: 256,
+            max_apply: APPLY_CHUNK,
         },
         rec.hard,
         rec.snapshot,
@@ -510,8 +507,6 @@ pub fn build(
         members: n_members,
         reads: HashMap::new(),
         reads_applying: Vec::new(),
-        to_apply: VecDeque::new(),
-        apply_budget: APPLY_CHUNK,
         outbox: Outbox {
             replies: Vec::new(),
         },
@@ -549,7 +544,7 @@ impl Driver {
         loop {
             // With entries left to apply, the loop goes on at once, but lets the node's other
             // tasks (peer connections, client requests) run first.
-            let wake = if self.to_apply.is_empty() {
+            let wake = if self.failed.is_some() || !self.behind() {
                 next_tick
             } else {
                 tokio::task::yield_now().await;
@@ -598,11 +593,15 @@ impl Driver {
                 }
             }
             let stepped = Instant::now();
-            self.apply_budget = APPLY_CHUNK;
+            let applied_before = self.applied;
             self.process();
             let processed = Instant::now();
-            let backlog = self.to_apply.len();
-            self.apply_backlog();
+            let backlog = self.replica.commit_index().0 - self.replica.applied_index().0;
+            // One more chunk of a long backlog, after this pass's messages were stepped and
+            // what they called for sent.
+            if self.failed.is_none() && self.replica.apply_more() {
+                self.process();
+            }
             let applied = Instant::now();
             self.outbox.deliver();
             self.publish_status();
@@ -614,7 +613,7 @@ impl Driver {
                     inputs,
                     inputs_ms = ms(stepped - started),
                     process_ms = ms(processed - stepped),
-                    applied_inline = APPLY_CHUNK - self.apply_budget,
+                    applied = self.applied - applied_before,
                     backlog,
                     backlog_ms = ms(applied - processed),
                     deliver_ms = ms(applied.elapsed()),
@@ -624,19 +623,9 @@ impl Driver {
         }
     }
 
-    /// Applies up to [`APPLY_CHUNK`] entries of the backlog, after the pass has stepped its
-    /// messages and sent what they called for, and answers the reads they reach.
-    fn apply_backlog(&mut self) {
-        if self.to_apply.is_empty() || self.failed.is_some() {
-            return;
-        }
-        for _ in 0..APPLY_CHUNK {
-            let Some(e) = self.to_apply.pop_front() else {
-                break;
-            };
-            self.apply(e);
-        }
-        self.release_reads();
+    /// Committed entries not yet handed to the state machine.
+    fn behind(&self) -> bool {
+        self.replica.applied_index() < self.replica.commit_index()
     }
 
     fn input(&mut self, input: Input) {
@@ -841,7 +830,6 @@ impl Driver {
             self.failed = Some(why);
         }
         self.pipeline.clear();
-        self.to_apply.clear();
         // Everything waiting on this replica is answered now (the node stops, and waits for
         // its requests to finish): writes may have happened, reads did nothing.
         for (_, r) in self.proposals.drain() {
@@ -961,22 +949,15 @@ impl Driver {
     fn carry_out(&mut self, a: Action) {
         match a {
             Action::Send { to, msg } => self.transport.send(&to, msg),
-            // At once while this pass has applied fewer than a chunk (under load, every
-            // entry in the pass that committed it). More goes to the backlog, applied a chunk
-            // per pass at its end (`apply_backlog`): a node that learns at once that hundreds
-            // of thousands of entries are committed (after a restart, with a log long since its
-            // last snapshot) would otherwise apply them all in one pass, answer nobody
-            // meanwhile, and be taken for dead by its leader or followers.
+            // At most a chunk (`APPLY_CHUNK`): a node that learns at once that hundreds of
+            // thousands of entries are committed (after a restart, with a log long since its
+            // last snapshot) gets the rest a chunk per pass of the loop, and goes on answering
+            // its leader or followers meanwhile.
             Action::Apply(entries) => {
-                if self.to_apply.is_empty() && entries.len() <= self.apply_budget {
-                    self.apply_budget -= entries.len();
-                    for e in entries {
-                        self.apply(e);
-                    }
-                    self.release_reads();
-                } else {
-                    self.to_apply.extend(entries);
+                for e in entries {
+                    self.apply(e);
                 }
+                self.release_reads();
             }
             Action::Acked { id, version, acks } => {
                 // A compare-and-set is answered at apply, not here.
@@ -1022,8 +1003,6 @@ impl Driver {
                     Ok(_) => {
                         self.snapshots_installed += 1;
                         self.applied = snapshot.index.0;
-                        // Committed entries not yet applied that the snapshot covers are in it.
-                        self.to_apply.retain(|e| e.index > snapshot.index);
                         tracing::info!(
                             index = snapshot.index.0,
                             bytes = snapshot.data.len(),

@@ -349,6 +349,7 @@ impl Sim {
             election_ticks: self.cfg.election_ticks,
             heartbeat_ticks: self.cfg.heartbeat_ticks,
             max_batch: 8,
+            max_apply: 4,
         };
         let rng = Box::new(StdRng::seed_from_u64(self.rng.random()));
         if self.booted.len() <= i {
@@ -987,6 +988,10 @@ impl Sim {
             }
             if let Some(r) = self.nodes[i].replica.as_mut() {
                 r.tick();
+                // As the driver does once per pass of its loop: the next chunk of committed
+                // entries not yet handed over (`max_apply` is small here, so that chunks
+                // interleave with messages, snapshots and crashes).
+                r.apply_more();
             }
             self.drain(i);
             if !self.nodes[i].unsynced.is_empty() && self.rng.random_bool(self.cfg.sync) {
