@@ -1302,9 +1302,9 @@ fn max_term(c: &Cluster) -> u64 {
 /// three seconds; bench/results/nemesis/RESULTS.md). Without the chunks this test failed 2 of
 /// 3 runs (the stall has to outlast an election timeout at the right moment). With chunks
 /// applied by the driver but all 400,000 entries still copied out of the replica in one
-/// `Apply`, release builds still stalled 166-383 ms in one pass and elected a second leader in
-/// 8 of 8 restarts (the test failed 4 of 8); with the replica handing them over a chunk at a
-/// time, one leader in 8 of 8 (bench/results/restart/).
+/// `Apply`, release builds still stalled up to 460 ms in one pass and elected a second leader
+/// in 11 of 12 restarts (the test failed 6 of 12); with the replica handing them over a chunk
+/// at a time, one leader in 12 of 12 (bench/results/restart/).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_log_committed_at_once_after_a_restart_keeps_its_first_leader() {
     use kv_replica::leader_follower::{Command, Entry, HardState, LogIndex, Snapshot, Term};
