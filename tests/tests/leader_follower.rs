@@ -786,6 +786,32 @@ async fn w1_writes_lost_in_a_fail_over_are_kept_in_the_rollback_file() {
         "{r:?}"
     );
     assert_eq!(audit("2").code, 1, "lost at a majority W must fail");
+    // The same report for scripts: every lost write, with the nodes whose files list it.
+    let r = kvctl(
+        &c.endpoints(),
+        &[
+            "--output",
+            "json",
+            "cluster",
+            "audit",
+            history.to_str().expect("path"),
+            "--data-dir",
+            root.to_str().expect("path"),
+            "--w",
+            "1",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).expect("one JSON document");
+    assert_eq!(j["passed"], true, "{j}");
+    assert_eq!(j["committed"], 1, "{j}");
+    let listed = j["rolled_back"].as_array().expect("rolled_back");
+    assert_eq!(listed.len(), lost.len(), "{j}");
+    assert!(
+        listed
+            .iter()
+            .all(|w| w["listed_by"].as_array().is_some_and(|n| !n.is_empty()))
+    );
     std::fs::remove_file(&rollback).expect("remove the rollback file");
     let r = audit("1");
     assert_eq!(r.code, 1, "{r:?}");

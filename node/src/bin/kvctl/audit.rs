@@ -401,8 +401,14 @@ impl Report {
                 let _ = writeln!(s, "  {k} = {} at indexes {idx:?}", short(v));
             }
         }
+        let _ = writeln!(s, "verdict: {}", self.verdict(w));
+        s
+    }
+
+    /// One line: passed or failed, and why.
+    fn verdict(&self, w: Option<u32>) -> String {
         let majority = w.is_some_and(|w| w as usize * 2 > self.nodes);
-        let verdict = if !self.failed_committed.is_empty() || !self.twice.is_empty() {
+        if !self.failed_committed.is_empty() || !self.twice.is_empty() {
             "FAILED: the committed log holds writes the clients were told failed, or holds one twice"
                 .to_string()
         } else if !self.passes(w) {
@@ -418,9 +424,53 @@ impl Report {
             "every acknowledged write is in the committed log".to_string()
         } else {
             "every acknowledged write is in the committed log or in a rollback file".to_string()
+        }
+    }
+
+    /// The report for `--output json`: the counts of [`Report::render`], every write in each
+    /// list (not only the first ten), and the verdict.
+    pub(crate) fn to_json(&self, w: Option<u32>) -> serde_json::Value {
+        use serde_json::json;
+        let op = |o: &Op| {
+            json!({
+                "client": o.client, "op": o.op, "key": o.key, "value": o.value,
+                "version": o.version, "outcome": o.outcome,
+            })
         };
-        let _ = writeln!(s, "verdict: {verdict}");
-        s
+        let with_nodes = |v: &[(Op, Vec<String>)], field: &str| {
+            v.iter()
+                .map(|(o, nodes)| {
+                    let mut j = op(o);
+                    j[field] = json!(nodes);
+                    j
+                })
+                .collect::<Vec<_>>()
+        };
+        let (term, index) = self.committed;
+        json!({
+            "passed": self.passes(w),
+            "verdict": self.verdict(w),
+            "w": w,
+            "nodes": self.nodes,
+            "committed_log": {"node": self.reference, "term": term, "index": index,
+                "first_held": self.first_held},
+            "acknowledged": self.acked,
+            "committed": self.survived,
+            "unversioned": self.unversioned,
+            "rolled_back": with_nodes(&self.rolled_back, "listed_by"),
+            "not_reconciled": with_nodes(&self.pending, "held_by"),
+            "lost_silently": self.silent.iter().map(op).collect::<Vec<_>>(),
+            "misplaced": self.misplaced.iter().map(op).collect::<Vec<_>>(),
+            "failed_looked_for": self.failed,
+            "failed_but_committed": self.failed_committed.iter().map(|(o, idx)| {
+                let mut j = op(o);
+                j["indexes"] = json!(idx);
+                j
+            }).collect::<Vec<_>>(),
+            "committed_twice": self.twice.iter().map(|(k, v, idx)| {
+                json!({"key": k, "value": v, "indexes": idx})
+            }).collect::<Vec<_>>(),
+        })
     }
 }
 
@@ -483,7 +533,7 @@ fn rollback_lines(node: &str, path: &Path) -> Result<Vec<RolledBack>, String> {
     Ok(out)
 }
 
-pub(crate) fn run(a: AuditArgs) -> ExitCode {
+pub(crate) fn run(a: AuditArgs, json: bool) -> ExitCode {
     let fail = |why: String| {
         eprintln!("kvctl: {why}");
         ExitCode::from(2)
@@ -522,7 +572,11 @@ pub(crate) fn run(a: AuditArgs) -> ExitCode {
     }
     match audit(&ops, &logs, &rolled_back) {
         Ok(report) => {
-            print!("{}", report.render(a.w));
+            if json {
+                println!("{}", report.to_json(a.w));
+            } else {
+                print!("{}", report.render(a.w));
+            }
             if report.passes(a.w) {
                 ExitCode::SUCCESS
             } else {
@@ -638,11 +692,25 @@ mod tests {
         let r = audit(&ops, &logs, &listed).expect("converged");
         assert_eq!(r.rolled_back.len(), 1);
         assert!(r.passes(Some(1)) && !r.passes(Some(2)));
+        // `--output json` says the same, and which node lists the write.
+        let j = r.to_json(Some(1));
+        assert_eq!(j["passed"], true);
+        assert_eq!(j["rolled_back"][0]["key"], "z");
+        assert_eq!(j["rolled_back"][0]["version"], "2.4");
+        assert_eq!(j["rolled_back"][0]["listed_by"], serde_json::json!(["n3"]));
+        assert_eq!(j["lost_silently"], serde_json::json!([]));
+        let j = r.to_json(Some(2));
+        assert_eq!(j["passed"], false);
+        assert!(
+            j["verdict"].as_str().is_some_and(|v| v.contains("W=2")),
+            "{j}"
+        );
         // Without the record it is lost silently: a failure at any W.
         let r = audit(&ops, &logs, &[]).expect("converged");
         assert_eq!(r.silent.len(), 1);
         assert!(!r.passes(Some(1)) && !r.passes(None));
         assert!(r.render(Some(1)).contains("LOST WITH NO ROLLBACK RECORD"));
+        assert_eq!(r.to_json(Some(1))["lost_silently"][0]["key"], "z");
     }
 
     #[test]

@@ -139,9 +139,11 @@ fn current_file() -> PathBuf {
 const ACTIONS: [&str; 5] = ["kill", "start", "pause", "resume", "power"];
 
 /// Runs a cluster command.
-pub(crate) fn run(cmd: ClusterCmd, t: Duration) -> ExitCode {
+/// `json`: `--output json` (the audit's report; the other commands print what the cluster
+/// said).
+pub(crate) fn run(cmd: ClusterCmd, t: Duration, json: bool) -> ExitCode {
     if let ClusterCmd::Audit(a) = cmd {
-        return super::audit::run(a);
+        return super::audit::run(a, json);
     }
     let rt = match super::runtime() {
         Ok(rt) => rt,

@@ -1310,7 +1310,7 @@ fn main() -> ExitCode {
     }
     let args = Args::parse();
     if let Cmd::Cluster { cmd } = args.cmd {
-        return cluster::run(cmd, args.timeout.0);
+        return cluster::run(cmd, args.timeout.0, args.output == Output::Json);
     }
     let json = args.output == Output::Json;
     // Only a write can have taken effect; a read that timed out changed nothing.
