@@ -986,12 +986,16 @@ impl Sim {
             if self.paused(i) {
                 continue;
             }
-            if let Some(r) = self.nodes[i].replica.as_mut() {
+            let n = &mut self.nodes[i];
+            if let Some(r) = n.replica.as_mut() {
                 r.tick();
                 // As the driver does once per pass of its loop: the next chunk of committed
-                // entries not yet handed over (`max_apply` is small here, so that chunks
-                // interleave with messages, snapshots and crashes).
-                r.apply_more();
+                // entries not yet handed over, unless actions wait behind a write
+                // (`max_apply` is small here, so that chunks interleave with messages,
+                // snapshots and crashes).
+                if !n.pipeline.holding() {
+                    r.apply_more();
+                }
             }
             self.drain(i);
             if !self.nodes[i].unsynced.is_empty() && self.rng.random_bool(self.cfg.sync) {

@@ -176,6 +176,12 @@ impl Pipeline {
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
     }
+
+    /// Actions wait behind a batch being written (a term, vote, truncation or snapshot): what
+    /// the replica hands out now would wait too, and be released with them at once.
+    pub fn holding(&self) -> bool {
+        self.inflight.iter().any(|f| !f.deferred.is_empty())
+    }
 }
 
 /// A snapshot restored: a reply after it must wait until it is durable (it claims the
@@ -279,14 +285,21 @@ mod tests {
         assert!(now.is_empty(), "{now:?}");
         // As each write is durable, what waited for it goes, in order (a batch with nothing
         // to write waits with the one before it).
+        assert!(p.holding(), "a vote waits behind the truncation");
         let released = p.durable(&mut r, 1);
         assert!(is(&released, &[truncate(), vote()]), "{released:?}");
         let released = p.durable(&mut r, 2);
         assert!(is(&released, &[hard(), vote()]), "{released:?}");
+        assert!(p.holding());
         let released = p.durable(&mut r, 3);
         assert!(
             is(&released, &[restore(), reply(7), reply(8)]),
             "{released:?}"
         );
+        assert!(!p.holding(), "nothing waits once every write is durable");
+        // A batch of entries only: nothing waits behind it.
+        let (now, _) = p.submit(&mut r, vec![Action::PersistEntries(Vec::new()), reply(9)]);
+        assert_eq!(now.len(), 2, "{now:?}");
+        assert!(!p.holding());
     }
 }
