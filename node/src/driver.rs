@@ -600,7 +600,8 @@ impl Driver {
             let applied_before = self.applied;
             self.process();
             let processed = Instant::now();
-            let backlog = self.replica.commit_index().0 - self.replica.applied_index().0;
+            let backlog =
+                (self.replica.commit_index().0).saturating_sub(self.replica.applied_index().0);
             // One more chunk of a long backlog, after this pass's messages were stepped and
             // what they called for sent. Not while actions wait behind a write (a new term
             // or vote after a restart, on a slow disk): chunks handed out then would all be
@@ -609,7 +610,7 @@ impl Driver {
             if self.failed.is_none() && !self.pipeline.holding() && self.replica.apply_more() {
                 self.process();
             }
-            let applied = Instant::now();
+            let chunked = Instant::now();
             self.outbox.deliver();
             self.publish_status();
             let took = started.elapsed();
@@ -620,10 +621,10 @@ impl Driver {
                     inputs,
                     inputs_ms = ms(stepped - started),
                     process_ms = ms(processed - stepped),
-                    applied = self.applied - applied_before,
+                    applied = self.applied.saturating_sub(applied_before),
                     backlog,
-                    backlog_ms = ms(applied - processed),
-                    deliver_ms = ms(applied.elapsed()),
+                    backlog_ms = ms(chunked - processed),
+                    deliver_ms = ms(chunked.elapsed()),
                     "a pass of the replica's loop took longer than a heartbeat interval"
                 );
             }
