@@ -431,13 +431,9 @@ impl Report {
     /// list (not only the first ten), and the verdict.
     pub(crate) fn to_json(&self, w: Option<u32>) -> serde_json::Value {
         use serde_json::json;
-        let op = |o: &Op| {
-            json!({
-                "client": o.client, "op": o.op, "key": o.key, "value": o.value,
-                "version": o.version, "outcome": o.outcome,
-            })
-        };
-        let with_nodes = |v: &[(Op, Vec<String>)], field: &str| {
+        // Each operation as the history has it (its own serialisation).
+        let op = |o: &Op| serde_json::to_value(o).unwrap_or(serde_json::Value::Null);
+        let listed = |v: &[(Op, Vec<String>)], field: &str| {
             v.iter()
                 .map(|(o, nodes)| {
                     let mut j = op(o);
@@ -457,8 +453,8 @@ impl Report {
             "acknowledged": self.acked,
             "committed": self.survived,
             "unversioned": self.unversioned,
-            "rolled_back": with_nodes(&self.rolled_back, "listed_by"),
-            "not_reconciled": with_nodes(&self.pending, "held_by"),
+            "rolled_back": listed(&self.rolled_back, "listed_by"),
+            "not_reconciled": listed(&self.pending, "held_by"),
             "lost_silently": self.silent.iter().map(op).collect::<Vec<_>>(),
             "misplaced": self.misplaced.iter().map(op).collect::<Vec<_>>(),
             "failed_looked_for": self.failed,
