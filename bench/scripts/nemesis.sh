@@ -32,7 +32,8 @@
 #   e.g. bench/scripts/nemesis.sh /tmp/drill 60 1 -- --mode leaderless --n 3 --r 2 --w 2
 #
 # Defaults: 60 s, seed 1, `--mode leader-follower --n NODES --w <majority>`; MIX=read=40,write=40,delete=20
-# (environment) replaces the operation mix. SKEW=MS (environment; leaderless) sets each node's
+# (environment) replaces the operation mix; KEYS=K (environment, default 20) the number of keys
+# (more keys: the audit checks the last write of more of them). SKEW=MS (environment; leaderless) sets each node's
 # clock up to MS ms ahead or behind (kvctl fault clock, drawn from the seed, applied again after
 # every fault) for the versions it gives. STEP=MS (environment) runs every node under
 # libfaketime (Debian's faketime package), each with a clock of its own, and adds the step
@@ -47,8 +48,9 @@
 # (seconds since the start, fault; leader-follower: "  heard N leaders at once: nX" under a
 # fault after which a node's kv_leaders_observed rose to 2 or more), bench/ (kv-bench
 # summary.json, timeline.csv), check.txt (the verdict), node-logs/ (each node's log,
-# gzipped), audit.txt (leader-follower: kvctl cluster audit of every acknowledged write
-# against the logs the stopped nodes leave; a failed audit fails the drill), violation.html
+# gzipped), audit.txt (kvctl cluster audit of every acknowledged write against the logs,
+# or in leaderless mode the copies, the stopped nodes leave; a failed audit fails the drill;
+# leaderless: also how long the idle cluster took to converge), violation.html
 # when there is one, tombstones.txt (leaderless: each node's tombstones purged and awaiting
 # repair at the end), and history.jsonl (removed on a
 # linearizable verdict unless KEEP_HISTORY=1: it is large). Exit status: kv-bench check's
@@ -70,6 +72,7 @@ NODES=${NODES:-5}
 [ ${#CLUSTER[@]} -gt 0 ] || CLUSTER=(--mode leader-follower --n "$NODES" --w $((NODES / 2 + 1)))
 [[ $SECS =~ ^[0-9]+$ && $SECS -ge 10 ]] || { echo "SECONDS must be a whole number, at least 10: $SECS" >&2; exit 2; }
 [[ $SEED =~ ^[0-9]+$ ]] || { echo "SEED must be a whole number: $SEED" >&2; exit 2; }
+[[ ${KEYS:-20} =~ ^[1-9][0-9]*$ ]] || { echo "KEYS must be a whole number, at least 1: $KEYS" >&2; exit 2; }
 
 POWER=${POWER:-0}
 [[ $POWER =~ ^[01]$ ]] || { echo "POWER must be 0 or 1: $POWER" >&2; exit 2; }
@@ -132,7 +135,7 @@ if [ -z "${MIX:-}" ]; then
   MIX=read=40,write=40,cas=20
   [[ " ${CLUSTER[*]} " == *" leaderless "* ]] && MIX=read=50,write=50
 fi
-RUN=("$BIN/kv-bench" run --endpoints "$EPS" --clients 8 --duration "${SECS}s" --warmup 0s --keys 20
+RUN=("$BIN/kv-bench" run --endpoints "$EPS" --clients 8 --duration "${SECS}s" --warmup 0s --keys "${KEYS:-20}"
      --mix "$MIX" --timeout 1s --history "$OUT/history.jsonl" --out "$OUT/bench")
 echo "${RUN[*]}" >> "$OUT/commands.txt"
 "${RUN[@]}" > "$OUT/bench.out" 2> "$OUT/bench.err" &
@@ -244,8 +247,8 @@ if [[ " ${CLUSTER[*]} " == *" leaderless "* ]]; then
       | awk -v n="n$i" '/^kv_tombstones_(purged_total|awaiting_repair) /{printf "%s %s %s\n", n, $1, $2}'
   done > "$OUT/tombstones.txt"
 fi
-# Leader-follower: every acknowledged write looked up in the logs the nodes leave (kvctl
-# cluster audit): in the committed log at its version, or in a rollback file (below a
+# Every acknowledged write looked up in what the nodes leave (kvctl cluster audit).
+# Leader-follower: in the committed log at its version, or in a rollback file (below a
 # majority W). The cluster idles 2 s first, then stops, so that the logs have converged.
 audit_rc=0
 if [[ " ${CLUSTER[*]} " != *" leaderless "* ]]; then
@@ -254,6 +257,23 @@ if [[ " ${CLUSTER[*]} " != *" leaderless "* ]]; then
   sleep 2; kill -TERM "$SUP" 2>/dev/null || true; wait "$SUP" 2>/dev/null || true; SUP=""
   echo "$BIN/kvctl cluster audit $OUT/history.jsonl --data-dir $DATA --w $W" >> "$OUT/commands.txt"
   "$BIN/kvctl" cluster audit "$OUT/history.jsonl" --data-dir "$DATA" --w "$W" > "$OUT/audit.txt" 2>&1 || audit_rc=$?
+else
+  # Leaderless: some node must hold each acknowledged write at its version or a newer one.
+  # The idle cluster gets up to 60 s to converge first (hints delivered, anti-entropy run:
+  # every key's newest version on N nodes), which the audit then reports; then it stops.
+  N=3
+  for ((i = 0; i < ${#CLUSTER[@]} - 1; i++)); do [ "${CLUSTER[$i]}" == "--n" ] && N=${CLUSTER[$((i + 1))]}; done
+  converged="not within 60 s"
+  for t in $(seq 0 59); do
+    if "$BIN/kvctl" cluster audit "$OUT/history.jsonl" --data-dir "$DATA" --n "$N" --converged > /dev/null 2>&1; then
+      converged="after $t s idle"; break
+    fi
+    sleep 1
+  done
+  kill -TERM "$SUP" 2>/dev/null || true; wait "$SUP" 2>/dev/null || true; SUP=""
+  echo "$BIN/kvctl cluster audit $OUT/history.jsonl --data-dir $DATA --n $N" >> "$OUT/commands.txt"
+  "$BIN/kvctl" cluster audit "$OUT/history.jsonl" --data-dir "$DATA" --n "$N" > "$OUT/audit.txt" 2>&1 || audit_rc=$?
+  echo "replicas converged (every key's newest version on $N nodes): $converged" >> "$OUT/audit.txt"
 fi
 # The nodes' own logs (roles and terms as they changed, slow fsyncs, rollbacks), to tell
 # afterwards what the nemesis log and the verdicts cannot.
@@ -264,7 +284,7 @@ echo "faults: $(awk '$1 ~ /^[0-9]+$/ {print $2}' "$OUT/nemesis.log" | sort | uni
 split=$(grep -c '^  heard' "$OUT/nemesis.log" || true)
 [[ " ${CLUSTER[*]} " == *" leaderless "* ]] || echo "split brain heard by a node (kv_leaders_observed >= 2): $split time(s)$( [ "$split" -gt 0 ] && echo ", after: $(grep -v -E '^  (lost|kvctl)' "$OUT/nemesis.log" | grep -B1 '^  heard' | grep -v '^  heard' | grep -v '^--' | awk '{print $2}' | sort | uniq -c | awk '{printf "%s %s, ", $1, $2}' | sed 's/, $//')")"
 cat "$OUT/check.txt"
-[ -e "$OUT/audit.txt" ] && { echo "audit of acknowledged writes against the logs:"; cat "$OUT/audit.txt"; }
+[ -e "$OUT/audit.txt" ] && { echo "audit of acknowledged writes against what the nodes hold:"; cat "$OUT/audit.txt"; }
 if [ $rc -eq 0 ] && [ $audit_rc -eq 0 ] && [ "${KEEP_HISTORY:-0}" != 1 ]; then rm -f "$OUT/history.jsonl"; fi
 # A failed audit fails the drill even when the history is linearizable (a lost write nobody read).
 [ $rc -eq 0 ] && [ $audit_rc -ne 0 ] && rc=$((audit_rc == 1 ? 1 : 2))

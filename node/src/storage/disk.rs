@@ -436,6 +436,134 @@ pub(crate) fn truncate_torn(path: &Path, offset: u64, why: &str) -> Result<(), S
 /// stalled disk. Process-wide: one process is one node, and its logs share its disk.
 static FLUSH_DELAY_US: AtomicU64 = AtomicU64::new(0);
 
+/// Every key's newest entry (tombstones included) in the data directory `dir`, as a node
+/// starting there would recover it, without modifying anything and without taking the
+/// directory's lock: for reading the data of a stopped node (`kvctl cluster audit`). A torn
+/// final record is reported in the report's `truncated`, not cut off.
+///
+/// # Errors
+/// The directory cannot be read, or holds damage a node would refuse to start with.
+pub fn read_entries(dir: &Path) -> Result<(Vec<(Bytes, Entry)>, RecoveryReport), StorageError> {
+    let r = replay(dir, false)?;
+    let entries = r
+        .index
+        .iter()
+        .map(|(k, e)| (k.clone(), e.clone()))
+        .collect();
+    Ok((entries, r.report))
+}
+
+/// What [`replay`] recovered from a data directory.
+struct Replayed {
+    index: Index,
+    report: RecoveryReport,
+    last_lsn: Lsn,
+    /// Bytes of the segments replayed (what the log holds since the snapshot).
+    disk_bytes: u64,
+    /// The last segment and where its records end.
+    active: Option<(PathBuf, u64)>,
+}
+
+/// Loads the newest snapshot in `dir` and replays the segments after it. A torn final record
+/// of the last segment is reported, and cut off when `repair`; any other damage is an error.
+fn replay(dir: &Path, repair: bool) -> Result<Replayed, StorageError> {
+    let mut report = RecoveryReport::default();
+    let (mut index, snap_lsn) = match numbered(dir, "snap-", ".snap")?.pop() {
+        Some((_, path)) => {
+            let (idx, lsn) = load_snapshot(&path)?;
+            report.snapshot_lsn = Some(lsn);
+            (idx, lsn)
+        }
+        None => (Index::default(), 0),
+    };
+
+    let segments = numbered(dir, "wal-", ".log")?;
+    let mut last_lsn = snap_lsn;
+    let mut disk_bytes = 0u64;
+    let mut active: Option<(PathBuf, u64)> = None;
+    for (i, (first, path)) in segments.iter().enumerate() {
+        let is_last = i + 1 == segments.len();
+        // A segment that ends at or below the snapshot is wholly covered by it.
+        if let Some((next_first, _)) = segments.get(i + 1)
+            && *next_first <= snap_lsn + 1
+        {
+            continue;
+        }
+        if *first > last_lsn + 1 {
+            return Err(corrupt(
+                path,
+                0,
+                format!(
+                    "log records {}..{} are missing (a segment was removed?)",
+                    last_lsn + 1,
+                    first - 1
+                ),
+            ));
+        }
+        let buf = read_file(path)?;
+        let mut off = 0usize;
+        let mut expect = *first;
+        loop {
+            match record::next_log_frame(&buf, off) {
+                Frame::Record(r, next) => {
+                    if r.lsn != expect {
+                        return Err(corrupt(
+                            path,
+                            off,
+                            format!("record has lsn {}, expected {expect}", r.lsn),
+                        ));
+                    }
+                    if !record::is_write(r.kind) {
+                        return Err(corrupt(path, off, format!("record kind {}", r.kind)));
+                    }
+                    expect += 1;
+                    if r.lsn > snap_lsn {
+                        let (k, e) = entry_of(r);
+                        index.apply(k, e);
+                        report.replayed += 1;
+                    }
+                    off = next;
+                }
+                Frame::End => break,
+                Frame::Torn(why) if is_last => {
+                    let cut = (buf.len() - off) as u64;
+                    if repair {
+                        truncate_torn(path, off as u64, &why)?;
+                    }
+                    report.truncated = Some((path.clone(), off as u64, cut, why));
+                    break;
+                }
+                Frame::Torn(why) | Frame::Corrupt(why) => {
+                    return Err(corrupt(
+                        path,
+                        off,
+                        format!(
+                            "{why}; refusing to start with nothing modified (if this \
+                             follows a power loss and the damage is the last record, \
+                             `truncate -s {off} {}` drops it)",
+                            path.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        last_lsn = last_lsn.max(expect - 1);
+        let truncated = report.truncated.as_ref().is_some_and(|t| &t.0 == path);
+        disk_bytes += if truncated { off } else { buf.len() } as u64;
+        if is_last {
+            active = Some((path.clone(), off as u64));
+        }
+    }
+    report.last_lsn = last_lsn;
+    Ok(Replayed {
+        index,
+        report,
+        last_lsn,
+        disk_bytes,
+        active,
+    })
+}
+
 /// Sets the fault-injected delay of every flush of this process's logs (zero: none).
 pub fn set_flush_delay(d: Duration) {
     let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
@@ -554,92 +682,13 @@ impl DiskStorage {
             let _ = fs::remove_file(p);
         }
 
-        let mut report = RecoveryReport::default();
-        let (mut index, snap_lsn) = match numbered(dir, "snap-", ".snap")?.pop() {
-            Some((_, path)) => {
-                let (idx, lsn) = load_snapshot(&path)?;
-                report.snapshot_lsn = Some(lsn);
-                (idx, lsn)
-            }
-            None => (Index::default(), 0),
-        };
-
-        let segments = numbered(dir, "wal-", ".log")?;
-        let mut last_lsn = snap_lsn;
-        let mut disk_bytes = 0u64;
-        let mut active: Option<(PathBuf, u64)> = None;
-        for (i, (first, path)) in segments.iter().enumerate() {
-            let is_last = i + 1 == segments.len();
-            // A segment that ends at or below the snapshot is wholly covered by it.
-            if let Some((next_first, _)) = segments.get(i + 1)
-                && *next_first <= snap_lsn + 1
-            {
-                continue;
-            }
-            if *first > last_lsn + 1 {
-                return Err(corrupt(
-                    path,
-                    0,
-                    format!(
-                        "log records {}..{} are missing (a segment was removed?)",
-                        last_lsn + 1,
-                        first - 1
-                    ),
-                ));
-            }
-            let buf = read_file(path)?;
-            let mut off = 0usize;
-            let mut expect = *first;
-            loop {
-                match record::next_log_frame(&buf, off) {
-                    Frame::Record(r, next) => {
-                        if r.lsn != expect {
-                            return Err(corrupt(
-                                path,
-                                off,
-                                format!("record has lsn {}, expected {expect}", r.lsn),
-                            ));
-                        }
-                        if !record::is_write(r.kind) {
-                            return Err(corrupt(path, off, format!("record kind {}", r.kind)));
-                        }
-                        expect += 1;
-                        if r.lsn > snap_lsn {
-                            let (k, e) = entry_of(r);
-                            index.apply(k, e);
-                            report.replayed += 1;
-                        }
-                        off = next;
-                    }
-                    Frame::End => break,
-                    Frame::Torn(why) if is_last => {
-                        let cut = (buf.len() - off) as u64;
-                        truncate_torn(path, off as u64, &why)?;
-                        report.truncated = Some((path.clone(), off as u64, cut, why));
-                        break;
-                    }
-                    Frame::Torn(why) | Frame::Corrupt(why) => {
-                        return Err(corrupt(
-                            path,
-                            off,
-                            format!(
-                                "{why}; refusing to start with nothing modified (if this \
-                                 follows a power loss and the damage is the last record, \
-                                 `truncate -s {off} {}` drops it)",
-                                path.display()
-                            ),
-                        ));
-                    }
-                }
-            }
-            last_lsn = last_lsn.max(expect - 1);
-            let truncated = report.truncated.as_ref().is_some_and(|t| &t.0 == path);
-            disk_bytes += if truncated { off } else { buf.len() } as u64;
-            if is_last {
-                active = Some((path.clone(), off as u64));
-            }
-        }
-        report.last_lsn = last_lsn;
+        let Replayed {
+            index,
+            report,
+            last_lsn,
+            disk_bytes,
+            active,
+        } = replay(dir, true)?;
         let (active_path, active_end) =
             active.unwrap_or_else(|| (dir.join(segment_name(last_lsn + 1)), 0));
         let file = Appender::open(&active_path, active_end, opts.fsync)?;

@@ -33,7 +33,8 @@ use bytes::Bytes;
 use kv_replica::Version;
 
 pub use disk::{
-    DiskOptions, DiskStorage, FailObserver, FlushObserver, RecoveryReport, set_flush_delay,
+    DiskOptions, DiskStorage, FailObserver, FlushObserver, RecoveryReport, read_entries,
+    set_flush_delay,
 };
 pub use mem::{Frozen, MemStorage};
 
@@ -429,6 +430,31 @@ mod tests {
             assert_eq!(s.stats().live_keys, 3);
             assert_eq!(s.write(w("k4", "again", 4)).expect("write"), 4);
         }
+    }
+
+    #[tokio::test]
+    async fn read_entries_reads_what_a_start_recovers_and_modifies_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (seg, end, len) = torn_segment(dir.path(), true).await;
+        let before = std::fs::read(&seg).expect("read");
+        let (entries, report) = read_entries(dir.path()).expect("read");
+        let mut keys: Vec<_> = entries.iter().map(|(k, e)| (k.clone(), e.lsn)).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [("k1", 1), ("k2", 2), ("k3", 3)].map(|(k, l)| (Bytes::from(k), l))
+        );
+        let (file, offset, cut, _) = report.truncated.expect("the torn record reported");
+        assert_eq!((file, offset, cut), (seg.clone(), end, len - end));
+        assert_eq!(
+            std::fs::read(&seg).expect("read"),
+            before,
+            "nothing cut off"
+        );
+        // The directory is not locked: a node starting there takes it and cuts the record.
+        let (s, report) = disk_open(dir.path());
+        assert!(report.truncated.is_some());
+        assert_eq!(s.stats().live_keys, 3);
     }
 
     #[tokio::test]

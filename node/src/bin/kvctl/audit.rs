@@ -1,5 +1,5 @@
 //! `kvctl cluster audit`: every write a history says was acknowledged, looked up in the logs a
-//! leader-follower cluster left on disk.
+//! leader-follower cluster left on disk (a leaderless cluster's copies: [`super::audit_ll`]).
 //!
 //! A linearizability check sees a lost write only when a later read would have returned it: an
 //! acknowledged write overwritten before anybody read it, then lost in a fail-over, leaves no
@@ -22,6 +22,8 @@ use kv_checker::history::{Op, OpKind, Outcome};
 use kv_node::raft_log::{self, Recovered};
 use kv_replica::leader_follower::{Command, LogIndex, Term, term_from_starts};
 
+use super::audit_ll;
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct AuditArgs {
     /// The history of the run (`kv-bench run --history FILE`).
@@ -35,6 +37,15 @@ pub(crate) struct AuditArgs {
     /// nodes or more, a write lost even with a rollback record fails the audit.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     w: Option<u32>,
+    /// Leaderless: the replication factor the cluster ran with. Each key's newest version is
+    /// then expected on N nodes.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    n: Option<u32>,
+    /// Leaderless: also fail when a key's copies differ (with --n: or fewer than N nodes hold
+    /// its newest version) or a write is held only in a hint. Audit so once faults have
+    /// healed, hints are delivered and anti-entropy has run.
+    #[arg(long)]
+    converged: bool,
 }
 
 /// One node's log: the terms of its entries, by index (compacted ones from its snapshot),
@@ -471,7 +482,7 @@ impl Report {
 }
 
 /// A value cut to its first 24 characters (kv-bench pads its values to their size).
-fn short(v: &str) -> String {
+pub(crate) fn short(v: &str) -> String {
     match v.char_indices().nth(24) {
         Some((at, _)) => format!("{}…", &v[..at]),
         None => v.to_string(),
@@ -545,15 +556,15 @@ pub(crate) fn run(a: AuditArgs, json: bool) -> ExitCode {
         Err(why) => return fail(why),
     };
     let dirs = match node_dirs(&a.data_dir) {
-        Ok(d) if d.is_empty() => {
-            return fail(format!(
-                "no node directory with a raft.log under {} (a leader-follower cluster's --data-dir)",
-                a.data_dir.display()
-            ));
-        }
+        Ok(d) if d.is_empty() => return run_leaderless(&a, &ops, json),
         Ok(d) => d,
         Err(why) => return fail(why),
     };
+    if a.n.is_some() || a.converged {
+        return fail(
+            "--n and --converged are for leaderless clusters; this one is leader-follower".into(),
+        );
+    }
     let mut logs = Vec::new();
     let mut rolled_back = Vec::new();
     for (id, dir) in &dirs {
@@ -580,6 +591,46 @@ pub(crate) fn run(a: AuditArgs, json: bool) -> ExitCode {
             }
         }
         Err(why) => fail(why),
+    }
+}
+
+/// The audit of a leaderless cluster's data directory (see [`super::audit_ll`]).
+fn run_leaderless(a: &AuditArgs, ops: &[Op], json: bool) -> ExitCode {
+    let fail = |why: String| {
+        eprintln!("kvctl: {why}");
+        ExitCode::from(2)
+    };
+    let dirs = match audit_ll::node_dirs(&a.data_dir) {
+        Ok(d) if d.is_empty() => {
+            return fail(format!(
+                "no node directory under {} (a cluster's --data-dir: one directory per node, \
+                 holding a raft.log in leader-follower mode, or a cluster.toml saying leaderless)",
+                a.data_dir.display()
+            ));
+        }
+        Ok(d) => d,
+        Err(why) => return fail(why),
+    };
+    if a.w.is_some() {
+        return fail("--w is for leader-follower clusters; this one is leaderless".into());
+    }
+    let mut nodes = Vec::new();
+    for (id, dir) in &dirs {
+        match audit_ll::Copies::read(id, dir) {
+            Ok(c) => nodes.push(c),
+            Err(why) => return fail(why),
+        }
+    }
+    let report = audit_ll::audit(ops, &nodes, a.n.map(|n| n as usize));
+    if json {
+        println!("{}", report.to_json(a.converged));
+    } else {
+        print!("{}", report.render(a.converged));
+    }
+    if report.passes(a.converged) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

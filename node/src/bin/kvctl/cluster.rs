@@ -36,12 +36,15 @@ pub(crate) enum ClusterCmd {
     /// and had not fsynced is lost (`kv-powerloss revert`), as the disk of a machine that lost
     /// power would leave it. `cluster start` brings it back on what remains.
     Power(NodeArgs),
-    /// Leader-follower: look up every write a history says was acknowledged in the logs the
-    /// nodes left under --data-dir (run it once the cluster is healed and idle, or stopped).
-    /// Each must be in the committed log at its version (TERM.INDEX), or listed in a node's
-    /// rollback.jsonl; with --w a majority, not lost at all. A linearizability check misses a
-    /// lost write nobody read; this does not. Exit 0: all accounted for; 1: not; 2: cannot
-    /// audit (bad input, or the logs have not converged).
+    /// Look up every write a history says was acknowledged in what the nodes left under
+    /// --data-dir. A linearizability check misses a lost write nobody read; this does not.
+    /// Leader-follower (run it once the cluster is healed and idle, or stopped): each must be
+    /// in the committed log at its version (TERM.INDEX), or listed in a node's rollback.jsonl;
+    /// with --w a majority, not lost at all. Leaderless (run it on a stopped cluster): some
+    /// node must hold its key at its version or a newer one (or a hint holding it); the
+    /// report also says how many nodes hold each key's newest version, which --converged
+    /// requires to agree. Exit 0: all accounted for; 1: not; 2: cannot audit (bad input, or
+    /// leader-follower logs that have not converged).
     Audit(super::audit::AuditArgs),
 }
 

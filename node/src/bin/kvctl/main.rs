@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 mod node_bin;
 
 mod audit;
+mod audit_ll;
 mod cluster;
 use cluster::ClusterCmd;
 
