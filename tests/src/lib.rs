@@ -49,7 +49,19 @@ fn build(packages: &[&str], targets: &[&str]) -> Result<(), String> {
     }
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     cmd.arg("--manifest-path").arg(manifest);
-    match cmd.status() {
+    let began = std::time::Instant::now();
+    let status = cmd.status();
+    // A release build links each binary with fat LTO (about a minute each here): a test that
+    // seems to hang before its first node starts was rebuilding them. Say so.
+    let took = began.elapsed();
+    if took > std::time::Duration::from_secs(5) {
+        eprintln!(
+            "kv-tests: cargo build of {packages:?} took {:.0} s (binaries older than their \
+             sources are rebuilt once per test process)",
+            took.as_secs_f64()
+        );
+    }
+    match status {
         Ok(s) if s.success() => Ok(()),
         Ok(s) => Err(format!("cargo build of {packages:?} failed: {s}")),
         Err(e) => Err(format!("cannot run cargo: {e}")),
