@@ -1473,3 +1473,106 @@ async fn cluster_audit_finds_every_acknowledged_write_and_the_copies_converged()
         "{r:?}"
     );
 }
+
+/// The audit finds writes really lost, not only forged ones: at W=1 a write acknowledged by
+/// its coordinator alone, cut off from the other replicas, lives only on that node's disk, and
+/// the disk is lost (kill -9, data directory removed; the node refills from the others). Two
+/// writes go that way: one to a new key, one over a key all three replicas hold. The audit of
+/// the three writes finds the first write held at its version and the two others lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_audit_reports_w1_writes_lost_with_the_only_disk_that_held_them() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start_leaderless(
+        3,
+        &[
+            "--n",
+            "3",
+            "--r",
+            "1",
+            "--w",
+            "1",
+            "--anti-entropy-interval",
+            "0s",
+        ],
+    )
+    .await
+    .expect("cluster");
+    let version = |r: tonic::Response<pb::PutResponse>| {
+        let v = r.into_inner().version.expect("version");
+        format!("{}.{}", v.epoch, v.counter)
+    };
+    let mut n1 = c.client(0).await.expect("client");
+    let kept = version(
+        n1.put(put("kept", "v1", 3))
+            .await
+            .expect("put v1 to all three"),
+    );
+    let r = kvctl(&c.endpoints(), &["fault", "partition", "n1/n2,n3"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let only = version(n1.put(put("only-n1", "x", 1)).await.expect("W=1: n1 alone"));
+    let over = version(n1.put(put("kept", "v2", 1)).await.expect("W=1: n1 alone"));
+    c.nodes[0].kill9();
+    std::fs::remove_dir_all(&c.dirs[0]).expect("lose n1's disk");
+    // n2 and n3 stop dropping what n1 sends; n1, down, is said to start with no faults.
+    let r = kvctl(&c.endpoints(), &["fault", "heal"]);
+    assert!(
+        r.code == 3 && r.stdout.contains("n2: no faults") && r.stdout.contains("n3: no faults"),
+        "{r:?}"
+    );
+    c.nodes[0].start_again().expect("n1 back, empty");
+    eventually(15, "n1 refilled", || c.metric(0, "kv_refills_total") >= 1.0).await;
+    assert_eq!(
+        local(&c, 0, "kept"),
+        "v1",
+        "n1 refilled what the others hold"
+    );
+
+    let root = c.dirs[0].parent().expect("root").to_path_buf();
+    let history = root.join("history.jsonl");
+    let line = |key: &str, value: &str, v: &str| {
+        serde_json::json!({"client": 1, "op": "write", "key": key, "value": value,
+            "start_ns": 0, "end_ns": 1, "outcome": "ok", "version": v})
+        .to_string()
+    };
+    let lines = [
+        line("kept", "v1", &kept),
+        line("only-n1", "x", &only),
+        line("kept", "v2", &over),
+    ];
+    std::fs::write(&history, lines.join("\n")).expect("history");
+    let r = kvctl(
+        &c.endpoints(),
+        &[
+            "--output",
+            "json",
+            "cluster",
+            "audit",
+            history.to_str().expect("path"),
+            "--data-dir",
+            root.to_str().expect("path"),
+            "--n",
+            "3",
+            "--converged",
+        ],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).expect("one JSON document");
+    assert_eq!(j["at_version"], 1, "kept=v1 on all three: {j}");
+    let lost: Vec<(&str, &str)> = j["lost"]
+        .as_array()
+        .expect("lost")
+        .iter()
+        .map(|o| {
+            (
+                o["key"].as_str().expect("key"),
+                o["value"].as_str().expect("value"),
+            )
+        })
+        .collect();
+    assert_eq!(lost, [("only-n1", "x"), ("kept", "v2")], "{j}");
+    assert_eq!(
+        j["holders"],
+        serde_json::json!([{"nodes": 3, "keys": 1}]),
+        "what is left agrees: {j}"
+    );
+}
