@@ -28,9 +28,10 @@ use super::audit_ll;
 pub(crate) struct AuditArgs {
     /// The history of the run (`kv-bench run --history FILE`).
     history: PathBuf,
-    /// The cluster's data directory (`cluster up --data-dir`): one directory per node holding
-    /// its raft.log and rollback.jsonl. Audit it once the cluster has been healed and idle for
-    /// a few election timeouts, or stopped.
+    /// The cluster's data directory (`cluster up --data-dir`): one directory per node, holding
+    /// its raft.log and rollback.jsonl (leader-follower) or its data and hints (leaderless).
+    /// Audit it once the cluster has been healed and idle for a few election timeouts, or
+    /// stopped.
     #[arg(long)]
     data_dir: PathBuf,
     /// The write quorum the history's writes were acknowledged with. At a majority of the

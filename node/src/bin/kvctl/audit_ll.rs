@@ -482,6 +482,39 @@ impl LlReport {
             j[field] = v;
             j
         };
+        let listed = |v: &[(Op, Vec<String>)], field: &str| {
+            v.iter()
+                .map(|(o, n)| with(o, field, json!(n)))
+                .collect::<Vec<_>>()
+        };
+        let misplaced: Vec<_> = self
+            .misplaced
+            .iter()
+            .map(|(o, n)| with(o, "held_by", json!(n)))
+            .collect();
+        let unexplained: Vec<_> = self
+            .unexplained
+            .iter()
+            .map(|(k, node, v)| json!({"key": k, "node": node, "version": v.to_string()}))
+            .collect();
+        let holders: Vec<_> = self
+            .holders
+            .iter()
+            .map(|(n, k)| json!({"nodes": n, "keys": k}))
+            .collect();
+        let diverged: Vec<_> = self
+            .diverged
+            .iter()
+            .map(|d| {
+                let behind: Vec<_> = d
+                    .behind
+                    .iter()
+                    .map(|(id, v)| json!({"node": id, "version": v.to_string()}))
+                    .collect();
+                json!({"key": d.key, "newest": d.newest.to_string(),
+                    "at_newest": d.at_newest, "behind": behind})
+            })
+            .collect();
         json!({
             "passed": self.passes(converged),
             "verdict": self.verdict(converged),
@@ -495,20 +528,13 @@ impl LlReport {
             "purged": self.purged,
             "unversioned": self.unversioned,
             "lost": self.lost.iter().map(op).collect::<Vec<_>>(),
-            "misplaced": self.misplaced.iter().map(|(o, n)| with(o, "held_by", json!(n))).collect::<Vec<_>>(),
-            "hinted": self.hinted.iter().map(|(o, n)| with(o, "hinted_by", json!(n))).collect::<Vec<_>>(),
-            "unexplained": self.unexplained.iter().map(|(k, node, v)| {
-                json!({"key": k, "node": node, "version": v.to_string()})
-            }).collect::<Vec<_>>(),
+            "misplaced": misplaced,
+            "hinted": listed(&self.hinted, "hinted_by"),
+            "unexplained": unexplained,
             "failed_looked_for": self.failed,
             "failed_but_held": self.failed_held,
-            "holders": self.holders.iter().map(|(n, k)| json!({"nodes": n, "keys": k})).collect::<Vec<_>>(),
-            "diverged": self.diverged.iter().map(|d| json!({
-                "key": d.key,
-                "newest": d.newest.to_string(),
-                "at_newest": d.at_newest,
-                "behind": d.behind.iter().map(|(id, v)| json!({"node": id, "version": v.to_string()})).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
+            "holders": holders,
+            "diverged": diverged,
         })
     }
 }
@@ -560,7 +586,11 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "client": 1, "op": if value.is_some() { "write" } else { "delete" },
             "key": key, "value": value, "start_ns": 0, "end_ns": 1,
-            "outcome": match outcome { Outcome::Ok => "ok", Outcome::Fail => "fail", _ => "unknown" },
+            "outcome": match outcome {
+                Outcome::Ok => "ok",
+                Outcome::Fail => "fail",
+                Outcome::Unknown => "unknown",
+            },
             "version": version.to_string(),
         }))
         .expect("op")

@@ -40,8 +40,8 @@ pub(crate) enum ClusterCmd {
     /// --data-dir. A linearizability check misses a lost write nobody read; this does not.
     /// Leader-follower (run it once the cluster is healed and idle, or stopped): each must be
     /// in the committed log at its version (TERM.INDEX), or listed in a node's rollback.jsonl;
-    /// with --w a majority, not lost at all. Leaderless (run it on a stopped cluster): some
-    /// node must hold its key at its version or a newer one (or a hint holding it); the
+    /// with --w a majority, not lost at all. Leaderless (run it on a stopped or idle cluster):
+    /// some node must hold its key at its version or a newer one (or a hint holding it); the
     /// report also says how many nodes hold each key's newest version, which --converged
     /// requires to agree. Exit 0: all accounted for; 1: not; 2: cannot audit (bad input, or
     /// leader-follower logs that have not converged).
