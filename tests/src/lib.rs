@@ -52,10 +52,13 @@ fn build(packages: &[&str], targets: &[&str]) -> Result<(), String> {
     let began = std::time::Instant::now();
     let status = cmd.status();
     // A release build links each binary with fat LTO (about a minute each here): a test that
-    // seems to hang before its first node starts was rebuilding them. Say so.
+    // seems to hang before its first node starts was rebuilding them. Say so, past the test
+    // harness's capture of `eprintln!` (which shows it only when the test fails).
     let took = began.elapsed();
     if took > std::time::Duration::from_secs(5) {
-        eprintln!(
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
             "kv-tests: cargo build of {packages:?} took {:.0} s (binaries older than their \
              sources are rebuilt once per test process)",
             took.as_secs_f64()
