@@ -296,9 +296,6 @@ impl Report {
             "{} acknowledged writes, looked up in the logs of {} nodes (committed log: {}'s, up to {t}.{i})",
             self.acked, self.nodes, self.reference
         );
-        let row = |s: &mut String, what: &str, n: usize| {
-            let _ = writeln!(s, "  {what:<58} {n:>9}");
-        };
         row(
             &mut s,
             "in the committed log at their version",
@@ -349,31 +346,6 @@ impl Report {
             "written once, committed more than once",
             self.twice.len(),
         );
-        let show = |s: &mut String, title: &str, ops: Vec<(&Op, String)>| {
-            if ops.is_empty() {
-                return;
-            }
-            let _ = writeln!(s, "{title} (first {} of {}):", ops.len().min(10), ops.len());
-            for (op, nodes) in ops.iter().take(10) {
-                let what = match (&op.op, &op.value) {
-                    (OpKind::Delete, _) | (_, None) => format!("delete {}", op.key),
-                    (kind, Some(v)) => {
-                        format!(
-                            "{} {} = {}",
-                            format!("{kind:?}").to_lowercase(),
-                            op.key,
-                            short(v)
-                        )
-                    }
-                };
-                let _ = writeln!(
-                    s,
-                    "  {what} at {} (client {}){nodes}",
-                    op.version.as_deref().unwrap_or("?"),
-                    op.client
-                );
-            }
-        };
         show(
             &mut s,
             "lost, in a rollback file",
@@ -482,8 +454,41 @@ impl Report {
     }
 }
 
+/// One count of a report: `  what ........ n`.
+pub(crate) fn row(s: &mut String, what: &str, n: usize) {
+    let _ = writeln!(s, "  {what:<62} {n:>9}");
+}
+
+/// The first ten of `ops` under `title` (nothing when there are none), each followed by what
+/// the caller says of it.
+pub(crate) fn show(s: &mut String, title: &str, ops: Vec<(&Op, String)>) {
+    if ops.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "{title} (first {} of {}):", ops.len().min(10), ops.len());
+    for (op, more) in ops.iter().take(10) {
+        let what = match (&op.op, &op.value) {
+            (OpKind::Delete, _) | (_, None) => format!("delete {}", op.key),
+            (kind, Some(v)) => {
+                format!(
+                    "{} {} = {}",
+                    format!("{kind:?}").to_lowercase(),
+                    op.key,
+                    short(v)
+                )
+            }
+        };
+        let _ = writeln!(
+            s,
+            "  {what} at {} (client {}){more}",
+            op.version.as_deref().unwrap_or("?"),
+            op.client
+        );
+    }
+}
+
 /// A value cut to its first 24 characters (kv-bench pads its values to their size).
-pub(crate) fn short(v: &str) -> String {
+fn short(v: &str) -> String {
     match v.char_indices().nth(24) {
         Some((at, _)) => format!("{}…", &v[..at]),
         None => v.to_string(),

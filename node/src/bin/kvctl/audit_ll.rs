@@ -22,6 +22,8 @@ use bytes::Bytes;
 use kv_checker::history::{Op, OpKind, Outcome};
 use kv_replica::Version;
 
+use super::audit::{row, show};
+
 /// What one node holds: the newest copy of each key in its data, and its live hints (for
 /// replicas that have not had them yet).
 #[derive(Debug, Default)]
@@ -325,9 +327,6 @@ impl LlReport {
             "{} acknowledged writes, looked up in the copies of {} nodes ({} keys held)",
             self.acked, self.nodes, self.keys
         );
-        let row = |s: &mut String, what: &str, n: usize| {
-            let _ = writeln!(s, "  {what:<62} {n:>9}");
-        };
         row(&mut s, "held at their version", self.at_version);
         row(
             &mut s,
@@ -390,28 +389,6 @@ impl LlReport {
             },
             self.diverged.len(),
         );
-        let show = |s: &mut String, title: &str, ops: Vec<(&Op, String)>| {
-            if ops.is_empty() {
-                return;
-            }
-            let _ = writeln!(s, "{title} (first {} of {}):", ops.len().min(10), ops.len());
-            for (op, more) in ops.iter().take(10) {
-                let what = match written(op) {
-                    None => format!("delete {}", op.key),
-                    Some(v) => format!(
-                        "write {} = {}",
-                        op.key,
-                        super::audit::short(&String::from_utf8_lossy(v))
-                    ),
-                };
-                let _ = writeln!(
-                    s,
-                    "  {what} at {} (client {}){more}",
-                    op.version.as_deref().unwrap_or("?"),
-                    op.client
-                );
-            }
-        };
         show(
             &mut s,
             "LOST",
