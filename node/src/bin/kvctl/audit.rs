@@ -547,10 +547,6 @@ fn rollback_lines(node: &str, path: &Path) -> Result<Vec<RolledBack>, String> {
 }
 
 pub(crate) fn run(a: AuditArgs, json: bool) -> ExitCode {
-    let fail = |why: String| {
-        eprintln!("kvctl: {why}");
-        ExitCode::from(2)
-    };
     let ops = match std::fs::File::open(&a.history)
         .map_err(|e| format!("cannot read {}: {e}", a.history.display()))
         .and_then(|f| {
@@ -584,28 +580,13 @@ pub(crate) fn run(a: AuditArgs, json: bool) -> ExitCode {
         }
     }
     match audit(&ops, &logs, &rolled_back) {
-        Ok(report) => {
-            if json {
-                println!("{}", report.to_json(a.w));
-            } else {
-                print!("{}", report.render(a.w));
-            }
-            if report.passes(a.w) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
+        Ok(r) => finish(json, || r.to_json(a.w), || r.render(a.w), r.passes(a.w)),
         Err(why) => fail(why),
     }
 }
 
 /// The audit of a leaderless cluster's data directory (see [`super::audit_ll`]).
 fn run_leaderless(a: &AuditArgs, ops: &[Op], json: bool) -> ExitCode {
-    let fail = |why: String| {
-        eprintln!("kvctl: {why}");
-        ExitCode::from(2)
-    };
     let dirs = match audit_ll::node_dirs(&a.data_dir) {
         Ok(d) if d.is_empty() => {
             return fail(format!(
@@ -627,13 +608,30 @@ fn run_leaderless(a: &AuditArgs, ops: &[Op], json: bool) -> ExitCode {
             Err(why) => return fail(why),
         }
     }
-    let report = audit_ll::audit(ops, &nodes, a.n.map(|n| n as usize));
+    let r = audit_ll::audit(ops, &nodes, a.n.map(|n| n as usize));
+    let c = a.converged;
+    finish(json, || r.to_json(c), || r.render(c), r.passes(c))
+}
+
+/// Says why the audit cannot be made; exit 2.
+fn fail(why: String) -> ExitCode {
+    eprintln!("kvctl: {why}");
+    ExitCode::from(2)
+}
+
+/// Prints a report (one JSON document, or text); exit 0 when it passed, 1 when not.
+fn finish(
+    json: bool,
+    doc: impl FnOnce() -> serde_json::Value,
+    text: impl FnOnce() -> String,
+    passed: bool,
+) -> ExitCode {
     if json {
-        println!("{}", report.to_json(a.converged));
+        println!("{}", doc());
     } else {
-        print!("{}", report.render(a.converged));
+        print!("{}", text());
     }
-    if report.passes(a.converged) {
+    if passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -14,7 +14,7 @@
 //! newest version, and with `--n`, N of them. Once faults have healed, hints are delivered and
 //! anti-entropy has run, they must (issue #4); `--converged` makes that part of the verdict.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -158,12 +158,14 @@ pub(crate) fn audit(ops: &[Op], nodes: &[Copies], n: Option<usize>) -> LlReport 
         }
     }
     r.keys = keys.len();
+    let mut newest_of: HashMap<&[u8], Version> = HashMap::new();
     for (k, copies) in &keys {
         let newest = copies
             .iter()
             .map(|(_, v)| *v)
             .max()
             .unwrap_or(Version::ZERO);
+        newest_of.insert(k.as_ref(), newest);
         let mut at_newest: Vec<String> = copies
             .iter()
             .filter(|(_, v)| *v == newest)
@@ -187,11 +189,6 @@ pub(crate) fn audit(ops: &[Op], nodes: &[Copies], n: Option<usize>) -> LlReport 
         }
     }
     r.diverged.sort_by(|a, b| a.key.cmp(&b.key));
-    let deleted: HashSet<&str> = ops
-        .iter()
-        .filter(|o| o.op == OpKind::Delete)
-        .map(|o| o.key.as_str())
-        .collect();
     // Every copy of a key the history writes must hold what one of its writes wrote, and a
     // value written once (a tombstone is not one) at the version that write was given.
     let mut wrote: HashMap<&[u8], Writes<'_>> = HashMap::new();
@@ -223,12 +220,6 @@ pub(crate) fn audit(ops: &[Op], nodes: &[Copies], n: Option<usize>) -> LlReport 
         }
     }
     r.unexplained.sort();
-    let newest = |key: &[u8]| {
-        nodes
-            .iter()
-            .filter_map(|c| c.data.get(key).map(|(v, _)| *v))
-            .max()
-    };
     for op in ops {
         let version = version_of(op);
         let key = op.key.as_bytes();
@@ -267,7 +258,7 @@ pub(crate) fn audit(ops: &[Op], nodes: &[Copies], n: Option<usize>) -> LlReport 
             r.misplaced.push((op.clone(), c.id.clone()));
             continue;
         }
-        match newest(key) {
+        match newest_of.get(key).copied() {
             Some(v) if v == version => r.at_version += 1,
             Some(v) if v > version => r.superseded += 1,
             held => {
@@ -283,7 +274,7 @@ pub(crate) fn audit(ops: &[Op], nodes: &[Copies], n: Option<usize>) -> LlReport 
                 hinted.sort();
                 if !hinted.is_empty() {
                     r.hinted.push((op.clone(), hinted));
-                } else if held.is_none() && deleted.contains(op.key.as_str()) {
+                } else if held.is_none() && wrote.get(key).is_some_and(|w| w.contains_key(&None)) {
                     r.purged += 1;
                 } else {
                     r.lost.push(op.clone());
