@@ -267,7 +267,10 @@ fn replay(buf: &[u8], path: &Path) -> Result<(Recovered, usize, Option<String>),
                 return Err(corrupt(
                     path,
                     off,
-                    format!("{why}; refusing to start with nothing modified"),
+                    format!(
+                        "{why}; nothing was modified, and a node will not start on this \
+                         log until it is repaired"
+                    ),
                 ));
             }
         }

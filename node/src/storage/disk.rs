@@ -538,9 +538,10 @@ fn replay(dir: &Path, repair: bool) -> Result<Replayed, StorageError> {
                         path,
                         off,
                         format!(
-                            "{why}; refusing to start with nothing modified (if this \
-                             follows a power loss and the damage is the last record, \
-                             `truncate -s {off} {}` drops it)",
+                            "{why}; nothing was modified, and a node will not start on \
+                             this directory until it is repaired (if this follows a power \
+                             loss and the damage is the last record, `truncate -s {off} {}` \
+                             drops it)",
                             path.display()
                         ),
                     ));

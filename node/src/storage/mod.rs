@@ -502,6 +502,10 @@ mod tests {
             let msg = err.to_string();
             assert!(matches!(err, StorageError::Corrupt { .. }), "{msg}");
             assert!(msg.contains("wal-00000000000000000001.log"), "{msg}");
+            assert!(msg.contains("nothing was modified"), "{msg}");
+            // The audit's read of a stopped node's data refuses it with the same words.
+            let read = read_entries(dir.path()).expect_err("read refused");
+            assert_eq!(read.to_string(), msg);
             assert_eq!(std::fs::read(&seg).expect("read"), bad, "file untouched");
         }
     }
