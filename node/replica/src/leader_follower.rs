@@ -354,6 +354,10 @@ struct Progress {
 /// At most this many append-time records (`Replica::appended_at`); past it they are thinned.
 const APPENDED_AT_MAX: usize = 4096;
 
+/// How many times over an election timeout's random range may widen after rounds in a row
+/// without a leader (see `Replica::rounds_without_leader`).
+const MAX_WIDEN: u32 = 3;
+
 /// A member heard claiming leadership (an `Append` or `Snapshot` from it, or this node leading):
 /// the term, and the ticks it was first and last heard so in that term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -418,6 +422,9 @@ pub struct Replica {
     now: u64,
     election_elapsed: u32,
     election_timeout: u32,
+    /// Election timeouts in a row that fired here without a leader heard in between: each
+    /// widens the range the next timeout is drawn from (up to [`MAX_WIDEN`] times).
+    rounds_without_leader: u32,
     heartbeat_elapsed: u32,
     /// Pre-votes granted to this node's pre-campaign.
     votes: BTreeSet<usize>,
@@ -529,6 +536,7 @@ impl Replica {
             now: 0,
             election_elapsed: 0,
             election_timeout: 0,
+            rounds_without_leader: 0,
             heartbeat_elapsed: 0,
             votes: BTreeSet::new(),
             term_votes: BTreeSet::new(),
@@ -985,7 +993,8 @@ impl Replica {
 
     fn reset_election_timeout(&mut self) {
         let (lo, hi) = self.cfg.election_ticks;
-        let span = hi.saturating_sub(lo).max(1);
+        let widen = self.rounds_without_leader.min(MAX_WIDEN);
+        let span = hi.saturating_sub(lo).max(1).saturating_mul(1 + widen);
         self.election_timeout = lo + self.rng.next_u32() % span;
         self.election_elapsed = 0;
     }
@@ -1013,6 +1022,7 @@ impl Replica {
 
     /// Asks for pre-votes; campaigns for real only if a majority would vote for it.
     fn pre_campaign(&mut self) {
+        self.rounds_without_leader = self.rounds_without_leader.saturating_add(1);
         self.role = Role::PreCandidate;
         self.leader = None;
         self.reset_election_timeout();
@@ -1168,6 +1178,7 @@ impl Replica {
 
     fn become_leader(&mut self) {
         self.role = Role::Leader;
+        self.rounds_without_leader = 0;
         self.term_votes.clear(); // it leads this term once
         self.leader = Some(self.me);
         self.leading_since = self.now;
@@ -1334,6 +1345,7 @@ impl Replica {
         if self.role != Role::Follower || self.leader != Some(from) {
             self.become_follower(term, Some(from));
         }
+        self.rounds_without_leader = 0;
         self.reset_election_timeout();
         self.leader_commit = commit.0;
         let base = self.base;
@@ -1411,6 +1423,7 @@ impl Replica {
         if self.role != Role::Follower || self.leader != Some(from) {
             self.become_follower(term, Some(from));
         }
+        self.rounds_without_leader = 0;
         self.reset_election_timeout();
         self.leader_commit = self.leader_commit.max(snap.index.0);
         if snap.index.0 <= self.commit || self.term_at(snap.index.0) == Some(snap.term) {
@@ -1772,6 +1785,53 @@ pub(crate) mod tests {
             assert!(ticks <= 20, "no campaign an election timeout after");
         }
         assert!(ticks >= 10, "campaigned after {ticks} ticks");
+    }
+
+    /// Rounds of elections without a leader widen the range election timeouts are drawn
+    /// from, so that candidates that keep splitting the votes (on a disk as slow as the
+    /// timeout, their own votes take that long to write) come to campaign apart; a leader
+    /// heard narrows it again, so the first election after a leader fails is as quick as ever.
+    #[test]
+    fn rounds_without_a_leader_widen_the_election_timeout_and_a_leader_narrows_it() {
+        let mut r = replica(1, 3, HardState::default(), vec![]);
+        // Ticks until the next request for pre-votes (nobody answers them).
+        let next_round = |r: &mut Replica| {
+            let mut ticks = 0u32;
+            loop {
+                r.tick();
+                ticks += 1;
+                let asked = r.take_actions().iter().any(|a| {
+                    matches!(
+                        a,
+                        Action::Send {
+                            msg: Message::PreVote { .. },
+                            ..
+                        }
+                    )
+                });
+                if asked {
+                    return ticks;
+                }
+                assert!(ticks < 1_000, "no election");
+            }
+        };
+        let rounds: Vec<u32> = (0..30).map(|_| next_round(&mut r)).collect();
+        assert!(rounds[0] < 20, "the first round as configured: {rounds:?}");
+        assert!(
+            rounds.iter().all(|&t| (10..50).contains(&t)),
+            "within four times the range: {rounds:?}"
+        );
+        assert!(
+            rounds.iter().any(|&t| t >= 20),
+            "later rounds beyond the configured range: {rounds:?}"
+        );
+        for _ in 0..10 {
+            r.step(&ids(3)[0], append(1, (0, 0), vec![], 0));
+            r.take_actions();
+            r.hard_state_persisted(); // term 1, the first time
+            let t = next_round(&mut r);
+            assert!((10..20).contains(&t), "a leader heard: {t} ticks");
+        }
     }
 
     /// Follower n2 of three hears heartbeats: from n1 (term 1) at `old` ticks and from n3
