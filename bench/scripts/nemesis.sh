@@ -33,7 +33,10 @@
 #
 # Defaults: 60 s, seed 1, `--mode leader-follower --n NODES --w <majority>`; MIX=read=40,write=40,delete=20
 # (environment) replaces the operation mix; KEYS=K (environment, default 20) the number of keys
-# (more keys: the audit checks the last write of more of them). SKEW=MS (environment; leaderless) sets each node's
+# (more keys: the audit checks the last write of more of them). DIST=D (environment, default
+# zipfian) kv-bench's key distribution: with `latest` and many keys (KEYS=1000000) writes go
+# to keys drawn uniformly, so that almost every write is the last of its key and the audit
+# checks it at its exact version, and reads go to the keys written last. SKEW=MS (environment; leaderless) sets each node's
 # clock up to MS ms ahead or behind (kvctl fault clock, drawn from the seed, applied again after
 # every fault) for the versions it gives. STEP=MS (environment) runs every node under
 # libfaketime (Debian's faketime package), each with a clock of its own, and adds the step
@@ -73,6 +76,8 @@ NODES=${NODES:-5}
 [[ $SECS =~ ^[0-9]+$ && $SECS -ge 10 ]] || { echo "SECONDS must be a whole number, at least 10: $SECS" >&2; exit 2; }
 [[ $SEED =~ ^[0-9]+$ ]] || { echo "SEED must be a whole number: $SEED" >&2; exit 2; }
 [[ ${KEYS:-20} =~ ^[1-9][0-9]*$ ]] || { echo "KEYS must be a whole number, at least 1: $KEYS" >&2; exit 2; }
+DIST=${DIST:-zipfian}
+[[ $DIST =~ ^[a-z-]+(:[0-9.:]+)?$ ]] || { echo "DIST must be a kv-bench --dist: $DIST" >&2; exit 2; }
 
 POWER=${POWER:-0}
 [[ $POWER =~ ^[01]$ ]] || { echo "POWER must be 0 or 1: $POWER" >&2; exit 2; }
@@ -136,7 +141,7 @@ if [ -z "${MIX:-}" ]; then
   [[ " ${CLUSTER[*]} " == *" leaderless "* ]] && MIX=read=50,write=50
 fi
 RUN=("$BIN/kv-bench" run --endpoints "$EPS" --clients 8 --duration "${SECS}s" --warmup 0s --keys "${KEYS:-20}"
-     --mix "$MIX" --timeout 1s --history "$OUT/history.jsonl" --out "$OUT/bench")
+     --dist "$DIST" --mix "$MIX" --timeout 1s --history "$OUT/history.jsonl" --out "$OUT/bench")
 echo "${RUN[*]}" >> "$OUT/commands.txt"
 "${RUN[@]}" > "$OUT/bench.out" 2> "$OUT/bench.err" &
 BENCH=$!
