@@ -2,14 +2,15 @@
 //! what the runs did: for comparing two builds of the protocol (run the same sweep on each),
 //! which a test's pass or fail cannot show.
 //!
-//!   cargo run --release -p kv-tests --example sim_sweep -- FIRST_SEED END_SEED [NODES] [SYNC] [PAUSE]
+//!   cargo run --release -p kv-tests --example sim_sweep -- FIRST_SEED END_SEED [NODES] [SYNC] [PAUSE] [LINK_CUT]
 //!
 //! NODES (default 3); SYNC, the chance per tick that a pending write becomes durable (default
 //! 0.5; 0.05 is the slow disk of the simulation tests, fsyncs as long as an election timeout);
-//! PAUSE, the chance per tick that a node is paused (default 0). Prints the runs that failed a
+//! PAUSE, the chance per tick that a node is paused (default 0); LINK_CUT, the share of
+//! partitions that cut links one way or between some nodes only (default 0). Prints the runs that failed a
 //! check (their seeds: rerun one with `KV_SIM_SEED` in its test, or as a one-seed range with
 //! `KV_SIM_TRACE=1`), the terms (all, and those that had a leader), the writes acknowledged
-//! (all, and at W=majority), and the seeds whose runs had rare events the tests pin.
+//! (all, and at W=majority), and the seeds whose runs had rare events the tests pin or count.
 
 use std::process::ExitCode;
 
@@ -23,7 +24,7 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, name: &str, default: Opt
         }),
         (None, Some(d)) => d,
         (None, None) => {
-            eprintln!("usage: sim_sweep FIRST_SEED END_SEED [NODES] [SYNC] [PAUSE]");
+            eprintln!("usage: sim_sweep FIRST_SEED END_SEED [NODES] [SYNC] [PAUSE] [LINK_CUT]");
             std::process::exit(2)
         }
     }
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
         nodes: arg(&args, 2, "NODES", Some(3)),
         sync: arg(&args, 3, "SYNC", Some(0.5)),
         pause: arg(&args, 4, "PAUSE", Some(0.0)),
+        link_cut: arg(&args, 5, "LINK_CUT", Some(0.0)),
         ..SimConfig::default()
     };
     let one = end == first + 1;
@@ -45,7 +47,8 @@ fn main() -> ExitCode {
         std::panic::set_hook(Box::new(|_| {}));
     }
     let mut sum = Stats::default();
-    let (mut failed, mut acked_after_rollback, mut settled_ahead) = (vec![], vec![], vec![]);
+    let (mut failed, mut acked_after_rollback, mut settled_ahead, mut split_brain) =
+        (vec![], vec![], vec![], vec![]);
     for seed in first..end {
         let c = cfg.clone();
         match std::panic::catch_unwind(move || Sim::new(seed, c).run()) {
@@ -60,13 +63,16 @@ fn main() -> ExitCode {
                 if s.settled_ahead_of_leader_disk > 0 {
                     settled_ahead.push(seed);
                 }
+                if s.split_brain_heard > 0 {
+                    split_brain.push((seed, s.split_brain_heard));
+                }
             }
             Err(_) => failed.push(seed),
         }
     }
     println!(
-        "{} nodes, sync {}, pause {}, seeds {first}..{end}",
-        cfg.nodes, cfg.sync, cfg.pause
+        "{} nodes, sync {}, pause {}, link cuts {}, seeds {first}..{end}",
+        cfg.nodes, cfg.sync, cfg.pause, cfg.link_cut
     );
     println!("  runs failed: {} {failed:?}", failed.len());
     println!(
@@ -79,6 +85,7 @@ fn main() -> ExitCode {
     );
     println!("  seeds with a write acknowledged after its rollback: {acked_after_rollback:?}");
     println!("  seeds settled with the leader's disk behind its commit: {settled_ahead:?}");
+    println!("  seeds with two leaders heard at once (steps): {split_brain:?}");
     if failed.is_empty() {
         ExitCode::SUCCESS
     } else {
