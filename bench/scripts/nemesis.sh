@@ -35,8 +35,8 @@
 # (environment) replaces the operation mix; KEYS=K (environment, default 20) the number of keys
 # (more keys: the audit checks the last write of more of them). DIST=D (environment, default
 # zipfian) kv-bench's key distribution: with `latest` and many keys (KEYS=1000000) writes go
-# to keys drawn uniformly, so that almost every write is the last of its key and the audit
-# checks it at its exact version, and reads go to the keys written last. SKEW=MS (environment; leaderless) sets each node's
+# to keys drawn uniformly, so that about nine in ten writes are the last of their key and the audit
+# checks each of those at its exact version, and reads go to the keys written last. SKEW=MS (environment; leaderless) sets each node's
 # clock up to MS ms ahead or behind (kvctl fault clock, drawn from the seed, applied again after
 # every fault) for the versions it gives. STEP=MS (environment) runs every node under
 # libfaketime (Debian's faketime package), each with a clock of its own, and adds the step
