@@ -125,13 +125,12 @@ fn sim_five_replicas_under_faults_keep_every_invariant() {
 /// and n3 heard it 10 ticks after its own term began; n3 counts an older claim first heard
 /// after its own began only if heard for an election timeout from then. Seed 34343773 of
 /// three nodes (a sweep of `34340000..34420000` once election timeouts widened after rounds
-/// without a leader; none of the same 20,000 of five nodes) is that race seen from the loser,
-/// counted: n1 won term 7 by n3's vote, and n3, which had granted n2 a pre-vote before it
-/// heard n1 lead, gave n2 its vote for term 8 after following n1 for a few ticks; n1 heard n2
-/// three ticks after n2 won, having led 11 ticks, one more than the
-/// margin a leader's own claim is given. The leader's side cannot tell it from a deposed
-/// leader that went on for an election timeout; a voter that ignored votes while it hears
-/// a leader (as etcd's raft does under check-quorum) would not have voted so.
+/// without a leader; none of the same 20,000 of five nodes) is counted: n1 won term 7 by
+/// n3's vote, but none of its messages reached n2 or n3 (cut one way), and no reply came
+/// back; n2 won term 8 eight ticks later, and n1 heard it in the tick its check-quorum would
+/// have deposed it, having led 11 ticks, one more than the margin a leader's own claim is
+/// given: a leader nobody heard, counted by one tick. Left as it is: the rule cannot tell
+/// from the leader's side whether its messages arrived.
 #[test]
 fn sim_one_way_and_partial_partitions_keep_every_invariant() {
     for nodes in [3, 5] {
