@@ -4,13 +4,14 @@
 //!
 //!   cargo run --release -p kv-tests --example sim_sweep -- FIRST_SEED END_SEED [NODES] [SYNC] [PAUSE] [LINK_CUT]
 //!
-//! NODES (default 3); SYNC, the chance per tick that a pending write becomes durable (default
-//! 0.5; 0.05 is the slow disk of the simulation tests, fsyncs as long as an election timeout);
-//! PAUSE, the chance per tick that a node is paused (default 0); LINK_CUT, the share of
-//! partitions that cut links one way or between some nodes only (default 0). Prints the runs that failed a
-//! check (their seeds: rerun one with `KV_SIM_SEED` in its test, or as a one-seed range with
-//! `KV_SIM_TRACE=1`), the terms (all, and those that had a leader), the writes acknowledged
-//! (all, and at W=majority), and the seeds whose runs had rare events the tests pin or count.
+//! NODES (default 3); SYNC, the chance per step that a node's pending log writes become
+//! durable (default 0.5; 0.05 is the slow disk of the simulation tests, fsyncs as long as an
+//! election timeout); PAUSE, the chance per step of pausing a node (default 0); LINK_CUT, 0
+//! for partitions into two sides, above 0 the chance that each one-way link is cut instead
+//! (default 0). Prints the runs that failed a check (their seeds: rerun one as a one-seed
+//! range with `KV_SIM_TRACE=1` for its message and trace), the terms (all, and those that had
+//! a leader), the writes acknowledged (all, and at W=majority), and the seeds whose runs had
+//! rare events the tests pin or count.
 
 use std::process::ExitCode;
 
