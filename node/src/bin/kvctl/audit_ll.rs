@@ -450,15 +450,15 @@ impl LlReport {
             j[field] = v;
             j
         };
-        let listed = |v: &[(Op, Vec<String>)], field: &str| {
-            v.iter()
-                .map(|(o, n)| with(o, field, json!(n)))
-                .collect::<Vec<_>>()
-        };
         let misplaced: Vec<_> = self
             .misplaced
             .iter()
             .map(|(o, n)| with(o, "held_by", json!(n)))
+            .collect();
+        let hinted: Vec<_> = self
+            .hinted
+            .iter()
+            .map(|(o, n)| with(o, "hinted_by", json!(n)))
             .collect();
         let unexplained: Vec<_> = self
             .unexplained
@@ -497,7 +497,7 @@ impl LlReport {
             "unversioned": self.unversioned,
             "lost": self.lost.iter().map(op).collect::<Vec<_>>(),
             "misplaced": misplaced,
-            "hinted": listed(&self.hinted, "hinted_by"),
+            "hinted": hinted,
             "unexplained": unexplained,
             "failed_looked_for": self.failed,
             "failed_but_held": self.failed_held,
