@@ -2762,8 +2762,8 @@ pub(crate) mod tests {
         r.propose(9, put("x"), 2).expect("leader");
         // One election timeout (10 ticks) after the last reply, not at the next of checks an
         // election timeout apart: those let it lead for up to two. Not one tick later either:
-        // that tick it led beside its successor in seed 34343773 of the one-way partition
-        // simulation.
+        // in seed 34343773 of the one-way partition simulation, that tick made a leader
+        // nobody heard count as leading beside its successor.
         let mut ticks = 0;
         while r.role() == Role::Leader {
             r.tick();
