@@ -1048,9 +1048,17 @@ impl Replica {
     fn on_pre_vote(&mut self, from: usize, term: Term, last_index: LogIndex, last_term: Term) {
         let up_to_date = (last_term, last_index) >= (self.last_term(), self.last_index());
         // Someone who heard from a leader within the minimum election timeout will not help
-        // depose it (leader stickiness); a leader never does.
+        // depose it (leader stickiness); a leader never does. Nor will a follower that gave its
+        // vote in this term within that time: as Raft's granted vote restarts the election
+        // timer, the candidate it voted for may be about to win. On a disk whose writes take
+        // about an election timeout, the other votes arrive that much later, and pre-votes
+        // granted meanwhile elected a successor that deposed the winner as it took office.
+        let recent = self.election_elapsed < self.cfg.election_ticks.0;
         let leader_alive = self.role == Role::Leader
-            || (self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks.0);
+            || (self.leader.is_some() && recent)
+            || (self.role == Role::Follower
+                && self.hard.voted_for.is_some_and(|v| v != self.me)
+                && recent);
         let granted = term > self.hard.term && up_to_date && !leader_alive;
         let reply_term = if granted { term } else { self.hard.term };
         self.send(
@@ -2282,6 +2290,58 @@ pub(crate) mod tests {
         r.persisted(LogIndex(1));
         assert_eq!(r.commit_index(), LogIndex(1));
         assert!(matches!(&r.take_actions()[..], [Action::Apply(es)] if es.len() == 1));
+    }
+
+    #[test]
+    fn follower_that_just_voted_refuses_pre_votes_for_the_next_term() {
+        let mut r = replica(
+            1,
+            3,
+            HardState {
+                term: Term(2),
+                voted_for: None,
+            },
+            vec![],
+        );
+        let pre_vote = Message::PreVote {
+            term: Term(4),
+            last_index: LogIndex(9),
+            last_term: Term(2),
+        };
+        let granted = |a: &[Action]| {
+            a.iter().any(|x| {
+                matches!(
+                    x,
+                    Action::Send {
+                        msg: Message::PreVoteReply { granted: true, .. },
+                        ..
+                    }
+                )
+            })
+        };
+        r.step(
+            &ids(3)[0],
+            Message::RequestVote {
+                term: Term(3),
+                last_index: LogIndex(0),
+                last_term: Term(0),
+            },
+        );
+        assert_eq!(r.hard_state().voted_for, Some(0));
+        r.hard_state_persisted();
+        r.take_actions();
+        // n1 may be about to win term 3 (its other votes may still be on their way from slow
+        // disks): n3 gets no help to start term 4 over it, as long as a leader just heard.
+        for _ in 0..9 {
+            r.tick();
+        }
+        r.step(&ids(3)[2], pre_vote.clone());
+        assert!(!granted(&r.take_actions()), "granted within the timeout");
+        assert_eq!(r.term(), Term(3));
+        // An election timeout after its vote went out and no leader heard: n1 did not win.
+        r.tick();
+        r.step(&ids(3)[2], pre_vote);
+        assert!(granted(&r.take_actions()), "refused after the timeout");
     }
 
     #[test]
