@@ -2331,7 +2331,7 @@ pub(crate) mod tests {
         r.hard_state_persisted();
         r.take_actions();
         // n1 may be about to win term 3 (its other votes may still be on their way from slow
-        // disks): n3 gets no help to start term 4 over it, as long as a leader just heard.
+        // disks): n3 gets no help to start term 4 over it, as if n2 had just heard a leader.
         for _ in 0..9 {
             r.tick();
         }
