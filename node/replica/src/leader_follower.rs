@@ -661,14 +661,17 @@ impl Replica {
         if self.role != Role::Leader {
             return Vec::new();
         }
-        let window = u64::from(self.cfg.election_ticks.0);
         (0..self.cfg.members.len())
-            .filter(|&i| {
-                let p = &self.progress[i];
-                i != self.me && p.replied && self.now.saturating_sub(p.heard) < window
-            })
+            .filter(|&i| i != self.me && self.progress[i].replied && self.heard_lately(i))
             .map(|i| self.cfg.members[i].clone())
             .collect()
+    }
+
+    /// Whether the leader heard from member `i` less than an election timeout ago (since the
+    /// election, if it has not answered yet): what check-quorum counts, and what
+    /// [`Replica::reachable`] reports.
+    fn heard_lately(&self, i: usize) -> bool {
+        self.now.saturating_sub(self.progress[i].heard) < u64::from(self.cfg.election_ticks.0)
     }
 
     /// How many members this node heard claiming leadership at overlapping times within the
@@ -1054,12 +1057,12 @@ impl Replica {
         // about an election timeout, the other votes arrive that much later, and pre-votes
         // granted meanwhile elected a successor that deposed the winner as it took office.
         let recent = self.election_elapsed < self.cfg.election_ticks.0;
-        let leader_alive = self.role == Role::Leader
+        let sticky = self.role == Role::Leader
             || (self.leader.is_some() && recent)
             || (self.role == Role::Follower
                 && self.hard.voted_for.is_some_and(|v| v != self.me)
                 && recent);
-        let granted = term > self.hard.term && up_to_date && !leader_alive;
+        let granted = term > self.hard.term && up_to_date && !sticky;
         let reply_term = if granted { term } else { self.hard.term };
         self.send(
             from,
@@ -1219,9 +1222,8 @@ impl Replica {
     /// has gone a whole election timeout without hearing from one (a follower that heard it
     /// last at that time may campaign in that tick).
     fn check_quorum(&mut self) {
-        let window = u64::from(self.cfg.election_ticks.0);
         let heard = (0..self.cfg.members.len())
-            .filter(|&i| i == self.me || self.now.saturating_sub(self.progress[i].heard) < window)
+            .filter(|&i| i == self.me || self.heard_lately(i))
             .count();
         if heard < self.majority() {
             self.become_follower(self.hard.term, None);
