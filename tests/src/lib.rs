@@ -564,6 +564,35 @@ pub fn kvctl(endpoint: &str, args: &[&str]) -> CliResult {
     }
 }
 
+/// Runs `kvctl --endpoints <endpoint> <args>` with `input` on its stdin; returns the exit
+/// code and stdout as bytes (a value need not be text), and stderr.
+pub fn kvctl_stdin(endpoint: &str, args: &[&str], input: &[u8]) -> (i32, Vec<u8>, String) {
+    let mut child = Command::new(bin("kvctl"))
+        .arg("--endpoints")
+        .arg(endpoint)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kvctl");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    // Written from a thread: a value larger than the pipe's buffer would otherwise wait on
+    // kvctl while kvctl waits on its output being read.
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("kvctl output");
+    writer
+        .join()
+        .expect("stdin writer")
+        .expect("write kvctl's stdin");
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).trim_end().to_string(),
+    )
+}
+
 /// A plain HTTP/1.1 GET; returns status code and body.
 ///
 /// # Errors

@@ -1,7 +1,8 @@
 //! kvctl and kv-node as a user runs them: outputs, JSON shapes, exit codes, bad input, and
 //! start-up failures with one-line reasons.
 
-use kv_tests::{NodeProcess, http_get, kv_node_output, kvctl};
+use base64::Engine;
+use kv_tests::{NodeProcess, http_get, kv_node_output, kvctl, kvctl_stdin};
 
 #[test]
 fn kvctl_round_trip_prints_versions_values_and_follows_exit_codes() {
@@ -71,6 +72,47 @@ fn kvctl_json_output_has_the_documented_shape() {
     assert_eq!(absent.code, 1);
     let a: serde_json::Value = serde_json::from_str(&absent.stdout).expect("json");
     assert_eq!(a["value"], serde_json::Value::Null);
+}
+
+#[test]
+fn kvctl_takes_a_value_of_any_bytes_and_length_from_stdin_and_prints_it_back() {
+    let node = NodeProcess::start(&["--storage", "memory"]).expect("start");
+    let ep = node.endpoint();
+    // 300 KiB, every byte value (NUL, invalid UTF-8): more than one argument may hold on Linux
+    // (128 KiB), and nothing a command line can carry.
+    let value: Vec<u8> = (0..300 * 1024).map(|i| (i * 7 % 256) as u8).collect();
+    let (code, out, err) = kvctl_stdin(&ep, &["put", "blob"], &value);
+    assert_eq!((code, &out[..]), (0, &b"1.1\n"[..]), "{err}");
+    // Text output is the value's bytes as stored, then a newline.
+    let (code, out, err) = kvctl_stdin(&ep, &["get", "blob"], b"");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.len(), value.len() + 1);
+    assert!(out[..value.len()] == value[..] && out.ends_with(b"\n"));
+    // JSON carries every byte too, in value_base64, as the value is not UTF-8.
+    let get = kvctl(&ep, &["--output", "json", "get", "blob"]);
+    let g: serde_json::Value = serde_json::from_str(&get.stdout).expect("json");
+    let b64 = g["value_base64"].as_str().expect("value_base64");
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("base64"),
+        value
+    );
+
+    // cas takes its value from stdin the same way; a UTF-8 value has no value_base64.
+    let (code, out, err) = kvctl_stdin(&ep, &["cas", "blob", "1.1"], b"small\n");
+    assert_eq!((code, &out[..]), (0, &b"1.2\n"[..]), "{err}");
+    let get = kvctl(&ep, &["--output", "json", "get", "blob"]);
+    let g: serde_json::Value = serde_json::from_str(&get.stdout).expect("json");
+    assert_eq!(g["value"], "small\n");
+    assert!(g.get("value_base64").is_none(), "{g}");
+
+    // An empty stdin is an empty value, stored as such.
+    let (code, _, err) = kvctl_stdin(&ep, &["put", "empty"], b"");
+    assert_eq!(code, 0, "{err}");
+    let get = kvctl(&ep, &["--output", "json", "get", "empty"]);
+    let g: serde_json::Value = serde_json::from_str(&get.stdout).expect("json");
+    assert_eq!((get.code, &g["value"]), (0, &serde_json::json!("")));
 }
 
 #[test]

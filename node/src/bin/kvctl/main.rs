@@ -1,9 +1,13 @@
 //! `kvctl`: the quorumkv command-line client.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsString;
+use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{Parser, Subcommand, ValueEnum};
 use kv_node::client::{self, exit};
 use kv_node::config::HumanDuration;
@@ -105,15 +109,20 @@ enum Cmd {
     /// hints the others hold for it). Flags split brain: two nodes claiming leadership at once,
     /// and nodes that heard two leaders at overlapping times in the last 30 s.
     Status,
-    /// Write KEY=VALUE; prints the new version.
+    /// Write KEY=VALUE; prints the new version. Without VALUE, the value is everything on
+    /// stdin, byte for byte (`kvctl put KEY < FILE`, as `etcdctl put` reads it): for values
+    /// with any bytes, or longer than one argument may be (128 KiB on Linux).
     Put {
         key: String,
-        value: String,
+        /// The value; left out: read from stdin to its end.
+        value: Option<OsString>,
         /// Replicas that must durably hold the write before it is acknowledged.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         w: Option<u32>,
     },
-    /// Read KEY; prints the value. Exit 1 with "not found" on stderr if absent.
+    /// Read KEY; prints the value's bytes as stored, then a newline. Exit 1 with "not found"
+    /// on stderr if absent. With --output json, a value that is not UTF-8 also comes as
+    /// `value_base64` (`value` then shows it with U+FFFD for the bytes that are not).
     Get {
         key: String,
         /// Replicas to read from (the newest answer wins).
@@ -131,10 +140,12 @@ enum Cmd {
     },
     /// Write KEY=VALUE only if KEY's current version is EXPECTED_VERSION ("none": KEY must be
     /// absent). Prints the new version; exit 1 and the current version if it did not match.
+    /// Without VALUE, the value is everything on stdin, as for put.
     Cas {
         key: String,
         expected_version: String,
-        value: String,
+        /// The value; left out: read from stdin to its end.
+        value: Option<OsString>,
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         w: Option<u32>,
     },
@@ -544,7 +555,7 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
     }
     if !silent.is_empty() {
         return Ok(Done {
-            stdout: out.join("\n"),
+            stdout: out.join("\n").into(),
             stderr: Some(format!(
                 "kvctl: {} did not answer and keeps what it had: a node killed starts again \
                  with no faults, a paused one keeps its own until you heal again",
@@ -554,7 +565,7 @@ async fn fault(endpoints: &[String], f: FaultCmd, t: Duration) -> Result<Done, t
         });
     }
     Ok(Done {
-        stdout: out.join("\n"),
+        stdout: out.join("\n").into(),
         stderr: note,
         code: exit::OK,
     })
@@ -751,7 +762,7 @@ fn write_output(
                "superseded_on": m.superseded_on})
         .to_string();
         return Done {
-            stdout,
+            stdout: stdout.into(),
             stderr: None,
             code: exit::OK,
         };
@@ -769,7 +780,7 @@ fn write_output(
         )
     });
     Done {
-        stdout: v.unwrap_or_default(),
+        stdout: v.unwrap_or_default().into(),
         stderr: note,
         code: exit::OK,
     }
@@ -777,6 +788,35 @@ fn write_output(
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// A value for JSON: `value` as text, and, when the bytes are not UTF-8 (so that `value`
+/// shows U+FFFD in their place), every byte in `value_base64` too: nothing is lost.
+fn json_value(out: &mut serde_json::Map<String, serde_json::Value>, name: &str, b: Option<&[u8]>) {
+    out.insert(name.into(), b.map(text).into());
+    if let Some(b) = b.filter(|b| std::str::from_utf8(b).is_err()) {
+        out.insert(format!("{name}_base64"), BASE64.encode(b).into());
+    }
+}
+
+/// A put's or cas's VALUE: from the command line as given (any bytes the shell passes), or,
+/// when it was left out, everything on stdin, which refuses to wait on a terminal.
+fn value_bytes(value: Option<OsString>) -> Result<Vec<u8>, tonic::Status> {
+    if let Some(v) = value {
+        return Ok(v.into_encoded_bytes());
+    }
+    let mut stdin = std::io::stdin().lock();
+    if stdin.is_terminal() {
+        return Err(tonic::Status::invalid_argument(
+            "no VALUE given and stdin is a terminal: give VALUE, or pipe it in \
+             (kvctl put KEY < FILE)",
+        ));
+    }
+    let mut buf = Vec::new();
+    stdin.read_to_end(&mut buf).map_err(|e| {
+        tonic::Status::invalid_argument(format!("cannot read VALUE from stdin: {e}"))
+    })?;
+    Ok(buf)
 }
 
 fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
@@ -787,7 +827,8 @@ fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
 
 /// What a command printed and how it exits.
 struct Done {
-    stdout: String,
+    /// Printed as it is, then a newline (a value's bytes need not be UTF-8).
+    stdout: Vec<u8>,
     stderr: Option<String>,
     code: u8,
 }
@@ -1114,7 +1155,7 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
     };
     let any_up = rows.iter().any(|(_, s)| s.is_some());
     Done {
-        stdout,
+        stdout: stdout.into(),
         stderr: (!any_up).then(|| "no node answered".to_string()),
         code: if any_up { exit::OK } else { exit::FAILED },
     }
@@ -1127,17 +1168,23 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
         Cmd::Fault { fault: f } => return fault(&args.endpoints, f, t).await,
         _ => args,
     };
+    // A put's or cas's value is read first: from stdin, it is not to wait for a connection.
+    let mut args = args;
+    let value = match &mut args.cmd {
+        Cmd::Put { value, .. } | Cmd::Cas { value, .. } => value_bytes(value.take())?,
+        _ => Vec::new(),
+    };
     let (_, mut c) = client::connect_any(&args.endpoints, t).await?;
     let json = args.output == Output::Json;
     let loss = args.on_quorum_loss;
-    let ok = |stdout: String| Done {
+    let ok = |stdout: Vec<u8>| Done {
         stdout,
         stderr: None,
         code: exit::OK,
     };
     Ok(match args.cmd {
         Cmd::Status | Cmd::Fault { .. } | Cmd::Cluster { .. } => unreachable!("handled above"),
-        Cmd::Put { key, value, w } => {
+        Cmd::Put { key, w, .. } => {
             let req = pb::PutRequest {
                 key: key.clone().into(),
                 value: value.into(),
@@ -1164,15 +1211,20 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
             .into_inner();
             let m = resp.meta.unwrap_or_default();
             let stdout = if json {
-                json!({"key": key, "value": resp.found.then(|| text(&resp.value)),
-                       "version": version_text(&resp.version), "node": m.coordinator,
+                let mut out = serde_json::Map::new();
+                out.insert("key".into(), key.into());
+                json_value(&mut out, "value", resp.found.then_some(&resp.value[..]));
+                let more = json!({"version": version_text(&resp.version), "node": m.coordinator,
                        "replicas": m.replicas, "stale": m.stale, "lag": m.lag_entries,
-                       "degraded": m.degraded})
-                .to_string()
+                       "degraded": m.degraded});
+                if let serde_json::Value::Object(more) = more {
+                    out.extend(more);
+                }
+                serde_json::Value::Object(out).to_string().into()
             } else if resp.found {
-                text(&resp.value)
+                resp.value.to_vec()
             } else {
-                String::new()
+                Vec::new()
             };
             // Text mode says what JSON's `stale` and `lag` say, on stderr (stdout stays the
             // value alone, for scripts).
@@ -1230,8 +1282,8 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
         Cmd::Cas {
             key,
             expected_version,
-            value,
             w,
+            ..
         } => {
             let expected = match expected_version.as_str() {
                 "none" | "-" => None,
@@ -1262,15 +1314,20 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
             let m = r.meta.unwrap_or_default();
             let v = version_text(&r.version);
             let stdout = if json {
-                json!({"key": key, "applied": r.applied, "version": v, "node": m.coordinator,
-                       "current_value": (!r.applied && r.found).then(|| text(&r.current_value)),
-                       "acks": m.achieved.map_or(0, |a| a.w), "replicas": m.replicas,
-                       "degraded": m.degraded})
-                .to_string()
+                let mut out = serde_json::Map::new();
+                let current = (!r.applied && r.found).then_some(&r.current_value[..]);
+                json_value(&mut out, "current_value", current);
+                let more = json!({"key": key, "applied": r.applied, "version": v,
+                       "node": m.coordinator, "acks": m.achieved.map_or(0, |a| a.w),
+                       "replicas": m.replicas, "degraded": m.degraded});
+                if let serde_json::Value::Object(more) = more {
+                    out.extend(more);
+                }
+                serde_json::Value::Object(out).to_string().into()
             } else if r.applied {
-                v.clone().unwrap_or_default()
+                v.clone().unwrap_or_default().into()
             } else {
-                String::new()
+                Vec::new()
             };
             if r.applied {
                 ok(stdout)
@@ -1326,7 +1383,10 @@ fn main() -> ExitCode {
     match rt.block_on(run(args)) {
         Ok(d) => {
             if !d.stdout.is_empty() {
-                println!("{}", d.stdout);
+                let mut out = std::io::stdout().lock();
+                // A closed stdout (`| head`) is not the command's failure.
+                let _ = out.write_all(&d.stdout).and_then(|()| out.write_all(b"\n"));
+                let _ = out.flush();
             }
             if let Some(e) = d.stderr {
                 eprintln!("{e}");
