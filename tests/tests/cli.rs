@@ -113,6 +113,15 @@ fn kvctl_takes_a_value_of_any_bytes_and_length_from_stdin_and_prints_it_back() {
     let get = kvctl(&ep, &["--output", "json", "get", "empty"]);
     let g: serde_json::Value = serde_json::from_str(&get.stdout).expect("json");
     assert_eq!((get.code, &g["value"]), (0, &serde_json::json!("")));
+
+    // Twice max_value_bytes (1 MiB): refused before the node decodes it, and said so.
+    let (code, _, err) = kvctl_stdin(&ep, &["put", "huge"], &vec![b'x'; 2 << 20]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("max_value_bytes") && err.contains("nothing was stored"),
+        "{err}"
+    );
+    assert_eq!(kvctl(&ep, &["get", "huge"]).code, 1);
 }
 
 #[test]

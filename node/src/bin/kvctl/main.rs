@@ -1346,6 +1346,21 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
     })
 }
 
+/// A failure's message, with what gRPC's own words leave out: a request larger than the node
+/// decodes is refused before the node looks at it (OUT_OF_RANGE), so the limits it stands for
+/// are named here.
+fn error_message(s: &tonic::Status) -> String {
+    if s.code() == tonic::Code::OutOfRange && s.message().contains("message length too large") {
+        format!(
+            "{}: the request is larger than the node accepts (a key of at most max_key_bytes \
+             and a value of at most max_value_bytes, plus a little); nothing was stored",
+            s.message()
+        )
+    } else {
+        s.message().to_string()
+    }
+}
+
 /// The single-threaded runtime every command runs on (a failure to start it, said and turned
 /// into the exit code).
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -1401,17 +1416,17 @@ fn main() -> ExitCode {
             } else {
                 ""
             };
+            let message = error_message(&s);
             if json {
                 println!(
                     "{}",
-                    json!({"error": {"code": kv_node::metrics::code_name(s.code()), "message": s.message(),
+                    json!({"error": {"code": kv_node::metrics::code_name(s.code()), "message": message,
                                      "may_have_happened": maybe}})
                 );
             }
             eprintln!(
-                "kvctl: {}: {}{what}",
+                "kvctl: {}: {message}{what}",
                 kv_node::metrics::code_name(s.code()),
-                s.message()
             );
             ExitCode::from(code)
         }
