@@ -233,6 +233,8 @@ pub struct Config {
     pub vnodes: u32,
     /// Leader-follower: compact the log into a snapshot every this many applied entries.
     pub snapshot_entries: u64,
+    /// Leader-follower: or every this many bytes of applied entries, whichever comes first.
+    pub snapshot_bytes: u64,
     /// Leader-follower: a node that hears no leader for a random time between this and twice
     /// this starts an election, and a leader that hears no majority this long steps down.
     pub election_timeout: HumanDuration,
@@ -272,6 +274,7 @@ impl Default for Config {
             anti_entropy_interval: HumanDuration(Duration::from_secs(10)),
             vnodes: 64,
             snapshot_entries: 10_000,
+            snapshot_bytes: 64 << 20,
             election_timeout: HumanDuration(Duration::from_millis(150)),
             heartbeat_interval: HumanDuration(Duration::from_millis(30)),
         }
@@ -423,6 +426,12 @@ impl Config {
             return err(format!(
                 "--snapshot-entries {}: must be at least 10",
                 self.snapshot_entries
+            ));
+        }
+        if self.snapshot_bytes < 64 << 10 {
+            return err(format!(
+                "--snapshot-bytes {}: must be at least 65536 (64 KiB)",
+                self.snapshot_bytes
             ));
         }
         let (election, heartbeat) = (self.election_timeout.0, self.heartbeat_interval.0);

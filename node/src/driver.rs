@@ -314,6 +314,9 @@ pub struct Timing {
     pub heartbeat_ticks: u32,
     /// Snapshot and compact every this many applied entries, keeping the last tenth.
     pub snapshot_entries: u64,
+    /// Or every this many bytes of applied entries (keys and values), whichever comes first;
+    /// the entries kept hold at most a tenth of it.
+    pub snapshot_bytes: u64,
 }
 
 impl Timing {
@@ -332,6 +335,7 @@ impl Timing {
             election_ticks: (election, election.saturating_mul(2)),
             heartbeat_ticks: ticks(heartbeat),
             snapshot_entries,
+            snapshot_bytes: crate::config::Config::default().snapshot_bytes,
         }
     }
 }
@@ -360,6 +364,12 @@ struct Driver {
     transport: Transport,
     state: Arc<MemStorage>,
     snapshot_entries: u64,
+    snapshot_bytes: u64,
+    /// Bytes of the entries applied since start ([`entry_bytes`]), and what that count was at
+    /// the index of the last snapshot (a snapshot being encoded: `encoding_mark`).
+    applied_bytes: u64,
+    snapshot_mark: u64,
+    encoding_mark: u64,
     /// A snapshot being encoded on its thread.
     encoding: bool,
     /// A snapshot encoded, waiting to compact the log.
@@ -500,6 +510,10 @@ pub fn build(
         transport,
         state,
         snapshot_entries: timing.snapshot_entries,
+        snapshot_bytes: timing.snapshot_bytes,
+        applied_bytes: 0,
+        snapshot_mark: 0,
+        encoding_mark: 0,
         encoding: false,
         encoded: None,
         inputs: Arc::downgrade(&tx),
@@ -531,6 +545,17 @@ pub fn build(
         rolled_back,
     };
     Ok(Built { driver, rx, handle })
+}
+
+/// What an entry weighs toward `--snapshot-bytes`: its key and value, and a little for the
+/// rest (term, index, framing), so that many tiny entries count too.
+fn entry_bytes(e: &Entry) -> u64 {
+    let payload = match &e.cmd {
+        Command::Put { key, value } | Command::Cas { key, value, .. } => key.len() + value.len(),
+        Command::Delete { key } => key.len(),
+        Command::Noop => 0,
+    };
+    payload as u64 + 32
 }
 
 fn role_name(r: Role) -> &'static str {
@@ -761,7 +786,10 @@ impl Driver {
     }
 
     /// Every `snapshot_entries` applied entries (or a quarter of the keys held, if more: a
-    /// snapshot's cost grows with the state, so it is amortised over as many writes): freezes
+    /// snapshot's cost grows with the state, so it is amortised over as many writes), or every
+    /// `snapshot_bytes` of them (or as many bytes as the live values hold, if more: a snapshot
+    /// writes them all), whichever comes first: the log is held in memory, and 10,000 entries
+    /// of 1 MiB values are 10 GiB. Freezes
     /// the state machine (O(1): a persistent map) and encodes it on a thread; once encoded,
     /// compacts the log, keeping the last tenth. Runs when every action taken is carried out or
     /// queued, so every entry of the replica's log is already submitted to the writer before the
@@ -770,8 +798,9 @@ impl Driver {
         if let Some((index, data, took)) = self.encoded.take() {
             self.encoding = false;
             let bytes = data.len();
-            let keep = self.snapshot_entries / 10;
+            let keep = self.entries_to_keep(index);
             if self.replica.compact(LogIndex(index), data, keep) {
+                self.snapshot_mark = self.encoding_mark;
                 let job = self.rewrite(false);
                 if let Some(w) = &self.writer
                     && !w.submit(job)
@@ -797,9 +826,12 @@ impl Driver {
             .snapshot_entries
             .max((stats.live_keys + stats.tombstones) / 4);
         let since = self.applied.saturating_sub(self.replica.snapshot().index.0);
-        if since < threshold {
+        let bytes_threshold = self.snapshot_bytes.max(stats.live_bytes);
+        let since_bytes = self.applied_bytes.saturating_sub(self.snapshot_mark);
+        if since < threshold && since_bytes < bytes_threshold {
             return;
         }
+        self.encoding_mark = self.applied_bytes;
         let frozen = self.state.freeze();
         let index = self.applied;
         let inputs = self.inputs.clone();
@@ -820,6 +852,25 @@ impl Driver {
             Ok(_) => self.encoding = true,
             Err(e) => tracing::warn!(error = %e, "cannot start a snapshot thread; the log is kept"),
         }
+    }
+
+    /// How many of the entries up to `index` a compaction leaves in the log, for followers just
+    /// behind to catch up from: the last tenth of `snapshot_entries`, as far as they hold at
+    /// most a tenth of `snapshot_bytes`.
+    fn entries_to_keep(&self, index: u64) -> u64 {
+        let budget = self.snapshot_bytes / 10;
+        let (mut kept, mut bytes) = (0, 0);
+        while kept < self.snapshot_entries / 10 && kept < index {
+            let Some(e) = self.replica.entry(LogIndex(index - kept)) else {
+                break;
+            };
+            bytes += entry_bytes(e);
+            if bytes > budget {
+                break;
+            }
+            kept += 1;
+        }
+        kept
     }
 
     /// A rewrite of the replica log as the replica now stands (snapshot, hard state, log).
@@ -1014,6 +1065,8 @@ impl Driver {
                     Ok(_) => {
                         self.snapshots_installed += 1;
                         self.applied = snapshot.index.0;
+                        // The log it replaces is gone: count from here.
+                        self.snapshot_mark = self.applied_bytes;
                         tracing::info!(
                             index = snapshot.index.0,
                             bytes = snapshot.data.len(),
@@ -1034,6 +1087,7 @@ impl Driver {
     /// Applies one committed entry to the state machine (a compare-and-set is decided and
     /// answered here).
     fn apply(&mut self, e: Entry) {
+        self.applied_bytes += entry_bytes(&e);
         let version = e.version();
         let index = e.index.0;
         let w = match e.cmd {

@@ -400,11 +400,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             settings.config.fsync,
             Some(metrics.flush_observer(slow_flushes(&settings))),
             Some(on_fail.clone()),
-            driver::Timing::new(
-                settings.config.election_timeout.0,
-                settings.config.heartbeat_interval.0,
-                settings.config.snapshot_entries,
-            ),
+            driver::Timing {
+                snapshot_bytes: settings.config.snapshot_bytes,
+                ..driver::Timing::new(
+                    settings.config.election_timeout.0,
+                    settings.config.heartbeat_interval.0,
+                    settings.config.snapshot_entries,
+                )
+            },
             transport,
             state_machine,
             seed,

@@ -128,6 +128,13 @@ struct Args {
     /// behind gets the snapshot [default: 10000].
     #[arg(long, env = "KV_SNAPSHOT_ENTRIES", value_name = "N")]
     snapshot_entries: Option<u64>,
+    /// Leader-follower: snapshot and compact the log also every this many bytes of applied
+    /// entries (keys and values; or every quarter of the live bytes held, if that is more),
+    /// whichever of the two limits comes first; the entries left in the log then hold at most a
+    /// tenth of it. The log is held in memory: with 1 MiB values, 10,000 entries alone would be
+    /// 10 GiB on every node [default: 67108864, 64 MiB].
+    #[arg(long, env = "KV_SNAPSHOT_BYTES", value_name = "BYTES")]
+    snapshot_bytes: Option<u64>,
     /// Leader-follower: a node that hears no leader for a random time between this and twice
     /// this starts an election; a leader that hears from no majority this long steps down.
     /// Fail-over takes about this long. Raise it (with --heartbeat-interval) when fsyncs or
@@ -183,6 +190,7 @@ impl Args {
             anti_entropy_interval,
             vnodes,
             snapshot_entries,
+            snapshot_bytes,
             election_timeout,
             heartbeat_interval
         );
