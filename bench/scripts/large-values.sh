@@ -20,15 +20,17 @@ export KV_ENDPOINTS=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003,127.0.0.1:7004,
 rm -rf "$out" && mkdir -p "$out"
 "$B/kvctl" cluster up --data-dir "$out/data" -- "$@" > "$out/cluster.log" 2>&1 &
 cluster=$!
-trap 'kill -INT $cluster 2>/dev/null || true' EXIT
+trap 'kill -INT $cluster 2>/dev/null; wait $cluster 2>/dev/null || true' EXIT
 sleep 4
 ( while sleep 1; do ps -o rss= -C kvctl | sort -n | tail -1; done > "$out/rss.txt" ) &
 monitor=$!
 "$B/kv-bench" run --endpoints "$KV_ENDPOINTS" --clients "${CLIENTS:-16}" --duration "${DURATION:-60s}" \
   --warmup 1s --keys 1000 --value-size "$size" --mix read=50,write=50 --out "$out/bench" \
   > "$out/bench.log" 2>&1
-kill $monitor
-terms=$("$B/kvctl" status --output json | python3 -c 'import sys,json; d=json.load(sys.stdin); print(sorted({n["term"] for n in d["nodes"]}))')
+kill $monitor 2>/dev/null || true
+oom=$(grep -c 'signal: 9' "$out/cluster.log" || true)
+# A node the OOM killer took shows as down (no term).
+terms=$("$B/kvctl" status --output json | python3 -c 'import sys,json; d=json.load(sys.stdin); n=d["nodes"]; print(sorted({x["term"] for x in n if x["term"] is not None}), "nodes down:", sum(x["role"] == "down" for x in n))' || true)
 disk=$(du -sm "$out/data" | cut -f1)
 kill -INT $cluster; wait $cluster 2>/dev/null || true
 trap - EXIT
@@ -39,4 +41,4 @@ ops=$(awk '/^all/ {print $2 " ops/s, p99 " $6 " us"}' "$out/bench.log")
 errors=$(grep '^errors' "$out/bench.log" || true)
 rss=$(sort -n "$out/rss.txt" | tail -1)
 leaders=$(cat "$out"/data/n*.log | grep -c 'role="leader"' || true)
-echo "value $size B, flags '$*': $ops; $errors; terms $terms; leaders elected $leaders; largest node RSS $((rss / 1024)) MiB; data ${disk} MiB" | tee "$out/result.txt"
+echo "value $size B, flags '$*': $ops; $errors; terms $terms; leaders elected $leaders; largest node RSS $((rss / 1024)) MiB; nodes killed by a signal (the OOM killer) $oom; data ${disk} MiB" | tee "$out/result.txt"

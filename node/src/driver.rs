@@ -789,9 +789,9 @@ impl Driver {
     /// snapshot's cost grows with the state, so it is amortised over as many writes), or every
     /// `snapshot_bytes` of them (or as many bytes as the live values hold, if more: a snapshot
     /// writes them all), whichever comes first: the log is held in memory, and 10,000 entries
-    /// of 1 MiB values are 10 GiB. Freezes
-    /// the state machine (O(1): a persistent map) and encodes it on a thread; once encoded,
-    /// compacts the log, keeping the last tenth. Runs when every action taken is carried out or
+    /// of 1 MiB values are 10 GiB. Freezes the state machine (O(1): a persistent map) and
+    /// encodes it on a thread; once encoded, compacts the log, keeping what
+    /// [`Driver::entries_to_keep`] says. Runs when every action taken is carried out or
     /// queued, so every entry of the replica's log is already submitted to the writer before the
     /// rewrite.
     fn maybe_compact(&mut self) {

@@ -448,12 +448,17 @@ async fn peer_sender(peer: Peer, mut rx: mpsc::UnboundedReceiver<pb::PeerEnvelop
         let answers = read_answers(read, &peer);
         tokio::pin!(answers);
         let mut refused = None;
-        // Large messages being sent in fragments: the encoding and how much of it went.
-        let mut large: std::collections::VecDeque<(bytes::Bytes, usize)> = Default::default();
+        // Large messages to send in fragments, in order. Each is encoded only when its turn
+        // comes (until then it holds what it carries by reference): encoded as they were
+        // taken from the queue, a follower slow to take 1 MiB values had a leader keep a copy
+        // of everything queued for it, and one grew to 12 GB. The one being sent: its encoding
+        // and how much of it went.
+        let mut large: std::collections::VecDeque<pb::PeerEnvelope> = Default::default();
+        let mut sending: Option<(bytes::Bytes, usize)> = None;
         // Send until the connection breaks; notice a close at once, so that a restarted peer is
         // reconnected before anyone needs to reach it.
         loop {
-            let first = if large.is_empty() {
+            let first = if large.is_empty() && sending.is_none() {
                 tokio::select! {
                     m = rx.recv() => match m {
                         Some(m) => Some(m),
@@ -476,7 +481,7 @@ async fn peer_sender(peer: Peer, mut rx: mpsc::UnboundedReceiver<pb::PeerEnvelop
                     break;
                 };
                 if m.encoded_len() > FRAGMENT {
-                    large.push_back((bytes::Bytes::from(m.encode_to_vec()), 0));
+                    large.push_back(m);
                 } else {
                     batch.push(m);
                 }
@@ -498,7 +503,12 @@ async fn peer_sender(peer: Peer, mut rx: mpsc::UnboundedReceiver<pb::PeerEnvelop
                     break;
                 }
             }
-            if let Some((msg, sent)) = large.front_mut() {
+            if sending.is_none() {
+                sending = large
+                    .pop_front()
+                    .map(|m| (bytes::Bytes::from(m.encode_to_vec()), 0));
+            }
+            if let Some((msg, sent)) = &mut sending {
                 let end = (*sent + FRAGMENT).min(msg.len());
                 let piece = pb::PeerEnvelope {
                     from: String::new(),
@@ -509,7 +519,7 @@ async fn peer_sender(peer: Peer, mut rx: mpsc::UnboundedReceiver<pb::PeerEnvelop
                 };
                 *sent = end;
                 if end == msg.len() {
-                    large.pop_front();
+                    sending = None;
                 }
                 frame.clear();
                 encode_frame(&piece, &mut frame);
