@@ -216,6 +216,10 @@ fn kv_node_bad_configuration_exits_with_a_one_line_reason() {
             "--listen 127.0.0.1:7001 but --peers gives n1 the address 127.0.0.1:7101",
         ),
         (
+            vec!["--storage", "memory", "--snapshot-bytes", "4096"],
+            "--snapshot-bytes 4096: must be at least 65536",
+        ),
+        (
             vec!["--storage", "memory", "--no-such-flag"],
             "unexpected argument",
         ),

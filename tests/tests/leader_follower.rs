@@ -1016,6 +1016,16 @@ async fn wait_local(c: &Cluster, i: usize, key: &str, want: &str, what: &str) {
     }
 }
 
+/// Restarts every node (same flags and data directory) and waits for a leader.
+async fn restart_all(c: &mut Cluster) {
+    for node in &mut c.nodes {
+        node.restart().expect("restart");
+    }
+    c.wait_leader(Duration::from_secs(10), None)
+        .await
+        .expect("leader after restarts");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compacted_log_brings_back_a_follower_with_a_snapshot_and_survives_restarts() {
     let _serial = SERIAL.lock().await;
@@ -1076,12 +1086,7 @@ async fn a_compacted_log_brings_back_a_follower_with_a_snapshot_and_survives_res
 
     // Every node restarted from its compacted log (snapshot + the entries after it) has the
     // same state, and the cluster goes on accepting writes.
-    for i in 0..3 {
-        c.nodes[i].restart().expect("restart");
-    }
-    c.wait_leader(Duration::from_secs(10), None)
-        .await
-        .expect("leader after restarts");
+    restart_all(&mut c).await;
     for i in 0..3 {
         wait_local(&c, i, "k123", "v123", "recovered from its snapshot").await;
     }
@@ -1126,12 +1131,7 @@ async fn large_values_compact_the_log_by_bytes_and_survive_restarts() {
         "the leader's log holds {held} entries of 60: compacted by bytes"
     );
     // Every node restarted from its compacted log has the last value of every key.
-    for i in 0..3 {
-        c.nodes[i].restart().expect("restart");
-    }
-    c.wait_leader(Duration::from_secs(10), None)
-        .await
-        .expect("leader after restarts");
+    restart_all(&mut c).await;
     for i in 0..3 {
         for k in 56..60 {
             let want = format!("{k:05}").repeat(16 * 1024 / 5);

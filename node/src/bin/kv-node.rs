@@ -129,7 +129,7 @@ struct Args {
     #[arg(long, env = "KV_SNAPSHOT_ENTRIES", value_name = "N")]
     snapshot_entries: Option<u64>,
     /// Leader-follower: snapshot and compact the log also every this many bytes of applied
-    /// entries (keys and values; or every quarter of the live bytes held, if that is more),
+    /// entries (keys and values; or every as many bytes as the live values hold, if more),
     /// whichever of the two limits comes first; the entries left in the log then hold at most a
     /// tenth of it. The log is held in memory: with 1 MiB values, 10,000 entries alone would be
     /// 10 GiB on every node [default: 67108864, 64 MiB].
