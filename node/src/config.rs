@@ -274,12 +274,15 @@ impl Default for Config {
             anti_entropy_interval: HumanDuration(Duration::from_secs(10)),
             vnodes: 64,
             snapshot_entries: 10_000,
-            snapshot_bytes: 64 << 20,
+            snapshot_bytes: SNAPSHOT_BYTES,
             election_timeout: HumanDuration(Duration::from_millis(150)),
             heartbeat_interval: HumanDuration(Duration::from_millis(30)),
         }
     }
 }
+
+/// Default `--snapshot-bytes`: 64 MiB.
+pub const SNAPSHOT_BYTES: u64 = 64 << 20;
 
 /// Largest value the node will accept even when configured higher (gRPC frames hold it).
 pub const VALUE_BYTES_CEILING: usize = 64 << 20;

@@ -335,7 +335,7 @@ impl Timing {
             election_ticks: (election, election.saturating_mul(2)),
             heartbeat_ticks: ticks(heartbeat),
             snapshot_entries,
-            snapshot_bytes: crate::config::Config::default().snapshot_bytes,
+            snapshot_bytes: crate::config::SNAPSHOT_BYTES,
         }
     }
 }

@@ -452,8 +452,7 @@ async fn peer_sender(peer: Peer, mut rx: mpsc::UnboundedReceiver<pb::PeerEnvelop
         // comes (until then it holds what it carries by reference): encoded as they were taken
         // from the queue, while one fragment goes per turn, they made a leader behind with a
         // follower keep a copy of everything queued for it (with 1 MiB values, a leader was
-        // OOM-killed at 12 GB, twice its log). The one being sent: its encoding and how much of
-        // it went.
+        // OOM-killed at 12 GB). The one being sent: its encoding and how much of it went.
         let mut large: std::collections::VecDeque<pb::PeerEnvelope> = Default::default();
         let mut sending: Option<(bytes::Bytes, usize)> = None;
         // Send until the connection breaks; notice a close at once, so that a restarted peer is

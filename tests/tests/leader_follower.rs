@@ -1099,8 +1099,7 @@ async fn a_compacted_log_brings_back_a_follower_with_a_snapshot_and_survives_res
 
 /// Large values compact the log by bytes long before its entries reach --snapshot-entries:
 /// the log is held in memory, and before --snapshot-bytes five nodes written 1 MiB values by
-/// 16 clients grew to 4.7 GB each in 60 s (23.7 GB of this machine's 24), their logs never
-/// compacted.
+/// 16 clients grew until the largest held 4.7 GB after 60 s, their logs never compacted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_values_compact_the_log_by_bytes_and_survive_restarts() {
     let _serial = SERIAL.lock().await;

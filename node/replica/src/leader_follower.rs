@@ -1057,11 +1057,10 @@ impl Replica {
         // about an election timeout, the other votes arrive that much later, and pre-votes
         // granted meanwhile elected a successor that deposed the winner as it took office.
         let recent = self.election_elapsed < self.cfg.election_ticks.0;
-        let sticky = self.role == Role::Leader
-            || (self.leader.is_some() && recent)
-            || (self.role == Role::Follower
-                && self.hard.voted_for.is_some_and(|v| v != self.me)
-                && recent);
+        let voted_for_another =
+            self.role == Role::Follower && self.hard.voted_for.is_some_and(|v| v != self.me);
+        let sticky =
+            self.role == Role::Leader || (recent && (self.leader.is_some() || voted_for_another));
         let granted = term > self.hard.term && up_to_date && !sticky;
         let reply_term = if granted { term } else { self.hard.term };
         self.send(

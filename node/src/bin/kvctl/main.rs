@@ -790,12 +790,12 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// A value for JSON: `value` as text, and, when the bytes are not UTF-8 (so that `value`
-/// shows U+FFFD in their place), every byte in `value_base64` too: nothing is lost.
-fn json_value(out: &mut serde_json::Map<String, serde_json::Value>, name: &str, b: Option<&[u8]>) {
-    out.insert(name.into(), b.map(text).into());
+/// Adds a value to a JSON object: `name` as text, and, when the bytes are not UTF-8 (so that
+/// the text shows U+FFFD in their place), every byte in `{name}_base64` too: nothing is lost.
+fn json_value(out: &mut serde_json::Value, name: &str, b: Option<&[u8]>) {
+    out[name] = b.map(text).into();
     if let Some(b) = b.filter(|b| std::str::from_utf8(b).is_err()) {
-        out.insert(format!("{name}_base64"), BASE64.encode(b).into());
+        out[format!("{name}_base64")] = BASE64.encode(b).into();
     }
 }
 
@@ -1163,13 +1163,12 @@ async fn status(endpoints: &[String], t: Duration, json: bool) -> Done {
 
 async fn run(args: Args) -> Result<Done, tonic::Status> {
     let t = args.timeout.0;
-    let args = match args.cmd {
+    let mut args = match args.cmd {
         Cmd::Status => return Ok(status(&args.endpoints, t, args.output == Output::Json).await),
         Cmd::Fault { fault: f } => return fault(&args.endpoints, f, t).await,
         _ => args,
     };
     // A put's or cas's value is read first: from stdin, it is not to wait for a connection.
-    let mut args = args;
     let value = match &mut args.cmd {
         Cmd::Put { value, .. } | Cmd::Cas { value, .. } => value_bytes(value.take())?,
         _ => Vec::new(),
@@ -1211,16 +1210,11 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
             .into_inner();
             let m = resp.meta.unwrap_or_default();
             let stdout = if json {
-                let mut out = serde_json::Map::new();
-                out.insert("key".into(), key.into());
+                let mut out = json!({"key": key, "version": version_text(&resp.version),
+                       "node": m.coordinator, "replicas": m.replicas, "stale": m.stale,
+                       "lag": m.lag_entries, "degraded": m.degraded});
                 json_value(&mut out, "value", resp.found.then_some(&resp.value[..]));
-                let more = json!({"version": version_text(&resp.version), "node": m.coordinator,
-                       "replicas": m.replicas, "stale": m.stale, "lag": m.lag_entries,
-                       "degraded": m.degraded});
-                if let serde_json::Value::Object(more) = more {
-                    out.extend(more);
-                }
-                serde_json::Value::Object(out).to_string().into()
+                out.to_string().into()
             } else if resp.found {
                 resp.value.to_vec()
             } else {
@@ -1314,16 +1308,12 @@ async fn run(args: Args) -> Result<Done, tonic::Status> {
             let m = r.meta.unwrap_or_default();
             let v = version_text(&r.version);
             let stdout = if json {
-                let mut out = serde_json::Map::new();
-                let current = (!r.applied && r.found).then_some(&r.current_value[..]);
-                json_value(&mut out, "current_value", current);
-                let more = json!({"key": key, "applied": r.applied, "version": v,
+                let mut out = json!({"key": key, "applied": r.applied, "version": v,
                        "node": m.coordinator, "acks": m.achieved.map_or(0, |a| a.w),
                        "replicas": m.replicas, "degraded": m.degraded});
-                if let serde_json::Value::Object(more) = more {
-                    out.extend(more);
-                }
-                serde_json::Value::Object(out).to_string().into()
+                let current = (!r.applied && r.found).then_some(&r.current_value[..]);
+                json_value(&mut out, "current_value", current);
+                out.to_string().into()
             } else if r.applied {
                 v.clone().unwrap_or_default().into()
             } else {
