@@ -156,12 +156,13 @@ pub enum Input {
     /// From the log writer thread: this many submissions are durable, or the error that stopped
     /// it.
     Synced(Result<u64, String>),
-    /// From a snapshot thread: the state machine as of `index`, encoded.
+    /// From a snapshot thread: the state machine as of `index`, encoded, and written to its
+    /// file if the node has a data directory (or the error that stopped that).
     SnapshotEncoded {
         /// The applied index it covers.
         index: u64,
         /// The encoding.
-        data: Bytes,
+        data: Result<Bytes, String>,
         /// How long encoding took.
         took: Duration,
     },
@@ -372,8 +373,8 @@ struct Driver {
     encoding_mark: u64,
     /// A snapshot being encoded on its thread.
     encoding: bool,
-    /// A snapshot encoded, waiting to compact the log.
-    encoded: Option<(u64, Bytes, Duration)>,
+    /// A snapshot encoded (and written), waiting to compact the log.
+    encoded: Option<(u64, Result<Bytes, String>, Duration)>,
     /// The driver's own input channel, for the snapshot threads (weak: they must not keep the
     /// driver alive).
     inputs: std::sync::Weak<InputTx>,
@@ -456,7 +457,11 @@ pub fn build(
         Some(d) => {
             let (l, rec) = RaftLog::open(d, fsync)?;
             if rec.snapshot.index.0 > 0 {
-                state.restore(&rec.snapshot.data, &d.join("raft.log"))?;
+                let source = rec
+                    .snapshot_file
+                    .clone()
+                    .unwrap_or_else(|| d.join("raft.log"));
+                state.restore(&rec.snapshot.data, &source)?;
             }
             (Some(l), rec)
         }
@@ -797,6 +802,11 @@ impl Driver {
     fn maybe_compact(&mut self) {
         if let Some((index, data, took)) = self.encoded.take() {
             self.encoding = false;
+            let data = match data {
+                Ok(d) => d,
+                // As for the log's own writes: the disk is failing or full.
+                Err(e) => return self.fail(e),
+            };
             let bytes = data.len();
             let keep = self.entries_to_keep(index);
             if self.replica.compact(LogIndex(index), data, keep) {
@@ -835,11 +845,21 @@ impl Driver {
         let frozen = self.state.freeze();
         let index = self.applied;
         let inputs = self.inputs.clone();
+        let target = self.log.as_ref().map(RaftLog::snapshot_target);
         let spawned = std::thread::Builder::new()
             .name("kv-snapshot".into())
             .spawn(move || {
                 let started = Instant::now();
                 let data = Bytes::from(frozen.encode(index));
+                // Written here, so that the log writer's rewrite only names it.
+                let data = match target {
+                    Some((dir, fsync)) => {
+                        crate::raft_log::write_snapshot(&dir, index, &data, fsync)
+                            .map(|()| data)
+                            .map_err(|e| format!("cannot write a snapshot: {e}"))
+                    }
+                    None => Ok(data),
+                };
                 if let Some(tx) = inputs.upgrade() {
                     let _ = tx.send(Input::SnapshotEncoded {
                         index,
@@ -873,13 +893,14 @@ impl Driver {
         kept
     }
 
-    /// A rewrite of the replica log as the replica now stands (snapshot, hard state, log).
-    fn rewrite(&self, counts: bool) -> Job {
+    /// A rewrite of the replica log as the replica now stands (snapshot, hard state, log);
+    /// `install`: see [`Job::Rewrite`].
+    fn rewrite(&self, install: bool) -> Job {
         Job::Rewrite {
             snapshot: self.replica.snapshot().clone(),
             hard: self.replica.hard_state(),
             entries: self.replica.log().to_vec(),
-            counts,
+            install,
         }
     }
 

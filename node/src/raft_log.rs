@@ -1,18 +1,25 @@
-//! The durable state of a leader-follower replica: its term, its vote, its snapshot and its log,
-//! in one file (`<data-dir>/raft.log`) of the framed records of `storage::record`, written in
-//! order.
+//! The durable state of a leader-follower replica: its term, its vote and its log in one file
+//! (`<data-dir>/raft.log`) of the framed records of `storage::record`, written in order, and
+//! its latest snapshot in a file of its own (`<data-dir>/raft-snapshot-<index>`).
 //!
 //! ```text
-//! [snapshot(index, term, term starts, state machine)] hard-state(term, vote)
+//! raft.log: [snapshot-file(index, term, term starts, length)] hard-state(term, vote)
 //!     | entry(term, index, put/delete/cas/noop) | truncate(from) | hard-state ...
 //! ```
 //! Replaying the file in order rebuilds the state; a truncate record removes the entries from
 //! its index on. Every batch the driver makes durable is one write and one fsync (group commit
-//! across all the requests of a batch). Compaction (or a snapshot installed from the leader)
-//! rewrites the file: the snapshot, the hard state and the entries after the snapshot go to
-//! `raft.log.tmp`, which is fsynced and renamed over `raft.log` — a crash leaves the old file
-//! or the new one, never a mix. A torn final record is cut off and reported; other damage
-//! stops the node.
+//! across all the requests of a batch).
+//!
+//! Compaction writes the snapshot to its file first ([`write_snapshot`], on the thread that
+//! encoded it: a temporary file, fsynced and renamed into place), then rewrites `raft.log` as
+//! a record naming the snapshot, the hard state and the entries kept after it — written to
+//! `raft.log.tmp`, fsynced and renamed over `raft.log`, so a crash leaves the old file or the
+//! new one, each with the snapshot it names. Older snapshot files are removed only then. So
+//! the log writer, which appends between fsyncs, rewrites a few entries, never the whole state
+//! (it used to: appends waited behind a rewrite of up to a gigabyte). A snapshot installed from
+//! the leader is part of a batch: the log writer writes its file, then the log. Logs written
+//! before snapshots had files of their own, with the snapshot inline, are still read. A torn
+//! final record is cut off and reported; other damage stops the node.
 //!
 //! The file is preallocated (`storage::disk::Appender`): zeros are written ahead of the
 //! records and each batch overwrites them in place, so that an fsync writes data, not the
@@ -22,6 +29,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -30,7 +38,8 @@ use kv_replica::leader_follower::{Command, Entry, HardState, LogIndex, Snapshot,
 
 use crate::storage::StorageError;
 use crate::storage::disk::{
-    Appender, PREALLOCATE, corrupt, lock_dir, replace_file, sync_dir, truncate_torn,
+    Appender, PREALLOCATE, corrupt, lock_dir, replace_file, replace_file_via, sync_dir,
+    truncate_torn,
 };
 use crate::storage::gather::Gather;
 use crate::storage::record::{self, Frame, Record};
@@ -38,6 +47,7 @@ use crate::storage::{FlushObserver, FsyncPolicy};
 
 /// The replica's durable state, appended to and synced in batches.
 pub struct RaftLog {
+    dir: PathBuf,
     path: PathBuf,
     out: Appender,
     buf: Vec<u8>,
@@ -77,7 +87,9 @@ fn entry_record(e: &Entry) -> Record {
     }
 }
 
-/// `base`: the index the log after it starts after (at most the snapshot's).
+/// The first record of a compacted log: the snapshot the log starts after, whose data is in
+/// [`snapshot_path`]; `base`: the index the entries after it start after (at most the
+/// snapshot's).
 fn snapshot_record(s: &Snapshot, base: u64) -> Record {
     let mut terms = Vec::with_capacity(16 * s.terms.len());
     for (i, t) in &s.terms {
@@ -85,43 +97,121 @@ fn snapshot_record(s: &Snapshot, base: u64) -> Record {
         terms.extend_from_slice(&t.0.to_le_bytes());
     }
     Record {
-        kind: record::KIND_RAFT_SNAPSHOT,
+        kind: record::KIND_RAFT_SNAPSHOT_FILE,
         lsn: s.index.0,
         version: Version::new(s.term.0, 0),
         written_ms: base,
         key: Bytes::from(terms),
-        value: Some(s.data.clone()),
+        value: Some(Bytes::copy_from_slice(&(s.data.len() as u64).to_le_bytes())),
         context: Bytes::new(),
     }
 }
 
-/// The snapshot and the log base of a [`snapshot_record`].
-fn snapshot_of(r: Record) -> Option<(Snapshot, u64)> {
+/// A snapshot as the first record of `raft.log` gives it: with its data inline (logs of
+/// earlier versions), or with the length of its file (`file_len`; the data still to be read).
+struct SnapshotHead {
+    snapshot: Snapshot,
+    /// The index the entries after it start after.
+    base: u64,
+    file_len: Option<u64>,
+}
+
+/// The snapshot of a [`snapshot_record`] (or of an inline one).
+fn snapshot_of(r: Record) -> Option<SnapshotHead> {
     if !r.key.len().is_multiple_of(16) || r.written_ms > r.lsn {
         return None;
     }
-    let base = r.written_ms;
     let num = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("invariant: 8 bytes"));
     let terms = r
         .key
         .chunks_exact(16)
         .map(|c| (LogIndex(num(&c[..8])), Term(num(&c[8..]))))
         .collect();
-    Some((
-        Snapshot {
+    let value = r.value.unwrap_or_default();
+    let (data, file_len) = if r.kind == record::KIND_RAFT_SNAPSHOT_FILE {
+        (Bytes::new(), Some(num(value.get(..8)?)))
+    } else {
+        (value, None)
+    };
+    Some(SnapshotHead {
+        snapshot: Snapshot {
             index: LogIndex(r.lsn),
             term: Term(r.version.epoch),
             terms,
-            data: r.value.unwrap_or_default(),
+            data,
         },
-        base,
-    ))
+        base: r.written_ms,
+        file_len,
+    })
 }
 
-/// The contents of a rewritten log: `snapshot` (unless empty), `hard`, then `entries` (which
-/// start at most right after the snapshot).
+const SNAPSHOT_PREFIX: &str = "raft-snapshot-";
+
+/// The file of the snapshot that covers the log up to `index`.
+pub fn snapshot_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("{SNAPSHOT_PREFIX}{index:020}"))
+}
+
+/// Writes the encoded state machine as of `index` to its file ([`snapshot_path`]), so that a
+/// crash leaves the whole file or none (a temporary file, fsynced unless `fsync` is `never`,
+/// renamed into place). Runs on the thread that encoded it, beside the log writer.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn write_snapshot(
+    dir: &Path,
+    index: u64,
+    data: &[u8],
+    fsync: FsyncPolicy,
+) -> Result<(), StorageError> {
+    // The log writer may write the same snapshot (one installed from the leader at the index
+    // just compacted here) while the snapshot thread does: each through a file of its own.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    replace_file_via(
+        &snapshot_path(dir, index),
+        &format!(".{n}.tmp"),
+        &[data],
+        fsync != FsyncPolicy::Never,
+    )
+}
+
+/// The snapshot files in `dir` by index, and what is left of writes cut short (`None`).
+fn snapshot_files(dir: &Path) -> Vec<(Option<u64>, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let rest = name.strip_prefix(SNAPSHOT_PREFIX)?;
+            let index = if rest.len() == 20 && rest.bytes().all(|b| b.is_ascii_digit()) {
+                rest.parse().ok()
+            } else if rest.ends_with(".tmp") {
+                None
+            } else {
+                return None;
+            };
+            Some((index, e.path()))
+        })
+        .collect()
+}
+
+/// Removes snapshot files a log no longer names. A failure is only logged: the file is in the
+/// way of nothing, and the next compaction tries again.
+fn remove_snapshots(files: impl IntoIterator<Item = PathBuf>) {
+    for f in files {
+        if let Err(e) = std::fs::remove_file(&f) {
+            tracing::warn!(file = %f.display(), error = %e, "cannot remove an old snapshot");
+        }
+    }
+}
+
+/// The contents of a rewritten log: the record naming `snapshot`'s file (unless there is no
+/// snapshot), `hard`, then `entries` (which start at most right after the snapshot).
 pub fn encode_base(snapshot: &Snapshot, hard: HardState, entries: &[Entry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(snapshot.data.len() + 256 * (entries.len() + 2));
+    let mut out = Vec::with_capacity(256 * (entries.len() + 2));
     if snapshot.index.0 > 0 {
         let base = entries.first().map_or(snapshot.index.0, |e| e.index.0 - 1);
         record::encode(&mut out, &snapshot_record(snapshot, base));
@@ -153,7 +243,7 @@ fn hard_state_record(h: HardState) -> Record {
 pub fn read(dir: &Path) -> Result<Recovered, StorageError> {
     let path = dir.join("raft.log");
     let buf = read_file(&path)?;
-    replay(&buf, &path).map(|(recovered, _, _)| recovered)
+    replay(&buf, dir).map(|(recovered, _, _)| recovered)
 }
 
 /// The file's bytes (none when it does not exist yet).
@@ -168,11 +258,13 @@ fn read_file(path: &Path) -> Result<Vec<u8>, StorageError> {
     }
 }
 
-/// Replays a log file's records: what they leave, where the whole records end, and why the
-/// rest is torn (`None`: it is not).
-fn replay(buf: &[u8], path: &Path) -> Result<(Recovered, usize, Option<String>), StorageError> {
+/// Replays the records of `dir/raft.log` (`buf`), and reads the snapshot file they name: what
+/// they leave, where the whole records end, and why the rest is torn (`None`: it is not).
+fn replay(buf: &[u8], dir: &Path) -> Result<(Recovered, usize, Option<String>), StorageError> {
+    let path = &dir.join("raft.log");
     let mut hard = HardState::default();
     let mut snapshot = Snapshot::default();
+    let mut file_len = None;
     let mut base = 0;
     let mut log: Vec<Entry> = Vec::new();
     let mut off = 0;
@@ -181,10 +273,11 @@ fn replay(buf: &[u8], path: &Path) -> Result<(Recovered, usize, Option<String>),
         match record::next_log_frame(buf, off) {
             Frame::Record(r, next) => {
                 match r.kind {
-                    record::KIND_RAFT_SNAPSHOT if off == 0 => {
-                        (snapshot, base) = snapshot_of(r).ok_or_else(|| {
+                    record::KIND_RAFT_SNAPSHOT | record::KIND_RAFT_SNAPSHOT_FILE if off == 0 => {
+                        let head = snapshot_of(r).ok_or_else(|| {
                             corrupt(path, off, "a snapshot's header is malformed")
                         })?;
+                        (snapshot, base, file_len) = (head.snapshot, head.base, head.file_len);
                     }
                     record::KIND_HARD_STATE => {
                         hard = HardState {
@@ -286,10 +379,40 @@ fn replay(buf: &[u8], path: &Path) -> Result<(Recovered, usize, Option<String>),
             ),
         ));
     }
+    let snapshot_file = match file_len {
+        Some(len) => {
+            let file = snapshot_path(dir, snapshot.index.0);
+            let data = std::fs::read(&file).map_err(|e| {
+                StorageError::io(
+                    format!(
+                        "cannot read {}, the snapshot {} starts from",
+                        file.display(),
+                        path.display()
+                    ),
+                    e,
+                )
+            })?;
+            if data.len() as u64 != len {
+                return Err(corrupt(
+                    &file,
+                    0,
+                    format!(
+                        "the snapshot holds {} bytes, and {} says {len}",
+                        data.len(),
+                        path.display()
+                    ),
+                ));
+            }
+            snapshot.data = Bytes::from(data);
+            Some(file)
+        }
+        None => None,
+    };
     Ok((
         Recovered {
             hard,
             snapshot,
+            snapshot_file,
             entries: log,
         },
         off,
@@ -304,6 +427,8 @@ pub struct Recovered {
     pub hard: HardState,
     /// The snapshot the log starts after (index 0: none).
     pub snapshot: Snapshot,
+    /// The file it was read from (`None`: no snapshot, or one inline in the log).
+    pub snapshot_file: Option<PathBuf>,
     /// The entries after it.
     pub entries: Vec<Entry>,
 }
@@ -319,14 +444,23 @@ impl RaftLog {
         let buf = read_file(&path)?;
         // A rewrite that a crash interrupted: the old file is whole.
         let _ = std::fs::remove_file(dir.join("raft.log.tmp"));
-        let (recovered, off, torn) = replay(&buf, &path)?;
+        let (recovered, off, torn) = replay(&buf, dir)?;
         if let Some(why) = torn {
             truncate_torn(&path, off as u64, &why)?;
         }
+        // Snapshots the log does not name: older ones a crash kept from being removed, newer
+        // ones it kept from being named, and writes it cut short.
+        remove_snapshots(
+            snapshot_files(dir)
+                .into_iter()
+                .filter(|(_, f)| Some(f) != recovered.snapshot_file.as_ref())
+                .map(|(_, f)| f),
+        );
         let out = Appender::open(&path, off as u64, fsync)?;
         sync_dir(dir)?;
         Ok((
             RaftLog {
+                dir: dir.to_path_buf(),
                 path,
                 out,
                 buf: Vec::with_capacity(1 << 16),
@@ -341,6 +475,11 @@ impl RaftLog {
     /// The file.
     pub fn path(&self) -> PathBuf {
         self.path.clone()
+    }
+
+    /// Where a snapshot is written ([`write_snapshot`]), and how.
+    pub fn snapshot_target(&self) -> (PathBuf, FsyncPolicy) {
+        (self.dir.clone(), self.fsync)
     }
 
     /// Queues the term and vote.
@@ -413,6 +552,7 @@ impl RaftLog {
     ) -> Result<LogWriter, StorageError> {
         let mut out = self.out.try_clone()?;
         let path = self.path.clone();
+        let dir = self.dir.clone();
         let fsync = self.fsync;
         let (tx, rx) = std::sync::mpsc::channel::<(Job, Instant)>();
         let thread = std::thread::Builder::new()
@@ -480,17 +620,26 @@ impl RaftLog {
                             snapshot,
                             hard,
                             entries,
-                            counts,
+                            install,
                         } => {
-                            let contents = encode_base(&snapshot, hard, &entries);
-                            let sync = fsync != FsyncPolicy::Never;
-                            let zeros = if sync { PREALLOCATE } else { 0 };
-                            let res = replace_file(&path, &[&contents, &vec![0; zeros]], sync)
-                                .and_then(|()| {
-                                    out = Appender::open(&path, contents.len() as u64, fsync)?;
-                                    Ok(())
-                                });
-                            (res, u64::from(counts))
+                            let index = snapshot.index.0;
+                            let res = (|| {
+                                if install && index > 0 {
+                                    write_snapshot(&dir, index, &snapshot.data, fsync)?;
+                                }
+                                let contents = encode_base(&snapshot, hard, &entries);
+                                let sync = fsync != FsyncPolicy::Never;
+                                let zeros = if sync { PREALLOCATE } else { 0 };
+                                replace_file(&path, &[&contents, &vec![0; zeros]], sync)?;
+                                out = Appender::open(&path, contents.len() as u64, fsync)?;
+                                // The log names this snapshot now. Newer files (a snapshot
+                                // being written) and writes cut short are not ours to remove.
+                                remove_snapshots(snapshot_files(&dir).into_iter().filter_map(
+                                    |(i, f)| i.is_some_and(|i| i < index).then_some(f),
+                                ));
+                                Ok::<_, StorageError>(())
+                            })();
+                            (res, u64::from(install))
                         }
                     };
                     match res {
@@ -551,9 +700,8 @@ pub enum Job {
         /// How many (metrics).
         records: usize,
     },
-    /// Replace the whole file with the snapshot, the hard state and the entries kept (see
-    /// [`encode_base`], which runs on the writer thread: a large snapshot is copied and
-    /// checksummed there, not on the replica's); counted as a submission when `counts`.
+    /// Replace the whole file with the record naming the snapshot's file, the hard state and
+    /// the entries kept (see [`encode_base`]), then remove older snapshot files.
     Rewrite {
         /// The snapshot the log starts after.
         snapshot: Snapshot,
@@ -561,9 +709,10 @@ pub enum Job {
         hard: HardState,
         /// The entries kept.
         entries: Vec<Entry>,
-        /// Whether it is a batch of the pipeline (a snapshot installed) rather than a
-        /// compaction on the side.
-        counts: bool,
+        /// A snapshot installed from the leader: a batch of the pipeline (counted as a
+        /// submission once durable), whose snapshot file the writer writes first. Otherwise a
+        /// compaction on the side, whose snapshot file [`write_snapshot`] already wrote.
+        install: bool,
     },
 }
 
@@ -676,12 +825,49 @@ mod tests {
         }
     }
 
+    /// A log as versions before snapshot files wrote it, with its snapshot inline.
+    fn inline_snapshot_log(s: &Snapshot, hard: HardState, entries: &[Entry]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut r = snapshot_record(s, entries.first().map_or(s.index.0, |e| e.index.0 - 1));
+        r.kind = record::KIND_RAFT_SNAPSHOT;
+        r.value = Some(s.data.clone());
+        record::encode(&mut out, &r);
+        record::encode(&mut out, &hard_state_record(hard));
+        for e in entries {
+            record::encode(&mut out, &entry_record(e));
+        }
+        out
+    }
+
+    fn big_snapshot(index: u64, term: u64) -> Snapshot {
+        Snapshot {
+            data: Bytes::from(vec![index as u8; 1 << 20]),
+            ..snapshot(index, term)
+        }
+    }
+
+    fn snapshot_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(SNAPSHOT_PREFIX))
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
-    fn a_compacted_log_replays_its_snapshot_the_entries_kept_before_it_and_what_followed() {
+    fn a_compacted_log_names_its_snapshot_file_and_replays_it_with_the_entries_kept_and_what_followed()
+     {
         let dir = tempfile::tempdir().expect("tempdir");
         let hard = HardState {
             term: Term(2),
             voted_for: Some(0),
+        };
+        let log_len = || {
+            std::fs::metadata(dir.path().join("raft.log"))
+                .expect("stat")
+                .len()
         };
         {
             let (l, _) = RaftLog::open(dir.path(), FsyncPolicy::Batch).expect("open");
@@ -691,23 +877,20 @@ mod tests {
                     let _ = tx.send(r);
                 })
                 .expect("writer");
-            let mut old = Vec::new();
-            old.extend(entry_bytes(&[
-                put(1, 1, "a"),
-                put(1, 2, "b"),
-                put(2, 3, "c"),
-            ]));
             assert!(w.submit(Job::Append {
-                bytes: old,
+                bytes: entry_bytes(&[put(1, 1, "a"), put(1, 2, "b"), put(2, 3, "c")]),
                 records: 3
             }));
-            // Snapshot at 4, keeping 3 and 4 in the log, then 5 appended after the rewrite.
+            // Snapshot at 4 (written first, as the snapshot thread does), keeping 3 and 4 in
+            // the log, then 5 appended after the rewrite.
+            let (dir_, fsync) = l.snapshot_target();
+            write_snapshot(&dir_, 4, &big_snapshot(4, 2).data, fsync).expect("snapshot");
             let kept = [put(2, 3, "c"), put(2, 4, "d")];
             assert!(w.submit(Job::Rewrite {
-                snapshot: snapshot(4, 2),
+                snapshot: big_snapshot(4, 2),
                 hard,
                 entries: kept.to_vec(),
-                counts: false,
+                install: false,
             }));
             assert!(w.submit(Job::Append {
                 bytes: entry_bytes(&[put(2, 5, "e")]),
@@ -717,16 +900,112 @@ mod tests {
             // Appends count; the compaction does not.
             assert_eq!(rx.try_iter().last(), Some(Ok(2)));
         }
-        // A rewrite interrupted by a crash leaves its temporary file behind: ignored.
+        // The log names the snapshot; its megabyte is in its own file, not in the log.
+        assert!(
+            log_len() < (1 << 20) / 2 + PREALLOCATE as u64,
+            "raft.log is {} bytes",
+            log_len()
+        );
+        assert_eq!(
+            snapshot_names(dir.path()),
+            ["raft-snapshot-00000000000000000004"]
+        );
+        // A rewrite interrupted by a crash leaves its temporary file behind, and a snapshot
+        // write cut short its own; a crash after a snapshot was written and before the log
+        // named it leaves a newer one: all ignored and removed.
         std::fs::write(dir.path().join("raft.log.tmp"), b"half a rewrite").expect("tmp");
-        let (_, rec) = RaftLog::open(dir.path(), FsyncPolicy::Batch).expect("reopen");
+        let half = format!("{SNAPSHOT_PREFIX}{:020}.7.tmp", 9);
+        std::fs::write(dir.path().join(&half), b"half a snapshot").expect("tmp");
+        std::fs::write(snapshot_path(dir.path(), 8), b"never named").expect("unnamed");
+        let (l, rec) = RaftLog::open(dir.path(), FsyncPolicy::Batch).expect("reopen");
         assert_eq!(rec.hard, hard);
-        assert_eq!(rec.snapshot, snapshot(4, 2));
+        assert_eq!(rec.snapshot, big_snapshot(4, 2));
+        assert_eq!(rec.snapshot_file, Some(snapshot_path(dir.path(), 4)));
         assert_eq!(
             rec.entries,
             vec![put(2, 3, "c"), put(2, 4, "d"), put(2, 5, "e")]
         );
         assert!(!dir.path().join("raft.log.tmp").exists());
+        assert_eq!(
+            snapshot_names(dir.path()),
+            ["raft-snapshot-00000000000000000004"]
+        );
+
+        // A snapshot installed from the leader: the writer writes its file, then the log, and
+        // removes the older snapshot.
+        {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let w = l
+                .start_writer(None, move |r| {
+                    let _ = tx.send(r);
+                })
+                .expect("writer");
+            assert!(w.submit(Job::Rewrite {
+                snapshot: big_snapshot(6, 3),
+                hard,
+                entries: Vec::new(),
+                install: true,
+            }));
+            drop(w);
+            assert_eq!(rx.try_iter().last(), Some(Ok(1)), "an install counts");
+        }
+        drop(l);
+        assert_eq!(
+            snapshot_names(dir.path()),
+            ["raft-snapshot-00000000000000000006"]
+        );
+        let rec = read(dir.path()).expect("read");
+        assert_eq!(
+            (rec.snapshot, rec.entries),
+            (big_snapshot(6, 3), Vec::new())
+        );
+    }
+
+    #[test]
+    fn a_log_whose_snapshot_file_is_missing_or_of_the_wrong_length_is_refused_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("raft.log");
+        let contents = encode_base(&big_snapshot(4, 2), HardState::default(), &[]);
+        std::fs::write(&log, &contents).expect("write");
+        let Err(e) = RaftLog::open(dir.path(), FsyncPolicy::Batch) else {
+            panic!("opened a log whose snapshot is missing");
+        };
+        assert!(
+            e.to_string().contains("raft-snapshot-00000000000000000004")
+                && e.to_string().contains("No such file"),
+            "{e}"
+        );
+        let file = snapshot_path(dir.path(), 4);
+        std::fs::write(&file, vec![4u8; (1 << 20) - 1]).expect("short");
+        let Err(e) = RaftLog::open(dir.path(), FsyncPolicy::Batch) else {
+            panic!("opened a log whose snapshot is short");
+        };
+        assert!(
+            e.to_string().contains("holds 1048575 bytes") && e.to_string().contains("1048576"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&log).expect("log"), contents, "log untouched");
+        assert_eq!(
+            std::fs::metadata(&file).expect("snapshot").len(),
+            (1 << 20) - 1,
+            "snapshot left for repair"
+        );
+    }
+
+    #[test]
+    fn a_log_with_its_snapshot_inline_as_earlier_versions_wrote_it_is_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hard = HardState {
+            term: Term(2),
+            voted_for: Some(1),
+        };
+        let contents = inline_snapshot_log(&snapshot(4, 2), hard, &[put(2, 4, "d")]);
+        std::fs::write(dir.path().join("raft.log"), contents).expect("write");
+        let (_, rec) = RaftLog::open(dir.path(), FsyncPolicy::Batch).expect("open");
+        assert_eq!(
+            (rec.hard, rec.snapshot, rec.snapshot_file, rec.entries),
+            (hard, snapshot(4, 2), None, vec![put(2, 4, "d")])
+        );
     }
 
     /// Appends `entries` through a writer, as the driver does.

@@ -1137,6 +1137,17 @@ async fn large_values_compact_the_log_by_bytes_and_survive_restarts() {
             wait_local(&c, i, &format!("k{}", k % 4), &want, "recovered").await;
         }
     }
+    // Each node keeps its state in one snapshot file beside its log (the older ones removed),
+    // so that compaction rewrites only the entries kept; before, it rewrote the whole state
+    // into raft.log on the log writer's thread, and appends waited behind it.
+    for d in &c.dirs {
+        let snapshots: Vec<String> = std::fs::read_dir(d)
+            .expect("data directory")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("raft-snapshot-"))
+            .collect();
+        assert_eq!(snapshots.len(), 1, "{}: {snapshots:?}", d.display());
+    }
 }
 
 /// A replica whose disk refuses a write (here a file size limit: EFBIG, as ENOSPC on a full

@@ -365,8 +365,19 @@ pub(crate) fn encode_index(index: &Index, covered: Lsn) -> (Vec<u8>, u64) {
 /// Writes `parts` to `dest` so that a crash leaves either the old file or the whole new one:
 /// a temporary file, fsynced (unless `sync` is false), renamed into place, directory fsynced.
 pub(crate) fn replace_file(dest: &Path, parts: &[&[u8]], sync: bool) -> Result<(), StorageError> {
+    replace_file_via(dest, ".tmp", parts, sync)
+}
+
+/// [`replace_file`] through the temporary file `dest` + `suffix` (which must end in `.tmp`),
+/// for files that two threads may write at once.
+pub(crate) fn replace_file_via(
+    dest: &Path,
+    suffix: &str,
+    parts: &[&[u8]],
+    sync: bool,
+) -> Result<(), StorageError> {
     let mut name = dest.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
+    name.push(suffix);
     let tmp = dest.with_file_name(name);
     let io = |what: &str, e| StorageError::io(format!("{what} {}", tmp.display()), e);
     let mut f = File::create(&tmp).map_err(|e| io("cannot create", e))?;

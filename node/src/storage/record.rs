@@ -47,8 +47,12 @@ pub(crate) const KIND_ENTRY_CAS: u8 = 10;
 pub(crate) const KIND_PUT_CTX: u8 = 11;
 /// A tombstone carrying a context.
 pub(crate) const KIND_TOMBSTONE_CTX: u8 = 12;
-/// Replicated log: the snapshot the log starts after (first record of a compacted log).
+/// Replicated log: the snapshot the log starts after (first record of a compacted log),
+/// inline; written by versions before the snapshot got a file of its own, and still read.
 pub(crate) const KIND_RAFT_SNAPSHOT: u8 = 13;
+/// Replicated log: the snapshot the log starts after, kept in its own file (its value is the
+/// file's length).
+pub(crate) const KIND_RAFT_SNAPSHOT_FILE: u8 = 14;
 
 /// The kind of a stored write: with or without a context, value or tombstone.
 pub(crate) fn write_kind(has_value: bool, has_context: bool) -> u8 {
@@ -230,7 +234,12 @@ fn decode_payload(mut p: &[u8]) -> Option<Record> {
         p.advance(clen);
     }
     let value = match kind {
-        KIND_PUT | KIND_ENTRY_PUT | KIND_ENTRY_CAS | KIND_PUT_CTX | KIND_RAFT_SNAPSHOT => {
+        KIND_PUT
+        | KIND_ENTRY_PUT
+        | KIND_ENTRY_CAS
+        | KIND_PUT_CTX
+        | KIND_RAFT_SNAPSHOT
+        | KIND_RAFT_SNAPSHOT_FILE => {
             if p.remaining() < 4 {
                 return None;
             }
