@@ -5,7 +5,8 @@
 #   bench/scripts/large-values.sh OUT [VALUE_BYTES] [-- KV_NODE_FLAGS..]
 #
 # DURATION (default 60s) and CLIENTS (16) from the environment. Writes OUT/bench (kv-bench's
-# output), OUT/rss.txt (the largest node's RSS in KiB, once a second), OUT/data (the node logs)
+# output), OUT/rss.txt (the largest node's RSS in KiB, once a second), OUT/disk.txt (the data
+# directories' size in MiB, once a second), OUT/data (the node logs)
 # and OUT/result.txt (one line). Example, with and without the byte
 # limit on the log:
 #   bench/scripts/large-values.sh /tmp/lv-with 1048576
@@ -22,7 +23,10 @@ rm -rf "$out" && mkdir -p "$out"
 cluster=$!
 trap 'kill -INT $cluster 2>/dev/null; wait $cluster 2>/dev/null || true' EXIT
 sleep 4
-( while sleep 1; do ps -o rss= -C kvctl | sort -n | tail -1; done > "$out/rss.txt" ) &
+( while sleep 1; do
+    ps -o rss= -C kvctl | sort -n | tail -1
+    du -sm "$out/data" | cut -f1 >&3
+  done > "$out/rss.txt" 3> "$out/disk.txt" ) &
 monitor=$!
 "$B/kv-bench" run --endpoints "$KV_ENDPOINTS" --clients "${CLIENTS:-16}" --duration "${DURATION:-60s}" \
   --warmup 1s --keys 1000 --value-size "$size" --mix read=50,write=50 --out "$out/bench" \
@@ -40,5 +44,6 @@ trap - EXIT
 ops=$(awk '/^all/ {print $2 " ops/s, p99 " $6 " us"}' "$out/bench.log")
 errors=$(grep '^errors' "$out/bench.log" || true)
 rss=$(sort -n "$out/rss.txt" | tail -1)
+disk_max=$(sort -n "$out/disk.txt" | tail -1)
 leaders=$(cat "$out"/data/n*.log | grep -c 'role="leader"' || true)
-echo "value $size B, flags '$*': $ops; $errors; terms $terms; leaders elected $leaders; largest node RSS $((rss / 1024)) MiB; nodes killed by a signal (the OOM killer) $oom; data ${disk} MiB" | tee "$out/result.txt"
+echo "value $size B, flags '$*': $ops; $errors; terms $terms; leaders elected $leaders; largest node RSS $((rss / 1024)) MiB; nodes killed by a signal (the OOM killer) $oom; data ${disk} MiB at the end, at most ${disk_max} MiB" | tee "$out/result.txt"
