@@ -856,6 +856,19 @@ mod tests {
         names
     }
 
+    /// A writer for `l`, and what it reports after each fsync.
+    fn writer_reporting(
+        l: &RaftLog,
+    ) -> (LogWriter, std::sync::mpsc::Receiver<Result<u64, String>>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let w = l
+            .start_writer(None, move |r| {
+                let _ = tx.send(r);
+            })
+            .expect("writer");
+        (w, rx)
+    }
+
     #[test]
     fn a_compacted_log_names_its_snapshot_file_and_replays_it_with_the_entries_kept_and_what_followed()
      {
@@ -871,12 +884,7 @@ mod tests {
         };
         {
             let (l, _) = RaftLog::open(dir.path(), FsyncPolicy::Batch).expect("open");
-            let (tx, rx) = std::sync::mpsc::channel();
-            let w = l
-                .start_writer(None, move |r| {
-                    let _ = tx.send(r);
-                })
-                .expect("writer");
+            let (w, rx) = writer_reporting(&l);
             assert!(w.submit(Job::Append {
                 bytes: entry_bytes(&[put(1, 1, "a"), put(1, 2, "b"), put(2, 3, "c")]),
                 records: 3
@@ -934,12 +942,7 @@ mod tests {
         // A snapshot installed from the leader: the writer writes its file, then the log, and
         // removes the older snapshot.
         {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let w = l
-                .start_writer(None, move |r| {
-                    let _ = tx.send(r);
-                })
-                .expect("writer");
+            let (w, rx) = writer_reporting(&l);
             assert!(w.submit(Job::Rewrite {
                 snapshot: big_snapshot(6, 3),
                 hard,
