@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kv_replica::leader_follower::{
-    Action, Command, Config as CoreConfig, Entry, LogIndex, Replica, ReplicaError, RequestId, Role,
+    Action, Command, Config as CoreConfig, Entry, LogIndex, Message, Replica, ReplicaError,
+    RequestId, Role, Snapshot, Term,
 };
 use kv_replica::pipeline::Pipeline;
 use kv_replica::{NodeId, Version};
@@ -375,6 +376,10 @@ struct Driver {
     encoding: bool,
     /// A snapshot encoded (and written), waiting to compact the log.
     encoded: Option<(u64, Result<Bytes, String>, Duration)>,
+    /// The file of the replica's snapshot, when the replica let go of its data
+    /// ([`Replica::release_snapshot_data`]): read from here when a follower needs it. An open
+    /// file, so that it stays readable after a newer snapshot's rewrite removes it.
+    snapshot_file: Option<(u64, Arc<std::fs::File>)>,
     /// The driver's own input channel, for the snapshot threads (weak: they must not keep the
     /// driver alive).
     inputs: std::sync::Weak<InputTx>,
@@ -475,7 +480,9 @@ pub fn build(
     );
     let applied = rec.snapshot.index.0;
     let n_members = members.len();
-    let replica = Replica::new(
+    let snapshot_index = rec.snapshot.index.0;
+    let snapshot_path = rec.snapshot_file.clone();
+    let mut replica = Replica::new(
         CoreConfig {
             id,
             members,
@@ -489,6 +496,9 @@ pub fn build(
         rec.entries,
         Box::new(rand::rngs::StdRng::seed_from_u64(seed)),
     );
+    // Restored: the snapshot's data stays in its file until a follower needs it.
+    let snapshot_file =
+        snapshot_path.and_then(|p| release_to_file(&mut replica, snapshot_index, &p));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let tx = Arc::new(tx);
     let writer = match &log {
@@ -521,6 +531,7 @@ pub fn build(
         encoding_mark: 0,
         encoding: false,
         encoded: None,
+        snapshot_file,
         inputs: Arc::downgrade(&tx),
         snapshots_taken: 0,
         snapshots_installed: 0,
@@ -550,6 +561,25 @@ pub fn build(
         rolled_back,
     };
     Ok(Built { driver, rx, handle })
+}
+
+/// Opens the file of the replica's snapshot (`index`) and lets the replica go of its copy of
+/// the data; the data stays in memory if the file cannot be opened.
+fn release_to_file(
+    replica: &mut Replica,
+    index: u64,
+    path: &std::path::Path,
+) -> Option<(u64, Arc<std::fs::File>)> {
+    match std::fs::File::open(path) {
+        Ok(f) => {
+            replica.release_snapshot_data();
+            Some((index, Arc::new(f)))
+        }
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot open the snapshot just written; it stays in memory too");
+            None
+        }
+    }
 }
 
 /// What an entry weighs toward `--snapshot-bytes`: its key and value, and a little for the
@@ -818,6 +848,13 @@ impl Driver {
                     self.fail("the replica log writer stopped".into());
                     return;
                 }
+                // Its file was written before it came here: the replica need not hold it too
+                // (with large values, a copy of the whole state).
+                self.snapshot_file = self.log.as_ref().and_then(|l| {
+                    let (dir, _) = l.snapshot_target();
+                    let path = crate::raft_log::snapshot_path(&dir, index);
+                    release_to_file(&mut self.replica, index, &path)
+                });
                 self.snapshots_taken += 1;
                 tracing::info!(
                     index,
@@ -891,6 +928,42 @@ impl Driver {
             kept += 1;
         }
         kept
+    }
+
+    /// Sends a snapshot whose data the replica let go of, read from its file on a blocking
+    /// thread (up to a gigabyte: not on the replica's). Messages sent meanwhile may pass it, as
+    /// the transport lets small messages pass a large one anyway.
+    fn send_snapshot_from_file(&self, to: NodeId, term: Term, mut snapshot: Snapshot) {
+        let Some((_, file)) = self
+            .snapshot_file
+            .as_ref()
+            .filter(|(i, _)| *i == snapshot.index.0)
+        else {
+            tracing::warn!(
+                index = snapshot.index.0,
+                "no file for the snapshot a follower needs; it is not sent"
+            );
+            return;
+        };
+        let (file, transport) = (file.clone(), self.transport.clone());
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt as _;
+            let read = file.metadata().and_then(|m| {
+                let mut data = vec![0; m.len() as usize];
+                file.read_exact_at(&mut data, 0).map(|()| data)
+            });
+            match read {
+                Ok(data) => {
+                    snapshot.data = Bytes::from(data);
+                    transport.send(&to, Message::Snapshot { term, snapshot });
+                }
+                Err(e) => tracing::warn!(
+                    index = snapshot.index.0,
+                    error = %e,
+                    "cannot read the snapshot a follower needs; it is not sent"
+                ),
+            }
+        });
     }
 
     /// A rewrite of the replica log as the replica now stands (snapshot, hard state, log);
@@ -1031,6 +1104,12 @@ impl Driver {
 
     fn carry_out(&mut self, a: Action) {
         match a {
+            Action::Send {
+                to,
+                msg: Message::Snapshot { term, snapshot },
+            } if snapshot.data.is_empty() && snapshot.index.0 > 0 => {
+                self.send_snapshot_from_file(to, term, snapshot);
+            }
             Action::Send { to, msg } => self.transport.send(&to, msg),
             // At most a chunk (`APPLY_CHUNK`): a node that learns at once that hundreds of
             // thousands of entries are committed (after a restart, with a log long since its
@@ -1085,6 +1164,9 @@ impl Driver {
                 match self.state.restore(&snapshot.data, &source) {
                     Ok(_) => {
                         self.snapshots_installed += 1;
+                        // The replica holds the installed snapshot's data (until its next
+                        // compaction); the older file's space can go.
+                        self.snapshot_file = None;
                         self.applied = snapshot.index.0;
                         // The log it replaces is gone: count from here.
                         self.snapshot_mark = self.applied_bytes;

@@ -397,6 +397,8 @@ pub struct Replica {
     base_term: Term,
     /// What stands in for the entries up to its index (index 0 before the first compaction).
     snapshot: Snapshot,
+    /// Its data's size, also once released ([`Replica::release_snapshot_data`]).
+    snapshot_size: u64,
     /// Entries truncated from this log whose fate is open, by index. Resolved when the index
     /// is applied (or covered by an installed snapshot).
     suspects: BTreeMap<u64, Vec<Entry>>,
@@ -520,6 +522,7 @@ impl Replica {
             log,
             base,
             base_term,
+            snapshot_size: snapshot.data.len() as u64,
             snapshot,
             suspects: BTreeMap::new(),
             persisted,
@@ -647,6 +650,7 @@ impl Replica {
         self.base_term = self.term_at(new_base).unwrap_or_default();
         self.log.drain(..(new_base - self.base) as usize);
         self.base = new_base;
+        self.snapshot_size = data.len() as u64;
         self.snapshot = Snapshot {
             index,
             term,
@@ -654,6 +658,13 @@ impl Replica {
             data,
         };
         true
+    }
+
+    /// Lets go of the snapshot's data, which the host keeps elsewhere (a file): from now on
+    /// the snapshot goes out in `Message::Snapshot` with empty `data`, for the host to fill in
+    /// before it sends it. Its size still paces resends. Until the next snapshot.
+    pub fn release_snapshot_data(&mut self) {
+        self.snapshot.data = Bytes::new();
     }
 
     /// Members heard from within the last election timeout (leader only; others: empty).
@@ -1284,7 +1295,7 @@ impl Replica {
     /// answer that it was lost — an election timeout per MiB started, since a large one takes
     /// a while to cross, decode and write, and resending it sooner would only pile copies up.
     fn snapshot_due(&self, to: usize) -> bool {
-        let mib = (self.snapshot.data.len() as u64 >> 20) + 1;
+        let mib = (self.snapshot_size >> 20) + 1;
         let wait = u64::from(self.cfg.election_ticks.0) * mib;
         self.progress[to]
             .snapshot_sent
@@ -1463,6 +1474,7 @@ impl Replica {
             }
             self.base = index;
             self.base_term = snap.term;
+            self.snapshot_size = snap.data.len() as u64;
             self.snapshot = snap.clone();
             self.commit = index;
             self.applied = index;
@@ -2774,13 +2786,26 @@ pub(crate) mod tests {
         r.step(&ids(3)[2], ack);
         r.take_actions();
         assert!(r.compact(LogIndex(12), Bytes::from(vec![0u8; 3 << 20]), 0));
+        // The host keeps the data in a file: the snapshot goes out without it (the host fills
+        // it in), and its size still paces the copies.
+        r.release_snapshot_data();
         let mut copies = Vec::new();
         for _ in 0..9 {
             for _ in 0..5 {
                 r.tick();
             }
             r.step(&ids(3)[1], refuse.clone());
-            copies.push(sent(&r.take_actions()));
+            let actions = r.take_actions();
+            for a in &actions {
+                if let Action::Send {
+                    msg: Message::Snapshot { snapshot, .. },
+                    ..
+                } = a
+                {
+                    assert_eq!((snapshot.index, snapshot.data.len()), (LogIndex(12), 0));
+                }
+            }
+            copies.push(sent(&actions));
         }
         // Sent at tick 10; due again at tick 50, i.e. after the 8th round of 5 ticks.
         assert_eq!(copies, vec![0, 0, 0, 0, 0, 0, 0, 1, 0], "{copies:?}");
