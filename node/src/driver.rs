@@ -157,15 +157,29 @@ pub enum Input {
     /// From the log writer thread: this many submissions are durable, or the error that stopped
     /// it.
     Synced(Result<u64, String>),
-    /// From a snapshot thread: the state machine as of `index`, encoded, and written to its
-    /// file if the node has a data directory (or the error that stopped that).
+    /// From a snapshot thread: the state machine as of `index`, encoded (or the error that
+    /// stopped that).
     SnapshotEncoded {
         /// The applied index it covers.
         index: u64,
         /// The encoding.
-        data: Result<Bytes, String>,
+        data: Result<Encoded, String>,
         /// How long encoding took.
         took: Duration,
+    },
+}
+
+/// A snapshot encoded by a snapshot thread.
+#[derive(Debug)]
+pub enum Encoded {
+    /// Into memory (a node without a data directory).
+    Memory(Bytes),
+    /// Into its file ([`crate::raft_log::snapshot_path`]), of `size` bytes, opened for reading.
+    File {
+        /// Its length.
+        size: u64,
+        /// The file.
+        file: std::fs::File,
     },
 }
 
@@ -375,7 +389,7 @@ struct Driver {
     /// A snapshot being encoded on its thread.
     encoding: bool,
     /// A snapshot encoded (and written), waiting to compact the log.
-    encoded: Option<(u64, Result<Bytes, String>, Duration)>,
+    encoded: Option<(u64, Result<Encoded, String>, Duration)>,
     /// The file of the replica's snapshot, when the replica let go of its data
     /// ([`Replica::release_snapshot_data`]): read from here when a follower needs it. An open
     /// file, so that it stays readable after a newer snapshot's rewrite removes it.
@@ -563,8 +577,8 @@ pub fn build(
     Ok(Built { driver, rx, handle })
 }
 
-/// Opens the file of the replica's snapshot (`index`) and lets the replica go of its copy of
-/// the data; the data stays in memory if the file cannot be opened.
+/// Opens the file of the replica's snapshot (`index`, recovered from it) and lets the replica
+/// go of its copy of the data; the data stays in memory if the file cannot be opened.
 fn release_to_file(
     replica: &mut Replica,
     index: u64,
@@ -576,7 +590,7 @@ fn release_to_file(
             Some((index, Arc::new(f)))
         }
         Err(e) => {
-            tracing::warn!(file = %path.display(), error = %e, "cannot open the snapshot just written; it stays in memory too");
+            tracing::warn!(file = %path.display(), error = %e, "cannot open the snapshot's file; its data stays in memory too");
             None
         }
     }
@@ -832,14 +846,24 @@ impl Driver {
     fn maybe_compact(&mut self) {
         if let Some((index, data, took)) = self.encoded.take() {
             self.encoding = false;
-            let data = match data {
-                Ok(d) => d,
+            let keep = self.entries_to_keep(index);
+            let compacted = match data {
+                Ok(Encoded::Memory(data)) => self.replica.compact(LogIndex(index), data, keep),
+                // Written to its file before it came here: the replica need not hold it too
+                // (with large values, a copy of the whole state).
+                Ok(Encoded::File { size, file }) => {
+                    let done = self
+                        .replica
+                        .compact_kept_elsewhere(LogIndex(index), size, keep);
+                    if done {
+                        self.snapshot_file = Some((index, Arc::new(file)));
+                    }
+                    done
+                }
                 // As for the log's own writes: the disk is failing or full.
                 Err(e) => return self.fail(e),
             };
-            let bytes = data.len();
-            let keep = self.entries_to_keep(index);
-            if self.replica.compact(LogIndex(index), data, keep) {
+            if compacted {
                 self.snapshot_mark = self.encoding_mark;
                 let job = self.rewrite(false);
                 if let Some(w) = &self.writer
@@ -848,13 +872,7 @@ impl Driver {
                     self.fail("the replica log writer stopped".into());
                     return;
                 }
-                // Its file was written before it came here: the replica need not hold it too
-                // (with large values, a copy of the whole state).
-                self.snapshot_file = self.log.as_ref().and_then(|l| {
-                    let (dir, _) = l.snapshot_target();
-                    let path = crate::raft_log::snapshot_path(&dir, index);
-                    release_to_file(&mut self.replica, index, &path)
-                });
+                let bytes = self.replica.snapshot_size();
                 self.snapshots_taken += 1;
                 tracing::info!(
                     index,
@@ -887,15 +905,24 @@ impl Driver {
             .name("kv-snapshot".into())
             .spawn(move || {
                 let started = Instant::now();
-                let data = Bytes::from(frozen.encode(index));
-                // Written here, so that the log writer's rewrite only names it.
+                // Encoded straight into its file, so that the log writer's rewrite only names
+                // it; then opened, for followers that will need it.
                 let data = match target {
                     Some((dir, fsync)) => {
-                        crate::raft_log::write_snapshot(&dir, index, &data, fsync)
-                            .map(|()| data)
-                            .map_err(|e| format!("cannot write a snapshot: {e}"))
+                        crate::raft_log::write_snapshot(&dir, index, fsync, |w| {
+                            frozen.encode_to(index, w)
+                        })
+                        .and_then(|size| {
+                            let path = crate::raft_log::snapshot_path(&dir, index);
+                            std::fs::File::open(&path)
+                                .map(|file| Encoded::File { size, file })
+                                .map_err(|e| {
+                                    StorageError::io(format!("cannot open {}", path.display()), e)
+                                })
+                        })
+                        .map_err(|e| format!("cannot write a snapshot: {e}"))
                     }
-                    None => Ok(data),
+                    None => Ok(Encoded::Memory(Bytes::from(frozen.encode(index)))),
                 };
                 if let Some(tx) = inputs.upgrade() {
                     let _ = tx.send(Input::SnapshotEncoded {
@@ -971,6 +998,7 @@ impl Driver {
     fn rewrite(&self, install: bool) -> Job {
         Job::Rewrite {
             snapshot: self.replica.snapshot().clone(),
+            snapshot_len: self.replica.snapshot_size(),
             hard: self.replica.hard_state(),
             entries: self.replica.log().to_vec(),
             install,

@@ -38,7 +38,7 @@ use kv_replica::leader_follower::{Command, Entry, HardState, LogIndex, Snapshot,
 
 use crate::storage::StorageError;
 use crate::storage::disk::{
-    Appender, PREALLOCATE, corrupt, lock_dir, replace_file, replace_file_via, sync_dir,
+    Appender, PREALLOCATE, corrupt, lock_dir, replace_file, replace_file_with, sync_dir,
     truncate_torn,
 };
 use crate::storage::gather::Gather;
@@ -87,10 +87,10 @@ fn entry_record(e: &Entry) -> Record {
     }
 }
 
-/// The first record of a compacted log: the snapshot the log starts after, whose data is in
-/// [`snapshot_path`]; `base`: the index the entries after it start after (at most the
-/// snapshot's).
-fn snapshot_record(s: &Snapshot, base: u64) -> Record {
+/// The first record of a compacted log: the snapshot the log starts after, whose data (`len`
+/// bytes) is in [`snapshot_path`]; `base`: the index the entries after it start after (at most
+/// the snapshot's).
+fn snapshot_record(s: &Snapshot, len: u64, base: u64) -> Record {
     let mut terms = Vec::with_capacity(16 * s.terms.len());
     for (i, t) in &s.terms {
         terms.extend_from_slice(&i.0.to_le_bytes());
@@ -102,7 +102,7 @@ fn snapshot_record(s: &Snapshot, base: u64) -> Record {
         version: Version::new(s.term.0, 0),
         written_ms: base,
         key: Bytes::from(terms),
-        value: Some(Bytes::copy_from_slice(&(s.data.len() as u64).to_le_bytes())),
+        value: Some(Bytes::copy_from_slice(&len.to_le_bytes())),
         context: Bytes::new(),
     }
 }
@@ -152,27 +152,29 @@ pub fn snapshot_path(dir: &Path, index: u64) -> PathBuf {
     dir.join(format!("{SNAPSHOT_PREFIX}{index:020}"))
 }
 
-/// Writes the encoded state machine as of `index` to its file ([`snapshot_path`]), so that a
-/// crash leaves the whole file or none (a temporary file, fsynced unless `fsync` is `never`,
-/// renamed into place). Runs on the thread that encoded it, beside the log writer.
+/// Writes the state machine as of `index`, as `encode` writes it, to its file
+/// ([`snapshot_path`]), so that a crash leaves the whole file or none (a temporary file,
+/// fsynced unless `fsync` is `never`, renamed into place). Runs on the thread that encodes it,
+/// beside the log writer: encoded straight into the file, the snapshot of a large state is
+/// never held whole in memory. Returns its size.
 ///
 /// # Errors
 /// The file cannot be written.
 pub fn write_snapshot(
     dir: &Path,
     index: u64,
-    data: &[u8],
     fsync: FsyncPolicy,
-) -> Result<(), StorageError> {
+    encode: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<u64, StorageError> {
     // The log writer may write the same snapshot (one installed from the leader at the index
     // just compacted here) while the snapshot thread does: each through a file of its own.
     static WRITES: AtomicU64 = AtomicU64::new(0);
     let n = WRITES.fetch_add(1, Ordering::Relaxed);
-    replace_file_via(
+    replace_file_with(
         &snapshot_path(dir, index),
         &format!(".{n}.tmp"),
-        &[data],
         fsync != FsyncPolicy::Never,
+        encode,
     )
 }
 
@@ -208,13 +210,19 @@ fn remove_snapshots(files: impl IntoIterator<Item = PathBuf>) {
     }
 }
 
-/// The contents of a rewritten log: the record naming `snapshot`'s file (unless there is no
-/// snapshot), `hard`, then `entries` (which start at most right after the snapshot).
-pub fn encode_base(snapshot: &Snapshot, hard: HardState, entries: &[Entry]) -> Vec<u8> {
+/// The contents of a rewritten log: the record naming `snapshot`'s file of `snapshot_len` bytes
+/// (unless there is no snapshot), `hard`, then `entries` (which start at most right after the
+/// snapshot).
+pub fn encode_base(
+    snapshot: &Snapshot,
+    snapshot_len: u64,
+    hard: HardState,
+    entries: &[Entry],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 * (entries.len() + 2));
     if snapshot.index.0 > 0 {
         let base = entries.first().map_or(snapshot.index.0, |e| e.index.0 - 1);
-        record::encode(&mut out, &snapshot_record(snapshot, base));
+        record::encode(&mut out, &snapshot_record(snapshot, snapshot_len, base));
     }
     record::encode(&mut out, &hard_state_record(hard));
     for e in entries {
@@ -618,6 +626,7 @@ impl RaftLog {
                         }
                         Job::Rewrite {
                             snapshot,
+                            snapshot_len,
                             hard,
                             entries,
                             install,
@@ -625,9 +634,11 @@ impl RaftLog {
                             let index = snapshot.index.0;
                             let res = (|| {
                                 if install && index > 0 {
-                                    write_snapshot(&dir, index, &snapshot.data, fsync)?;
+                                    write_snapshot(&dir, index, fsync, |w| {
+                                        w.write_all(&snapshot.data)
+                                    })?;
                                 }
-                                let contents = encode_base(&snapshot, hard, &entries);
+                                let contents = encode_base(&snapshot, snapshot_len, hard, &entries);
                                 let sync = fsync != FsyncPolicy::Never;
                                 let zeros = if sync { PREALLOCATE } else { 0 };
                                 replace_file(&path, &[&contents, &vec![0; zeros]], sync)?;
@@ -703,8 +714,10 @@ pub enum Job {
     /// Replace the whole file with the record naming the snapshot's file, the hard state and
     /// the entries kept (see [`encode_base`]), then remove older snapshot files.
     Rewrite {
-        /// The snapshot the log starts after.
+        /// The snapshot the log starts after (its data may be only in its file).
         snapshot: Snapshot,
+        /// The size of its data.
+        snapshot_len: u64,
         /// Term and vote.
         hard: HardState,
         /// The entries kept.
@@ -828,7 +841,8 @@ mod tests {
     /// A log as versions before snapshot files wrote it, with its snapshot inline.
     fn inline_snapshot_log(s: &Snapshot, hard: HardState, entries: &[Entry]) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut r = snapshot_record(s, entries.first().map_or(s.index.0, |e| e.index.0 - 1));
+        let base = entries.first().map_or(s.index.0, |e| e.index.0 - 1);
+        let mut r = snapshot_record(s, s.data.len() as u64, base);
         r.kind = record::KIND_RAFT_SNAPSHOT;
         r.value = Some(s.data.clone());
         record::encode(&mut out, &r);
@@ -889,13 +903,20 @@ mod tests {
                 bytes: entry_bytes(&[put(1, 1, "a"), put(1, 2, "b"), put(2, 3, "c")]),
                 records: 3
             }));
-            // Snapshot at 4 (written first, as the snapshot thread does), keeping 3 and 4 in
-            // the log, then 5 appended after the rewrite.
+            // Snapshot at 4 (encoded into its file first, as the snapshot thread does: the
+            // rewrite has only its size), keeping 3 and 4 in the log, then 5 appended after the
+            // rewrite.
             let (dir_, fsync) = l.snapshot_target();
-            write_snapshot(&dir_, 4, &big_snapshot(4, 2).data, fsync).expect("snapshot");
+            let data = big_snapshot(4, 2).data;
+            let size = write_snapshot(&dir_, 4, fsync, |w| w.write_all(&data)).expect("snapshot");
+            assert_eq!(size, 1 << 20);
             let kept = [put(2, 3, "c"), put(2, 4, "d")];
             assert!(w.submit(Job::Rewrite {
-                snapshot: big_snapshot(4, 2),
+                snapshot: Snapshot {
+                    data: Bytes::new(),
+                    ..big_snapshot(4, 2)
+                },
+                snapshot_len: size,
                 hard,
                 entries: kept.to_vec(),
                 install: false,
@@ -945,6 +966,7 @@ mod tests {
             let (w, rx) = writer_reporting(&l);
             assert!(w.submit(Job::Rewrite {
                 snapshot: big_snapshot(6, 3),
+                snapshot_len: 1 << 20,
                 hard,
                 entries: Vec::new(),
                 install: true,
@@ -968,7 +990,7 @@ mod tests {
     fn a_log_whose_snapshot_file_is_missing_or_of_the_wrong_length_is_refused_untouched() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("raft.log");
-        let contents = encode_base(&big_snapshot(4, 2), HardState::default(), &[]);
+        let contents = encode_base(&big_snapshot(4, 2), 1 << 20, HardState::default(), &[]);
         std::fs::write(&log, &contents).expect("write");
         let Err(e) = RaftLog::open(dir.path(), FsyncPolicy::Batch) else {
             panic!("opened a log whose snapshot is missing");
@@ -1091,7 +1113,7 @@ mod tests {
     fn a_log_that_ends_before_its_snapshot_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         // Entries kept from index 3, but only 3 of the snapshot's 4 are there.
-        let contents = encode_base(&snapshot(4, 2), HardState::default(), &[put(2, 3, "c")]);
+        let contents = encode_base(&snapshot(4, 2), 13, HardState::default(), &[put(2, 3, "c")]);
         std::fs::write(dir.path().join("raft.log"), contents).expect("write");
         let Err(e) = RaftLog::open(dir.path(), FsyncPolicy::Batch) else {
             panic!("opened a log shorter than its snapshot");

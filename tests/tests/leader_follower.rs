@@ -1084,6 +1084,34 @@ async fn a_compacted_log_brings_back_a_follower_with_a_snapshot_and_survives_res
         "the follower was brought back by a snapshot, not by entries"
     );
 
+    // Again, with the two others restarted while it is away: a node keeps its snapshot in its
+    // file, not in memory, so the leader now reads it from the file it recovered from (above,
+    // from the file it had just written).
+    c.nodes[down].kill9();
+    let leader = c
+        .wait_leader(Duration::from_secs(5), None)
+        .await
+        .expect("leader");
+    let mut client = c.client(leader).await.expect("client");
+    for k in 300..500 {
+        client
+            .put(put(&format!("k{k}"), &format!("v{k}"), 2))
+            .await
+            .expect("put");
+    }
+    for i in (0..3).filter(|&i| i != down) {
+        c.nodes[i].restart().expect("restart");
+    }
+    c.wait_leader(Duration::from_secs(10), None)
+        .await
+        .expect("leader after restarts");
+    c.nodes[down].start_again().expect("restart the follower");
+    wait_local(&c, down, "k499", "v499", "caught up again").await;
+    assert!(
+        c.metric(down, "kv_snapshots_installed_total") >= 1.0,
+        "brought back by a snapshot read from a recovered file"
+    );
+
     // Every node restarted from its compacted log (snapshot + the entries after it) has the
     // same state, and the cluster goes on accepting writes.
     restart_all(&mut c).await;
@@ -1417,7 +1445,7 @@ async fn a_long_log_committed_at_once_after_a_restart_keeps_its_first_leader() {
         term: Term(1),
         voted_for: None,
     };
-    let log = kv_node::raft_log::encode_base(&Snapshot::default(), hard, &entries);
+    let log = kv_node::raft_log::encode_base(&Snapshot::default(), 0, hard, &entries);
     for d in &c.dirs {
         std::fs::write(d.join("raft.log"), &log).expect("write the log");
     }

@@ -667,6 +667,21 @@ impl Replica {
         self.snapshot.data = Bytes::new();
     }
 
+    /// [`Replica::compact`] with a snapshot of `size` bytes whose data the host keeps
+    /// elsewhere, as after [`Replica::release_snapshot_data`].
+    pub fn compact_kept_elsewhere(&mut self, index: LogIndex, size: u64, keep: u64) -> bool {
+        let done = self.compact(index, Bytes::new(), keep);
+        if done {
+            self.snapshot_size = size;
+        }
+        done
+    }
+
+    /// The size of the snapshot's data, also once released.
+    pub fn snapshot_size(&self) -> u64 {
+        self.snapshot_size
+    }
+
     /// Members heard from within the last election timeout (leader only; others: empty).
     pub fn reachable(&self) -> Vec<NodeId> {
         if self.role != Role::Leader {

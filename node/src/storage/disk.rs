@@ -21,7 +21,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -318,6 +317,21 @@ pub(crate) fn decode_index(buf: &[u8], path: &Path) -> Result<(Index, Lsn), Stor
 /// an end record with the count. Returns the bytes and the count.
 pub(crate) fn encode_index(index: &Index, covered: Lsn) -> (Vec<u8>, u64) {
     let mut buf = Vec::with_capacity(1 << 20);
+    let count = encode_index_to(index, covered, &mut buf).expect("invariant: a Vec takes writes");
+    (buf, count)
+}
+
+/// [`encode_index`] into `out`, a megabyte at a time (a snapshot of large values is not held
+/// whole in memory). Returns the count.
+///
+/// # Errors
+/// `out` refused a write.
+pub(crate) fn encode_index_to(
+    index: &Index,
+    covered: Lsn,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<u64> {
+    let mut buf = Vec::with_capacity(1 << 20);
     buf.extend_from_slice(SNAP_MAGIC);
     record::encode(
         &mut buf,
@@ -346,6 +360,10 @@ pub(crate) fn encode_index(index: &Index, covered: Lsn) -> (Vec<u8>, u64) {
             },
         );
         count += 1;
+        if buf.len() >= 1 << 20 {
+            out.write_all(&buf)?;
+            buf.clear();
+        }
     }
     record::encode(
         &mut buf,
@@ -359,7 +377,8 @@ pub(crate) fn encode_index(index: &Index, covered: Lsn) -> (Vec<u8>, u64) {
             context: bytes::Bytes::new(),
         },
     );
-    (buf, count)
+    out.write_all(&buf)?;
+    Ok(count)
 }
 
 /// Writes `parts` to `dest` so that a crash leaves either the old file or the whole new one:
@@ -376,22 +395,39 @@ pub(crate) fn replace_file_via(
     parts: &[&[u8]],
     sync: bool,
 ) -> Result<(), StorageError> {
+    replace_file_with(dest, suffix, sync, |f| {
+        parts.iter().try_for_each(|p| f.write_all(p))
+    })
+    .map(|_| ())
+}
+
+/// [`replace_file_via`] with the contents written by `write` (through a buffer). Returns the
+/// file's length.
+pub(crate) fn replace_file_with(
+    dest: &Path,
+    suffix: &str,
+    sync: bool,
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<u64, StorageError> {
     let mut name = dest.file_name().unwrap_or_default().to_os_string();
     name.push(suffix);
     let tmp = dest.with_file_name(name);
     let io = |what: &str, e| StorageError::io(format!("{what} {}", tmp.display()), e);
-    let mut f = File::create(&tmp).map_err(|e| io("cannot create", e))?;
-    for p in parts {
-        f.write_all(p).map_err(|e| io("cannot write", e))?;
-    }
+    let f = File::create(&tmp).map_err(|e| io("cannot create", e))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+    write(&mut out).map_err(|e| io("cannot write", e))?;
+    let f = out
+        .into_inner()
+        .map_err(|e| io("cannot write", e.into_error()))?;
     if sync {
         f.sync_all().map_err(|e| io("cannot fsync", e))?;
     }
+    let len = f.metadata().map_err(|e| io("cannot stat", e))?.len();
     fs::rename(&tmp, dest).map_err(|e| io("cannot rename", e))?;
     if sync && let Some(dir) = dest.parent() {
         sync_dir(dir)?;
     }
-    Ok(())
+    Ok(len)
 }
 
 /// Creates `dir` if needed and takes its `LOCK` file, which is held while the returned file is
