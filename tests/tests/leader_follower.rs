@@ -1026,6 +1026,22 @@ async fn restart_all(c: &mut Cluster) {
         .expect("leader after restarts");
 }
 
+/// Writes `k{i}` = `v{i}` for each i of `keys` through node `leader` at W=2; returns its client.
+async fn put_keys(
+    c: &Cluster,
+    leader: usize,
+    keys: std::ops::Range<usize>,
+) -> pb::kv_client::KvClient<tonic::transport::Channel> {
+    let mut client = c.client(leader).await.expect("client");
+    for k in keys {
+        client
+            .put(put(&format!("k{k}"), &format!("v{k}"), 2))
+            .await
+            .expect("put");
+    }
+    client
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compacted_log_brings_back_a_follower_with_a_snapshot_and_survives_restarts() {
     let _serial = SERIAL.lock().await;
@@ -1042,13 +1058,7 @@ async fn a_compacted_log_brings_back_a_follower_with_a_snapshot_and_survives_res
 
     // 300 writes and a delete while n{down} is away: the leader compacts past everything it
     // missed, so entries alone can no longer bring it back.
-    let mut client = c.client(leader).await.expect("client");
-    for k in 0..300 {
-        client
-            .put(put(&format!("k{k}"), &format!("v{k}"), 2))
-            .await
-            .expect("put");
-    }
+    let mut client = put_keys(&c, leader, 0..300).await;
     client
         .delete(pb::DeleteRequest {
             key: Bytes::from_static(b"k7"),
@@ -1092,13 +1102,7 @@ async fn a_compacted_log_brings_back_a_follower_with_a_snapshot_and_survives_res
         .wait_leader(Duration::from_secs(5), None)
         .await
         .expect("leader");
-    let mut client = c.client(leader).await.expect("client");
-    for k in 300..500 {
-        client
-            .put(put(&format!("k{k}"), &format!("v{k}"), 2))
-            .await
-            .expect("put");
-    }
+    put_keys(&c, leader, 300..500).await;
     for i in (0..3).filter(|&i| i != down) {
         c.nodes[i].restart().expect("restart");
     }
