@@ -170,6 +170,10 @@ pub struct Summary {
     /// quorumkv leaderless: acknowledged writes whose answer named replicas where a concurrent
     /// write with a higher version hides them (last-writer-wins; `superseded_on`).
     pub superseded_writes: u64,
+    /// Leader-follower: operations refused by a follower that named the leader, and sent on to
+    /// it within their deadline (counted by how they ended there, not as errors).
+    #[serde(default)]
+    pub redirects_followed: u64,
     /// Reads and writes separately.
     pub by_op: BTreeMap<String, OpSummary>,
     /// The run's configuration.
@@ -204,6 +208,8 @@ struct ClientResult {
     degraded: u64,
     /// Writes reported superseded.
     superseded: u64,
+    /// Refusals by a follower naming the leader, followed within the operation.
+    redirects: u64,
 }
 
 /// `EPOCH.COUNTER` as numbers.
@@ -337,6 +343,7 @@ async fn client(
     let mut timeline = Vec::new();
     let mut degraded = 0u64;
     let mut superseded = 0u64;
+    let mut redirects = 0u64;
     let mut known: std::collections::HashMap<String, (Option<String>, Option<String>)> =
         std::collections::HashMap::new();
     let mut n = 0u64;
@@ -374,17 +381,35 @@ async fn client(
             format!("{}{}", cfg.key_prefix, key_name(key_index))
         };
         n += 1;
+        // A follower that refused naming the leader did nothing: the request goes to the leader
+        // at once, within what is left of the operation's deadline, as kvctl does, so that the
+        // refusal is a step of the operation (counted in its latency), not an error of its own.
+        // A leader-follower client meets one after each leader change, and after passing over
+        // a leader that missed a deadline.
+        macro_rules! following_redirect {
+            ($call:expr) => {{
+                let r = timed(&mut deadline, cfg.timeout, $call).await;
+                let r = conns.outcome(r);
+                let left = cfg.timeout.saturating_sub(sent.elapsed());
+                if matches!(&r, Err(kind) if *kind == "unavailable")
+                    && conns.redirected()
+                    && !left.is_zero()
+                {
+                    if start >= measure_from {
+                        redirects += 1;
+                    }
+                    let r = timed(&mut deadline, left, $call).await;
+                    conns.outcome(r)
+                } else {
+                    r
+                }
+            }};
+        }
         // A cas expects what this client last saw of the key; the history records that value.
         let (mut expected_value, mut applied) = (None, None);
         let mut was_superseded = false;
         let (res, seen, version, was_degraded) = if is_read {
-            let r = timed(
-                &mut deadline,
-                cfg.timeout,
-                conns.pick(&key, true).get(&key, cfg.timeout),
-            )
-            .await;
-            match conns.outcome(r) {
+            match following_redirect!(conns.pick(&key, true).get(&key, cfg.timeout)) {
                 Ok(r) => (Ok(()), r.value, r.version, r.degraded),
                 Err(e) => (Err(e), None, None, false),
             }
@@ -399,15 +424,12 @@ async fn client(
             } else {
                 value.slice(..cfg.value_size.pick(&mut rng))
             };
-            let r = timed(
-                &mut deadline,
-                cfg.timeout,
-                conns
-                    .pick(&key, false)
-                    .cas(&key, exp_version, v.clone(), cfg.timeout),
-            )
-            .await;
-            match conns.outcome(r) {
+            match following_redirect!(conns.pick(&key, false).cas(
+                &key,
+                exp_version,
+                v.clone(),
+                cfg.timeout
+            )) {
                 Ok((ok, version)) => {
                     applied = Some(ok);
                     (Ok(()), Some(v), version, false)
@@ -415,13 +437,7 @@ async fn client(
                 Err(e) => (Err(e), Some(v), None, false),
             }
         } else if is_delete {
-            let r = timed(
-                &mut deadline,
-                cfg.timeout,
-                conns.pick(&key, false).delete(&key, cfg.timeout),
-            )
-            .await;
-            match conns.outcome(r) {
+            match following_redirect!(conns.pick(&key, false).delete(&key, cfg.timeout)) {
                 Ok(w) => {
                     was_superseded = w.superseded;
                     (Ok(()), None, w.version, w.degraded)
@@ -434,13 +450,7 @@ async fn client(
             } else {
                 value.slice(..cfg.value_size.pick(&mut rng))
             };
-            let r = timed(
-                &mut deadline,
-                cfg.timeout,
-                conns.pick(&key, false).put(&key, v.clone(), cfg.timeout),
-            )
-            .await;
-            match conns.outcome(r) {
+            match following_redirect!(conns.pick(&key, false).put(&key, v.clone(), cfg.timeout)) {
                 Ok(w) => {
                     was_superseded = w.superseded;
                     (Ok(()), Some(v), w.version, w.degraded)
@@ -542,6 +552,7 @@ async fn client(
         timeline,
         degraded,
         superseded,
+        redirects,
     }
 }
 
@@ -802,6 +813,7 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
         total.timeline.extend(r.timeline);
         total.degraded += r.degraded;
         total.superseded += r.superseded;
+        total.redirects += r.redirects;
     }
     reporter.abort();
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -915,6 +927,7 @@ pub async fn run(cfg: RunConfig, command: Vec<String>) -> anyhow::Result<Summary
         stale_reads,
         degraded: total.degraded,
         superseded_writes: total.superseded,
+        redirects_followed: total.redirects,
         by_op,
         config: (*cfg).clone(),
         command,
@@ -988,6 +1001,12 @@ pub fn table(s: &Summary) -> String {
             "writes hidden on a replica by a concurrent write with a higher version \
              (last-writer-wins, superseded_on): {}\n",
             s.superseded_writes
+        ));
+    }
+    if s.redirects_followed > 0 {
+        out.push_str(&format!(
+            "refused by a follower that named the leader, and sent on to it (not errors): {}\n",
+            s.redirects_followed
         ));
     }
     if let Some(c) = &s.client_cpu {

@@ -448,3 +448,58 @@ fn a_restarted_node_is_reconnected_to_and_a_dead_one_paces_its_clients() {
     eprintln!("connection_lost: {lost}");
     assert!(lost <= 4, "{lost} connection_lost: {summary}");
 }
+
+/// A follower that refuses naming the leader did nothing, so kv-bench sends the operation on
+/// to the leader at once, within its deadline, as kvctl does, and counts it by how it ended
+/// there: the refusal is not an error of its own. Set up so that it must happen: the leader is
+/// killed, and the endpoint kv-bench tries next cannot win the election (its messages to the
+/// others are cut, one way) but hears the node that does, and names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_naming_the_leader_is_followed_within_the_operation() {
+    let mut c = kv_tests::cluster::Cluster::start(5, &[])
+        .await
+        .expect("cluster");
+    let leader = c
+        .wait_leader(Duration::from_secs(10), None)
+        .await
+        .expect("leader");
+    let next = (leader + 1) % 5;
+    let rest: Vec<usize> = (0..5).filter(|&i| i != leader && i != next).collect();
+    let cut_to: Vec<&str> = (0..5)
+        .filter(|&i| i != next)
+        .map(|i| c.ids[i].as_str())
+        .collect();
+    let r = kv_tests::kvctl(
+        &c.endpoints(),
+        &["fault", "cut", &c.ids[next], &cut_to.join(",")],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let order: Vec<String> = [leader, next]
+        .iter()
+        .chain(&rest)
+        .map(|&i| c.nodes[i].endpoint())
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = Command::new(bin("kv-bench"))
+        .args(["run", "--endpoints", &order.join(","), "--clients", "4"])
+        .args(["--duration", "4s", "--warmup", "100ms", "--keys", "10"])
+        .args(["--read-from", "leader", "--w", "3"])
+        .arg("--out")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kv-bench");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.nodes[leader].kill9();
+    let out = bench.wait_with_output().expect("kv-bench ends");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let summary = kv_tests::bench_summary(dir.path());
+    let followed = summary["redirects_followed"].as_u64().unwrap_or(0);
+    assert!(followed >= 1, "no refusal followed: {said}");
+    assert!(
+        said.contains(&format!(
+            "refused by a follower that named the leader, and sent on to it (not errors): {followed}"
+        )),
+        "{said}"
+    );
+}
