@@ -275,7 +275,12 @@ fn bench_run(endpoints: &str, out: &std::path::Path, duration: &str) -> Command 
 
 /// Three leader-follower nodes, and which of them leads.
 async fn three_nodes() -> (kv_tests::cluster::Cluster, usize) {
-    let c = kv_tests::cluster::Cluster::start(3, &[])
+    nodes(3).await
+}
+
+/// `n` leader-follower nodes, and which one leads.
+async fn nodes(n: usize) -> (kv_tests::cluster::Cluster, usize) {
+    let c = kv_tests::cluster::Cluster::start(n, &[])
         .await
         .expect("cluster");
     let leader = c
@@ -456,13 +461,7 @@ fn a_restarted_node_is_reconnected_to_and_a_dead_one_paces_its_clients() {
 /// others are cut, one way) but hears the node that does, and names it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_naming_the_leader_is_followed_within_the_operation() {
-    let mut c = kv_tests::cluster::Cluster::start(5, &[])
-        .await
-        .expect("cluster");
-    let leader = c
-        .wait_leader(Duration::from_secs(10), None)
-        .await
-        .expect("leader");
+    let (mut c, leader) = nodes(5).await;
     let next = (leader + 1) % 5;
     let rest: Vec<usize> = (0..5).filter(|&i| i != leader && i != next).collect();
     let cut_to: Vec<&str> = (0..5)
