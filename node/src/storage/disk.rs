@@ -384,25 +384,15 @@ pub(crate) fn encode_index_to(
 /// Writes `parts` to `dest` so that a crash leaves either the old file or the whole new one:
 /// a temporary file, fsynced (unless `sync` is false), renamed into place, directory fsynced.
 pub(crate) fn replace_file(dest: &Path, parts: &[&[u8]], sync: bool) -> Result<(), StorageError> {
-    replace_file_via(dest, ".tmp", parts, sync)
-}
-
-/// [`replace_file`] through the temporary file `dest` + `suffix` (which must end in `.tmp`),
-/// for files that two threads may write at once.
-pub(crate) fn replace_file_via(
-    dest: &Path,
-    suffix: &str,
-    parts: &[&[u8]],
-    sync: bool,
-) -> Result<(), StorageError> {
-    replace_file_with(dest, suffix, sync, |f| {
+    replace_file_with(dest, ".tmp", sync, |f| {
         parts.iter().try_for_each(|p| f.write_all(p))
     })
     .map(|_| ())
 }
 
-/// [`replace_file_via`] with the contents written by `write` (through a buffer). Returns the
-/// file's length.
+/// [`replace_file`] with the contents written by `write` (through a buffer), through the
+/// temporary file `dest` + `suffix` (ending in `.tmp`; a file two threads may write at once
+/// needs one of its own for each). Returns the file's length.
 pub(crate) fn replace_file_with(
     dest: &Path,
     suffix: &str,
