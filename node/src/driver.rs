@@ -211,6 +211,8 @@ pub struct StatusSnapshot {
     pub snapshot_index: u64,
     /// Entries held in the log.
     pub log_entries: u64,
+    /// Bytes of the snapshot's data the replica holds in memory (0 once it is in its file).
+    pub snapshot_memory_bytes: u64,
     /// Snapshots taken here.
     pub snapshots_taken: u64,
     /// Snapshots installed from a leader.
@@ -394,6 +396,9 @@ struct Driver {
     /// ([`Replica::release_snapshot_data`]): read from here when a follower needs it. An open
     /// file, so that it stays readable after a newer snapshot's rewrite removes it.
     snapshot_file: Option<(u64, Arc<std::fs::File>)>,
+    /// The log writer's batch that installs a leader's snapshot (the snapshot's index), until
+    /// it is durable ([`Driver::release_installed`]).
+    install_written: Option<(u64, u64)>,
     /// The driver's own input channel, for the snapshot threads (weak: they must not keep the
     /// driver alive).
     inputs: std::sync::Weak<InputTx>,
@@ -546,6 +551,7 @@ pub fn build(
         encoding: false,
         encoded: None,
         snapshot_file,
+        install_written: None,
         inputs: Arc::downgrade(&tx),
         snapshots_taken: 0,
         snapshots_installed: 0,
@@ -810,6 +816,9 @@ impl Driver {
                     },
                 };
                 let (now, batch) = self.pipeline.submit(&mut self.replica, actions);
+                if let (true, Some(seq)) = (restores, batch) {
+                    self.install_written = Some((seq, self.replica.snapshot().index.0));
+                }
                 if batch.is_some() && !self.writer.as_ref().is_some_and(|w| w.submit(job)) {
                     self.fail("the replica log writer stopped".into());
                     return;
@@ -825,6 +834,7 @@ impl Driver {
             for a in released {
                 self.carry_out(a);
             }
+            self.release_installed();
             if self.failed.is_some() || (!more && !completed) {
                 break;
             }
@@ -957,10 +967,31 @@ impl Driver {
         kept
     }
 
-    /// Sends a snapshot whose data the replica let go of, read from its file on a blocking
-    /// thread (up to a gigabyte: not on the replica's). Messages sent meanwhile may pass it, as
-    /// the transport lets small messages pass a large one anyway.
-    fn send_snapshot_from_file(&self, to: NodeId, term: Term, mut snapshot: Snapshot) {
+    /// Once the batch that installed a leader's snapshot is durable, its file holds the data:
+    /// the replica lets go of its copy, as after a snapshot of its own, and a follower that
+    /// needs it (this node led) gets it from the file.
+    fn release_installed(&mut self) {
+        let Some((seq, index)) = self.install_written else {
+            return;
+        };
+        if self.synced < seq {
+            return;
+        }
+        self.install_written = None;
+        let (Some(log), None) = (&self.log, &self.failed) else {
+            return;
+        };
+        // A later install or compaction replaced it meanwhile: that one is released its way.
+        if self.replica.snapshot().index.0 != index || self.replica.snapshot().data.is_empty() {
+            return;
+        }
+        let path = crate::raft_log::snapshot_path(&log.snapshot_target().0, index);
+        self.snapshot_file = release_to_file(&mut self.replica, index, &path);
+    }
+
+    /// Sends a snapshot whose data the replica let go of: the transport reads it from its file
+    /// a fragment at a time, on a blocking thread, as the fragments go.
+    fn send_snapshot_from_file(&self, to: NodeId, term: Term, snapshot: Snapshot) {
         let Some((_, file)) = self
             .snapshot_file
             .as_ref()
@@ -972,25 +1003,17 @@ impl Driver {
             );
             return;
         };
-        let (file, transport) = (file.clone(), self.transport.clone());
-        tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt as _;
-            let read = file.metadata().and_then(|m| {
-                let mut data = vec![0; m.len() as usize];
-                file.read_exact_at(&mut data, 0).map(|()| data)
-            });
-            match read {
-                Ok(data) => {
-                    snapshot.data = Bytes::from(data);
-                    transport.send(&to, Message::Snapshot { term, snapshot });
-                }
-                Err(e) => tracing::warn!(
-                    index = snapshot.index.0,
-                    error = %e,
-                    "cannot read the snapshot a follower needs; it is not sent"
-                ),
+        match file.metadata() {
+            Ok(m) => {
+                self.transport
+                    .send_snapshot_file(&to, term, snapshot, file.clone(), m.len());
             }
-        });
+            Err(e) => tracing::warn!(
+                index = snapshot.index.0,
+                error = %e,
+                "cannot read the snapshot a follower needs; it is not sent"
+            ),
+        }
     }
 
     /// A rewrite of the replica log as the replica now stands (snapshot, hard state, log);
@@ -1189,12 +1212,18 @@ impl Driver {
                     .log
                     .as_ref()
                     .map_or_else(|| PathBuf::from("snapshot from the leader"), RaftLog::path);
-                match self.state.restore(&snapshot.data, &source) {
+                match self.state.install(&snapshot.data, &source) {
                     Ok(_) => {
                         self.snapshots_installed += 1;
-                        // The replica holds the installed snapshot's data (until its next
-                        // compaction); the older file's space can go.
-                        self.snapshot_file = None;
+                        // The replica holds the installed snapshot's data until its file is
+                        // written (`release_installed`); the older file's space can go.
+                        if self
+                            .snapshot_file
+                            .as_ref()
+                            .is_some_and(|(i, _)| *i < snapshot.index.0)
+                        {
+                            self.snapshot_file = None;
+                        }
                         self.applied = snapshot.index.0;
                         // The log it replaces is gone: count from here.
                         self.snapshot_mark = self.applied_bytes;
@@ -1313,6 +1342,7 @@ impl Driver {
                 .collect(),
             snapshot_index: r.snapshot().index.0,
             log_entries: r.log().len() as u64,
+            snapshot_memory_bytes: r.snapshot().data.len() as u64,
             snapshots_taken: self.snapshots_taken,
             snapshots_installed: self.snapshots_installed,
             rollback_survivors: self.rollback_survivors,

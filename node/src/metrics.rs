@@ -121,6 +121,7 @@ pub struct Metrics {
     rolled_back: Counter,
     snapshot_index: Gauge,
     log_entries: Gauge,
+    snapshot_memory_bytes: Gauge,
     snapshots_taken: Counter,
     snapshots_installed: Counter,
     rollback_survivors: Counter,
@@ -338,6 +339,12 @@ impl Metrics {
             "Leader-follower: entries held in this node's log (compaction keeps it bounded)",
             None,
         );
+        let snapshot_memory_bytes = gauge(
+            &mut registry,
+            "snapshot_memory",
+            "Leader-follower: bytes of this node's snapshot held in memory (0: read from its file when a follower needs it)",
+            Some(Unit::Bytes),
+        );
         let mut counter = |name: &str, help: &str| {
             let c = Counter::default();
             registry.register(name, help, c.clone());
@@ -470,6 +477,7 @@ impl Metrics {
             rolled_back,
             snapshot_index,
             log_entries,
+            snapshot_memory_bytes,
             snapshots_taken,
             snapshots_installed,
             rollback_survivors,
@@ -592,6 +600,7 @@ impl Metrics {
             set(&self.applied_index, st.applied);
             set(&self.snapshot_index, st.snapshot_index);
             set(&self.log_entries, st.log_entries);
+            set(&self.snapshot_memory_bytes, st.snapshot_memory_bytes);
             catch_up(&self.snapshots_taken, st.snapshots_taken);
             catch_up(&self.snapshots_installed, st.snapshots_installed);
             catch_up(&self.rollback_survivors, st.rollback_survivors);

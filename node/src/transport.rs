@@ -28,7 +28,7 @@ use kv_proto::coalesce::Coalescing;
 #[derive(Clone)]
 pub struct Transport {
     me: NodeId,
-    peers: HashMap<NodeId, mpsc::UnboundedSender<pb::PeerEnvelope>>,
+    peers: HashMap<NodeId, mpsc::UnboundedSender<Outgoing>>,
     /// Per peer: whether its stream is connected (and the peer accepted this node).
     up: HashMap<NodeId, Arc<AtomicBool>>,
     /// Peers that refused this node, with their reason.
@@ -180,12 +180,39 @@ impl Transport {
 
     /// Queues a wire message for `to` (callable from any thread).
     pub fn send_wire(&self, to: &NodeId, msg: pb::peer_envelope::Msg) {
-        let Some(tx) = self.peers.get(to) else {
-            return;
-        };
         let env = pb::PeerEnvelope {
             from: self.me.0.clone(),
             msg: Some(msg),
+        };
+        self.queue(to, Outgoing::Envelope(env));
+    }
+
+    /// Queues a leader's snapshot for `to` (`Message::Snapshot`) whose data, `len` bytes, is
+    /// read from `file`, a fragment at a time, as its turn comes: neither the data nor its
+    /// encoding is ever whole in memory. `snapshot.data` is ignored.
+    pub fn send_snapshot_file(
+        &self,
+        to: &NodeId,
+        term: Term,
+        snapshot: Snapshot,
+        file: Arc<std::fs::File>,
+        len: u64,
+    ) {
+        let install = install_to_wire(
+            term,
+            Snapshot {
+                data: bytes::Bytes::new(),
+                ..snapshot
+            },
+        );
+        let head = snapshot_head(&self.me.0, &install, len);
+        self.queue(to, Outgoing::SnapshotFile { head, file, len });
+    }
+
+    /// Queues `out` for `to` through the fault filter.
+    fn queue(&self, to: &NodeId, env: Outgoing) {
+        let Some(tx) = self.peers.get(to) else {
+            return;
         };
         match self.filter.outgoing(to) {
             Verdict::Deliver => {
@@ -407,8 +434,7 @@ struct Peer {
 /// go without waiting for the peer's answer to the hello; the peer counts as reachable once it
 /// accepted, and a refusal (logged with its reason) closes the connection for
 /// [`REFUSED_RETRY`].
-async fn peer_sender(peer: Peer, mut rx: mpsc::UnboundedReceiver<pb::PeerEnvelope>) {
-    use prost::Message as _;
+async fn peer_sender(peer: Peer, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
     use tokio::io::AsyncWriteExt as _;
     let target = host_port(&peer.addr).to_string();
     let mut frame = Vec::with_capacity(1 << 16);
@@ -452,9 +478,9 @@ async fn peer_sender(peer: Peer, mut rx: mpsc::UnboundedReceiver<pb::PeerEnvelop
         // comes (until then it holds what it carries by reference): encoded as they were taken
         // from the queue, while one fragment goes per turn, they made a leader behind with a
         // follower keep a copy of everything queued for it (with 1 MiB values, a leader was
-        // OOM-killed at 12 GB). The one being sent: its encoding and how much of it went.
-        let mut large: std::collections::VecDeque<pb::PeerEnvelope> = Default::default();
-        let mut sending: Option<(bytes::Bytes, usize)> = None;
+        // OOM-killed at 12 GB). A snapshot from a file is read a fragment at a time.
+        let mut large: std::collections::VecDeque<Outgoing> = Default::default();
+        let mut sending: Option<Fragmenting> = None;
         // Send until the connection breaks; notice a close at once, so that a restarted peer is
         // reconnected before anyone needs to reach it.
         loop {
@@ -480,10 +506,11 @@ async fn peer_sender(peer: Peer, mut rx: mpsc::UnboundedReceiver<pb::PeerEnvelop
                 let Some(m) = next.take().or_else(|| rx.try_recv().ok()) else {
                     break;
                 };
-                if m.encoded_len() > FRAGMENT {
-                    large.push_back(m);
-                } else {
-                    batch.push(m);
+                match m {
+                    Outgoing::Envelope(e) if prost::Message::encoded_len(&e) <= FRAGMENT => {
+                        batch.push(e);
+                    }
+                    m => large.push_back(m),
                 }
             }
             if !batch.is_empty() {
@@ -504,21 +531,28 @@ async fn peer_sender(peer: Peer, mut rx: mpsc::UnboundedReceiver<pb::PeerEnvelop
                 }
             }
             if sending.is_none() {
-                sending = large
-                    .pop_front()
-                    .map(|m| (bytes::Bytes::from(m.encode_to_vec()), 0));
+                sending = large.pop_front().map(Fragmenting::new);
             }
-            if let Some((msg, sent)) = &mut sending {
-                let end = (*sent + FRAGMENT).min(msg.len());
+            if let Some(msg) = &mut sending {
+                let first = msg.sent == 0;
+                let total = msg.len() as u64;
+                let data = match msg.next_piece().await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // The receiver drops the pieces that went when the connection breaks.
+                        tracing::warn!(peer = %peer.id, error = %e, "cannot read a snapshot being sent; it is not sent");
+                        break;
+                    }
+                };
                 let piece = pb::PeerEnvelope {
                     from: String::new(),
                     msg: Some(pb::peer_envelope::Msg::Fragment(pb::PeerFragment {
-                        data: msg.slice(*sent..end),
-                        last: end == msg.len(),
+                        data,
+                        last: msg.done(),
+                        total: if first { total } else { 0 },
                     })),
                 };
-                *sent = end;
-                if end == msg.len() {
+                if msg.done() {
                     sending = None;
                 }
                 frame.clear();
@@ -710,6 +744,11 @@ impl PeerReceiver {
                 if assembling.len() + f.data.len() > MAX_MESSAGE {
                     tracing::warn!("fragmented peer message too long; closing the connection");
                     return;
+                }
+                if assembling.is_empty() && f.total as usize <= MAX_MESSAGE {
+                    // Room for the whole message at once: grown by doubling, a gigabyte's
+                    // buffer held half as much again while it moved.
+                    assembling.reserve(f.total as usize);
                 }
                 assembling.extend_from_slice(&f.data);
                 if !f.last {
@@ -974,17 +1013,119 @@ pub fn to_wire(m: Message) -> pb::peer_envelope::Msg {
             index: index.0,
             read_seq,
         }),
-        Message::Snapshot { term, snapshot } => Msg::InstallSnapshot(pb::InstallSnapshot {
-            term: term.0,
-            index: snapshot.index.0,
-            snapshot_term: snapshot.term.0,
-            term_starts: snapshot
-                .terms
-                .iter()
-                .flat_map(|(i, t)| [i.0, t.0])
-                .collect(),
-            data: snapshot.data,
-        }),
+        Message::Snapshot { term, snapshot } => {
+            Msg::InstallSnapshot(install_to_wire(term, snapshot))
+        }
+    }
+}
+
+fn install_to_wire(term: Term, snapshot: Snapshot) -> pb::InstallSnapshot {
+    pb::InstallSnapshot {
+        term: term.0,
+        index: snapshot.index.0,
+        snapshot_term: snapshot.term.0,
+        term_starts: snapshot
+            .terms
+            .iter()
+            .flat_map(|(i, t)| [i.0, t.0])
+            .collect(),
+        data: snapshot.data,
+    }
+}
+
+/// The encoding of a `PeerEnvelope` from `from` carrying `install` with `len` bytes of data,
+/// up to where the data begins: the data is the encoding's last field, so this and the data
+/// after it are the envelope's whole encoding (what `encode_to_vec` would give with the data
+/// in `install`).
+fn snapshot_head(from: &str, install: &pb::InstallSnapshot, len: u64) -> bytes::Bytes {
+    use prost::Message as _;
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    // Field numbers in peer.proto: `PeerEnvelope.install_snapshot` and `InstallSnapshot.data`.
+    const ENVELOPE_INSTALL: u32 = 22;
+    const INSTALL_DATA: u32 = 5;
+    let mut inner = pb::InstallSnapshot {
+        data: bytes::Bytes::new(),
+        ..install.clone()
+    }
+    .encode_to_vec();
+    encode_key(INSTALL_DATA, WireType::LengthDelimited, &mut inner);
+    encode_varint(len, &mut inner);
+    let mut head = pb::PeerEnvelope {
+        from: from.to_owned(),
+        msg: None,
+    }
+    .encode_to_vec();
+    encode_key(ENVELOPE_INSTALL, WireType::LengthDelimited, &mut head);
+    encode_varint(inner.len() as u64 + len, &mut head);
+    head.extend_from_slice(&inner);
+    head.into()
+}
+
+/// What a peer's sender task sends.
+enum Outgoing {
+    Envelope(pb::PeerEnvelope),
+    /// A snapshot whose data is read from `file` as it goes ([`Transport::send_snapshot_file`]):
+    /// the envelope's encoding up to the data ([`snapshot_head`]), and the data's length.
+    SnapshotFile {
+        head: bytes::Bytes,
+        file: Arc<std::fs::File>,
+        len: u64,
+    },
+}
+
+/// A large message going out in fragments: its encoding in memory (all of it, or the head of
+/// a snapshot whose data follows from its file), and how much of it went.
+struct Fragmenting {
+    head: bytes::Bytes,
+    file: Option<(Arc<std::fs::File>, u64)>,
+    sent: usize,
+}
+
+impl Fragmenting {
+    fn new(m: Outgoing) -> Self {
+        let (head, file) = match m {
+            Outgoing::Envelope(e) => (prost::Message::encode_to_vec(&e).into(), None),
+            Outgoing::SnapshotFile { head, file, len } => (head, Some((file, len))),
+        };
+        Fragmenting {
+            head,
+            file,
+            sent: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.head.len() + self.file.as_ref().map_or(0, |(_, len)| *len as usize)
+    }
+
+    /// The next fragment (up to [`FRAGMENT`] bytes), read from the file on a blocking thread
+    /// where it covers the file's part.
+    async fn next_piece(&mut self) -> std::io::Result<bytes::Bytes> {
+        let (from, to) = (self.sent, (self.sent + FRAGMENT).min(self.len()));
+        let hl = self.head.len();
+        let piece = match &self.file {
+            Some((file, _)) if to > hl => {
+                let mut buf = Vec::with_capacity(to - from);
+                buf.extend_from_slice(&self.head[from.min(hl)..]);
+                let (file, at, n) = (file.clone(), from.max(hl) - hl, to - from.max(hl));
+                let data = tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt as _;
+                    let mut data = vec![0; n];
+                    file.read_exact_at(&mut data, at as u64).map(|()| data)
+                })
+                .await
+                .map_err(std::io::Error::other)??;
+                buf.extend_from_slice(&data);
+                bytes::Bytes::from(buf)
+            }
+            _ => self.head.slice(from..to),
+        };
+        self.sent = to;
+        Ok(piece)
+    }
+
+    fn done(&self) -> bool {
+        self.sent == self.len()
     }
 }
 
@@ -1308,7 +1449,66 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(kinds, ["vote", "snapshot"], "the vote passes the snapshot");
         assert!(got[1] == snapshot, "the snapshot arrived intact");
+
+        // The same snapshot with its data read from a file as the fragments go: it arrives
+        // the same, and again a vote sent after it passes it.
+        let Message::Snapshot { term, snapshot } = snapshot else {
+            unreachable!()
+        };
+        let mut f = tempfile::tempfile().expect("temporary file");
+        std::io::Write::write_all(&mut f, &snapshot.data).expect("write");
+        let len = snapshot.data.len() as u64;
+        let sent = Snapshot {
+            data: bytes::Bytes::new(),
+            ..snapshot.clone()
+        };
+        t.send_snapshot_file(&NodeId::from("n2"), term, sent, Arc::new(f), len);
+        t.send(&NodeId::from("n2"), vote());
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while got.len() < 2 && Instant::now() < deadline {
+            match rx.try_recv() {
+                Ok(Input::Peer { msg, .. }) => got.push(msg),
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        assert!(matches!(got[0], Message::Vote { .. }), "the vote passes it");
+        assert!(
+            got[1] == Message::Snapshot { term, snapshot },
+            "the snapshot read from its file arrived intact"
+        );
         rt.shutdown_background();
+    }
+
+    /// A snapshot sent from its file goes as its head then its data: together, byte for byte
+    /// the encoding of the same envelope with the data in it, which the receiver decodes.
+    #[test]
+    fn a_snapshot_head_and_its_data_are_the_envelope_encoded_whole() {
+        use prost::Message as _;
+        for len in [1usize, 127, 128, 300_000, FRAGMENT + 1] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            let install = pb::InstallSnapshot {
+                term: 7,
+                index: 123_456,
+                snapshot_term: 6,
+                term_starts: vec![1, 1, 900, 6],
+                data: bytes::Bytes::new(),
+            };
+            let whole = pb::PeerEnvelope {
+                from: "n3".into(),
+                msg: Some(pb::peer_envelope::Msg::InstallSnapshot(
+                    pb::InstallSnapshot {
+                        data: data.clone().into(),
+                        ..install.clone()
+                    },
+                )),
+            }
+            .encode_to_vec();
+            let mut sent = snapshot_head("n3", &install, len as u64).to_vec();
+            sent.extend_from_slice(&data);
+            assert!(sent == whole, "{len} bytes of data");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

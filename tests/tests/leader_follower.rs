@@ -1093,6 +1093,24 @@ async fn a_compacted_log_brings_back_a_follower_with_a_snapshot_and_survives_res
         c.metric(down, "kv_snapshots_installed_total") >= 1.0,
         "the follower was brought back by a snapshot, not by entries"
     );
+    // Once the installed snapshot's file is written the follower lets go of its data, as the
+    // leader did after its own compaction: neither keeps an encoded copy of its state beside
+    // the state (before, a follower held it until its next compaction).
+    let held = |i| c.metric(i, "kv_snapshot_memory_bytes");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (held(down) > 0.0 || held(leader) > 0.0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        (held(down), held(leader)),
+        (0.0, 0.0),
+        "snapshot bytes held in memory"
+    );
+    let (_, text) = http_get(c.nodes[down].admin, "/metrics").expect("metrics");
+    assert!(
+        text.contains("\nkv_snapshot_memory_bytes 0\n"),
+        "the gauge is exported: {text}"
+    );
 
     // Again, with the two others restarted while it is away: a node keeps its snapshot in its
     // file, not in memory, so the leader now reads it from the file it recovered from (above,

@@ -270,11 +270,34 @@ fn load_snapshot(path: &Path) -> Result<(Index, Lsn), StorageError> {
 /// Decodes what [`encode_index`] made: the index and the LSN it covers. `path` names the source
 /// in errors; any damage is corruption.
 pub(crate) fn decode_index(buf: &[u8], path: &Path) -> Result<(Index, Lsn), StorageError> {
+    let mut index = Index::default();
+    let covered = decode_snapshot(buf, path, &mut |d| match d {
+        Decoded::HighWater(v) => index.raise_high_water(v),
+        Decoded::Entry(k, e) => {
+            index.apply(k, e);
+        }
+    })?;
+    Ok((index, covered))
+}
+
+/// What [`decode_snapshot`] reads, in order: the high-water version, then each key's entry.
+pub(crate) enum Decoded {
+    HighWater(kv_replica::Version),
+    Entry(Bytes, Entry),
+}
+
+/// Reads a snapshot's records into `sink`; returns the LSN it covers. Any damage is
+/// corruption (snapshots are fsynced before they are renamed into place); what `sink` got by
+/// then is not the snapshot.
+pub(crate) fn decode_snapshot(
+    buf: &[u8],
+    path: &Path,
+    sink: &mut dyn FnMut(Decoded),
+) -> Result<Lsn, StorageError> {
     if buf.len() < SNAP_MAGIC.len() || &buf[..SNAP_MAGIC.len()] != SNAP_MAGIC {
         return Err(corrupt(path, 0, "not a quorumkv snapshot (bad magic)"));
     }
     let mut off = SNAP_MAGIC.len();
-    let mut index = Index::default();
     let mut covered = None;
     let mut count = 0u64;
     loop {
@@ -283,7 +306,7 @@ pub(crate) fn decode_index(buf: &[u8], path: &Path) -> Result<(Index, Lsn), Stor
                 match r.kind {
                     record::KIND_SNAP_BEGIN if covered.is_none() => {
                         covered = Some(r.lsn);
-                        index.raise_high_water(r.version);
+                        sink(Decoded::HighWater(r.version));
                     }
                     record::KIND_SNAP_END if covered.is_some() => {
                         if r.lsn != count {
@@ -296,11 +319,11 @@ pub(crate) fn decode_index(buf: &[u8], path: &Path) -> Result<(Index, Lsn), Stor
                         if next != buf.len() {
                             return Err(corrupt(path, next, "data after the snapshot's end"));
                         }
-                        return Ok((index, covered.unwrap_or(0)));
+                        return Ok(covered.unwrap_or(0));
                     }
                     k if record::is_write(k) && covered.is_some() => {
                         let (k, e) = entry_of(r);
-                        index.apply(k, e);
+                        sink(Decoded::Entry(k, e));
                         count += 1;
                     }
                     k => return Err(corrupt(path, off, format!("unexpected record kind {k}"))),

@@ -41,6 +41,30 @@ impl Index {
         true
     }
 
+    /// Sets `key`'s entry, whatever it held.
+    pub(crate) fn replace(&mut self, key: Bytes, entry: Entry) {
+        self.high_water = self.high_water.max(entry.version);
+        self.account(&key, &entry, true);
+        if let Some(old) = self.map.insert(key.clone(), entry) {
+            self.account(&key, &old, false);
+        }
+    }
+
+    /// Removes the keys `keep` refuses.
+    pub(crate) fn retain_keys(&mut self, keep: impl Fn(&Bytes) -> bool) {
+        let (mut bytes, mut tombstones) = (0, 0);
+        self.map.retain(|k, e| {
+            let kept = keep(k);
+            if !kept {
+                bytes += (k.len() + e.value.as_ref().map_or(0, |v| v.len())) as u64;
+                tombstones += u64::from(e.value.is_none());
+            }
+            kept
+        });
+        self.live_bytes -= bytes;
+        self.tombstones -= tombstones;
+    }
+
     fn account(&mut self, key: &[u8], e: &Entry, add: bool) {
         let bytes = (key.len() + e.value.as_ref().map_or(0, |v| v.len())) as u64;
         let tomb = u64::from(e.value.is_none());
