@@ -37,18 +37,26 @@ pid_of() { pgrep -f -- "node --id $1 " | head -1; }
 hwm() { awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$1/status"; }
 rss() { awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$1/status"; }
 
+leader_now() { # the leader and its term, once there is one (an election may be under way)
+  local l
+  for _ in $(seq 100); do
+    l=$(status | python3 -c 'import sys,json; print(*[(x["id"], x["term"]) for x in json.load(sys.stdin)["nodes"] if x["role"]=="leader"][:1])' || true)
+    [[ -n $l ]] && { echo "$l" | tr -d "(),'"; return; }
+    sleep 0.1
+  done
+  echo "no leader" >&2; exit 1
+}
+
 load "${FILL:-20s}" fill
-leader=
-for _ in $(seq 100); do # an election may be under way
-  leader=$(status | python3 -c 'import sys,json; print(*[x["id"] for x in json.load(sys.stdin)["nodes"] if x["role"]=="leader"][:1])' || true)
-  [[ -n $leader ]] && break
-  sleep 0.1
-done
-[[ -n $leader ]] || { echo "no leader after the fill" >&2; exit 1; }
+read -r leader _ <<< "$(leader_now)"
+[[ -n $leader ]] || exit 1
 follower=$(for n in n1 n2 n3; do if [[ $n != "$leader" ]]; then echo $n; fi; done | tail -1)
 "$B/kvctl" cluster kill "$follower" > /dev/null
 load "${MORE:-10s}" more
 sleep 2
+# Leadership may have moved during the writes: the leader now is the one that sends.
+read -r leader term <<< "$(leader_now)"
+[[ -n $leader ]] || exit 1
 lpid=$(pid_of "$leader")
 applied=$(field "$leader" applied_index)
 snap=$(field "$leader" snapshot_index)
@@ -64,6 +72,7 @@ for _ in $(seq 1200); do
   [[ $a != None && $a -ge $applied ]] && { caught=yes; break; }
   sleep 0.1
 done
+read -r leader_end term_end <<< "$(leader_now)"
 took=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$start" "$(date +%s.%N)")
 sleep 1
 leader_peak=$(hwm "$lpid"); follower_peak=$(hwm "$fpid"); follower_after=$(rss "$fpid")
@@ -71,4 +80,4 @@ installs=$(grep -c "installed the leader's snapshot" "$out/data/$follower.log" |
 kill -INT $cluster; wait $cluster 2>/dev/null || true
 trap - EXIT
 [[ ${KEEP_DATA:-0} == 1 ]] || rm -rf "$out"/data/n*/
-echo "value $size B, flags '$*': leader $leader applied $applied, snapshot at $snap of $((snap_bytes / 1048576)) MiB; follower $follower caught up: $caught in ${took} s, snapshots installed $installs; leader RSS ${leader_before} MiB before, peak ${leader_peak} MiB while sending; follower peak ${follower_peak} MiB, ${follower_after} MiB after" | tee "$out/result.txt"
+echo "value $size B, flags '$*': leader $leader applied $applied, snapshot at $snap of $((snap_bytes / 1048576)) MiB; follower $follower caught up: $caught in ${took} s, snapshots installed $installs; leader RSS ${leader_before} MiB before, peak ${leader_peak} MiB while sending (leader $leader_end in term $term_end at the end, against term $term); follower peak ${follower_peak} MiB, ${follower_after} MiB after" | tee "$out/result.txt"
