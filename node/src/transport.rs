@@ -530,8 +530,16 @@ async fn peer_sender(peer: Peer, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
                     break;
                 }
             }
-            if sending.is_none() {
-                sending = large.pop_front().map(Fragmenting::new);
+            if sending.is_none()
+                && let Some(m) = large.pop_front()
+            {
+                match Fragmenting::new(m).await {
+                    Ok(f) => sending = Some(f),
+                    Err(e) => {
+                        tracing::warn!(peer = %peer.id, error = %e, "cannot encode a large message; it is not sent");
+                        continue;
+                    }
+                }
             }
             if let Some(msg) = &mut sending {
                 let first = msg.sent == 0;
@@ -1082,16 +1090,24 @@ struct Fragmenting {
 }
 
 impl Fragmenting {
-    fn new(m: Outgoing) -> Self {
+    /// A large envelope is encoded on a blocking thread: an append of 256 entries of 1 MiB
+    /// is a 256 MiB copy, long enough on the node's runtime to hold up its heartbeats.
+    async fn new(m: Outgoing) -> std::io::Result<Self> {
         let (head, file) = match m {
-            Outgoing::Envelope(e) => (prost::Message::encode_to_vec(&e).into(), None),
+            Outgoing::Envelope(e) => {
+                let encoded =
+                    tokio::task::spawn_blocking(move || prost::Message::encode_to_vec(&e))
+                        .await
+                        .map_err(std::io::Error::other)?;
+                (encoded.into(), None)
+            }
             Outgoing::SnapshotFile { head, file, len } => (head, Some((file, len))),
         };
-        Fragmenting {
+        Ok(Fragmenting {
             head,
             file,
             sent: 0,
-        }
+        })
     }
 
     fn len(&self) -> usize {
