@@ -1424,6 +1424,30 @@ pub(crate) mod tests {
         (t, addr, rx, rt)
     }
 
+    /// The next two peer messages `rx` gets (fewer if 30 s pass first).
+    async fn next_two(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Input>) -> Vec<Message> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while got.len() < 2 && Instant::now() < deadline {
+            match rx.try_recv() {
+                Ok(Input::Peer { msg, .. }) => got.push(msg),
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        got
+    }
+
+    fn kinds(got: &[Message]) -> Vec<&'static str> {
+        got.iter()
+            .map(|m| match m {
+                Message::Vote { .. } => "vote",
+                Message::Snapshot { .. } => "snapshot",
+                _ => "other",
+            })
+            .collect()
+    }
+
     /// A snapshot larger than a frame crosses in fragments, intact; a vote sent after it
     /// arrives before the snapshot's last fragment instead of waiting behind it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1446,24 +1470,8 @@ pub(crate) mod tests {
         };
         t.send(&NodeId::from("n2"), snapshot.clone());
         t.send(&NodeId::from("n2"), vote());
-        let mut got = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while got.len() < 2 && Instant::now() < deadline {
-            match rx.try_recv() {
-                Ok(Input::Peer { msg, .. }) => got.push(msg),
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        }
-        let kinds: Vec<&str> = got
-            .iter()
-            .map(|m| match m {
-                Message::Vote { .. } => "vote",
-                Message::Snapshot { .. } => "snapshot",
-                _ => "other",
-            })
-            .collect();
-        assert_eq!(kinds, ["vote", "snapshot"], "the vote passes the snapshot");
+        let got = next_two(&mut rx).await;
+        assert_eq!(kinds(&got), ["vote", "snapshot"], "the vote passes the snapshot");
         assert!(got[1] == snapshot, "the snapshot arrived intact");
 
         // The same snapshot with its data read from a file as the fragments go: it arrives
@@ -1480,16 +1488,8 @@ pub(crate) mod tests {
         };
         t.send_snapshot_file(&NodeId::from("n2"), term, sent, Arc::new(f), len);
         t.send(&NodeId::from("n2"), vote());
-        let mut got = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while got.len() < 2 && Instant::now() < deadline {
-            match rx.try_recv() {
-                Ok(Input::Peer { msg, .. }) => got.push(msg),
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        }
-        assert!(matches!(got[0], Message::Vote { .. }), "the vote passes it");
+        let got = next_two(&mut rx).await;
+        assert_eq!(kinds(&got), ["vote", "snapshot"], "the vote passes it");
         assert!(
             got[1] == Message::Snapshot { term, snapshot },
             "the snapshot read from its file arrived intact"
