@@ -1471,7 +1471,11 @@ pub(crate) mod tests {
         t.send(&NodeId::from("n2"), snapshot.clone());
         t.send(&NodeId::from("n2"), vote());
         let got = next_two(&mut rx).await;
-        assert_eq!(kinds(&got), ["vote", "snapshot"], "the vote passes the snapshot");
+        assert_eq!(
+            kinds(&got),
+            ["vote", "snapshot"],
+            "the vote passes the snapshot"
+        );
         assert!(got[1] == snapshot, "the snapshot arrived intact");
 
         // The same snapshot with its data read from a file as the fragments go: it arrives
