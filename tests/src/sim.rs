@@ -349,6 +349,9 @@ impl Sim {
             election_ticks: self.cfg.election_ticks,
             heartbeat_ticks: self.cfg.heartbeat_ticks,
             max_batch: 8,
+            // The count bounds appends here (the byte bound cuts them the same way; a unit
+            // test covers it): the scenario searches' seeds depend on this batching.
+            max_batch_bytes: u64::MAX,
             max_apply: 4,
         };
         let rng = Box::new(StdRng::seed_from_u64(self.rng.random()));

@@ -83,6 +83,19 @@ impl Entry {
     pub fn version(&self) -> Version {
         Version::new(self.term.0, self.index.0)
     }
+
+    /// What it weighs: its key and value, and a little for the rest (term, index, framing),
+    /// so that many tiny entries count too.
+    pub fn weight(&self) -> u64 {
+        let payload = match &self.cmd {
+            Command::Put { key, value } | Command::Cas { key, value, .. } => {
+                key.len() + value.len()
+            }
+            Command::Delete { key } => key.len(),
+            Command::Noop => 0,
+        };
+        payload as u64 + 32
+    }
 }
 
 /// The durable part of a replica's state besides the log (§5.1, Figure 2).
@@ -328,6 +341,10 @@ pub struct Config {
     pub heartbeat_ticks: u32,
     /// At most this many entries per `Append`.
     pub max_batch: usize,
+    /// And no more entries than reach this many bytes ([`Entry::weight`]; at least one): with
+    /// values of a megabyte, 256 entries made appends of 256 MiB, for the leader to encode and
+    /// the follower to hold whole and fsync at once.
+    pub max_batch_bytes: u64,
     /// At most this many committed entries per [`Action::Apply`]; the rest are handed over by
     /// [`Replica::apply_more`], a chunk per call. A node that learns at once that hundreds of
     /// thousands of entries are committed (every node restarted with a long log) would
@@ -1346,7 +1363,17 @@ impl Replica {
         }
         let prev_index = next - 1;
         let prev_term = self.term_at(prev_index).unwrap_or(Term(0));
-        let end = (next - 1 + self.cfg.max_batch as u64).min(last);
+        let most = (next - 1 + self.cfg.max_batch as u64).min(last);
+        let mut bytes = 0;
+        let taken = self.log[(next - 1 - base) as usize..(most - base) as usize]
+            .iter()
+            .take_while(|e| {
+                let under = bytes < self.cfg.max_batch_bytes;
+                bytes += e.weight();
+                under
+            })
+            .count();
+        let end = next - 1 + taken as u64;
         let entries = self.log[(next - 1 - base) as usize..(end - base) as usize].to_vec();
         // Optimistic: the next heartbeat carries what follows; a reject rewinds.
         self.progress[to].next = end + 1;
@@ -1747,6 +1774,7 @@ pub(crate) mod tests {
                 election_ticks: (10, 20),
                 heartbeat_ticks: 3,
                 max_batch: 64,
+                max_batch_bytes: u64::MAX,
                 max_apply: 64,
             },
             hard,
@@ -2724,6 +2752,48 @@ pub(crate) mod tests {
         r.step(&ids(3)[2], append(2, (6, 2), vec![entry(2, 7)], 7));
         let a = r.take_actions();
         assert!(a.contains(&Action::Apply(vec![entry(2, 7)])), "{a:?}");
+    }
+
+    /// Appends to a follower behind stop at `max_batch_bytes` of entries, and carry at least
+    /// one however large.
+    #[test]
+    fn an_append_to_a_follower_behind_stops_at_its_byte_limit() {
+        for (limit, want) in [(u64::MAX, 7), (2_500, 4), (10, 1)] {
+            let mut r = replica(0, 3, HardState::default(), vec![]);
+            r.cfg.max_batch_bytes = limit;
+            elect(&mut r, 3); // a no-op at index 1
+            for i in 0..6 {
+                let big = Command::Put {
+                    key: Bytes::from_static(b"k"),
+                    value: Bytes::from(vec![b'v'; 1_000]),
+                };
+                r.propose(i, big, 1).expect("propose");
+            }
+            r.take_actions();
+            // n2 has nothing: its refusal rewinds it to the start of the log.
+            r.step(
+                &ids(3)[1],
+                Message::AppendReply {
+                    term: r.term(),
+                    ok: false,
+                    index: LogIndex(0),
+                    read_seq: 0,
+                },
+            );
+            let sizes: Vec<usize> = r
+                .take_actions()
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Send {
+                        to,
+                        msg: Message::Append { entries, .. },
+                    } if to == ids(3)[1] => Some(entries.len()),
+                    _ => None,
+                })
+                .collect();
+            // The no-op (32) and 1,033 bytes a put: 2,500 is passed by the third put.
+            assert_eq!(sizes, [want], "limit {limit}");
+        }
     }
 
     #[test]
