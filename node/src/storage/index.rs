@@ -28,16 +28,13 @@ impl Index {
     /// Applies `entry` unless the key already holds one with an equal or newer LSN (so that
     /// replaying log records over a snapshot taken later is harmless). Returns whether it applied.
     pub(crate) fn apply(&mut self, key: Bytes, entry: Entry) -> bool {
-        self.high_water = self.high_water.max(entry.version);
         if let Some(old) = self.map.get(&key)
             && old.lsn >= entry.lsn
         {
+            self.high_water = self.high_water.max(entry.version);
             return false;
         }
-        self.account(&key, &entry, true);
-        if let Some(old) = self.map.insert(key.clone(), entry) {
-            self.account(&key, &old, false);
-        }
+        self.replace(key, entry);
         true
     }
 
@@ -56,8 +53,9 @@ impl Index {
         self.map.retain(|k, e| {
             let kept = keep(k);
             if !kept {
-                bytes += (k.len() + e.value.as_ref().map_or(0, |v| v.len())) as u64;
-                tombstones += u64::from(e.value.is_none());
+                let (b, t) = footprint(k, e);
+                bytes += b;
+                tombstones += t;
             }
             kept
         });
@@ -66,8 +64,7 @@ impl Index {
     }
 
     fn account(&mut self, key: &[u8], e: &Entry, add: bool) {
-        let bytes = (key.len() + e.value.as_ref().map_or(0, |v| v.len())) as u64;
-        let tomb = u64::from(e.value.is_none());
+        let (bytes, tomb) = footprint(key, e);
         if add {
             self.live_bytes += bytes;
             self.tombstones += tomb;
@@ -119,4 +116,10 @@ impl Index {
             ..StorageStats::default()
         }
     }
+}
+
+/// What an entry counts for: bytes of key and value, and whether it is a tombstone.
+fn footprint(key: &[u8], e: &Entry) -> (u64, u64) {
+    let bytes = (key.len() + e.value.as_ref().map_or(0, |v| v.len())) as u64;
+    (bytes, u64::from(e.value.is_none()))
 }

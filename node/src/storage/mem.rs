@@ -75,7 +75,8 @@ impl MemStorage {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (Index, Lsn)> {
         // A panic while holding the lock leaves the index consistent (every mutation is a
-        // single insert or retain), so a poisoned lock is still safe to use.
+        // single insert or retain; an install cut short is not served: see `install`), so a
+        // poisoned lock is still safe to use.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
