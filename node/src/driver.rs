@@ -40,7 +40,7 @@ use kv_replica::{NodeId, Version};
 use rand::SeedableRng;
 use tokio::sync::oneshot;
 
-use crate::raft_log::{Job, LogWriter, RaftLog, Recovered};
+use crate::raft_log::{Job, LogWriter, RaftLog, Recovered, StagedSnapshot};
 use crate::storage::{MemStorage, Storage, StorageError, Write, now_ms};
 use crate::transport::Transport;
 
@@ -138,6 +138,18 @@ pub enum Input {
         from: NodeId,
         /// The message.
         msg: kv_replica::leader_follower::Message,
+    },
+    /// A leader's snapshot received into a file: `msg` is the `Message::Snapshot` without its
+    /// data, which `staged` holds and `data` reads.
+    PeerSnapshot {
+        /// Sender.
+        from: NodeId,
+        /// The message, its snapshot's data empty.
+        msg: kv_replica::leader_follower::Message,
+        /// The file of the data, removed unless the snapshot is installed.
+        staged: StagedSnapshot,
+        /// The same file, open to read.
+        data: std::fs::File,
     },
     /// A write to replicate.
     Propose {
@@ -403,6 +415,10 @@ struct Driver {
     /// The log writer's batch that installs a leader's snapshot (the snapshot's index), until
     /// it is durable ([`Driver::release_installed`]).
     install_written: Option<(u64, u64)>,
+    /// Leaders' snapshots received into files that the replica installed, each until the log
+    /// writer has its file and the state machine its data (another may come while the first
+    /// waits for its write).
+    staged: Vec<Staged>,
     /// The driver's own input channel, for the snapshot threads (weak: they must not keep the
     /// driver alive).
     inputs: std::sync::Weak<InputTx>,
@@ -557,6 +573,7 @@ pub fn build(
         encoded: None,
         snapshot_file,
         install_written: None,
+        staged: Vec::new(),
         inputs: Arc::downgrade(&tx),
         snapshots_taken: 0,
         snapshots_installed: 0,
@@ -590,6 +607,17 @@ pub fn build(
 
 /// Opens the file of the replica's snapshot (`index`, recovered from it) and lets the replica
 /// go of its copy of the data; the data stays in memory if the file cannot be opened.
+/// A leader's snapshot received into a file ([`Input::PeerSnapshot`]) that the replica
+/// installed.
+struct Staged {
+    /// The snapshot's index.
+    index: u64,
+    /// The file, until the log writer's rewrite takes it to rename it into place.
+    file: Option<StagedSnapshot>,
+    /// The same file, open to read into the state machine.
+    data: std::fs::File,
+}
+
 fn release_to_file(
     replica: &mut Replica,
     index: u64,
@@ -726,7 +754,10 @@ impl Driver {
                 Input::Read { reply } => {
                     let _ = reply.send(Err(err));
                 }
-                Input::Peer { .. } | Input::Synced(_) | Input::SnapshotEncoded { .. } => {}
+                Input::Peer { .. }
+                | Input::PeerSnapshot { .. }
+                | Input::Synced(_)
+                | Input::SnapshotEncoded { .. } => {}
             }
             return;
         }
@@ -737,6 +768,30 @@ impl Driver {
             }
             Input::Synced(Err(e)) => self.fail(e),
             Input::Peer { from, msg } => self.replica.step(&from, msg),
+            Input::PeerSnapshot {
+                from,
+                msg,
+                staged,
+                data,
+            } => {
+                let before = self.replica.snapshot().index;
+                let index = match &msg {
+                    Message::Snapshot { snapshot, .. } => snapshot.index,
+                    _ => before,
+                };
+                self.replica.step(&from, msg);
+                // Installed (a newer snapshot than the replica held): it is installed from the
+                // file, and the log writer renames the file into place. Otherwise the file goes.
+                if self.replica.snapshot().index != before && self.replica.snapshot().index == index
+                {
+                    self.replica.installed_elsewhere(staged.len());
+                    self.staged.push(Staged {
+                        index: index.0,
+                        file: Some(staged),
+                        data,
+                    });
+                }
+            }
             Input::Propose { cmd, w, reply } => {
                 let id = self.next_id;
                 self.next_id += 1;
@@ -976,7 +1031,13 @@ impl Driver {
             return;
         };
         // A later install or compaction replaced it meanwhile: that one is released its way.
-        if self.replica.snapshot().index.0 != index || self.replica.snapshot().data.is_empty() {
+        // One received into a file holds no data to let go of, but its file is to be found.
+        if self.replica.snapshot().index.0 != index
+            || self
+                .snapshot_file
+                .as_ref()
+                .is_some_and(|(i, _)| *i == index)
+        {
             return;
         }
         let path = crate::raft_log::snapshot_path(&log.snapshot_target().0, index);
@@ -1012,13 +1073,19 @@ impl Driver {
 
     /// A rewrite of the replica log as the replica now stands (snapshot, hard state, log);
     /// `install`: see [`Job::Rewrite`].
-    fn rewrite(&self, install: bool) -> Job {
+    fn rewrite(&mut self, install: bool) -> Job {
+        let snapshot = self.replica.snapshot().clone();
+        let staged = match self.staged.iter_mut().find(|s| s.index == snapshot.index.0) {
+            Some(s) if install => s.file.take(),
+            _ => None,
+        };
         Job::Rewrite {
-            snapshot: self.replica.snapshot().clone(),
+            snapshot,
             snapshot_len: self.replica.snapshot_size(),
             hard: self.replica.hard_state(),
             entries: self.replica.log().to_vec(),
             install,
+            staged,
         }
     }
 
@@ -1206,7 +1273,24 @@ impl Driver {
                     .log
                     .as_ref()
                     .map_or_else(|| PathBuf::from("snapshot from the leader"), RaftLog::path);
-                match self.state.install(&snapshot.data, &source) {
+                let index = snapshot.index.0;
+                let staged = self.staged.iter().position(|s| s.index == index);
+                let staged = staged.map(|i| self.staged.remove(i));
+                // Those of older snapshots are superseded.
+                self.staged.retain(|s| s.index > index);
+                let installed = match staged {
+                    // Received into a file: read from there a megabyte at a time.
+                    Some(mut s) if snapshot.data.is_empty() => {
+                        self.state.install(&mut s.data, &source)
+                    }
+                    None if snapshot.data.is_empty() => {
+                        return self.fail(format!(
+                            "the data of the leader's snapshot at {index} is neither in memory nor in a file"
+                        ));
+                    }
+                    _ => self.state.install(&mut &snapshot.data[..], &source),
+                };
+                match installed {
                     Ok(_) => {
                         self.snapshots_installed += 1;
                         // The replica holds the installed snapshot's data until its file is
@@ -1223,7 +1307,7 @@ impl Driver {
                         self.snapshot_mark = self.applied_bytes;
                         tracing::info!(
                             index = snapshot.index.0,
-                            bytes = snapshot.data.len(),
+                            bytes = self.replica.snapshot_size(),
                             "installed the leader's snapshot"
                         );
                         self.release_reads();

@@ -419,7 +419,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         Arc::new(Node::new(settings, storage.clone()))
     };
     let peers = sink.map(|sink| {
-        transport::PeerReceiver::new(shape, sink, faults.clone(), refusing.clone()).knowing(book)
+        transport::PeerReceiver::new(shape, sink, faults.clone(), refusing.clone())
+            .knowing(book)
+            .staging_in(disk_dir.clone())
     });
     let admin_grpc = kv_proto::kv::v1::admin_server::AdminServer::new(
         server::admin::AdminService::new(node.clone(), faults, refusing.clone()),

@@ -178,6 +178,84 @@ pub fn write_snapshot(
     )
 }
 
+/// A leader's snapshot received into a file of the data directory rather than into memory
+/// (`raft-snapshot-recv.<n>.tmp`). The log writer makes it the snapshot's file once the
+/// snapshot is installed ([`Job::Rewrite`]); dropped before that (a snapshot declined, a
+/// connection cut short), it is removed. A crash leaves it to the next start, which removes
+/// the snapshot files the log does not name.
+#[derive(Debug)]
+pub struct StagedSnapshot {
+    path: PathBuf,
+    len: u64,
+}
+
+impl StagedSnapshot {
+    /// A new file in `dir` for a snapshot's data of `len` bytes, and the file to write it to.
+    ///
+    /// # Errors
+    /// The file cannot be created.
+    pub fn create(dir: &Path, len: u64) -> std::io::Result<(Self, File)> {
+        static RECEIVED: AtomicU64 = AtomicU64::new(0);
+        let n = RECEIVED.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{SNAPSHOT_PREFIX}recv.{n}.tmp"));
+        let f = File::create(&path)?;
+        Ok((StagedSnapshot { path, len }, f))
+    }
+
+    /// The size of the data.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it holds no data (a snapshot always holds some).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Opens the file to read, once it is written: it must hold exactly the data's size.
+    ///
+    /// # Errors
+    /// It cannot be opened, or holds another size.
+    pub fn open(&self) -> std::io::Result<File> {
+        let f = File::open(&self.path)?;
+        let got = f.metadata()?.len();
+        if got != self.len {
+            return Err(std::io::Error::other(format!(
+                "{} holds {got} bytes of a snapshot of {}",
+                self.path.display(),
+                self.len
+            )));
+        }
+        Ok(f)
+    }
+
+    /// Makes it the file of the snapshot at `index` ([`snapshot_path`]): fsynced unless `fsync`
+    /// is `never`, renamed into place, the directory fsynced.
+    fn adopt(mut self, dir: &Path, index: u64, fsync: FsyncPolicy) -> Result<(), StorageError> {
+        let path = std::mem::take(&mut self.path);
+        let io = |what: &str, e| StorageError::io(format!("{what} {}", path.display()), e);
+        let sync = fsync != FsyncPolicy::Never;
+        if sync {
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io("cannot fsync", e))?;
+        }
+        std::fs::rename(&path, snapshot_path(dir, index)).map_err(|e| io("cannot rename", e))?;
+        if sync {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for StagedSnapshot {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// The snapshot files in `dir` by index, and what is left of writes cut short (`None`).
 fn snapshot_files(dir: &Path) -> Vec<(Option<u64>, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -630,13 +708,18 @@ impl RaftLog {
                             hard,
                             entries,
                             install,
+                            staged,
                         } => {
                             let index = snapshot.index.0;
                             let res = (|| {
-                                if install && index > 0 {
-                                    write_snapshot(&dir, index, fsync, |w| {
-                                        w.write_all(&snapshot.data)
-                                    })?;
+                                match staged {
+                                    _ if !install || index == 0 => {}
+                                    Some(staged) => staged.adopt(&dir, index, fsync)?,
+                                    None => {
+                                        write_snapshot(&dir, index, fsync, |w| {
+                                            w.write_all(&snapshot.data)
+                                        })?;
+                                    }
                                 }
                                 let contents = encode_base(&snapshot, snapshot_len, hard, &entries);
                                 let sync = fsync != FsyncPolicy::Never;
@@ -726,6 +809,9 @@ pub enum Job {
         /// submission once durable), whose snapshot file the writer writes first. Otherwise a
         /// compaction on the side, whose snapshot file [`write_snapshot`] already wrote.
         install: bool,
+        /// The installed snapshot's data, received into a file: renamed into place rather
+        /// than written from the snapshot's (empty) data.
+        staged: Option<StagedSnapshot>,
     },
 }
 
@@ -920,6 +1006,7 @@ mod tests {
                 hard,
                 entries: kept.to_vec(),
                 install: false,
+                staged: None,
             }));
             assert!(w.submit(Job::Append {
                 bytes: entry_bytes(&[put(2, 5, "e")]),
@@ -970,6 +1057,7 @@ mod tests {
                 hard,
                 entries: Vec::new(),
                 install: true,
+                staged: None,
             }));
             drop(w);
             assert_eq!(rx.try_iter().last(), Some(Ok(1)), "an install counts");
@@ -983,6 +1071,63 @@ mod tests {
         assert_eq!(
             (rec.snapshot, rec.entries),
             (big_snapshot(6, 3), Vec::new())
+        );
+    }
+
+    /// A snapshot received into a file becomes the log's snapshot file as it is (renamed,
+    /// not written again); one dropped before it is installed leaves no file behind, nor does
+    /// one a crash left half received.
+    #[test]
+    fn a_snapshot_received_into_a_file_is_renamed_into_place_or_removed() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (l, _) = RaftLog::open(dir.path(), FsyncPolicy::Batch).expect("open");
+        let data = big_snapshot(7, 3).data;
+        let receive = |len: u64, bytes: &[u8]| {
+            let (staged, mut f) = StagedSnapshot::create(dir.path(), len).expect("create");
+            f.write_all(bytes).expect("write");
+            staged
+        };
+        // Cut short: refused when opened to read, and gone once dropped.
+        let short = receive(data.len() as u64, &data[..1000]);
+        let err = short.open().expect_err("short");
+        assert!(err.to_string().contains("holds 1000 bytes"), "{err}");
+        assert_eq!(snapshot_names(dir.path()).len(), 1);
+        drop(short);
+        assert!(snapshot_names(dir.path()).is_empty());
+        let staged = receive(data.len() as u64, &data);
+        let mut read = Vec::new();
+        std::io::Read::read_to_end(&mut staged.open().expect("open"), &mut read).expect("read");
+        assert_eq!(read, data);
+        {
+            let (w, rx) = writer_reporting(&l);
+            assert!(w.submit(Job::Rewrite {
+                snapshot: Snapshot {
+                    data: Bytes::new(),
+                    ..big_snapshot(7, 3)
+                },
+                snapshot_len: data.len() as u64,
+                hard: HardState::default(),
+                entries: Vec::new(),
+                install: true,
+                staged: Some(staged),
+            }));
+            drop(w);
+            assert_eq!(rx.try_iter().last(), Some(Ok(1)), "an install counts");
+        }
+        assert_eq!(
+            snapshot_names(dir.path()),
+            ["raft-snapshot-00000000000000000007"]
+        );
+        // A crash while another was received: the next start removes what it left.
+        let left = receive(5, b"12");
+        std::mem::forget(left);
+        drop(l);
+        let (_l, rec) = RaftLog::open(dir.path(), FsyncPolicy::Batch).expect("reopen");
+        assert_eq!(rec.snapshot, big_snapshot(7, 3));
+        assert_eq!(
+            snapshot_names(dir.path()),
+            ["raft-snapshot-00000000000000000007"]
         );
     }
 

@@ -663,6 +663,9 @@ pub struct PeerReceiver {
     /// Leader-follower, on disk: the peers' data directories known, to refuse one that lost
     /// its data.
     book: Option<Arc<crate::data_dir::PeerBook>>,
+    /// Leader-follower, on disk: where a leader's snapshot is received, into a file rather
+    /// than into memory (the replica log's directory, whose writer renames it into place).
+    staging: Option<Arc<std::path::PathBuf>>,
 }
 
 impl PeerReceiver {
@@ -680,6 +683,7 @@ impl PeerReceiver {
             filter,
             refusing,
             book: None,
+            staging: None,
         }
     }
 
@@ -688,6 +692,17 @@ impl PeerReceiver {
     pub fn knowing(self, book: Option<crate::data_dir::PeerBook>) -> Self {
         PeerReceiver {
             book: book.map(Arc::new),
+            ..self
+        }
+    }
+
+    /// The same, receiving a leader's snapshot into a file in `dir` (if any).
+    #[must_use]
+    pub fn staging_in(self, dir: Option<std::path::PathBuf>) -> Self {
+        PeerReceiver {
+            staging: dir
+                .filter(|_| matches!(self.sink, PeerSink::Raft(_)))
+                .map(Arc::new),
             ..self
         }
     }
@@ -742,13 +757,35 @@ impl PeerReceiver {
             tracing::info!(peer = %from, "accepting a peer refused before");
         }
         // `write` lives on: the sender takes the end of this direction for a closed connection.
-        // The fragments of a large message received so far.
+        // The fragments of a large message received so far, or the snapshot being received
+        // into a file.
         let mut assembling = bytes::BytesMut::new();
+        let mut receiving: Option<Receiving> = None;
         loop {
             let Some(mut env) = read_envelope(&mut conn).await else {
                 return;
             };
             if let Some(pb::peer_envelope::Msg::Fragment(f)) = env.msg {
+                if assembling.is_empty() && receiving.is_none() {
+                    receiving = self.receive_to_file(&f);
+                }
+                if let Some(r) = &mut receiving {
+                    let last = f.last;
+                    if let Err(e) = r.write(f).await {
+                        tracing::warn!(error = %e, "cannot receive a snapshot into its file; closing the connection");
+                        return;
+                    }
+                    if let Some(r) = receiving.take_if(|_| last) {
+                        match r.finish() {
+                            Ok((env, staged, data)) => self.deliver_snapshot(env, staged, data),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "a snapshot received into its file is incomplete; closing the connection");
+                                return;
+                            }
+                        }
+                    }
+                    continue;
+                }
                 if assembling.len() + f.data.len() > MAX_MESSAGE {
                     tracing::warn!("fragmented peer message too long; closing the connection");
                     return;
@@ -811,6 +848,52 @@ impl PeerReceiver {
             h.peer_refilling(from.clone());
         }
         refilling
+    }
+
+    /// When `first`, a message's first fragment, starts a leader's snapshot and this node
+    /// receives snapshots into files: the file its data goes to. A gigabyte's snapshot held in
+    /// memory until it was installed and written came on top of the state it replaces.
+    fn receive_to_file(&self, first: &pb::PeerFragment) -> Option<Receiving> {
+        let dir = self.staging.as_ref()?;
+        let (env, at) = parse_snapshot_head(&first.data, first.total)?;
+        let len = first.total - at as u64;
+        match crate::raft_log::StagedSnapshot::create(dir, len) {
+            Ok((staged, file)) => {
+                tracing::info!(bytes = len, "receiving a leader's snapshot into a file");
+                Some(Receiving {
+                    env,
+                    staged,
+                    file: Arc::new(file),
+                    skip: at,
+                    written: 0,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot create a file for a snapshot; receiving it into memory");
+                None
+            }
+        }
+    }
+
+    /// Hands the driver a snapshot whose data `staged` holds, open as `data`.
+    fn deliver_snapshot(
+        &self,
+        env: pb::PeerEnvelope,
+        staged: crate::raft_log::StagedSnapshot,
+        data: std::fs::File,
+    ) {
+        let from = NodeId(env.from);
+        if !self.filter.accepts_from(&from) {
+            return;
+        }
+        if let (PeerSink::Raft(d), Some(msg)) = (&self.sink, env.msg.and_then(from_wire)) {
+            d.send(Input::PeerSnapshot {
+                from,
+                msg,
+                staged,
+                data,
+            });
+        }
     }
 
     fn deliver_one(&self, env: pb::PeerEnvelope) {
@@ -1048,9 +1131,6 @@ fn install_to_wire(term: Term, snapshot: Snapshot) -> pb::InstallSnapshot {
 fn snapshot_head(from: &str, install: &pb::InstallSnapshot, len: u64) -> bytes::Bytes {
     use prost::Message as _;
     use prost::encoding::{WireType, encode_key, encode_varint};
-    // Field numbers in peer.proto: `PeerEnvelope.install_snapshot` and `InstallSnapshot.data`.
-    const ENVELOPE_INSTALL: u32 = 22;
-    const INSTALL_DATA: u32 = 5;
     let mut inner = pb::InstallSnapshot {
         data: bytes::Bytes::new(),
         ..install.clone()
@@ -1067,6 +1147,114 @@ fn snapshot_head(from: &str, install: &pb::InstallSnapshot, len: u64) -> bytes::
     encode_varint(inner.len() as u64 + len, &mut head);
     head.extend_from_slice(&inner);
     head.into()
+}
+
+// Field numbers in peer.proto: `PeerEnvelope.from` and `.install_snapshot`, and
+// `InstallSnapshot.data`.
+const ENVELOPE_FROM: u32 = 1;
+const ENVELOPE_INSTALL: u32 = 22;
+const INSTALL_DATA: u32 = 5;
+
+/// The other way from [`snapshot_head`]: when `first`, the start of the encoding of a
+/// `PeerEnvelope` of `total` bytes, is the head of a snapshot whose data ends the message, the
+/// envelope without the data, and where in the message the data begins. `None` for any other
+/// message, or a head longer than `first`.
+fn parse_snapshot_head(first: &[u8], total: u64) -> Option<(pb::PeerEnvelope, usize)> {
+    use prost::Message as _;
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let mut cur = first;
+    let mut from = String::new();
+    loop {
+        let (tag, wire) = decode_key(&mut cur).ok()?;
+        if wire != WireType::LengthDelimited {
+            return None;
+        }
+        let len = decode_varint(&mut cur).ok()?;
+        let start = first.len() - cur.len();
+        match tag {
+            ENVELOPE_FROM => {
+                let (bytes, rest) = cur.split_at_checked(usize::try_from(len).ok()?)?;
+                from = std::str::from_utf8(bytes).ok()?.to_owned();
+                cur = rest;
+            }
+            ENVELOPE_INSTALL if start as u64 + len == total => break,
+            _ => return None,
+        }
+    }
+    // The snapshot's fields, up to its data.
+    let install_at = first.len() - cur.len();
+    loop {
+        let field = first.len() - cur.len();
+        let (tag, wire) = decode_key(&mut cur).ok()?;
+        match wire {
+            WireType::Varint => {
+                decode_varint(&mut cur).ok()?;
+            }
+            WireType::LengthDelimited => {
+                let len = decode_varint(&mut cur).ok()?;
+                let at = first.len() - cur.len();
+                if tag == INSTALL_DATA {
+                    if at as u64 + len != total {
+                        return None;
+                    }
+                    let install = pb::InstallSnapshot::decode(&first[install_at..field]).ok()?;
+                    let msg = pb::peer_envelope::Msg::InstallSnapshot(install);
+                    return Some((
+                        pb::PeerEnvelope {
+                            from,
+                            msg: Some(msg),
+                        },
+                        at,
+                    ));
+                }
+                cur = cur.get(usize::try_from(len).ok()?..)?;
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// A leader's snapshot whose data goes to a file as its fragments come.
+struct Receiving {
+    /// The envelope, without the data.
+    env: pb::PeerEnvelope,
+    staged: crate::raft_log::StagedSnapshot,
+    file: Arc<std::fs::File>,
+    /// Bytes of the message before the data, not yet passed over.
+    skip: usize,
+    written: u64,
+}
+
+impl Receiving {
+    /// Writes the data in `f`, the next fragment, on a blocking thread.
+    async fn write(&mut self, f: pb::PeerFragment) -> std::io::Result<()> {
+        let mut data = f.data;
+        let skip = self.skip.min(data.len());
+        self.skip -= skip;
+        let data = data.split_off(skip);
+        if self.written + data.len() as u64 > self.staged.len() {
+            return Err(std::io::Error::other(
+                "more data than the snapshot announced",
+            ));
+        }
+        self.written += data.len() as u64;
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || std::io::Write::write_all(&mut &*file, &data))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// The whole snapshot came: the envelope, its data's file, and that file open to read.
+    fn finish(
+        self,
+    ) -> std::io::Result<(
+        pb::PeerEnvelope,
+        crate::raft_log::StagedSnapshot,
+        std::fs::File,
+    )> {
+        let data = self.staged.open()?;
+        Ok((self.env, self.staged, data))
+    }
 }
 
 /// What a peer's sender task sends.
@@ -1238,6 +1426,19 @@ pub(crate) mod tests {
         tokio::runtime::Runtime,
         Refusals,
     ) {
+        serve_staging(listener, shape, None)
+    }
+
+    /// [`serve`], receiving snapshots into files in `staging` (if any).
+    fn serve_staging(
+        listener: std::net::TcpListener,
+        shape: ClusterShape,
+        staging: Option<std::path::PathBuf>,
+    ) -> (
+        tokio::sync::mpsc::UnboundedReceiver<Input>,
+        tokio::runtime::Runtime,
+        Refusals,
+    ) {
         let (handle, rx) = DriverHandle::channel();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -1250,7 +1451,8 @@ pub(crate) mod tests {
             PeerSink::Raft(handle),
             FaultFilter::default(),
             refusing.clone(),
-        );
+        )
+        .staging_in(staging);
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
             // Not a peer: nobody serves it here.
@@ -1408,10 +1610,22 @@ pub(crate) mod tests {
         tokio::sync::mpsc::UnboundedReceiver<Input>,
         tokio::runtime::Runtime,
     ) {
+        n1_and_n2_staging(None)
+    }
+
+    /// [`n1_and_n2`], n2 receiving snapshots into files in `staging` (if any).
+    fn n1_and_n2_staging(
+        staging: Option<std::path::PathBuf>,
+    ) -> (
+        Transport,
+        std::net::SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<Input>,
+        tokio::runtime::Runtime,
+    ) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
-        let (rx, rt, _) = serve(listener, lf_shape("n2", &["n1", "n2"]));
+        let (rx, rt, _) = serve_staging(listener, lf_shape("n2", &["n1", "n2"]), staging);
         let t = Transport::start(
             NodeId::from("n1"),
             &[
@@ -1501,6 +1715,92 @@ pub(crate) mod tests {
         rt.shutdown_background();
     }
 
+    /// Where the node has a data directory, a snapshot is received into a file there: it
+    /// reaches the driver without its data, with the file holding the data exactly, sent from
+    /// memory or from the leader's file alike; a vote sent after it still passes it. The file
+    /// goes when the driver drops it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_is_received_into_a_file_where_the_node_has_a_data_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (t, _, mut rx, rt) = n1_and_n2_staging(Some(dir.path().to_path_buf()));
+        t.send(&NodeId::from("n2"), vote());
+        assert!(received(&mut rx).await, "connected");
+        let data: Vec<u8> = (0..MAX_FRAME + 3 * FRAGMENT + 12_345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let snapshot = Snapshot {
+            index: LogIndex(1_000),
+            term: Term(4),
+            terms: vec![(LogIndex(1), Term(1)), (LogIndex(500), Term(4))],
+            data: bytes::Bytes::from(data.clone()),
+        };
+        let without_data = Message::Snapshot {
+            term: Term(4),
+            snapshot: Snapshot {
+                data: bytes::Bytes::new(),
+                ..snapshot.clone()
+            },
+        };
+        let mut f = tempfile::tempfile().expect("temporary file");
+        std::io::Write::write_all(&mut f, &data).expect("write");
+        let f = Arc::new(f);
+        for from_file in [false, true] {
+            if from_file {
+                let Message::Snapshot { snapshot, .. } = without_data.clone() else {
+                    unreachable!()
+                };
+                let len = data.len() as u64;
+                t.send_snapshot_file(&NodeId::from("n2"), Term(4), snapshot, f.clone(), len);
+            } else {
+                let msg = Message::Snapshot {
+                    term: Term(4),
+                    snapshot: snapshot.clone(),
+                };
+                t.send(&NodeId::from("n2"), msg);
+            }
+            t.send(&NodeId::from("n2"), vote());
+            let mut got = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while got.len() < 2 && Instant::now() < deadline {
+                match rx.try_recv() {
+                    Ok(i) => got.push(i),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+            let mut got = got.into_iter();
+            let (
+                Some(Input::Peer { msg: first, .. }),
+                Some(Input::PeerSnapshot {
+                    from,
+                    msg,
+                    staged,
+                    data: mut file,
+                }),
+            ) = (got.next(), got.next())
+            else {
+                panic!("{from_file}: a vote, then the snapshot in a file");
+            };
+            assert!(first == vote(), "{from_file}: the vote passes the snapshot");
+            assert_eq!(from, NodeId::from("n1"));
+            assert!(
+                msg == without_data,
+                "{from_file}: the snapshot, without its data"
+            );
+            let mut read = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut read).expect("read");
+            assert!(read == data, "{from_file}: the file holds the data exactly");
+            assert_eq!(staged.len(), data.len() as u64);
+            assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 1);
+            drop(staged);
+            assert_eq!(
+                std::fs::read_dir(dir.path()).expect("list").count(),
+                0,
+                "{from_file}: the file goes with it"
+            );
+        }
+        rt.shutdown_background();
+    }
+
     /// A snapshot sent from its file goes as its head then its data: together, byte for byte
     /// the encoding of the same envelope with the data in it, which the receiver decodes.
     #[test]
@@ -1525,10 +1825,40 @@ pub(crate) mod tests {
                 )),
             }
             .encode_to_vec();
-            let mut sent = snapshot_head("n3", &install, len as u64).to_vec();
+            let head = snapshot_head("n3", &install, len as u64);
+            let mut sent = head.to_vec();
             sent.extend_from_slice(&data);
             assert!(sent == whole, "{len} bytes of data");
+            // The receiver finds the head in the first fragment, and where the data begins.
+            let total = sent.len() as u64;
+            let first = &sent[..sent.len().min(FRAGMENT)];
+            let without = pb::PeerEnvelope {
+                from: "n3".into(),
+                msg: Some(pb::peer_envelope::Msg::InstallSnapshot(install.clone())),
+            };
+            assert_eq!(
+                parse_snapshot_head(first, total),
+                Some((without, head.len())),
+                "{len}"
+            );
+            // Not when the head is cut short, nor when the length is not the message's.
+            assert_eq!(parse_snapshot_head(&sent[..head.len() - 1], total), None);
+            assert_eq!(parse_snapshot_head(first, total + 1), None);
         }
+        // Nor for any other message.
+        let append = pb::PeerEnvelope {
+            from: "n3".into(),
+            msg: Some(to_wire(Message::Append {
+                term: Term(2),
+                prev_index: LogIndex(1),
+                prev_term: Term(1),
+                entries: Vec::new(),
+                commit: LogIndex(1),
+                read_seq: 0,
+            })),
+        }
+        .encode_to_vec();
+        assert_eq!(parse_snapshot_head(&append, append.len() as u64), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

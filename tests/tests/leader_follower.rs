@@ -1066,6 +1066,16 @@ async fn a_compacted_log_brings_back_a_follower_with_a_snapshot_and_survives_res
         })
         .await
         .expect("delete");
+    // Two values of 700 KiB: the snapshot goes in fragments, which the follower receives into
+    // a file in its data directory rather than into memory.
+    let big = |i: u8| char::from(b'a' + i).to_string().repeat(700 << 10);
+    for i in 0..2 {
+        client
+            .put(put(&format!("big{i}"), &big(i), 2))
+            .await
+            .expect("put a large value");
+    }
+    put_keys(&c, leader, 300..360).await;
     // Every 50 entries, or every quarter of the keys held (300 here) if that is more.
     assert!(
         c.metric(leader, "kv_snapshots_taken_total") >= 3.0,
@@ -1084,6 +1094,15 @@ async fn a_compacted_log_brings_back_a_follower_with_a_snapshot_and_survives_res
     c.nodes[down].start_again().expect("restart the follower");
     wait_local(&c, down, "k299", "v299", "caught up").await;
     wait_local(&c, down, "k0", "v0", "the snapshot holds the early writes").await;
+    for i in 0..2 {
+        wait_local(&c, down, &format!("big{i}"), &big(i), "large values").await;
+    }
+    assert!(
+        c.nodes[down]
+            .log_text()
+            .contains("receiving a leader's snapshot into a file"),
+        "the follower received the snapshot into a file"
+    );
     let r = kvctl(
         &c.nodes[down].endpoint(),
         &["get", "k7", "--read-from", "local"],
@@ -1110,6 +1129,17 @@ async fn a_compacted_log_brings_back_a_follower_with_a_snapshot_and_survives_res
     assert!(
         text.contains("\nkv_snapshot_memory_bytes 0\n"),
         "the gauge is exported: {text}"
+    );
+    // The file it was received into is the snapshot's file now: none is left being received.
+    let snapshots: Vec<String> = std::fs::read_dir(&c.dirs[down])
+        .expect("data directory")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("raft-snapshot-"))
+        .collect();
+    assert!(
+        snapshots.iter().any(|n| !n.ends_with(".tmp"))
+            && !snapshots.iter().any(|n| n.contains("recv")),
+        "{snapshots:?}"
     );
 
     // Again, with the two others restarted while it is away: a node keeps its snapshot in its

@@ -694,6 +694,15 @@ impl Replica {
         done
     }
 
+    /// The snapshot a leader's `Message::Snapshot` just installed came without its data, which
+    /// the host received into a file of `size` bytes: its size, as after
+    /// [`Replica::release_snapshot_data`]. Nothing if the snapshot holds data.
+    pub fn installed_elsewhere(&mut self, size: u64) {
+        if self.snapshot.data.is_empty() {
+            self.snapshot_size = size;
+        }
+    }
+
     /// The size of the snapshot's data, also once released.
     pub fn snapshot_size(&self) -> u64 {
         self.snapshot_size

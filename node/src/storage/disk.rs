@@ -271,7 +271,7 @@ fn load_snapshot(path: &Path) -> Result<(Index, Lsn), StorageError> {
 /// in errors; any damage is corruption.
 pub(crate) fn decode_index(buf: &[u8], path: &Path) -> Result<(Index, Lsn), StorageError> {
     let mut index = Index::default();
-    let covered = decode_snapshot(buf, path, &mut |d| match d {
+    let covered = decode_snapshot(&mut &buf[..], path, &mut |d| match d {
         Decoded::HighWater(v) => index.raise_high_water(v),
         Decoded::Entry(k, e) => {
             index.apply(k, e);
@@ -286,22 +286,74 @@ pub(crate) enum Decoded {
     Entry(Bytes, Entry),
 }
 
-/// Reads a snapshot's records into `sink`; returns the LSN it covers. Any damage is
+/// The part of a snapshot being decoded that is in memory: read a megabyte at a time, so that
+/// decoding a snapshot of a gigabyte from its file never holds it whole.
+struct Window<'a> {
+    src: &'a mut dyn std::io::Read,
+    path: &'a Path,
+    buf: Vec<u8>,
+    /// The offset in the source of `buf[0]`.
+    start: usize,
+    eof: bool,
+}
+
+impl Window<'_> {
+    const CHUNK: usize = 1 << 20;
+
+    /// Drops what is before `off` in `buf` and reads up to a chunk more; returns where `off`
+    /// is now (0).
+    fn more(&mut self, off: usize) -> Result<usize, StorageError> {
+        self.buf.drain(..off);
+        self.start += off;
+        let have = self.buf.len();
+        self.buf.resize(have + Self::CHUNK, 0);
+        let mut got = 0;
+        while got < Self::CHUNK {
+            match self.src.read(&mut self.buf[have + got..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let what = format!("cannot read {}", self.path.display());
+                    return Err(StorageError::io(what, e));
+                }
+            }
+        }
+        self.buf.truncate(have + got);
+        Ok(0)
+    }
+}
+
+/// Reads a snapshot's records from `src` into `sink`; returns the LSN it covers. Any damage is
 /// corruption (snapshots are fsynced before they are renamed into place); what `sink` got by
 /// then is not the snapshot.
 pub(crate) fn decode_snapshot(
-    buf: &[u8],
+    src: &mut dyn std::io::Read,
     path: &Path,
     sink: &mut dyn FnMut(Decoded),
 ) -> Result<Lsn, StorageError> {
-    if buf.len() < SNAP_MAGIC.len() || &buf[..SNAP_MAGIC.len()] != SNAP_MAGIC {
+    let mut w = Window {
+        src,
+        path,
+        buf: Vec::new(),
+        start: 0,
+        eof: false,
+    };
+    while w.buf.len() < SNAP_MAGIC.len() && !w.eof {
+        w.more(0)?;
+    }
+    if !w.buf.starts_with(SNAP_MAGIC) {
         return Err(corrupt(path, 0, "not a quorumkv snapshot (bad magic)"));
     }
     let mut off = SNAP_MAGIC.len();
     let mut covered = None;
     let mut count = 0u64;
     loop {
-        match record::next_frame(buf, off) {
+        let at = w.start + off;
+        match record::next_frame(&w.buf, off) {
             Frame::Record(r, next) => {
                 match r.kind {
                     record::KIND_SNAP_BEGIN if covered.is_none() => {
@@ -312,12 +364,20 @@ pub(crate) fn decode_snapshot(
                         if r.lsn != count {
                             return Err(corrupt(
                                 path,
-                                off,
+                                at,
                                 format!("snapshot holds {count} entries, its end says {}", r.lsn),
                             ));
                         }
-                        if next != buf.len() {
-                            return Err(corrupt(path, next, "data after the snapshot's end"));
+                        let mut next = next;
+                        while next == w.buf.len() && !w.eof {
+                            next = w.more(next)?;
+                        }
+                        if next != w.buf.len() {
+                            return Err(corrupt(
+                                path,
+                                w.start + next,
+                                "data after the snapshot's end",
+                            ));
                         }
                         return Ok(covered.unwrap_or(0));
                     }
@@ -326,12 +386,14 @@ pub(crate) fn decode_snapshot(
                         sink(Decoded::Entry(k, e));
                         count += 1;
                     }
-                    k => return Err(corrupt(path, off, format!("unexpected record kind {k}"))),
+                    k => return Err(corrupt(path, at, format!("unexpected record kind {k}"))),
                 }
                 off = next;
             }
-            Frame::End => return Err(corrupt(path, off, "snapshot ends before its end record")),
-            Frame::Torn(why) | Frame::Corrupt(why) => return Err(corrupt(path, off, why)),
+            // The record may be whole once more of it is read.
+            Frame::End | Frame::Torn(_) if !w.eof => off = w.more(off)?,
+            Frame::End => return Err(corrupt(path, at, "snapshot ends before its end record")),
+            Frame::Torn(why) | Frame::Corrupt(why) => return Err(corrupt(path, at, why)),
         }
     }
 }

@@ -54,9 +54,17 @@ impl MemStorage {
     /// meanwhile. Restored beside the old store, a state of a gigabyte took two while it was
     /// read, on top of the snapshot itself.
     ///
+    /// The data is read from `data` a megabyte at a time: a snapshot received into a file is
+    /// installed from there.
+    ///
     /// # Errors
-    /// The data is damaged; the store is then a mix of old and new, not to be served.
-    pub fn install(&self, data: &[u8], source: &std::path::Path) -> Result<u64, StorageError> {
+    /// The data is damaged or cannot be read; the store is then a mix of old and new, not to be
+    /// served.
+    pub fn install(
+        &self,
+        data: &mut dyn std::io::Read,
+        source: &std::path::Path,
+    ) -> Result<u64, StorageError> {
         let mut g = self.lock();
         let (index, lsn) = &mut *g;
         let mut seen = std::collections::HashSet::new();
@@ -198,7 +206,7 @@ mod tests {
         put(&follower, "a", Some("only here"), 1);
         put(&follower, "b", Some("old b, longer"), 2);
         let covered = follower
-            .install(&data, std::path::Path::new("test"))
+            .install(&mut &data[..], std::path::Path::new("test"))
             .expect("install");
         assert_eq!(covered, 77);
         let fresh = MemStorage::new();
@@ -222,9 +230,66 @@ mod tests {
         bad[last] ^= 1;
         assert!(
             follower
-                .install(&bad, std::path::Path::new("test"))
+                .install(&mut &bad[..], std::path::Path::new("test"))
                 .is_err()
         );
+    }
+
+    /// A reader that gives at most `.1` bytes a call, as a file or socket may.
+    struct Pieces<'a>(&'a [u8], usize);
+
+    impl std::io::Read for Pieces<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.1).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    /// Installed from a reader a window at a time (a snapshot received into a file), with
+    /// records larger than the window and across its edges, a snapshot leaves what restoring
+    /// it whole does; cut short anywhere, or followed by anything, it is refused.
+    #[test]
+    fn a_snapshot_read_a_piece_at_a_time_installs_what_it_does_whole() {
+        let leader = MemStorage::new();
+        for i in 0..6u64 {
+            let len = if i % 2 == 0 { 1_500_000 } else { 10 };
+            put(&leader, &format!("k{i}"), Some(&"v".repeat(len)), i + 1);
+        }
+        put(&leader, "gone", None, 9);
+        let data = leader.encode_snapshot(50);
+        let whole = MemStorage::new();
+        whole
+            .restore(&data, std::path::Path::new("test"))
+            .expect("restore");
+        for piece in [1 << 20, 65_536, 4_099] {
+            let m = MemStorage::new();
+            let covered = m
+                .install(&mut Pieces(&data, piece), std::path::Path::new("test"))
+                .expect("install");
+            assert_eq!(covered, 50);
+            assert_eq!(m.stats(), whole.stats());
+            for i in 0..6 {
+                let k = format!("k{i}");
+                assert_eq!(m.get(k.as_bytes()), whole.get(k.as_bytes()), "{k}");
+            }
+        }
+        for cut in [4, 8, 100, 1 << 20, data.len() / 2, data.len() - 1] {
+            let err = MemStorage::new()
+                .install(
+                    &mut Pieces(&data[..cut], 65_536),
+                    std::path::Path::new("test"),
+                )
+                .expect_err("a snapshot cut short");
+            assert!(matches!(err, StorageError::Corrupt { .. }), "{cut}: {err}");
+        }
+        let mut longer = data.clone();
+        longer.push(0);
+        let err = MemStorage::new()
+            .install(&mut Pieces(&longer, 65_536), std::path::Path::new("test"))
+            .expect_err("data after the end");
+        assert!(err.to_string().contains("data after"), "{err}");
     }
 
     #[test]
