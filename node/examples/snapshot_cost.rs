@@ -42,7 +42,7 @@ fn main() {
         let t = Instant::now();
         let restored = MemStorage::new();
         let ok = restored
-            .restore(&data, std::path::Path::new("bench"))
+            .restore(&mut &data[..], std::path::Path::new("bench"))
             .is_ok();
         let restore = t.elapsed();
         println!(

@@ -501,11 +501,18 @@ pub fn build(
         Some(d) => {
             let (l, rec) = RaftLog::open(d, fsync)?;
             if rec.snapshot.index.0 > 0 {
-                let source = rec
-                    .snapshot_file
-                    .clone()
-                    .unwrap_or_else(|| d.join("raft.log"));
-                state.restore(&rec.snapshot.data, &source)?;
+                match &rec.snapshot_file {
+                    // Read a megabyte at a time, never whole.
+                    Some(f) => {
+                        let mut file = std::fs::File::open(f).map_err(|e| {
+                            StorageError::io(format!("cannot read {}", f.display()), e)
+                        })?;
+                        state.restore(&mut file, f)?;
+                    }
+                    None => {
+                        state.restore(&mut &rec.snapshot.data[..], &d.join("raft.log"))?;
+                    }
+                }
             }
             (Some(l), rec)
         }
@@ -536,6 +543,7 @@ pub fn build(
         rec.entries,
         Box::new(rand::rngs::StdRng::seed_from_u64(seed)),
     );
+    replica.snapshot_kept_elsewhere(rec.snapshot_len);
     // Restored: the snapshot's data stays in its file until a follower needs it.
     let snapshot_file =
         snapshot_path.and_then(|p| release_to_file(&mut replica, snapshot_index, &p));
@@ -784,7 +792,7 @@ impl Driver {
                 // file, and the log writer renames the file into place. Otherwise the file goes.
                 if self.replica.snapshot().index != before && self.replica.snapshot().index == index
                 {
-                    self.replica.installed_elsewhere(staged.len());
+                    self.replica.snapshot_kept_elsewhere(staged.len());
                     self.staged.push(Staged {
                         index: index.0,
                         file: Some(staged),

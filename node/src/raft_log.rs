@@ -465,10 +465,11 @@ fn replay(buf: &[u8], dir: &Path) -> Result<(Recovered, usize, Option<String>), 
             ),
         ));
     }
+    // The data stays in its file (a gigabyte's state is read from there as it is restored).
     let snapshot_file = match file_len {
         Some(len) => {
             let file = snapshot_path(dir, snapshot.index.0);
-            let data = std::fs::read(&file).map_err(|e| {
+            let held = std::fs::metadata(&file).map_err(|e| {
                 StorageError::io(
                     format!(
                         "cannot read {}, the snapshot {} starts from",
@@ -478,18 +479,17 @@ fn replay(buf: &[u8], dir: &Path) -> Result<(Recovered, usize, Option<String>), 
                     e,
                 )
             })?;
-            if data.len() as u64 != len {
+            if held.len() != len {
                 return Err(corrupt(
                     &file,
                     0,
                     format!(
                         "the snapshot holds {} bytes, and {} says {len}",
-                        data.len(),
+                        held.len(),
                         path.display()
                     ),
                 ));
             }
-            snapshot.data = Bytes::from(data);
             Some(file)
         }
         None => None,
@@ -497,6 +497,7 @@ fn replay(buf: &[u8], dir: &Path) -> Result<(Recovered, usize, Option<String>), 
     Ok((
         Recovered {
             hard,
+            snapshot_len: file_len.unwrap_or(snapshot.data.len() as u64),
             snapshot,
             snapshot_file,
             entries: log,
@@ -511,9 +512,12 @@ fn replay(buf: &[u8], dir: &Path) -> Result<(Recovered, usize, Option<String>), 
 pub struct Recovered {
     /// Term and vote.
     pub hard: HardState,
-    /// The snapshot the log starts after (index 0: none).
+    /// The snapshot the log starts after (index 0: none); its data is empty when it is in
+    /// `snapshot_file`.
     pub snapshot: Snapshot,
-    /// The file it was read from (`None`: no snapshot, or one inline in the log).
+    /// The size of its data.
+    pub snapshot_len: u64,
+    /// The file of its data (`None`: no snapshot, or one inline in the log).
     pub snapshot_file: Option<PathBuf>,
     /// The entries after it.
     pub entries: Vec<Entry>,
@@ -946,6 +950,18 @@ mod tests {
         }
     }
 
+    /// The recovered snapshot with its data read from its file, where it stays when the log
+    /// is opened.
+    fn loaded(rec: &Recovered) -> Snapshot {
+        let mut s = rec.snapshot.clone();
+        if let Some(f) = &rec.snapshot_file {
+            assert!(s.data.is_empty(), "the data is left in its file");
+            s.data = std::fs::read(f).expect("snapshot file").into();
+        }
+        assert_eq!(s.data.len() as u64, rec.snapshot_len);
+        s
+    }
+
     fn snapshot_names(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .expect("list")
@@ -1035,7 +1051,7 @@ mod tests {
         std::fs::write(snapshot_path(dir.path(), 8), b"never named").expect("unnamed");
         let (l, rec) = RaftLog::open(dir.path(), FsyncPolicy::Batch).expect("reopen");
         assert_eq!(rec.hard, hard);
-        assert_eq!(rec.snapshot, big_snapshot(4, 2));
+        assert_eq!(loaded(&rec), big_snapshot(4, 2));
         assert_eq!(rec.snapshot_file, Some(snapshot_path(dir.path(), 4)));
         assert_eq!(
             rec.entries,
@@ -1069,7 +1085,7 @@ mod tests {
         );
         let rec = read(dir.path()).expect("read");
         assert_eq!(
-            (rec.snapshot, rec.entries),
+            (loaded(&rec), rec.entries),
             (big_snapshot(6, 3), Vec::new())
         );
     }
@@ -1124,7 +1140,7 @@ mod tests {
         std::mem::forget(left);
         drop(l);
         let (_l, rec) = RaftLog::open(dir.path(), FsyncPolicy::Batch).expect("reopen");
-        assert_eq!(rec.snapshot, big_snapshot(7, 3));
+        assert_eq!(loaded(&rec), big_snapshot(7, 3));
         assert_eq!(
             snapshot_names(dir.path()),
             ["raft-snapshot-00000000000000000007"]

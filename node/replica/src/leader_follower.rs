@@ -694,10 +694,11 @@ impl Replica {
         done
     }
 
-    /// The snapshot a leader's `Message::Snapshot` just installed came without its data, which
-    /// the host received into a file of `size` bytes: its size, as after
-    /// [`Replica::release_snapshot_data`]. Nothing if the snapshot holds data.
-    pub fn installed_elsewhere(&mut self, size: u64) {
+    /// The snapshot came without its data, which the host keeps elsewhere (a file) in `size`
+    /// bytes: one it recovered from, or one a leader's `Message::Snapshot` just installed whose
+    /// data the host received into a file. Its size, as after
+    /// [`Replica::release_snapshot_data`]; nothing if the snapshot holds data.
+    pub fn snapshot_kept_elsewhere(&mut self, size: u64) {
         if self.snapshot.data.is_empty() {
             self.snapshot_size = size;
         }

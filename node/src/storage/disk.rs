@@ -264,14 +264,19 @@ fn entry_of(r: Record) -> (Bytes, Entry) {
 /// Loads a snapshot: the index and the LSN it covers. Any damage is corruption (snapshots are
 /// fsynced before they are renamed into place).
 fn load_snapshot(path: &Path) -> Result<(Index, Lsn), StorageError> {
-    decode_index(&read_file(path)?, path)
+    let mut f = File::open(path)
+        .map_err(|e| StorageError::io(format!("cannot read {}", path.display()), e))?;
+    decode_index(&mut f, path)
 }
 
-/// Decodes what [`encode_index`] made: the index and the LSN it covers. `path` names the source
-/// in errors; any damage is corruption.
-pub(crate) fn decode_index(buf: &[u8], path: &Path) -> Result<(Index, Lsn), StorageError> {
+/// Decodes what [`encode_index`] made, read from `src` a megabyte at a time: the index and the
+/// LSN it covers. `path` names the source in errors; any damage is corruption.
+pub(crate) fn decode_index(
+    src: &mut dyn std::io::Read,
+    path: &Path,
+) -> Result<(Index, Lsn), StorageError> {
     let mut index = Index::default();
-    let covered = decode_snapshot(&mut &buf[..], path, &mut |d| match d {
+    let covered = decode_snapshot(src, path, &mut |d| match d {
         Decoded::HighWater(v) => index.raise_high_water(v),
         Decoded::Entry(k, e) => {
             index.apply(k, e);

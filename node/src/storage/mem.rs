@@ -38,7 +38,11 @@ impl MemStorage {
     ///
     /// # Errors
     /// The data is damaged; the store is unchanged then.
-    pub fn restore(&self, data: &[u8], source: &std::path::Path) -> Result<u64, StorageError> {
+    pub fn restore(
+        &self,
+        data: &mut dyn std::io::Read,
+        source: &std::path::Path,
+    ) -> Result<u64, StorageError> {
         let (index, covered) = super::disk::decode_index(data, source)?;
         let top = index.iter().map(|(_, e)| e.lsn).max().unwrap_or(0);
         let mut g = self.lock();
@@ -211,7 +215,7 @@ mod tests {
         assert_eq!(covered, 77);
         let fresh = MemStorage::new();
         fresh
-            .restore(&data, std::path::Path::new("test"))
+            .restore(&mut &data[..], std::path::Path::new("test"))
             .expect("restore");
         for k in ["a", "b", "c", "d"] {
             assert_eq!(follower.get(k.as_bytes()), fresh.get(k.as_bytes()), "{k}");
@@ -261,7 +265,7 @@ mod tests {
         let data = leader.encode_snapshot(50);
         let whole = MemStorage::new();
         whole
-            .restore(&data, std::path::Path::new("test"))
+            .restore(&mut &data[..], std::path::Path::new("test"))
             .expect("restore");
         for piece in [1 << 20, 65_536, 4_099] {
             let m = MemStorage::new();
@@ -313,7 +317,7 @@ mod tests {
         assert_eq!(out.0, frozen.encode(42));
         let back = MemStorage::new();
         let covered = back
-            .restore(&out.0, std::path::Path::new("test"))
+            .restore(&mut &out.0[..], std::path::Path::new("test"))
             .expect("restore");
         assert_eq!(covered, 42);
         for i in 0..5u64 {
