@@ -613,19 +613,21 @@ pub fn build(
     Ok(Built { driver, rx, handle })
 }
 
-/// Opens the file of the replica's snapshot (`index`, recovered from it) and lets the replica
-/// go of its copy of the data; the data stays in memory if the file cannot be opened.
 /// A leader's snapshot received into a file ([`Input::PeerSnapshot`]) that the replica
 /// installed.
 struct Staged {
     /// The snapshot's index.
     index: u64,
+    /// The size of its data.
+    len: u64,
     /// The file, until the log writer's rewrite takes it to rename it into place.
     file: Option<StagedSnapshot>,
     /// The same file, open to read into the state machine.
     data: std::fs::File,
 }
 
+/// Opens the file of the replica's snapshot (`index`, recovered from it) and lets the replica
+/// go of its copy of the data; the data stays in memory if the file cannot be opened.
 fn release_to_file(
     replica: &mut Replica,
     index: u64,
@@ -795,6 +797,7 @@ impl Driver {
                     self.replica.snapshot_kept_elsewhere(staged.len());
                     self.staged.push(Staged {
                         index: index.0,
+                        len: staged.len(),
                         file: Some(staged),
                         data,
                     });
@@ -1286,6 +1289,9 @@ impl Driver {
                 let staged = staged.map(|i| self.staged.remove(i));
                 // Those of older snapshots are superseded.
                 self.staged.retain(|s| s.index > index);
+                let bytes = staged
+                    .as_ref()
+                    .map_or(snapshot.data.len() as u64, |s| s.len);
                 let installed = match staged {
                     // Received into a file: read from there a megabyte at a time.
                     Some(mut s) if snapshot.data.is_empty() => {
@@ -1315,7 +1321,7 @@ impl Driver {
                         self.snapshot_mark = self.applied_bytes;
                         tracing::info!(
                             index = snapshot.index.0,
-                            bytes = self.replica.snapshot_size(),
+                            bytes,
                             "installed the leader's snapshot"
                         );
                         self.release_reads();
