@@ -1801,6 +1801,90 @@ pub(crate) mod tests {
         rt.shutdown_background();
     }
 
+    /// A connection lost while a snapshot is received into a file leaves no file behind (a
+    /// leader fails over, or its process dies, mid-snapshot): nothing reaches the driver, and
+    /// the part received is removed.
+    #[test]
+    fn a_snapshot_cut_short_leaves_no_file() {
+        use prost::Message as _;
+        use std::io::{Read as _, Write as _};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let (mut rx, rt, _) = serve_staging(
+            listener,
+            lf_shape("n2", &["n1", "n2"]),
+            Some(dir.path().to_path_buf()),
+        );
+        let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+        let hello = pb::PeerEnvelope {
+            from: "n1".into(),
+            msg: Some(pb::peer_envelope::Msg::Hello(
+                lf_shape("n1", &["n1", "n2"]).hello(&NodeId::from("n2")),
+            )),
+        };
+        let mut out = PEER_MAGIC.to_vec();
+        encode_frame(&hello, &mut out);
+        conn.write_all(&out).expect("hello");
+        let mut len = [0u8; 4];
+        conn.read_exact(&mut len).expect("answer");
+        let mut answer = vec![0; u32::from_be_bytes(len) as usize];
+        conn.read_exact(&mut answer).expect("answer");
+        let answer = pb::PeerEnvelope::decode(&answer[..]).expect("answer");
+        assert!(
+            matches!(answer.msg, Some(pb::peer_envelope::Msg::Answer(ref a)) if a.refused.is_empty()),
+            "{answer:?}"
+        );
+        // The first two fragments of a 3 MiB snapshot, and then the connection is gone.
+        let whole = pb::PeerEnvelope {
+            from: "n1".into(),
+            msg: Some(to_wire(Message::Snapshot {
+                term: Term(4),
+                snapshot: Snapshot {
+                    index: LogIndex(77),
+                    term: Term(4),
+                    terms: vec![(LogIndex(1), Term(4))],
+                    data: vec![7u8; 3 << 20].into(),
+                },
+            })),
+        }
+        .encode_to_vec();
+        let mut out = Vec::new();
+        for (i, piece) in whole.chunks(FRAGMENT).take(2).enumerate() {
+            let fragment = pb::PeerEnvelope {
+                from: "n1".into(),
+                msg: Some(pb::peer_envelope::Msg::Fragment(pb::PeerFragment {
+                    data: piece.to_vec().into(),
+                    last: false,
+                    total: if i == 0 { whole.len() as u64 } else { 0 },
+                })),
+            };
+            encode_frame(&fragment, &mut out);
+        }
+        conn.write_all(&out).expect("fragments");
+        let files = || std::fs::read_dir(dir.path()).expect("list").count();
+        let received = || {
+            std::fs::read_dir(dir.path())
+                .expect("list")
+                .map(|e| e.expect("entry").metadata().expect("stat").len())
+                .sum::<u64>()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while received() < (2 * FRAGMENT - 100) as u64 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(files(), 1, "the snapshot is being received into a file");
+        drop(conn);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while files() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(files(), 0, "the part received is removed");
+        assert!(rx.try_recv().is_err(), "nothing reached the driver");
+        rt.shutdown_background();
+    }
+
     /// A snapshot sent from its file goes as its head then its data: together, byte for byte
     /// the encoding of the same envelope with the data in it, which the receiver decodes.
     #[test]
