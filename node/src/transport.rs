@@ -866,6 +866,7 @@ impl PeerReceiver {
                     file: Arc::new(file),
                     skip: at,
                     written: 0,
+                    started: std::time::Instant::now(),
                 })
             }
             Err(e) => {
@@ -1223,6 +1224,7 @@ struct Receiving {
     /// Bytes of the message before the data, not yet passed over.
     skip: usize,
     written: u64,
+    started: std::time::Instant,
 }
 
 impl Receiving {
@@ -1253,6 +1255,13 @@ impl Receiving {
         std::fs::File,
     )> {
         let data = self.staged.open()?;
+        let took = self.started.elapsed();
+        tracing::info!(
+            bytes = self.written,
+            took_ms = took.as_millis() as u64,
+            mb_per_s = (self.written as f64 / 1e6 / took.as_secs_f64().max(1e-3)).round(),
+            "received a leader's snapshot into a file"
+        );
         Ok((self.env, self.staged, data))
     }
 }
