@@ -308,26 +308,15 @@ impl Window<'_> {
     /// Drops what is before `off` in `buf` and reads up to a chunk more; returns where `off`
     /// is now (0).
     fn more(&mut self, off: usize) -> Result<usize, StorageError> {
+        use std::io::Read as _;
         self.buf.drain(..off);
         self.start += off;
-        let have = self.buf.len();
-        self.buf.resize(have + Self::CHUNK, 0);
-        let mut got = 0;
-        while got < Self::CHUNK {
-            match self.src.read(&mut self.buf[have + got..]) {
-                Ok(0) => {
-                    self.eof = true;
-                    break;
-                }
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let what = format!("cannot read {}", self.path.display());
-                    return Err(StorageError::io(what, e));
-                }
-            }
-        }
-        self.buf.truncate(have + got);
+        let chunk = Self::CHUNK as u64;
+        let got = (&mut *self.src)
+            .take(chunk)
+            .read_to_end(&mut self.buf)
+            .map_err(|e| StorageError::io(format!("cannot read {}", self.path.display()), e))?;
+        self.eof = (got as u64) < chunk;
         Ok(0)
     }
 }
