@@ -12,7 +12,8 @@
 #   CLUSTER     `kvctl cluster up` flags of both sides (default: 5 leaderless nodes, N=3 R=2
 #               W=2; fsync is batch unless a side's flags say otherwise); A_ARGS / B_ARGS are
 #               added to it per side
-#   NODE_ARGS   kv-node flags of both sides (default: --worker-threads 1, as the other scripts)
+#   NODE_ARGS   kv-node flags of both sides (default: --worker-threads 1, as the other scripts);
+#               A_NODE_ARGS / B_NODE_ARGS are added to it per side
 #   BENCH_ARGS  more kv-bench flags (e.g. "--w 2 --read-from leader" for leader-follower)
 #
 # Examples (README, Benchmarks):
@@ -21,6 +22,7 @@
 #   A=target/release B_ARGS="--fsync never" bench/scripts/ab.sh /tmp/ab-fsync
 #   A=target/release CLUSTER="--nodes 3 --w 2 --r 2" BENCH_ARGS="--w 2 --read-from leader" \
 #     CLIENTS=256 B_ARGS="--fsync never" bench/scripts/ab.sh /tmp/ab-lf
+#   A=target/release B_NODE_ARGS="--group-commit-window 2ms" CLIENTS=256 bench/scripts/ab.sh /tmp/ab-gcw
 #
 # OUT_DIR gets commands.txt, each run's kv-bench output (a-1/, b-1/, ...) and AB.md: ops/s,
 # p50/p99, the generator's and the servers' CPU per operation, and the servers' CPU per
@@ -34,6 +36,8 @@ A_ARGS=${A_ARGS:-}
 B_ARGS=${B_ARGS:-}
 CLUSTER=${CLUSTER:---nodes 5 --mode leaderless --n 3 --r 2 --w 2}
 NODE_ARGS=${NODE_ARGS:---worker-threads 1}
+A_NODE_ARGS=${A_NODE_ARGS:-}
+B_NODE_ARGS=${B_NODE_ARGS:-}
 BENCH_ARGS=${BENCH_ARGS:-}
 CLIENTS=${CLIENTS:-16}
 PAIRS=${PAIRS:-3}
@@ -65,12 +69,12 @@ threads() { for p in "$@"; do for t in /proc/"$p"/task/*; do
   echo "$(tr ' ' _ < "$t/comm") $(awk '{print $14 + $15}' "$t/stat" 2>/dev/null || echo 0)"
 done; done 2>/dev/null; }
 
-run() { # run SIDE INDEX DIR ARGS
-  local side=$1 i=$2 dir=$3 args=$4 name="$1-$2"
+run() { # run SIDE INDEX DIR ARGS NODE_ARGS
+  local side=$1 i=$2 dir=$3 args=$4 node_args=$5 name="$1-$2"
   rm -rf "$TMP/data"
   # shellcheck disable=SC2086 # CLUSTER, ARGS and NODE_ARGS are flag lists
   local up=("$dir/kvctl" cluster up $CLUSTER $args --base-port $BASE_PORT
-            --admin-base-port $ADMIN_BASE_PORT --data-dir "$TMP/data" -- $NODE_ARGS)
+            --admin-base-port $ADMIN_BASE_PORT --data-dir "$TMP/data" -- $NODE_ARGS $node_args)
   echo "$name: ${up[*]}" >> "$OUT/commands.txt"
   "${up[@]}" > "$TMP/cluster.out" 2>&1 &
   CLUSTER_PID=$!
@@ -90,11 +94,11 @@ run() { # run SIDE INDEX DIR ARGS
 }
 
 for i in $(seq "$PAIRS"); do
-  run a "$i" "$A" "$A_ARGS"
-  run b "$i" "$B" "$B_ARGS"
+  run a "$i" "$A" "$A_ARGS" "$A_NODE_ARGS"
+  run b "$i" "$B" "$B_ARGS" "$B_NODE_ARGS"
 done
 
-python3 - "$OUT" "$PAIRS" "$A $A_ARGS" "$B $B_ARGS" "$CLUSTER" "$CLIENTS" > "$OUT/AB.md" <<'EOF'
+python3 - "$OUT" "$PAIRS" "$A $A_ARGS -- $A_NODE_ARGS" "$B $B_ARGS -- $B_NODE_ARGS" "$CLUSTER" "$CLIENTS" > "$OUT/AB.md" <<'EOF'
 import json, os, statistics, sys
 from collections import defaultdict
 out, pairs, a, b, cluster, clients = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]

@@ -240,6 +240,10 @@ pub struct Config {
     pub election_timeout: HumanDuration,
     /// Leader-follower: how often a leader sends heartbeats (empty appends).
     pub heartbeat_interval: HumanDuration,
+    /// With `fsync = batch`: the least time from the start of one fsync of a log to the start
+    /// of the next; writes that arrive meanwhile share it (0s: fsync as soon as the last one
+    /// is done).
+    pub group_commit_window: HumanDuration,
 }
 
 /// Leader-follower timers count ticks of this length.
@@ -277,9 +281,13 @@ impl Default for Config {
             snapshot_bytes: SNAPSHOT_BYTES,
             election_timeout: HumanDuration(Duration::from_millis(150)),
             heartbeat_interval: HumanDuration(Duration::from_millis(30)),
+            group_commit_window: HumanDuration(Duration::ZERO),
         }
     }
 }
+
+/// Largest `--group-commit-window`.
+pub const MAX_GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(100);
 
 /// Default `--snapshot-bytes`: 64 MiB.
 pub const SNAPSHOT_BYTES: u64 = 64 << 20;
@@ -476,6 +484,26 @@ impl Config {
                 );
             }
         };
+        let window = self.group_commit_window;
+        if !window.0.is_zero() {
+            if storage == StorageKind::Memory {
+                return err(format!(
+                    "--group-commit-window {window}: in memory there is no fsync to share; give --data-dir, or leave it at 0s"
+                ));
+            }
+            if self.fsync != FsyncPolicy::Batch {
+                return err(format!(
+                    "--group-commit-window {window} needs --fsync batch (not {}): only group commit has fsyncs to share",
+                    self.fsync
+                ));
+            }
+            if window.0 > MAX_GROUP_COMMIT_WINDOW {
+                return err(format!(
+                    "--group-commit-window {window}: at most {} (every write may wait that long for its fsync)",
+                    HumanDuration(MAX_GROUP_COMMIT_WINDOW)
+                ));
+            }
+        }
         if self.max_key_bytes == 0 {
             return err("--max-key-bytes must be at least 1".into());
         }
@@ -690,5 +718,51 @@ mod tests {
             ..mem()
         });
         assert!(e.starts_with("--election-timeout 1m 1s: at most 1m"), "{e}");
+    }
+
+    #[test]
+    fn config_group_commit_window_needs_a_disk_and_batch_fsyncs() {
+        let d = |ms| HumanDuration(Duration::from_millis(ms));
+        let c: Config =
+            toml::from_str("data_dir = \"/tmp/kv\"\ngroup_commit_window = \"2ms\"").expect("parse");
+        assert_eq!(c.group_commit_window, d(2));
+        assert!(c.validate().is_ok());
+        assert_eq!(Config::default().group_commit_window, d(0));
+        let disk = || Config {
+            data_dir: Some("/tmp/kv".into()),
+            group_commit_window: d(2),
+            ..Config::default()
+        };
+        assert_eq!(
+            invalid(Config {
+                group_commit_window: d(2),
+                ..mem()
+            }),
+            "--group-commit-window 2ms: in memory there is no fsync to share; give --data-dir, or leave it at 0s"
+        );
+        assert_eq!(
+            invalid(Config {
+                fsync: FsyncPolicy::Always,
+                ..disk()
+            }),
+            "--group-commit-window 2ms needs --fsync batch (not always): only group commit has fsyncs to share"
+        );
+        assert_eq!(
+            invalid(Config {
+                group_commit_window: d(101),
+                ..disk()
+            }),
+            "--group-commit-window 101ms: at most 100ms (every write may wait that long for its fsync)"
+        );
+        // Zero is the default and fits every storage and policy.
+        assert!(
+            Config {
+                fsync: FsyncPolicy::Never,
+                group_commit_window: d(0),
+                ..mem()
+            }
+            .validate()
+            .is_ok()
+        );
     }
 }

@@ -351,6 +351,9 @@ pub struct Timing {
     /// Or every this many bytes of applied entries (keys and values), whichever comes first;
     /// the entries kept hold at most a tenth of it.
     pub snapshot_bytes: u64,
+    /// The log writer's group commit window (`--group-commit-window`, see
+    /// [`RaftLog::set_group_commit_window`]).
+    pub group_commit_window: Duration,
 }
 
 impl Timing {
@@ -370,6 +373,7 @@ impl Timing {
             heartbeat_ticks: ticks(heartbeat),
             snapshot_entries,
             snapshot_bytes: crate::config::SNAPSHOT_BYTES,
+            group_commit_window: Duration::ZERO,
         }
     }
 }
@@ -499,7 +503,8 @@ pub fn build(
 ) -> Result<Built, StorageError> {
     let (log, rec) = match &data_dir {
         Some(d) => {
-            let (l, rec) = RaftLog::open(d, fsync)?;
+            let (mut l, rec) = RaftLog::open(d, fsync)?;
+            l.set_group_commit_window(timing.group_commit_window);
             if rec.snapshot.index.0 > 0 {
                 match &rec.snapshot_file {
                     // Read a megabyte at a time, never whole.

@@ -179,6 +179,7 @@ fn open_storage(
                     on_flush: Some(metrics.flush_observer(slow_flushes(s))),
                     on_fail: Some(on_fail.clone()),
                     lazy_flush,
+                    group_commit_window: s.config.group_commit_window.0,
                     ..DiskOptions::default()
                 },
             )?;
@@ -402,6 +403,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             Some(on_fail.clone()),
             driver::Timing {
                 snapshot_bytes: settings.config.snapshot_bytes,
+                group_commit_window: settings.config.group_commit_window.0,
                 ..driver::Timing::new(
                     settings.config.election_timeout.0,
                     settings.config.heartbeat_interval.0,

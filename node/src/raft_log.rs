@@ -30,7 +30,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kv_replica::Version;
@@ -54,6 +54,8 @@ pub struct RaftLog {
     /// Records in `buf`.
     queued: usize,
     fsync: FsyncPolicy,
+    /// See [`RaftLog::set_group_commit_window`].
+    group_commit_window: Duration,
     _lock: File,
 }
 
@@ -556,6 +558,7 @@ impl RaftLog {
                 buf: Vec::with_capacity(1 << 16),
                 queued: 0,
                 fsync,
+                group_commit_window: Duration::ZERO,
                 _lock: lock,
             },
             recovered,
@@ -617,6 +620,13 @@ impl RaftLog {
         Ok(())
     }
 
+    /// With [`FsyncPolicy::Batch`], the writer thread ([`RaftLog::start_writer`]) starts a
+    /// flush no sooner than `window` after the last one started; appends submitted meanwhile
+    /// share it (`--group-commit-window`). Zero, the default: it flushes as soon as it can.
+    pub fn set_group_commit_window(&mut self, window: Duration) {
+        self.group_commit_window = window;
+    }
+
     /// The records queued since the last call (or [`RaftLog::sync`]), as a job for a
     /// [`LogWriter`].
     pub fn take_queued(&mut self) -> Job {
@@ -644,6 +654,10 @@ impl RaftLog {
         let path = self.path.clone();
         let dir = self.dir.clone();
         let fsync = self.fsync;
+        let window = match fsync {
+            FsyncPolicy::Batch => self.group_commit_window,
+            _ => Duration::ZERO,
+        };
         let (tx, rx) = std::sync::mpsc::channel::<(Job, Instant)>();
         let thread = std::thread::Builder::new()
             .name("kv-raft-log".into())
@@ -652,6 +666,8 @@ impl RaftLog {
                 // Jobs received and not yet written, in order, with when they were submitted.
                 let mut backlog: VecDeque<(Job, Instant)> = VecDeque::new();
                 let mut gather = Gather::new();
+                // When the last batch started: the next waits out the window from there.
+                let mut last_start: Option<Instant> = None;
                 loop {
                     let first = match backlog.pop_front().or_else(|| rx.recv().ok()) {
                         Some((j, _)) => j,
@@ -683,7 +699,23 @@ impl RaftLog {
                                     open = take_appends(&mut backlog, &mut bufs, &mut records);
                                 }
                             }
+                            // The group commit window: appends submitted before it ends
+                            // share this batch.
+                            if let Some(not_before) = last_start.map(|t| t + window) {
+                                while open {
+                                    let left = not_before.saturating_duration_since(Instant::now());
+                                    if left.is_zero() {
+                                        break;
+                                    }
+                                    let Ok(j) = rx.recv_timeout(left) else { break };
+                                    backlog.push_back(j);
+                                    open = take_appends(&mut backlog, &mut bufs, &mut records);
+                                }
+                            }
                             let started = Instant::now();
+                            if !window.is_zero() {
+                                last_start = Some(started);
+                            }
                             let early_until = started + gather.window();
                             let slices: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
                             let res = out.write(&slices).map(|_| ());
@@ -1195,6 +1227,62 @@ mod tests {
     }
 
     /// Appends `entries` through a writer, as the driver does.
+    #[test]
+    fn the_group_commit_window_spaces_the_writers_batches_and_appends_meanwhile_share_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let window = Duration::from_millis(40);
+        let (mut l, _) = RaftLog::open(dir.path(), FsyncPolicy::Batch).expect("open");
+        l.set_group_commit_window(window);
+        let batches = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let b = batches.clone();
+        let observer: FlushObserver = std::sync::Arc::new(move |_, records, waited| {
+            b.lock().expect("lock").push((records, waited));
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let w = l
+            .start_writer(Some(observer), move |r| {
+                let _ = tx.send(r);
+            })
+            .expect("writer");
+        let entries: Vec<Entry> = (1..=41).map(|i| put(1, i, &i.to_string())).collect();
+        // The first batch after an idle start is not held back.
+        assert!(w.submit(Job::Append {
+            bytes: entry_bytes(&entries[..1]),
+            records: 1
+        }));
+        assert_eq!(rx.recv().expect("done"), Ok(1));
+        // Then one append every 2 ms for 80 ms.
+        let start = Instant::now();
+        for e in &entries[1..] {
+            assert!(w.submit(Job::Append {
+                bytes: entry_bytes(std::slice::from_ref(e)),
+                records: 1
+            }));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut durable = 1;
+        while durable < 41 {
+            durable = rx.recv().expect("done").expect("written");
+        }
+        let elapsed = start.elapsed();
+        drop(w);
+        drop(l);
+        let batches = batches.lock().expect("lock").clone();
+        assert_eq!(batches[0].0, 1, "{batches:?}");
+        assert!(
+            batches[0].1 < window / 2,
+            "the first batch waited: {batches:?}"
+        );
+        assert_eq!(batches.iter().map(|b| b.0).sum::<usize>(), 41);
+        let most = (elapsed.as_millis() / window.as_millis()) as usize + 2;
+        assert!(
+            batches.len() <= most,
+            "{} batches in {elapsed:?} with a {window:?} window: {batches:?}",
+            batches.len()
+        );
+        assert_eq!(reopen(dir.path()), entries);
+    }
+
     fn write_through_writer(dir: &Path, entries: &[Entry]) -> Vec<Entry> {
         let (l, rec) = RaftLog::open(dir, FsyncPolicy::Batch).expect("open");
         let w = l.start_writer(None, |_| {}).expect("writer");

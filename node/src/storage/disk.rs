@@ -63,6 +63,10 @@ pub struct DiskOptions {
     /// coordinator's own copy of a write that its other replicas can acknowledge waits so,
     /// sharing the next fsync instead of costing one.
     pub lazy_flush: Option<Duration>,
+    /// With [`FsyncPolicy::Batch`]: the least time from the start of one flush to the start of
+    /// the next (`--group-commit-window`). Writes that arrive meanwhile share the next fsync.
+    /// Zero (the default): a flush starts as soon as a write waits and the last one is done.
+    pub group_commit_window: Duration,
 }
 
 impl Default for DiskOptions {
@@ -74,6 +78,7 @@ impl Default for DiskOptions {
             on_flush: None,
             on_fail: None,
             lazy_flush: None,
+            group_commit_window: Duration::ZERO,
         }
     }
 }
@@ -84,6 +89,7 @@ impl std::fmt::Debug for DiskOptions {
             .field("fsync", &self.fsync)
             .field("segment_bytes", &self.segment_bytes)
             .field("snapshot_bytes", &self.snapshot_bytes)
+            .field("group_commit_window", &self.group_commit_window)
             .finish_non_exhaustive()
     }
 }
@@ -121,6 +127,9 @@ struct State {
     /// The flusher waits for more writes before a flush (group commit gathering): every write
     /// must wake it.
     gathering: bool,
+    /// The flusher waits out the group commit window: nothing written meanwhile needs to wake
+    /// it.
+    pacing: bool,
     /// Writes queued since the running flush started, before `early_until` (group commit
     /// gathering: did they come in a burst?).
     early: usize,
@@ -824,6 +833,7 @@ impl DiskStorage {
                 flush_wanted: false,
                 flush_by: None,
                 gathering: false,
+                pacing: false,
                 early: 0,
                 early_until: None,
             }),
@@ -866,6 +876,12 @@ fn flusher(shared: Arc<Shared>, mut file: Appender) {
     let mut chunk: Vec<u8> = Vec::with_capacity(1 << 16);
     let mut since_snapshot = shared.disk_bytes.load(Ordering::Relaxed);
     let mut gather = Gather::new();
+    let window = match policy {
+        FsyncPolicy::Batch => shared.opts.group_commit_window,
+        _ => Duration::ZERO,
+    };
+    // When the last flush started: the next waits out the group commit window from there.
+    let mut last_start: Option<Instant> = None;
     loop {
         let mut waited = Duration::ZERO;
         let (last, records) = {
@@ -916,6 +932,23 @@ fn flusher(shared: Arc<Shared>, mut file: Appender) {
                 st.gathering = false;
                 waited = from.elapsed();
             }
+            // The group commit window: what arrives before it ends shares this flush.
+            if let Some(not_before) = last_start.map(|t| t + window) {
+                let from = Instant::now();
+                st.pacing = true;
+                while !st.shutdown {
+                    let Some(left) = not_before.checked_duration_since(Instant::now()) else {
+                        break;
+                    };
+                    st = shared
+                        .wake
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                st.pacing = false;
+                waited += from.elapsed();
+            }
             chunk.clear();
             let taken = if policy == FsyncPolicy::Always {
                 let (len, lsn) = st.lens.pop_front().expect("invariant: lens is non-empty");
@@ -939,6 +972,9 @@ fn flusher(shared: Arc<Shared>, mut file: Appender) {
             taken
         };
         let t = Instant::now();
+        if !window.is_zero() {
+            last_start = Some(t);
+        }
         let grown = match file.write(&[&chunk]) {
             Ok(g) => g,
             Err(e) => {
@@ -1113,7 +1149,7 @@ impl Storage for DiskStorage {
                     true
                 }
             }
-        };
+        } && !st.pacing;
         drop(st);
         if wake {
             self.shared.wake.notify_one();
@@ -1130,8 +1166,11 @@ impl Storage for DiskStorage {
             let queued = st.lens.front().is_some_and(|&(_, first)| first <= lsn);
             if queued && !st.flush_wanted {
                 st.flush_wanted = true;
+                let pacing = st.pacing;
                 drop(st);
-                self.shared.wake.notify_one();
+                if !pacing {
+                    self.shared.wake.notify_one();
+                }
             }
         }
         self.wait_durable_lazily(lsn)

@@ -544,6 +544,7 @@ mod tests {
             on_flush: None,
             on_fail: None,
             lazy_flush: None,
+            group_commit_window: std::time::Duration::ZERO,
         };
         let value = "x".repeat(100);
         {
@@ -592,6 +593,7 @@ mod tests {
             on_flush: None,
             on_fail: None,
             lazy_flush: None,
+            group_commit_window: std::time::Duration::ZERO,
         };
         let value = "y".repeat(100);
         {
@@ -696,6 +698,84 @@ mod tests {
             .expect("durable");
         }
         assert_eq!(flushes.lock().expect("lock").len(), 3);
+    }
+
+    /// Each flush's records and how long it waited before it started.
+    type Flushes = Arc<std::sync::Mutex<Vec<(usize, std::time::Duration)>>>;
+
+    /// A disk store with `--group-commit-window`, reporting its flushes.
+    fn windowed_disk(
+        dir: &std::path::Path,
+        window: std::time::Duration,
+        lazy_flush: Option<std::time::Duration>,
+    ) -> (DiskStorage, Flushes) {
+        let flushes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let f = flushes.clone();
+        let (s, _) = DiskStorage::open(
+            dir,
+            DiskOptions {
+                fsync: FsyncPolicy::Batch,
+                on_flush: Some(Arc::new(move |_, records, waited| {
+                    f.lock().expect("lock").push((records, waited));
+                })),
+                lazy_flush,
+                group_commit_window: window,
+                ..DiskOptions::default()
+            },
+        )
+        .expect("open");
+        (s, flushes)
+    }
+
+    #[tokio::test]
+    async fn disk_group_commit_window_spaces_fsyncs_and_the_writes_meanwhile_share_them() {
+        let window = std::time::Duration::from_millis(40);
+        // As the leaderless node opens it (lazy flushes) and as a single node does.
+        for lazy_flush in [None, Some(std::time::Duration::from_millis(2))] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (s, flushes) = windowed_disk(dir.path(), window, lazy_flush);
+            let s = Arc::new(s);
+            // After a long idle time, a write is not held back by the window.
+            let first = s.write(w("first", "v", 1)).expect("w");
+            s.wait_durable(first).await.expect("durable");
+            let start = std::time::Instant::now();
+            let mut tasks = Vec::new();
+            for t in 0..8u64 {
+                let s = s.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..10u64 {
+                        let lsn = s
+                            .write(w(&format!("{t}-{i}"), "v", 100 + t * 100 + i))
+                            .expect("w");
+                        s.wait_durable(lsn).await.expect("durable");
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.expect("task");
+            }
+            let elapsed = start.elapsed();
+            let flushes = flushes.lock().expect("lock").clone();
+            assert_eq!(flushes[0].0, 1, "{flushes:?}");
+            assert!(
+                flushes[0].1 < window / 2,
+                "the first flush waited: {flushes:?}"
+            );
+            assert_eq!(flushes.iter().map(|f| f.0).sum::<usize>(), 81);
+            // One flush per window at most (after the first), so the 80 writes shared them.
+            let most = (elapsed.as_millis() / window.as_millis()) as usize + 2;
+            assert!(
+                flushes.len() <= most,
+                "{} flushes in {elapsed:?} with a {window:?} window: {flushes:?}",
+                flushes.len()
+            );
+            assert!(flushes[1..].iter().any(|f| f.0 > 1), "{flushes:?}");
+            // All durable, and found again.
+            drop(s);
+            let (s, report) = disk_open(dir.path());
+            assert_eq!(report.last_lsn, 81);
+            assert_eq!(s.get(b"7-9").and_then(|e| e.value), Some(Bytes::from("v")));
+        }
     }
 
     #[tokio::test]
