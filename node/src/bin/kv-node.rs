@@ -152,9 +152,9 @@ struct Args {
     /// meanwhile share it, as with PostgreSQL's commit_delay or Cassandra's group commit
     /// window. It trades write latency (each write may wait up to it) for fewer fsyncs and
     /// less CPU under many concurrent writers. 0s fsyncs as soon as the last fsync is done;
-    /// at most 100ms. Measured on a 2-core machine with fsyncs of about 0.3 ms (README,
-    /// "Group commit window"): 3 leader-follower nodes at 256 clients gain with 1-3ms, and at
-    /// 16 clients lose [default: 0s].
+    /// at most 100ms. On a 2-core machine with fsyncs of about 0.3 ms (README, "Group commit
+    /// window"), 2ms gave 3 leader-follower nodes 1.29x the ops/s at 256 clients and 0.87x at
+    /// 16; 5 leaderless nodes 1.01x and 0.85x [default: 0s].
     #[arg(long, env = "KV_GROUP_COMMIT_WINDOW", value_name = "DURATION")]
     group_commit_window: Option<HumanDuration>,
     /// Leaderless: virtual nodes (ring tokens) per node [default: 64].
