@@ -92,7 +92,8 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     /// Records made durable by one fsync (group commit at work).
     pub fsync_batch_records: Histogram,
-    /// Time a flush waited for more writes before its fsync (group commit gathering).
+    /// Time a flush waited for more writes before its fsync (group commit gathering and
+    /// `--group-commit-window`).
     pub fsync_gather_seconds: Histogram,
     /// Tombstones purged after their grace period.
     pub tombstones_purged: Counter,
@@ -194,7 +195,7 @@ impl Metrics {
         registry.register_with_unit(
             "fsync_gather",
             "Time a flush waited for more writes before its fsync (group commit gathering the \
-             writers the last flush acknowledged)",
+             writers the last flush acknowledged, and --group-commit-window)",
             Unit::Seconds,
             fsync_gather_seconds.clone(),
         );

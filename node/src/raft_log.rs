@@ -1226,7 +1226,6 @@ mod tests {
         );
     }
 
-    /// Appends `entries` through a writer, as the driver does.
     #[test]
     fn the_group_commit_window_spaces_the_writers_batches_and_appends_meanwhile_share_them() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1283,6 +1282,7 @@ mod tests {
         assert_eq!(reopen(dir.path()), entries);
     }
 
+    /// Appends `entries` through a writer, as the driver does.
     fn write_through_writer(dir: &Path, entries: &[Entry]) -> Vec<Entry> {
         let (l, rec) = RaftLog::open(dir, FsyncPolicy::Batch).expect("open");
         let w = l.start_writer(None, |_| {}).expect("writer");
