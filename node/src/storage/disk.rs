@@ -871,6 +871,27 @@ impl DiskStorage {
 }
 
 /// The flusher thread: drains the buffer, writes, fsyncs, publishes the durable LSN.
+/// The flusher waits for writers (they wake it) while `more` holds, until `until` or the store
+/// shuts down.
+fn wait_until<'a>(
+    shared: &'a Shared,
+    mut st: MutexGuard<'a, State>,
+    until: Instant,
+    more: impl Fn(&State) -> bool,
+) -> MutexGuard<'a, State> {
+    while more(&st) && !st.shutdown {
+        let Some(left) = until.checked_duration_since(Instant::now()) else {
+            break;
+        };
+        st = shared
+            .wake
+            .wait_timeout(st, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+    st
+}
+
 fn flusher(shared: Arc<Shared>, mut file: Appender) {
     let policy = shared.opts.fsync;
     let mut chunk: Vec<u8> = Vec::with_capacity(1 << 16);
@@ -917,18 +938,8 @@ fn flusher(shared: Arc<Shared>, mut file: Appender) {
                 && let Some(w) = gather.plan(st.lens.len())
             {
                 let from = Instant::now();
-                let until = from + w.window;
                 st.gathering = true;
-                while st.lens.len() < w.records && !st.shutdown {
-                    let Some(left) = until.checked_duration_since(Instant::now()) else {
-                        break;
-                    };
-                    st = shared
-                        .wake
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
+                st = wait_until(&shared, st, from + w.window, |st| st.lens.len() < w.records);
                 st.gathering = false;
                 waited = from.elapsed();
             }
@@ -936,16 +947,7 @@ fn flusher(shared: Arc<Shared>, mut file: Appender) {
             if let Some(not_before) = last_start.map(|t| t + window) {
                 let from = Instant::now();
                 st.pacing = true;
-                while !st.shutdown {
-                    let Some(left) = not_before.checked_duration_since(Instant::now()) else {
-                        break;
-                    };
-                    st = shared
-                        .wake
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
+                st = wait_until(&shared, st, not_before, |_| true);
                 st.pacing = false;
                 waited += from.elapsed();
             }

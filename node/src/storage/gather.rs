@@ -118,6 +118,32 @@ impl Gather {
     }
 }
 
+/// Tests: flushes made with a group commit window (`--group-commit-window`), each as
+/// `(records, time waited before it started)`, `total` records over them, all but the first
+/// within `elapsed`: the first (after an idle time) did not wait, and the others came at most
+/// one per window, so the records shared them.
+#[cfg(test)]
+pub(crate) fn check_windowed_flushes(
+    flushes: &[(usize, Duration)],
+    total: usize,
+    elapsed: Duration,
+    window: Duration,
+) {
+    assert_eq!(flushes[0].0, 1, "{flushes:?}");
+    assert!(
+        flushes[0].1 < window / 2,
+        "the first flush waited: {flushes:?}"
+    );
+    assert_eq!(flushes.iter().map(|f| f.0).sum::<usize>(), total);
+    let most = (elapsed.as_millis() / window.as_millis()) as usize + 2;
+    assert!(
+        flushes.len() <= most,
+        "{} flushes in {elapsed:?} with a {window:?} window: {flushes:?}",
+        flushes.len()
+    );
+    assert!(flushes[1..].iter().any(|f| f.0 > 1), "{flushes:?}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -640,25 +640,8 @@ mod tests {
         }
     }
 
-    fn lazy_disk(
-        dir: &std::path::Path,
-        bound: std::time::Duration,
-    ) -> (DiskStorage, Arc<std::sync::Mutex<Vec<usize>>>) {
-        let flushes = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let f = flushes.clone();
-        let (s, _) = DiskStorage::open(
-            dir,
-            DiskOptions {
-                fsync: FsyncPolicy::Batch,
-                on_flush: Some(Arc::new(move |_, records, _| {
-                    f.lock().expect("lock").push(records);
-                })),
-                lazy_flush: Some(bound),
-                ..DiskOptions::default()
-            },
-        )
-        .expect("open");
-        (s, flushes)
+    fn lazy_disk(dir: &std::path::Path, bound: std::time::Duration) -> (DiskStorage, Flushes) {
+        observed_disk(dir, std::time::Duration::ZERO, Some(bound))
     }
 
     #[tokio::test]
@@ -674,7 +657,8 @@ mod tests {
         let b = s.write(w("b", "2", 2)).expect("write");
         s.wait_durable(b).await.expect("durable");
         lazily.await.expect("durable with it");
-        assert_eq!(*flushes.lock().expect("lock"), vec![2]);
+        let records: Vec<usize> = flushes.lock().expect("lock").iter().map(|f| f.0).collect();
+        assert_eq!(records, vec![2]);
         // Closing the store flushes what still waits; a reopen finds it.
         let c = s.write(w("c", "3", 3)).expect("write");
         drop(s);
@@ -703,8 +687,8 @@ mod tests {
     /// Each flush's records and how long it waited before it started.
     type Flushes = Arc<std::sync::Mutex<Vec<(usize, std::time::Duration)>>>;
 
-    /// A disk store with `--group-commit-window`, reporting its flushes.
-    fn windowed_disk(
+    /// A disk store with a group commit window and lazy flushes, reporting its flushes.
+    fn observed_disk(
         dir: &std::path::Path,
         window: std::time::Duration,
         lazy_flush: Option<std::time::Duration>,
@@ -733,7 +717,7 @@ mod tests {
         // As the leaderless node opens it (lazy flushes) and as a single node does.
         for lazy_flush in [None, Some(std::time::Duration::from_millis(2))] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let (s, flushes) = windowed_disk(dir.path(), window, lazy_flush);
+            let (s, flushes) = observed_disk(dir.path(), window, lazy_flush);
             let s = Arc::new(s);
             // After a long idle time, a write is not held back by the window.
             let first = s.write(w("first", "v", 1)).expect("w");
@@ -756,20 +740,7 @@ mod tests {
             }
             let elapsed = start.elapsed();
             let flushes = flushes.lock().expect("lock").clone();
-            assert_eq!(flushes[0].0, 1, "{flushes:?}");
-            assert!(
-                flushes[0].1 < window / 2,
-                "the first flush waited: {flushes:?}"
-            );
-            assert_eq!(flushes.iter().map(|f| f.0).sum::<usize>(), 81);
-            // One flush per window at most (after the first), so the 80 writes shared them.
-            let most = (elapsed.as_millis() / window.as_millis()) as usize + 2;
-            assert!(
-                flushes.len() <= most,
-                "{} flushes in {elapsed:?} with a {window:?} window: {flushes:?}",
-                flushes.len()
-            );
-            assert!(flushes[1..].iter().any(|f| f.0 > 1), "{flushes:?}");
+            gather::check_windowed_flushes(&flushes, 81, elapsed, window);
             // All durable, and found again.
             drop(s);
             let (s, report) = disk_open(dir.path());
