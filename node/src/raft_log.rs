@@ -1243,31 +1243,36 @@ mod tests {
                 let _ = tx.send(r);
             })
             .expect("writer");
-        let entries: Vec<Entry> = (1..=41).map(|i| put(1, i, &i.to_string())).collect();
-        // The first batch after an idle start is not held back.
-        assert!(w.submit(Job::Append {
-            bytes: entry_bytes(&entries[..1]),
-            records: 1
-        }));
-        assert_eq!(rx.recv().expect("done"), Ok(1));
+        let entries: Vec<Entry> = (1..=42).map(|i| put(1, i, &i.to_string())).collect();
+        // A batch after an idle time longer than the window is not held back by it.
+        for (i, e) in entries[..2].iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(window * 2);
+            }
+            assert!(w.submit(Job::Append {
+                bytes: entry_bytes(std::slice::from_ref(e)),
+                records: 1
+            }));
+            assert_eq!(rx.recv().expect("done"), Ok(i as u64 + 1));
+        }
         // Then one append every 2 ms for 80 ms.
         let start = Instant::now();
-        for e in &entries[1..] {
+        for e in &entries[2..] {
             assert!(w.submit(Job::Append {
                 bytes: entry_bytes(std::slice::from_ref(e)),
                 records: 1
             }));
             std::thread::sleep(Duration::from_millis(2));
         }
-        let mut durable = 1;
-        while durable < 41 {
+        let mut durable = 2;
+        while durable < 42 {
             durable = rx.recv().expect("done").expect("written");
         }
         let elapsed = start.elapsed();
         drop(w);
         drop(l);
         let batches = batches.lock().expect("lock").clone();
-        crate::storage::gather::check_windowed_flushes(&batches, 41, elapsed, window);
+        crate::storage::gather::check_windowed_flushes(&batches, 42, elapsed, window);
         assert_eq!(reopen(dir.path()), entries);
     }
 

@@ -870,7 +870,6 @@ impl DiskStorage {
     }
 }
 
-/// The flusher thread: drains the buffer, writes, fsyncs, publishes the durable LSN.
 /// The flusher waits for writers (they wake it) while `more` holds, until `until` or the store
 /// shuts down.
 fn wait_until<'a>(
@@ -892,6 +891,7 @@ fn wait_until<'a>(
     st
 }
 
+/// The flusher thread: drains the buffer, writes, fsyncs, publishes the durable LSN.
 fn flusher(shared: Arc<Shared>, mut file: Appender) {
     let policy = shared.opts.fsync;
     let mut chunk: Vec<u8> = Vec::with_capacity(1 << 16);
