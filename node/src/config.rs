@@ -244,6 +244,13 @@ pub struct Config {
     /// of the next; writes that arrive meanwhile share it (0s: fsync as soon as the last one
     /// is done).
     pub group_commit_window: HumanDuration,
+    /// Leader-follower: while at least `proposal_window_requests` client requests are in
+    /// flight at the leader, it proposes the writes that arrive at most once per this window,
+    /// all together (0s: each as it comes).
+    pub proposal_window: HumanDuration,
+    /// Leader-follower: how many client requests in flight at the leader engage the
+    /// proposal window.
+    pub proposal_window_requests: u32,
 }
 
 /// Leader-follower timers count ticks of this length.
@@ -282,11 +289,13 @@ impl Default for Config {
             election_timeout: HumanDuration(Duration::from_millis(150)),
             heartbeat_interval: HumanDuration(Duration::from_millis(30)),
             group_commit_window: HumanDuration(Duration::ZERO),
+            proposal_window: HumanDuration(Duration::from_millis(2)),
+            proposal_window_requests: 32,
         }
     }
 }
 
-/// Largest `--group-commit-window`.
+/// Largest `--group-commit-window`, and of `--proposal-window`.
 pub const MAX_GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(100);
 
 /// Default `--snapshot-bytes`: 64 MiB.
@@ -503,6 +512,19 @@ impl Config {
                     HumanDuration(MAX_GROUP_COMMIT_WINDOW)
                 ));
             }
+        }
+        let window = self.proposal_window;
+        if window.0 > MAX_GROUP_COMMIT_WINDOW {
+            return err(format!(
+                "--proposal-window {window}: at most {} (every write may wait that long before it is proposed)",
+                HumanDuration(MAX_GROUP_COMMIT_WINDOW)
+            ));
+        }
+        if self.proposal_window_requests == 0 {
+            return err(
+                "--proposal-window-requests must be at least 1 (0s as --proposal-window turns the window off)"
+                    .into(),
+            );
         }
         if self.max_key_bytes == 0 {
             return err("--max-key-bytes must be at least 1".into());
@@ -763,6 +785,33 @@ mod tests {
             }
             .validate()
             .is_ok()
+        );
+    }
+
+    #[test]
+    fn config_proposal_window_defaults_and_limits() {
+        let d = |ms| HumanDuration(Duration::from_millis(ms));
+        let c = Config::default();
+        assert_eq!((c.proposal_window, c.proposal_window_requests), (d(2), 32));
+        let c: Config = toml::from_str(
+            "storage = \"memory\"\nproposal_window = \"0s\"\nproposal_window_requests = 8",
+        )
+        .expect("parse");
+        assert_eq!((c.proposal_window, c.proposal_window_requests), (d(0), 8));
+        assert!(c.validate().is_ok());
+        assert_eq!(
+            invalid(Config {
+                proposal_window: d(101),
+                ..mem()
+            }),
+            "--proposal-window 101ms: at most 100ms (every write may wait that long before it is proposed)"
+        );
+        assert_eq!(
+            invalid(Config {
+                proposal_window_requests: 0,
+                ..mem()
+            }),
+            "--proposal-window-requests must be at least 1 (0s as --proposal-window turns the window off)"
         );
     }
 }

@@ -337,6 +337,22 @@ impl DriverHandle {
     }
 }
 
+/// `--proposal-window`: while many client requests are in flight at the leader, it holds the
+/// writes that arrive and proposes them together at most once per window, so that they share
+/// one log write and one append to each follower (PostgreSQL's `commit_delay`, engaged by
+/// `commit_siblings`). The number in flight depends on the clients, not on the window, so the
+/// window engages under many clients and never under few.
+pub struct ProposalWindow {
+    /// The least time between two proposals while engaged (zero: off).
+    pub window: Duration,
+    /// Client requests in flight at this node that engage it.
+    pub requests: u32,
+    /// Client requests in flight at this node (`kv_requests_in_flight`).
+    pub in_flight: prometheus_client::metrics::gauge::Gauge,
+    /// Writes held (`kv_proposals_held_total`).
+    pub held: prometheus_client::metrics::counter::Counter,
+}
+
 /// Timing of the replica, in wall-clock terms, and how often it compacts its log.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
@@ -456,6 +472,11 @@ struct Driver {
     /// A pass of the loop longer than this (the heartbeat interval) is logged, phase by phase:
     /// peers hear nothing from this node while it lasts.
     slow_pass: Duration,
+    proposal_window: Option<ProposalWindow>,
+    /// Writes held for the proposal window, in arrival order.
+    held: Vec<(Command, u32, ProposeReply)>,
+    /// When the last write was proposed (the window runs from there).
+    last_proposed: Instant,
 }
 
 /// A driver recovered from its durable state, not yet running: [`Built::spawn`] starts it.
@@ -497,6 +518,7 @@ pub fn build(
     on_flush: Option<crate::storage::FlushObserver>,
     on_fail: Option<crate::storage::FailObserver>,
     timing: Timing,
+    proposal_window: Option<ProposalWindow>,
     transport: Transport,
     state: Arc<MemStorage>,
     seed: u64,
@@ -609,6 +631,9 @@ pub fn build(
         leaders_window: (LEADERS_WINDOW.as_millis() / timing.tick.as_millis().max(1)) as u64,
         tick: timing.tick,
         slow_pass: timing.tick.saturating_mul(timing.heartbeat_ticks),
+        proposal_window: proposal_window.filter(|p| !p.window.is_zero()),
+        held: Vec::new(),
+        last_proposed: Instant::now(),
     };
     let handle = DriverHandle {
         tx,
@@ -666,7 +691,7 @@ impl Driver {
             // With entries left to apply, the loop goes on at once, but lets the node's other
             // tasks (peer connections, client requests) run first.
             let wake = if !self.chunk_due() {
-                next_tick
+                self.release_at().map_or(next_tick, |r| r.min(next_tick))
             } else {
                 tokio::task::yield_now().await;
                 Instant::now()
@@ -700,6 +725,7 @@ impl Driver {
                     Err(_) => break,
                 }
             }
+            self.release_held();
             // A replica that cannot write stays silent: no campaigns, no heartbeats.
             if self.failed.is_some() {
                 self.outbox.deliver();
@@ -809,15 +835,13 @@ impl Driver {
                 }
             }
             Input::Propose { cmd, w, reply } => {
-                let id = self.next_id;
-                self.next_id += 1;
-                match self.replica.propose(id, cmd, w) {
-                    Ok(_) => {
-                        self.proposals.insert(id, reply);
+                if self.holds_proposals() {
+                    if let Some(p) = &self.proposal_window {
+                        p.held.inc();
                     }
-                    Err(e) => {
-                        let _ = reply.send(Err(map_err(e)));
-                    }
+                    self.held.push((cmd, w, reply));
+                } else {
+                    self.propose(cmd, w, reply);
                 }
             }
             Input::Cas {
@@ -855,6 +879,48 @@ impl Driver {
                         let _ = reply.send(Err(map_err(e)));
                     }
                 }
+            }
+        }
+    }
+
+    fn propose(&mut self, cmd: Command, w: u32, reply: ProposeReply) {
+        self.last_proposed = Instant::now();
+        let id = self.next_id;
+        self.next_id += 1;
+        match self.replica.propose(id, cmd, w) {
+            Ok(_) => {
+                self.proposals.insert(id, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(map_err(e)));
+            }
+        }
+    }
+
+    /// A write that arrives now waits for the proposal window: some already wait (none
+    /// overtakes them), or this node leads with enough client requests in flight and proposed
+    /// less than a window ago.
+    fn holds_proposals(&self) -> bool {
+        let Some(p) = &self.proposal_window else {
+            return false;
+        };
+        !self.held.is_empty()
+            || (self.replica.role() == Role::Leader
+                && p.in_flight.get() >= i64::from(p.requests)
+                && self.last_proposed.elapsed() < p.window)
+    }
+
+    /// When the held writes are due.
+    fn release_at(&self) -> Option<Instant> {
+        let p = self.proposal_window.as_ref()?;
+        (!self.held.is_empty()).then(|| self.last_proposed + p.window)
+    }
+
+    /// Proposes the held writes, together, once their window is over.
+    fn release_held(&mut self) {
+        if self.release_at().is_some_and(|at| Instant::now() >= at) {
+            for (cmd, w, reply) in std::mem::take(&mut self.held) {
+                self.propose(cmd, w, reply);
             }
         }
     }
@@ -1123,6 +1189,10 @@ impl Driver {
             let _ = r.send(Err(DriveError::Unknown));
         }
         let why = self.failed.clone().unwrap_or_default();
+        // Held for the proposal window: never proposed.
+        for (_, _, r) in self.held.drain(..) {
+            let _ = r.send(Err(DriveError::Stopped(why.clone())));
+        }
         let reads = self.reads.drain().map(|(_, r)| r);
         for r in reads.chain(self.reads_applying.drain(..).map(|(_, r)| r)) {
             let _ = r.send(Err(DriveError::Stopped(why.clone())));
@@ -1506,6 +1576,7 @@ mod tests {
             None,
             Some(on_fail),
             Timing::default(),
+            None,
             transport,
             Arc::new(MemStorage::new()),
             1,
@@ -1519,6 +1590,11 @@ mod tests {
         d.reads.insert(3, read);
         let (applying, mut applying_rx) = oneshot::channel();
         d.reads_applying.push((7, applying));
+        let (held, mut held_rx) = oneshot::channel();
+        let cmd = Command::Delete {
+            key: Bytes::from_static(b"k"),
+        };
+        d.held.push((cmd, 1, held));
 
         d.fail("disk full".into());
         d.fail("and again".into());
@@ -1537,10 +1613,103 @@ mod tests {
         let stopped = Err(DriveError::Stopped("disk full".into()));
         assert_eq!(read_rx.try_recv().expect("answered"), stopped);
         assert_eq!(applying_rx.try_recv().expect("answered"), stopped);
+        // Held for the proposal window: never proposed, so surely not done.
+        assert_eq!(
+            held_rx.try_recv().expect("answered"),
+            Err(DriveError::Stopped("disk full".into()))
+        );
+    }
+
+    /// With fewer client requests in flight than `--proposal-window-requests`, every write is
+    /// proposed as it comes; with as many, the writes that come within a window of the last
+    /// proposal wait for the window to end and are then proposed together, in the order they
+    /// came, and none overtakes one held.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_proposal_window_holds_writes_only_while_many_requests_are_in_flight() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let in_flight = prometheus_client::metrics::gauge::Gauge::default();
+        let held = prometheus_client::metrics::counter::Counter::default();
+        let window = Duration::from_millis(200);
+        let driver = windowed_driver(
+            "n1",
+            &[("n1", "127.0.0.1:1".into())],
+            dir.path(),
+            Some(ProposalWindow {
+                window,
+                requests: 4,
+                in_flight: in_flight.clone(),
+                held: held.clone(),
+            }),
+        );
+        let put = |i: usize| Command::Put {
+            key: Bytes::from(format!("k{i}")),
+            value: Bytes::from_static(b"v"),
+        };
+        // A single node elects itself; the first write waits for that.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut first = driver.propose(put(0), 1).await;
+        while first.is_err() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            first = driver.propose(put(0), 1).await;
+        }
+        let mut last = first.expect("a leader").version.counter;
+        // Few requests in flight: one write after another, none held.
+        in_flight.set(3);
+        for i in 1..=5 {
+            let v = driver.propose(put(i), 1).await.expect("write");
+            assert!(v.version.counter > last);
+            last = v.version.counter;
+        }
+        assert_eq!(held.get(), 0);
+        // Many in flight: one write proposed at once (the last was longer than a window ago),
+        // then twenty more within its window, held and proposed together once it ends.
+        in_flight.set(4);
+        tokio::time::sleep(window).await;
+        let started = Instant::now();
+        let v = driver.propose(put(6), 1).await.expect("write");
+        assert!(v.version.counter > last);
+        assert_eq!(held.get(), 0, "the first write of a window is not held");
+        // Sent one after another on the driver's channel, so they come in this order.
+        let writes: Vec<_> = (7..27)
+            .map(|i| {
+                let (reply, rx) = oneshot::channel();
+                driver.send(Input::Propose {
+                    cmd: put(i),
+                    w: 1,
+                    reply,
+                });
+                rx
+            })
+            .collect();
+        let mut versions = Vec::new();
+        for w in writes {
+            versions.push(w.await.expect("answered").expect("write").version.counter);
+        }
+        assert!(
+            started.elapsed() >= window,
+            "held writes answered {:?} after the window opened",
+            started.elapsed()
+        );
+        assert_eq!(held.get(), 20, "the writes within the window were held");
+        assert!(
+            versions.windows(2).all(|p| p[0] < p[1]) && versions[0] > v.version.counter,
+            "held writes proposed in the order they came: {versions:?}"
+        );
+        drop(driver);
     }
 
     /// A driver for `me` among `members` (id, address), its log in `dir`.
     fn durable_driver(me: &str, members: &[(&str, String)], dir: &std::path::Path) -> DriverHandle {
+        windowed_driver(me, members, dir, None)
+    }
+
+    /// The same, with a proposal window.
+    fn windowed_driver(
+        me: &str,
+        members: &[(&str, String)],
+        dir: &std::path::Path,
+        window: Option<ProposalWindow>,
+    ) -> DriverHandle {
         let members: Vec<(NodeId, String)> = members
             .iter()
             .map(|(id, a)| (NodeId::from(*id), a.clone()))
@@ -1560,6 +1729,7 @@ mod tests {
             None,
             None,
             Timing::default(),
+            window,
             transport,
             Arc::new(MemStorage::new()),
             1,

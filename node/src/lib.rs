@@ -410,6 +410,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                     settings.config.snapshot_entries,
                 )
             },
+            Some(driver::ProposalWindow {
+                window: settings.config.proposal_window.0,
+                requests: settings.config.proposal_window_requests,
+                in_flight: metrics.requests_in_flight.clone(),
+                held: metrics.proposals_held.clone(),
+            }),
             transport,
             state_machine,
             seed,

@@ -81,6 +81,15 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(25e-6, 2.0, 20))
 }
 
+/// A client request counted in `kv_requests_in_flight` while this lives.
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Every metric the node exports.
 pub struct Metrics {
     registry: Registry,
@@ -88,6 +97,10 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Request latency by op, as the server sees it.
     pub request_seconds: HistogramFamily<OpLabels>,
+    /// Client requests being served now (leader-follower: engages `--proposal-window`).
+    pub requests_in_flight: Gauge,
+    /// Writes a leader held for its proposal window before proposing them.
+    pub proposals_held: Counter,
     /// Time of one log write + fsync.
     pub fsync_seconds: Histogram,
     /// Records made durable by one fsync (group commit at work).
@@ -177,6 +190,19 @@ impl Metrics {
             "Client request latency at the server, by operation",
             Unit::Seconds,
             request_seconds.clone(),
+        );
+        let requests_in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "Client requests received and not yet answered",
+            requests_in_flight.clone(),
+        );
+        let proposals_held = Counter::default();
+        registry.register(
+            "proposals_held",
+            "Leader-follower: writes the leader held for its --proposal-window (many client \
+             requests in flight) and proposed together with the others that came meanwhile",
+            proposals_held.clone(),
         );
         let fsync_seconds = latency_histogram();
         registry.register_with_unit(
@@ -452,6 +478,8 @@ impl Metrics {
             registry,
             requests,
             request_seconds,
+            requests_in_flight,
+            proposals_held,
             fsync_seconds,
             fsync_batch_records,
             fsync_gather_seconds,
@@ -504,6 +532,13 @@ impl Metrics {
                 s.observe(d, Instant::now());
             }
         })
+    }
+
+    /// Counts a client request in flight until the returned guard is dropped (answered, or
+    /// given up by the client).
+    pub fn request_started(&self) -> InFlight {
+        self.requests_in_flight.inc();
+        InFlight(self.requests_in_flight.clone())
     }
 
     /// Counts one finished request.

@@ -35,6 +35,7 @@ impl KvService {
         f: impl Future<Output = Result<T, Error>>,
     ) -> Result<Response<T>, Status> {
         let start = Instant::now();
+        let _in_flight = self.metrics.request_started();
         let res = match deadline {
             Some(d) => match tokio::time::timeout(d, f).await {
                 Ok(r) => r,
