@@ -290,7 +290,7 @@ impl Default for Config {
             heartbeat_interval: HumanDuration(Duration::from_millis(30)),
             group_commit_window: HumanDuration(Duration::ZERO),
             proposal_window: HumanDuration(Duration::from_millis(2)),
-            proposal_window_requests: 32,
+            proposal_window_requests: 64,
         }
     }
 }
@@ -792,7 +792,7 @@ mod tests {
     fn config_proposal_window_defaults_and_limits() {
         let d = |ms| HumanDuration(Duration::from_millis(ms));
         let c = Config::default();
-        assert_eq!((c.proposal_window, c.proposal_window_requests), (d(2), 32));
+        assert_eq!((c.proposal_window, c.proposal_window_requests), (d(2), 64));
         let c: Config = toml::from_str(
             "storage = \"memory\"\nproposal_window = \"0s\"\nproposal_window_requests = 8",
         )

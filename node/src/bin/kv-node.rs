@@ -163,14 +163,16 @@ struct Args {
     /// together at most once per this window: one log write and one append to each follower
     /// for all of them, instead of many small ones. A write may wait up to the window before it
     /// is proposed; with fewer requests in flight every write is proposed as it comes. 0s
-    /// turns it off; at most 100ms. 3 nodes on a 2-core machine, against 0s: 1.32x the ops/s
-    /// at 256 clients and 1.14x at 64, 16 clients unchanged (it does not engage); in memory
-    /// 1.02x at 256 (README, "Proposal window") [default: 2ms].
+    /// turns it off; at most 100ms. 3 nodes on a 2-core machine, against 0s: 1.31x the ops/s
+    /// at 256 clients, 1.21x at 128, 1.04x at 64; fewer clients never engage it (README,
+    /// Leader-follower replication) [default: 2ms].
     #[arg(long, env = "KV_PROPOSAL_WINDOW", value_name = "DURATION")]
     proposal_window: Option<HumanDuration>,
     /// Leader-follower: how many client requests in flight at the leader (reads included)
     /// engage --proposal-window, as PostgreSQL's commit_siblings engages commit_delay. Fewer
-    /// clients than this never wait for it [default: 32].
+    /// clients than this never wait for it. Set low, it engages where the machine has CPU to
+    /// spare and the window only adds latency: at 32, 32 clients lost a fifth of their ops/s
+    /// [default: 64].
     #[arg(long, env = "KV_PROPOSAL_WINDOW_REQUESTS", value_name = "N")]
     proposal_window_requests: Option<u32>,
     /// Leaderless: virtual nodes (ring tokens) per node [default: 64].
