@@ -8,7 +8,7 @@
 # their leader's endpoint only (a follower would forward or redirect). Workload: 10k keys,
 # 100 B values, zipfian, 50/50 get/put, 20 s after 2 s warm-up, 16 and 256 closed-loop clients;
 # then quorumkv at 256 clients again with a 2 ms group commit window (`kv-256-gcw2ms`; since
-# the proposal window, on by default, it adds nothing: REPEATS.md, run 19).
+# the proposal window, on by default, it adds little: REPEATS.md, runs 19 and 20).
 # Last, the ceiling: one quorumkv node in memory with nothing replicated, driven the same way.
 # Needs curl.
 set -euo pipefail
