@@ -224,6 +224,49 @@ async fn the_leaders_log_writer_waits_for_closed_loop_writers_on_a_slow_disk() {
     );
 }
 
+/// The proposal window on real processes: with it engaged by as few as 4 requests in flight,
+/// 16 concurrent writers through the leader have writes held (`kv_proposals_held_total`) and
+/// proposed together, and every acknowledged write reads back with its value from the leader.
+/// Nothing is left in flight (`kv_requests_in_flight`) once they are done. (The order held
+/// writes are proposed in is the driver's unit test's.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_held_for_the_proposal_window_are_all_committed_in_order() {
+    const WRITERS: usize = 16;
+    const EACH: usize = 30;
+    let _serial = SERIAL.lock().await;
+    let (c, leader) = led_with(3, &["--proposal-window-requests", "4"]).await;
+    let mut tasks = Vec::new();
+    for t in 0..WRITERS {
+        let mut kv = c.client(leader).await.expect("client");
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                kv.put(put(&format!("p{t}-{i}"), &format!("v{t}-{i}"), 2))
+                    .await
+                    .expect("put");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let held = c.metric(leader, "kv_proposals_held_total");
+    assert!(held > 0.0, "no write was held");
+    eprintln!("{held} of {} writes held", WRITERS * EACH);
+    let mut kv = c.client(leader).await.expect("client");
+    for t in 0..WRITERS {
+        for i in 0..EACH {
+            let got = kv
+                .get(get(&format!("p{t}-{i}"), pb::ReadFrom::Leader))
+                .await
+                .expect("get")
+                .into_inner();
+            assert_eq!(got.value, format!("v{t}-{i}").as_bytes(), "p{t}-{i}");
+        }
+    }
+    // Every request above was answered (the metrics scrape is not a client request).
+    assert_eq!(c.metric(leader, "kv_requests_in_flight"), 0.0);
+}
+
 /// A leader paused (SIGSTOP: a long GC or VM pause) while the others elect a new one, then
 /// resumed: until it hears of the newer term it goes on sending heartbeats of its own, which
 /// the nodes following the new leader hear beside the new leader's. They report
