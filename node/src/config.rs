@@ -295,7 +295,7 @@ impl Default for Config {
     }
 }
 
-/// Largest `--group-commit-window`, and of `--proposal-window`.
+/// Largest `--group-commit-window` and `--proposal-window`.
 pub const MAX_GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(100);
 
 /// Default `--snapshot-bytes`: 64 MiB.
@@ -522,7 +522,7 @@ impl Config {
         }
         if self.proposal_window_requests == 0 {
             return err(
-                "--proposal-window-requests must be at least 1 (0s as --proposal-window turns the window off)"
+                "--proposal-window-requests must be at least 1 (to turn the window off, give --proposal-window 0s)"
                     .into(),
             );
         }
@@ -811,7 +811,7 @@ mod tests {
                 proposal_window_requests: 0,
                 ..mem()
             }),
-            "--proposal-window-requests must be at least 1 (0s as --proposal-window turns the window off)"
+            "--proposal-window-requests must be at least 1 (to turn the window off, give --proposal-window 0s)"
         );
     }
 }
