@@ -59,9 +59,7 @@ else
   up kv 7401 9401 --nodes 3 --w 2 --r 2 --
   KV_PID=$LAST; KV_EPS=$(eps 7401 3); KV_ARGS=(--w 2 --read-from leader)
   # The leader's endpoint, as leader-follower.sh drives it.
-  KV_EPS=$("$BIN/kvctl" --endpoints "$KV_EPS" --output json status | python3 -c '
-import json,sys
-print([n["addr"] for n in json.load(sys.stdin)["nodes"] if n["role"] == "leader"][0])')
+  KV_EPS=$(kv_leader "$KV_EPS")
   FANQ_PID=
 fi
 

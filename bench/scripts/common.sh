@@ -61,6 +61,14 @@ cluster_up() {
   wait_up "$TMP/$name.out" || exit 1
 }
 
+# kv_leader ENDPOINTS: prints the address of the leader-follower node that leads, as
+# `kvctl status` reports it (scripts drive the leader's endpoint, as etcd's).
+kv_leader() {
+  "$BIN/kvctl" --endpoints "$1" --output json status | python3 -c '
+import json,sys
+print([n["addr"] for n in json.load(sys.stdin)["nodes"] if n["role"] == "leader"][0])'
+}
+
 # start_etcd: a 3-member etcd cluster on loopback; sets ETCD_LEADER to the leader's client
 # endpoint (host:port). Its pids go to PIDS.
 start_etcd() {

@@ -34,16 +34,9 @@ for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 1
 # One request thread per node, as in leaderless.sh: three nodes share two cores with the load
 # generator (16 clients: 12.6-13.3k ops/s against 11.3-12.3k with the default two threads,
 # alternating pairs; REPEATS.md run 9).
-cmd=("$BIN/kvctl" cluster up --nodes 3 --w 2 --r 2 --fsync batch --base-port 7401 --admin-base-port 9401 --data-dir "$TMP/kv" -- --worker-threads 1)
-echo "${cmd[*]}" >> "$OUT/commands.txt"
-"${cmd[@]}" > "$TMP/cluster.out" 2>&1 &
-PIDS+=($!)
-SERVERS=$!
-for _ in $(seq 200); do grep -q '^leader: ' "$TMP/cluster.out" && break; sleep 0.1; done
 KV_EPS=127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403
-LEADER=$("$BIN/kvctl" --endpoints $KV_EPS --output json status | python3 -c '
-import json,sys
-print([n["addr"] for n in json.load(sys.stdin)["nodes"] if n["role"] == "leader"][0])')
+cluster_up kv --nodes 3 --w 2 --r 2 --base-port 7401 --admin-base-port 9401 -- --worker-threads 1
+LEADER=$(kv_leader $KV_EPS)
 echo "quorumkv leader: $LEADER"
 bench kv-16 --driver kv --endpoints "$LEADER" --clients 16 --w 2 --read-from leader
 bench kv-256 --driver kv --endpoints "$LEADER" --clients 256 --w 2 --read-from leader
@@ -53,15 +46,8 @@ for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 1
 # --- the same at 256 clients with a 2 ms group commit window (kv-node --group-commit-window):
 # fewer fsyncs and less CPU per write under many writers; it costs 16 clients 13% (README,
 # Storage, "Group commit window"), so it is not the default ---
-cmd=("$BIN/kvctl" cluster up --nodes 3 --w 2 --r 2 --fsync batch --base-port 7401 --admin-base-port 9401 --data-dir "$TMP/kv-gcw" -- --worker-threads 1 --group-commit-window 2ms)
-echo "${cmd[*]}" >> "$OUT/commands.txt"
-"${cmd[@]}" > "$TMP/cluster-gcw.out" 2>&1 &
-PIDS+=($!)
-SERVERS=$!
-for _ in $(seq 200); do grep -q '^leader: ' "$TMP/cluster-gcw.out" && break; sleep 0.1; done
-LEADER=$("$BIN/kvctl" --endpoints $KV_EPS --output json status | python3 -c '
-import json,sys
-print([n["addr"] for n in json.load(sys.stdin)["nodes"] if n["role"] == "leader"][0])')
+cluster_up kv-gcw --nodes 3 --w 2 --r 2 --base-port 7401 --admin-base-port 9401 -- --worker-threads 1 --group-commit-window 2ms
+LEADER=$(kv_leader $KV_EPS)
 bench kv-256-gcw2ms --driver kv --endpoints "$LEADER" --clients 256 --w 2 --read-from leader
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 1
 

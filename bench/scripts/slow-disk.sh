@@ -63,9 +63,7 @@ bench etcd-256 --driver etcd --endpoints "$ETCD_LEADER" --clients 256
 stop_all
 
 cluster_up lf --nodes 3 --w 2 --r 2 --base-port 7401 --admin-base-port 9401 -- --worker-threads 1
-LEADER=$("$BIN/kvctl" --endpoints 127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403 --output json status | python3 -c '
-import json,sys
-print([n["addr"] for n in json.load(sys.stdin)["nodes"] if n["role"] == "leader"][0])')
+LEADER=$(kv_leader 127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403)
 for c in 16 256; do
   flush_stats "$TMP/before" 9401 9402 9403
   bench kv-lf-$c --driver kv --endpoints "$LEADER" --clients $c --w 2 --read-from leader

@@ -82,9 +82,9 @@ fn latency_histogram() -> Histogram {
 }
 
 /// A client request counted in `kv_requests_in_flight` while this lives.
-pub struct InFlight(Gauge);
+pub struct InFlight<'a>(&'a Gauge);
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.dec();
     }
@@ -536,9 +536,9 @@ impl Metrics {
 
     /// Counts a client request in flight until the returned guard is dropped (answered, or
     /// given up by the client).
-    pub fn request_started(&self) -> InFlight {
+    pub fn request_started(&self) -> InFlight<'_> {
         self.requests_in_flight.inc();
-        InFlight(self.requests_in_flight.clone())
+        InFlight(&self.requests_in_flight)
     }
 
     /// Counts one finished request.

@@ -154,8 +154,9 @@ struct Args {
     /// less CPU under many concurrent writers. 0s fsyncs as soon as the last fsync is done;
     /// at most 100ms. On a 2-core machine with fsyncs of about 0.3 ms (README, "Group commit
     /// window"), 2ms gave 3 leader-follower nodes 1.29x the ops/s at 256 clients and 0.87x at
-    /// 16 (before --proposal-window, which now gets them more with no cost to 16 clients, and
-    /// with which it adds little); 5 leaderless nodes 1.01x and 0.85x [default: 0s].
+    /// 16 (before --proposal-window, which now gets them about the same gain with no cost to
+    /// 16 clients, and with which it adds little); 5 leaderless nodes 1.01x and 0.85x
+    /// [default: 0s].
     #[arg(long, env = "KV_GROUP_COMMIT_WINDOW", value_name = "DURATION")]
     group_commit_window: Option<HumanDuration>,
     /// Leader-follower: while at least --proposal-window-requests client requests are in
