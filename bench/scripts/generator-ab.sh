@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Two kv-bench binaries, alternating (A B A B ...), against the same servers: 3 leader-follower
+# nodes (W=2, leader reads), 5 leaderless nodes (N=3 R=W=2), etcd 3.4 x3 and Redis, each at 16
+# and 256 closed-loop clients, the common workload (10k keys, 100 B, zipfian, 50/50). Shows what
+# a change to the load generator does to every system it measures, and to its own CPU.
+#
+#   GEN_A=FILE GEN_B=FILE [PAIRS=2] [DUR=10s] bench/scripts/generator-ab.sh OUT_DIR
+#
+# e.g. git worktree add /tmp/gen-base HEAD~1 && (cd /tmp/gen-base && cargo build --release -p kv-bench)
+#      GEN_A=/tmp/gen-base/target/release/kv-bench GEN_B=target/release/kv-bench bench/scripts/generator-ab.sh /tmp/gen-ab
+# The servers are this tree's (target/release). Needs etcd, etcdctl, redis-server, python3, curl.
+# OUT_DIR gets every run's kv-bench output (SYSTEM-CLIENTS-SIDE-N/), commands.txt and AB.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:?usage: GEN_A=FILE GEN_B=FILE bench/scripts/generator-ab.sh OUT_DIR}
+GEN_A=${GEN_A:?GEN_A=FILE: side A's kv-bench}
+GEN_B=${GEN_B:?GEN_B=FILE: side B's kv-bench}
+PAIRS=${PAIRS:-2}
+DUR=${DUR:-10s}
+WARM=${WARM:-2s}
+source bench/scripts/common.sh
+prepare_run etcd etcdctl redis-server python3 curl
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+# alternate SYSTEM ARGS...: PAIRS rounds of A then B at 16 and 256 clients.
+alternate() {
+  local system=$1; shift
+  local c i side gen cmd
+  for c in 16 256; do
+    for i in $(seq "$PAIRS"); do
+      for side in a b; do
+        gen=$GEN_A; [ $side = b ] && gen=$GEN_B
+        cmd=("$gen" run --duration "$DUR" --warmup "$WARM" --keys 10000 --value-size 100 --dist zipfian
+             --mix read=50,write=50 --clients "$c" --out "$OUT/$system-$c-$side-$i" --server-pids "$SERVERS" "$@")
+        echo "${cmd[*]}" >> "$OUT/commands.txt"
+        "${cmd[@]}" > /dev/null 2>&1
+        echo "$system $c clients, $side$i: $(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(round(s["ops_per_sec"]), "ops/s")' "$OUT/$system-$c-$side-$i/summary.json")"
+      done
+    done
+  done
+}
+stop_servers() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 1; }
+
+cluster_up lf --nodes 3 --w 2 --r 2 --base-port 7401 --admin-base-port 9401 -- --worker-threads 1
+alternate leader-follower --driver kv --endpoints "$(kv_leader 127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403)" --w 2 --read-from leader
+stop_servers
+
+cluster_up ll --nodes 5 --mode leaderless --n 3 --r 2 --w 2 --base-port 7501 --admin-base-port 9501 -- --worker-threads 1
+alternate leaderless --driver kv --endpoints 127.0.0.1:7501,127.0.0.1:7502,127.0.0.1:7503,127.0.0.1:7504,127.0.0.1:7505
+stop_servers
+
+start_etcd
+alternate etcd --driver etcd --endpoints "$ETCD_LEADER"
+stop_servers
+
+cmd=(redis-server --port 6399 --save "" --appendonly no)
+echo "${cmd[*]}" >> "$OUT/commands.txt"
+"${cmd[@]}" > "$TMP/redis.out" 2>&1 &
+PIDS+=($!)
+SERVERS=$!
+for _ in $(seq 50); do redis-cli -p 6399 ping >/dev/null 2>&1 && break; sleep 0.1; done
+alternate redis --driver redis --endpoints 127.0.0.1:6399
+
+python3 - "$OUT" "$GEN_A" "$GEN_B" <<'PY'
+import json, os, statistics, sys
+out, gen_a, gen_b = sys.argv[1:4]
+def runs(system, c, side):
+    rs = []
+    for d in sorted(os.listdir(out)):
+        if d.startswith(f"{system}-{c}-{side}-"):
+            s = json.load(open(os.path.join(out, d, "summary.json")))
+            rs.append((s["ops_per_sec"], s["latency_us"]["p99"], s["client_cpu"]["per_op_us"], s["server_cpu"]["per_op_us"]))
+    return rs
+with open(os.path.join(out, "AB.md"), "w") as f:
+    f.write(f"A: `{gen_a}`  \nB: `{gen_b}`\n\n")
+    f.write("| system | clients | A ops/s (each run) | B ops/s (each run) | B / A, medians | generator µs/op, A / B | servers µs/op, A / B | p99 ms, A / B |\n")
+    f.write("|---|---:|---|---|---:|---|---|---|\n")
+    for system in ["leader-follower", "leaderless", "etcd", "redis"]:
+        for c in [16, 256]:
+            a, b = runs(system, c, "a"), runs(system, c, "b")
+            if not a or not b:
+                continue
+            med = lambda rs, i: statistics.median(r[i] for r in rs)
+            f.write(f"| {system} | {c} | {', '.join(f'{r[0]:,.0f}' for r in a)} | {', '.join(f'{r[0]:,.0f}' for r in b)} | "
+                    f"{med(b, 0) / med(a, 0):.2f}x | {med(a, 2):.1f} / {med(b, 2):.1f} | {med(a, 3):.1f} / {med(b, 3):.1f} | "
+                    f"{med(a, 1) / 1000:.1f} / {med(b, 1) / 1000:.1f} |\n")
+    f.write("\nmachine: 2 CPUs; commands in commands.txt\n")
+print(open(os.path.join(out, "AB.md")).read())
+PY
