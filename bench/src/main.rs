@@ -168,11 +168,18 @@ struct RunArgs {
     #[arg(long, value_name = "PREFIX")]
     key_prefix: Option<String>,
     /// Threads of the load generator. Keep it below the core count when the server shares the
-    /// machine, so the generator does not take the server's cores. 1 (the default) runs every
-    /// client and connection on one thread (tokio's current-thread scheduler), which costs
-    /// less CPU per operation than a multi-threaded runtime with one worker.
+    /// machine, so the generator does not take the server's cores.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// The generator's tokio scheduler. `current-thread` (only with --threads 1, its default):
+    /// the clients whose answers came in queue their next requests before a connection writes,
+    /// so one write carries them all. That costs a third to a half less generator CPU per
+    /// operation. But against one fast server on one connection, generator and server then
+    /// take turns: one core busy of two. `multi-thread` (the default with more threads, and
+    /// kv-bench's only scheduler before 2026-12-04) runs a connection right after each client
+    /// that woke it: about one write per request, more CPU, and both sides busy at once.
+    #[arg(long, value_enum)]
+    runtime: Option<Scheduler>,
     /// Server processes on this machine (PID[,PID..]) whose CPU use over the measured time is
     /// reported beside the generator's, with every process they started: give `kvctl cluster
     /// up`'s pid to count its nodes. Shows what each side cost per operation, and whether the
@@ -181,16 +188,39 @@ struct RunArgs {
     server_pids: Vec<u32>,
 }
 
-/// A tokio runtime with `threads` workers, or the exit code after saying why not. One thread
-/// is tokio's current-thread scheduler on the main thread: no worker thread beside it, and no
-/// work-stealing queues or cross-thread wake-ups (the default run's generator is one thread).
-fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
-    let mut b = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
+/// kv-bench's tokio scheduler (`--runtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scheduler {
+    /// One thread runs every client and connection, in the order they were woken.
+    CurrentThread,
+    /// `--threads` workers; a task woken by the running one runs next.
+    MultiThread,
+}
+
+/// A tokio runtime with `threads` workers, or the exit code after saying why not. Without
+/// `scheduler`: the current-thread scheduler for one thread, the multi-threaded one for more.
+fn runtime(
+    threads: usize,
+    scheduler: Option<Scheduler>,
+) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let scheduler = scheduler.unwrap_or(if threads <= 1 {
+        Scheduler::CurrentThread
     } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(threads);
-        b
+        Scheduler::MultiThread
+    });
+    let mut b = match scheduler {
+        Scheduler::CurrentThread if threads > 1 => {
+            eprintln!(
+                "kv-bench: --runtime current-thread runs one thread; --threads {threads} needs multi-thread"
+            );
+            return Err(ExitCode::from(2));
+        }
+        Scheduler::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+        Scheduler::MultiThread => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(threads.max(1));
+            b
+        }
     };
     b.enable_all().build().map_err(|e| {
         eprintln!("kv-bench: cannot start the runtime: {e}");
@@ -202,7 +232,7 @@ fn main() -> ExitCode {
     let a = match Args::parse().cmd {
         Cmd::Run(a) => a,
         Cmd::Sweep { config } => {
-            let rt = match runtime(1) {
+            let rt = match runtime(1, None) {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
@@ -247,6 +277,7 @@ fn main() -> ExitCode {
         eprintln!("kv-bench: cas runs against quorumkv only; drop cas from --mix");
         return ExitCode::from(2);
     }
+    let a_runtime = a.runtime;
     let cfg = RunConfig {
         driver: a.driver,
         connections: a.connections.unwrap_or(a.endpoints.len()).clamp(1, clients),
@@ -288,7 +319,7 @@ fn main() -> ExitCode {
         server_pids: a.server_pids,
     };
     let threads = cfg.threads;
-    let rt = match runtime(threads) {
+    let rt = match runtime(threads, a_runtime) {
         Ok(rt) => rt,
         Err(code) => return code,
     };

@@ -148,6 +148,48 @@ fn recorded_history_of_a_single_node_checks_linearizable() {
 }
 
 #[test]
+fn both_schedulers_drive_a_node_and_a_mismatched_one_is_refused() {
+    let node = NodeProcess::start(&["--storage", "memory"]).expect("node");
+    for args in [
+        &["--runtime", "current-thread"][..],
+        &["--runtime", "multi-thread"],
+        &["--runtime", "multi-thread", "--threads", "2"],
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let history = dir.path().join("h.jsonl");
+        let o = bench_run(&node.endpoint(), &dir.path().join("run"), "1s")
+            .args(args)
+            .args(["--mix", "read=50,write=50"])
+            .arg("--history")
+            .arg(&history)
+            .output()
+            .expect("kv-bench");
+        assert!(o.status.success(), "{args:?}: {o:?}");
+        let summary: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("run/summary.json")).expect("summary"),
+        )
+        .expect("json");
+        assert!(
+            summary["ops"].as_u64().unwrap_or(0) > 100,
+            "{args:?}: {summary}"
+        );
+        let check = check(&history);
+        assert_eq!(check.status.code(), Some(0), "{args:?}: {check:?}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = bench_run(&node.endpoint(), &dir.path().join("run"), "1s")
+        .args(["--runtime", "current-thread", "--threads", "2"])
+        .output()
+        .expect("kv-bench");
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--runtime current-thread runs one thread"),
+        "{err}"
+    );
+}
+
+#[test]
 fn sweep_starts_each_cluster_runs_and_compares() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("out");
