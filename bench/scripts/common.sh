@@ -92,3 +92,15 @@ for s in json.load(sys.stdin):
   echo "etcd leader: $ETCD_LEADER"
   SERVERS=$(IFS=,; echo "${PIDS[*]: -3}")
 }
+
+# start_redis: Redis without persistence on 127.0.0.1:6399, logged in $OUT/commands.txt; waits
+# until it answers. Its pid goes to PIDS and SERVERS.
+start_redis() {
+  local cmd=(redis-server --port 6399 --save "" --appendonly no)
+  echo "${cmd[*]}" >> "$OUT/commands.txt"
+  "${cmd[@]}" > "$TMP/redis.log" 2>&1 &
+  PIDS+=($!)
+  SERVERS=$!
+  for _ in $(seq 50); do redis-cli -p 6399 ping >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "redis-server did not start:" >&2; cat "$TMP/redis.log" >&2; return 1
+}

@@ -54,12 +54,7 @@ start_etcd
 alternate etcd --driver etcd --endpoints "$ETCD_LEADER"
 stop_servers
 
-cmd=(redis-server --port 6399 --save "" --appendonly no)
-echo "${cmd[*]}" >> "$OUT/commands.txt"
-"${cmd[@]}" > "$TMP/redis.out" 2>&1 &
-PIDS+=($!)
-SERVERS=$!
-for _ in $(seq 50); do redis-cli -p 6399 ping >/dev/null 2>&1 && break; sleep 0.1; done
+start_redis || exit 1
 alternate redis --driver redis --endpoints 127.0.0.1:6399
 
 python3 - "$OUT" "$GEN_A" "$GEN_B" <<'PY'

@@ -64,12 +64,7 @@ up kv-mem --memory
 bench kv-mem-16 --driver kv --endpoints "$KV_EPS" --clients 16
 bench kv-mem-256 --driver kv --endpoints "$KV_EPS" --clients 256
 stop_all
-cmd=(redis-server --port 6399 --save "" --appendonly no)
-echo "${cmd[*]}" >> "$OUT/commands.txt"
-"${cmd[@]}" > "$TMP/redis.log" 2>&1 &
-PIDS+=($!)
-SERVERS=$!
-sleep 1
+start_redis || exit 1
 bench redis-16 --driver redis --endpoints 127.0.0.1:6399 --clients 16
 bench redis-256 --driver redis --endpoints 127.0.0.1:6399 --clients 256
 stop_all
