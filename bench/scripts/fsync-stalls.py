@@ -5,8 +5,9 @@
     (defaults: 3 processes, 10 s, /tmp, as fast as they can)
 
 Starts PROCESSES processes. Each appends 128 B records to its own file and calls fdatasync
-after every record, as a replica log does (RATE: at most that many per second each). The file is zero-filled ahead of time, as
-quorumkv's logs are. It runs for SECONDS and notes every fdatasync that takes more than 5 ms.
+after every record, as a replica log does (with RATE, at most that many a second each). The
+file is zero-filled ahead of time, as quorumkv's logs are. It runs for SECONDS and notes every
+fdatasync that takes more than 5 ms.
 The script then prints, per process, the fdatasyncs, the slow ones, and how many slow ones
 match a slow one in every other process (starting within 30 ms), with the median gap between
 them. Nodes of a cluster on one machine share its disk: a stall that hits all their fsyncs at

@@ -60,7 +60,9 @@ echo "${cmd[*]}" >> "$OUT/commands.txt"
 PIDS+=($!)
 SERVERS=$!
 for _ in $(seq 100); do curl -sf 127.0.0.1:9409/readyz >/dev/null && break; sleep 0.1; done
-# Ready, and this script's node: another process on the port would answer for it.
+# Ready, and this script's node: another process on the port would answer for it (a node that
+# cannot listen exits within milliseconds).
+sleep 0.3
 kill -0 "$SERVERS" 2>/dev/null || { echo "the ceiling node did not start:" >&2; cat "$TMP/ceiling.out" >&2; exit 1; }
 bench ceiling-16 --driver kv --endpoints 127.0.0.1:7409 --clients 16
 bench ceiling-256 --driver kv --endpoints 127.0.0.1:7409 --clients 256

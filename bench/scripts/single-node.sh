@@ -28,8 +28,14 @@ node() { # node ARGS...: start a fresh kv-node and wait until it is ready
   echo "$BIN/kv-node --id bench --listen 127.0.0.1:$KV_PORT --admin-listen 127.0.0.1:$KV_ADMIN $*" >> "$OUT/commands.txt"
   $BIN/kv-node --id bench --listen 127.0.0.1:$KV_PORT --admin-listen 127.0.0.1:$KV_ADMIN "$@" 2>"$LOG" &
   SERVERS=$!
-  # Ready, and this script's node: another process on the port would answer for it.
-  for _ in $(seq 100); do curl -sf localhost:$KV_ADMIN/readyz >/dev/null && kill -0 $SERVERS 2>/dev/null && return; sleep 0.1; done
+  # Ready, and this script's node: another process on the port would answer for it (a node
+  # that cannot listen exits within milliseconds).
+  for _ in $(seq 100); do
+    if curl -sf localhost:$KV_ADMIN/readyz >/dev/null; then
+      sleep 0.3; kill -0 $SERVERS 2>/dev/null && return; break
+    fi
+    sleep 0.1
+  done
   echo "kv-node did not start" >&2; cat "$LOG" >&2; exit 1
 }
 bench() { # bench NAME ARGS...
