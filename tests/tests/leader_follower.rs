@@ -230,7 +230,7 @@ async fn the_leaders_log_writer_waits_for_closed_loop_writers_on_a_slow_disk() {
 /// Nothing is left in flight (`kv_requests_in_flight`) once they are done. (The order held
 /// writes are proposed in is the driver's unit test's.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_held_for_the_proposal_window_are_all_committed_in_order() {
+async fn writes_held_for_the_proposal_window_are_all_committed() {
     const WRITERS: usize = 16;
     const EACH: usize = 30;
     let _serial = SERIAL.lock().await;
