@@ -93,6 +93,22 @@ for s in json.load(sys.stdin):
   SERVERS=$(IFS=,; echo "${PIDS[*]: -3}")
 }
 
+# start_node NAME ADDR ADMIN_ADDR ARGS...: one kv-node (`--id NAME`, --worker-threads 1) with
+# ARGS, logged in $OUT/commands.txt, its output in $TMP/NAME.out; waits until it is ready and
+# checks it is this script's node (another process on the port would answer for it; a node
+# that cannot listen exits within milliseconds). Its pid goes to PIDS and SERVERS.
+start_node() {
+  local name=$1 addr=$2 admin=$3; shift 3
+  local cmd=("$BIN/kv-node" --id "$name" --listen "$addr" --admin-listen "$admin" --worker-threads 1 "$@")
+  echo "${cmd[*]}" >> "$OUT/commands.txt"
+  "${cmd[@]}" > "$TMP/$name.out" 2>&1 &
+  PIDS+=($!)
+  SERVERS=$!
+  for _ in $(seq 100); do curl -sf "$admin/readyz" >/dev/null && break; sleep 0.1; done
+  sleep 0.3
+  kill -0 "$SERVERS" 2>/dev/null || { echo "node $name did not start:" >&2; cat "$TMP/$name.out" >&2; return 1; }
+}
+
 # start_redis: Redis without persistence on 127.0.0.1:6399, logged in $OUT/commands.txt; waits
 # until it answers. Its pid goes to PIDS and SERVERS.
 start_redis() {

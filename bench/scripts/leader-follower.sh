@@ -54,16 +54,7 @@ for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 1
 # --- the ceiling: one quorumkv node in memory (no replication, no fsync), same client ---
 # What the gRPC server and this client reach on this machine with nothing replicated: a
 # replicated cluster's throughput cannot pass it.
-cmd=("$BIN/kv-node" --id ceiling --listen 127.0.0.1:7409 --admin-listen 127.0.0.1:9409 --storage memory --worker-threads 1)
-echo "${cmd[*]}" >> "$OUT/commands.txt"
-"${cmd[@]}" > "$TMP/ceiling.out" 2>&1 &
-PIDS+=($!)
-SERVERS=$!
-for _ in $(seq 100); do curl -sf 127.0.0.1:9409/readyz >/dev/null && break; sleep 0.1; done
-# Ready, and this script's node: another process on the port would answer for it (a node that
-# cannot listen exits within milliseconds).
-sleep 0.3
-kill -0 "$SERVERS" 2>/dev/null || { echo "the ceiling node did not start:" >&2; cat "$TMP/ceiling.out" >&2; exit 1; }
+start_node ceiling 127.0.0.1:7409 127.0.0.1:9409 --storage memory || exit 1
 bench ceiling-16 --driver kv --endpoints 127.0.0.1:7409 --clients 16
 bench ceiling-256 --driver kv --endpoints 127.0.0.1:7409 --clients 256
 
