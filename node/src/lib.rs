@@ -451,26 +451,28 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("cannot build the reflection service")?;
-    let kv = KvServer::new(KvService::new(node.clone(), metrics.clone()))
+    let kv_svc = KvService::new(node.clone(), metrics.clone());
+    let kv = KvServer::new(kv_svc.clone())
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
+    // `kv.v1.Kv`'s methods are served by `server::grpc` itself; the routes take the rest.
+    let routes = tonic::service::Routes::new(health_svc)
+        .add_service(reflection)
+        .add_service(kv)
+        .add_service(admin_grpc);
     // One port: peers' connections are told apart by their first bytes; the rest is gRPC.
     let incoming = transport::split_incoming(listener, peers, stopped());
     let grpc_stop = stopped();
+    let grpc_stop_rx = stop.subscribe();
     let ready_g = ready.clone();
     let grpc = tokio::spawn(async move {
-        let serve = tonic::transport::Server::builder()
-            .add_service(health_svc)
-            .add_service(reflection)
-            .add_service(kv)
-            .add_service(admin_grpc)
-            .serve_with_incoming_shutdown(incoming, async move {
-                grpc_stop.await;
-                ready_g.store(false, Ordering::Release);
-            });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "gRPC server failed");
+        let serve = server::grpc::serve(incoming, kv_svc, routes, max_msg, grpc_stop_rx);
+        tokio::pin!(serve);
+        tokio::select! {
+            () = &mut serve => return,
+            () = grpc_stop => ready_g.store(false, Ordering::Release),
         }
+        serve.await;
     });
 
     let admin_task = tokio::spawn(metrics::serve_admin(

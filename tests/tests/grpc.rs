@@ -191,3 +191,190 @@ async fn closed_loop_writers_on_a_slow_disk_make_flushes_wait_for_them() {
         "no flush waited"
     );
 }
+
+/// One gRPC call made by hand over HTTP/2: the request's body goes out as the given data frames.
+/// Returns the answer's grpc-status (from its trailers, or from its headers when it has none),
+/// grpc-message, content-type, and body.
+async fn raw_call(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    frames: Vec<Bytes>,
+) -> (String, String, String, Bytes) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut client, conn) = h2::client::handshake(tcp).await.expect("handshake");
+    tokio::spawn(conn);
+    let mut req = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let (resp, mut send) = client
+        .send_request(req.body(()).expect("request"), false)
+        .expect("send");
+    let n = frames.len();
+    for (i, f) in frames.into_iter().enumerate() {
+        send.send_data(f, i + 1 == n).expect("data");
+    }
+    let (head, mut body) = resp.await.expect("answer").into_parts();
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("chunk");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.expect("trailers");
+    let from = trailers.as_ref().unwrap_or(&head.headers);
+    let get = |m: &http::HeaderMap, k: &str| {
+        m.get(k)
+            .map(|v| v.to_str().expect("ascii").to_string())
+            .unwrap_or_default()
+    };
+    (
+        get(from, "grpc-status"),
+        percent_decoded(&get(from, "grpc-message")),
+        get(&head.headers, "content-type"),
+        Bytes::from(data),
+    )
+}
+
+/// grpc-message as sent (percent-encoded), read back.
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(c)) => {
+                out.push(c);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A message with its gRPC length prefix (`flag` 1: marked compressed).
+fn framed(flag: u8, msg: &[u8]) -> Vec<u8> {
+    let mut out = vec![flag];
+    out.extend_from_slice(&u32::try_from(msg.len()).expect("small").to_be_bytes());
+    out.extend_from_slice(msg);
+    out
+}
+
+/// kv.v1.Kv's methods are served on HTTP/2 by the node itself (`server::grpc`), not by
+/// tonic's server: what a gRPC server owes its clients at the wire, checked there.
+#[tokio::test]
+async fn kv_methods_on_the_nodes_own_http2_path_keep_to_grpc() {
+    use prost::Message as _;
+    let node =
+        NodeProcess::start(&["--storage", "memory", "--max-value-bytes", "1000"]).expect("start");
+    let put = pb::PutRequest {
+        key: Bytes::from_static(b"split"),
+        value: Bytes::from(vec![b'v'; 300]),
+        consistency: None,
+    }
+    .encode_to_vec();
+
+    // A message that arrives in three data frames, cut inside the prefix and the body.
+    let whole = framed(0, &put);
+    let frames = vec![
+        Bytes::copy_from_slice(&whole[..3]),
+        Bytes::copy_from_slice(&whole[3..100]),
+        Bytes::copy_from_slice(&whole[100..]),
+    ];
+    let (status, msg, ctype, body) = raw_call(node.addr, "/kv.v1.Kv/Put", &[], frames).await;
+    assert_eq!(
+        (status.as_str(), ctype.as_str()),
+        ("0", "application/grpc"),
+        "{msg}"
+    );
+    assert_eq!(body[0], 0, "an uncompressed answer");
+    let answer = pb::PutResponse::decode(&body[5..]).expect("a PutResponse");
+    assert!(answer.version.is_some(), "{answer:?}");
+    let got = KvClient::connect(format!("http://{}", node.endpoint()))
+        .await
+        .expect("connect")
+        .get(pb::GetRequest {
+            key: Bytes::from_static(b"split"),
+            consistency: None,
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(got.value.len(), 300);
+
+    let get = pb::GetRequest {
+        key: Bytes::from_static(b"split"),
+        consistency: None,
+    }
+    .encode_to_vec();
+    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        // Two messages where a unary call takes one.
+        (
+            "/kv.v1.Kv/Get",
+            [framed(0, &get), framed(0, &get)].concat(),
+            "12",
+            "more than one message",
+        ),
+        // The prefix promises more than the stream holds.
+        (
+            "/kv.v1.Kv/Get",
+            framed(0, &get)[..8].to_vec(),
+            "13",
+            "ended before its message",
+        ),
+        // Marked compressed, with no grpc-encoding to say how.
+        ("/kv.v1.Kv/Get", framed(1, &get), "13", "compressed"),
+        // Not a GetRequest at all.
+        ("/kv.v1.Kv/Get", framed(0, &[0xff, 0xff, 0xff]), "13", ""),
+        // Larger than the node takes (max value + max key + 64 KiB): refused before decoding.
+        (
+            "/kv.v1.Kv/Put",
+            framed(0, &vec![0u8; 200_000]),
+            "11",
+            "too large",
+        ),
+        // A method kv.v1.Kv does not have: tonic's routes answer it.
+        ("/kv.v1.Kv/Scan", framed(0, &get), "12", ""),
+    ];
+    for (path, body, want, says) in cases {
+        let frames = vec![Bytes::from(body)];
+        let (status, msg, _, _) = raw_call(node.addr, path, &[], frames).await;
+        assert_eq!(status, want, "{path}: {msg}");
+        assert!(msg.contains(says), "{path}: {msg:?} lacks {says:?}");
+    }
+
+    // A compressed request goes to tonic's Kv service, which says it takes none.
+    let (status, msg, _, _) = raw_call(
+        node.addr,
+        "/kv.v1.Kv/Get",
+        &[("grpc-encoding", "gzip")],
+        vec![Bytes::from(framed(1, &get))],
+    )
+    .await;
+    assert_eq!(status, "12", "{msg}");
+
+    // Still serving, and every refusal above left the store as it was.
+    let (status, msg, _, body) = raw_call(
+        node.addr,
+        "/kv.v1.Kv/Get",
+        &[("grpc-timeout", "2S")],
+        vec![Bytes::from(framed(0, &get))],
+    )
+    .await;
+    assert_eq!(status, "0", "{msg}");
+    let answer = pb::GetResponse::decode(&body[5..]).expect("a GetResponse");
+    assert_eq!(answer.value.len(), 300);
+    let (_, metrics) = http_get(node.admin, "/metrics").expect("metrics");
+    assert!(
+        metrics.contains(r#"kv_requests_total{op="put",code="ok"} 1"#),
+        "{metrics}"
+    );
+}

@@ -3,6 +3,7 @@
 //! Wire types are converted here, at the edge; errors become statuses in [`status`] only.
 
 pub mod admin;
+pub mod grpc;
 pub mod kv;
 pub mod status;
 
