@@ -17,7 +17,9 @@
 
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use h2::RecvStream;
@@ -37,9 +39,13 @@ use tonic::service::Routes;
 
 use super::kv::KvService;
 
+/// How long connections may take to close once the node stops (a health `Watch` stream,
+/// say, would hold one open for good); then they are dropped.
+const DRAIN: Duration = Duration::from_secs(5);
+
 /// Serves every connection `incoming` yields, each on a task of its own, until `stop` turns
 /// true; then each connection is closed gracefully (GOAWAY: requests under way finish) and
-/// this returns once every connection has closed.
+/// this returns once every connection has closed, or after [`DRAIN`].
 pub async fn serve<S, I>(
     mut incoming: S,
     kv: KvService,
@@ -50,6 +56,11 @@ pub async fn serve<S, I>(
     S: Stream<Item = std::io::Result<I>> + Unpin,
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let svc = Arc::new(Svc {
+        kv,
+        routes,
+        max_message,
+    });
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let io = tokio::select! {
@@ -58,30 +69,32 @@ pub async fn serve<S, I>(
         };
         match io {
             Some(Ok(io)) => {
-                let svc = Svc {
-                    kv: kv.clone(),
-                    routes: routes.clone(),
-                    max_message,
-                };
-                conns.spawn(connection(io, svc, stop.clone()));
+                conns.spawn(connection(io, svc.clone(), stop.clone()));
             }
             Some(Err(e)) => tracing::debug!(error = %e, "connection not accepted"),
             None => break,
         }
         while conns.try_join_next().is_some() {}
     }
-    while conns.join_next().await.is_some() {}
+    let drained =
+        tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = conns.len(),
+            "connections still open {DRAIN:?} after the node stopped: dropped"
+        );
+        conns.abort_all();
+    }
 }
 
 /// What a connection's streams are served by.
-#[derive(Clone)]
 struct Svc {
     kv: KvService,
     routes: Routes,
     max_message: usize,
 }
 
-async fn connection<I>(io: I, svc: Svc, mut stop: watch::Receiver<bool>)
+async fn connection<I>(io: I, svc: Arc<Svc>, mut stop: watch::Receiver<bool>)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -157,9 +170,9 @@ impl Method {
     }
 }
 
-async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, svc: Svc) {
+async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, svc: Arc<Svc>) {
     let Some(method) = Method::of(&req) else {
-        return fallback(req, respond, svc.routes).await;
+        return fallback(req, respond, svc.routes.clone()).await;
     };
     // A stream the client resets (its deadline passed, it went away) drops the call, as
     // hyper does.
