@@ -8,9 +8,12 @@
 # after it 1.92-2.13x (`bench/results/leaderless/beside-etcd-16/`). Here every round gives
 # its own ratios, and the summary their medians.
 #
-#   [MODE=leaderless|leader-follower] [ROUNDS=3] [CLIENTS=16] [DUR=20s] [WARM=2s]
+#   [MODE=leaderless|leader-follower] [ROUNDS=3] [CLIENTS=16] [CONNS=K] [DUR=20s] [WARM=2s]
 #   bench/scripts/beside-etcd.sh OUT_DIR
 #
+#   CONNS            connections per endpoint, for etcd and quorumkv alike (kv-bench
+#                    --connections K x the endpoints a run is given; default: kv-bench's, one
+#                    per endpoint, as etcd's clientv3 keeps)
 #   leaderless       5 nodes, N=3 R=2 W=2, fsync batch: `kv` reads ask all N (the default),
 #                    `kv-fanq` reads ask R (`--read-fanout quorum`); kv-bench token-aware
 #   leader-follower  3 nodes, W=2, fsync batch, leader reads: `kv` as leader-follower.sh
@@ -31,6 +34,8 @@ WARM=${WARM:-2s}
 [[ $MODE == leaderless || $MODE == leader-follower ]] || { echo "MODE is leaderless or leader-follower: $MODE" >&2; exit 2; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a positive whole number: $ROUNDS" >&2; exit 2; }
 [[ $CLIENTS =~ ^[1-9][0-9]*$ ]] || { echo "CLIENTS must be a positive whole number: $CLIENTS" >&2; exit 2; }
+CONNS=${CONNS:-}
+[[ -z $CONNS || $CONNS =~ ^[1-9][0-9]*$ ]] || { echo "CONNS must be a positive whole number: $CONNS" >&2; exit 2; }
 source bench/scripts/common.sh
 prepare_run etcd etcdctl python3
 # Waits for every server to exit, so that a run right after this one finds its ports free.
@@ -63,22 +68,25 @@ else
   FANQ_PID=
 fi
 
+# conns ENDPOINTS: the --connections flag for CONNS per endpoint (nothing without CONNS).
+conns() { [ -n "$CONNS" ] && echo "--connections $((CONNS * $(tr -cd , <<< "$1" | wc -c) + CONNS))"; true; }
 for r in $(seq "$ROUNDS"); do
-  SERVERS=$ETCD_PIDS bench "etcd-r$r" --driver etcd --endpoints "$ETCD_LEADER" --clients "$CLIENTS"
-  SERVERS=$KV_PID bench "kv-r$r" --driver kv --endpoints "$KV_EPS" --clients "$CLIENTS" "${KV_ARGS[@]}"
-  [ -n "$FANQ_PID" ] && SERVERS=$FANQ_PID bench "kv-fanq-r$r" --driver kv --endpoints "$FANQ_EPS" --clients "$CLIENTS"
+  SERVERS=$ETCD_PIDS bench "etcd-r$r" --driver etcd --endpoints "$ETCD_LEADER" --clients "$CLIENTS" $(conns "$ETCD_LEADER")
+  SERVERS=$KV_PID bench "kv-r$r" --driver kv --endpoints "$KV_EPS" --clients "$CLIENTS" "${KV_ARGS[@]}" $(conns "$KV_EPS")
+  [ -n "$FANQ_PID" ] && SERVERS=$FANQ_PID bench "kv-fanq-r$r" --driver kv --endpoints "$FANQ_EPS" --clients "$CLIENTS" $(conns "$FANQ_EPS")
 done
 
-python3 - "$OUT" "$ROUNDS" "$MODE" "$CLIENTS" <<'PY'
+python3 - "$OUT" "$ROUNDS" "$MODE" "$CLIENTS" "$CONNS" <<'PY'
 import json, os, statistics, sys
-out, rounds, mode, clients = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+out, rounds, mode, clients, conns = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 def run(name):
     p = os.path.join(out, name, "summary.json")
     if not os.path.exists(p):
         return None
     s = json.load(open(p))
     return s["ops_per_sec"], s["latency_us"]["p99"]
-lines = ["# %s beside etcd, %s clients, %d alternating rounds" % (mode, clients, rounds), "",
+per = ", %s connections per endpoint" % conns if conns else ""
+lines = ["# %s beside etcd, %s clients%s, %d alternating rounds" % (mode, clients, per, rounds), "",
          "| round | etcd ops/s | kv ops/s | kv / etcd | kv-fanq ops/s | kv-fanq / etcd | p99 us etcd / kv / kv-fanq |",
          "|---|---:|---:|---:|---:|---:|---|"]
 ratios = {"kv": [], "kv-fanq": []}
