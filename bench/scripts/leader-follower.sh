@@ -9,6 +9,8 @@
 # 100 B values, zipfian, 50/50 get/put, 20 s after 2 s warm-up, 16 and 256 closed-loop clients;
 # then quorumkv at 256 clients again with a 2 ms group commit window (`kv-256-gcw2ms`; since
 # the proposal window, on by default, it adds little: REPEATS.md, runs 19 and 20).
+# Both systems also at 16 clients with one connection per client (`-conn16`) and at 256 with
+# four connections (`-conn4`: generator and leader then take turns less, README, Benchmarks).
 # Last, the ceiling: one quorumkv node in memory with nothing replicated, driven the same way.
 # Needs curl.
 set -euo pipefail
@@ -28,6 +30,7 @@ bench etcd-16 --driver etcd --endpoints "$LEADER" --clients 16
 bench etcd-256 --driver etcd --endpoints "$LEADER" --clients 256
 # One connection per client instead of one per endpoint (the default).
 bench etcd-16-conn16 --driver etcd --endpoints "$LEADER" --clients 16 --connections 16
+bench etcd-256-conn4 --driver etcd --endpoints "$LEADER" --clients 256 --connections 4
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 1
 
 # --- quorumkv, three nodes ---
@@ -41,6 +44,7 @@ echo "quorumkv leader: $LEADER"
 bench kv-16 --driver kv --endpoints "$LEADER" --clients 16 --w 2 --read-from leader
 bench kv-256 --driver kv --endpoints "$LEADER" --clients 256 --w 2 --read-from leader
 bench kv-16-conn16 --driver kv --endpoints "$LEADER" --clients 16 --w 2 --read-from leader --connections 16
+bench kv-256-conn4 --driver kv --endpoints "$LEADER" --clients 256 --w 2 --read-from leader --connections 4
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 1
 
 # --- the same at 256 clients with a 2 ms group commit window (kv-node --group-commit-window):
@@ -64,7 +68,7 @@ sys.path.insert(0, "bench/scripts")
 import cpu
 out = sys.argv[1]
 rows = []
-for name in ["etcd-16", "kv-16", "etcd-256", "kv-256", "kv-256-gcw2ms", "etcd-16-conn16", "kv-16-conn16", "ceiling-16", "ceiling-256"]:
+for name in ["etcd-16", "kv-16", "etcd-256", "kv-256", "kv-256-gcw2ms", "etcd-16-conn16", "kv-16-conn16", "etcd-256-conn4", "kv-256-conn4", "ceiling-16", "ceiling-256"]:
     p = os.path.join(out, name, "summary.json")
     if os.path.exists(p):
         s = json.load(open(p)); l = s["latency_us"]
@@ -74,7 +78,7 @@ with open(os.path.join(out, "RESULTS.md"), "w") as f:
     for r in rows:
         f.write("| %s | %.0f | %d | %d | %d | %d |%s\n" % r)
     d = {r[0]: r for r in rows}
-    for c in ("16", "256", "16-conn16"):
+    for c in ("16", "256", "16-conn16", "256-conn4"):
         if "kv-"+c in d and "etcd-"+c in d:
             f.write("\n%s clients: quorumkv / etcd throughput = %.2fx, p99 %d vs %d us" % (c, d["kv-"+c][1] / d["etcd-"+c][1], d["kv-"+c][3], d["etcd-"+c][3]))
     if "kv-256-gcw2ms" in d and "etcd-256" in d:
