@@ -380,3 +380,46 @@ async fn kv_methods_on_the_nodes_own_http2_path_keep_to_grpc() {
         "{metrics}"
     );
 }
+
+/// A node asked to stop while a client holds a stream open (health's `Watch` answers until the
+/// client goes away) still stops: connections get a few seconds to close, then are dropped.
+#[tokio::test]
+async fn a_node_stops_while_a_client_watches_its_health() {
+    use tokio_stream::StreamExt as _;
+    let mut node = NodeProcess::start(&["--storage", "memory"]).expect("start");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.endpoint()))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut watch = HealthClient::new(channel)
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.next().await.expect("an answer").expect("serving");
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    let pid = node.pid().expect("running").to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let status = tokio::task::spawn_blocking(move || {
+        let s = node.wait_exit(std::time::Duration::from_secs(15));
+        (s, node)
+    })
+    .await
+    .expect("waited")
+    .0;
+    assert!(status.success(), "{status:?}");
+    // The watch ends with the connection, not with an answer that the node is still serving.
+    while let Some(m) = watch.next().await {
+        if let Ok(m) = m {
+            assert_ne!(m.status(), ServingStatus::Serving, "{m:?}");
+        }
+    }
+}
