@@ -36,6 +36,12 @@ pub struct Identity {
 /// Records `want` in `dir` if it holds no identity yet; otherwise checks that it is the same.
 /// Returns whether this is the node's first start in `dir` (it recorded the identity).
 ///
+/// A leaderless node with peers, on its first start, does not know yet whether it is new to
+/// the cluster or back on an empty directory: before the identity, its directory is marked
+/// [`refilling`], and the node takes the mark away once a peer tells it it is new
+/// (`kv_replica::leaderless::Config::first_life`). Stopped before that, it refills itself at
+/// its next start.
+///
 /// # Errors
 /// The directory belongs to another node, layout or set of members (the message says which,
 /// and what to do), or the file cannot be read, parsed or written.
@@ -104,6 +110,17 @@ fn compare(dir: &Path, have: &Identity, want: &Identity) -> anyhow::Result<()> {
 fn record(dir: &Path, path: &Path, want: &Identity) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    if want.layout == "leaderless" && want.members.len() > 1 {
+        write_durably(
+            dir,
+            &dir.join(REFILLING_FILE),
+            "# This node's first start on this directory: until a peer tells it whether it is\n\
+             # new to the cluster or back empty, its read answers do not count, and if it stops\n\
+             # before that it refills itself from its peers at its next start. Removed when a\n\
+             # peer has told it it is new, or when it has refilled.\n",
+        )
+        .with_context(|| format!("cannot write {}", dir.join(REFILLING_FILE).display()))?;
+    }
     let text = format!(
         "# Which node and cluster this data directory belongs to: written by kv-node on its\n\
          # first start here, checked on every later one.\n{}",
@@ -131,7 +148,9 @@ fn write_durably(dir: &Path, path: &Path, text: &str) -> std::io::Result<()> {
 pub const INCARNATION_FILE: &str = "incarnation";
 
 /// Present while a leaderless node back empty refills itself from its peers
-/// (`kv_replica::leaderless::Leaderless::start_refill`): a restart goes on refilling.
+/// (`kv_replica::leaderless::Leaderless::start_refill`), or has not yet learnt in its first
+/// life on the directory that it is new to the cluster ([`check_or_record`]): a restart
+/// refills.
 pub const REFILLING_FILE: &str = "refilling";
 
 /// Whether the leaderless node of `dir` was refilling itself when it stopped.
@@ -644,6 +663,28 @@ mod tests {
     /// A node in memory takes a new incarnation at every start; its peers' books, in memory
     /// too, refuse (or report) it when it comes back with another, name the only way out, and
     /// write nothing anywhere.
+    /// A leaderless node's first start marks its directory refilling, for the next start
+    /// should it stop before a peer says it is new; no other layout, and no later start.
+    #[test]
+    fn a_leaderless_first_start_marks_the_directory_unsure() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (ll, lf, one) = (
+            root.path().join("ll"),
+            root.path().join("lf"),
+            root.path().join("one"),
+        );
+        let three = ["n1", "n2", "n3"];
+        assert!(check_or_record(&ll, &ident("n1", "leaderless", &three)).expect("first"));
+        assert!(refilling(&ll), "marked before the identity");
+        record_refilling(&ll, false).expect("a peer said it is new");
+        assert!(!check_or_record(&ll, &ident("n1", "leaderless", &three)).expect("again"));
+        assert!(!refilling(&ll), "a later start marks nothing");
+        check_or_record(&lf, &ident("n1", "leader-follower", &three)).expect("first");
+        assert!(!refilling(&lf));
+        check_or_record(&one, &ident("n1", "leaderless", &["n1"])).expect("first");
+        assert!(!refilling(&one), "alone, it has nobody to be back empty to");
+    }
+
     #[test]
     fn a_refilling_mark_is_recorded_and_removed_durably() {
         let root = tempfile::tempdir().expect("tempdir");

@@ -726,6 +726,10 @@ impl Driver {
                 "this node came back empty (its peers remember it): refilling itself from them; \
                  its read answers do not count until it has"
             );
+        } else if self.core.stats().refills == 0 {
+            // A first life learnt it is new (the mark is its first start's, see
+            // `data_dir::check_or_record`): a refill this life would have counted.
+            tracing::info!("the peers do not know this node: new to the cluster, it counts");
         } else {
             tracing::info!("refilled from the peers: read answers count again");
         }

@@ -371,7 +371,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 },
                 vnodes: c.vnodes,
                 first_life,
-                refilling: disk_dir.as_deref().is_some_and(data_dir::refilling),
+                // The mark a first start makes is for the next start (see
+                // `data_dir::check_or_record`).
+                refilling: !first_life && disk_dir.as_deref().is_some_and(data_dir::refilling),
             },
             leaderless::LlStorage {
                 data: storage.clone(),

@@ -738,6 +738,11 @@ impl LlSim {
         cfg.clock_margin_ms = 50;
         cfg.first_life = !self.booted[i];
         cfg.refilling = self.stores[i].refilling;
+        if cfg.first_life && self.cfg.nodes > 1 {
+            // As `kv-node` does (see `Config::first_life`): a later life on this storage
+            // refills itself unless this one learns it is new to the cluster.
+            self.stores[i].refilling = true;
+        }
         // From a generator of its own, so that the faults and traffic of a seed stay the same.
         cfg.first_op = self
             .op_ids

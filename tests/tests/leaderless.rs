@@ -1109,6 +1109,43 @@ async fn back_empty_is_reported_and_taken_back(memory: bool) {
     }
 }
 
+/// A node back on an empty data directory that stops before any peer has answered it (they
+/// are down) does not know, at its next start, whether it is new to the cluster or back empty:
+/// it refills itself. Its first start marked the directory so; without the mark the next
+/// start took itself for a node that had always been there and its empty answers counted
+/// toward R (the simulator's seed 60001212 read an acknowledged key's older version so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_empty_that_stops_before_its_peers_answer_refills_at_its_next_start() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start_leaderless(3, &[]).await.expect("cluster");
+    let r = kvctl(&c.endpoints(), &["put", "k", "acknowledged"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    c.nodes[2].kill9();
+    std::fs::remove_dir_all(&c.dirs[2]).expect("lose the disk");
+    c.nodes[0].kill9();
+    c.nodes[1].kill9();
+    c.nodes[2].start_again().expect("n3 back, empty, alone");
+    assert!(
+        c.dirs[2].join("refilling").exists(),
+        "its first start marks it unsure"
+    );
+    assert_eq!(c.metric(2, "kv_refilling"), 0.0, "unsure, not refilling");
+    c.nodes[2].kill9();
+    c.nodes[2].start_again().expect("n3 again");
+    assert_eq!(c.metric(2, "kv_refilling"), 1.0, "its next start refills");
+    c.nodes[0].start_again().expect("n1 back");
+    c.nodes[1].start_again().expect("n2 back");
+    eventually(15, "n3 refilled", || c.metric(2, "kv_refills_total") >= 1.0).await;
+    assert_eq!(local(&c, 2, "k"), "acknowledged", "n3 holds the write");
+    assert!(!c.dirs[2].join("refilling").exists(), "the mark is gone");
+    assert!(
+        c.nodes[2]
+            .log_text()
+            .contains("refilled from the peers: read answers count again"),
+        "n3 says so"
+    );
+}
+
 /// A replica back empty (here started again in memory) refills itself before its read
 /// answers count. The key's write is acknowledged by n1 and n3 while n2 is cut off (no hints,
 /// no anti-entropy: n2 never gets it), then n3 comes back empty and hears nothing from n1, so

@@ -135,19 +135,25 @@ fn sim_leaderless_replicas_back_empty_refill_before_their_answers_count() {
 }
 
 /// The same with blocking read repair and clocks in step: every history is linearizable.
+/// Seed 60001212 (1 of 3,000 in a sweep) read an acknowledged write's key and got an older
+/// version: a node back empty crashed in its first life on the new storage, before any peer
+/// told it it was back, and started again as one with nothing to refill; its empty answer
+/// counted beside a replica that missed the write. Now a first life records it is not sure
+/// yet (`kv_replica::leaderless::Config::first_life`), and a later one refills.
 #[test]
 fn sim_leaderless_replicas_back_empty_keep_histories_linearizable() {
-    let t = run_many(
-        LlConfig {
-            read_repair: ReadRepair::Blocking,
-            skew_ms: 0,
-            ..back_empty(ReadFanout::All)
-        },
-        300,
-    );
+    let cfg = LlConfig {
+        read_repair: ReadRepair::Blocking,
+        skew_ms: 0,
+        ..back_empty(ReadFanout::All)
+    };
+    let t = run_many(cfg.clone(), 300);
     assert_eq!(t.violations, 0, "{t:?}");
     assert_eq!(t.stale_reads, 0, "{t:?}");
     assert!(t.wipes > 300 && t.refills * 4 > t.wipes * 3, "{t:?}");
+    let seed = 60_001_212;
+    let s = LlSim::new(seed, cfg).run();
+    assert_eq!((s.violations, s.stale_reads), (0, 0), "seed {seed}: {s:?}");
 }
 
 /// Crashes six times the default, half of them losing the node's storage.

@@ -186,6 +186,14 @@ pub struct Config {
     /// the check that refuses one the node may have run before a restart. False unless the
     /// driver knows: an empty store does not say it (a node that crashed before its first
     /// write was durable may have sent that write to the other replicas).
+    ///
+    /// Such a life does not know yet whether it is new to the cluster or back empty (see
+    /// [`Leaderless::hello_answered`]), and a later life on the same storage would not know
+    /// either: before a first life with peers starts, the driver records durably that the
+    /// node is [`refilling`](Self::refilling), and the node takes the mark away
+    /// ([`Action::PersistRefilling`]`(false)`) once it learns it is new. A node that stopped
+    /// before learning it refills itself at its next start, which is right in both cases (the
+    /// simulator found one that did not and counted its empty answers, seed 60001212).
     pub first_life: bool,
     /// Where this life's operation ids start. Ids name forwarded writes to their coordinators
     /// (which keep a record of them by forwarder and id) and match answers to requests, so a
@@ -199,7 +207,8 @@ pub struct Config {
     /// clock starts at the last bound, up to this far ahead of where it stopped.
     pub clock_margin_ms: u64,
     /// This node is refilling (see [`Leaderless::start_refill`]): it was told so in an earlier
-    /// life and has not finished, so it starts refilling again.
+    /// life and has not finished, or its first life ended before it learned whether it was
+    /// new to the cluster (see [`first_life`](Self::first_life)), so it starts refilling.
     pub refilling: bool,
 }
 
@@ -501,8 +510,8 @@ pub enum Action {
         upto: u64,
     },
     /// Record durably that this node is refilling (`true`, [`Leaderless::start_refill`]) or
-    /// has refilled (`false`, once what it pulled is durable), for [`Config::refilling`] at
-    /// the next start.
+    /// has refilled (`false`, once what it pulled is durable) or, in a first life, learnt
+    /// it is new to the cluster (`false`), for [`Config::refilling`] at the next start.
     PersistRefilling(bool),
 }
 
@@ -965,6 +974,8 @@ impl Leaderless {
             if self.refill.is_none() {
                 // A first life indeed: no earlier one can have run a forwarded write.
                 self.booted_hlc = 0;
+                // The driver marked it refilling before it started (see `Config::first_life`).
+                self.actions.push(Action::PersistRefilling(false));
             }
         }
     }
