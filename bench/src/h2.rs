@@ -24,12 +24,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
-use hyper::body::{Body as HttpBody, Frame};
+
 use tokio::time::Instant;
 use tonic::body::Body;
 
@@ -156,43 +156,17 @@ impl std::error::Error for Broken {}
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A response body read straight from the HTTP/2 stream: its DATA frames (each returned to the
-/// flow-control window as it is read), then its trailers (where gRPC puts the status).
-pub struct H2Body {
-    recv: h2::RecvStream,
-    data_done: bool,
-    /// The connection's closed flag, set when the body finds the connection gone.
-    closed: Arc<AtomicBool>,
-}
+/// A response body read straight from the HTTP/2 stream ([`kv_proto::h2body`]); its errors
+/// mark the connection gone when they say it is ([`lost`]).
+pub type H2Body = kv_proto::h2body::H2Body<Lost>;
 
-impl HttpBody for H2Body {
-    type Data = Bytes;
+/// The connection's closed flag, for a response body's errors.
+pub struct Lost(Arc<AtomicBool>);
+
+impl kv_proto::h2body::StreamError for Lost {
     type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if !self.data_done {
-            match ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // Fails only once the stream is gone, which the next poll reports.
-                    let _ = self.recv.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(lost(&self.closed, e).into()))),
-                None => self.data_done = true,
-            }
-        }
-        Poll::Ready(match ready!(self.recv.poll_trailers(cx)) {
-            Ok(Some(t)) => Some(Ok(Frame::trailers(t))),
-            Ok(None) => None,
-            Err(e) => Some(Err(lost(&self.closed, e).into())),
-        })
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
+    fn on_error(&self, e: h2::Error) -> BoxError {
+        lost(&self.0, e).into()
     }
 }
 
@@ -235,11 +209,7 @@ async fn exchange(
         .map_err(|e| lost(&closed, e))?;
     stream.send_data(data, true).map_err(|e| lost(&closed, e))?;
     let response = response.await.map_err(|e| lost(&closed, e))?;
-    Ok(response.map(|recv| H2Body {
-        recv,
-        data_done: false,
-        closed,
-    }))
+    Ok(response.map(|recv| H2Body::new(recv, Lost(closed))))
 }
 
 impl tower_service::Service<http::Request<Body>> for H2Channel {

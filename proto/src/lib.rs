@@ -5,10 +5,13 @@
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, served by gRPC reflection.
 //! - [`coalesce`]: the write buffering that both ends of an HTTP/2 connection use (the node's
 //!   server, the load generator's client).
+//! - [`h2body`]: an HTTP/2 stream read as a body, for tonic, at the same two ends.
 //!
-//! Nothing here is written by hand except this file and `coalesce.rs`: edit the `.proto` files.
+//! Nothing here is written by hand except this file, `coalesce.rs` and `h2body.rs`: edit the
+//! `.proto` files.
 
 pub mod coalesce;
+pub mod h2body;
 
 /// Generated code, one module per protobuf package.
 #[allow(missing_docs, clippy::all)]

@@ -16,17 +16,16 @@
 //! concurrent streams.
 
 use std::future::poll_fn;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+
 use std::time::Duration;
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{HeaderMap, HeaderValue, Request, Response};
-use http_body::Frame;
 use http_body_util::BodyExt as _;
+use kv_proto::h2body::{AsIs, H2Body};
 use kv_proto::kv::v1::kv_server::Kv as _;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -306,12 +305,9 @@ fn too_large(len: usize, max: usize) -> Status {
 /// Any other request: tonic's routes serve it; its answer is copied to the stream as it comes
 /// (server-streaming calls, health's `Watch`, included).
 async fn fallback(req: Request<RecvStream>, respond: SendResponse<Bytes>, mut routes: Routes) {
-    let req = req.map(|recv| H2Body {
-        recv,
-        data_done: false,
-    });
+    let req = req.map(|recv| H2Body::new(recv, AsIs));
     let ready =
-        poll_fn(|cx| tonic::codegen::Service::<Request<H2Body>>::poll_ready(&mut routes, cx));
+        poll_fn(|cx| tonic::codegen::Service::<Request<H2Body<AsIs>>>::poll_ready(&mut routes, cx));
     let answer = match ready.await {
         Ok(()) => routes.call(req).await,
         Err(e) => Err(e),
@@ -356,41 +352,5 @@ async fn copy_answer(
                 return send.send_trailers(trailers);
             }
         }
-    }
-}
-
-/// A request stream as an `http_body::Body`, for tonic's routes.
-struct H2Body {
-    recv: RecvStream,
-    data_done: bool,
-}
-
-impl http_body::Body for H2Body {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        if !self.data_done {
-            match ready!(self.recv.poll_data(cx)) {
-                Some(Ok(d)) => {
-                    let _ = self.recv.flow_control().release_capacity(d.len());
-                    return Poll::Ready(Some(Ok(Frame::data(d))));
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => self.data_done = true,
-            }
-        }
-        match ready!(self.recv.poll_trailers(cx)) {
-            Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
     }
 }
