@@ -69,7 +69,7 @@ else
 fi
 
 # conns ENDPOINTS: the --connections flag for CONNS per endpoint (nothing without CONNS).
-conns() { [ -n "$CONNS" ] && echo "--connections $((CONNS * $(tr -cd , <<< "$1" | wc -c) + CONNS))"; true; }
+conns() { connections_flag "$CONNS" "$1"; }
 for r in $(seq "$ROUNDS"); do
   SERVERS=$ETCD_PIDS bench "etcd-r$r" --driver etcd --endpoints "$ETCD_LEADER" --clients "$CLIENTS" $(conns "$ETCD_LEADER")
   SERVERS=$KV_PID bench "kv-r$r" --driver kv --endpoints "$KV_EPS" --clients "$CLIENTS" "${KV_ARGS[@]}" $(conns "$KV_EPS")

@@ -93,6 +93,13 @@ for s in json.load(sys.stdin):
   SERVERS=$(IFS=,; echo "${PIDS[*]: -3}")
 }
 
+# connections_flag PER ENDPOINTS: kv-bench's --connections for PER connections to each of the
+# comma-separated ENDPOINTS (nothing when PER is empty: the default, one per endpoint).
+connections_flag() {
+  [ -n "$1" ] && echo "--connections $(( $1 * ($(tr -cd , <<< "$2" | wc -c) + 1) ))"
+  true
+}
+
 # start_node NAME ADDR ADMIN_ADDR ARGS...: one kv-node (`--id NAME`, --worker-threads 1) with
 # ARGS, logged in $OUT/commands.txt, its output in $TMP/NAME.out; waits until it is ready and
 # checks it is this script's node (another process on the port would answer for it; a node

@@ -37,15 +37,15 @@ trap cleanup EXIT
 # alternate SYSTEM ARGS...: PAIRS rounds of A then B at 16 and 256 clients.
 alternate() {
   local system=$1; shift
-  local c i side gen cmd conns endpoints=1 a
-  for a in "$@"; do [[ $a == *:* ]] && endpoints=$(( $(tr -cd , <<< "$a" | wc -c) + 1 )); done
+  local c i side gen cmd conns endpoints= a
+  for a in "$@"; do [[ $a == *:* ]] && endpoints=$a; done
   for c in 16 256; do
     for i in $(seq "$PAIRS"); do
       for side in a b; do
         gen=$GEN_A conns=$A_CONNS; [ $side = b ] && gen=$GEN_B conns=$B_CONNS
         cmd=("$gen" run --duration "$DUR" --warmup "$WARM" --keys 10000 --value-size 100 --dist zipfian
              --mix read=50,write=50 --clients "$c" --out "$OUT/$system-$c-$side-$i" --server-pids "$SERVERS" "$@")
-        [ -n "$conns" ] && cmd+=(--connections $((conns * endpoints)))
+        cmd+=($(connections_flag "$conns" "$endpoints"))
         echo "${cmd[*]}" >> "$OUT/commands.txt"
         "${cmd[@]}" > /dev/null 2>&1
         echo "$system $c clients, $side$i: $(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(round(s["ops_per_sec"]), "ops/s")' "$OUT/$system-$c-$side-$i/summary.json")"
