@@ -729,7 +729,9 @@ impl Driver {
         } else if self.core.stats().refills == 0 {
             // A first life learnt it is new (the mark is its first start's, see
             // `data_dir::check_or_record`): a refill this life would have counted.
-            tracing::info!("the peers do not know this node: new to the cluster, it counts");
+            tracing::info!(
+                "no peer knew this node: it is new to the cluster, and its read answers count"
+            );
         } else {
             tracing::info!("refilled from the peers: read answers count again");
         }

@@ -119,7 +119,7 @@ fn sim_leaderless_quorum_read_fanout_keeps_every_invariant() {
 /// that let losses overlap, until a replica refilling stopped counting as one to pull from).
 /// Before refills, a replica back empty counted at once: its empty answer beside one replica
 /// that missed a write hid the write (seed 59 or 81 of these tests). The price is
-/// availability: with storage losses 15.1% of the reads fail (no R counted answers by the
+/// availability: with storage losses 15.2% of the reads fail (no R counted answers by the
 /// deadline), against 10.6% with the same crashes and no storage lost.
 #[test]
 fn sim_leaderless_replicas_back_empty_refill_before_their_answers_count() {
