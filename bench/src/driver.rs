@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kv_proto::kv::v1 as pb;
-use kv_proto::kv::v1::kv_client::KvClient;
 
 use kv_replica::leaderless::Ring;
 
-use crate::h2::H2Channel;
+use crate::h2::{H2Channel, Origin};
 
 /// Which system a run drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -94,11 +93,11 @@ pub struct WriteResult {
 #[derive(Clone)]
 pub enum Conn {
     /// quorumkv; the consistency sent with every request.
-    Kv(KvClient<H2Channel>, pb::Consistency),
+    Kv(H2Channel, Origin, pb::Consistency),
     /// Redis.
     Redis(redis::aio::MultiplexedConnection),
     /// etcd; whether reads are serializable.
-    Etcd(crate::etcdpb::kv_client::KvClient<H2Channel>, bool),
+    Etcd(H2Channel, Origin, bool),
 }
 
 /// How quorumkv requests choose a node.
@@ -535,13 +534,9 @@ pub async fn connect(
                     .await
                     .map_err(|_| anyhow::anyhow!("cannot connect to etcd at {ep}: timed out"))?
                     .map_err(|e| anyhow::anyhow!("cannot connect to etcd at {ep}: {e}"))?;
-                let origin: http::Uri = format!("http://{hostport}").parse()?;
                 let serializable = consistency.read_from == pb::ReadFrom::Any as i32
                     || consistency.read_from == pb::ReadFrom::Local as i32;
-                Conn::Etcd(
-                    crate::etcdpb::kv_client::KvClient::with_origin(ch, origin),
-                    serializable,
-                )
+                Conn::Etcd(ch, Origin::http(hostport)?, serializable)
             }
             DriverKind::Kv => {
                 let hostport = ep.trim_start_matches("http://");
@@ -549,8 +544,7 @@ pub async fn connect(
                     .await
                     .map_err(|_| anyhow::anyhow!("cannot connect to {ep}: timed out"))?
                     .map_err(|e| anyhow::anyhow!("cannot connect to {ep}: {e}"))?;
-                let origin: http::Uri = format!("http://{hostport}").parse()?;
-                Conn::Kv(KvClient::with_origin(ch, origin), consistency)
+                Conn::Kv(ch, Origin::http(hostport)?, consistency)
             }
             DriverKind::Redis => {
                 let url = if ep.contains("://") {
@@ -574,12 +568,18 @@ pub async fn connect(
 /// ([`crate::run`] runs every operation under its client's deadline): a server that is frozen
 /// (SIGSTOP, a stalled VM) but still holds the connection never answers.
 async fn call<T>(
-    f: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    f: impl std::future::Future<Output = Result<T, tonic::Status>>,
 ) -> Result<T, Failed> {
-    f.await
-        .map(tonic::Response::into_inner)
-        .map_err(|s| failed(&s))
+    f.await.map_err(|s| failed(&s))
 }
+
+// The methods the drivers call ([`H2Channel::unary`]).
+const KV_GET: &str = "/kv.v1.Kv/Get";
+const KV_PUT: &str = "/kv.v1.Kv/Put";
+const KV_DELETE: &str = "/kv.v1.Kv/Delete";
+const KV_CAS: &str = "/kv.v1.Kv/CompareAndSet";
+const ETCD_RANGE: &str = "/etcdserverpb.KV/Range";
+const ETCD_PUT: &str = "/etcdserverpb.KV/Put";
 
 fn failed(s: &tonic::Status) -> Failed {
     Failed {
@@ -616,27 +616,26 @@ impl Conn {
     /// The error kind.
     pub async fn get(&mut self, key: &str, timeout: Duration) -> Result<ReadResult, Failed> {
         match self {
-            Conn::Kv(c, cons) => {
-                let mut r = tonic::Request::new(pb::GetRequest {
+            Conn::Kv(c, origin, cons) => {
+                let r = pb::GetRequest {
                     key: Bytes::copy_from_slice(key.as_bytes()),
                     consistency: Some(*cons),
-                });
-                r.set_timeout(timeout);
-                let g = call(c.get(r)).await?;
+                };
+                let g: pb::GetResponse = call(c.unary(origin, KV_GET, &r, timeout)).await?;
                 Ok(ReadResult {
                     value: g.found.then_some(g.value),
                     version: g.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
                     degraded: g.meta.is_some_and(|m| m.degraded),
                 })
             }
-            Conn::Etcd(c, serializable) => {
-                let mut r = tonic::Request::new(crate::etcdpb::RangeRequest {
+            Conn::Etcd(c, origin, serializable) => {
+                let r = crate::etcdpb::RangeRequest {
                     key: Bytes::copy_from_slice(key.as_bytes()),
                     serializable: *serializable,
                     ..Default::default()
-                });
-                r.set_timeout(timeout);
-                let g = call(c.range(r)).await?;
+                };
+                let g: crate::etcdpb::RangeResponse =
+                    call(c.unary(origin, ETCD_RANGE, &r, timeout)).await?;
                 let kv = g.kvs.into_iter().next();
                 Ok(ReadResult {
                     version: kv.as_ref().map(|kv| format!("{}.0", kv.mod_revision)),
@@ -670,14 +669,13 @@ impl Conn {
         timeout: Duration,
     ) -> Result<WriteResult, Failed> {
         match self {
-            Conn::Kv(c, cons) => {
-                let mut r = tonic::Request::new(pb::PutRequest {
+            Conn::Kv(c, origin, cons) => {
+                let r = pb::PutRequest {
                     key: Bytes::copy_from_slice(key.as_bytes()),
                     value,
                     consistency: Some(*cons),
-                });
-                r.set_timeout(timeout);
-                let p = call(c.put(r)).await?;
+                };
+                let p: pb::PutResponse = call(c.unary(origin, KV_PUT, &r, timeout)).await?;
                 let m = p.meta.unwrap_or_default();
                 Ok(WriteResult {
                     version: p.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
@@ -685,14 +683,14 @@ impl Conn {
                     superseded: !m.superseded_on.is_empty(),
                 })
             }
-            Conn::Etcd(c, _) => {
-                let mut r = tonic::Request::new(crate::etcdpb::PutRequest {
+            Conn::Etcd(c, origin, _) => {
+                let r = crate::etcdpb::PutRequest {
                     key: Bytes::copy_from_slice(key.as_bytes()),
                     value,
                     ..Default::default()
-                });
-                r.set_timeout(timeout);
-                let p = call(c.put(r)).await?;
+                };
+                let p: crate::etcdpb::PutResponse =
+                    call(c.unary(origin, ETCD_PUT, &r, timeout)).await?;
                 Ok(WriteResult {
                     version: p.header.map(|h| format!("{}.0", h.revision)),
                     ..Default::default()
@@ -716,13 +714,12 @@ impl Conn {
     /// The error kind.
     pub async fn delete(&mut self, key: &str, timeout: Duration) -> Result<WriteResult, Failed> {
         match self {
-            Conn::Kv(c, cons) => {
-                let mut r = tonic::Request::new(pb::DeleteRequest {
+            Conn::Kv(c, origin, cons) => {
+                let r = pb::DeleteRequest {
                     key: Bytes::copy_from_slice(key.as_bytes()),
                     consistency: Some(*cons),
-                });
-                r.set_timeout(timeout);
-                let d = call(c.delete(r)).await?;
+                };
+                let d: pb::DeleteResponse = call(c.unary(origin, KV_DELETE, &r, timeout)).await?;
                 let m = d.meta.unwrap_or_default();
                 Ok(WriteResult {
                     version: d.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
@@ -756,15 +753,15 @@ impl Conn {
         timeout: Duration,
     ) -> Result<(bool, Option<String>), Failed> {
         match self {
-            Conn::Kv(c, cons) => {
-                let mut r = tonic::Request::new(pb::CompareAndSetRequest {
+            Conn::Kv(c, origin, cons) => {
+                let r = pb::CompareAndSetRequest {
                     key: Bytes::copy_from_slice(key.as_bytes()),
                     expected: expected.map(|(epoch, counter)| pb::Version { epoch, counter }),
                     value,
                     consistency: Some(*cons),
-                });
-                r.set_timeout(timeout);
-                let a = call(c.compare_and_set(r)).await?;
+                };
+                let a: pb::CompareAndSetResponse =
+                    call(c.unary(origin, KV_CAS, &r, timeout)).await?;
                 Ok((
                     a.applied,
                     a.version.map(|v| format!("{}.{}", v.epoch, v.counter)),
