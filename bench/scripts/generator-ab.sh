@@ -5,7 +5,7 @@
 # workload (10k keys, 100 B, zipfian, 50/50). Shows what a change to the load generator does to
 # every system it measures, and to its own CPU.
 #
-#   GEN_A=FILE GEN_B=FILE [A_CONNS=K] [B_CONNS=K] [PAIRS=2] [DUR=10s]
+#   GEN_A=FILE GEN_B=FILE [A_CONNS=K] [B_CONNS=K] [PAIRS=2] [DUR=10s] [SYSTEMS="etcd redis"]
 #   bench/scripts/generator-ab.sh OUT_DIR
 #
 #   A_CONNS, B_CONNS  connections per endpoint the side opens (kv-bench --connections K x the
@@ -55,24 +55,44 @@ alternate() {
 }
 stop_servers() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 1; }
 
+# SYSTEMS: which of them to run (default all); a run into an OUT that holds others' results
+# summarizes those too.
+SYSTEMS=${SYSTEMS:-leader-follower leaderless single-node etcd redis}
+want() { [[ " $SYSTEMS " == *" $1 "* ]]; }
+
+if want leader-follower; then
 cluster_up lf --nodes 3 --w 2 --r 2 --base-port 7401 --admin-base-port 9401 -- --worker-threads 1
 alternate leader-follower --driver kv --endpoints "$(kv_leader 127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403)" --w 2 --read-from leader
 stop_servers
+fi
+
+if want leaderless; then
 
 cluster_up ll --nodes 5 --mode leaderless --n 3 --r 2 --w 2 --base-port 7501 --admin-base-port 9501 -- --worker-threads 1
 alternate leaderless --driver kv --endpoints 127.0.0.1:7501,127.0.0.1:7502,127.0.0.1:7503,127.0.0.1:7504,127.0.0.1:7505
 stop_servers
+fi
+
+if want single-node; then
 
 start_node single 127.0.0.1:7409 127.0.0.1:9409 --storage memory || exit 1
 alternate single-node --driver kv --endpoints 127.0.0.1:7409
 stop_servers
+fi
+
+if want etcd; then
 
 start_etcd
 alternate etcd --driver etcd --endpoints "$ETCD_LEADER"
 stop_servers
+fi
+
+if want redis; then
 
 start_redis || exit 1
 alternate redis --driver redis --endpoints 127.0.0.1:6399
+stop_servers
+fi
 
 python3 - "$OUT" "$GEN_A $A_CONNS" "$GEN_B $B_CONNS" <<'PY'
 import json, os, statistics, sys
