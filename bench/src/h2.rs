@@ -228,7 +228,7 @@ impl std::error::Error for Broken {}
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response body read straight from the HTTP/2 stream ([`kv_proto::h2body`]); its errors
-/// mark the connection gone when they say it is ([`lost`]).
+/// mark the connection gone when they say it is (`lost`).
 pub type H2Body = kv_proto::h2body::H2Body<Lost>;
 
 /// The connection's closed flag, for a response body's errors.

@@ -18,7 +18,7 @@
 //! A yield that found nothing more to write cost a pass of the scheduler for nothing (a
 //! connection with one request at a time: 1 client against one node, p50 141-146 µs without
 //! coalescing, 148-153 µs with a yield at every flush). So a flush yields only when the last
-//! yield paid off (the buffer grew while it waited), and otherwise once every [`RETRY`] flushes,
+//! yield paid off (the buffer grew while it waited), and otherwise once every `RETRY` flushes,
 //! to notice when load returns.
 
 use std::future::Future;

@@ -44,7 +44,7 @@ const DRAIN: Duration = Duration::from_secs(5);
 
 /// Serves every connection `incoming` yields, each on a task of its own, until `stop` turns
 /// true; then each connection is closed gracefully (GOAWAY: requests under way finish) and
-/// this returns once every connection has closed, or after [`DRAIN`].
+/// this returns once every connection has closed, or after `DRAIN`.
 pub async fn serve<S, I>(
     mut incoming: S,
     kv: KvService,

@@ -37,7 +37,7 @@ use super::record::{self, Frame, Record};
 use super::{DurableFuture, Entry, FsyncPolicy, Lsn, Storage, StorageError, StorageStats, Write};
 
 /// Called after every flush with how long the write+fsync took, how many records it held and
-/// how long it waited for more before it started (see [`super::gather`]).
+/// how long it waited for more before it started (see `super::gather`).
 pub type FlushObserver = Arc<dyn Fn(Duration, usize, Duration) + Send + Sync>;
 
 /// Called once, with the reason, when a write or fsync fails and the storage stops accepting

@@ -932,7 +932,7 @@ impl Leaderless {
     }
 
     /// This node came back empty while its peers remember it (the driver learns it from them):
-    /// it refills itself before its read answers count again (see [`Refill`]). Starts its
+    /// it refills itself before its read answers count again (see `Refill`). Starts its
     /// exchanges at the next [`tick`](Self::tick); nothing if already refilling.
     pub fn start_refill(&mut self, now: u64) {
         // An earlier life may have run a forwarded write sent again now, and this node has no
