@@ -92,11 +92,12 @@ pub struct WriteResult {
 /// One connection of a client.
 #[derive(Clone)]
 pub enum Conn {
-    /// quorumkv; the consistency sent with every request.
+    /// quorumkv, called at `Origin` through [`H2Channel::unary`]; the consistency sent with
+    /// every request.
     Kv(H2Channel, Origin, pb::Consistency),
     /// Redis.
     Redis(redis::aio::MultiplexedConnection),
-    /// etcd; whether reads are serializable.
+    /// etcd, called the same way; whether reads are serializable.
     Etcd(H2Channel, Origin, bool),
 }
 

@@ -9,10 +9,12 @@
 //! the server. Here the client's own task opens the stream, sends the whole request with it and
 //! reads the answer; only the connection task runs beside it. The drivers' calls (quorumkv's
 //! `kv.v1.Kv`, etcd's `KV`) skip tonic's codec too ([`H2Channel::unary`]: one buffer out, one
-//! message decoded in; 5-9% less generator CPU per operation on one node in memory); other
-//! calls (`kv.v1.Admin`) go through the generated clients, which run on the channel unchanged. Socket writes go through [`kv_proto::coalesce::Coalescing`], so the requests that
-//! clients send in one pass of the runtime share a write (0.71-0.77 `writev` per operation before,
-//! 0.34-0.45 `sendto` after, 256 clients on a 3-node leader).
+//! message decoded in; 9-15% less generator CPU per operation against the replicated clusters
+//! and etcd, `bench/results/generator/unary/`); other calls (`kv.v1.Admin`) go through the
+//! generated clients, which run on the channel unchanged. Socket writes go through
+//! [`kv_proto::coalesce::Coalescing`], so the requests that clients send in one pass of the
+//! runtime share a write (0.71-0.77 `writev` per operation before, 0.34-0.45 `sendto` after,
+//! 256 clients on a 3-node leader).
 //!
 //! A run that kills or restarts a node must not lose that endpoint for the rest of the run:
 //! when the connection is found closed, the next request reconnects (clones share the new
@@ -31,7 +33,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
-
 use tokio::time::Instant;
 use tonic::body::Body;
 
