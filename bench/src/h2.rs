@@ -122,13 +122,6 @@ impl H2Channel {
         msg: &Q,
         timeout: Duration,
     ) -> Result<A, tonic::Status> {
-        use bytes::BufMut as _;
-        let len = msg.encoded_len();
-        let mut buf = bytes::BytesMut::with_capacity(5 + len);
-        buf.put_u8(0);
-        buf.put_u32(u32::try_from(len).map_err(|_| tonic::Status::out_of_range("too large"))?);
-        msg.encode(&mut buf)
-            .map_err(|e| tonic::Status::internal(e.to_string()))?;
         let uri = http::Uri::builder()
             .scheme(origin.scheme.clone())
             .authority(origin.authority.clone())
@@ -158,7 +151,7 @@ impl H2Channel {
         } else {
             self.send.clone()
         };
-        let response = send(first, shared, head, buf.freeze())
+        let response = send(first, shared, head, kv_proto::frame::encode(msg))
             .await
             .map_err(tonic::Status::from_error)?;
         answer(response).await
@@ -333,24 +326,13 @@ async fn answer<A: prost::Message + Default>(
             parts.status
         )));
     }
-    let mut data = Bytes::new();
-    let mut more = bytes::BytesMut::new();
+    let mut data = kv_proto::frame::Gather::default();
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(tonic::Status::from_error)?;
-        match frame.into_data() {
-            Ok(d) if data.is_empty() && more.is_empty() => data = d,
-            Ok(d) => {
-                if more.is_empty() {
-                    more.extend_from_slice(&data);
-                }
-                more.extend_from_slice(&d);
-            }
+        match frame.map_err(tonic::Status::from_error)?.into_data() {
+            Ok(d) => data.push(d),
             Err(frame) => trailers = frame.into_trailers().ok(),
         }
-    }
-    if !more.is_empty() {
-        data = more.freeze();
     }
     let status = trailers
         .as_ref()
@@ -359,18 +341,10 @@ async fn answer<A: prost::Message + Default>(
     if status.code() != tonic::Code::Ok {
         return Err(status);
     }
-    let bad = |why: &str| tonic::Status::internal(format!("malformed answer: {why}"));
-    if data.len() < 5 {
-        return Err(bad("no message"));
-    }
-    if data[0] != 0 {
-        return Err(bad("compressed, and no encoding was asked for"));
-    }
-    let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
-    if data.len() != 5 + len {
-        return Err(bad("not one message"));
-    }
-    A::decode(data.slice(5..)).map_err(|e| bad(&e.to_string()))
+    let bad = |why: String| tonic::Status::internal(format!("malformed answer: {why}"));
+    let msg = kv_proto::frame::one_message(data.finish(), usize::MAX)
+        .map_err(|e| bad(format!("{e:?}")))?;
+    A::decode(msg).map_err(|e| bad(e.to_string()))
 }
 
 impl tower_service::Service<http::Request<Body>> for H2Channel {

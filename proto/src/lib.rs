@@ -6,11 +6,13 @@
 //! - [`coalesce`]: the write buffering that both ends of an HTTP/2 connection use (the node's
 //!   server, the load generator's client).
 //! - [`h2body`]: an HTTP/2 stream read as a body, for tonic, at the same two ends.
+//! - [`frame`]: gRPC's message framing, for the unary calls those two ends make without tonic.
 //!
-//! Nothing here is written by hand except this file, `coalesce.rs` and `h2body.rs`: edit the
-//! `.proto` files.
+//! Nothing here is written by hand except this file, `coalesce.rs`, `h2body.rs` and
+//! `frame.rs`: edit the `.proto` files.
 
 pub mod coalesce;
+pub mod frame;
 pub mod h2body;
 
 /// Generated code, one module per protobuf package.

@@ -20,11 +20,12 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use bytes::Bytes;
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::BodyExt as _;
+use kv_proto::frame::{self, Malformed};
 use kv_proto::h2body::{AsIs, H2Body};
 use kv_proto::kv::v1::kv_server::Kv as _;
 use prost::Message;
@@ -241,59 +242,29 @@ fn request<T: Message + Default>(md: MetadataMap, msg: Bytes) -> Result<tonic::R
 /// The answer's metadata and its message with the gRPC length prefix.
 fn reply<T: Message>(r: tonic::Response<T>) -> (MetadataMap, Bytes) {
     let (md, m, _) = r.into_parts();
-    let len = m.encoded_len();
-    let mut out = BytesMut::with_capacity(5 + len);
-    out.put_u8(0);
-    out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-    m.encode_raw(&mut out);
-    (md, out.freeze())
+    (md, frame::encode(&m))
 }
 
 /// The one message of a unary request: its length prefix read and checked, its bytes (one
 /// data frame's, without a copy, when it came in one).
 async fn read_message(mut body: RecvStream, max: usize) -> Result<Bytes, Status> {
-    let mut first: Option<Bytes> = None;
-    let mut more = BytesMut::new();
+    let mut data = frame::Gather::default();
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(|e| Status::cancelled(format!("request stream: {e}")))?;
         let _ = body.flow_control().release_capacity(chunk.len());
-        match &first {
-            None if more.is_empty() => first = Some(chunk),
-            _ => {
-                if let Some(f) = first.take() {
-                    more.extend_from_slice(&f);
-                }
-                more.extend_from_slice(&chunk);
-            }
-        }
-        let have = first.as_ref().map_or(more.len(), Bytes::len);
-        if have > max.saturating_add(5) {
-            return Err(too_large(have - 5, max));
+        data.push(chunk);
+        if data.len() > max.saturating_add(5) {
+            return Err(too_large(data.len() - 5, max));
         }
     }
-    let mut buf = first.unwrap_or_else(|| more.freeze());
-    if buf.len() < 5 {
-        return Err(Status::internal("the request ended before its message did"));
-    }
-    if buf[0] != 0 {
-        return Err(Status::internal(
-            "a compressed message without a grpc-encoding header",
-        ));
-    }
-    buf.advance(1);
-    let len = buf.get_u32() as usize;
-    if len > max {
-        return Err(too_large(len, max));
-    }
-    match buf.len().cmp(&len) {
-        std::cmp::Ordering::Less => {
-            Err(Status::internal("the request ended before its message did"))
+    frame::one_message(data.finish(), max).map_err(|e| match e {
+        Malformed::Short => Status::internal("the request ended before its message did"),
+        Malformed::Compressed => {
+            Status::internal("a compressed message without a grpc-encoding header")
         }
-        std::cmp::Ordering::Greater => Err(Status::unimplemented(
-            "more than one message in a unary request",
-        )),
-        std::cmp::Ordering::Equal => Ok(buf),
-    }
+        Malformed::TooLarge(len) => too_large(len, max),
+        Malformed::Trailing => Status::unimplemented("more than one message in a unary request"),
+    })
 }
 
 fn too_large(len: usize, max: usize) -> Status {
