@@ -467,6 +467,15 @@ pub fn start(
     let mut floor = clock.durable();
     store.scan(&mut |_, s| floor = floor.max(s.version.epoch));
     let timers = TimerClock::new(now_ms());
+    let ahead_ms = kv_replica::leaderless::physical_ms(floor).saturating_sub(now_ms());
+    if ahead_ms > 0 {
+        tracing::info!(
+            ahead_ms,
+            "the clock starts ahead of the wall clock (at the bound an earlier life recorded): \
+             until the wall clock passes it, this node leaves coordinating writes to other \
+             replicas, so that no write gets a version from the future"
+        );
+    }
     let mut core = Leaderless::new(cfg, floor, timers.read(now_ms()).0);
     core.recover_hints(&store);
     let (tx, rx) = mpsc::unbounded_channel();

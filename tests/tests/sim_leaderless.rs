@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use kv_replica::leaderless::{
     AE_BUCKETS, Action, Config, Leaderless, Msg, Opts, ReadFanout, ReadRepair, Store as _, Stored,
-    TombstoneGc, VClock, bucket_of, hash64,
+    TombstoneGc, VClock, bucket_of, hash64, physical_ms,
 };
 use kv_replica::{NodeId, Quorum, Version};
 use kv_tests::sim_leaderless::{LlConfig, LlSim, LlStats, SimStore};
@@ -140,6 +140,12 @@ fn sim_leaderless_replicas_back_empty_refill_before_their_answers_count() {
 /// told it it was back, and started again as one with nothing to refill; its empty answer
 /// counted beside a replica that missed the write. Now a first life records it is not sure
 /// yet (`kv_replica::leaderless::Config::first_life`), and a later one refills.
+/// Seed 60002935 (1 of the same 3,000) acknowledged a write and hid it behind one that had
+/// returned before it started: a node restarted 14 ms after a crash, its clock started at the
+/// bound its earlier life recorded (up to `clock_margin_ms` ahead), and gave that earlier write
+/// a version 24 ms in the future. Now a node whose clock is ahead since its start leaves
+/// coordinating to the other replicas and keeps its clock readings to real time until real
+/// time catches up.
 #[test]
 fn sim_leaderless_replicas_back_empty_keep_histories_linearizable() {
     let cfg = LlConfig {
@@ -151,9 +157,14 @@ fn sim_leaderless_replicas_back_empty_keep_histories_linearizable() {
     assert_eq!(t.violations, 0, "{t:?}");
     assert_eq!(t.stale_reads, 0, "{t:?}");
     assert!(t.wipes > 300 && t.refills * 4 > t.wipes * 3, "{t:?}");
-    let seed = 60_001_212;
-    let s = LlSim::new(seed, cfg).run();
-    assert_eq!((s.violations, s.stale_reads), (0, 0), "seed {seed}: {s:?}");
+    for seed in [60_001_212, 60_002_935] {
+        let s = LlSim::new(seed, cfg.clone()).run();
+        assert_eq!(
+            (s.violations, s.superseded, s.stale_reads),
+            (0, 0, 0),
+            "seed {seed}: {s:?}"
+        );
+    }
 }
 
 /// Crashes six times the default, half of them losing the node's storage.
@@ -1763,7 +1774,9 @@ fn leaderless_gives_out_no_timestamp_above_its_durable_clock_bound() {
         out.iter().any(|a| matches!(a, Action::Send { .. })),
         "released: {out:?}"
     );
-    // Restarted from that bound alone (no copy durable), its versions start above it.
+    // Restarted at once from that bound alone (no copy durable), its versions are above it.
+    // (Until real time passes the bound, it leaves coordinating to the others: see
+    // `a_node_restarted_with_its_clock_ahead_leaves_writes_to_others_until_real_time_catches_up`.)
     let cfg = Config::new(
         members[0].clone(),
         members.clone(),
@@ -1773,7 +1786,7 @@ fn leaderless_gives_out_no_timestamp_above_its_durable_clock_bound() {
     let mut store = SimStore::default();
     again.put(
         &mut store,
-        6,
+        physical_ms(asked) + 1,
         2,
         key.clone(),
         Some(Bytes::from_static(b"v2")),
@@ -2141,4 +2154,106 @@ fn a_replica_back_empty_counts_again_only_once_refilled() {
     // n3 says it has refilled: it counts again.
     node.step(&mut store, 13, n3, Msg::Refilled);
     assert!(node.refilling_peers().is_empty());
+}
+
+/// Seed 60002935, one node's part: n1 restarted 14 ms after a crash, its clock started at the
+/// bound its earlier life recorded (here 800 ms ahead of real time), and the write it
+/// coordinated got a version from the future; a peer's later write to the same key got a
+/// smaller one and was hidden. Until real time passes that start, the node sends a client's
+/// write to another replica to coordinate, declines one forwarded to it, and its messages
+/// carry real time, not its clock; then it coordinates again, at real time.
+#[test]
+fn a_node_restarted_with_its_clock_ahead_leaves_writes_to_others_until_real_time_catches_up() {
+    let members: Vec<NodeId> = (1..=3).map(|i| NodeId(format!("n{i}"))).collect();
+    let cfg = Config::new(
+        members[0].clone(),
+        members.clone(),
+        Quorum::new(3, 3, 2, 2).expect("quorum"),
+    );
+    let t0 = 100_000u64;
+    let ahead = (t0 + 800) << 16;
+    let mut node = Leaderless::new(cfg, ahead, t0);
+    let mut store = SimStore::default();
+    let opts = Opts {
+        quorum: 2,
+        timeout_ms: 2_000,
+        degrade: false,
+    };
+    // A key whose first replica is n1, the one that coordinates it when it can.
+    let key = (0..100)
+        .map(|k| Bytes::from(format!("k{k}")))
+        .find(|k| node.replicas(k)[0] == members[0])
+        .expect("a key n1 coordinates");
+    let now = t0 + 20;
+    node.put(
+        &mut store,
+        now,
+        1,
+        key.clone(),
+        Some(Bytes::from_static(b"v")),
+        opts,
+    );
+    let sent = node.settled_actions();
+    assert!(!ran(&sent), "coordinated with its clock ahead: {sent:?}");
+    let forwarded_at = sent.iter().find_map(|a| match a {
+        Action::Send {
+            msg: Msg::Forward { sent_hlc, .. },
+            to,
+            ..
+        } => Some((to.clone(), *sent_hlc)),
+        _ => None,
+    });
+    let (to, sent_hlc) = forwarded_at.expect("sent to another replica to coordinate");
+    assert!(to != members[0], "{to:?}");
+    assert!(sent_hlc <= (now + 1) << 16, "its clock spread: {sent_hlc}");
+    // A write a peer forwards to it: declined, and the peer goes to the next replica.
+    node.step(
+        &mut store,
+        now,
+        &members[1],
+        forward_of_k(0, (now - 5) << 16),
+    );
+    let answer = node.settled_actions();
+    assert!(declined(&answer) && !ran(&answer), "{answer:?}");
+    // A peer's read: answered, with real time as the clock reading.
+    node.step(
+        &mut store,
+        now,
+        &members[2],
+        Msg::Read {
+            req: 9,
+            key: key.clone(),
+        },
+    );
+    let reading = node.settled_actions().into_iter().find_map(|a| match a {
+        Action::Send {
+            msg: Msg::ReadReply { hlc, .. },
+            ..
+        } => Some(hlc),
+        _ => None,
+    });
+    let reading = reading.expect("read answered");
+    assert!(reading <= (now + 1) << 16, "its clock spread: {reading}");
+    // Real time passes the start: it coordinates, above everything its earlier life gave out.
+    let later = t0 + 810;
+    node.tick(&mut store, later);
+    node.settled_actions();
+    node.put(
+        &mut store,
+        later,
+        2,
+        key,
+        Some(Bytes::from_static(b"w")),
+        opts,
+    );
+    let own = node.settled_actions();
+    let version = own.iter().find_map(|a| match a {
+        Action::Send {
+            msg: Msg::Write { stored, .. },
+            ..
+        } => Some(stored.version.epoch),
+        _ => None,
+    });
+    let version = version.expect("coordinated here");
+    assert!(version > ahead && version < (later + 1) << 16, "{version}");
 }
