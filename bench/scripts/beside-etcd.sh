@@ -14,6 +14,9 @@
 #   CONNS            connections per endpoint, for etcd and quorumkv alike (kv-bench
 #                    --connections K x the endpoints a run is given; default: kv-bench's, one
 #                    per endpoint, as etcd's clientv3 keeps)
+#   CONNS_EACH="1 4" instead of CONNS: every round drives each system once per count, and the
+#                    summary gives the ratio at each count and each system's best count
+#                    against the other's (one connection suits etcd, more suit quorumkv)
 #   leaderless       5 nodes, N=3 R=2 W=2, fsync batch: `kv` reads ask all N (the default),
 #                    `kv-fanq` reads ask R (`--read-fanout quorum`); kv-bench token-aware
 #   leader-follower  3 nodes, W=2, fsync batch, leader reads: `kv` as leader-follower.sh
@@ -36,6 +39,9 @@ WARM=${WARM:-2s}
 [[ $CLIENTS =~ ^[1-9][0-9]*$ ]] || { echo "CLIENTS must be a positive whole number: $CLIENTS" >&2; exit 2; }
 CONNS=${CONNS:-}
 [[ -z $CONNS || $CONNS =~ ^[1-9][0-9]*$ ]] || { echo "CONNS must be a positive whole number: $CONNS" >&2; exit 2; }
+CONNS_EACH=${CONNS_EACH:-}
+[[ -z $CONNS_EACH || $CONNS_EACH =~ ^[1-9][0-9]*( [1-9][0-9]*)*$ ]] || { echo "CONNS_EACH must be whole numbers separated by spaces: $CONNS_EACH" >&2; exit 2; }
+[[ -z $CONNS || -z $CONNS_EACH ]] || { echo "CONNS and CONNS_EACH exclude each other" >&2; exit 2; }
 source bench/scripts/common.sh
 prepare_run etcd etcdctl python3
 # Waits for every server to exit, so that a run right after this one finds its ports free.
@@ -70,43 +76,72 @@ fi
 
 # conns ENDPOINTS: the --connections flag for CONNS per endpoint (nothing without CONNS).
 conns() { connections_flag "$CONNS" "$1"; }
+# Runs are named SYSTEM-rROUND, or SYSTEM-cCOUNT-rROUND with CONNS_EACH.
 for r in $(seq "$ROUNDS"); do
-  SERVERS=$ETCD_PIDS bench "etcd-r$r" --driver etcd --endpoints "$ETCD_LEADER" --clients "$CLIENTS" $(conns "$ETCD_LEADER")
-  SERVERS=$KV_PID bench "kv-r$r" --driver kv --endpoints "$KV_EPS" --clients "$CLIENTS" "${KV_ARGS[@]}" $(conns "$KV_EPS")
-  [ -n "$FANQ_PID" ] && SERVERS=$FANQ_PID bench "kv-fanq-r$r" --driver kv --endpoints "$FANQ_EPS" --clients "$CLIENTS" $(conns "$FANQ_EPS")
+  for c in ${CONNS_EACH:-one}; do
+    tag=
+    [ "$c" = one ] || { CONNS=$c; tag=-c$c; }
+    SERVERS=$ETCD_PIDS bench "etcd$tag-r$r" --driver etcd --endpoints "$ETCD_LEADER" --clients "$CLIENTS" $(conns "$ETCD_LEADER")
+    SERVERS=$KV_PID bench "kv$tag-r$r" --driver kv --endpoints "$KV_EPS" --clients "$CLIENTS" "${KV_ARGS[@]}" $(conns "$KV_EPS")
+    [ -n "$FANQ_PID" ] && SERVERS=$FANQ_PID bench "kv-fanq$tag-r$r" --driver kv --endpoints "$FANQ_EPS" --clients "$CLIENTS" $(conns "$FANQ_EPS")
+  done
 done
+[ -n "$CONNS_EACH" ] && CONNS=
 
-python3 - "$OUT" "$ROUNDS" "$MODE" "$CLIENTS" "$CONNS" <<'PY'
+python3 - "$OUT" "$ROUNDS" "$MODE" "$CLIENTS" "$CONNS" "$CONNS_EACH" <<'PY'
 import json, os, statistics, sys
-out, rounds, mode, clients, conns = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+out, rounds, mode, clients, conns, each = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6].split()
 def run(name):
     p = os.path.join(out, name, "summary.json")
     if not os.path.exists(p):
         return None
     s = json.load(open(p))
     return s["ops_per_sec"], s["latency_us"]["p99"]
-per = ", %s connections per endpoint" % conns if conns else ""
-lines = ["# %s beside etcd, %s clients%s, %d alternating rounds" % (mode, clients, per, rounds), "",
-         "| round | etcd ops/s | kv ops/s | kv / etcd | kv-fanq ops/s | kv-fanq / etcd | p99 us etcd / kv / kv-fanq |",
-         "|---|---:|---:|---:|---:|---:|---|"]
-ratios = {"kv": [], "kv-fanq": []}
-for r in range(1, rounds + 1):
-    e, k, q = run("etcd-r%d" % r), run("kv-r%d" % r), run("kv-fanq-r%d" % r)
-    if not e or not k:
-        continue
-    ratios["kv"].append(k[0] / e[0])
-    cells = ["%d" % r, "%.0f" % e[0], "%.0f" % k[0], "%.2fx" % (k[0] / e[0])]
-    if q:
-        ratios["kv-fanq"].append(q[0] / e[0])
-        cells += ["%.0f" % q[0], "%.2fx" % (q[0] / e[0])]
-    else:
-        cells += ["-", "-"]
-    cells.append(" / ".join("%d" % x[1] for x in (e, k, q) if x))
-    lines.append("| " + " | ".join(cells) + " |")
-lines.append("")
-for name, rs in ratios.items():
-    if rs:
-        lines.append("median %s / etcd: %.2fx (%s)" % (name, statistics.median(rs), ", ".join("%.2fx" % x for x in rs)))
+def table(tag, title):
+    lines = ["# %s beside etcd, %s clients%s, %d alternating rounds" % (mode, clients, title, rounds), "",
+             "| round | etcd ops/s | kv ops/s | kv / etcd | kv-fanq ops/s | kv-fanq / etcd | p99 us etcd / kv / kv-fanq |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    ratios = {"kv": [], "kv-fanq": []}
+    for r in range(1, rounds + 1):
+        e, k, q = run("etcd%s-r%d" % (tag, r)), run("kv%s-r%d" % (tag, r)), run("kv-fanq%s-r%d" % (tag, r))
+        if not e or not k:
+            continue
+        ratios["kv"].append(k[0] / e[0])
+        cells = ["%d" % r, "%.0f" % e[0], "%.0f" % k[0], "%.2fx" % (k[0] / e[0])]
+        if q:
+            ratios["kv-fanq"].append(q[0] / e[0])
+            cells += ["%.0f" % q[0], "%.2fx" % (q[0] / e[0])]
+        else:
+            cells += ["-", "-"]
+        cells.append(" / ".join("%d" % x[1] for x in (e, k, q) if x))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for name, rs in ratios.items():
+        if rs:
+            lines.append("median %s / etcd: %.2fx (%s)" % (name, statistics.median(rs), ", ".join("%.2fx" % x for x in rs)))
+    return lines
+if not each:
+    lines = table("", ", %s connections per endpoint" % conns if conns else "")
+else:
+    lines = []
+    for c in each:
+        lines += table("-c%s" % c, ", %s connection%s per endpoint" % (c, "" if c == "1" else "s")) + [""]
+    # Each system at the count that suited it best in that round.
+    lines += ["# Each system at its best connection count, round by round", "",
+              "| round | etcd ops/s (count) | kv ops/s (count) | kv / etcd |", "|---|---:|---:|---:|"]
+    best = []
+    for r in range(1, rounds + 1):
+        def top(system):
+            got = [(run("%s-c%s-r%d" % (system, c, r)), c) for c in each]
+            got = [(x[0], c) for x, c in got if x]
+            return max(got) if got else None
+        e, k = top("etcd"), top("kv")
+        if not e or not k:
+            continue
+        best.append(k[0] / e[0])
+        lines.append("| %d | %.0f (%s) | %.0f (%s) | %.2fx |" % (r, e[0], e[1], k[0], k[1], k[0] / e[0]))
+    if best:
+        lines += ["", "median kv / etcd, each at its best count: %.2fx (%s)" % (statistics.median(best), ", ".join("%.2fx" % x for x in best))]
 text = "\n".join(lines) + "\n"
 open(os.path.join(out, "SUMMARY.md"), "w").write(text)
 print(text)
