@@ -1198,12 +1198,7 @@ fn a_node_not_established_declines_a_forwarded_write_and_the_forwarder_asks_the_
 /// ran the write a second time.
 #[test]
 fn a_coordinator_that_lost_its_copy_in_a_crash_refuses_a_repeat_it_ran_before() {
-    let members: Vec<NodeId> = (1..=3).map(|i| NodeId(format!("n{i}"))).collect();
-    let cfg = Config::new(
-        members[0].clone(),
-        members.clone(),
-        Quorum::new(3, 3, 2, 2).expect("quorum"),
-    );
+    let (members, cfg) = n1_of_three();
     let t0 = 100_000u64;
     let sent_hlc = (t0 + 10 + 300) << 16;
     let forward = |age_ms: u64| forward_of_k(age_ms, sent_hlc);
@@ -2164,12 +2159,7 @@ fn a_replica_back_empty_counts_again_only_once_refilled() {
 /// carry real time, not its clock; then it coordinates again, at real time.
 #[test]
 fn a_node_restarted_with_its_clock_ahead_leaves_writes_to_others_until_real_time_catches_up() {
-    let members: Vec<NodeId> = (1..=3).map(|i| NodeId(format!("n{i}"))).collect();
-    let cfg = Config::new(
-        members[0].clone(),
-        members.clone(),
-        Quorum::new(3, 3, 2, 2).expect("quorum"),
-    );
+    let (members, cfg) = n1_of_three();
     let t0 = 100_000u64;
     let ahead = (t0 + 800) << 16;
     let mut node = Leaderless::new(cfg, ahead, t0);
@@ -2256,4 +2246,15 @@ fn a_node_restarted_with_its_clock_ahead_leaves_writes_to_others_until_real_time
     });
     let version = version.expect("coordinated here");
     assert!(version > ahead && version < (later + 1) << 16, "{version}");
+}
+
+/// Three members, N=3 R=W=2, and the configuration of n1.
+fn n1_of_three() -> (Vec<NodeId>, Config) {
+    let members: Vec<NodeId> = (1..=3).map(|i| NodeId(format!("n{i}"))).collect();
+    let cfg = Config::new(
+        members[0].clone(),
+        members.clone(),
+        Quorum::new(3, 3, 2, 2).expect("quorum"),
+    );
+    (members, cfg)
 }
