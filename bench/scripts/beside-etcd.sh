@@ -74,19 +74,18 @@ else
   FANQ_PID=
 fi
 
-# conns ENDPOINTS: the --connections flag for CONNS per endpoint (nothing without CONNS).
-conns() { connections_flag "$CONNS" "$1"; }
+# conns ENDPOINTS: the --connections flag for $per connections per endpoint (nothing when empty).
+conns() { connections_flag "$per" "$1"; }
 # Runs are named SYSTEM-rROUND, or SYSTEM-cCOUNT-rROUND with CONNS_EACH.
 for r in $(seq "$ROUNDS"); do
   for c in ${CONNS_EACH:-one}; do
-    tag=
-    [ "$c" = one ] || { CONNS=$c; tag=-c$c; }
+    per=$CONNS tag=
+    [ "$c" = one ] || { per=$c; tag=-c$c; }
     SERVERS=$ETCD_PIDS bench "etcd$tag-r$r" --driver etcd --endpoints "$ETCD_LEADER" --clients "$CLIENTS" $(conns "$ETCD_LEADER")
     SERVERS=$KV_PID bench "kv$tag-r$r" --driver kv --endpoints "$KV_EPS" --clients "$CLIENTS" "${KV_ARGS[@]}" $(conns "$KV_EPS")
     [ -n "$FANQ_PID" ] && SERVERS=$FANQ_PID bench "kv-fanq$tag-r$r" --driver kv --endpoints "$FANQ_EPS" --clients "$CLIENTS" $(conns "$FANQ_EPS")
   done
 done
-[ -n "$CONNS_EACH" ] && CONNS=
 
 python3 - "$OUT" "$ROUNDS" "$MODE" "$CLIENTS" "$CONNS" "$CONNS_EACH" <<'PY'
 import json, os, statistics, sys

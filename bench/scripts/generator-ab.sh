@@ -67,28 +67,24 @@ stop_servers
 fi
 
 if want leaderless; then
-
 cluster_up ll --nodes 5 --mode leaderless --n 3 --r 2 --w 2 --base-port 7501 --admin-base-port 9501 -- --worker-threads 1
 alternate leaderless --driver kv --endpoints 127.0.0.1:7501,127.0.0.1:7502,127.0.0.1:7503,127.0.0.1:7504,127.0.0.1:7505
 stop_servers
 fi
 
 if want single-node; then
-
 start_node single 127.0.0.1:7409 127.0.0.1:9409 --storage memory || exit 1
 alternate single-node --driver kv --endpoints 127.0.0.1:7409
 stop_servers
 fi
 
 if want etcd; then
-
 start_etcd
 alternate etcd --driver etcd --endpoints "$ETCD_LEADER"
 stop_servers
 fi
 
 if want redis; then
-
 start_redis || exit 1
 alternate redis --driver redis --endpoints 127.0.0.1:6399
 stop_servers

@@ -81,8 +81,8 @@ with open(os.path.join(out, "RESULTS.md"), "w") as f:
     for c in ("16", "256", "16-conn16", "256-conn4"):
         if "kv-"+c in d and "etcd-"+c in d:
             f.write("\n%s clients: quorumkv / etcd throughput = %.2fx, p99 %d vs %d us" % (c, d["kv-"+c][1] / d["etcd-"+c][1], d["kv-"+c][3], d["etcd-"+c][3]))
-    # Each system at the connection count that suits it (etcd one per endpoint, quorumkv four):
-    # the same client and workload, each tuned as its users would.
+    # Each system at whichever of its connection counts did best in this run: the same client
+    # and workload, each tuned as its users would.
     for c, conns in (("16", ("16", "16-conn16")), ("256", ("256", "256-conn4"))):
         kv = [d["kv-"+x] for x in conns if "kv-"+x in d]
         et = [d["etcd-"+x] for x in conns if "etcd-"+x in d]
