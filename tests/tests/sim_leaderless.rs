@@ -692,6 +692,14 @@ fn lone_node(
     (members, node, store, opts)
 }
 
+/// A key whose first replica is `me`: the one that coordinates it when it can.
+fn key_coordinated_by(node: &Leaderless, me: &NodeId) -> Bytes {
+    (0..100)
+        .map(|k| Bytes::from(format!("k{k}")))
+        .find(|k| node.replicas(k)[0] == *me)
+        .expect("a key it coordinates")
+}
+
 /// [`lone_node`] before it has heard a peer's clock.
 fn lone_node_unheard(
     nodes: usize,
@@ -746,10 +754,7 @@ fn peer_clock(hlc: u64) -> Msg {
 #[test]
 fn a_node_started_holds_its_first_writes_until_it_hears_a_peer_clock() {
     let (members, mut node, mut store, opts) = lone_node_unheard(3, |_| {});
-    let key = (0..100)
-        .map(|k| Bytes::from(format!("k{k}")))
-        .find(|k| node.replicas(k)[0] == members[0])
-        .expect("a key n1 coordinates");
+    let key = key_coordinated_by(&node, &members[0]);
     let writes = |actions: &[Action]| -> Vec<u64> {
         actions
             .iter()
@@ -1419,10 +1424,7 @@ fn a_repeat_that_arrives_after_its_record_was_dropped_is_refused() {
 fn a_clock_offset_moves_the_versions_a_node_gives_and_never_back() {
     let (members, mut node, mut store, opts) = lone_node(3, |_| {});
     // A key this node coordinates (the first of its replicas).
-    let key = (0..100)
-        .map(|k| Bytes::from(format!("k{k}")))
-        .find(|k| node.replicas(k)[0] == members[0])
-        .expect("a key n1 coordinates");
+    let key = key_coordinated_by(&node, &members[0]);
     let epoch_of_put = |node: &mut Leaderless, store: &mut SimStore, now: u64, v: &'static str| {
         node.put(store, now, 1, key.clone(), Some(Bytes::from(v)), opts);
         node.settled_actions()
@@ -1460,10 +1462,7 @@ fn tombstone_ages_follow_the_wall_clock_not_timer_time() {
         c.tombstone_gc = TombstoneGc::Timeout; // by age alone: no replica answers here
         c.anti_entropy_ms = 100;
     });
-    let key = (0..100)
-        .map(|k| Bytes::from(format!("k{k}")))
-        .find(|k| node.replicas(k)[0] == members[0])
-        .expect("a key n1 coordinates");
+    let key = key_coordinated_by(&node, &members[0]);
     let now = 1_000_000;
     node.set_clock_offset(60_000);
     node.put(&mut store, now, 1, key.clone(), None, opts);
@@ -1783,10 +1782,7 @@ fn a_write_hidden_by_a_concurrent_higher_version_is_reported() {
     assert_eq!(acks(node.settled_actions()), vec![false]);
     // Coordinator side: n2's acknowledgement says hidden; the answer names n2.
     let (members, mut node, mut store, opts) = lone_node(3, |_| {});
-    let key = (0..100)
-        .map(|k| Bytes::from(format!("k{k}")))
-        .find(|k| node.replicas(k)[0] == members[0])
-        .expect("a key n1 coordinates");
+    let key = key_coordinated_by(&node, &members[0]);
     node.put(&mut store, 0, 9, key, Some(Bytes::from_static(b"v")), opts);
     let mut req = None;
     for a in node.settled_actions() {
@@ -1869,10 +1865,7 @@ fn leaderless_own_copy_waits_lazily_only_when_the_others_can_make_w() {
 fn leaderless_gives_out_no_timestamp_above_its_durable_clock_bound() {
     let (members, mut node, mut store, opts) = lone_node_unheard(3, |c| c.clock_margin_ms = 1_000);
     // A key n1 coordinates.
-    let key = (0..100)
-        .map(|k| Bytes::from(format!("k{k}")))
-        .find(|k| node.replicas(k)[0] == members[0])
-        .expect("n1 coordinates some key");
+    let key = key_coordinated_by(&node, &members[0]);
     node.put(
         &mut store,
         5,
@@ -2316,10 +2309,7 @@ fn a_node_restarted_with_its_clock_ahead_leaves_writes_to_others_until_real_time
         degrade: false,
     };
     // A key whose first replica is n1, the one that coordinates it when it can.
-    let key = (0..100)
-        .map(|k| Bytes::from(format!("k{k}")))
-        .find(|k| node.replicas(k)[0] == members[0])
-        .expect("a key n1 coordinates");
+    let key = key_coordinated_by(&node, &members[0]);
     let now = t0 + 20;
     node.put(
         &mut store,

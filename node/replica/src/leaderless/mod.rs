@@ -1650,11 +1650,12 @@ impl Leaderless {
                 }
             }
             Msg::ForwardReply { req, result } => {
-                // The version its coordinator just gave the write: a reading of its clock.
-                if let Ok(ok) = &result {
-                    self.observe_reading(ok.version.epoch);
-                }
                 if let Some(p) = self.forwards.remove(&req) {
+                    // The version its coordinator gave the write this life forwarded: a
+                    // reading of that coordinator's clock.
+                    if let Ok(ok) = &result {
+                        self.observe_reading(ok.version.epoch);
+                    }
                     self.actions.push(Action::Write {
                         req: p.write.client,
                         result,
