@@ -2326,6 +2326,17 @@ impl Leaderless {
                 degraded: !enough,
                 repaired: Vec::new(),
             });
+            // Answers that come while blocking repairs are under way still count, and can bring
+            // a newer copy: the answer is the newest copy known when it is given. It was fixed
+            // when first made: a read short of R (one replica down, one refilling) repaired the
+            // one refilling with the copy it had and waited; the replica that was down came back
+            // with a newer, acknowledged copy, which made R and was repaired everywhere, and the
+            // read answered the older copy (simulator seed 65000984).
+            if newest.as_ref().map(|s| s.version) > a.stored.as_ref().map(|s| s.version) {
+                a.stored = newest.clone();
+            }
+            a.responders = p.replies.keys().map(|&i| self.members[i].clone()).collect();
+            a.degraded = !enough;
             a.repaired
                 .extend(sends.iter().map(|(i, _)| self.members[*i].clone()));
             if p.repairing.is_empty() || deadline_passed {
