@@ -705,6 +705,20 @@ fn key_coordinated_by(node: &Leaderless, me: &NodeId) -> Bytes {
         .expect("a key it coordinates")
 }
 
+/// The versions' epochs of the writes sent among `actions`.
+fn write_epochs(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                msg: Msg::Write { stored, .. },
+                ..
+            } => Some(stored.version.epoch),
+            _ => None,
+        })
+        .collect()
+}
+
 /// [`lone_node`] before it has heard a peer's clock.
 fn lone_node_unheard(
     nodes: usize,
@@ -760,18 +774,7 @@ fn peer_clock(hlc: u64) -> Msg {
 fn a_node_started_holds_its_first_writes_until_it_hears_a_peer_clock() {
     let (members, mut node, mut store, opts) = lone_node_unheard(3, |_| {});
     let key = key_coordinated_by(&node, &members[0]);
-    let writes = |actions: &[Action]| -> Vec<u64> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Send {
-                    msg: Msg::Write { stored, .. },
-                    ..
-                } => Some(stored.version.epoch),
-                _ => None,
-            })
-            .collect()
-    };
+    let writes = write_epochs;
     let now = 1_000_000;
     node.put(
         &mut store,
@@ -1432,16 +1435,8 @@ fn a_clock_offset_moves_the_versions_a_node_gives_and_never_back() {
     let key = key_coordinated_by(&node, &members[0]);
     let epoch_of_put = |node: &mut Leaderless, store: &mut SimStore, now: u64, v: &'static str| {
         node.put(store, now, 1, key.clone(), Some(Bytes::from(v)), opts);
-        node.settled_actions()
-            .into_iter()
-            .find_map(|a| match a {
-                Action::Send {
-                    msg: Msg::Write { stored, .. },
-                    ..
-                } => Some(stored.version.epoch),
-                _ => None,
-            })
-            .expect("a write")
+        let sent = write_epochs(&node.settled_actions());
+        *sent.first().expect("a write")
     };
     let now = 1_000_000;
     let first = epoch_of_put(&mut node, &mut store, now, "a");
