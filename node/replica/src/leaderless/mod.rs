@@ -2320,10 +2320,10 @@ impl Leaderless {
         let mut holders: Option<BTreeSet<usize>> = None;
         if !p.replied && (enough || expired) {
             let a = p.answer.get_or_insert_with(|| ReadOk {
-                stored: newest.clone(),
+                stored: None,
                 coordinator: self.cfg.id.clone(),
-                responders: p.replies.keys().map(|&i| self.members[i].clone()).collect(),
-                degraded: !enough,
+                responders: Vec::new(),
+                degraded: false,
                 repaired: Vec::new(),
             });
             // Answers that come while blocking repairs are under way still count, and can bring
