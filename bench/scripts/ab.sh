@@ -15,6 +15,8 @@
 #   NODE_ARGS   kv-node flags of both sides (default: --worker-threads 1, as the other scripts);
 #               A_NODE_ARGS / B_NODE_ARGS are added to it per side
 #   BENCH_ARGS  more kv-bench flags (e.g. "--w 2 --read-from leader" for leader-follower)
+#   SINGLE=1    one kv-node instead of a cluster (issue #2's benchmark): CLUSTER, A_ARGS and
+#               B_ARGS are then kv-node flags too (default CLUSTER: --storage memory)
 #
 # Examples (README, Benchmarks):
 #   git worktree add /tmp/base HEAD~1 && (cd /tmp/base && cargo build --release -p kv-node)
@@ -23,6 +25,7 @@
 #   A=target/release CLUSTER="--nodes 3 --w 2 --r 2" BENCH_ARGS="--w 2 --read-from leader" \
 #     CLIENTS=256 B_ARGS="--fsync never" bench/scripts/ab.sh /tmp/ab-lf
 #   A=target/release B_NODE_ARGS="--group-commit-window 2ms" CLIENTS=256 bench/scripts/ab.sh /tmp/ab-gcw
+#   SINGLE=1 A=/tmp/base/target/release B=target/release bench/scripts/ab.sh /tmp/ab-single
 #
 # OUT_DIR gets commands.txt, each run's kv-bench output (a-1/, b-1/, ...) and AB.md: ops/s,
 # p50/p99, the generator's and the servers' CPU per operation, and the servers' CPU per
@@ -34,6 +37,8 @@ A=${A:?A=DIR: the directory holding kvctl and kv-node of side A}
 B=${B:-$A}
 A_ARGS=${A_ARGS:-}
 B_ARGS=${B_ARGS:-}
+SINGLE=${SINGLE:-}
+if [ -n "$SINGLE" ]; then CLUSTER=${CLUSTER:---storage memory}; fi
 CLUSTER=${CLUSTER:---nodes 5 --mode leaderless --n 3 --r 2 --w 2}
 NODE_ARGS=${NODE_ARGS:---worker-threads 1}
 A_NODE_ARGS=${A_NODE_ARGS:-}
@@ -69,9 +74,45 @@ threads() { for p in "$@"; do for t in /proc/"$p"/task/*; do
   echo "$(tr ' ' _ < "$t/comm") $(awk '{print $14 + $15}' "$t/stat" 2>/dev/null || echo 0)"
 done; done 2>/dev/null; }
 
+single() { # single NAME DIR ARGS NODE_ARGS: one kv-node; sets CLUSTER_PID, EPS and NODES
+  local name=$1 dir=$2 args=$3 node_args=$4 data=(--data-dir "$TMP/data")
+  [[ " $CLUSTER $args $NODE_ARGS $node_args " == *" --storage memory "* ]] && data=()
+  # shellcheck disable=SC2086 # CLUSTER, ARGS and NODE_ARGS are flag lists
+  local up=("$dir/kv-node" --id ab --listen 127.0.0.1:$BASE_PORT
+            --admin-listen 127.0.0.1:$ADMIN_BASE_PORT "${data[@]}" $CLUSTER $args
+            $NODE_ARGS $node_args)
+  echo "$name: ${up[*]}" >> "$OUT/commands.txt"
+  "${up[@]}" > "$TMP/cluster.out" 2>&1 &
+  CLUSTER_PID=$!
+  for _ in $(seq 100); do
+    curl -sf "127.0.0.1:$ADMIN_BASE_PORT/readyz" >/dev/null && break
+    kill -0 "$CLUSTER_PID" 2>/dev/null || { cat "$TMP/cluster.out" >&2; exit 1; }
+    sleep 0.1
+  done
+  EPS=127.0.0.1:$BASE_PORT
+  NODES=("$CLUSTER_PID")
+}
+
 run() { # run SIDE INDEX DIR ARGS NODE_ARGS
   local side=$1 i=$2 dir=$3 args=$4 node_args=$5 name="$1-$2"
   rm -rf "$TMP/data"
+  if [ -n "$SINGLE" ]; then
+    single "$name" "$dir" "$args" "$node_args"
+  else
+    cluster "$name" "$dir" "$args" "$node_args"
+  fi
+  sleep 1 # a leader-follower cluster elects; kv-bench follows the leader from any endpoint
+  threads "${NODES[@]}" > "$TMP/before"
+  SERVERS=$CLUSTER_PID
+  # shellcheck disable=SC2086 # BENCH_ARGS is a flag list
+  bench "$name" --driver kv --endpoints "$EPS" --clients "$CLIENTS" $BENCH_ARGS
+  threads "${NODES[@]}" > "$OUT/$name.threads-after"
+  mv "$TMP/before" "$OUT/$name.threads-before"
+  stop
+}
+
+cluster() { # cluster NAME DIR ARGS NODE_ARGS: `kvctl cluster up`; sets CLUSTER_PID, EPS and NODES
+  local name=$1 dir=$2 args=$3 node_args=$4
   # shellcheck disable=SC2086 # CLUSTER, ARGS and NODE_ARGS are flag lists
   local up=("$dir/kvctl" cluster up $CLUSTER $args --base-port $BASE_PORT
             --admin-base-port $ADMIN_BASE_PORT --data-dir "$TMP/data" -- $NODE_ARGS $node_args)
@@ -79,18 +120,8 @@ run() { # run SIDE INDEX DIR ARGS NODE_ARGS
   "${up[@]}" > "$TMP/cluster.out" 2>&1 &
   CLUSTER_PID=$!
   wait_up "$TMP/cluster.out" || exit 1
-  local eps
-  eps=$(grep -o 'KV_ENDPOINTS=[^ ]*' "$TMP/cluster.out" | head -1 | cut -d= -f2)
-  local nodes
-  mapfile -t nodes < <(pgrep -P "$CLUSTER_PID")
-  sleep 1 # a leader-follower cluster elects; kv-bench follows the leader from any endpoint
-  threads "${nodes[@]}" > "$TMP/before"
-  SERVERS=$CLUSTER_PID
-  # shellcheck disable=SC2086 # BENCH_ARGS is a flag list
-  bench "$name" --driver kv --endpoints "$eps" --clients "$CLIENTS" $BENCH_ARGS
-  threads "${nodes[@]}" > "$OUT/$name.threads-after"
-  mv "$TMP/before" "$OUT/$name.threads-before"
-  stop
+  EPS=$(grep -o 'KV_ENDPOINTS=[^ ]*' "$TMP/cluster.out" | head -1 | cut -d= -f2)
+  mapfile -t NODES < <(pgrep -P "$CLUSTER_PID")
 }
 
 for i in $(seq "$PAIRS"); do
