@@ -15,8 +15,9 @@
 //! connection windows, 16 KiB frames and header lists, a 400 KiB send buffer, no limit on
 //! concurrent streams.
 
-use std::future::poll_fn;
+use std::future::{Future as _, poll_fn};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::time::Duration;
 
@@ -38,6 +39,12 @@ use tonic::metadata::MetadataMap;
 use tonic::service::Routes;
 
 use super::kv::KvService;
+
+/// How many requests a connection hands to their tasks before it lets them run, while answers
+/// are ready at once (see [`Slices`]). One in-memory node, one connection, medians of runs by
+/// hand against none: at 16 clients every 4 requests 1.65x, every 8 1.88x, every 16 1.04x (16
+/// clients never put more in a pass); at 256 clients every 8 2.29x, every 32 2.10x.
+const SLICE: u32 = 8;
 
 /// How long connections may take to close once the node stops (a health `Watch` stream,
 /// say, would hold one open for good); then they are dropped.
@@ -117,7 +124,11 @@ where
         _ = stop.wait_for(|s| *s) => return,
     };
     let mut stopping = false;
+    let mut slices = Slices::default();
     loop {
+        if slices.due() {
+            tokio::task::yield_now().await;
+        }
         let next = tokio::select! {
             next = conn.accept() => next,
             _ = stop.wait_for(|s| *s), if !stopping => {
@@ -128,7 +139,8 @@ where
         };
         match next {
             Some(Ok((req, respond))) => {
-                tokio::spawn(stream(req, respond, svc.clone()));
+                slices.accepted += 1;
+                tokio::spawn(stream(req, respond, svc.clone(), slices.quick.clone()));
             }
             Some(Err(e)) => {
                 if !e.is_go_away() && !e.is_io() {
@@ -138,6 +150,41 @@ where
             }
             None => return,
         }
+    }
+}
+
+/// When a connection lets the tasks of the requests it has read run before it reads more.
+///
+/// Without this, a connection's task reads every request in its buffer and spawns a task for
+/// each before any of them runs, and all the answers leave together: the client waits for the
+/// last answer before it has the first, and client and node take turns instead of working at
+/// once. So while answers come at once (a read of a single node, say: no replication, flush
+/// or peer to wait for), the connection lets the tasks it spawned run every [`SLICE`]
+/// requests, and their answers leave before the rest is read. Answers that wait for something
+/// else leave when it comes anyway; splitting a pass then costs a write of its own for
+/// nothing (0.90x for a leader-follower leader at 256 clients, every 32 requests).
+#[derive(Default)]
+struct Slices {
+    /// Requests of this connection answered at once (their task's first poll).
+    quick: Arc<AtomicU64>,
+    /// `quick` when it was last looked at.
+    seen: u64,
+    /// Requests read since it was last looked at.
+    accepted: u32,
+}
+
+impl Slices {
+    /// Whether to let the requests' tasks run now: [`SLICE`] requests were read, and some
+    /// answers came at once since the last look.
+    fn due(&mut self) -> bool {
+        if self.accepted < SLICE {
+            return false;
+        }
+        self.accepted = 0;
+        let now = self.quick.load(Ordering::Relaxed);
+        let due = now != self.seen;
+        self.seen = now;
+        due
     }
 }
 
@@ -170,16 +217,31 @@ impl Method {
     }
 }
 
-async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, svc: Arc<Svc>) {
+async fn stream(
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    svc: Arc<Svc>,
+    quick: Arc<AtomicU64>,
+) {
     let Some(method) = Method::of(&req) else {
         return fallback(req, respond, svc.routes.clone()).await;
     };
+    let call = unary(method, req, &svc);
+    let mut call = std::pin::pin!(call);
+    let mut waited = false;
     // A stream the client resets (its deadline passed, it went away) drops the call, as
     // hyper does.
     let answer = tokio::select! {
-        a = unary(method, req, &svc) => a,
+        a = poll_fn(|cx| {
+            let p = call.as_mut().poll(cx);
+            waited |= p.is_pending();
+            p
+        }) => a,
         _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
     };
+    if !waited {
+        quick.fetch_add(1, Ordering::Relaxed);
+    }
     let sent = match answer {
         Ok((metadata, body)) => {
             let mut head = Response::new(());
@@ -323,5 +385,207 @@ async fn copy_answer(
                 return send.send_trailers(trailers);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::Mutex;
+    use std::task::{Context, Poll};
+
+    use kv_proto::coalesce::Coalescing;
+    use kv_proto::kv::v1 as pb;
+    use tokio::io::{DuplexStream, ReadBuf};
+
+    use super::*;
+    use crate::config::{Config, StorageKind};
+    use crate::metrics::{InfoLabels, Metrics};
+    use crate::node::Node;
+    use crate::storage::MemStorage;
+
+    /// The node's side of a connection: what it wrote, and where it flushed.
+    #[derive(Default)]
+    struct Wire {
+        bytes: Vec<u8>,
+        flushes: Vec<usize>,
+    }
+
+    struct Recorder {
+        inner: DuplexStream,
+        wire: Arc<Mutex<Wire>>,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, data))?;
+            self.wire
+                .lock()
+                .expect("wire")
+                .bytes
+                .extend_from_slice(&data[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let mut w = self.wire.lock().expect("wire");
+            let at = w.bytes.len();
+            if w.flushes.last() != Some(&at) {
+                w.flushes.push(at);
+            }
+            drop(w);
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// How many DATA frames of answers each flush from `from` on carried (flushes without any
+    /// left out).
+    fn answers_per_flush(wire: &Wire, from: usize) -> Vec<usize> {
+        let mut counts = Vec::new();
+        let mut at = 0;
+        let mut segment_end = wire.flushes.iter().copied();
+        let mut end = segment_end.next();
+        let mut count = 0;
+        while at + 9 <= wire.bytes.len() {
+            let h = &wire.bytes[at..at + 9];
+            let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+            let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+            while end.is_some_and(|e| at >= e) {
+                if count > 0 {
+                    counts.push(count);
+                }
+                count = 0;
+                end = segment_end.next();
+            }
+            if at >= from && h[3] == 0 && stream != 0 {
+                count += 1;
+            }
+            at += 9 + len;
+        }
+        if count > 0 {
+            counts.push(count);
+        }
+        counts
+    }
+
+    fn memory_node() -> Arc<Svc> {
+        let settings = Config {
+            storage: Some(StorageKind::Memory),
+            ..Config::default()
+        }
+        .validate()
+        .expect("valid");
+        let metrics = Metrics::new(
+            InfoLabels {
+                id: "n1".into(),
+                mode: "single".into(),
+                quorum: "1/1/1".into(),
+                storage: "memory".into(),
+            },
+            Vec::new(),
+        );
+        Arc::new(Svc {
+            kv: KvService::new(
+                Arc::new(Node::new(settings, Arc::new(MemStorage::new()))),
+                Arc::new(metrics),
+            ),
+            routes: Routes::default(),
+            max_message: 4 << 20,
+        })
+    }
+
+    /// Sends `n` puts at once (one write of the client) and waits for every answer.
+    async fn puts(client: &mut h2::client::SendRequest<Bytes>, n: usize) {
+        let mut answers = Vec::new();
+        for i in 0..n {
+            let req = Request::post("http://node/kv.v1.Kv/Put")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .expect("request");
+            let (answer, mut body) = client.send_request(req, false).expect("stream");
+            let put = pb::PutRequest {
+                key: Bytes::from(format!("key-{i}")),
+                value: Bytes::from_static(b"value"),
+                ..Default::default()
+            };
+            body.send_data(frame::encode(&put), true).expect("data");
+            answers.push(answer);
+        }
+        for a in answers {
+            let mut body = a.await.expect("answer").into_body();
+            while body.data().await.is_some() {}
+            let trailers = body.trailers().await.expect("trailers").expect("some");
+            assert_eq!(trailers.get("grpc-status").expect("status"), "0");
+        }
+    }
+
+    /// 32 requests read in one pass, answered at once by an in-memory node: once the
+    /// connection has seen answers come at once, they leave in slices of `SLICE` as they are
+    /// ready, not all together after the last one is read.
+    #[tokio::test]
+    async fn answers_ready_at_once_leave_before_the_rest_is_read() {
+        let (client_io, node_io) = tokio::io::duplex(1 << 20);
+        let wire = Arc::new(Mutex::new(Wire::default()));
+        let node_io = Coalescing::new(Recorder {
+            inner: node_io,
+            wire: wire.clone(),
+        });
+        let (_stop, stop_rx) = watch::channel(false);
+        tokio::spawn(connection(node_io, memory_node(), stop_rx));
+        let (mut client, conn) = h2::client::handshake(client_io).await.expect("handshake");
+        tokio::spawn(conn);
+
+        // The first pass: nothing was answered yet, so nothing tells the connection to
+        // slice it.
+        puts(&mut client, 32).await;
+        let from = wire.lock().expect("wire").bytes.len();
+        let first = answers_per_flush(&wire.lock().expect("wire"), 0);
+        assert_eq!(first, [32], "the first pass's answers leave together");
+        // The second: its answers leave as each slice of them is done.
+        puts(&mut client, 32).await;
+        let second = answers_per_flush(&wire.lock().expect("wire"), from);
+        assert_eq!(second.iter().sum::<usize>(), 32);
+        assert!(
+            second.len() >= 32 / SLICE as usize && second.iter().all(|&n| n <= SLICE as usize),
+            "answers per flush: {second:?}"
+        );
+    }
+
+    #[test]
+    fn a_connection_slices_only_while_answers_come_at_once() {
+        let mut s = Slices {
+            accepted: SLICE - 1,
+            ..Slices::default()
+        };
+        assert!(!s.due(), "fewer than SLICE requests read");
+        s.accepted = SLICE;
+        assert!(!s.due(), "no answer came at once");
+        assert_eq!(s.accepted, 0);
+        s.quick.fetch_add(3, Ordering::Relaxed);
+        s.accepted = SLICE;
+        assert!(s.due());
+        // Nothing answered at once since: the next SLICE requests are read on.
+        s.accepted = SLICE;
+        assert!(!s.due());
     }
 }
