@@ -400,9 +400,6 @@ mod tests {
     use tokio::io::{DuplexStream, ReadBuf};
 
     use super::*;
-    use crate::config::{Config, StorageKind};
-    use crate::metrics::{InfoLabels, Metrics};
-    use crate::node::Node;
     use crate::storage::MemStorage;
 
     /// The node's side of a connection: what it wrote, and where it flushed.
@@ -488,26 +485,8 @@ mod tests {
     }
 
     fn memory_node() -> Arc<Svc> {
-        let settings = Config {
-            storage: Some(StorageKind::Memory),
-            ..Config::default()
-        }
-        .validate()
-        .expect("valid");
-        let metrics = Metrics::new(
-            InfoLabels {
-                id: "n1".into(),
-                mode: "single".into(),
-                quorum: "1/1/1".into(),
-                storage: "memory".into(),
-            },
-            Vec::new(),
-        );
         Arc::new(Svc {
-            kv: KvService::new(
-                Arc::new(Node::new(settings, Arc::new(MemStorage::new()))),
-                Arc::new(metrics),
-            ),
+            kv: crate::server::kv::memory_service(Arc::new(MemStorage::new())),
             routes: Routes::default(),
             max_message: 4 << 20,
         })

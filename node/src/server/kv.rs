@@ -231,13 +231,36 @@ impl pb::kv_server::Kv for KvService {
     }
 }
 
+/// The service of one node that keeps its data in `storage`, for tests.
+#[cfg(test)]
+pub(crate) fn memory_service(storage: Arc<crate::storage::MemStorage>) -> KvService {
+    use crate::config::{Config, StorageKind};
+    use crate::metrics::InfoLabels;
+    let settings = Config {
+        storage: Some(StorageKind::Memory),
+        ..Config::default()
+    }
+    .validate()
+    .expect("valid");
+    KvService::new(
+        Arc::new(Node::new(settings, storage)),
+        Arc::new(Metrics::new(
+            InfoLabels {
+                id: "n1".into(),
+                mode: "single".into(),
+                quorum: "1/1/1".into(),
+                storage: "memory".into(),
+            },
+            Vec::new(),
+        )),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message as _;
 
     use super::*;
-    use crate::config::{Config, StorageKind};
-    use crate::metrics::InfoLabels;
     use crate::storage::{MemStorage, Storage};
 
     /// Whether `b` points into `buf`'s memory.
@@ -250,25 +273,8 @@ mod tests {
     /// not be, or every stored value pins a buffer (a leader grew 35 MB/s under load).
     #[tokio::test]
     async fn stored_keys_and_values_do_not_pin_the_request_buffer() {
-        let settings = Config {
-            storage: Some(StorageKind::Memory),
-            ..Config::default()
-        }
-        .validate()
-        .expect("valid");
         let storage = Arc::new(MemStorage::new());
-        let svc = KvService::new(
-            Arc::new(Node::new(settings, storage.clone())),
-            Arc::new(Metrics::new(
-                InfoLabels {
-                    id: "n1".into(),
-                    mode: "single".into(),
-                    quorum: "1/1/1".into(),
-                    storage: "memory".into(),
-                },
-                Vec::new(),
-            )),
-        );
+        let svc = memory_service(storage.clone());
         let put = pb::PutRequest {
             key: bytes::Bytes::from_static(b"key"),
             value: bytes::Bytes::from_static(b"value"),
