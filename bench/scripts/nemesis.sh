@@ -33,7 +33,8 @@
 #
 # Defaults: 60 s, seed 1, `--mode leader-follower --n NODES --w <majority>`; MIX=read=40,write=40,delete=20
 # (environment) replaces the operation mix; KEYS=K (environment, default 20) the number of keys
-# (more keys: the audit checks the last write of more of them). DIST=D (environment, default
+# (more keys: the audit checks the last write of more of them). CLIENTS=C (environment,
+# default 8) the number of clients: more than 32 makes a leader answer a commit in slices. DIST=D (environment, default
 # zipfian) kv-bench's key distribution: with `latest` and many keys (KEYS=1000000) writes go
 # to keys drawn uniformly, so that about nine in ten writes are the last of their key and the audit
 # checks each of those at its exact version, and reads go to the keys written last. SKEW=MS (environment; leaderless) sets each node's
@@ -77,6 +78,8 @@ NODES=${NODES:-5}
 [[ $SEED =~ ^[0-9]+$ ]] || { echo "SEED must be a whole number: $SEED" >&2; exit 2; }
 [[ ${KEYS:-20} =~ ^[1-9][0-9]*$ ]] || { echo "KEYS must be a whole number, at least 1: $KEYS" >&2; exit 2; }
 DIST=${DIST:-zipfian}
+CLIENTS=${CLIENTS:-8}
+[[ $CLIENTS =~ ^[1-9][0-9]*$ ]] || { echo "CLIENTS must be a whole number, at least 1: $CLIENTS" >&2; exit 2; }
 [[ $DIST =~ ^[a-z-]+(:[0-9.:]+)?$ ]] || { echo "DIST must be a kv-bench --dist: $DIST" >&2; exit 2; }
 
 POWER=${POWER:-0}
@@ -140,7 +143,7 @@ if [ -z "${MIX:-}" ]; then
   MIX=read=40,write=40,cas=20
   [[ " ${CLUSTER[*]} " == *" leaderless "* ]] && MIX=read=50,write=50
 fi
-RUN=("$BIN/kv-bench" run --endpoints "$EPS" --clients 8 --duration "${SECS}s" --warmup 0s --keys "${KEYS:-20}"
+RUN=("$BIN/kv-bench" run --endpoints "$EPS" --clients "$CLIENTS" --duration "${SECS}s" --warmup 0s --keys "${KEYS:-20}"
      --dist "$DIST" --mix "$MIX" --timeout 1s --history "$OUT/history.jsonl" --out "$OUT/bench")
 echo "${RUN[*]}" >> "$OUT/commands.txt"
 "${RUN[@]}" > "$OUT/bench.out" 2> "$OUT/bench.err" &

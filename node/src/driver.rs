@@ -131,8 +131,9 @@ async fn send_in_slices<T>(replies: &mut Vec<T>, mut send: impl FnMut(T)) -> Dur
     waited
 }
 
-/// Answers collected over one pass of the driver loop, sent together at its end (after the
-/// pass's log records are queued), so that the requests they wake run after the driver yields.
+/// Answers collected over one pass of the driver loop, sent at its end (after the pass's log
+/// records are queued; in slices, [`send_in_slices`]), so that the requests they wake run after
+/// the driver yields.
 struct Outbox {
     replies: Vec<Reply>,
 }
