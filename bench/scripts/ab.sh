@@ -84,11 +84,13 @@ single() { # single NAME DIR ARGS NODE_ARGS: one kv-node; sets CLUSTER_PID, EPS 
   echo "$name: ${up[*]}" >> "$OUT/commands.txt"
   "${up[@]}" > "$TMP/cluster.out" 2>&1 &
   CLUSTER_PID=$!
+  local ready=
   for _ in $(seq 100); do
-    curl -sf "127.0.0.1:$ADMIN_BASE_PORT/readyz" >/dev/null && break
+    curl -sf "127.0.0.1:$ADMIN_BASE_PORT/readyz" >/dev/null && { ready=1; break; }
     kill -0 "$CLUSTER_PID" 2>/dev/null || { cat "$TMP/cluster.out" >&2; exit 1; }
     sleep 0.1
   done
+  [ -n "$ready" ] || { echo "ab.sh: $name: kv-node not ready within 10 s" >&2; cat "$TMP/cluster.out" >&2; exit 1; }
   EPS=127.0.0.1:$BASE_PORT
   NODES=("$CLUSTER_PID")
 }
