@@ -103,37 +103,13 @@ impl Reply {
     }
 }
 
-/// How many answers a driver hands out before it lets the requests they woke run (see
-/// [`send_in_slices`]). 16 and 64 did the same as 32 (`bench/results/ab/README.md`).
+/// How many answers the driver hands out before it lets the requests they woke run (see
+/// [`Outbox::deliver_in_slices`]). 16 and 64 did the same as 32 (`bench/results/ab/README.md`).
 const REPLY_SLICE: usize = 32;
 
-/// Sends `replies` with `send`, [`REPLY_SLICE`] at a time, letting the node's other tasks run
-/// between slices; returns how long it waited for them.
-///
-/// A commit can answer hundreds of requests at once (256 clients on a leader). Woken all at
-/// once, each request's task encodes its answer before the connection's task, woken by the
-/// first of them, gets to write any: the client gets none until the node has encoded the last,
-/// and waits meanwhile. Handed out in slices, the first answers leave while the node encodes
-/// the next, and the client works on them at the same time (leader-follower at 256 clients on
-/// one connection: 1.36x in alternating runs). `replies` keeps its room for the next pass.
-async fn send_in_slices<T>(replies: &mut Vec<T>, mut send: impl FnMut(T)) -> Duration {
-    let mut waited = Duration::ZERO;
-    let mut all = std::mem::take(replies);
-    for (i, r) in all.drain(..).enumerate() {
-        if i > 0 && i % REPLY_SLICE == 0 {
-            let yielded = Instant::now();
-            tokio::task::yield_now().await;
-            waited += yielded.elapsed();
-        }
-        send(r);
-    }
-    *replies = all;
-    waited
-}
-
 /// Answers collected over one pass of the driver loop, sent at its end (after the pass's log
-/// records are queued; in slices, [`send_in_slices`]), so that the requests they wake run after
-/// the driver yields.
+/// records are queued; in slices, [`Outbox::deliver_in_slices`]), so that the requests they wake
+/// run after the driver yields.
 struct Outbox {
     replies: Vec<Reply>,
 }
@@ -147,10 +123,28 @@ impl Outbox {
         self.replies.drain(..).for_each(Reply::send);
     }
 
-    /// Sends the answers in slices ([`send_in_slices`]); returns how long it waited for the
-    /// node's other tasks.
+    /// Sends the answers [`REPLY_SLICE`] at a time, letting the node's other tasks run between
+    /// slices; returns how long it waited for them.
+    ///
+    /// A commit can answer hundreds of requests at once (256 clients on a leader). Woken all at
+    /// once, each request's task encodes its answer before the connection's task, woken by the
+    /// first of them, gets to write any: the client gets none until the node has encoded the
+    /// last, and waits meanwhile. Handed out in slices, the first answers leave while the node
+    /// encodes the next, and the client works on them at the same time (leader-follower at 256
+    /// clients on one connection: 1.36x in alternating runs).
     async fn deliver_in_slices(&mut self) -> Duration {
-        send_in_slices(&mut self.replies, Reply::send).await
+        let mut waited = Duration::ZERO;
+        let mut replies = std::mem::take(&mut self.replies);
+        for (i, r) in replies.drain(..).enumerate() {
+            if i > 0 && i % REPLY_SLICE == 0 {
+                let yielded = Instant::now();
+                tokio::task::yield_now().await;
+                waited += yielded.elapsed();
+            }
+            r.send();
+        }
+        self.replies = replies; // its room, for the next pass
+        waited
     }
 }
 

@@ -774,7 +774,6 @@ fn peer_clock(hlc: u64) -> Msg {
 fn a_node_started_holds_its_first_writes_until_it_hears_a_peer_clock() {
     let (members, mut node, mut store, opts) = lone_node_unheard(3, |_| {});
     let key = key_coordinated_by(&node, &members[0]);
-    let writes = write_epochs;
     let now = 1_000_000;
     node.put(
         &mut store,
@@ -785,7 +784,7 @@ fn a_node_started_holds_its_first_writes_until_it_hears_a_peer_clock() {
         opts,
     );
     let asked = node.settled_actions();
-    assert!(writes(&asked).is_empty(), "held: {asked:?}");
+    assert!(write_epochs(&asked).is_empty(), "held: {asked:?}");
     let mut probed: Vec<NodeId> = asked
         .iter()
         .filter_map(|a| match a {
@@ -802,7 +801,7 @@ fn a_node_started_holds_its_first_writes_until_it_hears_a_peer_clock() {
     // A peer's clock 5 s ahead of this node's.
     let theirs = (now + 5_000) << 16;
     node.step(&mut store, now + 1, &members[2], peer_clock(theirs));
-    let sent = writes(&node.settled_actions());
+    let sent = write_epochs(&node.settled_actions());
     assert_eq!(sent.len(), 2, "released to both other replicas: {sent:?}");
     assert!(
         sent.iter().all(|&e| e > theirs),
@@ -817,7 +816,7 @@ fn a_node_started_holds_its_first_writes_until_it_hears_a_peer_clock() {
         Some(Bytes::from("b")),
         opts,
     );
-    assert_eq!(writes(&node.settled_actions()).len(), 2);
+    assert_eq!(write_epochs(&node.settled_actions()).len(), 2);
 
     // No peer answers: it coordinates with its own clock after `hint_after`.
     let (_, mut alone, mut store, opts) = lone_node_unheard(3, |c| c.hint_after_ms = 200);
@@ -829,11 +828,14 @@ fn a_node_started_holds_its_first_writes_until_it_hears_a_peer_clock() {
         Some(Bytes::from("a")),
         opts,
     );
-    assert!(writes(&alone.settled_actions()).is_empty());
+    assert!(write_epochs(&alone.settled_actions()).is_empty());
     alone.tick(&mut store, now + 199);
-    assert!(writes(&alone.settled_actions()).is_empty(), "still held");
+    assert!(
+        write_epochs(&alone.settled_actions()).is_empty(),
+        "still held"
+    );
     alone.tick(&mut store, now + 200);
-    let sent = writes(&alone.settled_actions());
+    let sent = write_epochs(&alone.settled_actions());
     assert_eq!(sent.len(), 2, "{sent:?}");
     assert_eq!(kv_replica::leaderless::physical_ms(sent[0]), now + 200);
 }
