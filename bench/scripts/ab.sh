@@ -17,6 +17,8 @@
 #   BENCH_ARGS  more kv-bench flags (e.g. "--w 2 --read-from leader" for leader-follower)
 #   SINGLE=1    one kv-node instead of a cluster (issue #2's benchmark): CLUSTER, A_ARGS and
 #               B_ARGS are then kv-node flags too (default CLUSTER: --storage memory)
+#   FSYNC_DELAY=US  every node's fsync and fdatasync held US µs longer (strace; 4000 for the
+#               4 ms fsync the issues assume; see common.sh)
 #
 # Examples (README, Benchmarks):
 #   git worktree add /tmp/base HEAD~1 && (cd /tmp/base && cargo build --release -p kv-node)
@@ -60,14 +62,19 @@ mkdir -p "$OUT"
 : > "$OUT/commands.txt"
 TMP=$(mktemp -d)
 CLUSTER_PID=
-stop() {
+stop() { # SIGTERM (kvctl passes it on to its nodes; strace, to what it started), then waits
   [ -n "$CLUSTER_PID" ] || return 0
-  kill -INT "$CLUSTER_PID" 2>/dev/null || true
-  for _ in $(seq 150); do kill -0 "$CLUSTER_PID" 2>/dev/null || break; sleep 0.2; done
+  local all=("$CLUSTER_PID" $(descendants "$CLUSTER_PID")) p
+  kill -TERM "$CLUSTER_PID" 2>/dev/null || true
+  for p in "${all[@]}"; do for _ in $(seq 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done; done
   CLUSTER_PID=
 }
 trap 'stop; rm -rf "$TMP"' EXIT
 source bench/scripts/common.sh # bench: the workload every script runs
+delay_fsync # WRAP: strace, with FSYNC_DELAY
+
+# started: the process that WRAP (strace) started for CLUSTER_PID, or CLUSTER_PID itself
+started() { if [ ${#WRAP[@]} -gt 0 ]; then pgrep -P "$CLUSTER_PID"; else echo "$CLUSTER_PID"; fi; }
 
 # threads PIDS...: "comm cpu_ticks" per thread of the given processes
 threads() { for p in "$@"; do for t in /proc/"$p"/task/*; do
@@ -81,8 +88,8 @@ single() { # single NAME DIR ARGS NODE_ARGS: one kv-node; sets CLUSTER_PID, EPS 
   local up=("$dir/kv-node" --id ab --listen 127.0.0.1:$BASE_PORT
             --admin-listen 127.0.0.1:$ADMIN_BASE_PORT "${data[@]}" $CLUSTER $args
             $NODE_ARGS $node_args)
-  echo "$name: ${up[*]}" >> "$OUT/commands.txt"
-  "${up[@]}" > "$TMP/cluster.out" 2>&1 &
+  echo "$name: ${WRAP[*]} ${up[*]}" >> "$OUT/commands.txt"
+  "${WRAP[@]}" "${up[@]}" > "$TMP/cluster.out" 2>&1 &
   CLUSTER_PID=$!
   local ready=
   for _ in $(seq 100); do
@@ -92,7 +99,7 @@ single() { # single NAME DIR ARGS NODE_ARGS: one kv-node; sets CLUSTER_PID, EPS 
   done
   [ -n "$ready" ] || { echo "ab.sh: $name: kv-node not ready within 10 s" >&2; cat "$TMP/cluster.out" >&2; exit 1; }
   EPS=127.0.0.1:$BASE_PORT
-  NODES=("$CLUSTER_PID")
+  mapfile -t NODES < <(started)
 }
 
 run() { # run SIDE INDEX DIR ARGS NODE_ARGS
@@ -118,12 +125,12 @@ cluster() { # cluster NAME DIR ARGS NODE_ARGS: `kvctl cluster up`; sets CLUSTER_
   # shellcheck disable=SC2086 # CLUSTER, ARGS and NODE_ARGS are flag lists
   local up=("$dir/kvctl" cluster up $CLUSTER $args --base-port $BASE_PORT
             --admin-base-port $ADMIN_BASE_PORT --data-dir "$TMP/data" -- $NODE_ARGS $node_args)
-  echo "$name: ${up[*]}" >> "$OUT/commands.txt"
-  "${up[@]}" > "$TMP/cluster.out" 2>&1 &
+  echo "$name: ${WRAP[*]} ${up[*]}" >> "$OUT/commands.txt"
+  "${WRAP[@]}" "${up[@]}" > "$TMP/cluster.out" 2>&1 &
   CLUSTER_PID=$!
   wait_up "$TMP/cluster.out" || exit 1
   EPS=$(grep -o 'KV_ENDPOINTS=[^ ]*' "$TMP/cluster.out" | head -1 | cut -d= -f2)
-  mapfile -t NODES < <(pgrep -P "$CLUSTER_PID")
+  mapfile -t NODES < <(pgrep -P "$(started)")
 }
 
 for i in $(seq "$PAIRS"); do

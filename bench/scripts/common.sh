@@ -1,6 +1,24 @@
 # Shared by the benchmark scripts. Source it after setting OUT, DUR and WARM; then
 # `prepare_run` sets BIN, TMP and PIDS (or set them yourself).
 
+# FSYNC_DELAY=US, if set: every server that start_etcd, cluster_up and start_node start runs
+# under strace, which holds each of its fsync and fdatasync calls US microseconds
+# after the disk has answered: a disk whose flush takes US µs longer (4000: the 4 ms fsync the
+# issues assume), with no limit on how many flushes are under way at once. Only those two
+# calls stop the server (seccomp-bpf), so the rest runs at full speed; etcd, a Go binary that
+# makes its system calls without libc, is held the same way as quorumkv. strace (Debian:
+# strace) is a child of the script, each server a child of its strace (`-I 2`: a signal to
+# strace reaches the server, as it would without it): CPU accounting by pid takes in strace's
+# share (a few µs per flush).
+delay_fsync() {
+  [ -n "${FSYNC_DELAY:-}" ] || return 0
+  [[ $FSYNC_DELAY =~ ^[0-9]+$ ]] || { echo "FSYNC_DELAY is microseconds, a whole number: $FSYNC_DELAY" >&2; exit 2; }
+  command -v strace >/dev/null || { echo "FSYNC_DELAY needs strace (Debian package: strace)" >&2; exit 1; }
+  WRAP=(strace -I 2 -f -qq --seccomp-bpf -o /dev/null -e trace=fsync,fdatasync
+        -e "inject=fsync,fdatasync:delay_exit=$FSYNC_DELAY")
+}
+WRAP=()
+
 # prepare_run TOOL...: fails with the Debian packages to install unless every TOOL is on the
 # PATH; builds kv-node and kv-bench; sets BIN; makes $OUT with an empty commands.txt; sets
 # TMP (a new temporary directory) and PIDS (empty: the servers a script starts go there).
@@ -12,6 +30,7 @@ prepare_run() {
       exit 1
     }
   done
+  delay_fsync
   cargo build --release -q -p kv-node -p kv-bench
   BIN=target/release
   mkdir -p "$OUT"
@@ -19,6 +38,19 @@ prepare_run() {
   TMP=$(mktemp -d)
   PIDS=()
 }
+
+# stop_servers: stops every server in PIDS (SIGTERM) and waits, up to 10 s each, until they and
+# their descendants (the nodes of a cluster; a server under FSYNC_DELAY's strace, which exits
+# before its server does) have exited, so that the next server finds its ports free. Empties
+# PIDS.
+stop_servers() {
+  local all=() p _
+  for p in "${PIDS[@]}"; do all+=("$p" $(descendants "$p")); done
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${all[@]}"; do for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done; done
+  PIDS=()
+}
+descendants() { local c; for c in $(pgrep -P "$1"); do echo "$c"; descendants "$c"; done; }
 
 # bench NAME ARGS...: one kv-bench run of the common workload into $OUT/NAME, logged in
 # $OUT/commands.txt (10k keys, 100 B values, zipfian, 50/50 get/put). With SERVERS set (pids,
@@ -52,7 +84,7 @@ bins_or_build() {
 # is up. Its pid goes to PIDS, and to SERVERS and LAST (for bench and the caller).
 cluster_up() {
   local name=$1; shift
-  local cmd=("$BIN/kvctl" cluster up --fsync batch --data-dir "$TMP/$name" "$@")
+  local cmd=("${WRAP[@]}" "$BIN/kvctl" cluster up --fsync batch --data-dir "$TMP/$name" "$@")
   echo "${cmd[*]}" >> "$OUT/commands.txt"
   "${cmd[@]}" > "$TMP/$name.out" 2>&1 &
   PIDS+=($!)
@@ -74,7 +106,7 @@ print([n["addr"] for n in json.load(sys.stdin)["nodes"] if n["role"] == "leader"
 start_etcd() {
   local cluster="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
   for i in 1 2 3; do
-    local cmd=(etcd --name e$i --data-dir "$TMP/e$i" --listen-client-urls http://127.0.0.1:2379$i
+    local cmd=("${WRAP[@]}" etcd --name e$i --data-dir "$TMP/e$i" --listen-client-urls http://127.0.0.1:2379$i
          --advertise-client-urls http://127.0.0.1:2379$i --listen-peer-urls http://127.0.0.1:2380$i
          --initial-advertise-peer-urls http://127.0.0.1:2380$i --initial-cluster "$cluster"
          --initial-cluster-state new --log-level error)
@@ -106,7 +138,7 @@ connections_flag() {
 # that cannot listen exits within milliseconds). Its pid goes to PIDS and SERVERS.
 start_node() {
   local name=$1 addr=$2 admin=$3; shift 3
-  local cmd=("$BIN/kv-node" --id "$name" --listen "$addr" --admin-listen "$admin" --worker-threads 1 "$@")
+  local cmd=("${WRAP[@]}" "$BIN/kv-node" --id "$name" --listen "$addr" --admin-listen "$admin" --worker-threads 1 "$@")
   echo "${cmd[*]}" >> "$OUT/commands.txt"
   "${cmd[@]}" > "$TMP/$name.out" 2>&1 &
   PIDS+=($!)

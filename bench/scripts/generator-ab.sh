@@ -31,7 +31,7 @@ DUR=${DUR:-10s}
 WARM=${WARM:-2s}
 source bench/scripts/common.sh
 prepare_run etcd etcdctl redis-server python3 curl
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; rm -rf "$TMP"; }
+cleanup() { stop_servers; rm -rf "$TMP"; }
 trap cleanup EXIT
 
 # alternate SYSTEM ARGS...: PAIRS rounds of A then B at 16 and 256 clients.
@@ -53,7 +53,6 @@ alternate() {
     done
   done
 }
-stop_servers() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 1; }
 
 # SYSTEMS: which of them to run (default all); a run into an OUT that holds others' results
 # summarizes those too.

@@ -20,7 +20,7 @@ DUR=${DUR:-20s}
 WARM=${WARM:-2s}
 source bench/scripts/common.sh
 prepare_run etcd etcdctl python3 curl
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; rm -rf "$TMP"; }
+cleanup() { stop_servers; rm -rf "$TMP"; }
 trap cleanup EXIT
 
 # --- etcd 3.4, three members ---
@@ -31,7 +31,7 @@ bench etcd-256 --driver etcd --endpoints "$LEADER" --clients 256
 # One connection per client instead of one per endpoint (the default).
 bench etcd-16-conn16 --driver etcd --endpoints "$LEADER" --clients 16 --connections 16
 bench etcd-256-conn4 --driver etcd --endpoints "$LEADER" --clients 256 --connections 4
-for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 1
+stop_servers
 
 # --- quorumkv, three nodes ---
 # One request thread per node, as in leaderless.sh: three nodes share two cores with the load
@@ -45,7 +45,7 @@ bench kv-16 --driver kv --endpoints "$LEADER" --clients 16 --w 2 --read-from lea
 bench kv-256 --driver kv --endpoints "$LEADER" --clients 256 --w 2 --read-from leader
 bench kv-16-conn16 --driver kv --endpoints "$LEADER" --clients 16 --w 2 --read-from leader --connections 16
 bench kv-256-conn4 --driver kv --endpoints "$LEADER" --clients 256 --w 2 --read-from leader --connections 4
-for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 1
+stop_servers
 
 # --- the same at 256 clients with a 2 ms group commit window (kv-node --group-commit-window):
 # fewer fsyncs and less CPU per write under many writers; it costs 16 clients 13% (README,
@@ -53,7 +53,7 @@ for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 1
 cluster_up kv-gcw --nodes 3 --w 2 --r 2 --base-port 7401 --admin-base-port 9401 -- --worker-threads 1 --group-commit-window 2ms
 LEADER=$(kv_leader $KV_EPS)
 bench kv-256-gcw2ms --driver kv --endpoints "$LEADER" --clients 256 --w 2 --read-from leader
-for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 1
+stop_servers
 
 # --- the ceiling: one quorumkv node in memory (no replication, no fsync), same client ---
 # What the gRPC server and this client reach on this machine with nothing replicated: a

@@ -18,8 +18,7 @@ DUR=${DUR:-20s}
 WARM=${WARM:-2s}
 source bench/scripts/common.sh
 prepare_run etcd etcdctl redis-server python3
-stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 2; }
-cleanup() { stop_all; rm -rf "$TMP"; }
+cleanup() { stop_servers; rm -rf "$TMP"; }
 trap cleanup EXIT
 
 # --- etcd 3.4, three members ---
@@ -27,7 +26,7 @@ start_etcd
 LEADER=$ETCD_LEADER
 bench etcd-16 --driver etcd --endpoints "$LEADER" --clients 16
 bench etcd-256 --driver etcd --endpoints "$LEADER" --clients 256
-stop_all
+stop_servers
 
 # --- quorumkv leaderless: 5 nodes, N=3 R=2 W=2 ---
 KV_EPS=127.0.0.1:7501,127.0.0.1:7502,127.0.0.1:7503,127.0.0.1:7504,127.0.0.1:7505
@@ -41,33 +40,33 @@ up() { # up NAME EXTRA_CLUSTER_ARGS... [-- NODE_ARGS...]
 up kv
 bench kv-16 --driver kv --endpoints "$KV_EPS" --clients 16
 bench kv-256 --driver kv --endpoints "$KV_EPS" --clients 256
-stop_all
+stop_servers
 # Reads ask R replicas, not all N (Cassandra's way).
 up kv-fanq -- --read-fanout quorum
 bench kv-fanq-16 --driver kv --endpoints "$KV_EPS" --clients 16
 bench kv-fanq-256 --driver kv --endpoints "$KV_EPS" --clients 256
-stop_all
+stop_servers
 up kv-lossy
 # Read repair: one replica loses 10% of what is sent to it, so reads keep finding it stale.
 "$BIN/kvctl" --endpoints "$KV_EPS" fault drop n5 0.1 >/dev/null
 echo "kvctl fault drop n5 0.1" >> "$OUT/commands.txt"
 bench kv-lossy-async-16 --driver kv --endpoints "$KV_EPS" --clients 16
-stop_all
+stop_servers
 up kv-blocking -- --read-repair blocking
 "$BIN/kvctl" --endpoints "$KV_EPS" fault drop n5 0.1 >/dev/null
 echo "kvctl fault drop n5 0.1" >> "$OUT/commands.txt"
 bench kv-lossy-blocking-16 --driver kv --endpoints "$KV_EPS" --clients 16
-stop_all
+stop_servers
 
 # --- in memory: quorumkv (5 nodes, 3 copies of each key) beside one Redis ---
 up kv-mem --memory
 bench kv-mem-16 --driver kv --endpoints "$KV_EPS" --clients 16
 bench kv-mem-256 --driver kv --endpoints "$KV_EPS" --clients 256
-stop_all
+stop_servers
 start_redis || exit 1
 bench redis-16 --driver redis --endpoints 127.0.0.1:6399 --clients 16
 bench redis-256 --driver redis --endpoints 127.0.0.1:6399 --clients 256
-stop_all
+stop_servers
 
 python3 - "$OUT" <<'PY'
 import json, os, sys

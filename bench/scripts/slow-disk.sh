@@ -26,9 +26,8 @@ CG=/sys/fs/cgroup/blkio/quorumkv-slow-disk
 [ -d /sys/fs/cgroup/blkio ] || { echo "needs cgroup v1 blkio at /sys/fs/cgroup/blkio (this machine: $(stat -fc %T /sys/fs/cgroup))" >&2; exit 1; }
 source bench/scripts/common.sh
 prepare_run etcd etcdctl python3 findmnt lsblk
-stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; PIDS=(); sleep 2; }
 cleanup() {
-  stop_all; rm -rf "$TMP"
+  stop_servers; rm -rf "$TMP"
   echo $$ > /sys/fs/cgroup/blkio/cgroup.procs 2>/dev/null || true
   rmdir "$CG" 2>/dev/null || true
 }
@@ -60,7 +59,7 @@ flush_stats() { # flush_stats FILE ADMIN_PORTS...: the nodes' flush counters so 
 start_etcd
 bench etcd-16 --driver etcd --endpoints "$ETCD_LEADER" --clients 16
 bench etcd-256 --driver etcd --endpoints "$ETCD_LEADER" --clients 256
-stop_all
+stop_servers
 
 cluster_up lf --nodes 3 --w 2 --r 2 --base-port 7401 --admin-base-port 9401 -- --worker-threads 1
 LEADER=$(kv_leader 127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403)
@@ -70,7 +69,7 @@ for c in 16 256; do
   flush_stats "$OUT/kv-lf-$c/fsync.txt" 9401 9402 9403
   mv "$TMP/before" "$OUT/kv-lf-$c/fsync-before.txt"
 done
-stop_all
+stop_servers
 
 cluster_up ll --nodes 5 --mode leaderless --n 3 --r 2 --w 2 --base-port 7501 --admin-base-port 9501 -- --worker-threads 1
 for c in 16 256; do
@@ -79,7 +78,7 @@ for c in 16 256; do
   flush_stats "$OUT/kv-ll-$c/fsync.txt" 9501 9502 9503 9504 9505
   mv "$TMP/before" "$OUT/kv-ll-$c/fsync-before.txt"
 done
-stop_all
+stop_servers
 
 python3 - "$OUT" "$WIOPS" <<'PY'
 import json, os, re, sys
