@@ -1723,22 +1723,22 @@ mod tests {
         );
     }
 
-    /// With fewer client requests in flight than `--proposal-window-requests`, every write is
-    /// proposed as it comes; with as many, the writes that come within a window of the last
-    /// proposal wait for the window to end and are then proposed together, in the order they
-    /// came, and none overtakes one held.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_proposal_window_holds_writes_only_while_many_requests_are_in_flight() {
-        let dir = tempfile::tempdir().expect("tempdir");
+    /// A single node's driver, not yet started, whose proposal window of `window` engages at 4
+    /// requests in flight; with its gauge of requests in flight and its count of held writes.
+    fn single_windowed(
+        dir: &std::path::Path,
+        window: Duration,
+    ) -> (
+        Built,
+        prometheus_client::metrics::gauge::Gauge,
+        prometheus_client::metrics::counter::Counter,
+    ) {
         let in_flight = prometheus_client::metrics::gauge::Gauge::default();
         let held = prometheus_client::metrics::counter::Counter::default();
-        // Long, so that a slow fsync of the first write (a loaded machine) still leaves the
-        // twenty after it inside its window.
-        let window = Duration::from_secs(1);
-        let driver = windowed_driver(
+        let built = windowed_build(
             "n1",
             &[("n1", "127.0.0.1:1".into())],
-            dir.path(),
+            dir,
             Some(ProposalWindow {
                 window,
                 requests: 4,
@@ -1746,18 +1746,40 @@ mod tests {
                 held: held.clone(),
             }),
         );
-        let put = |i: usize| Command::Put {
+        (built, in_flight, held)
+    }
+
+    fn put(i: usize) -> Command {
+        Command::Put {
             key: Bytes::from(format!("k{i}")),
             value: Bytes::from_static(b"v"),
-        };
-        // A single node elects itself; the first write waits for that.
+        }
+    }
+
+    /// The version counter of a single node's first write, made once it has elected itself.
+    async fn first_write(driver: &DriverHandle) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut first = driver.propose(put(0), 1).await;
         while first.is_err() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
             first = driver.propose(put(0), 1).await;
         }
-        let mut last = first.expect("a leader").version.counter;
+        first.expect("a leader").version.counter
+    }
+
+    /// With fewer client requests in flight than `--proposal-window-requests`, every write is
+    /// proposed as it comes; with as many, the writes that come within a window of the last
+    /// proposal wait for the window to end and are then proposed together, in the order they
+    /// came, and none overtakes one held.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_proposal_window_holds_writes_only_while_many_requests_are_in_flight() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Long, so that a slow fsync of the first write (a loaded machine) still leaves the
+        // twenty after it inside its window.
+        let window = Duration::from_secs(1);
+        let (built, in_flight, held) = single_windowed(dir.path(), window);
+        let driver = built.spawn().expect("driver");
+        let mut last = first_write(&driver).await;
         // Few requests in flight: one write after another, none held.
         in_flight.set(3);
         for i in 1..=5 {
@@ -1808,20 +1830,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_proposal_window_holds_nothing_while_the_log_flushes_slower_than_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let in_flight = prometheus_client::metrics::gauge::Gauge::default();
-        let held = prometheus_client::metrics::counter::Counter::default();
-        let window = Duration::from_secs(1);
-        let built = windowed_build(
-            "n1",
-            &[("n1", "127.0.0.1:1".into())],
-            dir.path(),
-            Some(ProposalWindow {
-                window,
-                requests: 4,
-                in_flight: in_flight.clone(),
-                held: held.clone(),
-            }),
-        );
+        let (built, in_flight, held) = single_windowed(dir.path(), Duration::from_secs(1));
         // Flushes of 1000 s lately: the real ones of this test (fast) take the average down by
         // an eighth each, far from below the window within it.
         built
@@ -1830,17 +1839,7 @@ mod tests {
             .0
             .store(1_000_000_000, Ordering::Relaxed);
         let driver = built.spawn().expect("driver");
-        let put = |i: usize| Command::Put {
-            key: Bytes::from(format!("k{i}")),
-            value: Bytes::from_static(b"v"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut first = driver.propose(put(0), 1).await;
-        while first.is_err() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            first = driver.propose(put(0), 1).await;
-        }
-        first.expect("a leader");
+        first_write(&driver).await;
         in_flight.set(4);
         for i in 1..=20 {
             driver.propose(put(i), 1).await.expect("write");
@@ -1874,22 +1873,12 @@ mod tests {
 
     /// A driver for `me` among `members` (id, address), its log in `dir`.
     fn durable_driver(me: &str, members: &[(&str, String)], dir: &std::path::Path) -> DriverHandle {
-        windowed_driver(me, members, dir, None)
-    }
-
-    /// The same, with a proposal window.
-    fn windowed_driver(
-        me: &str,
-        members: &[(&str, String)],
-        dir: &std::path::Path,
-        window: Option<ProposalWindow>,
-    ) -> DriverHandle {
-        windowed_build(me, members, dir, window)
+        windowed_build(me, members, dir, None)
             .spawn()
             .expect("driver")
     }
 
-    /// [`windowed_driver`], not yet started.
+    /// The same with a proposal window, not yet started.
     fn windowed_build(
         me: &str,
         members: &[(&str, String)],
