@@ -374,8 +374,8 @@ impl DriverHandle {
 ///
 /// Nor while the leader's log takes longer than a window to flush ([`FlushTime`]): the writes
 /// that come during a flush share the next one anyway, and holding them only delays their
-/// copies to the followers, whose flushes are as slow (256 clients, every fsync held 4 ms
-/// longer: 1.08x without the window, `bench/results/proposal-window/README.md`).
+/// copies to the followers, whose flushes are as slow (3 nodes, 256 clients, every fsync held
+/// 4 ms longer: 1.10x, `bench/results/proposal-window/README.md`).
 pub struct ProposalWindow {
     /// The least time between two proposals while engaged (zero: off).
     pub window: Duration,
