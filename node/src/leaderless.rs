@@ -67,6 +67,53 @@ const FAILED_LSN: Lsn = u64::MAX;
 struct LlStore {
     data: Arc<dyn Storage>,
     hints: Arc<dyn Storage>,
+    /// The copies that writes not yet durable replaced (`None` where the store is never
+    /// behind its writes, in memory), so that a read is answered at once with the newest
+    /// copy a crash would leave instead of waiting for the next flush.
+    replaced: Option<Replaced>,
+}
+
+/// Per key written lately: the LSN of its newest write, and the copies the writes since its
+/// last durable copy replaced. Pruned of keys whose newest write is durable once it has grown
+/// past `prune_at`.
+#[derive(Default)]
+struct Replaced {
+    keys: HashMap<Bytes, (Lsn, Vec<Earlier>)>,
+    prune_at: usize,
+}
+
+/// A copy replaced (`None`: there was none), with the LSN that stored it (0 for none); oldest
+/// first.
+type Earlier = (Option<Entry>, Lsn);
+
+impl Replaced {
+    /// Before `key` is replaced by the write with `lsn`: remembers its copy `prev`.
+    fn note(&mut self, key: &Bytes, prev: Option<Entry>, lsn: Lsn, durable: Lsn) {
+        let prev_lsn = prev.as_ref().map_or(0, |e| e.lsn);
+        let slot = self.keys.entry(key.clone()).or_default();
+        if prev_lsn <= durable {
+            // The copy being replaced is durable: nothing older can be the answer any more.
+            slot.1.clear();
+        }
+        slot.0 = lsn;
+        slot.1.push((prev, prev_lsn));
+        if self.keys.len() >= self.prune_at {
+            self.keys.retain(|_, (newest, _)| *newest > durable);
+            self.prune_at = (2 * self.keys.len()).max(1024);
+        }
+    }
+
+    /// The newest copy of `key` a crash would leave, given its newest copy `cur` (with the
+    /// LSN that stored it); `None` inside when that is no copy at all; `None` outside when
+    /// this does not know (a key it never saw replaced: then `cur` is all there is).
+    fn durable_copy(&self, key: &[u8], durable: Lsn) -> Option<Option<&Entry>> {
+        let (_, earlier) = self.keys.get(key)?;
+        earlier
+            .iter()
+            .rev()
+            .find(|(_, lsn)| *lsn <= durable)
+            .map(|(e, _)| e.as_ref())
+    }
 }
 
 fn stored_of(e: Entry) -> Stored {
@@ -103,15 +150,30 @@ impl Store for LlStore {
         self.data.get(key).map(stored_of)
     }
 
-    fn get_at(&self, key: &[u8]) -> Option<(Stored, Lsn)> {
-        self.data.get(key).map(|e| {
-            let lsn = e.lsn;
-            (stored_of(e), lsn)
-        })
+    fn read_copy(&self, key: &[u8]) -> Option<(Stored, Lsn)> {
+        let cur = self.data.get(key)?;
+        let durable = self.data.durable_lsn();
+        if cur.lsn <= durable {
+            let lsn = cur.lsn;
+            return Some((stored_of(cur), lsn));
+        }
+        match self
+            .replaced
+            .as_ref()
+            .and_then(|r| r.durable_copy(key, durable))
+        {
+            Some(copy) => copy.map(|e| (stored_of(e.clone()), e.lsn)),
+            // Not known here: the newest copy, sent once durable.
+            None => {
+                let lsn = cur.lsn;
+                Some((stored_of(cur), lsn))
+            }
+        }
     }
 
     fn put(&mut self, key: &Bytes, s: &Stored) -> Lsn {
-        self.write(
+        let prev = self.replaced.is_some().then(|| self.data.get(key));
+        let lsn = self.write(
             &self.data,
             Write {
                 key: key.clone(),
@@ -120,7 +182,13 @@ impl Store for LlStore {
                 written_ms: s.written_ms,
                 context: s.clock.encode(),
             },
-        )
+        );
+        if let (Some(r), Some(prev)) = (self.replaced.as_mut(), prev)
+            && lsn != FAILED_LSN
+        {
+            r.note(key, prev, lsn, self.data.durable_lsn());
+        }
+        lsn
     }
 
     fn last_lsn(&self) -> Lsn {
@@ -460,7 +528,13 @@ pub fn start(
         established: AtomicBool::new(false),
         refilling_peers: Mutex::new(Vec::new()),
     });
-    let store = LlStore { data, hints };
+    // In memory a write is as durable as it will ever be once stored: nothing to remember.
+    let replaced = dir.is_some().then(Replaced::default);
+    let store = LlStore {
+        data,
+        hints,
+        replaced,
+    };
     // The clock starts above every timestamp already stored and every one an earlier life
     // gave out, so versions never go backwards or repeat across a restart whatever the wall
     // clock does.
@@ -1259,6 +1333,7 @@ mod tests {
         let mut st = LlStore {
             data: Arc::new(MemStorage::new()),
             hints: Arc::new(MemStorage::new()),
+            replaced: None,
         };
         let n3 = NodeId::from("n3");
         let key = Bytes::from_static(b"k");
@@ -1274,6 +1349,59 @@ mod tests {
         assert_eq!(st.hint_count(), 1);
         st.put(&key, &s(Some("v"), 6));
         assert_eq!(st.get(&key), Some(s(Some("v"), 6)));
+    }
+
+    /// A read is answered at once with the newest copy a crash would leave: the copies that
+    /// writes not yet durable replaced, and nothing where the first copy is not durable yet.
+    #[tokio::test]
+    async fn store_answers_reads_with_the_newest_durable_copy() {
+        use crate::storage::{DiskOptions, DiskStorage};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = DiskOptions {
+            // Nothing is flushed until somebody waits for it.
+            lazy_flush: Some(Duration::from_secs(3600)),
+            ..DiskOptions::default()
+        };
+        let (data, _) = DiskStorage::open(dir.path(), opts).expect("open");
+        let data: Arc<dyn Storage> = Arc::new(data);
+        let mut st = LlStore {
+            data: data.clone(),
+            hints: Arc::new(MemStorage::new()),
+            replaced: Some(Replaced::default()),
+        };
+        let (k, fresh) = (Bytes::from_static(b"k"), Bytes::from_static(b"fresh"));
+        let l1 = st.put(&k, &s(Some("v1"), 1));
+        // Neither is durable: `k` has no durable copy; `fresh`, written past the store, is
+        // one it knows nothing of: its newest copy, once durable.
+        let direct = Write {
+            key: fresh.clone(),
+            value: Some(fresh.clone()),
+            version: Version::new(1, 2),
+            written_ms: 5,
+            context: Bytes::new(),
+        };
+        let lf = data.write(direct).expect("write");
+        assert_eq!(st.read_copy(&k), None);
+        assert_eq!(st.read_copy(&fresh).map(|c| c.1), Some(lf), "waits");
+        data.wait_durable(l1).await.expect("durable");
+        let l2 = st.put(&k, &s(Some("v2"), 2));
+        assert_eq!(st.read_copy(&k), Some((s(Some("v1"), 1), l1)));
+        data.wait_durable(l2).await.expect("durable");
+        assert_eq!(st.read_copy(&k), Some((s(Some("v2"), 2), l2)));
+        // Two writes behind: still the last durable copy.
+        st.put(&k, &s(None, 3));
+        let l4 = st.put(&k, &s(Some("v4"), 4));
+        assert_eq!(st.read_copy(&k), Some((s(Some("v2"), 2), l2)));
+        data.wait_durable(l4).await.expect("durable");
+        assert_eq!(st.read_copy(&k), Some((s(Some("v4"), 4), l4)));
+        // Keys whose newest write is durable are forgotten, so it does not grow without end.
+        for i in 0..3000u64 {
+            let key = Bytes::from(format!("key{i}"));
+            let lsn = st.put(&key, &s(Some("v"), 1));
+            data.wait_durable(lsn).await.expect("durable");
+        }
+        let held = st.replaced.as_ref().map_or(0, |r| r.keys.len());
+        assert!(held < 2100, "{held} keys held");
     }
 
     /// A step of the wall clock moves only the offset versions are given with, never the

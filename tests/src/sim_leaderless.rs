@@ -185,20 +185,24 @@ enum Undo {
 
 impl SimStore {
     /// Everything written so far becomes durable (an fsync).
-    fn flush(&mut self) {
+    pub fn flush(&mut self) {
         self.durable = self.lsn;
         self.undo.clear();
         self.unflushed.clear();
         self.clock = self.clock.max(self.clock_asked);
     }
 
-    /// The version of `key` that would survive a crash now.
-    fn durable_version(&self, key: &[u8]) -> Option<Version> {
-        let first_undone = self.undo.iter().find_map(|u| match u {
+    /// The copy of `key` that the first write not yet durable replaced, if one did.
+    fn first_undone(&self, key: &[u8]) -> Option<&Option<Stored>> {
+        self.undo.iter().find_map(|u| match u {
             Undo::Data(k, old) if k.as_ref() == key => Some(old),
             _ => None,
-        });
-        match first_undone {
+        })
+    }
+
+    /// The version of `key` that would survive a crash now.
+    fn durable_version(&self, key: &[u8]) -> Option<Version> {
+        match self.first_undone(key) {
             Some(old) => old.as_ref().map(|s| s.version),
             None => self.data.get(key).map(|s| s.version),
         }
@@ -267,9 +271,15 @@ impl Store for SimStore {
     fn get(&self, key: &[u8]) -> Option<Stored> {
         self.data.get(key).cloned()
     }
-    fn get_at(&self, key: &[u8]) -> Option<(Stored, Lsn)> {
-        let lsn = self.written_at.get(key).copied().unwrap_or(0);
-        self.data.get(key).map(|s| (s.clone(), lsn))
+    fn read_copy(&self, key: &[u8]) -> Option<(Stored, Lsn)> {
+        match self.first_undone(key) {
+            // Replaced by a write not yet durable: what a crash would go back to.
+            Some(old) => old.clone().map(|s| (s, self.durable)),
+            None => {
+                let lsn = self.written_at.get(key).copied().unwrap_or(0);
+                self.data.get(key).map(|s| (s.clone(), lsn))
+            }
+        }
     }
     fn put(&mut self, key: &Bytes, s: &Stored) -> Lsn {
         self.written_at.insert(key.clone(), self.lsn + 1);

@@ -1214,6 +1214,10 @@ impl Storage for DiskStorage {
         self.shared.lock().index.purge(older_than_ms, may_purge)
     }
 
+    fn durable_lsn(&self) -> Lsn {
+        self.shared.durable.load(Ordering::Acquire)
+    }
+
     fn stats(&self) -> StorageStats {
         let st = self.shared.lock();
         StorageStats {

@@ -156,6 +156,10 @@ impl Storage for MemStorage {
         }
     }
 
+    fn durable_lsn(&self) -> Lsn {
+        self.lock().1
+    }
+
     fn stats(&self) -> StorageStats {
         let g = self.lock();
         StorageStats {

@@ -218,6 +218,11 @@ pub trait Storage: Send + Sync + 'static {
     /// Current counts.
     fn stats(&self) -> StorageStats;
 
+    /// The highest LSN known durable (as in [`Storage::stats`], without counting anything).
+    fn durable_lsn(&self) -> Lsn {
+        self.stats().durable_lsn
+    }
+
     /// Calls `f` with every key's newest entry (tombstones included), in no particular order.
     /// Writes wait while it runs.
     fn scan(&self, f: &mut dyn FnMut(&Bytes, &Entry));

@@ -80,9 +80,12 @@ pub struct Stored {
 pub trait Store {
     /// This node's copy of `key`.
     fn get(&self, key: &[u8]) -> Option<Stored>;
-    /// This node's copy of `key` with the LSN of the write that made it: a replica answers a
-    /// read with its copy only once that write is durable.
-    fn get_at(&self, key: &[u8]) -> Option<(Stored, Lsn)>;
+    /// The copy of `key` a read is answered with, and the LSN to wait for before answering:
+    /// a replica shows a reader only what a crash cannot take back. A store that can tell
+    /// gives the newest copy that is durable now (so the answer need not wait for the next
+    /// flush); one that cannot gives its newest copy with the LSN of the write that made it.
+    /// `None`: no copy, or none durable yet.
+    fn read_copy(&self, key: &[u8]) -> Option<(Stored, Lsn)>;
     /// Replaces this node's copy of `key`.
     fn put(&mut self, key: &Bytes, s: &Stored) -> Lsn;
     /// The LSN of the last write (a no-op acknowledgement waits for it).
@@ -1533,10 +1536,13 @@ impl Leaderless {
                 // with its replica's unsynced writes (the write not acknowledged, its other
                 // copies as fresh) left later reads without it (the durability simulator found
                 // it, with blocking read repair; so did a drill with power failures).
+                // So a copy whose write is not yet durable is answered with the copy before it,
+                // where the store still knows it: an acknowledged write is durable on W
+                // replicas, so R responders still include it.
                 // A tombstone purged here a moment ago is still the answer: "nothing" from this
                 // replica beside an older copy from one that answered before the delete reached
                 // it would make that copy the newest (seed 13001139).
-                let (stored, after) = match store.get_at(&key) {
+                let (stored, after) = match store.read_copy(&key) {
                     Some((s, lsn)) => (Some(s), Some(lsn)),
                     None => (self.purged_tombstone(&key).cloned(), None),
                 };
