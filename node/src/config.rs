@@ -69,6 +69,31 @@ impl FromStr for ReadFanoutMode {
     }
 }
 
+/// What a leaderless replica answers a read with (`kv_replica::leaderless::ReplicaRead`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicaReadMode {
+    /// Its newest copy, once durable: a read of a key with a write in flight waits for the
+    /// replica's next flush.
+    #[default]
+    Newest,
+    /// At once, its newest copy that is durable now (the one a write in flight replaced).
+    LastDurable,
+}
+
+impl FromStr for ReplicaReadMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "newest" => Ok(Self::Newest),
+            "last-durable" => Ok(Self::LastDurable),
+            o => Err(format!(
+                "invalid replica read {o:?}: expected newest or last-durable"
+            )),
+        }
+    }
+}
+
 /// When leaderless read repair runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -219,6 +244,9 @@ pub struct Config {
     pub read_repair: ReadRepairMode,
     /// Leaderless: which replicas a read asks (`all`, or `quorum`: R of them).
     pub read_fanout: ReadFanoutMode,
+    /// Leaderless: what a replica answers a read with (`newest` once durable, or
+    /// `last-durable` at once).
+    pub replica_read: ReplicaReadMode,
     /// Leaderless: count fallback nodes holding hints toward W. Breaks the R+W>N overlap.
     pub sloppy_quorum: bool,
     /// Leaderless: keep writes for unreachable replicas as hints and deliver them later.
@@ -278,6 +306,7 @@ impl Default for Config {
             request_timeout: HumanDuration(Duration::from_secs(2)),
             read_repair: ReadRepairMode::Async,
             read_fanout: ReadFanoutMode::All,
+            replica_read: ReplicaReadMode::Newest,
             sloppy_quorum: false,
             hinted_handoff: true,
             hint_after: HumanDuration(Duration::from_millis(200)),

@@ -19,7 +19,7 @@ use bytes::{BufMut, Bytes};
 use kv_proto::kv::v1 as pb;
 use kv_replica::leaderless::{
     Action, Config, Leaderless, Lsn, Msg, Opts, QuorumFailure, ReadFanout, ReadOk, ReadRepair,
-    ReplicaState, Ring, Stats, Store, Stored, TombstoneGc, VClock, WriteOk,
+    ReplicaRead, ReplicaState, Ring, Stats, Store, Stored, TombstoneGc, VClock, WriteOk,
 };
 use kv_replica::{NodeId, Quorum, Version};
 use tokio::sync::{mpsc, oneshot};
@@ -35,6 +35,8 @@ pub struct LlOptions {
     pub read_repair: ReadRepair,
     /// Which replicas a read asks.
     pub read_fanout: ReadFanout,
+    /// What a replica answers a read with.
+    pub replica_read: ReplicaRead,
     /// Count hint holders toward W.
     pub sloppy_quorum: bool,
     /// Keep hints at all.
@@ -67,9 +69,9 @@ const FAILED_LSN: Lsn = u64::MAX;
 struct LlStore {
     data: Arc<dyn Storage>,
     hints: Arc<dyn Storage>,
-    /// The copies that writes not yet durable replaced (`None` where the store is never
-    /// behind its writes, in memory), so that a read is answered at once with the newest
-    /// copy a crash would leave instead of waiting for the next flush.
+    /// The copies that writes not yet durable replaced, so that a read is answered at once
+    /// with the newest copy a crash would leave (`ReplicaRead::LastDurable`); `None` with
+    /// `Newest`, and in memory, where a write is as durable as it will ever be once stored.
     replaced: Option<Replaced>,
 }
 
@@ -150,7 +152,14 @@ impl Store for LlStore {
         self.data.get(key).map(stored_of)
     }
 
-    fn read_copy(&self, key: &[u8]) -> Option<(Stored, Lsn)> {
+    fn get_at(&self, key: &[u8]) -> Option<(Stored, Lsn)> {
+        self.data.get(key).map(|e| {
+            let lsn = e.lsn;
+            (stored_of(e), lsn)
+        })
+    }
+
+    fn get_durable(&self, key: &[u8]) -> Option<(Stored, Lsn)> {
         let cur = self.data.get(key)?;
         let durable = self.data.durable_lsn();
         if cur.lsn <= durable {
@@ -504,6 +513,7 @@ pub fn start(
     cfg.vnodes = opts.vnodes;
     cfg.read_repair = opts.read_repair;
     cfg.read_fanout = opts.read_fanout;
+    cfg.replica_read = opts.replica_read;
     cfg.sloppy_quorum = opts.sloppy_quorum;
     cfg.hinted_handoff = opts.hinted_handoff;
     cfg.hint_after_ms = opts.hint_after.as_millis() as u64;
@@ -528,8 +538,8 @@ pub fn start(
         established: AtomicBool::new(false),
         refilling_peers: Mutex::new(Vec::new()),
     });
-    // In memory a write is as durable as it will ever be once stored: nothing to remember.
-    let replaced = dir.is_some().then(Replaced::default);
+    let replaced =
+        (dir.is_some() && opts.replica_read == ReplicaRead::LastDurable).then(Replaced::default);
     let store = LlStore {
         data,
         hints,
@@ -1351,8 +1361,9 @@ mod tests {
         assert_eq!(st.get(&key), Some(s(Some("v"), 6)));
     }
 
-    /// A read is answered at once with the newest copy a crash would leave: the copies that
-    /// writes not yet durable replaced, and nothing where the first copy is not durable yet.
+    /// With `ReplicaRead::LastDurable`, a read is answered at once with the newest copy a
+    /// crash would leave: the copies that writes not yet durable replaced, and nothing where
+    /// the first copy is not durable yet. `get_at` still gives the newest copy.
     #[tokio::test]
     async fn store_answers_reads_with_the_newest_durable_copy() {
         use crate::storage::{DiskOptions, DiskStorage};
@@ -1381,19 +1392,20 @@ mod tests {
             context: Bytes::new(),
         };
         let lf = data.write(direct).expect("write");
-        assert_eq!(st.read_copy(&k), None);
-        assert_eq!(st.read_copy(&fresh).map(|c| c.1), Some(lf), "waits");
+        assert_eq!(st.get_durable(&k), None);
+        assert_eq!(st.get_at(&k), Some((s(Some("v1"), 1), l1)));
+        assert_eq!(st.get_durable(&fresh).map(|c| c.1), Some(lf), "waits");
         data.wait_durable(l1).await.expect("durable");
         let l2 = st.put(&k, &s(Some("v2"), 2));
-        assert_eq!(st.read_copy(&k), Some((s(Some("v1"), 1), l1)));
+        assert_eq!(st.get_durable(&k), Some((s(Some("v1"), 1), l1)));
         data.wait_durable(l2).await.expect("durable");
-        assert_eq!(st.read_copy(&k), Some((s(Some("v2"), 2), l2)));
+        assert_eq!(st.get_durable(&k), Some((s(Some("v2"), 2), l2)));
         // Two writes behind: still the last durable copy.
         st.put(&k, &s(None, 3));
         let l4 = st.put(&k, &s(Some("v4"), 4));
-        assert_eq!(st.read_copy(&k), Some((s(Some("v2"), 2), l2)));
+        assert_eq!(st.get_durable(&k), Some((s(Some("v2"), 2), l2)));
         data.wait_durable(l4).await.expect("durable");
-        assert_eq!(st.read_copy(&k), Some((s(Some("v4"), 4), l4)));
+        assert_eq!(st.get_durable(&k), Some((s(Some("v4"), 4), l4)));
         // Keys whose newest write is durable are forgotten, so it does not grow without end.
         for i in 0..3000u64 {
             let key = Bytes::from(format!("key{i}"));

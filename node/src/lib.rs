@@ -357,6 +357,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                     config::ReadFanoutMode::All => kv_replica::leaderless::ReadFanout::All,
                     config::ReadFanoutMode::Quorum => kv_replica::leaderless::ReadFanout::Quorum,
                 },
+                replica_read: match c.replica_read {
+                    config::ReplicaReadMode::Newest => kv_replica::leaderless::ReplicaRead::Newest,
+                    config::ReplicaReadMode::LastDurable => {
+                        kv_replica::leaderless::ReplicaRead::LastDurable
+                    }
+                },
                 sloppy_quorum: c.sloppy_quorum,
                 hinted_handoff: c.hinted_handoff,
                 hint_after: c.hint_after.0,

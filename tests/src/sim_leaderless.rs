@@ -19,7 +19,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use kv_replica::leaderless::{
-    Action, Config, Leaderless, Lsn, Msg, Opts, ReadFanout, ReadRepair, Store, Stored, TombstoneGc,
+    Action, Config, Leaderless, Lsn, Msg, Opts, ReadFanout, ReadRepair, ReplicaRead, Store, Stored,
+    TombstoneGc,
 };
 use kv_replica::{NodeId, Quorum, Version};
 use rand::rngs::StdRng;
@@ -40,6 +41,8 @@ pub struct LlConfig {
     pub read_repair: ReadRepair,
     /// Which replicas a read asks.
     pub read_fanout: ReadFanout,
+    /// What a replica answers a read with.
+    pub replica_read: ReplicaRead,
     /// Sloppy quorum.
     pub sloppy: bool,
     /// Hinted handoff.
@@ -118,6 +121,7 @@ impl Default for LlConfig {
             w: 2,
             read_repair: ReadRepair::Async,
             read_fanout: ReadFanout::All,
+            replica_read: ReplicaRead::Newest,
             sloppy: false,
             hints: true,
             steps: 2000,
@@ -271,14 +275,15 @@ impl Store for SimStore {
     fn get(&self, key: &[u8]) -> Option<Stored> {
         self.data.get(key).cloned()
     }
-    fn read_copy(&self, key: &[u8]) -> Option<(Stored, Lsn)> {
+    fn get_at(&self, key: &[u8]) -> Option<(Stored, Lsn)> {
+        let lsn = self.written_at.get(key).copied().unwrap_or(0);
+        self.data.get(key).map(|s| (s.clone(), lsn))
+    }
+    fn get_durable(&self, key: &[u8]) -> Option<(Stored, Lsn)> {
         match self.first_undone(key) {
             // Replaced by a write not yet durable: what a crash would go back to.
             Some(old) => old.clone().map(|s| (s, self.durable)),
-            None => {
-                let lsn = self.written_at.get(key).copied().unwrap_or(0);
-                self.data.get(key).map(|s| (s.clone(), lsn))
-            }
+            None => self.get_at(key),
         }
     }
     fn put(&mut self, key: &Bytes, s: &Stored) -> Lsn {
@@ -738,6 +743,7 @@ impl LlSim {
         cfg.vnodes = 16;
         cfg.read_repair = self.cfg.read_repair;
         cfg.read_fanout = self.cfg.read_fanout;
+        cfg.replica_read = self.cfg.replica_read;
         cfg.sloppy_quorum = self.cfg.sloppy;
         cfg.hinted_handoff = self.cfg.hints;
         cfg.hint_after_ms = self.cfg.hint_after_ms;

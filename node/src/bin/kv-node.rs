@@ -12,7 +12,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 use kv_node::config::{
-    Config, HumanDuration, Mode, ReadFanoutMode, ReadRepairMode, StorageKind, TombstoneGcMode,
+    Config, HumanDuration, Mode, ReadFanoutMode, ReadRepairMode, ReplicaReadMode, StorageKind,
+    TombstoneGcMode,
 };
 use kv_node::storage::FsyncPolicy;
 
@@ -101,6 +102,14 @@ struct Args {
     /// messages; a slow replica costs that read --hint-after) [default: all].
     #[arg(long, env = "KV_READ_FANOUT")]
     read_fanout: Option<ReadFanoutMode>,
+    /// Leaderless: what a replica answers a read with. newest: its newest copy, once the write
+    /// that made it is durable (a read of a key with a write in flight waits for the replica's
+    /// next flush). last-durable: at once, its newest copy that is durable now, the one a write
+    /// in flight replaced: faster on a slow disk, and an acknowledged write is still found
+    /// with R+W>N, but a later read can miss a write in flight that an earlier read returned,
+    /// for up to a flush longer (with async read repair) [default: newest].
+    #[arg(long, env = "KV_REPLICA_READ")]
+    replica_read: Option<ReplicaReadMode>,
     /// Leaderless: let fallback nodes holding hints count toward W (sloppy quorum). Writes
     /// survive more failures, but R+W>N no longer guarantees that reads see them.
     #[arg(long, env = "KV_SLOPPY_QUORUM")]
@@ -214,6 +223,7 @@ impl Args {
             request_timeout,
             read_repair,
             read_fanout,
+            replica_read,
             hint_after,
             max_hint_window,
             anti_entropy_interval,

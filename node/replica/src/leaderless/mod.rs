@@ -80,12 +80,16 @@ pub struct Stored {
 pub trait Store {
     /// This node's copy of `key`.
     fn get(&self, key: &[u8]) -> Option<Stored>;
-    /// The copy of `key` a read is answered with, and the LSN to wait for before answering:
-    /// a replica shows a reader only what a crash cannot take back. A store that can tell
-    /// gives the newest copy that is durable now (so the answer need not wait for the next
-    /// flush); one that cannot gives its newest copy with the LSN of the write that made it.
-    /// `None`: no copy, or none durable yet.
-    fn read_copy(&self, key: &[u8]) -> Option<(Stored, Lsn)>;
+    /// This node's copy of `key` with the LSN of the write that made it: a replica answers a
+    /// read with its copy only once that write is durable ([`ReplicaRead::Newest`]).
+    fn get_at(&self, key: &[u8]) -> Option<(Stored, Lsn)>;
+    /// As [`Store::get_at`], but where the write that made the copy is not durable yet, the
+    /// newest copy that is, if the store still knows it ([`ReplicaRead::LastDurable`]), with
+    /// an LSN already durable; `None` inside for no copy at all. A store that does not know
+    /// gives what `get_at` gives.
+    fn get_durable(&self, key: &[u8]) -> Option<(Stored, Lsn)> {
+        self.get_at(key)
+    }
     /// Replaces this node's copy of `key`.
     fn put(&mut self, key: &Bytes, s: &Stored) -> Lsn;
     /// The LSN of the last write (a no-op acknowledgement waits for it).
@@ -118,6 +122,23 @@ pub enum ReadRepair {
     /// The read is answered at once; repairs are sent after.
     #[default]
     Async,
+}
+
+/// What a replica answers a read with. Either way only what a crash cannot take back: a copy
+/// shown to a reader and then lost with its replica's unsynced writes left later reads without
+/// it (the durability simulator found it, and a drill with power failures).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplicaRead {
+    /// Its newest copy, once the write that made it is durable: a read of a key with a write
+    /// in flight waits for that replica's next flush.
+    #[default]
+    Newest,
+    /// At once, the newest copy that is durable now (the one a write still in flight
+    /// replaced). An acknowledged write is durable on W replicas, so R+W>N still finds it;
+    /// but a write in flight that one read returned can be missed by a later read whose
+    /// replicas have not flushed it yet, for up to a flush longer than with `Newest` (with
+    /// async read repair: blocking repair makes the first read's replicas flush it first).
+    LastDurable,
 }
 
 /// Which replicas a read asks.
@@ -165,6 +186,8 @@ pub struct Config {
     pub read_repair: ReadRepair,
     /// Which replicas a read asks.
     pub read_fanout: ReadFanout,
+    /// What a replica answers a read with.
+    pub replica_read: ReplicaRead,
     /// Count fallback nodes holding hints toward W (breaks R+W>N overlap).
     pub sloppy_quorum: bool,
     /// Keep writes for unreachable replicas as hints (off: only read repair and anti-entropy
@@ -225,6 +248,7 @@ impl Config {
             vnodes: 64,
             read_repair: ReadRepair::Async,
             read_fanout: ReadFanout::All,
+            replica_read: ReplicaRead::Newest,
             sloppy_quorum: false,
             hinted_handoff: true,
             hint_after_ms: 200,
@@ -1536,13 +1560,15 @@ impl Leaderless {
                 // with its replica's unsynced writes (the write not acknowledged, its other
                 // copies as fresh) left later reads without it (the durability simulator found
                 // it, with blocking read repair; so did a drill with power failures).
-                // So a copy whose write is not yet durable is answered with the copy before it,
-                // where the store still knows it: an acknowledged write is durable on W
-                // replicas, so R responders still include it.
+                // `LastDurable`: instead of waiting, the copy before it (see `ReplicaRead`).
                 // A tombstone purged here a moment ago is still the answer: "nothing" from this
                 // replica beside an older copy from one that answered before the delete reached
                 // it would make that copy the newest (seed 13001139).
-                let (stored, after) = match store.read_copy(&key) {
+                let copy = match self.cfg.replica_read {
+                    ReplicaRead::Newest => store.get_at(&key),
+                    ReplicaRead::LastDurable => store.get_durable(&key),
+                };
+                let (stored, after) = match copy {
                     Some((s, lsn)) => (Some(s), Some(lsn)),
                     None => (self.purged_tombstone(&key).cloned(), None),
                 };
