@@ -19,6 +19,8 @@
 #                    against the other's (one connection suits etcd, more suit quorumkv)
 #   FSYNC_DELAY=US   every server's fsync and fdatasync held US µs longer (strace; 4000 for
 #                    the 4 ms fsync the issues assume; see common.sh)
+#   KV_NODE_ARGS="..."  more kv-node flags for every quorumkv cluster (e.g. "--replica-read
+#                    last-durable"); the summary's title names them
 #   leaderless       5 nodes, N=3 R=2 W=2, fsync batch: `kv` reads ask all N (the default),
 #                    `kv-fanq` reads ask R (`--read-fanout quorum`); kv-bench token-aware
 #   leader-follower  3 nodes, W=2, fsync batch, leader reads: `kv` as leader-follower.sh
@@ -42,6 +44,7 @@ WARM=${WARM:-2s}
 CONNS=${CONNS:-}
 [[ -z $CONNS || $CONNS =~ ^[1-9][0-9]*$ ]] || { echo "CONNS must be a positive whole number: $CONNS" >&2; exit 2; }
 CONNS_EACH=${CONNS_EACH:-}
+KV_NODE_ARGS=${KV_NODE_ARGS:-}
 [[ -z $CONNS_EACH || $CONNS_EACH =~ ^[1-9][0-9]*( [1-9][0-9]*)*$ ]] || { echo "CONNS_EACH must be whole numbers separated by spaces: $CONNS_EACH" >&2; exit 2; }
 [[ -z $CONNS || -z $CONNS_EACH ]] || { echo "CONNS and CONNS_EACH exclude each other" >&2; exit 2; }
 source bench/scripts/common.sh
@@ -60,12 +63,12 @@ up() {
 }
 eps() { seq -s, -f "127.0.0.1:%g" "$1" "$(($1 + $2 - 1))"; }
 if [ "$MODE" = leaderless ]; then
-  up kv 7501 9501 --nodes 5 --mode leaderless --n 3 --r 2 --w 2 --
+  up kv 7501 9501 --nodes 5 --mode leaderless --n 3 --r 2 --w 2 -- $KV_NODE_ARGS
   KV_PID=$LAST; KV_EPS=$(eps 7501 5); KV_ARGS=()
-  up kv-fanq 7601 9601 --nodes 5 --mode leaderless --n 3 --r 2 --w 2 -- --read-fanout quorum
+  up kv-fanq 7601 9601 --nodes 5 --mode leaderless --n 3 --r 2 --w 2 -- --read-fanout quorum $KV_NODE_ARGS
   FANQ_PID=$LAST; FANQ_EPS=$(eps 7601 5)
 else
-  up kv 7401 9401 --nodes 3 --w 2 --r 2 --
+  up kv 7401 9401 --nodes 3 --w 2 --r 2 -- $KV_NODE_ARGS
   KV_PID=$LAST; KV_EPS=$(eps 7401 3); KV_ARGS=(--w 2 --read-from leader)
   # The leader's endpoint, as leader-follower.sh drives it.
   KV_EPS=$(kv_leader "$KV_EPS")
@@ -85,10 +88,12 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 
-python3 - "$OUT" "$ROUNDS" "$MODE" "$CLIENTS" "$CONNS" "$CONNS_EACH" "${FSYNC_DELAY:-}" <<'PY'
+python3 - "$OUT" "$ROUNDS" "$MODE" "$CLIENTS" "$CONNS" "$CONNS_EACH" "${FSYNC_DELAY:-}" "${KV_NODE_ARGS:-}" <<'PY'
 import json, os, statistics, sys
-out, rounds, mode, clients, conns, each, delay = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6].split(), sys.argv[7]
+out, rounds, mode, clients, conns, each, delay, node_args = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6].split(), sys.argv[7], sys.argv[8]
 disk = ", every fsync held %s us longer" % delay if delay else ""
+if node_args:
+    disk += ", quorumkv with `%s`" % node_args
 def run(name):
     p = os.path.join(out, name, "summary.json")
     if not os.path.exists(p):
