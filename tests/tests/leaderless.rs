@@ -6,7 +6,8 @@
 //! clocks step back (libfaketime) still deliver their hints; a replica with a slow disk holds
 //! no write back; a power failure of every node at once loses no acknowledged write; replicas
 //! cut off one way leave no write unaccounted for; `kvctl cluster audit` finds every write
-//! a run acknowledged in the copies the nodes hold, and the copies converged.
+//! a run acknowledged in the copies the nodes hold, and the copies converged; replicas reading
+//! `last-durable` answer with the copy before a write still being flushed.
 
 use std::time::{Duration, Instant};
 
@@ -227,6 +228,40 @@ async fn a_replica_with_a_slow_disk_holds_no_write_back() {
         keys.iter().all(|k| local(&c, 0, k) == "v")
     })
     .await;
+}
+
+/// `--replica-read`: with every node's flushes 1 s slower (`kvctl fault disk`), a read of a key
+/// whose newer write is still waiting for its flushes gets, under `last-durable`, the copy
+/// before that write (what the replicas hold durably), and under `newest` (the default) the
+/// write's own value, once it is durable. Either way the write is then acknowledged and read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_read_last_durable_answers_with_the_copy_before_a_write_in_flight() {
+    for (mode, expected) in [("last-durable", "v1"), ("newest", "v2")] {
+        let _serial = SERIAL.lock().await;
+        let mut args = NRW.to_vec();
+        args.extend_from_slice(&["--replica-read", mode]);
+        let c = Cluster::start_leaderless(5, &args).await.expect("cluster");
+        let eps = c.endpoints();
+        let r = kvctl(&eps, &["put", "inflight", "v1"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        for id in &c.ids {
+            let r = kvctl(&eps, &["fault", "disk", id, "1s"]);
+            assert_eq!(r.code, 0, "{r:?}");
+        }
+        let writer = {
+            let eps = eps.clone();
+            std::thread::spawn(move || kvctl(&eps, &["put", "inflight", "v2"]))
+        };
+        // The write has reached its replicas' logs; their flushes take a second.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = kvctl(&eps, &["get", "inflight"]);
+        assert_eq!(r.code, 0, "{mode}: {r:?}");
+        assert_eq!(r.stdout, expected, "{mode}: read while v2 is in flight");
+        let w = writer.join().expect("writer");
+        assert_eq!(w.code, 0, "{mode}: {w:?}");
+        let r = kvctl(&eps, &["get", "inflight"]);
+        assert_eq!(r.stdout, "v2", "{mode}: once acknowledged");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
