@@ -105,9 +105,9 @@ impl Replaced {
         }
     }
 
-    /// The newest copy of `key` a crash would leave, given its newest copy `cur` (with the
-    /// LSN that stored it); `None` inside when that is no copy at all; `None` outside when
-    /// this does not know (a key it never saw replaced: then `cur` is all there is).
+    /// The newest copy of `key` a crash would leave, for a key whose newest write is not
+    /// durable by `durable`: `Some(None)` when that is no copy at all; `None` when this does
+    /// not know (a key it never saw replaced, or none of whose earlier copies is durable).
     fn durable_copy(&self, key: &[u8], durable: Lsn) -> Option<Option<&Entry>> {
         let (_, earlier) = self.keys.get(key)?;
         earlier

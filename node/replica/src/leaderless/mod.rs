@@ -85,7 +85,7 @@ pub trait Store {
     fn get_at(&self, key: &[u8]) -> Option<(Stored, Lsn)>;
     /// As [`Store::get_at`], but where the write that made the copy is not durable yet, the
     /// newest copy that is, if the store still knows it ([`ReplicaRead::LastDurable`]), with
-    /// an LSN already durable; `None` inside for no copy at all. A store that does not know
+    /// an LSN already durable; `None` when no copy is durable. A store that does not know
     /// gives what `get_at` gives.
     fn get_durable(&self, key: &[u8]) -> Option<(Stored, Lsn)> {
         self.get_at(key)
