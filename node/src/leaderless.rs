@@ -162,22 +162,17 @@ impl Store for LlStore {
     fn get_durable(&self, key: &[u8]) -> Option<(Stored, Lsn)> {
         let cur = self.data.get(key)?;
         let durable = self.data.durable_lsn();
-        if cur.lsn <= durable {
-            let lsn = cur.lsn;
-            return Some((stored_of(cur), lsn));
-        }
-        match self
-            .replaced
-            .as_ref()
-            .and_then(|r| r.durable_copy(key, durable))
+        if cur.lsn > durable
+            && let Some(copy) = self
+                .replaced
+                .as_ref()
+                .and_then(|r| r.durable_copy(key, durable))
         {
-            Some(copy) => copy.map(|e| (stored_of(e.clone()), e.lsn)),
-            // Not known here: the newest copy, sent once durable.
-            None => {
-                let lsn = cur.lsn;
-                Some((stored_of(cur), lsn))
-            }
+            return copy.map(|e| (stored_of(e.clone()), e.lsn));
         }
+        // Durable, or not known here: the newest copy, sent once durable.
+        let lsn = cur.lsn;
+        Some((stored_of(cur), lsn))
     }
 
     fn put(&mut self, key: &Bytes, s: &Stored) -> Lsn {
